@@ -1,0 +1,136 @@
+"""Bind ID objects (FIG. 3D) and their longest-prefix index.
+
+The patent keeps Bind ID objects in a list with a hash table on top (FIG. 4 step 412).
+Here the hash is per destination address and per prefix length, so a SYN costs at most
+one dict probe per prefix length in use for that VIP (<= 33), however many assign
+entries exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .addr import prefix_mask
+
+if TYPE_CHECKING:
+    from .virtual import VirtualMachine
+
+
+class BindIdObject:
+    __slots__ = ("next", "client_ip", "prefixlen", "virtual", "in_use", "hits")
+
+    def __init__(self, client_ip: int, prefixlen: int, virtual: "VirtualMachine") -> None:
+        self.next: BindIdObject | None = None
+        self.client_ip = client_ip & prefix_mask(prefixlen)
+        self.prefixlen = prefixlen
+        self.virtual = virtual
+        self.in_use = True
+        self.hits = 0
+
+
+class _VipIndex:
+    """All Bind ID objects whose virtual has one address: prefix length -> network -> objects."""
+
+    __slots__ = ("by_prefix", "prefixes")
+
+    def __init__(self) -> None:
+        self.by_prefix: dict[int, dict[int, list[BindIdObject]]] = {}
+        self.prefixes: list[tuple[int, int]] = []  # (prefixlen, mask), longest first
+
+    def add(self, obj: BindIdObject) -> None:
+        table = self.by_prefix.get(obj.prefixlen)
+        if table is None:
+            table = self.by_prefix[obj.prefixlen] = {}
+            self._reindex()
+        table.setdefault(obj.client_ip, []).append(obj)
+
+    def remove(self, obj: BindIdObject) -> None:
+        table = self.by_prefix[obj.prefixlen]
+        bucket = table[obj.client_ip]
+        bucket.remove(obj)
+        if not bucket:
+            del table[obj.client_ip]
+            if not table:
+                del self.by_prefix[obj.prefixlen]
+                self._reindex()
+
+    def _reindex(self) -> None:
+        self.prefixes = [(p, prefix_mask(p)) for p in sorted(self.by_prefix, reverse=True)]
+
+
+class BindIdTable:
+    """The configured list (in order, for `show assign` and the running config) plus the
+    index the packet path uses."""
+
+    def __init__(self) -> None:
+        self.head: BindIdObject | None = None
+        self.tail: BindIdObject | None = None
+        self.count = 0
+        self._by_vip: dict[int, _VipIndex] = {}
+        self._exact: dict[tuple[int, int, int], BindIdObject] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[BindIdObject]:
+        obj = self.head
+        while obj is not None:
+            yield obj
+            obj = obj.next
+
+    def find(self, virtual: "VirtualMachine", client_ip: int, prefixlen: int) -> BindIdObject | None:
+        return self._exact.get((id(virtual), client_ip & prefix_mask(prefixlen), prefixlen))
+
+    def add(self, obj: BindIdObject) -> None:
+        if self.tail is None:
+            self.head = obj
+        else:
+            self.tail.next = obj
+        self.tail = obj
+        self.count += 1
+        self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)] = obj
+        index = self._by_vip.get(obj.virtual.addr)
+        if index is None:
+            index = self._by_vip[obj.virtual.addr] = _VipIndex()
+        index.add(obj)
+
+    def remove(self, obj: BindIdObject) -> None:
+        prev, cur = None, self.head
+        while cur is not None and cur is not obj:
+            prev, cur = cur, cur.next
+        if cur is None:
+            return
+        if prev is None:
+            self.head = obj.next
+        else:
+            prev.next = obj.next
+        if self.tail is obj:
+            self.tail = prev
+        obj.next = None
+        obj.in_use = False
+        self.count -= 1
+        del self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)]
+        index = self._by_vip[obj.virtual.addr]
+        index.remove(obj)
+        if not index.prefixes:
+            del self._by_vip[obj.virtual.addr]
+
+    def remove_virtual(self, virtual: "VirtualMachine") -> None:
+        for obj in [o for o in self if o.virtual is virtual]:
+            self.remove(obj)
+
+    def lookup(self, src: int, dst: int, dport: int) -> BindIdObject | None:
+        """FIG. 5 steps 510-512: longest prefix containing `src` among objects whose virtual
+        matches the destination; equal prefixes -> first configured."""
+        index = self._by_vip.get(dst)
+        if index is None:
+            return None
+        by_prefix = index.by_prefix
+        for prefixlen, mask in index.prefixes:
+            bucket = by_prefix[prefixlen].get(src & mask)
+            if bucket is not None:
+                for obj in bucket:
+                    virtual = obj.virtual
+                    if virtual.port == 0 or virtual.port == dport:
+                        return obj
+        return None

@@ -1,0 +1,104 @@
+"""Connection object (FIG. 3C) and the table that finds it from either direction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .real import PhysicalMachine
+    from .virtual import VirtualMachine
+
+
+def flow_key(src: int, sport: int, dst: int, dport: int) -> int:
+    """One int per 4-tuple: hashes faster than a tuple and allocates one object, not five."""
+    return (src << 64) | (sport << 48) | (dst << 16) | dport
+
+
+class Connection:
+    """One client connection to a virtual, assigned to a real.
+
+    `nat_port` is the client port used toward the real: normally the client's own port,
+    remapped when that tuple toward the real is still in TIME_WAIT there (DESIGN §3)."""
+
+    __slots__ = ("foreign_ip", "foreign_port", "virtual_ip", "virtual_port", "real_ip",
+                 "real_port", "nat_port", "syn_resends", "tcp_state", "created",
+                 "last_seen", "syn_sent_at", "answered", "fin_in", "fin_out", "closing_at",
+                 "packets_in", "packets_out", "bytes_in", "bytes_out", "buddy", "virtual",
+                 "real", "in_key", "out_key")
+
+    def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
+                 virtual_port: int, virtual: "VirtualMachine", real: "PhysicalMachine",
+                 now: float) -> None:
+        self.foreign_ip = foreign_ip
+        self.foreign_port = foreign_port
+        self.virtual_ip = virtual_ip
+        self.virtual_port = virtual_port
+        self.virtual = virtual
+        self.real = real
+        self.real_ip = real.addr
+        self.real_port = real.port or virtual_port
+        self.nat_port = foreign_port
+        self.syn_resends = 0
+        self.tcp_state = "SYN_SENT"
+        self.created = now
+        self.last_seen = now
+        self.syn_sent_at = now
+        self.answered = False
+        self.fin_in = False
+        self.fin_out = False
+        self.closing_at = 0.0
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.buddy: Connection | None = None
+        self.in_key = flow_key(foreign_ip, foreign_port, virtual_ip, virtual_port)
+        self.out_key = 0
+
+    def reply_key(self) -> int:
+        return flow_key(self.real_ip, self.real_port, self.foreign_ip, self.nat_port)
+
+
+class ConnectionTable:
+    """Hash table keyed by inbound and by reply 4-tuple; owns the live connection counts
+    of virtuals and reals so they can only change together with the table."""
+
+    __slots__ = ("inbound", "reply")
+
+    def __init__(self) -> None:
+        self.inbound: dict[int, Connection] = {}
+        self.reply: dict[int, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self.inbound)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self.inbound.values()))
+
+    def add(self, conn: Connection) -> None:
+        conn.out_key = conn.reply_key()
+        self.inbound[conn.in_key] = conn
+        self.reply[conn.out_key] = conn
+        conn.virtual.conns_current += 1
+        conn.virtual.conns_total += 1
+        conn.real.current_conns += 1
+        conn.real.total_conns += 1
+
+    def remove(self, conn: Connection) -> None:
+        if self.inbound.get(conn.in_key) is not conn:
+            return
+        del self.inbound[conn.in_key]
+        if self.reply.get(conn.out_key) is conn:
+            del self.reply[conn.out_key]
+        conn.virtual.conns_current -= 1
+        conn.real.current_conns -= 1
+
+    def move(self, conn: Connection, real: "PhysicalMachine") -> None:
+        """Reassign (FIG. 3C field 353): same client tuple, another real."""
+        self.remove(conn)
+        conn.real = real
+        conn.real_ip = real.addr
+        conn.real_port = real.port or conn.virtual_port
+        self.add(conn)
+        conn.virtual.conns_total -= 1  # still one connection to the virtual

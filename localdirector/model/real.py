@@ -1,0 +1,58 @@
+"""Physical (real) machine object (FIG. 3B)."""
+
+from __future__ import annotations
+
+from .serverid import ServerId
+from .state import State
+
+DEFAULT_THRESHOLD = 8
+DEFAULT_REASSIGN = 3
+DEFAULT_RETRY = 60
+
+
+class PhysicalMachine:
+    """Port 0 means "the port the client asked for"; any other port is also translated."""
+
+    __slots__ = ("next", "sid", "addr", "port", "state", "admin_state", "current_conns",
+                 "total_conns", "noanswer_reassigns", "reset_reassigns", "consecutive_fails",
+                 "threshold", "reassign", "retry", "weight", "maxconns", "backup",
+                 "response_time", "failed_at", "testing", "packets_in", "packets_out",
+                 "bytes_in", "bytes_out")
+
+    def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
+        self.next: PhysicalMachine | None = None
+        self.sid = sid
+        self.addr = sid.addr
+        self.port = sid.port
+        self.state = state
+        # What the operator asked for; `state` may additionally be FAILED or TESTING.
+        self.admin_state = state
+        self.threshold = DEFAULT_THRESHOLD
+        self.reassign = DEFAULT_REASSIGN
+        self.retry = DEFAULT_RETRY
+        self.weight = 1
+        self.maxconns = 0
+        self.backup: ServerId | None = None
+        self.current_conns = 0
+        self.consecutive_fails = 0
+        self.failed_at = 0.0
+        # True while a TESTING real has its single probe connection outstanding.
+        self.testing = False
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """`clear counters`: totals restart; live gauges and health state do not."""
+        self.total_conns = 0
+        self.noanswer_reassigns = 0
+        self.reset_reassigns = 0
+        self.response_time = 0.0
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def available(self) -> bool:
+        """May take a new connection now (TESTING reals take exactly one probe)."""
+        if self.state is State.IN_SERVICE:
+            return self.maxconns == 0 or self.current_conns < self.maxconns
+        return self.state is State.TESTING and not self.testing

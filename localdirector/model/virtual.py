@@ -1,0 +1,63 @@
+"""Virtual machine object (FIG. 3A): one instance (VIP, port, Bind ID) of a published service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .link import Link
+from .serverid import ServerId
+from .state import State
+
+PREDICTORS = ("leastconns", "roundrobin", "weighted", "fastest")
+
+DEFAULT_TIMEOUT = 900
+
+
+class VirtualMachine:
+    """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
+
+    __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
+                 "predictor", "sticky", "timeout", "synguard", "links", "rr_cursor",
+                 "sticky_table", "conns_current", "conns_total", "half_open",
+                 "synguard_drops", "no_real_drops", "packets_in", "packets_out",
+                 "bytes_in", "bytes_out")
+
+    def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
+        self.next: VirtualMachine | None = None
+        self.sid = sid
+        self.addr = sid.addr
+        self.port = sid.port
+        self.bind_id = sid.bind
+        self.proto = sid.proto
+        self.state = state
+        self.backup: ServerId | None = None
+        self.predictor = "leastconns"
+        self.sticky = 0
+        self.timeout = DEFAULT_TIMEOUT
+        self.synguard = 0
+        self.links: Link | None = None
+        self.rr_cursor = 0
+        # client address -> (real, last time it was used): sticky affinity.
+        self.sticky_table: dict[int, tuple[object, float]] = {}
+        self.reset_counters()
+        self.conns_current = 0
+        self.half_open = 0
+
+    def reset_counters(self) -> None:
+        """`clear counters`: totals restart, live gauges (current, half-open) do not."""
+        self.conns_total = 0
+        self.synguard_drops = 0
+        self.no_real_drops = 0
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def iter_links(self) -> Iterator[Link]:
+        link = self.links
+        while link is not None:
+            yield link
+            link = link.next
+
+    def matches_port(self, port: int) -> bool:
+        return self.port == 0 or self.port == port

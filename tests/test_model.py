@@ -1,0 +1,209 @@
+"""Object model: Bind ID longest-prefix selection, predictors, backups, exact counts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from localdirector.model.addr import format_ip, parse_ip, parse_mask, prefix_mask
+from localdirector.model.connection import Connection
+from localdirector.model.director import Director, ModelError
+from localdirector.model.serverid import ServerId
+from localdirector.model.state import State
+
+VIP = parse_ip("192.0.2.10")
+
+
+def sid(text: str) -> ServerId:
+    return ServerId.parse(text)
+
+
+def fig1() -> Director:
+    d = Director()
+    for v in ("192.0.2.10:80:0", "192.0.2.10:80:1", "192.0.2.10:80:2"):
+        d.add_virtual(sid(v))
+    for r in ("203.0.113.12", "203.0.113.13", "203.0.113.14", "203.0.113.11:8001",
+              "203.0.113.15"):
+        d.add_real(sid(r))
+    for v, r in (("0", "203.0.113.12"), ("0", "203.0.113.13"), ("1", "203.0.113.14"),
+                 ("1", "203.0.113.11:8001"), ("2", "203.0.113.15")):
+        d.bind(sid(f"192.0.2.10:80:{v}"), sid(r))
+    d.assign(sid("192.0.2.10:80:1"), parse_ip("198.51.100.0"), 24)
+    d.assign(sid("192.0.2.10:80:2"), parse_ip("198.18.0.0"), 24)
+    return d
+
+
+def test_serverid_parse_and_format() -> None:
+    assert str(sid("192.0.2.10")) == "192.0.2.10:0:0:tcp"
+    assert str(sid("192.0.2.10:80:1:tcp")) == "192.0.2.10:80:1:tcp"
+    assert sid("192.0.2.10:80").format({VIP: "web"}) == "web:80:0:tcp"
+    assert ServerId.parse("web:80", {"web": VIP}).addr == VIP
+    for bad in ("192.0.2.300", "192.0.2.10:70000", "192.0.2.10:80:x", "192.0.2.10:80:0:udp",
+                "1.2.3", ""):
+        with pytest.raises(ValueError):
+            sid(bad)
+
+
+def test_mask_parsing() -> None:
+    assert parse_mask("255.255.255.0") == 24
+    assert parse_mask("0.0.0.0") == 0
+    assert parse_mask("255.255.255.255") == 32
+    with pytest.raises(ValueError):
+        parse_mask("255.0.255.0")
+
+
+def test_fig1_instances_by_client_address() -> None:
+    d = fig1()
+    for client, bind, reals in (("198.51.100.7", 1, {"203.0.113.14", "203.0.113.11"}),
+                                ("198.18.0.9", 2, {"203.0.113.15"}),
+                                ("198.19.0.5", 0, {"203.0.113.12", "203.0.113.13"})):
+        decision = d.decide(parse_ip(client), VIP, 80, 0.0, commit=False)
+        assert decision.virtual is not None and decision.real is not None
+        assert decision.virtual.bind_id == bind
+        assert format_ip(decision.real.addr) in reals
+
+
+def test_assign_requires_existing_nonzero_bind_instance() -> None:
+    d = fig1()
+    before = len(d.bindids)
+    with pytest.raises(ModelError, match="Bind ID 0"):
+        d.assign(sid("192.0.2.10:80:0"), parse_ip("198.51.100.0"), 24)
+    with pytest.raises(ModelError, match="does not exist"):
+        d.assign(sid("192.0.2.10:80:7"), parse_ip("198.51.100.0"), 24)
+    assert len(d.bindids) == before
+
+
+def test_longest_prefix_wins_and_equal_prefix_first_configured() -> None:
+    d = fig1()
+    d.add_virtual(sid("192.0.2.10:80:3"))
+    d.bind(sid("192.0.2.10:80:3"), sid("203.0.113.13"))
+    # A /32 inside the preferred /24 is more specific: it wins.
+    d.assign(sid("192.0.2.10:80:3"), parse_ip("198.51.100.7"), 32)
+    assert d.lookup_virtual(parse_ip("198.51.100.7"), VIP, 80).bind_id == 3
+    assert d.lookup_virtual(parse_ip("198.51.100.8"), VIP, 80).bind_id == 1
+    # Equal prefix for the same subnet: the first configured one stays in force.
+    d.assign(sid("192.0.2.10:80:3"), parse_ip("198.18.0.0"), 24)
+    assert d.lookup_virtual(parse_ip("198.18.0.9"), VIP, 80).bind_id == 2
+
+
+def test_bind_instance_must_match_destination_port() -> None:
+    d = fig1()
+    d.add_virtual(sid("192.0.2.10:443:0"))
+    # The preferred instance is for port 80; on 443 the client gets the general one.
+    assert d.lookup_virtual(parse_ip("198.51.100.7"), VIP, 443).sid == sid("192.0.2.10:443:0")
+    assert d.lookup_virtual(parse_ip("198.51.100.7"), VIP, 22) is None
+
+
+def test_lpm_index_agrees_with_a_scan_on_100k_entries() -> None:
+    d = Director()
+    rng = random.Random(7)
+    instances = [d.add_virtual(sid(f"192.0.2.10:80:{b}")) for b in range(1, 6)]
+    entries = []
+    for _ in range(100_000):
+        plen = rng.choice((16, 20, 24, 28, 32))
+        net = (0xC6120000 | rng.getrandbits(17)) & prefix_mask(plen)  # 198.18.0.0/15
+        v = rng.choice(instances)
+        if d.bindids.find(v, net, plen) is None:
+            d.assign(v.sid, net, plen)
+            entries.append((net, plen, v))
+    assert len(d.bindids) == len(entries)
+    for _ in range(300):
+        src = 0xC6120000 | rng.getrandbits(17)
+        best = None
+        for net, plen, v in entries:  # reference: scan in configuration order
+            if src & prefix_mask(plen) == net and (best is None or plen > best[1]):
+                best = (net, plen, v)
+        found = d.bindids.lookup(src, VIP, 80)
+        assert (found.virtual if found else None) is (best[2] if best else None)
+
+
+def test_roundrobin_exact_and_what_if_does_not_advance() -> None:
+    d = fig1()
+    v = d.virtual(sid("192.0.2.10:80:0"))
+    v.predictor = "roundrobin"
+    src = parse_ip("198.19.0.5")
+    d.decide(src, VIP, 80, 0.0, commit=False)
+    picks = [format_ip(d.decide(src, VIP, 80, 0.0).real.addr) for _ in range(6)]
+    assert picks == ["203.0.113.12", "203.0.113.13"] * 3
+
+
+def test_weighted_smooth_three_to_one() -> None:
+    d = fig1()
+    v = d.virtual(sid("192.0.2.10:80:0"))
+    v.predictor = "weighted"
+    d.real(sid("203.0.113.12")).weight = 3
+    picks = [format_ip(d.decide(parse_ip("198.19.0.5"), VIP, 80, 0.0).real.addr)
+             for _ in range(8)]
+    assert picks.count("203.0.113.12") == 6 and picks.count("203.0.113.13") == 2
+    assert picks[:4] != ["203.0.113.12"] * 3 + ["203.0.113.13"]  # interleaved, not bursts
+
+
+def test_backup_virtual_overflow_and_backup_real() -> None:
+    d = fig1()
+    d.virtual(sid("192.0.2.10:80:1")).backup = sid("192.0.2.10:80:0")
+    for r in ("203.0.113.14", "203.0.113.11:8001"):
+        d.set_state(sid(r), State.OUT_OF_SERVICE)
+    decision = d.decide(parse_ip("198.51.100.7"), VIP, 80, 0.0, commit=False)
+    assert decision.virtual.bind_id == 1 and decision.served_by.bind_id == 0
+    # Unwelcome pool: its only real fails, its backup real takes over.
+    d.real(sid("203.0.113.15")).backup = sid("203.0.113.13")
+    d.set_state(sid("203.0.113.15"), State.OUT_OF_SERVICE)
+    decision = d.decide(parse_ip("198.18.0.9"), VIP, 80, 0.0, commit=False)
+    assert format_ip(decision.real.addr) == "203.0.113.13"
+
+
+def test_failure_threshold_retry_testing_and_recovery(caplog) -> None:
+    d = fig1()
+    r = d.real(sid("203.0.113.15"))
+    r.threshold = 2
+    r.retry = 5
+    d.note_failure(r, 10.0)
+    assert r.state is State.IN_SERVICE
+    d.note_failure(r, 11.0)
+    assert r.state is State.FAILED and "FAILED" in caplog.text
+    assert d.decide(parse_ip("198.18.0.9"), VIP, 80, 12.0).real is None
+    d.tick(15.0)
+    assert r.state is State.FAILED
+    d.tick(16.0)
+    assert r.state is State.TESTING and r.available()
+    r.testing = True  # the data plane sends it the probe connection
+    assert not r.available()
+    d.note_answer(r)
+    assert r.state is State.IN_SERVICE
+
+
+def test_connection_table_counts_exact_through_move() -> None:
+    d = fig1()
+    v = d.virtual(sid("192.0.2.10:80:0"))
+    a, b = d.real(sid("203.0.113.12")), d.real(sid("203.0.113.13"))
+    conns = [Connection(parse_ip("198.19.0.5"), 40000 + i, VIP, 80, v, a, 0.0) for i in range(5)]
+    for c in conns:
+        d.conns.add(c)
+    d.conns.move(conns[0], b)
+    assert (a.current_conns, b.current_conns, v.conns_current, v.conns_total) == (4, 1, 5, 5)
+    assert d.conns.reply[conns[0].reply_key()] is conns[0]
+    for c in conns:
+        d.conns.remove(c)
+        d.conns.remove(c)  # idempotent: a double close never goes negative
+    assert (a.current_conns, b.current_conns, v.conns_current) == (0, 0, 0)
+    assert not d.conns.inbound and not d.conns.reply
+
+
+def test_removing_a_virtual_drops_its_assigns_and_indexes() -> None:
+    d = fig1()
+    d.remove_virtual(sid("192.0.2.10:80:1"))
+    assert len(d.bindids) == 1
+    assert d.lookup_virtual(parse_ip("198.51.100.7"), VIP, 80).bind_id == 0
+    d.remove_virtual(sid("192.0.2.10:80:0"))
+    d.remove_virtual(sid("192.0.2.10:80:2"))
+    assert d.by_dest == {} and len(d.bindids) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_prefix_mask_contains_network(addr: int, plen: int) -> None:
+    mask = prefix_mask(plen)
+    assert parse_mask(format_ip(mask)) == plen
+    assert (addr & mask) & ~mask & 0xFFFFFFFF == 0

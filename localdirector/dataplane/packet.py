@@ -1,0 +1,311 @@
+"""IPv4/TCP/ICMP-error parsing and in-place address translation for the NFQUEUE hot path.
+
+Every queued packet passes through :func:`parse_tcp` and, when it belongs to a
+connection, :func:`rewrite_dst` or :func:`rewrite_src`; so these are plain
+functions over the payload ``bytearray`` (or a writable ``memoryview`` of it)
+built on precompiled :mod:`struct` objects, returning ints or one small tuple,
+never a packet object. Addresses are host-order ints (0xC000020A is 192.0.2.10).
+
+Checksum arithmetic (RFC 1071 / RFC 1624). A 16-bit one's-complement sum is
+addition modulo 0xFFFF, and a checksum field holds the negated sum. So when
+16-bit-aligned words change by a total ``d``, the field becomes
+``(field - d) % 0xFFFF``; and since 0x10000 = 1 (mod 0xFFFF), a 32-bit address
+contributes simply its integer value. This is RFC 1624 eqn. 3,
+HC' = ~(~HC + ~m + m'), evaluated with Python ints instead of folding carries.
+Its result lies in 0..0xFFFE, which is exactly what a full computation gives:
+the other encoding of zero, 0xFFFF, would need all-zero data, impossible for an
+IPv4 header (version nibble) or a TCP pseudo-header (protocol 6). An incoming
+0xFFFF (a sender's "-0") thus comes out as the canonical 0x0000, as recomputing
+would produce. TCP, unlike UDP, gives a checksum of 0 no special meaning, so
+no case is excluded.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Drop reasons: small consecutive ints so a worker can count them in a list
+# indexed by reason; REASON_NAMES[reason] is the label `show statistics` prints.
+OK = 0
+TRUNCATED = 1        # the buffer ends before the headers the packet declares
+BAD_VERSION = 2      # not IPv4
+BAD_IHL = 3          # IP header length field below 5 words
+BAD_LENGTH = 4       # IP total length cannot hold the headers it precedes
+FRAGMENT = 5         # non-first fragment: no transport header to look up
+NOT_TCP = 6          # transport protocol is not TCP
+BAD_TCP_OFFSET = 7   # TCP data offset below 5 words or past the IP total length
+NOT_ICMP_ERROR = 8   # not an ICMP error message that quotes a packet
+REASON_NAMES = (
+    "ok",
+    "truncated",
+    "bad-version",
+    "bad-ihl",
+    "bad-length",
+    "fragment",
+    "not-tcp",
+    "bad-tcp-offset",
+    "not-icmp-error",
+)
+
+# TCP flag bits as found in byte 13 of the TCP header.
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+# ICMP messages that quote the offending packet and are worth translating:
+# destination unreachable (incl. code 4, fragmentation needed, for path-MTU
+# discovery), time exceeded, parameter problem.
+ICMP_ERROR_TYPES = frozenset((3, 11, 12))
+
+Buffer = bytearray | memoryview  # a writable view when rewriting
+TcpFields = tuple[int, int, int, int, int, int]
+IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
+
+_MOD = 0xFFFF
+_IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fragment offset
+_IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
+_TCP_HEAD = struct.Struct("!HH8xBB")        # ports, data offset, flags
+_CSUM_ADDRS = struct.Struct("!HII")         # IP header from byte 10: checksum, source, destination
+_PORTS_CSUM = struct.Struct("!HH12xH")      # TCP ports and checksum
+_PORTS = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_PSEUDO = struct.Struct("!IIxBH")           # TCP pseudo-header
+
+# Bound methods looked up once: the hot path then pays no attribute lookups.
+_unpack_ip_head = _IP_HEAD.unpack_from
+_unpack_len_addrs = _IP_LEN_ADDRS.unpack_from
+_unpack_tcp_head = _TCP_HEAD.unpack_from
+_unpack_csum_addrs = _CSUM_ADDRS.unpack_from
+_pack_csum_addrs = _CSUM_ADDRS.pack_into
+_unpack_ports_csum = _PORTS_CSUM.unpack_from
+_pack_ports = _PORTS.pack_into
+_unpack_u16 = _U16.unpack_from
+_pack_u16 = _U16.pack_into
+_unpack_u32 = _U32.unpack_from
+_pack_u32 = _U32.pack_into
+
+
+def _ipv4_header(buf: Buffer, off: int, n: int) -> int:
+    """Validate the IPv4 header at ``off``; return its length in bytes, or a reason.
+
+    Shared by the TCP path and both headers of an ICMP error so the rules are
+    stated once. A header is at least 20 bytes, so every value below 20 is a
+    drop reason, never a length; callers test ``< 20``.
+    """
+    if n < off + 20:
+        return TRUNCATED
+    vihl, total, frag = _unpack_ip_head(buf, off)
+    if vihl >> 4 != 4:
+        return BAD_VERSION
+    ihl = (vihl & 0x0F) << 2
+    if ihl < 20:
+        return BAD_IHL
+    if total < ihl:
+        return BAD_LENGTH
+    if frag & 0x1FFF:
+        return FRAGMENT
+    if n < off + ihl:
+        return TRUNCATED
+    return ihl
+
+
+def parse_tcp(buf: Buffer) -> TcpFields | int:
+    """Parse an IPv4/TCP packet: ``(ihl, src, dst, sport, dport, flags)`` or a drop reason.
+
+    ``ihl`` is the IP header length in bytes (where TCP starts), to hand to
+    the rewrite functions. Only headers must be inside ``buf``: NetfilterQueue
+    copies at most 4016 bytes, so the IP total length may exceed ``len(buf)``.
+    A first fragment (MF set, offset 0) carries the TCP header and is accepted.
+    """
+    n = len(buf)
+    ihl = _ipv4_header(buf, 0, n)
+    if ihl < 20:
+        return ihl
+    if buf[9] != PROTO_TCP:
+        return NOT_TCP
+    total, src, dst = _unpack_len_addrs(buf, 0)
+    if total < ihl + 20:
+        return BAD_LENGTH
+    if n < ihl + 20:
+        return TRUNCATED
+    sport, dport, offset, flags = _unpack_tcp_head(buf, ihl)
+    end = ihl + ((offset >> 4) << 2)
+    if end < ihl + 20 or end > total:
+        return BAD_TCP_OFFSET
+    if end > n:
+        return TRUNCATED
+    return ihl, src, dst, sport, dport, flags
+
+
+def _rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool) -> None:
+    """Set one side's address and port, adjusting the IP and TCP checksums.
+
+    One body for both directions so the checksum arithmetic exists once; the
+    flag costs a branch, cheaper than extra struct calls per field.
+    """
+    ip_csum, src, dst = _unpack_csum_addrs(buf, 10)
+    sport, dport, tcp_csum = _unpack_ports_csum(buf, ihl)
+    if destination:
+        delta = new_ip - dst
+        _pack_csum_addrs(buf, 10, (ip_csum - delta) % _MOD, src, new_ip)
+        _pack_ports(buf, ihl, sport, new_port)
+        port_delta = new_port - dport
+    else:
+        delta = new_ip - src
+        _pack_csum_addrs(buf, 10, (ip_csum - delta) % _MOD, new_ip, dst)
+        _pack_ports(buf, ihl, new_port, dport)
+        port_delta = new_port - sport
+    # The TCP checksum covers the addresses through the pseudo-header.
+    _pack_u16(buf, ihl + 16, (tcp_csum - delta - port_delta) % _MOD)
+
+
+def rewrite_dst(buf: Buffer, ihl: int, new_ip: int, new_port: int) -> None:
+    """Translate the destination (client -> VIP becomes client -> real) in place."""
+    _rewrite(buf, ihl, new_ip, new_port, True)
+
+
+def rewrite_src(buf: Buffer, ihl: int, new_ip: int, new_port: int) -> None:
+    """Translate the source (real -> client becomes VIP -> client) in place."""
+    _rewrite(buf, ihl, new_ip, new_port, False)
+
+
+def parse_icmp_error(buf: Buffer) -> IcmpErrorFields | int:
+    """Parse an ICMP error quoting a TCP packet, or return a drop reason.
+
+    Returns ``(ihl, outer_src, outer_dst, inner_offset, inner_ihl, inner_src,
+    inner_dst, inner_sport, inner_dport)``. The quoted packet is the one that
+    provoked the error, so its addresses run opposite to the error's own: to
+    find the connection, look the inner packet up as if it were in flight.
+    RFC 792 guarantees only the inner IP header and 8 bytes of TCP; those are
+    required, anything more is optional.
+    """
+    n = len(buf)
+    ihl = _ipv4_header(buf, 0, n)
+    if ihl < 20:
+        return ihl
+    if buf[9] != PROTO_ICMP:
+        return NOT_ICMP_ERROR
+    if n <= ihl:
+        return TRUNCATED
+    if buf[ihl] not in ICMP_ERROR_TYPES:
+        return NOT_ICMP_ERROR
+    total, src, dst = _unpack_len_addrs(buf, 0)
+    inner = ihl + 8
+    # A message too short to quote an IP header and 8 bytes of TCP is malformed;
+    # one that says it is long enough but is not all in buf was cut short.
+    if total < inner + 20 + 8:
+        return BAD_LENGTH
+    inner_ihl = _ipv4_header(buf, inner, n)
+    if inner_ihl < 20:
+        return inner_ihl
+    if buf[inner + 9] != PROTO_TCP:
+        return NOT_TCP
+    if total < inner + inner_ihl + 8:
+        return BAD_LENGTH
+    if n < inner + inner_ihl + 8:
+        return TRUNCATED
+    _, inner_src, inner_dst = _unpack_len_addrs(buf, inner)
+    inner_sport, inner_dport = _PORTS.unpack_from(buf, inner + inner_ihl)
+    return (ihl, src, dst, inner, inner_ihl, inner_src, inner_dst, inner_sport, inner_dport)
+
+
+def _set_address(buf: Buffer, header: int, field: int, new_ip: int) -> int:
+    """Set the address at ``header + field`` and fix that header's checksum; return the change."""
+    (old,) = _unpack_u32(buf, header + field)
+    delta = new_ip - old
+    _pack_u32(buf, header + field, new_ip)
+    (csum,) = _unpack_u16(buf, header + 10)
+    _pack_u16(buf, header + 10, (csum - delta) % _MOD)
+    return delta
+
+
+def _set_port(buf: Buffer, tcp: int, field: int, new_port: int) -> int:
+    """Set the port at ``tcp + field``; return the change."""
+    (old,) = _unpack_u16(buf, tcp + field)
+    _pack_u16(buf, tcp + field, new_port)
+    return new_port - old
+
+
+def rewrite_icmp(
+    buf: Buffer,
+    ihl: int,
+    *,
+    outer_src: int | None = None,
+    outer_dst: int | None = None,
+    inner_src: tuple[int, int] | None = None,
+    inner_dst: tuple[int, int] | None = None,
+) -> None:
+    """Translate an ICMP error parsed by :func:`parse_icmp_error`, in place.
+
+    Each given endpoint replaces the current one; ``None`` leaves it alone.
+    Typical uses: an error from a real about a packet it received is shown to
+    the client with ``outer_src=vip, inner_dst=(vip, vport)``; an error from
+    the client side about a reply the director sent is passed to the real with
+    ``outer_dst=real, inner_src=(real, rport)``.
+
+    Updated: the outer IP checksum, the quoted IP header's checksum, the
+    quoted TCP checksum when wholly quoted (incrementally, like Linux NAT: the
+    quoted segment is usually cut short and cannot be summed), and the ICMP
+    checksum, which covers the quoted bytes. ``buf`` must not extend past the
+    IP total length, which NetfilterQueue payloads never do.
+    """
+    if outer_src is not None:
+        _set_address(buf, 0, 12, outer_src)
+    if outer_dst is not None:
+        _set_address(buf, 0, 16, outer_dst)
+    inner = ihl + 8
+    tcp = inner + ((buf[inner] & 0x0F) << 2)
+    quotes_tcp_csum = len(buf) >= tcp + 18
+    # Every byte this function may change in the ICMP message lies in
+    # [inner, end), which starts on an even offset of the message; the
+    # difference of its sums before and after is what the ICMP checksum owes.
+    end = tcp + 18 if quotes_tcp_csum else tcp + 4
+    before = int.from_bytes(buf[inner:end], "big")
+    delta = 0
+    if inner_src is not None:
+        delta += _set_address(buf, inner, 12, inner_src[0]) + _set_port(buf, tcp, 0, inner_src[1])
+    if inner_dst is not None:
+        delta += _set_address(buf, inner, 16, inner_dst[0]) + _set_port(buf, tcp, 2, inner_dst[1])
+    if quotes_tcp_csum:
+        (tcp_csum,) = _unpack_u16(buf, tcp + 16)
+        _pack_u16(buf, tcp + 16, (tcp_csum - delta) % _MOD)
+    changed = int.from_bytes(buf[inner:end], "big") - before
+    (icmp_csum,) = _unpack_u16(buf, ihl + 2)
+    _pack_u16(buf, ihl + 2, (icmp_csum - changed) % _MOD)
+
+
+def checksum(data: bytes | Buffer) -> int:
+    """Internet checksum (RFC 1071) of ``data``, computed from scratch.
+
+    The big-endian integer of an even-length byte string is congruent modulo
+    0xFFFF to the sum of its 16-bit words, so one C-level conversion replaces
+    the word loop; an odd tail byte is padded with zero as the RFC says.
+    All-zero data keeps the RFC 1071 result 0xFFFF.
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return 0xFFFF if value == 0 else -value % _MOD
+
+
+def tcp_checksum_full(buf: Buffer, ihl: int) -> int:
+    """The correct TCP checksum of the packet in ``buf``, over pseudo-header and segment.
+
+    For verification and tests, not the packet path; the whole segment (up to
+    the IP total length) must be in ``buf``. The stored checksum field is
+    ignored, as if it were zero.
+    """
+    total, src, dst = _unpack_len_addrs(buf, 0)
+    if total > len(buf):
+        raise ValueError(f"segment cut short: total length {total}, buffer {len(buf)} bytes")
+    segment = bytearray(buf[ihl:total])
+    segment[16:18] = b"\0\0"
+    return checksum(_PSEUDO.pack(src, dst, PROTO_TCP, total - ihl) + segment)

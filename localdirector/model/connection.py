@@ -10,6 +10,16 @@ if TYPE_CHECKING:
     from .virtual import VirtualMachine
 
 
+# TCP states a connection goes through, as the data plane tracks them (FIG. 3C field 350).
+SYN_SENT = "SYN_SENT"        # client SYN forwarded, the real has not answered
+SYN_RCVD = "SYN_RCVD"        # the real answered with SYN-ACK; the client's ACK is awaited
+ESTABLISHED = "ESTABLISHED"
+FIN_WAIT = "FIN_WAIT"        # one side has sent FIN
+CLOSED = "CLOSED"            # FIN both ways or RST: lingering so the last ACK gets through
+# Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
+HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
+
+
 def flow_key(src: int, sport: int, dst: int, dport: int) -> int:
     """One int per 4-tuple: hashes faster than a tuple and allocates one object, not five."""
     return (src << 64) | (sport << 48) | (dst << 16) | dport
@@ -40,7 +50,7 @@ class Connection:
         self.real_port = real.port or virtual_port
         self.nat_port = foreign_port
         self.syn_resends = 0
-        self.tcp_state = "SYN_SENT"
+        self.tcp_state = SYN_SENT
         self.created = now
         self.last_seen = now
         self.syn_sent_at = now
@@ -62,7 +72,8 @@ class Connection:
 
 class ConnectionTable:
     """Hash table keyed by inbound and by reply 4-tuple; owns the live connection counts
-    of virtuals and reals so they can only change together with the table."""
+    of virtuals and reals (and the virtuals' half-open gauge) so they can only change
+    together with the table."""
 
     __slots__ = ("inbound", "reply")
 
@@ -84,6 +95,8 @@ class ConnectionTable:
         conn.virtual.conns_total += 1
         conn.real.current_conns += 1
         conn.real.total_conns += 1
+        if conn.tcp_state in HALF_OPEN_STATES:
+            conn.virtual.half_open += 1
 
     def remove(self, conn: Connection) -> None:
         if self.inbound.get(conn.in_key) is not conn:
@@ -93,12 +106,33 @@ class ConnectionTable:
             del self.reply[conn.out_key]
         conn.virtual.conns_current -= 1
         conn.real.current_conns -= 1
+        if conn.tcp_state in HALF_OPEN_STATES:
+            conn.virtual.half_open -= 1
 
-    def move(self, conn: Connection, real: "PhysicalMachine") -> None:
-        """Reassign (FIG. 3C field 353): same client tuple, another real."""
+    def set_state(self, conn: Connection, state: str) -> None:
+        """Change the TCP state, keeping the virtual's half-open gauge exact."""
+        was_half_open = conn.tcp_state in HALF_OPEN_STATES
+        conn.tcp_state = state
+        is_half_open = state in HALF_OPEN_STATES
+        if was_half_open != is_half_open and self.inbound.get(conn.in_key) is conn:
+            conn.virtual.half_open += 1 if is_half_open else -1
+
+    def move(self, conn: Connection, real: "PhysicalMachine",
+             virtual: "VirtualMachine | None" = None, nat_port: int | None = None) -> None:
+        """Reassign (FIG. 3C field 353): same client tuple, another real.
+
+        `virtual` moves it to another instance too (the backup virtual took over);
+        `nat_port` sets the client port used toward the new real, chosen by the caller
+        because the tuple toward the new real may still be in TIME_WAIT there."""
         self.remove(conn)
+        same_virtual = virtual is None or virtual is conn.virtual
+        if not same_virtual:
+            conn.virtual = virtual
         conn.real = real
         conn.real_ip = real.addr
         conn.real_port = real.port or conn.virtual_port
+        if nat_port is not None:
+            conn.nat_port = nat_port
         self.add(conn)
-        conn.virtual.conns_total -= 1  # still one connection to the virtual
+        if same_virtual:
+            conn.virtual.conns_total -= 1  # still one connection to the virtual

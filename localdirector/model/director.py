@@ -212,11 +212,11 @@ class Director:
 
     # -- names ---------------------------------------------------------------------
     def set_name(self, addr: int, name: str) -> None:
+        if self.names.get(name, addr) != addr:
+            raise ModelError(f"name '{name}' already names another address")
         old = self.addr_names.pop(addr, None)
         if old is not None:
             del self.names[old]
-        if name in self.names:
-            raise ModelError(f"name '{name}' already names another address")
         self.names[name] = addr
         self.addr_names[addr] = name
         self.changed()
@@ -246,9 +246,10 @@ class Director:
         return None
 
     def decide(self, src: int, dst: int, dport: int, now: float,
-               commit: bool = True) -> Decision:
+               commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
         """Steps 510-518: instance by client address, then a real, overflowing to the
-        backup virtual chain (patent ¶10) when the instance cannot take the connection."""
+        backup virtual chain (patent ¶10) when the instance cannot take the connection.
+        `exclude`: a real the connection is being reassigned away from."""
         virtual = self.lookup_virtual(src, dst, dport)
         if virtual is None:
             return Decision(None, None)
@@ -261,7 +262,7 @@ class Director:
         while v is not None and id(v) not in seen:
             seen.add(id(v))
             if v.state is State.IN_SERVICE:
-                real = select_real(v, src, now, self.available_backup, commit)
+                real = select_real(v, src, now, self.available_backup, commit, exclude)
                 if real is not None:
                     return Decision(virtual, real, v)
             v = self.virtuals.get(v.backup) if v.backup is not None else None

@@ -13,8 +13,9 @@ from .state import State
 from .virtual import VirtualMachine
 
 
-def _candidates(virtual: VirtualMachine) -> list[Link]:
-    return [link for link in virtual.iter_links() if link.real.available()]
+def _candidates(virtual: VirtualMachine, exclude: PhysicalMachine | None) -> list[Link]:
+    return [link for link in virtual.iter_links()
+            if link.real.available() and link.real is not exclude]
 
 
 def _leastconns(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
@@ -62,26 +63,31 @@ PREDICTOR_FUNCTIONS: dict[str, Callable[[VirtualMachine, list[Link], bool], Link
 
 def select_real(virtual: VirtualMachine, client_ip: int, now: float,
                 backups: Callable[[PhysicalMachine], PhysicalMachine | None],
-                commit: bool = True) -> PhysicalMachine | None:
+                commit: bool = True, exclude: PhysicalMachine | None = None
+                ) -> PhysicalMachine | None:
     """FIG. 5 step 518 for one virtual: sticky affinity, a TESTING real's probe, the
-    predictor, then the backups of unavailable reals; None when nothing can take it."""
+    predictor, then the backups of unavailable reals; None when nothing can take it.
+
+    `exclude` is the real a connection is being taken away from (reassign): it must not
+    get the connection back, not even through stickiness or as someone's backup."""
     if virtual.sticky:
         entry = virtual.sticky_table.get(client_ip)
         if entry is not None:
             real, last = entry
             if now - last < virtual.sticky * 60 and isinstance(real, PhysicalMachine) \
-                    and real.available() and _still_bound(virtual, real):
+                    and real is not exclude and real.available() \
+                    and _still_bound(virtual, real):
                 if commit:
                     virtual.sticky_table[client_ip] = (real, now)
                 return real
-    links = _candidates(virtual)
+    links = _candidates(virtual, exclude)
     if links:
         testing = [link for link in links if link.real.state is State.TESTING]
         link = testing[0] if testing else PREDICTOR_FUNCTIONS[virtual.predictor](
             virtual, links, commit)
         chosen: PhysicalMachine | None = link.real
     else:
-        chosen = _backup_for(virtual, backups)
+        chosen = _backup_for(virtual, backups, exclude)
     if chosen is not None and commit and virtual.sticky:
         virtual.sticky_table[client_ip] = (chosen, now)
     return chosen
@@ -92,11 +98,11 @@ def _still_bound(virtual: VirtualMachine, real: PhysicalMachine) -> bool:
 
 
 def _backup_for(virtual: VirtualMachine,
-                backups: Callable[[PhysicalMachine], PhysicalMachine | None]
-                ) -> PhysicalMachine | None:
+                backups: Callable[[PhysicalMachine], PhysicalMachine | None],
+                exclude: PhysicalMachine | None = None) -> PhysicalMachine | None:
     """A real that cannot take connections hands them to its backup real (FIG. 3B 328)."""
     for link in virtual.iter_links():
         backup = backups(link.real)
-        if backup is not None:
+        if backup is not None and backup is not exclude:
             return backup
     return None

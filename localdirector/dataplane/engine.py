@@ -1,0 +1,480 @@
+"""FIG. 5 for every queued packet: find or create the connection, translate, follow TCP.
+
+The engine is pure Python over the packet's `bytearray`: no kernel, no sockets, and time
+comes from an injectable clock, so every behaviour is testable with crafted packets. The
+NFQUEUE worker calls `handle()` per packet (re-injecting the buffer only when the verdict
+is ACCEPT_MODIFIED) and `tick()` about twice a second for the timers.
+
+Locking: every entry point holds `director.lock` for its whole span, so one engine may be
+shared by several worker threads and the shell always sees whole updates and exact counts.
+
+Choices the design leaves open, and why:
+
+* A real's RST to our SYN is dropped and the connection moved to another real at once,
+  but nothing is sent to the new real then: userspace no longer has the client's SYN, so
+  the client's own retransmission (about 1 s later) is the first packet the new real
+  sees. When no other real can take it, the RST is translated and passed on: an honest
+  refusal beats a client retrying into a void.
+* A connection stays reassignable until the real answers; `reassign` retransmitted SYNs
+  without an answer, or a RST, ditch the real (FIG. 3B counters) and tell the director,
+  whose `threshold` logic fails it. The response time a SYN-ACK records is measured from
+  the first SYN sent to *that* real, so a real that needed retransmissions looks slow.
+* Port reuse (DESIGN §3): every closed connection leaves its tuple toward the real in a
+  recently-closed table for TIME_WAIT (60 s, Linux's value). A new connection whose tuple
+  toward the chosen real is in that table, or in use by a live connection, gets another
+  client port toward the real (Connection.nat_port), translated back on replies. The
+  real then sees a tuple it holds no state for, so neither TIME_WAIT nor PAWS can stall
+  the SYN. A real's late packet for a tuple in that table is dropped (`stale-reply`)
+  rather than leaked to the client untranslated.
+* Half-open connections (no completed handshake) expire after at most 75 s, the classic
+  connection-establishment timer, long enough for the client's SYN retransmissions
+  (1+2+4+8+16+32 s) to reach a reassign; established ones after the virtual's timeout.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from ..model.connection import (CLOSED, ESTABLISHED, FIN_WAIT, HALF_OPEN_STATES, SYN_RCVD,
+                                SYN_SENT, Connection, flow_key)
+from ..model.director import Director
+from ..model.real import PhysicalMachine
+from ..model.state import State
+from ..model.virtual import VirtualMachine
+from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
+                     rewrite_dst, rewrite_icmp, rewrite_src)
+from .stats import (CONN_LIMIT, NO_CONNECTION, NO_REAL, NO_VIRTUAL, RESET_ABSORBED,
+                    STALE_REPLY, SYNGUARD, Stats)
+
+# Verdicts. ACCEPT_MODIFIED tells the worker the buffer changed and must be re-injected;
+# ACCEPT_UNCHANGED lets it accept the original without copying anything.
+DROP = 0
+ACCEPT_UNCHANGED = 1
+ACCEPT_MODIFIED = 2
+
+LINGER = 2.0              # closed connections keep translating this long (last ACK, RST races)
+TIME_WAIT = 60.0          # how long a closed tuple toward a real is avoided
+EMBRYONIC_TIMEOUT = 75.0  # idle limit of a connection whose handshake has not completed
+RECENT_MAX = 1 << 18      # recently-closed tuples kept at most (oldest forgotten first)
+RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`)
+
+_CONTROL = SYN | FIN | RST
+_CLIENT_SYN_MASK = SYN | ACK | RST | FIN
+_NAT_PORT_LOW = 1024
+_NAT_PORT_COUNT = 65536 - _NAT_PORT_LOW
+_COMPACT_MIN = 4096       # dead timer entries tolerated before the heap is rebuilt
+
+
+class Engine:
+    """The FIG. 5 data plane over one Director (see the module docstring for policy)."""
+
+    def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic) -> None:
+        self.director = director
+        self.clock = clock
+        self.stats = Stats()
+        self._lock = director.lock
+        # Tuple toward a real (the reply key) -> when its connection closed, oldest first.
+        self._recent: OrderedDict[int, float] = OrderedDict()
+        self._linger: deque[Connection] = deque()
+        # Idle timers: (deadline, tie-breaker, connection), checked lazily: a popped entry
+        # whose connection saw traffic since is pushed again with its new deadline.
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._timer_seq = itertools.count()
+        self._dead_timers = 0
+        self._timeouts: dict[VirtualMachine, int] = {}
+        self._probes: dict[PhysicalMachine, Connection] = {}
+        self._next_nat_port = _NAT_PORT_LOW + random.randrange(_NAT_PORT_COUNT)
+        self._vip_generation = -1
+        self._vip_addrs: frozenset[int] = frozenset()
+
+    # -- packet path ---------------------------------------------------------------
+    def handle(self, buf: bytearray) -> int:
+        """FIG. 5 for one IPv4 packet; returns DROP, ACCEPT_UNCHANGED or ACCEPT_MODIFIED
+        (then `buf` holds the translated packet). Never raises on packet contents."""
+        fields = parse_tcp(buf)  # reads only the packet: no need to hold the lock
+        with self._lock:
+            self.stats.packets += 1
+            if type(fields) is int:
+                return self._not_tcp(buf, fields)
+            ihl, src, dst, sport, dport, flags = fields
+            now = self.clock()
+            key = (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key, inlined
+            conns = self.director.conns
+            conn = conns.inbound.get(key)
+            if conn is not None:
+                if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
+                    verdict = self._client_control(buf, ihl, conn, src, dst, sport, dport,
+                                                   flags, now)
+                    if verdict is not None:
+                        return verdict
+                return self._forward_in(buf, ihl, conn, src, sport, now)
+            conn = conns.reply.get(key)
+            if conn is not None:
+                if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
+                    verdict = self._real_control(conn, flags, now)
+                    if verdict is not None:
+                        return verdict
+                return self._forward_out(buf, ihl, conn, dst, dport, now)
+            return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
+
+    def _forward_in(self, buf: bytearray, ihl: int, conn: Connection, src: int, sport: int,
+                    now: float) -> int:
+        """Client -> real: destination to the real, client port to nat_port if remapped."""
+        size = (buf[2] << 8) | buf[3]  # IP total length: the queue may copy less
+        conn.last_seen = now
+        conn.packets_in += 1
+        conn.bytes_in += size
+        virtual = conn.virtual
+        virtual.packets_in += 1
+        virtual.bytes_in += size
+        real = conn.real
+        real.packets_in += 1
+        real.bytes_in += size
+        rewrite_dst(buf, ihl, conn.real_ip, conn.real_port)
+        if conn.nat_port != sport:
+            rewrite_src(buf, ihl, src, conn.nat_port)
+        self.stats.translated_in += 1
+        return ACCEPT_MODIFIED
+
+    def _forward_out(self, buf: bytearray, ihl: int, conn: Connection, dst: int, dport: int,
+                     now: float) -> int:
+        """Real -> client: source back to the VIP:port the client used, and its own port."""
+        size = (buf[2] << 8) | buf[3]
+        conn.last_seen = now
+        conn.packets_out += 1
+        conn.bytes_out += size
+        virtual = conn.virtual
+        virtual.packets_out += 1
+        virtual.bytes_out += size
+        real = conn.real
+        real.packets_out += 1
+        real.bytes_out += size
+        rewrite_src(buf, ihl, conn.virtual_ip, conn.virtual_port)
+        if conn.foreign_port != dport:
+            rewrite_dst(buf, ihl, dst, conn.foreign_port)
+        self.stats.translated_out += 1
+        return ACCEPT_MODIFIED
+
+    def _drop(self, reason: int) -> int:
+        self.stats.drops[reason] += 1
+        return DROP
+
+    def _unchanged(self) -> int:
+        self.stats.unchanged += 1
+        return ACCEPT_UNCHANGED
+
+    # -- TCP state -----------------------------------------------------------------
+    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
+                        sport: int, dport: int, flags: int, now: float) -> int | None:
+        """State changes driven by the client; a verdict, or None to translate as usual."""
+        state = conn.tcp_state
+        if flags & _CLIENT_SYN_MASK == SYN:
+            if state is CLOSED:
+                # The client reuses its port while the old connection lingers: that one
+                # is over, and this SYN opens a new connection.
+                self._close(conn, now)
+                return self._open(buf, ihl, src, dst, sport, dport, now)
+            if not conn.answered:
+                self.stats.syn_resends += 1
+                conn.syn_resends += 1
+                if conn.syn_resends >= conn.real.reassign:
+                    self._reassign(conn, now, reset=False)
+            return None
+        if state is CLOSED:
+            return None
+        if flags & RST:
+            self._closing(conn, now)
+        elif flags & FIN:
+            conn.fin_in = True
+            if conn.fin_out:
+                self._closing(conn, now)
+            elif state is not FIN_WAIT:
+                self.director.conns.set_state(conn, FIN_WAIT)
+        elif state is SYN_RCVD and flags & ACK:
+            self.director.conns.set_state(conn, ESTABLISHED)
+        return None
+
+    def _real_control(self, conn: Connection, flags: int, now: float) -> int | None:
+        """State changes driven by the real; a verdict, or None to translate as usual."""
+        state = conn.tcp_state
+        if state is CLOSED:
+            return None
+        if flags & RST:
+            if not conn.answered and self._reassign(conn, now, reset=True):
+                return self._drop(RESET_ABSORBED)
+            self._closing(conn, now)
+        elif flags & SYN:
+            if flags & ACK and not conn.answered:
+                self._answered(conn, now)
+        elif flags & FIN:
+            conn.fin_out = True
+            if conn.fin_in:
+                self._closing(conn, now)
+            elif state is not FIN_WAIT:
+                self.director.conns.set_state(conn, FIN_WAIT)
+        return None
+
+    def _answered(self, conn: Connection, now: float) -> None:
+        """SYN-ACK: the real is alive; record its response time for `fastest`."""
+        conn.answered = True
+        if conn.tcp_state is SYN_SENT:
+            self.director.conns.set_state(conn, SYN_RCVD)
+        real = conn.real
+        sample = max(now - conn.syn_sent_at, 1e-6)  # 0.0 would read as "unmeasured"
+        if real.response_time == 0.0:
+            real.response_time = sample
+        else:
+            real.response_time += RESPONSE_WEIGHT * (sample - real.response_time)
+        self._end_probe(conn)
+        self.director.note_answer(real)
+
+    def _closing(self, conn: Connection, now: float) -> None:
+        """FIN both ways or RST: keep translating for LINGER seconds, then remove."""
+        self.director.conns.set_state(conn, CLOSED)
+        conn.closing_at = now + LINGER
+        self._linger.append(conn)
+
+    # -- connections ---------------------------------------------------------------
+    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int,
+                       dport: int, flags: int, key: int, now: float) -> int:
+        """FIG. 5 step 506 'no': a client SYN opens a connection; anything else toward a
+        VIP is dropped; traffic of reals with others is none of our business."""
+        if dst not in self._vips():
+            if key in self._recent:
+                return self._drop(STALE_REPLY)
+            return self._unchanged()
+        if flags & _CLIENT_SYN_MASK != SYN:
+            return self._drop(NO_CONNECTION)
+        return self._open(buf, ihl, src, dst, sport, dport, now)
+
+    def _open(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int, dport: int,
+              now: float) -> int:
+        """FIG. 5 steps 510-520 for a client SYN."""
+        director = self.director
+        if len(director.conns) >= director.settings.max_conns:
+            return self._drop(CONN_LIMIT)
+        virtual = director.lookup_virtual(src, dst, dport)
+        if virtual is None:
+            return self._drop(NO_VIRTUAL)
+        if _synguard_full(virtual):
+            virtual.synguard_drops += 1
+            return self._drop(SYNGUARD)
+        decision = director.decide(src, dst, dport, now)
+        real, served = decision.real, decision.served_by
+        if real is None or served is None:
+            virtual.no_real_drops += 1
+            return self._drop(NO_REAL)
+        if served is not virtual and _synguard_full(served):
+            served.synguard_drops += 1
+            return self._drop(SYNGUARD)
+        conn = Connection(src, sport, dst, dport, served, real, now)
+        conn.nat_port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
+        director.conns.add(conn)
+        self._start_probe(conn)
+        heapq.heappush(self._timers, (now + self._timeout(conn), next(self._timer_seq), conn))
+        self.stats.conns_created += 1
+        return self._forward_in(buf, ihl, conn, src, sport, now)
+
+    def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
+        """Ditch the real that did not answer (or reset) the SYN; False when no other
+        real can take the connection, which then stays where it is."""
+        old = conn.real
+        self._end_probe(conn)
+        self.director.note_failure(old, now)
+        conn.syn_resends = 0
+        decision = self.director.decide(conn.foreign_ip, conn.virtual_ip, conn.virtual_port,
+                                        now, exclude=old)
+        new = decision.real
+        if new is None:
+            return False
+        if reset:
+            old.reset_reassigns += 1
+        else:
+            old.noanswer_reassigns += 1
+        # The old real may hold a half-open socket for this tuple: avoid it for a while.
+        self._remember(conn.out_key, now)
+        nat_port = self._nat_port(new.addr, new.port or conn.virtual_port, conn.foreign_ip,
+                                  conn.foreign_port)
+        self.director.conns.move(conn, new, decision.served_by, nat_port)
+        conn.syn_sent_at = now
+        self._start_probe(conn)
+        self.stats.conns_reassigned += 1
+        return True
+
+    def _nat_port(self, real_ip: int, real_port: int, client_ip: int, port: int) -> int:
+        """The client port to use toward the real: the client's own unless that tuple is
+        live or closed less than TIME_WAIT ago (DESIGN §3 port reuse)."""
+        reply, recent = self.director.conns.reply, self._recent
+        base = flow_key(real_ip, real_port, client_ip, 0)
+        if base | port not in reply and base | port not in recent:
+            return port
+        self.stats.port_remaps += 1
+        for _ in range(_NAT_PORT_COUNT):
+            candidate = self._next_nat_port
+            self._next_nat_port = candidate + 1 if candidate < 65535 else _NAT_PORT_LOW
+            if base | candidate not in reply and base | candidate not in recent:
+                return candidate
+        return port  # every port toward this real is taken: nothing better exists
+
+    def _close(self, conn: Connection, now: float) -> None:
+        """Remove a connection now (idempotent), remembering its tuple toward the real."""
+        conns = self.director.conns
+        if conns.inbound.get(conn.in_key) is not conn:
+            return
+        conns.remove(conn)
+        self._remember(conn.out_key, now)
+        self._end_probe(conn)
+        self._dead_timers += 1
+        self.stats.conns_closed += 1
+
+    def _remember(self, reply_key: int, now: float) -> None:
+        recent = self._recent
+        recent.pop(reply_key, None)
+        recent[reply_key] = now
+        if len(recent) > RECENT_MAX:
+            recent.popitem(last=False)
+
+    def _start_probe(self, conn: Connection) -> None:
+        """A TESTING real takes exactly one connection as its test (FIG. 3B)."""
+        real = conn.real
+        if real.state is State.TESTING:
+            real.testing = True
+            self._probes[real] = conn
+
+    def _end_probe(self, conn: Connection) -> None:
+        """The probe is over (answered, ditched or gone): let the real be tested again."""
+        real = conn.real
+        if self._probes.get(real) is conn:
+            del self._probes[real]
+            if real.state is State.TESTING:
+                real.testing = False
+
+    def _vips(self) -> frozenset[int]:
+        """VIP addresses, recomputed only when the model changed."""
+        director = self.director
+        if director.generation != self._vip_generation:
+            self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
+            self._vip_generation = director.generation
+        return self._vip_addrs
+
+    # -- ICMP and other protocols --------------------------------------------------
+    def _not_tcp(self, buf: bytearray, reason: int) -> int:
+        if reason != NOT_TCP:
+            return self._drop(reason)
+        if buf[9] == PROTO_ICMP:
+            return self._icmp(buf)
+        if int.from_bytes(buf[16:20], "big") in self._vips():
+            return self._drop(NOT_TCP)
+        return self._unchanged()
+
+    def _icmp(self, buf: bytearray) -> int:
+        """ICMP errors quoting a translated packet are translated too, so path-MTU
+        discovery and unreachables work through the director; other ICMP passes."""
+        fields = parse_icmp_error(buf)
+        if type(fields) is int:
+            return self._unchanged()
+        ihl, _osrc, _odst, _inner, _inner_ihl, isrc, idst, isport, idport = fields
+        # The quoted packet flowed the way the error did not: look it up as if in flight.
+        key = flow_key(idst, idport, isrc, isport)
+        conns = self.director.conns
+        conn = conns.inbound.get(key)
+        if conn is not None:
+            # Quotes our VIP -> client reply: the error belongs to the real.
+            remapped = conn.nat_port != conn.foreign_port
+            rewrite_icmp(buf, ihl, outer_dst=conn.real_ip,
+                         inner_src=(conn.real_ip, conn.real_port),
+                         inner_dst=(conn.foreign_ip, conn.nat_port) if remapped else None)
+        else:
+            conn = conns.reply.get(key)
+            if conn is None:
+                return self._unchanged()
+            # Quotes a client -> real packet: show the client an error about the VIP.
+            remapped = conn.nat_port != conn.foreign_port
+            rewrite_icmp(buf, ihl, outer_src=conn.virtual_ip,
+                         inner_dst=(conn.virtual_ip, conn.virtual_port),
+                         inner_src=(conn.foreign_ip, conn.foreign_port) if remapped else None)
+        self.stats.icmp_translated += 1
+        return ACCEPT_MODIFIED
+
+    # -- timers --------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Periodic work (the worker calls it about every 0.5 s): FAILED reals whose retry
+        time passed go TESTING, lingering and idle connections go, old tuples expire."""
+        with self._lock:
+            if now is None:
+                now = self.clock()
+            self.director.tick(now)
+            self._notice_timeout_changes()
+            linger = self._linger
+            while linger and linger[0].closing_at <= now:
+                self._close(linger.popleft(), now)
+            self._expire_idle(now)
+            recent = self._recent
+            cutoff = now - TIME_WAIT
+            while recent:
+                reply_key, closed_at = next(iter(recent.items()))
+                if closed_at > cutoff:
+                    break
+                del recent[reply_key]
+
+    def _timeout(self, conn: Connection) -> float:
+        state = conn.tcp_state
+        if state is CLOSED:
+            return LINGER
+        timeout = conn.virtual.timeout
+        if state in HALF_OPEN_STATES and timeout > EMBRYONIC_TIMEOUT:
+            return EMBRYONIC_TIMEOUT
+        return timeout
+
+    def _expire_idle(self, now: float) -> None:
+        timers, inbound = self._timers, self.director.conns.inbound
+        while timers and timers[0][0] <= now:
+            _deadline, _seq, conn = heapq.heappop(timers)
+            if inbound.get(conn.in_key) is not conn:
+                self._dead_timers = max(0, self._dead_timers - 1)
+                continue
+            deadline = conn.last_seen + self._timeout(conn)
+            if deadline <= now:
+                self._close(conn, now)
+                self._dead_timers -= 1  # its entry is already gone from the heap
+                self.stats.conns_timed_out += 1
+            else:
+                heapq.heappush(timers, (deadline, next(self._timer_seq), conn))
+        if self._dead_timers > _COMPACT_MIN and self._dead_timers > len(timers) // 2:
+            self._rebuild_timers()
+
+    def _notice_timeout_changes(self) -> None:
+        """A shortened `timeout` must apply to existing connections now, not when their
+        old, longer deadline comes up: rebuild the timers when any timeout shrank."""
+        timeouts = {v: v.timeout for v in self.director.virtuals.values()}
+        shrunk = any(t < self._timeouts.get(v, t) for v, t in timeouts.items())
+        self._timeouts = timeouts
+        if shrunk:
+            self._rebuild_timers()
+
+    def _rebuild_timers(self) -> None:
+        seq = self._timer_seq
+        self._timers = [(c.last_seen + self._timeout(c), next(seq), c)
+                        for c in self.director.conns.inbound.values()]
+        heapq.heapify(self._timers)
+        self._dead_timers = 0
+
+    # -- operator actions ----------------------------------------------------------
+    def clear_conns(self) -> int:
+        """`clear conns`: drop every connection as if closed; returns how many."""
+        with self._lock:
+            now = self.clock()
+            conns = list(self.director.conns.inbound.values())
+            for conn in conns:
+                self._close(conn, now)
+            self._rebuild_timers()
+            return len(conns)
+
+
+def _synguard_full(virtual: VirtualMachine) -> bool:
+    return bool(virtual.synguard) and virtual.half_open >= virtual.synguard

@@ -1,0 +1,77 @@
+"""Data-plane counters for `show statistics` and `clear counters`.
+
+Every queued packet ends in exactly one bucket (translated in, translated out, ICMP
+translated, accepted unchanged, or dropped for one named reason), so the buckets add up
+to `packets` and an operator can account for every packet. The engine increments them
+under the model lock, which keeps them exact however many worker threads share it."""
+
+from __future__ import annotations
+
+from . import packet
+
+# Engine drop reasons continue the packet parser's codes so one list indexed by reason
+# counts both kinds.
+_FIRST = len(packet.REASON_NAMES)
+NO_CONNECTION = _FIRST       # not a SYN, toward a VIP, no connection
+NO_VIRTUAL = _FIRST + 1      # SYN toward a VIP address with no virtual for this client/port
+NO_REAL = _FIRST + 2         # the virtual (and its backups) had no real to take it
+SYNGUARD = _FIRST + 3        # the virtual already has `synguard` half-open connections
+CONN_LIMIT = _FIRST + 4      # the connection table is full (settings.max_conns)
+STALE_REPLY = _FIRST + 5     # a real's late packet for a connection closed moments ago
+RESET_ABSORBED = _FIRST + 6  # a real's RST to the SYN; the connection moved elsewhere
+
+REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
+    "no-connection",
+    "no-virtual",
+    "no-real",
+    "synguard",
+    "conn-limit",
+    "stale-reply",
+    "reset-absorbed",
+)
+
+# Scalar counters in the order `show statistics` lists them.
+COUNTERS = (
+    "packets",
+    "translated_in",
+    "translated_out",
+    "icmp_translated",
+    "unchanged",
+    "conns_created",
+    "conns_closed",
+    "conns_timed_out",
+    "conns_reassigned",
+    "syn_resends",
+    "port_remaps",
+)
+
+
+class Stats:
+    """Plain int attributes and one list, so the packet path pays an attribute
+    increment, never a method call."""
+
+    __slots__ = COUNTERS + ("drops",)
+
+    def __init__(self) -> None:
+        self.drops = [0] * len(REASON_NAMES)
+        self.reset()
+
+    def reset(self) -> None:
+        """`clear counters`. The drop list is zeroed in place: holders of a reference
+        to it keep counting into the live list."""
+        for name in COUNTERS:
+            setattr(self, name, 0)
+        for i in range(len(self.drops)):
+            self.drops[i] = 0
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops)
+
+    def snapshot(self) -> dict[str, int | dict[str, int]]:
+        """Copy for display: the counters in display order, `dropped` (total) and
+        `drops` (every reason by name, zeros included so the listing is stable)."""
+        snap: dict[str, int | dict[str, int]] = {name: getattr(self, name) for name in COUNTERS}
+        snap["dropped"] = self.dropped
+        snap["drops"] = {REASON_NAMES[i]: n for i, n in enumerate(self.drops) if i != packet.OK}
+        return snap

@@ -1,0 +1,5 @@
+"""`python -m localdirector`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The running appliance: the live model, where its configuration is kept, who is logged
+in, and the hooks through which the data plane follows the model."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from localdirector.model.director import Director
+
+from .shell import config_file
+from .shell.session import Session
+
+DEFAULT_CONFIG = Path("/etc/localdirector/startup-config")
+
+
+class SessionRegistry:
+    """Live sessions for `who` / `show users` / `kill`; transports register and discard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._sessions: dict[int, Session] = {}
+
+    def add(self, session: Session) -> Session:
+        with self._lock:
+            session.id = next(self._ids)
+            self._sessions[session.id] = session
+        return session
+
+    def discard(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.pop(session.id, None)
+
+    def get(self, session_id: int) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def __iter__(self) -> Iterator[Session]:
+        with self._lock:
+            return iter(sorted(self._sessions.values(), key=lambda s: s.id))
+
+
+class Appliance:
+    def __init__(self, config_path: Path = DEFAULT_CONFIG, queue_num: int = 0) -> None:
+        self.director = Director()
+        self.config_path = Path(config_path)
+        self.queue_num = queue_num
+        self.sessions = SessionRegistry()
+        self.started = time.time()
+        # Set by the data-plane service when it runs; `show version` reports it.
+        self.dataplane: Any = None
+        # Called with the new Director after `reload` replaced the model.
+        self.reload_hooks: list[Callable[[Director], None]] = []
+
+    def open_session(self, kind: str, peer: str = "", *,
+                     write: Callable[[str], None] | None = None,
+                     interactive: bool = True) -> Session:
+        """What every transport calls first; `session.close()` when the peer goes away."""
+        return self.sessions.add(Session(self, kind, peer, write=write,
+                                         interactive=interactive))
+
+    def load(self, report: Callable[[str], None]) -> Director:
+        """A fresh model built from the startup-config; bad lines go to `report`."""
+        director = Director()
+        lines = config_file.read(self.config_path)
+        if lines is None:
+            report(f"no startup-config at {self.config_path}: starting with an empty "
+                   "configuration")
+        else:
+            config_file.replay(self, director, lines, report)
+        return director
+
+    def boot(self, report: Callable[[str], None]) -> None:
+        self.director = self.load(report)
+
+    def reload(self, report: Callable[[str], None]) -> None:
+        """Swap in a model re-read from the startup-config; the data plane is told."""
+        director = self.load(report)
+        self.director = director
+        for hook in self.reload_hooks:
+            hook(director)

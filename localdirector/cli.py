@@ -1,0 +1,143 @@
+"""`localdirector`: boot the appliance from its startup-config, start its services, and
+give the operator a console (interactive on a terminal, scripted otherwise).
+
+Services (the data plane now; SSH, telnet and serial consoles later) are entries of
+`SERVICES`: each adds its own options and starts from the booted appliance, returning
+something with `.stop()`, so a new one is one entry and touches nothing else here."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import __version__
+from .appliance import DEFAULT_CONFIG, Appliance
+from .shell import config_file
+from .shell.repl import run_shell
+from .shell.scripted import run_script
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+class ServiceError(Exception):
+    """A requested service could not start; the appliance exits with status 2."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    # Returns None when the options did not ask for this service.
+    start: Callable[[Appliance, argparse.Namespace], Stoppable | None]
+
+
+def _dataplane_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-dataplane", action="store_true",
+                        help="run the shell only: no root, no netfilter rules")
+    parser.add_argument("--queue", type=int, default=0, metavar="N",
+                        help="NFQUEUE number of the data plane (default 0)")
+
+
+def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppable | None:
+    if args.no_dataplane:
+        return None
+    try:
+        from .dataplane import service
+        handle = service.start(appliance, args.queue)
+    except Exception as err:  # any failure to start is reported the same one-line way
+        raise ServiceError(f"data plane: {err}") from err
+    appliance.dataplane = handle
+    return handle
+
+
+SERVICES: list[Service] = [Service("dataplane", _dataplane_arguments, _start_dataplane)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localdirector",
+        description="Software LocalDirector: client-address-aware TCP load balancer.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
+                        help=f"startup-config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--check", type=Path, metavar="FILE",
+                        help="validate a configuration file and exit")
+    parser.add_argument("--no-console", action="store_true",
+                        help="no shell on standard input; run until SIGTERM")
+    for service in SERVICES:
+        service.add_arguments(parser)
+    return parser
+
+
+def check(path: Path) -> int:
+    """`--check FILE`: replay into a scratch model; line-numbered errors, status 1."""
+    lines = config_file.read(path)
+    if lines is None:
+        print(f"{path}: no such file")
+        return 1
+    appliance = Appliance(path)
+    failures = config_file.replay(appliance, appliance.director, lines, print)
+    if failures:
+        print(f"{path}: {failures} bad line{'s' if failures != 1 else ''}")
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def _console(appliance: Appliance, args: argparse.Namespace) -> int:
+    if args.no_console:
+        _wait_for_signal()
+        return 0
+    if sys.stdin.isatty():
+        # `exit` on the console ends the program; `kill` from a remote session only
+        # resets the console to a fresh (unprivileged) session, as on a router.
+        while True:
+            session = appliance.open_session("console", "console")
+            run_shell(session)
+            if session.killed_by is None:
+                return 0
+            print(f"\n% Console session closed by session {session.killed_by}")
+    session = appliance.open_session("console", "stdin", write=sys.stdout.write,
+                                     interactive=False)
+    ok = run_script(session, sys.stdin)
+    sys.stdout.flush()
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check is not None:
+        return check(args.check)
+    appliance = Appliance(args.config, queue_num=args.queue)
+    appliance.boot(lambda message: print(message, file=sys.stderr))
+    # SIGTERM unwinds like an exit, so services remove what they installed.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    running: list[Any] = []
+    try:
+        for service in SERVICES:
+            handle = service.start(appliance, args)
+            if handle is not None:
+                running.append(handle)
+        return _console(appliance, args)
+    except ServiceError as err:
+        print(f"localdirector: {err}", file=sys.stderr)
+        return 2
+    finally:
+        for handle in reversed(running):
+            handle.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,121 @@
+"""Argument types of the command language: parsers that validate while the line is walked,
+so a bad address or an out-of-range port is caught before any handler runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from localdirector.model.addr import parse_ip, parse_mask
+from localdirector.model.serverid import ServerId
+
+from .grammar import Arg, ArgError
+
+if TYPE_CHECKING:
+    from .session import Session
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
+
+
+def _server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
+    try:
+        return ServerId.parse(text, session.director.names, allow_bind)
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+
+
+def _virtual_ids(session: "Session") -> Iterable[str]:
+    return [str(v.sid) for v in session.director.iter_virtuals()]
+
+
+def _real_ids(session: "Session") -> Iterable[str]:
+    return [str(r.sid) for r in session.director.iter_reals()]
+
+
+def _any_ids(session: "Session") -> Iterable[str]:
+    return [*_virtual_ids(session), *_real_ids(session)]
+
+
+def virtual_id(name: str = "virtual", help: str = "Virtual server id") -> Arg:
+    return Arg(name, "ADDR[:PORT[:BIND[:PROTO]]]", help,
+               lambda t, s: _server_id(t, s, True), _virtual_ids)
+
+
+def real_id(name: str = "real", help: str = "Real server id") -> Arg:
+    return Arg(name, "ADDR[:PORT[:0[:PROTO]]]", help,
+               lambda t, s: _server_id(t, s, False), _real_ids)
+
+
+def server_id(name: str = "id", help: str = "Virtual or real server id") -> Arg:
+    return Arg(name, "ADDR[:PORT[:BIND[:PROTO]]]", help,
+               lambda t, s: _server_id(t, s, True), _any_ids)
+
+
+def _ip(text: str, _session: object) -> int:
+    try:
+        return parse_ip(text)
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+
+
+def _mask(text: str, _session: object) -> int:
+    try:
+        return parse_mask(text)
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+
+
+def ip(name: str, help: str) -> Arg:
+    return Arg(name, "A.B.C.D", help, _ip)
+
+
+def mask(name: str = "mask", help: str = "Subnet mask") -> Arg:
+    return Arg(name, "A.B.C.D", help, _mask)
+
+
+def number(name: str, low: int, high: int, help: str, placeholder: str | None = None) -> Arg:
+    def parse(text: str, _session: object) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ArgError(f"out of range {low}-{high}")
+        return int(text)
+    return Arg(name, placeholder or f"<{low}-{high}>", help, parse)
+
+
+def _vip_port(text: str, _session: object) -> tuple[int, int | None]:
+    addr_text, _, port_text = text.partition(":")
+    addr = _ip(addr_text, None)
+    if not port_text:
+        return addr, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ArgError("invalid port")
+    return addr, int(port_text)
+
+
+def vip_port(name: str, help: str) -> Arg:
+    return Arg(name, "A.B.C.D[:PORT]", help, _vip_port)
+
+
+def _name(text: str, _session: object) -> str:
+    if not _NAME.match(text):
+        raise ArgError("a name starts with a letter: letters, digits, '_', '.', '-'")
+    return text
+
+
+def name(arg_name: str, help: str) -> Arg:
+    return Arg(arg_name, "WORD", help, _name)
+
+
+def word(arg_name: str, help: str) -> Arg:
+    return Arg(arg_name, "WORD", help, lambda text, _s: text)
+
+
+def _regex(text: str, _session: object) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise ArgError(f"bad regular expression: {err}") from None
+
+
+def regex(arg_name: str = "pattern", help: str = "Regular expression") -> Arg:
+    return Arg(arg_name, "LINE", help, _regex, rest=True)

@@ -1,0 +1,161 @@
+"""Exec-mode commands: privilege, modes, the terminal, saving, reloading, sessions and the
+`test assign` what-if."""
+
+from __future__ import annotations
+
+import time
+
+from localdirector.model.addr import format_ip, format_mask
+
+from .. import args, config_file, running_config
+from ..grammar import Keyword, choice, opt
+from ..passwords import verify_password
+from ..registry import EXEC, Mode, command
+from ..render import duration, table
+from ..session import CommandFailed, Session
+
+PRIV = Mode.PRIV
+
+
+@command(EXEC, Keyword("enable", "Enter privileged mode"))
+def enable(session: Session) -> None:
+    secret = session.director.settings.enable_secret
+    if session.mode is not Mode.USER or not secret:
+        session.mode = Mode.PRIV
+        return
+
+    def check(password: str) -> bool:
+        if not verify_password(password, session.director.settings.enable_secret):
+            session.print("% Access denied")
+            return False
+        session.mode = Mode.PRIV
+        return True
+
+    session.ask_secret("Password: ", check)
+
+
+@command(PRIV, Keyword("disable", "Leave privileged mode"))
+def disable(session: Session) -> None:
+    session.mode = Mode.USER
+
+
+@command(EXEC, choice(Keyword("exit", "End this session"),
+                      Keyword("logout", "End this session")))
+def logout(session: Session) -> None:
+    session.close()
+
+
+@command(PRIV, Keyword("configure", "Enter configuration mode"),
+         opt(Keyword("terminal", "Configure from this terminal")))
+def configure(session: Session) -> None:
+    session.mode = Mode.CONFIG
+    if session.interactive:
+        session.print("Enter configuration commands, one per line.  End with CNTL/Z.")
+
+
+@command(EXEC, Keyword("terminal", "Settings of this terminal"),
+         Keyword("length", "Lines per page [24; 0 = no paging]"),
+         args.number("length", 0, 512, "Lines per page, 0 = no paging"))
+def terminal_length(session: Session, length: int) -> None:
+    session.terminal_length = length
+
+
+_WRITE = Keyword("write", "Save or show the running configuration")
+
+
+@command(PRIV, _WRITE, Keyword("memory", "Save it as the startup-config"), locked=False)
+def write_memory(session: Session) -> None:
+    session.print("Building configuration...")
+    with session.director.lock:                 # the disk is written unlocked
+        text = "\n".join(running_config.render(session.director, session.registry)) + "\n"
+    try:
+        config_file.save(session.appliance.config_path, text)
+    except OSError as err:
+        raise CommandFailed(f"cannot write {session.appliance.config_path}: "
+                            f"{err.strerror or err}") from None
+    session.print("[OK]")
+
+
+@command(PRIV, _WRITE, Keyword("terminal", "Show it on this terminal"), output=True)
+def write_terminal(session: Session) -> None:
+    session.print_lines(running_config.render(session.director, session.registry))
+
+
+@command(PRIV, _WRITE, Keyword("erase", "Erase the startup-config"))
+def write_erase(session: Session) -> None:
+    try:
+        config_file.erase(session.appliance.config_path)
+    except OSError as err:
+        raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
+                            f"{err.strerror or err}") from None
+    session.print("[OK]")
+
+
+@command(PRIV, Keyword("reload", "Rebuild the running config from the startup-config"),
+         locked=False)
+def reload(session: Session) -> None:
+    session.print(f"Reloading from {session.appliance.config_path}")
+    session.appliance.reload(session.print)
+    session.print("[OK]")
+
+
+def users(session: Session) -> None:
+    """`who` and `show users`: every live session, this one starred."""
+    now = time.time()
+    rows = [("*" if s is session else "", s.id, s.kind, s.peer or "-", s.mode.value,
+             duration(now - s.started), duration(now - s.last_activity))
+            for s in session.appliance.sessions]
+    session.print_lines(table(("", "ID", "Kind", "Peer", "Mode", "Connected", "Idle"), rows))
+
+
+command(EXEC, Keyword("who", "Who is logged in"), output=True)(users)
+
+
+@command(PRIV, Keyword("kill", "End another session"),
+         args.number("target", 1, 2 ** 31, "Session id (see who)", "ID"))
+def kill(session: Session, target: int) -> None:
+    victim = session.appliance.sessions.get(target)
+    if victim is None:
+        raise CommandFailed(f"no session {target}")
+    if victim is session:
+        raise CommandFailed("this is your own session: use exit")
+    victim.killed_by = session.id
+    victim.close()
+    session.print(f"Session {target} closed")
+
+
+@command(PRIV, Keyword("test", "What-if checks that send no traffic"),
+         Keyword("assign", "Which virtual and real a client's SYN would get"),
+         args.ip("client", "Client address"),
+         args.vip_port("destination", "Virtual address, and port (default: each configured)"),
+         output=True)
+def test_assign(session: Session, client: int, destination: tuple[int, int | None]) -> None:
+    """Runs the data plane's own decision (FIG. 5 steps 510-518) with commit=False, so
+    no counter, round-robin cursor or sticky entry moves."""
+    director = session.director
+    addr, port = destination
+    ports = [port] if port is not None else sorted({p for a, p in director.by_dest if a == addr})
+    if not ports:
+        raise CommandFailed(f"no virtual at {format_ip(addr)}")
+    now = time.monotonic()
+    rows = []
+    for dport in ports:
+        obj = director.bindids.lookup(client, addr, dport)
+        decision = director.decide(client, addr, dport, now, commit=False)
+        if decision.virtual is None:
+            rows.append((format_ip(client), f"{format_ip(addr)}:{dport}", "-", "-", "-",
+                         "no virtual: SYN dropped"))
+            continue
+        why = (f"assign {format_ip(obj.client_ip)} {format_mask(obj.prefixlen)}"
+               if obj is not None else "no assign matches: Bind ID 0")
+        served = decision.served_by
+        if served is not None and served is not decision.virtual:
+            why += f"; overflow to backup {director.fmt(served.sid)}"
+        if decision.real is None:
+            why += "; no real available: SYN dropped"
+        rows.append((format_ip(client), f"{format_ip(addr)}:{dport}",
+                     director.fmt(decision.virtual.sid),
+                     director.fmt(decision.real.sid) if decision.real else "-",
+                     (served or decision.virtual).predictor, why))
+    session.print_lines(table(("Client", "Destination", "Virtual", "Real", "Predictor",
+                               "Why"), rows))

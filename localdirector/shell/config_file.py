@@ -1,0 +1,77 @@
+"""The startup-config file: replayed line by line at boot, saved atomically.
+
+A crash during `write memory` must never leave half a file, so the text goes to a
+temporary file in the same directory, is fsynced, and is renamed over the old one (and
+the directory is fsynced so the rename itself survives a power cut)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .registry import Mode
+from .session import Session
+
+if TYPE_CHECKING:
+    from localdirector.appliance import Appliance
+    from localdirector.model.director import Director
+
+
+def read(path: Path) -> list[str] | None:
+    """The file's lines, or None when there is no startup-config at all."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+
+
+def replay(appliance: "Appliance", director: "Director", lines: list[str],
+           report: Callable[[str], None]) -> int:
+    """Apply every line as if typed in configuration mode; a bad line is reported with its
+    number and the rest still applies. Returns how many lines failed."""
+    session = Session(appliance, "startup", director=director)
+    failures = 0
+    for number, line in enumerate(lines, 1):
+        session.mode = Mode.CONFIG
+        error = session.run(line)
+        if error is None:
+            continue
+        failures += 1
+        prefix = f"line {number}: "
+        for text in session.error_lines(line, error, prefix, echo=True)[:-1]:
+            report(text)
+        report(prefix + error.message)
+    return failures
+
+
+def save(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def erase(path: Path) -> bool:
+    """`write erase`; False when there was nothing to erase."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

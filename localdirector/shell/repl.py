@@ -1,0 +1,160 @@
+"""The interactive front end: prompt_toolkit around a `Session`.
+
+Transports (console, SSH, telnet, serial) call `run_shell_async(session)` inside a
+prompt_toolkit app session bound to their input/output (asyncssh's
+`PromptToolkitSSHServer` sets that up per connection); the console uses `run_shell`.
+`?` help, Tab completion, Ctrl-Z and `--More--` paging all live here, and all of them
+ask the session, which asks the one grammar walker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application, run_in_terminal
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import Layout, Window
+from prompt_toolkit.layout.controls import FormattedTextControl
+from prompt_toolkit.output import Output
+from prompt_toolkit.shortcuts import CompleteStyle, print_formatted_text
+
+from .registry import Mode
+from .session import Session
+
+
+class CtrlZ(str):
+    """What the prompt returns on Ctrl-Z: the line typed so far (run, then `end`)."""
+
+
+class ShellCompleter(Completer):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_completions(self, document: Document,
+                        complete_event: CompleteEvent) -> Iterable[Completion]:
+        text = document.text_before_cursor
+        partial = "" if not text or text[-1].isspace() else text.split()[-1]
+        for word, help_ in self.session.completions(text):
+            yield Completion(word + " ", -len(partial), display=word, display_meta=help_)
+
+
+def shell_key_bindings(session: Session) -> KeyBindings:
+    """`?` lists what may come next and keeps the line; Ctrl-Z leaves configuration mode."""
+    bindings = KeyBindings()
+
+    @bindings.add("?")
+    def _help(event: KeyPressEvent) -> None:
+        text = event.current_buffer.document.text_before_cursor
+        listing = "\n".join([session.prompt + text + "?", *session.help_lines(text)])
+        run_in_terminal(lambda: print_formatted_text(listing))
+
+    @bindings.add("c-z")
+    def _end(event: KeyPressEvent) -> None:
+        event.app.exit(result=CtrlZ(event.current_buffer.text))
+
+    return bindings
+
+
+def make_prompt_session(session: Session, input: Input | None = None,
+                        output: Output | None = None) -> PromptSession:
+    return PromptSession(completer=ShellCompleter(session),
+                         key_bindings=shell_key_bindings(session),
+                         complete_style=CompleteStyle.READLINE_LIKE,
+                         complete_while_typing=False, history=InMemoryHistory(),
+                         input=input, output=output)
+
+
+async def _more(input: Input | None, output: Output | None) -> str:
+    """One key at `--More--`: space a page, Enter a line, anything else stops."""
+    bindings = KeyBindings()
+
+    @bindings.add(Keys.Any)
+    def _any(event: KeyPressEvent) -> None:
+        key = event.key_sequence[0].key
+        event.app.exit(result={" ": "page", Keys.ControlM: "line",
+                               Keys.ControlJ: "line"}.get(key, "quit"))
+
+    app: Application[str] = Application(
+        layout=Layout(Window(FormattedTextControl(" --More-- "), height=1)),
+        key_bindings=bindings, erase_when_done=True, input=input, output=output)
+    return await app.run_async()
+
+
+async def page(text: str, length: int, input: Input | None = None,
+               output: Output | None = None) -> None:
+    """Print `text`, stopping every `length - 1` lines at `--More--` (length 0: never)."""
+    lines = text.splitlines(keepends=True)
+    step = length - 1
+    if length <= 1 or len(lines) <= step:
+        print_formatted_text(text, end="", output=output)
+        return
+    shown = 0
+    count = step
+    while shown < len(lines):
+        print_formatted_text("".join(lines[shown:shown + count]), end="", output=output)
+        shown += count
+        if shown >= len(lines):
+            break
+        action = await _more(input, output)
+        if action == "quit":
+            break
+        count = step if action == "page" else 1
+
+
+async def run_shell_async(session: Session, input: Input | None = None,
+                          output: Output | None = None) -> None:
+    """Prompt, execute, page the output, until `exit`, Ctrl-D, hang-up or `kill`."""
+    pending: list[str] = []
+    session.write = pending.append
+    prompt = make_prompt_session(session, input, output)
+    loop = asyncio.get_running_loop()
+
+    def stop_prompt() -> None:
+        if prompt.app.is_running:
+            prompt.app.exit(exception=EOFError())
+
+    session.on_close = lambda: loop.call_soon_threadsafe(stop_prompt)
+
+    async def flush() -> None:
+        text = "".join(pending)
+        pending.clear()
+        if text:
+            await page(text, session.terminal_length, input, output)
+
+    try:
+        while not session.closed:
+            try:
+                line = await prompt.prompt_async(session.prompt)
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                break
+            # A pasted block arrives as one buffer: run it line by line, as typed.
+            for part in line.split("\n"):
+                if part.strip() and not session.closed:
+                    session.execute(part)
+            if isinstance(line, CtrlZ) and session.mode is Mode.CONFIG:
+                session.mode = Mode.PRIV
+            await flush()
+            while session.secret_request is not None and not session.closed:
+                try:
+                    secret = await PromptSession(input=input, output=output).prompt_async(
+                        session.secret_request[0], is_password=True)
+                except (EOFError, KeyboardInterrupt):
+                    session.secret_request = None
+                    break
+                session.answer_secret(secret)
+                await flush()
+    finally:
+        session.close()
+
+
+def run_shell(session: Session) -> None:
+    """The console: a shell on the controlling terminal until the operator leaves."""
+    asyncio.run(run_shell_async(session))

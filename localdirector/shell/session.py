@@ -1,0 +1,178 @@
+"""One operator's conversation with the appliance, independent of how bytes arrive.
+
+The console, SSH, telnet, a serial tty, the startup-config replay and the tests all drive
+the same `Session`: `execute(line) -> ok`, `help_lines(text)` for `?`, `completions(text)`
+for Tab. Output goes to `session.write(text)`, which each transport sets to its own sink."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from localdirector.model.director import Director, ModelError
+
+from . import grammar
+from .grammar import CommandError, Segment
+from .registry import Mode, Registry, load_commands
+
+if TYPE_CHECKING:
+    from localdirector.appliance import Appliance
+
+log = logging.getLogger("localdirector")
+
+HISTORY_SIZE = 256
+DEFAULT_LENGTH = 24
+
+_SUFFIX = {Mode.USER: ">", Mode.PRIV: "#", Mode.CONFIG: "(config)#"}
+
+
+class CommandFailed(Exception):
+    """A handler refusing a command; the text is printed after `% `."""
+
+
+class Session:
+    def __init__(self, appliance: "Appliance", kind: str = "console", peer: str = "", *,
+                 director: Director | None = None,
+                 write: Callable[[str], None] | None = None,
+                 interactive: bool = False) -> None:
+        self.registry: Registry = load_commands()
+        self.appliance = appliance
+        # A replay into a model that is not live yet (reload, --check) names it here.
+        self._director = director
+        self.kind = kind
+        self.peer = peer
+        self.id = 0
+        self.mode = Mode.USER
+        self.history: deque[str] = deque(maxlen=HISTORY_SIZE)
+        self.write: Callable[[str], None] = write or (lambda _text: None)
+        self.interactive = interactive
+        # Scripted input is not on screen: errors repeat the line so the caret has context.
+        self.echo_errors = not interactive
+        self.terminal_length = DEFAULT_LENGTH if interactive else 0
+        self.started = self.last_activity = time.time()
+        self.closed = False
+        self.killed_by: int | None = None    # the session that ran `kill` on this one
+        self.on_close: Callable[[], None] | None = None
+        self.secret_request: tuple[str, Callable[[str], bool]] | None = None
+        self._out: list[str] = []
+
+    @property
+    def director(self) -> Director:
+        return self._director or self.appliance.director
+
+    @property
+    def prompt(self) -> str:
+        return self.director.settings.hostname + _SUFFIX.get(self.mode, "#")
+
+    # -- what handlers call ---------------------------------------------------------
+    def print(self, text: str = "") -> None:
+        self._out.extend(text.split("\n"))
+
+    def print_lines(self, lines: list[str]) -> None:
+        self._out.extend(lines)
+
+    def ask_secret(self, prompt: str, check: Callable[[str], bool]) -> None:
+        """Ask the transport for one unechoed line (the enable password); `check` gets it."""
+        self.secret_request = (prompt, check)
+
+    def close(self) -> None:
+        """`exit`, `kill`, or the transport hanging up; safe to call more than once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.appliance.sessions.discard(self)
+        if self.on_close is not None:
+            self.on_close()
+
+    # -- what transports call -------------------------------------------------------
+    def answer_secret(self, text: str) -> bool:
+        request, self.secret_request = self.secret_request, None
+        if request is None:
+            return False
+        ok = request[1](text)
+        self._flush()
+        return ok
+
+    def execute(self, line: str) -> bool:
+        """Run one typed line; errors are reported IOS-style and leave the model unchanged."""
+        self.last_activity = time.time()
+        if line.strip():
+            self.history.append(line.strip())
+        prompt = self.prompt
+        error = self.run(line)
+        if error is None:
+            return True
+        self.write("".join(f"{text}\n" for text in self.error_lines(line, error, prompt)))
+        return False
+
+    def run(self, line: str) -> CommandError | None:
+        """Parse fully, then run the handler under the model lock; the error, if any."""
+        stripped = line.strip()
+        if not stripped or stripped[0] in "!:":
+            return None
+        try:
+            segments = grammar.parse(line, self, self.mode, self.registry.roots)
+        except CommandError as err:
+            return err
+        main, modifier = _split_segments(segments)
+        self._out = []
+        captures = dict(main.captures)
+        if main.command.negated:
+            captures["no"] = True
+        try:
+            with self.director.lock if main.command.locked else contextlib.nullcontext():
+                main.command.handler(self, **captures)
+        except (ModelError, CommandFailed) as err:
+            self._flush()
+            return CommandError(f"% {err}")
+        except Exception as err:  # a bug must not take the console down with it
+            log.exception("command %r failed", line)
+            self._flush()
+            return CommandError(f"% Internal error: {err}")
+        self._flush(modifier)
+        return None
+
+    def _flush(self, modifier: Segment | None = None) -> None:
+        lines, self._out = self._out, []
+        if modifier is not None:
+            lines = modifier.command.handler(lines, **modifier.captures)
+        if lines:
+            self.write("".join(f"{text}\n" for text in lines))
+
+    def error_lines(self, line: str, error: CommandError, prefix: str,
+                    echo: bool | None = None) -> list[str]:
+        """IOS layout: the line (unless already on screen), a caret under the offending
+        word, the message. `prefix` stands before the line on screen (prompt, `line 3: `)."""
+        echo = self.echo_errors if echo is None else echo
+        lines = [prefix + line.rstrip()] if echo else []
+        if error.column is not None:
+            lines.append(" " * (len(prefix) + error.column) + "^")
+        lines.append(error.message)
+        return lines
+
+    def help_lines(self, text: str) -> list[str]:
+        """What `?` prints below `prompt + text + ?`; the typed line itself stays as it is."""
+        try:
+            entries = grammar.help_entries(text, self, self.mode, self.registry.roots)
+        except CommandError as err:
+            return self.error_lines(text, err, self.prompt, echo=False)
+        if not entries:
+            return ["% Unrecognized command"]
+        if text and not text[-1].isspace() and not any(h for _, h in entries):
+            return ["  ".join(label for label, _ in entries)]
+        width = max(len(label) for label, _ in entries)
+        return [f"  {label.ljust(width)}  {help_}".rstrip() for label, help_ in entries]
+
+    def completions(self, text: str) -> list[tuple[str, str]]:
+        return grammar.completions(text, self, self.mode, self.registry.roots)
+
+
+def _split_segments(segments: tuple[Segment, ...]) -> tuple[Segment, Segment | None]:
+    """The command to run (past prefixes such as `do`) and the output modifier, if any."""
+    main = next(s for s in segments if s.command.handler is not None and s.role != "filter")
+    modifier = next((s for s in segments if s.role == "filter"), None)
+    return main, modifier

@@ -1,0 +1,152 @@
+"""Exec commands about traffic: `show statistics`, `show conns`, `clear conns`,
+`clear counters`.
+
+They live with the data plane because they read its counters and its connection
+table; the shell finds this module by name (see shell/registry.py). It must import
+without root and without a running data plane: `--no-dataplane` still shows the model's
+counters and an empty connection table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from localdirector.model.addr import format_ip
+from localdirector.model.connection import Connection
+from localdirector.model.director import Director
+from localdirector.model.serverid import ServerId
+from localdirector.shell import args
+from localdirector.shell.grammar import Keyword, opt
+from localdirector.shell.registry import EXEC, Mode, command
+from localdirector.shell.render import duration, table
+from localdirector.shell.session import CommandFailed, Session
+
+from .stats import COUNTERS
+
+SHOW = Keyword("show", "Show running system information")
+CLEAR = Keyword("clear", "Reset counters or connections")
+
+
+def _dataplane(session: Session) -> Any:
+    """The running DataPlaneService, or None (`--no-dataplane`, or stopped)."""
+    return session.appliance.dataplane
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+@command(EXEC, SHOW, Keyword("statistics", "Data-plane packet and connection counters"),
+         output=True)
+def show_statistics(session: Session) -> None:
+    """Every queued packet ends in one bucket, so the lines add up to `packets`."""
+    service = _dataplane(session)
+    if service is None:
+        session.print(f"Data plane:  not running; connections {len(session.director.conns)}")
+        return
+    stats = service.statistics()
+    engine: dict[str, Any] = stats["engine"]
+    kernel = stats["kernel"]
+    lines = [
+        f"Data plane:  NFQUEUE {stats['queue']}, up {duration(stats['uptime'])}, "
+        f"{stats['connections']} connections, {stats['restarts']} restarts",
+        f"Rules:       {stats['rule_transactions']} transactions, "
+        f"{stats['rule_errors']} errors, {'in sync' if stats['rules_synced'] else 'pending'}",
+    ]
+    if kernel is None:
+        lines.append("Kernel:      queue not bound")
+    else:
+        lines.append(f"Kernel:      {kernel.waiting} waiting, {kernel.queue_dropped} dropped "
+                     f"(queue full), {kernel.user_dropped} dropped (socket full), "
+                     f"{stats['socket_overruns']} overruns")
+    lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
+                 f"{stats['oversize']} too long to translate")
+    rows: list[tuple[str, object]] = [(_label(name), engine[name]) for name in COUNTERS]
+    rows.append(("dropped", engine["dropped"]))
+    rows += [(f"  {reason}", count) for reason, count in engine["drops"].items()]
+    lines += ["", *table(("Counter", "Value"), rows)]
+    session.print_lines(lines)
+
+
+def _matches(conn: Connection, sid: ServerId) -> bool:
+    """`show conns ID`: a virtual id matches by VIP (port, Bind ID when given), a real
+    id by its address (port when given)."""
+    if conn.virtual_ip == sid.addr:
+        return ((not sid.port or sid.port == conn.virtual_port)
+                and (not sid.bind or sid.bind == conn.virtual.bind_id))
+    if conn.real_ip == sid.addr and not sid.bind:
+        return not sid.port or sid.port == conn.real_port
+    return False
+
+
+def _ends(ip: int, port: int) -> str:
+    return f"{format_ip(ip)}:{port}"
+
+
+def _summary(conns: list[Connection], now: float) -> list[str]:
+    rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
+             _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.last_seen),
+             c.packets_in, c.packets_out, c.bytes_in, c.bytes_out)
+            for c in conns)
+    return table(("Foreign", "Virtual", "Real", "State", "Idle", "PktsIn", "PktsOut",
+                  "BytesIn", "BytesOut"), rows)
+
+
+def _detail(director: Director, conns: list[Connection], now: float) -> list[str]:
+    """FIG. 3C field by field, one block per connection."""
+    lines: list[str] = []
+    for c in conns:
+        nat = f" (as port {c.nat_port} toward the real)" if c.nat_port != c.foreign_port else ""
+        lines += [
+            f"Connection {_ends(c.foreign_ip, c.foreign_port)} -> "
+            f"{_ends(c.virtual_ip, c.virtual_port)}",
+            f"  Virtual {director.fmt(c.virtual.sid)}, real {director.fmt(c.real.sid)} "
+            f"at {_ends(c.real_ip, c.real_port)}{nat}",
+            f"  State {c.tcp_state}, answered {'yes' if c.answered else 'no'}, "
+            f"SYN resends {c.syn_resends}",
+            f"  Age {duration(now - c.created)}, idle {duration(now - c.last_seen)}",
+            f"  In {c.packets_in} packets {c.bytes_in} bytes, "
+            f"out {c.packets_out} packets {c.bytes_out} bytes",
+        ]
+    return lines
+
+
+@command(EXEC, SHOW, Keyword("conns", "Connections through the director"),
+         opt(args.server_id("id", "Only connections of this virtual or real")),
+         opt(Keyword("detail", "Every field of each connection", "detail", True)),
+         output=True)
+def show_conns(session: Session, id: ServerId | None = None, detail: bool = False) -> None:
+    director = session.director
+    service = _dataplane(session)
+    # The engine's clock dates the connections; without a data plane there are none.
+    now = service.plane.engine.clock() if service is not None else time.monotonic()
+    conns = [c for c in director.conns if id is None or _matches(c, id)]
+    if not conns:
+        session.print("No connections")
+        return
+    session.print_lines(_detail(director, conns, now) if detail else _summary(conns, now))
+
+
+@command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"))
+def clear_conns(session: Session) -> None:
+    service = _dataplane(session)
+    if service is None:
+        raise CommandFailed("data plane not running")
+    session.print(f"{service.plane.engine.clear_conns()} connections cleared")
+
+
+@command(Mode.PRIV, CLEAR, Keyword("counters", "Reset packet, byte and connection totals"))
+def clear_counters(session: Session) -> None:
+    """Totals restart; live gauges (current connections) and health state stay."""
+    director = session.director
+    for v in director.iter_virtuals():
+        v.reset_counters()
+    for r in director.iter_reals():
+        r.reset_counters()
+    for obj in director.bindids:
+        obj.hits = 0
+    service = _dataplane(session)
+    if service is not None:
+        service.plane.clear_counters()
+    session.print("Counters cleared")

@@ -1,0 +1,372 @@
+"""The appliance as an operator runs it, with real TCP stacks on both sides.
+
+Each test starts ``python -m localdirector --config CFG --queue N`` inside the lab's
+director namespace on a pseudo-terminal (pexpect), drives it with shell commands, and
+sends traffic only from the lab's client namespace. What a client receives (which real
+answered, byte-exact bodies) is the evidence; `show` output is checked against it.
+
+One lab per module (conftest's ``lab`` fixture); every test boots its own appliance from
+its own startup-config, and on the way out checks that the appliance removed all of its
+netfilter rules, so no test inherits another's state.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from localdirector.lab import Lab, pattern_digest
+
+pytestmark = pytest.mark.netns
+
+# Queues are per network namespace, but a distinct number per test process keeps
+# parallel runs unambiguous in logs and in /proc.
+QUEUE = 100 + os.getpid() % 30000
+PROMPT = r"localdirector(?:\(config\))?[#>]"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The engine keeps a closed connection for LINGER (2 s) and ticks every 0.5 s.
+SETTLE = 4.0
+
+VIP = "192.0.2.10"
+R11, R12, R13, R14, R15 = (f"203.0.113.{n}" for n in range(11, 16))
+PREFERRED, UNWELCOME, GENERAL = "preferred", "unwelcome", "general"
+ROOT = Path(__file__).resolve().parents[1]
+FIG1_CONFIG = ROOT / "examples" / "fig1.cfg"
+
+
+def name(real: str, port: int = 80) -> str:
+    """What a lab server answers on `/`: which real and which port served the request."""
+    return f"real-{real}:{port}"
+
+
+class Console:
+    """The appliance's console on a pty, already in privileged mode, no paging."""
+
+    def __init__(self, lab: Lab, config: Path) -> None:
+        self.lab = lab
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
+        self.child = pexpect.spawn(
+            "ip", ["netns", "exec", lab.director_ns, sys.executable, "-m", "localdirector",
+                   "--config", str(config), "--queue", str(QUEUE)],
+            env=env, encoding="utf-8", timeout=15, dimensions=(60, 250))
+        self.child.expect(PROMPT)
+        self.boot_messages = self._clean(self.child.before)
+        self.run("enable")
+        self.run("terminal length 0")
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        return ANSI.sub("", text).replace("\r", "")
+
+    def run(self, line: str) -> str:
+        """Type one line; return what it printed (without the echoed line)."""
+        self.child.sendline(line)
+        self.child.expect(PROMPT)
+        # The echo of the line, then its output; log messages (a real FAILED) may come
+        # in before or between them, as they do on a real console.
+        return self._clean(self.child.before).partition(line + "\n")[2]
+
+    def configure(self, *lines: str) -> None:
+        self.run("configure terminal")
+        for line in lines:
+            out = self.run(line)
+            assert "%" not in out, f"{line!r} was refused: {out}"
+        self.run("end")
+
+    def rows(self, what: str) -> dict[str, list[str]]:
+        """A `show` table as {first column: row cells}."""
+        lines = self.run(f"show {what}").split("\n")
+        rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+        width = len(lines[rule].split())
+        return {cells[0]: cells for cells in (line.split() for line in lines[rule + 1:])
+                if len(cells) == width}
+
+    def real(self, real: str, port: int = 0) -> tuple[str, int, int]:
+        """(state, current connections, total connections) of one real."""
+        cells = self.rows("real")[f"{real}:{port}:0:tcp"]
+        return cells[1], int(cells[2]), int(cells[3])
+
+    def wait_for(self, check: Callable[[], bool], timeout: float = 10.0,
+                 what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.2)
+
+    def statistics(self) -> dict[str, int]:
+        return {" ".join(cells[:-1]): int(cells[-1])
+                for cells in (line.split() for line in self.run("show statistics").split("\n"))
+                if len(cells) >= 2 and cells[-1].isdigit() and ":" not in cells[0]}
+
+    def exit(self) -> int | None:
+        self.child.sendline("exit")
+        self.child.expect(pexpect.EOF)
+        self.child.close()
+        return self.child.exitstatus
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing gets a chance to clean up."""
+        # `ip netns exec` execs the appliance, so the pty's child is the appliance.
+        self.child.kill(signal.SIGKILL)
+        self.child.expect(pexpect.EOF)
+        self.child.close()
+
+
+def raw_table(lab: Lab) -> str:
+    proc = lab.run_in(lab.director_ns, ["iptables-save", "-t", "raw"])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def appliance(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., Console]]:
+    """`appliance(config_lines)` boots an appliance; on teardown it must exit cleanly and
+    leave no rule behind."""
+    consoles: list[Console] = []
+
+    def boot(lines: list[str] | Path) -> Console:
+        if isinstance(lines, Path):
+            config = lines
+        else:
+            config = tmp_path / f"startup-config-{len(consoles)}"
+            config.write_text("\n".join(lines) + "\n")
+        console = Console(lab, config)
+        consoles.append(console)
+        assert "% " not in console.boot_messages, console.boot_messages
+        return console
+
+    yield boot
+    for console in consoles:
+        if console.child.isalive():
+            assert console.exit() == 0
+    assert "LOCALDIRECTOR" not in raw_table(lab)
+
+
+def simple_config(vip: str, predictor: str, reals: list[str], *extra: str) -> list[str]:
+    """One Bind ID 0 virtual on port 80 over `reals` (ids as typed)."""
+    return [*(f"real {r}" for r in reals), f"virtual {vip}:80",
+            f"predictor {vip}:80 {predictor}", f"bind {vip}:80 {' '.join(reals)}", *extra]
+
+
+def bodies(results: list) -> list[str]:
+    failures = [r.error for r in results if not r.ok]
+    assert not failures, failures
+    return [r.body.strip() for r in results]
+
+
+def hold(lab: Lab, url: str, count: int, source: str) -> subprocess.Popen[str]:
+    """`count` concurrent connections that stay open until the server's hold ends."""
+    return lab.popen_in(lab.client_ns, [
+        sys.executable, "-m", "localdirector.lab.client", "get", "--url", url,
+        "--count", str(count), "--concurrency", str(count), "--source", source,
+        "--timeout", "20"], stdout=subprocess.PIPE, text=True)
+
+
+def held_bodies(proc: subprocess.Popen[str]) -> list[str]:
+    out, _ = proc.communicate(timeout=30)
+    results = json.loads(out)["results"]
+    assert all(r["error"] is None and r["status"] == 200 for r in results), results
+    return [r["body"] for r in results]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_fig1_client_address_selects_the_pool(lab: Lab, appliance) -> None:
+    """FIG. 1: one VIP, three pools chosen by the client's source address; preferred
+    clients reach 203.0.113.11 on port 8001 through VIP port 80."""
+    console = appliance(FIG1_CONFIG)
+    expected = {
+        PREFERRED: {name(R14), name(R11, 8001)},
+        UNWELCOME: {name(R15)},
+        GENERAL: {name(R12), name(R13)},
+    }
+    for pool, reals in expected.items():
+        sources = lab.client_addresses[pool]
+        got = collections.Counter(bodies(lab.get_many(f"http://{VIP}/", sources,
+                                                      count=2 * len(sources))))
+        assert set(got) == reals, (pool, got)
+    # The real sees the client's own address, not the director's.
+    source = lab.client_addresses[PREFERRED][3]
+    assert bodies(lab.get_many(f"http://{VIP}/peer", [source])) == [source]
+    hits = {cells[1]: int(cells[3]) for cells in console.rows("assign").values()}
+    assert hits == {"198.51.100.0": 2 * 8 + 1, "198.18.0.0": 2 * 8}
+    pools = {PREFERRED: [(R14, 0), (R11, 8001)], UNWELCOME: [(R15, 0)],
+             GENERAL: [(R12, 0), (R13, 0)]}
+    totals = {pool: sum(console.real(*real)[2] for real in reals)
+              for pool, reals in pools.items()}
+    assert totals == {PREFERRED: 2 * 8 + 1, UNWELCOME: 2 * 8, GENERAL: 2 * 8}
+
+
+def test_port_translation_80_to_8001(lab: Lab, appliance) -> None:
+    """The client talks to VIP:80 only (its TCP stack would reset a segment from
+    anywhere else); the real serves it on 8001."""
+    console = appliance(simple_config(VIP, "roundrobin", [f"{R11}:8001"]))
+    source = lab.client_addresses[GENERAL][0]
+    assert lab.client_get(f"http://{VIP}/", source=source).strip() == name(R11, 8001)
+    held = hold(lab, f"http://{VIP}/hold/2", 1, source)
+    console.wait_for(lambda: console.real(R11, 8001)[1] == 1, what="held connection")
+    conns = console.run(f"show conns {VIP} detail")
+    assert f"-> {VIP}:80" in conns and f"at {R11}:8001" in conns, conns
+    assert held_bodies(held) == ["held\n"]
+
+
+def test_roundrobin_spreads_exactly(lab: Lab, appliance) -> None:
+    console = appliance(simple_config(VIP, "roundrobin", [R12, R13, R14]))
+    got = collections.Counter(bodies(lab.get_many(f"http://{VIP}/",
+                                                  lab.client_addresses[GENERAL], count=30)))
+    assert got == {name(R12): 10, name(R13): 10, name(R14): 10}
+    assert [console.real(r)[2] for r in (R12, R13, R14)] == [10, 10, 10]
+
+
+def test_leastconns_avoids_reals_holding_connections(lab: Lab, appliance) -> None:
+    console = appliance(simple_config(VIP, "leastconns", [R12, R13, R14]))
+    held = hold(lab, f"http://{VIP}/hold/3", 2, lab.client_addresses[GENERAL][0])
+    console.wait_for(lambda: sorted(console.real(r)[1] for r in (R12, R13, R14)) == [0, 1, 1],
+                     what="two held connections on two reals")
+    idle = next(r for r in (R12, R13, R14) if console.real(r)[1] == 0)
+    source = lab.client_addresses[GENERAL][1]
+    assert lab.client_get(f"http://{VIP}/", source=source).strip() == name(idle)
+    assert held_bodies(held) == ["held\n", "held\n"]
+
+
+@pytest.mark.parametrize("fault", ["refuse", "blackhole"])
+def test_failing_real_is_bypassed_failed_and_recovers(lab: Lab, appliance, fault: str) -> None:
+    """`refuse`: the listener is gone, the real's kernel answers RST; `blackhole`: its
+    packets vanish. Clients never notice beyond a SYN retransmission; after `threshold`
+    ditched connections the real is FAILED, after `retry` seconds it is tested, and an
+    answer puts it back in service."""
+    bad = R13
+    console = appliance(simple_config(VIP, "roundrobin", [R12, bad],
+                                      f"threshold {bad} 2", f"reassign {bad} 1",
+                                      f"retry {bad} 2"))
+    drop_rule = ["INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"]
+    if fault == "refuse":
+        lab.stop_server(bad, 80)
+    else:
+        lab.real_iptables(bad, ["-I", *drop_rule])
+    try:
+        got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
+                                  timeout=8))
+        assert got == [name(R12)] * 6
+        state, conns, _ = console.real(bad)
+        assert state == "FAILED" and conns == 0
+        reassigns = int(console.rows("real")[f"{bad}:0:0:tcp"][6])
+        assert reassigns == 2
+        stats = console.statistics()
+        assert stats["conns reassigned"] == 2
+        if fault == "refuse":
+            assert stats["reset-absorbed"] == 2
+    finally:
+        if fault == "refuse":
+            lab.start_server(bad, 80)
+        else:
+            lab.real_iptables(bad, ["-D", *drop_rule])
+    console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
+    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
+    assert name(bad) in got
+    assert console.real(bad)[0] == "IS"
+
+
+def test_maxconns_refuses_beyond_the_limit(lab: Lab, appliance) -> None:
+    console = appliance(simple_config(VIP, "leastconns", [R12, R13],
+                                      f"maxconns {R12} 1", f"maxconns {R13} 1"))
+    held = hold(lab, f"http://{VIP}/hold/3", 2, lab.client_addresses[GENERAL][0])
+    console.wait_for(lambda: [console.real(r)[1] for r in (R12, R13)] == [1, 1],
+                     what="both reals at maxconns")
+    refused = lab.get_many(f"http://{VIP}/", [lab.client_addresses[GENERAL][1]], timeout=0.8)
+    assert not refused[0].ok
+    assert console.statistics()["no-real"] >= 1
+    assert held_bodies(held) == ["held\n", "held\n"]
+    time.sleep(SETTLE)  # the held connections linger, still counted, then go
+    assert bodies(lab.get_many(f"http://{VIP}/", [lab.client_addresses[GENERAL][1]]))
+
+
+def test_out_of_service_real_drains(lab: Lab, appliance) -> None:
+    console = appliance(simple_config(VIP, "roundrobin", [R12, R13]))
+    held = hold(lab, f"http://{VIP}/hold/3", 1, lab.client_addresses[GENERAL][0])
+    console.wait_for(lambda: console.real(R12)[1] == 1, what="held connection on R12")
+    console.configure(f"out-of-service {R12}")
+    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6))
+    assert got == [name(R13)] * 6
+    assert held_bodies(held) == ["held\n"]
+    assert console.real(R12)[0] == "OOS"
+
+
+def test_ten_megabytes_each_way_byte_exact(lab: Lab, appliance) -> None:
+    appliance(simple_config(VIP, "roundrobin", [R12, f"{R11}:8001"]))
+    size = 10 * 1024 * 1024
+    source = lab.client_addresses[GENERAL][0]
+    down = lab.get_many(f"http://{VIP}/bytes/{size}", [source], count=2, digest=True,
+                        timeout=60)
+    assert [(r.ok, r.length, r.sha256) for r in down] == [(True, size, pattern_digest(size))] * 2
+    upload = os.urandom(size)
+    for _ in range(2):  # once to each real
+        answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
+        assert answer.strip() == hashlib.sha256(upload).hexdigest()
+
+
+def test_connection_counts_return_to_zero(lab: Lab, appliance) -> None:
+    console = appliance(simple_config(VIP, "leastconns", [R12, R13, R14]))
+    results = lab.get_many(f"http://{VIP}/", lab.all_client_addresses, count=300,
+                           concurrency=8)
+    assert len(bodies(results)) == 300
+    assert sum(console.real(r)[2] for r in (R12, R13, R14)) == 300
+
+    def all_zero() -> bool:
+        reals = [console.real(r)[1] for r in (R12, R13, R14)]
+        virtual = int(console.rows("virtual")[f"{VIP}:80:0:tcp"][2])
+        return reals == [0, 0, 0] and virtual == 0
+
+    console.wait_for(all_zero, timeout=SETTLE + 2, what="connection counts back to 0")
+    assert "No connections" in console.run("show conns")
+    stats = console.statistics()
+    assert stats["conns created"] == stats["conns closed"] == 300
+    assert stats["dropped"] == 0
+
+
+def test_rules_follow_the_model_and_reload(lab: Lab, appliance) -> None:
+    """Rules track `conf t` edits; `reload` rebuilds the model from the startup-config
+    and restarts the data plane on it; exactly one jump into our chain at any time."""
+    other = "192.0.2.20"
+    console = appliance(simple_config(VIP, "roundrobin", [R12]))
+    assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
+    assert f"--queue-num {QUEUE} --queue-bypass" in raw_table(lab)
+    console.configure(f"real {R14}", f"virtual {other}:80", f"bind {other}:80 {R14}")
+    console.wait_for(lambda: f"-d {other}/32" in raw_table(lab), what="rule for new VIP")
+    assert lab.client_get(f"http://{other}/").strip() == name(R14)
+    console.run("reload")
+    console.wait_for(lambda: f"-d {other}/32" not in raw_table(lab), what="reload")
+    console.wait_for(lambda: "1 restarts" in console.run("show statistics"), what="restart")
+    assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
+    assert lab.client_get(f"http://{VIP}/").strip() == name(R12)
+
+
+def test_restart_after_crash_replaces_stale_rules(lab: Lab, appliance) -> None:
+    """A crash leaves the rules (with --queue-bypass traffic passes untranslated); the
+    next start replaces them; SIGTERM, like `exit`, removes them."""
+    config = simple_config(VIP, "roundrobin", [R12])
+    crashed = appliance(config)
+    crashed.kill()
+    assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
+    console = appliance(config)
+    assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
+    assert lab.client_get(f"http://{VIP}/").strip() == name(R12)
+    console.child.kill(signal.SIGTERM)
+    console.child.expect(pexpect.EOF)
+    console.child.close()
+    assert console.child.exitstatus == 143
+    assert "LOCALDIRECTOR" not in raw_table(lab)

@@ -1,0 +1,283 @@
+"""The data plane's control parts without a kernel: netfilter rule generation and
+transactions (iptables is a fake that records what it is fed and plays back an
+`iptables-save` listing), the worker's per-packet verdicts (a fake packet and engine),
+and the service's readings of /proc. The kernel side is tests/test_dataplane_netns.py."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from localdirector.model.connection import Connection
+from localdirector.model.director import Director
+from localdirector.model.serverid import ServerId
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
+from localdirector.dataplane.rules import RuleManager, RulesError, RuleSync, desired_rules
+from localdirector.dataplane.service import forwarding_problems, read_queue_counters
+from localdirector.dataplane.worker import QueueWorker
+
+
+def sid(text: str) -> ServerId:
+    return ServerId.parse(text)
+
+
+class FakeIptables:
+    """Records iptables-restore input; `saved` is what iptables-save prints."""
+
+    def __init__(self, saved: str = "*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") -> None:
+        self.saved = saved
+        self.restored: list[str] = []
+        self.fail = False
+
+    def __call__(self, argv: list[str], stdin: str) -> str:
+        if argv[0] == "iptables-save":
+            return self.saved
+        assert argv == ["iptables-restore", "--noflush"]
+        if self.fail:
+            raise RulesError("iptables-restore --noflush failed: line 3 failed")
+        self.restored.append(stdin)
+        return ""
+
+
+def director() -> Director:
+    d = Director()
+    with d.lock:
+        for v in ("192.0.2.10:80:0", "192.0.2.10:80:1", "192.0.2.10:443", "192.0.2.20:0"):
+            d.add_virtual(sid(v))
+        for r in ("203.0.113.11:8001", "203.0.113.12", "203.0.113.13"):
+            d.add_real(sid(r))
+        d.bind(sid("192.0.2.10:80:0"), sid("203.0.113.12"))
+        d.bind(sid("192.0.2.10:80:1"), sid("203.0.113.11:8001"))
+        d.bind(sid("192.0.2.10:443"), sid("203.0.113.12"))
+        d.bind(sid("192.0.2.20:0"), sid("203.0.113.13"))
+    return d
+
+
+def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
+    assert desired_rules(director()).lines() == [
+        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        # Port 0 virtual: every TCP port.
+        "-A LOCALDIRECTOR -d 192.0.2.20/32 -p tcp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -d 192.0.2.20/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        # Port-translating real: replies come from its own port.
+        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        # Port 0 real answers on the port of each virtual it serves.
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p tcp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+    ]
+
+
+def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:
+    d = director()
+    v, r = d.virtuals[sid("192.0.2.10:80:1")], d.reals[sid("203.0.113.11:8001")]
+    with d.lock:
+        d.conns.add(Connection(0xC6336402, 40000, v.addr, 80, v, r, time.monotonic()))
+        d.remove_real(r.sid)
+        d.remove_virtual(sid("192.0.2.10:443"))
+    lines = desired_rules(d).lines()
+    assert any("-s 203.0.113.11/32 -p tcp -m tcp --sport 8001" in line for line in lines)
+    assert not any("--dport 443" in line for line in lines)
+
+
+def test_install_replaces_stale_chains_and_leaves_exactly_one_jump() -> None:
+    fake = FakeIptables("*raw\n:PREROUTING ACCEPT [0:0]\n:LOCALDIRECTOR - [0:0]\n"
+                        ":LOCALDIRECTOR-QUEUE - [0:0]\n-A PREROUTING -j LOCALDIRECTOR\n"
+                        "-A PREROUTING -j LOCALDIRECTOR\nCOMMIT\n")
+    manager = RuleManager(7, fake)
+    manager.install(desired_rules(director()))
+    text = fake.restored[0].splitlines()
+    assert text[:7] == [
+        "*raw",
+        ":LOCALDIRECTOR - [0:0]",
+        ":LOCALDIRECTOR-QUEUE - [0:0]",
+        "-D PREROUTING -j LOCALDIRECTOR",
+        "-D PREROUTING -j LOCALDIRECTOR",
+        "-I PREROUTING 1 -j LOCALDIRECTOR",
+        "-A LOCALDIRECTOR-QUEUE -j NOTRACK",
+    ]
+    assert text[7] == "-A LOCALDIRECTOR-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass"
+    assert text[-1] == "COMMIT"
+
+
+def test_update_is_one_transaction_and_skipped_when_nothing_changed() -> None:
+    fake = FakeIptables()
+    manager = RuleManager(7, fake)
+    d = director()
+    manager.install(desired_rules(d))
+    with d.lock:
+        d.set_state(sid("192.0.2.10:443"), d.virtuals[sid("192.0.2.10:443")].state)
+    assert manager.update(desired_rules(d)) is False
+    with d.lock:
+        d.remove_virtual(sid("192.0.2.20:0"))
+    assert manager.update(desired_rules(d)) is True
+    update = fake.restored[-1].splitlines()
+    assert update[:2] == ["*raw", ":LOCALDIRECTOR - [0:0]"]
+    assert not any("192.0.2.20" in line or "PREROUTING" in line for line in update)
+    assert len(fake.restored) == 2
+
+
+def test_remove_takes_out_what_exists() -> None:
+    fake = FakeIptables("*raw\n:LOCALDIRECTOR - [0:0]\n-A PREROUTING -j LOCALDIRECTOR\n"
+                        "COMMIT\n")
+    RuleManager(7, fake).remove()
+    assert fake.restored == ["*raw\n-D PREROUTING -j LOCALDIRECTOR\n-F LOCALDIRECTOR\n"
+                             "-X LOCALDIRECTOR\nCOMMIT\n"]
+    clean = FakeIptables()
+    RuleManager(7, clean).remove()
+    assert clean.restored == []
+
+
+def test_sync_thread_follows_changes_and_survives_refusals() -> None:
+    fake = FakeIptables()
+    d = director()
+    sync = RuleSync(d, RuleManager(7, fake))
+    sync.install()
+    sync.start()
+    try:
+        fake.fail = True
+        with d.lock:
+            d.remove_virtual(sid("192.0.2.20:0"))
+        deadline = time.monotonic() + 5
+        while sync.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sync.errors == 1 and sync.synced_generation < d.generation
+        fake.fail = False
+        with d.lock:
+            d.remove_virtual(sid("192.0.2.10:443"))
+        while sync.synced_generation < d.generation and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sync.synced_generation == d.generation
+        assert "192.0.2.20" not in fake.restored[-1] and "443" not in fake.restored[-1]
+    finally:
+        sync.stop()
+    assert not sync.is_alive()
+
+
+def test_forwarding_problems_name_ip_forward_and_strict_rp_filter(tmp_path: Path) -> None:
+    (tmp_path / "ip_forward").write_text("0\n")
+    for iface, value in (("all", 0), ("default", 1), ("cli0", 1), ("br0", 2), ("lo", 0)):
+        (tmp_path / "conf" / iface).mkdir(parents=True)
+        (tmp_path / "conf" / iface / "rp_filter").write_text(f"{value}\n")
+    problems = forwarding_problems(tmp_path)
+    assert len(problems) == 2
+    assert "ip_forward is 0" in problems[0]
+    assert "strict rp_filter on cli0:" in problems[1]
+    (tmp_path / "ip_forward").write_text("1\n")
+    (tmp_path / "conf" / "cli0" / "rp_filter").write_text("0\n")
+    assert forwarding_problems(tmp_path) == []
+
+
+def test_queue_counters_come_from_our_line_of_proc(tmp_path: Path) -> None:
+    proc = tmp_path / "nfnetlink_queue"
+    proc.write_text("    3   1675     0 2  4016     0     0    40585  1\n"
+                    "  107   1688    12 2  4016     5     9     1234  1\n")
+    counters = read_queue_counters(107, proc)
+    assert (counters.waiting, counters.queue_dropped, counters.user_dropped) == (12, 5, 9)
+    assert read_queue_counters(4, proc) is None
+    assert read_queue_counters(4, tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("value", ["0", "2"])
+def test_all_rp_filter_applies_to_every_interface(tmp_path: Path, value: str) -> None:
+    (tmp_path / "ip_forward").write_text("1\n")
+    (tmp_path / "conf" / "all").mkdir(parents=True)
+    (tmp_path / "conf" / "all" / "rp_filter").write_text("1\n")
+    (tmp_path / "conf" / "eth0").mkdir()
+    (tmp_path / "conf" / "eth0" / "rp_filter").write_text(f"{value}\n")
+    # The kernel uses max(all, interface): all=1 makes eth0 strict unless eth0 is 2.
+    assert bool(forwarding_problems(tmp_path)) is (value == "0")
+
+
+# --------------------------------------------------------------------- worker verdicts
+
+
+class FakePacket:
+    """The part of netfilterqueue.Packet the worker uses; a second verdict raises, as
+    the library does."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.given: bytes | None = None
+        self.verdict: str | None = None
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def set_payload(self, payload: bytes) -> None:
+        self.given = payload
+
+    def _verdict(self, verdict: str) -> None:
+        if self.verdict is not None:
+            raise RuntimeError("Verdict already given for this packet")
+        self.verdict = verdict
+
+    def accept(self) -> None:
+        self._verdict("accept")
+
+    def drop(self) -> None:
+        self._verdict("drop")
+
+
+class FakeEngine:
+    def __init__(self, verdict: int, error: Exception | None = None) -> None:
+        self.verdict = verdict
+        self.error = error
+
+    def handle(self, buf: bytearray) -> int:
+        if self.error is not None:
+            raise self.error
+        buf[16:20] = bytes((203, 0, 113, 12))  # "translate" the destination
+        return self.verdict
+
+    def tick(self) -> None:
+        pass
+
+
+def ip_packet(total_length: int, copied: int) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total_length, 0, 0, 64, 6, 0,
+                         bytes((198, 51, 100, 2)), bytes((192, 0, 2, 10)))
+    return header + bytes(copied - len(header))
+
+
+@pytest.mark.parametrize("verdict, expected", [(ACCEPT_MODIFIED, "accept"),
+                                               (ACCEPT_UNCHANGED, "accept"), (DROP, "drop")])
+def test_worker_gives_the_engines_verdict(verdict: int, expected: str) -> None:
+    pkt = FakePacket(ip_packet(60, 60))
+    QueueWorker(5, FakeEngine(verdict))._on_packet(pkt)
+    assert pkt.verdict == expected
+    if verdict == ACCEPT_MODIFIED:
+        assert pkt.given is not None and pkt.given[16:20] == bytes((203, 0, 113, 12))
+    else:
+        assert pkt.given is None  # nothing copied back when nothing changed
+
+
+def test_worker_contains_engine_failures(caplog: pytest.LogCaptureFixture) -> None:
+    worker = QueueWorker(5, FakeEngine(ACCEPT_MODIFIED, KeyError("bug")))
+    packets = [FakePacket(ip_packet(60, 60)) for _ in range(3)]
+    with caplog.at_level(logging.ERROR, "localdirector"):
+        for pkt in packets:
+            worker._on_packet(pkt)
+    assert [p.verdict for p in packets] == ["drop"] * 3
+    assert worker.stats.errors == 3
+    assert len(caplog.records) == 1  # logged once, then only counted
+
+
+def test_worker_drops_what_it_cannot_hand_back_whole() -> None:
+    """A packet longer than the copy range would be truncated by set_payload."""
+    worker = QueueWorker(5, FakeEngine(ACCEPT_MODIFIED))
+    short = FakePacket(ip_packet(9000, 4016))
+    worker._on_packet(short)
+    assert (short.verdict, short.given, worker.stats.oversize) == ("drop", None, 1)
+    unchanged = FakePacket(ip_packet(9000, 4016))
+    QueueWorker(5, FakeEngine(ACCEPT_UNCHANGED))._on_packet(unchanged)
+    assert unchanged.verdict == "accept"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import __version__
+from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .shell import config_file
 from .shell.repl import run_shell
@@ -58,13 +59,18 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
     return handle
 
 
-SERVICES: list[Service] = [Service("dataplane", _dataplane_arguments, _start_dataplane)]
+SERVICES: list[Service] = [
+    Service("dataplane", _dataplane_arguments, _start_dataplane),
+    Service("access", access_service.add_arguments, access_service.start),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="localdirector",
-        description="Software LocalDirector: client-address-aware TCP load balancer.")
+        description="Software LocalDirector: client-address-aware TCP load balancer.",
+        epilog="New here? `localdirector lab` builds a lab in network namespaces and opens "
+               "the director's shell in it (see `localdirector lab --help`).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"startup-config file (default {DEFAULT_CONFIG})")
@@ -120,6 +126,10 @@ def _console(appliance: Appliance, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lab"]:   # `localdirector lab`: the namespace lab, a command of its own
+        from .lab import command as lab_command
+        return lab_command.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.check is not None:
         return check(args.check)

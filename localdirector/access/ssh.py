@@ -1,0 +1,216 @@
+"""`--ssh`: the appliance's shell over SSH, for people (a PTY) and for scripts (exec).
+
+The server offers a shell and nothing else: no port forwarding, agent or X11 forwarding,
+SFTP or SCP, so a login cannot reach the host behind the appliance. Authentication is the
+configured `password` (any user name, as on a LocalDirector, whose logins have no users)
+or a key listed in the authorized-keys file; `enable` still asks for the enable password.
+
+    ssh -p 2222 admin@appliance                    interactive shell
+    ssh -p 2222 admin@appliance "show version"     one command; exit status 0 / 1
+    ssh -p 2222 admin@appliance < script           each line in turn, as typed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+from prompt_toolkit.contrib.ssh import PromptToolkitSSHSession
+
+from ..shell.scripted import run_script
+from .hostkey import load_or_create_host_key
+from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, check_password,
+                    note_failure, password_set, peer_label)
+from .terminal import Activity, feed_keys, serve_terminal, supervise
+
+if TYPE_CHECKING:
+    from ..appliance import Appliance
+
+log = logging.getLogger("localdirector.access")
+
+# The version string every client sees before authenticating: the product, not the
+# library and its release, which would tell an attacker which advisories to try.
+SERVER_VERSION = "LocalDirector"
+# A script read from standard input is held whole before it runs; past this it is refused.
+MAX_SCRIPT_BYTES = 1 << 20
+
+
+class SSHDoor:
+    """The listening SSH server and what all its connections share."""
+
+    def __init__(self, appliance: "Appliance", host: str, port: int,
+                 host_key_path: str, authorized_keys_path: str | None) -> None:
+        self.appliance = appliance
+        self.host = host
+        self.port = port
+        self.host_key_path = host_key_path
+        self.authorized_keys_path = authorized_keys_path
+        self.gate = Gate("ssh")
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> None:
+        key = load_or_create_host_key(self.host_key_path)
+        self._server = await asyncssh.create_server(
+            lambda: _Connection(self), self.host, self.port,
+            server_host_keys=[key], server_version=SERVER_VERSION,
+            login_timeout=LOGIN_TIMEOUT, encoding="utf-8", line_editor=False,
+            agent_forwarding=False, x11_forwarding=False, allow_scp=False,
+            sftp_factory=None, reuse_address=True)
+        log.info("SSH listening on %s port %d (host key %s)", self.host or "*", self.port,
+                 key.get_fingerprint())
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def authorized_keys(self) -> asyncssh.SSHAuthorizedKeys | None:
+        """Read at every login, so adding or revoking a key needs no restart."""
+        path = self.authorized_keys_path
+        if not path or not os.path.exists(path):
+            return None
+        try:
+            return asyncssh.read_authorized_keys(path)
+        except (OSError, ValueError) as err:
+            log.warning("authorized keys %s unusable: %s", path, err)
+            return None
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: the access list, then the login with three password tries."""
+
+    def __init__(self, door: SSHDoor) -> None:
+        self.door = door
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = ""
+        self.label = ""
+        self.failures = 0
+        self.username = ""
+        self.admitted = False
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        host, port = conn.get_extra_info("peername")[:2]
+        self.peer, self.label = host, peer_label(host, port)
+        self.admitted = self.door.gate.admit(self.door.appliance.director, host)
+        if not self.admitted:
+            # Before our version string goes out: a refused peer learns nothing.
+            conn.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.door.gate.release()
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        keys = self.door.authorized_keys()
+        if keys is not None and self.conn is not None:
+            self.conn.set_authorized_keys(keys)
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return password_set(self.door.appliance.director)
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        if await check_password(self.door.appliance.director, password):
+            return True
+        self.failures += 1
+        note_failure("ssh", self.peer, self.failures)
+        await asyncio.sleep(FAIL_DELAY)
+        if self.failures >= MAX_TRIES and self.conn is not None:
+            # After the failure reply has gone out, so the client can report it.
+            asyncio.get_running_loop().call_soon(
+                self.conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "Too many authentication failures")
+        return False
+
+    def auth_completed(self) -> None:
+        log.info("ssh login from %s (user %s)", self.label, self.username)
+
+    def session_requested(self) -> asyncssh.SSHServerSession:
+        return _Session(self.door.appliance, self.label)
+
+
+class _Session(PromptToolkitSSHSession):
+    """A PTY gets the interactive shell; an exec request or a PTY-less shell is a script."""
+
+    def __init__(self, appliance: "Appliance", peer: str) -> None:
+        super().__init__(self._interactive, enable_cpr=False)
+        self.appliance = appliance
+        self.peer = peer
+        self.activity = Activity()
+        self.command: str | None = None
+        self.scripted = False
+        self.stdin: list[str] = []
+        self.stdin_size = 0
+        self.stdin_done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def exec_requested(self, command: str) -> bool:
+        self.command = command
+        return True
+
+    def session_started(self) -> None:
+        assert self._chan is not None
+        if self.command is None and self._chan.get_terminal_type() is not None:
+            super().session_started()
+            self.task = self.interact_task
+        else:
+            self.scripted = True
+            self.task = asyncio.get_running_loop().create_task(self._script())
+
+    async def _interactive(self, _ssh_session: Any) -> None:
+        await serve_terminal(self.appliance, "ssh", self.peer, self.activity)
+
+    def data_received(self, data: str, datatype: object) -> None:
+        self.activity.touch()
+        if not self.scripted:
+            if self._input is not None:
+                feed_keys(self._input, data.encode("utf-8"))
+        elif self.command is None and not self.stdin_done.is_set():
+            self.stdin_size += len(data)
+            self.stdin.append(data)
+            if self.stdin_size > MAX_SCRIPT_BYTES:
+                self.stdin_done.set()
+
+    def eof_received(self) -> bool:
+        self.stdin_done.set()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The client hung up: end its shell so it leaves `who` now, not at the timeout.
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _script(self) -> None:
+        assert self._chan is not None
+        chan = self._chan
+        # `ssh -t host command`: the client's terminal is raw, so lines need their CR.
+        pty = chan.get_terminal_type() is not None
+        session = self.appliance.open_session(
+            "ssh", self.peer, interactive=False,
+            write=(lambda text: chan.write(text.replace("\n", "\r\n"))) if pty else chan.write)
+        self.activity.session = session
+        status = 1
+        try:
+            if self.command is not None:
+                lines = [self.command]
+            else:
+                reading = asyncio.ensure_future(self.stdin_done.wait())
+                if await supervise(self.appliance, session, reading) or session.closed:
+                    return
+                if self.stdin_size > MAX_SCRIPT_BYTES:
+                    chan.write_stderr(f"% Script longer than {MAX_SCRIPT_BYTES} bytes\n")
+                    return
+                lines = "".join(self.stdin).splitlines()
+            status = 0 if run_script(session, lines) else 1
+        finally:
+            session.close()
+            self.activity.session = None
+            with contextlib.suppress(OSError):   # the client may be gone already
+                chan.exit(status)

@@ -22,5 +22,5 @@ class Settings:
     login_secret: str = ""       # hashed `password`; empty = remote login refused
     telnet_access: list[AccessEntry] = field(default_factory=list)
     ssh_access: list[AccessEntry] = field(default_factory=list)
-    session_timeout: int = 15    # minutes an idle remote session lives
+    session_timeout: float = 15  # minutes an idle remote session lives (`exec-timeout M S`)
     max_conns: int = 500000      # global connection-table limit

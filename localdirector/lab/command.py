@@ -1,0 +1,259 @@
+"""`localdirector lab`: FIG. 1 on this machine in one command, gone again on `exit`.
+
+Builds the namespace lab (clients of three subnets, the director, five reals each
+answering with its own name), starts the appliance in the director namespace on this
+terminal with the lab's startup-config, and removes every namespace when the shell ends.
+The firewall rules the appliance installs live in the director namespace, so deleting
+the namespace removes them with it: nothing of the lab ever touches the host's network.
+
+Teardown runs on `exit`, on a crashed appliance, on SIGTERM/SIGHUP/SIGQUIT, and on
+Ctrl-C while the lab is being built. While the shell runs, Ctrl-C belongs to the shell
+(it cancels the line being typed), so this process ignores it. A `kill -9` of this
+process leaves namespaces behind: the next `localdirector lab` or
+`localdirector lab --clean` removes them (only labs whose owner process is gone).
+
+Where the example configuration comes from: a source checkout (or `pip install -e`) has
+it in ``examples/``; a regular install has it under ``<prefix>/share/localdirector/
+examples`` (setup.cfg data_files). Whichever is found first is used; if neither is,
+``--config`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from localdirector.appliance import Appliance
+from localdirector.model.director import Director
+from localdirector.shell import config_file
+
+from .guide import ENV, LabInfo, overview
+from .netns import DEFAULT_REALS, PACKAGE_ROOT, Lab, LabError, clean_stale, unavailable_reason
+
+PREFIX = "ldlab"
+DEFAULT_EXAMPLE = "fig1.cfg"
+EXAMPLE_DIRS = (PACKAGE_ROOT / "examples",
+                Path(sys.prefix) / "share" / "localdirector" / "examples")
+STOP_SECONDS = 5.0
+# Signals that end the lab as an orderly exit (the `finally` below still runs).
+FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class Failure(Exception):
+    """A step that could not be done; the message is printed and the exit status is 2."""
+
+
+def find_example(name: str = DEFAULT_EXAMPLE) -> Path:
+    """The checkout's copy first, so that a developer's edits are what the lab runs."""
+    for directory in EXAMPLE_DIRS:
+        if (directory / name).is_file():
+            return directory / name
+    looked = ", ".join(str(d) for d in EXAMPLE_DIRS)
+    raise Failure(f"cannot find {name} (looked in {looked}); "
+                  "name a configuration with --config PATH")
+
+
+def _display(path: Path) -> str:
+    """A path as the operator would type it: relative to here when below here."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class Progress:
+    """`[2/5] Building ... ok (0.7 s)`: one line per step, so a person waiting sees
+    what is happening and which step failed."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.number = 0
+
+    @contextmanager
+    def step(self, text: str) -> Iterator[list[str]]:
+        """Yields a list; a string appended to it replaces the default `ok`."""
+        self.number += 1
+        print(f"[{self.number}/{self.total}] {text} ...", end="", flush=True)
+        started = time.monotonic()
+        outcome: list[str] = []
+        try:
+            yield outcome
+        except BaseException:
+            print(" failed", flush=True)
+            raise
+        elapsed = time.monotonic() - started
+        timing = f" ({elapsed:.1f} s)" if elapsed >= 0.1 else ""
+        print(f" {outcome[0] if outcome else 'ok'}{timing}", flush=True)
+
+
+def _namespaces(count: int) -> str:
+    return f"{count} namespace{'' if count == 1 else 's'}"
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """A Python-level no-op rather than SIG_IGN: an ignored SIGINT would be inherited by
+    the appliance across exec, and its shell would then not see Ctrl-C either."""
+
+
+def _load(config: Path) -> tuple[Director, int]:
+    """The configuration in a scratch model, for the banner; and how many lines are bad
+    (the appliance shows them itself as it boots)."""
+    appliance = Appliance(config)
+    lines = config_file.read(config) or []
+    failures = config_file.replay(appliance, appliance.director, lines, lambda _text: None)
+    return appliance.director, failures
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """The appliance exits on SIGTERM removing its rules; SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def run(config: Path, queue: int) -> int:
+    progress = Progress(4)
+    print("localdirector lab: FIG. 1 of US 6,324,177 in network namespaces")
+    with progress.step("Checking this machine can run a lab (root, ip, iptables, curl, "
+                       "network namespaces)"):
+        if os.geteuid() != 0:
+            raise Failure("the lab builds network namespaces, which needs root: "
+                          "run it as root (sudo localdirector lab)")
+        problem = unavailable_reason(PREFIX)
+        if problem is not None:
+            raise Failure(problem)
+    with progress.step("Removing what earlier labs left behind") as outcome:
+        removed = clean_stale(PREFIX)
+        outcome.append(f"{_namespaces(len(removed))} removed" if removed else "nothing left")
+    with progress.step(f"Reading {_display(config)}") as outcome:
+        if not config.is_file():
+            raise Failure(f"no such file: {config}")
+        director, failures = _load(config)
+        outcome.append(f"{len(director.virtuals)} virtual instances, {len(director.reals)} "
+                       f"reals, {len(director.bindids)} assign entries"
+                       + (f", {failures} bad lines (shown at boot)" if failures else ""))
+    lab = Lab(prefix=PREFIX)
+    workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
+    # The appliance gets a copy: `write memory` in the lab must not edit the example.
+    startup = workdir / "startup-config"
+    try:
+        shutil.copyfile(config, startup)
+        with progress.step(f"Building namespaces: clients in 3 subnets, the director, "
+                           f"{len(DEFAULT_REALS)} reals with HTTP servers") as outcome:
+            lab.build()
+            outcome.append(f"ok, lab {lab.name}")
+        # From here Ctrl-C belongs to the director's shell, and teardown must not be
+        # cut short by it either.
+        signal.signal(signal.SIGINT, _ignore)
+        info = LabInfo.from_lab(lab, _display(config))
+        print("", *overview(info, director), "", sep="\n")
+        print(f"Starting the director in {lab.director_ns} with a scratch copy of "
+              f"{_display(config)} (write memory saves there).", flush=True)
+        return _run_appliance(lab, info, startup, queue)
+    finally:
+        for signum in FATAL_SIGNALS:
+            signal.signal(signum, _ignore)
+        names = lab.namespaces
+        lab.destroy()
+        if names:
+            print(f"Lab removed: {_namespaces(len(names))} deleted "
+                  f"({names[0].rsplit('-', 1)[0]}-*).", flush=True)
+        _keep_saved_config(startup, config)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_appliance(lab: Lab, info: LabInfo, startup: Path, queue: int) -> int:
+    """The appliance owns the terminal until it exits; its status is ours."""
+    os.environ[ENV] = info.to_env()  # Lab.popen_in passes this process's environment on
+    argv = [sys.executable, "-m", "localdirector", "--config", str(startup),
+            "--queue", str(queue)]
+    proc = lab.popen_in(lab.director_ns, argv)
+    try:
+        status = proc.wait()
+    finally:
+        _stop(proc)
+    if status < 0:
+        print(f"\nThe director was killed by signal {-status}.", file=sys.stderr, flush=True)
+        return 128 - status
+    if status != 0:
+        print(f"\nThe director exited with status {status}.", file=sys.stderr, flush=True)
+    return status
+
+
+def _keep_saved_config(startup: Path, original: Path) -> None:
+    """A configuration saved with `write memory` outlives the lab: it is the one thing
+    the operator may have made there on purpose."""
+    try:
+        changed = startup.read_bytes() != original.read_bytes()
+    except OSError:
+        return
+    if changed:
+        fd, kept = tempfile.mkstemp(prefix="localdirector-lab-", suffix=".cfg")
+        os.close(fd)
+        shutil.copyfile(startup, kept)
+        print(f"The configuration saved with write memory is kept in {kept}", flush=True)
+
+
+def clean() -> int:
+    """`--clean`: remove namespaces of labs whose owner process is gone."""
+    if os.geteuid() != 0:
+        raise Failure("removing lab namespaces needs root")
+    removed = clean_stale(PREFIX)
+    if removed:
+        print(f"Removed {_namespaces(len(removed))} left by earlier labs: "
+              f"{' '.join(removed)}")
+    else:
+        print("No lab leftovers found.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localdirector lab",
+        description="Build FIG. 1 in network namespaces (clients, the director, five "
+                    "reals) and open the director's shell; exit removes it all. "
+                    "Needs root.")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="the director's configuration (default: examples/fig1.cfg)")
+    parser.add_argument("--queue", type=int, default=0, metavar="N",
+                        help="NFQUEUE number inside the director namespace (default 0)")
+    parser.add_argument("--clean", action="store_true",
+                        help="only remove namespaces left by labs that crashed, and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    handlers.update((signum, signal.signal(signum, _raise_exit)) for signum in FATAL_SIGNALS)
+    try:
+        if args.clean:
+            return clean()
+        return run(args.config or find_example(), args.queue)
+    except (Failure, LabError) as err:
+        print(f"localdirector lab: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nlocaldirector lab: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

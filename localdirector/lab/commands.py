@@ -1,0 +1,187 @@
+"""Shell commands that exist only inside ``localdirector lab``: `lab curl`, `show lab`.
+
+A newcomer at the director's prompt should not need a second terminal and a long
+``ip netns exec`` line to see FIG. 1 at work, so the shell itself can send traffic from
+the lab's client namespace. The shell finds this module by name (shell/registry.py) in
+every appliance, so it registers its commands only when the environment names a lab
+(``LOCALDIRECTOR_LAB``, set by ``localdirector lab``): on a production appliance there is
+no `lab` keyword at all, and nothing here runs at import time but reading that variable.
+
+Traffic stays inside the lab: requests run in the lab's client namespace, only toward
+the lab's VIP range, from the lab's own client addresses.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+
+from localdirector.model.addr import format_ip
+from localdirector.shell import args
+from localdirector.shell.grammar import Keyword, choice, opt
+from localdirector.shell.registry import EXEC, declare
+from localdirector.shell.render import table
+from localdirector.shell.session import CommandFailed, Session
+
+from .guide import DEFAULT_PORT, LabInfo, address_range, destinations, overview
+from .netns import VIP_NET, LabError, require_allowed
+
+MAX_REQUESTS = 100
+REQUEST_SECONDS = 5
+# One request after another (a round robin reads in order), so a pool that does not
+# answer would cost REQUEST_SECONDS per request: give up on it early instead.
+GIVE_UP_AFTER = 3
+NO_ANSWER = "no answer: "
+MAX_HOLD_SECONDS = 3600
+
+# Background `hold` requests, reaped on the next `lab` command (the lab's teardown kills
+# whatever is still running when the appliance exits). Their trace pipes stay open
+# while they run: the few lines still to come never fill them.
+_held: list[subprocess.Popen[bytes]] = []
+
+
+def _curl_argv(info: LabInfo, source: str, url: str, seconds: int,
+               *options: str) -> list[str]:
+    return ["ip", "netns", "exec", info.client_ns, "curl", "-sS", "--noproxy", "*",
+            "--max-time", str(seconds), "--interface", source, *options, url]
+
+
+def _answer(info: LabInfo, source: str, url: str) -> str:
+    """The first line the real answered (its name), or why there was no answer."""
+    try:
+        proc = subprocess.run(_curl_argv(info, source, url, REQUEST_SECONDS),
+                              capture_output=True, text=True, timeout=REQUEST_SECONDS + 5,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return f"{NO_ANSWER}curl did not finish"
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"curl exit status {proc.returncode}"])
+        return f"{NO_ANSWER}{reason[-1].removeprefix('curl: ')}"
+    return (proc.stdout.strip().splitlines() or ["(empty answer)"])[0]
+
+
+def _target(session: Session, target: tuple[int, int | None] | None) -> tuple[str, int]:
+    """The destination: the one given, else the first configured virtual."""
+    if target is None:
+        with session.director.lock:
+            configured = destinations(session.director)
+        if not configured:
+            raise CommandFailed("no virtual server is configured: nothing to connect to")
+        addr, port = configured[0]
+    else:
+        addr, port = target[0], target[1] or DEFAULT_PORT
+    text = format_ip(addr)
+    try:
+        require_allowed(text, [VIP_NET])
+    except LabError:
+        raise CommandFailed(f"the lab's clients reach only {VIP_NET} through the "
+                            f"director, not {text}") from None
+    return text, port
+
+
+def _reap() -> None:
+    still = []
+    for proc in _held:
+        if proc.poll() is None:
+            still.append(proc)
+        elif proc.stderr is not None:
+            proc.stderr.close()
+    _held[:] = still
+
+
+def _open_held(info: LabInfo, sources: list[str], url: str, seconds: int) -> list[str]:
+    """Start one held request per source and wait until each has its response headers,
+    i.e. until the director has assigned it: a command typed next (`show conns`, or a
+    request that should find a real full) then sees these connections in place.
+    curl's verbose trace (stderr) tells when the headers arrived; its standard output
+    would not, as curl writes the headers there only together with the body."""
+    procs = [subprocess.Popen(_curl_argv(info, source, url, seconds + REQUEST_SECONDS, "-v"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+             for source in sources]
+    deadline = time.monotonic() + REQUEST_SECONDS
+    return [_await_headers(proc, deadline, seconds) for proc in procs]
+
+
+def _await_headers(proc: subprocess.Popen[bytes], deadline: float, seconds: int) -> str:
+    assert proc.stderr is not None
+    trace = b""
+    while b"\n< HTTP/" not in trace:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        if not chunk:   # deadline passed, or curl exited without an answer
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            errors = [line for line in trace.decode(errors="replace").splitlines()
+                      if line.startswith("curl: ")]
+            reason = errors[-1].removeprefix("curl: ") if errors else \
+                f"none within {REQUEST_SECONDS} s"
+            return f"{NO_ANSWER}{reason}"
+        trace += chunk
+    _held.append(proc)
+    return f"open, held for {seconds} s"
+
+
+def lab_curl(info: LabInfo, session: Session, group: str, count: int = 1,
+             target: tuple[int, int | None] | None = None, hold: int = 0) -> None:
+    """Runs unlocked (`locked=False`): the data plane needs the model lock to carry
+    these very requests, so holding it here would stall them until curl gives up."""
+    _reap()
+    addr, port = _target(session, target)
+    clients = info.clients[group]
+    sources = [clients[i % len(clients)] for i in range(count)]
+    if hold:
+        states = _open_held(info, sources, f"http://{addr}:{port}/hold/{hold}", hold)
+        session.print_lines(table(("Client", "Connected to", "Connection"),
+                                  [(source, f"{addr}:{port}", state)
+                                   for source, state in zip(sources, states)]))
+        session.print("See them with show conns and show real.")
+        return
+    url = f"http://{addr}:{port}/"
+    rows = []
+    silent = 0
+    for source in sources:
+        answer = _answer(info, source, url)
+        rows.append((source, f"{addr}:{port}", answer))
+        silent = silent + 1 if answer.startswith(NO_ANSWER) else 0
+        if silent == GIVE_UP_AFTER and len(rows) < count:
+            break
+    session.print_lines(table(("Client", "Connected to", "Answered by"), rows))
+    if len(rows) < count:
+        session.print(f"Stopped after {GIVE_UP_AFTER} requests in a row got no answer; "
+                      f"{count - len(rows)} not sent.")
+
+
+def show_lab(info: LabInfo, session: Session) -> None:
+    session.print_lines(overview(info, session.director))
+
+
+def register(info: LabInfo) -> None:
+    """Declare the lab commands for the lab ``info`` describes."""
+    lab = Keyword("lab", "Send traffic from this lab's clients")
+    groups = choice(*(Keyword(group, f"From the {group} clients {address_range(clients)}",
+                              "group", group) for group, clients in info.clients.items()))
+    declare(EXEC, lab, Keyword("curl", "HTTP requests through the director; each answer "
+                                       "names the real that served it"),
+            groups,
+            opt(args.number("count", 1, MAX_REQUESTS, "How many requests, one after "
+                            "another, each from the next client address", "COUNT")),
+            opt(Keyword("vip", "Connect to this VIP (default: the first virtual)"),
+                args.vip_port("target", "Virtual address and port [80]")),
+            opt(Keyword("hold", "Keep the connections open in the background"),
+                args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
+                            "SECONDS")),
+            handler=lambda session, **kw: lab_curl(info, session, **kw),
+            output=True, locked=False)
+    declare(EXEC, Keyword("show", "Show running system information"),
+            Keyword("lab", "This lab: namespaces, client groups, who goes where"),
+            handler=lambda session: show_lab(info, session), output=True)
+
+
+_INFO = LabInfo.from_env()
+if _INFO is not None:
+    register(_INFO)

@@ -1,0 +1,164 @@
+"""What a newcomer needs to read about a running lab: where things are, who goes where.
+
+Two readers share it: ``localdirector lab`` prints it as its banner before the director's
+shell opens, and ``show lab`` prints it again inside that shell. Both pass a Director, so
+the "who goes where" table is computed by the model's own FIG. 5 lookup from whatever
+configuration is loaded, never hard-coded for FIG. 1: load another example and the table
+follows it, and after `no assign ...` in the shell, ``show lab`` shows the change.
+
+The lab is described to the appliance process through one environment variable holding a
+:class:`LabInfo` as JSON, because that process is started by ``ip netns exec`` and
+shares nothing else with the process that built the namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from localdirector.model.addr import format_ip, parse_ip
+from localdirector.model.director import Director
+from localdirector.model.virtual import VirtualMachine
+from localdirector.shell.render import table
+
+from .netns import DIRECTOR_REAL_SIDE, Lab
+
+ENV = "LOCALDIRECTOR_LAB"
+# Port used for "who goes where" when a virtual listens on all ports (port 0).
+DEFAULT_PORT = 80
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """The facts about a built lab that the appliance inside it needs."""
+
+    name: str
+    client_ns: str
+    director_ns: str
+    real_ns: dict[str, str]          # real address -> its namespace
+    ports: list[int]                 # ports every real's HTTP server listens on
+    clients: dict[str, list[str]]    # group (preferred, ...) -> client addresses
+    director_side: dict[str, str]    # group -> director address on that subnet
+    config: str                      # the configuration file the lab started from
+
+    @classmethod
+    def from_lab(cls, lab: Lab, config: str) -> LabInfo:
+        return cls(lab.name, lab.client_ns, lab.director_ns, dict(lab.real_ns),
+                   list(lab.ports), {g: list(a) for g, a in lab.client_addresses.items()},
+                   dict(lab.director_client_side), config)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabInfo | None:
+        """The lab this process runs in, or None outside a lab (or on a garbled value,
+        which must never turn lab commands on half-configured)."""
+        text = environ.get(ENV)
+        if not text:
+            return None
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+
+def address_range(addresses: list[str]) -> str:
+    """``198.51.100.2-9`` for consecutive addresses; the lab allocates them that way."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return f"{addresses[0]}-{addresses[-1].rsplit('.', 1)[1]}"
+
+
+def destinations(director: Director) -> list[tuple[int, int]]:
+    """Every (VIP, port) a client can connect to, in configuration order, port 0
+    (all ports) shown as port 80, the port the lab's servers and `lab curl` use."""
+    seen: dict[tuple[int, int], None] = {}
+    for v in director.iter_virtuals():
+        seen.setdefault((v.addr, v.port or DEFAULT_PORT), None)
+    return list(seen)
+
+
+def _reals(director: Director, virtual: VirtualMachine) -> str:
+    return " ".join(director.fmt(link.real.sid) for link in virtual.iter_links()) or "(none)"
+
+
+def who_goes_where(info: LabInfo, director: Director) -> list[str]:
+    """One row per client group and destination: the instance its SYN selects (the
+    Bind ID lookup of FIG. 5 steps 510-516) and the reals of that instance."""
+    rows = []
+    for addr, port in destinations(director):
+        for group, clients in info.clients.items():
+            source = parse_ip(clients[0])
+            virtual = director.lookup_virtual(source, addr, port)
+            destination = f"{format_ip(addr)}:{port}"
+            label = f"{group} {address_range(clients)}"
+            if virtual is None:
+                rows.append((label, destination, "-", "no instance: SYN dropped", "-"))
+                continue
+            backup = director.fmt(virtual.backup) if virtual.backup else "-"
+            rows.append((label, destination, director.fmt(virtual.sid),
+                         _reals(director, virtual), backup))
+    if not rows:
+        return ["No virtual servers are configured yet (see `show running-config`)."]
+    return table(("Clients", "Connect to", "Instance", "Reals", "Overflow"), rows)
+
+
+def namespaces(info: LabInfo) -> list[str]:
+    """Where each part of the lab lives, with its addresses."""
+    groups = ", ".join(f"{g} {address_range(a)}" for g, a in info.clients.items())
+    director = " ".join([*info.director_side.values(), DIRECTOR_REAL_SIDE])
+    reals = list(info.real_ns)
+    real_ns = list(info.real_ns.values())
+    real_ns_text = real_ns[0] if len(real_ns) == 1 else \
+        f"{real_ns[0]}..{real_ns[-1].rsplit('-', 1)[1]}"
+    ports = " ".join(map(str, info.ports))
+    return table(("Namespace", "Role", "Addresses"), [
+        (info.client_ns, "clients", groups),
+        (info.director_ns, "director", f"{director} (this appliance)"),
+        (real_ns_text, "reals", f"{address_range(reals)}, each answers GET / with its "
+                                f"name, on ports {ports}"),
+    ])
+
+
+def sample_curl(info: LabInfo, director: Director) -> str:
+    """A curl line to paste into another terminal: the first group's first client."""
+    group = next(iter(info.clients))
+    targets = destinations(director)
+    addr, port = targets[0] if targets else (parse_ip("192.0.2.10"), DEFAULT_PORT)
+    return (f"ip netns exec {info.client_ns} curl --noproxy '*' --interface "
+            f"{info.clients[group][0]} http://{format_ip(addr)}:{port}/")
+
+
+def overview(info: LabInfo, director: Director) -> list[str]:
+    """The banner / `show lab` text."""
+    first, *others = info.clients
+    tries = [
+        (f"lab curl {first} 4", f"4 requests from {first} clients; each answer names its real"),
+        *((f"lab curl {group}", f"the same from the {group} clients") for group in others),
+        (f"lab curl {others[-1] if others else first} 6 hold 60",
+         "6 connections kept open for 60 s, then:"),
+        ("show conns", "who is connected to which real, right now"),
+        ("show real", "connections per real"),
+        ("show lab", "this overview again"),
+    ]
+    width = max(len(command) for command, _ in tries)
+    return [
+        f"Lab {info.name}: everything below lives in network namespaces {info.name}-*;",
+        "this machine's own network is not touched.",
+        "",
+        *namespaces(info),
+        "",
+        f"Who goes where with {info.config}: the client's address picks the",
+        "instance (its Bind ID), the instance's predictor picks the real.",
+        "",
+        *who_goes_where(info, director),
+        "",
+        "Try:",
+        *(f"  {command.ljust(width)}  {what}" for command, what in tries),
+        "From another terminal, the same request by hand:",
+        f"  {sample_curl(info, director)}",
+        "Leave with `exit`: the lab is removed. After a crash: localdirector lab --clean",
+    ]

@@ -166,6 +166,10 @@ class _Session(PromptToolkitSSHSession):
 
     async def _interactive(self, _ssh_session: Any) -> None:
         await serve_terminal(self.appliance, "ssh", self.peer, self.activity)
+        # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
+        if self._chan is not None:
+            with contextlib.suppress(OSError):
+                self._chan.exit(0)
 
     def data_received(self, data: str, datatype: object) -> None:
         self.activity.touch()

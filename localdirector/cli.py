@@ -45,6 +45,9 @@ def _dataplane_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the shell only: no root, no netfilter rules")
     parser.add_argument("--queue", type=int, default=0, metavar="N",
                         help="NFQUEUE number of the data plane (default 0)")
+    parser.add_argument("--queue-len", type=int, metavar="PACKETS",
+                        help="kernel queue length; packets beyond it are dropped and "
+                        "counted (default 8192)")
 
 
 def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppable | None:
@@ -52,7 +55,8 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
         return None
     try:
         from .dataplane import service
-        handle = service.start(appliance, args.queue)
+        sizing = {} if args.queue_len is None else {"max_len": args.queue_len}
+        handle = service.start(appliance, args.queue, **sizing)
     except Exception as err:  # any failure to start is reported the same one-line way
         raise ServiceError(f"data plane: {err}") from err
     appliance.dataplane = handle

@@ -14,172 +14,20 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pexpect
 import pytest
+from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
+                              QUEUE, SETTLE, UNWELCOME, VIP, appliance, bodies, held_bodies,
+                              hold, name, raw_table, simple_config)
 
 from localdirector.lab import Lab, pattern_digest
 
 pytestmark = pytest.mark.netns
-
-# Queues are per network namespace, but a distinct number per test process keeps
-# parallel runs unambiguous in logs and in /proc.
-QUEUE = 100 + os.getpid() % 30000
-PROMPT = r"localdirector(?:\(config\))?[#>]"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# The engine keeps a closed connection for LINGER (2 s) and ticks every 0.5 s.
-SETTLE = 4.0
-
-VIP = "192.0.2.10"
-R11, R12, R13, R14, R15 = (f"203.0.113.{n}" for n in range(11, 16))
-PREFERRED, UNWELCOME, GENERAL = "preferred", "unwelcome", "general"
-ROOT = Path(__file__).resolve().parents[1]
-FIG1_CONFIG = ROOT / "examples" / "fig1.cfg"
-
-
-def name(real: str, port: int = 80) -> str:
-    """What a lab server answers on `/`: which real and which port served the request."""
-    return f"real-{real}:{port}"
-
-
-class Console:
-    """The appliance's console on a pty, already in privileged mode, no paging."""
-
-    def __init__(self, lab: Lab, config: Path) -> None:
-        self.lab = lab
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
-        self.child = pexpect.spawn(
-            "ip", ["netns", "exec", lab.director_ns, sys.executable, "-m", "localdirector",
-                   "--config", str(config), "--queue", str(QUEUE)],
-            env=env, encoding="utf-8", timeout=15, dimensions=(60, 250))
-        self.child.expect(PROMPT)
-        self.boot_messages = self._clean(self.child.before)
-        self.run("enable")
-        self.run("terminal length 0")
-
-    @staticmethod
-    def _clean(text: str) -> str:
-        return ANSI.sub("", text).replace("\r", "")
-
-    def run(self, line: str) -> str:
-        """Type one line; return what it printed (without the echoed line)."""
-        self.child.sendline(line)
-        self.child.expect(PROMPT)
-        # The echo of the line, then its output; log messages (a real FAILED) may come
-        # in before or between them, as they do on a real console.
-        return self._clean(self.child.before).partition(line + "\n")[2]
-
-    def configure(self, *lines: str) -> None:
-        self.run("configure terminal")
-        for line in lines:
-            out = self.run(line)
-            assert "%" not in out, f"{line!r} was refused: {out}"
-        self.run("end")
-
-    def rows(self, what: str) -> dict[str, list[str]]:
-        """A `show` table as {first column: row cells}."""
-        lines = self.run(f"show {what}").split("\n")
-        rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
-        width = len(lines[rule].split())
-        return {cells[0]: cells for cells in (line.split() for line in lines[rule + 1:])
-                if len(cells) == width}
-
-    def real(self, real: str, port: int = 0) -> tuple[str, int, int]:
-        """(state, current connections, total connections) of one real."""
-        cells = self.rows("real")[f"{real}:{port}:0:tcp"]
-        return cells[1], int(cells[2]), int(cells[3])
-
-    def wait_for(self, check: Callable[[], bool], timeout: float = 10.0,
-                 what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.2)
-
-    def statistics(self) -> dict[str, int]:
-        return {" ".join(cells[:-1]): int(cells[-1])
-                for cells in (line.split() for line in self.run("show statistics").split("\n"))
-                if len(cells) >= 2 and cells[-1].isdigit() and ":" not in cells[0]}
-
-    def exit(self) -> int | None:
-        self.child.sendline("exit")
-        self.child.expect(pexpect.EOF)
-        self.child.close()
-        return self.child.exitstatus
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: nothing gets a chance to clean up."""
-        # `ip netns exec` execs the appliance, so the pty's child is the appliance.
-        self.child.kill(signal.SIGKILL)
-        self.child.expect(pexpect.EOF)
-        self.child.close()
-
-
-def raw_table(lab: Lab) -> str:
-    proc = lab.run_in(lab.director_ns, ["iptables-save", "-t", "raw"])
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-@pytest.fixture
-def appliance(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., Console]]:
-    """`appliance(config_lines)` boots an appliance; on teardown it must exit cleanly and
-    leave no rule behind."""
-    consoles: list[Console] = []
-
-    def boot(lines: list[str] | Path) -> Console:
-        if isinstance(lines, Path):
-            config = lines
-        else:
-            config = tmp_path / f"startup-config-{len(consoles)}"
-            config.write_text("\n".join(lines) + "\n")
-        console = Console(lab, config)
-        consoles.append(console)
-        assert "% " not in console.boot_messages, console.boot_messages
-        return console
-
-    yield boot
-    for console in consoles:
-        if console.child.isalive():
-            assert console.exit() == 0
-    assert "LOCALDIRECTOR" not in raw_table(lab)
-
-
-def simple_config(vip: str, predictor: str, reals: list[str], *extra: str) -> list[str]:
-    """One Bind ID 0 virtual on port 80 over `reals` (ids as typed)."""
-    return [*(f"real {r}" for r in reals), f"virtual {vip}:80",
-            f"predictor {vip}:80 {predictor}", f"bind {vip}:80 {' '.join(reals)}", *extra]
-
-
-def bodies(results: list) -> list[str]:
-    failures = [r.error for r in results if not r.ok]
-    assert not failures, failures
-    return [r.body.strip() for r in results]
-
-
-def hold(lab: Lab, url: str, count: int, source: str) -> subprocess.Popen[str]:
-    """`count` concurrent connections that stay open until the server's hold ends."""
-    return lab.popen_in(lab.client_ns, [
-        sys.executable, "-m", "localdirector.lab.client", "get", "--url", url,
-        "--count", str(count), "--concurrency", str(count), "--source", source,
-        "--timeout", "20"], stdout=subprocess.PIPE, text=True)
-
-
-def held_bodies(proc: subprocess.Popen[str]) -> list[str]:
-    out, _ = proc.communicate(timeout=30)
-    results = json.loads(out)["results"]
-    assert all(r["error"] is None and r["status"] == 200 for r in results), results
-    return [r["body"] for r in results]
+__all__ = ["appliance"]  # the fixture, imported so pytest finds it here
 
 
 # --------------------------------------------------------------------------- tests
@@ -340,7 +188,7 @@ def test_connection_counts_return_to_zero(lab: Lab, appliance) -> None:
 
 def test_rules_follow_the_model_and_reload(lab: Lab, appliance) -> None:
     """Rules track `conf t` edits; `reload` rebuilds the model from the startup-config
-    and restarts the data plane on it; exactly one jump into our chain at any time."""
+    and the running data plane adopts it; exactly one jump into our chain at any time."""
     other = "192.0.2.20"
     console = appliance(simple_config(VIP, "roundrobin", [R12]))
     assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
@@ -350,7 +198,7 @@ def test_rules_follow_the_model_and_reload(lab: Lab, appliance) -> None:
     assert lab.client_get(f"http://{other}/").strip() == name(R14)
     console.run("reload")
     console.wait_for(lambda: f"-d {other}/32" not in raw_table(lab), what="reload")
-    console.wait_for(lambda: "1 restarts" in console.run("show statistics"), what="restart")
+    console.wait_for(lambda: "1 reloads" in console.run("show statistics"), what="reload")
     assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1
     assert lab.client_get(f"http://{VIP}/").strip() == name(R12)
 

@@ -316,11 +316,13 @@ def test_no_virtual_and_no_real_drops() -> None:
     assert lab_.client("S", vport=81)[0] == DROP              # VIP address, unknown port
     assert lab_.drops("no-virtual") == 2
     lab_.d.set_state(rs[0].sid, State.OUT_OF_SERVICE)
-    assert lab_.client("S")[0] == DROP
+    verdict, refusal = lab_.client("S")  # refused: the SYN comes back as a RST
+    assert verdict == ACCEPT_MODIFIED and refusal[TCP].flags == "RA"
     assert lab_.drops("no-real") == 1 and v.no_real_drops == 1
     lab_.d.set_state(v.sid, State.OUT_OF_SERVICE)
     lab_.d.set_state(rs[0].sid, State.IN_SERVICE)
-    assert lab_.client("S")[0] == DROP and v.no_real_drops == 2
+    assert lab_.client("S")[0] == ACCEPT_MODIFIED and v.no_real_drops == 2
+    assert lab_.engine.stats.refused == 2
     assert len(lab_.d.conns) == 0
 
 

@@ -1,5 +1,5 @@
-"""Exec commands about traffic: `show statistics`, `show conns`, `clear conns`,
-`clear counters`.
+"""Commands about traffic: `show statistics`, `show conns`, `clear conns`,
+`clear counters`, and the configuration of the connection table's size, `conn-limit`.
 
 They live with the data plane because they read its counters and its connection
 table; the shell finds this module by name (see shell/registry.py). It must import
@@ -16,6 +16,7 @@ from localdirector.model.addr import format_ip
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
+from localdirector.model.settings import Settings
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
@@ -26,6 +27,7 @@ from .stats import COUNTERS
 
 SHOW = Keyword("show", "Show running system information")
 CLEAR = Keyword("clear", "Reset counters or connections")
+DEFAULT_CONN_LIMIT = Settings().max_conns
 
 
 def _dataplane(session: Session) -> Any:
@@ -38,9 +40,13 @@ def _label(name: str) -> str:
 
 
 @command(EXEC, SHOW, Keyword("statistics", "Data-plane packet and connection counters"),
-         output=True)
+         output=True, locked=False)
 def show_statistics(session: Session) -> None:
-    """Every queued packet ends in one bucket, so the lines add up to `packets`."""
+    """Every queued packet ends in one bucket, so the lines add up to `packets`.
+
+    Unlocked: the data plane snapshots its counters under the model lock itself, and
+    reading the kernel's (iptables, /proc) must not hold up the packet path, least of
+    all under a flood, when an operator types this and the CPU is scarce."""
     service = _dataplane(session)
     if service is None:
         session.print(f"Data plane:  not running; connections {len(session.director.conns)}")
@@ -50,18 +56,27 @@ def show_statistics(session: Session) -> None:
     kernel = stats["kernel"]
     lines = [
         f"Data plane:  NFQUEUE {stats['queue']}, up {duration(stats['uptime'])}, "
-        f"{stats['connections']} connections, {stats['restarts']} restarts",
+        f"{stats['connections']} connections (limit {session.director.settings.max_conns}), "
+        f"{stats['reloads']} reloads",
         f"Rules:       {stats['rule_transactions']} transactions, "
         f"{stats['rule_errors']} errors, {'in sync' if stats['rules_synced'] else 'pending'}",
     ]
     if kernel is None:
         lines.append("Kernel:      queue not bound")
     else:
-        lines.append(f"Kernel:      {kernel.waiting} waiting, {kernel.queue_dropped} dropped "
-                     f"(queue full), {kernel.user_dropped} dropped (socket full), "
-                     f"{stats['socket_overruns']} overruns")
+        # queued = engine packets + waiting + both kinds of dropped: nothing is lost
+        # unaccounted between the kernel and the engine.
+        counted = stats["rule_counters"] or {"queued": "?", "shed": "?"}
+        lines.append(f"Kernel:      {counted['queued']} queued, {kernel.waiting} waiting, "
+                     f"{kernel.queue_dropped} dropped (queue full), {kernel.user_dropped} "
+                     f"dropped (socket full), {stats['socket_overruns']} overruns, "
+                     f"{counted['shed']} SYNs shed (synguard)")
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
                  f"{stats['oversize']} too long to translate")
+    if stats["ip_errors"]:
+        lines.append("IP input:    " + ", ".join(f"{n} {what}"
+                                                 for what, n in stats["ip_errors"].items())
+                     + " (whole host, dropped before the data plane)")
     rows: list[tuple[str, object]] = [(_label(name), engine[name]) for name in COUNTERS]
     rows.append(("dropped", engine["dropped"]))
     rows += [(f"  {reason}", count) for reason, count in engine["drops"].items()]
@@ -150,3 +165,19 @@ def clear_counters(session: Session) -> None:
     if service is not None:
         service.plane.clear_counters()
     session.print("Counters cleared")
+
+
+def _saved_conn_limit(director: Director) -> list[tuple[int]]:
+    limit = director.settings.max_conns
+    return [] if limit == DEFAULT_CONN_LIMIT else [(limit,)]
+
+
+@command(Mode.CONFIG, Keyword("conn-limit", f"Connection-table size [{DEFAULT_CONN_LIMIT}]"),
+         args.number("limit", 1, 100_000_000, "Connections; further SYNs are dropped, counted"),
+         no=1, saver=_saved_conn_limit)
+def conn_limit(session: Session, limit: int = DEFAULT_CONN_LIMIT, no: bool = False) -> None:
+    """The global bound on connections, hence on the table's memory (roughly 1 kB per
+    connection with its indexes and timer): a SYN finding the table full is dropped
+    and counted as `conn-limit`, whatever virtual it is for."""
+    session.director.settings.max_conns = DEFAULT_CONN_LIMIT if no else limit
+    session.director.changed()

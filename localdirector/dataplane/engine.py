@@ -19,6 +19,20 @@ Choices the design leaves open, and why:
   without an answer, or a RST, ditch the real (FIG. 3B counters) and tell the director,
   whose `threshold` logic fails it. The response time a SYN-ACK records is measured from
   the first SYN sent to *that* real, so a real that needed retransmissions looks slow.
+  Unanswered SYNs that no other real can take are refused like a reset one, so the
+  client learns now instead of after its own connect timeout (about two minutes).
+* A SYN that nothing can take (every real of the virtual and its backups failed, out of
+  service or full) is answered with a RST from the VIP: the engine turns the SYN itself
+  into the RST and hands it back to the kernel, which routes it to the client, as IPVS
+  answers with an ICMP unreachable. The client fails at once and visibly, instead of
+  retransmitting into a void; `refused` counts these (also under `no-real`). SYNs
+  refused for load (`synguard`, `conn-limit`) are dropped silently instead: under a
+  flood, a RST per spoofed SYN would only reflect the flood onto others.
+* Malformed input never creates state: a SYN with a wrong TCP checksum (`bad-checksum`,
+  checked on SYNs only, so established traffic pays nothing) and flag combinations no
+  TCP sends (`bad-flags`: SYN with FIN or RST, or neither SYN, RST nor ACK) are dropped,
+  counted, before they touch the table. Segments on the established fast path are not
+  checked (cost): a checksum error travels on unchanged and the receiver discards it.
 * Port reuse (DESIGN §3): every closed connection leaves its tuple toward the real in a
   recently-closed table for TIME_WAIT (60 s, Linux's value). A new connection whose tuple
   toward the chosen real is in that table, or in use by a live connection, gets another
@@ -47,9 +61,9 @@ from ..model.real import PhysicalMachine
 from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
-                     rewrite_dst, rewrite_icmp, rewrite_src)
-from .stats import (CONN_LIMIT, NO_CONNECTION, NO_REAL, NO_VIRTUAL, RESET_ABSORBED,
-                    STALE_REPLY, SYNGUARD, Stats)
+                     reset_reply, rewrite_dst, rewrite_icmp, rewrite_src, tcp_checksum_valid)
+from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, NO_CONNECTION, NO_REAL, NO_VIRTUAL,
+                    RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
 
 # Verdicts. ACCEPT_MODIFIED tells the worker the buffer changed and must be re-injected;
 # ACCEPT_UNCHANGED lets it accept the original without copying anything.
@@ -64,6 +78,7 @@ RECENT_MAX = 1 << 18      # recently-closed tuples kept at most (oldest forgotte
 RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`)
 
 _CONTROL = SYN | FIN | RST
+_ENDS = FIN | RST
 _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
 _NAT_PORT_LOW = 1024
 _NAT_PORT_COUNT = 65536 - _NAT_PORT_LOW
@@ -168,12 +183,25 @@ class Engine:
         self.stats.unchanged += 1
         return ACCEPT_UNCHANGED
 
+    def _refuse(self, buf: bytearray, ihl: int, virtual: VirtualMachine) -> int:
+        """Nothing can take this SYN: it is dropped (`no-real`) and the client told so by
+        the RST that `buf` becomes (see the module docstring)."""
+        virtual.no_real_drops += 1
+        self.stats.drops[NO_REAL] += 1
+        self.stats.refused += 1
+        reset_reply(buf, ihl)
+        return ACCEPT_MODIFIED
+
     # -- TCP state -----------------------------------------------------------------
     def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
                         sport: int, dport: int, flags: int, now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual."""
+        if _bad_flags(flags):
+            return self._drop(BAD_FLAGS)
         state = conn.tcp_state
         if flags & _CLIENT_SYN_MASK == SYN:
+            if not tcp_checksum_valid(buf, ihl):
+                return self._drop(BAD_CHECKSUM)
             if state is CLOSED:
                 # The client reuses its port while the old connection lingers: that one
                 # is over, and this SYN opens a new connection.
@@ -182,8 +210,10 @@ class Engine:
             if not conn.answered:
                 self.stats.syn_resends += 1
                 conn.syn_resends += 1
-                if conn.syn_resends >= conn.real.reassign:
-                    self._reassign(conn, now, reset=False)
+                if (conn.syn_resends >= conn.real.reassign
+                        and not self._reassign(conn, now, reset=False)):
+                    self._closing(conn, now)
+                    return self._refuse(buf, ihl, conn.virtual)
             return None
         if state is CLOSED:
             return None
@@ -201,6 +231,8 @@ class Engine:
 
     def _real_control(self, conn: Connection, flags: int, now: float) -> int | None:
         """State changes driven by the real; a verdict, or None to translate as usual."""
+        if _bad_flags(flags):
+            return self._drop(BAD_FLAGS)
         state = conn.tcp_state
         if state is CLOSED:
             return None
@@ -249,12 +281,14 @@ class Engine:
                 return self._drop(STALE_REPLY)
             return self._unchanged()
         if flags & _CLIENT_SYN_MASK != SYN:
-            return self._drop(NO_CONNECTION)
+            return self._drop(BAD_FLAGS if _bad_flags(flags) else NO_CONNECTION)
+        if not tcp_checksum_valid(buf, ihl):
+            return self._drop(BAD_CHECKSUM)
         return self._open(buf, ihl, src, dst, sport, dport, now)
 
     def _open(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int, dport: int,
               now: float) -> int:
-        """FIG. 5 steps 510-520 for a client SYN."""
+        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
         director = self.director
         if len(director.conns) >= director.settings.max_conns:
             return self._drop(CONN_LIMIT)
@@ -267,14 +301,15 @@ class Engine:
         decision = director.decide(src, dst, dport, now)
         real, served = decision.real, decision.served_by
         if real is None or served is None:
-            virtual.no_real_drops += 1
-            return self._drop(NO_REAL)
+            return self._refuse(buf, ihl, virtual)
         if served is not virtual and _synguard_full(served):
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
         conn = Connection(src, sport, dst, dport, served, real, now)
         conn.nat_port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
         director.conns.add(conn)
+        if len(director.conns) > self.stats.peak_conns:
+            self.stats.peak_conns = len(director.conns)
         self._start_probe(conn)
         heapq.heappush(self._timers, (now + self._timeout(conn), next(self._timer_seq), conn))
         self.stats.conns_created += 1
@@ -331,6 +366,12 @@ class Engine:
         self._end_probe(conn)
         self._dead_timers += 1
         self.stats.conns_closed += 1
+        director = self.director
+        if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
+                or director.reals.get(conn.real.sid) is not conn.real):
+            # Its virtual or real was removed (or replaced by `reload`): netfilter kept
+            # queueing its traffic for it alone (rules.desired_rules); let them go.
+            director.changed()
 
     def _remember(self, reply_key: int, now: float) -> None:
         recent = self._recent
@@ -465,6 +506,30 @@ class Engine:
         self._dead_timers = 0
 
     # -- operator actions ----------------------------------------------------------
+    def adopt(self, director: Director) -> None:
+        """`reload`: go on with the model rebuilt from the startup-config, keeping every
+        live connection and the counters. A connection whose virtual and real exist in
+        the new model (same ids) moves onto them, so their gauges include it; any other
+        keeps flowing on its old objects until it ends, as after `no virtual`. Health
+        (FAILED, TESTING) starts afresh with the new objects, so no probe survives.
+        The caller holds the lock, which both models share."""
+        old = self.director
+        table = director.conns
+        for conn in old.conns:
+            virtual = director.virtuals.get(conn.virtual.sid)
+            real = director.reals.get(conn.real.sid)
+            old.conns.remove(conn)
+            if virtual is not None and real is not None:
+                conn.virtual, conn.real = virtual, real
+            table.add(conn)
+            conn.virtual.conns_total -= 1  # carried over, not opened: totals stay
+            conn.real.total_conns -= 1
+        self.director = director
+        self._lock = director.lock
+        self._probes.clear()
+        self._timeouts = {}
+        self._vip_generation = -1
+
     def clear_conns(self) -> int:
         """`clear conns`: drop every connection as if closed; returns how many."""
         with self._lock:
@@ -474,6 +539,14 @@ class Engine:
                 self._close(conn, now)
             self._rebuild_timers()
             return len(conns)
+
+
+def _bad_flags(flags: int) -> bool:
+    """A combination no TCP sends: SYN with FIN or RST, or a segment that is neither a
+    SYN nor a RST and yet acknowledges nothing."""
+    if flags & SYN:
+        return bool(flags & _ENDS)
+    return not flags & (ACK | RST)
 
 
 def _synguard_full(virtual: VirtualMachine) -> bool:

@@ -282,6 +282,53 @@ def rewrite_icmp(
     _pack_u16(buf, ihl + 2, (icmp_csum - changed) % _MOD)
 
 
+def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
+    """Whether the TCP checksum of the packet in ``buf`` is right (RFC 1071 check).
+
+    For the rare packets that would create state (a client's SYN): translation itself
+    never verifies, because RFC 1624 updates carry a sender's error through to the
+    receiver, which discards the segment as it would have without us. A segment not
+    wholly in ``buf`` (cut by the queue's copy range, or a first fragment) cannot be
+    summed and is given the benefit of the doubt.
+    The one's-complement sum of a correct segment, checksum field included, is
+    0xFFFF, i.e. 0 modulo 0xFFFF; the pseudo-header makes an all-zero sum impossible.
+    """
+    total, src, dst = _unpack_len_addrs(buf, 0)
+    if total > len(buf) or buf[6] & 0x20:  # more fragments follow
+        return True
+    length = total - ihl
+    value = int.from_bytes(buf[ihl:total], "big")
+    if length & 1:
+        value <<= 8
+    return (value + src + dst + PROTO_TCP + length) % _MOD == 0
+
+
+_RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header
+RESET_LENGTH = _RESET.size
+
+
+def reset_reply(buf: bytearray, ihl: int) -> None:
+    """Turn the client's SYN in ``buf`` into the RST|ACK that refuses it, in place.
+
+    The result is what the real's kernel would have sent from a closed port
+    (RFC 793 "Reset Generation": sequence 0, acknowledging the SYN and any data it
+    carried), with the SYN's addresses and ports swapped, so it goes back to the client
+    from the address the client asked for. IP options and TCP options are dropped and
+    both checksums computed in full: this path is for refusals, not for throughput.
+    ``buf`` shrinks to 40 bytes (a SYN is never shorter).
+    """
+    total, src, dst = _unpack_len_addrs(buf, 0)
+    sport, dport, offset, _flags = _unpack_tcp_head(buf, ihl)
+    (seq,) = _unpack_u32(buf, ihl + 4)
+    segment = total - ihl - ((offset >> 4) << 2) + 1  # its data, plus one for the SYN
+    ack = (seq + segment) & 0xFFFFFFFF
+    _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst, src,
+                     dport, sport, 0, ack, 5 << 4, RST | ACK, 0, 0, 0)
+    del buf[RESET_LENGTH:]
+    _pack_u16(buf, 10, checksum(buf[:20]))
+    _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:]))
+
+
 def checksum(data: bytes | Buffer) -> int:
     """Internet checksum (RFC 1071) of ``data``, computed from scratch.
 

@@ -2,8 +2,10 @@
 
 Every queued packet ends in exactly one bucket (translated in, translated out, ICMP
 translated, accepted unchanged, or dropped for one named reason), so the buckets add up
-to `packets` and an operator can account for every packet. The engine increments them
-under the model lock, which keeps them exact however many worker threads share it."""
+to `packets` and an operator can account for every packet. A SYN refused with a RST is
+in the bucket of its drop reason; `refused` counts the RSTs sent in its place. The
+engine increments them under the model lock, which keeps them exact however many worker
+threads share it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ SYNGUARD = _FIRST + 3        # the virtual already has `synguard` half-open conn
 CONN_LIMIT = _FIRST + 4      # the connection table is full (settings.max_conns)
 STALE_REPLY = _FIRST + 5     # a real's late packet for a connection closed moments ago
 RESET_ABSORBED = _FIRST + 6  # a real's RST to the SYN; the connection moved elsewhere
+BAD_FLAGS = _FIRST + 7       # a flag combination no TCP sends (SYN+FIN, SYN+RST, no ACK)
+BAD_CHECKSUM = _FIRST + 8    # a SYN whose TCP checksum is wrong: no state for corrupt data
 
 REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "no-connection",
@@ -28,6 +32,8 @@ REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "conn-limit",
     "stale-reply",
     "reset-absorbed",
+    "bad-flags",
+    "bad-checksum",
 )
 
 # Scalar counters in the order `show statistics` lists them.
@@ -43,6 +49,8 @@ COUNTERS = (
     "conns_reassigned",
     "syn_resends",
     "port_remaps",
+    "refused",        # SYNs answered with a RST (also counted under no-real)
+    "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
 )
 
 

@@ -2,7 +2,13 @@
 
 A crash during `write memory` must never leave half a file, so the text goes to a
 temporary file in the same directory, is fsynced, and is renamed over the old one (and
-the directory is fsynced so the rename itself survives a power cut)."""
+the directory is fsynced so the rename itself survives a power cut). A full or
+read-only disk fails before the rename, so the old file stays as it was.
+
+A damaged file must still boot: every line that reads as a command is applied and
+every other one reported with its number. Bytes that are not UTF-8 spoil only their
+own line (decoded with ``surrogateescape``, they become lone surrogates that no typed
+or saved text contains, and such a line is refused whole rather than half-applied)."""
 
 from __future__ import annotations
 
@@ -21,12 +27,23 @@ if TYPE_CHECKING:
     from localdirector.model.director import Director
 
 
+NOT_TEXT = "% not UTF-8 text; line ignored"
+# Reports echo bad lines: a control character in them (a damaged file holds anything)
+# becomes one '?', which keeps the caret under the right column and the terminal sane.
+_PRINTABLE = {code: "?" for code in (*range(0x20), 0x7F)}
+
+
 def read(path: Path) -> list[str] | None:
     """The file's lines, or None when there is no startup-config at all."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
+    return data.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _undecodable(line: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in line)
 
 
 def replay(appliance: "Appliance", director: "Director", lines: list[str],
@@ -36,6 +53,10 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
     session = Session(appliance, "startup", director=director)
     failures = 0
     for number, line in enumerate(lines, 1):
+        if _undecodable(line):
+            failures += 1
+            report(f"line {number}: {NOT_TEXT}")
+            continue
         session.mode = Mode.CONFIG
         error = session.run(line)
         if error is None:
@@ -43,7 +64,7 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
         failures += 1
         prefix = f"line {number}: "
         for text in session.error_lines(line, error, prefix, echo=True)[:-1]:
-            report(text)
+            report(text.translate(_PRINTABLE))
         report(prefix + error.message)
     return failures
 

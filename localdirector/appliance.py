@@ -66,7 +66,7 @@ class Appliance:
 
     def load(self, report: Callable[[str], None]) -> Director:
         """A fresh model built from the startup-config; bad lines go to `report`."""
-        director = Director()
+        director = Director(self.director.lock)
         lines = config_file.read(self.config_path)
         if lines is None:
             report(f"no startup-config at {self.config_path}: starting with an empty "

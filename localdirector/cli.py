@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import __version__
+from . import __version__, syslog
 from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .shell import config_file
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check is not None:
         return check(args.check)
+    syslog.install()
     appliance = Appliance(args.config, queue_num=args.queue)
     appliance.boot(lambda message: print(message, file=sys.stderr))
     # SIGTERM unwinds like an exit, so services remove what they installed.

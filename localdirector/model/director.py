@@ -5,6 +5,7 @@ callers hold `lock` for the span of one command so no reader sees half of it."""
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -38,8 +39,10 @@ class Decision:
 
 
 class Director:
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
+    def __init__(self, lock: _thread.RLock | None = None) -> None:
+        # `reload` builds the new model on the running one's lock, so no command or
+        # packet ever runs under a lock the other side does not hold.
+        self.lock = lock if lock is not None else threading.RLock()
         self.settings = Settings()
         self.virtuals: dict[ServerId, VirtualMachine] = {}
         self.reals: dict[ServerId, PhysicalMachine] = {}

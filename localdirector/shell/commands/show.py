@@ -7,6 +7,7 @@ import time
 import localdirector
 from localdirector.model.addr import format_ip, format_mask
 
+from ... import syslog
 from .. import config_file, running_config
 from ..grammar import Keyword
 from ..registry import EXEC, Mode, command
@@ -131,6 +132,14 @@ def show_config(session: Session) -> None:
 @_show("history", "Commands typed in this session")
 def show_history(session: Session) -> None:
     session.print_lines(list(session.history))
+
+
+@_show("syslog", "Recent log messages (real failures and recoveries, logins)", Mode.PRIV)
+def show_syslog(session: Session) -> None:
+    lines = syslog.BUFFER.lines()
+    session.print_lines(lines or ["No log messages"])
+    if syslog.BUFFER.dropped:
+        session.print(f"{syslog.BUFFER.dropped} messages dropped while the log was busy")
 
 
 _show("users", "Who is logged in")(users)

@@ -99,7 +99,7 @@ def test_write_memory_failure_leaves_the_old_file_intact(tmp_path, monkeypatch, 
     [session] = list(appliance.sessions)
     output.clear()
     assert not session.execute("do write memory")
-    assert output[-1].endswith(f"% cannot write {path}: No space left on device\n")
+    assert output[-1].endswith(f"% cannot write {path}: No space left on device; the startup-config is unchanged\n")
     assert path.read_text() == old
     assert sorted(p.name for p in path.parent.iterdir()) == ["startup-config"]
 

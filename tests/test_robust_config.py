@@ -87,7 +87,7 @@ def test_write_memory_on_a_full_disk_keeps_the_old_file_and_says_so(disk: DiskCo
     disk.configure("real 203.0.113.13")
     disk.fill()
     out = disk.run("write memory")
-    assert f"% cannot write {disk.config}: No space left on device" in out
+    assert f"% cannot write {disk.config}: No space left on device; the startup-config is unchanged" in out
     assert "[OK]" not in out
     assert disk.startup_config() == old
     assert disk.listing() == ["filler", "startup-config"]  # no half-written temp file
@@ -103,7 +103,7 @@ def test_write_memory_on_a_read_only_disk_keeps_the_old_file_and_says_so(
     disk.configure("real 203.0.113.13")
     assert disk.inside("mount", "-o", "remount,ro", str(disk.directory)).returncode == 0
     out = disk.run("write memory")
-    assert f"% cannot write {disk.config}: Read-only file system" in out
+    assert f"% cannot write {disk.config}: Read-only file system; the startup-config is unchanged" in out
     assert disk.startup_config() == old and disk.listing() == ["startup-config"]
     assert "% cannot erase" in disk.run("write erase")
     assert disk.startup_config() == old

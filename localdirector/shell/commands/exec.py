@@ -72,7 +72,7 @@ def write_memory(session: Session) -> None:
         config_file.save(session.appliance.config_path, text)
     except OSError as err:
         raise CommandFailed(f"cannot write {session.appliance.config_path}: "
-                            f"{err.strerror or err}") from None
+                            f"{err.strerror or err}; the startup-config is unchanged") from None
     session.print("[OK]")
 
 
@@ -87,7 +87,7 @@ def write_erase(session: Session) -> None:
         config_file.erase(session.appliance.config_path)
     except OSError as err:
         raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
-                            f"{err.strerror or err}") from None
+                            f"{err.strerror or err}; the startup-config is unchanged") from None
     session.print("[OK]")
 
 

@@ -1,0 +1,292 @@
+"""The four ways of getting the clients' requests to the three nginx reals.
+
+Each contender installs its state in the director namespace on ``start`` and removes it on
+``stop``; :func:`reset_director` then wipes whatever might be left (nft ruleset, conntrack
+table, addresses on ``lo``) and checks that nothing runs there any more, so no contender
+measures in the wake of another. ``stop`` returns notes about state a contender failed to
+clean up by itself, which the report shows: leaving rules behind is a bug worth seeing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from localdirector.lab.netns import LabError
+
+from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
+
+_STOP_DEADLINE = 10.0
+_NFT_TABLE = "ldbench_nat"
+
+
+class ContenderUnavailable(RuntimeError):
+    """The contender cannot run here; the message is the reason printed in its place."""
+
+
+class Contender:
+    """Base: clients target the VIP; subclasses say how it gets to the reals."""
+
+    name = ""
+    description = ""
+    nfqueue = False  # packets pass an NFQUEUE: the kernel's queue counters are worth reading
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.unavailable: str | None = None
+        self._log: Path | None = None
+
+    def target(self, index: int) -> str:
+        """Host client process ``index`` connects to."""
+        return VIP
+
+    @property
+    def pid(self) -> int | None:
+        """The process doing the forwarding, if it is a process (for CPU and py-spy)."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def start(self, bench: BenchLab) -> None:
+        raise NotImplementedError
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        raise NotImplementedError
+
+    def _wait_ready(self, bench: BenchLab) -> None:
+        try:
+            bench.wait_http(f"http://{self.target(0)}:{VIP_PORT}{SMALL_PATH}",
+                            what=self.name)
+        except LabError as exc:
+            raise ContenderUnavailable(f"{exc}{self._log_tail()}") from exc
+
+    def _spawn(self, bench: BenchLab, argv: list[str]) -> None:
+        """Start the forwarding process in the director namespace, output to a log whose
+        tail explains a failure."""
+        assert bench.work is not None
+        self._log = bench.work / f"{self.name}.log"
+        with open(self._log, "ab") as log:
+            self.proc = bench.popen(bench.director_ns, argv, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log)
+
+    def _log_text(self) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")
+
+    def _log_tail(self) -> str:
+        text = self._log_text()[-500:].strip()
+        return f"; {self.name} said: {text}" if text else ""
+
+    def _terminate(self) -> int | None:
+        """SIGTERM, then SIGKILL after a grace period; the exit status, None if none ran."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(_STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+class Direct(Contender):
+    """(a) No translation: client process i talks to real i mod 3, routed by the director."""
+
+    name = "direct"
+    description = "direct routing to the reals, no translation"
+
+    def target(self, index: int) -> str:
+        return REALS[index % len(REALS)]
+
+    def start(self, bench: BenchLab) -> None:
+        bench.set_direct_routes(True)
+        for index in range(len(REALS)):
+            bench.wait_http(f"http://{self.target(index)}:{VIP_PORT}{SMALL_PATH}",
+                            what="direct route")
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        bench.set_direct_routes(False)
+        return []
+
+
+class KernelNat(Contender):
+    """(b) nftables DNAT in the director, round robin by ``numgen``; conntrack un-NATs
+    the replies the director forwards back."""
+
+    name = "kernel-nat"
+    description = "nftables dnat (numgen round robin) + conntrack"
+
+    def start(self, bench: BenchLab) -> None:
+        self._install_nat(bench)
+        self._wait_ready(bench)
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        bench.run(bench.director_ns, ["nft", "delete", "table", "ip", _NFT_TABLE], check=False)
+        return []
+
+    @staticmethod
+    def _install_nat(bench: BenchLab) -> None:
+        reals = ", ".join(f"{i} : {real}" for i, real in enumerate(REALS))
+        ruleset = (
+            f"table ip {_NFT_TABLE} {{\n"
+            "  chain prerouting {\n"
+            "    type nat hook prerouting priority dstnat; policy accept;\n"
+            f"    ip daddr {VIP} tcp dport {VIP_PORT} "
+            f"dnat to numgen inc mod {len(REALS)} map {{ {reals} }}\n"
+            "  }\n"
+            "}\n")
+        try:
+            bench.run(bench.director_ns, ["nft", "-f", "-"], input=ruleset)
+        except LabError as exc:
+            raise ContenderUnavailable(str(exc)) from exc
+
+
+class NfqueueNull(KernelNat):
+    """Diagnostic, not one of the products compared: kernel NAT translates, but every
+    packet also passes through a Python NFQUEUE worker that re-injects it unchanged
+    (benchmarks/nfq_null.py), queued where the appliance queues. What it loses against
+    kernel NAT is the NFQUEUE tax any Python data plane pays; what localdirector loses
+    against it is the engine's own cost."""
+
+    name = "nfqueue-null"
+    description = "kernel NAT + a do-nothing Python NFQUEUE worker (diagnostic)"
+    nfqueue = True
+
+    def _rules(self) -> list[list[str]]:
+        match = [["-d", VIP, "-p", "tcp", "--dport", str(VIP_PORT)]]
+        match += [["-s", real, "-p", "tcp", "--sport", str(VIP_PORT)] for real in REALS]
+        return [["PREROUTING", *m, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+                for m in match]
+
+    def start(self, bench: BenchLab) -> None:
+        self._spawn(bench, [sys.executable, "-m", "benchmarks.nfq_null", "--queue", "0"])
+        deadline = time.monotonic() + 10
+        while "bound" not in self._log_text():
+            if self.proc is not None and self.proc.poll() is not None or \
+                    time.monotonic() > deadline:
+                raise ContenderUnavailable(f"NFQUEUE worker did not bind{self._log_tail()}")
+            time.sleep(0.05)
+        for rule in self._rules():
+            bench.run(bench.director_ns, ["iptables", "-w", "-t", "raw", "-A", *rule])
+        self._install_nat(bench)
+        self._wait_ready(bench)
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        for rule in self._rules():
+            bench.run(bench.director_ns, ["iptables", "-w", "-t", "raw", "-D", *rule],
+                      check=False)
+        notes = super().stop(bench)
+        self._terminate()
+        return notes
+
+
+class HAProxy(Contender):
+    """(c) HAProxy in TCP mode: a full proxy, so the VIP must be a local address (on
+    ``lo``) for this contender only."""
+
+    name = "haproxy"
+    description = "HAProxy, mode tcp, roundrobin"
+
+    def start(self, bench: BenchLab) -> None:
+        assert bench.work is not None
+        servers = "\n".join(f"    server r{i} {real}:{VIP_PORT}" for i, real in enumerate(REALS))
+        conf = bench.work / "haproxy.cfg"
+        conf.write_text(
+            "global\n    maxconn 8000\n"
+            "defaults\n    mode tcp\n    maxconn 8000\n    timeout connect 5s\n"
+            "    timeout client 60s\n    timeout server 60s\n"
+            f"frontend vip\n    bind {VIP}:{VIP_PORT}\n    default_backend reals\n"
+            f"backend reals\n    balance roundrobin\n{servers}\n")
+        bench.ip_batch(bench.director_ns, [f"addr add {VIP}/32 dev lo"])
+        self._spawn(bench, ["haproxy", "-db", "-f", str(conf)])
+        self._wait_ready(bench)
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        self._terminate()
+        bench.run(bench.director_ns, ["ip", "addr", "del", f"{VIP}/32", "dev", "lo"], check=False)
+        return []
+
+
+class LocalDirector(Contender):
+    """(d) The appliance itself, booted from a startup-config in the director namespace."""
+
+    name = "localdirector"
+    description = "localdirector (NFQUEUE, Python engine)"
+    nfqueue = True
+
+    @staticmethod
+    def config() -> str:
+        virtual = f"{VIP}:{VIP_PORT}:0:tcp"
+        reals = [f"{real}:0:0:tcp" for real in REALS]
+        return "\n".join([
+            "hostname bench",
+            *(f"real {real} is" for real in reals),
+            f"virtual {virtual} is",
+            f"predictor {virtual} roundrobin",
+            f"bind {virtual} {' '.join(reals)}",
+            "",
+        ])
+
+    def start(self, bench: BenchLab) -> None:
+        assert bench.work is not None
+        conf = bench.work / "localdirector.cfg"
+        conf.write_text(self.config())
+        self._spawn(bench, [sys.executable, "-m", "localdirector", "--no-console",
+                            "--config", str(conf)])
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise ContenderUnavailable(f"exited at start (rc={self.proc.returncode})"
+                                       f"{self._log_tail()}")
+        self._wait_ready(bench)
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        notes = []
+        rc = self._terminate()
+        if rc not in (0, 143, -signal.SIGTERM):
+            notes.append(f"localdirector exited with status {rc}{self._log_tail()}")
+        raw = bench.run(bench.director_ns, ["iptables-save", "-t", "raw"], check=False).stdout
+        if "LOCALDIRECTOR" in raw:
+            notes.append("localdirector left its raw-table rules behind")
+        return notes
+
+
+def all_contenders() -> list[Contender]:
+    return [Direct(), KernelNat(), HAProxy(), LocalDirector(), NfqueueNull()]
+
+
+def queue_counters(bench: BenchLab, queue_num: int = 0) -> dict[str, int] | None:
+    """The kernel's counters of an NFQUEUE in the director: packets queued so far and
+    packets lost on the way to the worker (full queue, full socket buffer)."""
+    text = bench.run(bench.director_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"],
+                     check=False).stdout
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0] == str(queue_num):
+            return {"queued": int(fields[7]), "queue_dropped": int(fields[5]),
+                    "user_dropped": int(fields[6])}
+    return None
+
+
+def reset_director(bench: BenchLab) -> list[str]:
+    """Leave the director namespace as the lab built it; returns what had to be wiped."""
+    notes = []
+    listing = json.loads(bench.run(bench.director_ns, ["nft", "-j", "list", "ruleset"]).stdout)
+    rules = sum(1 for item in listing.get("nftables", []) if "rule" in item)
+    if rules:
+        notes.append(f"{rules} nft rules were left in the director")
+    bench.run(bench.director_ns, ["nft", "flush", "ruleset"])
+    bench.run(bench.director_ns, ["conntrack", "-F"], check=False)
+    addrs = bench.run(bench.director_ns, ["ip", "-4", "-o", "addr", "show", "dev", "lo"]).stdout
+    if f"{VIP}/32" in addrs:
+        notes.append(f"{VIP} was left on lo")
+        bench.ip_batch(bench.director_ns, [f"addr del {VIP}/32 dev lo"])
+    pids = bench.director_pids()
+    if pids:
+        raise LabError(f"processes still running in the director namespace: {pids}")
+    return notes

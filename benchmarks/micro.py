@@ -1,0 +1,559 @@
+"""Microbenchmarks of the Python packet path, no kernel: ``python3 -m benchmarks.micro``.
+
+What the data plane pays per packet once NFQUEUE has handed it over, at the scale the
+design names: 100,000 assign prefixes (Bind ID objects) and 1,000,000 live connections.
+
+* SYN decision: ``Director.decide`` (Bind ID longest prefix, then the predictor), and a
+  whole ``Engine.handle`` of a SYN that opens a new connection (decision, connection
+  object, both hash entries, idle timer, translation).
+* Established packet: ``Engine.handle`` of a client->VIP data packet and of a
+  real->client reply on established connections picked at random among the live ones.
+* A whole short connection (SYN ... FIN, 10 packets), the close workload's unit.
+* Bytes per connection: tracemalloc over connections opened through the engine.
+
+Packets are built once with scapy; the timed loops hand ``handle`` fresh copies made
+beforehand (a rewritten buffer cannot be reused), so copying is not in the figures; a
+``floor`` section shows what the bare steps (parse, rewrite, a copy) cost on their own.
+Each figure is a per-operation time from batches of ``--batch`` operations: the median
+batch, the 99th percentile batch and the slowest (garbage collection of a million
+objects shows there). The garbage collector runs with its default settings, as in the
+appliance. ``--profile SECONDS`` then lets py-spy sample this process while it runs
+short connections through the engine, for a per-function table of a packet's time.
+
+Figures, not assertions: the targets are printed next to them as met / not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scapy.layers.inet import IP, TCP
+
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, Engine
+from localdirector.dataplane.packet import parse_tcp, rewrite_dst, rewrite_src
+from localdirector.model.addr import format_ip, parse_ip
+from localdirector.model.connection import Connection, flow_key
+from localdirector.model.director import Director
+from localdirector.model.serverid import ServerId
+
+from . import machine
+from .profile import format_summary, record, summarize
+
+VIP = parse_ip("192.0.2.10")
+VPORT = 80
+REALS = ("203.0.113.11", "203.0.113.12", "203.0.113.13")
+POOL = 2048                                    # distinct client addresses
+BIND_IDS = 4                                   # instances 1..4 besides the general one
+ASSIGN_NET = (parse_ip("198.18.0.0"), 15)      # where the assign prefixes live
+GENERAL_NET = (parse_ip("198.51.100.0"), 24)   # clients no assign entry covers
+PREFIX_LENGTHS = (32, 32, 32, 32, 32, 32, 31, 30, 30, 29, 28, 28, 26, 24)
+TARGETS = {"syn_packet": 5.0, "translate_in": 3.0, "translate_out": 3.0}
+BYTES_TARGET = 400
+
+
+
+# ------------------------------------------------------------------ the model
+def build_director(assigns: int, rng: random.Random) -> tuple[Director, list[tuple[int, int]]]:
+    """VIP 192.0.2.10:80 with a general instance and BIND_IDS Bind ID instances, each
+    bound to the three reals, and ``assigns`` distinct prefixes spread over the instances;
+    returns the director and the prefixes."""
+    director = Director()
+    director.settings.max_conns = 1 << 40  # the benchmark fills the table on purpose
+    reals = [director.add_real(ServerId(parse_ip(addr))).sid for addr in REALS]
+    for bind in range(BIND_IDS + 1):
+        vsid = ServerId(VIP, VPORT, bind)
+        director.add_virtual(vsid)
+        for real in reals:
+            director.bind(vsid, real)
+    prefixes = _random_prefixes(assigns, rng)
+    for index, (addr, plen) in enumerate(prefixes):
+        director.assign(ServerId(VIP, VPORT, 1 + index % BIND_IDS), addr, plen)
+    return director, prefixes
+
+
+def _random_prefixes(count: int, rng: random.Random) -> list[tuple[int, int]]:
+    base, plen = ASSIGN_NET
+    span = 1 << (32 - plen)
+    seen: set[tuple[int, int]] = set()
+    result = []
+    while len(result) < count:
+        length = rng.choice(PREFIX_LENGTHS)
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        prefix = ((base + rng.randrange(span)) & mask, length)
+        if prefix not in seen:
+            seen.add(prefix)
+            result.append(prefix)
+    return result
+
+
+def client_pool(prefixes: Sequence[tuple[int, int]], size: int,
+                rng: random.Random) -> list[int]:
+    """``size`` distinct client addresses: every general client of 198.51.100.0/24 (no
+    assign entry covers them: the lookup misses and falls back to Bind ID 0) and the rest
+    inside assigned prefixes (a Bind ID instance takes them), shuffled."""
+    base, plen = GENERAL_NET
+    general = [base + i for i in range(1, (1 << (32 - plen)) - 1)]
+    assigned: set[int] = set()
+    room = sum(1 << (32 - length) for _addr, length in prefixes)
+    want = min(max(0, size - len(general)), room)
+    while len(assigned) < want:
+        addr, length = rng.choice(prefixes)
+        assigned.add(addr + rng.randrange(1 << (32 - length)))
+    pool = general + sorted(assigned)
+    rng.shuffle(pool)
+    return pool
+
+
+# ------------------------------------------------------------------- packets
+class Packets:
+    """scapy-built templates, retargeted with the data plane's own incremental rewrites,
+    so every copy carries valid checksums (the engine verifies them on a SYN)."""
+
+    def __init__(self) -> None:
+        client, real = "198.51.100.7", REALS[0]
+        opts = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
+        self.syn = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
+            sport=40000, dport=VPORT, flags="S", seq=1,
+            options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1000, 0)), ("NOP", None),
+                     ("WScale", 7)]))
+        self.synack = bytes(IP(src=real, dst=client) / TCP(
+            sport=VPORT, dport=40000, flags="SA", seq=5000, ack=2,
+            options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (3000, 1000)),
+                     ("NOP", None), ("WScale", 7)]))
+        self.ack = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
+            sport=40000, dport=VPORT, flags="A", seq=2, ack=5001, options=opts))
+        self.request = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
+            sport=40000, dport=VPORT, flags="PA", seq=2, ack=5001, options=opts)
+            / (b"GET /small HTTP/1.1\r\nHost: 192.0.2.10\r\n\r\n"))
+        self.response = bytes(IP(src=real, dst=client) / TCP(
+            sport=VPORT, dport=40000, flags="PA", seq=5001, ack=40, options=opts)
+            / (b"x" * 1448))
+        self.fin_in = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
+            sport=40000, dport=VPORT, flags="FA", seq=40, ack=6449, options=opts))
+        self.fin_out = bytes(IP(src=real, dst=client) / TCP(
+            sport=VPORT, dport=40000, flags="FA", seq=6449, ack=41, options=opts))
+        self.ack_out = bytes(IP(src=real, dst=client) / TCP(
+            sport=VPORT, dport=40000, flags="A", seq=6450, ack=41, options=opts))
+
+    @staticmethod
+    def inbound(template: bytes, src: int, sport: int) -> bytearray:
+        """Client -> VIP copy of ``template`` from ``src:sport``."""
+        buf = bytearray(template)
+        rewrite_src(buf, (buf[0] & 0x0F) << 2, src, sport)
+        return buf
+
+    @staticmethod
+    def outbound(template: bytes, conn: Connection) -> bytearray:
+        """Real -> client copy of ``template`` for ``conn`` (to its possibly remapped port)."""
+        buf = bytearray(template)
+        ihl = (buf[0] & 0x0F) << 2
+        rewrite_src(buf, ihl, conn.real_ip, conn.real_port)
+        rewrite_dst(buf, ihl, conn.foreign_ip, conn.nat_port)
+        return buf
+
+
+def lifecycle(packets: Packets, engine: Engine, src: int, sport: int) -> list[bytearray]:
+    """The 10 packets of one short HTTP connection, in order; reply packets are built
+    only once the SYN has created the connection they must match, so this handles the
+    SYN itself and returns the other 9 still to be handled."""
+    engine.handle(packets.inbound(packets.syn, src, sport))
+    conn = engine.director.conns.inbound[flow_key(src, sport, VIP, VPORT)]
+    return [packets.outbound(packets.synack, conn), packets.inbound(packets.ack, src, sport),
+            packets.inbound(packets.request, src, sport),
+            packets.outbound(packets.response, conn), packets.inbound(packets.ack, src, sport),
+            packets.outbound(packets.fin_out, conn), packets.inbound(packets.fin_in, src, sport),
+            packets.outbound(packets.ack_out, conn)]
+
+
+# ------------------------------------------------------------------- timing
+class Tuples:
+    """Hands out client (address, port) pairs never used before in this engine, so
+    every SYN built from them opens a new connection instead of looking like a
+    retransmission."""
+
+    def __init__(self, pool: Sequence[int]) -> None:
+        self.pool = pool
+        self.block = 0  # ports 1024 + block are used up for every address of the pool
+
+    def take(self, count: int) -> list[tuple[int, int]]:
+        size, first = len(self.pool), self.block
+        self.block += -(-count // size)
+        if 1024 + self.block > 65536:
+            raise RuntimeError("client tuples exhausted: use fewer connections or samples")
+        return [(self.pool[i % size], 1024 + first + i // size) for i in range(count)]
+
+
+def per_op(run: Callable[[Sequence[Any]], None], items: Sequence[Any],
+           batch: int) -> dict[str, float]:
+    """µs per item over batches: ``run(chunk)`` handles one chunk in a plain loop."""
+    times = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        began = time.perf_counter_ns()
+        run(chunk)
+        times.append((time.perf_counter_ns() - began) / 1000 / len(chunk))
+    times.sort()
+    return {"median_us": round(statistics.median(times), 3),
+            "p99_batch_us": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+            "max_batch_us": round(times[-1], 3),
+            "operations": len(items)}
+
+
+def combine(repeats: list[Any]) -> Any:
+    """Merge the same figures from several repeats: the median of their medians, with
+    the spread of those medians (a noisy neighbour on a shared machine shows up as a
+    wide spread, not as a wrong median)."""
+    first = repeats[0]
+    if isinstance(first, dict) and "median_us" in first:
+        medians = [r["median_us"] for r in repeats]
+        return {"median_us": round(statistics.median(medians), 3),
+                "min_us": min(medians), "max_us": max(medians),
+                "p99_batch_us": round(statistics.median(r["p99_batch_us"] for r in repeats), 3),
+                "max_batch_us": max(r["max_batch_us"] for r in repeats),
+                "operations": sum(r["operations"] for r in repeats), "repeats": len(repeats)}
+    if isinstance(first, dict):
+        return {key: combine([r[key] for r in repeats]) for key in first}
+    return first
+
+
+def _handle_all(engine: Engine) -> Callable[[Sequence[bytearray]], None]:
+    handle = engine.handle
+
+    def run(bufs: Sequence[bytearray]) -> None:
+        for buf in bufs:
+            handle(buf)
+    return run
+
+
+# ---------------------------------------------------------------- the phases
+def populate(engine: Engine, packets: Packets, tuples: Tuples, count: int,
+             batch: int) -> dict[str, float]:
+    """Open ``count`` connections with SYNs through the engine."""
+    handle, inbound, syn = engine.handle, packets.inbound, packets.syn
+    before = len(engine.director.conns)
+    began = time.perf_counter()
+    pairs = tuples.take(count)
+    for first in range(0, count, batch):
+        for buf in [inbound(syn, src, sport) for src, sport in pairs[first:first + batch]]:
+            handle(buf)
+    seconds = time.perf_counter() - began
+    opened = len(engine.director.conns) - before
+    if opened != count:
+        raise RuntimeError(f"expected {count} new connections, the table grew by {opened}")
+    return {"connections": count, "seconds": round(seconds, 2),
+            "us_per_syn_incl_copy": round(seconds * 1e6 / max(1, count), 3)}
+
+
+def bench_decisions(director: Director, pool: Sequence[int], samples: int, batch: int,
+                    rng: random.Random) -> dict[str, Any]:
+    sources = [rng.choice(pool) for _ in range(samples)]
+    now = time.monotonic()
+    decide, lookup = director.decide, director.lookup_virtual
+
+    def run_decide(chunk: Sequence[int]) -> None:
+        for src in chunk:
+            decide(src, VIP, VPORT, now)
+
+    def run_lookup(chunk: Sequence[int]) -> None:
+        for src in chunk:
+            lookup(src, VIP, VPORT)
+
+    return {"decide": per_op(run_decide, sources, batch),
+            "lookup_virtual": per_op(run_lookup, sources, batch)}
+
+
+def bench_syn(engine: Engine, packets: Packets, tuples: Tuples, samples: int,
+              batch: int) -> dict[str, float]:
+    """SYNs that open new connections."""
+    bufs = [packets.inbound(packets.syn, src, sport) for src, sport in tuples.take(samples)]
+    before = len(engine.director.conns)
+    result = per_op(_handle_all(engine), bufs, batch)
+    opened = len(engine.director.conns) - before
+    if opened != samples:
+        raise RuntimeError(f"{samples} SYNs opened {opened} connections")
+    return result
+
+
+def establish(engine: Engine, packets: Packets, count: int,
+              rng: random.Random) -> list[Connection]:
+    """Complete the handshake of ``count`` connections picked at random among the live
+    ones (a sorted walk, so no million-entry list is built)."""
+    table = engine.director.conns.inbound
+    wanted = iter(sorted(rng.sample(range(len(table)), min(count, len(table)))))
+    chosen: list[Connection] = []
+    target = next(wanted, None)
+    for index, conn in enumerate(table.values()):
+        if index == target:
+            chosen.append(conn)
+            target = next(wanted, None)
+            if target is None:
+                break
+    for conn in chosen:
+        engine.handle(packets.outbound(packets.synack, conn))
+        engine.handle(packets.inbound(packets.ack, conn.foreign_ip, conn.foreign_port))
+    return chosen
+
+
+def bench_established(engine: Engine, packets: Packets, chosen: Sequence[Connection],
+                      samples: int, batch: int, rng: random.Random) -> dict[str, Any]:
+    """Data packets both ways on random established connections."""
+    picks = [rng.choice(chosen) for _ in range(samples)]
+    inbound = [packets.inbound(packets.request, c.foreign_ip, c.foreign_port) for c in picks]
+    outbound = [packets.outbound(packets.response, c) for c in picks]
+    if engine.handle(bytearray(inbound[-1])) != ACCEPT_MODIFIED:
+        raise RuntimeError("an established client packet was not translated")
+    return {"translate_in": per_op(_handle_all(engine), inbound, batch),
+            "translate_out": per_op(_handle_all(engine), outbound, batch)}
+
+
+def bench_lifecycle(engine: Engine, packets: Packets, tuples: Tuples, count: int,
+                    batch: int) -> dict[str, float]:
+    """Whole short connections: µs per connection (10 packets, reply packets built in
+    the loop because they must carry the port the engine chose toward the real)."""
+    handle = engine.handle
+
+    def run(chunk: Sequence[tuple[int, int]]) -> None:
+        for src, sport in chunk:
+            for buf in lifecycle(packets, engine, src, sport):
+                handle(buf)
+
+    return per_op(run, tuples.take(count), batch)
+
+
+def bench_floor(packets: Packets, samples: int, batch: int) -> dict[str, Any]:
+    """The bare steps: what any Python packet path pays before doing its own work."""
+    bufs = [bytearray(packets.request) for _ in range(samples)]
+    template = packets.request
+
+    def run_parse(chunk: Sequence[bytearray]) -> None:
+        for buf in chunk:
+            parse_tcp(buf)
+
+    def run_rewrite(chunk: Sequence[bytearray]) -> None:
+        for buf in chunk:
+            rewrite_dst(buf, 20, 0xCB00710B, 80)
+
+    def run_copy(chunk: Sequence[bytearray]) -> None:
+        for _ in chunk:
+            bytearray(template)
+
+    def run_noop(chunk: Sequence[bytearray]) -> None:
+        for buf in chunk:
+            len(buf)
+
+    return {"parse_tcp": per_op(run_parse, bufs, batch),
+            "rewrite_dst": per_op(run_rewrite, bufs, batch),
+            "bytearray_copy": per_op(run_copy, bufs, batch),
+            "builtin_call": per_op(run_noop, bufs, batch)}
+
+
+def bench_memory(count: int, rng: random.Random, packets: Packets) -> dict[str, Any]:
+    """tracemalloc growth while ``count`` connections are opened through an engine: the
+    connection object, its keys, both hash-table entries and its idle timer."""
+    director, prefixes = build_director(100, rng)
+    engine = Engine(director)
+    tuples = Tuples(client_pool(prefixes, POOL, rng))
+    bufs = [packets.inbound(packets.syn, src, sport) for src, sport in tuples.take(count)]
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    for buf in bufs:
+        engine.handle(buf)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = [d for d in after.compare_to(before, "lineno") if d.size_diff > 0]
+    total = sum(d.size_diff for d in grown)
+    sites = [{"site": f"{Path(d.traceback[0].filename).name}:{d.traceback[0].lineno}",
+              "bytes_per_connection": round(d.size_diff / count, 1)}
+             for d in sorted(grown, key=lambda d: -d.size_diff)[:8]]
+    return {"connections": count, "bytes_per_connection": round(total / count, 1),
+            "top_sites": sites,
+            "note": "amortised: the two dicts grow by doubling, so the figure depends "
+                    "on where the count falls between two resizes"}
+
+
+def profile_lifecycles(engine: Engine, packets: Packets, tuples: Tuples, seconds: float,
+                       stacks: Path) -> dict[str, Any]:
+    """py-spy samples this very process while short connections run through the engine."""
+    outcome: list[str | None] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        outcome.append(record(os.getpid(), seconds, stacks, rate=500))
+        done.set()
+
+    sampler = threading.Thread(target=sample)
+    handle = engine.handle
+    sampler.start()
+    count = 0
+    while not done.is_set():
+        for src, sport in tuples.take(1000):
+            for buf in lifecycle(packets, engine, src, sport):
+                handle(buf)
+        count += 1000
+    sampler.join()
+    if outcome and outcome[0] is not None:
+        return {"error": outcome[0]}
+    return {"connections": count,
+            "summary": summarize(stacks.read_text(), top=20, within="Engine.handle")}
+
+
+def measure(engine: Engine, packets: Packets, tuples: Tuples, samples: int, batch: int,
+            rng: random.Random) -> dict[str, Any]:
+    """One repeat of every timed figure."""
+    chosen = establish(engine, packets, min(10_000, len(engine.director.conns)), rng)
+    lifecycles = max(1, samples // 10)
+    return {
+        "decision": bench_decisions(engine.director, tuples.pool, samples, batch, rng),
+        "syn_packet": bench_syn(engine, packets, tuples, samples, batch),
+        "established": bench_established(engine, packets, chosen, samples, batch, rng),
+        "lifecycle": bench_lifecycle(engine, packets, tuples, lifecycles, max(1, batch // 10)),
+        "floor": bench_floor(packets, samples, batch),
+    }
+
+
+def _full_collection_ms() -> float:
+    """One full cyclic-GC pass over everything alive now (a million connections):
+    the interpreter does one by itself whenever the long-lived objects grew by a
+    quarter, and the data plane stands still meanwhile."""
+    began = time.perf_counter()
+    gc.collect()
+    return round((time.perf_counter() - began) * 1000, 1)
+
+
+# --------------------------------------------------------------------- report
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "NOT met"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [f"machine: {machine.one_line(result['machine'])}",
+             f"{cfg['assigns']:,} assign prefixes, {cfg['conns']:,} live connections "
+             f"(populated in {result['populate']['seconds']} s); {cfg['repeat']} repeats of "
+             f"{cfg['samples']:,} operations in batches of {cfg['batch']}",
+             "times in us per operation: median batch (median over repeats), the repeats' "
+             "range, 99th-percentile batch, slowest batch",
+             "",
+             f"{'operation':<44} {'median':>7} {'range':>13} {'p99':>7} {'worst':>7}  target"]
+
+    def row(label: str, fig: dict[str, float], target: float | None = None) -> None:
+        verdict = f"<= {target:g} us {_verdict(fig['median_us'], target)}" if target else ""
+        spread = f"{fig['min_us']:.2f}-{fig['max_us']:.2f}"
+        lines.append(f"{label:<44} {fig['median_us']:>7.2f} {spread:>13} "
+                     f"{fig['p99_batch_us']:>7.2f} {fig['max_batch_us']:>7.2f}  {verdict}")
+
+    row("SYN decision: Director.decide", result["decision"]["decide"])
+    row("  of which Bind ID lookup (lookup_virtual)", result["decision"]["lookup_virtual"])
+    row("SYN packet: Engine.handle, new connection", result["syn_packet"], TARGETS["syn_packet"])
+    row("established client->real: Engine.handle", result["established"]["translate_in"],
+        TARGETS["translate_in"])
+    row("established real->client: Engine.handle", result["established"]["translate_out"],
+        TARGETS["translate_out"])
+    row("short connection, 10 packets (per conn)", result["lifecycle"])
+    lines.append(f"  = {result['lifecycle']['us_per_packet']:.2f} us per packet "
+                 "(including building the reply packets)")
+    lines.append("floor (no engine):")
+    for name, fig in result["floor"].items():
+        row(f"  {name}", fig)
+    gc_figures = result["gc"]
+    lines.append(f"garbage collector: a full collection over the live objects takes "
+                 f"{gc_figures['full_collection_ms']:.0f} ms; "
+                 f"{gc_figures['full_collections_while_timing']} ran during the timed phases")
+    mem = result["memory"]
+    lines += ["", f"memory: {mem['bytes_per_connection']:.0f} bytes per connection over "
+                  f"{mem['connections']:,} connections (target <= {BYTES_TARGET}: "
+                  f"{_verdict(mem['bytes_per_connection'], BYTES_TARGET)})"]
+    for site in mem["top_sites"]:
+        lines.append(f"  {site['bytes_per_connection']:>7.1f}  {site['site']}")
+    profile = result.get("profile")
+    if profile:
+        lines.append("")
+        if "summary" in profile:
+            title = f"py-spy over {profile['connections']:,} short connections"
+            lines.append(format_summary(profile["summary"], title))
+        else:
+            lines.append(f"profile: {profile['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.micro",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--assigns", type=int, default=100_000, help="assign prefixes [100000]")
+    parser.add_argument("--conns", type=int, default=1_000_000,
+                        help="live connections before timing [1000000]")
+    parser.add_argument("--samples", type=int, default=100_000,
+                        help="operations timed per figure [100000]")
+    parser.add_argument("--batch", type=int, default=1000, help="operations per batch [1000]")
+    parser.add_argument("--mem-conns", type=int, default=200_000,
+                        help="connections for the tracemalloc figure [200000]")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="py-spy this process for SECONDS of short connections [0 = off]")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="repeats of every timed figure; medians of their medians [3]")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': "
+                                                       "JSON only, to stdout)")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    batch = max(1, min(args.batch, args.samples))
+    packets = Packets()
+
+    result: dict[str, Any] = {"machine": machine.describe(),
+                              "config": {k: v for k, v in vars(args).items() if k != "json"}}
+    result["config"]["gc_enabled"] = gc.isenabled()
+    result["memory"] = bench_memory(args.mem_conns, rng, packets)
+    began = time.perf_counter()
+    director, prefixes = build_director(args.assigns, rng)
+    result["build_seconds"] = round(time.perf_counter() - began, 2)
+    engine = Engine(director)
+    tuples = Tuples(client_pool(prefixes, POOL, rng))
+    result["populate"] = populate(engine, packets, tuples, args.conns, batch)
+    result["gc"] = {"full_collection_ms": _full_collection_ms()}
+    full_before = gc.get_stats()[2]["collections"]
+    result.update(combine([measure(engine, packets, tuples, args.samples, batch, rng)
+                           for _ in range(max(1, args.repeat))]))
+    result["gc"]["full_collections_while_timing"] = gc.get_stats()[2]["collections"] - full_before
+    result["lifecycle"]["us_per_packet"] = round(result["lifecycle"]["median_us"] / 10, 3)
+    result["live_connections_at_end"] = len(director.conns)
+    if args.profile:
+        stacks = Path(tempfile.mkdtemp(prefix="ldmicro-")) / "py-spy-micro.txt"
+        result["profile"] = profile_lifecycles(engine, packets, tuples, args.profile, stacks)
+        result["profile"]["stacks_file"] = str(stacks)
+    result["targets"] = {
+        "syn_packet_us": {"target": TARGETS["syn_packet"],
+                          "measured": result["syn_packet"]["median_us"]},
+        "translate_us": {"target": TARGETS["translate_in"],
+                         "measured": max(result["established"]["translate_in"]["median_us"],
+                                         result["established"]["translate_out"]["median_us"])},
+        "bytes_per_connection": {"target": BYTES_TARGET,
+                                 "measured": result["memory"]["bytes_per_connection"]},
+    }
+    for entry in result["targets"].values():
+        entry["met"] = entry["measured"] <= entry["target"]
+    text = json.dumps(result, indent=1)
+    if args.json == "-":
+        print(text)
+    else:
+        print(format_report(result))
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

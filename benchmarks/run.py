@@ -1,0 +1,491 @@
+"""The lab benchmark: ``python3 -m benchmarks.run`` (as root, from the repository root).
+
+Builds one namespace lab (benchmarks/lab.py: a client fleet over many source addresses,
+the director, three nginx reals) and measures the contenders of benchmarks/contenders.py
+(direct routing, kernel NAT, HAProxy, localdirector, and the nfqueue-null diagnostic) on
+four workloads with wrk. Contenders are interleaved: every run measures each of them
+in turn, and the order rotates from run to run, so drift of the shared machine (other
+load, thermal state, the reals' TIME_WAIT tables filling up) spreads over all of them
+instead of favouring whoever went first. Each figure is the median over the runs, shown
+with its min-max and its ratio to kernel NAT; the same goes to a JSON file, which
+``python3 -m benchmarks.plot`` turns into the PNG of docs/benchmarks.rst.
+
+The figures are what this machine did, not pass/fail: nothing here asserts a timing.
+Everything runs inside the lab's namespaces with documentation addresses only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localdirector.lab.netns import LabError, clean_stale, unavailable_reason
+
+from . import machine
+from .contenders import Contender, ContenderUnavailable, LocalDirector, all_contenders, \
+    queue_counters, reset_director
+from .lab import LARGE_PATH, SMALL_PATH, VIP_PORT, BenchLab
+from .profile import format_summary, record, summarize
+
+HERE = Path(__file__).resolve().parent
+WRK_SCRIPT = HERE / "wrk_report.lua"
+DEFAULT_JSON = HERE / "results.json"
+REQUIRED_TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "nft": "nftables",
+                  "conntrack": "conntrack", "setpriv": "util-linux", "curl": "curl",
+                  "ip": "iproute2", "iptables": "iptables"}
+BASELINE = "kernel-nat"
+REFERENCE_LATENCY = "direct"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One wrk load shape. ``processes`` 0 means one process per client source address;
+    ``rate`` names the throughput figure it yields (requests or, with ``per_byte``,
+    megabytes per second), if any."""
+
+    name: str
+    path: str
+    processes: int
+    close: bool = False
+    timeout: str = "5s"
+    rate: str | None = None
+    per_byte: bool = False
+
+
+@dataclass(frozen=True)
+class Metric:
+    workload: str
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+WORKLOADS = {
+    "keepalive": Workload("keepalive", SMALL_PATH, processes=0, rate="requests_per_s"),
+    "close": Workload("close", SMALL_PATH, processes=0, close=True, rate="connections_per_s"),
+    "bulk": Workload("bulk", LARGE_PATH, processes=1, timeout="60s", rate="megabytes_per_s",
+                     per_byte=True),
+    "latency": Workload("latency", SMALL_PATH, processes=1),
+}
+METRICS = [
+    Metric("keepalive", "requests_per_s", "keep-alive requests/s", "req/s", True),
+    Metric("close", "connections_per_s", "new connections/s", "conn/s", True),
+    Metric("bulk", "megabytes_per_s", "bulk transfer MB/s", "MB/s", True),
+    Metric("latency", "p50_us", "latency p50 (1 conn)", "us", False),
+    Metric("latency", "p99_us", "latency p99 (1 conn)", "us", False),
+]
+
+
+# ------------------------------------------------------------------- measuring
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine: every namespace shares these CPUs."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _proc_cpu(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds, all threads, of ``pid`` so far; zeros without one.
+
+    The split matters for the appliance: system time is the kernel work its NFQUEUE
+    system calls carry (receiving, and the verdict that sends the packet on its way),
+    user time is everything Python does, the engine included."""
+    if pid is None:
+        return 0.0, 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(stat[11]) / tick, int(stat[12]) / tick
+
+
+def _lab_inodes(bench: BenchLab) -> set[int]:
+    """Network-namespace inodes of the lab: a process in one of them is ours."""
+    inodes = set()
+    for ns in bench.lab.namespaces:
+        try:
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    return inodes
+
+
+_PF_KTHREAD = 0x00200000
+
+
+def _foreign_cpu(ours: set[int]) -> dict[int, float]:
+    """CPU seconds so far of every user process outside the lab's namespaces: other
+    work on the machine, which skews the figures (our own harness idles while wrk runs).
+    Kernel threads are left out: ksoftirqd and kworkers do the lab's own packet work
+    when softirqs overflow, and they live in the host namespace."""
+    tick = os.sysconf("SC_CLK_TCK")
+    result = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino in ours:
+                continue
+            stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[6]) & _PF_KTHREAD:
+            continue
+        result[int(entry.name)] = (int(stat[11]) + int(stat[12])) / tick
+    return result
+
+
+def _parse_wrk(output: str) -> dict[str, Any] | None:
+    for line in output.splitlines():
+        if line.startswith("WRK-JSON "):
+            return json.loads(line[len("WRK-JSON "):])
+    return None
+
+
+def run_workload(bench: BenchLab, contender: Contender, workload: Workload, duration: float,
+                 connections: int) -> dict[str, Any]:
+    """Run one workload against one contender; the sample's figures, with what went wrong."""
+    assert bench.work is not None
+    processes = workload.processes or len(bench.sources)
+    per_process = max(1, connections // processes) if workload.processes == 0 else 1
+    procs = []
+    for index in range(processes):
+        url = f"http://{contender.target(index)}:{VIP_PORT}{workload.path}"
+        argv = ["wrk", "-t1", f"-c{per_process}", f"-d{duration:g}s", "--timeout",
+                workload.timeout, "-s", str(bench.work / WRK_SCRIPT.name)]
+        if workload.close:
+            argv += ["-H", "Connection: close"]
+        procs.append(bench.popen(bench.client_ns, bench.client_argv(index, [*argv, url]),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE))
+    busy0, total0 = _cpu_times()
+    ours = _lab_inodes(bench)
+    foreign0 = _foreign_cpu(ours)
+    pid = contender.pid
+    proc_cpu0 = _proc_cpu(pid)
+    queue0 = queue_counters(bench) if contender.nfqueue else None
+    started = time.monotonic()
+    reports, failures = [], []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=duration + 90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        report = _parse_wrk(out.decode(errors="replace"))
+        if report is None:
+            detail = err.decode(errors="replace").strip()[-200:]
+            failures.append(f"wrk rc={proc.returncode}: {detail}")
+        else:
+            reports.append(report)
+    wall = time.monotonic() - started
+    busy1, total1 = _cpu_times()
+    foreign = sum(cpu - foreign0.get(p, 0.0) for p, cpu in _foreign_cpu(ours).items())
+    sample: dict[str, Any] = {
+        "processes": processes,
+        "connections": processes * per_process,
+        "failures": failures,
+        "cpu_busy": round((busy1 - busy0) / max(1, total1 - total0), 3),
+        "foreign_cpu": round(foreign / wall, 3),
+    }
+    if pid is not None:
+        user1, system1 = _proc_cpu(pid)
+        sample["process_cpu_user"] = round((user1 - proc_cpu0[0]) / wall, 3)
+        sample["process_cpu_system"] = round((system1 - proc_cpu0[1]) / wall, 3)
+        sample["process_cpu"] = round(sample["process_cpu_user"] + sample["process_cpu_system"],
+                                      3)
+    if not reports:
+        return sample
+    requests = sum(r["requests"] for r in reports)
+    errors = {kind: sum(r["errors"][kind] for r in reports) for kind in reports[0]["errors"]}
+    sample.update(requests=requests, errors=errors)
+    if queue0 is not None:
+        queue1 = queue_counters(bench)
+        if queue1 is not None:
+            delta = {k: queue1[k] - queue0[k] for k in queue1}
+            sample["nfqueue"] = delta
+            if delta["queued"] and "process_cpu" in sample:
+                sample["cpu_us_per_packet"] = round(
+                    sample["process_cpu"] * wall * 1e6 / delta["queued"], 2)
+    if workload.rate is not None:
+        # Each process over its own measured duration: they start a few ms apart.
+        unit, scale = ("bytes", 1e-6) if workload.per_byte else ("requests", 1.0)
+        rate = sum(r[unit] / (r["duration_us"] / 1e6) for r in reports) * scale
+        sample[workload.rate] = round(rate, 1)
+    if workload.processes == 1:
+        latency = reports[0]["latency_us"]
+        sample["p50_us"], sample["p99_us"] = latency["p50"], latency["p99"]
+    else:
+        sample["p99_us_worst_client"] = max(r["latency_us"]["p99"] for r in reports)
+    return sample
+
+
+# ------------------------------------------------------------------ summarising
+def summarize_samples(samples: list[dict[str, Any]], contenders: list[str]) -> dict[str, Any]:
+    """Median, min, max per metric and contender; ratio of medians to kernel NAT; for
+    latency also the microseconds added over direct routing."""
+    summary: dict[str, Any] = {}
+    for metric in METRICS:
+        per: dict[str, Any] = {}
+        for name in contenders:
+            values = [s[metric.key] for s in samples
+                      if s["contender"] == name and s["workload"] == metric.workload
+                      and metric.key in s]
+            if values:
+                per[name] = {"median": statistics.median(values), "min": min(values),
+                             "max": max(values), "runs": len(values)}
+        if not per:
+            continue  # a workload not run (--workloads) or run by nobody
+        base = per.get(BASELINE, {}).get("median")
+        reference = per.get(REFERENCE_LATENCY, {}).get("median")
+        for entry in per.values():
+            entry["ratio_to_kernel_nat"] = round(entry["median"] / base, 3) if base else None
+            if metric.workload == "latency" and reference is not None:
+                entry["added_us"] = entry["median"] - reference
+        summary[f"{metric.workload}.{metric.key}"] = {
+            "label": metric.label, "unit": metric.unit,
+            "higher_is_better": metric.higher_is_better, "contenders": per}
+    return summary
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
+    header = f"{'workload':<24} {'contender':<14} {'median':>10} {'min-max':>21} {'x NAT':>6}"
+    lines = [header, "-" * len(header)]
+    for entry in summary.values():
+        for contender in contenders:
+            stats = entry["contenders"].get(contender.name)
+            if stats is None:
+                why = "unavailable (below)" if contender.unavailable else "no result"
+                lines.append(f"{entry['label']:<24} {contender.name:<14} {why}")
+                continue
+            span = f"{_num(stats['min'])}-{_num(stats['max'])}"
+            ratio = stats["ratio_to_kernel_nat"]
+            extra = ""
+            if "added_us" in stats and contender.name != REFERENCE_LATENCY:
+                extra = f"  ({stats['added_us']:+,.0f} us vs direct)"
+            lines.append(f"{entry['label']:<24} {contender.name:<14} {_num(stats['median']):>10}"
+                         f" {span:>21} {ratio if ratio is not None else '-':>6}{extra}")
+        lines.append("")
+    lines += [f"{c.name} unavailable: {c.unavailable}" for c in contenders if c.unavailable]
+    return "\n".join(lines)
+
+
+TARGETS = [("keepalive.requests_per_s", 0.8), ("close.connections_per_s", 0.5)]
+
+
+def format_targets(summary: dict[str, Any]) -> str:
+    lines = ["localdirector against its targets (ratios to kernel NAT, same run):"]
+    for key, target in TARGETS:
+        if key not in summary:
+            continue
+        stats = summary[key]["contenders"].get("localdirector")
+        ratio = stats["ratio_to_kernel_nat"] if stats else None
+        got = f"{ratio:.3f}" if ratio is not None else "unavailable"
+        verdict = "" if ratio is None else ("met" if ratio >= target else "NOT met")
+        lines.append(f"  {summary[key]['label']:<24} >= {target:.1f}x  measured {got}  {verdict}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ main
+def _missing_tools() -> list[str]:
+    return [f"{tool} (apt: {package})" for tool, package in REQUIRED_TOOLS.items()
+            if shutil.which(tool) is None]
+
+
+def _profile_pass(bench: BenchLab, contender: Contender, seconds: float, connections: int,
+                  workload: Workload, native: bool) -> dict[str, Any]:
+    """An extra, unscored run of ``workload`` with py-spy sampling the appliance.
+
+    The Python view never stops the process; the native view (C frames too: which
+    system call, which library) pauses it for every sample, which appears to catch
+    threads inside system calls more often than their share, so its percentages
+    overstate the kernel side: the user/system CPU split of the figures is the
+    unbiased measure of that."""
+    assert bench.work is not None
+    view = "native" if native else "python"
+    stacks = bench.work / f"py-spy-{workload.name}-{view}.txt"
+    result: dict[str, Any] = {"workload": workload.name, "view": view, "seconds": seconds}
+    outcome: list[str | None] = []
+    contender.start(bench)
+    try:
+        pid = contender.pid
+        assert pid is not None
+        sampler = threading.Thread(
+            target=lambda: outcome.append(record(pid, seconds, stacks, native=native)))
+        sampler.start()
+        result["figures"] = run_workload(bench, contender, workload, seconds + 2, connections)
+        sampler.join()
+    finally:
+        result["notes"] = contender.stop(bench) + reset_director(bench)
+    if outcome and outcome[0] is not None:
+        result["error"] = outcome[0]
+        return result
+    text = stacks.read_text()
+    result["summary"] = summarize(text, top=20)
+    keep = HERE / "profiles"
+    keep.mkdir(exist_ok=True)
+    (keep / stacks.name).write_text(text)
+    result["stacks_file"] = str((keep / stacks.name).relative_to(HERE.parent))
+    return result
+
+
+PROFILES = [("keepalive", False), ("close", False), ("keepalive", True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.run",
+        description="Direct routing, kernel NAT, HAProxy and localdirector in one "
+                    "namespace lab (root required; installs nothing).")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs [3]")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds per workload per contender per run [5]")
+    parser.add_argument("--sources", type=int, default=24,
+                        help="client source addresses, one wrk process each [24, min 16]")
+    parser.add_argument("--connections", type=int, default=48,
+                        help="concurrent connections of the keep-alive and close workloads [48]")
+    parser.add_argument("--large-mib", type=int, default=32, help="size of /large [32 MiB]")
+    parser.add_argument("--contenders",
+                        default="direct,kernel-nat,haproxy,localdirector,nfqueue-null",
+                        help="which to measure, comma-separated [all five]")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="pause between measurements, seconds [1]")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="afterwards, py-spy the appliance for SECONDS under the keep-alive "
+                             "and close workloads, and once more with C frames (unscored) "
+                             "[0 = off]")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help="where to write the results [benchmarks/results.json]")
+    args = parser.parse_args(argv)
+
+    problem = unavailable_reason("ldb")
+    missing = _missing_tools()
+    if problem or missing:
+        print(f"cannot run: {problem or 'missing ' + ', '.join(missing)} "
+              "(see docs/benchmarks.rst for what to install)", file=sys.stderr)
+        return 2
+    if args.sources < 16:
+        parser.error("--sources must be at least 16 (TIME_WAIT port reuse would dominate)")
+    wanted = args.contenders.split(",")
+    contenders = [c for c in all_contenders() if c.name in wanted]
+    workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
+    clean_stale("ldb")
+
+    info = machine.describe(tools=True)
+    print(f"machine: {machine.one_line(info)}", flush=True)
+    if info["loadavg_at_start"][0] > 0.5:  # type: ignore[index]
+        print(f"warning: load average {info['loadavg_at_start']} before the lab exists: "
+              "something else is running and will skew the figures", flush=True)
+    samples: list[dict[str, Any]] = []
+    notes: list[str] = []
+    profiles: list[dict[str, Any]] = []
+    with BenchLab(sources=args.sources, large_bytes=args.large_mib << 20) as bench:
+        assert bench.work is not None
+        shutil.copy(WRK_SCRIPT, bench.work / WRK_SCRIPT.name)
+        (bench.work / WRK_SCRIPT.name).chmod(0o644)
+        print(f"lab {bench.lab.name}: {len(bench.sources)} client addresses, reals "
+              f"{', '.join(bench.reals)}", flush=True)
+        for run in range(args.runs):
+            shift = run % len(contenders)
+            for contender in contenders[shift:] + contenders[:shift]:
+                if contender.unavailable:
+                    continue
+                try:
+                    contender.start(bench)
+                except ContenderUnavailable as exc:
+                    contender.unavailable = str(exc)
+                    print(f"run {run + 1}: {contender.name} unavailable: {exc}", flush=True)
+                    contender.stop(bench)
+                    notes += reset_director(bench)
+                    continue
+                for workload in workloads:
+                    time.sleep(args.settle)
+                    sample = run_workload(bench, contender, workload, args.duration,
+                                          args.connections)
+                    sample.update(run=run + 1, contender=contender.name, workload=workload.name)
+                    samples.append(sample)
+                    figures = {m.key: sample[m.key] for m in METRICS
+                               if m.workload == workload.name and m.key in sample}
+                    errors = {k: n for k, n in sample.get("errors", {}).items() if n}
+                    print(f"run {run + 1} {contender.name:<14} {workload.name:<10} {figures} "
+                          f"cpu {sample['cpu_busy']:.0%}"
+                          + (f" other work {sample['foreign_cpu']:.2f} cores"
+                             if sample["foreign_cpu"] >= 0.05 else "")
+                          + (f" errors {errors}" if errors else "")
+                          + (f" failures {sample['failures']}" if sample["failures"] else ""),
+                          flush=True)
+                notes += [f"run {run + 1} {contender.name}: {n}"
+                          for n in contender.stop(bench) + reset_director(bench)]
+        appliance = next((c for c in contenders if isinstance(c, LocalDirector)), None)
+        if args.profile and appliance is not None and not appliance.unavailable:
+            for name, native in PROFILES:
+                time.sleep(args.settle)
+                profiles.append(_profile_pass(bench, appliance, args.profile,
+                                              args.connections, WORKLOADS[name], native))
+
+    names = [c.name for c in contenders]
+    summary = summarize_samples(samples, names)
+    table = format_table(summary, contenders)
+    print()
+    print(f"medians over {args.runs} runs x {args.duration:g} s; x NAT = ratio of medians to "
+          "kernel NAT")
+    print(table)
+    if "localdirector" in names:
+        print(format_targets(summary))
+    foreign = sorted(s["foreign_cpu"] for s in samples)
+    if foreign:
+        print(f"other work on the machine while measuring: median "
+              f"{statistics.median(foreign):.2f} cores, worst sample {foreign[-1]:.2f} cores")
+    for profile in profiles:
+        title = f"py-spy ({profile['view']} view), localdirector under {profile['workload']}"
+        if "summary" in profile:
+            figures = profile["figures"]
+            print()
+            print(format_summary(profile["summary"], title))
+            print(f"  process CPU: {figures.get('process_cpu_user', 0):.2f} cores user + "
+                  f"{figures.get('process_cpu_system', 0):.2f} system, "
+                  f"{figures.get('cpu_us_per_packet', 0):.1f} us per queued packet")
+        else:
+            print(f"{title}: {profile.get('error')}")
+    for note in notes:
+        print(f"note: {note}")
+    result = {
+        "machine": info,
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "contenders": {c.name: {"description": c.description, "unavailable": c.unavailable}
+                       for c in contenders},
+        "summary": summary,
+        "samples": samples,
+        "profiles": profiles,
+        "notes": notes,
+        "table": table,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"\nresults written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except LabError as exc:
+        print(f"lab error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import pexpect
 import pexpect.fdpexpect
 import pytest
+from pty_terminal import TaggedTyping, clean
 
 PASSWORD = "s3cret"
 ENABLE = "t0p"
@@ -31,11 +32,6 @@ telnet 127.0.0.0 255.0.0.0
 """
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
-ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
-
-
-def clean(text: str) -> str:
-    return ANSI.sub("", text).replace("\r", "")
 
 
 def free_port() -> int:
@@ -118,28 +114,16 @@ class Appliance:
         return Terminal(child).expect_prompt("lab>")
 
 
-class Terminal:
+class Terminal(TaggedTyping):
     """An interactive session; prompt_toolkit redraws the line, so a sync tag typed after
     a command marks where its output ends."""
 
     def __init__(self, child: pexpect.spawn) -> None:
         self.child = child
-        self.tags = 0
 
     def expect_prompt(self, prompt: str) -> "Terminal":
         self.child.expect_exact(prompt)
         return self
-
-    def type(self, keys: str) -> str:
-        self.tags += 1
-        tag = f"sync-{self.tags}"
-        self.child.send(keys)
-        self.child.send(f"! {tag}\r")
-        self.child.expect_exact(tag)
-        return clean(self.child.before)
-
-    def run(self, line: str) -> str:
-        return self.type(line + "\r")
 
     def enable(self) -> None:
         self.child.send("enable\r")

@@ -10,17 +10,13 @@ import sys
 from pathlib import Path
 
 import pexpect
+from pty_terminal import TaggedTyping, clean
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
 CONFIG_PROMPT = "localdirector(config)#"
 
 
-def clean(text: str) -> str:
-    return ANSI.sub("", text).replace("\r", "")
-
-
-class Operator:
+class Operator(TaggedTyping):
     """One appliance process on a pty. The pty does not echo (prompt_toolkit draws what
     is typed), so a tag typed after a command shows up only once the prompt is back:
     everything before it is that command's output."""
@@ -33,19 +29,6 @@ class Operator:
                                              str(config)],
                                    env=env, encoding="utf-8", timeout=30,
                                    dimensions=(40, 160), echo=False)
-        self.tags = 0
-
-    def type(self, keys: str) -> str:
-        """Send keys, then a sync tag; the screen text (escapes removed) before the tag."""
-        self.tags += 1
-        tag = f"sync-{self.tags}"
-        self.child.send(keys)
-        self.child.send(f"! {tag}\r")
-        self.child.expect_exact(tag)
-        return clean(self.child.before)
-
-    def run(self, line: str) -> str:
-        return self.type(line + "\r")
 
     def lines(self, line: str) -> list[str]:
         """Output lines of one command (prompt redraws dropped)."""

@@ -74,7 +74,6 @@ def install(stream: TextIO | None = None) -> LogBuffer:
 
 def flush() -> None:
     """Wait until every record logged so far reached the buffer (tests, shutdown)."""
-    global _installed
     with _install_lock:
         if _installed is not None:
             _installed.stop()   # drains the queue, then restart for later records

@@ -8,6 +8,7 @@ the record and counts it rather than block."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import sys
@@ -67,6 +68,7 @@ def install(stream: TextIO | None = None) -> LogBuffer:
             _installed = QueueListener(records, BUFFER, console,
                                        respect_handler_level=True)
             _installed.start()
+            atexit.register(_installed.stop)   # drains: last words before exit are kept
             LOGGER.addHandler(_DroppingQueueHandler(records, BUFFER))
             LOGGER.setLevel(logging.INFO)
     return BUFFER

@@ -81,6 +81,15 @@ class Appliance:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def logged(self, text: str, timeout: float = 5) -> bool:
+        """Log records reach stderr from the appliance's log thread, a moment later."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     # -- clients -------------------------------------------------------------------------
     def ssh_argv(self, *args: str) -> list[str]:
         return ["ssh", "-p", str(self.ssh_port), *SSH_OPTIONS, *args]
@@ -223,7 +232,7 @@ def test_ssh_three_wrong_passwords_disconnect_and_are_logged(main: Appliance) ->
     child.expect(pexpect.EOF)
     assert "lab>" not in child.before
     for n in (1, 2, 3):
-        assert f"ssh login from 127.0.0.1 failed: wrong password ({n} of 3)" in main.log()
+        assert main.logged(f"ssh login from 127.0.0.1 failed: wrong password ({n} of 3)")
 
 
 def test_ssh_offers_no_way_to_the_host(main: Appliance) -> None:
@@ -258,7 +267,7 @@ def test_telnet_three_wrong_passwords_disconnect(main: Appliance) -> None:
         child.send(f"guess{attempt}\r")
     child.expect_exact("% Bad passwords")
     child.expect(pexpect.EOF)
-    assert "telnet login from 127.0.0.1:" in main.log()
+    assert main.logged("telnet login from 127.0.0.1:")
 
 
 # -- sessions share one model ---------------------------------------------------------------
@@ -362,7 +371,7 @@ def test_connection_flood_is_capped_per_door(main: Appliance) -> None:
         except (ConnectionResetError, AssertionError):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    assert "telnet connection from 127.0.0.1 refused: 16 connections already open" in main.log()
+    assert main.logged("telnet connection from 127.0.0.1 refused: 16 connections already open")
 
 
 def test_host_key_kept_across_restarts_and_no_password_no_login(tmp_path: Path) -> None:

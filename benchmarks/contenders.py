@@ -256,8 +256,30 @@ class LocalDirector(Contender):
         return notes
 
 
+class LocalDirectorFastpath(LocalDirector):
+    """(e) The appliance with `fastpath` on the virtual: it decides each connection (its
+    SYN is queued and marked), conntrack NAT translates the rest."""
+
+    name = "localdirector-fastpath"
+    description = "localdirector fastpath (Python decides, conntrack translates)"
+
+    @staticmethod
+    def config() -> str:
+        return LocalDirector.config() + f"fastpath {VIP}:{VIP_PORT}:0:tcp\n"
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        notes = super().stop(bench)
+        for table in ("mangle", "nat"):
+            saved = bench.run(bench.director_ns, ["iptables-save", "-t", table],
+                              check=False).stdout
+            if "LOCALDIRECTOR" in saved:
+                notes.append(f"localdirector left its {table}-table rules behind")
+        return notes
+
+
 def all_contenders() -> list[Contender]:
-    return [Direct(), KernelNat(), HAProxy(), LocalDirector(), NfqueueNull()]
+    return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
+            NfqueueNull()]
 
 
 def queue_counters(bench: BenchLab, queue_num: int = 0) -> dict[str, int] | None:

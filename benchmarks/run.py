@@ -2,7 +2,8 @@
 
 Builds one namespace lab (benchmarks/lab.py: a client fleet over many source addresses,
 the director, three nginx reals) and measures the contenders of benchmarks/contenders.py
-(direct routing, kernel NAT, HAProxy, localdirector, and the nfqueue-null diagnostic) on
+(direct routing, kernel NAT, HAProxy, localdirector in userspace and with `fastpath`,
+and the nfqueue-null diagnostic) on
 four workloads with wrk. Contenders are interleaved: every run measures each of them
 in turn, and the order rotates from run to run, so drift of the shared machine (other
 load, thermal state, the reals' TIME_WAIT tables filling up) spreads over all of them
@@ -265,21 +266,21 @@ def _num(value: float) -> str:
 
 
 def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
-    header = f"{'workload':<24} {'contender':<14} {'median':>10} {'min-max':>21} {'x NAT':>6}"
+    header = f"{'workload':<24} {'contender':<22} {'median':>10} {'min-max':>21} {'x NAT':>6}"
     lines = [header, "-" * len(header)]
     for entry in summary.values():
         for contender in contenders:
             stats = entry["contenders"].get(contender.name)
             if stats is None:
                 why = "unavailable (below)" if contender.unavailable else "no result"
-                lines.append(f"{entry['label']:<24} {contender.name:<14} {why}")
+                lines.append(f"{entry['label']:<24} {contender.name:<22} {why}")
                 continue
             span = f"{_num(stats['min'])}-{_num(stats['max'])}"
             ratio = stats["ratio_to_kernel_nat"]
             extra = ""
             if "added_us" in stats and contender.name != REFERENCE_LATENCY:
                 extra = f"  ({stats['added_us']:+,.0f} us vs direct)"
-            lines.append(f"{entry['label']:<24} {contender.name:<14} {_num(stats['median']):>10}"
+            lines.append(f"{entry['label']:<24} {contender.name:<22} {_num(stats['median']):>10}"
                          f" {span:>21} {ratio if ratio is not None else '-':>6}{extra}")
         lines.append("")
     lines += [f"{c.name} unavailable: {c.unavailable}" for c in contenders if c.unavailable]
@@ -289,12 +290,12 @@ def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
 TARGETS = [("keepalive.requests_per_s", 0.8), ("close.connections_per_s", 0.5)]
 
 
-def format_targets(summary: dict[str, Any]) -> str:
-    lines = ["localdirector against its targets (ratios to kernel NAT, same run):"]
+def format_targets(summary: dict[str, Any], name: str = "localdirector") -> str:
+    lines = [f"{name} against its targets (ratios to kernel NAT, same run):"]
     for key, target in TARGETS:
         if key not in summary:
             continue
-        stats = summary[key]["contenders"].get("localdirector")
+        stats = summary[key]["contenders"].get(name)
         ratio = stats["ratio_to_kernel_nat"] if stats else None
         got = f"{ratio:.3f}" if ratio is not None else "unavailable"
         verdict = "" if ratio is None else ("met" if ratio >= target else "NOT met")
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent connections of the keep-alive and close workloads [48]")
     parser.add_argument("--large-mib", type=int, default=32, help="size of /large [32 MiB]")
     parser.add_argument("--contenders",
-                        default="direct,kernel-nat,haproxy,localdirector,nfqueue-null",
+                        default="direct,kernel-nat,haproxy,localdirector,"
+                                "localdirector-fastpath,nfqueue-null",
                         help="which to measure, comma-separated [all five]")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--settle", type=float, default=1.0,
@@ -424,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures = {m.key: sample[m.key] for m in METRICS
                                if m.workload == workload.name and m.key in sample}
                     errors = {k: n for k, n in sample.get("errors", {}).items() if n}
-                    print(f"run {run + 1} {contender.name:<14} {workload.name:<10} {figures} "
+                    print(f"run {run + 1} {contender.name:<22} {workload.name:<10} {figures} "
                           f"cpu {sample['cpu_busy']:.0%}"
                           + (f" other work {sample['foreign_cpu']:.2f} cores"
                              if sample["foreign_cpu"] >= 0.05 else "")
@@ -447,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians over {args.runs} runs x {args.duration:g} s; x NAT = ratio of medians to "
           "kernel NAT")
     print(table)
-    if "localdirector" in names:
-        print(format_targets(summary))
+    for name in ("localdirector", "localdirector-fastpath"):
+        if name in names:
+            print(format_targets(summary, name))
     foreign = sorted(s["foreign_cpu"] for s in samples)
     if foreign:
         print(f"other work on the machine while measuring: median "

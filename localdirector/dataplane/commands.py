@@ -64,13 +64,19 @@ def show_statistics(session: Session) -> None:
     if kernel is None:
         lines.append("Kernel:      queue not bound")
     else:
-        # queued = engine packets + waiting + both kinds of dropped: nothing is lost
-        # unaccounted between the kernel and the engine.
+        # queued + copied (fast path) = engine packets + waiting + both kinds of dropped
+        # + lost copies (overruns): nothing is lost unaccounted between the kernel and
+        # the engine.
         counted = stats["rule_counters"] or {"queued": "?", "shed": "?"}
         lines.append(f"Kernel:      {counted['queued']} queued, {kernel.waiting} waiting, "
                      f"{kernel.queue_dropped} dropped (queue full), {kernel.user_dropped} "
                      f"dropped (socket full), {stats['socket_overruns']} overruns, "
                      f"{counted['shed']} SYNs shed (synguard)")
+    logged = (stats["rule_counters"] or {}).get("logged", "?")
+    lines.append(f"Fast path:   {stats['marks']} reals in the mark map, "
+                 f"{engine['fastpath_conns']} connections handed to the kernel, "
+                 f"{logged} packets copied (NFLOG), {stats['log_overruns']} copy overruns, "
+                 f"{stats['conntrack_errors']} conntrack errors")
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
                  f"{stats['oversize']} too long to translate")
     if stats["ip_errors"]:
@@ -99,13 +105,23 @@ def _ends(ip: int, port: int) -> str:
     return f"{format_ip(ip)}:{port}"
 
 
+_UNSEEN = ("-", "-", "-", "-", "-")   # idle and counters of a kernel-translated connection
+KERNEL_NOTE = ("Path kernel: translated by the kernel (fastpath); the director sees only "
+               "its SYN, SYN-ACK, FIN and RST, so idle time and counters are not known (-)")
+
+
 def _summary(conns: list[Connection], now: float) -> list[str]:
     rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
-             _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.last_seen),
-             c.packets_in, c.packets_out, c.bytes_in, c.bytes_out)
+             _ends(c.real_ip, c.real_port), c.tcp_state,
+             *(_UNSEEN if c.kernel else (duration(now - c.last_seen), c.packets_in,
+                                          c.packets_out, c.bytes_in, c.bytes_out)),
+             "kernel" if c.kernel else "engine")
             for c in conns)
-    return table(("Foreign", "Virtual", "Real", "State", "Idle", "PktsIn", "PktsOut",
-                  "BytesIn", "BytesOut"), rows)
+    lines = table(("Foreign", "Virtual", "Real", "State", "Idle", "PktsIn", "PktsOut",
+                   "BytesIn", "BytesOut", "Path"), rows)
+    if any(c.kernel for c in conns):
+        lines.append(KERNEL_NOTE)
+    return lines
 
 
 def _detail(director: Director, conns: list[Connection], now: float) -> list[str]:
@@ -120,10 +136,20 @@ def _detail(director: Director, conns: list[Connection], now: float) -> list[str
             f"at {_ends(c.real_ip, c.real_port)}{nat}",
             f"  State {c.tcp_state}, answered {'yes' if c.answered else 'no'}, "
             f"SYN resends {c.syn_resends}",
-            f"  Age {duration(now - c.created)}, idle {duration(now - c.last_seen)}",
-            f"  In {c.packets_in} packets {c.bytes_in} bytes, "
-            f"out {c.packets_out} packets {c.bytes_out} bytes",
         ]
+        if c.kernel:
+            lines += [
+                f"  Age {duration(now - c.created)}, translated by the kernel (fastpath): "
+                "packets and bytes not seen",
+                f"  Kept while conntrack holds it; last checked or seen "
+                f"{duration(now - c.last_seen)} ago",
+            ]
+        else:
+            lines += [
+                f"  Age {duration(now - c.created)}, idle {duration(now - c.last_seen)}",
+                f"  In {c.packets_in} packets {c.bytes_in} bytes, "
+                f"out {c.packets_out} packets {c.bytes_out} bytes",
+            ]
     return lines
 
 
@@ -181,3 +207,4 @@ def conn_limit(session: Session, limit: int = DEFAULT_CONN_LIMIT, no: bool = Fal
     and counted as `conn-limit`, whatever virtual it is for."""
     session.director.settings.max_conns = DEFAULT_CONN_LIMIT if no else limit
     session.director.changed()
+

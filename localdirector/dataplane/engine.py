@@ -43,6 +43,32 @@ Choices the design leaves open, and why:
 * Half-open connections (no completed handshake) expire after at most 75 s, the classic
   connection-establishment timer, long enough for the client's SYN retransmissions
   (1+2+4+8+16+32 s) to reach a reassign; established ones after the virtual's timeout.
+
+Fast path (`fastpath VIRTUAL`, rules.py has the netfilter side). The engine decides each
+new connection exactly as above, then leaves the packet unchanged and returns
+ACCEPT_MARK with the chosen real's mark in `verdict_mark`; conntrack NAT translates the
+connection from there, both ways. The engine sees only what keeps FIG. 5's state exact:
+queued, the client's SYNs while unanswered and a real's RST that may refuse the SYN;
+copied (NFLOG: the kernel has forwarded them, the verdict is ignored), the real's
+SYN-ACK and the FINs and RSTs of established connections. What differs, and why:
+
+* A reassign cannot move a conntrack entry: its NAT is bound to the old real for every
+  later packet. So the entry is deleted (conntrack.py) and the packet in hand dropped,
+  the retransmitted SYN (`reassigned`) or the real's RST (`reset-absorbed`); the
+  client's next SYN opens a fresh entry that takes the new real's mark, one more SYN
+  retransmission interval later than in userspace.
+* A SYN nothing can take is dropped (`no-real`), not refused with a RST: the RST would
+  travel with the SYN's conntrack entry, which would rewrite it.
+* No packet or byte counters (the data never reaches the engine), no client port
+  remapping (the kernel's NAT remaps on its own when a tuple is in use), and no
+  `stale-reply` drops.
+* Idle timeout: when a connection's timer fires the engine asks conntrack whether the
+  kernel still holds the connection; while it does the object stays (counts stay
+  exact), so the idle limit is conntrack's own (nf_conntrack_tcp_timeout_*).
+* A kernel connection the engine no longer knows (after `clear conns`, an appliance
+  restart) keeps flowing through conntrack; its FIN and RST pass unchanged. Packets of
+  a known connection that conntrack lost (`conntrack -F`) are marked again, so its NAT
+  is rebuilt toward the same real.
 """
 
 from __future__ import annotations
@@ -54,22 +80,26 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from ..model.connection import (CLOSED, ESTABLISHED, FIN_WAIT, HALF_OPEN_STATES, SYN_RCVD,
-                                SYN_SENT, Connection, flow_key)
+from ..model.connection import (CLOSED, ESTABLISHED, FIN_WAIT, HALF_OPEN_STATES, KERNEL,
+                                SYN_RCVD, SYN_SENT, Connection, flow_key)
 from ..model.director import Director
 from ..model.real import PhysicalMachine
 from ..model.state import State
 from ..model.virtual import VirtualMachine
+from .conntrack import KernelTable, NoKernel
 from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
                      reset_reply, rewrite_dst, rewrite_icmp, rewrite_src, tcp_checksum_valid)
-from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, NO_CONNECTION, NO_REAL, NO_VIRTUAL,
-                    RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
+from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, MARK_PENDING, NO_CONNECTION, NO_REAL,
+                    NO_VIRTUAL, REASSIGNED, RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
 
 # Verdicts. ACCEPT_MODIFIED tells the worker the buffer changed and must be re-injected;
-# ACCEPT_UNCHANGED lets it accept the original without copying anything.
+# ACCEPT_UNCHANGED lets it accept the original without copying anything; ACCEPT_MARK
+# accepts it unchanged with the engine's `verdict_mark` set (fast path: conntrack NAT
+# translates the connection toward the real that mark stands for).
 DROP = 0
 ACCEPT_UNCHANGED = 1
 ACCEPT_MODIFIED = 2
+ACCEPT_MARK = 3
 
 LINGER = 2.0              # closed connections keep translating this long (last ACK, RST races)
 TIME_WAIT = 60.0          # how long a closed tuple toward a real is avoided
@@ -88,10 +118,17 @@ _COMPACT_MIN = 4096       # dead timer entries tolerated before the heap is rebu
 class Engine:
     """The FIG. 5 data plane over one Director (see the module docstring for policy)."""
 
-    def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic,
+                 kernel: KernelTable | None = None) -> None:
         self.director = director
         self.clock = clock
+        self.kernel: KernelTable = kernel if kernel is not None else NoKernel()
         self.stats = Stats()
+        # Fast path: (real address, real port) -> the mark of its DNAT rule, as installed
+        # (the rule manager replaces the dict after each transaction); and the mark of
+        # the last ACCEPT_MARK verdict, for the worker.
+        self.marks: dict[tuple[int, int], int] = {}
+        self.verdict_mark = 0
         self._lock = director.lock
         # Tuple toward a real (the reply key) -> when its connection closed, oldest first.
         self._recent: OrderedDict[int, float] = OrderedDict()
@@ -109,8 +146,11 @@ class Engine:
 
     # -- packet path ---------------------------------------------------------------
     def handle(self, buf: bytearray) -> int:
-        """FIG. 5 for one IPv4 packet; returns DROP, ACCEPT_UNCHANGED or ACCEPT_MODIFIED
-        (then `buf` holds the translated packet). Never raises on packet contents."""
+        """FIG. 5 for one IPv4 packet; returns DROP, ACCEPT_UNCHANGED, ACCEPT_MODIFIED
+        (then `buf` holds the translated packet) or ACCEPT_MARK (`verdict_mark`). Never
+        raises on packet contents. A fast-path connection is never ESTABLISHED (see
+        KERNEL), so its packets take the control branches and the established userspace
+        path pays nothing for the fast path."""
         fields = parse_tcp(buf)  # reads only the packet: no need to hold the lock
         with self._lock:
             self.stats.packets += 1
@@ -185,12 +225,33 @@ class Engine:
 
     def _refuse(self, buf: bytearray, ihl: int, virtual: VirtualMachine) -> int:
         """Nothing can take this SYN: it is dropped (`no-real`) and the client told so by
-        the RST that `buf` becomes (see the module docstring)."""
+        the RST that `buf` becomes (see the module docstring); on the fast path only
+        dropped."""
         virtual.no_real_drops += 1
+        if virtual.fastpath:
+            return self._drop(NO_REAL)
         self.stats.drops[NO_REAL] += 1
         self.stats.refused += 1
         reset_reply(buf, ihl)
         return ACCEPT_MODIFIED
+
+    def _marked(self, conn: Connection) -> int:
+        """Fast path: let the kernel translate this packet's conntrack entry toward the
+        connection's real (a no-op for an entry whose NAT is already bound)."""
+        real = conn.real
+        mark = self.marks.get((real.addr, real.port))
+        if mark is None:
+            # Its DNAT rule is not installed yet (a real bound a moment ago): without it
+            # the SYN would reach nobody. The client retransmits.
+            return self._drop(MARK_PENDING)
+        self.verdict_mark = mark
+        self.stats.marked += 1
+        return ACCEPT_MARK
+
+    def _observed(self) -> int:
+        """A fast-path packet the engine took note of; the kernel translates it."""
+        self.stats.observed += 1
+        return ACCEPT_UNCHANGED
 
     # -- TCP state -----------------------------------------------------------------
     def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
@@ -198,6 +259,8 @@ class Engine:
         """State changes driven by the client; a verdict, or None to translate as usual."""
         if _bad_flags(flags):
             return self._drop(BAD_FLAGS)
+        if conn.kernel:
+            return self._kernel_client(buf, ihl, conn, src, dst, sport, dport, flags, now)
         state = conn.tcp_state
         if flags & _CLIENT_SYN_MASK == SYN:
             if not tcp_checksum_valid(buf, ihl):
@@ -220,14 +283,46 @@ class Engine:
         if flags & RST:
             self._closing(conn, now)
         elif flags & FIN:
-            conn.fin_in = True
-            if conn.fin_out:
-                self._closing(conn, now)
-            elif state is not FIN_WAIT:
-                self.director.conns.set_state(conn, FIN_WAIT)
+            self._fin(conn, now, client=True)
         elif state is SYN_RCVD and flags & ACK:
             self.director.conns.set_state(conn, ESTABLISHED)
         return None
+
+    def _kernel_client(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
+                       sport: int, dport: int, flags: int, now: float) -> int:
+        """A fast-path connection's client packet: a SYN queued while conntrack has seen
+        no answer, a copy of a FIN or RST, or anything conntrack picked up as new (it
+        lost the entry), which is marked again toward the same real."""
+        state = conn.tcp_state
+        if flags & _CLIENT_SYN_MASK == SYN:
+            if not tcp_checksum_valid(buf, ihl):
+                return self._drop(BAD_CHECKSUM)
+            if state is CLOSED:
+                self._close(conn, now)
+                return self._open(buf, ihl, src, dst, sport, dport, now)
+            if conn.moved:
+                # The first SYN the real a reassign chose gets: not a retransmission.
+                conn.moved = False
+                conn.syn_sent_at = now
+            elif not conn.answered:
+                self.stats.syn_resends += 1
+                conn.syn_resends += 1
+                if conn.syn_resends >= conn.real.reassign:
+                    if self._reassign(conn, now, reset=False):
+                        return self._drop(REASSIGNED)
+                    self._closing(conn, now)
+                    self._forget(conn)
+                    return self._refuse(buf, ihl, conn.virtual)
+            return self._marked(conn)
+        if state is CLOSED:
+            return self._observed()
+        if flags & RST:
+            self._closing(conn, now)
+        elif flags & FIN:
+            self._fin(conn, now, client=True)
+        else:
+            return self._marked(conn)
+        return self._observed()
 
     def _real_control(self, conn: Connection, flags: int, now: float) -> int | None:
         """State changes driven by the real; a verdict, or None to translate as usual."""
@@ -235,7 +330,7 @@ class Engine:
             return self._drop(BAD_FLAGS)
         state = conn.tcp_state
         if state is CLOSED:
-            return None
+            return self._observed() if conn.kernel else None
         if flags & RST:
             if not conn.answered and self._reassign(conn, now, reset=True):
                 return self._drop(RESET_ABSORBED)
@@ -244,18 +339,25 @@ class Engine:
             if flags & ACK and not conn.answered:
                 self._answered(conn, now)
         elif flags & FIN:
+            self._fin(conn, now, client=False)
+        return self._observed() if conn.kernel else None
+
+    def _fin(self, conn: Connection, now: float, client: bool) -> None:
+        """A FIN from one side; from both, the connection is over."""
+        if client:
+            conn.fin_in = True
+        else:
             conn.fin_out = True
-            if conn.fin_in:
-                self._closing(conn, now)
-            elif state is not FIN_WAIT:
-                self.director.conns.set_state(conn, FIN_WAIT)
-        return None
+        if conn.fin_in and conn.fin_out:
+            self._closing(conn, now)
+        elif conn.tcp_state is not FIN_WAIT:
+            self.director.conns.set_state(conn, FIN_WAIT)
 
     def _answered(self, conn: Connection, now: float) -> None:
         """SYN-ACK: the real is alive; record its response time for `fastest`."""
         conn.answered = True
         if conn.tcp_state is SYN_SENT:
-            self.director.conns.set_state(conn, SYN_RCVD)
+            self.director.conns.set_state(conn, KERNEL if conn.kernel else SYN_RCVD)
         real = conn.real
         sample = max(now - conn.syn_sent_at, 1e-6)  # 0.0 would read as "unmeasured"
         if real.response_time == 0.0:
@@ -281,7 +383,15 @@ class Engine:
                 return self._drop(STALE_REPLY)
             return self._unchanged()
         if flags & _CLIENT_SYN_MASK != SYN:
-            return self._drop(BAD_FLAGS if _bad_flags(flags) else NO_CONNECTION)
+            if _bad_flags(flags):
+                return self._drop(BAD_FLAGS)
+            if flags & _ENDS:
+                virtual = self.director.lookup_virtual(src, dst, dport)
+                if virtual is not None and virtual.fastpath:
+                    # The end of a kernel connection the engine does not know (cleared,
+                    # or from before a restart): conntrack translates it, if it has it.
+                    return self._observed()
+            return self._drop(NO_CONNECTION)
         if not tcp_checksum_valid(buf, ihl):
             return self._drop(BAD_CHECKSUM)
         return self._open(buf, ihl, src, dst, sport, dport, now)
@@ -305,14 +415,23 @@ class Engine:
         if served is not virtual and _synguard_full(served):
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
+        kernel = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
+        if kernel and (real.addr, real.port) not in self.marks:
+            return self._drop(MARK_PENDING)
         conn = Connection(src, sport, dst, dport, served, real, now)
-        conn.nat_port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
+        if kernel:
+            conn.kernel = True  # the kernel's NAT remaps the client port if it must
+        else:
+            conn.nat_port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
         director.conns.add(conn)
         if len(director.conns) > self.stats.peak_conns:
             self.stats.peak_conns = len(director.conns)
         self._start_probe(conn)
         heapq.heappush(self._timers, (now + self._timeout(conn), next(self._timer_seq), conn))
         self.stats.conns_created += 1
+        if kernel:
+            self.stats.fastpath_conns += 1
+            return self._marked(conn)
         return self._forward_in(buf, ihl, conn, src, sport, now)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
@@ -331,10 +450,17 @@ class Engine:
             old.reset_reassigns += 1
         else:
             old.noanswer_reassigns += 1
-        # The old real may hold a half-open socket for this tuple: avoid it for a while.
-        self._remember(conn.out_key, now)
-        nat_port = self._nat_port(new.addr, new.port or conn.virtual_port, conn.foreign_ip,
-                                  conn.foreign_port)
+        if conn.kernel:
+            # Its conntrack entry stays bound to the old real: the next SYN must open a
+            # new one (the module docstring).
+            self._forget(conn)
+            conn.moved = True
+            nat_port = conn.foreign_port
+        else:
+            # The old real may hold a half-open socket for this tuple: avoid it a while.
+            self._remember(conn.out_key, now)
+            nat_port = self._nat_port(new.addr, new.port or conn.virtual_port,
+                                      conn.foreign_ip, conn.foreign_port)
         self.director.conns.move(conn, new, decision.served_by, nat_port)
         conn.syn_sent_at = now
         self._start_probe(conn)
@@ -356,13 +482,20 @@ class Engine:
                 return candidate
         return port  # every port toward this real is taken: nothing better exists
 
+    def _forget(self, conn: Connection) -> None:
+        """Fast path: make the kernel stop translating this connection."""
+        self.kernel.delete(conn.foreign_ip, conn.foreign_port, conn.virtual_ip,
+                           conn.virtual_port)
+
     def _close(self, conn: Connection, now: float) -> None:
-        """Remove a connection now (idempotent), remembering its tuple toward the real."""
+        """Remove a connection now (idempotent), remembering its tuple toward the real
+        (userspace only: the kernel keeps its own TIME_WAIT for fast-path tuples)."""
         conns = self.director.conns
         if conns.inbound.get(conn.in_key) is not conn:
             return
         conns.remove(conn)
-        self._remember(conn.out_key, now)
+        if not conn.kernel:
+            self._remember(conn.out_key, now)
         self._end_probe(conn)
         self._dead_timers += 1
         self.stats.conns_closed += 1
@@ -480,6 +613,12 @@ class Engine:
                 self._dead_timers = max(0, self._dead_timers - 1)
                 continue
             deadline = conn.last_seen + self._timeout(conn)
+            if deadline <= now and conn.kernel and conn.tcp_state is not CLOSED \
+                    and self.kernel.alive(conn.foreign_ip, conn.foreign_port,
+                                          conn.virtual_ip, conn.virtual_port):
+                # Its data never reaches the engine; the kernel still holds it.
+                conn.last_seen = now
+                deadline = now + self._timeout(conn)
             if deadline <= now:
                 self._close(conn, now)
                 self._dead_timers -= 1  # its entry is already gone from the heap
@@ -531,11 +670,14 @@ class Engine:
         self._vip_generation = -1
 
     def clear_conns(self) -> int:
-        """`clear conns`: drop every connection as if closed; returns how many."""
+        """`clear conns`: drop every connection as if closed; returns how many. The kernel
+        forgets fast-path ones too, so they stop flowing like userspace ones."""
         with self._lock:
             now = self.clock()
             conns = list(self.director.conns.inbound.values())
             for conn in conns:
+                if conn.kernel:
+                    self._forget(conn)
                 self._close(conn, now)
             self._rebuild_timers()
             return len(conns)

@@ -2,8 +2,9 @@
 
 Only packets toward configured VIP:ports and the replies of bound reals are queued; the
 rest of the host's traffic never leaves the kernel. Everything lives in chains of the
-appliance's own (``LOCALDIRECTOR*``) in the ``raw`` table, so the appliance can replace or
-remove its rules without touching anybody else's:
+appliance's own (``LOCALDIRECTOR*``) in the ``raw`` table (and, for the fast path below,
+in ``mangle`` and ``nat``), so the appliance can replace or remove its rules without
+touching anybody else's:
 
     -A PREROUTING -j LOCALDIRECTOR
     -A LOCALDIRECTOR -d VIP/32 -p tcp -m tcp --dport P -j LOCALDIRECTOR-QUEUE
@@ -60,12 +61,62 @@ kernel fragments again on the way out. Where the match is missing the data plane
 without it (logged), and a fragmented packet never arrives whole: later fragments carry
 no ports, so no rule queues them, and the engine drops any that reach it as `fragment`.
 
+Fast path (`fastpath VIRTUAL`). Its VIP:ports get no raw rule: their packets must stay
+tracked, because conntrack NAT translates them. The engine decides each new connection
+and answers with a mark standing for the chosen real; a mark map in the ``nat`` table
+turns the mark into the DNAT, and conntrack translates the rest of the connection both
+ways in the kernel. The engine sees only what FIG. 5's bookkeeping needs, from chains of
+ours in the ``mangle`` table: queued (NFQUEUE) where it must give a verdict, the SYNs
+and a real's RST that may answer a SYN; copied (NFLOG group N, see nflog.py) where it
+only takes note, the real's SYN-ACK and the FINs and RSTs of an established connection::
+
+    mangle:
+    -A PREROUTING -j LOCALDIRECTOR
+    -A FORWARD -j LOCALDIRECTOR-REPLY
+    -A LOCALDIRECTOR -d VIP/32 -p tcp -m tcp --dport P -m conntrack --ctstate NEW
+       -j LOCALDIRECTOR-QUEUE
+    -A LOCALDIRECTOR -d VIP/32 -p tcp -m tcp --dport P ! --tcp-flags FIN,RST NONE
+       -m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR-LOG
+    -A LOCALDIRECTOR-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY
+       ! --ctstatus ASSURED --ctorigdst VIP --ctorigdstport P -j LOCALDIRECTOR-QUEUE
+    -A LOCALDIRECTOR-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE
+       -m conntrack --ctdir REPLY --ctorigdst VIP --ctorigdstport P -j LOCALDIRECTOR-LOG
+    -A LOCALDIRECTOR-QUEUE -j NFQUEUE --queue-num N --queue-bypass
+    -A LOCALDIRECTOR-LOG -j NFLOG --nflog-group N --nflog-size 128
+    nat:
+    -A PREROUTING -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR
+    -A LOCALDIRECTOR -p tcp -m mark --mark 0x10000/0xffff0000
+       -j DNAT --to-destination REAL[:PORT]
+
+Why these hooks (each verified on this kernel): mangle PREROUTING runs after conntrack
+and before nat PREROUTING, so a client's packet still has the VIP as destination (the
+engine's inbound key) and the mark is set before the DNAT rule looks. ``--ctstate NEW``
+takes the SYN and, because conntrack calls every packet of an unanswered connection
+NEW, the client's SYN retransmissions (`reassign` counts them); a packet that conntrack
+picks up without a SYN (it lost the entry) is NEW too and gets its mark again. A RST
+from the real before conntrack saw the handshake complete (not ASSURED) may be the
+refusal of the SYN, which the engine absorbs to reassign: it is queued; NFLOG continues
+to the next rule, so a queued RST is not also copied. The real's packets are taken in
+FORWARD, after nat PREROUTING has undone any client-port remapping of the kernel's NAT,
+so their destination is the client's own port (the engine's reply key) while the source
+is still the real's. A real port 0 DNATs to the address alone: the client's port is
+kept. ICMP errors about fast-path connections are conntrack's (RELATED) unless the VIP
+or real address also serves userspace traffic, whose ICMP rule then hands them to the
+engine, which translates them from its table all the same. Marks use the high 16 bits only
+(MARK_MASK; the worker keeps the others), one per DNAT target, stable while the target
+is configured, so a mark in flight never changes meaning.
+
 One appliance per network namespace: the chain names are fixed, so that a restarted
 appliance finds and replaces what a killed one left behind.
 
-Every change is one ``iptables-restore --noflush`` transaction (declaring a chain flushes
-it), so the kernel never sees a half-written chain. This kernel's nftables has no native
-queue expression; iptables-nft emits the xtables NFQUEUE target, which works.
+Every change is one ``iptables-restore --noflush`` run (declaring a chain flushes it),
+one table after the other: iptables-nft commits each table on its own (verified: a
+failure in the nat part left the mangle part applied), so the kernel never sees a
+half-written chain but may briefly see the raw part of a change before the rest. That
+is harmless because the engine takes new marks only once the whole run succeeded, and a
+VIP:port changes mode only without open connections (`fastpath`). This kernel's
+nftables has no native queue expression; iptables-nft emits the xtables NFQUEUE target,
+which works.
 """
 
 from __future__ import annotations
@@ -80,6 +131,8 @@ from dataclasses import dataclass
 
 from ..model.addr import format_ip
 from ..model.director import Director
+from ..model.fastpath import fast_targets
+from . import nflog
 
 log = logging.getLogger("localdirector")
 
@@ -88,18 +141,34 @@ QUEUE_CHAIN = "LOCALDIRECTOR-QUEUE"
 LOCAL_CHAIN = "LOCALDIRECTOR-LOCAL"
 SHED_CHAIN = "LOCALDIRECTOR-SHED"
 DEFRAG_CHAIN = "LOCALDIRECTOR-DEFRAG"
+REPLY_CHAIN = "LOCALDIRECTOR-REPLY"
+LOG_CHAIN = "LOCALDIRECTOR-LOG"
+MARK_SHIFT = 16
+MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
+MAX_MARKS = MARK_MASK >> MARK_SHIFT
 OUR_CHAINS = (CHAIN, LOCAL_CHAIN, QUEUE_CHAIN, SHED_CHAIN, DEFRAG_CHAIN)  # referrers first
 JUMP = f"-A PREROUTING -j {CHAIN}"
 LOCAL_JUMP = f"-A OUTPUT -p icmp -j {LOCAL_CHAIN}"
+NAT_JUMP = f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}"
+# Per table, in the order a transaction writes them: our chains (referrers first) and
+# the jumps into them from the built-in chains, exactly as iptables-save prints them.
+TABLES = {
+    "raw": (OUR_CHAINS, (JUMP, LOCAL_JUMP)),
+    "mangle": ((CHAIN, REPLY_CHAIN, QUEUE_CHAIN, LOG_CHAIN),
+               (JUMP, f"-A FORWARD -j {REPLY_CHAIN}")),
+    "nat": ((CHAIN,), (NAT_JUMP,)),
+}
 # Destination unreachable (fragmentation needed included), time exceeded, parameter
 # problem: the errors that quote a packet, as the engine translates them.
 ICMP_ERRORS = (3, 11, 12)
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
-# The packet counters of the two rules every packet we take ends at: the queue and the
-# guard's drop. `show statistics` adds them up against the engine's and the queue's.
+# The packet counters of the rules every packet we take ends at: the queue (its rule in
+# raw and in mangle), the guard's drop and the fast path's copy. `show statistics` adds
+# them up against the engine's and the queue's.
 _COUNTERS = {"queued": re.compile(rf"^\[(\d+):\d+\] -A {QUEUE_CHAIN} -j NFQUEUE ", re.M),
-             "shed": re.compile(rf"^\[(\d+):\d+\] -A {SHED_CHAIN} -j DROP$", re.M)}
+             "shed": re.compile(rf"^\[(\d+):\d+\] -A {SHED_CHAIN} -j DROP$", re.M),
+             "logged": re.compile(rf"^\[(\d+):\d+\] -A {LOG_CHAIN} -j NFLOG ", re.M)}
 ALL_PORTS = 0
 # A burst of configuration lines (a replayed startup-config, a pasted block) becomes one
 # transaction instead of one iptables-restore per line.
@@ -115,28 +184,70 @@ class RulesError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     """What must be queued: ``vips`` and ``reals`` map an address to the TCP ports
-    (ALL_PORTS = every port) of traffic to / from it. Comparable, so an unchanged set
-    costs no iptables call."""
+    (ALL_PORTS = every port) of traffic to / from it through the engine, ``fast`` the
+    VIP:ports on the fast path and ``targets`` the (address, port) of every real a
+    fast-path connection may be given (port 0: the client's). Comparable, so an
+    unchanged set costs no iptables call."""
 
     vips: tuple[tuple[int, tuple[int, ...]], ...]
     reals: tuple[tuple[int, tuple[int, ...]], ...]
     # (VIP, port, SYNs a second per client address) for VIP:ports under `synguard`.
     guards: tuple[tuple[int, int, int], ...] = ()
+    fast: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    targets: tuple[tuple[int, int], ...] = ()
 
     def lines(self) -> list[str]:
-        """The LOCALDIRECTOR chain's rules in iptables-save syntax, in a fixed order."""
+        """The raw LOCALDIRECTOR chain's rules in iptables-save syntax, in a fixed order."""
         out: list[str] = []
         for direction, option, table in (("-d", "--dport", self.vips),
                                          ("-s", "--sport", self.reals)):
             for addr, ports in table:
                 host = f"{direction} {format_ip(addr)}/32"
                 if direction == "-d":
-                    out += [_guard_line(addr, port, rate)
-                            for vip, port, rate in self.guards if vip == addr]
+                    out += self._guards(addr)
                 for port in ports:
                     match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
                     out.append(f"-A {CHAIN} {host} -p tcp{match} -j {QUEUE_CHAIN}")
                 out.append(f"-A {CHAIN} {host} -p icmp -j {QUEUE_CHAIN}")
+        # Fast-path SYNs are shed in raw too: before conntrack spends an entry on them.
+        userspace = {addr for addr, _ in self.vips}
+        for addr, _ports in self.fast:
+            if addr not in userspace:
+                out += self._guards(addr)
+        return out
+
+    def _guards(self, addr: int) -> list[str]:
+        return [_guard_line(addr, port, rate) for vip, port, rate in self.guards
+                if vip == addr]
+
+    def mangle_lines(self) -> list[str]:
+        """The mangle chains' rules: which fast-path packets the engine sees."""
+        client: list[str] = []
+        real: list[str] = []
+        for addr, ports in self.fast:
+            vip = format_ip(addr)
+            for port in ports:
+                dport = "" if port == ALL_PORTS else f" --dport {port}"
+                orig = f"--ctorigdst {vip}" + ("" if port == ALL_PORTS
+                                                else f" --ctorigdstport {port}")
+                client += [f"-A {CHAIN} -d {vip}/32 -p tcp{' -m tcp' + dport if dport else ''} "
+                           f"-m conntrack --ctstate NEW -j {QUEUE_CHAIN}",
+                           f"-A {CHAIN} -d {vip}/32 -p tcp -m tcp{dport} "
+                           f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
+                           f"-j {LOG_CHAIN}"]
+                real += [f"-A {REPLY_CHAIN} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
+                         f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {QUEUE_CHAIN}",
+                         f"-A {REPLY_CHAIN} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
+                         f"-m conntrack --ctdir REPLY {orig} -j {LOG_CHAIN}"]
+        return client + real
+
+    def nat_lines(self, marks: dict[tuple[int, int], int]) -> list[str]:
+        """The mark map: one DNAT per target."""
+        out = []
+        for addr, port in self.targets:
+            to = format_ip(addr) if port == ALL_PORTS else f"{format_ip(addr)}:{port}"
+            out.append(f"-A {CHAIN} -p tcp -m mark --mark 0x{marks[(addr, port)]:x}"
+                       f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
         return out
 
 
@@ -160,20 +271,29 @@ def desired_rules(director: Director) -> RuleSet:
     connections flowing (DESIGN §3), so their traffic must stay queued until they end."""
     vips: dict[int, set[int]] = {}
     reals: dict[int, set[int]] = {}
+    fast: dict[int, set[int]] = {}
     guards: dict[tuple[int, int], int] = {}
+    targets = fast_targets(director)
     for v in director.iter_virtuals():
-        vips.setdefault(v.addr, set()).add(v.port)
+        (fast if v.fastpath else vips).setdefault(v.addr, set()).add(v.port)
         if v.synguard:
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
+        if v.fastpath:
+            continue  # the kernel translates the replies: they must stay tracked
         for link in v.iter_links():
             # Real port 0 answers on whatever port the client asked for: the virtual's.
             reals.setdefault(link.real.addr, set()).add(link.real.port or v.port)
     for conn in director.conns:
+        if conn.kernel:
+            fast.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
+            targets.add((conn.real.addr, conn.real.port))
+            continue
         vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
         reals.setdefault(conn.real_ip, set()).add(conn.real_port)
     return RuleSet(_freeze(vips), _freeze(reals),
-                   tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())))
+                   tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
+                   _freeze(fast), tuple(sorted(targets)))
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -194,85 +314,187 @@ def run_iptables(argv: list[str], stdin: str = "") -> str:
     return done.stdout
 
 
-class RuleManager:
-    """Owns the two chains in the current network namespace's raw table."""
+class MarkMap:
+    """Marks of DNAT targets: a target keeps its mark while it stays configured, and a
+    mark let go is not handed out again in the same transaction, so a packet marked
+    just before a change still means the real it was marked for."""
 
-    def __init__(self, queue_num: int, runner: Runner = run_iptables) -> None:
+    def __init__(self) -> None:
+        self.marks: dict[tuple[int, int], int] = {}
+
+    def assign(self, targets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        """The marks for exactly `targets` (a new dict; the old one stays valid)."""
+        wanted = list(targets)
+        still = set(wanted)
+        keep = {t: m for t, m in self.marks.items() if t in still}
+        taken = set(self.marks.values())
+        free = (i << MARK_SHIFT for i in range(1, MAX_MARKS + 1)
+                if i << MARK_SHIFT not in taken)
+        for target in wanted:
+            if target not in keep:
+                mark = next(free, None)
+                if mark is None:
+                    raise RulesError(f"more than {MAX_MARKS} fast-path real servers")
+                keep[target] = mark
+        self.marks = keep
+        return dict(keep)
+
+
+def _sections(saved: str) -> dict[str, list[str]]:
+    """iptables-save output by table."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in saved.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], [])
+        else:
+            current.append(line)
+    return tables
+
+
+class RuleManager:
+    """Owns our chains in the current network namespace's raw, mangle and nat tables,
+    and the fast path's mark map (`on_marks` hears of every map that was installed)."""
+
+    def __init__(self, queue_num: int, runner: Runner = run_iptables,
+                 on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None
+                 ) -> None:
         self.queue_num = queue_num
         self._run = runner
+        self._on_marks = on_marks
         self.applied: RuleSet | None = None
         self.transactions = 0
+        self._markmap = MarkMap()
+        self._tables: dict[str, list[str]] = {}
         self._bases = dict.fromkeys(_COUNTERS, 0)
 
-    def _restore(self, body: Iterable[str]) -> None:
-        text = "\n".join(["*raw", *body, "COMMIT", ""])
-        self._run(["iptables-restore", "--noflush"], text)
-        self.transactions += 1
+    def _restore(self, tables: dict[str, list[str]]) -> None:
+        """One iptables-restore run over the tables that have something to do."""
+        text = "".join("\n".join([f"*{table}", *body, "COMMIT", ""])
+                       for table, body in tables.items() if body)
+        if text:
+            self._run(["iptables-restore", "--noflush"], text)
+            self.transactions += 1
 
-    def _existing(self) -> tuple[int, int, set[str]]:
-        """(jumps from PREROUTING, jumps from OUTPUT, which of our chains exist) as left
-        by us or by an earlier run that was killed before it could clean up."""
-        saved = [line.strip() for line in
-                 self._run(["iptables-save", "-t", "raw"], "").splitlines()]
-        chains = {line[1:].split()[0] for line in saved if line.startswith(":")}
-        return saved.count(JUMP), saved.count(LOCAL_JUMP), chains & set(OUR_CHAINS)
+    def _existing(self) -> dict[str, tuple[dict[str, int], set[str]]]:
+        """Per table: (how often each of our jumps is there, which of our chains exist),
+        as left by us or by an earlier run that was killed before it could clean up."""
+        saved = _sections(self._run(["iptables-save"], ""))
+        found = {}
+        for table, (chains, jumps) in TABLES.items():
+            lines = saved.get(table, [])
+            declared = {line[1:].split()[0] for line in lines if line.startswith(":")}
+            found[table] = ({jump: lines.count(jump) for jump in jumps},
+                            declared & set(chains))
+        return found
+
+    def _chains(self, rules: RuleSet
+                ) -> tuple[dict[str, list[str]], dict[tuple[int, int], int]]:
+        """The match chains of every table as a transaction declares them, and the marks
+        they use."""
+        marks = self._markmap.assign(rules.targets)
+        return {"raw": [f":{CHAIN} - [0:0]", *rules.lines()],
+                "mangle": [f":{CHAIN} - [0:0]", f":{REPLY_CHAIN} - [0:0]",
+                           *rules.mangle_lines()],
+                "nat": [f":{CHAIN} - [0:0]", *rules.nat_lines(marks)]}, marks
+
+    def _applied(self, rules: RuleSet, tables: dict[str, list[str]],
+                 marks: dict[tuple[int, int], int]) -> None:
+        self.applied = rules
+        self._tables = tables
+        if self._on_marks is not None:
+            self._on_marks(marks)
 
     def install(self, rules: RuleSet) -> None:
         """First transaction: replace whatever a previous run left (every chain is
-        redeclared, hence flushed) and end with exactly one jump from PREROUTING and
-        one from OUTPUT."""
-        jumps, local_jumps, _ = self._existing()
-        self._restore([
-            f":{CHAIN} - [0:0]",
-            f":{QUEUE_CHAIN} - [0:0]",
-            *[f"-D PREROUTING -j {CHAIN}"] * jumps,
-            f"-I PREROUTING 1 -j {CHAIN}",
-            f"-A {QUEUE_CHAIN} -j NOTRACK",
-            f"-A {QUEUE_CHAIN} -j NFQUEUE --queue-num {self.queue_num} --queue-bypass",
-            f":{LOCAL_CHAIN} - [0:0]",
-            f":{SHED_CHAIN} - [0:0]",
-            *[LOCAL_JUMP.replace("-A ", "-D ", 1)] * local_jumps,
-            LOCAL_JUMP.replace("-A OUTPUT", "-I OUTPUT 1", 1),
-            *(f"-A {LOCAL_CHAIN} -p icmp -m icmp --icmp-type {kind} -j {QUEUE_CHAIN}"
-              for kind in ICMP_ERRORS),
-            f"-A {SHED_CHAIN} -j DROP",
-            *rules.lines(),
-        ])
-        self.applied = rules
+        redeclared, hence flushed) and end with exactly one of each of our jumps."""
+        existing = self._existing()
+
+        def delete(table: str, jump: str) -> list[str]:
+            return [jump.replace("-A ", "-D ", 1)] * existing[table][0][jump]
+
+        chains, marks = self._chains(rules)
+        mangle_jump, reply_jump = TABLES["mangle"][1]
+        queue = f"-A {QUEUE_CHAIN} -j NFQUEUE --queue-num {self.queue_num} --queue-bypass"
+        self._restore({
+            "raw": [
+                f":{CHAIN} - [0:0]",
+                f":{QUEUE_CHAIN} - [0:0]",
+                *delete("raw", JUMP),
+                f"-I PREROUTING 1 -j {CHAIN}",
+                f"-A {QUEUE_CHAIN} -j NOTRACK",
+                queue,
+                f":{LOCAL_CHAIN} - [0:0]",
+                f":{SHED_CHAIN} - [0:0]",
+                *delete("raw", LOCAL_JUMP),
+                LOCAL_JUMP.replace("-A OUTPUT", "-I OUTPUT 1", 1),
+                *(f"-A {LOCAL_CHAIN} -p icmp -m icmp --icmp-type {kind} -j {QUEUE_CHAIN}"
+                  for kind in ICMP_ERRORS),
+                f"-A {SHED_CHAIN} -j DROP",
+                *rules.lines(),
+            ],
+            "mangle": [
+                *chains["mangle"][:2],
+                f":{QUEUE_CHAIN} - [0:0]",
+                f":{LOG_CHAIN} - [0:0]",
+                *delete("mangle", mangle_jump),
+                *delete("mangle", reply_jump),
+                f"-I PREROUTING 1 -j {CHAIN}",
+                f"-I FORWARD 1 -j {REPLY_CHAIN}",
+                queue,
+                f"-A {LOG_CHAIN} -j NFLOG --nflog-group {self.queue_num} "
+                f"--nflog-size {nflog.COPY_RANGE}",
+                *chains["mangle"][2:],
+            ],
+            "nat": [
+                *chains["nat"][:1],
+                *delete("nat", NAT_JUMP),
+                NAT_JUMP.replace("-A PREROUTING", "-I PREROUTING 1", 1),
+                *chains["nat"][1:],
+            ],
+        })
+        self._applied(rules, chains, marks)
         self._bases = dict.fromkeys(_COUNTERS, 0)
         try:
-            self._restore([f":{DEFRAG_CHAIN} - [0:0]", f"-A {DEFRAG_CHAIN} -m socket -j RETURN"])
+            self._restore({"raw": [f":{DEFRAG_CHAIN} - [0:0]",
+                                   f"-A {DEFRAG_CHAIN} -m socket -j RETURN"]})
         except RulesError as exc:
             log.warning("fragments will not be reassembled before translation: %s", exc)
 
     def update(self, rules: RuleSet) -> bool:
-        """Replace the match chain in one transaction; False when nothing changed."""
+        """Replace the match chains that changed, in one run; False when nothing did."""
         if rules == self.applied:
             return False
-        self._restore([f":{CHAIN} - [0:0]", *rules.lines()])
-        self.applied = rules
+        chains, marks = self._chains(rules)
+        self._restore({table: body for table, body in chains.items()
+                       if body != self._tables.get(table)})
+        self._applied(rules, chains, marks)
         return True
 
     def remove(self) -> None:
         """Take out the jumps and our chains, whatever of them exists (referring chains
         before the ones they refer to)."""
-        jumps, local_jumps, chains = self._existing()
-        body = [f"-D PREROUTING -j {CHAIN}"] * jumps
-        body += [LOCAL_JUMP.replace("-A ", "-D ", 1)] * local_jumps
-        for chain in OUR_CHAINS:
-            if chain in chains:
-                body += [f"-F {chain}", f"-X {chain}"]
-        if body:
-            self._restore(body)
+        tables = {}
+        for table, (counts, chains) in self._existing().items():
+            body = [jump.replace("-A ", "-D ", 1) for jump in counts
+                    for _ in range(counts[jump])]
+            for chain in TABLES[table][0]:
+                if chain in chains:
+                    body += [f"-F {chain}", f"-X {chain}"]
+            tables[table] = body
+        self._restore(tables)
         self.applied = None
+        self._tables = {}
 
     def counters(self) -> dict[str, int]:
-        """Packets sent to the queue and SYNs shed by the kernel guard, since install or
+        """Packets sent to the queue (from raw and from mangle), fast-path packets
+        copied to the engine (NFLOG) and SYNs shed by the kernel guard, since install or
         the last `clear counters`."""
-        saved = self._run(["iptables-save", "-c", "-t", "raw"], "")
-        found = {name: pattern.search(saved) for name, pattern in _COUNTERS.items()}
-        return {name: int(match[1]) - self._bases[name] if match else 0
-                for name, match in found.items()}
+        saved = self._run(["iptables-save", "-c"], "")
+        found = {name: sum(int(n) for n in pattern.findall(saved))
+                 for name, pattern in _COUNTERS.items()}
+        return {name: found[name] - self._bases[name] for name in _COUNTERS}
 
     def clear_counters(self) -> None:
         """`clear counters`: the kernel's counters run on; remember where we started."""

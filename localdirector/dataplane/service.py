@@ -33,6 +33,7 @@ from typing import Any
 
 from ..model.addr import format_ip
 from ..model.director import Director
+from .conntrack import Conntrack, NoKernel
 from .engine import Engine
 from .rules import RuleManager, RulesError, RuleSync, run_iptables
 from .worker import DEFAULT_MAX_LEN, QueueWorker
@@ -139,8 +140,9 @@ class DataPlane:
         self.director = director
         self.queue_num = queue_num
         self.engine = Engine(director, clock)
-        self.worker = QueueWorker(queue_num, self.engine, max_len=max_len, clock=clock)
-        self.rules = RuleManager(queue_num, iptables)
+        self.worker = QueueWorker(queue_num, self.engine, max_len=max_len, clock=clock,
+                                  observe=True)
+        self.rules = RuleManager(queue_num, iptables, on_marks=self._set_marks)
         self._sync: RuleSync | None = None
         self.started_at = 0.0
 
@@ -148,11 +150,21 @@ class DataPlane:
     def running(self) -> bool:
         return self._sync is not None
 
+    def _set_marks(self, marks: dict[tuple[int, int], int]) -> None:
+        """The fast path's mark map as the kernel now has it (one reference swap: the
+        worker thread reads it without waiting for anyone)."""
+        self.engine.marks = marks
+
     def start(self) -> "DataPlane":
         with self.director.lock:
             vips = {v.addr for v in self.director.iter_virtuals()}
         for problem in forwarding_problems() + route_problems(vips):
             log.warning("data plane: %s", problem)
+        try:
+            self.engine.kernel = Conntrack()
+        except OSError as exc:
+            log.warning("data plane: no conntrack netlink (%s): fast-path reassigns cannot "
+                        "move a connection and its idle timer cannot ask the kernel", exc)
         self.worker.start()
         sync = RuleSync(self.director, self.rules)
         try:
@@ -164,6 +176,7 @@ class DataPlane:
                     self.rules.remove()
             finally:
                 self.worker.stop()
+                self._close_kernel()
             raise
         sync.start()
         self._sync = sync
@@ -181,7 +194,13 @@ class DataPlane:
             self.rules.remove()
         finally:
             self.worker.stop()
+            self._close_kernel()
         log.info("data plane on NFQUEUE %d stopped", self.queue_num)
+
+    def _close_kernel(self) -> None:
+        kernel, self.engine.kernel = self.engine.kernel, NoKernel()
+        if isinstance(kernel, Conntrack):
+            kernel.close()
 
     def adopt(self, director: Director) -> None:
         """`reload` without a gap: the worker and the rules stay, the engine carries the
@@ -238,9 +257,12 @@ class DataPlane:
             "tick_errors": self.worker.stats.tick_errors,
             "oversize": self.worker.stats.oversize,
             "socket_overruns": self.worker.enobufs,
+            "log_overruns": self.worker.log_overruns,
             "kernel": kernel,
             "ip_errors": read_ip_errors(),
             "rule_counters": rule_counters,
+            "marks": len(self.engine.marks),
+            "conntrack_errors": getattr(self.engine.kernel, "errors", 0),
             "rule_transactions": self.rules.transactions,
             "rule_errors": sync.errors if sync is not None else 0,
             "rules_synced": sync is not None and sync.synced_generation >= generation,

@@ -1,11 +1,12 @@
 """Data-plane counters for `show statistics` and `clear counters`.
 
-Every queued packet ends in exactly one bucket (translated in, translated out, ICMP
-translated, accepted unchanged, or dropped for one named reason), so the buckets add up
-to `packets` and an operator can account for every packet. A SYN refused with a RST is
-in the bucket of its drop reason; `refused` counts the RSTs sent in its place. The
-engine increments them under the model lock, which keeps them exact however many worker
-threads share it."""
+Every queued (or, on the fast path, copied) packet ends in exactly one bucket
+(translated in, translated out, ICMP translated, accepted unchanged, marked or observed
+on the fast path, or dropped for one named reason), so the buckets add up to `packets`
+and an operator can account for every packet. A SYN refused with a RST is in the bucket
+of its drop reason; `refused` counts the RSTs sent in its place. The engine increments
+them under the model lock, which keeps them exact however many worker threads share
+it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ STALE_REPLY = _FIRST + 5     # a real's late packet for a connection closed mome
 RESET_ABSORBED = _FIRST + 6  # a real's RST to the SYN; the connection moved elsewhere
 BAD_FLAGS = _FIRST + 7       # a flag combination no TCP sends (SYN+FIN, SYN+RST, no ACK)
 BAD_CHECKSUM = _FIRST + 8    # a SYN whose TCP checksum is wrong: no state for corrupt data
+MARK_PENDING = _FIRST + 9    # fast path: the chosen real's DNAT rule is not installed yet
+REASSIGNED = _FIRST + 10     # fast path: a SYN whose connection just moved to another real
 
 REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "no-connection",
@@ -34,6 +37,8 @@ REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "reset-absorbed",
     "bad-flags",
     "bad-checksum",
+    "mark-pending",
+    "reassigned",
 )
 
 # Scalar counters in the order `show statistics` lists them.
@@ -51,6 +56,9 @@ COUNTERS = (
     "port_remaps",
     "refused",        # SYNs answered with a RST (also counted under no-real)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
+    "fastpath_conns",  # connections opened on the fast path (also in conns_created)
+    "marked",         # bucket: accepted with a mark, the kernel translates the connection
+    "observed",       # bucket: fast-path SYN-ACK, FIN, RST noted; the kernel translates them
 )
 
 

@@ -6,13 +6,16 @@ reading for as long as packets keep arriving, so under load the engine's periodi
 ``tick()`` (idle timeouts, SYN reassigns, retry of failed reals) and a stop request
 would starve. Instead the thread polls the queue's netlink socket next to a wake-up
 pipe and hands the library a reader that reports "would block" after a bounded batch,
-so it regains control at least every ``BATCH`` packets.
+so it regains control at least every ``BATCH`` packets. The same loop reads the NFLOG
+group of the same number (nflog.py): copies of fast-path packets the engine only takes
+note of; their verdict, if any, is ignored (the kernel has forwarded them already).
 
 Per packet: one copy into a bytearray the engine rewrites in place, one copy back out
-only when the engine changed it. An exception from the engine never leaves the
-callback (the library would leave it pending in the interpreter and the packet without
-a verdict, holding a queue slot forever); the packet is dropped, TCP retransmits, and
-the error is counted and logged once per exception type.
+only when the engine changed it; a fast-path verdict adds a mark and nothing else. An
+exception from the engine never leaves the callback (the library would leave it pending
+in the interpreter and the packet without a verdict, holding a queue slot forever); the
+packet is dropped, TCP retransmits, and the error is counted and logged once per
+exception type.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Protocol
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
-from .engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED
+from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
+from .nflog import PacketLog
+from .rules import MARK_MASK
 
 log = logging.getLogger("localdirector")
 
@@ -47,10 +52,19 @@ COPY_RANGE = 4016
 SOCKET_BYTES_PER_PACKET = 1200
 BATCH = 256
 TICK_SECONDS = 0.5
+# The worker does what kernel NAT does in softirq context, ahead of every process: each
+# packet it holds waits for it, and on a busy host (in the benchmark lab: two cores
+# shared with 24 load generators and the web servers) a worker at the default priority
+# queues behind them, which measurably lowered the new-connection rate of the fast path
+# (SYNs wait). So its thread asks for a higher priority, best effort (root may; nobody
+# else is refused anything: ordinary processes still get their share).
+WORKER_NICE = -10
 
 
 class PacketEngine(Protocol):
     """What the worker needs from the FIG. 5 engine."""
+
+    verdict_mark: int   # the mark an ACCEPT_MARK verdict sets
 
     def handle(self, buf: bytearray) -> int: ...
 
@@ -105,8 +119,10 @@ class QueueWorker:
 
     def __init__(self, queue_num: int, engine: PacketEngine, *,
                  max_len: int = DEFAULT_MAX_LEN, tick_seconds: float = TICK_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, observe: bool = False) -> None:
         self.queue_num = queue_num
+        self.observe = observe   # also read NFLOG group `queue_num` (the fast path's copies)
+        self._log: PacketLog | None = None
         self.engine = engine
         self.max_len = max_len
         self.tick_seconds = tick_seconds
@@ -124,6 +140,11 @@ class QueueWorker:
         """Times the kernel told us it lost packets on the way to our socket."""
         return self._reader.enobufs if self._reader is not None else 0
 
+    @property
+    def log_overruns(self) -> int:
+        """Times the kernel told us it lost NFLOG copies on the way to us."""
+        return self._log.overruns if self._log is not None else 0
+
     def start(self) -> None:
         """Bind in the caller's thread so a bad queue number or missing privilege fails
         start-up with an exception instead of dying silently in the worker."""
@@ -132,6 +153,11 @@ class QueueWorker:
             nfq.bind(self.queue_num, self._on_packet, max_len=self.max_len,
                      mode=COPY_PACKET, range=COPY_RANGE,
                      sock_len=self.max_len * SOCKET_BYTES_PER_PACKET)
+        except BaseException:
+            nfq.unbind()
+            raise
+        try:
+            self._log = PacketLog(self.queue_num) if self.observe else None
         except BaseException:
             nfq.unbind()
             raise
@@ -157,11 +183,19 @@ class QueueWorker:
         assert self._nfq is not None and self._reader is not None
         self._nfq.unbind()
         self._reader.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._nfq = None
 
     def _loop(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except OSError as exc:
+            log.info("data plane: NFQUEUE %d worker keeps its priority (%s)", self.queue_num,
+                     exc.strerror)
         try:
             self._serve()
         except BaseException:
@@ -177,6 +211,10 @@ class QueueWorker:
         poller = select.poll()
         poller.register(nfq_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        log_fd = -1
+        if self._log is not None:
+            log_fd = self._log.fileno()
+            poller.register(log_fd, select.POLLIN)
         clock = self._clock
         next_tick = clock() + self.tick_seconds
         while not self._stopping:
@@ -185,6 +223,9 @@ class QueueWorker:
                 if fd == nfq_fd:
                     reader.left = BATCH
                     nfq.run_socket(reader)
+                elif fd == log_fd:
+                    assert self._log is not None
+                    self._log.read(self._on_copy, BATCH)
             now = clock()
             if now >= next_tick:
                 next_tick = now + self.tick_seconds
@@ -209,6 +250,10 @@ class QueueWorker:
                 pkt.accept()
             elif verdict == ACCEPT_UNCHANGED:
                 pkt.accept()
+            elif verdict == ACCEPT_MARK:
+                # Only our bits of the mark: others may use the rest (rules.MARK_MASK).
+                pkt.set_mark(pkt.get_mark() & ~MARK_MASK | self.engine.verdict_mark)
+                pkt.accept()
             else:
                 pkt.drop()
         except Exception as exc:  # noqa: BLE001 - see the module docstring
@@ -218,6 +263,14 @@ class QueueWorker:
                 pkt.drop()
             except RuntimeError:
                 pass  # the verdict was already given before the failure
+
+    def _on_copy(self, buf: bytearray) -> None:
+        """A fast-path packet's copy: state only, no verdict to give."""
+        try:
+            self.engine.handle(buf)
+        except Exception as exc:  # noqa: BLE001 - see the module docstring
+            self.stats.errors += 1
+            self._log_once(exc, "packet handling")
 
     def _oversize(self, pkt: Packet, copied: int) -> None:
         self.stats.oversize += 1

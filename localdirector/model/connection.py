@@ -16,6 +16,9 @@ SYN_RCVD = "SYN_RCVD"        # the real answered with SYN-ACK; the client's ACK 
 ESTABLISHED = "ESTABLISHED"
 FIN_WAIT = "FIN_WAIT"        # one side has sent FIN
 CLOSED = "CLOSED"            # FIN both ways or RST: lingering so the last ACK gets through
+# A fast-path connection the real answered: from here on the kernel translates it and the
+# engine sees only its FIN and RST segments (not the client's ACK, hence not ESTABLISHED).
+KERNEL = "KERNEL"
 # Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
 HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
 
@@ -29,13 +32,17 @@ class Connection:
     """One client connection to a virtual, assigned to a real.
 
     `nat_port` is the client port used toward the real: normally the client's own port,
-    remapped when that tuple toward the real is still in TIME_WAIT there (DESIGN §3)."""
+    remapped when that tuple toward the real is still in TIME_WAIT there (DESIGN §3).
+    `kernel`: a fast-path connection, translated by conntrack NAT; its packet and byte
+    counters stay 0 because the engine never sees its data. `moved`: a fast-path
+    connection reassigned to a real that has not had its first SYN yet (the SYN that
+    caused the move was dropped, see dataplane/engine.py)."""
 
     __slots__ = ("foreign_ip", "foreign_port", "virtual_ip", "virtual_port", "real_ip",
                  "real_port", "nat_port", "syn_resends", "tcp_state", "created",
                  "last_seen", "syn_sent_at", "answered", "fin_in", "fin_out", "closing_at",
-                 "packets_in", "packets_out", "bytes_in", "bytes_out", "buddy", "virtual",
-                 "real", "in_key", "out_key")
+                 "kernel", "moved", "packets_in", "packets_out", "bytes_in", "bytes_out", "buddy",
+                 "virtual", "real", "in_key", "out_key")
 
     def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
                  virtual_port: int, virtual: "VirtualMachine", real: "PhysicalMachine",
@@ -58,6 +65,8 @@ class Connection:
         self.fin_in = False
         self.fin_out = False
         self.closing_at = 0.0
+        self.kernel = False
+        self.moved = False
         self.packets_in = 0
         self.packets_out = 0
         self.bytes_in = 0

@@ -17,7 +17,7 @@ class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "sticky", "timeout", "synguard", "links", "rr_cursor",
+                 "predictor", "sticky", "timeout", "synguard", "fastpath", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "packets_in", "packets_out",
                  "bytes_in", "bytes_out")
@@ -35,6 +35,9 @@ class VirtualMachine:
         self.sticky = 0
         self.timeout = DEFAULT_TIMEOUT
         self.synguard = 0
+        # Connections translated by kernel NAT after the engine decides them (`fastpath`,
+        # see model/fastpath.py and dataplane/rules.py); False: every packet via the engine.
+        self.fastpath = False
         self.links: Link | None = None
         self.rr_cursor = 0
         # client address -> (real, last time it was used): sticky affinity.

@@ -8,6 +8,7 @@ from typing import Any
 
 from localdirector.model.addr import format_ip, format_mask, prefix_mask
 from localdirector.model.director import Director
+from localdirector.model.fastpath import group, mixed
 from localdirector.model.real import PhysicalMachine
 from localdirector.model.serverid import ServerId
 from localdirector.model.settings import DEFAULT_HOSTNAME, AccessEntry
@@ -142,7 +143,31 @@ def virtual(session: Session, id: ServerId, state: State = State.IN_SERVICE,
         director.remove_virtual(id)
         return
     _refuse_same_id(director, id, director.reals, "real")
+    existed = id in director.virtuals
     director.add_virtual(id, state)
+    if not existed:
+        _follow_fastpath(session, director.virtuals[id])
+
+
+def _refuse_mixed(director: Director, undo: Callable[[], None]) -> None:
+    """Fast-path and userspace virtuals must not share what netfilter cannot tell apart
+    (model/fastpath.py): undo the change and say why."""
+    problem = mixed(director)
+    if problem is not None:
+        undo()
+        raise CommandFailed(problem)
+
+
+def _follow_fastpath(session: Session, new: VirtualMachine) -> None:
+    """A new instance of a VIP:port on the fast path goes on the fast path too."""
+    director = session.director
+    others = [v for v in group(director, new) if v is not new]
+    if others and all(v.fastpath for v in others):
+        new.fastpath = True
+        director.changed()
+        session.print(f"{director.fmt(new.sid)} is on the fast path like "
+                      f"{director.fmt(others[0].sid)}")
+    _refuse_mixed(director, lambda: director.remove_virtual(new.sid))
 
 
 # -- per-server settings: one field each, `no` restores the field's default ----------------
@@ -211,14 +236,22 @@ def bind(session: Session, virtual: ServerId, reals: list[ServerId],
     v = director.virtual(virtual)
     reals = list(dict.fromkeys(reals))
     found = [director.real(sid) for sid in reals]   # every id checked before any change
+    bound = {id(link.real) for link in v.iter_links()}
     if no:
-        bound = {id(link.real) for link in v.iter_links()}
         for sid, r in zip(reals, found):
             if id(r) not in bound:
                 raise CommandFailed(f"{director.fmt(sid)} is not bound to "
                                     f"{director.fmt(virtual)}")
     for sid in reals:
         (director.unbind if no else director.bind)(virtual, sid)
+    if not no:
+        added = [sid for sid, r in zip(reals, found) if id(r) not in bound]
+
+        def undo() -> None:
+            for sid in added:
+                director.unbind(virtual, sid)
+
+        _refuse_mixed(director, undo)
 
 
 @command(CONFIG, Keyword("assign", "Send clients to a Bind ID instance of a virtual"),
@@ -258,8 +291,51 @@ def backup(session: Session, id: ServerId, backup: ServerId | None = None,
         find(backup)
         if backup == id:
             raise CommandFailed("a server cannot be its own backup")
-    primary.backup = None if no else backup
+    previous, primary.backup = primary.backup, None if no else backup
+    if not no:
+        _refuse_mixed(director, lambda: setattr(primary, "backup", previous))
     director.changed()
+
+
+# -- translation path (after binds and backups: it switches whole groups of them) -------
+
+def _saved_fastpath(director: Director) -> list[tuple[ServerId]]:
+    return [(v.sid,) for v in director.iter_virtuals() if v.fastpath]
+
+
+@command(CONFIG, Keyword("fastpath", "Let the kernel translate a virtual's connections "
+                                          "once the director has decided them"),
+         args.virtual_id("id", "Virtual instance (every instance it shares traffic with "
+                               "follows)"),
+         no=2, saver=_saved_fastpath)
+def fastpath(session: Session, id: ServerId, no: bool = False) -> None:
+    """The engine still decides every new connection (Bind ID, predictor, backups,
+    health); conntrack NAT translates the rest of it, so established traffic never
+    reaches Python (rules.py, engine.py). Netfilter must tell the two paths apart by
+    address before any decision, so the virtuals that share a VIP:port, a backup or a
+    real with this one switch with it (model/fastpath.py); and a switch needs them to
+    have no open connection, whose traffic the other path could not translate."""
+    director = session.director
+    virtual = director.virtual(id)
+    want = not no
+    members = [v for v in group(director, virtual) if v.fastpath != want]
+    if not members:
+        return
+    switching = set(members)   # hashed by identity
+    open_conns = sum(1 for c in director.conns if c.virtual in switching)
+    if open_conns:
+        raise CommandFailed(
+            f"{open_conns} open connection{'s' if open_conns != 1 else ''} on "
+            f"{director.fmt(virtual.sid)}"
+            f"{' and the virtuals that switch with it' if len(members) > 1 else ''} would "
+            "break; take them out of service until show conns lists none, or clear conns")
+    for v in members:
+        v.fastpath = want
+    director.changed()
+    others = [director.fmt(v.sid) for v in members if v is not virtual]
+    if others:
+        session.print(f"fastpath {'on' if want else 'off'} also for {', '.join(others)} "
+                      "(same VIP:port, backup or real)")
 
 
 # -- service state -----------------------------------------------------------------------

@@ -52,6 +52,19 @@ class _DroppingQueueHandler(QueueHandler):
             self._buffer.dropped += 1
 
 
+class _Stderr(logging.StreamHandler):
+    """Whatever sys.stderr is when a record is written, not when logging was set up
+    (as logging's own last-resort handler does): stderr may be replaced meanwhile."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 BUFFER = LogBuffer()
 _installed: QueueListener | None = None
 _install_lock = threading.Lock()
@@ -63,7 +76,7 @@ def install(stream: TextIO | None = None) -> LogBuffer:
     with _install_lock:
         if _installed is None:
             records: queue.Queue = queue.Queue(QUEUE_SIZE)
-            console = logging.StreamHandler(stream or sys.stderr)
+            console = logging.StreamHandler(stream) if stream else _Stderr()
             console.setFormatter(logging.Formatter("%(message)s"))
             _installed = QueueListener(records, BUFFER, console,
                                        respect_handler_level=True)

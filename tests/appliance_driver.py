@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pexpect
@@ -198,3 +199,21 @@ def held_bodies(proc: subprocess.Popen[str]) -> list[str]:
     results = json.loads(out)["results"]
     assert all(r["error"] is None and r["status"] == 200 for r in results), results
     return [r["body"] for r in results]
+
+
+@contextmanager
+def real_fault(lab: Lab, real: str, fault: str) -> Iterator[None]:
+    """`refuse`: the real's listener on port 80 is gone, its kernel answers RST;
+    `blackhole`: its packets to port 80 vanish. Undone on exit, whatever happened."""
+    drop = ["INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"]
+    if fault == "refuse":
+        lab.stop_server(real, 80)
+    else:
+        lab.real_iptables(real, ["-I", *drop])
+    try:
+        yield
+    finally:
+        if fault == "refuse":
+            lab.start_server(real, 80)
+        else:
+            lab.real_iptables(real, ["-D", *drop])

@@ -22,7 +22,7 @@ import pexpect
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               QUEUE, SETTLE, UNWELCOME, VIP, appliance, bodies, held_bodies,
-                              hold, name, raw_table, simple_config)
+                              hold, name, raw_table, simple_config, real_fault)
 
 from localdirector.lab import Lab, pattern_digest
 
@@ -101,12 +101,7 @@ def test_failing_real_is_bypassed_failed_and_recovers(lab: Lab, appliance, fault
     console = appliance(simple_config(VIP, "roundrobin", [R12, bad],
                                       f"threshold {bad} 2", f"reassign {bad} 1",
                                       f"retry {bad} 2"))
-    drop_rule = ["INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"]
-    if fault == "refuse":
-        lab.stop_server(bad, 80)
-    else:
-        lab.real_iptables(bad, ["-I", *drop_rule])
-    try:
+    with real_fault(lab, bad, fault):
         got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
                                   timeout=8))
         assert got == [name(R12)] * 6
@@ -118,11 +113,6 @@ def test_failing_real_is_bypassed_failed_and_recovers(lab: Lab, appliance, fault
         assert stats["conns reassigned"] == 2
         if fault == "refuse":
             assert stats["reset-absorbed"] == 2
-    finally:
-        if fault == "refuse":
-            lab.start_server(bad, 80)
-        else:
-            lab.real_iptables(bad, ["-D", *drop_rule])
     console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
     got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
     assert name(bad) in got

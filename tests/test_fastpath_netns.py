@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               SETTLE, UNWELCOME, VIP, Console, appliance, bodies, held_bodies,
-                              hold, name, simple_config)
+                              hold, name, simple_config, real_fault)
 
 from localdirector.lab import Lab, pattern_digest
 
@@ -133,12 +133,7 @@ def test_a_real_that_stops_answering_is_bypassed_and_failed(lab: Lab, boot,
     bad = R13
     console = boot(simple_config(VIP, "roundrobin", [R12, bad], f"threshold {bad} 2",
                                  f"reassign {bad} 1", f"retry {bad} 2", FAST))
-    drop_rule = ["INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"]
-    if fault == "refuse":
-        lab.stop_server(bad, 80)
-    else:
-        lab.real_iptables(bad, ["-I", *drop_rule])
-    try:
+    with real_fault(lab, bad, fault):
         got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
                                   timeout=10))
         assert got == [name(R12)] * 6
@@ -148,11 +143,6 @@ def test_a_real_that_stops_answering_is_bypassed_and_failed(lab: Lab, boot,
         stats = console.statistics()
         assert stats["conns reassigned"] == 2
         assert stats["reset-absorbed" if fault == "refuse" else "reassigned"] == 2
-    finally:
-        if fault == "refuse":
-            lab.start_server(bad, 80)
-        else:
-            lab.real_iptables(bad, ["-D", *drop_rule])
     console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
     got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
     assert name(bad) in got and console.real(bad)[0] == "IS"

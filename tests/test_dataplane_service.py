@@ -77,6 +77,19 @@ def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
     ]
 
 
+def test_an_unbound_backup_real_has_its_replies_queued() -> None:
+    """`backup 203.0.113.12 203.0.113.14`: .14 is bound to nothing, yet takes .12's
+    connections when .12 cannot, so its answers must reach the engine to be translated."""
+    d = director()
+    with d.lock:
+        d.add_real(sid("203.0.113.14"))
+        d.real(sid("203.0.113.12")).backup = sid("203.0.113.14")
+        d.real(sid("203.0.113.14")).backup = sid("203.0.113.12")  # a loop ends the walk
+    lines = desired_rules(d).lines()
+    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE" in lines
+    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE" in lines
+
+
 def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:
     d = director()
     v, r = d.virtuals[sid("192.0.2.10:80:1")], d.reals[sid("203.0.113.11:8001")]

@@ -126,12 +126,13 @@ import re
 import subprocess
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..model.addr import format_ip
 from ..model.director import Director
 from ..model.fastpath import fast_targets
+from ..model.real import PhysicalMachine
 from . import nflog
 
 log = logging.getLogger("localdirector")
@@ -282,8 +283,9 @@ def desired_rules(director: Director) -> RuleSet:
         if v.fastpath:
             continue  # the kernel translates the replies: they must stay tracked
         for link in v.iter_links():
-            # Real port 0 answers on whatever port the client asked for: the virtual's.
-            reals.setdefault(link.real.addr, set()).add(link.real.port or v.port)
+            for real in _with_backups(director, link.real):
+                # Real port 0 answers on whatever port the client asked for: the virtual's.
+                reals.setdefault(real.addr, set()).add(real.port or v.port)
     for conn in director.conns:
         if conn.kernel:
             fast.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
@@ -294,6 +296,17 @@ def desired_rules(director: Director) -> RuleSet:
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fast), tuple(sorted(targets)))
+
+
+def _with_backups(director: Director, real: PhysicalMachine) -> Iterator[PhysicalMachine]:
+    """A bound real and its backup chain: a backup takes connections without being
+    bound (FIG. 3B pointer 328), so its replies must be queued too."""
+    seen: set[int] = set()
+    current: PhysicalMachine | None = real
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = director.reals.get(current.backup) if current.backup is not None else None
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:

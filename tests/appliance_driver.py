@@ -9,6 +9,7 @@ check exist once. Test modules take the ``appliance`` fixture by importing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from localdirector.lab import Lab
+from localdirector.lab import Lab, pattern_digest
 
 # Queues are per network namespace, but a distinct number per test process keeps
 # parallel runs unambiguous in logs and in /proc.
@@ -217,3 +218,16 @@ def real_fault(lab: Lab, real: str, fault: str) -> Iterator[None]:
             lab.start_server(real, 80)
         else:
             lab.real_iptables(real, ["-D", *drop])
+
+
+def ten_megabytes_each_way(lab: Lab) -> None:
+    """10 MiB down from each of two reals and up to each, byte-exact (sha256)."""
+    size = 10 * 1024 * 1024
+    source = lab.client_addresses[GENERAL][0]
+    down = lab.get_many(f"http://{VIP}/bytes/{size}", [source], count=2, digest=True,
+                        timeout=60)
+    assert [(r.ok, r.length, r.sha256) for r in down] == [(True, size, pattern_digest(size))] * 2
+    upload = os.urandom(size)
+    for _ in range(2):  # once to each real
+        answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
+        assert answer.strip() == hashlib.sha256(upload).hexdigest()

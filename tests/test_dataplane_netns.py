@@ -13,8 +13,6 @@ netfilter rules, so no test inherits another's state.
 from __future__ import annotations
 
 import collections
-import hashlib
-import os
 import signal
 import time
 
@@ -22,9 +20,10 @@ import pexpect
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               QUEUE, SETTLE, UNWELCOME, VIP, appliance, bodies, held_bodies,
-                              hold, name, raw_table, simple_config, real_fault)
+                              hold, name, raw_table, simple_config, real_fault,
+                              ten_megabytes_each_way)
 
-from localdirector.lab import Lab, pattern_digest
+from localdirector.lab import Lab
 
 pytestmark = pytest.mark.netns
 __all__ = ["appliance"]  # the fixture, imported so pytest finds it here
@@ -146,15 +145,7 @@ def test_out_of_service_real_drains(lab: Lab, appliance) -> None:
 
 def test_ten_megabytes_each_way_byte_exact(lab: Lab, appliance) -> None:
     appliance(simple_config(VIP, "roundrobin", [R12, f"{R11}:8001"]))
-    size = 10 * 1024 * 1024
-    source = lab.client_addresses[GENERAL][0]
-    down = lab.get_many(f"http://{VIP}/bytes/{size}", [source], count=2, digest=True,
-                        timeout=60)
-    assert [(r.ok, r.length, r.sha256) for r in down] == [(True, size, pattern_digest(size))] * 2
-    upload = os.urandom(size)
-    for _ in range(2):  # once to each real
-        answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
-        assert answer.strip() == hashlib.sha256(upload).hexdigest()
+    ten_megabytes_each_way(lab)
 
 
 def test_connection_counts_return_to_zero(lab: Lab, appliance) -> None:

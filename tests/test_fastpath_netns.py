@@ -9,17 +9,16 @@ making sure the appliance took its chains out of the raw, mangle and nat tables.
 from __future__ import annotations
 
 import collections
-import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               SETTLE, UNWELCOME, VIP, Console, appliance, bodies, held_bodies,
-                              hold, name, simple_config, real_fault)
+                              hold, name, simple_config, real_fault,
+                              ten_megabytes_each_way)
 
-from localdirector.lab import Lab, pattern_digest
+from localdirector.lab import Lab
 
 pytestmark = pytest.mark.netns
 __all__ = ["appliance"]  # the fixture, imported so pytest finds it here
@@ -112,15 +111,7 @@ def test_roundrobin_exact_and_counts_back_to_zero(lab: Lab, boot) -> None:
 
 def test_ten_megabytes_each_way_byte_exact(lab: Lab, boot) -> None:
     boot(simple_config(VIP, "roundrobin", [R12, f"{R11}:8001"], FAST))
-    size = 10 * 1024 * 1024
-    source = lab.client_addresses[GENERAL][0]
-    down = lab.get_many(f"http://{VIP}/bytes/{size}", [source], count=2, digest=True,
-                        timeout=60)
-    assert [(r.ok, r.length, r.sha256) for r in down] == [(True, size, pattern_digest(size))] * 2
-    upload = os.urandom(size)
-    for _ in range(2):  # once to each real
-        answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
-        assert answer.strip() == hashlib.sha256(upload).hexdigest()
+    ten_megabytes_each_way(lab)
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])

@@ -81,10 +81,15 @@ class Console:
     def run(self, line: str) -> str:
         """Type one line; return what it printed (without the echoed line)."""
         self.child.sendline(line)
-        self.child.expect(PROMPT)
-        # The echo of the line, then its output; log messages (a real FAILED) may come
-        # in before or between them, as they do on a real console.
-        return self._clean(self.child.before).partition(line + "\n")[2]
+        # A log message (a real FAILED) may come right after a prompt, before the echo,
+        # or right after the echo on its line. The echo starts a line just after a
+        # prompt (not necessarily the first prompt read); the output follows that line.
+        echo = re.compile("^" + re.escape(line) + ".*\n", re.M)
+        text = ""
+        while (found := echo.search(text)) is None:
+            self.child.expect(PROMPT)
+            text += self._clean(self.child.before) + "\n"
+        return text[found.end():-1]
 
     def configure(self, *lines: str) -> None:
         self.run("configure terminal")

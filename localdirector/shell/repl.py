@@ -22,6 +22,7 @@ from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.output import Output
+from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import CompleteStyle, print_formatted_text
 
 from .registry import Mode
@@ -156,5 +157,10 @@ async def run_shell_async(session: Session, input: Input | None = None,
 
 
 def run_shell(session: Session) -> None:
-    """The console: a shell on the controlling terminal until the operator leaves."""
-    asyncio.run(run_shell_async(session))
+    """The console: a shell on the controlling terminal until the operator leaves.
+
+    Log messages (a real FAILED) come from other threads: printed raw they would land in
+    the middle of the line being typed, so they go above the prompt, which is drawn
+    again with the typed text (IOS `logging synchronous`)."""
+    with patch_stdout(raw=True):
+        asyncio.run(run_shell_async(session))

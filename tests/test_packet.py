@@ -243,14 +243,14 @@ def check_rewrite(raw: bytes, direction: str, new_ip: int, new_port: int) -> byt
     buf = bytearray(raw)
     parsed = P.parse_tcp(buf)
     assert isinstance(parsed, tuple)
-    ihl, src, dst, sport, dport, flags = parsed
-    assert ihl == ihl_of(raw)
+    ihl, total, src, dst, sport, dport, flags = parsed
+    assert ihl == ihl_of(raw) and total == len(raw)
     if direction == "dst":
-        P.rewrite_dst(buf, ihl, new_ip, new_port)
-        assert P.parse_tcp(buf) == (ihl, src, new_ip, sport, new_port, flags)
+        P.rewrite(buf, ihl, new_ip, new_port, True)
+        assert P.parse_tcp(buf) == (ihl, total, src, new_ip, sport, new_port, flags)
     else:
-        P.rewrite_src(buf, ihl, new_ip, new_port)
-        assert P.parse_tcp(buf) == (ihl, new_ip, dst, new_port, dport, flags)
+        P.rewrite(buf, ihl, new_ip, new_port, False)
+        assert P.parse_tcp(buf) == (ihl, total, new_ip, dst, new_port, dport, flags)
     assert field16(buf, 10) == ip_checksum_full(buf, ihl)
     assert field16(buf, ihl + 16) == P.tcp_checksum_full(buf, ihl)
     assert bytes(buf) == scapy_translated(raw, direction, new_ip, new_port)
@@ -302,7 +302,7 @@ def test_identity_rewrite_turns_minus_zero_into_canonical_zero() -> None:
     spec = Spec(0xC6336407, 0xC000020A, 40000, 80, payload=b"abc")
     raw = craft(spec, "tcp-minus-zero-before", "dst", spec.dst, spec.dport)
     buf = bytearray(raw)
-    P.rewrite_dst(buf, 20, spec.dst, spec.dport)
+    P.rewrite(buf, 20, spec.dst, spec.dport, True)
     assert field16(buf, 36) == 0
     assert bytes(buf) == patch16(raw, 36, 0)
 
@@ -313,7 +313,7 @@ def test_rewrite_works_on_a_memoryview() -> None:
     view = memoryview(buf)
     parsed = P.parse_tcp(view)
     assert parsed == P.parse_tcp(raw)
-    P.rewrite_dst(view, 20, 0xCB00710A, 8080)
+    P.rewrite(view, 20, 0xCB00710A, 8080, True)
     assert bytes(buf) == scapy_translated(raw, "dst", 0xCB00710A, 8080)
 
 
@@ -322,8 +322,8 @@ def test_rewrite_of_a_cut_buffer_matches_the_whole_packet() -> None:
     raw = Spec(0xC6336407, 0xC000020A, 40000, 80, payload=bytes(range(256)) * 20).build()
     whole, cut = bytearray(raw), bytearray(raw[:4016])
     assert P.parse_tcp(cut) == P.parse_tcp(whole)
-    P.rewrite_dst(whole, 20, 0xCB00710A, 8080)
-    P.rewrite_dst(cut, 20, 0xCB00710A, 8080)
+    P.rewrite(whole, 20, 0xCB00710A, 8080, True)
+    P.rewrite(cut, 20, 0xCB00710A, 8080, True)
     assert cut == whole[:4016]
     assert field16(whole, 36) == P.tcp_checksum_full(whole, 20)
 
@@ -371,7 +371,8 @@ def test_flag_constants_match_scapy() -> None:
 def test_parse_valid_packet_with_options() -> None:
     raw = sample()
     assert ihl_of(raw) == 28
-    assert P.parse_tcp(bytearray(raw)) == (28, 0xC6336407, 0xC000020A, 40000, 80, P.SYN)
+    assert P.parse_tcp(bytearray(raw)) == (28, len(raw), 0xC6336407, 0xC000020A, 40000, 80,
+                                           P.SYN)
 
 
 def test_every_cut_inside_the_headers_is_truncated() -> None:
@@ -616,7 +617,8 @@ def test_parsers_never_raise_and_rewrites_stay_in_bounds(data: bytes) -> None:
     reasons = range(1, len(P.REASON_NAMES))
     parsed = P.parse_tcp(bytearray(data))
     if isinstance(parsed, tuple):
-        ihl, src, dst, sport, dport, flags = parsed
+        ihl, total, src, dst, sport, dport, flags = parsed
+        assert total == int.from_bytes(data[2:4], "big")
         assert ihl == ihl_of(data) and ihl + (data[ihl + 12] >> 4) * 4 <= len(data)
         assert (src, dst, sport, dport, flags) == (
             *struct.unpack_from("!II", data, 12),
@@ -624,8 +626,8 @@ def test_parsers_never_raise_and_rewrites_stay_in_bounds(data: bytes) -> None:
             data[ihl + 13],
         )
         buf = bytearray(data)
-        P.rewrite_dst(buf, ihl, 0xCB00710A, 8080)
-        P.rewrite_src(buf, ihl, 0xC000020A, 80)
+        P.rewrite(buf, ihl, 0xCB00710A, 8080, True)
+        P.rewrite(buf, ihl, 0xC000020A, 80, False)
         assert len(buf) == len(data)
     else:
         assert parsed in reasons

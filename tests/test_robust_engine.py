@@ -72,7 +72,7 @@ def test_bad_checksums_on_established_traffic_travel_on_uncorrected() -> None:
     buf[-1] ^= 0xFF  # corrupted in flight, after the sender summed it
     assert lab_.engine.handle(buf) == ACCEPT_MODIFIED
     fields = P.parse_tcp(buf)
-    assert fields[2] == parse_ip(A) and not P.tcp_checksum_valid(buf, fields[0])
+    assert fields[3] == parse_ip(A) and not P.tcp_checksum_valid(buf, fields[0])
     buf[-1] ^= 0xFF
     assert P.tcp_checksum_valid(buf, fields[0])  # exactly the sender's error, nothing more
 

@@ -262,8 +262,7 @@ class World:
         for key, conn in table.inbound.items():
             assert key == conn.in_key == flow_key(conn.foreign_ip, conn.foreign_port,
                                                   conn.virtual_ip, conn.virtual_port)
-            assert table.reply[conn.out_key] is conn
-            assert conn.out_key == conn.reply_key()
+            assert table.reply[conn.reply_key()] is conn
             assert (conn.real_ip, conn.real_port) == (conn.real.addr,
                                                       conn.real.port or conn.virtual_port)
             virtuals[id(conn.virtual)] += 1

@@ -105,20 +105,17 @@ def _ends(ip: int, port: int) -> str:
     return f"{format_ip(ip)}:{port}"
 
 
-_UNSEEN = ("-", "-", "-", "-", "-")   # idle and counters of a kernel-translated connection
 KERNEL_NOTE = ("Path kernel: translated by the kernel (fastpath); the director sees only "
-               "its SYN, SYN-ACK, FIN and RST, so idle time and counters are not known (-)")
+               "its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
 
 
 def _summary(conns: list[Connection], now: float) -> list[str]:
     rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
-             _ends(c.real_ip, c.real_port), c.tcp_state,
-             *(_UNSEEN if c.kernel else (duration(now - c.last_seen), c.packets_in,
-                                          c.packets_out, c.bytes_in, c.bytes_out)),
+             _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.created),
+             "-" if c.kernel else duration(now - c.last_seen),
              "kernel" if c.kernel else "engine")
             for c in conns)
-    lines = table(("Foreign", "Virtual", "Real", "State", "Idle", "PktsIn", "PktsOut",
-                   "BytesIn", "BytesOut", "Path"), rows)
+    lines = table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows)
     if any(c.kernel for c in conns):
         lines.append(KERNEL_NOTE)
     return lines
@@ -128,7 +125,7 @@ def _detail(director: Director, conns: list[Connection], now: float) -> list[str
     """FIG. 3C field by field, one block per connection."""
     lines: list[str] = []
     for c in conns:
-        nat = f" (as port {c.nat_port} toward the real)" if c.nat_port != c.foreign_port else ""
+        nat = f" (as port {c.remap} toward the real)" if c.remap else ""
         lines += [
             f"Connection {_ends(c.foreign_ip, c.foreign_port)} -> "
             f"{_ends(c.virtual_ip, c.virtual_port)}",
@@ -139,17 +136,12 @@ def _detail(director: Director, conns: list[Connection], now: float) -> list[str
         ]
         if c.kernel:
             lines += [
-                f"  Age {duration(now - c.created)}, translated by the kernel (fastpath): "
-                "packets and bytes not seen",
+                f"  Age {duration(now - c.created)}, translated by the kernel (fastpath)",
                 f"  Kept while conntrack holds it; last checked or seen "
                 f"{duration(now - c.last_seen)} ago",
             ]
         else:
-            lines += [
-                f"  Age {duration(now - c.created)}, idle {duration(now - c.last_seen)}",
-                f"  In {c.packets_in} packets {c.bytes_in} bytes, "
-                f"out {c.packets_out} packets {c.bytes_out} bytes",
-            ]
+            lines.append(f"  Age {duration(now - c.created)}, idle {duration(now - c.last_seen)}")
     return lines
 
 

@@ -73,8 +73,6 @@ SYN-ACK and the FINs and RSTs of established connections. What differs, and why:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 import time
 from collections import OrderedDict, deque
@@ -88,7 +86,8 @@ from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
-                     reset_reply, rewrite_dst, rewrite_icmp, rewrite_src, tcp_checksum_valid)
+                     reset_reply, rewrite, rewrite_icmp, tcp_checksum_valid)
+from .timers import TimerWheel
 from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, MARK_PENDING, NO_CONNECTION, NO_REAL,
                     NO_VIRTUAL, REASSIGNED, RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
 
@@ -133,10 +132,10 @@ class Engine:
         # Tuple toward a real (the reply key) -> when its connection closed, oldest first.
         self._recent: OrderedDict[int, float] = OrderedDict()
         self._linger: deque[Connection] = deque()
-        # Idle timers: (deadline, tie-breaker, connection), checked lazily: a popped entry
-        # whose connection saw traffic since is pushed again with its new deadline.
-        self._timers: list[tuple[float, int, Connection]] = []
-        self._timer_seq = itertools.count()
+        # Idle timers, checked lazily: a connection that saw traffic since it was filed
+        # is filed again under its new deadline. Closed ones stay filed until their
+        # second comes (`_dead_timers` of them), or the wheel is rebuilt without them.
+        self._timers: TimerWheel[Connection] = TimerWheel(self.clock())
         self._dead_timers = 0
         self._timeouts: dict[VirtualMachine, int] = {}
         self._probes: dict[PhysicalMachine, Connection] = {}
@@ -153,13 +152,25 @@ class Engine:
         path pays nothing for the fast path."""
         fields = parse_tcp(buf)  # reads only the packet: no need to hold the lock
         with self._lock:
-            self.stats.packets += 1
             if type(fields) is int:
                 return self._not_tcp(buf, fields)
-            ihl, src, dst, sport, dport, flags = fields
+            ihl, size, src, dst, sport, dport, flags = fields
             now = self.clock()
             key = (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key, inlined
             conns = self.director.conns
+            # A packet to a VIP can only be a client's, so each direction probes one
+            # table of a million entries, not two (a cache miss each). A client's packet
+            # to a VIP since removed (its connections drain) is found by the fallback.
+            if self.director.generation != self._vip_generation:
+                self._refresh_vips()
+            if dst not in self._vip_addrs:
+                conn = conns.reply.get(key)
+                if conn is not None:
+                    if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
+                        verdict = self._real_control(conn, flags, now)
+                        if verdict is not None:
+                            return verdict
+                    return self._forward_out(buf, ihl, size, conn, dst, now)
             conn = conns.inbound.get(key)
             if conn is not None:
                 if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
@@ -167,51 +178,39 @@ class Engine:
                                                    flags, now)
                     if verdict is not None:
                         return verdict
-                return self._forward_in(buf, ihl, conn, src, sport, now)
-            conn = conns.reply.get(key)
-            if conn is not None:
-                if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
-                    verdict = self._real_control(conn, flags, now)
-                    if verdict is not None:
-                        return verdict
-                return self._forward_out(buf, ihl, conn, dst, dport, now)
+                return self._forward_in(buf, ihl, size, conn, src, now)
             return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
 
-    def _forward_in(self, buf: bytearray, ihl: int, conn: Connection, src: int, sport: int,
+    def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
                     now: float) -> int:
-        """Client -> real: destination to the real, client port to nat_port if remapped."""
-        size = (buf[2] << 8) | buf[3]  # IP total length: the queue may copy less
+        """Client -> real: destination to the real, client port to `remap` if remapped.
+        `size`: the IP total length (the queue may copy less)."""
         conn.last_seen = now
-        conn.packets_in += 1
-        conn.bytes_in += size
         virtual = conn.virtual
         virtual.packets_in += 1
         virtual.bytes_in += size
         real = conn.real
         real.packets_in += 1
         real.bytes_in += size
-        rewrite_dst(buf, ihl, conn.real_ip, conn.real_port)
-        if conn.nat_port != sport:
-            rewrite_src(buf, ihl, src, conn.nat_port)
+        rewrite(buf, ihl, conn.real_ip, conn.real_port, True)   # destination
+        if conn.remap:
+            rewrite(buf, ihl, src, conn.remap, False)          # source
         self.stats.translated_in += 1
         return ACCEPT_MODIFIED
 
-    def _forward_out(self, buf: bytearray, ihl: int, conn: Connection, dst: int, dport: int,
+    def _forward_out(self, buf: bytearray, ihl: int, size: int, conn: Connection, dst: int,
                      now: float) -> int:
         """Real -> client: source back to the VIP:port the client used, and its own port."""
-        size = (buf[2] << 8) | buf[3]
         conn.last_seen = now
-        conn.packets_out += 1
-        conn.bytes_out += size
         virtual = conn.virtual
         virtual.packets_out += 1
         virtual.bytes_out += size
         real = conn.real
         real.packets_out += 1
         real.bytes_out += size
-        rewrite_src(buf, ihl, conn.virtual_ip, conn.virtual_port)
-        if conn.foreign_port != dport:
-            rewrite_dst(buf, ihl, dst, conn.foreign_port)
+        rewrite(buf, ihl, conn.virtual_ip, conn.virtual_port, False)   # source
+        if conn.remap:
+            rewrite(buf, ihl, dst, conn.foreign_port, True)               # destination
         self.stats.translated_out += 1
         return ACCEPT_MODIFIED
 
@@ -400,15 +399,16 @@ class Engine:
               now: float) -> int:
         """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
         director = self.director
-        if len(director.conns) >= director.settings.max_conns:
+        table = director.conns.inbound
+        if len(table) >= director.settings.max_conns:
             return self._drop(CONN_LIMIT)
-        virtual = director.lookup_virtual(src, dst, dport)
+        virtual = director.lookup_virtual(src, dst, dport, count=True)
         if virtual is None:
             return self._drop(NO_VIRTUAL)
         if _synguard_full(virtual):
             virtual.synguard_drops += 1
             return self._drop(SYNGUARD)
-        decision = director.decide(src, dst, dport, now)
+        decision = director.decide_for(virtual, src, now)
         real, served = decision.real, decision.served_by
         if real is None or served is None:
             return self._refuse(buf, ihl, virtual)
@@ -418,21 +418,24 @@ class Engine:
         kernel = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
         if kernel and (real.addr, real.port) not in self.marks:
             return self._drop(MARK_PENDING)
-        conn = Connection(src, sport, dst, dport, served, real, now)
+        # The model's own address and port objects: no int per connection for them.
+        conn = Connection(src, sport, virtual.addr, virtual.port or dport, served, real, now)
         if kernel:
             conn.kernel = True  # the kernel's NAT remaps the client port if it must
         else:
-            conn.nat_port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
+            port = self._nat_port(conn.real_ip, conn.real_port, src, sport)
+            if port != sport:
+                conn.remap = port
         director.conns.add(conn)
-        if len(director.conns) > self.stats.peak_conns:
-            self.stats.peak_conns = len(director.conns)
+        if len(table) > self.stats.peak_conns:
+            self.stats.peak_conns = len(table)
         self._start_probe(conn)
-        heapq.heappush(self._timers, (now + self._timeout(conn), next(self._timer_seq), conn))
+        self._timers.add(conn, now + self._timeout(conn))
         self.stats.conns_created += 1
         if kernel:
             self.stats.fastpath_conns += 1
             return self._marked(conn)
-        return self._forward_in(buf, ihl, conn, src, sport, now)
+        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, now)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
         """Ditch the real that did not answer (or reset) the SYN; False when no other
@@ -458,7 +461,7 @@ class Engine:
             nat_port = conn.foreign_port
         else:
             # The old real may hold a half-open socket for this tuple: avoid it a while.
-            self._remember(conn.out_key, now)
+            self._remember(conn.reply_key(), now)
             nat_port = self._nat_port(new.addr, new.port or conn.virtual_port,
                                       conn.foreign_ip, conn.foreign_port)
         self.director.conns.move(conn, new, decision.served_by, nat_port)
@@ -495,7 +498,7 @@ class Engine:
             return
         conns.remove(conn)
         if not conn.kernel:
-            self._remember(conn.out_key, now)
+            self._remember(conn.reply_key(), now)
         self._end_probe(conn)
         self._dead_timers += 1
         self.stats.conns_closed += 1
@@ -530,11 +533,14 @@ class Engine:
 
     def _vips(self) -> frozenset[int]:
         """VIP addresses, recomputed only when the model changed."""
-        director = self.director
-        if director.generation != self._vip_generation:
-            self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
-            self._vip_generation = director.generation
+        if self.director.generation != self._vip_generation:
+            self._refresh_vips()
         return self._vip_addrs
+
+    def _refresh_vips(self) -> None:
+        director = self.director
+        self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
+        self._vip_generation = director.generation
 
     # -- ICMP and other protocols --------------------------------------------------
     def _not_tcp(self, buf: bytearray, reason: int) -> int:
@@ -559,19 +565,17 @@ class Engine:
         conn = conns.inbound.get(key)
         if conn is not None:
             # Quotes our VIP -> client reply: the error belongs to the real.
-            remapped = conn.nat_port != conn.foreign_port
             rewrite_icmp(buf, ihl, outer_dst=conn.real_ip,
                          inner_src=(conn.real_ip, conn.real_port),
-                         inner_dst=(conn.foreign_ip, conn.nat_port) if remapped else None)
+                         inner_dst=(conn.foreign_ip, conn.remap) if conn.remap else None)
         else:
             conn = conns.reply.get(key)
             if conn is None:
                 return self._unchanged()
             # Quotes a client -> real packet: show the client an error about the VIP.
-            remapped = conn.nat_port != conn.foreign_port
             rewrite_icmp(buf, ihl, outer_src=conn.virtual_ip,
                          inner_dst=(conn.virtual_ip, conn.virtual_port),
-                         inner_src=(conn.foreign_ip, conn.foreign_port) if remapped else None)
+                         inner_src=(conn.foreign_ip, conn.foreign_port) if conn.remap else None)
         self.stats.icmp_translated += 1
         return ACCEPT_MODIFIED
 
@@ -583,7 +587,7 @@ class Engine:
             if now is None:
                 now = self.clock()
             self.director.tick(now)
-            self._notice_timeout_changes()
+            self._notice_timeout_changes(now)
             linger = self._linger
             while linger and linger[0].closing_at <= now:
                 self._close(linger.popleft(), now)
@@ -607,8 +611,7 @@ class Engine:
 
     def _expire_idle(self, now: float) -> None:
         timers, inbound = self._timers, self.director.conns.inbound
-        while timers and timers[0][0] <= now:
-            _deadline, _seq, conn = heapq.heappop(timers)
+        for conn in timers.due(now):
             if inbound.get(conn.in_key) is not conn:
                 self._dead_timers = max(0, self._dead_timers - 1)
                 continue
@@ -621,27 +624,26 @@ class Engine:
                 deadline = now + self._timeout(conn)
             if deadline <= now:
                 self._close(conn, now)
-                self._dead_timers -= 1  # its entry is already gone from the heap
+                self._dead_timers -= 1  # its entry is already gone from the wheel
                 self.stats.conns_timed_out += 1
             else:
-                heapq.heappush(timers, (deadline, next(self._timer_seq), conn))
+                timers.add(conn, deadline)
         if self._dead_timers > _COMPACT_MIN and self._dead_timers > len(timers) // 2:
-            self._rebuild_timers()
+            self._rebuild_timers(now)
 
-    def _notice_timeout_changes(self) -> None:
+    def _notice_timeout_changes(self, now: float) -> None:
         """A shortened `timeout` must apply to existing connections now, not when their
         old, longer deadline comes up: rebuild the timers when any timeout shrank."""
         timeouts = {v: v.timeout for v in self.director.virtuals.values()}
         shrunk = any(t < self._timeouts.get(v, t) for v, t in timeouts.items())
         self._timeouts = timeouts
         if shrunk:
-            self._rebuild_timers()
+            self._rebuild_timers(now)
 
-    def _rebuild_timers(self) -> None:
-        seq = self._timer_seq
-        self._timers = [(c.last_seen + self._timeout(c), next(seq), c)
-                        for c in self.director.conns.inbound.values()]
-        heapq.heapify(self._timers)
+    def _rebuild_timers(self, now: float) -> None:
+        self._timers = timers = TimerWheel(now)
+        for conn in self.director.conns.inbound.values():
+            timers.add(conn, conn.last_seen + self._timeout(conn))
         self._dead_timers = 0
 
     # -- operator actions ----------------------------------------------------------
@@ -679,7 +681,7 @@ class Engine:
                 if conn.kernel:
                     self._forget(conn)
                 self._close(conn, now)
-            self._rebuild_timers()
+            self._rebuild_timers(now)
             return len(conns)
 
 

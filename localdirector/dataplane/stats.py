@@ -2,8 +2,9 @@
 
 Every queued (or, on the fast path, copied) packet ends in exactly one bucket
 (translated in, translated out, ICMP translated, accepted unchanged, marked or observed
-on the fast path, or dropped for one named reason), so the buckets add up to `packets`
-and an operator can account for every packet. A SYN refused with a RST is in the bucket
+on the fast path, or dropped for one named reason), and `packets` is their sum (not a
+counter of its own: exact by construction, and one increment fewer per packet), so an
+operator can account for every packet. A SYN refused with a RST is in the bucket
 of its drop reason; `refused` counts the RSTs sent in its place. The engine increments
 them under the model lock, which keeps them exact however many worker threads share
 it."""
@@ -62,11 +63,14 @@ COUNTERS = (
 )
 
 
+_STORED = tuple(name for name in COUNTERS if name != "packets")
+
+
 class Stats:
     """Plain int attributes and one list, so the packet path pays an attribute
     increment, never a method call."""
 
-    __slots__ = COUNTERS + ("drops",)
+    __slots__ = _STORED + ("drops",)
 
     def __init__(self) -> None:
         self.drops = [0] * len(REASON_NAMES)
@@ -75,7 +79,7 @@ class Stats:
     def reset(self) -> None:
         """`clear counters`. The drop list is zeroed in place: holders of a reference
         to it keep counting into the live list."""
-        for name in COUNTERS:
+        for name in _STORED:
             setattr(self, name, 0)
         for i in range(len(self.drops)):
             self.drops[i] = 0
@@ -83,6 +87,12 @@ class Stats:
     @property
     def dropped(self) -> int:
         return sum(self.drops)
+
+    @property
+    def packets(self) -> int:
+        """Every packet the engine handled: the sum of the buckets."""
+        return (self.translated_in + self.translated_out + self.icmp_translated
+                + self.unchanged + self.marked + self.observed + self.dropped)
 
     def snapshot(self) -> dict[str, int | dict[str, int]]:
         """Copy for display: the counters in display order, `dropped` (total) and

@@ -31,52 +31,88 @@ def flow_key(src: int, sport: int, dst: int, dport: int) -> int:
 class Connection:
     """One client connection to a virtual, assigned to a real.
 
-    `nat_port` is the client port used toward the real: normally the client's own port,
-    remapped when that tuple toward the real is still in TIME_WAIT there (DESIGN §3).
-    `kernel`: a fast-path connection, translated by conntrack NAT; its packet and byte
-    counters stay 0 because the engine never sees its data. `moved`: a fast-path
+    A million of these live at once, so every slot counts (docs/benchmarks.rst): the
+    client's address and port live only in `in_key` (read back by properties, off the
+    packet path), `virtual_ip`, `virtual_port` and `real_port` are the model's own int
+    objects, and there are no per-connection packet or byte counters (the virtual's and
+    the real's count the traffic, as conntrack without `nf_conntrack_acct`).
+
+    `remap` is the client port used toward the real when it is not the client's own
+    (0 otherwise): that tuple toward the real was still in TIME_WAIT there (DESIGN §3).
+    `kernel`: a fast-path connection, translated by conntrack NAT. `moved`: a fast-path
     connection reassigned to a real that has not had its first SYN yet (the SYN that
     caused the move was dropped, see dataplane/engine.py)."""
 
-    __slots__ = ("foreign_ip", "foreign_port", "virtual_ip", "virtual_port", "real_ip",
-                 "real_port", "nat_port", "syn_resends", "tcp_state", "created",
-                 "last_seen", "syn_sent_at", "answered", "fin_in", "fin_out", "closing_at",
-                 "kernel", "moved", "packets_in", "packets_out", "bytes_in", "bytes_out", "buddy",
-                 "virtual", "real", "in_key", "out_key")
+    __slots__ = ("virtual_ip", "virtual_port", "real_ip", "real_port", "remap",
+                 "syn_resends", "tcp_state", "created", "last_seen", "stamp",
+                 "answered", "fin_in", "fin_out", "kernel", "moved",
+                 "virtual", "real", "in_key")
 
     def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
                  virtual_port: int, virtual: "VirtualMachine", real: "PhysicalMachine",
                  now: float) -> None:
-        self.foreign_ip = foreign_ip
-        self.foreign_port = foreign_port
         self.virtual_ip = virtual_ip
         self.virtual_port = virtual_port
         self.virtual = virtual
         self.real = real
         self.real_ip = real.addr
         self.real_port = real.port or virtual_port
-        self.nat_port = foreign_port
+        self.remap = 0
         self.syn_resends = 0
         self.tcp_state = SYN_SENT
         self.created = now
         self.last_seen = now
-        self.syn_sent_at = now
+        self.stamp = now
         self.answered = False
         self.fin_in = False
         self.fin_out = False
-        self.closing_at = 0.0
         self.kernel = False
         self.moved = False
-        self.packets_in = 0
-        self.packets_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.buddy: Connection | None = None
         self.in_key = flow_key(foreign_ip, foreign_port, virtual_ip, virtual_port)
-        self.out_key = 0
+
+    @property
+    def foreign_ip(self) -> int:
+        return self.in_key >> 64
+
+    @property
+    def foreign_port(self) -> int:
+        return (self.in_key >> 48) & 0xFFFF
+
+    @property
+    def nat_port(self) -> int:
+        """The client port the real sees."""
+        return self.remap or self.foreign_port
+
+    @nat_port.setter
+    def nat_port(self, port: int) -> None:
+        self.remap = 0 if port == self.foreign_port else port
+
+    # One slot for two times never needed together: a CLOSED connection is never
+    # answered again, so its SYN's time is over when its lingering starts.
+    @property
+    def syn_sent_at(self) -> float:
+        """When the SYN went to the current real (the response time starts there)."""
+        return self.stamp
+
+    @syn_sent_at.setter
+    def syn_sent_at(self, when: float) -> None:
+        self.stamp = when
+
+    @property
+    def closing_at(self) -> float:
+        """CLOSED: when lingering ends and the connection goes."""
+        return self.stamp
+
+    @closing_at.setter
+    def closing_at(self, when: float) -> None:
+        self.stamp = when
 
     def reply_key(self) -> int:
-        return flow_key(self.real_ip, self.real_port, self.foreign_ip, self.nat_port)
+        """The tuple of the real's replies (recomputed, not stored: 8 bytes a connection;
+        flow_key and the properties inlined, as it runs for every new connection)."""
+        key = self.in_key
+        return ((self.real_ip << 64) | (self.real_port << 48) | ((key >> 64) << 16)
+                | (self.remap or (key >> 48) & 0xFFFF))
 
 
 class ConnectionTable:
@@ -97,9 +133,8 @@ class ConnectionTable:
         return iter(list(self.inbound.values()))
 
     def add(self, conn: Connection) -> None:
-        conn.out_key = conn.reply_key()
         self.inbound[conn.in_key] = conn
-        self.reply[conn.out_key] = conn
+        self.reply[conn.reply_key()] = conn
         conn.virtual.conns_current += 1
         conn.virtual.conns_total += 1
         conn.real.current_conns += 1
@@ -111,8 +146,9 @@ class ConnectionTable:
         if self.inbound.get(conn.in_key) is not conn:
             return
         del self.inbound[conn.in_key]
-        if self.reply.get(conn.out_key) is conn:
-            del self.reply[conn.out_key]
+        out_key = conn.reply_key()
+        if self.reply.get(out_key) is conn:
+            del self.reply[out_key]
         conn.virtual.conns_current -= 1
         conn.real.current_conns -= 1
         if conn.tcp_state in HALF_OPEN_STATES:

@@ -235,10 +235,14 @@ class Director:
         return sid.format(self.addr_names)
 
     # -- FIG. 5 decisions ----------------------------------------------------------
-    def lookup_virtual(self, src: int, dst: int, dport: int) -> VirtualMachine | None:
-        """Steps 510-516: the client's Bind ID instance, else the Bind ID 0 one."""
+    def lookup_virtual(self, src: int, dst: int, dport: int,
+                       count: bool = False) -> VirtualMachine | None:
+        """Steps 510-516: the client's Bind ID instance, else the Bind ID 0 one. `count`
+        adds the SYN to the Bind ID's hits (what-if questions do not)."""
         obj = self.bindids.lookup(src, dst, dport)
         if obj is not None:
+            if count:
+                obj.hits += 1
             return obj.virtual
         general = self.by_dest.get((dst, dport))
         if general is not None and 0 in general:
@@ -250,16 +254,18 @@ class Director:
 
     def decide(self, src: int, dst: int, dport: int, now: float,
                commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
-        """Steps 510-518: instance by client address, then a real, overflowing to the
-        backup virtual chain (patent ¶10) when the instance cannot take the connection.
+        """Steps 510-518: instance by client address, then a real (`decide_for`).
         `exclude`: a real the connection is being reassigned away from."""
-        virtual = self.lookup_virtual(src, dst, dport)
+        virtual = self.lookup_virtual(src, dst, dport, count=commit)
         if virtual is None:
             return Decision(None, None)
-        if commit:
-            obj = self.bindids.lookup(src, dst, dport)
-            if obj is not None:
-                obj.hits += 1
+        return self.decide_for(virtual, src, now, commit, exclude)
+
+    def decide_for(self, virtual: VirtualMachine, src: int, now: float,
+               commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
+        """Step 518 for the instance the client's address selected: a real, overflowing
+        to the backup virtual chain (patent ¶10) when the instance cannot take the
+        connection. Apart from `decide` so the data plane looks the instance up once."""
         seen: set[int] = set()
         v: VirtualMachine | None = virtual
         while v is not None and id(v) not in seen:

@@ -13,9 +13,21 @@ from .state import State
 from .virtual import VirtualMachine
 
 
-def _candidates(virtual: VirtualMachine, exclude: PhysicalMachine | None) -> list[Link]:
-    return [link for link in virtual.iter_links()
-            if link.real.available() and link.real is not exclude]
+def _candidates(virtual: VirtualMachine, exclude: PhysicalMachine | None
+                ) -> tuple[list[Link], Link | None]:
+    """The links whose real may take the connection, and the first TESTING one among
+    them (it takes the connection as its probe): one walk, as it runs for every SYN."""
+    links: list[Link] = []
+    testing: Link | None = None
+    link = virtual.links
+    while link is not None:
+        real = link.real
+        if real is not exclude and real.available():
+            links.append(link)
+            if testing is None and real.state is State.TESTING:
+                testing = link
+        link = link.next
+    return links, testing
 
 
 def _leastconns(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
@@ -80,11 +92,9 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
                 if commit:
                     virtual.sticky_table[client_ip] = (real, now)
                 return real
-    links = _candidates(virtual, exclude)
+    links, testing = _candidates(virtual, exclude)
     if links:
-        testing = [link for link in links if link.real.state is State.TESTING]
-        link = testing[0] if testing else PREDICTOR_FUNCTIONS[virtual.predictor](
-            virtual, links, commit)
+        link = testing or PREDICTOR_FUNCTIONS[virtual.predictor](virtual, links, commit)
         chosen: PhysicalMachine | None = link.real
     else:
         chosen = _backup_for(virtual, backups, exclude)

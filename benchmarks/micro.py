@@ -60,7 +60,9 @@ BIND_IDS = 4                                   # instances 1..4 besides the gene
 ASSIGN_NET = (parse_ip("198.18.0.0"), 15)      # where the assign prefixes live
 GENERAL_NET = (parse_ip("198.51.100.0"), 24)   # clients no assign entry covers
 PREFIX_LENGTHS = (32, 32, 32, 32, 32, 32, 31, 30, 30, 29, 28, 28, 26, 24)
-TARGETS = {"syn_packet": 5.0, "translate_in": 3.0, "translate_out": 3.0}
+# The issue's targets. "SYN decision" is Director.decide (which instance, which real);
+# the whole SYN packet (checksum check, table insert, translation) is reported beside it.
+TARGETS = {"decision": 5.0, "translate_in": 3.0, "translate_out": 3.0}
 BYTES_TARGET = 400
 
 
@@ -449,6 +451,16 @@ def _full_collection_ms() -> float:
     return round((time.perf_counter() - began) * 1000, 1)
 
 
+def _frozen_collection_ms() -> float:
+    """The same pass once everything alive is frozen, as the worker does at every tick
+    (dataplane/collector.py): what an automatic collection then costs."""
+    gc.freeze()
+    try:
+        return _full_collection_ms()
+    finally:
+        gc.unfreeze()
+
+
 # --------------------------------------------------------------------- report
 def _verdict(value: float, target: float) -> str:
     return "met" if value <= target else "NOT met"
@@ -471,9 +483,9 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{label:<44} {fig['median_us']:>7.2f} {spread:>13} "
                      f"{fig['p99_batch_us']:>7.2f} {fig['max_batch_us']:>7.2f}  {verdict}")
 
-    row("SYN decision: Director.decide", result["decision"]["decide"])
+    row("SYN decision: Director.decide", result["decision"]["decide"], TARGETS["decision"])
     row("  of which Bind ID lookup (lookup_virtual)", result["decision"]["lookup_virtual"])
-    row("SYN packet: Engine.handle, new connection", result["syn_packet"], TARGETS["syn_packet"])
+    row("SYN packet: Engine.handle, new connection", result["syn_packet"])
     row("established client->real: Engine.handle", result["established"]["translate_in"],
         TARGETS["translate_in"])
     row("established real->client: Engine.handle", result["established"]["translate_out"],
@@ -486,8 +498,10 @@ def format_report(result: dict[str, Any]) -> str:
         row(f"  {name}", fig)
     gc_figures = result["gc"]
     lines.append(f"garbage collector: a full collection over the live objects takes "
-                 f"{gc_figures['full_collection_ms']:.0f} ms; "
-                 f"{gc_figures['full_collections_while_timing']} ran during the timed phases")
+                 f"{gc_figures['full_collection_ms']:.0f} ms, "
+                 f"{gc_figures['frozen_collection_ms']:.1f} ms once frozen as the worker "
+                 f"freezes them; {gc_figures['full_collections_while_timing']} ran during "
+                 "the timed phases (not frozen here)")
     mem = result["memory"]
     lines += ["", f"memory: {mem['bytes_per_connection']:.0f} bytes per connection over "
                   f"{mem['connections']:,} connections (target <= {BYTES_TARGET}: "
@@ -538,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(director)
     tuples = Tuples(client_pool(prefixes, POOL, rng))
     result["populate"] = populate(engine, packets, tuples, args.conns, batch)
-    result["gc"] = {"full_collection_ms": _full_collection_ms()}
+    result["gc"] = {"full_collection_ms": _full_collection_ms(),
+                    "frozen_collection_ms": _frozen_collection_ms()}
     full_before = gc.get_stats()[2]["collections"]
     result.update(combine([measure(engine, packets, tuples, args.samples, batch, rng)
                            for _ in range(max(1, args.repeat))]))
@@ -550,8 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         result["profile"] = profile_lifecycles(engine, packets, tuples, args.profile, stacks)
         result["profile"]["stacks_file"] = str(stacks)
     result["targets"] = {
-        "syn_packet_us": {"target": TARGETS["syn_packet"],
-                          "measured": result["syn_packet"]["median_us"]},
+        "syn_decision_us": {"target": TARGETS["decision"],
+                            "measured": result["decision"]["decide"]["median_us"]},
         "translate_us": {"target": TARGETS["translate_in"],
                          "measured": max(result["established"]["translate_in"]["median_us"],
                                          result["established"]["translate_out"]["median_us"])},

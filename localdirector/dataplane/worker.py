@@ -32,6 +32,7 @@ from typing import Protocol
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
+from .collector import FrozenCollector
 from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
 from .nflog import PacketLog
 from .rules import MARK_MASK
@@ -134,6 +135,7 @@ class QueueWorker:
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
         self._logged: set[type] = set()
+        self.collector = FrozenCollector(clock())
 
     @property
     def enobufs(self) -> int:
@@ -180,6 +182,7 @@ class QueueWorker:
         os.write(self._wake_w, b"x")
         self._thread.join()
         self._thread = None
+        self.collector.thaw()
         assert self._nfq is not None and self._reader is not None
         self._nfq.unbind()
         self._reader.close()
@@ -229,9 +232,10 @@ class QueueWorker:
             now = clock()
             if now >= next_tick:
                 next_tick = now + self.tick_seconds
-                self._tick()
+                self._tick(now)
 
-    def _tick(self) -> None:
+    def _tick(self, now: float) -> None:
+        self.collector.tick(now)
         try:
             self.engine.tick()
         except Exception as exc:  # noqa: BLE001 - the data plane must outlive a bug

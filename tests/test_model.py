@@ -201,6 +201,31 @@ def test_removing_a_virtual_drops_its_assigns_and_indexes() -> None:
     assert d.by_dest == {} and len(d.bindids) == 0
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 7), max_size=12))
+def test_unassign_in_any_order_keeps_the_list_in_configured_order(removals: list[int]) -> None:
+    """The Bind ID list is doubly linked so removal is O(1): head, middle and tail
+    removals, repeated ones included, leave the others in configured order, linked both
+    ways, and the lookups right."""
+    d = Director()
+    v = d.add_virtual(sid("192.0.2.10:80:1"))
+    nets = [parse_ip(f"198.51.100.{8 * i}") for i in range(8)]
+    for net in nets:
+        d.assign(v.sid, net, 29)
+    left = list(nets)
+    for i in removals:
+        if nets[i] in left:
+            d.unassign(v.sid, nets[i], 29)
+            left.remove(nets[i])
+    objs = list(d.bindids)
+    assert [o.client_ip for o in objs] == left and len(d.bindids) == len(left)
+    assert [o.prev for o in objs] == [None, *objs[:-1]][:len(objs)]
+    assert d.bindids.tail is (objs[-1] if objs else None)
+    for net in nets:
+        found = d.lookup_virtual(net + 1, VIP, 80)
+        assert (found is v) == (net in left)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 32))
 def test_prefix_mask_contains_network(addr: int, plen: int) -> None:

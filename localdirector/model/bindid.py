@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 
 
 class BindIdObject:
-    __slots__ = ("next", "client_ip", "prefixlen", "virtual", "in_use", "hits")
+    """FIG. 3D. `prev` is ours, not the patent's: `no assign` and `no virtual` unlink an
+    object in constant time instead of walking a list of 100,000."""
+
+    __slots__ = ("next", "prev", "client_ip", "prefixlen", "virtual", "in_use", "hits")
 
     def __init__(self, client_ip: int, prefixlen: int, virtual: "VirtualMachine") -> None:
         self.next: BindIdObject | None = None
+        self.prev: BindIdObject | None = None
         self.client_ip = client_ip & prefix_mask(prefixlen)
         self.prefixlen = prefixlen
         self.virtual = virtual
@@ -86,6 +90,7 @@ class BindIdTable:
             self.head = obj
         else:
             self.tail.next = obj
+        obj.prev = self.tail
         self.tail = obj
         self.count += 1
         self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)] = obj
@@ -95,21 +100,22 @@ class BindIdTable:
         index.add(obj)
 
     def remove(self, obj: BindIdObject) -> None:
-        prev, cur = None, self.head
-        while cur is not None and cur is not obj:
-            prev, cur = cur, cur.next
-        if cur is None:
+        key = (id(obj.virtual), obj.client_ip, obj.prefixlen)
+        if self._exact.get(key) is not obj:
             return
+        prev, nxt = obj.prev, obj.next
         if prev is None:
-            self.head = obj.next
+            self.head = nxt
         else:
-            prev.next = obj.next
-        if self.tail is obj:
+            prev.next = nxt
+        if nxt is None:
             self.tail = prev
-        obj.next = None
+        else:
+            nxt.prev = prev
+        obj.next = obj.prev = None
         obj.in_use = False
         self.count -= 1
-        del self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)]
+        del self._exact[key]
         index = self._by_vip[obj.virtual.addr]
         index.remove(obj)
         if not index.prefixes:

@@ -89,23 +89,16 @@ class Connection:
 
     # One slot for two times never needed together: a CLOSED connection is never
     # answered again, so its SYN's time is over when its lingering starts.
-    @property
-    def syn_sent_at(self) -> float:
-        """When the SYN went to the current real (the response time starts there)."""
+    def _get_stamp(self) -> float:
         return self.stamp
 
-    @syn_sent_at.setter
-    def syn_sent_at(self, when: float) -> None:
+    def _set_stamp(self, when: float) -> None:
         self.stamp = when
 
-    @property
-    def closing_at(self) -> float:
-        """CLOSED: when lingering ends and the connection goes."""
-        return self.stamp
-
-    @closing_at.setter
-    def closing_at(self, when: float) -> None:
-        self.stamp = when
+    syn_sent_at = property(_get_stamp, _set_stamp,
+                           doc="When the SYN went to the current real (response time).")
+    closing_at = property(_get_stamp, _set_stamp,
+                          doc="CLOSED: when lingering ends and the connection goes.")
 
     def reply_key(self) -> int:
         """The tuple of the real's replies (recomputed, not stored: 8 bytes a connection;

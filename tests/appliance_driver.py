@@ -9,6 +9,7 @@ check exist once. Test modules take the ``appliance`` fixture by importing it.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -223,6 +224,22 @@ def real_fault(lab: Lab, real: str, fault: str) -> Iterator[None]:
             lab.start_server(real, 80)
         else:
             lab.real_iptables(real, ["-D", *drop])
+
+
+def fig1_pools_answer(lab: Lab) -> None:
+    """FIG. 1 through the director: two requests from every client address, each pool's
+    clients answered by its own reals only (preferred ones by 203.0.113.11 on port 8001
+    through VIP port 80), and the real sees the client's own address, not the director's.
+    Sends 2 x 8 requests per pool and one more from a preferred client."""
+    expected = {PREFERRED: {name(R14), name(R11, 8001)}, UNWELCOME: {name(R15)},
+                GENERAL: {name(R12), name(R13)}}
+    for pool, reals in expected.items():
+        sources = lab.client_addresses[pool]
+        got = collections.Counter(bodies(lab.get_many(f"http://{VIP}/", sources,
+                                                      count=2 * len(sources))))
+        assert set(got) == reals, (pool, got)
+    source = lab.client_addresses[PREFERRED][3]
+    assert bodies(lab.get_many(f"http://{VIP}/peer", [source])) == [source]
 
 
 def ten_megabytes_each_way(lab: Lab) -> None:

@@ -148,7 +148,10 @@ def test_real_iptables_drop_blackholes_the_real(lab: Lab) -> None:
 
 
 def test_addresses_outside_documentation_ranges_are_refused(lab: Lab) -> None:
-    for bad in ("10.0.0.11", "192.168.1.11", "203.0.113.1", "203.0.113.255", "8.8.8.8"):
+    # Just outside the reals' /24 either side, another documentation range (the
+    # clients'), the director's own address, the broadcast, and a public address.
+    for bad in ("203.0.112.254", "203.0.114.11", "198.51.100.11", "203.0.113.1",
+                "203.0.113.255", "8.8.8.8"):
         with pytest.raises(LabError):
             Lab(reals=(bad,))
     with pytest.raises(LabError, match="outside"):

@@ -87,9 +87,9 @@ from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
                      reset_reply, rewrite, rewrite_icmp, tcp_checksum_valid)
-from .timers import TimerWheel
 from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, MARK_PENDING, NO_CONNECTION, NO_REAL,
                     NO_VIRTUAL, REASSIGNED, RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
+from .timers import TimerWheel
 
 # Verdicts. ACCEPT_MODIFIED tells the worker the buffer changed and must be re-injected;
 # ACCEPT_UNCHANGED lets it accept the original without copying anything; ACCEPT_MARK

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PANELS = [("keepalive.requests_per_s", "keep-alive requests/s"),
           ("close.connections_per_s", "new connections/s (Connection: close)")]
-TICKS = {"nfqueue-null": "nfqueue-null\n(diagnostic)"}
+TICKS = {"nfqueue-null": "nfqueue-null\n(diagnostic)",
+         "localdirector-fastpath": "localdirector\nfastpath"}
 COLOURS = {"direct": "#8c8c8c", "kernel-nat": "#4c72b0", "haproxy": "#dd8452",
            "localdirector": "#55a868", "localdirector-fastpath": "#2f7d4a",
            "nfqueue-null": "#c4ad66"}

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders",
                         default="direct,kernel-nat,haproxy,localdirector,"
                                 "localdirector-fastpath,nfqueue-null",
-                        help="which to measure, comma-separated [all five]")
+                        help="which to measure, comma-separated [all six]")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--settle", type=float, default=1.0,
                         help="pause between measurements, seconds [1]")

@@ -242,6 +242,27 @@ def fig1_pools_answer(lab: Lab) -> None:
     assert bodies(lab.get_many(f"http://{VIP}/peer", [source])) == [source]
 
 
+def ditched_then_retried(lab: Lab, console: Console, fault: str, bad: str, good: str,
+                         timeout: float) -> dict[str, int]:
+    """With `fault` on `bad` (configured with threshold 2, reassign 1, retry 2 beside
+    `good`), six requests from general clients are all answered by `good`, `bad` is FAILED
+    after its two ditched connections; once the fault is gone it is tested after `retry`
+    and back in service. Returns `show statistics` as taken during the fault."""
+    with real_fault(lab, bad, fault):
+        got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
+                                  timeout=timeout))
+        assert got == [name(good)] * 6
+        state, conns, _ = console.real(bad)
+        assert state == "FAILED" and conns == 0
+        assert int(console.rows("real")[f"{bad}:0:0:tcp"][6]) == 2   # reassigns
+        stats = console.statistics()
+        assert stats["conns reassigned"] == 2
+    console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
+    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
+    assert name(bad) in got and console.real(bad)[0] == "IS"
+    return stats
+
+
 def ten_megabytes_each_way(lab: Lab) -> None:
     """10 MiB down from each of two reals and up to each, byte-exact (sha256)."""
     size = 10 * 1024 * 1024

@@ -20,8 +20,9 @@ import pexpect
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               QUEUE, SETTLE, UNWELCOME, VIP, appliance, bodies, held_bodies,
-                              hold, name, raw_table, simple_config, real_fault,
-                              fig1_pools_answer, ten_megabytes_each_way)
+                              hold, name, raw_table, simple_config,
+                              ditched_then_retried, fig1_pools_answer,
+                              ten_megabytes_each_way)
 
 from localdirector.lab import Lab
 
@@ -88,22 +89,9 @@ def test_failing_real_is_bypassed_failed_and_recovers(lab: Lab, appliance, fault
     console = appliance(simple_config(VIP, "roundrobin", [R12, bad],
                                       f"threshold {bad} 2", f"reassign {bad} 1",
                                       f"retry {bad} 2"))
-    with real_fault(lab, bad, fault):
-        got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
-                                  timeout=8))
-        assert got == [name(R12)] * 6
-        state, conns, _ = console.real(bad)
-        assert state == "FAILED" and conns == 0
-        reassigns = int(console.rows("real")[f"{bad}:0:0:tcp"][6])
-        assert reassigns == 2
-        stats = console.statistics()
-        assert stats["conns reassigned"] == 2
-        if fault == "refuse":
-            assert stats["reset-absorbed"] == 2
-    console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
-    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
-    assert name(bad) in got
-    assert console.real(bad)[0] == "IS"
+    stats = ditched_then_retried(lab, console, fault, bad, R12, timeout=8)
+    if fault == "refuse":
+        assert stats["reset-absorbed"] == 2
 
 
 def test_maxconns_refuses_beyond_the_limit(lab: Lab, appliance) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, R11, R12, R13, R14, R15,
                               SETTLE, VIP, Console, appliance, bodies, held_bodies,
-                              hold, name, simple_config, real_fault,
-                              fig1_pools_answer, ten_megabytes_each_way)
+                              hold, name, simple_config,
+                              ditched_then_retried, fig1_pools_answer,
+                              ten_megabytes_each_way)
 
 from localdirector.lab import Lab
 
@@ -116,19 +117,8 @@ def test_a_real_that_stops_answering_is_bypassed_and_failed(lab: Lab, boot,
     bad = R13
     console = boot(simple_config(VIP, "roundrobin", [R12, bad], f"threshold {bad} 2",
                                  f"reassign {bad} 1", f"retry {bad} 2", FAST))
-    with real_fault(lab, bad, fault):
-        got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
-                                  timeout=10))
-        assert got == [name(R12)] * 6
-        state, conns, _ = console.real(bad)
-        assert state == "FAILED" and conns == 0
-        assert int(console.rows("real")[f"{bad}:0:0:tcp"][6]) == 2
-        stats = console.statistics()
-        assert stats["conns reassigned"] == 2
-        assert stats["reset-absorbed" if fault == "refuse" else "reassigned"] == 2
-    console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
-    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
-    assert name(bad) in got and console.real(bad)[0] == "IS"
+    stats = ditched_then_retried(lab, console, fault, bad, R12, timeout=10)
+    assert stats["reset-absorbed" if fault == "refuse" else "reassigned"] == 2
 
 
 def test_fast_and_userspace_virtuals_side_by_side(lab: Lab, boot) -> None:

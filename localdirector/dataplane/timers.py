@@ -22,22 +22,22 @@ _MASK = SLOTS - 1
 class TimerWheel(Generic[T]):
     """Items filed by the second of their deadline, handed back once that second came."""
 
-    __slots__ = ("_slots", "_next", "count")
+    __slots__ = ("_slots", "_next", "_count")
 
     def __init__(self, now: float) -> None:
         self._slots: list[list[T]] = [[] for _ in range(SLOTS)]
         self._next = int(now)   # the earliest second not yet handed back in full
-        self.count = 0
+        self._count = 0
 
     def __len__(self) -> int:
-        return self.count
+        return self._count
 
     def add(self, item: T, deadline: float) -> None:
         second = int(deadline)
         if second < self._next:
             second = self._next
         self._slots[second & _MASK].append(item)
-        self.count += 1
+        self._count += 1
 
     def due(self, now: float) -> Iterator[T]:
         """Everything filed under a second up to `now`'s, the current one included (its
@@ -52,5 +52,5 @@ class TimerWheel(Generic[T]):
             filed = slots[index]
             if filed:
                 slots[index] = []
-                self.count -= len(filed)
+                self._count -= len(filed)
                 yield from filed

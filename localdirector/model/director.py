@@ -262,7 +262,7 @@ class Director:
         return self.decide_for(virtual, src, now, commit, exclude)
 
     def decide_for(self, virtual: VirtualMachine, src: int, now: float,
-               commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
+                   commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
         """Step 518 for the instance the client's address selected: a real, overflowing
         to the backup virtual chain (patent ¶10) when the instance cannot take the
         connection. Apart from `decide` so the data plane looks the instance up once."""

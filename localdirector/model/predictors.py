@@ -19,14 +19,12 @@ def _candidates(virtual: VirtualMachine, exclude: PhysicalMachine | None
     them (it takes the connection as its probe): one walk, as it runs for every SYN."""
     links: list[Link] = []
     testing: Link | None = None
-    link = virtual.links
-    while link is not None:
+    for link in virtual.iter_links():
         real = link.real
         if real is not exclude and real.available():
             links.append(link)
             if testing is None and real.state is State.TESTING:
                 testing = link
-        link = link.next
     return links, testing
 
 

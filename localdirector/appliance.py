@@ -1,5 +1,5 @@
-"""The running appliance: the live model, where its configuration is kept, who is logged
-in, and the hooks through which the data plane follows the model."""
+"""The running appliance: the live model, the commands, where its configuration is kept,
+who is logged in, and the hooks through which the data plane follows the model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
 from localdirector.model.director import Director
 
+from .commands import REGISTRY, Registry
+from .commands.handle import DataPlaneHandle
 from .shell import config_file
 from .shell.session import Session
 
@@ -48,12 +48,13 @@ class SessionRegistry:
 class Appliance:
     def __init__(self, config_path: Path = DEFAULT_CONFIG, queue_num: int = 0) -> None:
         self.director = Director()
+        self.registry: Registry = REGISTRY
         self.config_path = Path(config_path)
         self.queue_num = queue_num
         self.sessions = SessionRegistry()
         self.started = time.time()
-        # Set by the data-plane service when it runs; `show version` reports it.
-        self.dataplane: Any = None
+        # Set once by cli.py when the data plane runs (None: `--no-dataplane`).
+        self.dataplane: DataPlaneHandle | None = None
         # Called with the new Director after `reload` replaced the model.
         self.reload_hooks: list[Callable[[Director], None]] = []
 

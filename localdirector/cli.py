@@ -1,43 +1,27 @@
 """`localdirector`: boot the appliance from its startup-config, start its services, and
 give the operator a console (interactive on a terminal, scripted otherwise).
 
-Services (the data plane now; SSH, telnet and serial consoles later) are entries of
-`SERVICES`: each adds its own options and starts from the booted appliance, returning
-something with `.stop()`, so a new one is one entry and touches nothing else here."""
+Services (the data plane; SSH, telnet and serial consoles) are entries of `SERVICES`
+(see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
+that knows every other, and the one place the data-plane handle is set."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import __version__, syslog
 from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
+from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
 from .shell.repl import run_shell
 from .shell.scripted import run_script
-
-
-class Stoppable(Protocol):
-    def stop(self) -> None: ...
-
-
-class ServiceError(Exception):
-    """A requested service could not start; the appliance exits with status 2."""
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    # Returns None when the options did not ask for this service.
-    start: Callable[[Appliance, argparse.Namespace], Stoppable | None]
 
 
 def _dataplane_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check is not None:
         return check(args.check)
+    if os.environ.get(LAB_ENV):
+        from .lab import commands as lab_commands  # noqa: F401  (registers on import)
     syslog.install()
     appliance = Appliance(args.config, queue_num=args.queue)
     appliance.boot(lambda message: print(message, file=sys.stderr))

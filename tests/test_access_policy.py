@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localdirector.access import login
-from localdirector.access.commands import idle_limit
+from localdirector.commands.access import idle_limit
 from localdirector.access.hostkey import load_or_create_host_key
 from localdirector.access.service import listen_address
 from localdirector.access.telnet import (DO, IAC, IP, NAWS, SB, SE, TTYPE, WILL,

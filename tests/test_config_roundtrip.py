@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from localdirector.appliance import Appliance
 from localdirector.model.director import Director
 from localdirector.shell import config_file, running_config
-from localdirector.shell.passwords import hash_password
+from localdirector.model.passwords import hash_password
 from localdirector.shell.registry import Mode
 
 HASHES = [hash_password(p) for p in ("alpha", "bravo")]

@@ -289,7 +289,9 @@ _REGISTRY_DUMP = r"""
 import ipaddress
 import json
 from localdirector.shell.grammar import Choice, Keyword, Opt, Repeat
-from localdirector.shell.registry import Mode, load_commands
+from localdirector.commands import REGISTRY
+from localdirector.lab import commands as lab_commands
+from localdirector.shell.registry import Mode
 
 def leading(syntax):
     paths = [[]]
@@ -316,7 +318,7 @@ def words(element, out):
         words(element.token, out)
 
 paths, keywords = set(), set()
-for command in load_commands().commands:
+for command in REGISTRY.commands:
     for element in command.syntax:
         words(element, keywords)
     if not command.negated:

@@ -16,7 +16,7 @@ from test_engine import CLIENT, LINGER, VIP, A, B, C, Lab, fig1, pool, sid
 from test_shell_commands import Shell
 
 from localdirector.dataplane import nflog
-from localdirector.dataplane.commands import KERNEL_NOTE
+from localdirector.commands.traffic import KERNEL_NOTE
 from localdirector.dataplane.engine import (ACCEPT_MARK, ACCEPT_UNCHANGED, DROP,
                                             EMBRYONIC_TIMEOUT, Engine)
 from localdirector.dataplane.rules import (MARK_MASK, MarkMap, RuleManager, desired_rules)

@@ -12,7 +12,7 @@ from localdirector.model.addr import parse_ip
 from localdirector.model.serverid import ServerId
 from localdirector.model.state import State
 from localdirector.shell import running_config
-from localdirector.shell.passwords import hash_password, is_hash, verify_password
+from localdirector.model.passwords import hash_password, is_hash, verify_password
 from localdirector.shell.registry import Mode
 
 BASE = """\

@@ -8,7 +8,8 @@ from localdirector.shell import grammar
 from localdirector.shell.args import number, word
 from localdirector.shell.grammar import (INCOMPLETE, INVALID, CommandError, Jump, Keyword,
                                          Repeat, choice, opt)
-from localdirector.shell.registry import Mode, Registry, load_commands
+from localdirector.commands import REGISTRY
+from localdirector.shell.registry import Mode, Registry
 
 
 def toy() -> Registry:
@@ -146,7 +147,7 @@ def test_completion_offers_matching_keywords_only_after_valid_words():
 
 
 def test_real_registry_parses_operator_abbreviations():
-    registry = load_commands()
+    registry = REGISTRY
     for line, mode, expected in [
         ("sh vir", Mode.PRIV, "show virtual"),
         ("conf t", Mode.PRIV, "configure"),
@@ -160,7 +161,7 @@ def test_real_registry_parses_operator_abbreviations():
 
 
 def test_every_config_command_has_a_no_form():
-    registry = load_commands()
+    registry = REGISTRY
     config = {c.keywords for c in registry.commands
               if Mode.CONFIG in c.modes and not c.negated and c.handler is not None}
     negated = {c.keywords.removeprefix("no").strip() for c in registry.commands

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..model.director import Director
-from ..shell.passwords import verify_password
+from ..model.passwords import verify_password
 
 log = logging.getLogger("localdirector.access")
 

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..services import ServiceError
+
 if TYPE_CHECKING:
     from ..appliance import Appliance
 
@@ -127,6 +129,5 @@ def start(appliance: "Appliance", args: argparse.Namespace) -> AccessService | N
     try:
         service.start()
     except Exception as err:
-        from ..cli import ServiceError   # here, not at the top: cli imports this module
         raise ServiceError(f"operator access: {err}") from err
     return service

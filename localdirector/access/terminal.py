@@ -20,7 +20,7 @@ from prompt_toolkit.shortcuts import print_formatted_text
 
 from ..shell.repl import run_shell_async
 from ..shell.session import Session
-from .commands import idle_limit
+from ..commands.access import idle_limit
 from .login import LOGIN_TIMEOUT, password_login
 
 if TYPE_CHECKING:

@@ -300,6 +300,15 @@ class DataPlaneService:
     def statistics(self) -> dict[str, Any]:
         return {**self.plane.statistics(), "reloads": self.reloads}
 
+    def clock(self) -> float:
+        return self.plane.engine.clock()
+
+    def clear_conns(self) -> int:
+        return self.plane.engine.clear_conns()
+
+    def clear_counters(self) -> None:
+        self.plane.clear_counters()
+
     def stop(self) -> None:
         """Remove every rule and stop the worker; idempotent."""
         with self._lock:

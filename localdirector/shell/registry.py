@@ -1,22 +1,16 @@
-"""The one place commands are declared: `@command(modes, *syntax)` on the handler.
+"""The registry commands are declared into: `@command(modes, *syntax)` on the handler.
 
-Other layers add commands without touching the shell: any module named
-`localdirector.<layer>.commands` (e.g. `localdirector/dataplane/commands.py`) and every
-module of `localdirector.shell.commands` is imported by `load_commands()`, and its
-`@command` decorators register into `REGISTRY`. Such modules must import without root.
-"""
+A declaration is the command's one description: the grammar walker reads it for parsing,
+abbreviation, `?` help, Tab completion and error carets, and its saver makes the
+running-config (docs/design.rst, "Command language"). The declarations themselves live
+in `localdirector/commands/`, which registers into `REGISTRY` on import."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-
-import localdirector
 
 from .grammar import Jump, Keyword, Node, Opt, compile_syntax
 
@@ -128,22 +122,3 @@ class Registry:
 REGISTRY = Registry()
 command = REGISTRY.command
 declare = REGISTRY.declare
-
-_loaded = False
-
-
-def load_commands() -> Registry:
-    """Import every command module once (see module docstring for the convention)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import commands, filters  # noqa: F401  (filters register on import)
-        for info in pkgutil.iter_modules(commands.__path__):
-            importlib.import_module(f"{commands.__name__}.{info.name}")
-        for info in pkgutil.iter_modules(localdirector.__path__):
-            if not info.ispkg or info.name == "shell":
-                continue
-            name = f"localdirector.{info.name}.commands"
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
-    return REGISTRY

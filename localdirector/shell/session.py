@@ -17,7 +17,7 @@ from localdirector.model.director import Director, ModelError
 
 from . import grammar
 from .grammar import CommandError, Segment
-from .registry import Mode, Registry, load_commands
+from .registry import Mode, Registry
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
@@ -39,7 +39,7 @@ class Session:
                  director: Director | None = None,
                  write: Callable[[str], None] | None = None,
                  interactive: bool = False) -> None:
-        self.registry: Registry = load_commands()
+        self.registry: Registry = appliance.registry
         self.appliance = appliance
         # A replay into a model that is not live yet (reload, --check) names it here.
         self._director = director

@@ -1,25 +1,24 @@
-"""Configuration-mode commands (DESIGN §4 table). Declaration order is running-config order:
+"""Configuration-mode commands (docs/design.rst, "Command language"). Declaration order is running-config order:
 a replayed line may only refer to what earlier lines created."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from localdirector.model.addr import format_ip, format_mask, prefix_mask
+from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
 from localdirector.model.fastpath import group, mixed
 from localdirector.model.real import PhysicalMachine
 from localdirector.model.serverid import ServerId
-from localdirector.model.settings import DEFAULT_HOSTNAME, AccessEntry
+from localdirector.model.settings import DEFAULT_HOSTNAME
 from localdirector.model.state import State
 from localdirector.model.virtual import PREDICTORS, VirtualMachine
 
-from .. import args
-from ..grammar import Arg, Jump, Keyword, Repeat, choice, opt
-from ..passwords import hash_password, is_hash
-from ..registry import Mode, command, declare
-from ..session import CommandFailed, Session
+from localdirector.shell import args
+from localdirector.shell.grammar import Arg, Jump, Keyword, Repeat, choice, opt
+from localdirector.shell.registry import Mode, command, declare
+from localdirector.shell.session import CommandFailed, Session
 
 CONFIG = Mode.CONFIG
 
@@ -44,7 +43,7 @@ def end(session: Session) -> None:
 declare(CONFIG, Keyword("do", "Run an exec command"), Jump(Mode.PRIV, "do"))
 
 
-# -- appliance identity and passwords ----------------------------------------------------
+# -- appliance identity ------------------------------------------------------------------
 
 @command(CONFIG, Keyword("hostname", "Set the appliance name (the prompt)"),
          args.name("hostname", "This appliance's name"), no=1,
@@ -52,50 +51,6 @@ declare(CONFIG, Keyword("do", "Run an exec command"), Jump(Mode.PRIV, "do"))
 def hostname(session: Session, hostname: str = DEFAULT_HOSTNAME, no: bool = False) -> None:
     session.director.settings.hostname = DEFAULT_HOSTNAME if no else hostname
     session.director.changed()
-
-
-def _secret(text: str, encrypted: bool) -> str:
-    if not encrypted:
-        return hash_password(text)
-    if not is_hash(text):
-        raise CommandFailed("not a password hash written by this appliance")
-    return text
-
-
-_ENCRYPTED = opt(Keyword("encrypted", "The password given is already hashed",
-                         "encrypted", True))
-
-
-def _saved_secret(field: str) -> Callable[[Director], list[tuple[str, str]]]:
-    def saver(director: Director) -> list[tuple[str, str]]:
-        stored = getattr(director.settings, field)
-        return [(stored, "encrypted")] if stored else []
-    return saver
-
-
-def _set_secret(session: Session, field: str, password: str, encrypted: bool,
-                no: bool) -> None:
-    stored = "" if no else _secret(password, encrypted)   # scrypt runs unlocked
-    with session.director.lock:
-        setattr(session.director.settings, field, stored)
-        session.director.changed()
-
-
-@command(CONFIG, Keyword("enable", "Privileged mode settings"),
-         Keyword("password", "Password for the enable command"),
-         args.word("password", "The password"), _ENCRYPTED, no=2,
-         saver=_saved_secret("enable_secret"), locked=False)
-def enable_password(session: Session, password: str = "", encrypted: bool = False,
-                    no: bool = False) -> None:
-    _set_secret(session, "enable_secret", password, encrypted, no)
-
-
-@command(CONFIG, Keyword("password", "Password for remote (SSH/telnet) logins"),
-         args.word("password", "The password"), _ENCRYPTED, no=1,
-         saver=_saved_secret("login_secret"), locked=False)
-def login_password(session: Session, password: str = "", encrypted: bool = False,
-                   no: bool = False) -> None:
-    _set_secret(session, "login_secret", password, encrypted, no)
 
 
 # -- names -------------------------------------------------------------------------------
@@ -351,33 +306,3 @@ def service_state(session: Session, state: State, id: ServerId, no: bool = False
     if no:
         state = State.OUT_OF_SERVICE if state is State.IN_SERVICE else State.IN_SERVICE
     session.director.set_state(id, state)
-
-
-# -- remote access lists ------------------------------------------------------------------
-
-def _access(word: str, help: str, field: str) -> None:
-    def entries(director: Director) -> list[AccessEntry]:
-        return getattr(director.settings, field)
-
-    def handler(session: Session, addr: int, mask: int, no: bool = False) -> None:
-        listed = entries(session.director)
-        network = addr & prefix_mask(mask)
-        match = [e for e in listed if e.addr == network and e.prefixlen == mask]
-        if no:
-            if not match:
-                raise CommandFailed(f"no {word} entry {format_ip(network)} "
-                                    f"{format_mask(mask)}")
-            listed.remove(match[0])
-        elif not match:
-            listed.append(AccessEntry(network, mask))
-        session.director.changed()
-
-    def saver(director: Director) -> list[Sequence[str]]:
-        return [(format_ip(e.addr), format_mask(e.prefixlen)) for e in entries(director)]
-
-    declare(CONFIG, Keyword(word, help), args.ip("addr", "Network allowed to log in"),
-            args.mask(), handler=handler, no=3, saver=saver)
-
-
-_access("telnet", "Who may log in by telnet", "telnet_access")
-_access("ssh", "Who may log in by SSH", "ssh_access")

@@ -1,17 +1,15 @@
 """Commands about traffic: `show statistics`, `show conns`, `clear conns`,
-`clear counters`, and the configuration of the connection table's size, `conn-limit`.
+`clear counters`, and the size of the connection table, `conn-limit`.
 
-They live with the data plane because they read its counters and its connection
-table; the shell finds this module by name (see shell/registry.py). It must import
-without root and without a running data plane: `--no-dataplane` still shows the model's
-counters and an empty connection table.
-"""
+They reach a running data plane only through `DataPlaneHandle` (handle.py), and work
+without one: `--no-dataplane` still shows the model's counters and an empty table."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from localdirector.dataplane.stats import COUNTERS
 from localdirector.model.addr import format_ip
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director
@@ -23,15 +21,15 @@ from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.render import duration, table
 from localdirector.shell.session import CommandFailed, Session
 
-from .stats import COUNTERS
+from .handle import DataPlaneHandle
 
 SHOW = Keyword("show", "Show running system information")
 CLEAR = Keyword("clear", "Reset counters or connections")
 DEFAULT_CONN_LIMIT = Settings().max_conns
 
 
-def _dataplane(session: Session) -> Any:
-    """The running DataPlaneService, or None (`--no-dataplane`, or stopped)."""
+def _dataplane(session: Session) -> DataPlaneHandle | None:
+    """The running data plane, or None (`--no-dataplane`)."""
     return session.appliance.dataplane
 
 
@@ -153,7 +151,7 @@ def show_conns(session: Session, id: ServerId | None = None, detail: bool = Fals
     director = session.director
     service = _dataplane(session)
     # The engine's clock dates the connections; without a data plane there are none.
-    now = service.plane.engine.clock() if service is not None else time.monotonic()
+    now = service.clock() if service is not None else time.monotonic()
     conns = [c for c in director.conns if id is None or _matches(c, id)]
     if not conns:
         session.print("No connections")
@@ -166,7 +164,7 @@ def clear_conns(session: Session) -> None:
     service = _dataplane(session)
     if service is None:
         raise CommandFailed("data plane not running")
-    session.print(f"{service.plane.engine.clear_conns()} connections cleared")
+    session.print(f"{service.clear_conns()} connections cleared")
 
 
 @command(Mode.PRIV, CLEAR, Keyword("counters", "Reset packet, byte and connection totals"))
@@ -181,7 +179,7 @@ def clear_counters(session: Session) -> None:
         obj.hits = 0
     service = _dataplane(session)
     if service is not None:
-        service.plane.clear_counters()
+        service.clear_counters()
     session.print("Counters cleared")
 
 

@@ -7,12 +7,12 @@ import time
 
 from localdirector.model.addr import format_ip, format_mask
 
-from .. import args, config_file, running_config
-from ..grammar import Keyword, choice, opt
-from ..passwords import verify_password
-from ..registry import EXEC, Mode, command
-from ..render import duration, table
-from ..session import CommandFailed, Session
+from localdirector.shell import args, config_file, running_config
+from localdirector.shell.grammar import Keyword, choice, opt
+from localdirector.model.passwords import verify_password
+from localdirector.shell.registry import EXEC, Mode, command
+from localdirector.shell.render import duration, table
+from localdirector.shell.session import CommandFailed, Session
 
 PRIV = Mode.PRIV
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from .args import regex
-from .grammar import Keyword, opt
-from .registry import Mode, command
+from localdirector.shell.args import regex
+from localdirector.shell.grammar import Keyword, opt
+from localdirector.shell.registry import Mode, command
 
 
 @command(Mode.FILTER, Keyword("include", "Lines that match"), regex())

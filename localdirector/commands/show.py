@@ -7,12 +7,12 @@ import time
 import localdirector
 from localdirector.model.addr import format_ip, format_mask
 
-from ... import syslog
-from .. import config_file, running_config
-from ..grammar import Keyword
-from ..registry import EXEC, Mode, command
-from ..render import duration, table
-from ..session import Session
+from localdirector import syslog
+from localdirector.shell import config_file, running_config
+from localdirector.shell.grammar import Keyword
+from localdirector.shell.registry import EXEC, Mode, command
+from localdirector.shell.render import duration, table
+from localdirector.shell.session import Session
 from .exec import users
 
 SHOW = Keyword("show", "Show running system information")

@@ -1,0 +1,18 @@
+"""Every shell command, declared once (syntax, help, handler, saver): importing this
+package registers them all into `REGISTRY` (docs/design.rst, "Command language").
+
+The modules are imported here by name, in running-config order: a replayed line may
+only refer to what earlier lines created, and `write terminal` prints the savers of the
+declarations in the order they were made. The lab's commands are not here: they exist
+only in a lab's appliance (`localdirector/lab/`)."""
+
+from localdirector.shell.registry import REGISTRY, Registry
+
+from . import filters  # noqa: F401  (output modifiers: `| include ...`)
+from . import config  # noqa: F401
+from . import exec  # noqa: F401
+from . import show  # noqa: F401
+from . import access  # noqa: F401
+from . import traffic  # noqa: F401
+
+__all__ = ["REGISTRY", "Registry"]

@@ -48,8 +48,9 @@ def test_replay_reports_bad_lines_by_number_and_applies_the_rest(tmp_path):
     assert failures == 2
     assert report == [
         "line 4: virtual 192.0.2.10:99999",
-        " " * len("line 4: virtual ") + "^",
+        " " * len("line 4: virtual 192.0.2.10:") + "^",
         "line 4: % Invalid input detected at '^' marker.",
+        " " * len("line 4: ") + "% invalid port '99999' (0-65535)",
         "line 6: assign 192.0.2.10:80 198.51.100.0 255.255.255.0",
         "line 6: % virtual 192.0.2.10:80:0:tcp has Bind ID 0; assign needs a non-zero "
         "Bind ID instance",

@@ -10,6 +10,15 @@ from .addr import format_ip, parse_ip
 PROTOCOLS = ("tcp",)
 
 
+class ServerIdError(ValueError):
+    """What is wrong with a typed id, and which of its `:`-separated fields (0 = ADDR),
+    so the shell's caret can point at that field."""
+
+    def __init__(self, message: str, field: int = 0) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True, slots=True)
 class ServerId:
     """Identity of a virtual instance or a real; hashable so it keys the model's dicts."""
@@ -22,10 +31,11 @@ class ServerId:
     @classmethod
     def parse(cls, text: str, names: Mapping[str, int] | None = None,
               allow_bind: bool = True) -> "ServerId":
-        """Parse operator input; ValueError carries the one-line message the shell prints."""
+        """Parse operator input; ServerIdError carries the one-line message the shell
+        prints."""
         fields = text.split(":")
         if len(fields) > 4 or not fields[0]:
-            raise ValueError(f"invalid server id '{text}'")
+            raise ServerIdError(f"invalid server id '{text}'", min(len(fields) - 1, 4))
         addr_text = fields[0]
         if names is not None and addr_text in names:
             addr = names[addr_text]
@@ -33,14 +43,14 @@ class ServerId:
             try:
                 addr = parse_ip(addr_text)
             except ValueError:
-                raise ValueError(f"invalid address or unknown name '{addr_text}'") from None
+                raise ServerIdError(f"invalid address or unknown name '{addr_text}'") from None
         port = _number(fields, 1, "port", 65535)
         bind = _number(fields, 2, "bind id", 65535)
         if bind and not allow_bind:
-            raise ValueError("a real server id takes no bind id")
+            raise ServerIdError("a real server id takes no bind id", 2)
         proto = fields[3].lower() if len(fields) > 3 and fields[3] else "tcp"
         if proto not in PROTOCOLS:
-            raise ValueError(f"unsupported protocol '{proto}' (only tcp)")
+            raise ServerIdError(f"unsupported protocol '{proto}' (only tcp)", 3)
         return cls(addr, port, bind, proto)
 
     def format(self, names: Mapping[int, str] | None = None) -> str:
@@ -57,5 +67,5 @@ def _number(fields: list[str], index: int, what: str, maximum: int) -> int:
         return 0
     text = fields[index]
     if not text.isdigit() or int(text) > maximum:
-        raise ValueError(f"invalid {what} '{text}' (0-{maximum})")
+        raise ServerIdError(f"invalid {what} '{text}' (0-{maximum})", index)
     return int(text)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from localdirector.model.addr import parse_ip, parse_mask
-from localdirector.model.serverid import ServerId
+from localdirector.model.serverid import ServerId, ServerIdError
 
 from .grammar import Arg, ArgError
 
@@ -21,8 +21,11 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
 def _server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
     try:
         return ServerId.parse(text, session.director.names, allow_bind)
-    except ValueError as err:
-        raise ArgError(str(err)) from None
+    except ServerIdError as err:
+        # The caret goes under the field at fault: `192.0.2.70:80:70000` points at 70000.
+        fields = text.split(":")
+        offset = sum(len(f) + 1 for f in fields[:err.field]) if err.field < len(fields) else 0
+        raise ArgError(str(err), offset) from None
 
 
 def _virtual_ids(session: "Session") -> Iterable[str]:
@@ -77,7 +80,7 @@ def mask(name: str = "mask", help: str = "Subnet mask") -> Arg:
 def number(name: str, low: int, high: int, help: str, placeholder: str | None = None) -> Arg:
     def parse(text: str, _session: object) -> int:
         if not text.isdigit() or not low <= int(text) <= high:
-            raise ArgError(f"out of range {low}-{high}")
+            raise ArgError(f"expected a number {low}-{high}, not '{text}'")
         return int(text)
     return Arg(name, placeholder or f"<{low}-{high}>", help, parse)
 

@@ -63,9 +63,8 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
             continue
         failures += 1
         prefix = f"line {number}: "
-        for text in session.error_lines(line, error, prefix, echo=True)[:-1]:
+        for text in session.error_lines(line, error, prefix, echo=True, label=prefix):
             report(text.translate(_PRINTABLE))
-        report(prefix + error.message)
     return failures
 
 

@@ -19,7 +19,12 @@ Roots = Callable[[Hashable], list["Node"]]
 
 
 class ArgError(ValueError):
-    """An argument's text is not acceptable (the caret goes under the word)."""
+    """An argument's text is not acceptable: the message says why, and `offset` (within
+    the word), when known, is where the fault starts, so the caret goes under it."""
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,12 +171,14 @@ class _State:
 
 class CommandError(Exception):
     """A line that was not carried out, as IOS words it; `column` (in the line), when known,
-    places the caret under the offending word."""
+    places the caret under the offending word, and `reason` says what is wrong with it
+    when the walk knows (an argument's own message)."""
 
-    def __init__(self, message: str, column: int | None = None) -> None:
+    def __init__(self, message: str, column: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.column = column
+        self.reason = reason
 
 
 INVALID = "% Invalid input detected at '^' marker."
@@ -232,6 +239,7 @@ def _advance(states: list[_State], line: str, word: Word, ctx: Any, mode: Hashab
             raise CommandError(f'% Ambiguous command: "{line[:word.end].strip()}"')
         return [_take(s, n, role, new, None) for s, n, role, new in keywords]
     matched: list[_State] = []
+    refusals: dict[str, int] = {}
     for state, node, role, new in candidates:
         token = node.token
         if not isinstance(token, Arg):
@@ -239,10 +247,16 @@ def _advance(states: list[_State], line: str, word: Word, ctx: Any, mode: Hashab
         text = line[word.start:].rstrip() if token.rest else word.text
         try:
             value = token.parse(text, ctx)
-        except ArgError:
+        except ArgError as err:
+            refusals.setdefault(str(err), err.offset)
             continue
         matched.append(_take(state, node, role, new, value, done=token.rest))
     if not matched:
+        # One argument type refused the word: say why and point into it. Several
+        # refusing for different reasons: none of them is the whole story.
+        if len(refusals) == 1:
+            (reason, offset), = refusals.items()
+            raise CommandError(INVALID, word.start + offset, reason)
         raise CommandError(INVALID, word.start)
     return matched
 

@@ -144,14 +144,18 @@ class Session:
             self.write("".join(f"{text}\n" for text in lines))
 
     def error_lines(self, line: str, error: CommandError, prefix: str,
-                    echo: bool | None = None) -> list[str]:
+                    echo: bool | None = None, label: str = "") -> list[str]:
         """IOS layout: the line (unless already on screen), a caret under the offending
-        word, the message. `prefix` stands before the line on screen (prompt, `line 3: `)."""
+        word, the message, then the reason when known. `prefix` stands before the line on
+        screen (prompt, `line 3: `); `label` before the message, the reason indented to
+        match, so a replay numbers each failure once."""
         echo = self.echo_errors if echo is None else echo
         lines = [prefix + line.rstrip()] if echo else []
         if error.column is not None:
             lines.append(" " * (len(prefix) + error.column) + "^")
-        lines.append(error.message)
+        lines.append(label + error.message)
+        if error.reason:
+            lines.append(" " * len(label) + f"% {error.reason}")
         return lines
 
     def help_lines(self, text: str) -> list[str]:

@@ -81,7 +81,7 @@ def test_show_tables(fig1):
     virtuals = rows(fig1("show virtual"))
     assert [r[0] for r in virtuals] == ["192.0.2.10:80:0:tcp", "192.0.2.10:80:1:tcp",
                                        "192.0.2.10:80:2:tcp"]
-    assert virtuals[1][1:] == ["IS", "0", "0", "leastconns", "2", "192.0.2.10:80:0:tcp"]
+    assert virtuals[1][1:] == ["IS", "0", "0", "0", "leastconns", "2", "192.0.2.10:80:0:tcp"]
     reals = rows(fig1("show real"))
     assert reals[3][:2] == ["203.0.113.11:8001:0:tcp", "IS"]
     binds = rows(fig1("show bind"))
@@ -101,6 +101,53 @@ def test_show_tables(fig1):
     lines = fig1("show real")
     starts = [lines[0].index(h) for h in ("State", "Conns", "Weight")]
     assert all(line[s - 2:s] == "  " for line in lines[2:] for s in starts)
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("show virtual 192.0.2.10:80:1", ["192.0.2.10:80:1:tcp"]),
+    ("show virtual 192.0.2.10:80:1:tcp", ["192.0.2.10:80:1:tcp"]),
+    ("show virtual 192.0.2.10:*:2", ["192.0.2.10:80:2:tcp"]),
+    ("show virtual :80", ["192.0.2.10:80:0:tcp", "192.0.2.10:80:1:tcp",
+                          "192.0.2.10:80:2:tcp"]),
+    ("show virtual 192.0.2.*:80:0", ["192.0.2.10:80:0:tcp"]),
+    ("show real 203.0.113.11", ["203.0.113.11:8001:0:tcp"]),
+    ("show real 203.0.113.1*", None),                      # `*` is a whole octet only
+    ("show real 203.0.113.*:8001", ["203.0.113.11:8001:0:tcp"]),
+    ("show real *:0", ["203.0.113.12:0:0:tcp", "203.0.113.13:0:0:tcp",
+                       "203.0.113.14:0:0:tcp", "203.0.113.15:0:0:tcp"]),
+    ("show bind 192.0.2.10:80:2", ["192.0.2.10:80:2:tcp"]),
+])
+def test_show_one_server_or_a_pattern(fig1, command, shown):
+    """LocalDirector's `show virtual ID` / `show real ID`, with `*` fields and octets."""
+    if shown is None:
+        with pytest.raises(AssertionError, match="Invalid input"):
+            fig1(command)
+        return
+    assert sorted({row[0] for row in rows(fig1(command))}) == shown
+
+
+def test_a_pattern_that_selects_nothing_says_so(fig1):
+    with pytest.raises(AssertionError, match="% no real matches 198.51.100.\\*"):
+        fig1("show real 198.51.100.*")
+
+
+def test_detail_shows_every_counter_the_model_keeps(fig1):
+    """Packets, bytes, half-open, drops by reason and the response time `fastest` uses."""
+    director = fig1.appliance.director
+    v = director.virtuals[ServerId.parse("192.0.2.10:80:1")]
+    v.packets_in, v.packets_out, v.bytes_in, v.bytes_out = 11, 12, 1300, 1400
+    v.half_open, v.synguard_drops, v.no_real_drops = 2, 5, 6
+    r = director.reals[ServerId.parse("203.0.113.14")]
+    r.packets_in, r.bytes_out, r.response_time = 21, 2400, 0.0042
+    text = "\n".join(fig1("show virtual 192.0.2.10:80:1 detail"))
+    assert "2 half-open" in text
+    assert "11 packets in, 12 out; 1300 bytes in, 1400 out" in text
+    assert "5 synguard, 6 no real" in text
+    real = "\n".join(fig1("show real 203.0.113.14 detail"))
+    assert "21 packets in" in real and "2400 out" in real and "4.2 ms" in real
+    assert "bound to 192.0.2.10:80:1:tcp" in real
+    assert rows(fig1("show real 203.0.113.14"))[0][8:10] == ["4.2", "ms"]
+    assert rows(fig1("show virtual 192.0.2.10:80:1"))[0][3] == "2"
 
 
 def test_show_running_config_replays_to_itself(fig1, tmp_path):

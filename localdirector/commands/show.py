@@ -5,14 +5,18 @@ from __future__ import annotations
 import time
 
 import localdirector
-from localdirector.model.addr import format_ip, format_mask
-
 from localdirector import syslog
-from localdirector.shell import config_file, running_config
-from localdirector.shell.grammar import Keyword
+from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.director import Director
+from localdirector.model.real import PhysicalMachine
+from localdirector.model.serverid import ServerPattern
+from localdirector.model.virtual import VirtualMachine
+from localdirector.shell import args, config_file, running_config
+from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.render import duration, table
-from localdirector.shell.session import Session
+from localdirector.shell.session import CommandFailed, Session
+
 from .exec import users
 
 SHOW = Keyword("show", "Show running system information")
@@ -23,32 +27,106 @@ def _show(word: str, help: str, modes: tuple[Mode, ...] | Mode = EXEC,
     return command(modes, SHOW, Keyword(word, help), output=True, locked=locked)
 
 
-@_show("virtual", "Virtual server instances")
-def show_virtual(session: Session) -> None:
-    d = session.director
-    rows = [(d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.conns_total, v.predictor,
-             sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
-            for v in d.iter_virtuals()]
-    session.print_lines(table(("Virtual", "State", "Conns", "Total", "Predictor", "Reals",
-                               "Backup"), rows))
+def _show_one(word: str, help: str, *elements: object):
+    """`show WORD [PATTERN] [detail]`: the table, or a block per server with every field."""
+    return command(EXEC, SHOW, Keyword(word, help), opt(args.server_pattern()), *elements,
+                   output=True)
 
 
-@_show("real", "Real servers")
-def show_real(session: Session) -> None:
+_DETAIL = opt(Keyword("detail", "Every field and counter of each one", "detail", True))
+
+
+def _selected(found: list, pattern: ServerPattern | None, what: str) -> list:
+    """The servers a pattern selects; a pattern that selects nothing is an error, so a
+    script learns that its id is wrong instead of reading an empty table."""
+    chosen = [o for o in found if pattern is None or pattern.matches(o.sid)]
+    if pattern is not None and not chosen:
+        raise CommandFailed(f"no {what} matches {pattern.text}")
+    return chosen
+
+
+def _traffic(obj: VirtualMachine | PhysicalMachine, fastpath: bool) -> str:
+    if fastpath:
+        return "not counted on the fast path (the kernel forwards the data)"
+    return (f"{obj.packets_in} packets in, {obj.packets_out} out; "
+            f"{obj.bytes_in} bytes in, {obj.bytes_out} out")
+
+
+@_show_one("virtual", "Virtual server instances", _DETAIL)
+def show_virtual(session: Session, pattern: ServerPattern | None = None,
+                 detail: bool = False) -> None:
     d = session.director
+    virtuals = _selected(list(d.iter_virtuals()), pattern, "virtual")
+    if detail:
+        session.print_lines([line for v in virtuals for line in _virtual_detail(d, v)])
+        return
+    rows = [(d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.half_open, v.conns_total,
+             v.predictor, sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
+            for v in virtuals]
+    session.print_lines(table(("Virtual", "State", "Conns", "Half-open", "Total", "Predictor",
+                               "Reals", "Backup"), rows))
+
+
+def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
+    reals = ", ".join(f"{d.fmt(link.real.sid)} ({link.real.state.value})"
+                      for link in v.iter_links()) or "none bound"
+    return [
+        f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
+        f"{'fast path' if v.fastpath else 'userspace'}",
+        f"  Connections: {v.conns_current} current, {v.half_open} half-open, "
+        f"{v.conns_total} total",
+        f"  Traffic: {_traffic(v, v.fastpath)}",
+        f"  Dropped SYNs: {v.synguard_drops} synguard, {v.no_real_drops} no real",
+        f"  Settings: timeout {v.timeout} s, sticky "
+        f"{f'{v.sticky} min ({len(v.sticky_table)} clients)' if v.sticky else 'off'}, "
+        f"synguard {v.synguard or 'off'}, backup {d.fmt(v.backup) if v.backup else '-'}",
+        f"  Reals: {reals}",
+    ]
+
+
+@_show_one("real", "Real servers", _DETAIL)
+def show_real(session: Session, pattern: ServerPattern | None = None,
+              detail: bool = False) -> None:
+    d = session.director
+    reals = _selected(list(d.iter_reals()), pattern, "real")
+    if detail:
+        session.print_lines([line for r in reals for line in _real_detail(d, r)])
+        return
     rows = [(d.fmt(r.sid), r.state.value, r.current_conns, r.total_conns, r.weight,
              r.maxconns or "-", r.noanswer_reassigns + r.reset_reassigns, r.threshold,
-             d.fmt(r.backup) if r.backup else "-")
-            for r in d.iter_reals()]
+             _ms(r.response_time), d.fmt(r.backup) if r.backup else "-")
+            for r in reals]
     session.print_lines(table(("Real", "State", "Conns", "Total", "Weight", "Maxconns",
-                               "Reassigns", "Threshold", "Backup"), rows))
+                               "Reassigns", "Threshold", "Response", "Backup"), rows))
 
 
-@_show("bind", "Which reals serve each virtual")
-def show_bind(session: Session) -> None:
+def _ms(seconds: float) -> str:
+    """The smoothed SYN to SYN-ACK time `fastest` decides by; '-' before any answer."""
+    return f"{seconds * 1000:.1f} ms" if seconds else "-"
+
+
+def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
+    bound = [v for v in d.iter_virtuals() if any(l.real is r for l in v.iter_links())]
+    fastpath = bool(bound) and all(v.fastpath for v in bound)
+    return [
+        f"Real {d.fmt(r.sid)}, state {r.state.value} (configured "
+        f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}",
+        f"  Connections: {r.current_conns} current, {r.total_conns} total",
+        f"  Traffic: {_traffic(r, fastpath)}",
+        f"  Response time: {_ms(r.response_time)}",
+        f"  Reassigns: {r.noanswer_reassigns} unanswered, {r.reset_reassigns} reset; "
+        f"{r.consecutive_fails} in a row of threshold {r.threshold}; reassign after "
+        f"{r.reassign} SYNs, retry after {r.retry} s",
+        f"  Backup: {d.fmt(r.backup) if r.backup else '-'}; bound to "
+        f"{', '.join(d.fmt(v.sid) for v in bound) or 'no virtual'}",
+    ]
+
+
+@_show_one("bind", "Which reals serve each virtual")
+def show_bind(session: Session, pattern: ServerPattern | None = None) -> None:
     d = session.director
     rows = []
-    for v in d.iter_virtuals():
+    for v in _selected(list(d.iter_virtuals()), pattern, "virtual"):
         links = list(v.iter_links())
         rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
                  for l in links] or [(d.fmt(v.sid), d.virtual_state(v), "-", "")]

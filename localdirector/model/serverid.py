@@ -69,3 +69,60 @@ def _number(fields: list[str], index: int, what: str, maximum: int) -> int:
     if not text.isdigit() or int(text) > maximum:
         raise ServerIdError(f"invalid {what} '{text}' (0-{maximum})", index)
     return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPattern:
+    """What `show virtual|real|bind PATTERN` selects: a server id whose fields may be `*`
+    or left out (any value), and whose address may have `*` octets (`203.0.113.*`) or be
+    empty (`:443`, any address). A full id selects exactly that server."""
+
+    text: str
+    addr: int | None = None          # None: any address (mask applies otherwise)
+    addr_mask: int = 0xFFFFFFFF
+    port: int | None = None
+    bind: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, names: Mapping[str, int] | None = None) -> "ServerPattern":
+        fields = text.split(":")
+        if len(fields) > 4 or text in ("", ":"):
+            raise ServerIdError(f"invalid server id pattern '{text}'", min(len(fields) - 1, 4))
+        addr, mask = cls._addr(fields[0], names)
+        port = _pattern_number(fields, 1, "port", 65535)
+        bind = _pattern_number(fields, 2, "bind id", 65535)
+        if len(fields) > 3 and fields[3] not in ("", "*", *PROTOCOLS):
+            raise ServerIdError(f"unsupported protocol '{fields[3]}' (only tcp)", 3)
+        return cls(text, addr, mask, port, bind)
+
+    @staticmethod
+    def _addr(text: str, names: Mapping[str, int] | None) -> tuple[int | None, int]:
+        if text in ("", "*"):
+            return None, 0
+        if names is not None and text in names:
+            return names[text], 0xFFFFFFFF
+        octets = text.split(".")
+        if len(octets) == 4 and "*" in octets:
+            try:
+                addr = parse_ip(".".join("0" if o == "*" else o for o in octets))
+            except ValueError:
+                raise ServerIdError(f"invalid address pattern '{text}'") from None
+            mask = 0
+            for octet in octets:
+                mask = (mask << 8) | (0 if octet == "*" else 0xFF)
+            return addr, mask
+        try:
+            return parse_ip(text), 0xFFFFFFFF
+        except ValueError:
+            raise ServerIdError(f"invalid address or unknown name '{text}'") from None
+
+    def matches(self, sid: ServerId) -> bool:
+        return ((self.addr is None or sid.addr & self.addr_mask == self.addr)
+                and (self.port is None or sid.port == self.port)
+                and (self.bind is None or sid.bind == self.bind))
+
+
+def _pattern_number(fields: list[str], index: int, what: str, maximum: int) -> int | None:
+    if len(fields) <= index or fields[index] in ("", "*"):
+        return None
+    return _number(fields, index, what, maximum)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from localdirector.model.addr import parse_ip, parse_mask
-from localdirector.model.serverid import ServerId, ServerIdError
+from localdirector.model.serverid import ServerId, ServerIdError, ServerPattern
 
 from .grammar import Arg, ArgError
 
@@ -18,14 +18,25 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
 
 
+def _refused(text: str, err: ServerIdError) -> ArgError:
+    """The caret goes under the field at fault: `192.0.2.70:80:70000` points at 70000."""
+    fields = text.split(":")
+    offset = sum(len(f) + 1 for f in fields[:err.field]) if err.field < len(fields) else 0
+    return ArgError(str(err), offset)
+
+
 def _server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
     try:
         return ServerId.parse(text, session.director.names, allow_bind)
     except ServerIdError as err:
-        # The caret goes under the field at fault: `192.0.2.70:80:70000` points at 70000.
-        fields = text.split(":")
-        offset = sum(len(f) + 1 for f in fields[:err.field]) if err.field < len(fields) else 0
-        raise ArgError(str(err), offset) from None
+        raise _refused(text, err) from None
+
+
+def _server_pattern(text: str, session: "Session") -> ServerPattern:
+    try:
+        return ServerPattern.parse(text, session.director.names)
+    except ServerIdError as err:
+        raise _refused(text, err) from None
 
 
 def _virtual_ids(session: "Session") -> Iterable[str]:
@@ -53,6 +64,11 @@ def real_id(name: str = "real", help: str = "Real server id") -> Arg:
 def server_id(name: str = "id", help: str = "Virtual or real server id") -> Arg:
     return Arg(name, "ADDR[:PORT[:BIND[:PROTO]]]", help,
                lambda t, s: _server_id(t, s, True), _any_ids)
+
+
+def server_pattern(name: str = "pattern",
+                   help: str = "Only these: an id, `*` fields, `203.0.113.*`, `:443`") -> Arg:
+    return Arg(name, "[ADDR][:PORT[:BIND]]", help, _server_pattern, _any_ids)
 
 
 def _ip(text: str, _session: object) -> int:

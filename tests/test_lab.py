@@ -16,16 +16,16 @@ import time
 
 import pytest
 
-from localdirector.lab.netns import (
-    OWNER_DIR,
+from localdirector.lab import (
     ClientError,
     Lab,
     LabError,
     clean_stale,
     list_namespaces,
+    pattern_digest,
     python_module,
 )
-from localdirector.lab.servers import pattern_digest
+from localdirector.lab.topology import OWNER_DIR
 
 pytestmark = pytest.mark.netns
 

@@ -1,9 +1,9 @@
 """Network-namespace lab for integration tests and ``localdirector lab``.
 
-Public surface: :class:`Lab` builds the client/director/reals topology of DESIGN.md §6,
-:func:`clean_stale` removes what killed runs left behind, :func:`unavailable_reason` says
-whether this host can run labs at all, :func:`pattern_digest` gives the expected hash of
-the servers' ``/bytes/N`` stream.
+Public surface: :class:`Lab` builds the client/director/reals lab (docs/design.rst,
+"Lab"), :func:`clean_stale` removes what killed runs left behind,
+:func:`unavailable_reason` says whether this host can run labs at all,
+:func:`pattern_digest` gives the expected hash of the servers' ``/bytes/N`` stream.
 
 Names resolve lazily (PEP 562) because ``python -m localdirector.lab.client`` and
 ``...servers`` are started many times inside namespaces: importing the builder there
@@ -13,17 +13,18 @@ would cost start-up time and make runpy warn about a pre-imported ``__main__`` m
 from importlib import import_module
 
 _EXPORTS = {
-    "CLIENT_SUBNETS": "netns",
-    "DEFAULT_PORTS": "netns",
-    "DEFAULT_REALS": "netns",
-    "VIP_NET": "netns",
-    "ClientError": "netns",
-    "Lab": "netns",
-    "LabError": "netns",
-    "clean_stale": "netns",
-    "list_namespaces": "netns",
-    "python_module": "netns",
-    "unavailable_reason": "netns",
+    "CLIENT_SUBNETS": "topology",
+    "DEFAULT_REALS": "topology",
+    "VIP_NET": "topology",
+    "LabError": "topology",
+    "clean_stale": "topology",
+    "list_namespaces": "topology",
+    "require_allowed": "topology",
+    "unavailable_reason": "topology",
+    "DEFAULT_PORTS": "driver",
+    "ClientError": "driver",
+    "Lab": "driver",
+    "python_module": "driver",
     "Fetch": "client",
     "pattern_digest": "servers",
 }

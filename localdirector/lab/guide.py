@@ -1,29 +1,28 @@
-"""What a newcomer needs to read about a running lab: where things are, who goes where.
+"""What a newcomer reads about a running lab: where things are, who goes where.
 
-Two readers share it: ``localdirector lab`` prints it as its banner before the director's
-shell opens, and ``show lab`` prints it again inside that shell. Both pass a Director, so
-the "who goes where" table is computed by the model's own FIG. 5 lookup from whatever
-configuration is loaded, never hard-coded for FIG. 1: load another example and the table
-follows it, and after `no assign ...` in the shell, ``show lab`` shows the change.
-
-The lab is described to the appliance process through one environment variable holding a
-:class:`LabInfo` as JSON, because that process is started by ``ip netns exec`` and
-shares nothing else with the process that built the namespaces.
+``localdirector lab`` prints it as its banner and ``show lab`` prints it again; the
+"who goes where" table comes from the model's own FIG. 5 lookup on whatever configuration
+is loaded, so it follows edits. :class:`LabInfo` travels to the appliance, started by
+``ip netns exec``, as JSON in one environment variable (docs/design.rst, "Lab").
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.director import Director
 from localdirector.model.virtual import VirtualMachine
 from localdirector.shell.render import table
 
-from .netns import DIRECTOR_REAL_SIDE, Lab
+from .topology import DIRECTOR_REAL_SIDE
+
+if TYPE_CHECKING:
+    from .driver import Lab
 
 ENV = "LOCALDIRECTOR_LAB"
 # Port used for "who goes where" when a virtual listens on all ports (port 0).
@@ -65,7 +64,7 @@ class LabInfo:
             return None
 
 
-def address_range(addresses: list[str]) -> str:
+def address_range(addresses: Sequence[str]) -> str:
     """``198.51.100.2-9`` for consecutive addresses; the lab allocates them that way."""
     if len(addresses) == 1:
         return addresses[0]

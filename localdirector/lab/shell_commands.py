@@ -1,14 +1,10 @@
 """Shell commands that exist only inside ``localdirector lab``: `lab curl`, `show lab`.
 
-A newcomer at the director's prompt should not need a second terminal and a long
-``ip netns exec`` line to see FIG. 1 at work, so the shell itself can send traffic from
-the lab's client namespace. The shell finds this module by name (shell/registry.py) in
-every appliance, so it registers its commands only when the environment names a lab
-(``LOCALDIRECTOR_LAB``, set by ``localdirector lab``): on a production appliance there is
-no `lab` keyword at all, and nothing here runs at import time but reading that variable.
-
-Traffic stays inside the lab: requests run in the lab's client namespace, only toward
-the lab's VIP range, from the lab's own client addresses.
+So that a newcomer at the director's prompt sees FIG. 1 at work without a second
+terminal, the shell sends traffic from the lab's client namespace, only toward the lab's
+VIP range, from the lab's own client addresses (docs/design.rst, "Lab"). Only the
+entry point imports this module, and only when the environment names a lab: importing it
+registers the commands; which lab they act on is read from the environment when they run.
 """
 
 from __future__ import annotations
@@ -21,12 +17,12 @@ import time
 from localdirector.model.addr import format_ip
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, choice, opt
-from localdirector.shell.registry import EXEC, declare
+from localdirector.shell.registry import EXEC, command
 from localdirector.shell.render import table
 from localdirector.shell.session import CommandFailed, Session
 
-from .guide import DEFAULT_PORT, LabInfo, address_range, destinations, overview
-from .netns import VIP_NET, LabError, require_allowed
+from .guide import DEFAULT_PORT, ENV, LabInfo, address_range, destinations, overview
+from .topology import VIP_NET, LabError, client_addresses, require_allowed
 
 MAX_REQUESTS = 100
 REQUEST_SECONDS = 5
@@ -126,10 +122,36 @@ def _await_headers(proc: subprocess.Popen[bytes], deadline: float, seconds: int)
     return f"open, held for {seconds} s"
 
 
-def lab_curl(info: LabInfo, session: Session, group: str, count: int = 1,
+def _this_lab() -> LabInfo:
+    info = LabInfo.from_env()
+    if info is None:
+        raise CommandFailed(f"this appliance does not run in a lab ({ENV} is unset or "
+                            "unreadable)")
+    return info
+
+
+# The groups `localdirector lab` builds; their help shows its default client addresses.
+_GROUPS = choice(*(Keyword(group, f"From the {group} clients {address_range(clients)}",
+                           "group", group) for group, clients in client_addresses().items()))
+
+
+@command(EXEC, Keyword("lab", "Send traffic from this lab's clients"),
+         Keyword("curl", "HTTP requests through the director; each answer names the real "
+                         "that served it"),
+         _GROUPS,
+         opt(args.number("count", 1, MAX_REQUESTS, "How many requests, one after "
+                         "another, each from the next client address", "COUNT")),
+         opt(Keyword("vip", "Connect to this VIP (default: the first virtual)"),
+             args.vip_port("target", "Virtual address and port [80]")),
+         opt(Keyword("hold", "Keep the connections open in the background"),
+             args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
+                         "SECONDS")),
+         output=True, locked=False)
+def lab_curl(session: Session, group: str, count: int = 1,
              target: tuple[int, int | None] | None = None, hold: int = 0) -> None:
     """Runs unlocked (`locked=False`): the data plane needs the model lock to carry
     these very requests, so holding it here would stall them until curl gives up."""
+    info = _this_lab()
     _reap()
     addr, port = _target(session, target)
     clients = info.clients[group]
@@ -156,32 +178,7 @@ def lab_curl(info: LabInfo, session: Session, group: str, count: int = 1,
                       f"{count - len(rows)} not sent.")
 
 
-def show_lab(info: LabInfo, session: Session) -> None:
-    session.print_lines(overview(info, session.director))
-
-
-def register(info: LabInfo) -> None:
-    """Declare the lab commands for the lab ``info`` describes."""
-    lab = Keyword("lab", "Send traffic from this lab's clients")
-    groups = choice(*(Keyword(group, f"From the {group} clients {address_range(clients)}",
-                              "group", group) for group, clients in info.clients.items()))
-    declare(EXEC, lab, Keyword("curl", "HTTP requests through the director; each answer "
-                                       "names the real that served it"),
-            groups,
-            opt(args.number("count", 1, MAX_REQUESTS, "How many requests, one after "
-                            "another, each from the next client address", "COUNT")),
-            opt(Keyword("vip", "Connect to this VIP (default: the first virtual)"),
-                args.vip_port("target", "Virtual address and port [80]")),
-            opt(Keyword("hold", "Keep the connections open in the background"),
-                args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
-                            "SECONDS")),
-            handler=lambda session, **kw: lab_curl(info, session, **kw),
-            output=True, locked=False)
-    declare(EXEC, Keyword("show", "Show running system information"),
-            Keyword("lab", "This lab: namespaces, client groups, who goes where"),
-            handler=lambda session: show_lab(info, session), output=True)
-
-
-_INFO = LabInfo.from_env()
-if _INFO is not None:
-    register(_INFO)
+@command(EXEC, Keyword("show", "Show running system information"),
+         Keyword("lab", "This lab: namespaces, client groups, who goes where"), output=True)
+def show_lab(session: Session) -> None:
+    session.print_lines(overview(_this_lab(), session.director))

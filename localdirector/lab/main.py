@@ -1,21 +1,10 @@
 """`localdirector lab`: FIG. 1 on this machine in one command, gone again on `exit`.
 
-Builds the namespace lab (clients of three subnets, the director, five reals each
-answering with its own name), starts the appliance in the director namespace on this
-terminal with the lab's startup-config, and removes every namespace when the shell ends.
-The firewall rules the appliance installs live in the director namespace, so deleting
-the namespace removes them with it: nothing of the lab ever touches the host's network.
-
-Teardown runs on `exit`, on a crashed appliance, on SIGTERM/SIGHUP/SIGQUIT, and on
-Ctrl-C while the lab is being built. While the shell runs, Ctrl-C belongs to the shell
-(it cancels the line being typed), so this process ignores it. A `kill -9` of this
-process leaves namespaces behind: the next `localdirector lab` or
-`localdirector lab --clean` removes them (only labs whose owner process is gone).
-
-Where the example configuration comes from: a source checkout (or `pip install -e`) has
-it in ``examples/``; a regular install has it under ``<prefix>/share/localdirector/
-examples`` (setup.cfg data_files). Whichever is found first is used; if neither is,
-``--config`` names one.
+Builds the lab, starts the appliance in the director namespace on this terminal with a
+copy of the example configuration, and deletes every namespace (and with them the
+appliance's firewall rules) when the shell ends, the appliance crashes, on
+SIGTERM/SIGHUP/SIGQUIT, or on Ctrl-C during the build (docs/design.rst, "Lab"). Only a
+`kill -9` leaves namespaces behind, for the next run or `--clean` to remove.
 """
 
 from __future__ import annotations
@@ -37,11 +26,14 @@ from localdirector.appliance import Appliance
 from localdirector.model.director import Director
 from localdirector.shell import config_file
 
+from .driver import PACKAGE_ROOT, Lab
 from .guide import ENV, LabInfo, overview
-from .netns import DEFAULT_REALS, PACKAGE_ROOT, Lab, LabError, clean_stale, unavailable_reason
+from .topology import DEFAULT_REALS, LabError, clean_stale, unavailable_reason
 
 PREFIX = "ldlab"
 DEFAULT_EXAMPLE = "fig1.cfg"
+# A source checkout (or `pip install -e`) has the examples here; a regular install has
+# them under <prefix>/share (setup.cfg data_files).
 EXAMPLE_DIRS = (PACKAGE_ROOT / "examples",
                 Path(sys.prefix) / "share" / "localdirector" / "examples")
 STOP_SECONDS = 5.0

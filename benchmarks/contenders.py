@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from localdirector.lab.netns import LabError
+from localdirector.lab import LabError
 
 from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from localdirector.lab.netns import Lab, LabError, require_allowed
+from localdirector.lab import Lab, LabError, require_allowed
 
 VIP = "192.0.2.10"
 VIP_PORT = 80

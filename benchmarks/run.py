@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localdirector.lab.netns import LabError, clean_stale, unavailable_reason
+from localdirector.lab import LabError, clean_stale, unavailable_reason
 
 from . import machine
 from .contenders import Contender, ContenderUnavailable, LocalDirector, all_contenders, \

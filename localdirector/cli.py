@@ -113,16 +113,24 @@ def _console(appliance: Appliance, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _register_lab_commands() -> None:
+    """In the appliance `localdirector lab` started, and only there: `lab curl`, `show
+    lab`. A garbled lab description turns nothing on half-configured."""
+    from .lab.guide import LabInfo
+    if LabInfo.from_env() is not None:
+        from .lab import shell_commands  # noqa: F401  (registers on import)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["lab"]:   # `localdirector lab`: the namespace lab, a command of its own
-        from .lab import command as lab_command
-        return lab_command.main(argv[1:])
+        from .lab import main as lab_main
+        return lab_main.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.check is not None:
         return check(args.check)
     if os.environ.get(LAB_ENV):
-        from .lab import commands as lab_commands  # noqa: F401  (registers on import)
+        _register_lab_commands()
     syslog.install()
     appliance = Appliance(args.config, queue_num=args.queue)
     appliance.boot(lambda message: print(message, file=sys.stderr))

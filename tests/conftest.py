@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localdirector.lab.netns import Lab, LabError, clean_stale, unavailable_reason
+from localdirector.lab import Lab, LabError, clean_stale, unavailable_reason
 
 
 @functools.cache

@@ -29,9 +29,9 @@ import pytest
 from conftest import require_netns
 from localdirector.appliance import Appliance
 from localdirector.cli import build_parser
-from localdirector.lab import command as lab_command
-from localdirector.lab.netns import (DEFAULT_PORTS, DEFAULT_REALS, VIP_NET, Lab,
-                                     list_namespaces, python_module)
+from localdirector.lab import (DEFAULT_PORTS, DEFAULT_REALS, VIP_NET, Lab,
+                               list_namespaces, python_module)
+from localdirector.lab import main as lab_command
 from localdirector.model.addr import format_ip
 from localdirector.shell import config_file
 
@@ -288,9 +288,10 @@ def test_man_page_renders_without_warnings() -> None:
 _REGISTRY_DUMP = r"""
 import ipaddress
 import json
+import os
 from localdirector.shell.grammar import Choice, Keyword, Opt, Repeat
+from localdirector import cli
 from localdirector.commands import REGISTRY
-from localdirector.lab import commands as lab_commands
 from localdirector.shell.registry import Mode
 
 def leading(syntax):
@@ -317,6 +318,8 @@ def words(element, out):
     elif isinstance(element, Repeat):
         words(element.token, out)
 
+if os.environ.get("LOCALDIRECTOR_LAB"):   # as cli.main does
+    cli._register_lab_commands()
 paths, keywords = set(), set()
 for command in REGISTRY.commands:
     for element in command.syntax:

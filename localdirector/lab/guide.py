@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.director import Director
 from localdirector.model.virtual import VirtualMachine
+from localdirector.services import LAB_ENV
 from localdirector.shell.render import table
 
 from .topology import DIRECTOR_REAL_SIDE
@@ -24,7 +25,7 @@ from .topology import DIRECTOR_REAL_SIDE
 if TYPE_CHECKING:
     from .driver import Lab
 
-ENV = "LOCALDIRECTOR_LAB"
+ENV = LAB_ENV
 # Port used for "who goes where" when a virtual listens on all ports (port 0).
 DEFAULT_PORT = 80
 

@@ -72,9 +72,29 @@ def test_test_assign_reports_backup_overflow_and_drops(fig1):
     assert "overflow to backup 192.0.2.10:80:0:tcp" in " ".join(row)
     director.set_state(ServerId.parse("203.0.113.15"), State.OUT_OF_SERVICE)
     [row] = rows(fig1("test assign 198.18.0.9 192.0.2.10:80"))
-    assert row[3] == "-" and "SYN dropped" in " ".join(row)
+    # What the data plane does: userspace answers with a RST, the fast path drops.
+    assert row[3] == "-" and " ".join(row).endswith("SYN refused with a RST")
+    director.virtuals[ServerId.parse("192.0.2.10:80:2")].fastpath = True
+    [row] = rows(fig1("test assign 198.18.0.9 192.0.2.10:80"))
+    assert " ".join(row).endswith("no real available: SYN dropped (fast path)")
     [row] = rows(fig1("test assign 198.18.0.9 192.0.2.10:443"))
     assert row[2] == "-" and "no virtual" in " ".join(row)
+
+
+def test_test_assign_takes_names_and_the_all_ports_rows_it_prints(fig1):
+    """Every row it prints without a port can be asked for alone (port 0 included),
+    and names work as in server ids."""
+    fig1("configure terminal")
+    fig1("virtual 192.0.2.10:0:0")
+    fig1("bind 192.0.2.10:0:0 203.0.113.13")
+    fig1("name 192.0.2.10 www")
+    fig1("name 198.19.0.5 office")
+    fig1("end")
+    listed = rows(fig1("test assign office www"))
+    assert [r[1] for r in listed] == ["192.0.2.10:0", "192.0.2.10:80"]
+    for row in listed:
+        assert rows(fig1(f"test assign 198.19.0.5 {row[1]}")) == [row]
+    assert listed[0][2:4] == ["www:0:0:tcp", "203.0.113.13:0:0:tcp"]
 
 
 def test_show_tables(fig1):

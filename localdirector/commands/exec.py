@@ -126,8 +126,9 @@ def kill(session: Session, target: int) -> None:
 
 @command(PRIV, Keyword("test", "What-if checks that send no traffic"),
          Keyword("assign", "Which virtual and real a client's SYN would get"),
-         args.ip("client", "Client address"),
-         args.vip_port("destination", "Virtual address, and port (default: each configured)"),
+         args.host("client", "Client address or name"),
+         args.vip_port("destination", "Virtual address or name, and port (default: each "
+                                      "configured; 0: the all-ports instances)"),
          output=True)
 def test_assign(session: Session, client: int, destination: tuple[int, int | None]) -> None:
     """Runs the data plane's own decision (FIG. 5 steps 510-518) with commit=False, so
@@ -152,7 +153,9 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
         if served is not None and served is not decision.virtual:
             why += f"; overflow to backup {director.fmt(served.sid)}"
         if decision.real is None:
-            why += "; no real available: SYN dropped"
+            # What the data plane does with it (docs/design.rst, "Packet flow").
+            why += ("; no real available: SYN dropped (fast path)" if decision.virtual.fastpath
+                    else "; no real available: SYN refused with a RST")
         rows.append((format_ip(client), f"{format_ip(addr)}:{dport}",
                      director.fmt(decision.virtual.sid),
                      director.fmt(decision.real.sid) if decision.real else "-",

@@ -101,18 +101,35 @@ def number(name: str, low: int, high: int, help: str, placeholder: str | None = 
     return Arg(name, placeholder or f"<{low}-{high}>", help, parse)
 
 
-def _vip_port(text: str, _session: object) -> tuple[int, int | None]:
-    addr_text, _, port_text = text.partition(":")
-    addr = _ip(addr_text, None)
-    if not port_text:
+def _host(text: str, session: "Session") -> int:
+    """An address, or a name given with `name` (as in server ids)."""
+    names = session.director.names
+    if text in names:
+        return names[text]
+    try:
+        return parse_ip(text)
+    except ValueError:
+        raise ArgError(f"invalid address or unknown name '{text}'") from None
+
+
+def host(name: str, help: str) -> Arg:
+    return Arg(name, "A.B.C.D|NAME", help, _host)
+
+
+def _vip_port(text: str, session: "Session") -> tuple[int, int | None]:
+    """`VIP[:PORT]`; port 0 stands for the all-ports instances (any port no exact-port
+    instance takes), as in server ids."""
+    addr_text, colon, port_text = text.partition(":")
+    addr = _host(addr_text, session)
+    if not colon:
         return addr, None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ArgError("invalid port")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ArgError(f"invalid port '{port_text}' (0-65535)", len(addr_text) + 1)
     return addr, int(port_text)
 
 
 def vip_port(name: str, help: str) -> Arg:
-    return Arg(name, "A.B.C.D[:PORT]", help, _vip_port)
+    return Arg(name, "ADDR[:PORT]", help, _vip_port)
 
 
 def _name(text: str, _session: object) -> str:

@@ -8,6 +8,7 @@ from localdirector.shell import grammar
 from localdirector.shell.args import number, word
 from localdirector.shell.grammar import (INCOMPLETE, INVALID, CommandError, Jump, Keyword,
                                          Repeat, choice, opt)
+from localdirector.appliance import Appliance
 from localdirector.commands import REGISTRY
 from localdirector.shell.registry import Mode, Registry
 
@@ -146,8 +147,9 @@ def test_completion_offers_matching_keywords_only_after_valid_words():
     assert sorted(complete("")) == ["list", "set", "show"]
 
 
-def test_real_registry_parses_operator_abbreviations():
+def test_real_registry_parses_operator_abbreviations(tmp_path):
     registry = REGISTRY
+    session = Appliance(tmp_path / "none").open_session("test")   # names live in its model
     for line, mode, expected in [
         ("sh vir", Mode.PRIV, "show virtual"),
         ("conf t", Mode.PRIV, "configure"),
@@ -156,7 +158,7 @@ def test_real_registry_parses_operator_abbreviations():
         ("sh run", Mode.PRIV, "show running-config"),
         ("tes as 198.51.100.7 192.0.2.10:80", Mode.PRIV, "test assign"),
     ]:
-        segments = grammar.parse(line, None, mode, registry.roots)
+        segments = grammar.parse(line, session, mode, registry.roots)
         assert segments[0].command.keywords == expected, line
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import localdirector
 from localdirector import syslog
@@ -52,19 +54,29 @@ def _traffic(obj: VirtualMachine | PhysicalMachine, fastpath: bool) -> str:
             f"{obj.bytes_in} bytes in, {obj.bytes_out} out")
 
 
+def _print_servers(session: Session, servers: list, detail: bool, header: tuple[str, ...],
+                   row: Callable[[Director, Any], tuple],
+                   block: Callable[[Director, Any], list[str]]) -> None:
+    """A table row per server, or with `detail` a block of every field per server."""
+    d = session.director
+    if detail:
+        session.print_lines([line for obj in servers for line in block(d, obj)])
+    else:
+        session.print_lines(table(header, [row(d, obj) for obj in servers]))
+
+
 @_show_one("virtual", "Virtual server instances", _DETAIL)
 def show_virtual(session: Session, pattern: ServerPattern | None = None,
                  detail: bool = False) -> None:
-    d = session.director
-    virtuals = _selected(list(d.iter_virtuals()), pattern, "virtual")
-    if detail:
-        session.print_lines([line for v in virtuals for line in _virtual_detail(d, v)])
-        return
-    rows = [(d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.half_open, v.conns_total,
-             v.predictor, sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
-            for v in virtuals]
-    session.print_lines(table(("Virtual", "State", "Conns", "Half-open", "Total", "Predictor",
-                               "Reals", "Backup"), rows))
+    _print_servers(session, _selected(list(session.director.iter_virtuals()), pattern,
+                                      "virtual"), detail,
+                   ("Virtual", "State", "Conns", "Half-open", "Total", "Predictor", "Reals",
+                    "Backup"), _virtual_row, _virtual_detail)
+
+
+def _virtual_row(d: Director, v: VirtualMachine) -> tuple:
+    return (d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.half_open, v.conns_total,
+            v.predictor, sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
 
 
 def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
@@ -87,17 +99,16 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
 @_show_one("real", "Real servers", _DETAIL)
 def show_real(session: Session, pattern: ServerPattern | None = None,
               detail: bool = False) -> None:
-    d = session.director
-    reals = _selected(list(d.iter_reals()), pattern, "real")
-    if detail:
-        session.print_lines([line for r in reals for line in _real_detail(d, r)])
-        return
-    rows = [(d.fmt(r.sid), r.state.value, r.current_conns, r.total_conns, r.weight,
-             r.maxconns or "-", r.noanswer_reassigns + r.reset_reassigns, r.threshold,
-             _ms(r.response_time), d.fmt(r.backup) if r.backup else "-")
-            for r in reals]
-    session.print_lines(table(("Real", "State", "Conns", "Total", "Weight", "Maxconns",
-                               "Reassigns", "Threshold", "Response", "Backup"), rows))
+    _print_servers(session, _selected(list(session.director.iter_reals()), pattern, "real"),
+                   detail, ("Real", "State", "Conns", "Total", "Weight", "Maxconns",
+                            "Reassigns", "Threshold", "Response", "Backup"),
+                   _real_row, _real_detail)
+
+
+def _real_row(d: Director, r: PhysicalMachine) -> tuple:
+    return (d.fmt(r.sid), r.state.value, r.current_conns, r.total_conns, r.weight,
+            r.maxconns or "-", r.noanswer_reassigns + r.reset_reassigns, r.threshold,
+            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-")
 
 
 def _ms(seconds: float) -> str:

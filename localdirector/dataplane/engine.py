@@ -1,11 +1,11 @@
 """FIG. 5 for every queued packet: find or create the connection, translate, follow TCP.
 
-Pure Python over the packet's `bytearray`, with an injectable clock and no kernel, so
-every behaviour is testable with crafted packets. The NFQUEUE worker calls `handle()` per
-packet and `tick()` about twice a second; every entry point holds `director.lock` for its
-whole span, so worker threads and the shell share one engine and see whole updates. What
-it does with refused, reset and unanswered SYNs and malformed input, and why: see
-docs/design.rst, "Packet flow"; the fast path's differences: fastpath.py.
+Pure Python over the packet's `bytearray` with an injectable clock, so every behaviour is
+testable with crafted packets. The NFQUEUE worker calls `handle()` per packet and `tick()`
+about twice a second; every entry point holds `director.lock` for its whole span, so
+worker threads and the shell share one engine and always see whole updates. Policy for
+refused, reset and unanswered SYNs and malformed input: docs/design.rst, "Packet flow";
+what the fast path does differently: fastpath.py and "Fast path".
 """
 
 from __future__ import annotations

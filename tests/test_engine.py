@@ -10,10 +10,12 @@ from hypothesis import given, settings, strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.packet import Raw
 
-from localdirector.dataplane import engine as engine_module
+from localdirector.dataplane import expiry as expiry_module
 from localdirector.dataplane import packet
-from localdirector.dataplane.engine import (ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP,
-                                            EMBRYONIC_TIMEOUT, LINGER, TIME_WAIT, Engine)
+from localdirector.dataplane import ports as ports_module
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP, Engine
+from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT, LINGER
+from localdirector.dataplane.ports import TIME_WAIT
 from localdirector.dataplane.stats import REASON_NAMES
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import (CLOSED, ESTABLISHED, FIN_WAIT, SYN_RCVD, SYN_SENT,
@@ -571,15 +573,15 @@ def test_reused_client_port_is_remapped_while_the_real_holds_time_wait() -> None
 
 
 def test_timer_and_recently_closed_memory_stay_bounded(monkeypatch) -> None:
-    monkeypatch.setattr(engine_module, "_COMPACT_MIN", 4)
-    monkeypatch.setattr(engine_module, "RECENT_MAX", 8)
+    monkeypatch.setattr(expiry_module, "_COMPACT_MIN", 4)
+    monkeypatch.setattr(ports_module, "RECENT_MAX", 8)
     lab_, _, _ = lab((A,))
     for i in range(30):
         lab_.close(lab_.open(41000 + i))
-    assert len(lab_.engine._recent) == 8
-    assert len(lab_.engine._timers) <= 2 * 4 + 1  # dead entries are swept, not hoarded
+    assert len(lab_.engine._ports) == 8
+    assert len(lab_.engine._expiry) <= 2 * 4 + 1  # dead entries are swept, not hoarded
     lab_.advance(TIME_WAIT + 1)
-    assert not lab_.engine._recent
+    assert not lab_.engine._ports
 
 
 def test_syn_on_a_lingering_connection_opens_a_new_one() -> None:

@@ -17,12 +17,12 @@ from test_shell_commands import Shell
 
 from localdirector.dataplane import nflog
 from localdirector.commands.traffic import KERNEL_NOTE
-from localdirector.dataplane.engine import (ACCEPT_MARK, ACCEPT_UNCHANGED, DROP,
-                                            EMBRYONIC_TIMEOUT, Engine)
+from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
+from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
 from localdirector.dataplane.rules import (MARK_MASK, MarkMap, RuleManager, desired_rules)
 from localdirector.dataplane.worker import QueueWorker
 from localdirector.model.addr import format_ip, parse_ip
-from localdirector.model.connection import (CLOSED, FIN_WAIT, KERNEL, SYN_SENT, Connection,
+from localdirector.model.connection import (CLOSED, FASTPATH, FIN_WAIT, SYN_SENT, Connection,
                                             flow_key)
 from localdirector.model.director import Director
 from localdirector.model.fastpath import fast_targets, group, mixed
@@ -83,7 +83,7 @@ class FastLab(Lab):
         verdict, _ = self.client("S", cport, client, vip, vport)
         assert verdict == ACCEPT_MARK
         conn = self.conn(cport, client, vip, vport)
-        assert conn is not None and conn.kernel
+        assert conn is not None and conn.fastpath
         assert self.engine.verdict_mark == self.mark_of(conn)
         return conn
 
@@ -91,7 +91,7 @@ class FastLab(Lab):
              vport: int = 80) -> Connection:
         conn = self.syn(cport, client, vip, vport)
         assert self.real(conn, "SA")[0] == ACCEPT_UNCHANGED
-        assert conn.tcp_state is KERNEL
+        assert conn.tcp_state is FASTPATH
         return conn
 
     def close(self, conn: Connection) -> None:
@@ -112,7 +112,7 @@ def fast(*args, **kwargs) -> FastLab:
     return FastLab(d)
 
 
-def test_syn_is_decided_and_marked_the_kernel_translates_the_rest() -> None:
+def test_syn_is_decided_and_the_kernel_translates_the_rest() -> None:
     lab_ = fast((A, "203.0.113.2:8001"), predictor="roundrobin")
     first, second = lab_.syn(40000), lab_.syn(40001)
     assert [(format_ip(c.real_ip), c.real_port) for c in (first, second)] == [
@@ -123,7 +123,7 @@ def test_syn_is_decided_and_marked_the_kernel_translates_the_rest() -> None:
     assert first.nat_port == first.foreign_port   # the kernel's NAT remaps, not the engine
     lab_.clock.t += 0.004
     assert lab_.real(first, "SA")[0] == ACCEPT_UNCHANGED
-    assert first.answered and first.tcp_state is KERNEL and v.half_open == 1
+    assert first.answered and first.tcp_state is FASTPATH and v.half_open == 1
     assert first.real.response_time == pytest.approx(0.004)
     for pkt_flags in ("A", "PA"):   # conntrack lost it: marked again, toward the same real
         assert lab_.client(pkt_flags, 40000)[0] == ACCEPT_MARK
@@ -140,7 +140,7 @@ def test_fin_both_ways_closes_and_counts_return_to_zero() -> None:
     for conn in conns:
         lab_.close(conn)
     lab_.assert_idle()
-    assert not lab_.engine._recent   # no userspace TIME_WAIT memory for kernel tuples
+    assert not lab_.engine._ports   # no userspace TIME_WAIT memory for fast-path tuples
     s = lab_.engine.stats
     assert (s.conns_created, s.conns_closed, s.fastpath_conns) == (9, 9, 9)
     assert s.observed == 9 * 3 and s.marked == 9
@@ -214,7 +214,7 @@ def test_a_real_without_an_installed_mark_gets_no_connection_yet() -> None:
     assert len(lab_.d.conns) == 0
 
 
-def test_ends_of_unknown_kernel_connections_pass_other_strays_do_not() -> None:
+def test_ends_of_unknown_fastpath_connections_pass_other_strays_do_not() -> None:
     lab_ = fast((A,))
     assert lab_.client("FA")[0] == ACCEPT_UNCHANGED   # e.g. after clear conns or a restart
     assert lab_.client("R")[0] == ACCEPT_UNCHANGED
@@ -251,8 +251,8 @@ def test_clear_conns_makes_the_kernel_forget_them_too() -> None:
 
 def test_bind_ids_predictors_and_backups_decide_as_in_userspace() -> None:
     """Same SYNs, same model, one engine per path: the same virtual and real each time."""
-    userspace, kernel = Lab(fig1()), FastLab(fig1())
-    for lab_ in (userspace, kernel):
+    userspace, fast = Lab(fig1()), FastLab(fig1())
+    for lab_ in (userspace, fast):
         for v in lab_.d.virtuals.values():
             v.predictor = "roundrobin"
         lab_.d.virtuals[sid(f"{VIP}:80:1")].backup = sid(f"{VIP}:80:0")
@@ -260,17 +260,17 @@ def test_bind_ids_predictors_and_backups_decide_as_in_userspace() -> None:
     clients = [f"198.51.100.{h}" for h in range(2, 8)] + [f"198.18.0.{h}" for h in (2, 3)] \
         + [f"198.19.0.{h}" for h in range(2, 7)]
     chosen = {}
-    for name, lab_ in (("userspace", userspace), ("kernel", kernel)):
+    for name, lab_ in (("userspace", userspace), ("fastpath", fast)):
         chosen[name] = [(c.virtual.bind_id, format_ip(c.real_ip), c.real_port)
                         for c in (lab_.syn(41000 + i, client=client)
                                   for i, client in enumerate(clients))]
-    assert chosen["kernel"] == chosen["userspace"]
-    assert {real for bind, real, _ in chosen["kernel"] if bind == 1} == {"203.0.113.11"}
-    hits = [o.hits for o in kernel.d.bindids]
+    assert chosen["fastpath"] == chosen["userspace"]
+    assert {real for bind, real, _ in chosen["fastpath"] if bind == 1} == {"203.0.113.11"}
+    hits = [o.hits for o in fast.d.bindids]
     assert hits == [o.hits for o in userspace.d.bindids] == [6, 2]
 
 
-def test_synguard_counts_kernel_connections_until_the_real_answers() -> None:
+def test_synguard_counts_fastpath_connections_until_the_real_answers() -> None:
     lab_ = fast((A,))
     lab_.d.virtual(sid(f"{VIP}:80")).synguard = 2
     first = lab_.syn(40000)
@@ -531,13 +531,13 @@ def test_switching_with_open_connections_is_refused(shell: Shell) -> None:
     assert not any(v.fastpath for v in d.virtuals.values())
 
 
-def test_show_conns_marks_kernel_connections_and_hides_their_idle_time(shell: Shell) -> None:
+def test_show_conns_marks_fastpath_connections_and_hides_their_idle_time(shell: Shell) -> None:
     d = shell.director
     v = d.virtuals[sid("192.0.2.10:80:0")]
     conn = Connection(parse_ip(CLIENT), 40000, v.addr, 80, v, d.reals[sid("203.0.113.12")],
                       time.monotonic())
-    conn.kernel = True
-    conn.tcp_state = KERNEL
+    conn.fastpath = True
+    conn.tcp_state = FASTPATH
     d.conns.add(conn)
     assert shell("do show conns")
     rows = shell.take().splitlines()

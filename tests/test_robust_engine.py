@@ -13,7 +13,8 @@ from scapy.packet import Raw
 from test_engine import CLIENT, VIP, A, B, Lab, fig1, lab, sid
 
 from localdirector.dataplane import packet as P
-from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP, LINGER
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP
+from localdirector.dataplane.expiry import LINGER
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import ESTABLISHED, SYN_SENT
 from localdirector.model.director import Director

@@ -110,11 +110,11 @@ KERNEL_NOTE = ("Path kernel: translated by the kernel (fastpath); the director s
 def _summary(conns: list[Connection], now: float) -> list[str]:
     rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
              _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.created),
-             "-" if c.kernel else duration(now - c.last_seen),
-             "kernel" if c.kernel else "engine")
+             "-" if c.fastpath else duration(now - c.last_seen),
+             "kernel" if c.fastpath else "engine")
             for c in conns)
     lines = table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows)
-    if any(c.kernel for c in conns):
+    if any(c.fastpath for c in conns):
         lines.append(KERNEL_NOTE)
     return lines
 
@@ -132,7 +132,7 @@ def _detail(director: Director, conns: list[Connection], now: float) -> list[str
             f"  State {c.tcp_state}, answered {'yes' if c.answered else 'no'}, "
             f"SYN resends {c.syn_resends}",
         ]
-        if c.kernel:
+        if c.fastpath:
             lines += [
                 f"  Age {duration(now - c.created)}, translated by the kernel (fastpath)",
                 f"  Kept while conntrack holds it; last checked or seen "

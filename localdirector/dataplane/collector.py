@@ -1,19 +1,11 @@
 """Keep CPython's cyclic garbage collector from stopping the data plane for half a second.
 
-A million connections are a million container objects, and every full collection
-traverses them all: 280 ms at a million (benchmarks.micro), during which the worker
-forwards nothing and the kernel queue fills. CPython starts one whenever the objects that
-survived since the last have grown by a quarter, which under 10,000 new connections a
-second is every 25 seconds or so.
-
-Connections never form reference cycles (reference counting frees them), so there is
-nothing in them for the collector to find. At every tick the worker therefore freezes
-(`gc.freeze`) whatever is alive: automatic collections then look only at objects younger
-than a tick, and frozen objects still die by reference counting the moment they are
-dropped. What freezing does hold back is cyclic garbage (a finished shell session's
-frames, say) among the frozen objects: every `thaw_every` seconds the worker thaws
-everything and collects once, so that garbage lives ten minutes, not forever, and the
-table's full traversal happens once per ten minutes instead of every few seconds.
+A full collection traverses every live connection (280 ms at a million, benchmarks.micro),
+forwarding nothing meanwhile, and under 10,000 new connections a second CPython starts one
+every 25 s or so. Connections never form cycles (reference counting frees them, frozen or
+not), so at every tick the worker freezes what is alive; every `thaw_every` seconds it
+thaws and collects once, so cyclic garbage among the frozen lives ten minutes, not forever
+(docs/design.rst, "Data-plane service").
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """IPv4/TCP/ICMP-error parsing and in-place address translation for the NFQUEUE hot path.
 
-Every queued packet passes through :func:`parse_tcp` and, when it belongs to a
-connection, :func:`rewrite`; so these are plain
-functions over the payload ``bytearray`` (or a writable ``memoryview`` of it)
-built on precompiled :mod:`struct` objects, returning ints or one small tuple,
-never a packet object. Addresses are host-order ints (0xC000020A is 192.0.2.10).
-
-Checksum arithmetic (RFC 1071 / RFC 1624). A 16-bit one's-complement sum is
-addition modulo 0xFFFF, and a checksum field holds the negated sum. So when
-16-bit-aligned words change by a total ``d``, the field becomes
-``(field - d) % 0xFFFF``; and since 0x10000 = 1 (mod 0xFFFF), a 32-bit address
-contributes simply its integer value. This is RFC 1624 eqn. 3,
-HC' = ~(~HC + ~m + m'), evaluated with Python ints instead of folding carries.
-Its result lies in 0..0xFFFE, which is exactly what a full computation gives:
-the other encoding of zero, 0xFFFF, would need all-zero data, impossible for an
-IPv4 header (version nibble) or a TCP pseudo-header (protocol 6). An incoming
-0xFFFF (a sender's "-0") thus comes out as the canonical 0x0000, as recomputing
-would produce. TCP, unlike UDP, gives a checksum of 0 no special meaning, so
-no case is excluded.
+Plain functions over the payload ``bytearray`` (or a writable ``memoryview`` of it) on
+precompiled :mod:`struct` objects, returning ints or one small tuple, never a packet
+object: every queued packet passes through :func:`parse_tcp`, most through
+:func:`rewrite`. Addresses are host-order ints (0xC000020A is 192.0.2.10).
 """
 
 from __future__ import annotations
@@ -68,6 +54,16 @@ Buffer = bytearray | memoryview  # a writable view when rewriting
 TcpFields = tuple[int, int, int, int, int, int, int]
 IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
 
+# Checksum arithmetic (RFC 1071 / RFC 1624). A 16-bit one's-complement sum is addition
+# modulo 0xFFFF, and a checksum field holds the negated sum. So when 16-bit-aligned words
+# change by a total ``d``, the field becomes ``(field - d) % 0xFFFF``; and since 0x10000
+# = 1 (mod 0xFFFF), a 32-bit address contributes simply its integer value. This is RFC
+# 1624 eqn. 3, HC' = ~(~HC + ~m + m'), evaluated with Python ints instead of folding
+# carries. Its result lies in 0..0xFFFE, which is exactly what a full computation gives:
+# the other encoding of zero, 0xFFFF, would need all-zero data, impossible for an IPv4
+# header (version nibble) or a TCP pseudo-header (protocol 6). An incoming 0xFFFF (a
+# sender's "-0") thus comes out as the canonical 0x0000, as recomputing would produce.
+# TCP, unlike UDP, gives a checksum of 0 no special meaning, so no case is excluded.
 _MOD = 0xFFFF
 _IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fragment offset
 _IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
@@ -130,8 +126,9 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
     drop reason.
 
     ``ihl`` is the IP header length in bytes (where TCP starts), to hand to
-    :func:`rewrite`; ``total`` the IP total length (what byte counters count). Only headers must be inside ``buf``: NetfilterQueue
-    copies at most 4016 bytes, so the IP total length may exceed ``len(buf)``.
+    :func:`rewrite`; ``total`` the IP total length (what byte counters count). Only
+    headers must be inside ``buf``: NetfilterQueue copies at most 4016 bytes, so the IP
+    total length may exceed ``len(buf)``.
     A first fragment (MF set, offset 0) carries the TCP header and is accepted.
     """
     n = len(buf)

@@ -287,7 +287,7 @@ def desired_rules(director: Director) -> RuleSet:
                 # Real port 0 answers on whatever port the client asked for: the virtual's.
                 reals.setdefault(real.addr, set()).add(real.port or v.port)
     for conn in director.conns:
-        if conn.kernel:
+        if conn.fastpath:
             fast.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
             targets.add((conn.real.addr, conn.real.port))
             continue

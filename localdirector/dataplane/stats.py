@@ -1,13 +1,11 @@
 """Data-plane counters for `show statistics` and `clear counters`.
 
-Every queued (or, on the fast path, copied) packet ends in exactly one bucket
-(translated in, translated out, ICMP translated, accepted unchanged, marked or observed
-on the fast path, or dropped for one named reason), and `packets` is their sum (not a
-counter of its own: exact by construction, and one increment fewer per packet), so an
-operator can account for every packet. A SYN refused with a RST is in the bucket
-of its drop reason; `refused` counts the RSTs sent in its place. The engine increments
-them under the model lock, which keeps them exact however many worker threads share
-it."""
+Every packet the engine handles ends in exactly one bucket (translated in or out, ICMP
+translated, unchanged, the fast path's marked or observed, or dropped for one named
+reason), and `packets` is their sum, so an operator can account for every packet. A SYN
+refused with a RST is in its drop reason's bucket; `refused` counts the RSTs. The engine
+counts under the model lock, so the counts stay exact across worker threads.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +56,8 @@ COUNTERS = (
     "refused",        # SYNs answered with a RST (also counted under no-real)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
-    "marked",         # bucket: accepted with a mark, the kernel translates the connection
-    "observed",       # bucket: fast-path SYN-ACK, FIN, RST noted; the kernel translates them
+    "marked",         # bucket (fast path): accepted with a mark, conntrack NAT translates it
+    "observed",       # bucket (fast path): SYN-ACK, FIN, RST noted; the kernel translates them
 )
 
 

@@ -1,11 +1,8 @@
 """Idle timers of a million connections for 8 bytes each: a timing wheel of seconds.
 
-A heap entry per connection (deadline, tie-breaker, connection) cost 124 bytes, a
-fifth of a connection's memory; a wheel slot costs one list reference. Entries are
-lazy, as they were in the heap: the engine files a connection under the second its
-idle deadline falls in, and when that second comes it checks the connection again
-(traffic since then moves the deadline) and either closes it or files it anew. A
-second is finer than the engine's tick (0.5 s), so nothing expires later than before.
+A heap entry per connection cost 124 bytes, a fifth of a connection's memory; a wheel
+slot costs one list reference. Entries are lazy: whoever files an item checks it again
+when its second comes (expiry.py). A second is finer than the engine's tick (0.5 s).
 """
 
 from __future__ import annotations

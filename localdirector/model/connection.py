@@ -16,9 +16,10 @@ SYN_RCVD = "SYN_RCVD"        # the real answered with SYN-ACK; the client's ACK 
 ESTABLISHED = "ESTABLISHED"
 FIN_WAIT = "FIN_WAIT"        # one side has sent FIN
 CLOSED = "CLOSED"            # FIN both ways or RST: lingering so the last ACK gets through
-# A fast-path connection the real answered: from here on the kernel translates it and the
-# engine sees only its FIN and RST segments (not the client's ACK, hence not ESTABLISHED).
-KERNEL = "KERNEL"
+# A fast-path connection the real answered: from here on the kernel translates it (hence
+# the name shown) and the engine sees only its FIN and RST segments (not the client's ACK,
+# hence not ESTABLISHED).
+FASTPATH = "KERNEL"
 # Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
 HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
 
@@ -38,14 +39,14 @@ class Connection:
     the real's count the traffic, as conntrack without `nf_conntrack_acct`).
 
     `remap` is the client port used toward the real when it is not the client's own
-    (0 otherwise): that tuple toward the real was still in TIME_WAIT there (DESIGN §3).
-    `kernel`: a fast-path connection, translated by conntrack NAT. `moved`: a fast-path
-    connection reassigned to a real that has not had its first SYN yet (the SYN that
-    caused the move was dropped, see dataplane/engine.py)."""
+    (0 otherwise): that tuple toward the real was still in TIME_WAIT there
+    (docs/design.rst, "Port reuse"). `fastpath`: translated by conntrack NAT. `moved`: a
+    fast-path connection reassigned to a real that has not had its first SYN yet (the
+    SYN that caused the move was dropped; docs/design.rst, "Fast path")."""
 
     __slots__ = ("virtual_ip", "virtual_port", "real_ip", "real_port", "remap",
                  "syn_resends", "tcp_state", "created", "last_seen", "stamp",
-                 "answered", "fin_in", "fin_out", "kernel", "moved",
+                 "answered", "fin_in", "fin_out", "fastpath", "moved",
                  "virtual", "real", "in_key")
 
     def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
@@ -66,7 +67,7 @@ class Connection:
         self.answered = False
         self.fin_in = False
         self.fin_out = False
-        self.kernel = False
+        self.fastpath = False
         self.moved = False
         self.in_key = flow_key(foreign_ip, foreign_port, virtual_ip, virtual_port)
 

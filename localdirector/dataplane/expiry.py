@@ -1,0 +1,106 @@
+"""When connections go: idle timeouts, shorter while the handshake is incomplete, and the
+lingering of closed ones (docs/design.rst, "Connection lifecycle and health")."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from ..model.connection import CLOSED, HALF_OPEN_STATES, Connection
+from ..model.virtual import VirtualMachine
+from .timers import TimerWheel
+
+LINGER = 2.0              # closed connections keep translating this long (last ACK, RST races)
+EMBRYONIC_TIMEOUT = 75.0  # idle limit of a connection whose handshake has not completed
+_COMPACT_MIN = 4096       # dead timer entries tolerated before the wheel is rebuilt
+
+
+def timeout(conn: Connection) -> float:
+    """How long this connection may stay idle in its current state."""
+    state = conn.tcp_state
+    if state is CLOSED:
+        return LINGER
+    limit = conn.virtual.timeout
+    if state in HALF_OPEN_STATES and limit > EMBRYONIC_TIMEOUT:
+        return EMBRYONIC_TIMEOUT
+    return limit
+
+
+class Expiry:
+    """The idle timers of the live connections and the queue of lingering closed ones.
+
+    Timers are checked lazily: a connection that saw traffic since it was filed is filed
+    again under its new deadline. Closed ones stay filed until their second comes (the
+    `closed()` count of them), or the wheel is rebuilt without them."""
+
+    __slots__ = ("_wheel", "_dead", "_timeouts", "_linger")
+
+    def __init__(self, now: float) -> None:
+        self._wheel: TimerWheel[Connection] = TimerWheel(now)
+        self._dead = 0
+        self._timeouts: dict[VirtualMachine, int] = {}
+        self._linger: deque[Connection] = deque()
+
+    def __len__(self) -> int:
+        """Timer entries filed, dead ones included."""
+        return len(self._wheel)
+
+    def start(self, conn: Connection, now: float) -> None:
+        """A new connection's idle timer."""
+        self._wheel.add(conn, now + timeout(conn))
+
+    def linger(self, conn: Connection, now: float) -> None:
+        """A connection just CLOSED: it goes LINGER seconds from now."""
+        conn.closing_at = now + LINGER
+        self._linger.append(conn)
+
+    def closed(self) -> None:
+        """A connection left the table: its timer entry is dead from now on."""
+        self._dead += 1
+
+    def lingered(self, now: float) -> Iterator[Connection]:
+        """The lingering connections whose time is up, to be removed."""
+        linger = self._linger
+        while linger and linger[0].closing_at <= now:
+            yield linger.popleft()
+
+    def idle(self, now: float, inbound: dict[int, Connection]) -> Iterator[Connection]:
+        """The live connections (`inbound`: the table) idle past their deadline. The
+        caller removes each, or marks it seen (`last_seen`) to keep it: one still in the
+        table when the iteration resumes is filed again."""
+        wheel = self._wheel
+        for conn in wheel.due(now):
+            if inbound.get(conn.in_key) is not conn:
+                self._dead = max(0, self._dead - 1)
+                continue
+            deadline = conn.last_seen + timeout(conn)
+            if deadline <= now:
+                yield conn
+                if inbound.get(conn.in_key) is not conn:
+                    self._dead -= 1  # removed: its entry is already gone from the wheel
+                    continue
+                deadline = conn.last_seen + timeout(conn)
+            wheel.add(conn, deadline)
+        if self._dead > _COMPACT_MIN and self._dead > len(wheel) // 2:
+            self.rebuild(now, inbound)
+
+    def notice_timeouts(self, virtuals: Iterable[VirtualMachine], now: float,
+                        inbound: dict[int, Connection]) -> None:
+        """A shortened `timeout` must apply to existing connections now, not when their
+        old, longer deadline comes up: rebuild the timers when any timeout shrank."""
+        timeouts = {v: v.timeout for v in virtuals}
+        shrunk = any(t < self._timeouts.get(v, t) for v, t in timeouts.items())
+        self._timeouts = timeouts
+        if shrunk:
+            self.rebuild(now, inbound)
+
+    def forget_timeouts(self) -> None:
+        """The model was replaced (`reload`): its virtuals' timeouts are the new baseline."""
+        self._timeouts = {}
+
+    def rebuild(self, now: float, inbound: dict[int, Connection]) -> None:
+        """File every connection of the table afresh, without the dead entries."""
+        self._wheel = wheel = TimerWheel(now)
+        for conn in inbound.values():
+            wheel.add(conn, conn.last_seen + timeout(conn))
+        self._dead = 0

@@ -35,7 +35,10 @@ from ..model.addr import format_ip
 from ..model.director import Director
 from .conntrack import Conntrack, NoKernel
 from .engine import Engine
-from .rules import RuleManager, RulesError, RuleSync, run_iptables
+from .iptables import run_iptables
+from .ruleset import RulesError
+from .rulesync import RuleSync
+from .transactions import RuleManager
 from .worker import DEFAULT_MAX_LEN, QueueWorker
 
 log = logging.getLogger("localdirector")
@@ -141,7 +144,7 @@ class DataPlane:
         self.queue_num = queue_num
         self.engine = Engine(director, clock)
         self.worker = QueueWorker(queue_num, self.engine, max_len=max_len, clock=clock,
-                                  observe=True)
+                                  fastpath=True)
         self.rules = RuleManager(queue_num, iptables, on_marks=self._set_marks)
         self._sync: RuleSync | None = None
         self.started_at = 0.0

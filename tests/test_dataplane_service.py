@@ -1,7 +1,8 @@
 """The data plane's control parts without a kernel: netfilter rule text and
 transactions (iptables is a fake that records what it is fed and plays back an
 `iptables-save` listing), the worker's per-packet verdicts (a fake packet and engine),
-and the service's readings of /proc. The kernel side is tests/test_dataplane_netns.py."""
+the host's readings of /proc, and a data plane that is not running. The kernel side is
+tests/test_dataplane_netns.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
-from localdirector.dataplane.service import forwarding_problems, read_queue_counters
+from localdirector.dataplane.host import forwarding_problems, read_queue_counters
 from localdirector.dataplane.iptables import raw_rules
+from localdirector.dataplane.plane import DataPlane
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
 from localdirector.dataplane.transactions import RuleManager
@@ -213,6 +215,21 @@ def test_all_rp_filter_applies_to_every_interface(tmp_path: Path, value: str) ->
     (tmp_path / "conf" / "eth0" / "rp_filter").write_text(f"{value}\n")
     # The kernel uses max(all, interface): all=1 makes eth0 strict unless eth0 is 2.
     assert bool(forwarding_problems(tmp_path)) is (value == "0")
+
+
+def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> None:
+    plane = DataPlane(director(), 7, iptables=FakeIptables())
+    plane.adopt(Director())
+    stats = plane.statistics()
+    assert set(stats) == {
+        "queue", "engine", "connections", "worker_errors", "tick_errors", "oversize",
+        "socket_overruns", "log_overruns", "kernel", "ip_errors", "rule_counters", "marks",
+        "conntrack_errors", "rule_transactions", "rule_errors", "rules_synced", "uptime",
+        "reloads"}
+    assert (stats["queue"], stats["connections"], stats["reloads"]) == (7, 0, 0)
+    assert (stats["rule_counters"], stats["rules_synced"], stats["uptime"]) == (None, False, 0.0)
+    assert plane.clear_conns() == 0
+    plane.stop()   # nothing to undo
 
 
 # --------------------------------------------------------------------- worker verdicts

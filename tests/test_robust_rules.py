@@ -8,7 +8,7 @@ from pathlib import Path
 
 from test_dataplane_service import FakeIptables, director, sid
 
-from localdirector.dataplane.service import read_ip_errors, route_problems
+from localdirector.dataplane.host import read_ip_errors, route_problems
 from localdirector.dataplane.iptables import DEFRAG_CHAIN, LOCAL_CHAIN, SHED_CHAIN, raw_rules
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.transactions import RuleManager

@@ -38,11 +38,12 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
     if args.no_dataplane:
         return None
     try:
-        from .dataplane import service
+        from .dataplane import plane
         sizing = {} if args.queue_len is None else {"max_len": args.queue_len}
-        handle = service.start(appliance, args.queue, **sizing)
+        handle = plane.start(appliance.director, args.queue, **sizing)
     except Exception as err:  # any failure to start is reported the same one-line way
         raise ServiceError(f"data plane: {err}") from err
+    appliance.reload_hooks.append(handle.adopt)
     appliance.dataplane = handle
     return handle
 

@@ -15,6 +15,7 @@ import pytest
 
 from localdirector import cli
 from localdirector.appliance import Appliance
+from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.shell import config_file
 from localdirector.shell.registry import Mode
@@ -174,18 +175,21 @@ def test_python_dash_m_runs_the_same_main(tmp_path):
 
 
 class FakeService(types.ModuleType):
-    """Stands in for localdirector.dataplane.service: records start/stop."""
+    """Stands in for localdirector.dataplane.plane: records start/stop."""
 
     def __init__(self, error: Exception | None = None) -> None:
-        super().__init__("localdirector.dataplane.service")
+        super().__init__("localdirector.dataplane.plane")
         self.error = error
         self.calls: list[object] = []
 
-    def start(self, appliance: Appliance, queue: int):
+    def start(self, director: Director, queue: int):
         if self.error:
             raise self.error
-        self.calls.append(("start", queue, len(appliance.director.reals)))
+        self.calls.append(("start", queue, len(director.reals)))
         return self
+
+    def adopt(self, director: Director) -> None:
+        self.calls.append("adopt")
 
     def stop(self) -> None:
         self.calls.append("stop")
@@ -193,8 +197,8 @@ class FakeService(types.ModuleType):
 
 def run_main(monkeypatch, service: FakeService, argv: list[str], stdin: str) -> int:
     import localdirector.dataplane as dataplane
-    monkeypatch.setitem(sys.modules, "localdirector.dataplane.service", service)
-    monkeypatch.setattr(dataplane, "service", service, raising=False)
+    monkeypatch.setitem(sys.modules, "localdirector.dataplane.plane", service)
+    monkeypatch.setattr(dataplane, "plane", service, raising=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     return cli.main(argv)
 

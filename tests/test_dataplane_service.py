@@ -1,7 +1,8 @@
-"""The data plane's control parts without a kernel: netfilter rule generation and
+"""The data plane's control parts without a kernel: netfilter rule text and
 transactions (iptables is a fake that records what it is fed and plays back an
 `iptables-save` listing), the worker's per-packet verdicts (a fake packet and engine),
-and the service's readings of /proc. The kernel side is tests/test_dataplane_netns.py."""
+the host's readings of /proc, and a data plane that is not running. The kernel side is
+tests/test_dataplane_netns.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
-from localdirector.dataplane.rules import RuleManager, RulesError, RuleSync, desired_rules
-from localdirector.dataplane.service import forwarding_problems, read_queue_counters
+from localdirector.dataplane.host import forwarding_problems, read_queue_counters
+from localdirector.dataplane.iptables import raw_rules
+from localdirector.dataplane.plane import DataPlane
+from localdirector.dataplane.ruleset import RulesError, desired_rules
+from localdirector.dataplane.rulesync import RuleSync
+from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
 
 
@@ -58,7 +63,7 @@ def director() -> Director:
 
 
 def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
-    assert desired_rules(director()).lines() == [
+    assert raw_rules(desired_rules(director())) == [
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR-QUEUE",
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j LOCALDIRECTOR-QUEUE",
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p icmp -j LOCALDIRECTOR-QUEUE",
@@ -85,7 +90,7 @@ def test_an_unbound_backup_real_has_its_replies_queued() -> None:
         d.add_real(sid("203.0.113.14"))
         d.real(sid("203.0.113.12")).backup = sid("203.0.113.14")
         d.real(sid("203.0.113.14")).backup = sid("203.0.113.12")  # a loop ends the walk
-    lines = desired_rules(d).lines()
+    lines = raw_rules(desired_rules(d))
     assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE" in lines
     assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE" in lines
 
@@ -97,7 +102,7 @@ def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:
         d.conns.add(Connection(0xC6336402, 40000, v.addr, 80, v, r, time.monotonic()))
         d.remove_real(r.sid)
         d.remove_virtual(sid("192.0.2.10:443"))
-    lines = desired_rules(d).lines()
+    lines = raw_rules(desired_rules(d))
     assert any("-s 203.0.113.11/32 -p tcp -m tcp --sport 8001" in line for line in lines)
     assert not any("--dport 443" in line for line in lines)
 
@@ -210,6 +215,21 @@ def test_all_rp_filter_applies_to_every_interface(tmp_path: Path, value: str) ->
     (tmp_path / "conf" / "eth0" / "rp_filter").write_text(f"{value}\n")
     # The kernel uses max(all, interface): all=1 makes eth0 strict unless eth0 is 2.
     assert bool(forwarding_problems(tmp_path)) is (value == "0")
+
+
+def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> None:
+    plane = DataPlane(director(), 7, iptables=FakeIptables())
+    plane.adopt(Director())
+    stats = plane.statistics()
+    assert set(stats) == {
+        "queue", "engine", "connections", "worker_errors", "tick_errors", "oversize",
+        "socket_overruns", "log_overruns", "kernel", "ip_errors", "rule_counters", "marks",
+        "conntrack_errors", "rule_transactions", "rule_errors", "rules_synced", "uptime",
+        "reloads"}
+    assert (stats["queue"], stats["connections"], stats["reloads"]) == (7, 0, 0)
+    assert (stats["rule_counters"], stats["rules_synced"], stats["uptime"]) == (None, False, 0.0)
+    assert plane.clear_conns() == 0
+    plane.stop()   # nothing to undo
 
 
 # --------------------------------------------------------------------- worker verdicts

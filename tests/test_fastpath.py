@@ -15,11 +15,13 @@ from test_dataplane_service import FakeIptables
 from test_engine import CLIENT, LINGER, VIP, A, B, C, Lab, fig1, pool, sid
 from test_shell_commands import Shell
 
-from localdirector.dataplane import nflog
+from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import KERNEL_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.rules import (MARK_MASK, MarkMap, RuleManager, desired_rules)
+from localdirector.dataplane.iptables import mangle_rules, nat_rules, raw_rules
+from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
+from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import (CLOSED, FASTPATH, FIN_WAIT, SYN_SENT, Connection,
@@ -326,7 +328,7 @@ def test_nflog_payloads_are_cut_out_of_a_datagram_of_messages() -> None:
                for i in range(2)]
 
     def message(packet: bytes) -> bytes:
-        attrs = nflog._attr(1, b"\x08\x00\x03\x00") + nflog._attr(nflog._PAYLOAD, packet)
+        attrs = netlink.attr(1, b"\x08\x00\x03\x00") + netlink.attr(nflog._PAYLOAD, packet)
         body = struct.pack("!BBH", 2, 0, 7) + attrs
         return struct.pack("=IHHII", 16 + len(body), 4 << 8, 0, 0, 0) + body
 
@@ -357,14 +359,14 @@ def fast_director() -> Director:
 
 def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     rules = desired_rules(fast_director())
-    raw = rules.lines()
+    raw = raw_rules(rules)
     assert not any("192.0.2.10/32 -p tcp -m tcp --dport 80 -j" in line for line in raw)
     assert not any("203.0.113.1" + n in line for line in raw for n in "123")
     assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 " \
            "-j LOCALDIRECTOR-QUEUE" in raw
     guard = [line for line in raw if "hashlimit" in line]   # shed before conntrack sees it
     assert len(guard) == 1 and "-d 192.0.2.10/32" in guard[0]
-    assert rules.mangle_lines() == [
+    assert mangle_rules(rules) == [
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
         "-j LOCALDIRECTOR-QUEUE",
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
@@ -375,7 +377,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR-LOG",
     ]
     marks = {t: m for t, m in zip(rules.targets, (0x10000, 0x20000, 0x30000))}
-    assert rules.nat_lines(marks) == [
+    assert nat_rules(rules, marks) == [
         "-A LOCALDIRECTOR -p tcp -m mark --mark 0x10000/0xffff0000 "
         "-j DNAT --to-destination 203.0.113.11:8001",
         "-A LOCALDIRECTOR -p tcp -m mark --mark 0x20000/0xffff0000 "
@@ -388,7 +390,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 def test_port_zero_fast_virtual_matches_every_port() -> None:
     d = Director()
     d.add_virtual(sid("192.0.2.30:0")).fastpath = True
-    lines = desired_rules(d).mangle_lines()
+    lines = mangle_rules(desired_rules(d))
     assert lines[0] == ("-A LOCALDIRECTOR -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
                         "-j LOCALDIRECTOR-QUEUE")
     assert all("--dport" not in line and "--ctorigdstport" not in line for line in lines)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from test_dataplane_service import FakeIptables, director, sid
 
-from localdirector.dataplane.rules import (DEFRAG_CHAIN, LOCAL_CHAIN, SHED_CHAIN, RuleManager,
-                                           RulesError, desired_rules)
-from localdirector.dataplane.service import read_ip_errors, route_problems
+from localdirector.dataplane.host import read_ip_errors, route_problems
+from localdirector.dataplane.iptables import DEFRAG_CHAIN, LOCAL_CHAIN, SHED_CHAIN, raw_rules
+from localdirector.dataplane.ruleset import RulesError, desired_rules
+from localdirector.dataplane.transactions import RuleManager
 
 
 def test_synguard_puts_a_per_source_syn_rate_guard_ahead_of_the_queue_rule() -> None:
@@ -19,7 +20,7 @@ def test_synguard_puts_a_per_source_syn_rate_guard_ahead_of_the_queue_rule() -> 
         d.virtuals[sid("192.0.2.10:80:0")].synguard = 64
         d.virtuals[sid("192.0.2.10:80:1")].synguard = 200  # largest of the instances wins
         d.virtuals[sid("192.0.2.20:0")].synguard = 10
-    lines = desired_rules(d).lines()
+    lines = raw_rules(desired_rules(d))
     guard = next(i for i, line in enumerate(lines) if "--dport 80 --tcp-flags" in line)
     assert lines[guard].startswith(
         "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 "
@@ -36,7 +37,7 @@ def test_synguard_puts_a_per_source_syn_rate_guard_ahead_of_the_queue_rule() -> 
     # The kernel keeps a table's first settings: a new rate must mean a new table name.
     with d.lock:
         d.virtuals[sid("192.0.2.10:80:1")].synguard = 100
-    renamed = next(l for l in desired_rules(d).lines() if "--dport 80 --tcp-flags" in l)
+    renamed = next(l for l in raw_rules(desired_rules(d)) if "--dport 80 --tcp-flags" in l)
     assert renamed.split("--hashlimit-name ")[1][:12] != lines[guard].split(
         "--hashlimit-name ")[1][:12]
 

@@ -1,1 +1,2 @@
-"""Data plane: per-packet parsing, address translation and the NFQUEUE worker (DESIGN §3)."""
+"""Data plane: per-packet parsing, address translation, the NFQUEUE worker and the
+netfilter rules that feed it (docs/design.rst, "Packet flow"); plane.DataPlane runs them."""

@@ -1,21 +1,13 @@
-"""The NFQUEUE worker: one thread that feeds every queued packet to the engine.
+"""The NFQUEUE worker: one thread that feeds every queued packet to the engine
+(docs/design.rst, "Data-plane service").
 
-Why not ``NetfilterQueue.run()``: a blocking ``run()`` cannot be interrupted from
-another thread (``unbind()`` does not wake it), and even ``run(block=False)`` keeps
-reading for as long as packets keep arriving, so under load the engine's periodic
-``tick()`` (idle timeouts, SYN reassigns, retry of failed reals) and a stop request
-would starve. Instead the thread polls the queue's netlink socket next to a wake-up
-pipe and hands the library a reader that reports "would block" after a bounded batch,
-so it regains control at least every ``BATCH`` packets. The same loop reads the NFLOG
-group of the same number (nflog.py): copies of fast-path packets the engine only takes
-note of; their verdict, if any, is ignored (the kernel has forwarded them already).
-
-Per packet: one copy into a bytearray the engine rewrites in place, one copy back out
-only when the engine changed it; a fast-path verdict adds a mark and nothing else. An
-exception from the engine never leaves the callback (the library would leave it pending
-in the interpreter and the packet without a verdict, holding a queue slot forever); the
-packet is dropped, TCP retransmits, and the error is counted and logged once per
-exception type.
+It polls the queue's netlink socket, the fast path's NFLOG group of the same number
+(nflog.py) and a wake-up pipe, and reads at most ``BATCH`` packets at a time, so the
+engine's periodic ``tick()`` and a stop request never starve under load (a blocking
+``NetfilterQueue.run()`` cannot be woken, and ``run(block=False)`` reads on while packets
+keep arriving). An exception from the engine never leaves the callback, where the
+library would leave the packet without a verdict, holding a queue slot forever: the
+packet is dropped (TCP retransmits) and the error counted and logged once per type.
 """
 
 from __future__ import annotations
@@ -35,7 +27,7 @@ from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 from .collector import FrozenCollector
 from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
 from .nflog import PacketLog
-from .rules import MARK_MASK
+from .ruleset import MARK_MASK
 
 log = logging.getLogger("localdirector")
 
@@ -120,9 +112,9 @@ class QueueWorker:
 
     def __init__(self, queue_num: int, engine: PacketEngine, *,
                  max_len: int = DEFAULT_MAX_LEN, tick_seconds: float = TICK_SECONDS,
-                 clock: Callable[[], float] = time.monotonic, observe: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, fastpath: bool = False) -> None:
         self.queue_num = queue_num
-        self.observe = observe   # also read NFLOG group `queue_num` (the fast path's copies)
+        self.fastpath = fastpath   # also read NFLOG group `queue_num` (the fast path's copies)
         self._log: PacketLog | None = None
         self.engine = engine
         self.max_len = max_len
@@ -159,7 +151,7 @@ class QueueWorker:
             nfq.unbind()
             raise
         try:
-            self._log = PacketLog(self.queue_num) if self.observe else None
+            self._log = PacketLog(self.queue_num) if self.fastpath else None
         except BaseException:
             nfq.unbind()
             raise
@@ -243,6 +235,8 @@ class QueueWorker:
             self._log_once(exc, "engine tick")
 
     def _on_packet(self, pkt: Packet) -> None:
+        """One copy into a bytearray the engine rewrites in place, one copy back out only
+        when the engine changed it; a fast-path verdict adds a mark and nothing else."""
         try:
             buf = bytearray(pkt.get_payload())
             verdict = self.engine.handle(buf)
@@ -255,7 +249,7 @@ class QueueWorker:
             elif verdict == ACCEPT_UNCHANGED:
                 pkt.accept()
             elif verdict == ACCEPT_MARK:
-                # Only our bits of the mark: others may use the rest (rules.MARK_MASK).
+                # Only our bits of the mark: others may use the rest (ruleset.MARK_MASK).
                 pkt.set_mark(pkt.get_mark() & ~MARK_MASK | self.engine.verdict_mark)
                 pkt.accept()
             else:

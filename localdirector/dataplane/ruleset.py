@@ -1,0 +1,115 @@
+"""What the model asks netfilter for: which traffic goes through the engine, which
+VIP:ports are on the fast path, which SYNs the kernel sheds, and the marks standing for
+fast-path reals. Pure values, no iptables (iptables.py renders them; docs/design.rst,
+"Netfilter rules")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ..model.director import Director
+from ..model.fastpath import ALL_PORTS, fast_targets
+from ..model.real import PhysicalMachine
+
+MARK_SHIFT = 16
+MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
+MAX_MARKS = MARK_MASK >> MARK_SHIFT
+
+
+class RulesError(RuntimeError):
+    """The rules could not be put in place (iptables refused a transaction, or the marks
+    ran out); the text is what the operator needs to see."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """What must be queued: ``vips`` and ``reals`` map an address to the TCP ports
+    (ALL_PORTS = every port) of traffic to / from it through the engine, ``fastpath``
+    the VIP:ports on the fast path and ``targets`` the (address, port) of every real a
+    fast-path connection may be given (port 0: the client's). Comparable, so an
+    unchanged set costs no iptables call."""
+
+    vips: tuple[tuple[int, tuple[int, ...]], ...]
+    reals: tuple[tuple[int, tuple[int, ...]], ...]
+    # (VIP, port, SYNs a second per client address) for VIP:ports under `synguard`.
+    guards: tuple[tuple[int, int, int], ...] = ()
+    fastpath: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    targets: tuple[tuple[int, int], ...] = ()
+
+
+def desired_rules(director: Director) -> RuleSet:
+    """Snapshot of what the model needs queued; call with ``director.lock`` held.
+
+    Live connections count too: a virtual removed or a real unbound keeps its existing
+    connections flowing (docs/design.rst, "Connection lifecycle and health"), so their
+    traffic must stay queued until they end."""
+    vips: dict[int, set[int]] = {}
+    reals: dict[int, set[int]] = {}
+    fastpath: dict[int, set[int]] = {}
+    guards: dict[tuple[int, int], int] = {}
+    targets = fast_targets(director)
+    for v in director.iter_virtuals():
+        (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.port)
+        if v.synguard:
+            dest = (v.addr, v.port)
+            guards[dest] = max(guards.get(dest, 0), v.synguard)
+        if v.fastpath:
+            continue  # conntrack translates the replies: they must stay tracked
+        for link in v.iter_links():
+            for real in _with_backups(director, link.real):
+                # Real port 0 answers on whatever port the client asked for: the virtual's.
+                reals.setdefault(real.addr, set()).add(real.port or v.port)
+    for conn in director.conns:
+        if conn.fastpath:
+            fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
+            targets.add((conn.real.addr, conn.real.port))
+            continue
+        vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
+        reals.setdefault(conn.real_ip, set()).add(conn.real_port)
+    return RuleSet(_freeze(vips), _freeze(reals),
+                   tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
+                   _freeze(fastpath), tuple(sorted(targets)))
+
+
+def _with_backups(director: Director, real: PhysicalMachine) -> Iterator[PhysicalMachine]:
+    """A bound real and its backup chain: a backup takes connections without being
+    bound (FIG. 3B pointer 328), so its replies must be queued too."""
+    seen: set[int] = set()
+    current: PhysicalMachine | None = real
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = director.reals.get(current.backup) if current.backup is not None else None
+
+
+def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Sorted and minimal: a wildcard port makes that address's specific ports redundant."""
+    return tuple((addr, (ALL_PORTS,) if ALL_PORTS in ports else tuple(sorted(ports)))
+                 for addr, ports in sorted(table.items()))
+
+
+class MarkMap:
+    """Marks of fast-path DNAT targets: a target keeps its mark while it stays
+    configured, and a mark let go is not handed out again in the same transaction, so a
+    packet marked just before a change still means the real it was marked for."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[int, int], int] = {}
+
+    def assign(self, targets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        """The marks for exactly `targets` (a new dict; the old one stays valid)."""
+        wanted = list(targets)
+        still = set(wanted)
+        keep = {t: m for t, m in self.marks.items() if t in still}
+        taken = set(self.marks.values())
+        free = (i << MARK_SHIFT for i in range(1, MAX_MARKS + 1)
+                if i << MARK_SHIFT not in taken)
+        for target in wanted:
+            if target not in keep:
+                mark = next(free, None)
+                if mark is None:
+                    raise RulesError(f"more than {MAX_MARKS} fast-path real servers")
+                keep[target] = mark
+        self.marks = keep
+        return dict(keep)

@@ -1,0 +1,87 @@
+"""The thread that keeps our netfilter rules in step with the model.
+
+A model change only marks the rules dirty (cheap, and safe under the model lock, where
+the model calls its listeners); the thread snapshots the desired rules under the lock,
+then runs iptables without it, so neither the shell nor the packet path ever waits for
+a subprocess."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..model.director import Director
+from .ruleset import RulesError, desired_rules
+from .transactions import RuleManager
+
+log = logging.getLogger("localdirector")
+
+# A burst of configuration lines (a replayed startup-config, a pasted block) becomes one
+# transaction instead of one iptables-restore per line.
+SETTLE_SECONDS = 0.05
+
+
+class RuleSync(threading.Thread):
+    """Follows one Director (another one after `reload`, see adopt) into a RuleManager."""
+
+    def __init__(self, director: Director, manager: RuleManager) -> None:
+        super().__init__(name=f"rules-q{manager.queue_num}", daemon=True)
+        self.director = director
+        self.manager = manager
+        self.synced_generation = -1
+        self.errors = 0
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._stopping = False
+        director.subscribe(self._on_change)
+
+    def _on_change(self) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+
+    def install(self) -> None:
+        """Synchronous first install, so start-up fails loudly if iptables refuses."""
+        with self.director.lock:
+            generation = self.director.generation
+            rules = desired_rules(self.director)
+        self.manager.install(rules)
+        self.synced_generation = generation
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._dirty or self._stopping)
+                # Let a burst of changes settle into one transaction.
+                self._cond.wait_for(lambda: self._stopping, SETTLE_SECONDS)
+                if self._stopping:
+                    return
+                self._dirty = False
+            self.sync_once()
+
+    def sync_once(self) -> None:
+        """Bring the kernel up to the model's current generation."""
+        with self.director.lock:
+            generation = self.director.generation
+            rules = desired_rules(self.director)
+        try:
+            self.manager.update(rules)
+        except RulesError as exc:
+            self.errors += 1
+            log.error("netfilter rules not updated: %s", exc)
+            return
+        self.synced_generation = generation
+
+    def adopt(self, director: Director) -> None:
+        """`reload`: follow the new model from now on, and bring the rules up to it."""
+        director.subscribe(self._on_change)
+        self.director = director
+        self._on_change()
+
+    def stop(self) -> None:
+        """Stop following; the rules stay until RuleManager.remove()."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self.is_alive():
+            self.join()

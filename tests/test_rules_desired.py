@@ -109,7 +109,7 @@ def test_a_live_fast_path_connection_keeps_its_vip_and_target_after_removal() ->
     with d.lock:
         v, r = d.virtuals[sid("192.0.2.20:80")], d.reals[sid("203.0.113.13")]
         conn = Connection(CLIENT, 40000, VIP2, 80, v, r, time.monotonic())
-        conn.kernel = True
+        conn.fastpath = True
         d.conns.add(conn)
         d.remove_virtual(v.sid)
     # The backup's target and the guard go with the virtual; the connection's stay.

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from localdirector.model.addr import format_ip, parse_ip, parse_mask, prefix_mask
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director, ModelError
+from localdirector.model.health import available
 from localdirector.model.serverid import ServerId
 from localdirector.model.state import State
 
@@ -167,9 +168,9 @@ def test_failure_threshold_retry_testing_and_recovery(caplog) -> None:
     d.tick(15.0)
     assert r.state is State.FAILED
     d.tick(16.0)
-    assert r.state is State.TESTING and r.available()
+    assert r.state is State.TESTING and available(r)
     r.testing = True  # the data plane sends it the probe connection
-    assert not r.available()
+    assert not available(r)
     d.note_answer(r)
     assert r.state is State.IN_SERVICE
 

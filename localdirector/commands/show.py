@@ -6,6 +6,7 @@ import time
 
 import localdirector
 from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.health import virtual_state
 
 from localdirector import syslog
 from localdirector.shell import config_file, running_config
@@ -26,7 +27,7 @@ def _show(word: str, help: str, modes: tuple[Mode, ...] | Mode = EXEC,
 @_show("virtual", "Virtual server instances")
 def show_virtual(session: Session) -> None:
     d = session.director
-    rows = [(d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.conns_total, v.predictor,
+    rows = [(d.fmt(v.sid), virtual_state(v), v.conns_current, v.conns_total, v.predictor,
              sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
             for v in d.iter_virtuals()]
     session.print_lines(table(("Virtual", "State", "Conns", "Total", "Predictor", "Reals",
@@ -50,8 +51,8 @@ def show_bind(session: Session) -> None:
     rows = []
     for v in d.iter_virtuals():
         links = list(v.iter_links())
-        rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
-                 for l in links] or [(d.fmt(v.sid), d.virtual_state(v), "-", "")]
+        rows += [(d.fmt(v.sid), virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
+                 for l in links] or [(d.fmt(v.sid), virtual_state(v), "-", "")]
     session.print_lines(table(("Virtual", "State", "Real", "State"), rows))
 
 

@@ -181,12 +181,9 @@ def _saved_fastpath(director: Director) -> list[tuple[ServerId]]:
                                "follows)"),
          no=2, saver=_saved_fastpath)
 def fastpath(session: Session, id: ServerId, no: bool = False) -> None:
-    """The engine still decides every new connection (Bind ID, predictor, backups,
-    health); conntrack NAT translates the rest of it, so established traffic never
-    reaches Python (rules.py, engine.py). Netfilter must tell the two paths apart by
-    address before any decision, so the virtuals that share a VIP:port, a backup or a
-    real with this one switch with it (model/fastpath.py); and a switch needs them to
-    have no open connection, whose traffic the other path could not translate."""
+    """The engine still decides every new connection; conntrack NAT translates the rest
+    of it (docs/design.rst, "Fast path"). Director.set_fastpath switches everything that
+    shares traffic with the virtual, and refuses while any of it has open connections."""
     director = session.director
     want = not no
     others = [director.fmt(v.sid) for v in director.set_fastpath(id, want) if v.sid != id]

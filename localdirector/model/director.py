@@ -12,7 +12,7 @@ import _thread
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import health
 from .addr import format_ip, format_mask, prefix_mask
@@ -239,8 +239,8 @@ class Director:
         """`server`, its backup, that one's backup...: each once (a loop ends the walk,
         so does an id naming nothing); the backup of a virtual is a virtual, of a real
         a real."""
-        servers: dict[ServerId, Server] = (
-            self.virtuals if isinstance(server, VirtualMachine) else self.reals)  # type: ignore[assignment]
+        servers: dict[ServerId, Any] = (
+            self.virtuals if isinstance(server, VirtualMachine) else self.reals)
         seen: set[int] = set()
         current: Server | None = server
         while current is not None and id(current) not in seen:
@@ -407,7 +407,9 @@ class Director:
         """Step 518 for the instance the client's address selected: a real, overflowing
         to the backup virtual chain (patent ¶10) when the instance cannot take the
         connection. Apart from `decide` so the data plane looks the instance up once."""
-        for v in self.backup_chain(virtual):
+        # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
+        chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
+        for v in chain:
             if v.state is State.IN_SERVICE:
                 real = select_real(v, src, now, self.available_backup, commit, exclude)
                 if real is not None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from localdirector.access import login
-from localdirector.commands.access import idle_limit
 from localdirector.access.hostkey import load_or_create_host_key
 from localdirector.access.service import listen_address
 from localdirector.access.telnet import (DO, IAC, IP, NAWS, SB, SE, TTYPE, WILL,
@@ -124,7 +123,7 @@ def test_enable_password_is_not_a_login_password(appliance: Appliance, no_delay:
 
 def test_exec_timeout_default_seconds_and_no_form(appliance: Appliance) -> None:
     director = appliance.director
-    assert idle_limit(director) == 15 * 60
+    assert director.settings.idle_seconds == 15 * 60
 
     def saved() -> list[str]:
         session = appliance.open_session("test")
@@ -134,13 +133,13 @@ def test_exec_timeout_default_seconds_and_no_form(appliance: Appliance) -> None:
 
     assert saved() == []
     configure(appliance, "exec-timeout 0 5")
-    assert idle_limit(director) == 5 and saved() == ["exec-timeout 0 5"]
+    assert director.settings.idle_seconds == 5 and saved() == ["exec-timeout 0 5"]
     configure(appliance, "exec-timeout 30")
-    assert idle_limit(director) == 1800 and saved() == ["exec-timeout 30"]
+    assert director.settings.idle_seconds == 1800 and saved() == ["exec-timeout 30"]
     configure(appliance, "exec-timeout 0 0")
-    assert idle_limit(director) == 0 and saved() == ["exec-timeout 0"]
+    assert director.settings.idle_seconds == 0 and saved() == ["exec-timeout 0"]
     configure(appliance, "no exec-timeout")
-    assert idle_limit(director) == 15 * 60 and saved() == []
+    assert director.settings.idle_seconds == 15 * 60 and saved() == []
 
 
 def test_exec_timeout_survives_write_and_replay(tmp_path: Path) -> None:
@@ -151,7 +150,7 @@ def test_exec_timeout_survives_write_and_replay(tmp_path: Path) -> None:
     (tmp_path / "startup-config").write_text(text)
     second = Appliance(tmp_path / "startup-config")
     second.boot(lambda message: pytest.fail(message))
-    assert idle_limit(second.director) == 150
+    assert second.director.settings.idle_seconds == 150
 
 
 # -- telnet option parsing ----------------------------------------------------------------

@@ -10,8 +10,15 @@ from hypothesis import given, settings, strategies as st
 from localdirector.model.addr import format_ip, parse_ip, parse_mask, prefix_mask
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director, ModelError
+from localdirector.model.health import available
+from localdirector.model.options import REAL_OPTIONS, VIRTUAL_OPTIONS
+from localdirector.model.passwords import hash_password
+from localdirector.model.predictors import PREDICTORS
+from localdirector.model.real import PhysicalMachine
 from localdirector.model.serverid import ServerId
+from localdirector.model.settings import AccessEntry
 from localdirector.model.state import State
+from localdirector.model.virtual import VirtualMachine
 
 VIP = parse_ip("192.0.2.10")
 
@@ -142,13 +149,13 @@ def test_weighted_smooth_three_to_one() -> None:
 
 def test_backup_virtual_overflow_and_backup_real() -> None:
     d = fig1()
-    d.virtual(sid("192.0.2.10:80:1")).backup = sid("192.0.2.10:80:0")
+    d.set_backup(sid("192.0.2.10:80:1"), sid("192.0.2.10:80:0"))
     for r in ("203.0.113.14", "203.0.113.11:8001"):
         d.set_state(sid(r), State.OUT_OF_SERVICE)
     decision = d.decide(parse_ip("198.51.100.7"), VIP, 80, 0.0, commit=False)
     assert decision.virtual.bind_id == 1 and decision.served_by.bind_id == 0
     # Unwelcome pool: its only real fails, its backup real takes over.
-    d.real(sid("203.0.113.15")).backup = sid("203.0.113.13")
+    d.set_backup(sid("203.0.113.15"), sid("203.0.113.13"))
     d.set_state(sid("203.0.113.15"), State.OUT_OF_SERVICE)
     decision = d.decide(parse_ip("198.18.0.9"), VIP, 80, 0.0, commit=False)
     assert format_ip(decision.real.addr) == "203.0.113.13"
@@ -157,8 +164,8 @@ def test_backup_virtual_overflow_and_backup_real() -> None:
 def test_failure_threshold_retry_testing_and_recovery(caplog) -> None:
     d = fig1()
     r = d.real(sid("203.0.113.15"))
-    r.threshold = 2
-    r.retry = 5
+    d.set_option(r.sid, "threshold", 2)
+    d.set_option(r.sid, "retry", 5)
     d.note_failure(r, 10.0)
     assert r.state is State.IN_SERVICE
     d.note_failure(r, 11.0)
@@ -167,11 +174,89 @@ def test_failure_threshold_retry_testing_and_recovery(caplog) -> None:
     d.tick(15.0)
     assert r.state is State.FAILED
     d.tick(16.0)
-    assert r.state is State.TESTING and r.available()
+    assert r.state is State.TESTING and available(r)
     r.testing = True  # the data plane sends it the probe connection
-    assert not r.available()
+    assert not available(r)
     d.note_answer(r)
     assert r.state is State.IN_SERVICE
+
+
+def test_backup_chain_visits_each_server_once() -> None:
+    d = fig1()
+    a, b, c = (sid(f"203.0.113.1{n}") for n in (2, 3, 4))
+    d.set_backup(a, b)
+    d.set_backup(b, c)
+    d.set_backup(c, a)   # a loop ends the walk
+    assert [r.sid for r in d.backup_chain(d.real(b))] == [b, c, a]
+    d.remove_real(c)     # and so does an id naming nothing
+    assert [r.sid for r in d.backup_chain(d.real(a))] == [a, b]
+    for primary, backup, error in ((a, a, "its own backup"), (a, sid("192.0.2.10:80:0"),
+                                   "does not exist"), (sid("192.0.2.99"), a, "no virtual")):
+        with pytest.raises(ModelError, match=error):
+            d.set_backup(primary, backup)
+
+
+def test_options_are_declared_and_checked_by_the_model() -> None:
+    d = fig1()
+    v, r = sid("192.0.2.10:80:0"), sid("203.0.113.12")
+    fresh_real, fresh_virtual = PhysicalMachine(r), VirtualMachine(v)
+    for name, option in REAL_OPTIONS.items():
+        assert getattr(fresh_real, name) == option.default
+    for name, option in VIRTUAL_OPTIONS.items():
+        assert getattr(fresh_virtual, name) == option.default
+    assert VIRTUAL_OPTIONS["predictor"].choices == tuple(PREDICTORS) == (
+        "leastconns", "roundrobin", "weighted", "fastest")
+    d.set_option(r, "weight", 3)
+    d.set_option(v, "predictor", "weighted")
+    assert d.changed_options("weight") == [(r, 3)]
+    assert d.changed_options("predictor") == [(v, "weighted")]
+    d.set_option(r, "weight", REAL_OPTIONS["weight"].default)
+    assert d.changed_options("weight") == []
+    for target, name, value, error in ((r, "weight", 0, "weight out of range 1-1000"),
+                                       (v, "predictor", "random", "unknown predictor"),
+                                       (v, "weight", 2, "real .* does not exist"),
+                                       (r, "colour", 2, "no server setting")):
+        with pytest.raises(ModelError, match=error):
+            d.set_option(target, name, value)
+
+
+def test_the_model_keeps_fast_path_groups_unmixed() -> None:
+    d = fig1()
+    other, lone = d.add_virtual(sid("192.0.2.20:80")), sid("203.0.113.16")
+    d.add_real(lone)
+    d.bind(other.sid, lone)
+    assert d.set_fastpath(sid("192.0.2.10:80:0"), True) == list(d.virtuals.values())[:3]
+    with pytest.raises(ModelError, match="is on the fast path and 192.0.2.20"):
+        d.bind(other.sid, lone, sid("203.0.113.12"))   # shares a fast real: refused whole
+    assert [link.real.sid for link in other.iter_links()] == [lone]
+    with pytest.raises(ModelError, match="is on the fast path"):
+        d.set_backup(other.sid, sid("192.0.2.10:80:0"))
+    assert other.backup is None
+    joined = d.add_virtual(sid("192.0.2.10:80:3"))   # one more instance of the VIP:port
+    assert joined.fastpath and d.fastpath_peers(joined)[0].sid == sid("192.0.2.10:80:0")
+    d.conns.add(Connection(parse_ip("198.51.100.7"), 40000, VIP, 80, joined,
+                           d.real(lone), 0.0))
+    with pytest.raises(ModelError, match="1 open connection on 192.0.2.10:80:0:tcp and"):
+        d.set_fastpath(sid("192.0.2.10:80:0"), False)
+    assert joined.fastpath
+
+
+def test_appliance_settings_through_the_director() -> None:
+    d = Director()
+    with pytest.raises(ModelError, match="not a password hash"):
+        d.set_enable_secret("clear-text")
+    d.set_login_secret(stored := hash_password("pw"))
+    assert d.settings.login_secret == stored
+    d.add_access("ssh", parse_ip("198.51.100.77"), 24)
+    d.add_access("ssh", parse_ip("198.51.100.0"), 24)    # listed once
+    assert d.settings.access("ssh") == [AccessEntry(parse_ip("198.51.100.0"), 24)]
+    assert d.client_matches(d.settings.access("ssh"), parse_ip("198.51.100.9"))
+    with pytest.raises(ModelError, match="no telnet entry 198.51.100.0 255.255.255.0"):
+        d.remove_access("telnet", parse_ip("198.51.100.0"), 24)
+    d.set_session_timeout(2, 30)
+    assert d.settings.idle_seconds == 150
+    with pytest.raises(ModelError, match="at least 1"):
+        d.set_conn_limit(0)
 
 
 def test_connection_table_counts_exact_through_move() -> None:

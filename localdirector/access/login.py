@@ -61,8 +61,7 @@ def peer_allowed(director: Director, kind: str, peer: str) -> bool:
     An IPv6 peer cannot match an IPv4 list, so it is allowed only while the list is
     empty, exactly like any IPv4 peer."""
     with director.lock:
-        entries = list(director.settings.ssh_access if kind == "ssh"
-                       else director.settings.telnet_access)
+        entries = list(director.settings.access(kind))
     if not entries:
         return True
     addr = peer_ipv4(peer)

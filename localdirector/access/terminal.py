@@ -20,7 +20,6 @@ from prompt_toolkit.shortcuts import print_formatted_text
 
 from ..shell.repl import run_shell_async
 from ..shell.session import Session
-from ..commands.access import idle_limit
 from .login import LOGIN_TIMEOUT, password_login
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ async def supervise(appliance: "Appliance", session: Session, work: asyncio.Futu
         await asyncio.wait({work}, timeout=WATCH_INTERVAL)
         if work.done():
             break
-        limit = idle_limit(appliance.director)
+        limit = appliance.director.settings.idle_seconds
         if session.closed:
             work.cancel()
         elif limit and time.time() - session.last_activity >= limit:

@@ -14,7 +14,7 @@ from localdirector.model.addr import format_ip
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
-from localdirector.model.settings import Settings
+from localdirector.model.settings import DEFAULT_MAX_CONNS
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
@@ -25,7 +25,6 @@ from .handle import DataPlaneHandle
 
 SHOW = Keyword("show", "Show running system information")
 CLEAR = Keyword("clear", "Reset counters or connections")
-DEFAULT_CONN_LIMIT = Settings().max_conns
 
 
 def _dataplane(session: Session) -> DataPlaneHandle | None:
@@ -185,16 +184,15 @@ def clear_counters(session: Session) -> None:
 
 def _saved_conn_limit(director: Director) -> list[tuple[int]]:
     limit = director.settings.max_conns
-    return [] if limit == DEFAULT_CONN_LIMIT else [(limit,)]
+    return [] if limit == DEFAULT_MAX_CONNS else [(limit,)]
 
 
-@command(Mode.CONFIG, Keyword("conn-limit", f"Connection-table size [{DEFAULT_CONN_LIMIT}]"),
+@command(Mode.CONFIG, Keyword("conn-limit", f"Connection-table size [{DEFAULT_MAX_CONNS}]"),
          args.number("limit", 1, 100_000_000, "Connections; further SYNs are dropped, counted"),
          no=1, saver=_saved_conn_limit)
-def conn_limit(session: Session, limit: int = DEFAULT_CONN_LIMIT, no: bool = False) -> None:
+def conn_limit(session: Session, limit: int = DEFAULT_MAX_CONNS, no: bool = False) -> None:
     """The global bound on connections, hence on the table's memory (roughly 1 kB per
     connection with its indexes and timer): a SYN finding the table full is dropped
     and counted as `conn-limit`, whatever virtual it is for."""
-    session.director.settings.max_conns = DEFAULT_CONN_LIMIT if no else limit
-    session.director.changed()
+    session.director.set_conn_limit(DEFAULT_MAX_CONNS if no else limit)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from ..model.connection import (CLOSED, ESTABLISHED, FASTPATH, FIN_WAIT, SYN_RCVD, SYN_SENT,
                                 Connection, flow_key)
 from ..model.director import Director
+from ..model.health import end_probe, start_probe
 from ..model.real import PhysicalMachine
-from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .expiry import Expiry
@@ -387,18 +387,15 @@ class Engine:
 
     def _start_probe(self, conn: Connection) -> None:
         """A TESTING real takes exactly one connection as its test (FIG. 3B)."""
-        real = conn.real
-        if real.state is State.TESTING:
-            real.testing = True
-            self._probes[real] = conn
+        if start_probe(conn.real):
+            self._probes[conn.real] = conn
 
     def _end_probe(self, conn: Connection) -> None:
         """The probe is over (answered, ditched or gone): let the real be tested again."""
         real = conn.real
         if self._probes.get(real) is conn:
             del self._probes[real]
-            if real.state is State.TESTING:
-                real.testing = False
+            end_probe(real)
 
     def _vips(self) -> frozenset[int]:
         """VIP addresses, recomputed only when the model changed."""

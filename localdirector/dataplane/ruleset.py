@@ -5,12 +5,12 @@ fast-path reals. Pure values, no iptables (iptables.py renders them; docs/design
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..model.director import Director
-from ..model.fastpath import ALL_PORTS, fast_targets
-from ..model.real import PhysicalMachine
+from ..model.fastpath import fast_targets
+from ..model.serverid import ALL_PORTS
 
 MARK_SHIFT = 16
 MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
@@ -57,7 +57,7 @@ def desired_rules(director: Director) -> RuleSet:
         if v.fastpath:
             continue  # conntrack translates the replies: they must stay tracked
         for link in v.iter_links():
-            for real in _with_backups(director, link.real):
+            for real in director.backup_chain(link.real):
                 # Real port 0 answers on whatever port the client asked for: the virtual's.
                 reals.setdefault(real.addr, set()).add(real.port or v.port)
     for conn in director.conns:
@@ -70,17 +70,6 @@ def desired_rules(director: Director) -> RuleSet:
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fastpath), tuple(sorted(targets)))
-
-
-def _with_backups(director: Director, real: PhysicalMachine) -> Iterator[PhysicalMachine]:
-    """A bound real and its backup chain: a backup takes connections without being
-    bound (FIG. 3B pointer 328), so its replies must be queued too."""
-    seen: set[int] = set()
-    current: PhysicalMachine | None = real
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = director.reals.get(current.backup) if current.backup is not None else None
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:

@@ -1,28 +1,36 @@
-"""The whole model: lists chained as in FIG. 2, indexes for the packet path, one lock.
+"""The whole model: lists chained as in FIG. 2, indexes for the packet path, one lock
+(docs/design.rst, "Object model").
 
-Every mutation goes through a method here so the indexes cannot drift from the lists;
-callers hold `lock` for the span of one command so no reader sees half of it."""
+Every mutation goes through a method here, which checks it and raises ModelError when
+it is refused, so the indexes cannot drift from the lists and the fast-path rule
+(model/fastpath.py) always holds; callers hold `lock` for the span of one command so no
+reader sees half of it."""
 
 from __future__ import annotations
 
 import _thread
-import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from .addr import prefix_mask
+from . import health
+from .addr import format_ip, format_mask, prefix_mask
 from .bindid import BindIdObject, BindIdTable
 from .connection import ConnectionTable
+from .fastpath import group, mixed
 from .link import Link
+from .options import REAL_OPTIONS, VIRTUAL_OPTIONS
+from .passwords import is_hash
 from .predictors import select_real
 from .real import PhysicalMachine
 from .serverid import ServerId
-from .settings import Settings
+from .settings import (ACCESS_KINDS, DEFAULT_HOSTNAME, DEFAULT_MAX_CONNS,
+                       DEFAULT_SESSION_TIMEOUT, AccessEntry, Settings)
 from .state import State
 from .virtual import VirtualMachine
 
-log = logging.getLogger("localdirector")
+Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
 
 
 class ModelError(ValueError):
@@ -92,22 +100,40 @@ class Director:
         except KeyError:
             raise ModelError(f"real {self.fmt(sid)} does not exist") from None
 
+    def _refuse_same_id(self, sid: ServerId, other: dict, what: str) -> None:
+        """A virtual and a real may not share an id: `in-service ID` and `backup ID ID`
+        name either, and must know which one is meant."""
+        if sid in other:
+            raise ModelError(f"{self.fmt(sid)} is already a {what}")
+
     def add_virtual(self, sid: ServerId, state: State = State.IN_SERVICE) -> VirtualMachine:
-        """`virtual ID [is|os]`: create, or change the state of an existing instance."""
+        """`virtual ID [is|os]`: create, or change the state of an existing instance.
+
+        A new instance shares traffic with others (model/fastpath.py): it goes on the
+        fast path when all of them are on it, and is refused when they disagree."""
         existing = self.virtuals.get(sid)
         if existing is not None:
             existing.state = state
             self.changed()
             return existing
+        self._refuse_same_id(sid, self.reals, "real")
         v = VirtualMachine(sid, state)
         self.virtuals[sid] = v
         self._virtual_head = _append(self._virtual_head, v)
         self.by_dest.setdefault((sid.addr, sid.port), {})[sid.bind] = v
+        if self._any_fastpath():
+            others = self.fastpath_peers(v)
+            v.fastpath = bool(others) and all(o.fastpath for o in others)
+            self._refuse_mixed(lambda: self._drop_virtual(v))
         self.changed()
         return v
 
     def remove_virtual(self, sid: ServerId) -> None:
-        v = self.virtual(sid)
+        self._drop_virtual(self.virtual(sid))
+        self.changed()
+
+    def _drop_virtual(self, v: VirtualMachine) -> None:
+        sid = v.sid
         for other in self.virtuals.values():
             if other.backup == sid:
                 other.backup = None
@@ -119,7 +145,6 @@ class Director:
         del dest[sid.bind]
         if not dest:
             del self.by_dest[(sid.addr, sid.port)]
-        self.changed()
 
     # -- real machines -------------------------------------------------------------
     def add_real(self, sid: ServerId, state: State = State.IN_SERVICE) -> PhysicalMachine:
@@ -129,6 +154,7 @@ class Director:
         if existing is not None:
             self.set_real_state(existing, state)
             return existing
+        self._refuse_same_id(sid, self.virtuals, "virtual")
         r = PhysicalMachine(sid, state)
         self.reals[sid] = r
         self._real_head = _append(self._real_head, r)
@@ -148,10 +174,7 @@ class Director:
         self.changed()
 
     def set_real_state(self, r: PhysicalMachine, state: State) -> None:
-        r.admin_state = state
-        r.state = state
-        r.testing = False
-        r.consecutive_fails = 0
+        health.set_admin_state(r, state)
         self.changed()
 
     def set_state(self, sid: ServerId, state: State) -> None:
@@ -164,18 +187,136 @@ class Director:
         else:
             raise ModelError(f"no virtual or real {self.fmt(sid)}")
 
-    # -- links ---------------------------------------------------------------------
-    def bind(self, vsid: ServerId, rsid: ServerId) -> None:
-        v, r = self.virtual(vsid), self.real(rsid)
-        if any(link.real is r for link in v.iter_links()):
-            return
-        v.links = _append(v.links, Link(v, r))
+    # -- per-server settings (model/options.py) ------------------------------------
+    def set_option(self, sid: ServerId, name: str, value: int | str) -> None:
+        """`weight ID N`, `predictor ID NAME`, ...: one of REAL_OPTIONS on a real or
+        VIRTUAL_OPTIONS on a virtual, checked against its declared values."""
+        server: VirtualMachine | PhysicalMachine
+        if name in REAL_OPTIONS:
+            server, option = self.real(sid), REAL_OPTIONS[name]
+        elif name in VIRTUAL_OPTIONS:
+            server, option = self.virtual(sid), VIRTUAL_OPTIONS[name]
+        else:
+            raise ModelError(f"no server setting '{name}'")
+        refusal = option.refusal(name, value)
+        if refusal is not None:
+            raise ModelError(refusal)
+        setattr(server, name, value)
         self.changed()
 
-    def unbind(self, vsid: ServerId, rsid: ServerId) -> None:
-        v, r = self.virtual(vsid), self.real(rsid)
-        if not self._unlink_real(v, r):
-            raise ModelError(f"{self.fmt(rsid)} is not bound to {self.fmt(vsid)}")
+    def changed_options(self, name: str) -> list[tuple[ServerId, int | str]]:
+        """(id, value) of every server whose option `name` is not its default, in
+        configuration order: the running config's lines for it."""
+        servers: Iterable[VirtualMachine | PhysicalMachine]
+        if name in REAL_OPTIONS:
+            servers, default = self.iter_reals(), REAL_OPTIONS[name].default
+        else:
+            servers, default = self.iter_virtuals(), VIRTUAL_OPTIONS[name].default
+        values = ((s.sid, getattr(s, name)) for s in servers)
+        return [(sid, value) for sid, value in values if value != default]
+
+    # -- backups (FIG. 3B 328, patent ¶10) -----------------------------------------
+    def set_backup(self, sid: ServerId, backup: ServerId | None) -> None:
+        """`backup ID BACKUP` (None: `no backup ID`): a virtual's backup is a virtual,
+        a real's a real. Refused when it would mix fast path and userspace."""
+        primary: VirtualMachine | PhysicalMachine
+        if sid in self.virtuals:
+            primary, find = self.virtuals[sid], self.virtual
+        elif sid in self.reals:
+            primary, find = self.reals[sid], self.real
+        else:
+            raise ModelError(f"no virtual or real {self.fmt(sid)}")
+        if backup is not None:
+            find(backup)
+            if backup == sid:
+                raise ModelError("a server cannot be its own backup")
+        previous, primary.backup = primary.backup, backup
+        if backup is not None:
+            self._refuse_mixed(lambda: setattr(primary, "backup", previous))
+        self.changed()
+
+    def backup_chain(self, server: Server) -> Iterator[Server]:
+        """`server`, its backup, that one's backup...: each once (a loop ends the walk,
+        so does an id naming nothing); the backup of a virtual is a virtual, of a real
+        a real."""
+        servers: dict[ServerId, Any] = (
+            self.virtuals if isinstance(server, VirtualMachine) else self.reals)
+        seen: set[int] = set()
+        current: Server | None = server
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            current = servers.get(current.backup) if current.backup is not None else None
+
+    # -- translation path (model/fastpath.py) --------------------------------------
+    def set_fastpath(self, sid: ServerId, on: bool) -> list[VirtualMachine]:
+        """`[no] fastpath ID`: switch the virtual and every virtual it shares traffic
+        with; returns those switched. Refused while any of them has an open connection,
+        whose traffic the other path could not translate."""
+        virtual = self.virtual(sid)
+        members = [v for v in group(self, virtual) if v.fastpath != on]
+        if not members:
+            return []
+        switching = set(members)   # hashed by identity
+        open_conns = sum(1 for c in self.conns if c.virtual in switching)
+        if open_conns:
+            raise ModelError(
+                f"{open_conns} open connection{'s' if open_conns != 1 else ''} on "
+                f"{self.fmt(virtual.sid)}"
+                f"{' and the virtuals that switch with it' if len(members) > 1 else ''} "
+                "would break; take them out of service until show conns lists none, or "
+                "clear conns")
+        for v in members:
+            v.fastpath = on
+        self.changed()
+        return members
+
+    def fastpath_peers(self, virtual: VirtualMachine) -> list[VirtualMachine]:
+        """The other virtuals that must share `virtual`'s path, in configuration order."""
+        return [v for v in group(self, virtual) if v is not virtual]
+
+    def _any_fastpath(self) -> bool:
+        return any(v.fastpath for v in self.virtuals.values())
+
+    def _refuse_mixed(self, undo: Callable[[], None]) -> None:
+        """After a change that may join virtuals: when that mixed fast path and
+        userspace, `undo` it and refuse it with the reason."""
+        problem = mixed(self) if self._any_fastpath() else None
+        if problem is not None:
+            undo()
+            raise ModelError(problem)
+
+    # -- links ---------------------------------------------------------------------
+    def bind(self, vsid: ServerId, *rsids: ServerId) -> None:
+        """`bind VIRTUAL REAL...`: every id checked before any change; already bound
+        reals are left as they are. Refused when it would mix fast path and userspace."""
+        v = self.virtual(vsid)
+        reals = [self.real(sid) for sid in dict.fromkeys(rsids)]
+        bound = {id(link.real) for link in v.iter_links()}
+        added = [r for r in reals if id(r) not in bound]
+        if not added:
+            return
+        for r in added:
+            v.links = _append(v.links, Link(v, r))
+
+        def undo() -> None:
+            for r in added:
+                self._unlink_real(v, r)
+
+        self._refuse_mixed(undo)
+        self.changed()
+
+    def unbind(self, vsid: ServerId, *rsids: ServerId) -> None:
+        """`no bind VIRTUAL REAL...`: all or nothing."""
+        v = self.virtual(vsid)
+        ids = list(dict.fromkeys(rsids))
+        reals = [self.real(sid) for sid in ids]
+        bound = {id(link.real) for link in v.iter_links()}
+        for sid, r in zip(ids, reals):
+            if id(r) not in bound:
+                raise ModelError(f"{self.fmt(sid)} is not bound to {self.fmt(vsid)}")
+        for r in reals:
+            self._unlink_real(v, r)
         self.changed()
 
     def _unlink_real(self, v: VirtualMachine, r: PhysicalMachine) -> bool:
@@ -266,72 +407,90 @@ class Director:
         """Step 518 for the instance the client's address selected: a real, overflowing
         to the backup virtual chain (patent ¶10) when the instance cannot take the
         connection. Apart from `decide` so the data plane looks the instance up once."""
-        seen: set[int] = set()
-        v: VirtualMachine | None = virtual
-        while v is not None and id(v) not in seen:
-            seen.add(id(v))
+        # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
+        chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
+        for v in chain:
             if v.state is State.IN_SERVICE:
                 real = select_real(v, src, now, self.available_backup, commit, exclude)
                 if real is not None:
                     return Decision(virtual, real, v)
-            v = self.virtuals.get(v.backup) if v.backup is not None else None
         return Decision(virtual, None)
 
     def available_backup(self, r: PhysicalMachine) -> PhysicalMachine | None:
-        seen: set[int] = set()
-        while r.backup is not None and id(r) not in seen:
-            seen.add(id(r))
-            backup = self.reals.get(r.backup)
-            if backup is None:
-                return None
-            if backup.available():
-                return backup
-            r = backup
-        return None
+        """The first of `r`'s backups (and theirs) that may take a connection now."""
+        chain = self.backup_chain(r)
+        next(chain)
+        return next((backup for backup in chain if health.available(backup)), None)
 
-    # -- health (DESIGN §3 lifecycle) ----------------------------------------------
+    # -- health (model/health.py): the data plane reports, these change states ------
     def note_failure(self, r: PhysicalMachine, now: float) -> None:
-        """A ditched connection; `threshold` in a row fail the real."""
-        r.consecutive_fails += 1
-        if r.state is State.TESTING:
-            r.testing = False
-            self._fail(r, now)
-        elif r.state is State.IN_SERVICE and r.consecutive_fails >= r.threshold:
-            self._fail(r, now)
+        health.note_failure(r, now, self.fmt)
 
     def note_answer(self, r: PhysicalMachine) -> None:
-        r.consecutive_fails = 0
-        if r.state is State.TESTING:
-            r.testing = False
-            r.state = State.IN_SERVICE
-            log.warning("real %s answered its test connection: back in service",
-                        self.fmt(r.sid))
-
-    def _fail(self, r: PhysicalMachine, now: float) -> None:
-        r.state = State.FAILED
-        r.failed_at = now
-        log.warning("real %s FAILED after %d unanswered connections",
-                    self.fmt(r.sid), r.consecutive_fails)
+        health.note_answer(r, self.fmt)
 
     def tick(self, now: float) -> None:
-        """FAILED reals whose retry time has passed go TESTING: the next connection tests them."""
-        for r in self.reals.values():
-            if r.state is State.FAILED and now - r.failed_at >= r.retry:
-                r.state = State.TESTING
-                r.testing = False
-                log.warning("real %s retry: TESTING", self.fmt(r.sid))
+        health.retry_due(self.reals.values(), now, self.fmt)
 
-    def virtual_state(self, v: VirtualMachine) -> str:
-        """FIG. 3A 310: FAILED when every real that could serve it is failed."""
-        if v.state is not State.IN_SERVICE:
-            return v.state.value
-        reals = [link.real for link in v.iter_links()]
-        if reals and all(r.state is State.FAILED for r in reals):
-            return State.FAILED.value
-        return v.state.value
+    # -- appliance settings (model/settings.py) --------------------------------------
+    def set_hostname(self, name: str = DEFAULT_HOSTNAME) -> None:
+        self.settings.hostname = name
+        self.changed()
 
-    def client_matches(self, entries: list, addr: int) -> bool:
-        return any((addr & prefix_mask(e.prefixlen)) == e.addr for e in entries)
+    def set_enable_secret(self, stored: str) -> None:
+        """`enable password`: a hash from passwords.hash_password; "" = none."""
+        self.settings.enable_secret = _checked_secret(stored)
+        self.changed()
+
+    def set_login_secret(self, stored: str) -> None:
+        """`password` (remote logins): a hash from passwords.hash_password; "" = none."""
+        self.settings.login_secret = _checked_secret(stored)
+        self.changed()
+
+    def add_access(self, kind: str, addr: int, prefixlen: int) -> None:
+        """`telnet|ssh ADDR MASK`: let that network log in; listed once."""
+        listed, network = self._access(kind, addr, prefixlen)
+        if not any(e.addr == network and e.prefixlen == prefixlen for e in listed):
+            listed.append(AccessEntry(network, prefixlen))
+        self.changed()
+
+    def remove_access(self, kind: str, addr: int, prefixlen: int) -> None:
+        listed, network = self._access(kind, addr, prefixlen)
+        match = [e for e in listed if e.addr == network and e.prefixlen == prefixlen]
+        if not match:
+            raise ModelError(f"no {kind} entry {format_ip(network)} "
+                             f"{format_mask(prefixlen)}")
+        listed.remove(match[0])
+        self.changed()
+
+    def _access(self, kind: str, addr: int, prefixlen: int) -> tuple[list[AccessEntry], int]:
+        if kind not in ACCESS_KINDS:
+            raise ModelError(f"no access list '{kind}'")
+        return self.settings.access(kind), addr & prefix_mask(prefixlen)
+
+    def client_matches(self, entries: list[AccessEntry], addr: int) -> bool:
+        return any(e.admits(addr) for e in entries)
+
+    def set_session_timeout(self, minutes: int = DEFAULT_SESSION_TIMEOUT,
+                            seconds: int = 0) -> None:
+        """`exec-timeout MINUTES [SECONDS]`; 0 0 = never."""
+        if minutes < 0 or seconds < 0:
+            raise ModelError("exec-timeout cannot be negative")
+        self.settings.session_timeout = (minutes * 60 + seconds) / 60 if seconds else minutes
+        self.changed()
+
+    def set_conn_limit(self, limit: int = DEFAULT_MAX_CONNS) -> None:
+        """`conn-limit N`: the connection table's size; SYNs beyond it are dropped."""
+        if limit < 1:
+            raise ModelError("conn-limit must be at least 1")
+        self.settings.max_conns = limit
+        self.changed()
+
+
+def _checked_secret(stored: str) -> str:
+    if stored and not is_hash(stored):
+        raise ModelError("not a password hash written by this appliance")
+    return stored
 
 
 def _append(head, obj):

@@ -1,60 +1,37 @@
-"""Which virtuals must be translated the same way: all in userspace or all on the fast path.
+"""Which virtuals must be translated the same way: all in userspace or all on the fast
+path, because netfilter parts the two paths by address before the engine sees a packet
+(docs/design.rst, "Fast path").
 
-The two paths part in netfilter, before the engine has seen a packet and by addresses
-only (dataplane/rules.py): userspace traffic is taken from conntrack (raw-table NOTRACK)
-so the engine can rewrite every packet; fast-path traffic must stay tracked so conntrack
-NAT can translate it. So everything netfilter cannot tell apart must be in one mode:
-
-* instances of one VIP:port (Bind ID instances are told apart by the engine, later), and
-  a VIP's port-0 instance with every other instance of that VIP (port 0 takes any port);
-* a virtual and its backup virtual (its connections land on the backup's reals);
-* virtuals whose connections can reach the same real on the same port (bound reals and
-  their backup reals): that real's replies are either NOTRACKed for the engine or left
-  to conntrack, for every connection alike.
-
-Each such relation is a *bucket* of virtuals that must agree; a *group* is everything
-linked through buckets. `fastpath VIRTUAL` switches a whole group, and configuration
-changes that would put a fast-path and a userspace virtual in one bucket are refused
-(`mixed`), so the netfilter rules are always consistent with the engine's decisions.
-"""
+Virtuals that netfilter cannot tell apart form a *bucket*: the instances of one VIP:port
+(a VIP's port-0 instance with every instance of that VIP), a virtual and its backup
+virtual, and virtuals whose connections can reach one real on one port. A *group* is
+everything linked through buckets: `fastpath VIRTUAL` switches a whole group, and
+Director refuses changes that would leave a bucket `mixed`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .addr import format_ip
-from .director import Director
-from .real import PhysicalMachine
-from .virtual import VirtualMachine
+from .serverid import ALL_PORTS
 
-ALL_PORTS = 0
-
-
-def backup_chain(director: Director, virtual: VirtualMachine) -> list[VirtualMachine]:
-    """The virtual and the backup virtuals its connections may overflow to (patent ¶10)."""
-    chain = [virtual]
-    seen = {id(virtual)}
-    v = virtual
-    while v.backup is not None:
-        nxt = director.virtuals.get(v.backup)
-        if nxt is None or id(nxt) in seen:
-            break
-        chain.append(nxt)
-        seen.add(id(nxt))
-        v = nxt
-    return chain
+if TYPE_CHECKING:
+    from .director import Director
+    from .real import PhysicalMachine
+    from .virtual import VirtualMachine
 
 
 def reachable_reals(director: Director, virtual: VirtualMachine) -> list[PhysicalMachine]:
     """Every real a connection to `virtual` can be given: bound reals of it and of its
     backup virtuals, and each one's chain of backup reals (FIG. 3B 328)."""
     found: dict[int, PhysicalMachine] = {}
-    for v in backup_chain(director, virtual):
+    for v in director.backup_chain(virtual):
         for link in v.iter_links():
-            r: PhysicalMachine | None = link.real
-            while r is not None and id(r) not in found:
+            for r in director.backup_chain(link.real):
+                if id(r) in found:
+                    break  # and so is the rest of its chain
                 found[id(r)] = r
-                r = director.reals.get(r.backup) if r.backup is not None else None
     return list(found.values())
 
 

@@ -6,32 +6,35 @@ what-if question never moves a round-robin cursor or a weighted credit."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .link import Link
+from .health import available, candidates
 from .real import PhysicalMachine
-from .state import State
-from .virtual import VirtualMachine
+
+if TYPE_CHECKING:
+    from .link import Link
+    from .virtual import VirtualMachine
+
+Predictor = Callable[["VirtualMachine", list["Link"], bool], "Link"]
+
+# Name -> predictor, in the order `predictor ID ?` lists them; names are what the
+# running config holds (`VirtualMachine.predictor`).
+PREDICTORS: dict[str, Predictor] = {}
 
 
-def _candidates(virtual: VirtualMachine, exclude: PhysicalMachine | None
-                ) -> tuple[list[Link], Link | None]:
-    """The links whose real may take the connection, and the first TESTING one among
-    them (it takes the connection as its probe): one walk, as it runs for every SYN."""
-    links: list[Link] = []
-    testing: Link | None = None
-    for link in virtual.iter_links():
-        real = link.real
-        if real is not exclude and real.available():
-            links.append(link)
-            if testing is None and real.state is State.TESTING:
-                testing = link
-    return links, testing
+def _predictor(name: str) -> Callable[[Predictor], Predictor]:
+    def register(function: Predictor) -> Predictor:
+        PREDICTORS[name] = function
+        return function
+    return register
 
 
+@_predictor("leastconns")
 def _leastconns(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
     return min(links, key=lambda link: link.real.current_conns)
 
 
+@_predictor("roundrobin")
 def _roundrobin(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
     # The cursor counts positions in the full link list so that a real leaving and
     # coming back does not reshuffle everyone else's turn.
@@ -47,6 +50,7 @@ def _roundrobin(virtual: VirtualMachine, links: list[Link], commit: bool) -> Lin
     return links[0]
 
 
+@_predictor("weighted")
 def _weighted(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
     """Smooth weighted round robin (as nginx): weight 3:1 gives a,a,b,a not a,a,a,b."""
     total = sum(link.real.weight for link in links)
@@ -58,17 +62,10 @@ def _weighted(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
     return best
 
 
+@_predictor("fastest")
 def _fastest(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
     # Unmeasured reals (0.0) go first so every real gets measured.
     return min(links, key=lambda link: (link.real.response_time, link.real.current_conns))
-
-
-PREDICTOR_FUNCTIONS: dict[str, Callable[[VirtualMachine, list[Link], bool], Link]] = {
-    "leastconns": _leastconns,
-    "roundrobin": _roundrobin,
-    "weighted": _weighted,
-    "fastest": _fastest,
-}
 
 
 def select_real(virtual: VirtualMachine, client_ip: int, now: float,
@@ -85,14 +82,14 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
         if entry is not None:
             real, last = entry
             if now - last < virtual.sticky * 60 and isinstance(real, PhysicalMachine) \
-                    and real is not exclude and real.available() \
+                    and real is not exclude and available(real) \
                     and _still_bound(virtual, real):
                 if commit:
                     virtual.sticky_table[client_ip] = (real, now)
                 return real
-    links, testing = _candidates(virtual, exclude)
+    links, testing = candidates(virtual, exclude)
     if links:
-        link = testing or PREDICTOR_FUNCTIONS[virtual.predictor](virtual, links, commit)
+        link = testing or PREDICTORS[virtual.predictor](virtual, links, commit)
         chosen: PhysicalMachine | None = link.real
     else:
         chosen = _backup_for(virtual, backups, exclude)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .serverid import ServerId
 from .state import State
 
+DEFAULT_WEIGHT = 1
+DEFAULT_MAXCONNS = 0       # unlimited
 DEFAULT_THRESHOLD = 8
 DEFAULT_REASSIGN = 3
 DEFAULT_RETRY = 60
@@ -30,13 +32,14 @@ class PhysicalMachine:
         self.threshold = DEFAULT_THRESHOLD
         self.reassign = DEFAULT_REASSIGN
         self.retry = DEFAULT_RETRY
-        self.weight = 1
-        self.maxconns = 0
+        self.weight = DEFAULT_WEIGHT
+        self.maxconns = DEFAULT_MAXCONNS
         self.backup: ServerId | None = None
         self.current_conns = 0
+        # Health (model/health.py): unanswered connections in a row, when it FAILED,
+        # and whether a TESTING real has its single probe connection outstanding.
         self.consecutive_fails = 0
         self.failed_at = 0.0
-        # True while a TESTING real has its single probe connection outstanding.
         self.testing = False
         self.reset_counters()
 
@@ -50,9 +53,3 @@ class PhysicalMachine:
         self.packets_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-
-    def available(self) -> bool:
-        """May take a new connection now (TESTING reals take exactly one probe)."""
-        if self.state is State.IN_SERVICE:
-            return self.maxconns == 0 or self.current_conns < self.maxconns
-        return self.state is State.TESTING and not self.testing

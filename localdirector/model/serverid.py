@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .addr import format_ip, parse_ip
 
 PROTOCOLS = ("tcp",)
+# Port 0: a virtual takes every port, a real answers on the port the client asked for.
+ALL_PORTS = 0
 
 
 class ServerIdError(ValueError):

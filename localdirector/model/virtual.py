@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from .link import Link
 from .serverid import ServerId
 from .state import State
 
-PREDICTORS = ("leastconns", "roundrobin", "weighted", "fastest")
+if TYPE_CHECKING:
+    from .link import Link
 
+DEFAULT_PREDICTOR = "leastconns"   # a name in model/predictors.py PREDICTORS
+DEFAULT_STICKY = 0                 # minutes; 0 = off
 DEFAULT_TIMEOUT = 900
+DEFAULT_SYNGUARD = 0               # half-open connections; 0 = off
 
 
 class VirtualMachine:
@@ -31,12 +35,12 @@ class VirtualMachine:
         self.proto = sid.proto
         self.state = state
         self.backup: ServerId | None = None
-        self.predictor = "leastconns"
-        self.sticky = 0
+        self.predictor = DEFAULT_PREDICTOR
+        self.sticky = DEFAULT_STICKY
         self.timeout = DEFAULT_TIMEOUT
-        self.synguard = 0
-        # Connections translated by kernel NAT after the engine decides them (`fastpath`,
-        # see model/fastpath.py and dataplane/rules.py); False: every packet via the engine.
+        self.synguard = DEFAULT_SYNGUARD
+        # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
+        # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False
         self.links: Link | None = None
         self.rr_cursor = 0
@@ -61,6 +65,3 @@ class VirtualMachine:
         while link is not None:
             yield link
             link = link.next
-
-    def matches_port(self, port: int) -> bool:
-        return self.port == 0 or self.port == port

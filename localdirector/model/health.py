@@ -1,0 +1,113 @@
+"""Passive health of reals: no probes of our own, only what client connections show
+(docs/design.rst, "Connection lifecycle and health").
+
+A real that leaves `threshold` connections in a row unanswered is FAILED; `retry`
+seconds later it is TESTING and takes exactly one connection as its probe; an answer
+puts it back IN_SERVICE, another failure back to FAILED. Every transition is here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from .state import State
+
+if TYPE_CHECKING:
+    from .link import Link
+    from .real import PhysicalMachine
+    from .serverid import ServerId
+    from .virtual import VirtualMachine
+
+log = logging.getLogger("localdirector")
+
+Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
+
+
+def available(real: "PhysicalMachine") -> bool:
+    """May take a new connection now (a TESTING real takes exactly one, its probe)."""
+    if real.state is State.IN_SERVICE:
+        return real.maxconns == 0 or real.current_conns < real.maxconns
+    return real.state is State.TESTING and not real.testing
+
+
+def candidates(virtual: "VirtualMachine", exclude: "PhysicalMachine | None"
+               ) -> tuple[list["Link"], "Link | None"]:
+    """The links whose real may take the connection, and the first TESTING one among
+    them (it takes the connection as its probe): one walk, as it runs for every SYN."""
+    links: list[Link] = []
+    testing: Link | None = None
+    for link in virtual.iter_links():
+        real = link.real
+        if real is not exclude and available(real):
+            links.append(link)
+            if testing is None and real.state is State.TESTING:
+                testing = link
+    return links, testing
+
+
+def start_probe(real: "PhysicalMachine") -> bool:
+    """A connection was given to `real`: True when it is the TESTING real's probe."""
+    if real.state is State.TESTING:
+        real.testing = True
+        return True
+    return False
+
+
+def end_probe(real: "PhysicalMachine") -> None:
+    """The probe is over (answered, ditched or gone): the real may be tested again."""
+    if real.state is State.TESTING:
+        real.testing = False
+
+
+def set_admin_state(real: "PhysicalMachine", state: State) -> None:
+    """The operator's `in-service`/`out-of-service`: health starts afresh."""
+    real.admin_state = state
+    real.state = state
+    real.testing = False
+    real.consecutive_fails = 0
+
+
+def note_failure(real: "PhysicalMachine", now: float, names: Names) -> None:
+    """A ditched connection; `threshold` in a row, or a failed probe, fail the real."""
+    real.consecutive_fails += 1
+    if real.state is State.TESTING:
+        real.testing = False
+        _fail(real, now, names)
+    elif real.state is State.IN_SERVICE and real.consecutive_fails >= real.threshold:
+        _fail(real, now, names)
+
+
+def note_answer(real: "PhysicalMachine", names: Names) -> None:
+    real.consecutive_fails = 0
+    if real.state is State.TESTING:
+        real.testing = False
+        real.state = State.IN_SERVICE
+        log.warning("real %s answered its test connection: back in service",
+                    names(real.sid))
+
+
+def _fail(real: "PhysicalMachine", now: float, names: Names) -> None:
+    real.state = State.FAILED
+    real.failed_at = now
+    log.warning("real %s FAILED after %d unanswered connections",
+                names(real.sid), real.consecutive_fails)
+
+
+def retry_due(reals: Iterable["PhysicalMachine"], now: float, names: Names) -> None:
+    """FAILED reals whose retry time has passed go TESTING: the next connection tests them."""
+    for real in reals:
+        if real.state is State.FAILED and now - real.failed_at >= real.retry:
+            real.state = State.TESTING
+            real.testing = False
+            log.warning("real %s retry: TESTING", names(real.sid))
+
+
+def virtual_state(virtual: "VirtualMachine") -> str:
+    """FIG. 3A 310 as shown: FAILED when every real that could serve it is failed."""
+    if virtual.state is not State.IN_SERVICE:
+        return virtual.state.value
+    reals = [link.real for link in virtual.iter_links()]
+    if reals and all(r.state is State.FAILED for r in reals):
+        return State.FAILED.value
+    return virtual.state.value

@@ -1,0 +1,44 @@
+"""The per-server settings an operator may change (`weight ID N`, `predictor ID NAME`,
+...): each one's default and the values it takes, declared once so that the model
+checks them (Director.set_option) and the shell's help and running config agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import real, virtual
+from .predictors import PREDICTORS
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A number in [low, high], or one of `choices` when there are any."""
+
+    default: int | str
+    low: int = 0
+    high: int = 0
+    choices: tuple[str, ...] = ()
+
+    def refusal(self, name: str, value: object) -> str | None:
+        """Why `value` may not be set, as the operator's one-line error; None if it may."""
+        if self.choices:
+            return None if value in self.choices else f"unknown {name} '{value}'"
+        if type(value) is int and self.low <= value <= self.high:
+            return None
+        return f"{name} out of range {self.low}-{self.high}"
+
+
+REAL_OPTIONS: dict[str, Option] = {
+    "weight": Option(real.DEFAULT_WEIGHT, 1, 1000),
+    "maxconns": Option(real.DEFAULT_MAXCONNS, 0, 4294967295),
+    "threshold": Option(real.DEFAULT_THRESHOLD, 1, 1000),
+    "reassign": Option(real.DEFAULT_REASSIGN, 1, 100),
+    "retry": Option(real.DEFAULT_RETRY, 1, 86400),
+}
+
+VIRTUAL_OPTIONS: dict[str, Option] = {
+    "predictor": Option(virtual.DEFAULT_PREDICTOR, choices=tuple(PREDICTORS)),
+    "timeout": Option(virtual.DEFAULT_TIMEOUT, 1, 86400),
+    "sticky": Option(virtual.DEFAULT_STICKY, 0, 10080),
+    "synguard": Option(virtual.DEFAULT_SYNGUARD, 0, 65535),
+}

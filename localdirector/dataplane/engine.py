@@ -13,8 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..model.connection import (CLOSED, ESTABLISHED, FASTPATH, FIN_WAIT, SYN_RCVD, SYN_SENT,
-                                Connection, flow_key)
+from ..model.connection import (
+    CLOSED,
+    ESTABLISHED,
+    FASTPATH,
+    FIN_WAIT,
+    SYN_RCVD,
+    SYN_SENT,
+    Connection,
+    flow_key,
+)
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
 from ..model.real import PhysicalMachine
@@ -22,11 +30,34 @@ from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .expiry import Expiry
 from .fastpath import FastPath
-from .packet import (ACK, FIN, NOT_TCP, PROTO_ICMP, RST, SYN, parse_icmp_error, parse_tcp,
-                     reset_reply, rewrite, rewrite_icmp, tcp_checksum_valid)
+from .packet import (
+    ACK,
+    FIN,
+    NOT_TCP,
+    PROTO_ICMP,
+    RST,
+    SYN,
+    parse_icmp_error,
+    parse_tcp,
+    reset_reply,
+    rewrite,
+    rewrite_icmp,
+    tcp_checksum_valid,
+)
 from .ports import ClientPorts
-from .stats import (BAD_CHECKSUM, BAD_FLAGS, CONN_LIMIT, MARK_PENDING, NO_CONNECTION, NO_REAL,
-                    NO_VIRTUAL, RESET_ABSORBED, STALE_REPLY, SYNGUARD, Stats)
+from .stats import (
+    BAD_CHECKSUM,
+    BAD_FLAGS,
+    CONN_LIMIT,
+    MARK_PENDING,
+    NO_CONNECTION,
+    NO_REAL,
+    NO_VIRTUAL,
+    RESET_ABSORBED,
+    STALE_REPLY,
+    SYNGUARD,
+    Stats,
+)
 from .verdicts import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 
 # The worker's verdicts are imported from here, with the engine.

@@ -16,7 +16,7 @@ from test_engine import CLIENT, LINGER, VIP, A, B, C, Lab, fig1, pool, sid
 from test_shell_commands import Shell
 
 from localdirector.dataplane import netlink, nflog
-from localdirector.commands.traffic import KERNEL_NOTE
+from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
 from localdirector.dataplane.iptables import mangle_rules, nat_rules, raw_rules
@@ -75,7 +75,7 @@ class FastLab(Lab):
     def assert_accounted(self) -> None:
         s = self.engine.stats
         assert s.packets == (s.translated_in + s.translated_out + s.icmp_translated
-                             + s.unchanged + s.dropped + s.marked + s.observed)
+                             + s.unchanged + s.dropped + s.fastpath_marked + s.fastpath_copies)
 
     def mark_of(self, conn: Connection) -> int:
         return self.engine.marks[(conn.real.addr, conn.real.port)]
@@ -131,7 +131,7 @@ def test_syn_is_decided_and_the_kernel_translates_the_rest() -> None:
         assert lab_.client(pkt_flags, 40000)[0] == ACCEPT_MARK
         assert lab_.engine.verdict_mark == lab_.mark_of(first)
     s = lab_.engine.stats
-    assert (s.fastpath_conns, s.marked, s.observed, s.translated_in) == (2, 4, 1, 0)
+    assert (s.fastpath_conns, s.fastpath_marked, s.fastpath_copies, s.translated_in) == (2, 4, 1, 0)
     assert (v.packets_in, v.bytes_out) == (0, 0)   # never seen
 
 
@@ -145,7 +145,7 @@ def test_fin_both_ways_closes_and_counts_return_to_zero() -> None:
     assert not lab_.engine._ports   # no userspace TIME_WAIT memory for fast-path tuples
     s = lab_.engine.stats
     assert (s.conns_created, s.conns_closed, s.fastpath_conns) == (9, 9, 9)
-    assert s.observed == 9 * 3 and s.marked == 9
+    assert s.fastpath_copies == 9 * 3 and s.fastpath_marked == 9
 
 
 @pytest.mark.parametrize("side", ["client", "real"])
@@ -543,9 +543,9 @@ def test_show_conns_marks_fastpath_connections_and_hides_their_idle_time(shell: 
     d.conns.add(conn)
     assert shell("do show conns")
     rows = shell.take().splitlines()
-    assert rows[2].split() == [f"{CLIENT}:40000", f"{VIP}:80", "203.0.113.12:80", "KERNEL",
-                               "00:00:00", "-", "kernel"]
-    assert rows[-1] == KERNEL_NOTE
+    assert rows[2].split() == [f"{CLIENT}:40000", f"{VIP}:80", "203.0.113.12:80", "FASTPATH",
+                               "00:00:00", "-", "fastpath"]
+    assert rows[-1] == FASTPATH_NOTE
     assert shell("do show conns detail")
     assert "translated by the kernel (fastpath)\n" in shell.take()
     assert flow_key(conn.foreign_ip, 40000, v.addr, 80) in d.conns.inbound

@@ -72,10 +72,10 @@ def test_port_translation_80_to_8001_in_the_kernel(lab: Lab, boot) -> None:
     source = lab.client_addresses[GENERAL][0]
     assert lab.client_get(f"http://{VIP}/", source=source).strip() == name(R11, 8001)
     held = hold(lab, f"http://{VIP}/hold/3", 1, source)
-    console.wait_for(lambda: "KERNEL" in console.run("show conns"), what="held connection")
+    console.wait_for(lambda: "FASTPATH" in console.run("show conns"), what="held connection")
     conns = console.run(f"show conns {VIP} detail")
     assert f"-> {VIP}:80" in conns and f"at {R11}:8001" in conns, conns
-    assert "State KERNEL, answered yes" in conns and "translated by the kernel" in conns
+    assert "State FASTPATH, answered yes" in conns and "translated by the kernel" in conns
     assert held_bodies(held) == ["held\n"]
 
 
@@ -95,9 +95,9 @@ def test_roundrobin_exact_and_counts_back_to_zero(lab: Lab, boot) -> None:
     assert "No connections" in console.run("show conns")
     stats = console.statistics()
     assert stats["conns created"] == stats["conns closed"] == stats["fastpath conns"] == 30
-    assert stats["marked"] == 30 and stats["dropped"] == 0
+    assert stats["fastpath marked"] == 30 and stats["dropped"] == 0
     # Each connection: its SYN queued, its SYN-ACK and both FINs copied.
-    assert stats["observed"] == 90
+    assert stats["fastpath copies"] == 90
     kernel = console.kernel_line()
     assert kernel["queued"] == 30 and kernel["dropped (queue full)"] == 0
 

@@ -102,19 +102,19 @@ def _ends(ip: int, port: int) -> str:
     return f"{format_ip(ip)}:{port}"
 
 
-KERNEL_NOTE = ("Path kernel: translated by the kernel (fastpath); the director sees only "
-               "its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
+FASTPATH_NOTE = ("Path fastpath: translated by conntrack NAT in the kernel; the director "
+                 "sees only its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
 
 
 def _summary(conns: list[Connection], now: float) -> list[str]:
     rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
              _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.created),
              "-" if c.fastpath else duration(now - c.last_seen),
-             "kernel" if c.fastpath else "engine")
+             "fastpath" if c.fastpath else "engine")
             for c in conns)
     lines = table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows)
     if any(c.fastpath for c in conns):
-        lines.append(KERNEL_NOTE)
+        lines.append(FASTPATH_NOTE)
     return lines
 
 

@@ -45,12 +45,12 @@ class FastPath:
             self._stats.drops[MARK_PENDING] += 1
             return DROP
         self.verdict_mark = mark
-        self._stats.marked += 1
+        self._stats.fastpath_marked += 1
         return ACCEPT_MARK
 
     def noted(self) -> int:
         """A fast-path packet the engine took note of; the kernel translates it."""
-        self._stats.observed += 1
+        self._stats.fastpath_copies += 1
         return ACCEPT_UNCHANGED
 
     def reassigned(self) -> int:

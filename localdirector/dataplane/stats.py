@@ -1,7 +1,7 @@
 """Data-plane counters for `show statistics` and `clear counters`.
 
 Every packet the engine handles ends in exactly one bucket (translated in or out, ICMP
-translated, unchanged, the fast path's marked or observed, or dropped for one named
+translated, unchanged, the fast path's marked SYNs or copies, or dropped for one named
 reason), and `packets` is their sum, so an operator can account for every packet. A SYN
 refused with a RST is in its drop reason's bucket; `refused` counts the RSTs. The engine
 counts under the model lock, so the counts stay exact across worker threads.
@@ -56,8 +56,8 @@ COUNTERS = (
     "refused",        # SYNs answered with a RST (also counted under no-real)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
-    "marked",         # bucket (fast path): accepted with a mark, conntrack NAT translates it
-    "observed",       # bucket (fast path): SYN-ACK, FIN, RST noted; the kernel translates them
+    "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)
+    "fastpath_copies",  # bucket: a fast-path SYN-ACK, FIN or RST copy (NFLOG) taken note of
 )
 
 
@@ -90,7 +90,8 @@ class Stats:
     def packets(self) -> int:
         """Every packet the engine handled: the sum of the buckets."""
         return (self.translated_in + self.translated_out + self.icmp_translated
-                + self.unchanged + self.marked + self.observed + self.dropped)
+                + self.unchanged + self.fastpath_marked + self.fastpath_copies
+                + self.dropped)
 
     def snapshot(self) -> dict[str, int | dict[str, int]]:
         """Copy for display: the counters in display order, `dropped` (total) and

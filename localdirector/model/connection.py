@@ -19,7 +19,7 @@ CLOSED = "CLOSED"            # FIN both ways or RST: lingering so the last ACK g
 # A fast-path connection the real answered: from here on the kernel translates it (hence
 # the name shown) and the engine sees only its FIN and RST segments (not the client's ACK,
 # hence not ESTABLISHED).
-FASTPATH = "KERNEL"
+FASTPATH = "FASTPATH"
 # Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
 HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
 

@@ -82,17 +82,76 @@ def test_assign_requires_existing_nonzero_bind_instance() -> None:
     assert len(d.bindids) == before
 
 
-def test_longest_prefix_wins_and_equal_prefix_first_configured() -> None:
+def test_longest_prefix_wins_and_assigning_a_network_again_moves_it() -> None:
     d = fig1()
     d.add_virtual(sid("192.0.2.10:80:3"))
     d.bind(sid("192.0.2.10:80:3"), sid("203.0.113.13"))
     # A /32 inside the preferred /24 is more specific: it wins.
-    d.assign(sid("192.0.2.10:80:3"), parse_ip("198.51.100.7"), 32)
+    assert d.assign(sid("192.0.2.10:80:3"), parse_ip("198.51.100.7"), 32) is None
     assert d.lookup_virtual(parse_ip("198.51.100.7"), VIP, 80).bind_id == 3
     assert d.lookup_virtual(parse_ip("198.51.100.8"), VIP, 80).bind_id == 1
-    # Equal prefix for the same subnet: the first configured one stays in force.
-    d.assign(sid("192.0.2.10:80:3"), parse_ip("198.18.0.0"), 24)
-    assert d.lookup_virtual(parse_ip("198.18.0.9"), VIP, 80).bind_id == 2
+    # The same network for the same VIP:port again: it moves (patent ¶8).
+    moved = d.assign(sid("192.0.2.10:80:3"), parse_ip("198.18.0.0"), 24)
+    assert moved is d.virtuals[sid("192.0.2.10:80:2")]
+    assert d.lookup_virtual(parse_ip("198.18.0.9"), VIP, 80).bind_id == 3
+    assert [(o.virtual.bind_id, o.prefixlen) for o in d.bindids
+            if o.client_ip == parse_ip("198.18.0.0")] == [(3, 24)]
+
+
+def test_exact_port_instance_beats_all_ports_instance_for_equal_prefixes() -> None:
+    """As for Bind ID 0: `:80:2` before `:0:1` for a client assigned to both, whatever
+    the order they were configured in; a longer prefix still wins first."""
+    d = fig1()
+    d.add_virtual(sid("192.0.2.10:0:5"))
+    d.bind(sid("192.0.2.10:0:5"), sid("203.0.113.13"))
+    net = parse_ip("198.51.100.0")
+    d.assign(sid("192.0.2.10:0:5"), net, 24)      # configured after the :80:1 one
+    assert d.lookup_virtual(parse_ip("198.51.100.9"), VIP, 80).bind_id == 1
+    assert d.lookup_virtual(parse_ip("198.51.100.9"), VIP, 443).bind_id == 5
+    d.unassign(sid("192.0.2.10:80:1"), net, 24)
+    d.assign(sid("192.0.2.10:80:1"), net, 24)     # now configured after the :0:5 one
+    assert d.lookup_virtual(parse_ip("198.51.100.9"), VIP, 80).bind_id == 1
+    assert d.assign(sid("192.0.2.10:0:5"), parse_ip("198.51.100.9"), 32) is None
+    assert d.lookup_virtual(parse_ip("198.51.100.9"), VIP, 80).bind_id == 5
+
+
+def test_retyping_a_server_without_a_state_changes_nothing() -> None:
+    d = fig1()
+    r13, v2 = sid("203.0.113.13"), sid("192.0.2.10:80:2")
+    d.add_real(r13, State.OUT_OF_SERVICE)
+    d.add_virtual(v2, State.OUT_OF_SERVICE)
+    generation = d.generation
+    d.add_real(r13)
+    d.add_virtual(v2)
+    assert d.reals[r13].state is State.OUT_OF_SERVICE
+    assert d.virtuals[v2].state is State.OUT_OF_SERVICE
+    assert d.generation == generation
+    failed = d.reals[sid("203.0.113.12")]
+    failed.state = State.FAILED                   # passive detection failed it
+    d.add_real(failed.sid)
+    assert failed.state is State.FAILED           # not back in service, no TESTING skipped
+    d.add_real(failed.sid, State.IN_SERVICE)      # the operator's word does
+    assert failed.state is State.IN_SERVICE
+
+
+def test_virtual_state_is_what_a_client_would_get() -> None:
+    """FAILED only when nothing it could send a client to serves: not while a backup
+    real or a backup virtual does, nor when the operator drained the reals."""
+    d = fig1()
+    d.set_backup(sid("192.0.2.10:80:1"), sid("192.0.2.10:80:0"))
+    v1 = d.virtuals[sid("192.0.2.10:80:1")]       # reals .14 and .11:8001, backup :80:0
+    for r in ("203.0.113.14", "203.0.113.11:8001"):
+        d.reals[sid(r)].state = State.FAILED
+    assert d.virtual_state(v1) == "IS"            # the backup virtual serves
+    for r in ("203.0.113.12", "203.0.113.13"):
+        d.reals[sid(r)].state = State.FAILED
+    assert d.virtual_state(v1) == "FAILED"
+    d.set_backup(sid("203.0.113.14"), sid("203.0.113.15"))
+    assert d.virtual_state(v1) == "IS"            # a backup real serves
+    v2 = d.virtuals[sid("192.0.2.10:80:2")]
+    d.set_state(sid("203.0.113.15"), State.OUT_OF_SERVICE)
+    assert d.virtual_state(v2) == "IS"            # drained by the operator, not failed
+    assert d.virtual_state(v1) == "FAILED"
 
 
 def test_bind_instance_must_match_destination_port() -> None:
@@ -107,19 +166,20 @@ def test_lpm_index_agrees_with_a_scan_on_100k_entries() -> None:
     d = Director()
     rng = random.Random(7)
     instances = [d.add_virtual(sid(f"192.0.2.10:80:{b}")) for b in range(1, 6)]
-    entries = []
+    entries: dict[tuple[int, int], object] = {}   # configuration order, as the table's
     for _ in range(100_000):
         plen = rng.choice((16, 20, 24, 28, 32))
         net = (0xC6120000 | rng.getrandbits(17)) & prefix_mask(plen)  # 198.18.0.0/15
         v = rng.choice(instances)
         if d.bindids.find(v, net, plen) is None:
-            d.assign(v.sid, net, plen)
-            entries.append((net, plen, v))
+            d.assign(v.sid, net, plen)   # moves the network from another instance
+            entries.pop((net, plen), None)
+            entries[net, plen] = v
     assert len(d.bindids) == len(entries)
     for _ in range(300):
         src = 0xC6120000 | rng.getrandbits(17)
         best = None
-        for net, plen, v in entries:  # reference: scan in configuration order
+        for (net, plen), v in entries.items():  # reference: scan in configuration order
             if src & prefix_mask(plen) == net and (best is None or plen > best[1]):
                 best = (net, plen, v)
         found = d.bindids.lookup(src, VIP, 80)

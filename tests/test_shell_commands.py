@@ -360,3 +360,27 @@ def test_help_lines_and_completions(tmp_path):
     assert [w for w, _ in session.completions("bind 192.0.2.10:80 2")] == [
         "203.0.113.12:0:0:tcp"]
     assert [w for w, _ in session.completions("pred")] == ["predictor"]
+
+
+def test_assigning_a_network_to_another_instance_moves_it_and_says_so(sh):
+    """Patent ¶8: one entry remains, `test assign` names the new instance."""
+    assert sh("virtual 192.0.2.10:80:2", "bind 192.0.2.10:80:2 203.0.113.13")
+    sh.take()
+    assert sh("assign 192.0.2.10:80:2 198.51.100.0 255.255.255.0")
+    assert sh.take() == ("198.51.100.0 255.255.255.0 moved from 192.0.2.10:80:1:tcp "
+                         "to 192.0.2.10:80:2:tcp\n")
+    assert [line for line in sh.config() if line.startswith("assign")] == [
+        "assign 192.0.2.10:80:2:tcp 198.51.100.0 255.255.255.0"]
+    assert sh("do test assign 198.51.100.7 192.0.2.10:80")
+    assert "192.0.2.10:80:2:tcp" in sh.take()
+    assert sh("assign 192.0.2.10:80:2 198.51.100.0 255.255.255.0")   # again: nothing moves
+    assert sh.take() == ""
+
+
+def test_retyping_a_server_without_a_state_keeps_it(sh):
+    assert sh("out-of-service 203.0.113.12", "real 203.0.113.12", "virtual 192.0.2.10:80:1 os",
+              "virtual 192.0.2.10:80:1")
+    assert sh.director.reals[sid("203.0.113.12")].state is State.OUT_OF_SERVICE
+    assert sh.director.virtuals[sid("192.0.2.10:80:1")].state is State.OUT_OF_SERVICE
+    assert sh("real 203.0.113.12 is")
+    assert sh.director.reals[sid("203.0.113.12")].state is State.IN_SERVICE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.addr import format_ip, format_mask, prefix_mask
 from localdirector.model.director import Director
 from localdirector.model.options import REAL_OPTIONS, VIRTUAL_OPTIONS, Option
 from localdirector.model.predictors import PREDICTORS
@@ -68,7 +68,7 @@ def name(session: Session, addr: int, name: str = "", no: bool = False) -> None:
 @command(CONFIG, Keyword("real", "Create or modify a real server"), args.real_id("id"),
          _state_choice(), no=2,
          saver=lambda d: [(r.sid, _state_word(r.admin_state)) for r in d.iter_reals()])
-def real(session: Session, id: ServerId, state: State = State.IN_SERVICE,
+def real(session: Session, id: ServerId, state: State | None = None,
          no: bool = False) -> None:
     director = session.director
     if no:
@@ -80,8 +80,8 @@ def real(session: Session, id: ServerId, state: State = State.IN_SERVICE,
 @command(CONFIG, Keyword("virtual", "Create or modify a virtual server instance"),
          args.virtual_id("id"), _state_choice(), no=2,
          saver=lambda d: [(v.sid, _state_word(v.state)) for v in d.iter_virtuals()])
-def virtual(session: Session, id: ServerId, state: State = State.IN_SERVICE,
-            no: bool = False) -> None:
+def virtual(session: Session, id: ServerId, state: State | None = None,
+             no: bool = False) -> None:
     director = session.director
     if no:
         director.remove_virtual(id)
@@ -150,10 +150,14 @@ def bind(session: Session, virtual: ServerId, reals: list[ServerId],
                           for o in d.bindids])
 def assign(session: Session, virtual: ServerId, client: int, mask: int = 32,
            no: bool = False) -> None:
+    director = session.director
     if no:
-        session.director.unassign(virtual, client, mask)
-    else:
-        session.director.assign(virtual, client, mask)
+        director.unassign(virtual, client, mask)
+        return
+    moved = director.assign(virtual, client, mask)
+    if moved is not None:
+        session.print(f"{format_ip(client & prefix_mask(mask))} {format_mask(mask)} moved "
+                      f"from {director.fmt(moved.sid)} to {director.fmt(virtual)}")
 
 
 def _saved_backups(director: Director) -> list[tuple[ServerId, ServerId]]:

@@ -10,7 +10,6 @@ import localdirector
 from localdirector import syslog
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
-from localdirector.model.health import virtual_state
 from localdirector.model.real import PhysicalMachine
 from localdirector.model.serverid import ServerPattern
 from localdirector.model.virtual import VirtualMachine
@@ -76,7 +75,7 @@ def show_virtual(session: Session, pattern: ServerPattern | None = None,
 
 
 def _virtual_row(d: Director, v: VirtualMachine) -> tuple:
-    return (d.fmt(v.sid), virtual_state(v), v.conns_current, v.half_open, v.conns_total,
+    return (d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.half_open, v.conns_total,
             v.predictor, sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
 
 
@@ -84,7 +83,7 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
     reals = ", ".join(f"{d.fmt(link.real.sid)} ({link.real.state.value})"
                       for link in v.iter_links()) or "none bound"
     return [
-        f"Virtual {d.fmt(v.sid)}, state {virtual_state(v)}, predictor {v.predictor}, "
+        f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
         f"{'fast path' if v.fastpath else 'userspace'}",
         f"  Connections: {v.conns_current} current, {v.half_open} half-open, "
         f"{v.conns_total} total",
@@ -114,7 +113,7 @@ def _real_row(d: Director, r: PhysicalMachine) -> tuple:
 
 def _ms(seconds: float) -> str:
     """The smoothed SYN to SYN-ACK time `fastest` decides by; '-' before any answer."""
-    return f"{seconds * 1000:.1f} ms" if seconds else "-"
+    return f"{seconds * 1000:.1f}ms" if seconds else "-"   # one word: tables split on spaces
 
 
 def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
@@ -140,8 +139,8 @@ def show_bind(session: Session, pattern: ServerPattern | None = None) -> None:
     rows = []
     for v in _selected(list(d.iter_virtuals()), pattern, "virtual"):
         links = list(v.iter_links())
-        rows += [(d.fmt(v.sid), virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
-                 for l in links] or [(d.fmt(v.sid), virtual_state(v), "-", "")]
+        rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
+                 for l in links] or [(d.fmt(v.sid), d.virtual_state(v), "-", "")]
     session.print_lines(table(("Virtual", "State", "Real", "State"), rows))
 
 

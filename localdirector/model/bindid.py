@@ -85,6 +85,16 @@ class BindIdTable:
     def find(self, virtual: "VirtualMachine", client_ip: int, prefixlen: int) -> BindIdObject | None:
         return self._exact.get((id(virtual), client_ip & prefix_mask(prefixlen), prefixlen))
 
+    def rival(self, virtual: "VirtualMachine", client_ip: int,
+              prefixlen: int) -> BindIdObject | None:
+        """The entry sending this very network to another instance of the same VIP:port
+        (which an `assign` to `virtual` replaces)."""
+        index = self._by_vip.get(virtual.addr)
+        table = index.by_prefix.get(prefixlen) if index is not None else None
+        bucket = table.get(client_ip & prefix_mask(prefixlen), ()) if table else ()
+        return next((o for o in bucket
+                     if o.virtual.port == virtual.port and o.virtual is not virtual), None)
+
     def add(self, obj: BindIdObject) -> None:
         if self.tail is None:
             self.head = obj
@@ -126,8 +136,9 @@ class BindIdTable:
             self.remove(obj)
 
     def lookup(self, src: int, dst: int, dport: int) -> BindIdObject | None:
-        """FIG. 5 steps 510-512: longest prefix containing `src` among objects whose virtual
-        matches the destination; equal prefixes -> first configured."""
+        """FIG. 5 steps 510-512: the longest prefix containing `src` among objects whose
+        virtual matches the destination; for equal prefixes an instance of the exact
+        port beats an all-ports one (as for Bind ID 0), then the first configured."""
         index = self._by_vip.get(dst)
         if index is None:
             return None
@@ -135,8 +146,13 @@ class BindIdTable:
         for prefixlen, mask in index.prefixes:
             bucket = by_prefix[prefixlen].get(src & mask)
             if bucket is not None:
+                all_ports = None
                 for obj in bucket:
-                    virtual = obj.virtual
-                    if virtual.port == 0 or virtual.port == dport:
+                    port = obj.virtual.port
+                    if port == dport:
                         return obj
+                    if port == 0 and all_ports is None:
+                        all_ports = obj
+                if all_ports is not None:
+                    return all_ports
         return None

@@ -106,18 +106,20 @@ class Director:
         if sid in other:
             raise ModelError(f"{self.fmt(sid)} is already a {what}")
 
-    def add_virtual(self, sid: ServerId, state: State = State.IN_SERVICE) -> VirtualMachine:
-        """`virtual ID [is|os]`: create, or change the state of an existing instance.
+    def add_virtual(self, sid: ServerId, state: State | None = None) -> VirtualMachine:
+        """`virtual ID [is|os]`: create (in service unless told), or change the state of
+        an existing instance; re-typed without a state, an instance is left as it is.
 
         A new instance shares traffic with others (model/fastpath.py): it goes on the
         fast path when all of them are on it, and is refused when they disagree."""
         existing = self.virtuals.get(sid)
         if existing is not None:
-            existing.state = state
-            self.changed()
+            if state is not None and state is not existing.state:
+                existing.state = state
+                self.changed()
             return existing
         self._refuse_same_id(sid, self.reals, "real")
-        v = VirtualMachine(sid, state)
+        v = VirtualMachine(sid, state or State.IN_SERVICE)
         self.virtuals[sid] = v
         self._virtual_head = _append(self._virtual_head, v)
         self.by_dest.setdefault((sid.addr, sid.port), {})[sid.bind] = v
@@ -147,15 +149,19 @@ class Director:
             del self.by_dest[(sid.addr, sid.port)]
 
     # -- real machines -------------------------------------------------------------
-    def add_real(self, sid: ServerId, state: State = State.IN_SERVICE) -> PhysicalMachine:
+    def add_real(self, sid: ServerId, state: State | None = None) -> PhysicalMachine:
+        """`real ID [is|os]`: create (in service unless told), or set the operator's
+        state of an existing real; re-typed without a state, a real keeps its state,
+        FAILED or TESTING included."""
         if sid.bind:
             raise ModelError("a real server id takes no bind id")
         existing = self.reals.get(sid)
         if existing is not None:
-            self.set_real_state(existing, state)
+            if state is not None:
+                self.set_real_state(existing, state)
             return existing
         self._refuse_same_id(sid, self.virtuals, "virtual")
-        r = PhysicalMachine(sid, state)
+        r = PhysicalMachine(sid, state or State.IN_SERVICE)
         self.reals[sid] = r
         self._real_head = _append(self._real_head, r)
         self.changed()
@@ -248,6 +254,18 @@ class Director:
             yield current
             current = servers.get(current.backup) if current.backup is not None else None
 
+    def virtual_state(self, virtual: VirtualMachine) -> str:
+        """What `show virtual` calls its state: see health.virtual_state."""
+        return health.virtual_state(virtual, self._serving_reals(virtual))
+
+    def _serving_reals(self, virtual: VirtualMachine) -> Iterator[PhysicalMachine]:
+        """The reals `decide_for` may pick for `virtual`: its own and their backup reals,
+        then those of each backup virtual in service (patent ¶10)."""
+        for v in self.backup_chain(virtual):
+            if v is virtual or v.state is State.IN_SERVICE:
+                for link in v.iter_links():
+                    yield from self.backup_chain(link.real)
+
     # -- translation path (model/fastpath.py) --------------------------------------
     def set_fastpath(self, sid: ServerId, on: bool) -> list[VirtualMachine]:
         """`[no] fastpath ID`: switch the virtual and every virtual it shares traffic
@@ -331,20 +349,25 @@ class Director:
         return [v for v in self.iter_virtuals() if any(l.real is r for l in v.iter_links())]
 
     # -- Bind ID objects (FIG. 4) --------------------------------------------------
-    def assign(self, vsid: ServerId, client_ip: int, prefixlen: int) -> BindIdObject:
+    def assign(self, vsid: ServerId, client_ip: int, prefixlen: int) -> VirtualMachine | None:
+        """`assign`: send a client network to an instance; returns the instance of the
+        same VIP:port the network moved from, if it was assigned to one."""
         v = self.virtuals.get(vsid)
         if v is None:
             raise ModelError(f"virtual {self.fmt(vsid)} does not exist")
         if v.bind_id == 0:
             raise ModelError(f"virtual {self.fmt(vsid)} has Bind ID 0; assign needs a "
                              "non-zero Bind ID instance")
-        existing = self.bindids.find(v, client_ip, prefixlen)
-        if existing is not None:
-            return existing
-        obj = BindIdObject(client_ip, prefixlen, v)
-        self.bindids.add(obj)
+        if self.bindids.find(v, client_ip, prefixlen) is not None:
+            return None
+        # Patent ¶8: a client's status changes by assigning it to another instance, so
+        # the network leaves the instance of this VIP:port it was assigned to.
+        rival = self.bindids.rival(v, client_ip, prefixlen)
+        if rival is not None:
+            self.bindids.remove(rival)
+        self.bindids.add(BindIdObject(client_ip, prefixlen, v))
         self.changed()
-        return obj
+        return rival.virtual if rival is not None else None
 
     def unassign(self, vsid: ServerId, client_ip: int, prefixlen: int) -> None:
         v = self.virtual(vsid)

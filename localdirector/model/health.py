@@ -103,11 +103,13 @@ def retry_due(reals: Iterable["PhysicalMachine"], now: float, names: Names) -> N
             log.warning("real %s retry: TESTING", names(real.sid))
 
 
-def virtual_state(virtual: "VirtualMachine") -> str:
-    """FIG. 3A 310 as shown: FAILED when every real that could serve it is failed."""
+def virtual_state(virtual: "VirtualMachine", reachable: Iterable["PhysicalMachine"]) -> str:
+    """FIG. 3A 310 as a client finds it: FAILED when no real it could be sent to (its
+    own, their backup reals, its backup virtuals' in service) can serve, and failure,
+    not the operator, is why. Reals merely full or taken out of service leave it IS."""
     if virtual.state is not State.IN_SERVICE:
         return virtual.state.value
-    reals = [link.real for link in virtual.iter_links()]
-    if reals and all(r.state is State.FAILED for r in reals):
+    states = {real.state for real in reachable}
+    if State.FAILED in states and not states & {State.IN_SERVICE, State.TESTING}:
         return State.FAILED.value
     return virtual.state.value

@@ -25,8 +25,9 @@ from .passwords import is_hash
 from .predictors import select_real
 from .real import PhysicalMachine
 from .serverid import ServerId
-from .settings import (ACCESS_KINDS, DEFAULT_HOSTNAME, DEFAULT_MAX_CONNS,
-                       DEFAULT_SESSION_TIMEOUT, AccessEntry, Settings)
+from .settings import (ACCESS_KINDS, DEFAULT_HOSTNAME, DEFAULT_LOG_TRAP, DEFAULT_MAX_CONNS,
+                       DEFAULT_SESSION_TIMEOUT, LOG_LEVELS, LOG_TRANSPORTS, AccessEntry,
+                       LogHost, Settings)
 from .state import State
 from .virtual import VirtualMachine
 
@@ -507,6 +508,51 @@ class Director:
         if limit < 1:
             raise ModelError("conn-limit must be at least 1")
         self.settings.max_conns = limit
+        self.changed()
+
+    # -- remote syslog (docs/design.rst, "Monitoring") --------------------------------
+    def add_log_host(self, addr: int, transport: str = "udp", port: int | None = None) -> None:
+        """`logging host ADDR [transport udp|tcp [port N]]`: send the log there too; the
+        port defaults to the transport's (514/udp, 601/tcp). Listed once."""
+        if transport not in LOG_TRANSPORTS:
+            raise ModelError(f"unknown logging transport '{transport}' (udp or tcp)")
+        port = LOG_TRANSPORTS[transport] if port is None else port
+        if not 1 <= port <= 65535:
+            raise ModelError(f"logging port {port} out of range (1-65535)")
+        first = addr >> 24
+        if addr in (0, 0xFFFFFFFF) or first >= 224 or first == 0:
+            raise ModelError(f"{format_ip(addr)} is not a host address a log can go to")
+        entry = LogHost(addr, transport, port)
+        if entry not in self.settings.log_hosts:
+            self.settings.log_hosts.append(entry)
+            self.changed()
+
+    def remove_log_host(self, addr: int, transport: str | None = None,
+                        port: int | None = None) -> None:
+        """`no logging host ADDR [transport T [port N]]`: every entry for the address,
+        or only the one of that transport (and port)."""
+        if transport is not None and port is None:
+            port = LOG_TRANSPORTS.get(transport)
+        match = [h for h in self.settings.log_hosts if h.addr == addr
+                 and transport in (None, h.transport) and port in (None, h.port)]
+        if not match:
+            raise ModelError(f"{format_ip(addr)}"
+                             + (f" {transport} port {port}" if transport else "")
+                             + " is not a logging host")
+        self.settings.log_hosts = [h for h in self.settings.log_hosts if h not in match]
+        self.changed()
+
+    def set_log_trap(self, level: int | str = DEFAULT_LOG_TRAP) -> None:
+        """`logging trap LEVEL`: an IOS severity name or its number 0-7; records of
+        that severity and more severe go to the logging hosts."""
+        if isinstance(level, str):
+            if level not in LOG_LEVELS:
+                raise ModelError(f"unknown logging level '{level}' "
+                                 f"({', '.join(LOG_LEVELS)} or 0-7)")
+            level = LOG_LEVELS.index(level)
+        if not 0 <= level < len(LOG_LEVELS):
+            raise ModelError(f"logging level {level} out of range (0-7)")
+        self.settings.log_trap = level
         self.changed()
 
 

@@ -1,6 +1,7 @@
 """Appliance-wide settings that are configuration but not part of the patent's objects:
-the name, who may log in and for how long (docs/design.rst, "Operator access"), and the
-size of the connection table. Changed only through Director's methods."""
+the name, who may log in and for how long (docs/design.rst, "Operator access"), the
+size of the connection table and where the log goes (docs/design.rst, "Monitoring").
+Changed only through Director's methods."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
 DEFAULT_MAX_CONNS = 500000
 ACCESS_KINDS = ("telnet", "ssh")
+# IOS severity names, index = syslog severity (RFC 5424): `logging trap LEVEL`.
+LOG_LEVELS = ("emergencies", "alerts", "critical", "errors", "warnings", "notifications",
+              "informational", "debugging")
+DEFAULT_LOG_TRAP = LOG_LEVELS.index("informational")
+# `logging host ADDR transport T` without `port N`: the IANA ports of syslog over each.
+LOG_TRANSPORTS = {"udp": 514, "tcp": 601}
 
 
 @dataclass
@@ -25,6 +32,16 @@ class AccessEntry:
         return (addr & prefix_mask(self.prefixlen)) == self.addr
 
 
+@dataclass(frozen=True)
+class LogHost:
+    """One `logging host ADDR [transport udp|tcp [port N]]` line: a remote syslog
+    collector. A host may be listed once per transport and port."""
+
+    addr: int
+    transport: str = "udp"
+    port: int = LOG_TRANSPORTS["udp"]
+
+
 @dataclass
 class Settings:
     hostname: str = DEFAULT_HOSTNAME
@@ -36,6 +53,8 @@ class Settings:
     # are given, so a lab or a test can use short values); 0 = never closed.
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     max_conns: int = DEFAULT_MAX_CONNS   # global connection-table limit
+    log_hosts: list[LogHost] = field(default_factory=list)
+    log_trap: int = DEFAULT_LOG_TRAP     # most verbose severity sent to log_hosts
 
     def access(self, kind: str) -> list[AccessEntry]:
         """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may log in."""

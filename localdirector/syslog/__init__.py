@@ -3,8 +3,9 @@
 The data-plane worker logs (a real FAILED, back in service) while it holds the model
 lock. Writing straight to a console nobody reads (a serial line, a full pipe) would then
 stall every packet, so records go through a bounded queue to a listener thread that
-keeps the last messages for `show syslog` and copies them to stderr. A full queue drops
-the record and counts it rather than block."""
+keeps the last messages for `show syslog`, copies them to stderr and sends them to the
+`logging host`s (remote.py). A full queue drops the record and counts it rather than
+block."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import threading
 from collections import deque
 from logging.handlers import QueueHandler, QueueListener
 from typing import TextIO
+
+from . import remote
 
 LOGGER = logging.getLogger("localdirector")
 CAPACITY = 1000          # messages `show syslog` keeps
@@ -78,7 +81,7 @@ def install(stream: TextIO | None = None) -> LogBuffer:
             records: queue.Queue = queue.Queue(QUEUE_SIZE)
             console = logging.StreamHandler(stream) if stream else _Stderr()
             console.setFormatter(logging.Formatter("%(message)s"))
-            _installed = QueueListener(records, BUFFER, console,
+            _installed = QueueListener(records, BUFFER, console, remote.HANDLER,
                                        respect_handler_level=True)
             _installed.start()
             atexit.register(_installed.stop)   # drains: last words before exit are kept

@@ -1,7 +1,8 @@
 """`localdirector`: boot the appliance from its startup-config, start its services, and
 give the operator a console (interactive on a terminal, scripted otherwise).
 
-Services (the data plane; SSH, telnet and serial consoles) are entries of `SERVICES`
+Services (remote syslog; the data plane; SSH, telnet and serial consoles; the metrics
+endpoint) are entries of `SERVICES`
 (see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
 that knows every other, and the one place the data-plane handle is set."""
 
@@ -18,6 +19,7 @@ from typing import Any
 from . import __version__, syslog
 from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
+from .monitor import exporter, logging_hosts
 from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
 from .shell.repl import run_shell
@@ -48,9 +50,19 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
     return handle
 
 
+def _metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declared here, not in monitor/: `listen_address` belongs to access/, a sibling."""
+    parser.add_argument("--metrics", type=access_service.listen_address,
+                        metavar="[ADDR:]PORT",
+                        help="serve Prometheus metrics over HTTP (off unless given)")
+
+
 SERVICES: list[Service] = [
+    # First, so whatever the others log at start reaches the logging hosts.
+    Service("logging", lambda parser: None, logging_hosts.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     Service("access", access_service.add_arguments, access_service.start),
+    Service("metrics", _metrics_arguments, exporter.start),
 ]
 
 

@@ -1,0 +1,221 @@
+"""What a Prometheus scrape reads: the model's virtuals, reals and Bind IDs, and the
+data plane's counters, as metric families (docs/design.rst, "Monitoring").
+
+Each scrape takes the model lock once, only to copy numbers; the families are built
+after it is released, so a scrape never stalls a packet, and one copy means no series
+disagrees with another (nothing counted twice, none half-updated). Series are labelled
+by server id as the shell writes it without names (`192.0.2.10:80:0:tcp`), which stays
+the same when a `name` changes.
+
+Extending it: a model source (under the lock, returns the builder it runs after) goes
+in MODEL_SOURCES, e.g. probe results per real; anything that takes its own locks or
+none goes in APPLIANCE_SOURCES, e.g. the failover role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import localdirector
+from localdirector.model.addr import format_ip
+from localdirector.model.director import Director
+from localdirector.model.state import State
+
+if TYPE_CHECKING:
+    from localdirector.appliance import Appliance
+
+PREFIX = "localdirector_"
+Families = Iterable[Metric]
+ModelSource = Callable[[Director], Callable[[], Families]]
+ApplianceSource = Callable[["Appliance"], Families]
+STATES = [state.value for state in State]
+
+
+def gauge(name: str, help: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, help, labels=list(labels))
+
+
+def counter(name: str, help: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    """`name` without `_total`: the library adds it."""
+    return CounterMetricFamily(PREFIX + name, help, labels=list(labels))
+
+
+def _state_series(family: GaugeMetricFamily, ident: str, current: str) -> None:
+    """One series per state value, 1 for the current: `...{state="FAILED"} == 1`."""
+    for state in STATES:
+        family.add_metric([ident, state], 1.0 if state == current else 0.0)
+
+
+def _traffic(kind: str, rows: list[tuple[str, tuple[int, int, int, int] | None]]
+             ) -> Families:
+    """Packets and bytes in and out where userspace counts them; a server on the fast
+    path has none (the kernel forwards its data), so it has no such series."""
+    packets = counter(f"{kind}_packets", f"Packets of the {kind}'s connections the "
+                      "engine translated (userspace path only)", [kind, "direction"])
+    octets = counter(f"{kind}_bytes", f"Bytes of the {kind}'s connections the engine "
+                     "translated (userspace path only)", [kind, "direction"])
+    for ident, traffic in rows:
+        if traffic is not None:
+            packets_in, packets_out, bytes_in, bytes_out = traffic
+            packets.add_metric([ident, "in"], packets_in)
+            packets.add_metric([ident, "out"], packets_out)
+            octets.add_metric([ident, "in"], bytes_in)
+            octets.add_metric([ident, "out"], bytes_out)
+    return packets, octets
+
+
+def _counted(server: Any, fastpath: bool) -> tuple[int, int, int, int] | None:
+    if fastpath:
+        return None
+    return server.packets_in, server.packets_out, server.bytes_in, server.bytes_out
+
+
+def virtuals(director: Director) -> Callable[[], Families]:
+    rows = [(str(v.sid), director.virtual_state(v), v.fastpath, v.conns_current,
+             v.half_open, v.conns_total, v.synguard_drops, v.no_real_drops,
+             _counted(v, v.fastpath)) for v in director.iter_virtuals()]
+
+    def build() -> Families:
+        labels = ["virtual"]
+        open_ = gauge("virtual_open_connections", "Connections open now", labels)
+        half = gauge("virtual_half_open_connections", "Connections waiting for the real's "
+                     "SYN-ACK", labels)
+        total = counter("virtual_connections", "Connections opened", labels)
+        state = gauge("virtual_state", "State as show virtual gives it, one series per "
+                      "value: 1 for the current", ["virtual", "state"])
+        fastpath = gauge("virtual_fastpath", "1 when the kernel translates the "
+                         "virtual's connections (no packet or byte counts)", labels)
+        drops = counter("virtual_dropped_syns", "SYNs refused", ["virtual", "reason"])
+        for ident, current, on_fastpath, conns, half_open, opened, synguard, no_real, _ in rows:
+            open_.add_metric([ident], conns)
+            half.add_metric([ident], half_open)
+            total.add_metric([ident], opened)
+            _state_series(state, ident, current)
+            fastpath.add_metric([ident], 1.0 if on_fastpath else 0.0)
+            drops.add_metric([ident, "synguard"], synguard)
+            drops.add_metric([ident, "no-real"], no_real)
+        return [open_, half, total, state, fastpath, drops,
+                *_traffic("virtual", [(row[0], row[-1]) for row in rows])]
+    return build
+
+
+def reals(director: Director) -> Callable[[], Families]:
+    fastpath = {id(link.real): v.fastpath for v in director.iter_virtuals()
+                for link in v.iter_links()}   # a real's virtuals share one path
+    rows = [(str(r.sid), r.state.value, r.current_conns, r.total_conns,
+             r.noanswer_reassigns, r.reset_reassigns, r.response_time,
+             _counted(r, fastpath.get(id(r), False))) for r in director.iter_reals()]
+
+    def build() -> Families:
+        labels = ["real"]
+        open_ = gauge("real_open_connections", "Connections open now", labels)
+        total = counter("real_connections", "Connections sent to the real", labels)
+        state = gauge("real_state", "State (FAILED and TESTING by passive health), one "
+                      "series per value: 1 for the current", ["real", "state"])
+        reassigns = counter("real_reassigns", "Connections moved to another real",
+                            ["real", "reason"])
+        response = gauge("real_response_seconds", "Smoothed SYN to SYN-ACK time (after "
+                         "the first answer)", labels)
+        for ident, current, conns, opened, unanswered, reset, seconds, _ in rows:
+            open_.add_metric([ident], conns)
+            total.add_metric([ident], opened)
+            _state_series(state, ident, current)
+            reassigns.add_metric([ident, "unanswered"], unanswered)
+            reassigns.add_metric([ident, "reset"], reset)
+            if seconds:
+                response.add_metric([ident], seconds)
+        return [open_, total, state, reassigns, response,
+                *_traffic("real", [(row[0], row[-1]) for row in rows])]
+    return build
+
+
+def assigns(director: Director) -> Callable[[], Families]:
+    """Copied as `show assign` copies them: 100,000 entries cost the lock little."""
+    rows = [(o.virtual.sid, o.client_ip, o.prefixlen, o.hits) for o in director.bindids]
+
+    def build() -> Families:
+        hits = counter("assign_hits", "SYNs an assign entry sent to its virtual",
+                       ["virtual", "client"])
+        for sid, client, prefixlen, count in rows:
+            hits.add_metric([str(sid), f"{format_ip(client)}/{prefixlen}"], count)
+        return [hits]
+    return build
+
+
+def identity(director: Director) -> Callable[[], Families]:
+    hostname = director.settings.hostname
+
+    def build() -> Families:
+        info = gauge("info", "Always 1: the appliance's version and hostname",
+                     ["version", "hostname"])
+        info.add_metric([localdirector.__version__, hostname], 1.0)
+        return [info]
+    return build
+
+
+def dataplane(appliance: "Appliance") -> Families:
+    """From `DataPlaneHandle.statistics()`, which takes the model lock itself."""
+    handle = appliance.dataplane
+    running = gauge("dataplane_running", "1 when the data plane runs (0: --no-dataplane)")
+    running.add_metric([], 1.0 if handle is not None else 0.0)
+    yield running
+    if handle is None:
+        return
+    stats = handle.statistics()
+    engine = stats["engine"]
+    yield _single(counter("dataplane_packets", "Packets the engine handled: every one is "
+                          "translated, passed unchanged, noted (fast path) or dropped"),
+                  engine["packets"])
+    dropped = counter("dataplane_dropped_packets", "Packets the engine dropped", ["reason"])
+    for reason, count in engine["drops"].items():
+        dropped.add_metric([reason], count)
+    yield dropped
+    translated = counter("dataplane_translated_packets", "Packets the engine translated",
+                         ["direction"])
+    for direction, key in (("in", "translated_in"), ("out", "translated_out"),
+                           ("icmp", "icmp_translated")):
+        translated.add_metric([direction], engine[key])
+    yield translated
+    yield _single(gauge("dataplane_connections", "Connections in the table"),
+                  stats["connections"])
+    yield _single(counter("dataplane_reassigned_connections", "Connections moved to "
+                          "another real (no answer, or a reset)"), engine["conns_reassigned"])
+    yield _single(counter("dataplane_refused_syns", "SYNs answered with a RST"),
+                  engine["refused"])
+    kernel = stats["kernel"]
+    if kernel is not None:   # None: the queue is not bound (yet)
+        yield _single(gauge("dataplane_queue_waiting_packets", "Packets queued to the "
+                            "engine, not yet given a verdict"), kernel.waiting)
+        lost = counter("dataplane_queue_dropped_packets", "Packets the kernel dropped "
+                       "before the engine saw them", ["reason"])
+        lost.add_metric(["queue-full"], kernel.queue_dropped)
+        lost.add_metric(["socket-full"], kernel.user_dropped)
+        yield lost
+
+
+def _single(family: GaugeMetricFamily | CounterMetricFamily, value: float) -> Metric:
+    family.add_metric([], value)
+    return family
+
+
+MODEL_SOURCES: list[ModelSource] = [identity, virtuals, reals, assigns]
+APPLIANCE_SOURCES: list[ApplianceSource] = [dataplane]
+
+
+class ApplianceCollector(Collector):
+    """Registered in the exporter's own registry; `collect` runs for each scrape."""
+
+    def __init__(self, appliance: "Appliance") -> None:
+        self.appliance = appliance
+
+    def collect(self) -> Iterator[Metric]:
+        director = self.appliance.director   # the live model, also after a `reload`
+        with director.lock:
+            builders = [source(director) for source in MODEL_SOURCES]
+        for build in builders:
+            yield from build()
+        for source in APPLIANCE_SOURCES:
+            yield from source(self.appliance)

@@ -1,0 +1,117 @@
+"""Monitoring through the real data plane: a real that fails and comes back is reported
+to a real `rsyslogd` over UDP and TCP, and the metrics endpoint counts the traffic.
+
+rsyslogd runs in a namespace of its own, linked to the director's by 198.19.255.0/24
+(director .1, collector .2), with its own configuration and files: the host's syslog
+is neither used nor touched."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from appliance_driver import (R12, R13, VIP, appliance, ditched_then_retried,  # noqa: F401
+                              simple_config)
+from test_metrics import samples
+
+from localdirector.lab import Lab
+
+pytestmark = pytest.mark.netns
+
+DIRECTOR_SIDE, COLLECTOR = "198.19.255.1", "198.19.255.2"
+METRICS_PORT = 9464
+
+RSYSLOG_CONF = """\
+global(workDirectory="{dir}")
+module(load="imudp")
+module(load="imtcp")
+input(type="imudp" address="{addr}" port="514")
+input(type="imtcp" address="{addr}" port="601")
+template(name="line" type="string"
+         string="%inputname% %hostname% %app-name% %syslogseverity-text% %msg%\\n")
+action(type="omfile" file="{dir}/received.log" template="line")
+"""
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def collector(lab: Lab, tmp_path: Path) -> Iterator[Path]:
+    """rsyslogd listening on COLLECTOR (514/udp, 601/tcp); yields the file it writes."""
+    ns = f"{lab.name}-log"
+    _ip("netns", "add", ns)
+    proc = None
+    try:
+        _ip("netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1")
+        _ip("-n", lab.director_ns, "link", "add", "log0", "type", "veth", "peer", "name",
+            "eth0", "netns", ns)
+        _ip("-n", lab.director_ns, "addr", "add", f"{DIRECTOR_SIDE}/24", "dev", "log0")
+        _ip("-n", lab.director_ns, "link", "set", "log0", "up")
+        _ip("-n", ns, "addr", "add", f"{COLLECTOR}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        conf = tmp_path / "rsyslog.conf"
+        conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, addr=COLLECTOR))
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, "rsyslogd", "-n", "-f", str(conf),
+                                 "-i", str(tmp_path / "rsyslogd.pid")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 10
+        while ":601 " not in subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"],
+                                             capture_output=True, text=True).stdout:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "rsyslogd did not start listening"
+            time.sleep(0.1)
+        yield tmp_path / "received.log"
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
+        lab: Lab, appliance, collector: Path) -> None:
+    bad = R13
+    console = appliance(simple_config(
+        VIP, "roundrobin", [R12, bad], f"threshold {bad} 2", f"reassign {bad} 1",
+        f"retry {bad} 2", f"logging host {COLLECTOR}",
+        f"logging host {COLLECTOR} transport tcp", "logging trap warnings"),
+        "--metrics", f"127.0.0.1:{METRICS_PORT}")
+    ditched_then_retried(lab, console, "refuse", bad, R12, timeout=8)
+
+    failed = f"real {bad}:0:0:tcp FAILED after 2 unanswered connections"
+    back = f"real {bad}:0:0:tcp answered its test connection: back in service"
+    wanted = {f"{transport} localdirector localdirector warning {text}"
+              for transport in ("imudp", "imtcp") for text in (failed, back)}
+    deadline = time.monotonic() + 10
+    while not wanted <= set(collector.read_text().splitlines() if collector.exists() else []):
+        assert time.monotonic() < deadline, collector.read_text() if collector.exists() else ""
+        time.sleep(0.2)
+    show = console.run("show logging")
+    for transport, port in (("udp", 514), ("tcp", 601)):
+        row = re.search(rf"{COLLECTOR} +{transport} +{port} +(\d+) +0 +0 +ok", show)
+        assert row and int(row.group(1)) >= 3, show   # FAILED, TESTING, back in service
+
+    scraped = lab.run_in(lab.director_ns, ["curl", "-sf",
+                                           f"http://127.0.0.1:{METRICS_PORT}/metrics"])
+    assert scraped.returncode == 0, scraped.stderr
+    got = samples(scraped.stdout)
+    virtual = (("virtual", f"{VIP}:80:0:tcp"),)
+    assert got[("localdirector_virtual_connections_total", virtual)] >= 10
+    assert got[("localdirector_virtual_packets_total", (("direction", "in"), *virtual))] > 0
+    assert got[("localdirector_virtual_bytes_total", (("direction", "out"), *virtual))] > 0
+    assert got[("localdirector_real_state", (("real", f"{bad}:0:0:tcp"), ("state", "IS")))] == 1
+    assert got[("localdirector_dataplane_running", ())] == 1
+    assert got[("localdirector_dataplane_reassigned_connections_total", ())] == 2
+    assert got[("localdirector_dataplane_packets_total", ())] > 0
+    assert ("localdirector_dataplane_queue_waiting_packets", ()) in got
+    check = subprocess.run(["promtool", "check", "metrics"], input=scraped.stdout, text=True,
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -1,8 +1,8 @@
 """`localdirector`: boot the appliance from its startup-config, start its services, and
 give the operator a console (interactive on a terminal, scripted otherwise).
 
-Services (the data plane; SSH, telnet and serial consoles) are entries of `SERVICES`
-(see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
+Services (the data plane; SSH, telnet and serial consoles; the probe runner) are
+entries of `SERVICES` (see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
 that knows every other, and the one place the data-plane handle is set."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__, syslog
 from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
+from .probes import runner as probe_runner
 from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
 from .shell.repl import run_shell
@@ -51,6 +52,7 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
 SERVICES: list[Service] = [
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     Service("access", access_service.add_arguments, access_service.start),
+    Service("probes", probe_runner.add_arguments, probe_runner.start),
 ]
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import threading
 import time
@@ -41,26 +43,26 @@ class ProbeRunner:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="probes",
                                         daemon=True)
-        self._main: asyncio.Future[None] | None = None
         self._director: Director | None = None
         self._generation = -1
-        self._checks: list[ProbeCheck] = []
-        self._due: dict[ProbeCheck, float] = {}      # ProbeCheck hashes by identity
+        self._checks: set[ProbeCheck] = set()    # ProbeCheck hashes by identity
+        # (when due, tie-breaker, check): a heap, so a round costs what is due, not a
+        # walk over every check.
+        self._queue: list[tuple[float, int, ProbeCheck]] = []
+        self._order = itertools.count()
         self._running: set[ProbeCheck] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()   # the loop keeps only weak ones
         self._slots: asyncio.Semaphore | None = None
 
     def start(self) -> "ProbeRunner":
         self._thread.start()
-        self._main = asyncio.run_coroutine_threadsafe(self._schedule(), self._loop)
+        asyncio.run_coroutine_threadsafe(self._schedule(), self._loop)
         return self
 
     def stop(self) -> None:
         """Cancel what runs, end the loop and its thread; nothing is left behind."""
-        if self._main is not None:
-            self._loop.call_soon_threadsafe(self._main.cancel)
-            with contextlib.suppress(BaseException):
-                self._main.result(STOP_TIMEOUT)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop).result(STOP_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_TIMEOUT)
         if not self._thread.is_alive():
@@ -68,41 +70,42 @@ class ProbeRunner:
 
     async def _schedule(self) -> None:
         self._slots = asyncio.Semaphore(CONCURRENCY)
-        try:
-            while True:
-                await asyncio.sleep(self._round(time.monotonic()))
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while True:
+            await asyncio.sleep(self._round(time.monotonic()))
 
     def _round(self, now: float) -> float:
         """Start every check that is due; returns how long to sleep."""
-        director = self._follow()
-        wake = now + IDLE_POLL
-        for check in self._checks:
-            due = self._due.get(check)
-            if due is None:   # new: a random moment of its first interval
-                due = self._due[check] = now + random.uniform(0, check.probe.interval)
-            if due <= now and check not in self._running:
-                interval = check.probe.interval
-                due = self._due[check] = now + interval * random.uniform(1 - JITTER, 1)
+        director = self._follow(now)
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            _, _, check = heapq.heappop(queue)
+            if check not in self._checks:
+                continue              # removed from the model since it was queued
+            interval = check.probe.interval
+            self._push(check, now + interval * random.uniform(1 - JITTER, 1))
+            if check not in self._running:   # (a probe waiting for a slot is not doubled)
                 self._running.add(check)
                 task = self._loop.create_task(self._probe(director, check))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            wake = min(wake, due)
+        wake = min(queue[0][0], now + IDLE_POLL) if queue else now + IDLE_POLL
         return max(0.0, wake - time.monotonic())
 
-    def _follow(self) -> Director:
-        """The model's checks, copied when it changed or `reload` replaced it."""
+    def _push(self, check: ProbeCheck, due: float) -> None:
+        heapq.heappush(self._queue, (due, next(self._order), check))
+
+    def _follow(self, now: float) -> Director:
+        """The model's checks, copied when it changed or `reload` replaced it; a new
+        check is first due at a random moment of its first interval."""
         director = self._appliance.director
         with director.lock:
-            if director is not self._director or director.generation != self._generation:
-                self._director, self._generation = director, director.generation
-                self._checks = [c for c in director.checks.values() if c.runnable]
-                kept = set(self._checks)
-                self._due = {c: due for c, due in self._due.items() if c in kept}
+            if director is self._director and director.generation == self._generation:
+                return director
+            self._director, self._generation = director, director.generation
+            checks = {c for c in director.checks.values() if c.runnable}
+        for check in checks - self._checks:
+            self._push(check, now + random.uniform(0, check.probe.interval))
+        self._checks = checks
         return director
 
     async def _probe(self, director: Director, check: ProbeCheck) -> None:
@@ -121,6 +124,14 @@ class ProbeRunner:
                 director.probe_result(check, good, result, latency, time.time())
         finally:
             self._running.discard(check)
+
+
+async def _cancel_all() -> None:
+    """Every task of the loop but this one: the schedule and the probes in flight."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,8 @@
 """`localdirector`: boot the appliance from its startup-config, start its services, and
 give the operator a console (interactive on a terminal, scripted otherwise).
 
-Services (remote syslog; the data plane; SSH, telnet and serial consoles; the metrics
-endpoint) are entries of `SERVICES`
+Services (remote syslog; the data plane; SSH, telnet and serial consoles; the probe
+runner; the metrics endpoint) are entries of `SERVICES`
 (see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
 that knows every other, and the one place the data-plane handle is set."""
 
@@ -20,6 +20,7 @@ from . import __version__, syslog
 from .access import service as access_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .monitor import exporter, logging_hosts
+from .probes import runner as probe_runner
 from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
 from .shell.repl import run_shell
@@ -62,6 +63,7 @@ SERVICES: list[Service] = [
     Service("logging", lambda parser: None, logging_hosts.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     Service("access", access_service.add_arguments, access_service.start),
+    Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("metrics", _metrics_arguments, exporter.start),
 ]
 

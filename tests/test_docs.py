@@ -41,7 +41,7 @@ MAN = ROOT / "man" / "localdirector.8"
 EXAMPLES = ROOT / "examples"
 SERVICE = EXAMPLES / "localdirector.service"
 EXAMPLE_CONFIGS = ["backup-overflow.cfg", "fig1.cfg", "port-translation.cfg",
-                   "roundrobin.cfg"]
+                   "probes.cfg", "roundrobin.cfg"]
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
 PROMPT = r"localdirector(?:\(config\))?[>#]"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
@@ -625,8 +625,20 @@ def connections(real: str, count: int) -> Callable[[str], bool]:
     return lambda output: real_conns(output).get(real) == count
 
 
+def probes_not_down(count: int) -> Callable[[str], bool]:
+    """`show probe` lists `count` checks and none is DOWN (the first results may still
+    be on their way: a check starts at a random moment of its first interval)."""
+    def check(output: str) -> bool:
+        states = [line.split()[4] for line in output.splitlines()
+                  if line.startswith("203.0.113.")]
+        return len(states) == count and set(states) <= {"UP", "UNKNOWN"}
+    return check
+
+
 # What each of an example's `Try it:` commands must show in the lab, in order.
 EXAMPLE_CHECKS = {
+    "probes.cfg": [answered("12:80", "13:80", "14:80", "12:80", "13:80", "14:80"),
+                   probes_not_down(4)],
     "roundrobin.cfg": [answered("12:80", "13:80", "14:80", "12:80", "13:80", "14:80")],
     "port-translation.cfg": [answered("11:8001", "12:8001"), answered("13:8001")],
     "backup-overflow.cfg": [held(2), answered_by_one_of("12:80", "13:80"),

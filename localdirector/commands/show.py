@@ -80,7 +80,7 @@ def _virtual_row(d: Director, v: VirtualMachine) -> tuple:
 
 
 def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
-    reals = ", ".join(f"{d.fmt(link.real.sid)} ({link.real.state.value})"
+    reals = ", ".join(f"{d.fmt(link.real.sid)} ({d.real_state(link.real)})"
                       for link in v.iter_links()) or "none bound"
     return [
         f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
@@ -101,14 +101,14 @@ def show_real(session: Session, pattern: ServerPattern | None = None,
               detail: bool = False) -> None:
     _print_servers(session, _selected(list(session.director.iter_reals()), pattern, "real"),
                    detail, ("Real", "State", "Conns", "Total", "Weight", "Maxconns",
-                            "Reassigns", "Threshold", "Response", "Backup"),
+                            "Reassigns", "Threshold", "Response", "Backup", "Out-by"),
                    _real_row, _real_detail)
 
 
 def _real_row(d: Director, r: PhysicalMachine) -> tuple:
-    return (d.fmt(r.sid), r.state.value, r.current_conns, r.total_conns, r.weight,
+    return (d.fmt(r.sid), d.real_state(r), r.current_conns, r.total_conns, r.weight,
             r.maxconns or "-", r.noanswer_reassigns + r.reset_reassigns, r.threshold,
-            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-")
+            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r))
 
 
 def _ms(seconds: float) -> str:
@@ -120,8 +120,9 @@ def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
     bound = [v for v in d.iter_virtuals() if any(l.real is r for l in v.iter_links())]
     fastpath = bool(bound) and all(v.fastpath for v in bound)
     return [
-        f"Real {d.fmt(r.sid)}, state {r.state.value} (configured "
+        f"Real {d.fmt(r.sid)}, state {d.real_state(r)} (configured "
         f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}",
+        f"  Out by: {d.real_cause(r)}{f' (probe {r.probe_down})' if r.probe_down else ''}",
         f"  Connections: {r.current_conns} current, {r.total_conns} total",
         f"  Traffic: {_traffic(r, fastpath)}",
         f"  Response time: {_ms(r.response_time)}",
@@ -139,7 +140,7 @@ def show_bind(session: Session, pattern: ServerPattern | None = None) -> None:
     rows = []
     for v in _selected(list(d.iter_virtuals()), pattern, "virtual"):
         links = list(v.iter_links())
-        rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), l.real.state.value)
+        rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), d.real_state(l.real))
                  for l in links] or [(d.fmt(v.sid), d.virtual_state(v), "-", "")]
     session.print_lines(table(("Virtual", "State", "Real", "State"), rows))
 

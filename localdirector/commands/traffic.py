@@ -22,6 +22,7 @@ from localdirector.shell.render import duration, table
 from localdirector.shell.session import CommandFailed, Session
 
 from .handle import DataPlaneHandle
+from .probe import probe_summary
 
 SHOW = Keyword("show", "Show running system information")
 CLEAR = Keyword("clear", "Reset counters or connections")
@@ -45,8 +46,11 @@ def show_statistics(session: Session) -> None:
     reading the kernel's (iptables, /proc) must not hold up the packet path, least of
     all under a flood, when an operator types this and the CPU is scarce."""
     service = _dataplane(session)
+    with session.director.lock:
+        probes = probe_summary(session.director)
     if service is None:
         session.print(f"Data plane:  not running; connections {len(session.director.conns)}")
+        session.print(probes)
         return
     stats = service.statistics()
     engine: dict[str, Any] = stats["engine"]
@@ -74,6 +78,7 @@ def show_statistics(session: Session) -> None:
                  f"{engine['fastpath_conns']} connections handed to the kernel, "
                  f"{logged} packets copied (NFLOG), {stats['log_overruns']} copy overruns, "
                  f"{stats['conntrack_errors']} conntrack errors")
+    lines.append(probes)
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
                  f"{stats['oversize']} too long to translate")
     if stats["ip_errors"]:

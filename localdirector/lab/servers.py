@@ -16,6 +16,13 @@ director):
 - ``POST /sha256``        -> sha256 hex of the request body, for upload integrity.
 - ``GET /hold/SECONDS``   -> headers at once, body ``held\\n`` after SECONDS; keeps a
                              connection open on purpose (leastconns tests).
+- ``GET /health``         -> ``health CODE\\n`` with status CODE, 200 until set: what a
+                             health probe reads (probe tests).
+- ``GET /health/set/CODE`` -> sets that status (100-599) for later ``/health`` requests
+                             of this listener; answers 200.
+
+``--mute`` starts a listener that accepts connections and never reads or answers: a
+real whose TCP stack is up while its service hangs.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
+import socket
 import socketserver
 import sys
 import time
@@ -68,6 +76,7 @@ class LabServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], name: str) -> None:
         super().__init__(address, LabHandler)
         self.name = name
+        self.health = 200
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's ``getfqdn`` reverse lookup: inside a lab namespace
@@ -102,6 +111,10 @@ class LabHandler(BaseHTTPRequestHandler):
             self._send_bytes(path.removeprefix("/bytes/"))
         elif path.startswith("/hold/"):
             self._hold(path.removeprefix("/hold/"))
+        elif path == "/health":
+            self._reply(f"health {self.server.health}\n".encode(), status=self.server.health)
+        elif path.startswith("/health/set/"):
+            self._set_health(path.removeprefix("/health/set/"))
         else:
             self._reply(b"not found\n", status=404)
 
@@ -146,6 +159,13 @@ class LabHandler(BaseHTTPRequestHandler):
         time.sleep(seconds)
         self.wfile.write(body)
 
+    def _set_health(self, arg: str) -> None:
+        if not arg.isdigit() or not 100 <= int(arg) <= 599:
+            self._reply(b"bad status\n", status=400)
+            return
+        self.server.health = int(arg)
+        self._reply(f"health {arg}\n".encode())
+
     def _reply(self, body: bytes, status: int = 200) -> None:
         self._headers(status, len(body), "text/plain")
         self.wfile.write(body)
@@ -159,12 +179,28 @@ class LabHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+def mute(addr: str, port: int) -> None:
+    """Accept and keep every connection, reading nothing, until killed."""
+    held = []
+    with socket.create_server((addr, port), backlog=1024) as listener:
+        try:
+            while True:
+                held.append(listener.accept()[0])
+        except KeyboardInterrupt:
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", required=True, help="IPv4 address to listen on")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--name", help="body of GET / (default real-ADDR:PORT)")
+    parser.add_argument("--mute", action="store_true",
+                        help="accept connections, never read or answer them")
     args = parser.parse_args(argv)
+    if args.mute:
+        mute(args.bind, args.port)
+        return
     server = LabServer((args.bind, args.port), args.name or f"real-{args.bind}:{args.port}")
     try:
         server.serve_forever(poll_interval=0.5)

@@ -1,9 +1,12 @@
-"""Passive health of reals: no probes of our own, only what client connections show
-(docs/design.rst, "Connection lifecycle and health").
+"""Health of reals: passive, from what client connections show (docs/design.rst,
+"Connection lifecycle and health"), beside the active probes' verdict (`probe_down`,
+docs/design.rst, "Probes").
 
 A real that leaves `threshold` connections in a row unanswered is FAILED; `retry`
-seconds later it is TESTING and takes exactly one connection as its probe; an answer
-puts it back IN_SERVICE, another failure back to FAILED. Every transition is here."""
+seconds later it is TESTING and takes exactly one connection as its test; an answer
+puts it back IN_SERVICE, another failure back to FAILED. Every transition is here. A
+real a probe took out is out whatever its passive state: no new connection, open ones
+keep flowing."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
 
 
 def available(real: "PhysicalMachine") -> bool:
-    """May take a new connection now (a TESTING real takes exactly one, its probe)."""
+    """May take a new connection now (a TESTING real takes exactly one, its test)."""
+    if real.probe_down:
+        return False
     if real.state is State.IN_SERVICE:
         return real.maxconns == 0 or real.current_conns < real.maxconns
     return real.state is State.TESTING and not real.testing
@@ -103,13 +108,28 @@ def retry_due(reals: Iterable["PhysicalMachine"], now: float, names: Names) -> N
             log.warning("real %s retry: TESTING", names(real.sid))
 
 
+def state(real: "PhysicalMachine") -> State:
+    """The state a client finds: FAILED while a probe holds an in-service real out."""
+    if real.probe_down and real.state in (State.IN_SERVICE, State.TESTING):
+        return State.FAILED
+    return real.state
+
+
+def cause(real: "PhysicalMachine") -> str:
+    """Why a real is out, for `show real`: probe, passive, both, or '-'."""
+    passive = real.state in (State.FAILED, State.TESTING)
+    probe = bool(real.probe_down) and real.state is not State.OUT_OF_SERVICE
+    return {(True, True): "probe+passive", (True, False): "probe",
+            (False, True): "passive"}.get((probe, passive), "-")
+
+
 def virtual_state(virtual: "VirtualMachine", reachable: Iterable["PhysicalMachine"]) -> str:
     """FIG. 3A 310 as a client finds it: FAILED when no real it could be sent to (its
     own, their backup reals, its backup virtuals' in service) can serve, and failure,
     not the operator, is why. Reals merely full or taken out of service leave it IS."""
     if virtual.state is not State.IN_SERVICE:
         return virtual.state.value
-    states = {real.state for real in reachable}
+    states = {state(real) for real in reachable}
     if State.FAILED in states and not states & {State.IN_SERVICE, State.TESTING}:
         return State.FAILED.value
     return virtual.state.value

@@ -18,7 +18,7 @@ class PhysicalMachine:
     __slots__ = ("next", "sid", "addr", "port", "state", "admin_state", "current_conns",
                  "total_conns", "noanswer_reassigns", "reset_reassigns", "consecutive_fails",
                  "threshold", "reassign", "retry", "weight", "maxconns", "backup",
-                 "response_time", "failed_at", "testing", "packets_in", "packets_out",
+                 "response_time", "failed_at", "testing", "probe_down", "packets_in", "packets_out",
                  "bytes_in", "bytes_out")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
@@ -41,6 +41,9 @@ class PhysicalMachine:
         self.consecutive_fails = 0
         self.failed_at = 0.0
         self.testing = False
+        # Out by an active probe (model/probes.py), beside the passive `state`: the
+        # name of a probe whose check is DOWN, "" while none is.
+        self.probe_down = ""
         self.reset_counters()
 
     def reset_counters(self) -> None:

@@ -1,0 +1,183 @@
+"""Active health probes (LocalDirector 4.x `probeconfig`/`probe`): what a probe asks, and
+what each (real, probe, port) check has learnt (docs/design.rst, "Probes").
+
+The model holds definitions, attachments and results; the runner (localdirector/probes/)
+only connects and reports through Director methods. A check starts UNKNOWN, which counts
+as up, and its first result decides at once: a real that is dead at boot is out after
+one timeout, a live one costs nothing. After that `failures` failed results in a row take
+it DOWN and `successes` good ones in a row bring it back UP."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .serverid import ServerId
+
+KINDS = ("tcp", "http")
+DEFAULT_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_FAILURES = 3
+DEFAULT_SUCCESSES = 2
+DEFAULT_METHOD = "GET"
+DEFAULT_PATH = "/"
+DEFAULT_STATUS = "200-399"
+MIN_SECONDS = 0.1
+MAX_SECONDS = 3600.0
+
+UNKNOWN, UP, DOWN, NO_PORT = "UNKNOWN", "UP", "DOWN", "NO-PORT"
+
+_STATUS_ITEM = re.compile(r"(\d{3})(?:-(\d{3}))?\Z")
+_METHOD = re.compile(r"[A-Z]{1,16}\Z")
+_PATH = re.compile(r"/[\x21-\x7e]*\Z")
+_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}\Z")
+
+
+class ProbeError(ValueError):
+    """A refused definition; Director turns it into ModelError."""
+
+
+def parse_status(text: str) -> tuple[tuple[int, int], ...]:
+    """`200`, `200-299`, `200-299,301,302`: codes 100-599, each range low to high."""
+    ranges = []
+    for item in text.split(","):
+        match = _STATUS_ITEM.match(item)
+        low, high = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+        if not (100 <= low <= high <= 599):
+            raise ProbeError(f"bad status list '{text}': codes 100-599 and ranges such as "
+                             "200-299,301")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One `probeconfig` line. `port` 0: the real's port (or its virtual's)."""
+
+    name: str
+    kind: str
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    failures: int = DEFAULT_FAILURES
+    successes: int = DEFAULT_SUCCESSES
+    port: int = 0
+    method: str = DEFAULT_METHOD
+    path: str = DEFAULT_PATH
+    status: str = DEFAULT_STATUS
+    host: str = ""           # "" = the real's address
+    expect: str = ""         # "" = any body
+    statuses: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            raise ProbeError(refusal)
+        object.__setattr__(self, "statuses", parse_status(self.status))
+
+    def _refusal(self) -> str | None:
+        if self.kind not in KINDS:
+            return f"unknown probe type '{self.kind}': tcp or http"
+        for what in ("interval", "timeout"):
+            if not MIN_SECONDS <= getattr(self, what) <= MAX_SECONDS:
+                return f"probe {what} must be {MIN_SECONDS:g}-{MAX_SECONDS:g} seconds"
+        if self.timeout >= self.interval:
+            return (f"probe timeout ({self.timeout:g} s) must be shorter than its interval "
+                    f"({self.interval:g} s)")
+        if self.failures < 1 or self.successes < 1:
+            return "probe failures and successes must be at least 1"
+        if not 0 <= self.port <= 65535:
+            return "probe port must be 0-65535"
+        if self.kind == "tcp" and self.http_settings():
+            return (f"{', '.join(self.http_settings())}: settings of http probes only, "
+                    f"probe {self.name} is tcp")
+        if not _METHOD.match(self.method):
+            return f"bad method '{self.method}': upper-case letters, such as GET or HEAD"
+        if not _PATH.match(self.path):
+            return f"bad path '{self.path}': it starts with '/' and has no spaces"
+        if self.host and not _HOST.match(self.host):
+            return f"bad host '{self.host}'"
+        if "\r" in self.expect or "\n" in self.expect:
+            return "expect text is one line"
+        return None
+
+    def http_settings(self) -> list[str]:
+        """The HTTP settings given a value other than their default."""
+        return [word for word, value, default in self._http_words() if value != default]
+
+    def _http_words(self) -> list[tuple[str, str, str]]:
+        return [("method", self.method, DEFAULT_METHOD), ("path", self.path, DEFAULT_PATH),
+                ("status", self.status, DEFAULT_STATUS), ("host", self.host, ""),
+                ("expect", self.expect, "")]
+
+    def words(self) -> list[str]:
+        """The `probeconfig` line's arguments after the name; defaults left out, in the
+        order the command takes them."""
+        words = [self.kind]
+        for word, value, default in (
+                ("interval", format_seconds(self.interval), format_seconds(DEFAULT_INTERVAL)),
+                ("timeout", format_seconds(self.timeout), format_seconds(DEFAULT_TIMEOUT)),
+                ("failures", str(self.failures), str(DEFAULT_FAILURES)),
+                ("successes", str(self.successes), str(DEFAULT_SUCCESSES)),
+                ("port", str(self.port), "0"), *self._http_words()):
+            if value != default:
+                words += [word, value]
+        return words
+
+    def status_ok(self, code: int) -> bool:
+        return any(low <= code <= high for low, high in self.statuses)
+
+
+@dataclass(eq=False)
+class ProbeCheck:
+    """One probe of one real on one port: the runner's unit of work and `show probe`'s
+    row."""
+
+    real_sid: ServerId
+    probe: Probe
+    addr: int
+    port: int
+    state: str = UNKNOWN
+    in_row: int = 0           # results in a row that disagree with `state`
+    ok: int = 0
+    failed: int = 0
+    last_result: str = "-"
+    last_change: float = 0.0  # time.time() of the last state change; 0 = never
+    latency: float = 0.0      # seconds, of the last good result
+
+    @property
+    def runnable(self) -> bool:
+        return self.port != 0
+
+
+@dataclass
+class ProbeCounters:
+    """`show statistics`' probe line: results since start (or `reload`)."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+
+
+def record(check: ProbeCheck, good: bool, result: str, latency: float, now: float
+           ) -> str | None:
+    """One result; returns the new state when it changed (UP or DOWN), else None."""
+    check.last_result = result
+    if good:
+        check.ok += 1
+        check.latency = latency
+    else:
+        check.failed += 1
+    want = UP if good else DOWN
+    if check.state == want:
+        check.in_row = 0
+        return None
+    check.in_row += 1
+    needed = check.probe.successes if good else check.probe.failures
+    if check.state == UNKNOWN or check.in_row >= needed:
+        check.state, check.in_row, check.last_change = want, 0, now
+        return want
+    return None

@@ -1,0 +1,160 @@
+"""Probes in the model and the shell, without a network: definitions and attachments
+round-trip through the running config, `no` forms undo them, a check's results move its
+real in and out exactly as docs/design.rst ("Probes") says, and a real out by probe is
+treated like any failed real by backups and virtual states."""
+
+from __future__ import annotations
+
+import pytest
+
+from localdirector.appliance import Appliance
+from localdirector.model.director import Director, ModelError
+from localdirector.model.probes import DOWN, NO_PORT, UNKNOWN, UP, parse_status
+from localdirector.model.serverid import ServerId
+from localdirector.model.state import State
+from localdirector.shell import running_config
+
+R12, R13, R14 = (ServerId.parse(f"203.0.113.{n}") for n in (12, 13, 14))
+VIP = ServerId.parse("192.0.2.10:80")
+
+
+def shell(*lines: str) -> tuple[Appliance, list[str]]:
+    appliance = Appliance()
+    out: list[str] = []
+    session = appliance.open_session("test", "test", write=out.append, interactive=False)
+    for line in ("enable", "configure terminal", *lines):
+        assert session.execute(line), "".join(out)
+    return appliance, out
+
+
+CONFIG = ["real 203.0.113.12", "real 203.0.113.13:8080", "virtual 192.0.2.10:80",
+          "bind 192.0.2.10:80 203.0.113.12 203.0.113.13:8080",
+          "probeconfig web http interval 2 timeout 0.5 failures 4 successes 1 port 8001 "
+          "method HEAD path /health?full=1 status 200-299,301 host www.example "
+          "expect all good",
+          "probeconfig alive tcp",
+          "probe 192.0.2.10:80 web", "probe 203.0.113.13:8080 alive"]
+
+
+def test_running_config_round_trips() -> None:
+    appliance, _ = shell(*CONFIG)
+    saved = running_config.render(appliance.director, appliance.registry)
+    assert [l for l in saved if l.startswith("probe")] == [
+        "probeconfig web http interval 2 timeout 0.5 failures 4 successes 1 port 8001 "
+        "method HEAD path /health?full=1 status 200-299,301 host www.example "
+        "expect all good",
+        "probeconfig alive tcp",
+        "probe 192.0.2.10:80:0:tcp web",
+        "probe 203.0.113.13:8080:0:tcp alive"]
+    replayed, _ = shell(*(l for l in saved if not l.startswith("!")))
+    assert running_config.render(replayed.director, replayed.registry) == saved
+
+
+def test_checks_follow_attachments_binds_and_removals() -> None:
+    appliance, out = shell(*CONFIG[:4], "probeconfig web http", "probe 192.0.2.10:80 web")
+    d = appliance.director
+    # A port-0 real is probed on its virtual's port, a port-translated one on its own.
+    assert sorted(k[2] for k in d.checks) == [80, 8080]
+    shell_ = appliance.open_session("t", "t", write=out.append, interactive=False)
+    for line in ("enable", "configure terminal", "no bind 192.0.2.10:80 203.0.113.12"):
+        assert shell_.execute(line)
+    assert [k[2] for k in d.checks] == [8080]
+    assert shell_.execute("no probeconfig web")
+    assert "probe web detached from 192.0.2.10:80:0:tcp" in "".join(out)
+    assert not d.checks and not d.probe_attach
+    assert shell_.execute("probeconfig web tcp port 81")
+    assert shell_.execute("probe 203.0.113.12 web")
+    assert shell_.execute("no real 203.0.113.12")
+    assert not d.probe_attach and not d.checks
+
+
+def test_no_forms_and_help() -> None:
+    appliance, _ = shell(*CONFIG)
+    session = appliance.open_session("t", "t", write=lambda _: None, interactive=False)
+    for line in ("enable", "configure terminal"):
+        session.execute(line)
+    after_interval = [line.split()[0]
+                      for line in session.help_lines("probeconfig web http interval 2 ")]
+    assert after_interval == ["expect", "failures", "host", "method", "path", "port",
+                              "status", "successes", "timeout", "<cr>"]
+    assert session.help_lines("probeconfig web ")[0].split()[0] == "tcp|http"
+    assert session.execute("no probe 203.0.113.13:8080 alive")
+    assert not session.execute("no probe 203.0.113.13:8080 alive")
+    assert session.execute("no probe 192.0.2.10:80")
+    assert not appliance.director.probe_attach
+
+
+def test_status_lists() -> None:
+    assert parse_status("200") == ((200, 200),)
+    assert parse_status("200-299,301") == ((200, 299), (301, 301))
+    for bad in ("", "2000", "99", "600", "300-200", "200-", "abc", "200,"):
+        with pytest.raises(ValueError):
+            parse_status(bad)
+
+
+def director_with_probe(failures: int = 2, successes: int = 2) -> Director:
+    d = Director()
+    for sid in (R12, R13, R14):
+        d.add_real(sid)
+    d.add_virtual(VIP)
+    d.bind(VIP, R12, R13)
+    d.define_probe("web", "http", failures=failures, successes=successes)
+    d.attach_probe(VIP, "web")
+    return d
+
+
+def check_of(d: Director, sid: ServerId):
+    return next(c for c in d.checks.values() if c.real_sid == sid)
+
+
+def test_first_result_decides_then_failures_and_successes_in_a_row() -> None:
+    d = director_with_probe(failures=2, successes=2)
+    c12, c13 = check_of(d, R12), check_of(d, R13)
+    assert (c12.state, c13.state) == (UNKNOWN, UNKNOWN)
+    d.probe_result(c12, True, "HTTP-200", 0.001, 1.0)
+    d.probe_result(c13, False, "refused", 0.0, 1.0)
+    assert (c12.state, c13.state) == (UP, DOWN)
+    assert d.reals[R13].probe_down == "web" and d.real_state(d.reals[R13]) == "FAILED"
+    d.probe_result(c12, False, "HTTP-500", 0.0, 2.0)
+    assert c12.state == UP                  # one failure of two
+    d.probe_result(c12, True, "HTTP-200", 0.0, 3.0)
+    d.probe_result(c12, False, "HTTP-500", 0.0, 4.0)
+    assert c12.state == UP                  # the failures were not in a row
+    d.probe_result(c12, False, "HTTP-500", 0.0, 5.0)
+    assert c12.state == DOWN and c12.last_change == 5.0
+    d.probe_result(c13, True, "HTTP-200", 0.0, 6.0)
+    assert c13.state == DOWN
+    d.probe_result(c13, True, "HTTP-200", 0.0, 7.0)
+    assert c13.state == UP and not d.reals[R13].probe_down
+    assert (d.probe_counters.sent, d.probe_counters.ok, d.probe_counters.failed) == (8, 4, 4)
+
+
+def test_a_real_out_by_probe_is_a_failed_real_to_backups_and_virtuals() -> None:
+    d = director_with_probe(failures=1)
+    d.set_backup(R12, R14)
+    for sid in (R12, R13):
+        d.probe_result(check_of(d, sid), False, "timeout", 0.0, 1.0)
+    assert d.virtual_state(d.virtuals[VIP]) == "IS"      # R14, the backup, serves
+    assert d.decide(1, VIP.addr, 80, 0.0).real is d.reals[R14]
+    d.set_state(R14, State.OUT_OF_SERVICE)
+    assert d.virtual_state(d.virtuals[VIP]) == "FAILED"
+    assert d.decide(1, VIP.addr, 80, 0.0).real is None
+    assert d.real_cause(d.reals[R12]) == "probe"
+    # Passive detection still runs beside it.
+    real = d.reals[R13]
+    for _ in range(real.threshold):
+        d.note_failure(real, 2.0)
+    assert real.state is State.FAILED and d.real_cause(real) == "probe+passive"
+
+
+def test_a_portless_check_is_listed_not_run() -> None:
+    d = Director()
+    d.add_real(R12)
+    d.add_virtual(ServerId.parse("192.0.2.10:0"))
+    d.bind(ServerId.parse("192.0.2.10:0"), R12)
+    d.define_probe("web", "tcp")
+    d.attach_probe(ServerId.parse("192.0.2.10:0"), "web")
+    (check,) = d.checks.values()
+    assert check.state == NO_PORT and not check.runnable
+    with pytest.raises(ModelError, match="must name a port"):
+        d.attach_probe(R12, "web")

@@ -1,0 +1,245 @@
+"""Active health probes (issue 13) for real: the appliance in the lab's director
+namespace probes the lab's HTTP servers in their own namespaces over real TCP, and
+clients' requests through the VIP show what the probes decided. The last test needs no
+namespace: bad probe configuration, refused in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from localdirector.appliance import Appliance
+from localdirector.lab import Lab, python_module
+from localdirector.shell import running_config
+
+from appliance_driver import (GENERAL, R12, R13, R14, R15, VIP, Console, appliance,  # noqa: F401
+                              bodies, name)
+
+# interval 1 s, so the bounds below are a few seconds; the timeout well under it.
+HTTP_PROBE = "probeconfig web http interval 1 timeout 0.5 failures 2 successes 2 path /health"
+
+
+def general(lab: Lab, count: int = 10, url: str = f"http://{VIP}/") -> list[str]:
+    """`count` requests from general clients through the VIP; every one must succeed."""
+    return bodies(lab.get_many(url, lab.client_addresses[GENERAL], count=count))
+
+
+def set_health(lab: Lab, real: str, code: int) -> None:
+    """The real's /health answers `code` from now on (asked from the director's side)."""
+    lab.client_get(f"http://{real}/health/set/{code}", ns=lab.director_ns)
+
+
+def probe_rows(console: Console) -> dict[tuple[str, str], list[str]]:
+    """`show probe` as {(real id, probe): cells} (a real may have several rows)."""
+    lines = console.run("show probe").split("\n")
+    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    width = len(lines[rule].split())
+    return {(cells[0], cells[1]): cells for cells in (l.split() for l in lines[rule + 1:])
+            if len(cells) == width}
+
+
+def probe_state(console: Console, real: str, probe: str = "web") -> str:
+    return probe_rows(console)[(real, probe)][4]
+
+
+def wait_state(console: Console, real: str, state: str, timeout: float,
+               probe: str = "web") -> float:
+    """Seconds until `show probe` says `state` for the real's check."""
+    started = time.monotonic()
+    console.wait_for(lambda: probe_state(console, real, probe) == state, timeout=timeout,
+                     what=f"{real} probe {probe} {state}")
+    return time.monotonic() - started
+
+
+@pytest.mark.netns
+def test_http_500_takes_a_real_out_and_200_brings_it_back(lab: Lab, appliance) -> None:
+    console = appliance([f"real {R12}", f"real {R13}", f"virtual {VIP}:80",
+                         f"bind {VIP}:80 {R12} {R13}", HTTP_PROBE, f"probe {VIP}:80 web"])
+    for real in (R12, R13):
+        wait_state(console, f"{real}:0:0:tcp", "UP", timeout=5)
+    assert set(general(lab)) == {name(R12), name(R13)}
+    try:
+        set_health(lab, R13, 500)
+        # interval x failures, plus one interval for where in its cycle the change fell,
+        # plus the 0.2 s the check polls at.
+        assert wait_state(console, f"{R13}:0:0:tcp", "DOWN", timeout=10) < 1 * 2 + 1 + 0.5
+        cells = probe_rows(console)[(f"{R13}:0:0:tcp", "web")]
+        assert cells[5] == "HTTP-500"
+        row = console.rows("real")[f"{R13}:0:0:tcp"]
+        assert (row[1], row[-1]) == ("FAILED", "probe")
+        total = console.real(R13)[2]
+        assert general(lab, 20) == [name(R12)] * 20       # zero errors, none to R13
+        assert console.real(R13)[2] == total
+    finally:
+        set_health(lab, R13, 200)
+    wait_state(console, f"{R13}:0:0:tcp", "UP", timeout=10)
+    assert console.real(R13)[0] == "IS"
+    assert name(R13) in general(lab)
+    assert "probe web (port 80) DOWN: HTTP-500" in console.run("show syslog")
+
+
+def wait_listening(lab: Lab, ns: str, port: int) -> None:
+    deadline = time.monotonic() + 5
+    while lab.run_in(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout == "":
+        assert time.monotonic() < deadline, f"nothing listens on port {port} in {ns}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def mute_listener(lab: Lab, real: str, port: int) -> Iterator[None]:
+    """A listener on the real that accepts TCP and never reads: its service hangs."""
+    proc = lab.popen_in(lab.real_ns[real], python_module(
+        "servers", "--bind", real, "--port", str(port), "--mute"))
+    try:
+        wait_listening(lab, lab.real_ns[real], port)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.netns
+def test_a_real_that_accepts_but_never_answers_fails_http_not_tcp(lab: Lab,
+                                                                   appliance) -> None:
+    with mute_listener(lab, R14, 8080):
+        console = appliance([
+            f"real {R12}", f"real {R14}:8080", f"virtual {VIP}:80",
+            f"bind {VIP}:80 {R12} {R14}:8080", HTTP_PROBE,
+            "probeconfig alive tcp interval 1 timeout 0.5 failures 2",
+            f"probe {VIP}:80 web", f"probe {R14}:8080 alive"])
+        hung = f"{R14}:8080:0:tcp"
+        wait_state(console, hung, "DOWN", timeout=5)
+        rows = probe_rows(console)
+        assert rows[(hung, "web")][5] == "timeout"
+        assert rows[(hung, "alive")][4:6] == ["UP", "connected"]
+        assert rows[(f"{R12}:0:0:tcp", "web")][4] == "UP"
+        assert console.rows("real")[hung][-1] == "probe"
+        assert general(lab, 10) == [name(R12)] * 10
+
+
+@pytest.mark.netns
+def test_a_real_down_before_any_client_is_out_before_the_first_one(lab: Lab,
+                                                                   appliance) -> None:
+    lab.stop_server(R13, 80)
+    try:
+        console = appliance([f"real {R12}", f"real {R13}", f"virtual {VIP}:80",
+                             f"predictor {VIP}:80 roundrobin",
+                             f"bind {VIP}:80 {R12} {R13}", HTTP_PROBE, f"probe {VIP}:80 web"])
+        # The first result of a check decides: out within one interval and its timeout.
+        assert wait_state(console, f"{R13}:0:0:tcp", "DOWN", timeout=5) < 1 + 0.5 + 0.5
+        assert probe_rows(console)[(f"{R13}:0:0:tcp", "web")][5] == "refused"
+        assert general(lab, 6) == [name(R12)] * 6
+        stats = console.statistics()
+        assert stats["conns reassigned"] == 0      # no client paid for the dead real
+        assert console.real(R13) == ("FAILED", 0, 0)
+    finally:
+        lab.start_server(R13, 80)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+MANY = [f"203.0.113.{n}" for n in range(16, 216)]
+
+
+@contextmanager
+def many_reals(lab: Lab, host: str, port: int) -> Iterator[None]:
+    """200 more addresses on one real's interface and a server on all of them."""
+    ns = lab.real_ns[host]
+    batch = "".join(f"addr add {addr}/24 dev eth0\n" for addr in MANY)
+    assert lab.run_in(ns, ["ip", "-batch", "-"], input=batch).returncode == 0
+    proc = lab.popen_in(ns, python_module("servers", "--bind", "0.0.0.0", "--port", str(port)),
+                        stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(lab, ns, port)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+        batch = "".join(f"addr del {addr}/24 dev eth0\n" for addr in MANY)
+        lab.run_in(ns, ["ip", "-batch", "-"], input=batch)
+
+
+@pytest.mark.netns
+def test_200_reals_probed_every_second(lab: Lab, appliance,
+                                       record_property: Callable[[str, object], None]
+                                       ) -> None:
+    with many_reals(lab, R15, 8080):
+        vip = "192.0.2.20"
+        console = appliance([
+            *(f"real {addr}:8080" for addr in MANY), f"virtual {vip}:80",
+            f"bind {vip}:80 {' '.join(f'{addr}:8080' for addr in MANY)}",
+            "probeconfig many http interval 1 timeout 0.5", f"probe {vip}:80 many"])
+        console.wait_for(lambda: sum(c[4] == "UP" for c in probe_rows(console).values())
+                         == len(MANY), timeout=10, what="200 checks UP")
+        before = console.statistics()
+        sent_before = int(re.search(r"Probes:\s+(\d+) sent", console.run("show statistics"))[1])
+        cpu_before, started = _cpu_seconds(console.pid), time.monotonic()
+        slowest = 0.0
+        while time.monotonic() - started < 30:
+            ask = time.monotonic()
+            assert "Virtuals 1, reals 200" in console.run("show version")
+            slowest = max(slowest, time.monotonic() - ask)
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        cpu = _cpu_seconds(console.pid) - cpu_before
+        summary = console.run("show statistics")
+        sent = int(re.search(r"Probes:\s+(\d+) sent", summary)[1]) - sent_before
+        assert re.search(r"\b0 failed", summary), summary
+        assert slowest < 1.0, f"a shell command took {slowest:.2f} s"
+        assert sent >= 0.9 * len(MANY) * elapsed * 0.9    # every real, about every second
+        assert bodies(lab.get_many(f"http://{vip}/", lab.client_addresses[GENERAL],
+                                   count=20))
+        after = console.statistics()
+        per_real = cpu / elapsed / len(MANY)
+        record_property("probe_cpu_per_real_ms_per_s", round(per_real * 1000, 3))
+        print(f"\n200 reals, {sent} probes in {elapsed:.1f} s: process CPU {cpu:.2f} s "
+              f"= {per_real * 1000:.3f} ms per real per second "
+              f"({cpu / max(sent, 1) * 1e6:.0f} us per probe); slowest shell command "
+              f"{slowest * 1000:.0f} ms; engine packets unchanged +"
+              f"{after['unchanged'] - before['unchanged']}")
+
+
+def test_bad_probe_configuration_is_refused_in_one_line_and_changes_nothing() -> None:
+    appliance = Appliance()
+    out: list[str] = []
+    session = appliance.open_session("test", "test", write=out.append, interactive=False)
+    for line in ("enable", "configure terminal", f"real {R12}", f"real {R13}:80",
+                 f"virtual {VIP}:80", HTTP_PROBE, f"probe {R13}:80 web"):
+        assert session.execute(line), out
+    before = running_config.render(appliance.director, appliance.registry)
+    for line, error in [
+        ("probeconfig web icmp", "% unknown probe type 'icmp': tcp or http"),
+        ("probeconfig web http interval 2 timeout 2",
+         "% probe timeout (2 s) must be shorter than its interval (2 s)"),
+        ("probeconfig web http interval 1 timeout 3",
+         "% probe timeout (3 s) must be shorter than its interval (1 s)"),
+        ("probeconfig web http status 200-2x9",
+         "% bad status list '200-2x9': codes 100-599 and ranges such as 200-299,301"),
+        ("probeconfig web http status 299-200",
+         "% bad status list '299-200': codes 100-599 and ranges such as 200-299,301"),
+        ("probeconfig fresh http status 200,,301",
+         "% bad status list '200,,301': codes 100-599 and ranges such as 200-299,301"),
+        ("probeconfig fresh tcp path /health",
+         "% path: settings of http probes only, probe fresh is tcp"),
+        (f"probe {R12} web",
+         f"% real {R12}:0:0:tcp has port 0: probe web must name a port "
+         "(probeconfig ... port N)"),
+        (f"probe {R13}:80 nosuch",
+         "% no probe named 'nosuch' (probeconfig nosuch tcp|http defines one)"),
+    ]:
+        out.clear()
+        assert not session.execute(line)
+        # Scripted input is not on screen, so the error repeats the line above it.
+        assert "".join(out).splitlines() == [f"localdirector(config)#{line}", error]
+    assert running_config.render(appliance.director, appliance.registry) == before
+    assert list(appliance.director.probes) == ["web"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__, syslog
 from .access import service as access_service
+from .failover import service as failover_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
@@ -50,6 +51,8 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
 
 SERVICES: list[Service] = [
     Service("dataplane", _dataplane_arguments, _start_dataplane),
+    # After the data plane: its drop guard goes before the data plane's rules.
+    Service("failover", failover_service.add_arguments, failover_service.start),
     Service("access", access_service.add_arguments, access_service.start),
 ]
 

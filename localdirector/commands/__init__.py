@@ -14,5 +14,6 @@ from . import exec  # noqa: F401
 from . import show  # noqa: F401
 from . import access  # noqa: F401
 from . import traffic  # noqa: F401
+from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
 
 __all__ = ["REGISTRY", "Registry"]

@@ -1,12 +1,14 @@
 """Appliance-wide settings that are configuration but not part of the patent's objects:
-the name, who may log in and for how long (docs/design.rst, "Operator access"), and the
-size of the connection table. Changed only through Director's methods."""
+the name, who may log in and for how long (docs/design.rst, "Operator access"), the
+size of the connection table and the failover pair (docs/design.rst, "Failover").
+Changed only through Director's methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from .addr import prefix_mask
+from .failover import FailoverConfig
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -36,6 +38,7 @@ class Settings:
     # are given, so a lab or a test can use short values); 0 = never closed.
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     max_conns: int = DEFAULT_MAX_CONNS   # global connection-table limit
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
 
     def access(self, kind: str) -> list[AccessEntry]:
         """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may log in."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, syslog
 from .access import service as access_service
+from .failover import service as failover_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .monitor import exporter, logging_hosts
 from .probes import runner as probe_runner
@@ -62,6 +63,8 @@ SERVICES: list[Service] = [
     # First, so whatever the others log at start reaches the logging hosts.
     Service("logging", lambda parser: None, logging_hosts.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
+    # After the data plane: its drop guard goes before the data plane's rules.
+    Service("failover", failover_service.add_arguments, failover_service.start),
     Service("access", access_service.add_arguments, access_service.start),
     Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("metrics", _metrics_arguments, exporter.start),

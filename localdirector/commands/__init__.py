@@ -16,5 +16,6 @@ from . import show  # noqa: F401
 from . import access  # noqa: F401
 from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)
+from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
 
 __all__ = ["REGISTRY", "Registry"]

@@ -1,0 +1,163 @@
+"""keepalived's and conntrackd's configuration files, written from the model and the
+unit's own facts; the operator never edits them (docs/design.rst, "Failover").
+
+keepalived: one VRRP instance per interface that holds failover virtuals, every one
+advertised by unicast over the failover link (so the shared segments carry no VRRP at
+all), tracking its own interface (a unit that loses its client or real link goes to
+FAULT and the other takes over), all in one sync group so both sides move together;
+`nopreempt` so a returning unit never takes over by itself, as on LocalDirector;
+VRRPv3 for hellos below a second; a track file through which this unit can step down
+(`failover active` on the other unit). conntrackd: FTFW over UDP on the failover link."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from localdirector.model.addr import format_ip
+from localdirector.model.failover import FailoverConfig
+
+GROUP = "LOCALDIRECTOR"
+FIRST_VRID = 51
+PRIORITY = {"primary": 150, "secondary": 100}
+CONNTRACKD_PORT = 3780
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the box knows of itself: its end of the pair and its failover link."""
+
+    role: str            # "primary" or "secondary"
+    link: str            # failover link interface
+    address: str         # this unit's address on it
+    directory: Path      # where the helpers' files live while the appliance runs
+
+    @property
+    def notify_fifo(self) -> Path:
+        return self.directory / "keepalived.fifo"
+
+    @property
+    def yield_file(self) -> Path:
+        return self.directory / "step-down"
+
+    @property
+    def conntrackd_conf(self) -> Path:
+        return self.directory / "conntrackd.conf"
+
+    @property
+    def keepalived_conf(self) -> Path:
+        return self.directory / "keepalived.conf"
+
+
+def instances(config: FailoverConfig, addresses: list[tuple[str, str, int]]
+              ) -> list[tuple[str, list[str]]]:
+    """(interface, ["ADDR/LEN", ...]) per interface holding failover virtuals, ordered by
+    their lowest address so both units number the instances alike. `addresses`: this
+    box's (interface, address, prefix length), as `ip -4 addr` lists them."""
+    networks = [(ifname, ipaddress.IPv4Network(f"{addr}/{plen}", strict=False))
+                for ifname, addr, plen in addresses]
+    by_iface: dict[str, list[tuple[int, str]]] = {}
+    for addr, plen in sorted(config.virtuals):
+        ip = ipaddress.IPv4Address(addr)
+        owner = next((ifname for ifname, net in networks if ip in net), None)
+        if owner is None:
+            raise ValueError(f"no interface holds an address of {format_ip(addr)}/{plen}")
+        by_iface.setdefault(owner, []).append((addr, f"{format_ip(addr)}/{plen}"))
+    ordered = sorted(by_iface.items(), key=lambda item: item[1][0][0])
+    return [(ifname, [text for _, text in entries]) for ifname, entries in ordered]
+
+
+def keepalived(config: FailoverConfig, unit: Unit,
+               addresses: list[tuple[str, str, int]]) -> str:
+    peer = format_ip(config.peer)
+    advert = f"{config.poll_ms / 1000:g}"
+    lines = [
+        "# Written by localdirector from its model; edits are overwritten.",
+        "global_defs {",
+        f"    router_id ld_{unit.role}",
+        "    vrrp_version 3",
+        "    vrrp_garp_master_delay 1",
+        "    vrrp_garp_master_repeat 3",
+        "    vrrp_garp_lower_prio_repeat 1",
+        "    vrrp_higher_prio_send_advert true",
+        "    enable_script_security",
+        "    script_user root",
+        f"    notify_fifo {unit.notify_fifo}",
+        "}",
+        "track_file ld_step_down {",
+        f"    file {unit.yield_file}",
+        "    weight 0",
+        "}",
+    ]
+    names = []
+    for index, (ifname, vips) in enumerate(instances(config, addresses)):
+        name = f"LD_{ifname}"
+        names.append(name)
+        lines += [
+            f"vrrp_instance {name} {{",
+            "    state BACKUP",
+            "    nopreempt",
+            f"    interface {unit.link}",
+            f"    virtual_router_id {FIRST_VRID + index}",
+            f"    priority {PRIORITY[unit.role]}",
+            f"    advert_int {advert}",
+            f"    unicast_src_ip {unit.address}",
+            f"    unicast_peer {{\n        {peer}\n    }}",
+            f"    track_interface {{\n        {ifname}\n    }}",
+            "    track_file {\n        ld_step_down\n    }",
+            "    virtual_ipaddress {",
+            *(f"        {vip} dev {ifname}" for vip in vips),
+            "    }",
+            "}",
+        ]
+    lines += [f"vrrp_sync_group {GROUP} {{", "    group {",
+              *(f"        {name}" for name in names), "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def conntrackd(config: FailoverConfig, unit: Unit) -> str:
+    d = unit.directory
+    return f"""# Written by localdirector from its model; edits are overwritten.
+Sync {{
+    Mode FTFW {{
+        ResendQueueSize 131072
+        PurgeTimeout 5
+        ACKWindowSize 300
+        DisableExternalCache Off
+    }}
+    UDP {{
+        IPv4_address {unit.address}
+        IPv4_Destination_Address {format_ip(config.peer)}
+        Port {CONNTRACKD_PORT}
+        Interface {unit.link}
+        SndSocketBuffer 1249280
+        RcvSocketBuffer 1249280
+        Checksum on
+    }}
+}}
+General {{
+    Systemd off
+    HashSize 32768
+    HashLimit 131072
+    LogFile {d / 'conntrackd.log'}
+    Syslog off
+    LockFile {d / 'conntrackd.lock'}
+    UNIX {{
+        Path {d / 'conntrackd.ctl'}
+    }}
+    NetlinkBufferSize 2097152
+    NetlinkBufferSizeMaxGrowth 8388608
+    NetlinkOverrunResync On
+    Filter From Userspace {{
+        Protocol Accept {{
+            TCP
+        }}
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv4_address {unit.address}
+            IPv4_address {format_ip(config.peer)}
+        }}
+    }}
+}}
+"""

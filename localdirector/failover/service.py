@@ -1,0 +1,408 @@
+"""The failover service: one entry of `cli.SERVICES` (docs/design.rst, "Failover").
+
+It writes keepalived's and conntrackd's files from the model, runs and supervises them,
+follows keepalived's verdicts through its notify FIFO (becoming active: commit
+conntrackd's external cache behind the drop guard, then lift the guard), talks to the
+other unit over the failover link (status, the configuration, step-down requests), and
+answers the failover commands through `FailoverHandle`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localdirector.commands import failover as commands
+from localdirector.model.addr import format_ip
+from localdirector.model.director import Director
+from localdirector.model.failover import DaemonStatus, FailoverStatus
+from localdirector.services import ServiceError
+from localdirector.shell import config_file, running_config
+
+from . import configs
+from .daemon import Supervised
+from .guard import Guard
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from localdirector.appliance import Appliance
+
+log = logging.getLogger("localdirector.failover")
+
+# keepalived's sync-group verdicts, as this unit shows them.
+ROLES = {"MASTER": "Active", "BACKUP": "Standby", "FAULT": "Fault", "STOP": "Standby"}
+PEER_ONLY = "failover ip address "   # the one line that differs between the units
+STEP_DOWN_WAIT = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--failover-link", metavar="IFACE",
+                        help="run as one unit of a failover pair; IFACE is the failover "
+                        "link (its first IPv4 address is this unit's)")
+    parser.add_argument("--failover-unit", choices=("primary", "secondary"),
+                        default="primary",
+                        help="this unit's end of the pair (default primary)")
+
+
+def start(appliance: "Appliance", args: argparse.Namespace) -> "FailoverService | None":
+    if not args.failover_link:
+        return None
+    for tool in ("keepalived", "conntrackd", "iptables"):
+        if shutil.which(tool) is None:
+            raise ServiceError(f"failover: {tool} is not installed")
+    addresses = interface_addresses()
+    own = next((addr for ifname, addr, _ in addresses if ifname == args.failover_link), None)
+    if own is None:
+        raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
+    directory = Path(tempfile.mkdtemp(prefix="localdirector-failover-", dir="/run"))
+    unit = configs.Unit(args.failover_unit, args.failover_link, own, directory)
+    service = FailoverService(appliance, unit)
+    try:
+        service.start()
+    except Exception as err:
+        service.stop()
+        raise ServiceError(f"failover: {err}") from err
+    return service
+
+
+def interface_addresses() -> list[tuple[str, str, int]]:
+    """(interface, address, prefix length) of every IPv4 address of this box."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        words = line.split()
+        addr, _, plen = words[3].partition("/")
+        found.append((words[1], addr, int(plen)))
+    return found
+
+
+def _link_up(ifname: str) -> bool:
+    out = subprocess.run(["ip", "-o", "link", "show", "dev", ifname], capture_output=True,
+                         text=True, check=False).stdout
+    return "LOWER_UP" in out and ",UP" in out
+
+
+class FailoverService:
+    def __init__(self, appliance: "Appliance", unit: configs.Unit) -> None:
+        self.appliance = appliance
+        self.unit = unit
+        self.role = "Starting"
+        self._active_since: float | None = None
+        self._active_total = 0.0
+        self._peer_status: dict[str, Any] = {}
+        self._peer_heard = 0.0
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._written: tuple[str, str] = ("", "")
+        self._sent_config: list[str] | None = None
+        self.guard = Guard(unit.link)
+        self.guard.raise_()
+        self.keepalived: Supervised | None = None
+        self.conntrackd: Supervised | None = None
+        self.peer: Peer | None = None
+        self._threads = [threading.Thread(target=self._follow_model, name="failover-model",
+                                          daemon=True),
+                         threading.Thread(target=self._read_notify, name="failover-notify",
+                                          daemon=True)]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        os.mkfifo(self.unit.notify_fifo)
+        self.unit.yield_file.write_text("0\n")
+        self.appliance.reload_hooks.append(self._adopt)
+        self._adopt(self.appliance.director)
+        commands.attach(self.appliance, self)
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        commands.attach(self.appliance, None)
+        for daemon in (self.keepalived, self.conntrackd):
+            if daemon is not None:
+                daemon.stop()
+        if self.peer is not None:
+            self.peer.stop()
+        self._remove_virtuals()
+        self.guard.remove()
+        shutil.rmtree(self.unit.directory, ignore_errors=True)
+
+    def _adopt(self, director: Director) -> None:
+        """A new model (boot, `reload`, configuration from the active): follow it."""
+        director.subscribe(self._changed.set)
+        self._changed.set()
+
+    # -- the model -> the helpers' files, the peer's configuration ---------------------------
+    def _follow_model(self) -> None:
+        """Also the hello: the other unit hears this one's role every poll."""
+        while not self._stopping.is_set():
+            poll = self.appliance.director.settings.failover.poll_ms / 1000
+            if self._changed.wait(poll):
+                self._changed.clear()
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)   # a burst of typed lines is one update
+                try:
+                    self._apply_model()
+                except Exception:  # a bad model must not end supervision; say why
+                    log.exception("failover: cannot apply the configuration")
+            self._hello()
+
+    def _apply_model(self) -> None:
+        director = self.appliance.director
+        with director.lock:
+            config = director.settings.failover
+            peer = config.peer
+            enabled = config.enabled and peer and config.virtuals
+            keepalived = (configs.keepalived(config, self.unit, interface_addresses())
+                          if enabled else "")
+            conntrackd = configs.conntrackd(config, self.unit) if enabled else ""
+            lines = [line for line in running_config.render(director, self.appliance.registry)
+                     if not line.startswith(PEER_ONLY)]
+        if (keepalived, conntrackd) != self._written:
+            self._rewrite(keepalived, conntrackd)
+        if enabled and self.peer is None:
+            self.peer = Peer(self.unit.address, format_ip(peer), self._receive,
+                             self._peer_connected)
+            self.peer.start()
+        if self.role == "Active" and lines != self._sent_config:
+            self._send_config(lines)
+
+    def _rewrite(self, keepalived: str, conntrackd: str) -> None:
+        old_keepalived, old_conntrackd = self._written
+        self._written = (keepalived, conntrackd)
+        if not keepalived:
+            for daemon in (self.keepalived, self.conntrackd):
+                if daemon is not None:
+                    daemon.stop()
+            self.keepalived = self.conntrackd = None
+            self._remove_virtuals()
+            self.guard.lower()     # not a pair: forward as a single director does
+            self._set_role("Off")
+            return
+        if self.role != "Active":
+            self.guard.raise_()
+        if conntrackd != old_conntrackd:
+            self.unit.conntrackd_conf.write_text(conntrackd)
+            if self.conntrackd is not None:
+                self.conntrackd.stop()
+            self.conntrackd = Supervised(
+                "conntrackd", ["conntrackd", "-C", str(self.unit.conntrackd_conf)],
+                self.unit.directory / "conntrackd.out", self._clear_conntrackd)
+            self.conntrackd.start()
+        if keepalived != old_keepalived:
+            self.unit.keepalived_conf.write_text(keepalived)
+            if self.keepalived is not None and self.keepalived.pid is not None:
+                self.keepalived.signal(signal.SIGHUP)   # keepalived reloads its file
+            else:
+                if self.keepalived is not None:
+                    self.keepalived.stop()
+                d = self.unit.directory
+                self.keepalived = Supervised(
+                    "keepalived",
+                    ["keepalived", "--dont-fork", "--log-console", "--vrrp",
+                     "-f", str(self.unit.keepalived_conf), "-p", str(d / "keepalived.pid"),
+                     "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid")],
+                    d / "keepalived.out", self._clear_keepalived)
+                self.keepalived.start()
+
+    def _clear_conntrackd(self) -> None:
+        (self.unit.directory / "conntrackd.lock").unlink(missing_ok=True)
+        (self.unit.directory / "conntrackd.ctl").unlink(missing_ok=True)
+
+    def _clear_keepalived(self) -> None:
+        """A keepalived that died left its addresses behind: this unit is not active
+        until the new one says so."""
+        self.guard.raise_()
+        self._set_role("Starting")
+        self._remove_virtuals()
+        for name in ("keepalived.pid", "vrrp.pid", "checkers.pid"):
+            (self.unit.directory / name).unlink(missing_ok=True)
+
+    def _remove_virtuals(self) -> None:
+        for _ifname, vips in self._instances():
+            for vip in vips:
+                subprocess.run(["ip", "addr", "del", vip, "dev", _ifname],
+                               capture_output=True, check=False)
+
+    def _instances(self) -> list[tuple[str, list[str]]]:
+        director = self.appliance.director
+        with director.lock:
+            try:
+                return configs.instances(director.settings.failover, interface_addresses())
+            except ValueError:
+                return []
+
+    # -- keepalived's verdicts ----------------------------------------------------------
+    def _read_notify(self) -> None:
+        fd = os.open(self.unit.notify_fifo, os.O_RDWR)   # RDWR: never sees EOF
+        with os.fdopen(fd, "r") as fifo:
+            for line in fifo:
+                if self._stopping.is_set():
+                    return
+                words = line.split()
+                if len(words) >= 3 and words[0] == "GROUP":
+                    self._verdict(words[2])
+
+    def _verdict(self, state: str) -> None:
+        role = ROLES.get(state)
+        if role is None:
+            return
+        if role == "Active":
+            self._commit()
+            self.guard.lower()
+        else:
+            self.guard.raise_()
+            self._conntrackd("-t")
+            if role == "Standby":
+                self._conntrackd("-n")
+        self._set_role(role)
+        log.warning("failover: this unit is now %s", role.lower())
+        if role == "Active":
+            self._sent_config = None
+            self._changed.set()
+
+    def _commit(self) -> None:
+        """Replicated fast-path state into the kernel before the guard lifts
+        (keepalived's primary-backup.sh order: commit, flush, resync, bulk send)."""
+        for option in ("-c", "-f", "-R", "-B"):
+            self._conntrackd(option)
+
+    def _conntrackd(self, option: str) -> None:
+        if self.conntrackd is None:
+            return
+        proc = subprocess.run(["conntrackd", "-C", str(self.unit.conntrackd_conf), option],
+                              capture_output=True, text=True, check=False, timeout=10)
+        if proc.returncode != 0:
+            log.error("failover: conntrackd %s failed: %s", option,
+                      (proc.stderr or proc.stdout).strip())
+
+    def _set_role(self, role: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._active_since is not None:
+                self._active_total += now - self._active_since
+                self._active_since = None
+            if role == "Active":
+                self._active_since = now
+            self.role = role
+
+    def _active_seconds(self) -> float:
+        with self._lock:
+            extra = 0.0 if self._active_since is None else time.monotonic() - self._active_since
+            return self._active_total + extra
+
+    # -- the other unit ---------------------------------------------------------------
+    def _peer_connected(self) -> None:
+        self._sent_config = None
+        self._changed.set()
+        self._hello()
+
+    def _hello(self) -> None:
+        if self.peer is not None:
+            self.peer.send({"t": "status", "role": self.role,
+                            "active": self._active_seconds()})
+
+    def _receive(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "status":
+            self._peer_status = message
+            self._peer_heard = time.monotonic()
+        elif kind == "config" and self.role != "Active":
+            self._apply_config(message["lines"])
+        elif kind == "step-down" and self.role == "Active":
+            threading.Thread(target=self._step_down, daemon=True).start()
+
+    def _send_config(self, lines: list[str]) -> None:
+        if self.peer is not None and self.peer.send({"t": "config", "lines": lines}):
+            self._sent_config = lines
+
+    def _apply_config(self, lines: list[str]) -> None:
+        """The active's running-config, rebuilt here as `reload` does, keeping this
+        unit's own `failover ip address`."""
+        appliance = self.appliance
+        with appliance.director.lock:
+            peer = appliance.director.settings.failover.peer
+            director = Director(appliance.director.lock)
+            own = [f"{PEER_ONLY}{format_ip(peer)}"] if peer else []
+            config_file.replay(appliance, director, own + lines,
+                               lambda text: log.error("failover: from the active: %s", text))
+            appliance.director = director
+            for hook in appliance.reload_hooks:
+                hook(director)
+        log.info("failover: configuration received from the active unit")
+
+    def _step_down(self) -> None:
+        """Go to FAULT through keepalived's track file until the other unit is active,
+        then back to BACKUP (nopreempt: it stays active)."""
+        self.unit.yield_file.write_text("1\n")
+        deadline = time.monotonic() + STEP_DOWN_WAIT
+        while time.monotonic() < deadline and self._peer_status.get("role") != "Active":
+            self._hello()
+            time.sleep(0.05)
+        self.unit.yield_file.write_text("0\n")
+
+    # -- FailoverHandle -----------------------------------------------------------------
+    def status(self) -> FailoverStatus:
+        director = self.appliance.director
+        hold = director.settings.failover.hold_ms / 1000
+        heard = time.monotonic() - self._peer_heard < hold
+        peer = self._peer_status if heard else {}
+        link = "Normal" if _link_up(self.unit.link) else "Down"
+        if self.peer is None:
+            replication = "no peer configured"
+        elif self.peer.connected and heard:
+            replication = f"to {self.peer.peer}, up"
+        else:
+            replication = f"to {self.peer.peer}, waiting for the other unit"
+        daemons = tuple(DaemonStatus(d.name, d.pid, d.restarts)
+                        for d in (self.keepalived, self.conntrackd) if d is not None)
+        return FailoverStatus(
+            unit=self.unit.role.capitalize(), role=self.role,
+            active_seconds=self._active_seconds(), link=self.unit.link,
+            own_address=self.unit.address, link_state=link,
+            peer_role=peer.get("role", "Unknown (not heard)"),
+            peer_active_seconds=float(peer.get("active", 0.0)),
+            replication=replication, daemons=daemons)
+
+    def take_over(self) -> str:
+        if self.role == "Active":
+            return "This unit is already active"
+        if self.peer is None or not self.peer.send({"t": "step-down"}):
+            return "% The other unit does not answer; it takes over when it is gone"
+        deadline = time.monotonic() + STEP_DOWN_WAIT
+        while time.monotonic() < deadline and self.role != "Active":
+            time.sleep(0.05)
+        return "This unit is now active" if self.role == "Active" else \
+            "% The other unit did not step down"
+
+    def reset(self) -> str:
+        self._written = ("", "")
+        for daemon in (self.keepalived, self.conntrackd):
+            if daemon is not None:
+                daemon.stop()
+        self.keepalived = self.conntrackd = None
+        self._set_role("Starting")
+        self._changed.set()
+        return "Failover reset: keepalived and conntrackd restarted"
+
+    def push_config(self) -> str:
+        if self.role != "Active":
+            return "% Only the active unit sends its configuration"
+        director = self.appliance.director
+        with director.lock:
+            lines = [line for line in running_config.render(director, self.appliance.registry)
+                     if not line.startswith(PEER_ONLY)]
+        self._send_config(lines)
+        return "[OK]" if self._sent_config == lines else "% The standby does not answer"

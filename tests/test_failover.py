@@ -1,0 +1,110 @@
+"""The failover pair without a network: its commands (validation, `no` forms, the
+running-config round trip, `show failover`) and the keepalived and conntrackd files
+written from the model (docs/design.rst, "Failover")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localdirector.appliance import Appliance
+from localdirector.commands.failover import render
+from localdirector.failover import configs
+from localdirector.model.addr import parse_ip
+from localdirector.model.failover import DaemonStatus, FailoverConfig, FailoverStatus
+from localdirector.shell import running_config
+from localdirector.shell.registry import Mode
+
+PAIR = ["failover ip address 198.19.255.2", "failover poll 100 holdtime 500",
+        "failover virtual 198.51.100.1 255.255.255.0",
+        "failover virtual 203.0.113.1 255.255.255.0", "replicate", "failover"]
+
+
+def shell(tmp_path: Path) -> tuple[Appliance, list[str], object]:
+    appliance = Appliance(tmp_path / "startup-config")
+    out: list[str] = []
+    session = appliance.open_session("test", write=out.append, interactive=False)
+    session.mode = Mode.CONFIG
+    return appliance, out, session
+
+
+def saved(appliance: Appliance) -> list[str]:
+    return [line for line in running_config.render(appliance.director, appliance.registry)
+            if line.startswith(("failover", "replicate"))]
+
+
+def test_commands_round_trip(tmp_path: Path) -> None:
+    appliance, _out, session = shell(tmp_path)
+    for line in PAIR:
+        assert session.execute(line), line
+    assert saved(appliance) == PAIR
+    again, _, other = shell(tmp_path)
+    for line in saved(appliance):
+        assert other.execute(line)
+    assert saved(again) == PAIR
+    for line in ("no failover", "no replicate", "no failover poll",
+                 "no failover virtual 203.0.113.1", "no failover ip address"):
+        assert session.execute(line), line
+    assert saved(appliance) == ["failover virtual 198.51.100.1 255.255.255.0"]
+
+
+@pytest.mark.parametrize("line", ["failover poll 105", "failover poll 100 holdtime 300",
+                                  "failover virtual 198.51.100.0 255.255.255.0",
+                                  "failover ip address 127.0.0.1",
+                                  "no failover virtual 192.0.2.1"])
+def test_bad_input_changes_nothing(tmp_path: Path, line: str) -> None:
+    appliance, out, session = shell(tmp_path)
+    for good in PAIR:
+        session.execute(good)
+    before = saved(appliance)
+    assert not session.execute(line)
+    assert saved(appliance) == before
+    assert out[-1].rstrip("\n").split("\n")[-1].startswith("% ")
+
+
+def test_actions_need_the_running_service(tmp_path: Path) -> None:
+    _appliance, out, session = shell(tmp_path)
+    session.mode = Mode.PRIV
+    for line in ("failover active", "failover reset", "write standby"):
+        assert not session.execute(line)
+        assert "--failover-link" in out[-1]
+    assert session.execute("show failover")
+    assert "Failover Off" in "".join(out)
+
+
+def test_show_failover_layout() -> None:
+    status = FailoverStatus("Primary", "Active", 12.7, "fo0", "198.19.255.1", "Normal",
+                            "Standby", 0.0, "to 198.19.255.2, up",
+                            (DaemonStatus("keepalived", 41, 0),
+                             DaemonStatus("conntrackd", None, 2)))
+    lines = render(True, 200, 1000, True, status)
+    assert lines[:3] == ["Failover On",
+                         "Poll frequency 200 milliseconds, holdtime 1000 milliseconds",
+                         "Replication On: to 198.19.255.2, up"]
+    text = "\n".join(lines)
+    assert "This host: Primary - Active" in text and "Active time: 12 (sec)" in text
+    assert "keepalived: running (pid 41)" in text
+    assert "conntrackd: DOWN, being restarted, restarted 2 times" in text
+    assert "Other host: Secondary - Standby" in text
+
+
+def test_keepalived_file_from_the_model(tmp_path: Path) -> None:
+    config = FailoverConfig(True, parse_ip("198.19.255.2"), 100, 500, True,
+                            [(parse_ip("203.0.113.1"), 24), (parse_ip("198.51.100.1"), 24),
+                             (parse_ip("198.18.0.1"), 24)])
+    unit = configs.Unit("secondary", "fo0", "198.19.255.1", tmp_path)
+    addresses = [("cli0", "198.51.100.253", 24), ("cli0", "198.18.0.253", 24),
+                 ("br0", "203.0.113.253", 24), ("fo0", "198.19.255.1", 24)]
+    text = configs.keepalived(config, unit, addresses)
+    assert "vrrp_instance LD_cli0" in text and "vrrp_instance LD_br0" in text
+    assert text.index("LD_cli0 {") < text.index("LD_br0 {")   # lowest address first
+    assert "198.18.0.1/24 dev cli0" in text and "203.0.113.1/24 dev br0" in text
+    assert text.count("advert_int 0.1") == 2 and text.count("nopreempt") == 2
+    assert "priority 100" in text and "unicast_peer {\n        198.19.255.2" in text
+    assert "group {\n        LD_cli0\n        LD_br0\n    }" in text
+    with pytest.raises(ValueError, match="no interface"):
+        configs.keepalived(config, unit, addresses[:1])
+    ct = configs.conntrackd(config, unit)
+    assert "Mode FTFW" in ct and "IPv4_Destination_Address 198.19.255.2" in ct
+    assert f"LockFile {tmp_path / 'conntrackd.lock'}" in ct

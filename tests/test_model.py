@@ -265,7 +265,7 @@ def test_options_are_declared_and_checked_by_the_model() -> None:
     for name, option in VIRTUAL_OPTIONS.items():
         assert getattr(fresh_virtual, name) == option.default
     assert VIRTUAL_OPTIONS["predictor"].choices == tuple(PREDICTORS) == (
-        "leastconns", "roundrobin", "weighted", "fastest")
+        "leastconns", "roundrobin", "weighted", "fastest", "maglev")
     d.set_option(r, "weight", 3)
     d.set_option(v, "predictor", "weighted")
     assert d.changed_options("weight") == [(r, 3)]

@@ -10,6 +10,7 @@ from localdirector.shell.registry import REGISTRY, Registry
 
 from . import filters  # noqa: F401  (output modifiers: `| include ...`)
 from . import config  # noqa: F401
+from . import scaleout  # noqa: F401  (dispatched, table-size: after the binds)
 from . import probe  # noqa: F401  (after the servers: attachments name them)
 from . import exec  # noqa: F401
 from . import show  # noqa: F401

@@ -84,7 +84,8 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
                       for link in v.iter_links()) or "none bound"
     return [
         f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
-        f"{'fast path' if v.fastpath else 'userspace'}",
+        f"{'fast path' if v.fastpath else 'userspace'}, "
+        f"{'dispatched' if v.dispatched else 'directed'}",
         f"  Connections: {v.conns_current} current, {v.half_open} half-open, "
         f"{v.conns_total} total",
         f"  Traffic: {_traffic(v, v.fastpath)}",

@@ -338,7 +338,7 @@ class Engine:
         if _synguard_full(virtual):
             virtual.synguard_drops += 1
             return self._drop(SYNGUARD)
-        decision = director.decide_for(virtual, src, now)
+        decision = director.decide_for(virtual, src, now, flow=flow_key(src, sport, dst, dport))
         real, served = decision.real, decision.served_by
         if real is None or served is None:
             return self._refuse(buf, ihl, virtual)
@@ -375,7 +375,7 @@ class Engine:
         self.director.note_failure(old, now)
         conn.syn_resends = 0
         decision = self.director.decide(conn.foreign_ip, conn.virtual_ip, conn.virtual_port,
-                                        now, exclude=old)
+                                        now, exclude=old, flow=conn.in_key)
         new = decision.real
         if new is None:
             return False

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import health, probes
+from . import health, maglev, probes
 from .addr import format_ip, format_mask, prefix_mask
 from .bindid import BindIdObject, BindIdTable
 from .connection import ConnectionTable
@@ -290,6 +290,10 @@ class Director:
         members = [v for v in group(self, virtual) if v.fastpath != on]
         if not members:
             return []
+        dispatched = next((v for v in members if v.dispatched), None)
+        if on and dispatched is not None:
+            raise ModelError(f"{self.fmt(dispatched.sid)} is dispatched: the fast path "
+                             "translates, dispatched forwarding does not")
         switching = set(members)   # hashed by identity
         open_conns = sum(1 for c in self.conns if c.virtual in switching)
         if open_conns:
@@ -319,6 +323,46 @@ class Director:
             undo()
             raise ModelError(problem)
 
+    # -- scale-out (docs/design.rst, "Scale-out") -----------------------------------
+    def set_maglev_size(self, sid: ServerId, size: int = maglev.DEFAULT_SIZE) -> None:
+        """`table-size VIRTUAL PRIME`: the lookup table's size (prime, so every real's
+        skip walks the whole table; a hundred times the reals or more keeps shares even)."""
+        virtual = self.virtual(sid)
+        if not maglev.MIN_SIZE <= size <= maglev.MAX_SIZE or not maglev.is_prime(size):
+            raise ModelError(f"table-size must be a prime {maglev.MIN_SIZE}-"
+                             f"{maglev.MAX_SIZE}; {size} is not")
+        virtual.maglev_size = size
+        self.changed()
+
+    def set_dispatched(self, sid: ServerId, on: bool) -> None:
+        """`[no] dispatched VIRTUAL`: forward without rewriting (the real holds the VIP
+        and answers the client itself) or translate (directed). Refused when a bound real
+        has a port (no translation in this mode), on the fast path, or while the virtual
+        has open connections, whose packets the other mode could not carry on."""
+        virtual = self.virtual(sid)
+        if virtual.dispatched == on:
+            return
+        if on:
+            self._refuse_dispatched(virtual, [link.real for link in virtual.iter_links()])
+        open_conns = sum(1 for c in self.conns if c.virtual is virtual)
+        if open_conns:
+            raise ModelError(f"{open_conns} open connection{'s' if open_conns != 1 else ''}"
+                             f" on {self.fmt(sid)} would break; take it out of service "
+                             "until show conns lists none, or clear conns")
+        virtual.dispatched = on
+        self.changed()
+
+    def _refuse_dispatched(self, virtual: VirtualMachine, reals: list[PhysicalMachine]
+                           ) -> None:
+        """A dispatched virtual takes only port-0 reals, and is never on the fast path."""
+        if virtual.fastpath:
+            raise ModelError(f"{self.fmt(virtual.sid)} is on the fast path; dispatched "
+                             "needs no fastpath")
+        ported = next((r for r in reals if r.port), None)
+        if ported is not None:
+            raise ModelError(f"real {self.fmt(ported.sid)} has a port: a dispatched virtual "
+                             "forwards without translation, so its reals take port 0")
+
     # -- links ---------------------------------------------------------------------
     def bind(self, vsid: ServerId, *rsids: ServerId) -> None:
         """`bind VIRTUAL REAL...`: every id checked before any change; already bound
@@ -329,6 +373,8 @@ class Director:
         added = [r for r in reals if id(r) not in bound]
         if not added:
             return
+        if v.dispatched:
+            self._refuse_dispatched(v, added)
         for r in added:
             v.links = _append(v.links, Link(v, r))
 
@@ -432,24 +478,28 @@ class Director:
         return None
 
     def decide(self, src: int, dst: int, dport: int, now: float,
-               commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
+               commit: bool = True, exclude: PhysicalMachine | None = None,
+               flow: int | None = None) -> Decision:
         """Steps 510-518: instance by client address, then a real (`decide_for`).
         `exclude`: a real the connection is being reassigned away from."""
         virtual = self.lookup_virtual(src, dst, dport, count=commit)
         if virtual is None:
             return Decision(None, None)
-        return self.decide_for(virtual, src, now, commit, exclude)
+        return self.decide_for(virtual, src, now, commit, exclude, flow)
 
     def decide_for(self, virtual: VirtualMachine, src: int, now: float,
-                   commit: bool = True, exclude: PhysicalMachine | None = None) -> Decision:
+                   commit: bool = True, exclude: PhysicalMachine | None = None,
+                   flow: int | None = None) -> Decision:
         """Step 518 for the instance the client's address selected: a real, overflowing
         to the backup virtual chain (patent ¶10) when the instance cannot take the
-        connection. Apart from `decide` so the data plane looks the instance up once."""
+        connection. Apart from `decide` so the data plane looks the instance up once.
+        `flow`: the connection's flow key, for `maglev` (None: the client address)."""
         # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
         chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
         for v in chain:
             if v.state is State.IN_SERVICE:
-                real = select_real(v, src, now, self.available_backup, commit, exclude)
+                real = select_real(v, src, now, self.available_backup, commit, exclude,
+                                   flow)
                 if real is not None:
                     return Decision(virtual, real, v)
         return Decision(virtual, None)

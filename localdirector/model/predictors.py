@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import maglev
 from .health import available, candidates
 from .real import PhysicalMachine
 
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
     from .link import Link
     from .virtual import VirtualMachine
 
-Predictor = Callable[["VirtualMachine", list["Link"], bool], "Link"]
+# (virtual, eligible links, commit, flow) -> link. `flow`: the connection's flow key
+# (client address and port, VIP and port; the client address alone for a what-if),
+# which only `maglev` reads.
+Predictor = Callable[["VirtualMachine", list["Link"], bool, int], "Link"]
 
 # Name -> predictor, in the order `predictor ID ?` lists them; names are what the
 # running config holds (`VirtualMachine.predictor`).
@@ -30,12 +34,14 @@ def _predictor(name: str) -> Callable[[Predictor], Predictor]:
 
 
 @_predictor("leastconns")
-def _leastconns(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
+def _leastconns(virtual: VirtualMachine, links: list[Link], commit: bool,
+                flow: int) -> Link:
     return min(links, key=lambda link: link.real.current_conns)
 
 
 @_predictor("roundrobin")
-def _roundrobin(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
+def _roundrobin(virtual: VirtualMachine, links: list[Link], commit: bool,
+                flow: int) -> Link:
     # The cursor counts positions in the full link list so that a real leaving and
     # coming back does not reshuffle everyone else's turn.
     order = list(virtual.iter_links())
@@ -51,7 +57,8 @@ def _roundrobin(virtual: VirtualMachine, links: list[Link], commit: bool) -> Lin
 
 
 @_predictor("weighted")
-def _weighted(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
+def _weighted(virtual: VirtualMachine, links: list[Link], commit: bool,
+              flow: int) -> Link:
     """Smooth weighted round robin (as nginx): weight 3:1 gives a,a,b,a not a,a,a,b."""
     total = sum(link.real.weight for link in links)
     best = max(links, key=lambda link: link.credit + link.real.weight)
@@ -63,15 +70,30 @@ def _weighted(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
 
 
 @_predictor("fastest")
-def _fastest(virtual: VirtualMachine, links: list[Link], commit: bool) -> Link:
+def _fastest(virtual: VirtualMachine, links: list[Link], commit: bool,
+             flow: int) -> Link:
     # Unmeasured reals (0.0) go first so every real gets measured.
     return min(links, key=lambda link: (link.real.response_time, link.real.current_conns))
 
 
+@_predictor("maglev")
+def _maglev(virtual: VirtualMachine, links: list[Link], commit: bool, flow: int) -> Link:
+    """Consistent hashing of the connection (model/maglev.py): every director picks the
+    same real for a flow. A real that is full or being left passes the flow on along
+    the table, the same way on every director."""
+    table = maglev.table_for(virtual)
+    if table is None:   # no real in service: only TESTING ones are eligible
+        return links[0]
+    eligible = {(link.real.addr, link.real.port): link for link in links}
+    members = table.members
+    index = table.choose(flow, lambda i: members[i][:2] in eligible)
+    return links[0] if index is None else eligible[members[index][:2]]
+
+
 def select_real(virtual: VirtualMachine, client_ip: int, now: float,
                 backups: Callable[[PhysicalMachine], PhysicalMachine | None],
-                commit: bool = True, exclude: PhysicalMachine | None = None
-                ) -> PhysicalMachine | None:
+                commit: bool = True, exclude: PhysicalMachine | None = None,
+                flow: int | None = None) -> PhysicalMachine | None:
     """FIG. 5 step 518 for one virtual: sticky affinity, a TESTING real's probe, the
     predictor, then the backups of unavailable reals; None when nothing can take it.
 
@@ -89,7 +111,8 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
                 return real
     links, testing = candidates(virtual, exclude)
     if links:
-        link = testing or PREDICTORS[virtual.predictor](virtual, links, commit)
+        link = testing or PREDICTORS[virtual.predictor](
+            virtual, links, commit, client_ip if flow is None else flow)
         chosen: PhysicalMachine | None = link.real
     else:
         chosen = _backup_for(virtual, backups, exclude)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from . import maglev
 from .serverid import ServerId
 from .state import State
 
@@ -21,7 +22,8 @@ class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "sticky", "timeout", "synguard", "fastpath", "links", "rr_cursor",
+                 "predictor", "sticky", "timeout", "synguard", "fastpath", "dispatched",
+                 "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "packets_in", "packets_out",
                  "bytes_in", "bytes_out")
@@ -42,6 +44,14 @@ class VirtualMachine:
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
         # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False
+        # Dispatched forwarding (docs/design.rst, "Scale-out"): the director routes the
+        # client's packets to the real unchanged and the real answers the client
+        # directly; False: directed (NAT) mode.
+        self.dispatched = False
+        # `predictor maglev`: the lookup table's size, and the table last built
+        # (model/maglev.py rebuilds it when the members change).
+        self.maglev_size = maglev.DEFAULT_SIZE
+        self.maglev: maglev.MaglevTable | None = None
         self.links: Link | None = None
         self.rr_cursor = 0
         # client address -> (real, last time it was used): sticky affinity.

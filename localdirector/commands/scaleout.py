@@ -1,0 +1,64 @@
+"""Scale-out commands (docs/design.rst, "Scale-out"): a virtual's forwarding mode
+(`dispatched`), its Maglev table's size (`table-size`) and `show maglev`, which prints
+a table's share per real and its digest so that two directors compare at a glance."""
+
+from __future__ import annotations
+
+from localdirector.model import maglev
+from localdirector.model.addr import format_ip
+from localdirector.model.director import Director
+from localdirector.model.serverid import ServerId
+from localdirector.shell import args
+from localdirector.shell.grammar import Keyword
+from localdirector.shell.registry import EXEC, Mode, command
+from localdirector.shell.render import table
+from localdirector.shell.session import CommandFailed, Session
+
+from .show import SHOW
+
+CONFIG = Mode.CONFIG
+
+
+@command(CONFIG, Keyword("table-size", "Slots of a virtual's Maglev lookup table "
+                                        f"[{maglev.DEFAULT_SIZE}]"),
+         args.virtual_id("id"),
+         args.number("size", maglev.MIN_SIZE, maglev.MAX_SIZE, "A prime number of slots"),
+         no=2, saver=lambda d: [(v.sid, v.maglev_size) for v in d.iter_virtuals()
+                                if v.maglev_size != maglev.DEFAULT_SIZE])
+def table_size(session: Session, id: ServerId, size: int = maglev.DEFAULT_SIZE,
+                no: bool = False) -> None:
+    session.director.set_maglev_size(id, maglev.DEFAULT_SIZE if no else size)
+
+
+@command(CONFIG, Keyword("dispatched", "Forward a virtual's connections to the real "
+                                       "unchanged; the real answers the client itself"),
+         args.virtual_id("id"), no=2,
+         saver=lambda d: [(v.sid,) for v in d.iter_virtuals() if v.dispatched])
+def dispatched(session: Session, id: ServerId, no: bool = False) -> None:
+    """LocalDirector's dispatched mode: the real holds the VIP on a loopback; `no`: back
+    to directed (NAT)."""
+    session.director.set_dispatched(id, not no)
+
+
+@command(EXEC, SHOW, Keyword("maglev", "A virtual's Maglev table: share per real, digest"),
+         args.virtual_id("id"), output=True)
+def show_maglev(session: Session, id: ServerId) -> None:
+    director = session.director
+    virtual = director.virtual(id)
+    built = maglev.table_for(virtual)
+    if built is None:
+        raise CommandFailed(f"{director.fmt(id)} has no real in service: no table")
+    session.print_lines(maglev_lines(director, virtual.predictor, built))
+
+
+def maglev_lines(director: Director, predictor: str, built: maglev.MaglevTable) -> list[str]:
+    shares = built.shares()
+    per_weight = [slots / weight for (_a, _p, weight), slots in zip(built.members, shares)]
+    rows = [(format_ip(addr) + (f":{port}" if port else ""), weight, slots,
+             f"{100 * slots / built.size:.2f}%")
+            for (addr, port, weight), slots in zip(built.members, shares)]
+    note = "" if predictor == "maglev" else f" (predictor is {predictor}: table not used)"
+    return [f"Maglev table: {built.size} slots, {len(built.members)} reals, "
+            f"digest {built.digest()}, balance {max(per_weight) / min(per_weight):.3f} "
+            f"(max/min slots per weight){note}",
+            *table(("Real", "Weight", "Slots", "Share"), rows)]

@@ -28,6 +28,7 @@ from ..model.health import end_probe, start_probe
 from ..model.real import PhysicalMachine
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
+from .dispatch import Dispatch
 from .expiry import Expiry
 from .fastpath import FastPath
 from .packet import (
@@ -80,6 +81,7 @@ class Engine:
         self.clock = clock
         self.stats = Stats()
         self._fastpath = FastPath(self.stats, kernel if kernel is not None else NoKernel())
+        self._dispatch = Dispatch(self._fastpath, self.stats)
         self._lock = director.lock
         self._ports = ClientPorts(self.stats)
         self._expiry = Expiry(self.clock())
@@ -160,6 +162,8 @@ class Engine:
         real = conn.real
         real.packets_in += 1
         real.bytes_in += size
+        if virtual.dispatched:
+            return self._dispatch.forward(conn)
         rewrite(buf, ihl, conn.real_ip, conn.real_port, True)   # destination
         if conn.remap:
             rewrite(buf, ihl, src, conn.remap, False)          # source
@@ -221,6 +225,8 @@ class Engine:
                 self._fin(conn, now, client=True)
             elif conn.fastpath:
                 return self._fastpath.mark(conn)
+            elif state is SYN_SENT and flags & ACK and conn.virtual.dispatched:
+                self._dispatched_answer(conn, now)
             elif state is SYN_RCVD and flags & ACK:
                 self.director.conns.set_state(conn, ESTABLISHED)
         return self._fastpath.noted() if conn.fastpath else None
@@ -271,10 +277,18 @@ class Engine:
                 self._fin(conn, now, client=False)
         return self._fastpath.noted() if conn.fastpath else None
 
+    def _dispatched_answer(self, conn: Connection, now: float) -> None:
+        """Dispatched: the real's SYN-ACK goes to the client, not through us; the client's
+        ACK of it is how we learn that the real answered (docs/design.rst, "Scale-out")."""
+        self._answered(conn, now)
+        self.director.conns.set_state(conn, ESTABLISHED)
+
     def _fin(self, conn: Connection, now: float, client: bool) -> None:
-        """A FIN from one side; from both, the connection is over."""
+        """A FIN from one side; from both, the connection is over. A dispatched real's
+        FIN never passes here: the client's ends it, and the table forwards the rest."""
         if client:
             conn.fin_in = True
+            conn.fin_out = conn.fin_out or conn.virtual.dispatched
         else:
             conn.fin_out = True
         if conn.fin_in and conn.fin_out:
@@ -320,6 +334,9 @@ class Engine:
                     # (cleared, or from before a restart): conntrack translates it, if it
                     # has it.
                     return self._fastpath.noted()
+            verdict = self._dispatch.stranger(self.director, src, dst, dport, key)
+            if verdict is not None:
+                return verdict
             return self._drop(NO_CONNECTION)
         if not tcp_checksum_valid(buf, ihl):
             return self._drop(BAD_CHECKSUM)
@@ -346,13 +363,14 @@ class Engine:
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
         fastpath = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
-        if fastpath and not self._fastpath.ready(real):
+        if fastpath and not self._fastpath.ready(real) \
+                or served.dispatched and not self._dispatch.ready(real):
             return self._drop(MARK_PENDING)
         # The model's own address and port objects: no int per connection for them.
         conn = Connection(src, sport, virtual.addr, virtual.port or dport, served, real, now)
         if fastpath:
             conn.fastpath = True  # the kernel's NAT remaps the client port if it must
-        else:
+        elif not served.dispatched:  # dispatched: nothing is translated
             port = self._ports.choose(director.conns.reply, conn.real_ip, conn.real_port,
                                       src, sport)
             if port != sport:
@@ -385,6 +403,8 @@ class Engine:
             old.noanswer_reassigns += 1
         if conn.fastpath:
             nat_port = self._fastpath.unbind(conn)
+        elif conn.virtual.dispatched:
+            nat_port = conn.foreign_port
         else:
             # The old real may hold a half-open socket for this tuple: avoid it a while.
             self._ports.remember(conn.reply_key(), now)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from ..model.addr import format_ip
 from . import nflog
-from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
+from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 
 CHAIN = "LOCALDIRECTOR"
 QUEUE_CHAIN = "LOCALDIRECTOR-QUEUE"
@@ -133,10 +133,24 @@ def mangle_rules(rules: RuleSet) -> list[str]:
     return client + real
 
 
+def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int]) -> list[str]:
+    """Dispatched forwarding: a packet the engine marked for a real is cloned to that
+    real unchanged (TEE: the real's MAC, the VIP's address) and the original dropped, so
+    it never follows the VIP's own route (docs/design.rst, "Scale-out")."""
+    out = []
+    for addr, port in rules.targets:
+        if port == DISPATCH_PORT:
+            match = f"-A {CHAIN} -m mark --mark 0x{marks[(addr, port)]:x}/0x{MARK_MASK:x}"
+            out += [f"{match} -j TEE --gateway {format_ip(addr)}", f"{match} -j DROP"]
+    return out
+
+
 def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int]) -> list[str]:
     """The mark map: one DNAT per fast-path target (port 0: the client's port stays)."""
     out = []
     for addr, port in rules.targets:
+        if port == DISPATCH_PORT:
+            continue
         to = format_ip(addr) if port == ALL_PORTS else f"{format_ip(addr)}:{port}"
         out.append(f"-A {CHAIN} -p tcp -m mark --mark 0x{marks[(addr, port)]:x}"
                    f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
@@ -147,7 +161,8 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int]) -> dict[str,
     """The chains a RuleSet fills, per table, as a transaction declares (hence flushes)
     and refills them."""
     return {"raw": [f":{CHAIN} - [0:0]", *raw_rules(rules)],
-            "mangle": [f":{CHAIN} - [0:0]", f":{REPLY_CHAIN} - [0:0]", *mangle_rules(rules)],
+            "mangle": [f":{CHAIN} - [0:0]", f":{REPLY_CHAIN} - [0:0]",
+                       *dispatch_rules(rules, marks), *mangle_rules(rules)],
             "nat": [f":{CHAIN} - [0:0]", *nat_rules(rules, marks)]}
 
 

@@ -9,12 +9,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..model.director import Director
-from ..model.fastpath import fast_targets
+from ..model.fastpath import fast_targets, reachable_reals
 from ..model.serverid import ALL_PORTS
 
 MARK_SHIFT = 16
 MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
 MAX_MARKS = MARK_MASK >> MARK_SHIFT
+# A dispatched real's key in the mark map, beside the fast path's (address, port): its
+# mark sends the packet to the real unchanged (docs/design.rst, "Scale-out").
+DISPATCH_PORT = -1
 
 
 class RulesError(RuntimeError):
@@ -27,7 +30,8 @@ class RuleSet:
     """What must be queued: ``vips`` and ``reals`` map an address to the TCP ports
     (ALL_PORTS = every port) of traffic to / from it through the engine, ``fastpath``
     the VIP:ports on the fast path and ``targets`` the (address, port) of every real a
-    fast-path connection may be given (port 0: the client's). Comparable, so an
+    fast-path connection may be given (port 0: the client's), and (address,
+    DISPATCH_PORT) of every real a dispatched connection may be given. Comparable, so an
     unchanged set costs no iptables call."""
 
     vips: tuple[tuple[int, tuple[int, ...]], ...]
@@ -54,8 +58,12 @@ def desired_rules(director: Director) -> RuleSet:
         if v.synguard:
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
-        if v.fastpath:
-            continue  # conntrack translates the replies: they must stay tracked
+        if v.dispatched:
+            targets.update((r.addr, DISPATCH_PORT) for r in reachable_reals(director, v))
+        if v.fastpath or v.dispatched:
+            # Fast path: conntrack translates the replies, they must stay tracked.
+            # Dispatched: the replies go from the real to the client, not through us.
+            continue
         for link in v.iter_links():
             for real in director.backup_chain(link.real):
                 # Real port 0 answers on whatever port the client asked for: the virtual's.
@@ -66,6 +74,9 @@ def desired_rules(director: Director) -> RuleSet:
             targets.add((conn.real.addr, conn.real.port))
             continue
         vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
+        if conn.virtual.dispatched:
+            targets.add((conn.real.addr, DISPATCH_PORT))
+            continue
         reals.setdefault(conn.real_ip, set()).add(conn.real_port)
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 from localdirector.lab.client import Fetch
 
-from .topology import (BUILD_DEADLINE, DEFAULT_CLIENTS_PER_SUBNET, DEFAULT_REALS, Job,
-                       LabError, Topology, finish, require_allowed, start_job)
+from .topology import (BUILD_DEADLINE, DEFAULT_CLIENTS_PER_SUBNET, DEFAULT_REALS, VIP_NET,
+                       Job, LabError, Topology, _ip_batch_job, finish, require_allowed,
+                       start_job)
 
 DEFAULT_PORTS = (80, 8001)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +144,29 @@ class Lab(Topology):
             raise LabError(f"{exc}; {self._server_logs()}") from exc
 
     # ------------------------------------------------------------------ servers
+
+    def hold_vip(self, vip: str, port: int = 80) -> None:
+        """Dispatched forwarding's reals (docs/design.rst, "Scale-out"): every real
+        holds `vip` on its loopback, answers no ARP for it (arp_ignore=1, arp_announce=2)
+        and serves it on `port` under its own name, so a body still tells which real
+        answered. The servers go with the lab."""
+        require_allowed(vip, [VIP_NET])
+        jobs = []
+        for real, ns in self.real_ns.items():
+            jobs.append(_ip_batch_job(ns, [f"addr add {vip}/32 dev lo"]))
+            jobs.append(start_job(f"sysctl in {ns}", [
+                "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]))
+        finish(jobs)
+        assert self._logdir is not None
+        for real, ns in self.real_ns.items():
+            argv = python_module("servers", "--bind", vip, "--port", str(port),
+                                 "--name", f"real-{real}:{port}")
+            with open(self._logdir / f"{real}_{vip}_{port}.log", "wb") as log:
+                self._procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=log, env=lab_env()))
+        time.sleep(0.5)   # python start-up; the tests poll their first request anyway
 
     def _spawn_server(self, real: str, port: int) -> None:
         assert self._logdir is not None

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, syslog
 from .access import service as access_service
+from .bgp import service as bgp_service
 from .failover import service as failover_service
 from .appliance import DEFAULT_CONFIG, Appliance
 from .monitor import exporter, logging_hosts
@@ -65,6 +66,9 @@ SERVICES: list[Service] = [
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     # After the data plane: its drop guard goes before the data plane's rules.
     Service("failover", failover_service.add_arguments, failover_service.start),
+    # After the data plane: a VIP is announced only once its traffic is forwarded, and
+    # withdrawn (stopped first) before the rules go.
+    Service("bgp", bgp_service.add_arguments, bgp_service.start),
     Service("access", access_service.add_arguments, access_service.start),
     Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("metrics", _metrics_arguments, exporter.start),

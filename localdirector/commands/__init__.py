@@ -17,6 +17,7 @@ from . import show  # noqa: F401
 from . import access  # noqa: F401
 from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)
+from . import bgp  # noqa: F401  (after the virtuals: `advertise` names them)
 from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
 
 __all__ = ["REGISTRY", "Registry"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import health, maglev, probes
+from . import bgp, health, maglev, probes
 from .addr import format_ip, format_mask, prefix_mask
 from .bindid import BindIdObject, BindIdTable
 from .connection import ConnectionTable
@@ -362,6 +362,59 @@ class Director:
         if ported is not None:
             raise ModelError(f"real {self.fmt(ported.sid)} has a port: a dispatched virtual "
                              "forwards without translation, so its reals take port 0")
+
+    def set_bgp_as(self, asn: int = 0) -> None:
+        """`router bgp ASN` (0: `no router bgp`, which also forgets the neighbours)."""
+        if not 0 <= asn <= bgp.MAX_ASN:
+            raise ModelError(f"AS number out of range 1-{bgp.MAX_ASN}")
+        config = self.settings.bgp
+        config.asn = asn
+        if not asn:
+            config.neighbors.clear()
+            config.router_id = 0
+        self.changed()
+
+    def set_bgp_router_id(self, addr: int = 0) -> None:
+        self._need_bgp()
+        self.settings.bgp.router_id = addr
+        self.changed()
+
+    def add_bgp_neighbor(self, addr: int, remote_as: int, hold: int = bgp.DEFAULT_HOLD
+                         ) -> None:
+        """`bgp neighbor ADDR remote-as ASN [hold-time S]`: re-typing replaces it."""
+        self._need_bgp()
+        if not 1 <= remote_as <= bgp.MAX_ASN:
+            raise ModelError(f"AS number out of range 1-{bgp.MAX_ASN}")
+        low, high = bgp.HOLD_RANGE
+        if not low <= hold <= high:
+            raise ModelError(f"hold-time must be {low}-{high} seconds")
+        if addr >> 24 in (0, 127) or addr >> 28 >= 14:
+            raise ModelError(f"{format_ip(addr)} cannot be a BGP neighbor")
+        listed = self.settings.bgp.neighbors
+        listed[:] = [n for n in listed if n.addr != addr] + [bgp.Neighbor(addr, remote_as,
+                                                                           hold)]
+        self.changed()
+
+    def remove_bgp_neighbor(self, addr: int) -> None:
+        listed = self.settings.bgp.neighbors
+        if not any(n.addr == addr for n in listed):
+            raise ModelError(f"{format_ip(addr)} is not a BGP neighbor")
+        listed[:] = [n for n in listed if n.addr != addr]
+        self.changed()
+
+    def set_bgp_drain(self, on: bool) -> None:
+        """`bgp drain`: withdraw every VIP so the router sends this director no new flow."""
+        self.settings.bgp.drain = on
+        self.changed()
+
+    def set_advertise(self, sid: ServerId, on: bool) -> None:
+        """`advertise VIRTUAL`: announce its VIP while it can serve."""
+        self.virtual(sid).advertise = on
+        self.changed()
+
+    def _need_bgp(self) -> None:
+        if not self.settings.bgp.asn:
+            raise ModelError("no BGP: configure router bgp ASN first")
 
     # -- links ---------------------------------------------------------------------
     def bind(self, vsid: ServerId, *rsids: ServerId) -> None:

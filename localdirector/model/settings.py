@@ -1,7 +1,7 @@
 """Appliance-wide settings that are configuration but not part of the patent's objects:
 the name, who may log in and for how long (docs/design.rst, "Operator access"), the
 size of the connection table, where the log goes (docs/design.rst, "Monitoring") and
-the failover pair ("Failover").
+the failover pair ("Failover") and BGP ("Scale-out").
 Changed only through Director's methods."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .addr import prefix_mask
+from .bgp import BgpConfig
 from .failover import FailoverConfig
 
 DEFAULT_HOSTNAME = "localdirector"
@@ -58,6 +59,7 @@ class Settings:
     log_hosts: list[LogHost] = field(default_factory=list)
     log_trap: int = DEFAULT_LOG_TRAP     # most verbose severity sent to log_hosts
     failover: FailoverConfig = field(default_factory=FailoverConfig)
+    bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
 
     def access(self, kind: str) -> list[AccessEntry]:
         """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may log in."""

@@ -22,7 +22,7 @@ class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "sticky", "timeout", "synguard", "fastpath", "dispatched",
+                 "predictor", "sticky", "timeout", "synguard", "fastpath", "dispatched", "advertise",
                  "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "packets_in", "packets_out",
@@ -48,6 +48,8 @@ class VirtualMachine:
         # client's packets to the real unchanged and the real answers the client
         # directly; False: directed (NAT) mode.
         self.dispatched = False
+        # `advertise`: announce the VIP by BGP while this instance can serve.
+        self.advertise = False
         # `predictor maglev`: the lookup table's size, and the table last built
         # (model/maglev.py rebuilds it when the members change).
         self.maglev_size = maglev.DEFAULT_SIZE

@@ -112,6 +112,7 @@ class BgpService:
                 time.sleep(RESTART_DELAY)
             self._wake.wait(POLL)
             self._wake.clear()
+        self._stop_speaker()   # in this thread: ExaBGP dies with the thread that started it
 
     def _step(self) -> None:
         self._subscribe()
@@ -190,7 +191,6 @@ class BgpService:
         self._stopping = True
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(5)
-        self._stop_speaker()
+            self._thread.join(10)
         commands.attach(self.appliance, None)
         shutil.rmtree(self._directory, ignore_errors=True)

@@ -1,0 +1,66 @@
+"""Long-lived client connections driven from a test: `count` POSTs to /sha256, each
+sending its body in `parts` pieces, one piece per line the test writes to stdin, so the
+client's data crosses the directors after every event the test makes between the lines
+(drain, kill). Prints one JSON line: how many answered with the right digest, and the
+errors. Run inside the client namespace."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vip", required=True)
+    parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--source", action="append", required=True)
+    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--parts", type=int, default=3)
+    parser.add_argument("--size", type=int, default=3000)
+    args = parser.parse_args()
+    conns = []
+    for i in range(args.count):
+        s = socket.socket()
+        s.settimeout(30)
+        s.bind((args.source[i % len(args.source)], 0))
+        s.connect((args.vip, args.port))
+        body = bytes((i + j) % 251 for j in range(args.size))
+        s.sendall(f"POST /sha256 HTTP/1.1\r\nHost: {args.vip}\r\nContent-Length: "
+                  f"{len(body)}\r\nContent-Type: application/octet-stream\r\n\r\n".encode())
+        conns.append((s, body))
+    print(json.dumps({"open": len(conns)}), flush=True)
+    piece = args.size // args.parts
+    errors: list[str] = []
+    for part in range(args.parts):
+        sys.stdin.readline()
+        end = args.size if part == args.parts - 1 else (part + 1) * piece
+        for s, body in conns:
+            try:
+                s.sendall(body[part * piece:end])
+            except OSError as exc:
+                errors.append(f"send: {exc}")
+        print(json.dumps({"sent": part + 1}), flush=True)
+    good = 0
+    for s, body in conns:
+        try:
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            if hashlib.sha256(body).hexdigest().encode() in data:
+                good += 1
+            else:
+                errors.append(f"answer: {data[-80:]!r}")
+        except OSError as exc:
+            errors.append(f"recv: {exc}")
+    print(json.dumps({"good": good, "errors": errors[:10]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

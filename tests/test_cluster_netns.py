@@ -1,0 +1,157 @@
+"""ECMP scale-out with real daemons (docs/design.rst, "Scale-out"): a router namespace
+running BIRD 2, three directors announcing the VIP by ExaBGP, reals answering the
+clients directly (dispatched), FIG. 1's two instances selected by the client's address
+through any director. Short BGP timers (hold 3 s); every wait polls with generous limits.
+The tests run in order on one cluster: the last one drains and kills directors."""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from appliance_driver import QUEUE, Console, appliance_argv, bodies, name
+
+from localdirector.lab.cluster import Cluster, director_link
+
+pytestmark = pytest.mark.netns
+
+VIP = "192.0.2.10"
+GENERAL_POOL = ("203.0.113.12", "203.0.113.13", "203.0.113.14")
+PREFERRED_POOL = ("203.0.113.15",)
+HERE = Path(__file__).resolve().parent
+
+
+def config(cluster: Cluster) -> list[str]:
+    reals = GENERAL_POOL + PREFERRED_POOL
+    return [*(f"real {r}" for r in reals),
+            f"virtual {VIP}:80", f"virtual {VIP}:80:1",
+            f"bind {VIP}:80 {' '.join(GENERAL_POOL)}",
+            f"bind {VIP}:80:1 {' '.join(PREFERRED_POOL)}",
+            f"assign {VIP}:80:1 198.51.100.0 255.255.255.0",
+            *(line for bind in ("", ":1") for line in (
+                f"predictor {VIP}:80{bind} maglev", f"dispatched {VIP}:80{bind}",
+                f"advertise {VIP}:80{bind}")),
+            *cluster.bgp_lines()]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple[Cluster, list[Console]]]:
+    from conftest import require_netns
+    require_netns()
+    built = Cluster(3)
+    try:
+        built.build()
+        built.hold_vip(VIP)
+    except Exception as exc:   # noqa: BLE001
+        built.destroy()
+        pytest.fail(f"cluster build failed: {exc}", pytrace=False)
+    path = tmp_path_factory.mktemp("cluster") / "startup-config"
+    path.write_text("\n".join(config(built)) + "\n")
+    consoles: list[Console] = []
+    try:
+        for ns in built.director_nss:
+            consoles.append(Console(["ip", "netns", "exec", ns,
+                                     *appliance_argv(path, "--queue", str(QUEUE))]))
+            assert "% " not in consoles[-1].boot_messages, consoles[-1].boot_messages
+        yield built, consoles
+    finally:
+        for console in consoles:
+            if console.child.isalive():
+                console.exit()
+        built.destroy()
+
+
+def test_announced_after_start_in_birds_table(cluster) -> None:
+    lab, consoles = cluster
+    everyone = {director_link(i) for i in (1, 2, 3)}
+    wait_until(lambda: lab.bird_next_hops(VIP) == everyone, 30, "three BGP next hops")
+    wait_until(lambda: lab.kernel_next_hops(VIP) == everyone, 10, "an ECMP kernel route")
+    assert "announced" in consoles[0].run("show bgp")
+
+
+def test_fig1_pools_through_any_director(cluster) -> None:
+    lab, consoles = cluster
+    general = collections.Counter(bodies(lab.get_many(
+        f"http://{VIP}/", lab.client_addresses["general"] + lab.client_addresses["unwelcome"],
+        count=60, concurrency=4)))
+    assert set(general) == {name(r) for r in GENERAL_POOL}, general
+    preferred = collections.Counter(bodies(lab.get_many(
+        f"http://{VIP}/", lab.client_addresses["preferred"], count=30, concurrency=4)))
+    assert set(preferred) == {name(r) for r in PREFERRED_POOL}, preferred
+    created = [c.statistics()["conns created"] for c in consoles]
+    assert sum(created) == 90 and all(n > 0 for n in created), created
+
+
+def test_maglev_tables_identical_on_every_director(cluster) -> None:
+    _lab, consoles = cluster
+    for bind in ("", ":1"):
+        digests = {c.run(f"show maglev {VIP}:80{bind}").split("digest ")[1].split(",")[0]
+                   for c in consoles}
+        assert len(digests) == 1, digests
+
+
+def test_drain_withdraws_and_undrain_announces(cluster) -> None:
+    lab, consoles = cluster
+    consoles[0].configure("bgp drain")
+    others = {director_link(2), director_link(3)}
+    wait_until(lambda: lab.bird_next_hops(VIP) == others, 15, "d1's route gone in BIRD")
+    assert "withdrawn (drain)" in consoles[0].run("show bgp")
+    consoles[0].configure("no bgp drain")
+    wait_until(lambda: len(lab.bird_next_hops(VIP)) == 3, 15, "d1's route back in BIRD")
+
+
+def test_long_lived_connections_survive_drain_and_kill(cluster) -> None:
+    lab, consoles = cluster
+    sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
+    proc = lab.popen_in(lab.client_ns, [
+        sys.executable, str(HERE / "slow_posts.py"), "--vip", VIP, "--count", "60",
+        *(a for s in sources for a in ("--source", s))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+
+    def step() -> dict:
+        line = proc.stdout.readline()
+        assert line, "slow_posts.py ended early"
+        return json.loads(line)
+
+    assert step() == {"open": 60}
+    wait_until(lambda: sum(int(c.rows("virtual")[f"{VIP}:80:0:tcp"][2]) for c in consoles)
+               == 60, 15, "60 open connections over the directors")
+    spread = [int(c.rows("virtual")[f"{VIP}:80:0:tcp"][2]) for c in consoles]
+    assert all(n > 0 for n in spread), spread
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert step() == {"sent": 1}
+    # Drain d1: the router moves its flows; the others forward them by the table.
+    consoles[0].configure("bgp drain")
+    wait_until(lambda: director_link(1) not in lab.kernel_next_hops(VIP), 15,
+               "d1 withdrawn")
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert step() == {"sent": 2}
+    # Kill d2 as a dead box: links down, appliance gone; BGP's hold time tells BIRD.
+    d2 = lab.director_nss[1]
+    lab.run_in(d2, ["ip", "link", "set", "eth0", "down"])
+    consoles[1].kill()
+    wait_until(lambda: lab.kernel_next_hops(VIP) == {director_link(3)}, 20,
+               "d2's route gone after the hold time")
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert step() == {"sent": 3}
+    result = step()
+    assert proc.wait(30) == 0
+    assert result == {"good": 60, "errors": []}, result

@@ -40,7 +40,7 @@ README = ROOT / "README.rst"
 MAN = ROOT / "man" / "localdirector.8"
 EXAMPLES = ROOT / "examples"
 SERVICE = EXAMPLES / "localdirector.service"
-EXAMPLE_CONFIGS = ["backup-overflow.cfg", "fig1.cfg", "port-translation.cfg",
+EXAMPLE_CONFIGS = ["backup-overflow.cfg", "cluster.cfg", "fig1.cfg", "port-translation.cfg",
                    "probes.cfg", "roundrobin.cfg"]
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
 PROMPT = r"localdirector(?:\(config\))?[>#]"
@@ -103,6 +103,8 @@ README_RULES = {
     r"python3 -m pytest -q -p no:cacheprovider": "test_readme_setup_is_what_ci_runs",
     r"localdirector lab": "test_lab_session_shows_fig1_and_cleans_up",
     r"localdirector lab --clean": "test_lab_clean_removes_leftovers",
+    r"localdirector lab(?: --config examples/cluster\.cfg)? --cluster \d":
+        "test_cluster_lab_session",
     r"localdirector lab --config examples/\S+\.cfg": "test_example_does_what_its_comments_say",
     r"printf '[^']*' \| localdirector lab --config examples/\S+\.cfg":
         "test_readme_scripted_lab",

@@ -129,8 +129,10 @@ def show_bgp(session: Session) -> None:
                      status.sessions.get(n.addr, "idle") if status else "-")
                     for n in config.neighbors])
     announced = status.announced if status else frozenset()
+    sent = ("announced" if status and "up" in status.sessions.values()
+            else "announced (no session up)")
     rows = [(f"{format_ip(v.addr)}/32", director.fmt(v.sid),
-             "announced" if v.addr in announced else
+             sent if v.addr in announced else
              ("withdrawn (drain)" if config.drain else
               "pending" if v.addr in wanted else "withdrawn (cannot serve)"))
             for v in director.iter_virtuals() if v.advertise]

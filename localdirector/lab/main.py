@@ -26,12 +26,15 @@ from localdirector.appliance import Appliance
 from localdirector.model.director import Director
 from localdirector.shell import config_file
 
+from .cluster import MAX_DIRECTORS, Cluster
 from .driver import PACKAGE_ROOT, Lab
 from .guide import ENV, LabInfo, overview
 from .topology import DEFAULT_REALS, LabError, clean_stale, unavailable_reason
 
 PREFIX = "ldlab"
 DEFAULT_EXAMPLE = "fig1.cfg"
+CLUSTER_EXAMPLE = "cluster.cfg"
+CLUSTER_VIP = "192.0.2.10"      # the VIP the cluster's reals hold on their loopback
 # A source checkout (or `pip install -e`) has the examples here; a regular install has
 # them under <prefix>/share (setup.cfg data_files).
 EXAMPLE_DIRS = (PACKAGE_ROOT / "examples",
@@ -121,17 +124,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run(config: Path, queue: int) -> int:
+def run(config: Path, queue: int, cluster: int = 0) -> int:
     progress = Progress(4)
-    print("localdirector lab: FIG. 1 of US 6,324,177 in network namespaces")
+    print("localdirector lab: FIG. 1 of US 6,324,177 in network namespaces"
+          + (f", {cluster} directors behind a BGP/ECMP router" if cluster else ""))
     with progress.step("Checking this machine can run a lab (root, ip, iptables, curl, "
-                       "network namespaces)"):
+                       "network namespaces" + (", bird, exabgp)" if cluster else ")")):
         if os.geteuid() != 0:
             raise Failure("the lab builds network namespaces, which needs root: "
                           "run it as root (sudo localdirector lab)")
         problem = unavailable_reason(PREFIX)
         if problem is not None:
             raise Failure(problem)
+        missing = [tool for tool in ("bird", "birdc", "exabgp")
+                   if cluster and shutil.which(tool) is None]
+        if missing:
+            raise Failure(f"the cluster lab needs {', '.join(missing)} (apt install bird2; "
+                          "pip install exabgp)")
     with progress.step("Removing what earlier labs left behind") as outcome:
         removed = clean_stale(PREFIX)
         outcome.append(f"{_namespaces(len(removed))} removed" if removed else "nothing left")
@@ -142,15 +151,19 @@ def run(config: Path, queue: int) -> int:
         outcome.append(f"{len(director.virtuals)} virtual instances, {len(director.reals)} "
                        f"reals, {len(director.bindids)} assign entries"
                        + (f", {failures} bad lines (shown at boot)" if failures else ""))
-    lab = Lab(prefix=PREFIX)
+    lab = Cluster(cluster, prefix=PREFIX) if cluster else Lab(prefix=PREFIX)
     workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
     # The appliance gets a copy: `write memory` in the lab must not edit the example.
     startup = workdir / "startup-config"
     try:
         shutil.copyfile(config, startup)
-        with progress.step(f"Building namespaces: clients in 3 subnets, the director, "
+        directors = (f"a router running BIRD, {cluster} directors" if cluster
+                     else "the director")
+        with progress.step(f"Building namespaces: clients in 3 subnets, {directors}, "
                            f"{len(DEFAULT_REALS)} reals with HTTP servers") as outcome:
             lab.build()
+            if isinstance(lab, Cluster):
+                lab.hold_vip(CLUSTER_VIP)
             outcome.append(f"ok, lab {lab.name}")
         # From here Ctrl-C belongs to the director's shell, and teardown must not be
         # cut short by it either.
@@ -177,6 +190,15 @@ def _run_appliance(lab: Lab, info: LabInfo, startup: Path, queue: int) -> int:
     os.environ[ENV] = info.to_env()  # Lab.popen_in passes this process's environment on
     argv = [sys.executable, "-m", "localdirector", "--config", str(startup),
             "--queue", str(queue)]
+    if isinstance(lab, Cluster):
+        # The other directors run the same configuration in the background; the
+        # first one has the terminal (docs/design.rst, "Scale-out").
+        for ns in lab.director_nss[1:]:
+            lab.popen_in(ns, [*argv, "--no-console"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"Directors {', '.join(lab.director_nss[1:]) or '-'} run in the background; "
+              f"BIRD's routes: ip netns exec {lab.router_ns} birdc -s {lab.bird_socket} "
+              f"show route", flush=True)
     proc = lab.popen_in(lab.director_ns, argv)
     try:
         status = proc.wait()
@@ -227,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the director's configuration (default: examples/fig1.cfg)")
     parser.add_argument("--queue", type=int, default=0, metavar="N",
                         help="NFQUEUE number inside the director namespace (default 0)")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help=f"scale-out lab: a BGP/ECMP router (BIRD 2) and N directors "
+                        f"(1-{MAX_DIRECTORS}) running examples/cluster.cfg")
     parser.add_argument("--clean", action="store_true",
                         help="only remove namespaces left by labs that crashed, and exit")
     return parser
@@ -239,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clean:
             return clean()
-        return run(args.config or find_example(), args.queue)
+        if not 0 <= args.cluster <= MAX_DIRECTORS:
+            raise Failure(f"--cluster takes 1-{MAX_DIRECTORS} directors")
+        example = CLUSTER_EXAMPLE if args.cluster else DEFAULT_EXAMPLE
+        return run(args.config or find_example(example), args.queue, args.cluster)
     except (Failure, LabError) as err:
         print(f"localdirector lab: {err}", file=sys.stderr)
         return 2

@@ -9,14 +9,13 @@ from __future__ import annotations
 import collections
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from appliance_driver import QUEUE, Console, appliance_argv, bodies, name
 
+from localdirector.lab import python_module
 from localdirector.lab.cluster import Cluster, director_link
 
 pytestmark = pytest.mark.netns
@@ -24,7 +23,6 @@ pytestmark = pytest.mark.netns
 VIP = "192.0.2.10"
 GENERAL_POOL = ("203.0.113.12", "203.0.113.13", "203.0.113.14")
 PREFERRED_POOL = ("203.0.113.15",)
-HERE = Path(__file__).resolve().parent
 
 
 def config(cluster: Cluster) -> list[str]:
@@ -118,14 +116,14 @@ def test_long_lived_connections_survive_drain_and_kill(cluster) -> None:
     lab, consoles = cluster
     sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
     proc = lab.popen_in(lab.client_ns, [
-        sys.executable, str(HERE / "slow_posts.py"), "--vip", VIP, "--count", "60",
+        *python_module("slowpost"), "--vip", VIP, "--count", "60",
         *(a for s in sources for a in ("--source", s))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdin is not None
 
     def step() -> dict:
         line = proc.stdout.readline()
-        assert line, "slow_posts.py ended early"
+        assert line, "slowpost ended early"
         return json.loads(line)
 
     assert step() == {"open": 60}

@@ -1,8 +1,9 @@
-"""Long-lived client connections driven from a test: `count` POSTs to /sha256, each
+"""Long-lived client connections driven from a test or a benchmark (``python -m
+localdirector.lab.slowpost``, inside the client namespace): `count` POSTs to /sha256, each
 sending its body in `parts` pieces, one piece per line the test writes to stdin, so the
 client's data crosses the directors after every event the test makes between the lines
-(drain, kill). Prints one JSON line: how many answered with the right digest, and the
-errors. Run inside the client namespace."""
+(drain, kill). Prints a JSON line per step, the last one how many answered with the
+right digest, and the errors."""
 
 from __future__ import annotations
 

@@ -1,0 +1,178 @@
+"""Scale-out figures (docs/benchmarks.rst, "Scale-out"): Maglev's build time, balance
+and disruption, and on the cluster lab (router with BIRD 2, three directors announcing
+the VIP by ExaBGP, dispatched forwarding): withdraw-to-route-gone, kill-to-route-gone,
+connections broken per drain and per kill, new connections/s through 1, 2 and 3
+directors, and bulk throughput of one dispatched connection.
+
+As root, from the repository root::
+
+    python3 -m benchmarks.cluster [--json results-cluster.json]
+
+Each appliance reads its shell from a pipe (a script that has not ended), so the
+benchmark types `bgp drain` into it like an operator would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+from localdirector.lab import python_module
+from localdirector.lab.cluster import Cluster, director_link
+from localdirector.model import maglev
+
+VIP = "192.0.2.10"
+REALS = ("203.0.113.12", "203.0.113.13", "203.0.113.14")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def maglev_figures() -> dict[str, object]:
+    members = [(0xCB007100 + 1 + i % 250, i // 250, 1) for i in range(1000)]
+    started = time.perf_counter()
+    built = maglev.MaglevTable.build(members)
+    out: dict[str, object] = {"build_s_65537x1000": time.perf_counter() - started}
+    shares = built.shares()
+    out["balance_1000"] = max(shares) / min(shares)
+    for n in (10, 100):
+        before = maglev.MaglevTable.build(members[:n])
+        moved = []
+        for leaving in range(n):
+            after = maglev.MaglevTable.build(members[:leaving] + members[leaving + 1:n])
+            moved.append(sum(1 for s in range(before.size) if before.members[before.table[s]]
+                             != after.members[after.table[s]]) / before.size)
+        shares = before.shares()
+        out[f"balance_{n}"] = max(shares) / min(shares)
+        out[f"moved_{n}_median"] = median(moved)
+        out[f"moved_{n}_max"] = max(moved)
+    return out
+
+
+class Director:
+    """One appliance in a director namespace, its shell on a pipe."""
+
+    def __init__(self, lab: Cluster, ns: str, config: Path) -> None:
+        self.proc = lab.popen_in(ns, [sys.executable, "-m", "localdirector", "--config",
+                                      str(config), "--queue", "0"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, text=True)
+        self.type("enable")
+
+    def type(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(f"{line}\n" for line in lines))
+        self.proc.stdin.flush()
+
+    def drain(self, on: bool) -> None:
+        self.type("configure terminal", f"{'' if on else 'no '}bgp drain", "end")
+
+
+def wait(check, timeout: float, step: float = 0.01) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError("timed out")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def conns_per_second(lab: Cluster, count: int = 600) -> float:
+    sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
+    started = time.monotonic()
+    results = lab.get_many(f"http://{VIP}/", sources, count=count, concurrency=16)
+    elapsed = time.monotonic() - started
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise RuntimeError(f"{len(bad)} requests failed")
+    return count / elapsed
+
+
+def broken(lab: Cluster, event, count: int = 60) -> int:
+    sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
+    proc = lab.popen_in(lab.client_ns, [*python_module("slowpost"), "--vip", VIP,
+                                        "--count", str(count), "--parts", "2",
+                                        *(a for s in sources for a in ("--source", s))],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.stdout.readline()
+    event()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.stdout.readline()
+    result = json.loads(proc.stdout.readline())
+    proc.wait(60)
+    return count - result["good"]
+
+
+def cluster_figures(repeat: int) -> dict[str, object]:
+    lab = Cluster(3, hold=3)
+    lab.build()
+    out: dict[str, object] = {}
+    try:
+        lab.hold_vip(VIP)
+        config = Path(tempfile.mkdtemp()) / "startup-config"
+        config.write_text("\n".join([
+            *(f"real {r}" for r in REALS), f"virtual {VIP}:80",
+            f"bind {VIP}:80 {' '.join(REALS)}", f"predictor {VIP}:80 maglev",
+            f"dispatched {VIP}:80", f"advertise {VIP}:80", *lab.bgp_lines()]) + "\n")
+        directors = [Director(lab, ns, config) for ns in lab.director_nss]
+        everyone = {director_link(i) for i in (1, 2, 3)}
+        out["start_to_announced_s"] = wait(lambda: lab.kernel_next_hops(VIP) == everyone, 60)
+        withdraw, announce = [], []
+        for _ in range(repeat):
+            directors[0].drain(True)
+            withdraw.append(wait(lambda: director_link(1) not in lab.kernel_next_hops(VIP), 30))
+            directors[0].drain(False)
+            announce.append(wait(lambda: lab.kernel_next_hops(VIP) == everyone, 30))
+        out["withdraw_to_route_gone_s"] = withdraw
+        out["announce_to_route_s"] = announce
+        rates = {}
+        for active in (1, 2, 3):
+            for i, d in enumerate(directors):
+                d.drain(i >= active)
+            wait(lambda: len(lab.kernel_next_hops(VIP)) == active, 30)
+            rates[active] = [conns_per_second(lab) for _ in range(repeat)]
+        out["new_conns_per_s"] = rates
+        bulk = []
+        for _ in range(repeat):
+            started = time.monotonic()
+            lab.get_many(f"http://{VIP}/bytes/50000000", lab.client_addresses["general"][:1],
+                         timeout=60, digest=True)
+            bulk.append(50 / (time.monotonic() - started))
+        out["bulk_MB_per_s_one_connection"] = bulk
+        out["broken_per_drain"] = broken(lab, lambda: (
+            directors[0].drain(True),
+            wait(lambda: director_link(1) not in lab.kernel_next_hops(VIP), 30)))
+
+        def kill() -> None:
+            lab.run_in(lab.director_nss[1], ["ip", "link", "set", "eth0", "down"])
+            directors[1].proc.kill()
+            out["kill_to_route_gone_s"] = wait(
+                lambda: director_link(2) not in lab.kernel_next_hops(VIP), 30)
+        out["broken_per_kill"] = broken(lab, kill)
+    finally:
+        lab.destroy()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    figures = {"maglev": maglev_figures(), "cluster": cluster_figures(args.repeat)}
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -87,12 +87,17 @@ class Lab:
 
     def client(self, flags: str, cport: int = 40000, client: str = CLIENT, vip: str = VIP,
                vport: int = 80, load: bytes = b"") -> tuple[int, IP | None]:
-        pkt = IP(src=client, dst=vip) / TCP(sport=cport, dport=vport, flags=flags, seq=1000)
+        # Sequence numbers as a real handshake leaves them: the client's ISN 1000, the
+        # real's 5000, nothing counted for data (the engine checks only RSTs and FINs).
+        pkt = IP(src=client, dst=vip) / TCP(sport=cport, dport=vport, flags=flags,
+                                            seq=1000 if "S" in flags else 1001,
+                                            ack=5001 if "A" in flags else 0)
         return self.send(pkt / Raw(load) if load else pkt)
 
     def real(self, conn: Connection, flags: str, load: bytes = b"") -> tuple[int, IP | None]:
         pkt = IP(src=format_ip(conn.real_ip), dst=format_ip(conn.foreign_ip)) / TCP(
-            sport=conn.real_port, dport=conn.nat_port, flags=flags, seq=5000)
+            sport=conn.real_port, dport=conn.nat_port, flags=flags,
+            seq=5000 if "S" in flags else 5001, ack=1001)
         return self.send(pkt / Raw(load) if load else pkt)
 
     def conn(self, cport: int = 40000, client: str = CLIENT, vip: str = VIP,

@@ -46,7 +46,7 @@ def test_impossible_flag_combinations_are_dropped_by_name(flags: str,
     verdicts = (lab_.client(flags, 42000)[0], lab_.real(conn, flags)[0])
     assert verdicts == ((DROP, DROP) if on_established else (ACCEPT_MODIFIED,) * 2)
     assert lab_.drops("bad-flags") == (5 if on_established else 3)
-    assert conn.tcp_state is ESTABLISHED and not (conn.fin_in or conn.fin_out)
+    assert conn.tcp_state is ESTABLISHED and not conn.bits
     assert lab_.client("PA", 42000, load=b"still here")[0] == ACCEPT_MODIFIED
 
 

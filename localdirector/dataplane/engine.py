@@ -17,6 +17,8 @@ from ..model.connection import (
     CLOSED,
     ESTABLISHED,
     FASTPATH,
+    FIN_IN,
+    FIN_OUT,
     FIN_WAIT,
     SYN_RCVD,
     SYN_SENT,
@@ -53,7 +55,9 @@ from .stats import (
     NO_CONNECTION,
     NO_REAL,
     NO_VIRTUAL,
+    OUT_OF_WINDOW,
     RESET_ABSORBED,
+    RST_IN_WINDOW,
     STALE_REPLY,
     SYNGUARD,
     Stats,
@@ -68,6 +72,12 @@ RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`
 _CONTROL = SYN | FIN | RST
 _ENDS = FIN | RST
 _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
+# How far from the sequence a side expects a FIN may lie, and a RST beyond it, and still
+# be in window (docs/design.rst, "Sequence checks"): more than any receive window a
+# default Linux stack opens, far less than the 2**32 a blind attacker must cover.
+SEQ_WINDOW = 1 << 22
+_SEQ_MASK = 0xFFFFFFFF
+_BOTH_FINS = FIN_IN | FIN_OUT
 
 
 class Engine:
@@ -122,7 +132,7 @@ class Engine:
         with self._lock:
             if type(fields) is int:
                 return self._not_tcp(buf, fields)
-            ihl, size, src, dst, sport, dport, flags = fields
+            ihl, size, src, dst, sport, dport, flags, seq, ack = fields
             now = self.clock()
             key = (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key, inlined
             conns = self.director.conns
@@ -135,25 +145,27 @@ class Engine:
                 conn = conns.reply.get(key)
                 if conn is not None:
                     if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
-                        verdict = self._real_control(conn, flags, now)
+                        verdict = self._real_control(conn, flags, seq, now)
                         if verdict is not None:
                             return verdict
-                    return self._forward_out(buf, ihl, size, conn, dst, now)
+                    return self._forward_out(buf, ihl, size, conn, dst, ack, now)
             conn = conns.inbound.get(key)
             if conn is not None:
                 if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
                     verdict = self._client_control(buf, ihl, conn, src, dst, sport, dport,
-                                                   flags, now)
+                                                   flags, seq, now)
                     if verdict is not None:
                         return verdict
-                return self._forward_in(buf, ihl, size, conn, src, now)
+                return self._forward_in(buf, ihl, size, conn, src, ack, now)
             return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
 
     def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
-                    now: float) -> int:
+                    ack: int, now: float) -> int:
         """Client -> real: destination to the real, client port to `remap` if remapped.
-        `size`: the IP total length (the queue may copy less)."""
+        `size`: the IP total length (the queue may copy less); `ack`: the packet's
+        acknowledgment number, the sequence the real's RST must carry."""
         conn.last_seen = now
+        conn.ack_in = ack
         virtual = conn.virtual
         virtual.packets_in += 1
         virtual.bytes_in += size
@@ -167,9 +179,10 @@ class Engine:
         return ACCEPT_MODIFIED
 
     def _forward_out(self, buf: bytearray, ihl: int, size: int, conn: Connection, dst: int,
-                     now: float) -> int:
+                     ack: int, now: float) -> int:
         """Real -> client: source back to the VIP:port the client used, and its own port."""
         conn.last_seen = now
+        conn.ack_out = ack
         virtual = conn.virtual
         virtual.packets_out += 1
         virtual.bytes_out += size
@@ -204,7 +217,8 @@ class Engine:
 
     # -- TCP state -----------------------------------------------------------------
     def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                        sport: int, dport: int, flags: int, now: float) -> int | None:
+                        sport: int, dport: int, flags: int, seq: int,
+                        now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual.
         A fast-path connection's client packet is a SYN queued while conntrack has seen no
         answer, a copy of a FIN or RST, or anything conntrack picked up as new (it lost
@@ -215,6 +229,10 @@ class Engine:
             return self._client_syn(buf, ihl, conn, src, dst, sport, dport, now)
         state = conn.tcp_state
         if state is not CLOSED:
+            if flags & _ENDS and conn.answered and not conn.fastpath:
+                verdict = self._out_of_sequence(flags, seq, conn.ack_out)
+                if verdict is not None:
+                    return verdict
             if flags & RST:
                 self._closing(conn, now)
             elif flags & FIN:
@@ -255,29 +273,50 @@ class Engine:
                     return self._refuse(buf, ihl, conn.virtual)
         return self._fastpath.mark(conn) if conn.fastpath else None
 
-    def _real_control(self, conn: Connection, flags: int, now: float) -> int | None:
-        """State changes driven by the real; a verdict, or None to translate as usual."""
+    def _real_control(self, conn: Connection, flags: int, seq: int,
+                      now: float) -> int | None:
+        """State changes driven by the real; a verdict, or None to translate as usual.
+        Before the real answered, a RST is its refusal of the SYN: nothing to check its
+        sequence against (and it moves the connection, see _reassign)."""
         if _bad_flags(flags):
             return self._drop(BAD_FLAGS)
         if conn.tcp_state is not CLOSED:
+            if flags & _ENDS and conn.answered and not conn.fastpath:
+                verdict = self._out_of_sequence(flags, seq, conn.ack_in)
+                if verdict is not None:
+                    return verdict
             if flags & RST:
                 if not conn.answered and self._reassign(conn, now, reset=True):
                     return self._drop(RESET_ABSORBED)
                 self._closing(conn, now)
             elif flags & SYN:
                 if flags & ACK and not conn.answered:
+                    conn.ack_in = (seq + 1) & _SEQ_MASK  # until the client's ACK says so
                     self._answered(conn, now)
             elif flags & FIN:
                 self._fin(conn, now, client=False)
         return self._fastpath.noted() if conn.fastpath else None
 
+    def _out_of_sequence(self, flags: int, seq: int, expected: int) -> int | None:
+        """DROP for a RST or FIN an off-path sender may have guessed, None for one its
+        peer can have sent (docs/design.rst, "Sequence checks"). `expected`: the last
+        acknowledgment the other side sent. A RST must carry exactly that sequence (RFC
+        5961): one merely in window is dropped rather than answered with a challenge
+        ACK, as the peer's next segment draws the exact RST from a closed endpoint. A
+        FIN may lie a window either side (retransmitted, or after unacknowledged data)."""
+        offset = (seq - expected) & _SEQ_MASK
+        if flags & RST:
+            if offset == 0:
+                return None
+            return self._drop(RST_IN_WINDOW if offset < SEQ_WINDOW else OUT_OF_WINDOW)
+        if offset < SEQ_WINDOW or offset > _SEQ_MASK - SEQ_WINDOW:
+            return None
+        return self._drop(OUT_OF_WINDOW)
+
     def _fin(self, conn: Connection, now: float, client: bool) -> None:
         """A FIN from one side; from both, the connection is over."""
-        if client:
-            conn.fin_in = True
-        else:
-            conn.fin_out = True
-        if conn.fin_in and conn.fin_out:
+        conn.bits |= FIN_IN if client else FIN_OUT
+        if conn.bits & _BOTH_FINS == _BOTH_FINS:
             self._closing(conn, now)
         elif conn.tcp_state is not FIN_WAIT:
             self.director.conns.set_state(conn, FIN_WAIT)
@@ -365,7 +404,7 @@ class Engine:
         self.stats.conns_created += 1
         if fastpath:
             return self._fastpath.opened(conn)
-        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, now)
+        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
         """Ditch the real that did not answer (or reset) the SYN; False when no other

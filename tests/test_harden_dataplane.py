@@ -1,0 +1,90 @@
+"""Hardening of the engine against off-path attackers and floods (issue 15): crafted
+packets through the engine with a fake clock. The same behaviours with real kernels and
+real packets: tests/test_harden_netns.py."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from test_engine import CLIENT, VIP, Lab, lab
+
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP, SEQ_WINDOW
+from localdirector.model.connection import CLOSED, ESTABLISHED, FIN_WAIT
+from localdirector.model.addr import format_ip
+
+
+def client_packet(flags: str, seq: int, cport: int = 40000) -> IP:
+    return IP(src=CLIENT, dst=VIP) / TCP(sport=cport, dport=80, flags=flags,
+                                        seq=seq & 0xFFFFFFFF, ack=5001)
+
+
+def real_packet(lab_: Lab, flags: str, seq: int) -> IP:
+    conn = lab_.conn()
+    return IP(src=format_ip(conn.real_ip), dst=CLIENT) / TCP(
+        sport=conn.real_port, dport=conn.nat_port, flags=flags, seq=seq, ack=1001)
+
+
+# -- 1. blind resets ---------------------------------------------------------------------
+# Lab's handshake leaves the real expecting the client's sequence 1001 and the client
+# expecting the real's 5001.
+
+@pytest.mark.parametrize("flags", ["R", "RA"])
+def test_a_blind_client_rst_sweep_leaves_the_connection_alone(flags: str) -> None:
+    lab_, _v, _rs = lab()
+    conn = lab_.open()
+    for seq in (0, 1000, 1002, 1001 + SEQ_WINDOW - 1, 1001 + SEQ_WINDOW, 0x80000000,
+                1001 - 1):
+        verdict, _ = lab_.send(client_packet(flags, seq))
+        assert verdict == DROP, seq
+    assert conn.tcp_state is ESTABLISHED
+    assert lab_.drops("rst-in-window") == 2 and lab_.drops("out-of-window") == 5
+    verdict, out = lab_.send(client_packet(flags, 1001))
+    assert verdict == ACCEPT_MODIFIED and out[TCP].flags.R
+    assert conn.tcp_state is CLOSED
+
+
+def test_a_blind_rst_from_the_real_side_is_dropped_an_exact_one_closes() -> None:
+    lab_, _v, _rs = lab()
+    conn = lab_.open()
+    assert lab_.send(real_packet(lab_, "R", 4000))[0] == DROP
+    assert lab_.send(real_packet(lab_, "R", 5002))[0] == DROP
+    assert conn.tcp_state is ESTABLISHED
+    assert (lab_.drops("out-of-window"), lab_.drops("rst-in-window")) == (1, 1)
+    assert lab_.send(real_packet(lab_, "RA", 5001))[0] == ACCEPT_MODIFIED
+    assert conn.tcp_state is CLOSED
+
+
+def test_the_expected_sequence_follows_the_acknowledgments() -> None:
+    """The real acknowledges 100 more bytes: the client's exact RST moves with it."""
+    lab_, _v, _rs = lab()
+    conn = lab_.open()
+    moved = real_packet(lab_, "A", 5001)
+    moved[TCP].ack = 1101
+    assert lab_.send(moved)[0] == ACCEPT_MODIFIED
+    assert conn.ack_out == 1101
+    assert lab_.send(client_packet("R", 1001))[0] == DROP
+    assert lab_.send(client_packet("R", 1101))[0] == ACCEPT_MODIFIED
+    assert conn.tcp_state is CLOSED
+
+
+def test_a_fin_is_taken_in_window_either_side_and_dropped_outside() -> None:
+    lab_, _v, _rs = lab()
+    conn = lab_.open()
+    assert lab_.send(client_packet("FA", 1001 + SEQ_WINDOW))[0] == DROP
+    assert lab_.send(client_packet("FA", 1001 - SEQ_WINDOW - 1))[0] == DROP
+    assert conn.tcp_state is ESTABLISHED and lab_.drops("out-of-window") == 2
+    assert lab_.send(client_packet("FA", 1001 + 1448))[0] == ACCEPT_MODIFIED
+    assert conn.tcp_state is FIN_WAIT
+    assert lab_.send(client_packet("FA", 1001 + 1448))[0] == ACCEPT_MODIFIED  # resent
+
+
+def test_rst_to_a_syn_is_not_sequence_checked() -> None:
+    """Before the real answered there is nothing to check against: its RST refuses the
+    SYN and moves the connection to the other real (absorbed)."""
+    lab_, _v, _rs = lab()
+    conn = lab_.syn()
+    first = conn.real
+    refusal = IP(src=format_ip(conn.real_ip), dst=CLIENT) / TCP(
+        sport=conn.real_port, dport=conn.nat_port, flags="RA", seq=0, ack=1001)
+    assert lab_.send(refusal)[0] == DROP
+    assert lab_.drops("reset-absorbed") == 1 and conn.real is not first

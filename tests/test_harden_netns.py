@@ -1,0 +1,97 @@
+"""Hardening with the real appliance, real kernels and real TCP stacks (issue 15):
+spoofed resets from the client's side, lost netfilter rules, a SIGKILLed director.
+Attack packets come from the client namespace (hping3, scapy); the in-process
+counterparts are in tests/test_harden_dataplane.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from appliance_driver import GENERAL, R11, VIP, appliance, simple_config
+
+from localdirector.lab import Lab
+
+pytestmark = pytest.mark.netns
+__all__ = ["appliance"]  # the fixture, imported so pytest finds it here
+
+CLIENT_PORT = 40000
+
+# A download read slowly (so it lasts), from a fixed port; after `seconds` the client
+# aborts it with SO_LINGER 0, so its kernel sends the exact RST a real client sends.
+SLOW_DOWNLOAD = r'''
+import json, socket, struct, sys, time
+vip, source, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.bind((source, port))
+s.settimeout(5)
+s.connect((vip, 80))
+s.sendall(f"GET /bytes/1000000000 HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
+got, error, marks = 0, None, []
+start = time.monotonic()
+print("ready", flush=True)
+try:
+    while time.monotonic() - start < seconds:
+        chunk = s.recv(16384)
+        if not chunk:
+            error = "closed by the peer"
+            break
+        got += len(chunk)
+        marks.append((round(time.monotonic() - start, 2), got))
+        time.sleep(0.005)
+except OSError as exc:
+    error = repr(exc)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print(json.dumps({"bytes": got, "error": error, "marks": marks[::20]}))
+'''
+
+
+def drops(console, *names: str) -> int:
+    stats = console.statistics()
+    return sum(stats.get(name, 0) for name in names)
+
+
+def test_a_spoofed_rst_sweep_does_not_break_a_download(lab: Lab, appliance) -> None:
+    """The issue's attack: hping3 sends a RST from the client's address to every
+    ephemeral port (and scapy 120 more at the download's own port, with random
+    sequence numbers). The download goes on; when the client itself aborts, its
+    kernel's exact RST ends the connection in the engine at once."""
+    console = appliance(simple_config(VIP, "roundrobin", [R11]))
+    source = lab.client_addresses[GENERAL][0]
+    download = lab.popen_in(lab.client_ns, [sys.executable, "-c", SLOW_DOWNLOAD, VIP, source,
+                                            str(CLIENT_PORT), "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert download.stdout.readline().strip() == "ready"
+    sweep = lab.run_in(lab.client_ns, [
+        "hping3", "-q", "-R", "-a", source, "-s", "32768", "-p", "80", "-i", "u20",
+        "-c", "28232", VIP], capture_output=True, text=True, timeout=60)
+    assert "packets transmitted" in sweep.stdout + sweep.stderr, sweep.stderr
+    aimed = lab.run_in(lab.client_ns, [sys.executable, "-c", (
+        "import logging, random; logging.getLogger('scapy').setLevel(logging.ERROR)\n"
+        "from scapy.all import IP, TCP, send\n"
+        f"send([IP(src='{source}', dst='{VIP}') / TCP(sport={CLIENT_PORT}, dport=80, "
+        "flags=f, seq=random.getrandbits(32), ack=random.getrandbits(32)) "
+        "for f in ('R', 'RA') for _ in range(60)], verbose=0)")],
+        capture_output=True, text=True, timeout=60)
+    assert aimed.returncode == 0, aimed.stderr
+    # The sweep's one RST at the download's port and scapy's 120 (the others find no
+    # connection).
+    assert drops(console, "out-of-window", "rst-in-window") == 121
+    assert console.rows("conns")[f"{source}:{CLIENT_PORT}"][3] == "ESTABLISHED"
+    after_sweep = time.monotonic()
+    out, err = download.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["error"] is None, (result, err)
+    # Still flowing once the attack was over: bytes arrived in its last seconds.
+    assert result["marks"][-1][1] > result["marks"][len(result["marks"]) // 2][1] > 0, result
+    print(f"\nFIGURES rst sweep: downloaded {result['bytes']} bytes, "
+          f"{time.monotonic() - after_sweep:.1f} s after the sweep")
+    # The client's own abort (SO_LINGER 0: RST at its next sequence) closes it at once.
+    console.wait_for(lambda: console.rows("conns").get(
+        f"{source}:{CLIENT_PORT}", [""] * 4)[3] in ("CLOSED", ""), timeout=3,
+        what="the client's RST to close the connection")

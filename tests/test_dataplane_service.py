@@ -225,7 +225,7 @@ def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> 
         "queue", "engine", "connections", "worker_errors", "tick_errors", "oversize",
         "socket_overruns", "log_overruns", "kernel", "ip_errors", "rule_counters", "marks",
         "conntrack_errors", "rule_transactions", "rule_errors", "rules_synced", "uptime",
-        "reloads"}
+        "reloads", "sticky"}
     assert (stats["queue"], stats["connections"], stats["reloads"]) == (7, 0, 0)
     assert (stats["rule_counters"], stats["rules_synced"], stats["uptime"]) == (None, False, 0.0)
     assert plane.clear_conns() == 0

@@ -308,7 +308,10 @@ def test_sticky_keeps_a_client_on_its_real() -> None:
     first = lab_.syn(41000).real
     # Round robin alone would alternate; the client stays on its real.
     assert all(lab_.syn(41001 + i).real is first for i in range(4))
-    lab_.advance(6 * 60)  # idle longer than the sticky minutes: the predictor decides again
+    lab_.advance(76)      # the half-open connections time out: the clock starts
+    assert len(v.sticky_table) == 1
+    lab_.advance(5 * 60)  # no connection for the sticky minutes: the predictor decides again
+    assert not v.sticky_table
     second = lab_.syn(41100).real
     assert second is not first
     assert lab_.syn(41101).real is second

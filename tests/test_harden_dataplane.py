@@ -88,3 +88,54 @@ def test_rst_to_a_syn_is_not_sequence_checked() -> None:
         sport=conn.real_port, dport=conn.nat_port, flags="RA", seq=0, ack=1001)
     assert lab_.send(refusal)[0] == DROP
     assert lab_.drops("reset-absorbed") == 1 and conn.real is not first
+
+
+# -- 3. the sticky table ---------------------------------------------------------------
+
+def test_sticky_lasts_the_minutes_after_the_last_connection_closed() -> None:
+    """A client with a connection open longer than `sticky` keeps its real when it
+    connects again right after; the entry goes `sticky` minutes after that close."""
+    lab_, v, _rs = lab(predictor="roundrobin")
+    v.sticky = 1
+    conn = lab_.open(41000)
+    first = conn.real
+    lab_.advance(120)                 # open twice the sticky minutes
+    lab_.close(conn)
+    assert lab_.open(41001).real is first   # the close renewed it
+    lab_.close(lab_.conn(41001))
+    lab_.advance(59)
+    assert v.sticky_table
+    lab_.advance(2)
+    assert not v.sticky_table         # a minute after the last close
+
+
+def test_the_sticky_table_is_bounded_counted_and_logged(monkeypatch, caplog) -> None:
+    from localdirector.dataplane import engine as engine_module
+    from localdirector.model import predictors
+    monkeypatch.setattr(predictors, "STICKY_LIMIT", 10)
+    monkeypatch.setattr(engine_module, "STICKY_LIMIT", 10)
+    lab_, v, _rs = lab()
+    v.sticky = 5
+    for host in range(1, 26):
+        lab_.syn(client=f"198.18.0.{host}")
+    assert len(v.sticky_table) == 10 and v.sticky_full == 15
+    assert len(lab_.d.conns) == 25          # balanced all the same
+    with caplog.at_level("WARNING", logger="localdirector"):
+        lab_.advance(1)
+        lab_.syn(client="198.18.1.1")
+        lab_.advance(1)                     # within the minute: not logged again
+    assert [r.getMessage() for r in caplog.records] == [
+        "sticky table full (10 clients per virtual): 15 new clients balanced without "
+        "being remembered"]
+
+
+def test_no_sticky_frees_the_table() -> None:
+    lab_, v, _rs = lab()
+    v.sticky = 5
+    for host in range(1, 6):
+        lab_.syn(client=f"198.18.0.{host}")
+    assert len(v.sticky_table) == 5
+    lab_.d.set_option(v.sid, "sticky", 0)
+    assert v.sticky_table == {}
+    lab_.d.set_option(v.sid, "sticky", 5)
+    assert lab_.syn(client="198.18.0.9") and len(v.sticky_table) == 1

@@ -76,6 +76,9 @@ def show_statistics(session: Session) -> None:
                  f"{stats['conntrack_errors']} conntrack errors")
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
                  f"{stats['oversize']} too long to translate")
+    remembered, not_remembered = stats["sticky"]
+    lines.append(f"Sticky:      {remembered} clients remembered, {not_remembered} not "
+                 "remembered (table full)")
     if stats["ip_errors"]:
         lines.append("IP input:    " + ", ".join(f"{n} {what}"
                                                  for what, n in stats["ip_errors"].items())

@@ -10,6 +10,7 @@ what the fast path does differently: fastpath.py and "Fast path".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ from ..model.connection import (
 )
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
+from ..model.predictors import STICKY_LIMIT, expire_sticky, sticky_closed
 from ..model.real import PhysicalMachine
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
@@ -67,7 +69,10 @@ from .verdicts import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 # The worker's verdicts are imported from here, with the engine.
 __all__ = ["Engine", "DROP", "ACCEPT_UNCHANGED", "ACCEPT_MODIFIED", "ACCEPT_MARK"]
 
+log = logging.getLogger("localdirector")
+
 RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`)
+STICKY_LOG_INTERVAL = 60.0  # seconds between two "sticky table full" messages
 
 _CONTROL = SYN | FIN | RST
 _ENDS = FIN | RST
@@ -96,6 +101,8 @@ class Engine:
         self._probes: dict[PhysicalMachine, Connection] = {}
         self._vip_generation = -1
         self._vip_addrs: frozenset[int] = frozenset()
+        self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
+        self._sticky_logged_at = float("-inf")
 
     # The fast path's state, as the data-plane service and the worker know it.
     @property
@@ -448,6 +455,7 @@ class Engine:
         self._end_probe(conn)
         self._expiry.closed()
         self.stats.conns_closed += 1
+        sticky_closed(conn.virtual, conn.foreign_ip, conn.real, now)
         director = self.director
         if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
                 or director.reals.get(conn.real.sid) is not conn.real):
@@ -535,6 +543,25 @@ class Engine:
                 self._close(conn, now)
                 self.stats.conns_timed_out += 1
             self._ports.expire(now)
+            self._expire_sticky(now)
+
+    def _expire_sticky(self, now: float) -> None:
+        """Sticky entries go `sticky` minutes after the client's last connection closed
+        (docs/design.rst, "Sticky"); a full table is said in the log, once a minute."""
+        full = 0
+        for virtual in self.director.virtuals.values():
+            if virtual.sticky_table:
+                expire_sticky(virtual, now)
+            full += virtual.sticky_full
+        if full < self._sticky_full_logged:   # `clear counters`
+            self._sticky_full_logged = 0
+        if full > self._sticky_full_logged and \
+                now - self._sticky_logged_at >= STICKY_LOG_INTERVAL:
+            log.warning("sticky table full (%d clients per virtual): %d new clients "
+                        "balanced without being remembered",
+                        STICKY_LIMIT, full - self._sticky_full_logged)
+            self._sticky_full_logged = full
+            self._sticky_logged_at = now
 
     # -- operator actions ----------------------------------------------------------
     def adopt(self, director: Director) -> None:

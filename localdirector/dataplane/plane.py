@@ -165,12 +165,16 @@ class DataPlane:
             snap = self._engine.stats.snapshot()
             conns = len(self._director.conns)
             generation = self._director.generation
+            virtuals = self._director.virtuals.values()
+            sticky = (sum(len(v.sticky_table) for v in virtuals),
+                      sum(v.sticky_full for v in virtuals))
         sync = self._sync
         worker = self._worker
         return {
             "queue": self.queue_num,
             "engine": snap,
             "connections": conns,
+            "sticky": sticky,
             "worker_errors": worker.stats.errors,
             "tick_errors": worker.stats.tick_errors,
             "oversize": worker.stats.oversize,

@@ -71,14 +71,14 @@ def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
         "-A LOCALDIRECTOR -d 192.0.2.20/32 -p tcp -j LOCALDIRECTOR-QUEUE",
         "-A LOCALDIRECTOR -d 192.0.2.20/32 -p icmp -j LOCALDIRECTOR-QUEUE",
         # Port-translating real: replies come from its own port.
-        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j LOCALDIRECTOR-REALQ",
+        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p icmp -j LOCALDIRECTOR-REALQ",
         # Port 0 real answers on the port of each virtual it serves.
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p icmp -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p tcp -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-REALQ",
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-REALQ",
+        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p icmp -j LOCALDIRECTOR-REALQ",
+        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p tcp -j LOCALDIRECTOR-REALQ",
+        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p icmp -j LOCALDIRECTOR-REALQ",
     ]
 
 
@@ -91,8 +91,8 @@ def test_an_unbound_backup_real_has_its_replies_queued() -> None:
         d.real(sid("203.0.113.12")).backup = sid("203.0.113.14")
         d.real(sid("203.0.113.14")).backup = sid("203.0.113.12")  # a loop ends the walk
     lines = raw_rules(desired_rules(d))
-    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE" in lines
-    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE" in lines
+    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-REALQ" in lines
+    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-REALQ" in lines
 
 
 def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:

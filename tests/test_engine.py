@@ -374,11 +374,18 @@ def test_out_of_service_drains() -> None:
     assert ra.current_conns == 0
 
 
-def test_non_syn_toward_vip_without_connection_is_dropped() -> None:
+def test_non_syn_toward_vip_without_connection_is_dropped_and_reset() -> None:
+    """Dropped, and answered with the RST a closed port sends (at the sequence the
+    segment acknowledges); a RST is never answered."""
     lab_, _, _ = lab((A,))
-    for flags in ("A", "PA", "FA", "R", "SA"):
-        assert lab_.client(flags)[0] == DROP
+    for flags in ("A", "PA", "FA", "SA"):
+        verdict, out = lab_.client(flags)
+        assert verdict == ACCEPT_MODIFIED
+        assert (out.src, out.dst, out[TCP].sport, out[TCP].dport) == (VIP, CLIENT, 80, 40000)
+        assert (str(out[TCP].flags), out[TCP].seq, out[TCP].ack) == ("R", 5001, 0)
+    assert lab_.client("R")[0] == DROP
     assert lab_.drops("no-connection") == 5 and len(lab_.d.conns) == 0
+    assert lab_.engine.stats.unknown_resets == 4
 
 
 def test_real_talking_to_others_passes_unchanged() -> None:
@@ -559,7 +566,7 @@ def test_clear_conns() -> None:
     lab_.syn(42000)
     assert lab_.engine.clear_conns() == 4
     lab_.assert_idle()
-    assert lab_.client("A", 41000)[0] == DROP
+    assert lab_.client("A", 41000)[1][TCP].flags == "R"   # the client learns at once
 
 
 # -- port reuse ------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     assert not any("192.0.2.10/32 -p tcp -m tcp --dport 80 -j" in line for line in raw)
     assert not any("203.0.113.1" + n in line for line in raw for n in "123")
     assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 " \
-           "-j LOCALDIRECTOR-QUEUE" in raw
+           "-j LOCALDIRECTOR-REALQ" in raw
     guard = [line for line in raw if "hashlimit" in line]   # shed before conntrack sees it
     assert len(guard) == 1 and "-d 192.0.2.10/32" in guard[0]
     assert mangle_rules(rules) == [

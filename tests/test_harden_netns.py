@@ -95,3 +95,77 @@ def test_a_spoofed_rst_sweep_does_not_break_a_download(lab: Lab, appliance) -> N
     console.wait_for(lambda: console.rows("conns").get(
         f"{source}:{CLIENT_PORT}", [""] * 4)[3] in ("CLOSED", ""), timeout=3,
         what="the client's RST to close the connection")
+
+
+# A download read steadily by one thread; "poke" on stdin sends a byte on the connection
+# and the output says how long until the connection failed, and how.
+POKED_DOWNLOAD = r'''
+import json, socket, sys, threading, time
+vip, source = sys.argv[1], sys.argv[2]
+s = socket.create_connection((vip, 80), timeout=6, source_address=(source, 0))
+s.sendall(f"GET /bytes/1000000000 HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
+state = {"bytes": 0, "error": None, "failed_at": None}
+def read():
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                state["error"] = "closed by the peer"
+                break
+            state["bytes"] += len(chunk)
+            time.sleep(0.002)
+    except OSError as exc:
+        state["error"] = type(exc).__name__
+    state["failed_at"] = time.monotonic()
+reader = threading.Thread(target=read)
+reader.start()
+print("ready", flush=True)
+sys.stdin.readline()
+poked = time.monotonic()
+try:
+    s.send(b"x")
+except OSError as exc:
+    state["error"] = type(exc).__name__
+reader.join(15)
+state["seconds"] = round(state["failed_at"] - poked, 2) if state["failed_at"] else None
+print(json.dumps(state))
+'''
+
+SNIFF_REALS = r'''
+import json, logging, sys
+logging.getLogger("scapy").setLevel(logging.ERROR)
+from scapy.all import sniff
+got = sniff(filter="src net 203.0.113.0/24", timeout=float(sys.argv[1]))
+print(json.dumps({"leaked": len(got), "sources": sorted({p.sprintf("%IP.src%") for p in got})}))
+'''
+
+
+def test_kill_9_leaks_no_real_address_and_a_restart_resets_old_clients(
+        lab: Lab, appliance) -> None:
+    """SIGKILL mid-download: the real's segments in flight must not reach the client
+    with the real's own address (replies are queued without --queue-bypass, so the
+    kernel drops them while nobody is bound). Restarted, the appliance answers the
+    client's next segment of that connection, which it no longer knows, with a RST:
+    the client learns at once instead of retransmitting into silence."""
+    config = simple_config(VIP, "roundrobin", [R11])
+    console = appliance(config)
+    source = lab.client_addresses[GENERAL][0]
+    client = lab.popen_in(lab.client_ns, [sys.executable, "-c", POKED_DOWNLOAD, VIP, source],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    assert client.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    sniffer = lab.popen_in(lab.client_ns, [sys.executable, "-c", SNIFF_REALS, "4"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)               # the sniffer is listening
+    console.kill()
+    sniffed, err = sniffer.communicate(timeout=30)
+    assert json.loads(sniffed.strip().splitlines()[-1]) == {"leaked": 0, "sources": []}, err
+    appliance(config)
+    client.stdin.write("poke\n")
+    client.stdin.flush()
+    out, err = client.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"\nFIGURES kill -9: {result}")
+    assert result["error"] == "ConnectionResetError", (result, err)
+    assert result["seconds"] is not None and result["seconds"] < 3, result

@@ -73,6 +73,9 @@ log = logging.getLogger("localdirector")
 
 RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`)
 STICKY_LOG_INTERVAL = 60.0  # seconds between two "sticky table full" messages
+# RSTs for segments of unknown connections, per tick (about half a second): a spoofed
+# flood of such segments is not reflected at more than twice this a second.
+RESETS_PER_TICK = 500
 
 _CONTROL = SYN | FIN | RST
 _ENDS = FIN | RST
@@ -101,6 +104,7 @@ class Engine:
         self._probes: dict[PhysicalMachine, Connection] = {}
         self._vip_generation = -1
         self._vip_addrs: frozenset[int] = frozenset()
+        self._resets_left = RESETS_PER_TICK
         self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
         self._sticky_logged_at = float("-inf")
 
@@ -359,14 +363,24 @@ class Engine:
         if flags & _CLIENT_SYN_MASK != SYN:
             if _bad_flags(flags):
                 return self._drop(BAD_FLAGS)
-            if flags & _ENDS:
-                virtual = self.director.lookup_virtual(src, dst, dport)
-                if virtual is not None and virtual.fastpath:
+            virtual = self.director.lookup_virtual(src, dst, dport)
+            if virtual is not None and virtual.fastpath:
+                if flags & _ENDS:
                     # The end of a fast-path connection the engine does not know
                     # (cleared, or from before a restart): conntrack translates it, if it
                     # has it.
                     return self._fastpath.noted()
-            return self._drop(NO_CONNECTION)
+                return self._drop(NO_CONNECTION)
+            if virtual is None or flags & RST or self._resets_left <= 0:
+                return self._drop(NO_CONNECTION)
+            # Nobody knows this connection (from before a restart, or long closed): a
+            # RST tells the client now, as a closed port would, rather than letting it
+            # retransmit into silence for minutes.
+            self._resets_left -= 1
+            self.stats.drops[NO_CONNECTION] += 1
+            self.stats.unknown_resets += 1
+            reset_reply(buf, ihl)
+            return ACCEPT_MODIFIED
         if not tcp_checksum_valid(buf, ihl):
             return self._drop(BAD_CHECKSUM)
         return self._open(buf, ihl, src, dst, sport, dport, now)
@@ -544,6 +558,7 @@ class Engine:
                 self.stats.conns_timed_out += 1
             self._ports.expire(now)
             self._expire_sticky(now)
+            self._resets_left = RESETS_PER_TICK
 
     def _expire_sticky(self, now: float) -> None:
         """Sticky entries go `sticky` minutes after the client's last connection closed

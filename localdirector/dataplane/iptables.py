@@ -22,12 +22,18 @@ from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
 
 CHAIN = "LOCALDIRECTOR"
 QUEUE_CHAIN = "LOCALDIRECTOR-QUEUE"
+# The reals' replies to others than the director are queued without --queue-bypass:
+# with no engine bound (killed), the kernel drops them rather than forward them to
+# clients with the real's own address.
+REAL_QUEUE_CHAIN = "LOCALDIRECTOR-REALQ"
+TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
 LOCAL_CHAIN = "LOCALDIRECTOR-LOCAL"
 SHED_CHAIN = "LOCALDIRECTOR-SHED"
 DEFRAG_CHAIN = "LOCALDIRECTOR-DEFRAG"
 REPLY_CHAIN = "LOCALDIRECTOR-REPLY"
 LOG_CHAIN = "LOCALDIRECTOR-LOG"
-OUR_CHAINS = (CHAIN, LOCAL_CHAIN, QUEUE_CHAIN, SHED_CHAIN, DEFRAG_CHAIN)  # referrers first
+OUR_CHAINS = (CHAIN, LOCAL_CHAIN, QUEUE_CHAIN, REAL_QUEUE_CHAIN, SHED_CHAIN,
+              DEFRAG_CHAIN)  # referrers first
 JUMP = f"-A PREROUTING -j {CHAIN}"
 LOCAL_JUMP = f"-A OUTPUT -p icmp -j {LOCAL_CHAIN}"
 NAT_JUMP = f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}"
@@ -50,7 +56,8 @@ DEFRAG_TABLES = {"raw": [f":{DEFRAG_CHAIN} - [0:0]", f"-A {DEFRAG_CHAIN} -m sock
 # The packet counters of the rules every packet we take ends at: the queue (its rule in
 # raw and in mangle), the guard's drop and the fast path's copy. `show statistics` adds
 # them up against the engine's and the queue's.
-COUNTERS = {"queued": re.compile(rf"^\[(\d+):\d+\] -A {QUEUE_CHAIN} -j NFQUEUE ", re.M),
+COUNTERS = {"queued": re.compile(rf"^\[(\d+):\d+\] -A (?:{QUEUE_CHAIN}|{REAL_QUEUE_CHAIN}) "
+                                 rf"(?:{TO_DIRECTOR} )?-j NFQUEUE ", re.M),
             "shed": re.compile(rf"^\[(\d+):\d+\] -A {SHED_CHAIN} -j DROP$", re.M),
             "logged": re.compile(rf"^\[(\d+):\d+\] -A {LOG_CHAIN} -j NFLOG ", re.M)}
 
@@ -75,16 +82,16 @@ def raw_rules(rules: RuleSet) -> list[str]:
     """The raw LOCALDIRECTOR chain's rules, in a fixed order: per address, the SYN guards
     ahead of the queue rules they protect."""
     out: list[str] = []
-    for direction, option, table in (("-d", "--dport", rules.vips),
-                                     ("-s", "--sport", rules.reals)):
+    for direction, option, table, queue in (("-d", "--dport", rules.vips, QUEUE_CHAIN),
+                                            ("-s", "--sport", rules.reals, REAL_QUEUE_CHAIN)):
         for addr, ports in table:
             host = f"{direction} {format_ip(addr)}/32"
             if direction == "-d":
                 out += _guards(rules, addr)
             for port in ports:
                 match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
-                out.append(f"-A {CHAIN} {host} -p tcp{match} -j {QUEUE_CHAIN}")
-            out.append(f"-A {CHAIN} {host} -p icmp -j {QUEUE_CHAIN}")
+                out.append(f"-A {CHAIN} {host} -p tcp{match} -j {queue}")
+            out.append(f"-A {CHAIN} {host} -p icmp -j {queue}")
     # Fast-path SYNs are shed in raw too: before conntrack spends an entry on them.
     userspace = {addr for addr, _ in rules.vips}
     for addr, _ports in rules.fastpath:
@@ -171,6 +178,11 @@ def install_tables(chains: dict[str, list[str]], queue_num: int,
             f"-I PREROUTING 1 -j {CHAIN}",
             f"-A {QUEUE_CHAIN} -j NOTRACK",
             queue,
+            f":{REAL_QUEUE_CHAIN} - [0:0]",
+            f"-A {REAL_QUEUE_CHAIN} -j NOTRACK",
+            f"-A {REAL_QUEUE_CHAIN} {TO_DIRECTOR} -j NFQUEUE --queue-num {queue_num} "
+            "--queue-bypass",
+            f"-A {REAL_QUEUE_CHAIN} -j NFQUEUE --queue-num {queue_num}",
             f":{LOCAL_CHAIN} - [0:0]",
             f":{SHED_CHAIN} - [0:0]",
             *delete("raw", LOCAL_JUMP),

@@ -312,21 +312,27 @@ RESET_LENGTH = _RESET.size
 
 
 def reset_reply(buf: bytearray, ihl: int) -> None:
-    """Turn the client's SYN in ``buf`` into the RST|ACK that refuses it, in place.
+    """Turn the client's segment in ``buf`` (a SYN, or one of a connection nobody knows)
+    into the RST that refuses it, in place.
 
-    The result is what the real's kernel would have sent from a closed port
-    (RFC 793 "Reset Generation": sequence 0, acknowledging the SYN and any data it
-    carried), with the SYN's addresses and ports swapped, so it goes back to the client
-    from the address the client asked for. IP options and TCP options are dropped and
-    both checksums computed in full: this path is for refusals, not for throughput.
-    ``buf`` shrinks to 40 bytes (a SYN is never shorter).
+    The result is what the real's kernel would have sent from a closed port (RFC 793
+    "Reset Generation": a segment acknowledging something gets a RST at that sequence;
+    one that does not, such as a SYN, a RST|ACK at sequence 0 acknowledging it and any
+    data it carried), with the addresses and ports swapped, so it goes back to the
+    client from the address the client asked for. IP options and TCP options are
+    dropped and both checksums computed in full: this path is for refusals, not for
+    throughput. ``buf`` shrinks to 40 bytes (a TCP segment is never shorter).
     """
     total, src, dst = _unpack_len_addrs(buf, 0)
-    sport, dport, seq, _ack, offset, _flags = _unpack_tcp_head(buf, ihl)
-    segment = total - ihl - ((offset >> 4) << 2) + 1  # its data, plus one for the SYN
-    ack = (seq + segment) & 0xFFFFFFFF
+    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
+    if flags & ACK:
+        seq, ack, reply = ack, 0, RST
+    else:
+        # Its data, plus one each for a SYN and a FIN.
+        segment = total - ihl - ((offset >> 4) << 2) + (flags & SYN) // SYN + (flags & FIN)
+        seq, ack, reply = 0, (seq + segment) & 0xFFFFFFFF, RST | ACK
     _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst, src,
-                     dport, sport, 0, ack, 5 << 4, RST | ACK, 0, 0, 0)
+                     dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
     del buf[RESET_LENGTH:]
     _pack_u16(buf, 10, checksum(buf[:20]))
     _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:]))

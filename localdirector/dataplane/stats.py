@@ -58,6 +58,8 @@ COUNTERS = (
     "syn_resends",
     "port_remaps",
     "refused",        # SYNs answered with a RST (also counted under no-real)
+    "unknown_resets",  # segments of unknown connections to a VIP answered with a RST
+                       # (also counted under no-connection)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
     "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)

@@ -139,3 +139,28 @@ def test_no_sticky_frees_the_table() -> None:
     assert v.sticky_table == {}
     lab_.d.set_option(v.sid, "sticky", 5)
     assert lab_.syn(client="198.18.0.9") and len(v.sticky_table) == 1
+
+
+# -- 10. lost netfilter rules --------------------------------------------------------------
+
+def test_rules_lost_from_the_raw_table_are_found_and_reinstalled() -> None:
+    from test_dataplane_service import FakeIptables, director
+
+    from localdirector.dataplane.ruleset import desired_rules
+    from localdirector.dataplane.transactions import RuleManager
+    fake = FakeIptables()
+    manager = RuleManager(7, fake)
+    manager.install(desired_rules(director()))
+    assert manager.intact() and not manager.repair()
+    installed = {chain: list(rules) for chain, rules in fake.raw.items()}
+    fake.raw["LOCALDIRECTOR7"].clear()                   # `iptables -t raw -F ...`
+    assert not manager.intact()
+    assert manager.repair() and manager.repairs == 1
+    assert fake.raw == installed and manager.intact()
+    fake.raw["PREROUTING"].clear()                       # the jump alone
+    assert manager.repair() and manager.repairs == 2 and fake.raw == installed
+    other = RuleManager(8, fake)                         # another appliance's chains
+    other.install(desired_rules(director()))
+    assert manager.intact() and other.intact()
+    assert all(chain.startswith("LOCALDIRECTOR8") for chain in set(fake.raw) - set(installed)
+               if chain not in ("PREROUTING", "OUTPUT"))

@@ -6,12 +6,14 @@ counterparts are in tests/test_harden_dataplane.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 
 import pytest
-from appliance_driver import GENERAL, R11, VIP, appliance, simple_config
+from appliance_driver import (GENERAL, QUEUE, R11, R12, VIP, appliance, name, raw_table,
+                              simple_config)
 
 from localdirector.lab import Lab
 
@@ -169,3 +171,45 @@ def test_kill_9_leaks_no_real_address_and_a_restart_resets_old_clients(
     print(f"\nFIGURES kill -9: {result}")
     assert result["error"] == "ConnectionResetError", (result, err)
     assert result["seconds"] is not None and result["seconds"] < 3, result
+
+
+def rules_line(console) -> str:
+    return next(line for line in console.run("show statistics").split("\n")
+                if line.startswith("Rules:"))
+
+
+def test_lost_rules_are_put_back_and_appliances_on_two_queues_keep_apart(
+        lab: Lab, appliance) -> None:
+    """Two appliances in one namespace, on queues Q and Q+1, each with its own chains.
+    Flushing Q's raw chains by hand stops its VIP; within seconds it finds out, puts
+    them back (a log line, a repair counted) and serves again; Q+1 never noticed."""
+    other_vip = "192.0.2.20"
+    first = appliance(simple_config(VIP, "roundrobin", [R11]))
+    second = appliance(simple_config(other_vip, "roundrobin", [R12]), "--queue",
+                       str(QUEUE + 1))
+    source = lab.client_addresses[GENERAL][0]
+    assert lab.client_get(f"http://{VIP}/", source=source).strip() == name(R11)
+    assert lab.client_get(f"http://{other_vip}/", source=source).strip() == name(R12)
+    table = raw_table(lab)
+    for queue in (QUEUE, QUEUE + 1):
+        assert table.count(f"-A PREROUTING -j LOCALDIRECTOR{queue}\n") == 1, table
+    ours = sorted(set(re.findall(rf"^:(LOCALDIRECTOR{QUEUE}(?:-[A-Z]+)?) ", table, re.M)))
+    assert len(ours) == 6, ours
+    for chain in ours:
+        flushed = lab.run_in(lab.director_ns, ["iptables", "-t", "raw", "-F", chain])
+        assert flushed.returncode == 0, flushed.stderr
+    flushed_at = time.monotonic()
+    served = None
+    while served is None and time.monotonic() - flushed_at < 10:
+        [attempt] = lab.get_many(f"http://{VIP}/", [source], timeout=0.5)
+        if attempt.ok:
+            served = time.monotonic() - flushed_at
+    print(f"\nFIGURES lost rules: serving again {served} s after the flush")
+    assert served is not None and served < 6, served
+    assert "1 repairs" in rules_line(first), rules_line(first)
+    assert "reinstalled" in first.run("show syslog")
+    assert "0 repairs" in rules_line(second)
+    assert lab.client_get(f"http://{other_vip}/", source=source).strip() == name(R12)
+    table = raw_table(lab)
+    for queue in (QUEUE, QUEUE + 1):
+        assert table.count(f"-A PREROUTING -j LOCALDIRECTOR{queue}\n") == 1, table

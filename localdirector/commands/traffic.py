@@ -56,7 +56,8 @@ def show_statistics(session: Session) -> None:
         f"{stats['connections']} connections (limit {session.director.settings.max_conns}), "
         f"{stats['reloads']} reloads",
         f"Rules:       {stats['rule_transactions']} transactions, "
-        f"{stats['rule_errors']} errors, {'in sync' if stats['rules_synced'] else 'pending'}",
+        f"{stats['rule_errors']} errors, {stats['rule_repairs']} repairs (rules lost and "
+        f"reinstalled), {'in sync' if stats['rules_synced'] else 'pending'}",
     ]
     if kernel is None:
         lines.append("Kernel:      queue not bound")

@@ -187,6 +187,7 @@ class DataPlane:
             "conntrack_errors": getattr(self._engine.kernel, "errors", 0),
             "rule_transactions": self._rules.transactions,
             "rule_errors": sync.errors if sync is not None else 0,
+            "rule_repairs": self._rules.repairs,
             "rules_synced": sync is not None and sync.synced_generation >= generation,
             "uptime": time.monotonic() - self._started_at if sync is not None else 0.0,
             "reloads": self.reloads,

@@ -18,7 +18,7 @@ from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
-from localdirector.dataplane.iptables import names, raw_rules
+from localdirector.dataplane.iptables import flood_rules, names, raw_rules
 from localdirector.dataplane.plane import DataPlane
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
@@ -95,10 +95,13 @@ def director() -> Director:
 
 def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
     assert raw_rules(desired_rules(director()), Q7) == [
+        # Ahead of each VIP's queue rules, the SYN budget of new sources.
+        *flood_rules(0xC000020A, Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p icmp -j LOCALDIRECTOR7-QUEUE",
         # Port 0 virtual: every TCP port.
+        *flood_rules(0xC0000214, Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.20/32 -p tcp -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.20/32 -p icmp -j LOCALDIRECTOR7-QUEUE",
         # Port-translating real: replies come from its own port.

@@ -366,7 +366,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     assert not any("203.0.113.1" + n in line for line in raw for n in "123")
     assert "-A LOCALDIRECTOR7 -s 203.0.113.14/32 -p tcp -m tcp --sport 443 " \
            "-j LOCALDIRECTOR7-REALQ" in raw
-    guard = [line for line in raw if "hashlimit" in line]   # shed before conntrack sees it
+    guard = [line for line in raw if "ldsg" in line]   # shed before conntrack sees it
     assert len(guard) == 1 and "-d 192.0.2.10/32" in guard[0]
     assert mangle_rules(rules, Q7) == [
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
@@ -451,7 +451,7 @@ def test_counters_add_both_queues_and_count_copies() -> None:
                   "--queue-bypass\nCOMMIT\n*mangle\n[5:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE "
                   "--queue-num 7 --queue-bypass\n[15:1] -A LOCALDIRECTOR7-LOG -j NFLOG "
                   "--nflog-group 7 --nflog-size 128\nCOMMIT\n")
-    assert manager.counters() == {"queued": 15, "shed": 0, "logged": 15}
+    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "logged": 15}
 
 
 # -- which virtuals share a mode ---------------------------------------------------------

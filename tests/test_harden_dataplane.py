@@ -164,3 +164,32 @@ def test_rules_lost_from_the_raw_table_are_found_and_reinstalled() -> None:
     assert manager.intact() and other.intact()
     assert all(chain.startswith("LOCALDIRECTOR8") for chain in set(fake.raw) - set(installed)
                if chain not in ("PREROUTING", "OUTPUT"))
+
+
+# -- 9. a full table -------------------------------------------------------------------------
+
+def test_a_full_table_gives_up_its_oldest_half_open_connections_never_established() -> None:
+    lab_, _v, _rs = lab()
+    lab_.d.set_conn_limit(10)
+    established = [lab_.open(41000 + i) for i in range(4)]
+    lab_.advance(1)
+    flood = [lab_.syn(client=f"198.18.0.{host}") for host in range(1, 7)]   # full now
+    lab_.advance(1)
+    newcomer = lab_.syn(client="198.51.100.99")   # room made: the oldest half-open went
+    evicted = lab_.engine.stats.half_open_evicted
+    assert 1 <= evicted <= 6 and len(lab_.d.conns) == 10 - evicted + 1
+    assert all(lab_.conn(41000 + i) is conn for i, conn in enumerate(established))
+    assert lab_.conn(client="198.51.100.99") is newcomer
+    gone = [conn for conn in flood if lab_.conn(client=format_ip(conn.foreign_ip)) is None]
+    assert gone == flood[:evicted]                 # oldest first
+    assert lab_.drops("conn-limit") == 0
+    # Only established connections left: the table refuses (and counts) new SYNs.
+    lab_.d.set_conn_limit(len(lab_.d.conns))
+    for conn in flood[evicted:] + [newcomer]:
+        assert lab_.real(conn, "SA")[0] == ACCEPT_MODIFIED
+        lab_.send(IP(src=format_ip(conn.foreign_ip), dst=VIP) / TCP(
+            sport=conn.foreign_port, dport=80, flags="A", seq=1001, ack=5001))
+    assert lab_.client("S", client="198.51.100.100")[0] == DROP
+    assert lab_.drops("conn-limit") == 1
+    assert lab_.engine.stats.half_open_evicted == evicted
+    assert not any(c.tcp_state is CLOSED for c in lab_.d.conns)

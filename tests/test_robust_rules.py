@@ -91,10 +91,11 @@ def test_queued_and_shed_counters_are_read_from_the_kernel_and_cleared_by_offset
     queue_rule = "-A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass"
     fake.saved = (f"*raw\n[999:1] -A LOCALDIRECTOR7-QUEUE -j NOTRACK\n[1000:2] {queue_rule}\n"
                   "[12345:678] -A LOCALDIRECTOR7-SHED -j DROP\nCOMMIT\n")
-    assert manager.counters() == {"queued": 1000, "shed": 12345, "logged": 0}
+    assert manager.counters() == {"queued": 1000, "shed": 12345, "flood": 0,
+                                  "logged": 0}
     manager.clear_counters()
     fake.saved = f"*raw\n[1010:3] {queue_rule}\n[12400:700] -A LOCALDIRECTOR7-SHED -j DROP\n"
-    assert manager.counters() == {"queued": 10, "shed": 55, "logged": 0}
+    assert manager.counters() == {"queued": 10, "shed": 55, "flood": 0, "logged": 0}
 
 
 def test_route_warning_names_vips_without_any_route(tmp_path: Path) -> None:

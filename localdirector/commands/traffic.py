@@ -65,11 +65,12 @@ def show_statistics(session: Session) -> None:
         # queued + copied (fast path) = engine packets + waiting + both kinds of dropped
         # + lost copies (overruns): nothing is lost unaccounted between the kernel and
         # the engine.
-        counted = stats["rule_counters"] or {"queued": "?", "shed": "?"}
+        counted = stats["rule_counters"] or {"queued": "?", "shed": "?", "flood": "?"}
         lines.append(f"Kernel:      {counted['queued']} queued, {kernel.waiting} waiting, "
                      f"{kernel.queue_dropped} dropped (queue full), {kernel.user_dropped} "
                      f"dropped (socket full), {stats['socket_overruns']} overruns, "
-                     f"{counted['shed']} SYNs shed (synguard)")
+                     f"{counted['shed']} SYNs shed (synguard), {counted['flood']} SYNs "
+                     "shed (new sources)")
     logged = (stats["rule_counters"] or {}).get("logged", "?")
     lines.append(f"Fast path:   {stats['marks']} reals in the mark map, "
                  f"{engine['fastpath_conns']} connections handed to the kernel, "

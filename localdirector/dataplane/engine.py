@@ -76,6 +76,9 @@ STICKY_LOG_INTERVAL = 60.0  # seconds between two "sticky table full" messages
 # RSTs for segments of unknown connections, per tick (about half a second): a spoofed
 # flood of such segments is not reflected at more than twice this a second.
 RESETS_PER_TICK = 500
+# Half-open connections a full table gives up at once for a new SYN: one walk of the
+# timers pays for the next SYNs too.
+EVICT_BATCH = 64
 
 _CONTROL = SYN | FIN | RST
 _ENDS = FIN | RST
@@ -390,7 +393,7 @@ class Engine:
         """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
         director = self.director
         table = director.conns.inbound
-        if len(table) >= director.settings.max_conns:
+        if len(table) >= director.settings.max_conns and not self._evict_half_open(now):
             return self._drop(CONN_LIMIT)
         virtual = director.lookup_virtual(src, dst, dport, count=True)
         if virtual is None:
@@ -426,6 +429,19 @@ class Engine:
         if fastpath:
             return self._fastpath.opened(conn)
         return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
+
+    def _evict_half_open(self, now: float) -> bool:
+        """The table is full: give up its oldest half-open connections (a SYN flood's,
+        most likely) rather than refuse a new client; established ones are never given
+        up. False when there is none (docs/design.rst, "Packet flow")."""
+        victims = self._expiry.oldest_half_open(now, self.director.conns.inbound,
+                                                EVICT_BATCH)
+        for conn in victims:
+            if conn.fastpath:
+                self._fastpath.forget(conn)
+            self._close(conn, now)
+        self.stats.half_open_evicted += len(victims)
+        return bool(victims)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
         """Ditch the real that did not answer (or reset) the SYN; False when no other

@@ -28,6 +28,13 @@ GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table hold
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
 # Only the reals' replies to the director itself are let through while nobody is bound.
 TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
+# SYNs a second (all VIPs together) from client addresses that have not completed a
+# handshake lately: above it the kernel sheds them, so a spoofed flood cannot fill the
+# queue that established traffic and known clients share (docs/design.rst, "Netfilter
+# rules"). A few thousand new client addresses a second is far more than a Python
+# director gets legitimately, far less than its queue's capacity.
+NEW_SOURCE_SYNS = 5000
+KNOWN_SECONDS = 600        # an address stays known this long after its last ACK
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,15 @@ class Names:
     real_queue: str
     local: str           # the director's own ICMP errors (raw OUTPUT)
     shed: str            # SYNs the guard sheds: one counted DROP
+    flood: str           # SYNs of new sources over NEW_SOURCE_SYNS: one counted DROP
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
+
+    @property
+    def known(self) -> str:
+        """The kernel's list (xt_recent) of client addresses that sent an ACK lately."""
+        return f"ldknown{self.queue_num}"
 
     @property
     def jump(self) -> str:
@@ -68,7 +81,7 @@ class Names:
         iptables-save prints them."""
         return {
             "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
-                     self.defrag), (self.jump, self.local_jump)),
+                     self.flood, self.defrag), (self.jump, self.local_jump)),
             "mangle": ((self.chain, self.reply, self.queue, self.log),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain,), (self.nat_jump,)),
@@ -89,6 +102,7 @@ class Names:
         return {"queued": re.compile(rf"^\[(\d+):\d+\] -A {queues} (?:{TO_DIRECTOR} )?"
                                      r"-j NFQUEUE ", re.M),
                 "shed": re.compile(rf"^\[(\d+):\d+\] -A {self.shed} -j DROP$", re.M),
+                "flood": re.compile(rf"^\[(\d+):\d+\] -A {self.flood} -j DROP$", re.M),
                 "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M)}
 
 
@@ -97,7 +111,8 @@ def names(queue_num: int) -> Names:
     characters: iptables allows 28)."""
     base = f"LOCALDIRECTOR{queue_num}"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
-                 f"{base}-SHED", f"{base}-DEFRAG", f"{base}-REPLY", f"{base}-LOG")
+                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
+                 f"{base}-LOG")
 
 
 Runner = Callable[[list[str], str], str]
@@ -119,14 +134,15 @@ def run_iptables(argv: list[str], stdin: str = "") -> str:
 
 def raw_rules(rules: RuleSet, n: Names) -> list[str]:
     """The raw match chain's rules, in a fixed order: per address, the SYN guards ahead
-    of the queue rules they protect."""
+    of the queue rules they protect (synguard's per source, then the budget of new
+    sources, so that one flooding address is shed, and counted, as synguard's)."""
     out: list[str] = []
     for direction, option, table, queue in (("-d", "--dport", rules.vips, n.queue),
                                             ("-s", "--sport", rules.reals, n.real_queue)):
         for addr, ports in table:
             host = f"{direction} {format_ip(addr)}/32"
             if direction == "-d":
-                out += _guards(rules, addr, n)
+                out += _guards(rules, addr, n) + flood_rules(addr, n)
             for port in ports:
                 match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
                 out.append(f"-A {n.chain} {host} -p tcp{match} -j {queue}")
@@ -135,8 +151,21 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
     userspace = {addr for addr, _ in rules.vips}
     for addr, _ports in rules.fastpath:
         if addr not in userspace:
-            out += _guards(rules, addr, n)
+            out += _guards(rules, addr, n) + flood_rules(addr, n)
     return out
+
+
+def flood_rules(addr: int, n: Names) -> list[str]:
+    """The SYN budget of new sources toward one VIP address: a client's ACK makes its
+    address known (a spoofed SYN flood sends none), and SYNs of addresses not known
+    share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name)."""
+    host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
+    known = f"--name {n.known} --mask 255.255.255.255 --rsource"
+    return [f"{host} --tcp-flags SYN,RST,ACK ACK -m recent --set {known}",
+            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m recent ! --rcheck "
+            f"--seconds {KNOWN_SECONDS} {known} -m hashlimit --hashlimit-above "
+            f"{NEW_SOURCE_SYNS}/sec --hashlimit-burst {NEW_SOURCE_SYNS} "
+            f"--hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
 
 
 def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
@@ -225,11 +254,13 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             f"-A {n.real_queue} {nfqueue}",
             f":{n.local} - [0:0]",
             f":{n.shed} - [0:0]",
+            f":{n.flood} - [0:0]",
             *delete("raw", n.local_jump),
             n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
             *(f"-A {n.local} -p icmp -m icmp --icmp-type {kind} -j {n.queue}"
               for kind in ICMP_ERRORS),
             f"-A {n.shed} -j DROP",
+            f"-A {n.flood} -j DROP",
             *raw[1:],
         ],
         "mangle": [

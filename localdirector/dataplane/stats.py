@@ -61,6 +61,7 @@ COUNTERS = (
     "unknown_resets",  # segments of unknown connections to a VIP answered with a RST
                        # (also counted under no-connection)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
+    "half_open_evicted",  # half-open connections given up to make room for a SYN
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
     "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)
     "fastpath_copies",  # bucket: a fast-path SYN-ACK, FIN or RST copy (NFLOG) taken note of

@@ -56,23 +56,11 @@ class Names:
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
-
-    @property
-    def known(self) -> str:
-        """The kernel's list (xt_recent) of client addresses that sent an ACK lately."""
-        return f"ldknown{self.queue_num}"
-
-    @property
-    def jump(self) -> str:
-        return f"-A PREROUTING -j {self.chain}"
-
-    @property
-    def local_jump(self) -> str:
-        return f"-A OUTPUT -p icmp -j {self.local}"
-
-    @property
-    def nat_jump(self) -> str:
-        return f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {self.chain}"
+    known: str           # the kernel's list (xt_recent) of addresses that sent an ACK lately
+    # The jumps from the built-in chains, as iptables-save prints them.
+    jump: str            # raw and mangle PREROUTING
+    local_jump: str      # raw OUTPUT
+    nat_jump: str        # nat PREROUTING, marked packets only
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -112,7 +100,9 @@ def names(queue_num: int) -> Names:
     base = f"LOCALDIRECTOR{queue_num}"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
-                 f"{base}-LOG")
+                 f"{base}-LOG", f"ldknown{queue_num}", f"-A PREROUTING -j {base}",
+                 f"-A OUTPUT -p icmp -j {base}-LOCAL",
+                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}")
 
 
 Runner = Callable[[list[str], str], str]

@@ -338,8 +338,8 @@ def test_no_virtual_and_no_real_drops() -> None:
 def test_global_connection_limit() -> None:
     lab_, _, _ = lab((A,))
     lab_.d.settings.max_conns = 2
-    lab_.syn(41000)
-    lab_.syn(41001)
+    lab_.open(41000)
+    lab_.open(41001)
     assert lab_.client("S", 41002)[0] == DROP and lab_.drops("conn-limit") == 1
 
 

@@ -18,12 +18,14 @@ from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
-from localdirector.dataplane.iptables import raw_rules
+from localdirector.dataplane.iptables import flood_rules, names, raw_rules
 from localdirector.dataplane.plane import DataPlane
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
 from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
+
+Q7 = names(7)   # the chains of the appliance on queue 7, as these tests install
 
 
 def sid(text: str) -> ServerId:
@@ -31,21 +33,50 @@ def sid(text: str) -> ServerId:
 
 
 class FakeIptables:
-    """Records iptables-restore input; `saved` is what iptables-save prints."""
+    """Records iptables-restore input. iptables-save lists the raw table as the restores
+    so far made it, from empty built-in chains; or, for the whole listing, `saved` when
+    given (leftovers, counters)."""
 
-    def __init__(self, saved: str = "*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") -> None:
+    def __init__(self, saved: str | None = None) -> None:
         self.saved = saved
         self.restored: list[str] = []
         self.fail = False
+        self.raw: dict[str, list[str]] = {"PREROUTING": [], "OUTPUT": []}
 
     def __call__(self, argv: list[str], stdin: str) -> str:
         if argv[0] == "iptables-save":
-            return self.saved
+            if self.saved is not None and argv != ["iptables-save", "-t", "raw"]:
+                return self.saved
+            return "".join(["*raw\n", *(f":{chain} - [0:0]\n" for chain in self.raw),
+                            *(rule + "\n" for rules in self.raw.values() for rule in rules),
+                            "COMMIT\n"])
         assert argv == ["iptables-restore", "--noflush"]
         if self.fail:
             raise RulesError("iptables-restore --noflush failed: line 3 failed")
         self.restored.append(stdin)
+        self._apply(stdin)
         return ""
+
+    def _apply(self, text: str) -> None:
+        table = ""
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif table == "raw" and line.startswith(":"):
+                self.raw[line[1:].split()[0]] = []
+            elif table == "raw" and line != "COMMIT":
+                word, chain, rest = (line + " ").split(" ", 2)
+                rules = self.raw.setdefault(chain, [])
+                if word == "-A":
+                    rules.append(line)
+                elif word == "-I":
+                    rules.insert(0, f"-A {chain} {rest.split(' ', 1)[1].strip()}")
+                elif word == "-D" and f"-A {chain} {rest.strip()}" in rules:
+                    rules.remove(f"-A {chain} {rest.strip()}")
+                elif word == "-F":
+                    rules.clear()
+                elif word == "-X":
+                    del self.raw[chain]
 
 
 def director() -> Director:
@@ -63,22 +94,25 @@ def director() -> Director:
 
 
 def test_rules_cover_vips_and_the_reply_ports_of_bound_reals() -> None:
-    assert raw_rules(desired_rules(director())) == [
-        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+    assert raw_rules(desired_rules(director()), Q7) == [
+        # Ahead of each VIP's queue rules, the SYN budget of new sources.
+        *flood_rules(0xC000020A, Q7),
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p icmp -j LOCALDIRECTOR7-QUEUE",
         # Port 0 virtual: every TCP port.
-        "-A LOCALDIRECTOR -d 192.0.2.20/32 -p tcp -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -d 192.0.2.20/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        *flood_rules(0xC0000214, Q7),
+        "-A LOCALDIRECTOR7 -d 192.0.2.20/32 -p tcp -j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -d 192.0.2.20/32 -p icmp -j LOCALDIRECTOR7-QUEUE",
         # Port-translating real: replies come from its own port.
-        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.11/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR7 -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j LOCALDIRECTOR7-REALQ",
+        "-A LOCALDIRECTOR7 -s 203.0.113.11/32 -p icmp -j LOCALDIRECTOR7-REALQ",
         # Port 0 real answers on the port of each virtual it serves.
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.12/32 -p icmp -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p tcp -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -s 203.0.113.13/32 -p icmp -j LOCALDIRECTOR-QUEUE",
+        "-A LOCALDIRECTOR7 -s 203.0.113.12/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR7-REALQ",
+        "-A LOCALDIRECTOR7 -s 203.0.113.12/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR7-REALQ",
+        "-A LOCALDIRECTOR7 -s 203.0.113.12/32 -p icmp -j LOCALDIRECTOR7-REALQ",
+        "-A LOCALDIRECTOR7 -s 203.0.113.13/32 -p tcp -j LOCALDIRECTOR7-REALQ",
+        "-A LOCALDIRECTOR7 -s 203.0.113.13/32 -p icmp -j LOCALDIRECTOR7-REALQ",
     ]
 
 
@@ -90,9 +124,9 @@ def test_an_unbound_backup_real_has_its_replies_queued() -> None:
         d.add_real(sid("203.0.113.14"))
         d.real(sid("203.0.113.12")).backup = sid("203.0.113.14")
         d.real(sid("203.0.113.14")).backup = sid("203.0.113.12")  # a loop ends the walk
-    lines = raw_rules(desired_rules(d))
-    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR-QUEUE" in lines
-    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR-QUEUE" in lines
+    lines = raw_rules(desired_rules(d), Q7)
+    assert "-A LOCALDIRECTOR7 -s 203.0.113.14/32 -p tcp -m tcp --sport 80 -j LOCALDIRECTOR7-REALQ" in lines
+    assert "-A LOCALDIRECTOR7 -s 203.0.113.14/32 -p tcp -m tcp --sport 443 -j LOCALDIRECTOR7-REALQ" in lines
 
 
 def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:
@@ -102,28 +136,28 @@ def test_live_connections_stay_queued_after_their_real_is_unbound() -> None:
         d.conns.add(Connection(0xC6336402, 40000, v.addr, 80, v, r, time.monotonic()))
         d.remove_real(r.sid)
         d.remove_virtual(sid("192.0.2.10:443"))
-    lines = raw_rules(desired_rules(d))
+    lines = raw_rules(desired_rules(d), Q7)
     assert any("-s 203.0.113.11/32 -p tcp -m tcp --sport 8001" in line for line in lines)
     assert not any("--dport 443" in line for line in lines)
 
 
 def test_install_replaces_stale_chains_and_leaves_exactly_one_jump() -> None:
-    fake = FakeIptables("*raw\n:PREROUTING ACCEPT [0:0]\n:LOCALDIRECTOR - [0:0]\n"
-                        ":LOCALDIRECTOR-QUEUE - [0:0]\n-A PREROUTING -j LOCALDIRECTOR\n"
-                        "-A PREROUTING -j LOCALDIRECTOR\nCOMMIT\n")
+    fake = FakeIptables("*raw\n:PREROUTING ACCEPT [0:0]\n:LOCALDIRECTOR7 - [0:0]\n"
+                        ":LOCALDIRECTOR7-QUEUE - [0:0]\n-A PREROUTING -j LOCALDIRECTOR7\n"
+                        "-A PREROUTING -j LOCALDIRECTOR7\nCOMMIT\n")
     manager = RuleManager(7, fake)
     manager.install(desired_rules(director()))
     text = fake.restored[0].splitlines()
     assert text[:7] == [
         "*raw",
-        ":LOCALDIRECTOR - [0:0]",
-        ":LOCALDIRECTOR-QUEUE - [0:0]",
-        "-D PREROUTING -j LOCALDIRECTOR",
-        "-D PREROUTING -j LOCALDIRECTOR",
-        "-I PREROUTING 1 -j LOCALDIRECTOR",
-        "-A LOCALDIRECTOR-QUEUE -j NOTRACK",
+        ":LOCALDIRECTOR7 - [0:0]",
+        ":LOCALDIRECTOR7-QUEUE - [0:0]",
+        "-D PREROUTING -j LOCALDIRECTOR7",
+        "-D PREROUTING -j LOCALDIRECTOR7",
+        "-I PREROUTING 1 -j LOCALDIRECTOR7",
+        "-A LOCALDIRECTOR7-QUEUE -j NOTRACK",
     ]
-    assert text[7] == "-A LOCALDIRECTOR-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass"
+    assert text[7] == "-A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass"
     assert text[-1] == "COMMIT"
 
 
@@ -140,17 +174,17 @@ def test_update_is_one_transaction_and_skipped_when_nothing_changed() -> None:
         d.remove_virtual(sid("192.0.2.20:0"))
     assert manager.update(desired_rules(d)) is True
     update = fake.restored[-1].splitlines()
-    assert update[:2] == ["*raw", ":LOCALDIRECTOR - [0:0]"]
+    assert update[:2] == ["*raw", ":LOCALDIRECTOR7 - [0:0]"]
     assert not any("192.0.2.20" in line or "PREROUTING" in line for line in update)
     assert len(fake.restored) == installed + 1
 
 
 def test_remove_takes_out_what_exists() -> None:
-    fake = FakeIptables("*raw\n:LOCALDIRECTOR - [0:0]\n-A PREROUTING -j LOCALDIRECTOR\n"
+    fake = FakeIptables("*raw\n:LOCALDIRECTOR7 - [0:0]\n-A PREROUTING -j LOCALDIRECTOR7\n"
                         "COMMIT\n")
     RuleManager(7, fake).remove()
-    assert fake.restored == ["*raw\n-D PREROUTING -j LOCALDIRECTOR\n-F LOCALDIRECTOR\n"
-                             "-X LOCALDIRECTOR\nCOMMIT\n"]
+    assert fake.restored == ["*raw\n-D PREROUTING -j LOCALDIRECTOR7\n-F LOCALDIRECTOR7\n"
+                             "-X LOCALDIRECTOR7\nCOMMIT\n"]
     clean = FakeIptables()
     RuleManager(7, clean).remove()
     assert clean.restored == []
@@ -224,8 +258,9 @@ def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> 
     assert set(stats) == {
         "queue", "engine", "connections", "worker_errors", "tick_errors", "oversize",
         "socket_overruns", "log_overruns", "kernel", "ip_errors", "rule_counters", "marks",
-        "conntrack_errors", "rule_transactions", "rule_errors", "rules_synced", "uptime",
-        "reloads"}
+        "conntrack_errors", "rule_transactions", "rule_errors", "rule_repairs",
+        "rules_synced", "uptime",
+        "reloads", "sticky"}
     assert (stats["queue"], stats["connections"], stats["reloads"]) == (7, 0, 0)
     assert (stats["rule_counters"], stats["rules_synced"], stats["uptime"]) == (None, False, 0.0)
     assert plane.clear_conns() == 0

@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP
 from test_engine import CLIENT, VIP, A, B, C, Lab, pool, sid
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_MODIFIED, DROP, Engine
-from localdirector.dataplane.iptables import dispatch_rules, nat_rules, raw_rules
+from localdirector.dataplane.iptables import dispatch_rules, names, nat_rules, raw_rules
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules
 from localdirector.model import maglev
 from localdirector.model.addr import parse_ip
@@ -113,9 +113,10 @@ def test_rules_clone_marked_packets_to_the_real_and_queue_no_replies() -> None:
     assert {t for t in rules.targets} == {(parse_ip(A), DISPATCH_PORT),
                                           (parse_ip(B), DISPATCH_PORT)}
     marks = MarkMap().assign(rules.targets)
-    text = dispatch_rules(rules, marks)
-    assert f"-A LOCALDIRECTOR -m mark --mark 0x{marks[(parse_ip(A), -1)]:x}/0xffff0000 " \
+    q7 = names(7)
+    text = dispatch_rules(rules, marks, q7)
+    assert f"-A {q7.chain} -m mark --mark 0x{marks[(parse_ip(A), -1)]:x}/0xffff0000 " \
            f"-j TEE --gateway {A}" in text
     assert len(text) == 4 and text[1].endswith("-j DROP")
-    assert nat_rules(rules, marks) == []
-    assert any(f"-d {VIP}/32" in line for line in raw_rules(rules))
+    assert nat_rules(rules, marks, q7) == []
+    assert any(f"-d {VIP}/32" in line for line in raw_rules(rules, q7))

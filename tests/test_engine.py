@@ -87,12 +87,17 @@ class Lab:
 
     def client(self, flags: str, cport: int = 40000, client: str = CLIENT, vip: str = VIP,
                vport: int = 80, load: bytes = b"") -> tuple[int, IP | None]:
-        pkt = IP(src=client, dst=vip) / TCP(sport=cport, dport=vport, flags=flags, seq=1000)
+        # Sequence numbers as a real handshake leaves them: the client's ISN 1000, the
+        # real's 5000, nothing counted for data (the engine checks only RSTs and FINs).
+        pkt = IP(src=client, dst=vip) / TCP(sport=cport, dport=vport, flags=flags,
+                                            seq=1000 if "S" in flags else 1001,
+                                            ack=5001 if "A" in flags else 0)
         return self.send(pkt / Raw(load) if load else pkt)
 
     def real(self, conn: Connection, flags: str, load: bytes = b"") -> tuple[int, IP | None]:
         pkt = IP(src=format_ip(conn.real_ip), dst=format_ip(conn.foreign_ip)) / TCP(
-            sport=conn.real_port, dport=conn.nat_port, flags=flags, seq=5000)
+            sport=conn.real_port, dport=conn.nat_port, flags=flags,
+            seq=5000 if "S" in flags else 5001, ack=1001)
         return self.send(pkt / Raw(load) if load else pkt)
 
     def conn(self, cport: int = 40000, client: str = CLIENT, vip: str = VIP,
@@ -303,7 +308,10 @@ def test_sticky_keeps_a_client_on_its_real() -> None:
     first = lab_.syn(41000).real
     # Round robin alone would alternate; the client stays on its real.
     assert all(lab_.syn(41001 + i).real is first for i in range(4))
-    lab_.advance(6 * 60)  # idle longer than the sticky minutes: the predictor decides again
+    lab_.advance(76)      # the half-open connections time out: the clock starts
+    assert len(v.sticky_table) == 1
+    lab_.advance(5 * 60)  # no connection for the sticky minutes: the predictor decides again
+    assert not v.sticky_table
     second = lab_.syn(41100).real
     assert second is not first
     assert lab_.syn(41101).real is second
@@ -330,8 +338,8 @@ def test_no_virtual_and_no_real_drops() -> None:
 def test_global_connection_limit() -> None:
     lab_, _, _ = lab((A,))
     lab_.d.settings.max_conns = 2
-    lab_.syn(41000)
-    lab_.syn(41001)
+    lab_.open(41000)
+    lab_.open(41001)
     assert lab_.client("S", 41002)[0] == DROP and lab_.drops("conn-limit") == 1
 
 
@@ -366,11 +374,18 @@ def test_out_of_service_drains() -> None:
     assert ra.current_conns == 0
 
 
-def test_non_syn_toward_vip_without_connection_is_dropped() -> None:
+def test_non_syn_toward_vip_without_connection_is_dropped_and_reset() -> None:
+    """Dropped, and answered with the RST a closed port sends (at the sequence the
+    segment acknowledges); a RST is never answered."""
     lab_, _, _ = lab((A,))
-    for flags in ("A", "PA", "FA", "R", "SA"):
-        assert lab_.client(flags)[0] == DROP
+    for flags in ("A", "PA", "FA", "SA"):
+        verdict, out = lab_.client(flags)
+        assert verdict == ACCEPT_MODIFIED
+        assert (out.src, out.dst, out[TCP].sport, out[TCP].dport) == (VIP, CLIENT, 80, 40000)
+        assert (str(out[TCP].flags), out[TCP].seq, out[TCP].ack) == ("R", 5001, 0)
+    assert lab_.client("R")[0] == DROP
     assert lab_.drops("no-connection") == 5 and len(lab_.d.conns) == 0
+    assert lab_.engine.stats.unknown_resets == 4
 
 
 def test_real_talking_to_others_passes_unchanged() -> None:
@@ -551,7 +566,7 @@ def test_clear_conns() -> None:
     lab_.syn(42000)
     assert lab_.engine.clear_conns() == 4
     lab_.assert_idle()
-    assert lab_.client("A", 41000)[0] == DROP
+    assert lab_.client("A", 41000)[1][TCP].flags == "R"   # the client learns at once
 
 
 # -- port reuse ------------------------------------------------------------------------

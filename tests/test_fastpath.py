@@ -19,7 +19,7 @@ from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.iptables import mangle_rules, nat_rules, raw_rules
+from localdirector.dataplane.iptables import mangle_rules, names, nat_rules, raw_rules
 from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
 from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
@@ -31,6 +31,8 @@ from localdirector.model.fastpath import fast_targets, group, mixed
 from localdirector.model.state import State
 
 # -- engine -----------------------------------------------------------------------------
+
+Q7 = names(7)   # the chains of the appliance on queue 7, as these tests install
 
 
 class FakeConntrack:
@@ -359,30 +361,30 @@ def fast_director() -> Director:
 
 def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     rules = desired_rules(fast_director())
-    raw = raw_rules(rules)
+    raw = raw_rules(rules, Q7)
     assert not any("192.0.2.10/32 -p tcp -m tcp --dport 80 -j" in line for line in raw)
     assert not any("203.0.113.1" + n in line for line in raw for n in "123")
-    assert "-A LOCALDIRECTOR -s 203.0.113.14/32 -p tcp -m tcp --sport 443 " \
-           "-j LOCALDIRECTOR-QUEUE" in raw
-    guard = [line for line in raw if "hashlimit" in line]   # shed before conntrack sees it
+    assert "-A LOCALDIRECTOR7 -s 203.0.113.14/32 -p tcp -m tcp --sport 443 " \
+           "-j LOCALDIRECTOR7-REALQ" in raw
+    guard = [line for line in raw if "ldsg" in line]   # shed before conntrack sees it
     assert len(guard) == 1 and "-d 192.0.2.10/32" in guard[0]
-    assert mangle_rules(rules) == [
-        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
-        "-j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
-        "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR-LOG",
-        "-A LOCALDIRECTOR-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY "
-        "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR-QUEUE",
-        "-A LOCALDIRECTOR-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
-        "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR-LOG",
+    assert mangle_rules(rules, Q7) == [
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
+        "-j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
+        "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-LOG",
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY "
+        "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
+        "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-LOG",
     ]
     marks = {t: m for t, m in zip(rules.targets, (0x10000, 0x20000, 0x30000))}
-    assert nat_rules(rules, marks) == [
-        "-A LOCALDIRECTOR -p tcp -m mark --mark 0x10000/0xffff0000 "
+    assert nat_rules(rules, marks, Q7) == [
+        "-A LOCALDIRECTOR7 -p tcp -m mark --mark 0x10000/0xffff0000 "
         "-j DNAT --to-destination 203.0.113.11:8001",
-        "-A LOCALDIRECTOR -p tcp -m mark --mark 0x20000/0xffff0000 "
+        "-A LOCALDIRECTOR7 -p tcp -m mark --mark 0x20000/0xffff0000 "
         "-j DNAT --to-destination 203.0.113.12",          # port 0: the client's port stays
-        "-A LOCALDIRECTOR -p tcp -m mark --mark 0x30000/0xffff0000 "
+        "-A LOCALDIRECTOR7 -p tcp -m mark --mark 0x30000/0xffff0000 "
         "-j DNAT --to-destination 203.0.113.13",          # the backup real may get one too
     ]
 
@@ -390,9 +392,9 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 def test_port_zero_fast_virtual_matches_every_port() -> None:
     d = Director()
     d.add_virtual(sid("192.0.2.30:0")).fastpath = True
-    lines = mangle_rules(desired_rules(d))
-    assert lines[0] == ("-A LOCALDIRECTOR -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
-                        "-j LOCALDIRECTOR-QUEUE")
+    lines = mangle_rules(desired_rules(d), Q7)
+    assert lines[0] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
+                        "-j LOCALDIRECTOR7-QUEUE")
     assert all("--dport" not in line and "--ctorigdstport" not in line for line in lines)
 
 
@@ -414,11 +416,11 @@ def test_install_update_remove_cover_mangle_and_nat() -> None:
     text = fake.restored[0]
     assert text.startswith("*raw\n")
     mangle = text.split("*mangle\n")[1].split("COMMIT")[0].splitlines()
-    assert {"-I PREROUTING 1 -j LOCALDIRECTOR", "-I FORWARD 1 -j LOCALDIRECTOR-REPLY",
-            "-A LOCALDIRECTOR-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass",
-            "-A LOCALDIRECTOR-LOG -j NFLOG --nflog-group 7 --nflog-size 128"} <= set(mangle)
+    assert {"-I PREROUTING 1 -j LOCALDIRECTOR7", "-I FORWARD 1 -j LOCALDIRECTOR7-REPLY",
+            "-A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass",
+            "-A LOCALDIRECTOR7-LOG -j NFLOG --nflog-group 7 --nflog-size 128"} <= set(mangle)
     nat = text.split("*nat\n")[1].split("COMMIT")[0].splitlines()
-    assert "-I PREROUTING 1 -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR" in nat
+    assert "-I PREROUTING 1 -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR7" in nat
     assert seen[-1] == {t: m for t, m in seen[-1].items()} and len(seen[-1]) == 3
     # A change on the userspace side rewrites raw only; the mark map stays.
     with d.lock:
@@ -427,29 +429,29 @@ def test_install_update_remove_cover_mangle_and_nat() -> None:
     assert fake.restored[-1].startswith("*raw\n") and "*mangle" not in fake.restored[-1]
     assert seen[-1] == seen[0]
     leftovers = FakeIptables(
-        "*raw\n:LOCALDIRECTOR - [0:0]\n-A PREROUTING -j LOCALDIRECTOR\nCOMMIT\n"
-        "*mangle\n:LOCALDIRECTOR - [0:0]\n:LOCALDIRECTOR-REPLY - [0:0]\n"
-        ":LOCALDIRECTOR-QUEUE - [0:0]\n:LOCALDIRECTOR-LOG - [0:0]\n"
-        "-A PREROUTING -j LOCALDIRECTOR\n-A FORWARD -j LOCALDIRECTOR-REPLY\nCOMMIT\n"
-        "*nat\n:LOCALDIRECTOR - [0:0]\n"
-        "-A PREROUTING -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR\nCOMMIT\n")
+        "*raw\n:LOCALDIRECTOR7 - [0:0]\n-A PREROUTING -j LOCALDIRECTOR7\nCOMMIT\n"
+        "*mangle\n:LOCALDIRECTOR7 - [0:0]\n:LOCALDIRECTOR7-REPLY - [0:0]\n"
+        ":LOCALDIRECTOR7-QUEUE - [0:0]\n:LOCALDIRECTOR7-LOG - [0:0]\n"
+        "-A PREROUTING -j LOCALDIRECTOR7\n-A FORWARD -j LOCALDIRECTOR7-REPLY\nCOMMIT\n"
+        "*nat\n:LOCALDIRECTOR7 - [0:0]\n"
+        "-A PREROUTING -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR7\nCOMMIT\n")
     RuleManager(7, leftovers).remove()
     removal = leftovers.restored[0]
     for table in ("raw", "mangle", "nat"):
         body = removal.split(f"*{table}\n")[1].split("COMMIT")[0]
-        assert "-D PREROUTING" in body and "-X LOCALDIRECTOR\n" in body
-    assert "-X LOCALDIRECTOR-LOG" in removal and "-D FORWARD -j LOCALDIRECTOR-REPLY" in removal
+        assert "-D PREROUTING" in body and "-X LOCALDIRECTOR7\n" in body
+    assert "-X LOCALDIRECTOR7-LOG" in removal and "-D FORWARD -j LOCALDIRECTOR7-REPLY" in removal
 
 
 def test_counters_add_both_queues_and_count_copies() -> None:
     fake = FakeIptables()
     manager = RuleManager(7, fake)
     manager.install(desired_rules(fast_director()))
-    fake.saved = ("*raw\n[10:1] -A LOCALDIRECTOR-QUEUE -j NFQUEUE --queue-num 7 "
-                  "--queue-bypass\nCOMMIT\n*mangle\n[5:1] -A LOCALDIRECTOR-QUEUE -j NFQUEUE "
-                  "--queue-num 7 --queue-bypass\n[15:1] -A LOCALDIRECTOR-LOG -j NFLOG "
+    fake.saved = ("*raw\n[10:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 "
+                  "--queue-bypass\nCOMMIT\n*mangle\n[5:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE "
+                  "--queue-num 7 --queue-bypass\n[15:1] -A LOCALDIRECTOR7-LOG -j NFLOG "
                   "--nflog-group 7 --nflog-size 128\nCOMMIT\n")
-    assert manager.counters() == {"queued": 15, "shed": 0, "logged": 15}
+    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "logged": 15}
 
 
 # -- which virtuals share a mode ---------------------------------------------------------

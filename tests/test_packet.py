@@ -243,14 +243,16 @@ def check_rewrite(raw: bytes, direction: str, new_ip: int, new_port: int) -> byt
     buf = bytearray(raw)
     parsed = P.parse_tcp(buf)
     assert isinstance(parsed, tuple)
-    ihl, total, src, dst, sport, dport, flags = parsed
+    ihl, total, src, dst, sport, dport, flags, seq, ack = parsed
     assert ihl == ihl_of(raw) and total == len(raw)
     if direction == "dst":
         P.rewrite(buf, ihl, new_ip, new_port, True)
-        assert P.parse_tcp(buf) == (ihl, total, src, new_ip, sport, new_port, flags)
+        assert P.parse_tcp(buf) == (ihl, total, src, new_ip, sport, new_port, flags,
+                                     seq, ack)
     else:
         P.rewrite(buf, ihl, new_ip, new_port, False)
-        assert P.parse_tcp(buf) == (ihl, total, new_ip, dst, new_port, dport, flags)
+        assert P.parse_tcp(buf) == (ihl, total, new_ip, dst, new_port, dport, flags,
+                                     seq, ack)
     assert field16(buf, 10) == ip_checksum_full(buf, ihl)
     assert field16(buf, ihl + 16) == P.tcp_checksum_full(buf, ihl)
     assert bytes(buf) == scapy_translated(raw, direction, new_ip, new_port)
@@ -372,7 +374,7 @@ def test_parse_valid_packet_with_options() -> None:
     raw = sample()
     assert ihl_of(raw) == 28
     assert P.parse_tcp(bytearray(raw)) == (28, len(raw), 0xC6336407, 0xC000020A, 40000, 80,
-                                           P.SYN)
+                                           P.SYN, 1, 0)
 
 
 def test_every_cut_inside_the_headers_is_truncated() -> None:
@@ -617,7 +619,7 @@ def test_parsers_never_raise_and_rewrites_stay_in_bounds(data: bytes) -> None:
     reasons = range(1, len(P.REASON_NAMES))
     parsed = P.parse_tcp(bytearray(data))
     if isinstance(parsed, tuple):
-        ihl, total, src, dst, sport, dport, flags = parsed
+        ihl, total, src, dst, sport, dport, flags, seq, ack = parsed
         assert total == int.from_bytes(data[2:4], "big")
         assert ihl == ihl_of(data) and ihl + (data[ihl + 12] >> 4) * 4 <= len(data)
         assert (src, dst, sport, dport, flags) == (

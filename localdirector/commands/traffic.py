@@ -60,7 +60,8 @@ def show_statistics(session: Session) -> None:
         f"{stats['connections']} connections (limit {session.director.settings.max_conns}), "
         f"{stats['reloads']} reloads",
         f"Rules:       {stats['rule_transactions']} transactions, "
-        f"{stats['rule_errors']} errors, {'in sync' if stats['rules_synced'] else 'pending'}",
+        f"{stats['rule_errors']} errors, {stats['rule_repairs']} repairs (rules lost and "
+        f"reinstalled), {'in sync' if stats['rules_synced'] else 'pending'}",
     ]
     if kernel is None:
         lines.append("Kernel:      queue not bound")
@@ -68,11 +69,12 @@ def show_statistics(session: Session) -> None:
         # queued + copied (fast path) = engine packets + waiting + both kinds of dropped
         # + lost copies (overruns): nothing is lost unaccounted between the kernel and
         # the engine.
-        counted = stats["rule_counters"] or {"queued": "?", "shed": "?"}
+        counted = stats["rule_counters"] or {"queued": "?", "shed": "?", "flood": "?"}
         lines.append(f"Kernel:      {counted['queued']} queued, {kernel.waiting} waiting, "
                      f"{kernel.queue_dropped} dropped (queue full), {kernel.user_dropped} "
                      f"dropped (socket full), {stats['socket_overruns']} overruns, "
-                     f"{counted['shed']} SYNs shed (synguard)")
+                     f"{counted['shed']} SYNs shed (synguard), {counted['flood']} SYNs "
+                     "shed (new sources)")
     logged = (stats["rule_counters"] or {}).get("logged", "?")
     lines.append(f"Fast path:   {stats['marks']} reals in the mark map, "
                  f"{engine['fastpath_conns']} connections handed to the kernel, "
@@ -81,6 +83,9 @@ def show_statistics(session: Session) -> None:
     lines.append(probes)
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
                  f"{stats['oversize']} too long to translate")
+    remembered, not_remembered = stats["sticky"]
+    lines.append(f"Sticky:      {remembered} clients remembered, {not_remembered} not "
+                 "remembered (table full)")
     if stats["ip_errors"]:
         lines.append("IP input:    " + ", ".join(f"{n} {what}"
                                                  for what, n in stats["ip_errors"].items())

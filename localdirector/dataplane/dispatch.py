@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ..model import maglev
 from ..model.connection import Connection
-from ..model.director import Director
 from ..model.real import PhysicalMachine
+from ..model.virtual import VirtualMachine
 from .fastpath import FastPath
 from .ruleset import DISPATCH_PORT
 from .stats import MARK_PENDING, Stats
@@ -35,14 +35,10 @@ class Dispatch:
         """A client's packet of a known connection, to its real unchanged."""
         return self._to(conn.real.addr)
 
-    def stranger(self, director: Director, src: int, dst: int, dport: int,
-                 flow: int) -> int | None:
-        """A client's packet (not a SYN) of a flow no connection holds: to the real the
-        Maglev table of the client's instance names (the Bind ID still selects it), or
-        None when the destination is no dispatched virtual's."""
-        virtual = director.lookup_virtual(src, dst, dport)
-        if virtual is None or not virtual.dispatched:
-            return None
+    def stranger(self, virtual: VirtualMachine, flow: int) -> int | None:
+        """A client's packet (not a SYN) of a flow no connection holds, to a dispatched
+        `virtual` (the instance its Bind ID selects): to the real the virtual's Maglev
+        table names; None when the table is empty."""
         table = maglev.table_for(virtual)
         if table is None:
             return None

@@ -10,6 +10,7 @@ what the fast path does differently: fastpath.py and "Fast path".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,8 @@ from ..model.connection import (
     CLOSED,
     ESTABLISHED,
     FASTPATH,
+    FIN_IN,
+    FIN_OUT,
     FIN_WAIT,
     SYN_RCVD,
     SYN_SENT,
@@ -25,6 +28,7 @@ from ..model.connection import (
 )
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
+from ..model.predictors import STICKY_LIMIT, expire_sticky, sticky_closed
 from ..model.real import PhysicalMachine
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
@@ -54,7 +58,9 @@ from .stats import (
     NO_CONNECTION,
     NO_REAL,
     NO_VIRTUAL,
+    OUT_OF_WINDOW,
     RESET_ABSORBED,
+    RST_IN_WINDOW,
     STALE_REPLY,
     SYNGUARD,
     Stats,
@@ -64,11 +70,26 @@ from .verdicts import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 # The worker's verdicts are imported from here, with the engine.
 __all__ = ["Engine", "DROP", "ACCEPT_UNCHANGED", "ACCEPT_MODIFIED", "ACCEPT_MARK"]
 
+log = logging.getLogger("localdirector")
+
 RESPONSE_WEIGHT = 0.25    # EWMA weight of a new response-time sample (`fastest`)
+STICKY_LOG_INTERVAL = 60.0  # seconds between two "sticky table full" messages
+# RSTs for segments of unknown connections, per tick (about half a second): a spoofed
+# flood of such segments is not reflected at more than twice this a second.
+RESETS_PER_TICK = 500
+# Half-open connections a full table gives up at once for a new SYN: one walk of the
+# timers pays for the next SYNs too.
+EVICT_BATCH = 64
 
 _CONTROL = SYN | FIN | RST
 _ENDS = FIN | RST
 _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
+# How far from the sequence a side expects a FIN may lie, and a RST beyond it, and still
+# be in window (docs/design.rst, "Sequence checks"): more than any receive window a
+# default Linux stack opens, far less than the 2**32 a blind attacker must cover.
+SEQ_WINDOW = 1 << 22
+_SEQ_MASK = 0xFFFFFFFF
+_BOTH_FINS = FIN_IN | FIN_OUT
 
 
 class Engine:
@@ -88,6 +109,9 @@ class Engine:
         self._probes: dict[PhysicalMachine, Connection] = {}
         self._vip_generation = -1
         self._vip_addrs: frozenset[int] = frozenset()
+        self._resets_left = RESETS_PER_TICK
+        self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
+        self._sticky_logged_at = float("-inf")
 
     # The fast path's state, as the data-plane service and the worker know it.
     @property
@@ -124,7 +148,7 @@ class Engine:
         with self._lock:
             if type(fields) is int:
                 return self._not_tcp(buf, fields)
-            ihl, size, src, dst, sport, dport, flags = fields
+            ihl, size, src, dst, sport, dport, flags, seq, ack = fields
             now = self.clock()
             key = (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key, inlined
             conns = self.director.conns
@@ -137,25 +161,27 @@ class Engine:
                 conn = conns.reply.get(key)
                 if conn is not None:
                     if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
-                        verdict = self._real_control(conn, flags, now)
+                        verdict = self._real_control(conn, flags, seq, now)
                         if verdict is not None:
                             return verdict
-                    return self._forward_out(buf, ihl, size, conn, dst, now)
+                    return self._forward_out(buf, ihl, size, conn, dst, ack, now)
             conn = conns.inbound.get(key)
             if conn is not None:
                 if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
                     verdict = self._client_control(buf, ihl, conn, src, dst, sport, dport,
-                                                   flags, now)
+                                                   flags, seq, now)
                     if verdict is not None:
                         return verdict
-                return self._forward_in(buf, ihl, size, conn, src, now)
+                return self._forward_in(buf, ihl, size, conn, src, ack, now)
             return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
 
     def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
-                    now: float) -> int:
+                    ack: int, now: float) -> int:
         """Client -> real: destination to the real, client port to `remap` if remapped.
-        `size`: the IP total length (the queue may copy less)."""
+        `size`: the IP total length (the queue may copy less); `ack`: the packet's
+        acknowledgment number, the sequence the real's RST must carry."""
         conn.last_seen = now
+        conn.ack_in = ack
         virtual = conn.virtual
         virtual.packets_in += 1
         virtual.bytes_in += size
@@ -171,9 +197,10 @@ class Engine:
         return ACCEPT_MODIFIED
 
     def _forward_out(self, buf: bytearray, ihl: int, size: int, conn: Connection, dst: int,
-                     now: float) -> int:
+                     ack: int, now: float) -> int:
         """Real -> client: source back to the VIP:port the client used, and its own port."""
         conn.last_seen = now
+        conn.ack_out = ack
         virtual = conn.virtual
         virtual.packets_out += 1
         virtual.bytes_out += size
@@ -208,7 +235,8 @@ class Engine:
 
     # -- TCP state -----------------------------------------------------------------
     def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                        sport: int, dport: int, flags: int, now: float) -> int | None:
+                        sport: int, dport: int, flags: int, seq: int,
+                        now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual.
         A fast-path connection's client packet is a SYN queued while conntrack has seen no
         answer, a copy of a FIN or RST, or anything conntrack picked up as new (it lost
@@ -219,6 +247,11 @@ class Engine:
             return self._client_syn(buf, ihl, conn, src, dst, sport, dport, now)
         state = conn.tcp_state
         if state is not CLOSED:
+            if flags & _ENDS and conn.answered and not conn.fastpath \
+                    and not conn.virtual.dispatched:   # the real's ACKs never pass here
+                verdict = self._out_of_sequence(flags, seq, conn.ack_out)
+                if verdict is not None:
+                    return verdict
             if flags & RST:
                 self._closing(conn, now)
             elif flags & FIN:
@@ -261,17 +294,25 @@ class Engine:
                     return self._refuse(buf, ihl, conn.virtual)
         return self._fastpath.mark(conn) if conn.fastpath else None
 
-    def _real_control(self, conn: Connection, flags: int, now: float) -> int | None:
-        """State changes driven by the real; a verdict, or None to translate as usual."""
+    def _real_control(self, conn: Connection, flags: int, seq: int,
+                      now: float) -> int | None:
+        """State changes driven by the real; a verdict, or None to translate as usual.
+        Before the real answered, a RST is its refusal of the SYN: nothing to check its
+        sequence against (and it moves the connection, see _reassign)."""
         if _bad_flags(flags):
             return self._drop(BAD_FLAGS)
         if conn.tcp_state is not CLOSED:
+            if flags & _ENDS and conn.answered and not conn.fastpath:
+                verdict = self._out_of_sequence(flags, seq, conn.ack_in)
+                if verdict is not None:
+                    return verdict
             if flags & RST:
                 if not conn.answered and self._reassign(conn, now, reset=True):
                     return self._drop(RESET_ABSORBED)
                 self._closing(conn, now)
             elif flags & SYN:
                 if flags & ACK and not conn.answered:
+                    conn.ack_in = (seq + 1) & _SEQ_MASK  # until the client's ACK says so
                     self._answered(conn, now)
             elif flags & FIN:
                 self._fin(conn, now, client=False)
@@ -283,15 +324,30 @@ class Engine:
         self._answered(conn, now)
         self.director.conns.set_state(conn, ESTABLISHED)
 
+    def _out_of_sequence(self, flags: int, seq: int, expected: int) -> int | None:
+        """DROP for a RST or FIN an off-path sender may have guessed, None for one its
+        peer can have sent (docs/design.rst, "Sequence checks"). `expected`: the last
+        acknowledgment the other side sent. A RST must carry exactly that sequence (RFC
+        5961): one merely in window is dropped rather than answered with a challenge
+        ACK, as the peer's next segment draws the exact RST from a closed endpoint. A
+        FIN may lie a window either side (retransmitted, or after unacknowledged data)."""
+        offset = (seq - expected) & _SEQ_MASK
+        if flags & RST:
+            if offset == 0:
+                return None
+            return self._drop(RST_IN_WINDOW if offset < SEQ_WINDOW else OUT_OF_WINDOW)
+        if offset < SEQ_WINDOW or offset > _SEQ_MASK - SEQ_WINDOW:
+            return None
+        return self._drop(OUT_OF_WINDOW)
+
     def _fin(self, conn: Connection, now: float, client: bool) -> None:
         """A FIN from one side; from both, the connection is over. A dispatched real's
         FIN never passes here: the client's ends it, and the table forwards the rest."""
         if client:
-            conn.fin_in = True
-            conn.fin_out = conn.fin_out or conn.virtual.dispatched
+            conn.bits |= _BOTH_FINS if conn.virtual.dispatched else FIN_IN
         else:
-            conn.fin_out = True
-        if conn.fin_in and conn.fin_out:
+            conn.bits |= FIN_OUT
+        if conn.bits & _BOTH_FINS == _BOTH_FINS:
             self._closing(conn, now)
         elif conn.tcp_state is not FIN_WAIT:
             self.director.conns.set_state(conn, FIN_WAIT)
@@ -327,17 +383,30 @@ class Engine:
         if flags & _CLIENT_SYN_MASK != SYN:
             if _bad_flags(flags):
                 return self._drop(BAD_FLAGS)
-            if flags & _ENDS:
-                virtual = self.director.lookup_virtual(src, dst, dport)
-                if virtual is not None and virtual.fastpath:
+            virtual = self.director.lookup_virtual(src, dst, dport)
+            if virtual is not None and virtual.fastpath:
+                if flags & _ENDS:
                     # The end of a fast-path connection the engine does not know
                     # (cleared, or from before a restart): conntrack translates it, if it
                     # has it.
                     return self._fastpath.noted()
-            verdict = self._dispatch.stranger(self.director, src, dst, dport, key)
-            if verdict is not None:
-                return verdict
-            return self._drop(NO_CONNECTION)
+                return self._drop(NO_CONNECTION)
+            if virtual is not None and virtual.dispatched:
+                # ECMP moved the flow here from another director, or its connection
+                # ended here: it goes where the Maglev table says, as it went there.
+                verdict = self._dispatch.stranger(virtual, key)
+                if verdict is not None:
+                    return verdict
+            if virtual is None or flags & RST or self._resets_left <= 0:
+                return self._drop(NO_CONNECTION)
+            # Nobody knows this connection (from before a restart, or long closed): a
+            # RST tells the client now, as a closed port would, rather than letting it
+            # retransmit into silence for minutes.
+            self._resets_left -= 1
+            self.stats.drops[NO_CONNECTION] += 1
+            self.stats.unknown_resets += 1
+            reset_reply(buf, ihl)
+            return ACCEPT_MODIFIED
         if not tcp_checksum_valid(buf, ihl):
             return self._drop(BAD_CHECKSUM)
         return self._open(buf, ihl, src, dst, sport, dport, now)
@@ -347,7 +416,7 @@ class Engine:
         """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
         director = self.director
         table = director.conns.inbound
-        if len(table) >= director.settings.max_conns:
+        if len(table) >= director.settings.max_conns and not self._evict_half_open(now):
             return self._drop(CONN_LIMIT)
         virtual = director.lookup_virtual(src, dst, dport, count=True)
         if virtual is None:
@@ -383,7 +452,20 @@ class Engine:
         self.stats.conns_created += 1
         if fastpath:
             return self._fastpath.opened(conn)
-        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, now)
+        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
+
+    def _evict_half_open(self, now: float) -> bool:
+        """The table is full: give up its oldest half-open connections (a SYN flood's,
+        most likely) rather than refuse a new client; established ones are never given
+        up. False when there is none (docs/design.rst, "Packet flow")."""
+        victims = self._expiry.oldest_half_open(now, self.director.conns.inbound,
+                                                EVICT_BATCH)
+        for conn in victims:
+            if conn.fastpath:
+                self._fastpath.forget(conn)
+            self._close(conn, now)
+        self.stats.half_open_evicted += len(victims)
+        return bool(victims)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
         """Ditch the real that did not answer (or reset) the SYN; False when no other
@@ -429,6 +511,7 @@ class Engine:
         self._end_probe(conn)
         self._expiry.closed()
         self.stats.conns_closed += 1
+        sticky_closed(conn.virtual, conn.foreign_ip, conn.real, now)
         director = self.director
         if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
                 or director.reals.get(conn.real.sid) is not conn.real):
@@ -516,6 +599,26 @@ class Engine:
                 self._close(conn, now)
                 self.stats.conns_timed_out += 1
             self._ports.expire(now)
+            self._expire_sticky(now)
+            self._resets_left = RESETS_PER_TICK
+
+    def _expire_sticky(self, now: float) -> None:
+        """Sticky entries go `sticky` minutes after the client's last connection closed
+        (docs/design.rst, "Sticky"); a full table is said in the log, once a minute."""
+        full = 0
+        for virtual in self.director.virtuals.values():
+            if virtual.sticky_table:
+                expire_sticky(virtual, now)
+            full += virtual.sticky_full
+        if full < self._sticky_full_logged:   # `clear counters`
+            self._sticky_full_logged = 0
+        if full > self._sticky_full_logged and \
+                now - self._sticky_logged_at >= STICKY_LOG_INTERVAL:
+            log.warning("sticky table full (%d clients per virtual): %d new clients "
+                        "balanced without being remembered",
+                        STICKY_LIMIT, full - self._sticky_full_logged)
+            self._sticky_full_logged = full
+            self._sticky_logged_at = now
 
     # -- operator actions ----------------------------------------------------------
     def adopt(self, director: Director) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from ..model.connection import CLOSED, HALF_OPEN_STATES, Connection
 from ..model.virtual import VirtualMachine
-from .timers import TimerWheel
+from .timers import DROP, KEEP, TAKE, TimerWheel
 
 LINGER = 2.0              # closed connections keep translating this long (last ACK, RST races)
 EMBRYONIC_TIMEOUT = 75.0  # idle limit of a connection whose handshake has not completed
@@ -83,6 +83,28 @@ class Expiry:
             wheel.add(conn, deadline)
         if self._dead > _COMPACT_MIN and self._dead > len(wheel) // 2:
             self.rebuild(now, inbound)
+
+    def oldest_half_open(self, now: float, inbound: dict[int, Connection],
+                         limit: int) -> list[Connection]:
+        """Up to `limit` half-open connections of the table, the soonest to time out
+        first (the oldest, give or take a retransmitted SYN), their timers taken out:
+        what a full table gives up for a new SYN. Every half-open connection's timer
+        is due within EMBRYONIC_TIMEOUT, so only those seconds of the wheel are walked,
+        and the dead entries met on the way are dropped for good."""
+        dropped = 0
+
+        def kind(conn: Connection) -> int:
+            nonlocal dropped
+            if inbound.get(conn.in_key) is not conn:
+                dropped += 1
+                return DROP
+            return TAKE if conn.tcp_state in HALF_OPEN_STATES else KEEP
+
+        taken = self._wheel.take(kind, limit, now + EMBRYONIC_TIMEOUT + 1)
+        # Dead entries dropped; the taken ones' entries count as dead again when the
+        # caller closes them (closed()).
+        self._dead = max(0, self._dead - dropped - len(taken))
+        return taken
 
     def notice_timeouts(self, virtuals: Iterable[VirtualMachine], now: float,
                         inbound: dict[int, Connection]) -> None:

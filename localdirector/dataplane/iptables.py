@@ -2,10 +2,10 @@
 tools: a RuleSet rendered per table, the texts of install and removal, and the parsing of
 iptables-save (which of our chains and jumps exist, packet counters).
 
-Everything lives in chains of our own (``LOCALDIRECTOR*``) in the raw, mangle and nat
-tables, reached by jumps from the built-in chains, so the appliance replaces or removes
-its rules without touching anybody else's; the names are fixed (one appliance per network
-namespace), so a restarted appliance finds what a killed one left behind. Why each hook
+Everything lives in chains of our own (``LOCALDIRECTOR<queue>*``) in the raw, mangle and
+nat tables, reached by jumps from the built-in chains, so the appliance replaces or
+removes its rules without touching anybody else's, another appliance's on another queue
+included; a restarted appliance finds what a killed one on its queue left behind. Why each hook
 and match: docs/design.rst, "Netfilter rules" and "Fast path".
 """
 
@@ -15,44 +15,95 @@ import re
 import subprocess
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..model.addr import format_ip
 from . import nflog
 from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 
-CHAIN = "LOCALDIRECTOR"
-QUEUE_CHAIN = "LOCALDIRECTOR-QUEUE"
-LOCAL_CHAIN = "LOCALDIRECTOR-LOCAL"
-SHED_CHAIN = "LOCALDIRECTOR-SHED"
-DEFRAG_CHAIN = "LOCALDIRECTOR-DEFRAG"
-REPLY_CHAIN = "LOCALDIRECTOR-REPLY"
-LOG_CHAIN = "LOCALDIRECTOR-LOG"
-OUR_CHAINS = (CHAIN, LOCAL_CHAIN, QUEUE_CHAIN, SHED_CHAIN, DEFRAG_CHAIN)  # referrers first
-JUMP = f"-A PREROUTING -j {CHAIN}"
-LOCAL_JUMP = f"-A OUTPUT -p icmp -j {LOCAL_CHAIN}"
-NAT_JUMP = f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}"
-# Per table, in the order a transaction writes them: our chains (referrers first) and
-# the jumps into them from the built-in chains, exactly as iptables-save prints them.
-TABLES = {
-    "raw": (OUR_CHAINS, (JUMP, LOCAL_JUMP)),
-    "mangle": ((CHAIN, REPLY_CHAIN, QUEUE_CHAIN, LOG_CHAIN),
-               (JUMP, f"-A FORWARD -j {REPLY_CHAIN}")),
-    "nat": ((CHAIN,), (NAT_JUMP,)),
-}
 # Destination unreachable (fragmentation needed included), time exceeded, parameter
 # problem: the errors that quote a packet, as the engine translates them.
 ICMP_ERRORS = (3, 11, 12)
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
-# The kernel reassembles fragments ahead of the raw table once any rule needs its
-# defragmenter, as one using the socket match does: this chain, which nothing jumps to.
-DEFRAG_TABLES = {"raw": [f":{DEFRAG_CHAIN} - [0:0]", f"-A {DEFRAG_CHAIN} -m socket -j RETURN"]}
-# The packet counters of the rules every packet we take ends at: the queue (its rule in
-# raw and in mangle), the guard's drop and the fast path's copy. `show statistics` adds
-# them up against the engine's and the queue's.
-COUNTERS = {"queued": re.compile(rf"^\[(\d+):\d+\] -A {QUEUE_CHAIN} -j NFQUEUE ", re.M),
-            "shed": re.compile(rf"^\[(\d+):\d+\] -A {SHED_CHAIN} -j DROP$", re.M),
-            "logged": re.compile(rf"^\[(\d+):\d+\] -A {LOG_CHAIN} -j NFLOG ", re.M)}
+# Only the reals' replies to the director itself are let through while nobody is bound.
+TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
+# SYNs a second (all VIPs together) from client addresses that have not completed a
+# handshake lately: above it the kernel sheds them, so a spoofed flood cannot fill the
+# queue that established traffic and known clients share (docs/design.rst, "Netfilter
+# rules"). A few thousand new client addresses a second is far more than a Python
+# director gets legitimately, far less than its queue's capacity.
+NEW_SOURCE_SYNS = 5000
+KNOWN_SECONDS = 600        # an address stays known this long after its last ACK
+
+
+@dataclass(frozen=True)
+class Names:
+    """The chain names of the appliance on one queue (`names`), so that appliances on
+    different queues in one namespace never touch each other's rules, and a restarted
+    one finds what a killed one on its queue left behind."""
+
+    queue_num: int
+    chain: str           # the match chain, in raw, mangle and nat
+    queue: str           # NOTRACK + NFQUEUE --queue-bypass: traffic toward VIPs
+    # The reals' replies to others than the director, queued without --queue-bypass:
+    # with no engine bound (killed), the kernel drops them rather than forward them to
+    # clients with the real's own address.
+    real_queue: str
+    local: str           # the director's own ICMP errors (raw OUTPUT)
+    shed: str            # SYNs the guard sheds: one counted DROP
+    flood: str           # SYNs of new sources over NEW_SOURCE_SYNS: one counted DROP
+    defrag: str          # nothing jumps to it: it makes the kernel reassemble
+    reply: str           # mangle FORWARD: fast-path replies
+    log: str             # mangle: fast-path copies (NFLOG)
+    known: str           # the kernel's list (xt_recent) of addresses that sent an ACK lately
+    # The jumps from the built-in chains, as iptables-save prints them.
+    jump: str            # raw and mangle PREROUTING
+    local_jump: str      # raw OUTPUT
+    nat_jump: str        # nat PREROUTING, marked packets only
+
+    @property
+    def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Per table, in the order a transaction writes them: our chains (referrers
+        first) and the jumps into them from the built-in chains, exactly as
+        iptables-save prints them."""
+        return {
+            "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
+                     self.flood, self.defrag), (self.jump, self.local_jump)),
+            "mangle": ((self.chain, self.reply, self.queue, self.log),
+                       (self.jump, f"-A FORWARD -j {self.reply}")),
+            "nat": ((self.chain,), (self.nat_jump,)),
+        }
+
+    @property
+    def defrag_tables(self) -> dict[str, list[str]]:
+        """The kernel reassembles fragments ahead of the raw table once any rule needs
+        its defragmenter, as one using the socket match does: this chain."""
+        return {"raw": [f":{self.defrag} - [0:0]", f"-A {self.defrag} -m socket -j RETURN"]}
+
+    @property
+    def counters(self) -> dict[str, re.Pattern[str]]:
+        """The packet counters of the rules every packet we take ends at: the queue (its
+        rules in raw and in mangle), the guard's drop and the fast path's copy. `show
+        statistics` adds them up against the engine's and the queue's."""
+        queues = f"(?:{self.queue}|{self.real_queue})"
+        return {"queued": re.compile(rf"^\[(\d+):\d+\] -A {queues} (?:{TO_DIRECTOR} )?"
+                                     r"-j NFQUEUE ", re.M),
+                "shed": re.compile(rf"^\[(\d+):\d+\] -A {self.shed} -j DROP$", re.M),
+                "flood": re.compile(rf"^\[(\d+):\d+\] -A {self.flood} -j DROP$", re.M),
+                "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M)}
+
+
+def names(queue_num: int) -> Names:
+    """Our chains on queue N: LOCALDIRECTOR<N> and LOCALDIRECTOR<N>-<ROLE> (at most 25
+    characters: iptables allows 28)."""
+    base = f"LOCALDIRECTOR{queue_num}"
+    return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
+                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
+                 f"{base}-LOG", f"ldknown{queue_num}", f"-A PREROUTING -j {base}",
+                 f"-A OUTPUT -p icmp -j {base}-LOCAL",
+                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}")
+
 
 Runner = Callable[[list[str], str], str]
 # Per table: (how often each of our jumps is there, which of our chains exist).
@@ -71,46 +122,60 @@ def run_iptables(argv: list[str], stdin: str = "") -> str:
     return done.stdout
 
 
-def raw_rules(rules: RuleSet) -> list[str]:
-    """The raw LOCALDIRECTOR chain's rules, in a fixed order: per address, the SYN guards
-    ahead of the queue rules they protect."""
+def raw_rules(rules: RuleSet, n: Names) -> list[str]:
+    """The raw match chain's rules, in a fixed order: per address, the SYN guards ahead
+    of the queue rules they protect (synguard's per source, then the budget of new
+    sources, so that one flooding address is shed, and counted, as synguard's)."""
     out: list[str] = []
-    for direction, option, table in (("-d", "--dport", rules.vips),
-                                     ("-s", "--sport", rules.reals)):
+    for direction, option, table, queue in (("-d", "--dport", rules.vips, n.queue),
+                                            ("-s", "--sport", rules.reals, n.real_queue)):
         for addr, ports in table:
             host = f"{direction} {format_ip(addr)}/32"
             if direction == "-d":
-                out += _guards(rules, addr)
+                out += _guards(rules, addr, n) + flood_rules(addr, n)
             for port in ports:
                 match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
-                out.append(f"-A {CHAIN} {host} -p tcp{match} -j {QUEUE_CHAIN}")
-            out.append(f"-A {CHAIN} {host} -p icmp -j {QUEUE_CHAIN}")
+                out.append(f"-A {n.chain} {host} -p tcp{match} -j {queue}")
+            out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
     # Fast-path SYNs are shed in raw too: before conntrack spends an entry on them.
     userspace = {addr for addr, _ in rules.vips}
     for addr, _ports in rules.fastpath:
         if addr not in userspace:
-            out += _guards(rules, addr)
+            out += _guards(rules, addr, n) + flood_rules(addr, n)
     return out
 
 
-def _guards(rules: RuleSet, addr: int) -> list[str]:
-    return [guard_rule(addr, port, rate) for vip, port, rate in rules.guards if vip == addr]
+def flood_rules(addr: int, n: Names) -> list[str]:
+    """The SYN budget of new sources toward one VIP address: a client's ACK makes its
+    address known (a spoofed SYN flood sends none), and SYNs of addresses not known
+    share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name)."""
+    host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
+    known = f"--name {n.known} --mask 255.255.255.255 --rsource"
+    return [f"{host} --tcp-flags SYN,RST,ACK ACK -m recent --set {known}",
+            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m recent ! --rcheck "
+            f"--seconds {KNOWN_SECONDS} {known} -m hashlimit --hashlimit-above "
+            f"{NEW_SOURCE_SYNS}/sec --hashlimit-burst {NEW_SOURCE_SYNS} "
+            f"--hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
 
 
-def guard_rule(addr: int, port: int, rate: int) -> str:
+def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
+    return [guard_rule(addr, port, rate, n) for vip, port, rate in rules.guards if vip == addr]
+
+
+def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
     """The kernel SYN-rate guard of one VIP:port. The table name changes with the rate
     because the kernel keeps the settings of the first rule that created a table of a
-    given name."""
-    name = f"ldsg{zlib.crc32(f'{addr}:{port}:{rate}'.encode()):08x}"
+    given name, and with the queue, because such tables are shared by the namespace."""
+    name = f"ldsg{zlib.crc32(f'{addr}:{port}:{rate}:{n.queue_num}'.encode()):08x}"
     ports = f" --dport {port}" if port != ALL_PORTS else ""
-    return (f"-A {CHAIN} -d {format_ip(addr)}/32 -p tcp -m tcp{ports} "
+    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp{ports} "
             f"--tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above {rate}/sec "
             f"--hashlimit-burst {rate} --hashlimit-mode srcip --hashlimit-name {name} "
             f"--hashlimit-htable-max {GUARD_SOURCES} "
-            f"--hashlimit-htable-expire {GUARD_EXPIRE_MS} -j {SHED_CHAIN}")
+            f"--hashlimit-htable-expire {GUARD_EXPIRE_MS} -j {n.shed}")
 
 
-def mangle_rules(rules: RuleSet) -> list[str]:
+def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     """The mangle chains' rules: which fast-path packets the engine sees, queued where
     it gives a verdict (a SYN, a RST that may refuse it), copied where it only takes note."""
     client: list[str] = []
@@ -121,52 +186,54 @@ def mangle_rules(rules: RuleSet) -> list[str]:
             dport = "" if port == ALL_PORTS else f" --dport {port}"
             orig = f"--ctorigdst {vip}" + ("" if port == ALL_PORTS
                                             else f" --ctorigdstport {port}")
-            client += [f"-A {CHAIN} -d {vip}/32 -p tcp{' -m tcp' + dport if dport else ''} "
-                       f"-m conntrack --ctstate NEW -j {QUEUE_CHAIN}",
-                       f"-A {CHAIN} -d {vip}/32 -p tcp -m tcp{dport} "
+            client += [f"-A {n.chain} -d {vip}/32 -p tcp{' -m tcp' + dport if dport else ''} "
+                       f"-m conntrack --ctstate NEW -j {n.queue}",
+                       f"-A {n.chain} -d {vip}/32 -p tcp -m tcp{dport} "
                        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
-                       f"-j {LOG_CHAIN}"]
-            real += [f"-A {REPLY_CHAIN} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
-                     f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {QUEUE_CHAIN}",
-                     f"-A {REPLY_CHAIN} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
-                     f"-m conntrack --ctdir REPLY {orig} -j {LOG_CHAIN}"]
+                       f"-j {n.log}"]
+            real += [f"-A {n.reply} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
+                     f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {n.queue}",
+                     f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
+                     f"-m conntrack --ctdir REPLY {orig} -j {n.log}"]
     return client + real
 
 
-def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int]) -> list[str]:
+def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names
+                   ) -> list[str]:
     """Dispatched forwarding: a packet the engine marked for a real is cloned to that
     real unchanged (TEE: the real's MAC, the VIP's address) and the original dropped, so
     it never follows the VIP's own route (docs/design.rst, "Scale-out")."""
     out = []
     for addr, port in rules.targets:
         if port == DISPATCH_PORT:
-            match = f"-A {CHAIN} -m mark --mark 0x{marks[(addr, port)]:x}/0x{MARK_MASK:x}"
+            match = f"-A {n.chain} -m mark --mark 0x{marks[(addr, port)]:x}/0x{MARK_MASK:x}"
             out += [f"{match} -j TEE --gateway {format_ip(addr)}", f"{match} -j DROP"]
     return out
 
 
-def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int]) -> list[str]:
+def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names) -> list[str]:
     """The mark map: one DNAT per fast-path target (port 0: the client's port stays)."""
     out = []
     for addr, port in rules.targets:
         if port == DISPATCH_PORT:
             continue
         to = format_ip(addr) if port == ALL_PORTS else f"{format_ip(addr)}:{port}"
-        out.append(f"-A {CHAIN} -p tcp -m mark --mark 0x{marks[(addr, port)]:x}"
+        out.append(f"-A {n.chain} -p tcp -m mark --mark 0x{marks[(addr, port)]:x}"
                    f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
     return out
 
 
-def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int]) -> dict[str, list[str]]:
+def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
+                 n: Names) -> dict[str, list[str]]:
     """The chains a RuleSet fills, per table, as a transaction declares (hence flushes)
     and refills them."""
-    return {"raw": [f":{CHAIN} - [0:0]", *raw_rules(rules)],
-            "mangle": [f":{CHAIN} - [0:0]", f":{REPLY_CHAIN} - [0:0]",
-                       *dispatch_rules(rules, marks), *mangle_rules(rules)],
-            "nat": [f":{CHAIN} - [0:0]", *nat_rules(rules, marks)]}
+    return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
+            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]",
+                       *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
+            "nat": [f":{n.chain} - [0:0]", *nat_rules(rules, marks, n)]}
 
 
-def install_tables(chains: dict[str, list[str]], queue_num: int,
+def install_tables(chains: dict[str, list[str]], n: Names,
                    existing: Existing) -> dict[str, list[str]]:
     """The first transaction: every chain of ours redeclared (flushed) and refilled, the
     match chains from `chains` (match_chains), and whatever jumps `existing` found
@@ -175,55 +242,62 @@ def install_tables(chains: dict[str, list[str]], queue_num: int,
     def delete(table: str, jump: str) -> list[str]:
         return [jump.replace("-A ", "-D ", 1)] * existing[table][0][jump]
 
-    mangle_jump, reply_jump = TABLES["mangle"][1]
-    queue = f"-A {QUEUE_CHAIN} -j NFQUEUE --queue-num {queue_num} --queue-bypass"
+    mangle_jump, reply_jump = n.tables["mangle"][1]
+    nfqueue = f"-j NFQUEUE --queue-num {n.queue_num}"
+    queue = f"-A {n.queue} {nfqueue} --queue-bypass"
     raw = chains["raw"]
     return {
         "raw": [
             *raw[:1],
-            f":{QUEUE_CHAIN} - [0:0]",
-            *delete("raw", JUMP),
-            f"-I PREROUTING 1 -j {CHAIN}",
-            f"-A {QUEUE_CHAIN} -j NOTRACK",
+            f":{n.queue} - [0:0]",
+            *delete("raw", n.jump),
+            f"-I PREROUTING 1 -j {n.chain}",
+            f"-A {n.queue} -j NOTRACK",
             queue,
-            f":{LOCAL_CHAIN} - [0:0]",
-            f":{SHED_CHAIN} - [0:0]",
-            *delete("raw", LOCAL_JUMP),
-            LOCAL_JUMP.replace("-A OUTPUT", "-I OUTPUT 1", 1),
-            *(f"-A {LOCAL_CHAIN} -p icmp -m icmp --icmp-type {kind} -j {QUEUE_CHAIN}"
+            f":{n.real_queue} - [0:0]",
+            f"-A {n.real_queue} -j NOTRACK",
+            f"-A {n.real_queue} {TO_DIRECTOR} {nfqueue} --queue-bypass",
+            f"-A {n.real_queue} {nfqueue}",
+            f":{n.local} - [0:0]",
+            f":{n.shed} - [0:0]",
+            f":{n.flood} - [0:0]",
+            *delete("raw", n.local_jump),
+            n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
+            *(f"-A {n.local} -p icmp -m icmp --icmp-type {kind} -j {n.queue}"
               for kind in ICMP_ERRORS),
-            f"-A {SHED_CHAIN} -j DROP",
+            f"-A {n.shed} -j DROP",
+            f"-A {n.flood} -j DROP",
             *raw[1:],
         ],
         "mangle": [
             *chains["mangle"][:2],
-            f":{QUEUE_CHAIN} - [0:0]",
-            f":{LOG_CHAIN} - [0:0]",
+            f":{n.queue} - [0:0]",
+            f":{n.log} - [0:0]",
             *delete("mangle", mangle_jump),
             *delete("mangle", reply_jump),
-            f"-I PREROUTING 1 -j {CHAIN}",
-            f"-I FORWARD 1 -j {REPLY_CHAIN}",
+            f"-I PREROUTING 1 -j {n.chain}",
+            f"-I FORWARD 1 -j {n.reply}",
             queue,
-            f"-A {LOG_CHAIN} -j NFLOG --nflog-group {queue_num} "
+            f"-A {n.log} -j NFLOG --nflog-group {n.queue_num} "
             f"--nflog-size {nflog.COPY_RANGE}",
             *chains["mangle"][2:],
         ],
         "nat": [
             *chains["nat"][:1],
-            *delete("nat", NAT_JUMP),
-            NAT_JUMP.replace("-A PREROUTING", "-I PREROUTING 1", 1),
+            *delete("nat", n.nat_jump),
+            n.nat_jump.replace("-A PREROUTING", "-I PREROUTING 1", 1),
             *chains["nat"][1:],
         ],
     }
 
 
-def removal_tables(existing: Existing) -> dict[str, list[str]]:
+def removal_tables(existing: Existing, n: Names) -> dict[str, list[str]]:
     """Take out the jumps and our chains, whatever of them exists (referring chains
     before the ones they refer to)."""
     tables = {}
     for table, (counts, chains) in existing.items():
         body = [jump.replace("-A ", "-D ", 1) for jump in counts for _ in range(counts[jump])]
-        for chain in TABLES[table][0]:
+        for chain in n.tables[table][0]:
             if chain in chains:
                 body += [f"-F {chain}", f"-X {chain}"]
         tables[table] = body
@@ -236,16 +310,34 @@ def restore_text(tables: dict[str, list[str]]) -> str:
                    for table, body in tables.items() if body)
 
 
-def existing_chains(saved: str) -> Existing:
+def existing_chains(saved: str, n: Names) -> Existing:
     """Our jumps and chains in an iptables-save listing, as left by us or by an earlier
     run that was killed before it could clean up."""
     sections = _sections(saved)
     found = {}
-    for table, (chains, jumps) in TABLES.items():
+    for table, (chains, jumps) in n.tables.items():
         lines = sections.get(table, [])
         declared = {line[1:].split()[0] for line in lines if line.startswith(":")}
         found[table] = ({jump: lines.count(jump) for jump in jumps}, declared & set(chains))
     return found
+
+
+def raw_shape(lines: list[str], n: Names) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What of ours a raw table holds, in few numbers: how often each jump is there and
+    how many rules each of our chains has (-1: the chain is missing). `lines`: the raw
+    table as iptables-save prints it, or the body of our transactions, whose inserts
+    (``-I X 1``) iptables-save prints as appends."""
+    chains, jumps = n.tables["raw"]
+    body = [line.replace(" 1 ", " ", 1).replace("-I ", "-A ", 1) if line.startswith("-I ")
+            else line for line in lines]
+    declared = {line[1:].split()[0] for line in body if line.startswith(":")}
+    counts = {chain: 0 if chain in declared else -1 for chain in chains}
+    for line in body:
+        if line.startswith("-A "):
+            chain = line.split(maxsplit=2)[1]
+            if chain in counts:
+                counts[chain] += 1
+    return (tuple(body.count(jump) for jump in jumps), tuple(counts[c] for c in chains))
 
 
 def _sections(saved: str) -> dict[str, list[str]]:
@@ -261,7 +353,13 @@ def _sections(saved: str) -> dict[str, list[str]]:
     return tables
 
 
-def packet_counts(saved: str) -> dict[str, int]:
-    """The COUNTERS rules' packet counts in an ``iptables-save -c`` listing."""
-    return {name: sum(int(n) for n in pattern.findall(saved))
-            for name, pattern in COUNTERS.items()}
+def raw_lines(saved: str) -> list[str]:
+    """The raw table's lines of an iptables-save listing."""
+    return _sections(saved).get("raw", [])
+
+
+def packet_counts(saved: str, n: Names) -> dict[str, int]:
+    """The counter rules' packet counts (Names.counters) in an ``iptables-save -c``
+    listing."""
+    return {name: sum(int(count) for count in pattern.findall(saved))
+            for name, pattern in n.counters.items()}

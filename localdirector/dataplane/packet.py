@@ -51,7 +51,7 @@ PROTO_TCP = 6
 ICMP_ERROR_TYPES = frozenset((3, 11, 12))
 
 Buffer = bytearray | memoryview  # a writable view when rewriting
-TcpFields = tuple[int, int, int, int, int, int, int]
+TcpFields = tuple[int, int, int, int, int, int, int, int, int]
 IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
 
 # Checksum arithmetic (RFC 1071 / RFC 1624). A 16-bit one's-complement sum is addition
@@ -68,7 +68,7 @@ _MOD = 0xFFFF
 _IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fragment offset
 _IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
 _IP_WHOLE = struct.Struct("!BxH2xHxB2xII")  # the above and the protocol, in one call
-_TCP_HEAD = struct.Struct("!HH8xBB")        # ports, data offset, flags
+_TCP_HEAD = struct.Struct("!HHIIBB")        # ports, sequence, acknowledgment, offset, flags
 _CSUM_ADDRS = struct.Struct("!HII")         # IP header from byte 10: checksum, source, destination
 _PORTS_CSUM = struct.Struct("!HH12xH")      # TCP ports and checksum
 _PORTS = struct.Struct("!HH")
@@ -122,11 +122,13 @@ def _ipv4_check(vihl: int, total: int, frag: int, off: int, n: int) -> int:
 
 
 def parse_tcp(buf: Buffer) -> TcpFields | int:
-    """Parse an IPv4/TCP packet: ``(ihl, total, src, dst, sport, dport, flags)`` or a
-    drop reason.
+    """Parse an IPv4/TCP packet: ``(ihl, total, src, dst, sport, dport, flags, seq,
+    ack)`` or a drop reason.
 
     ``ihl`` is the IP header length in bytes (where TCP starts), to hand to
-    :func:`rewrite`; ``total`` the IP total length (what byte counters count). Only
+    :func:`rewrite`; ``total`` the IP total length (what byte counters count); ``seq``
+    and ``ack`` the sequence and acknowledgment numbers, read in the same struct call
+    (the engine checks a RST's or FIN's sequence against them). Only
     headers must be inside ``buf``: NetfilterQueue copies at most 4016 bytes, so the IP
     total length may exceed ``len(buf)``.
     A first fragment (MF set, offset 0) carries the TCP header and is accepted.
@@ -144,13 +146,13 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
         return BAD_LENGTH
     if n < ihl + 20:
         return TRUNCATED
-    sport, dport, offset, flags = _unpack_tcp_head(buf, ihl)
+    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
     end = ihl + ((offset >> 4) << 2)
     if end < ihl + 20 or end > total:
         return BAD_TCP_OFFSET
     if end > n:
         return TRUNCATED
-    return ihl, total, src, dst, sport, dport, flags
+    return ihl, total, src, dst, sport, dport, flags, seq, ack
 
 
 def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool) -> None:
@@ -310,22 +312,27 @@ RESET_LENGTH = _RESET.size
 
 
 def reset_reply(buf: bytearray, ihl: int) -> None:
-    """Turn the client's SYN in ``buf`` into the RST|ACK that refuses it, in place.
+    """Turn the client's segment in ``buf`` (a SYN, or one of a connection nobody knows)
+    into the RST that refuses it, in place.
 
-    The result is what the real's kernel would have sent from a closed port
-    (RFC 793 "Reset Generation": sequence 0, acknowledging the SYN and any data it
-    carried), with the SYN's addresses and ports swapped, so it goes back to the client
-    from the address the client asked for. IP options and TCP options are dropped and
-    both checksums computed in full: this path is for refusals, not for throughput.
-    ``buf`` shrinks to 40 bytes (a SYN is never shorter).
+    The result is what the real's kernel would have sent from a closed port (RFC 793
+    "Reset Generation": a segment acknowledging something gets a RST at that sequence;
+    one that does not, such as a SYN, a RST|ACK at sequence 0 acknowledging it and any
+    data it carried), with the addresses and ports swapped, so it goes back to the
+    client from the address the client asked for. IP options and TCP options are
+    dropped and both checksums computed in full: this path is for refusals, not for
+    throughput. ``buf`` shrinks to 40 bytes (a TCP segment is never shorter).
     """
     total, src, dst = _unpack_len_addrs(buf, 0)
-    sport, dport, offset, _flags = _unpack_tcp_head(buf, ihl)
-    (seq,) = _unpack_u32(buf, ihl + 4)
-    segment = total - ihl - ((offset >> 4) << 2) + 1  # its data, plus one for the SYN
-    ack = (seq + segment) & 0xFFFFFFFF
+    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
+    if flags & ACK:
+        seq, ack, reply = ack, 0, RST
+    else:
+        # Its data, plus one each for a SYN and a FIN.
+        segment = total - ihl - ((offset >> 4) << 2) + (flags & SYN) // SYN + (flags & FIN)
+        seq, ack, reply = 0, (seq + segment) & 0xFFFFFFFF, RST | ACK
     _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst, src,
-                     dport, sport, 0, ack, 5 << 4, RST | ACK, 0, 0, 0)
+                     dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
     del buf[RESET_LENGTH:]
     _pack_u16(buf, 10, checksum(buf[:20]))
     _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:]))

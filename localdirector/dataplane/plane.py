@@ -165,12 +165,16 @@ class DataPlane:
             snap = self._engine.stats.snapshot()
             conns = len(self._director.conns)
             generation = self._director.generation
+            virtuals = self._director.virtuals.values()
+            sticky = (sum(len(v.sticky_table) for v in virtuals),
+                      sum(v.sticky_full for v in virtuals))
         sync = self._sync
         worker = self._worker
         return {
             "queue": self.queue_num,
             "engine": snap,
             "connections": conns,
+            "sticky": sticky,
             "worker_errors": worker.stats.errors,
             "tick_errors": worker.stats.tick_errors,
             "oversize": worker.stats.oversize,
@@ -183,6 +187,7 @@ class DataPlane:
             "conntrack_errors": getattr(self._engine.kernel, "errors", 0),
             "rule_transactions": self._rules.transactions,
             "rule_errors": sync.errors if sync is not None else 0,
+            "rule_repairs": self._rules.repairs,
             "rules_synced": sync is not None and sync.synced_generation >= generation,
             "uptime": time.monotonic() - self._started_at if sync is not None else 0.0,
             "reloads": self.reloads,

@@ -1,9 +1,10 @@
-"""The thread that keeps our netfilter rules in step with the model.
+"""The thread that keeps our netfilter rules in step with the model, and in place.
 
 A model change only marks the rules dirty (cheap, and safe under the model lock, where
 the model calls its listeners); the thread snapshots the desired rules under the lock,
 then runs iptables without it, so neither the shell nor the packet path ever waits for
-a subprocess."""
+a subprocess. After every change and every VERIFY_SECONDS it checks that the kernel
+still holds our rules and reinstalls them if not (another program flushed the table)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ log = logging.getLogger("localdirector")
 # A burst of configuration lines (a replayed startup-config, a pasted block) becomes one
 # transaction instead of one iptables-restore per line.
 SETTLE_SECONDS = 0.05
+# How often the installed rules are checked (one `iptables-save -t raw`, some
+# milliseconds): lost rules mean no traffic, so this bounds the outage.
+VERIFY_SECONDS = 2.0
 
 
 class RuleSync(threading.Thread):
@@ -51,13 +55,32 @@ class RuleSync(threading.Thread):
     def run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._dirty or self._stopping)
-                # Let a burst of changes settle into one transaction.
-                self._cond.wait_for(lambda: self._stopping, SETTLE_SECONDS)
+                self._cond.wait_for(lambda: self._dirty or self._stopping, VERIFY_SECONDS)
+                if self._dirty:
+                    # Let a burst of changes settle into one transaction.
+                    self._cond.wait_for(lambda: self._stopping, SETTLE_SECONDS)
                 if self._stopping:
                     return
-                self._dirty = False
-            self.sync_once()
+                dirty, self._dirty = self._dirty, False
+            if dirty:
+                self.sync_once()
+            if self.verify() and self.synced_generation != self.director.generation:
+                self.sync_once()   # the repair put back the last rules that applied
+
+    def verify(self) -> bool:
+        """Reinstall our rules if they are not in the kernel as we left them; True when
+        they were not."""
+        try:
+            repaired = self.manager.repair()
+        except RulesError as exc:
+            self.errors += 1
+            log.error("netfilter rules of NFQUEUE %d not verified: %s",
+                      self.manager.queue_num, exc)
+            return False
+        if repaired:
+            log.warning("netfilter rules of NFQUEUE %d were changed by someone else: "
+                        "reinstalled", self.manager.queue_num)
+        return repaired
 
     def sync_once(self) -> None:
         """Bring the kernel up to the model's current generation."""

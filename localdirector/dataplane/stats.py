@@ -25,6 +25,8 @@ BAD_FLAGS = _FIRST + 7       # a flag combination no TCP sends (SYN+FIN, SYN+RST
 BAD_CHECKSUM = _FIRST + 8    # a SYN whose TCP checksum is wrong: no state for corrupt data
 MARK_PENDING = _FIRST + 9    # fast path: the chosen real's DNAT rule is not installed yet
 REASSIGNED = _FIRST + 10     # fast path: a SYN whose connection just moved to another real
+OUT_OF_WINDOW = _FIRST + 11  # a RST or FIN whose sequence is outside the window
+RST_IN_WINDOW = _FIRST + 12  # a RST in window but not at the expected sequence
 
 REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "no-connection",
@@ -38,6 +40,8 @@ REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "bad-checksum",
     "mark-pending",
     "reassigned",
+    "out-of-window",
+    "rst-in-window",
 )
 
 # Scalar counters in the order `show statistics` lists them.
@@ -54,7 +58,10 @@ COUNTERS = (
     "syn_resends",
     "port_remaps",
     "refused",        # SYNs answered with a RST (also counted under no-real)
+    "unknown_resets",  # segments of unknown connections to a VIP answered with a RST
+                       # (also counted under no-connection)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
+    "half_open_evicted",  # half-open connections given up to make room for a SYN
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
     "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)
     "fastpath_copies",  # bucket: a fast-path SYN-ACK, FIN or RST copy (NFLOG) taken note of

@@ -7,13 +7,14 @@ when its second comes (expiry.py). A second is finer than the engine's tick (0.5
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 SLOTS = 4096   # seconds the wheel spans; a later deadline goes round again (one more check)
 _MASK = SLOTS - 1
+KEEP, TAKE, DROP = 0, 1, 2   # what TimerWheel.take does with an item
 
 
 class TimerWheel(Generic[T]):
@@ -35,6 +36,34 @@ class TimerWheel(Generic[T]):
             second = self._next
         self._slots[second & _MASK].append(item)
         self._count += 1
+
+    def take(self, kind: Callable[[T], int], limit: int, until: float) -> list[T]:
+        """Up to `limit` items filed under the earliest seconds up to `until`, taken out
+        of the wheel: those `kind` calls TAKE, in deadline order. Items it calls DROP go
+        too (dead entries: the slots walked are compacted, so walking them again costs
+        nothing); KEEP ones stay filed."""
+        taken: list[T] = []
+        slots = self._slots
+        for second in range(self._next, int(until) + 1):
+            index = second & _MASK
+            filed = slots[index]
+            if not filed:
+                continue
+            kept = []
+            for position, item in enumerate(filed):
+                if len(taken) >= limit:
+                    kept += filed[position:]
+                    break
+                verdict = kind(item)
+                if verdict == TAKE:
+                    taken.append(item)
+                elif verdict == KEEP:
+                    kept.append(item)
+            self._count -= len(filed) - len(kept)
+            slots[index] = kept
+            if len(taken) >= limit:
+                break
+        return taken
 
     def due(self, now: float) -> Iterator[T]:
         """Everything filed under a second up to `now`'s, the current one included (its

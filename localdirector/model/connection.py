@@ -20,6 +20,10 @@ CLOSED = "CLOSED"            # FIN both ways or RST: lingering so the last ACK g
 # the name shown) and the engine sees only its FIN and RST segments (not the client's ACK,
 # hence not ESTABLISHED).
 FASTPATH = "FASTPATH"
+# Connection.bits: which side has sent a FIN, and `moved`.
+FIN_IN = 1
+FIN_OUT = 2
+MOVED = 4
 # Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
 HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
 
@@ -40,13 +44,17 @@ class Connection:
 
     `remap` is the client port used toward the real when it is not the client's own
     (0 otherwise): that tuple toward the real was still in TIME_WAIT there
-    (docs/design.rst, "Port reuse"). `fastpath`: translated by conntrack NAT. `moved`: a
-    fast-path connection reassigned to a real that has not had its first SYN yet (the
-    SYN that caused the move was dropped; docs/design.rst, "Fast path")."""
+    (docs/design.rst, "Port reuse"). `fastpath`: translated by conntrack NAT.
+
+    `ack_in` and `ack_out` are the last acknowledgment numbers the client and the real
+    sent (0 until the real answers): the next sequence each side expects of the other,
+    against which a RST or FIN is checked (docs/design.rst, "Sequence checks"). They
+    are paid for by `bits`, one slot for three flags: FIN_IN and FIN_OUT (which sides
+    sent a FIN) and MOVED (see `moved`)."""
 
     __slots__ = ("virtual_ip", "virtual_port", "real_ip", "real_port", "remap",
                  "syn_resends", "tcp_state", "created", "last_seen", "stamp",
-                 "answered", "fin_in", "fin_out", "fastpath", "moved",
+                 "answered", "bits", "fastpath", "ack_in", "ack_out",
                  "virtual", "real", "in_key")
 
     def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
@@ -65,10 +73,10 @@ class Connection:
         self.last_seen = now
         self.stamp = now
         self.answered = False
-        self.fin_in = False
-        self.fin_out = False
+        self.bits = 0
+        self.ack_in = 0
+        self.ack_out = 0
         self.fastpath = False
-        self.moved = False
         self.in_key = flow_key(foreign_ip, foreign_port, virtual_ip, virtual_port)
 
     @property
@@ -87,6 +95,16 @@ class Connection:
     @nat_port.setter
     def nat_port(self, port: int) -> None:
         self.remap = 0 if port == self.foreign_port else port
+
+    @property
+    def moved(self) -> bool:
+        """A fast-path connection reassigned to a real that has not had its first SYN
+        yet (the SYN that caused the move was dropped; docs/design.rst, "Fast path")."""
+        return bool(self.bits & MOVED)
+
+    @moved.setter
+    def moved(self, value: bool) -> None:
+        self.bits = self.bits | MOVED if value else self.bits & ~MOVED
 
     # One slot for two times never needed together: a CLOSED connection is never
     # answered again, so its SYN's time is over when its lingering starts.

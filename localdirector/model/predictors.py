@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 # which only `maglev` reads.
 Predictor = Callable[["VirtualMachine", list["Link"], bool, int], "Link"]
 
+# Client addresses one virtual's sticky table holds (about 170 bytes each): beyond it,
+# new clients are balanced without being remembered (`sticky_full` counts them), so a
+# flood of spoofed sources cannot grow it without bound (docs/design.rst, "Sticky").
+STICKY_LIMIT = 65536
+
 # Name -> predictor, in the order `predictor ID ?` lists them; names are what the
 # running config holds (`VirtualMachine.predictor`).
 PREDICTORS: dict[str, Predictor] = {}
@@ -107,7 +112,7 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
                     and real is not exclude and available(real) \
                     and _still_bound(virtual, real):
                 if commit:
-                    virtual.sticky_table[client_ip] = (real, now)
+                    remember_sticky(virtual, client_ip, real, now)
                 return real
     links, testing = candidates(virtual, exclude)
     if links:
@@ -117,8 +122,46 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
     else:
         chosen = _backup_for(virtual, backups, exclude)
     if chosen is not None and commit and virtual.sticky:
-        virtual.sticky_table[client_ip] = (chosen, now)
+        remember_sticky(virtual, client_ip, chosen, now)
     return chosen
+
+
+def remember_sticky(virtual: VirtualMachine, client_ip: int, real: PhysicalMachine,
+                    now: float) -> None:
+    """Note that `client_ip` used `real` at `now` (a connection opened or closed).
+    The entry moves to the end, so the table stays ordered by last use and expiry
+    looks only at its oldest entries. A new client finds no room in a full table."""
+    table = virtual.sticky_table
+    if table.pop(client_ip, None) is None and len(table) >= STICKY_LIMIT:
+        virtual.sticky_full += 1
+        return
+    table[client_ip] = (real, now)
+
+
+def sticky_closed(virtual: VirtualMachine, client_ip: int, real: PhysicalMachine,
+                  now: float) -> None:
+    """A client's connection to `real` closed: its affinity lasts `sticky` minutes from
+    now, unless it has moved to another real since."""
+    if virtual.sticky:
+        entry = virtual.sticky_table.get(client_ip)
+        if entry is None or entry[0] is real:
+            remember_sticky(virtual, client_ip, real, now)
+
+
+def expire_sticky(virtual: VirtualMachine, now: float) -> int:
+    """Forget the clients whose last use is `sticky` minutes old; how many went. Walks
+    only the expired entries (the table is ordered by last use). A client with a
+    connection open longer than that is remembered again when it closes."""
+    table = virtual.sticky_table
+    horizon = now - virtual.sticky * 60
+    stale = []
+    for client_ip, (_real, last) in table.items():
+        if last > horizon:
+            break
+        stale.append(client_ip)
+    for client_ip in stale:
+        del table[client_ip]
+    return len(stale)
 
 
 def _still_bound(virtual: VirtualMachine, real: PhysicalMachine) -> bool:

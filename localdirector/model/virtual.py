@@ -22,10 +22,10 @@ class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "sticky", "timeout", "synguard", "fastpath", "dispatched", "advertise",
-                 "maglev", "maglev_size", "links", "rr_cursor",
+                 "predictor", "_sticky", "timeout", "synguard", "fastpath", "dispatched",
+                 "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
-                 "synguard_drops", "no_real_drops", "packets_in", "packets_out",
+                 "synguard_drops", "no_real_drops", "sticky_full", "packets_in", "packets_out",
                  "bytes_in", "bytes_out")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
@@ -38,7 +38,10 @@ class VirtualMachine:
         self.state = state
         self.backup: ServerId | None = None
         self.predictor = DEFAULT_PREDICTOR
-        self.sticky = DEFAULT_STICKY
+        # client address -> (real, when its last connection opened or closed): sticky
+        # affinity, in that order (model/predictors.py, remember_sticky).
+        self.sticky_table: dict[int, tuple[object, float]] = {}
+        self._sticky = DEFAULT_STICKY
         self.timeout = DEFAULT_TIMEOUT
         self.synguard = DEFAULT_SYNGUARD
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
@@ -56,8 +59,6 @@ class VirtualMachine:
         self.maglev: maglev.MaglevTable | None = None
         self.links: Link | None = None
         self.rr_cursor = 0
-        # client address -> (real, last time it was used): sticky affinity.
-        self.sticky_table: dict[int, tuple[object, float]] = {}
         self.reset_counters()
         self.conns_current = 0
         self.half_open = 0
@@ -67,10 +68,23 @@ class VirtualMachine:
         self.conns_total = 0
         self.synguard_drops = 0
         self.no_real_drops = 0
+        self.sticky_full = 0    # clients not remembered: the sticky table was full
         self.packets_in = 0
         self.packets_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+
+    @property
+    def sticky(self) -> int:
+        """Minutes a client stays with its real after its last connection; 0 = off."""
+        return self._sticky
+
+    @sticky.setter
+    def sticky(self, minutes: int) -> None:
+        # `no sticky` forgets every client at once, and frees the table's memory.
+        self._sticky = minutes
+        if not minutes:
+            self.sticky_table = {}
 
     def iter_links(self) -> Iterator[Link]:
         link = self.links

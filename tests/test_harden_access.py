@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_access_remote import ENABLE, MAIN_CONFIG, Appliance
+from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
+
+from localdirector.model.passwords import hash_password
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def privileged(appliance: Appliance, *lines: str) -> str:
     return result.stdout + result.stderr
 
 
-# -- 12: what a file or the configuration holds never harms a terminal ----------------
+# -- 12, 13: what a file or the configuration holds never harms a terminal ----------------
 
 def test_show_config_with_bytes_that_are_not_text(tmp_path: Path) -> None:
     running = Appliance(tmp_path, "")
@@ -40,3 +42,15 @@ def test_show_config_with_bytes_that_are_not_text(tmp_path: Path) -> None:
         assert "Hostname:" in shown          # the session survived the bad bytes
     finally:
         running.stop()
+
+
+def test_stored_hash_with_control_characters_is_refused(appliance: Appliance) -> None:
+    good = hash_password("x")
+    head, key = good.rsplit("$", 1)
+    for bad in (f"{head}${key[:4]}\x1b[2J{key[4:]}", good.replace("$16384$", "$ 16384$"),
+                f"{head}${key[:4]}\x07{key[4:]}"):
+        shown = privileged(appliance, "configure terminal", f"enable password {bad} encrypted",
+                           "end", "show running-config")
+        assert "% Invalid input" in shown or "not a password hash" in shown, shown
+        assert "\x1b" not in shown and "\x07" not in shown
+    assert "password scrypt$" in privileged(appliance, "show running-config")  # unchanged

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 
 _SCHEME = "scrypt"
 _N, _R, _P = 2 ** 14, 8, 1
@@ -25,6 +26,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Exactly what `hash_password` writes: ASCII digits and unpadded URL-safe base64. The
+# decoders alone are lenient (int() takes spaces and '_', b64decode skips any other
+# byte), which let a "hash" carry escape sequences into `show running-config`.
+_STORED = re.compile(r"([a-z0-9]+)\$([0-9]{1,8})\$([0-9]{1,3})\$([0-9]{1,3})"
+                     r"\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)", re.ASCII)
+
+
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
                           maxmem=256 * 1024 * 1024, dklen=_KEY_BYTES)
@@ -38,13 +46,13 @@ def hash_password(password: str) -> str:
 
 
 def _fields(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != _SCHEME:
+    parts = _STORED.fullmatch(stored)
+    if parts is None or parts[1] != _SCHEME:
         return None
     try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, key = _unb64(parts[4]), _unb64(parts[5])
-    except ValueError:
+        n, r, p = int(parts[2]), int(parts[3]), int(parts[4])
+        salt, key = _unb64(parts[5]), _unb64(parts[6])
+    except ValueError:   # binascii.Error: a length base64 cannot have
         return None
     # Bounds keep a hostile config file from asking for gigabytes of scrypt memory.
     if not (2 <= n <= 2 ** 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16

@@ -72,6 +72,10 @@ class Session:
         self.killed_by: int | None = None    # the session that ran `kill` on this one
         self.on_close: Callable[[], None] | None = None
         self.secret_request: tuple[str, Callable[[str], bool]] | None = None
+        # Where failed passwords are counted (the peer's address; transports set it).
+        self.source = peer or kind
+        self.enable_failures = 0
+        self.retry_at = 0.0   # time.monotonic() before which a secret is not checked
         self._out: list[str] = []
 
     @property

@@ -40,6 +40,7 @@ MAX_SCRIPT_BYTES = 1 << 20
 # Sessions (channels) open at once on one connection: each interactive one costs about a
 # megabyte, so an unbounded number would let one login exhaust memory.
 MAX_CHANNELS = 4
+CLOSE_WAIT = 0.5   # seconds for a killed session's last words before its connection goes
 
 
 class SSHDoor:
@@ -199,13 +200,14 @@ class _Session(PromptToolkitSSHSession):
             self.task = asyncio.get_running_loop().create_task(self._script())
 
     async def _interactive(self, _ssh_session: Any) -> None:
-        if await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
-                                self.activity):
-            self.connection.close()
+        ended = await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
+                                     self.activity)
         # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
-        elif self._chan is not None:
+        if self._chan is not None:
             with contextlib.suppress(OSError):
-                self._chan.exit(0)
+                self._chan.exit(1 if ended else 0)
+        if ended:   # once the channel's last words ("% Session closed by ...") went out
+            asyncio.get_running_loop().call_later(CLOSE_WAIT, self.connection.close)
 
     def data_received(self, data: str, datatype: object) -> None:
         self.activity.touch()

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from localdirector.access.service import listen_address
 from localdirector.access.telnet import (DO, IAC, IP, NAWS, SB, SE, TTYPE, WILL,
                                          TelnetParser)
 from localdirector.appliance import Appliance
+from localdirector.model.passwords import FAILED_PASSWORDS
 from localdirector.shell import running_config
 from localdirector.shell.registry import Mode
 
@@ -56,12 +58,25 @@ def test_access_list_admits_only_listed_networks(appliance: Appliance) -> None:
 def test_gate_limits_open_connections_per_door(appliance: Appliance) -> None:
     configure(appliance, "telnet 198.51.100.0 255.255.255.0")
     gate = login.Gate("telnet", limit=2)
-    assert gate.admit(appliance.director, "198.51.100.1")
+    first = gate.admit(appliance.director, "198.51.100.1")
+    assert first is not None
     assert not gate.admit(appliance.director, "203.0.113.1")   # not listed: takes no place
     assert gate.admit(appliance.director, "198.51.100.2")
     assert not gate.admit(appliance.director, "198.51.100.3")  # full
-    gate.release()
+    first.release()
+    first.release()                                            # once only
     assert gate.admit(appliance.director, "198.51.100.3")
+    assert not gate.admit(appliance.director, "198.51.100.4")
+
+
+def test_gate_limits_connections_not_logged_in_per_address(appliance: Appliance) -> None:
+    gate = login.Gate("telnet", limit=10, pending_limit=2)
+    places = [gate.admit(appliance.director, "198.51.100.1") for _ in range(2)]
+    assert all(places)
+    assert not gate.admit(appliance.director, "198.51.100.1")  # two not logged in yet
+    assert gate.admit(appliance.director, "198.51.100.2")      # another address
+    places[0].logged_in()
+    assert gate.admit(appliance.director, "198.51.100.1")
 
 
 # -- passwords and the three tries -----------------------------------------------------
@@ -80,12 +95,29 @@ class Peer:
 
     def run(self, appliance: Appliance) -> bool:
         return asyncio.run(login.password_login(appliance.director, "telnet", "198.51.100.7",
-                                                self.ask, self.said.append))
+                                                "198.51.100.7", self.ask, self.said.append))
+
+
+@pytest.fixture(autouse=True)
+def no_failures_yet() -> Iterator[None]:
+    FAILED_PASSWORDS.clear()
+    yield
+    FAILED_PASSWORDS.clear()
 
 
 @pytest.fixture
 def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(login, "FAIL_DELAY", 0.0)
+
+
+def test_failed_passwords_from_one_address_are_refused_unchecked(
+        appliance: Appliance, no_delay: None) -> None:
+    configure(appliance, "password s3cret")
+    for _ in range(4):
+        Peer("a", "b", "c").run(appliance)
+    peer = Peer("s3cret")
+    assert not peer.run(appliance)
+    assert peer.said == [login.THROTTLED]
 
 
 def test_no_password_configured_refuses_every_login(appliance: Appliance) -> None:

@@ -347,31 +347,36 @@ def test_access_lists_refuse_other_peers_before_any_prompt(tmp_path: Path) -> No
 
 
 def test_connection_flood_is_capped_per_door(main: Appliance) -> None:
-    def connect() -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", main.telnet_port), timeout=5)
+    def connect(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", main.telnet_port), timeout=5,
+                                        source_address=(source, 0))
         assert sock.recv(64).startswith(b"\xff")          # admitted: option negotiation
         return sock
 
-    held = [connect() for _ in range(16)]
-    try:
-        with socket.create_connection(("127.0.0.1", main.telnet_port), timeout=5) as extra:
+    def refused(source: str) -> bool:
+        with socket.create_connection(("127.0.0.1", main.telnet_port), timeout=5,
+                                      source_address=(source, 0)) as extra:
             try:
-                greeting = extra.recv(64)
+                return extra.recv(64) == b""
             except ConnectionResetError:
-                greeting = b""
-            assert greeting == b""                          # the 17th is dropped at once
+                return True
+
+    # Four not logged in from one address, sixteen in all.
+    held = [connect(f"127.0.0.{1 + n // 4}") for n in range(16)]
+    try:
+        assert refused("127.0.0.5")                         # the 17th is dropped at once
     finally:
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 5
     while True:                                             # places come back on hang-up
         try:
-            connect().close()
+            connect("127.0.0.1").close()
             break
         except (ConnectionResetError, AssertionError):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    assert main.logged("telnet connection from 127.0.0.1 refused: 16 connections already open")
+    assert main.logged("telnet connection from 127.0.0.5 refused: 16 connections already open")
 
 
 def test_host_key_kept_across_restarts_and_no_password_no_login(tmp_path: Path) -> None:

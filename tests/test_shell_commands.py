@@ -256,6 +256,9 @@ def test_passwords_are_stored_hashed_and_enable_asks_for_it(sh):
     assert sh("enable") and session.secret_request[0] == "Password: "
     assert not session.answer_secret("guess")
     assert sh.take() == "% Access denied\n" and session.mode is Mode.USER
+    assert not sh("enable")                         # within a second of a wrong one
+    assert "% Bad secrets; try again later" in sh.take()
+    session.retry_at = 0.0                          # a second later
     assert sh("enable") and session.answer_secret("s3cret")
     assert session.mode is Mode.PRIV
     session.mode = Mode.CONFIG

@@ -147,13 +147,13 @@ def test_enable_password_is_asked_without_echo(tmp_path):
     child = op.child
     child.send("enable\r")
     child.expect_exact("Password:")
-    child.send("wrong\r")
+    child.send("n0tit\r")
     child.expect_exact("% Access denied")
-    assert "wrong" not in clean(child.before)
+    assert "n0tit" not in clean(child.before)
     child.send("enable\r")
     child.expect_exact("Password:")
     child.send("Tr0ub4dor\r")
     screen = op.run("")
-    assert "Tr0ub4dor" not in screen and "wrong" not in screen
+    assert "Tr0ub4dor" not in screen and "n0tit" not in screen
     assert screen.rstrip().endswith("localdirector#!")
     assert op.close() == 0

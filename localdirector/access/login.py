@@ -9,10 +9,16 @@ so that no door is weaker than another:
   the door itself is off until `--ssh` / `--telnet` opens it.
 * No `password` configured means no password login at all (Cisco's "Password required,
   but none set"): an appliance must never hand out a shell for an empty password.
-* Three wrong passwords and the connection is dropped; every failure is logged with the
-  peer address, and each costs the peer a pause so guessing is slow.
-* At most MAX_CONNECTIONS connections per door at once (a router's few vty lines): a
-  flood of idle connections cannot eat the file descriptors the data plane needs.
+* Three password tries per connection, however a client pipelines them, and the
+  connection is dropped; every failure is logged with the peer address and costs the
+  peer a pause. Failures are also counted per source address and in all, across doors
+  and `enable` (model/passwords.py `FAILED_PASSWORDS`): a source past its share is
+  refused without its password being checked.
+* At most MAX_CONNECTIONS connections per door at once (a router's few vty lines), of
+  which at most MAX_PENDING_PER_SOURCE from one address not logged in yet, and
+  LOGIN_TIMEOUT to log in: idle connections from one address cannot lock others out,
+  nor eat the file descriptors the data plane needs. Refusals are logged at most once
+  per LOG_INTERVAL and source, so a flood cannot flush `show syslog`.
 """
 
 from __future__ import annotations
@@ -20,21 +26,51 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from ..model.director import Director
-from ..model.passwords import verify_password
+from ..model.passwords import FAILED_PASSWORDS, verify_password
 
 log = logging.getLogger("localdirector.access")
 
 MAX_TRIES = 3
 FAIL_DELAY = 1.0          # seconds after each wrong password
-LOGIN_TIMEOUT = 60.0      # seconds to complete a login before the line is dropped
+LOGIN_TIMEOUT = 15.0      # seconds to complete a login before the line is dropped
 MAX_CONNECTIONS = 16      # per door (ssh, telnet), logged in or not
+MAX_PENDING_PER_SOURCE = 4   # per door and address, connected but not logged in yet
+LOG_INTERVAL = 10.0       # seconds between two logged refusals of one kind and source
 
 NO_PASSWORD = "% Password required, but none set"
 BAD_PASSWORD = "% Login invalid"
 TOO_MANY = "% Bad passwords"
+THROTTLED = "% Too many failed passwords; try again later"
+
+
+class QuietLog:
+    """Warnings that repeat (one per refused connection) logged once per LOG_INTERVAL and
+    key; the next one says how many were left out. Keys are bounded by the sources that
+    can connect at all, and forgotten once quiet."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if len(self._last) > 1024:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
+        last, left_out = self._last.get(key, (-self.interval, 0))
+        if now - last < self.interval:
+            self._last[key] = (last, left_out + 1)
+            return
+        self._last[key] = (now, 0)
+        if left_out:
+            message += f" ({left_out} more not logged)"
+        log.warning(message, *args)
+
+
+REFUSALS = QuietLog()
 
 
 def peer_ipv4(peer: str) -> int | None:
@@ -67,33 +103,71 @@ def peer_allowed(director: Director, kind: str, peer: str) -> bool:
     addr = peer_ipv4(peer)
     allowed = addr is not None and director.client_matches(entries, addr)
     if not allowed:
-        log.warning("%s connection from %s refused by the access list", kind, peer)
+        REFUSALS.warning(f"acl {kind} {peer}",
+                         "%s connection from %s refused by the access list", kind, peer)
     return allowed
 
 
-class Gate:
-    """Admission to one door: the access list, then the connection limit.
+class Place:
+    """One admitted connection's place at a door: pending until `logged_in()`."""
 
-    Used from the event loop thread only, so the count needs no lock."""
+    def __init__(self, gate: "Gate", source: str) -> None:
+        self.gate = gate
+        self.source = source
+        self.pending = True
+        self.released = False
 
-    def __init__(self, kind: str, limit: int = MAX_CONNECTIONS) -> None:
-        self.kind = kind
-        self.limit = limit
-        self.open = 0
-
-    def admit(self, director: Director, peer: str) -> bool:
-        """True: the caller owns one place and must `release()` it when the peer leaves."""
-        if not peer_allowed(director, self.kind, peer):
-            return False
-        if self.open >= self.limit:
-            log.warning("%s connection from %s refused: %d connections already open",
-                        self.kind, peer, self.open)
-            return False
-        self.open += 1
-        return True
+    def logged_in(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.gate.unpend(self.source)
 
     def release(self) -> None:
-        self.open -= 1
+        """When the peer leaves; safe to call more than once."""
+        if not self.released:
+            self.released = True
+            self.logged_in()
+            self.gate.open -= 1
+
+
+class Gate:
+    """Admission to one door: the access list, the connection limit, then the limit on
+    connections from one address that have not logged in.
+
+    Used from the event loop thread only, so the counts need no lock."""
+
+    def __init__(self, kind: str, limit: int = MAX_CONNECTIONS,
+                 pending_limit: int = MAX_PENDING_PER_SOURCE) -> None:
+        self.kind = kind
+        self.limit = limit
+        self.pending_limit = pending_limit
+        self.open = 0
+        self.pending: dict[str, int] = {}
+
+    def admit(self, director: Director, peer: str) -> Place | None:
+        """A place the caller must `release()` when the peer leaves, or None: refused."""
+        if not peer_allowed(director, self.kind, peer):
+            return None
+        if self.open >= self.limit:
+            REFUSALS.warning(f"full {self.kind}",
+                             "%s connection from %s refused: %d connections already open",
+                             self.kind, peer, self.open)
+            return None
+        if self.pending.get(peer, 0) >= self.pending_limit:
+            REFUSALS.warning(f"pending {self.kind} {peer}",
+                             "%s connection from %s refused: %d from it not logged in yet",
+                             self.kind, peer, self.pending_limit)
+            return None
+        self.open += 1
+        self.pending[peer] = self.pending.get(peer, 0) + 1
+        return Place(self, peer)
+
+    def unpend(self, source: str) -> None:
+        left = self.pending[source] - 1
+        if left:
+            self.pending[source] = left
+        else:
+            del self.pending[source]
 
 
 def password_set(director: Director) -> bool:
@@ -114,16 +188,27 @@ async def check_password(director: Director, password: str) -> bool:
     return await asyncio.to_thread(password_ok, director, password)
 
 
-def note_failure(kind: str, peer: str, tries: int) -> None:
+def note_failure(kind: str, peer: str, source: str, tries: int) -> None:
+    FAILED_PASSWORDS.failed(source)
     log.warning("%s login from %s failed: wrong password (%d of %d)",
                 kind, peer, tries, MAX_TRIES)
 
 
-async def password_login(director: Director, kind: str, peer: str,
+def throttled(kind: str, peer: str, source: str) -> bool:
+    """True when `source` may not try a password now (see FailedPasswords); logged."""
+    reason = FAILED_PASSWORDS.blocked(source)
+    if reason is not None:
+        REFUSALS.warning(f"throttled {kind} {source}", "%s login from %s refused: %s",
+                         kind, peer, reason)
+    return reason is not None
+
+
+async def password_login(director: Director, kind: str, peer: str, source: str,
                          ask: Callable[[], Awaitable[str]],
                          say: Callable[[str], None]) -> bool:
     """Prompt for the login password at most three times; True once it matched.
 
+    `peer` names the line in the log, `source` is the address failures are counted for.
     `ask` shows the `Password:` prompt and returns what was typed (without echo);
     `say` prints one line to the peer. The caller drops the line on False."""
     if not password_set(director):
@@ -132,10 +217,14 @@ async def password_login(director: Director, kind: str, peer: str,
         return False
     for tries in range(1, MAX_TRIES + 1):
         typed = await ask()
+        if throttled(kind, peer, source):
+            await asyncio.sleep(FAIL_DELAY)
+            say(THROTTLED)
+            return False
         if await check_password(director, typed):
             log.info("%s login from %s", kind, peer)
             return True
-        note_failure(kind, peer, tries)
+        note_failure(kind, peer, source, tries)
         await asyncio.sleep(FAIL_DELAY)
         say(BAD_PASSWORD if tries < MAX_TRIES else TOO_MANY)
     return False

@@ -23,8 +23,8 @@ from prompt_toolkit.contrib.ssh import PromptToolkitSSHSession
 
 from ..shell.scripted import run_script
 from .hostkey import load_or_create_host_key
-from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, check_password,
-                    note_failure, password_set, peer_label)
+from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, check_password,
+                    note_failure, password_set, peer_label, throttled)
 from .terminal import Activity, feed_keys, serve_terminal, supervise
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ log = logging.getLogger("localdirector.access")
 SERVER_VERSION = "LocalDirector"
 # A script read from standard input is held whole before it runs; past this it is refused.
 MAX_SCRIPT_BYTES = 1 << 20
+# Sessions (channels) open at once on one connection: each interactive one costs about a
+# megabyte, so an unbounded number would let one login exhaust memory.
+MAX_CHANNELS = 4
+CLOSE_WAIT = 0.5   # seconds for a killed session's last words before its connection goes
 
 
 class SSHDoor:
@@ -81,30 +85,37 @@ class SSHDoor:
 
 
 class _Connection(asyncssh.SSHServer):
-    """One client connection: the access list, then the login with three password tries."""
+    """One client connection: the access list, the login with three password tries, then
+    at most MAX_CHANNELS sessions; `kill` or the idle timeout of one ends them all."""
 
     def __init__(self, door: SSHDoor) -> None:
         self.door = door
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
         self.label = ""
-        self.failures = 0
+        self.tries = 0
         self.username = ""
-        self.admitted = False
+        self.place: Place | None = None
+        self.channels: set["_Session"] = set()
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         host, port = conn.get_extra_info("peername")[:2]
         self.peer, self.label = host, peer_label(host, port)
-        self.admitted = self.door.gate.admit(self.door.appliance.director, host)
-        if not self.admitted:
+        self.place = self.door.gate.admit(self.door.appliance.director, host)
+        if self.place is None:
             # Before our version string goes out: a refused peer learns nothing.
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.door.gate.release()
+        if self.place is not None:
+            self.place.release()
+
+    def close(self) -> None:
+        """The whole connection, not one channel: a killed or timed-out operator must
+        log in again, not open another channel on the same authentication."""
+        if self.conn is not None:
+            self.conn.close()
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
@@ -116,33 +127,57 @@ class _Connection(asyncssh.SSHServer):
     def password_auth_supported(self) -> bool:
         return password_set(self.door.appliance.director)
 
-    async def validate_password(self, username: str, password: str) -> bool:
-        if await check_password(self.door.appliance.director, password):
-            return True
-        self.failures += 1
-        note_failure("ssh", self.peer, self.failures)
-        await asyncio.sleep(FAIL_DELAY)
-        if self.failures >= MAX_TRIES and self.conn is not None:
-            # After the failure reply has gone out, so the client can report it.
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            # Scheduled, so the failure reply goes out first and the client can report it.
             asyncio.get_running_loop().call_soon(
                 self.conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                 "Too many authentication failures")
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        # Counted before the first await: asyncssh cancels a check still running when the
+        # client sends its next request, so a count taken after the check (or after the
+        # delay) is never reached by a client that pipelines its guesses.
+        self.tries += 1
+        tries = self.tries
+        if tries > MAX_TRIES:
+            self._disconnect()
+            return False
+        if throttled("ssh", self.label, self.peer):
+            self.tries = MAX_TRIES
+            await asyncio.sleep(FAIL_DELAY)
+            self._disconnect()
+            return False
+        if await check_password(self.door.appliance.director, password):
+            return True
+        note_failure("ssh", self.peer, self.peer, tries)
+        await asyncio.sleep(FAIL_DELAY)
+        if tries >= MAX_TRIES:
+            self._disconnect()
         return False
 
     def auth_completed(self) -> None:
+        if self.place is not None:
+            self.place.logged_in()
         log.info("ssh login from %s (user %s)", self.label, self.username)
 
-    def session_requested(self) -> asyncssh.SSHServerSession:
-        return _Session(self.door.appliance, self.label)
+    def session_requested(self) -> asyncssh.SSHServerSession | bool:
+        if len(self.channels) >= MAX_CHANNELS:
+            log.warning("ssh session from %s refused: %d already open on its connection",
+                        self.label, MAX_CHANNELS)
+            return False
+        return _Session(self)
 
 
 class _Session(PromptToolkitSSHSession):
     """A PTY gets the interactive shell; an exec request or a PTY-less shell is a script."""
 
-    def __init__(self, appliance: "Appliance", peer: str) -> None:
+    def __init__(self, connection: _Connection) -> None:
         super().__init__(self._interactive, enable_cpr=False)
-        self.appliance = appliance
-        self.peer = peer
+        self.connection = connection
+        self.appliance = connection.door.appliance
+        self.peer = connection.label
+        connection.channels.add(self)
         self.activity = Activity()
         self.command: str | None = None
         self.scripted = False
@@ -165,11 +200,14 @@ class _Session(PromptToolkitSSHSession):
             self.task = asyncio.get_running_loop().create_task(self._script())
 
     async def _interactive(self, _ssh_session: Any) -> None:
-        await serve_terminal(self.appliance, "ssh", self.peer, self.activity)
+        ended = await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
+                                     self.activity)
         # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
         if self._chan is not None:
             with contextlib.suppress(OSError):
-                self._chan.exit(0)
+                self._chan.exit(1 if ended else 0)
+        if ended:   # once the channel's last words ("% Session closed by ...") went out
+            asyncio.get_running_loop().call_later(CLOSE_WAIT, self.connection.close)
 
     def data_received(self, data: str, datatype: object) -> None:
         self.activity.touch()
@@ -188,6 +226,7 @@ class _Session(PromptToolkitSSHSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The client hung up: end its shell so it leaves `who` now, not at the timeout.
+        self.connection.channels.discard(self)
         if self.task is not None:
             self.task.cancel()
 
@@ -199,6 +238,7 @@ class _Session(PromptToolkitSSHSession):
         session = self.appliance.open_session(
             "ssh", self.peer, interactive=False,
             write=(lambda text: chan.write(text.replace("\n", "\r\n"))) if pty else chan.write)
+        session.source = self.connection.peer
         self.activity.session = session
         status = 1
         try:
@@ -207,6 +247,7 @@ class _Session(PromptToolkitSSHSession):
             else:
                 reading = asyncio.ensure_future(self.stdin_done.wait())
                 if await supervise(self.appliance, session, reading) or session.closed:
+                    self.connection.close()
                     return
                 if self.stdin_size > MAX_SCRIPT_BYTES:
                     chan.write_stderr(f"% Script longer than {MAX_SCRIPT_BYTES} bytes\n")

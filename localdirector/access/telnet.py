@@ -21,7 +21,7 @@ from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from .login import Gate, peer_label
+from .login import Gate, Place, peer_label
 from .terminal import Activity, feed_keys, login, serve_terminal
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ class _TelnetConnection(asyncio.Protocol):
     def __init__(self, door: "TelnetDoor") -> None:
         self.door = door
         self.transport: asyncio.Transport | None = None
-        self.admitted = False
+        self.place: Place | None = None
+        self.source = ""
         self.label = ""
         self.term = DEFAULT_TERM
         self.size = Size(rows=24, columns=80)
@@ -151,12 +152,12 @@ class _TelnetConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         host, port = transport.get_extra_info("peername")[:2]
-        self.admitted = self.door.gate.admit(self.door.appliance.director, host)
-        if not self.admitted:
+        self.place = self.door.gate.admit(self.door.appliance.director, host)
+        if self.place is None:
             transport.abort()
             return
         self.transport = transport
-        self.label = peer_label(host, port)
+        self.source, self.label = host, peer_label(host, port)
         self.input = self._pipes.enter_context(create_pipe_input())
         transport.write(GREETING)
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -168,9 +169,8 @@ class _TelnetConnection(asyncio.Protocol):
             self.parser.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.door.gate.release()
+        if self.place is not None:
+            self.place.release()
         if self.task is not None:
             self.task.cancel()
 
@@ -214,8 +214,11 @@ class _TelnetConnection(asyncio.Protocol):
             output = Vt100_Output(_Stdout(self.transport), lambda: self.size,
                                   term=self.term, enable_cpr=False)
             with create_app_session(input=self.input, output=output):
-                if await login(appliance, "telnet", self.label):
-                    await serve_terminal(appliance, "telnet", self.label, self.activity)
+                if await login(appliance, "telnet", self.label, self.source):
+                    assert self.place is not None
+                    self.place.logged_in()
+                    await serve_terminal(appliance, "telnet", self.label, self.source,
+                                         self.activity)
         finally:
             self._pipes.close()
             self.transport.close()

@@ -18,7 +18,7 @@ from prompt_toolkit.input import PipeInput
 from prompt_toolkit.input.posix_pipe import PosixPipeInput
 from prompt_toolkit.shortcuts import print_formatted_text
 
-from ..shell.repl import run_shell_async
+from ..shell.repl import line_limit_bindings, run_shell_async
 from ..shell.session import Session
 from .login import LOGIN_TIMEOUT, password_login
 
@@ -57,18 +57,19 @@ def feed_keys(pipe: PipeInput, data: bytes) -> None:
 
 
 async def ask_password() -> str:
-    return await PromptSession().prompt_async("Password: ", is_password=True)
+    return await PromptSession(key_bindings=line_limit_bindings()).prompt_async(
+        "Password: ", is_password=True)
 
 
 def say(line: str) -> None:
     print_formatted_text(line)
 
 
-async def login(appliance: "Appliance", kind: str, peer: str) -> bool:
+async def login(appliance: "Appliance", kind: str, peer: str, source: str) -> bool:
     """The `Password:` exchange of telnet and the serial line, bounded in time."""
     try:
         return await asyncio.wait_for(
-            password_login(appliance.director, kind, peer, ask_password, say),
+            password_login(appliance.director, kind, peer, source, ask_password, say),
             LOGIN_TIMEOUT)
     except TimeoutError:
         say("% Login timed out")
@@ -100,10 +101,12 @@ async def supervise(appliance: "Appliance", session: Session, work: asyncio.Futu
     return False
 
 
-async def serve_terminal(appliance: "Appliance", kind: str, peer: str,
-                         activity: Activity) -> None:
-    """A full shell until `exit`, hang-up, `kill` or the idle timeout."""
+async def serve_terminal(appliance: "Appliance", kind: str, peer: str, source: str,
+                         activity: Activity) -> bool:
+    """A full shell until `exit`, hang-up, `kill` or the idle timeout; True for the last
+    two, when the transport must drop the whole connection, not just this shell."""
     session = appliance.open_session(kind, peer)
+    session.source = source
     activity.session = session
     shell = asyncio.ensure_future(run_shell_async(session))
     try:
@@ -116,3 +119,4 @@ async def serve_terminal(appliance: "Appliance", kind: str, peer: str,
         say("\n% Session timed out")
     elif session.killed_by is not None:
         say(f"\n% Session closed by session {session.killed_by}")
+    return timed_out or session.killed_by is not None

@@ -125,6 +125,6 @@ class TtyConsole:
                 say(f"\n{hostname} console {self.device}\n\nPress RETURN to get started.")
                 await PromptSession().prompt_async("")
                 if password_set(self.appliance.director):
-                    if not await login(self.appliance, "tty", self.device):
+                    if not await login(self.appliance, "tty", self.device, self.device):
                         continue
-                await serve_terminal(self.appliance, "tty", self.device, activity)
+                await serve_terminal(self.appliance, "tty", self.device, self.device, activity)

@@ -3,33 +3,67 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from localdirector.model.addr import format_ip, format_mask
 
 from localdirector.shell import args, config_file, running_config
 from localdirector.shell.grammar import Keyword, choice, opt
-from localdirector.model.passwords import verify_password
+from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.render import duration, table
 from localdirector.shell.session import CommandFailed, Session
 
 PRIV = Mode.PRIV
+log = logging.getLogger("localdirector.access")
+
+# Lines reached over the network (IOS vty lines): no privileged mode without a password.
+VTY_KINDS = frozenset(("ssh", "telnet"))
+ENABLE_TRIES = 3          # wrong enable passwords per session ...
+ENABLE_LOCKOUT = 60.0     # ... then `enable` is refused in that session for this long
+ENABLE_DELAY = 1.0        # seconds after a wrong one before the next is even checked
 
 
 @command(EXEC, Keyword("enable", "Enter privileged mode"))
 def enable(session: Session) -> None:
+    """Guessing is slow and seen: each wrong password is logged and counted for the
+    session's source across every door (FAILED_PASSWORDS); the next is not checked
+    before ENABLE_DELAY, and after ENABLE_TRIES the session may not try for a minute."""
     secret = session.director.settings.enable_secret
-    if session.mode is not Mode.USER or not secret:
+    if session.mode is not Mode.USER:
+        return
+    if not secret:
+        if session.kind in VTY_KINDS:
+            raise CommandFailed("No password set")
         session.mode = Mode.PRIV
         return
+    source = session.source
+    now = time.monotonic()
+    reason = FAILED_PASSWORDS.blocked(source)
+    if session.retry_at > now or reason is not None:
+        log.warning("enable from %s (session %d) refused: %s", session.peer or session.kind,
+                    session.id, reason or "too soon after wrong passwords")
+        raise CommandFailed("Bad secrets; try again later")
 
     def check(password: str) -> bool:
-        if not verify_password(password, session.director.settings.enable_secret):
+        if verify_password(password, session.director.settings.enable_secret):
+            session.enable_failures = 0
+            session.mode = Mode.PRIV
+            return True
+        session.enable_failures += 1
+        FAILED_PASSWORDS.failed(source)
+        log.warning("enable from %s (session %d) failed: wrong password (%d of %d)",
+                    session.peer or session.kind, session.id, session.enable_failures,
+                    ENABLE_TRIES)
+        if session.enable_failures >= ENABLE_TRIES:
+            session.enable_failures = 0
+            session.retry_at = time.monotonic() + ENABLE_LOCKOUT
+            session.print("% Bad secrets")
+        else:
+            session.retry_at = time.monotonic() + ENABLE_DELAY
             session.print("% Access denied")
-            return False
-        session.mode = Mode.PRIV
-        return True
+        return False
 
     session.ask_secret("Password: ", check)
 

@@ -7,7 +7,7 @@ without one: `--no-dataplane` still shows the model's counters and an empty tabl
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from localdirector.dataplane.stats import COUNTERS
 from localdirector.model.addr import format_ip
@@ -112,14 +112,52 @@ def _ends(ip: int, port: int) -> str:
     return f"{format_ip(ip)}:{port}"
 
 
+# Connections copied per hold of the model lock by `show conns`: about a millisecond.
+COPY_SLICE = 1000
+
+
+class _Row(NamedTuple):
+    """What `show conns` shows of one connection, copied while the lock was held."""
+    foreign: tuple[int, int]
+    virtual: tuple[int, int]
+    real: tuple[int, int]
+    state: str
+    created: float
+    last_seen: float
+    fastpath: bool
+    remap: int
+    answered: bool
+    syn_resends: int
+    virtual_name: str      # detail only ("" otherwise)
+    real_name: str
+
+
+def _copy_rows(director: Director, sid: ServerId | None, detail: bool) -> list[_Row]:
+    """The connections (of `sid`) as rows; the table itself is listed under one hold,
+    their fields are read a slice at a time so the data plane runs in between. A
+    connection closed meanwhile still shows, as it would have a moment earlier."""
+    with director.lock:
+        conns = list(director.conns)
+    rows: list[_Row] = []
+    for start in range(0, len(conns), COPY_SLICE):
+        with director.lock:
+            rows.extend(
+                _Row((c.foreign_ip, c.foreign_port), (c.virtual_ip, c.virtual_port),
+                     (c.real_ip, c.real_port), c.tcp_state, c.created, c.last_seen,
+                     c.fastpath, c.remap, c.answered, c.syn_resends,
+                     director.fmt(c.virtual.sid) if detail else "",
+                     director.fmt(c.real.sid) if detail else "")
+                for c in conns[start:start + COPY_SLICE] if sid is None or _matches(c, sid))
+    return rows
+
+
 FASTPATH_NOTE = ("Path fastpath: translated by conntrack NAT in the kernel; the director "
                  "sees only its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
 
 
-def _summary(conns: list[Connection], now: float) -> list[str]:
-    rows = ((_ends(c.foreign_ip, c.foreign_port), _ends(c.virtual_ip, c.virtual_port),
-             _ends(c.real_ip, c.real_port), c.tcp_state, duration(now - c.created),
-             "-" if c.fastpath else duration(now - c.last_seen),
+def _summary(conns: list[_Row], now: float) -> list[str]:
+    rows = ((_ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
+             duration(now - c.created), "-" if c.fastpath else duration(now - c.last_seen),
              "fastpath" if c.fastpath else "engine")
             for c in conns)
     lines = table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows)
@@ -128,17 +166,15 @@ def _summary(conns: list[Connection], now: float) -> list[str]:
     return lines
 
 
-def _detail(director: Director, conns: list[Connection], now: float) -> list[str]:
+def _detail(conns: list[_Row], now: float) -> list[str]:
     """FIG. 3C field by field, one block per connection."""
     lines: list[str] = []
     for c in conns:
         nat = f" (as port {c.remap} toward the real)" if c.remap else ""
         lines += [
-            f"Connection {_ends(c.foreign_ip, c.foreign_port)} -> "
-            f"{_ends(c.virtual_ip, c.virtual_port)}",
-            f"  Virtual {director.fmt(c.virtual.sid)}, real {director.fmt(c.real.sid)} "
-            f"at {_ends(c.real_ip, c.real_port)}{nat}",
-            f"  State {c.tcp_state}, answered {'yes' if c.answered else 'no'}, "
+            f"Connection {_ends(*c.foreign)} -> {_ends(*c.virtual)}",
+            f"  Virtual {c.virtual_name}, real {c.real_name} at {_ends(*c.real)}{nat}",
+            f"  State {c.state}, answered {'yes' if c.answered else 'no'}, "
             f"SYN resends {c.syn_resends}",
         ]
         if c.fastpath:
@@ -155,17 +191,20 @@ def _detail(director: Director, conns: list[Connection], now: float) -> list[str
 @command(EXEC, SHOW, Keyword("conns", "Connections through the director"),
          opt(args.server_id("id", "Only connections of this virtual or real")),
          opt(Keyword("detail", "Every field of each connection", "detail", True)),
-         output=True)
+         output=True, locked=False)
 def show_conns(session: Session, id: ServerId | None = None, detail: bool = False) -> None:
+    """Unlocked: the table may hold half a million connections, and formatting them under
+    the model lock would stop the data plane for seconds. The rows are copied in slices,
+    each under a brief hold of the lock, and formatted with no lock held."""
     director = session.director
     service = _dataplane(session)
     # The engine's clock dates the connections; without a data plane there are none.
     now = service.clock() if service is not None else time.monotonic()
-    conns = [c for c in director.conns if id is None or _matches(c, id)]
-    if not conns:
+    rows = _copy_rows(director, id, detail)
+    if not rows:
         session.print("No connections")
         return
-    session.print_lines(_detail(director, conns, now) if detail else _summary(conns, now))
+    session.print_lines(_detail(rows, now) if detail else _summary(rows, now))
 
 
 @command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"))

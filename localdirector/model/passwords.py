@@ -2,7 +2,8 @@
 
 One self-describing string (`scrypt$N$r$p$salt$hash`) is stored and written to the
 running config, so a saved configuration never holds a clear-text password and the
-access layer verifies logins with the same `verify_password`."""
+access layer verifies logins with the same `verify_password`. `FAILED_PASSWORDS` throttles
+guessing across every door and `enable`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import base64
 import hashlib
 import hmac
 import os
+import re
+import threading
+import time
+from collections import deque
 
 _SCHEME = "scrypt"
 _N, _R, _P = 2 ** 14, 8, 1
@@ -25,6 +30,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Exactly what `hash_password` writes: ASCII digits and unpadded URL-safe base64. The
+# decoders alone are lenient (int() takes spaces and '_', b64decode skips any other
+# byte), which let a "hash" carry escape sequences into `show running-config`.
+_STORED = re.compile(r"([a-z0-9]+)\$([0-9]{1,8})\$([0-9]{1,3})\$([0-9]{1,3})"
+                     r"\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)", re.ASCII)
+
+
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
                           maxmem=256 * 1024 * 1024, dklen=_KEY_BYTES)
@@ -38,13 +50,13 @@ def hash_password(password: str) -> str:
 
 
 def _fields(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != _SCHEME:
+    parts = _STORED.fullmatch(stored)
+    if parts is None or parts[1] != _SCHEME:
         return None
     try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, key = _unb64(parts[4]), _unb64(parts[5])
-    except ValueError:
+        n, r, p = int(parts[2]), int(parts[3]), int(parts[4])
+        salt, key = _unb64(parts[5]), _unb64(parts[6])
+    except ValueError:   # binascii.Error: a length base64 cannot have
         return None
     # Bounds keep a hostile config file from asking for gigabytes of scrypt memory.
     if not (2 <= n <= 2 ** 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
@@ -65,3 +77,56 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     n, r, p, salt, key = fields
     return hmac.compare_digest(_derive(password, salt, n, r, p), key)
+
+
+class FailedPasswords:
+    """Recent wrong passwords by source address and in all, shared by every door and by
+    `enable`, so a guesser gains nothing by spreading tries over connections, sessions
+    or doors: past PER_SOURCE failures in WINDOW seconds a source is refused without its
+    password being checked, and past GLOBAL failures every source is, until the window
+    has moved on (a stolen-password login then waits, an authorized key does not)."""
+
+    WINDOW = 60.0
+    PER_SOURCE = 10
+    GLOBAL = 60
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: deque[tuple[float, str]] = deque()
+        self._by_source: dict[str, int] = {}
+
+    def _expire(self, now: float) -> None:
+        while self._times and self._times[0][0] <= now - self.WINDOW:
+            _, source = self._times.popleft()
+            left = self._by_source[source] - 1
+            if left:
+                self._by_source[source] = left
+            else:
+                del self._by_source[source]
+
+    def failed(self, source: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            if len(self._times) < 4 * self.GLOBAL:     # bounded, whatever the flood
+                self._times.append((now, source))
+                self._by_source[source] = self._by_source.get(source, 0) + 1
+
+    def blocked(self, source: str) -> str | None:
+        """Why `source` may not try a password now, or None."""
+        with self._lock:
+            self._expire(time.monotonic())
+            if self._by_source.get(source, 0) >= self.PER_SOURCE:
+                return f"{self.PER_SOURCE} failed passwords from {source} within a minute"
+            if len(self._times) >= self.GLOBAL:
+                return f"{self.GLOBAL} failed passwords within a minute"
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._times.clear()
+            self._by_source.clear()
+
+
+# One appliance per process: one record of failures, whatever door they came through.
+FAILED_PASSWORDS = FailedPasswords()

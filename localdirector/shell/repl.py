@@ -9,15 +9,18 @@ ask the session, which asks the one grammar walker."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application, run_in_terminal
+from prompt_toolkit.application import Application, get_app, run_in_terminal
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent, merge_key_bindings
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
@@ -27,6 +30,16 @@ from prompt_toolkit.shortcuts import CompleteStyle, print_formatted_text
 
 from .registry import Mode
 from .session import Session
+
+
+# The longest line a prompt takes (IOS takes about as much): past it typed or pasted
+# characters are dropped, with one message per line. Editing a line costs prompt_toolkit
+# work and undo memory per keystroke that grows with the line, so a pasted megabyte
+# would cost gigabytes and minutes; 512 characters cost nothing.
+MAX_LINE = 512
+# The longest pause after a refused secret; a longer lockout is refused, not waited out.
+MAX_PAUSE = 2.0
+TOO_LONG = f"% Line too long: characters after the first {MAX_LINE} dropped"
 
 
 class CtrlZ(str):
@@ -62,10 +75,47 @@ def shell_key_bindings(session: Session) -> KeyBindings:
     return bindings
 
 
+def line_limit_bindings() -> KeyBindings:
+    """MAX_LINE for any prompt: keys past it are dropped, a paste is cut line by line."""
+    bindings = KeyBindings()
+    warned: set[int] = set()      # ids of the buffers told already, for their current line
+
+    def shortened(buffer: Buffer) -> None:
+        if len(buffer.text) < MAX_LINE:
+            warned.discard(id(buffer))
+            buffer.on_text_changed -= shortened
+
+    def warn(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if id(buffer) not in warned:
+            warned.add(id(buffer))
+            buffer.on_text_changed += shortened
+            run_in_terminal(lambda: print_formatted_text(TOO_LONG))
+
+    full = Condition(lambda: len(get_app().current_buffer.text) >= MAX_LINE)
+
+    @bindings.add(Keys.Any, filter=full)
+    def _drop(event: KeyPressEvent) -> None:
+        warn(event)
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        lines = event.data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        room = max(0, MAX_LINE - len(buffer.text))
+        kept = [lines[0][:room], *(line[:MAX_LINE] for line in lines[1:])]
+        if kept != lines:
+            warn(event)
+        buffer.insert_text("\n".join(kept))
+
+    return bindings
+
+
 def make_prompt_session(session: Session, input: Input | None = None,
                         output: Output | None = None) -> PromptSession:
     return PromptSession(completer=ShellCompleter(session),
-                         key_bindings=shell_key_bindings(session),
+                         key_bindings=merge_key_bindings([line_limit_bindings(),
+                                                          shell_key_bindings(session)]),
                          complete_style=CompleteStyle.READLINE_LIKE,
                          complete_while_typing=False, history=InMemoryHistory(),
                          input=input, output=output)
@@ -145,12 +195,17 @@ async def run_shell_async(session: Session, input: Input | None = None,
             await flush()
             while session.secret_request is not None and not session.closed:
                 try:
-                    secret = await PromptSession(input=input, output=output).prompt_async(
-                        session.secret_request[0], is_password=True)
+                    secret = await PromptSession(
+                        input=input, output=output, key_bindings=line_limit_bindings()
+                    ).prompt_async(session.secret_request[0], is_password=True)
                 except (EOFError, KeyboardInterrupt):
                     session.secret_request = None
                     break
-                session.answer_secret(secret)
+                if not session.answer_secret(secret):
+                    # The handler says when the next try counts (enable: a second after
+                    # a wrong password); a person waits here rather than be refused.
+                    await asyncio.sleep(min(max(0.0, session.retry_at - time.monotonic()),
+                                            MAX_PAUSE))
                 await flush()
     finally:
         session.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,19 @@ HISTORY_SIZE = 256
 DEFAULT_LENGTH = 24
 
 _SUFFIX = {Mode.USER: ">", Mode.PRIV: "#", Mode.CONFIG: "(config)#"}
+
+# What must never reach an operator's terminal from the model, a file or a log: control
+# characters (an escape sequence in a damaged startup-config would drive other people's
+# terminals) and lone surrogates (undecodable bytes, which no UTF-8 sink can encode).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: a control character becomes '?', a lone surrogate
+    U+FFFD; newlines and tabs stay."""
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(lambda m: "\ufffd" if m[0] >= "\ud800" else "?", text)
 
 
 class CommandFailed(Exception):
@@ -58,6 +72,10 @@ class Session:
         self.killed_by: int | None = None    # the session that ran `kill` on this one
         self.on_close: Callable[[], None] | None = None
         self.secret_request: tuple[str, Callable[[str], bool]] | None = None
+        # Where failed passwords are counted (the peer's address; transports set it).
+        self.source = peer or kind
+        self.enable_failures = 0
+        self.retry_at = 0.0   # time.monotonic() before which a secret is not checked
         self._out: list[str] = []
 
     @property
@@ -106,7 +124,7 @@ class Session:
         error = self.run(line)
         if error is None:
             return True
-        self.write("".join(f"{text}\n" for text in self.error_lines(line, error, prompt)))
+        self._emit(self.error_lines(line, error, prompt))
         return False
 
     def run(self, line: str) -> CommandError | None:
@@ -141,7 +159,11 @@ class Session:
         if modifier is not None:
             lines = modifier.command.handler(lines, **modifier.captures)
         if lines:
-            self.write("".join(f"{text}\n" for text in lines))
+            self._emit(lines)
+
+    def _emit(self, lines: list[str]) -> None:
+        """Every line a session shows goes out here, made safe for a terminal."""
+        self.write(printable("".join(f"{text}\n" for text in lines)))
 
     def error_lines(self, line: str, error: CommandError, prefix: str,
                     echo: bool | None = None, label: str = "") -> list[str]:

@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
 from localdirector.model.director import Director
 
 from .commands import REGISTRY, Registry
 from .commands.handle import DataPlaneHandle
-from .shell import config_file
+from .shell import config_file, running_config
 from .shell.session import Session
 
 DEFAULT_CONFIG = Path("/etc/localdirector/startup-config")
@@ -49,6 +50,7 @@ class Appliance:
     def __init__(self, config_path: Path = DEFAULT_CONFIG, queue_num: int = 0) -> None:
         self.director = Director()
         self.registry: Registry = REGISTRY
+        self._saved: list[str] = self.running_config()
         self.config_path = Path(config_path)
         self.queue_num = queue_num
         self.sessions = SessionRegistry()
@@ -78,10 +80,26 @@ class Appliance:
 
     def boot(self, report: Callable[[str], None]) -> None:
         self.director = self.load(report)
+        self.saved(self.running_config())
 
     def reload(self, report: Callable[[str], None]) -> None:
         """Swap in a model re-read from the startup-config; the data plane is told."""
         director = self.load(report)
         self.director = director
+        self.saved(self.running_config())
         for hook in self.reload_hooks:
             hook(director)
+
+    def running_config(self) -> list[str]:
+        with self.director.lock:
+            return running_config.render(self.director, self.registry)
+
+    def saved(self, lines: list[str]) -> None:
+        """What the startup-config now holds, as `running_config()` renders it."""
+        self._saved = lines
+
+    def unsaved(self) -> bool:
+        """Whether the running configuration differs from the startup-config (IOS asks
+        before `reload` throws such changes away). Compared as rendered, so a
+        hand-written startup-config that means the same counts as saved."""
+        return self.running_config() != self._saved

@@ -253,13 +253,13 @@ def test_passwords_are_stored_hashed_and_enable_asks_for_it(sh):
     assert f"enable password {settings.enable_secret} encrypted" in sh.config()
     session = sh.session
     session.mode = Mode.USER
-    assert sh("enable") and session.secret_request[0] == "Password: "
-    assert not session.answer_secret("guess")
+    assert sh("enable") and session.question.prompt == "Password: "
+    assert not session.answer("guess")
     assert sh.take() == "% Access denied\n" and session.mode is Mode.USER
     assert not sh("enable")                         # within a second of a wrong one
     assert "% Bad secrets; try again later" in sh.take()
     session.retry_at = 0.0                          # a second later
-    assert sh("enable") and session.answer_secret("s3cret")
+    assert sh("enable") and session.answer("s3cret")
     assert session.mode is Mode.PRIV
     session.mode = Mode.CONFIG
     stored = hash_password("other")
@@ -387,3 +387,47 @@ def test_retyping_a_server_without_a_state_keeps_it(sh):
     assert sh.director.virtuals[sid("192.0.2.10:80:1")].state is State.OUT_OF_SERVICE
     assert sh("real 203.0.113.12 is")
     assert sh.director.reals[sid("203.0.113.12")].state is State.IN_SERVICE
+
+
+def _privileged(tmp_path, interactive: bool) -> Shell:
+    (tmp_path / "startup-config").write_text("real 203.0.113.12\n")
+    shell = Shell(tmp_path, interactive=interactive)
+    shell.appliance.boot(lambda _line: None)
+    shell.session.mode = Mode.PRIV
+    return shell
+
+
+def test_reload_on_a_terminal_offers_to_save_then_confirms(tmp_path):
+    """IOS's dialogue: modified -> Save? [yes/no], then Proceed with reload? [confirm]."""
+    shell = _privileged(tmp_path, interactive=True)
+    session = shell.session
+    assert shell("reload") and session.question.prompt == "Proceed with reload? [confirm]"
+    assert not session.answer("n") and "Reload aborted" in shell.take()
+    assert shell("configure terminal", "real 203.0.113.13", "end", "reload")
+    assert session.question.prompt == "System configuration has been modified. Save? [yes/no]: "
+    assert session.answer("yes")
+    assert "[OK]" in shell.take() and "203.0.113.13" in (tmp_path / "startup-config").read_text()
+    assert session.question.prompt == "Proceed with reload? [confirm]"
+    assert session.answer("")
+    assert sid("203.0.113.13") in shell.director.reals
+    assert not shell.appliance.unsaved()
+
+
+def test_reload_answered_no_discards_and_a_bad_answer_aborts(tmp_path):
+    shell = _privileged(tmp_path, interactive=True)
+    session = shell.session
+    assert shell("configure terminal", "real 203.0.113.13", "end", "reload")
+    assert not session.answer("maybe") and session.question is None
+    assert "Please answer 'yes' or 'no'" in shell.take()
+    assert sid("203.0.113.13") in shell.director.reals           # nothing happened
+    assert shell("reload") and session.answer("no") and session.answer("y")
+    assert sid("203.0.113.13") not in shell.director.reals       # discarded, as asked
+
+
+def test_reload_in_a_script_says_what_it_discarded(tmp_path):
+    shell = _privileged(tmp_path, interactive=False)
+    assert shell("reload") and "discarded" not in shell.take()
+    assert shell("configure terminal", "real 203.0.113.13", "end", "reload")
+    out = shell.take()
+    assert "% Unsaved changes to the running configuration were discarded\n" in out
+    assert sid("203.0.113.13") not in shell.director.reals

@@ -157,3 +157,27 @@ def test_enable_password_is_asked_without_echo(tmp_path):
     assert "Tr0ub4dor" not in screen and "n0tit" not in screen
     assert screen.rstrip().endswith("localdirector#!")
     assert op.close() == 0
+
+
+def test_reload_asks_to_save_unsaved_changes_then_confirms(tmp_path):
+    path = tmp_path / "startup-config"
+    op = Operator(path)
+    op.run("enable")
+    op.run("conf t")
+    op.run("real 203.0.113.12")
+    op.run("end")
+    child = op.child
+    child.send("reload\r")
+    child.expect_exact("System configuration has been modified. Save? [yes/no]:")
+    child.send("yes\r")
+    child.expect_exact("Proceed with reload? [confirm]")
+    assert "[OK]" in clean(child.before)                  # saved before asking
+    assert "real 203.0.113.12:0:0:tcp is" in path.read_text()
+    child.send("\r")
+    screen = op.run("")
+    assert f"Reloading from {path}" in screen and screen.rstrip().endswith("localdirector#!")
+    child.send("reload\r")                                  # nothing unsaved: confirm only
+    child.expect_exact("Proceed with reload? [confirm]")
+    child.send("n\r")
+    assert "Reload aborted" in op.run("")
+    assert op.close() == 0

@@ -7,10 +7,10 @@ import logging
 import time
 
 from localdirector.model.addr import format_ip, format_mask
-
+from localdirector.model.director import Director
+from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
 from localdirector.shell import args, config_file, running_config
 from localdirector.shell.grammar import Keyword, choice, opt
-from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.render import duration, table
 from localdirector.shell.session import CommandFailed, Session
@@ -65,7 +65,7 @@ def enable(session: Session) -> None:
             session.print("% Access denied")
         return False
 
-    session.ask_secret("Password: ", check)
+    session.ask("Password: ", check, secret=True)
 
 
 @command(PRIV, Keyword("disable", "Leave privileged mode"))
@@ -100,13 +100,13 @@ _WRITE = Keyword("write", "Save or show the running configuration")
 @command(PRIV, _WRITE, Keyword("memory", "Save it as the startup-config"), locked=False)
 def write_memory(session: Session) -> None:
     session.print("Building configuration...")
-    with session.director.lock:                 # the disk is written unlocked
-        text = "\n".join(running_config.render(session.director, session.registry)) + "\n"
+    lines = session.appliance.running_config()   # the disk is written unlocked
     try:
-        config_file.save(session.appliance.config_path, text)
+        config_file.save(session.appliance.config_path, "\n".join(lines) + "\n")
     except OSError as err:
         raise CommandFailed(f"cannot write {session.appliance.config_path}: "
                             f"{err.strerror or err}; the startup-config is unchanged") from None
+    session.appliance.saved(lines)
     session.print("[OK]")
 
 
@@ -122,12 +122,46 @@ def write_erase(session: Session) -> None:
     except OSError as err:
         raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
                             f"{err.strerror or err}; the startup-config is unchanged") from None
+    session.appliance.saved(running_config.render(Director(), session.registry))
     session.print("[OK]")
 
 
 @command(PRIV, Keyword("reload", "Rebuild the running config from the startup-config"),
          locked=False)
 def reload(session: Session) -> None:
+    """IOS's dialogue on a terminal: save unsaved changes first?, then [confirm]. A
+    script has no one to answer: it is told, in one line, what was thrown away."""
+    if not session.interactive:
+        if session.appliance.unsaved():
+            session.print("% Unsaved changes to the running configuration were discarded")
+        _reload(session)
+        return
+    if not session.appliance.unsaved():
+        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        return
+
+    def save_first(text: str) -> bool:
+        word = text.strip().lower()
+        if word not in ("y", "ye", "yes", "n", "no"):
+            raise CommandFailed("Please answer 'yes' or 'no'. Reload aborted")
+        if word.startswith("y"):
+            write_memory(session)
+        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        return True
+
+    session.ask("System configuration has been modified. Save? [yes/no]: ", save_first)
+
+
+def _confirmed(session: Session, text: str) -> bool:
+    """[confirm]: Return or y proceeds, anything else aborts (as on IOS)."""
+    if text.strip().lower() not in ("", "y", "ye", "yes"):
+        session.print("Reload aborted")
+        return False
+    _reload(session)
+    return True
+
+
+def _reload(session: Session) -> None:
     session.print(f"Reloading from {session.appliance.config_path}")
     session.appliance.reload(session.print)
     session.print("[OK]")

@@ -193,15 +193,16 @@ async def run_shell_async(session: Session, input: Input | None = None,
             if isinstance(line, CtrlZ) and session.mode is Mode.CONFIG:
                 session.mode = Mode.PRIV
             await flush()
-            while session.secret_request is not None and not session.closed:
+            while session.question is not None and not session.closed:
+                question = session.question
                 try:
-                    secret = await PromptSession(
+                    reply = await PromptSession(
                         input=input, output=output, key_bindings=line_limit_bindings()
-                    ).prompt_async(session.secret_request[0], is_password=True)
+                    ).prompt_async(question.prompt, is_password=question.secret)
                 except (EOFError, KeyboardInterrupt):
-                    session.secret_request = None
+                    session.question = None
                     break
-                if not session.answer_secret(secret):
+                if not session.answer(reply) and question.secret:
                     # The handler says when the next try counts (enable: a second after
                     # a wrong password); a person waits here rather than be refused.
                     await asyncio.sleep(min(max(0.0, session.retry_at - time.monotonic()),

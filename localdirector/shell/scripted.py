@@ -9,17 +9,18 @@ from .session import Session
 
 
 def run_script(session: Session, lines: Iterable[str]) -> bool:
-    """Execute each line; a line after one that asks for a password is that password."""
+    """Execute each line; a line after one that asks a question (the enable password)
+    is its answer."""
     ok = True
     source = iter(lines)
     for line in source:
         ok &= session.execute(line.rstrip("\r\n"))
-        if session.secret_request is not None:
+        while session.question is not None:
             answer = next(source, None)
             if answer is None:
-                session.secret_request = None
+                session.question = None
                 return False
-            ok &= session.answer_secret(answer.rstrip("\r\n"))
+            ok &= session.answer(answer.rstrip("\r\n"))
         if session.closed:
             break
     return ok

@@ -12,6 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localdirector.model.director import Director, ModelError
@@ -48,6 +49,13 @@ class CommandFailed(Exception):
     """A handler refusing a command; the text is printed after `% `."""
 
 
+@dataclass(frozen=True)
+class Question:
+    prompt: str
+    answer: Callable[[str], bool]
+    secret: bool
+
+
 class Session:
     def __init__(self, appliance: "Appliance", kind: str = "console", peer: str = "", *,
                  director: Director | None = None,
@@ -71,7 +79,9 @@ class Session:
         self.closed = False
         self.killed_by: int | None = None    # the session that ran `kill` on this one
         self.on_close: Callable[[], None] | None = None
-        self.secret_request: tuple[str, Callable[[str], bool]] | None = None
+        # A question the transport must put to the operator before the next command
+        # (the enable password, reload's confirmation); see `ask`.
+        self.question: Question | None = None
         # Where failed passwords are counted (the peer's address; transports set it).
         self.source = peer or kind
         self.enable_failures = 0
@@ -93,9 +103,11 @@ class Session:
     def print_lines(self, lines: list[str]) -> None:
         self._out.extend(lines)
 
-    def ask_secret(self, prompt: str, check: Callable[[str], bool]) -> None:
-        """Ask the transport for one unechoed line (the enable password); `check` gets it."""
-        self.secret_request = (prompt, check)
+    def ask(self, prompt: str, answer: Callable[[str], bool], secret: bool = False) -> None:
+        """Ask the transport for one line (unechoed when `secret`: the enable password);
+        `answer` gets it and may ask again. Only an interactive session is asked a
+        confirmation: scripts have no one to answer (see `interactive`)."""
+        self.question = Question(prompt, answer, secret)
 
     def close(self) -> None:
         """`exit`, `kill`, or the transport hanging up; safe to call more than once."""
@@ -107,11 +119,15 @@ class Session:
             self.on_close()
 
     # -- what transports call -------------------------------------------------------
-    def answer_secret(self, text: str) -> bool:
-        request, self.secret_request = self.secret_request, None
-        if request is None:
+    def answer(self, text: str) -> bool:
+        question, self.question = self.question, None
+        if question is None:
             return False
-        ok = request[1](text)
+        try:
+            ok = question.answer(text)
+        except (CommandFailed, ModelError) as err:
+            self.print(f"% {err}")
+            ok = False
         self._flush()
         return ok
 

@@ -92,6 +92,19 @@ class Console:
             text += self._clean(self.child.before) + "\n"
         return text[found.end():-1]
 
+    def reload(self) -> str:
+        """`reload` at the console, through IOS's dialogue: unsaved changes are not saved
+        (the test changed the startup-config itself), then [confirm]; its output."""
+        self.child.sendline("reload")
+        if self.child.expect([r"Save\? \[yes/no\]: ", r"\[confirm\]"]) == 0:
+            self.child.sendline("no")
+            self.child.expect(r"\[confirm\]")
+        self.child.sendline("")
+        self.child.expect(r"\[OK\]")
+        text = self._clean(self.child.before)
+        self.child.expect(PROMPT)
+        return text + "[OK]"
+
     def configure(self, *lines: str) -> None:
         self.run("configure terminal")
         for line in lines:

@@ -153,7 +153,7 @@ def test_rules_follow_the_model_and_reload(lab: Lab, appliance) -> None:
     console.configure(f"real {R14}", f"virtual {other}:80", f"bind {other}:80 {R14}")
     console.wait_for(lambda: f"-d {other}/32" in raw_table(lab), what="rule for new VIP")
     assert lab.client_get(f"http://{other}/").strip() == name(R14)
-    console.run("reload")
+    console.reload()
     console.wait_for(lambda: f"-d {other}/32" not in raw_table(lab), what="reload")
     console.wait_for(lambda: "1 reloads" in console.run("show statistics"), what="reload")
     assert raw_table(lab).count("-A PREROUTING -j LOCALDIRECTOR") == 1

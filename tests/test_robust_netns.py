@@ -570,7 +570,7 @@ def test_reload_keeps_serving(lab: Lab, appliance, tmp_path: Path) -> None:
     time.sleep(0.8)
     config.write_text("\n".join(simple_config(VIP, "roundrobin", [R12, R13, R14])) + "\n")
     started = time.monotonic()
-    assert "[OK]" in console.run("reload")
+    assert "[OK]" in console.reload()
     reload_s = time.monotonic() - started
     result = legit_results(legit)
     out, _ = held.communicate(timeout=30)

@@ -105,6 +105,7 @@ POKED_DOWNLOAD = r'''
 import json, socket, sys, threading, time
 vip, source = sys.argv[1], sys.argv[2]
 s = socket.create_connection((vip, 80), timeout=6, source_address=(source, 0))
+s.settimeout(60)   # silence from the kill to the poke is expected: only a RST ends it
 s.sendall(f"GET /bytes/1000000000 HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
 state = {"bytes": 0, "error": None, "failed_at": None}
 def read():
@@ -163,7 +164,10 @@ def test_kill_9_leaks_no_real_address_and_a_restart_resets_old_clients(
     console.kill()
     sniffed, err = sniffer.communicate(timeout=30)
     assert json.loads(sniffed.strip().splitlines()[-1]) == {"leaked": 0, "sources": []}, err
-    appliance(config)
+    restarted = appliance(config)
+    # Poke once its rules are in: before that, the segment goes nowhere (bypass).
+    restarted.wait_for(lambda: "in sync" in rules_line(restarted), timeout=30,
+                       what="rules of the restarted appliance")
     client.stdin.write("poke\n")
     client.stdin.flush()
     out, err = client.communicate(timeout=30)

@@ -255,8 +255,10 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             f"-A {n.queue} -j NOTRACK",
             queue,
             f":{n.real_queue} - [0:0]",
+            # Replies to the director's own connections (probes, an operator's curl)
+            # are none of the engine's business: not queued, and tracked as usual.
+            f"-A {n.real_queue} {TO_DIRECTOR} -j RETURN",
             f"-A {n.real_queue} -j NOTRACK",
-            f"-A {n.real_queue} {TO_DIRECTOR} {nfqueue} --queue-bypass",
             f"-A {n.real_queue} {nfqueue}",
             f":{n.local} - [0:0]",
             f":{n.shed} - [0:0]",

@@ -152,3 +152,45 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"localdirector: metrics: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
+    """In-process (no probe runner, so no probe traffic): a check's state and counts, and
+    a failover unit's role, as promtool-clean series."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from localdirector.appliance import Appliance
+    from localdirector.commands import failover as failover_commands
+    from localdirector.model.failover import FailoverStatus
+    from localdirector.model.probes import record
+    from localdirector.monitor.metrics import ApplianceCollector
+    from localdirector.shell.registry import Mode
+
+    appliance = Appliance(tmp_path / "startup-config")
+    session = appliance.open_session("test", interactive=False)
+    session.mode = Mode.CONFIG
+    for line in (*CONFIG.splitlines(), "probeconfig web http port 80",
+                 "probe 203.0.113.11 web"):
+        assert session.execute(line), line
+    [check] = appliance.director.checks.values()
+    record(check, False, "refused", 0.0, time.time())
+
+    class Pair:
+        def status(self) -> FailoverStatus:
+            return FailoverStatus("Primary", "Standby", 0.0, "eth2", "198.19.255.1",
+                                  "Normal", "Active", 12.0, "idle", ())
+    failover_commands.attach(appliance, Pair())   # as the failover service does
+    registry = CollectorRegistry()
+    registry.register(ApplianceCollector(appliance))
+    text = generate_latest(registry).decode()
+    got = samples(text)
+    ident = (("port", "80"), ("probe", "web"), ("real", "203.0.113.11:0:0:tcp"),
+             ("type", "http"))
+    assert got[("localdirector_probe_state", (*ident[:3], ("state", "DOWN"), ident[3]))] == 1
+    assert got[("localdirector_probe_results_total", (*ident[:2], ident[2],
+                                                      ("result", "failed"), ident[3]))] == 1
+    assert got[("localdirector_failover_role", (("role", "Standby"),
+                                                ("unit", "Primary")))] == 1
+    check_run = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                               capture_output=True, timeout=30)
+    assert check_run.returncode == 0, check_run.stdout + check_run.stderr

@@ -58,8 +58,13 @@ def attach(appliance: "Appliance", handle: FailoverHandle | None) -> None:
         _handles[appliance] = handle
 
 
+def handle_of(appliance: "Appliance") -> FailoverHandle | None:
+    """The running pair of an appliance (None: not started with a failover link)."""
+    return _handles.get(appliance)
+
+
 def _handle(session: Session) -> FailoverHandle:
-    handle = _handles.get(session.appliance)
+    handle = handle_of(session.appliance)
     if handle is None:
         raise CommandFailed("failover is not running on this unit "
                             "(start the appliance with --failover-link IFACE)")

@@ -1,5 +1,6 @@
-"""What a Prometheus scrape reads: the model's virtuals, reals and Bind IDs, and the
-data plane's counters, as metric families (docs/design.rst, "Monitoring").
+"""What a Prometheus scrape reads: the model's virtuals, reals, Bind IDs and probes, the
+data plane's counters and the failover role, as metric families (docs/design.rst,
+"Monitoring").
 
 Each scrape takes the model lock once, only to copy numbers; the families are built
 after it is released, so a scrape never stalls a packet, and one copy means no series
@@ -8,8 +9,7 @@ by server id as the shell writes it without names (`192.0.2.10:80:0:tcp`), which
 the same when a `name` changes.
 
 Extending it: a model source (under the lock, returns the builder it runs after) goes
-in MODEL_SOURCES, e.g. probe results per real; anything that takes its own locks or
-none goes in APPLIANCE_SOURCES, e.g. the failover role."""
+in MODEL_SOURCES; anything that takes its own locks or none in APPLIANCE_SOURCES."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import localdirector
+from localdirector.commands.failover import handle_of
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
+from localdirector.model.probes import DOWN, NO_PORT, UNKNOWN, UP
 from localdirector.model.state import State
 
 if TYPE_CHECKING:
@@ -156,6 +158,53 @@ def identity(director: Director) -> Callable[[], Families]:
     return build
 
 
+def probes(director: Director) -> Callable[[], Families]:
+    """One series set per check (real, probe, port), as `show probe` lists them."""
+    rows = [(str(c.real_sid), c.probe.name, c.probe.kind, c.port, c.state, c.ok, c.failed,
+             c.latency) for c in director.checks.values()]
+    counters = director.probe_counters
+    sent, ok, failed = counters.sent, counters.ok, counters.failed
+
+    def build() -> Families:
+        labels = ["real", "probe", "type", "port"]
+        state = gauge("probe_state", "Probe state of a real, one series per value: 1 for "
+                      "the current (DOWN takes the real out)", [*labels, "state"])
+        results = counter("probe_results", "Probe results", [*labels, "result"])
+        latency = gauge("probe_latency_seconds", "Time of the last good probe", labels)
+        for real, name, kind, port, current, good, bad, seconds in rows:
+            ident = [real, name, kind, str(port)]
+            for value in (UNKNOWN, UP, DOWN, NO_PORT):
+                state.add_metric([*ident, value], 1.0 if value == current else 0.0)
+            results.add_metric([*ident, "ok"], good)
+            results.add_metric([*ident, "failed"], bad)
+            if seconds:
+                latency.add_metric(ident, seconds)
+        totals = counter("probes", "Probes sent since start or reload, by result",
+                         ["result"])
+        totals.add_metric(["sent"], sent)
+        totals.add_metric(["ok"], ok)
+        totals.add_metric(["failed"], failed)
+        return [state, results, latency, totals]
+    return build
+
+
+def failover(appliance: "Appliance") -> Families:
+    """The unit's role in a failover pair, when it runs as one."""
+    handle = handle_of(appliance)
+    if handle is None:
+        return
+    status = handle.status()
+    role = gauge("failover_role", "Role of this unit, one series per value: 1 for the "
+                 "current", ["unit", "role"])
+    for value in ("Active", "Standby", "Fault", "Starting"):
+        role.add_metric([status.unit, value], 1.0 if value == status.role else 0.0)
+    yield role
+    yield _single(counter("failover_active_seconds", "Time this unit has been active"),
+                  status.active_seconds)
+    yield _single(gauge("failover_link_up", "1 while the failover link is up"),
+                  1.0 if status.link_state == "Normal" else 0.0)
+
+
 def dataplane(appliance: "Appliance") -> Families:
     """From `DataPlaneHandle.statistics()`, which takes the model lock itself."""
     handle = appliance.dataplane
@@ -201,8 +250,8 @@ def _single(family: GaugeMetricFamily | CounterMetricFamily, value: float) -> Me
     return family
 
 
-MODEL_SOURCES: list[ModelSource] = [identity, virtuals, reals, assigns]
-APPLIANCE_SOURCES: list[ApplianceSource] = [dataplane]
+MODEL_SOURCES: list[ModelSource] = [identity, virtuals, reals, assigns, probes]
+APPLIANCE_SOURCES: list[ApplianceSource] = [dataplane, failover]
 
 
 class ApplianceCollector(Collector):

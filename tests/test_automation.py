@@ -142,3 +142,27 @@ def test_a_client_that_does_not_answer_the_cursor_request_gets_plain_lines(box):
     screen = wire.getvalue().replace("\x1b[6n", "", 1)   # the one request
     assert "\x1b" not in screen and "CPR" not in screen
     assert "sh vx\b \birtual ?\r\n" in screen
+
+
+def test_a_connection_without_a_channel_is_in_who_and_can_be_killed(box):
+    """Logged in, no channel: still a way in, so `who` lists it and `kill` ends it."""
+    import asyncio
+    import re
+
+    import asyncssh
+
+    async def scenario() -> None:
+        async with asyncssh.connect("127.0.0.1", box.ssh_port, username="admin",
+                                    password=PASSWORD, known_hosts=None, client_keys=(),
+                                    agent_path=None) as conn:
+            port = conn.get_extra_info("sockname")[1]
+            who = await asyncio.to_thread(expected, box, "who")
+            [session] = re.findall(rf"^\s+(\d+)\s+ssh\s+127\.0\.0\.1:{port}\s", who, re.M)
+            script = "\n".join(["enable", ENABLE, f"kill {session}"]) + "\n"
+            result = await asyncio.to_thread(box.ssh, stdin=script)
+            assert f"Session {session} closed" in result.stdout, result.stdout
+            await asyncio.wait_for(conn.wait_closed(), 10)
+        who = await asyncio.to_thread(expected, box, "who")
+        assert f"127.0.0.1:{port} " not in who
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

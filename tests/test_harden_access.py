@@ -98,7 +98,10 @@ def test_failed_logins_are_throttled_per_source(appliance: Appliance) -> None:
             seen = b""
             for password in passwords:
                 while b"Password:" not in seen:
-                    seen += sock.recv(4096)
+                    chunk = sock.recv(4096)
+                    if not chunk:                  # refused: no further prompt
+                        return seen.decode(errors="replace")
+                    seen += chunk
                 seen = seen.split(b"Password:", 1)[1]
                 sock.sendall(password.encode() + b"\r")
             sock.settimeout(5)

@@ -29,6 +29,10 @@ class Operator(TaggedTyping):
                                              str(config)],
                                    env=env, encoding="utf-8", timeout=30,
                                    dimensions=(40, 160), echo=False)
+        # A full terminal answers the cursor-position request the shell sends first;
+        # one that does not gets the plain line discipline (tests/test_automation.py).
+        self.child.expect_exact("\x1b[6n")
+        self.child.send("\x1b[1;1R")
 
     def lines(self, line: str) -> list[str]:
         """Output lines of one command (prompt redraws dropped)."""

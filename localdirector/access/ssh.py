@@ -22,6 +22,7 @@ import asyncssh
 from prompt_toolkit.contrib.ssh import PromptToolkitSSHSession
 
 from ..shell.scripted import run_script
+from ..shell.session import Session
 from .hostkey import load_or_create_host_key
 from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, check_password,
                     note_failure, password_set, peer_label, throttled)
@@ -86,7 +87,10 @@ class SSHDoor:
 
 class _Connection(asyncssh.SSHServer):
     """One client connection: the access list, the login with three password tries, then
-    at most MAX_CHANNELS sessions; `kill` or the idle timeout of one ends them all."""
+    at most MAX_CHANNELS sessions; `kill` or the idle timeout of one ends them all.
+
+    A logged-in connection with no channel open is still a way in: `who` lists it as a
+    placeholder session, and `kill` of that closes the connection."""
 
     def __init__(self, door: SSHDoor) -> None:
         self.door = door
@@ -97,6 +101,7 @@ class _Connection(asyncssh.SSHServer):
         self.username = ""
         self.place: Place | None = None
         self.channels: set["_Session"] = set()
+        self.placeholder: Session | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -110,6 +115,31 @@ class _Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.place is not None:
             self.place.release()
+        self._unlist()
+
+    def listed(self) -> None:
+        """No channel open (logged in, or the last one closed): in `who` as a placeholder."""
+        if self.placeholder is not None or self.channels or self.conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        placeholder = self.door.appliance.open_session("ssh", self.label, interactive=False)
+        placeholder.source = self.peer
+        placeholder.on_close = lambda: loop.call_soon_threadsafe(self._placeholder_closed,
+                                                                 placeholder)
+        self.placeholder = placeholder
+
+    def _unlist(self) -> None:
+        """A channel opened, or the connection went: the placeholder leaves `who`."""
+        placeholder, self.placeholder = self.placeholder, None
+        if placeholder is not None:
+            placeholder.on_close = None
+            placeholder.close()
+
+    def _placeholder_closed(self, placeholder: Session) -> None:
+        """Only `kill` closes a placeholder that is still listed: end the connection."""
+        if placeholder is self.placeholder:
+            self.placeholder = None
+            self.close()
 
     def close(self) -> None:
         """The whole connection, not one channel: a killed or timed-out operator must
@@ -160,12 +190,14 @@ class _Connection(asyncssh.SSHServer):
         if self.place is not None:
             self.place.logged_in()
         log.info("ssh login from %s (user %s)", self.label, self.username)
+        self.listed()
 
     def session_requested(self) -> asyncssh.SSHServerSession | bool:
         if len(self.channels) >= MAX_CHANNELS:
             log.warning("ssh session from %s refused: %d already open on its connection",
                         self.label, MAX_CHANNELS)
             return False
+        self._unlist()
         return _Session(self)
 
 
@@ -229,6 +261,7 @@ class _Session(PromptToolkitSSHSession):
         self.connection.channels.discard(self)
         if self.task is not None:
             self.task.cancel()
+        self.connection.listed()
 
     async def _script(self) -> None:
         assert self._chan is not None

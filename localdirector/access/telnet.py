@@ -21,6 +21,7 @@ from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
+from ..shell.repl import open_front
 from .login import Gate, Place, peer_label
 from .terminal import Activity, feed_keys, login, serve_terminal
 
@@ -213,12 +214,13 @@ class _TelnetConnection(asyncio.Protocol):
                 await asyncio.wait_for(self.typed.wait(), TTYPE_WAIT)
             output = Vt100_Output(_Stdout(self.transport), lambda: self.size,
                                   term=self.term, enable_cpr=False)
-            with create_app_session(input=self.input, output=output):
-                if await login(appliance, "telnet", self.label, self.source):
+            with create_app_session(input=self.input, output=output), \
+                 await open_front() as front:
+                if await login(appliance, "telnet", self.label, self.source, front):
                     assert self.place is not None
                     self.place.logged_in()
                     await serve_terminal(appliance, "telnet", self.label, self.source,
-                                         self.activity)
+                                         self.activity, front)
         finally:
             self._pipes.close()
             self.transport.close()

@@ -2,7 +2,9 @@
 
 SSH, telnet and the serial line each build a prompt_toolkit input/output pair and then
 call `serve_terminal` inside `create_app_session(input, output)`; from there on every
-door behaves the same, which is what makes the shared policy in `login` trustworthy."""
+door behaves the same, which is what makes the shared policy in `login` trustworthy.
+Whatever a terminal is told or asked goes through its front end (shell/repl.py
+`open_front`): the line editor, or for automation the plain line discipline."""
 
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ import os
 import time
 from typing import TYPE_CHECKING, cast
 
-from prompt_toolkit import PromptSession
 from prompt_toolkit.input import PipeInput
 from prompt_toolkit.input.posix_pipe import PosixPipeInput
-from prompt_toolkit.shortcuts import print_formatted_text
 
-from ..shell.repl import line_limit_bindings, run_shell_async
+from ..shell.repl import Front, open_front, run_shell_async
 from ..shell.session import Session
 from .login import LOGIN_TIMEOUT, password_login
 
@@ -56,17 +56,15 @@ def feed_keys(pipe: PipeInput, data: bytes) -> None:
         os.write(fd, data)
 
 
-async def ask_password() -> str:
-    return await PromptSession(key_bindings=line_limit_bindings()).prompt_async(
-        "Password: ", is_password=True)
-
-
-def say(line: str) -> None:
-    print_formatted_text(line)
-
-
-async def login(appliance: "Appliance", kind: str, peer: str, source: str) -> bool:
+async def login(appliance: "Appliance", kind: str, peer: str, source: str,
+                front: Front) -> bool:
     """The `Password:` exchange of telnet and the serial line, bounded in time."""
+    def say(line: str) -> None:
+        front.write(line + "\n")
+
+    async def ask_password() -> str:
+        return await front.read_answer("Password: ")
+
     try:
         return await asyncio.wait_for(
             password_login(appliance.director, kind, peer, source, ask_password, say),
@@ -102,13 +100,17 @@ async def supervise(appliance: "Appliance", session: Session, work: asyncio.Futu
 
 
 async def serve_terminal(appliance: "Appliance", kind: str, peer: str, source: str,
-                         activity: Activity) -> bool:
+                         activity: Activity, front: Front | None = None) -> bool:
     """A full shell until `exit`, hang-up, `kill` or the idle timeout; True for the last
-    two, when the transport must drop the whole connection, not just this shell."""
+    two, when the transport must drop the whole connection, not just this shell.
+    Without a `front` (no login asked first), the terminal is probed for one here."""
+    if front is None:
+        with await open_front() as front:
+            return await serve_terminal(appliance, kind, peer, source, activity, front)
     session = appliance.open_session(kind, peer)
     session.source = source
     activity.session = session
-    shell = asyncio.ensure_future(run_shell_async(session))
+    shell = asyncio.ensure_future(run_shell_async(session, front))
     try:
         timed_out = await supervise(appliance, session, shell)
     finally:
@@ -116,7 +118,7 @@ async def serve_terminal(appliance: "Appliance", kind: str, peer: str, source: s
         session.close()
         activity.session = None
     if timed_out:
-        say("\n% Session timed out")
+        front.write("\n% Session timed out\n")
     elif session.killed_by is not None:
-        say(f"\n% Session closed by session {session.killed_by}")
+        front.write(f"\n% Session closed by session {session.killed_by}\n")
     return timed_out or session.killed_by is not None

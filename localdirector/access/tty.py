@@ -17,14 +17,14 @@ import termios
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
-from prompt_toolkit import PromptSession
 from prompt_toolkit.application.current import create_app_session
 from prompt_toolkit.input.vt100 import Vt100Input
 from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.output.vt100 import Vt100_Output
 
 from .login import password_set
-from .terminal import Activity, login, say, serve_terminal
+from ..shell.repl import open_front, plain_front
+from .terminal import Activity, login, serve_terminal
 
 if TYPE_CHECKING:
     from ..appliance import Appliance
@@ -122,9 +122,15 @@ class TtyConsole:
         with create_app_session(input=_Keyboard(reader, activity), output=output):
             while True:
                 hostname = self.appliance.director.settings.hostname
-                say(f"\n{hostname} console {self.device}\n\nPress RETURN to get started.")
-                await PromptSession().prompt_async("")
-                if password_set(self.appliance.director):
-                    if not await login(self.appliance, "tty", self.device, self.device):
-                        continue
-                await serve_terminal(self.appliance, "tty", self.device, self.device, activity)
+                # Nobody may be at the line yet: the terminal is probed once someone is.
+                with plain_front() as waiting:
+                    waiting.write(f"\n{hostname} console {self.device}\n\n"
+                                  "Press RETURN to get started.\n")
+                    await waiting.read_line("")
+                with await open_front() as front:
+                    if password_set(self.appliance.director):
+                        if not await login(self.appliance, "tty", self.device, self.device,
+                                           front):
+                            continue
+                    await serve_terminal(self.appliance, "tty", self.device, self.device,
+                                         activity, front)

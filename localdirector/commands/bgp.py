@@ -18,7 +18,6 @@ from localdirector.model.serverid import ServerId
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import table
 from localdirector.shell.session import Session
 
 if TYPE_CHECKING:
@@ -119,15 +118,19 @@ def show_bgp(session: Session) -> None:
     wanted = bgp.wanted(director)
     if not config.asn:
         session.print("BGP not configured (router bgp ASN)")
+        session.record(asn=None)
         return
     rid = format_ip(config.router_id) if config.router_id else "the local address"
-    lines = [f"BGP local AS {config.asn}, router-id {rid}"
-             f"{', DRAINED: every VIP withdrawn' if config.drain else ''}",
-             f"ExaBGP: {status.running if status else 'not running (no --bgp)'}"]
-    lines += table(("Neighbor", "Remote-AS", "Hold", "State"),
-                   [(format_ip(n.addr), n.remote_as, n.hold,
-                     status.sessions.get(n.addr, "idle") if status else "-")
-                    for n in config.neighbors])
+    session.print_lines([f"BGP local AS {config.asn}, router-id {rid}"
+                         f"{', DRAINED: every VIP withdrawn' if config.drain else ''}",
+                         f"ExaBGP: {status.running if status else 'not running (no --bgp)'}"])
+    session.record(asn=config.asn,
+                   router_id=format_ip(config.router_id) if config.router_id else None,
+                   drain=config.drain, exabgp=status.running if status else None)
+    session.print_table(("Neighbor", "Remote-AS", "Hold", "State"),
+                        [(format_ip(n.addr), n.remote_as, n.hold,
+                          status.sessions.get(n.addr, "idle") if status else "-")
+                         for n in config.neighbors], key="neighbors")
     announced = status.announced if status else frozenset()
     sent = ("announced" if status and "up" in status.sessions.values()
             else "announced (no session up)")
@@ -136,6 +139,5 @@ def show_bgp(session: Session) -> None:
              ("withdrawn (drain)" if config.drain else
               "pending" if v.addr in wanted else "withdrawn (cannot serve)"))
             for v in director.iter_virtuals() if v.advertise]
-    lines += table(("Prefix", "Virtual", "State"), rows) if rows else [
-        "No virtual is advertised (advertise VIRTUAL)"]
-    session.print_lines(lines)
+    session.print_table(("Prefix", "Virtual", "State"), rows, key="prefixes",
+                        empty="No virtual is advertised (advertise VIRTUAL)")

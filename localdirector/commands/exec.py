@@ -12,7 +12,7 @@ from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
 from localdirector.shell import args, config_file, running_config
 from localdirector.shell.grammar import Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import duration, table
+from localdirector.shell.render import Cell, elapsed
 from localdirector.shell.session import CommandFailed, Session
 
 PRIV = Mode.PRIV
@@ -170,10 +170,13 @@ def _reload(session: Session) -> None:
 def users(session: Session) -> None:
     """`who` and `show users`: every live session, this one starred."""
     now = time.time()
-    rows = [("*" if s is session else "", s.id, s.kind, s.peer or "-", s.mode.value,
-             duration(now - s.started), duration(now - s.last_activity))
+    rows = [(Cell("*", True) if s is session else Cell("", False), s.id, s.kind,
+             s.peer or "-", s.mode.value, elapsed(now - s.started),
+             elapsed(now - s.last_activity))
             for s in session.appliance.sessions]
-    session.print_lines(table(("", "ID", "Kind", "Peer", "Mode", "Connected", "Idle"), rows))
+    session.print_table(("", "ID", "Kind", "Peer", "Mode", "Connected", "Idle"), rows,
+                        fields=("current", "id", "kind", "peer", "mode", "connected",
+                                "idle"))
 
 
 command(EXEC, Keyword("who", "Who is logged in"), output=True)(users)
@@ -228,5 +231,5 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
                      director.fmt(decision.virtual.sid),
                      director.fmt(decision.real.sid) if decision.real else "-",
                      (served or decision.virtual).predictor, why))
-    session.print_lines(table(("Client", "Destination", "Virtual", "Real", "Predictor",
-                               "Why"), rows))
+    session.print_table(("Client", "Destination", "Virtual", "Real", "Predictor", "Why"),
+                        rows)

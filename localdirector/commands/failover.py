@@ -10,6 +10,7 @@ Configuration lives in the model (model/failover.py). What only the running pair
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -197,3 +198,6 @@ def show_failover(session: Session) -> None:
     status = handle.status() if handle is not None else None
     session.print_lines(render(config.enabled, config.poll_ms, config.hold_ms,
                                config.replicate, status))
+    session.record(enabled=config.enabled, poll_ms=config.poll_ms, hold_ms=config.hold_ms,
+                   replicate=config.replicate,
+                   status=None if status is None else dataclasses.asdict(status))

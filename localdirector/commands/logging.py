@@ -15,7 +15,6 @@ from localdirector.model.settings import DEFAULT_LOG_TRAP, LOG_LEVELS, LOG_TRANS
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import table
 from localdirector.shell.session import Session
 from localdirector.syslog import remote
 
@@ -100,8 +99,8 @@ def show_logging(session: Session) -> None:
                      report.failed, report.waiting, "failing" if report.error else "ok"))
         if report.error:
             errors.append(f"{target}: {report.error}")
-    if not rows:
-        session.print_lines([*lines, "No logging hosts"])
-        return
-    session.print_lines([*lines, *table(("Host", "Transport", "Port", "Sent", "Failed",
-                                         "Waiting", "Status"), rows), *errors])
+    session.print_lines(lines)
+    session.record(trap_level=LOG_LEVELS[level], trap=level, facility="local7")
+    session.print_table(("Host", "Transport", "Port", "Sent", "Failed", "Waiting", "Status"),
+                        rows, key="hosts", empty="No logging hosts")
+    session.print_lines(errors)

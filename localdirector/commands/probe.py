@@ -20,7 +20,7 @@ from localdirector.model.serverid import ServerId, ServerPattern
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import duration, table
+from localdirector.shell.render import Cell, Rows, elapsed
 from localdirector.shell.session import CommandFailed, Session
 
 _SECONDS = re.compile(r"\d{1,4}(\.\d{1,3})?\Z")
@@ -106,12 +106,16 @@ def probe(session: Session, id: ServerId, probe: str | None = None,
         session.director.attach_probe(id, probe or "")
 
 
-def _latency(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}ms" if seconds else "-"
+def _latency(seconds: float) -> Cell:
+    return Cell(f"{seconds * 1000:.1f}ms", round(seconds * 1000, 3)) if seconds else Cell("-", None)
+
+
+PROBE_FIELDS = ("real", "probe", "type", "port", "state", "result", "changed", "ok",
+                "failed", "latency_ms")
 
 
 def _row(director: Director, check: ProbeCheck, now: float) -> tuple:
-    changed = duration(now - check.last_change) if check.last_change else "never"
+    changed = elapsed(now - check.last_change) if check.last_change else Cell("never", None)
     return (director.fmt(check.real_sid), check.probe.name, check.probe.kind, check.port,
             check.state, check.last_result, changed, check.ok, check.failed,
             _latency(check.latency))
@@ -128,6 +132,7 @@ def show_probe(session: Session, pattern: ServerPattern | None = None) -> None:
     director = session.director
     if not director.probes:
         session.print("No probes configured (probeconfig NAME tcp|http defines one)")
+        session.data = Rows(PROBE_FIELDS, [])
         return
     by_real: dict[ServerId, list[ProbeCheck]] = {}
     for check in director.checks.values():
@@ -137,8 +142,8 @@ def show_probe(session: Session, pattern: ServerPattern | None = None) -> None:
     if pattern is not None and not reals:
         raise CommandFailed(f"no real matches {pattern.text}")
     rows = [_row(director, check, now) for r in reals for check in by_real.get(r.sid, ())]
-    session.print_lines(table(("Real", "Probe", "Type", "Port", "State", "Result",
-                               "Changed", "OK", "Failed", "Latency"), rows))
+    session.print_table(("Real", "Probe", "Type", "Port", "State", "Result",
+                         "Changed", "OK", "Failed", "Latency"), rows, fields=PROBE_FIELDS)
 
 
 def probe_summary(director: Director) -> str:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from localdirector.model import maglev
 from localdirector.model.addr import format_ip
-from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import table
+from localdirector.shell.render import Cell
 from localdirector.shell.session import CommandFailed, Session
 
 from .show import SHOW
@@ -48,17 +47,18 @@ def show_maglev(session: Session, id: ServerId) -> None:
     built = maglev.table_for(virtual)
     if built is None:
         raise CommandFailed(f"{director.fmt(id)} has no real in service: no table")
-    session.print_lines(maglev_lines(director, virtual.predictor, built))
-
-
-def maglev_lines(director: Director, predictor: str, built: maglev.MaglevTable) -> list[str]:
     shares = built.shares()
     per_weight = [slots / weight for (_a, _p, weight), slots in zip(built.members, shares)]
     rows = [(format_ip(addr) + (f":{port}" if port else ""), weight, slots,
-             f"{100 * slots / built.size:.2f}%")
+             Cell(f"{100 * slots / built.size:.2f}%", round(100 * slots / built.size, 2)))
             for (addr, port, weight), slots in zip(built.members, shares)]
-    note = "" if predictor == "maglev" else f" (predictor is {predictor}: table not used)"
-    return [f"Maglev table: {built.size} slots, {len(built.members)} reals, "
-            f"digest {built.digest()}, balance {max(per_weight) / min(per_weight):.3f} "
-            f"(max/min slots per weight){note}",
-            *table(("Real", "Weight", "Slots", "Share"), rows)]
+    note = "" if virtual.predictor == "maglev" else (
+        f" (predictor is {virtual.predictor}: table not used)")
+    balance = max(per_weight) / min(per_weight)
+    session.print(f"Maglev table: {built.size} slots, {len(built.members)} reals, "
+                  f"digest {built.digest()}, balance {balance:.3f} "
+                  f"(max/min slots per weight){note}")
+    session.record(size=built.size, digest=built.digest(), balance=round(balance, 3),
+                   predictor=virtual.predictor)
+    session.print_table(("Real", "Weight", "Slots", "Share"), rows, key="reals",
+                        fields=("real", "weight", "slots", "share_percent"))

@@ -16,7 +16,7 @@ from localdirector.model.virtual import VirtualMachine
 from localdirector.shell import args, config_file, running_config
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import duration, table
+from localdirector.shell.render import Cell, Rows, duration
 from localdirector.shell.session import CommandFailed, Session
 
 from .exec import users
@@ -56,13 +56,14 @@ def _traffic(obj: VirtualMachine | PhysicalMachine, fastpath: bool) -> str:
 
 def _print_servers(session: Session, servers: list, detail: bool, header: tuple[str, ...],
                    row: Callable[[Director, Any], tuple],
-                   block: Callable[[Director, Any], list[str]]) -> None:
+                   block: Callable[[Director, Any], list[str]],
+                   fields: tuple[str, ...] | None = None) -> None:
     """A table row per server, or with `detail` a block of every field per server."""
     d = session.director
     if detail:
         session.print_lines([line for obj in servers for line in block(d, obj)])
     else:
-        session.print_lines(table(header, [row(d, obj) for obj in servers]))
+        session.print_table(header, [row(d, obj) for obj in servers], fields=fields)
 
 
 @_show_one("virtual", "Virtual server instances", _DETAIL)
@@ -103,18 +104,21 @@ def show_real(session: Session, pattern: ServerPattern | None = None,
     _print_servers(session, _selected(list(session.director.iter_reals()), pattern, "real"),
                    detail, ("Real", "State", "Conns", "Total", "Weight", "Maxconns",
                             "Reassigns", "Threshold", "Response", "Backup", "Out-by"),
-                   _real_row, _real_detail)
+                   _real_row, _real_detail,
+                   ("real", "state", "conns", "total", "weight", "maxconns", "reassigns",
+                    "threshold", "response_ms", "backup", "out_by"))
 
 
 def _real_row(d: Director, r: PhysicalMachine) -> tuple:
     return (d.fmt(r.sid), d.real_state(r), r.current_conns, r.total_conns, r.weight,
-            r.maxconns or "-", r.noanswer_reassigns + r.reset_reassigns, r.threshold,
+            Cell("-", 0) if not r.maxconns else r.maxconns, r.noanswer_reassigns + r.reset_reassigns, r.threshold,
             _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r))
 
 
-def _ms(seconds: float) -> str:
-    """The smoothed SYN to SYN-ACK time `fastest` decides by; '-' before any answer."""
-    return f"{seconds * 1000:.1f}ms" if seconds else "-"   # one word: tables split on spaces
+def _ms(seconds: float) -> Cell:
+    """The smoothed SYN to SYN-ACK time `fastest` decides by; '-' (null) before any
+    answer. One word: tables split on spaces."""
+    return Cell(f"{seconds * 1000:.1f}ms", round(seconds * 1000, 3)) if seconds else Cell("-", None)
 
 
 def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
@@ -143,7 +147,8 @@ def show_bind(session: Session, pattern: ServerPattern | None = None) -> None:
         links = list(v.iter_links())
         rows += [(d.fmt(v.sid), d.virtual_state(v), d.fmt(l.real.sid), d.real_state(l.real))
                  for l in links] or [(d.fmt(v.sid), d.virtual_state(v), "-", "")]
-    session.print_lines(table(("Virtual", "State", "Real", "State"), rows))
+    session.print_table(("Virtual", "State", "Real", "State"), rows,
+                        fields=("virtual", "virtual_state", "real", "real_state"))
 
 
 @_show("assign", "Bind ID objects: clients sent to virtual instances", locked=False)
@@ -154,37 +159,38 @@ def show_assign(session: Session) -> None:
         names = dict(d.addr_names)
     rows = ((sid.format(names), format_ip(client), format_mask(prefixlen), hits)
             for sid, client, prefixlen, hits in entries)
-    session.print_lines(table(("Virtual", "Client", "Mask", "Hits"), rows))
+    session.print_table(("Virtual", "Client", "Mask", "Hits"), rows)
 
 
 @_show("predictor", "How each virtual picks a real")
 def show_predictor(session: Session) -> None:
     d = session.director
     rows = [(d.fmt(v.sid), v.predictor, v.conns_current) for v in d.iter_virtuals()]
-    session.print_lines(table(("Virtual", "Predictor", "Conns"), rows))
+    session.print_table(("Virtual", "Predictor", "Conns"), rows)
 
 
 @_show("weight", "Weights of the reals")
 def show_weight(session: Session) -> None:
     d = session.director
     rows = [(d.fmt(r.sid), r.weight, r.current_conns) for r in d.iter_reals()]
-    session.print_lines(table(("Real", "Weight", "Conns"), rows))
+    session.print_table(("Real", "Weight", "Conns"), rows)
 
 
 @_show("maxconns", "Connection limits of the reals")
 def show_maxconns(session: Session) -> None:
     d = session.director
-    rows = [(d.fmt(r.sid), r.maxconns or "unlimited", r.current_conns)
+    rows = [(d.fmt(r.sid), r.maxconns or Cell("unlimited", 0), r.current_conns)
             for r in d.iter_reals()]
-    session.print_lines(table(("Real", "Maxconns", "Conns"), rows))
+    session.print_table(("Real", "Maxconns", "Conns"), rows)
 
 
 @_show("sticky", "Client affinity of the virtuals")
 def show_sticky(session: Session) -> None:
     d = session.director
-    rows = [(d.fmt(v.sid), f"{v.sticky} min" if v.sticky else "off", len(v.sticky_table))
-            for v in d.iter_virtuals()]
-    session.print_lines(table(("Virtual", "Sticky", "Clients"), rows))
+    rows = [(d.fmt(v.sid), Cell(f"{v.sticky} min" if v.sticky else "off", v.sticky),
+             len(v.sticky_table)) for v in d.iter_virtuals()]
+    session.print_table(("Virtual", "Sticky", "Clients"), rows,
+                        fields=("virtual", "sticky_minutes", "clients"))
 
 
 @_show("version", "Version, uptime, configuration")
@@ -194,10 +200,18 @@ def show_version(session: Session) -> None:
     dataplane = (f"running (NFQUEUE {appliance.queue_num})" if appliance.dataplane
                  else "not running")
     links = sum(1 for v in d.iter_virtuals() for _ in v.iter_links())
+    uptime = time.time() - appliance.started
+    session.record(version=localdirector.__version__, hostname=d.settings.hostname,
+                   uptime=int(uptime), startup_config=str(path),
+                   startup_config_present=path.exists(),
+                   dataplane=appliance.queue_num if appliance.dataplane else None,
+                   virtuals=len(d.virtuals), reals=len(d.reals), links=links,
+                   assign_entries=len(d.bindids), connections=len(d.conns),
+                   sessions=sum(1 for _ in appliance.sessions))
     session.print_lines([
         f"localdirector {localdirector.__version__}: software LocalDirector (US 6,324,177)",
         f"Hostname:        {d.settings.hostname}",
-        f"Uptime:          {duration(time.time() - appliance.started)}",
+        f"Uptime:          {duration(uptime)}",
         f"Startup config:  {path}{'' if path.exists() else ' (not present)'}",
         f"Data plane:      {dataplane}",
         f"Virtuals {len(d.virtuals)}, reals {len(d.reals)}, links {links}, "
@@ -223,6 +237,7 @@ def show_config(session: Session) -> None:
 @_show("history", "Commands typed in this session")
 def show_history(session: Session) -> None:
     session.print_lines(list(session.history))
+    session.data = Rows(("command",), [(line,) for line in session.history])
 
 
 @_show("syslog", "Recent log messages (real failures and recoveries, logins)", Mode.PRIV)
@@ -231,6 +246,13 @@ def show_syslog(session: Session) -> None:
     session.print_lines(lines or ["No log messages"])
     if syslog.BUFFER.dropped:
         session.print(f"{syslog.BUFFER.dropped} messages dropped while the log was busy")
+    session.data = Rows(("time", "level", "logger", "message"), list(map(_log_fields, lines)))
+
+
+def _log_fields(line: str) -> tuple[str, ...]:
+    """A buffered line (`Jan 02 03:04:05 WARNING localdirector: text`) as its fields."""
+    stamp, level, logger, message = line[:15], *line[16:].split(" ", 2)
+    return stamp, level, logger.rstrip(":"), message
 
 
 _show("users", "Who is logged in")(users)

@@ -18,7 +18,7 @@ from localdirector.model.settings import DEFAULT_MAX_CONNS
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
-from localdirector.shell.render import duration, table
+from localdirector.shell.render import duration, elapsed, table
 from localdirector.shell.session import CommandFailed, Session
 
 from .handle import DataPlaneHandle
@@ -48,7 +48,11 @@ def show_statistics(session: Session) -> None:
     service = _dataplane(session)
     with session.director.lock:
         probes = probe_summary(session.director)
+        counters = session.director.probe_counters
+        session.record(probes={"sent": counters.sent, "ok": counters.ok,
+                               "failed": counters.failed})
     if service is None:
+        session.record(dataplane=False, connections=len(session.director.conns))
         session.print(f"Data plane:  not running; connections {len(session.director.conns)}")
         session.print(probes)
         return
@@ -95,6 +99,23 @@ def show_statistics(session: Session) -> None:
     rows += [(f"  {reason}", count) for reason, count in engine["drops"].items()]
     lines += ["", *table(("Counter", "Value"), rows)]
     session.print_lines(lines)
+    session.record(
+        dataplane=True, queue=stats["queue"], uptime=int(stats["uptime"]),
+        connections=stats["connections"], conn_limit=session.director.settings.max_conns,
+        reloads=stats["reloads"],
+        counters={**{name: engine[name] for name in COUNTERS}, "dropped": engine["dropped"]},
+        drops=dict(engine["drops"]),
+        kernel=None if kernel is None else {
+            "waiting": kernel.waiting, "queue_dropped": kernel.queue_dropped,
+            "user_dropped": kernel.user_dropped, "overruns": stats["socket_overruns"],
+            **(stats["rule_counters"] or {})},
+        fastpath={"marks": stats["marks"], "conns": engine["fastpath_conns"],
+                  "copy_overruns": stats["log_overruns"],
+                  "conntrack_errors": stats["conntrack_errors"]},
+        errors={"packet": stats["worker_errors"], "timer": stats["tick_errors"],
+                "oversize": stats["oversize"]},
+        sticky={"remembered": remembered, "not_remembered": not_remembered},
+        ip_errors=dict(stats["ip_errors"] or {}))
 
 
 def _matches(conn: Connection, sid: ServerId) -> bool:
@@ -155,15 +176,15 @@ FASTPATH_NOTE = ("Path fastpath: translated by conntrack NAT in the kernel; the 
                  "sees only its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
 
 
-def _summary(conns: list[_Row], now: float) -> list[str]:
+def _summary(session: Session, conns: list[_Row], now: float) -> None:
     rows = ((_ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
-             duration(now - c.created), "-" if c.fastpath else duration(now - c.last_seen),
+             elapsed(now - c.created), "-" if c.fastpath else elapsed(now - c.last_seen),
              "fastpath" if c.fastpath else "engine")
             for c in conns)
-    lines = table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows)
+    session.print_table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows,
+                        empty="No connections")
     if any(c.fastpath for c in conns):
-        lines.append(FASTPATH_NOTE)
-    return lines
+        session.print(FASTPATH_NOTE)
 
 
 def _detail(conns: list[_Row], now: float) -> list[str]:
@@ -201,10 +222,10 @@ def show_conns(session: Session, id: ServerId | None = None, detail: bool = Fals
     # The engine's clock dates the connections; without a data plane there are none.
     now = service.clock() if service is not None else time.monotonic()
     rows = _copy_rows(director, id, detail)
-    if not rows:
-        session.print("No connections")
-        return
-    session.print_lines(_detail(rows, now) if detail else _summary(rows, now))
+    if detail:
+        session.print_lines(_detail(rows, now) or ["No connections"])
+    else:
+        _summary(session, rows, now)
 
 
 @command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"))

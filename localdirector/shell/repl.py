@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application, get_app, run_in_terminal
+from prompt_toolkit.application import Application, get_app, get_app_session, run_in_terminal
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.filters import Condition
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent, merge_key_bindings
+from prompt_toolkit.key_binding import (KeyBindings, KeyPress, KeyPressEvent,
+                                        merge_key_bindings)
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
@@ -28,6 +29,7 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import CompleteStyle, print_formatted_text
 
+from . import linemode
 from .registry import Mode
 from .session import Session
 
@@ -137,51 +139,113 @@ async def _more(input: Input | None, output: Output | None) -> str:
     return await app.run_async()
 
 
-async def page(text: str, length: int, input: Input | None = None,
-               output: Output | None = None) -> None:
+async def page(text: str, length: int, show: Callable[[str], None],
+               more: Callable[[], Awaitable[str]]) -> None:
     """Print `text`, stopping every `length - 1` lines at `--More--` (length 0: never)."""
     lines = text.splitlines(keepends=True)
     step = length - 1
     if length <= 1 or len(lines) <= step:
-        print_formatted_text(text, end="", output=output)
+        show(text)
         return
     shown = 0
     count = step
     while shown < len(lines):
-        print_formatted_text("".join(lines[shown:shown + count]), end="", output=output)
+        show("".join(lines[shown:shown + count]))
         shown += count
         if shown >= len(lines):
             break
-        action = await _more(input, output)
+        action = await more()
         if action == "quit":
             break
         count = step if action == "page" else 1
 
 
-async def run_shell_async(session: Session, input: Input | None = None,
-                          output: Output | None = None) -> None:
+class Editor:
+    """The front end of a full terminal: prompt_toolkit's line editor."""
+
+    def __init__(self, input: Input, output: Output, typed: list[KeyPress]) -> None:
+        self.input = input
+        self.output = output
+        self.typed = typed
+        self.prompt: PromptSession | None = None
+
+    def use(self, session: Session) -> None:
+        self.prompt = make_prompt_session(session, self.input, self.output)
+
+    def __enter__(self) -> "Editor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self.prompt is not None and self.prompt.app.is_running:
+            self.prompt.app.exit(exception=EOFError())
+
+    def _type_ahead(self) -> None:
+        """Keys that arrived while the terminal was probed go to the first prompt."""
+        typed, self.typed = self.typed, []
+        if typed and self.prompt is not None:
+            self.prompt.app.key_processor.feed_multiple(typed)
+
+    async def read_line(self, prompt: str) -> tuple[str, bool]:
+        assert self.prompt is not None, "use(session) first"
+        line = await self.prompt.prompt_async(prompt, pre_run=self._type_ahead)
+        return line, isinstance(line, CtrlZ)
+
+    async def read_answer(self, prompt: str, secret: bool = True) -> str:
+        """The answer to a question (a password unechoed), not a command line."""
+        return await PromptSession(
+            input=self.input, output=self.output, key_bindings=line_limit_bindings()
+        ).prompt_async(prompt, is_password=secret)
+
+    def write(self, text: str) -> None:
+        print_formatted_text(text, end="", output=self.output)
+
+    async def more(self) -> str:
+        return await _more(self.input, self.output)
+
+
+Front = Editor | linemode.LineTerminal
+
+
+def plain_front(input: Input | None = None, output: Output | None = None) -> Front:
+    """The line discipline whatever the terminal (a serial line's "Press RETURN")."""
+    return linemode.LineTerminal(input or get_app_session().input,
+                                 output or get_app_session().output, [], MAX_LINE, TOO_LONG)
+
+
+async def open_front(input: Input | None = None, output: Output | None = None) -> Front:
+    """The front end this client gets, once per connection: a full terminal the line
+    editor; a client that is not one (it does not answer the cursor-position request, or
+    TERM says `dumb`) IOS's line discipline (shell/linemode.py), which automation reads.
+    Enter it (`with front:`) around everything said and asked on this terminal."""
+    input = input or get_app_session().input
+    output = output or get_app_session().output
+    full, typed = await linemode.probe(input, output)
+    if full:
+        return Editor(input, output, typed)
+    return linemode.LineTerminal(input, output, typed, MAX_LINE, TOO_LONG)
+
+
+async def run_shell_async(session: Session, front: Front) -> None:
     """Prompt, execute, page the output, until `exit`, Ctrl-D, hang-up or `kill`."""
+    front.use(session)
     pending: list[str] = []
     session.write = pending.append
-    prompt = make_prompt_session(session, input, output)
     loop = asyncio.get_running_loop()
-
-    def stop_prompt() -> None:
-        if prompt.app.is_running:
-            prompt.app.exit(exception=EOFError())
-
-    session.on_close = lambda: loop.call_soon_threadsafe(stop_prompt)
+    session.on_close = lambda: loop.call_soon_threadsafe(front.stop)
 
     async def flush() -> None:
         text = "".join(pending)
         pending.clear()
         if text:
-            await page(text, session.terminal_length, input, output)
+            await page(text, session.terminal_length, front.write, front.more)
 
     try:
         while not session.closed:
             try:
-                line = await prompt.prompt_async(session.prompt)
+                line, ctrl_z = await front.read_line(session.prompt)
             except KeyboardInterrupt:
                 continue
             except EOFError:
@@ -190,15 +254,13 @@ async def run_shell_async(session: Session, input: Input | None = None,
             for part in line.split("\n"):
                 if part.strip() and not session.closed:
                     session.execute(part)
-            if isinstance(line, CtrlZ) and session.mode is Mode.CONFIG:
+            if ctrl_z and session.mode is Mode.CONFIG:
                 session.mode = Mode.PRIV
             await flush()
             while session.question is not None and not session.closed:
                 question = session.question
                 try:
-                    reply = await PromptSession(
-                        input=input, output=output, key_bindings=line_limit_bindings()
-                    ).prompt_async(question.prompt, is_password=question.secret)
+                    reply = await front.read_answer(question.prompt, question.secret)
                 except (EOFError, KeyboardInterrupt):
                     session.question = None
                     break
@@ -218,5 +280,9 @@ def run_shell(session: Session) -> None:
     Log messages (a real FAILED) come from other threads: printed raw they would land in
     the middle of the line being typed, so they go above the prompt, which is drawn
     again with the typed text (IOS `logging synchronous`)."""
+    async def console() -> None:
+        with await open_front() as front:
+            await run_shell_async(session, front)
+
     with patch_stdout(raw=True):
-        asyncio.run(run_shell_async(session))
+        asyncio.run(console())

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from localdirector.model.director import Director, ModelError
 from . import grammar
 from .grammar import CommandError, Segment
 from .registry import Mode, Registry
+from .render import Rows, field_name, table
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
@@ -87,6 +88,9 @@ class Session:
         self.enable_failures = 0
         self.retry_at = 0.0   # time.monotonic() before which a secret is not checked
         self._out: list[str] = []
+        # What the running command printed as data (`| json`): a table's rows, or the
+        # fields of an object (docs/design.rst, "Command language").
+        self.data: Rows | dict[str, object] | None = None
 
     @property
     def director(self) -> Director:
@@ -102,6 +106,29 @@ class Session:
 
     def print_lines(self, lines: list[str]) -> None:
         self._out.extend(lines)
+
+    def print_table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], *,
+                    fields: Sequence[str] | None = None, key: str | None = None,
+                    empty: str | None = None) -> None:
+        """A table on screen and as data: the command's whole answer, or with `key` one
+        field of its object. Field names come from the headers unless `fields` names
+        them; with no rows `empty` is printed instead (the data is then `[]`)."""
+        rows = list(rows)
+        if rows or empty is None:
+            self._out.extend(table(headers, rows))
+        else:
+            self._out.append(empty)
+        found = Rows(tuple(fields or map(field_name, headers)), rows)
+        if key is None:
+            self.data = found
+        else:
+            self.record(**{key: found})
+
+    def record(self, **fields: object) -> None:
+        """Fields of the command's answer as a JSON object (`show statistics`)."""
+        if not isinstance(self.data, dict):
+            self.data = {}
+        self.data.update(fields)
 
     def ask(self, prompt: str, answer: Callable[[str], bool], secret: bool = False) -> None:
         """Ask the transport for one line (unechoed when `secret`: the enable password);
@@ -154,12 +181,16 @@ class Session:
             return err
         main, modifier = _split_segments(segments)
         self._out = []
+        self.data = None
         captures = dict(main.captures)
         if main.command.negated:
             captures["no"] = True
         try:
             with self.director.lock if main.command.locked else contextlib.nullcontext():
                 main.command.handler(self, **captures)
+            if modifier is not None:   # outside the lock: JSON of a big table takes a while
+                lines, self._out = self._out, []
+                self._out = modifier.command.handler(self, lines, **modifier.captures)
         except (ModelError, CommandFailed) as err:
             self._flush()
             return CommandError(f"% {err}")
@@ -167,13 +198,11 @@ class Session:
             log.exception("command %r failed", line)
             self._flush()
             return CommandError(f"% Internal error: {err}")
-        self._flush(modifier)
+        self._flush()
         return None
 
-    def _flush(self, modifier: Segment | None = None) -> None:
+    def _flush(self) -> None:
         lines, self._out = self._out, []
-        if modifier is not None:
-            lines = modifier.command.handler(lines, **modifier.captures)
         if lines:
             self._emit(lines)
 

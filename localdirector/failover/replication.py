@@ -129,7 +129,8 @@ class Replicator:
         self.plane.observe(None)
         self._stopping.set()
         self._wake.set()
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
 
     def set_sending(self, sending: bool) -> None:
         if sending != self.sending:

@@ -23,7 +23,6 @@ import os
 import queue
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,12 @@ from localdirector.dataplane.engine import Engine
 from localdirector.failover.replication import Replicator
 from localdirector.lab import python_module
 from localdirector.lab.main import find_example
-from localdirector.lab.pair import UNITS, FailoverPair, appliance_arguments, failover_lines
+from localdirector.lab.pair import (
+    UNITS,
+    FailoverPair,
+    appliance_arguments,
+    failover_lines,
+)
 from localdirector.lab.servers import pattern_digest
 
 SIZE = 10 * 1024 * 1024
@@ -162,14 +166,8 @@ class Bench:
         return sorted(self.roles().values()) == ["Active", "Standby"]
 
     def crash(self, unit: str) -> None:
-        self.units.pop(unit).proc.kill()
-        for pid in subprocess.run(["ip", "netns", "pids", self.lab.unit_ns[unit]],
-                                  capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.lab.unplug(unit)
+        self.lab.crash(unit)
+        self.units.pop(unit).proc.wait(10)
 
     def download(self, vip: str) -> subprocess.Popen[str]:
         return self.lab.popen_in(self.lab.client_ns, python_module(

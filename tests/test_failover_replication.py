@@ -16,7 +16,7 @@ from localdirector.failover.replication import Replicator
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import ESTABLISHED, SYN_RCVD
 from localdirector.model.director import Director
-from tests.test_engine import A, CLIENT, VIP, Lab, fig1, pool, sid
+from tests.test_engine import CLIENT, VIP, A, Lab, fig1, pool, sid
 
 
 class Pair:

@@ -9,28 +9,31 @@ unit standing by."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localdirector.lab import python_module
 from localdirector.lab.main import find_example
-from localdirector.lab.pair import UNITS, FailoverPair, appliance_arguments, failover_lines
+from localdirector.lab.pair import (
+    UNITS,
+    FailoverPair,
+    appliance_arguments,
+    failover_lines,
+)
 from localdirector.lab.servers import pattern_digest
 from tests.appliance_driver import QUEUE, Console, appliance_argv
 from tests.conftest import require_netns
+from tests.test_failover_netns import role, wait_for
 
 pytestmark = pytest.mark.netns
 
 SIZE = 10 * 1024 * 1024
 RATE = 2_500_000          # bytes a second: a 10 MB download runs about 4 s
-WAIT = 30.0               # generous: a loaded 2-core machine
+WAIT = 30.0               # generous: a loaded 2-core machine (wait_for's own: 20 s)
 USERSPACE = "192.0.2.10"  # FIG. 1
 FAST = "192.0.2.20"       # a fast-path virtual beside it
 FAST_LINES = ["real 203.0.113.12:8001:0:tcp is", f"virtual {FAST}:80:0:tcp is",
@@ -71,15 +74,8 @@ class Running:
         return active, standby
 
     def crash(self, unit: str) -> None:
-        """The box dies (every process in its namespace) and its cables go."""
         self.consoles.pop(unit).kill()
-        for pid in subprocess.run(["ip", "netns", "pids", self.lab.unit_ns[unit]],
-                                  capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.lab.unplug(unit)
+        self.lab.crash(unit)
 
     def download(self, vip: str, patience: float = WAIT) -> subprocess.Popen[str]:
         """A paced download; the client gives up after `patience` seconds of silence."""
@@ -97,19 +93,6 @@ class Running:
         results = self.lab.get_many(f"http://{USERSPACE}/", ["198.19.0.2"], count=1,
                                     timeout=1.0)
         return all(r.ok for r in results)
-
-
-def role(console: Console) -> str:
-    match = re.search(r"This host: (\w+) - (\w+)", console.run("show failover"))
-    return match[2] if match else ""
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def outcome(proc: subprocess.Popen[str]) -> dict[str, object]:

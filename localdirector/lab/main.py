@@ -41,6 +41,7 @@ CLUSTER_VIP = "192.0.2.10"      # the VIP the cluster's reals hold on their loop
 EXAMPLE_DIRS = (PACKAGE_ROOT / "examples",
                 Path(sys.prefix) / "share" / "localdirector" / "examples")
 STOP_SECONDS = 5.0
+PRIMARY_ACTIVE_SECONDS = 30.0
 # Signals that end the lab as an orderly exit (the `finally` below still runs).
 FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -238,6 +239,13 @@ def _run_pair(lab: FailoverPair, info: LabInfo, startup: Path, queue: int) -> in
     lab.popen_in(primary, [*argv, "--config", str(startup.parent / "primary"), "--no-console",
                            *appliance_arguments("primary")],
                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Whichever unit is active first stays so (nopreempt): the secondary starts once the
+    # primary holds the addresses, so the primary is the active one, as the banner says.
+    deadline = time.monotonic() + PRIMARY_ACTIVE_SECONDS
+    while lab.holders() != ["primary"]:
+        if time.monotonic() > deadline:
+            raise Failure(f"the primary did not become active in {PRIMARY_ACTIVE_SECONDS:g} s")
+        time.sleep(0.1)
     print(f"The primary runs in the background in {primary}; this terminal is the "
           f"secondary's shell ({lab.unit_ns['secondary']}): show failover.\n"
           f"Kill the primary as a crash would: ip netns pids {primary} | xargs kill -9\n"

@@ -14,6 +14,8 @@ puts them on the active unit. Each unit has its own address beside them on each 
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -150,6 +152,17 @@ class FailoverPair(Lab):
             self.director_client_side = saved
 
     # -- what a test or a newcomer does to a unit ---------------------------------------
+    def crash(self, unit: str) -> None:
+        """The box dies: every process in the unit's namespace (the appliance, its
+        keepalived and conntrackd) is SIGKILLed, and its cables are pulled."""
+        for pid in subprocess.run(["ip", "netns", "pids", self.unit_ns[unit]],
+                                  capture_output=True, text=True, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.unplug(unit)
+
     def unplug(self, unit: str) -> None:
         """Pull the unit's client and real cables (the segments' ends of them)."""
         self._cables(unit, "down")

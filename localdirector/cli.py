@@ -55,6 +55,8 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
 
 def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable | None:
     """The pair replicates the engine's connections: hand it the running data plane."""
+    if not args.failover_link:
+        return None
     from .dataplane.plane import DataPlane
     plane = appliance.dataplane
     return failover_service.start(appliance, args,

@@ -53,6 +53,16 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
     return handle
 
 
+def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable | None:
+    """The pair replicates the engine's connections: hand it the running data plane."""
+    if not args.failover_link:
+        return None
+    from .dataplane.plane import DataPlane
+    plane = appliance.dataplane
+    return failover_service.start(appliance, args,
+                                  plane if isinstance(plane, DataPlane) else None)
+
+
 def _metrics_arguments(parser: argparse.ArgumentParser) -> None:
     """Declared here, not in monitor/: `listen_address` belongs to access/, a sibling."""
     parser.add_argument("--metrics", type=access_service.listen_address,
@@ -65,7 +75,7 @@ SERVICES: list[Service] = [
     Service("logging", lambda parser: None, logging_hosts.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     # After the data plane: its drop guard goes before the data plane's rules.
-    Service("failover", failover_service.add_arguments, failover_service.start),
+    Service("failover", failover_service.add_arguments, _start_failover),
     # After the data plane: a VIP is announced only once its traffic is forwarded, and
     # withdrawn (stopped first) before the rules go.
     Service("bgp", bgp_service.add_arguments, bgp_service.start),

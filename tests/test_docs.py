@@ -105,6 +105,7 @@ README_RULES = {
     r"localdirector lab --clean": "test_lab_clean_removes_leftovers",
     r"localdirector lab(?: --config examples/cluster\.cfg)? --cluster \d":
         "test_cluster_lab_session",
+    r"localdirector lab --failover": "test_failover_lab_session",
     r"localdirector lab --config examples/\S+\.cfg": "test_example_does_what_its_comments_say",
     r"printf '[^']*' \| localdirector lab --config examples/\S+\.cfg":
         "test_readme_scripted_lab",

@@ -28,7 +28,7 @@ from ..model.connection import (
 )
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
-from ..model.predictors import STICKY_LIMIT, expire_sticky, sticky_closed
+from ..model.predictors import STICKY_LIMIT, expire_sticky, remember_sticky, sticky_closed
 from ..model.real import PhysicalMachine
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
@@ -90,6 +90,11 @@ _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
 SEQ_WINDOW = 1 << 22
 _SEQ_MASK = 0xFFFFFFFF
 _BOTH_FINS = FIN_IN | FIN_OUT
+# What the observer is told (see Engine.observe).
+OPENED = "open"
+ANSWERED = "answered"
+MOVED = "move"
+CLOSED_EVENT = "close"
 
 
 class Engine:
@@ -112,6 +117,8 @@ class Engine:
         self._resets_left = RESETS_PER_TICK
         self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
         self._sticky_logged_at = float("-inf")
+        # Told of every connection's open, answer, move and close (see `observe`).
+        self._observer: Callable[[str, Connection], None] | None = None
 
     # The fast path's state, as the data-plane service and the worker know it.
     @property
@@ -365,6 +372,7 @@ class Engine:
             real.response_time += RESPONSE_WEIGHT * (sample - real.response_time)
         self._end_probe(conn)
         self.director.note_answer(real)
+        self._notify(ANSWERED, conn)
 
     def _closing(self, conn: Connection, now: float) -> None:
         """FIN both ways or RST: keep translating for a while (LINGER), then remove."""
@@ -450,6 +458,7 @@ class Engine:
         self._start_probe(conn)
         self._expiry.start(conn, now)
         self.stats.conns_created += 1
+        self._notify(OPENED, conn)
         if fastpath:
             return self._fastpath.opened(conn)
         return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
@@ -497,6 +506,7 @@ class Engine:
         conn.syn_sent_at = now
         self._start_probe(conn)
         self.stats.conns_reassigned += 1
+        self._notify(MOVED, conn)
         return True
 
     def _close(self, conn: Connection, now: float) -> None:
@@ -512,6 +522,7 @@ class Engine:
         self._expiry.closed()
         self.stats.conns_closed += 1
         sticky_closed(conn.virtual, conn.foreign_ip, conn.real, now)
+        self._notify(CLOSED_EVENT, conn)
         director = self.director
         if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
                 or director.reals.get(conn.real.sid) is not conn.real):
@@ -619,6 +630,47 @@ class Engine:
                         STICKY_LIMIT, full - self._sticky_full_logged)
             self._sticky_full_logged = full
             self._sticky_logged_at = now
+
+    # -- replication (docs/design.rst, "Failover") ----------------------------------
+    def observe(self, observer: Callable[[str, Connection], None] | None) -> None:
+        """Have `observer(event, conn)` called, under the lock, when a connection opens,
+        is answered, moves to another real or is removed (OPENED, ANSWERED, MOVED,
+        CLOSED_EVENT): the failover pair's stream. Never per established packet."""
+        self._observer = observer
+
+    def _notify(self, event: str, conn: Connection) -> None:
+        observer = self._observer
+        if observer is not None:
+            observer(event, conn)
+
+    def import_conn(self, conn: Connection) -> None:
+        """Install a connection the active unit replicated (replacing this unit's copy of
+        the same client tuple): both keys, its idle timer and its client's sticky entry,
+        so that this engine carries it on when this unit takes over. Like `adopt`, it
+        is carried over, not opened: totals stay."""
+        with self._lock:
+            table = self.director.conns
+            old = table.inbound.get(conn.in_key)
+            if old is not None:
+                table.remove(old)
+                self._expiry.closed()
+            table.add(conn)
+            conn.virtual.conns_total -= 1
+            conn.real.total_conns -= 1
+            now = self.clock()
+            self._expiry.start(conn, now)
+            if conn.virtual.sticky:
+                remember_sticky(conn.virtual, conn.foreign_ip, conn.real, now)
+
+    def forget_conn(self, in_key: int) -> bool:
+        """The active unit closed this connection: remove this unit's copy as a close
+        would. False when there is none."""
+        with self._lock:
+            conn = self.director.conns.inbound.get(in_key)
+            if conn is None:
+                return False
+            self._close(conn, self.clock())
+            return True
 
     # -- operator actions ----------------------------------------------------------
     def adopt(self, director: Director) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..model.connection import Connection
 from ..model.director import Director
 from .conntrack import Conntrack, NoKernel
 from .engine import Engine
@@ -132,6 +133,16 @@ class DataPlane:
     def clock(self) -> float:
         """Now, by the clock that dates the connections."""
         return self._engine.clock()
+
+    # The failover pair's replication of the engine's connections (Engine.observe).
+    def observe(self, observer: Callable[[str, Connection], None] | None) -> None:
+        self._engine.observe(observer)
+
+    def import_conn(self, conn: Connection) -> None:
+        self._engine.import_conn(conn)
+
+    def forget_conn(self, in_key: int) -> bool:
+        return self._engine.forget_conn(in_key)
 
     def clear_conns(self) -> int:
         """`clear conns`: forget every connection; how many there were."""

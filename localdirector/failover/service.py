@@ -31,9 +31,11 @@ from . import configs
 from .daemon import Supervised
 from .guard import Guard
 from .peer import Peer
+from .replication import Replicator
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
+    from localdirector.dataplane.plane import DataPlane
 
 log = logging.getLogger("localdirector.failover")
 
@@ -52,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this unit's end of the pair (default primary)")
 
 
-def start(appliance: "Appliance", args: argparse.Namespace) -> "FailoverService | None":
+def start(appliance: "Appliance", args: argparse.Namespace,
+          plane: "DataPlane | None" = None) -> "FailoverService | None":
+    """`plane`: the running data plane, whose connections the pair replicates (None
+    without one: `--no-dataplane`)."""
     if not args.failover_link:
         return None
     for tool in ("keepalived", "conntrackd", "iptables"):
@@ -64,7 +69,7 @@ def start(appliance: "Appliance", args: argparse.Namespace) -> "FailoverService 
         raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
     directory = Path(tempfile.mkdtemp(prefix="localdirector-failover-", dir="/run"))
     unit = configs.Unit(args.failover_unit, args.failover_link, own, directory)
-    service = FailoverService(appliance, unit)
+    service = FailoverService(appliance, unit, plane)
     try:
         service.start()
     except Exception as err:
@@ -92,7 +97,8 @@ def _link_up(ifname: str) -> bool:
 
 
 class FailoverService:
-    def __init__(self, appliance: "Appliance", unit: configs.Unit) -> None:
+    def __init__(self, appliance: "Appliance", unit: configs.Unit,
+                 plane: "DataPlane | None" = None) -> None:
         self.appliance = appliance
         self.unit = unit
         self.role = "Starting"
@@ -110,6 +116,10 @@ class FailoverService:
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.peer: Peer | None = None
+        self.replicator = None if plane is None else Replicator(
+            plane, lambda: self.appliance.director, self._send,
+            lambda: self.appliance.director.settings.failover.poll_ms / 1000)
+        self._resend_conns = False   # the other unit connected: conns follow its config
         self._threads = [threading.Thread(target=self._follow_model, name="failover-model",
                                           daemon=True),
                          threading.Thread(target=self._read_notify, name="failover-notify",
@@ -122,6 +132,8 @@ class FailoverService:
         self.appliance.reload_hooks.append(self._adopt)
         self._adopt(self.appliance.director)
         commands.attach(self.appliance, self)
+        if self.replicator is not None:
+            self.replicator.start()
         for thread in self._threads:
             thread.start()
 
@@ -129,6 +141,8 @@ class FailoverService:
         self._stopping.set()
         self._changed.set()
         commands.attach(self.appliance, None)
+        if self.replicator is not None:
+            self.replicator.stop()
         for daemon in (self.keepalived, self.conntrackd):
             if daemon is not None:
                 daemon.stop()
@@ -178,6 +192,14 @@ class FailoverService:
             self.peer.start()
         if self.role == "Active" and lines != self._sent_config:
             self._send_config(lines)
+        self._replicate()
+
+    def _replicate(self) -> None:
+        """Connections go to the other unit while this one is active and `replicate`
+        is on."""
+        if self.replicator is not None:
+            replicate = self.appliance.director.settings.failover.replicate
+            self.replicator.set_sending(self.role == "Active" and replicate)
 
     def _rewrite(self, keepalived: str, conntrackd: str) -> None:
         old_keepalived, old_conntrackd = self._written
@@ -297,6 +319,7 @@ class FailoverService:
             if role == "Active":
                 self._active_since = now
             self.role = role
+        self._replicate()
 
     def _active_seconds(self) -> float:
         with self._lock:
@@ -306,13 +329,15 @@ class FailoverService:
     # -- the other unit ---------------------------------------------------------------
     def _peer_connected(self) -> None:
         self._sent_config = None
+        self._resend_conns = True
         self._changed.set()
         self._hello()
 
     def _hello(self) -> None:
-        if self.peer is not None:
-            self.peer.send({"t": "status", "role": self.role,
-                            "active": self._active_seconds()})
+        self._send({"t": "status", "role": self.role, "active": self._active_seconds()})
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        return self.peer is not None and self.peer.send(message)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -321,12 +346,17 @@ class FailoverService:
             self._peer_heard = time.monotonic()
         elif kind == "config" and self.role != "Active":
             self._apply_config(message["lines"])
+        elif kind == "conns" and self.role != "Active" and self.replicator is not None:
+            self.replicator.receive(message)
         elif kind == "step-down" and self.role == "Active":
             threading.Thread(target=self._step_down, daemon=True).start()
 
     def _send_config(self, lines: list[str]) -> None:
-        if self.peer is not None and self.peer.send({"t": "config", "lines": lines}):
+        if self._send({"t": "config", "lines": lines}):
             self._sent_config = lines
+            if self._resend_conns and self.replicator is not None:
+                self._resend_conns = False
+                self.replicator.resend()   # after the configuration they refer to
 
     def _apply_config(self, lines: list[str]) -> None:
         """The active's running-config, rebuilt here as `reload` does, keeping this
@@ -366,6 +396,9 @@ class FailoverService:
             replication = f"to {self.peer.peer}, up"
         else:
             replication = f"to {self.peer.peer}, waiting for the other unit"
+        if self.replicator is not None:
+            replication += (f"; connections {self.replicator.sent} sent, "
+                            f"{self.replicator.applied} received")
         daemons = tuple(DaemonStatus(d.name, d.pid, d.restarts)
                         for d in (self.keepalived, self.conntrackd) if d is not None)
         return FailoverStatus(

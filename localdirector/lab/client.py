@@ -46,9 +46,12 @@ class Fetch:
         return self.error is None and self.status == 200
 
 
-def fetch(index: int, url: str, source: str | None, timeout: float, digest: bool) -> Fetch:
+def fetch(index: int, url: str, source: str | None, timeout: float, digest: bool,
+          rate: float = 0.0) -> Fetch:
     """Perform one GET; failures become an ``error`` string, never an exception, so a
-    batch reports every connection rather than stopping at the first reset."""
+    batch reports every connection rather than stopping at the first reset. ``rate``:
+    read the body at most this many bytes a second (0: as fast as it comes), so that a
+    transfer is still running when a test breaks something under it."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 80
     request = (
@@ -61,15 +64,15 @@ def fetch(index: int, url: str, source: str | None, timeout: float, digest: bool
         bind = (source, 0) if source else None
         with socket.create_connection((host, port), timeout, source_address=bind) as sock:
             sock.sendall(request)
-            _read_response(sock, result, digest)
+            _read_response(sock, result, digest, rate)
     except OSError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     result.elapsed = time.monotonic() - started
     return result
 
 
-def _read_response(sock: socket.socket, result: Fetch, digest: bool) -> None:
-    """Read status, headers and the body up to EOF into ``result``."""
+def _read_response(sock: socket.socket, result: Fetch, digest: bool, rate: float) -> None:
+    """Read status, headers and the body up to EOF into ``result``, paced at ``rate``."""
     buffer = b""
     while b"\r\n\r\n" not in buffer:
         data = sock.recv(READ_SIZE)
@@ -92,13 +95,19 @@ def _read_response(sock: socket.socket, result: Fetch, digest: bool) -> None:
     hasher = hashlib.sha256() if digest else None
     chunks: list[bytes] = []
     data = rest  # body bytes that arrived with the headers
+    body_started = time.monotonic()
+    size = min(READ_SIZE, max(1024, int(rate / 20))) if rate else READ_SIZE
     while True:
         result.length += len(data)
         if hasher is not None:
             hasher.update(data)
         else:
             chunks.append(data)
-        data = sock.recv(READ_SIZE)
+        if rate:
+            ahead = body_started + result.length / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        data = sock.recv(size)
         if not data:
             break
     if hasher is not None:
@@ -110,13 +119,15 @@ def _read_response(sock: socket.socket, result: Fetch, digest: bool) -> None:
 
 
 def run_batch(
-    url: str, sources: list[str], count: int, concurrency: int, timeout: float, digest: bool
+    url: str, sources: list[str], count: int, concurrency: int, timeout: float, digest: bool,
+    rate: float = 0.0,
 ) -> list[Fetch]:
     """Request ``url`` ``count`` times; request i uses ``sources[i % len(sources)]``."""
     picks: list[str | None] = list(sources) if sources else [None]
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = [
-            pool.submit(fetch, i, url, picks[i % len(picks)], timeout, digest) for i in range(count)
+            pool.submit(fetch, i, url, picks[i % len(picks)], timeout, digest, rate)
+            for i in range(count)
         ]
         return [future.result() for future in futures]
 
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--concurrency", type=int, default=1)
     get.add_argument("--timeout", type=float, default=5.0)
     get.add_argument("--digest", action="store_true", help="report sha256+length, not body")
+    get.add_argument("--rate", type=float, default=0.0, metavar="BYTES_PER_S",
+                     help="read each body at most this fast (default: unpaced)")
     probe = sub.add_parser("probe", help="wait until ADDR:PORT targets answer TCP")
     probe.add_argument("--target", action="append", type=_target, required=True)
     probe.add_argument("--source", action="append", default=[], help="source address (repeat)")
@@ -182,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "get":
         started = time.monotonic()
         results = run_batch(
-            args.url, args.source, args.count, args.concurrency, args.timeout, args.digest
+            args.url, args.source, args.count, args.concurrency, args.timeout, args.digest,
+            args.rate,
         )
         json.dump(
             {"elapsed": time.monotonic() - started, "results": [asdict(r) for r in results]},

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -29,6 +29,7 @@ from localdirector.shell import config_file
 from .cluster import MAX_DIRECTORS, Cluster
 from .driver import PACKAGE_ROOT, Lab
 from .guide import ENV, LabInfo, overview
+from .pair import FailoverPair, appliance_arguments, failover_lines
 from .topology import DEFAULT_REALS, LabError, clean_stale, unavailable_reason
 
 PREFIX = "ldlab"
@@ -40,6 +41,7 @@ CLUSTER_VIP = "192.0.2.10"      # the VIP the cluster's reals hold on their loop
 EXAMPLE_DIRS = (PACKAGE_ROOT / "examples",
                 Path(sys.prefix) / "share" / "localdirector" / "examples")
 STOP_SECONDS = 5.0
+PRIMARY_ACTIVE_SECONDS = 30.0
 # Signals that end the lab as an orderly exit (the `finally` below still runs).
 FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -124,12 +126,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run(config: Path, queue: int, cluster: int = 0) -> int:
+def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> int:
     progress = Progress(4)
     print("localdirector lab: FIG. 1 of US 6,324,177 in network namespaces"
-          + (f", {cluster} directors behind a BGP/ECMP router" if cluster else ""))
+          + (f", {cluster} directors behind a BGP/ECMP router" if cluster else "")
+          + (", a failover pair" if failover else ""))
     with progress.step("Checking this machine can run a lab (root, ip, iptables, curl, "
-                       "network namespaces" + (", bird, exabgp)" if cluster else ")")):
+                       "network namespaces" + (", bird, exabgp" if cluster else "")
+                       + (", keepalived, conntrackd" if failover else "") + ")"):
         if os.geteuid() != 0:
             raise Failure("the lab builds network namespaces, which needs root: "
                           "run it as root (sudo localdirector lab)")
@@ -141,6 +145,11 @@ def run(config: Path, queue: int, cluster: int = 0) -> int:
         if missing:
             raise Failure(f"the cluster lab needs {', '.join(missing)} (apt install bird2; "
                           "pip install exabgp)")
+        missing = [tool for tool in ("keepalived", "conntrackd")
+                   if failover and shutil.which(tool) is None]
+        if missing:
+            raise Failure(f"the failover lab needs {', '.join(missing)} (apt install "
+                          "keepalived conntrackd)")
     with progress.step("Removing what earlier labs left behind") as outcome:
         removed = clean_stale(PREFIX)
         outcome.append(f"{_namespaces(len(removed))} removed" if removed else "nothing left")
@@ -151,13 +160,15 @@ def run(config: Path, queue: int, cluster: int = 0) -> int:
         outcome.append(f"{len(director.virtuals)} virtual instances, {len(director.reals)} "
                        f"reals, {len(director.bindids)} assign entries"
                        + (f", {failures} bad lines (shown at boot)" if failures else ""))
-    lab = Cluster(cluster, prefix=PREFIX) if cluster else Lab(prefix=PREFIX)
+    lab = (Cluster(cluster, prefix=PREFIX) if cluster
+           else FailoverPair(prefix=PREFIX) if failover else Lab(prefix=PREFIX))
     workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
     # The appliance gets a copy: `write memory` in the lab must not edit the example.
     startup = workdir / "startup-config"
     try:
         shutil.copyfile(config, startup)
         directors = (f"a router running BIRD, {cluster} directors" if cluster
+                     else "two directors (primary, secondary)" if failover
                      else "the director")
         with progress.step(f"Building namespaces: clients in 3 subnets, {directors}, "
                            f"{len(DEFAULT_REALS)} reals with HTTP servers") as outcome:
@@ -170,6 +181,8 @@ def run(config: Path, queue: int, cluster: int = 0) -> int:
         signal.signal(signal.SIGINT, _ignore)
         info = LabInfo.from_lab(lab, _display(config))
         print("", *overview(info, director), "", sep="\n")
+        if isinstance(lab, FailoverPair):
+            return _run_pair(lab, info, startup, queue)
         print(f"Starting the director in {lab.director_ns} with a scratch copy of "
               f"{_display(config)} (write memory saves there).", flush=True)
         return _run_appliance(lab, info, startup, queue)
@@ -185,11 +198,12 @@ def run(config: Path, queue: int, cluster: int = 0) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_appliance(lab: Lab, info: LabInfo, startup: Path, queue: int) -> int:
+def _run_appliance(lab: Lab, info: LabInfo, startup: Path, queue: int,
+                   extra: Sequence[str] = ()) -> int:
     """The appliance owns the terminal until it exits; its status is ours."""
     os.environ[ENV] = info.to_env()  # Lab.popen_in passes this process's environment on
     argv = [sys.executable, "-m", "localdirector", "--config", str(startup),
-            "--queue", str(queue)]
+            "--queue", str(queue), *extra]
     if isinstance(lab, Cluster):
         # The other directors run the same configuration in the background; the
         # first one has the terminal (docs/design.rst, "Scale-out").
@@ -210,6 +224,37 @@ def _run_appliance(lab: Lab, info: LabInfo, startup: Path, queue: int) -> int:
     if status != 0:
         print(f"\nThe director exited with status {status}.", file=sys.stderr, flush=True)
     return status
+
+
+def _run_pair(lab: FailoverPair, info: LabInfo, startup: Path, queue: int) -> int:
+    """Both units with the configuration and their own failover lines; the primary
+    (active once both are up) in the background, so that it can be killed while the
+    secondary's shell, on this terminal, watches it take over."""
+    example = startup.read_text()
+    for unit in ("primary", "secondary"):
+        (startup.parent / unit).write_text(example + "\n".join([*failover_lines(unit), ""]))
+    os.environ[ENV] = info.to_env()
+    argv = [sys.executable, "-m", "localdirector", "--queue", str(queue)]
+    primary = lab.unit_ns["primary"]
+    lab.popen_in(primary, [*argv, "--config", str(startup.parent / "primary"), "--no-console",
+                           *appliance_arguments("primary")],
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Whichever unit is active first stays so (nopreempt): the secondary starts once the
+    # primary holds the addresses, so the primary is the active one, as the banner says.
+    deadline = time.monotonic() + PRIMARY_ACTIVE_SECONDS
+    while lab.holders() != ["primary"]:
+        if time.monotonic() > deadline:
+            raise Failure(f"the primary did not become active in {PRIMARY_ACTIVE_SECONDS:g} s")
+        time.sleep(0.1)
+    print(f"The primary runs in the background in {primary}; this terminal is the "
+          f"secondary's shell ({lab.unit_ns['secondary']}): show failover.\n"
+          f"Kill the primary as a crash would: ip netns pids {primary} | xargs kill -9\n"
+          f"A paced download to watch across it: ip netns exec {lab.client_ns} python3 -m "
+          "localdirector.lab.client get --url http://192.0.2.10/bytes/100000000 "
+          "--rate 5000000 --digest --timeout 30", flush=True)
+    lab.director_ns = lab.unit_ns["secondary"]
+    return _run_appliance(lab, info, startup.parent / "secondary", queue,
+                          appliance_arguments("secondary"))
 
 
 def _keep_saved_config(startup: Path, original: Path) -> None:
@@ -252,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", type=int, default=0, metavar="N",
                         help=f"scale-out lab: a BGP/ECMP router (BIRD 2) and N directors "
                         f"(1-{MAX_DIRECTORS}) running examples/cluster.cfg")
+    parser.add_argument("--failover", action="store_true",
+                        help="failover pair: two directors (keepalived, conntrackd) sharing "
+                        "the clients' and the reals' segments, FIG. 1 with failover and "
+                        "replicate; the primary in the background, the secondary here")
     parser.add_argument("--clean", action="store_true",
                         help="only remove namespaces left by labs that crashed, and exit")
     return parser
@@ -266,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             return clean()
         if not 0 <= args.cluster <= MAX_DIRECTORS:
             raise Failure(f"--cluster takes 1-{MAX_DIRECTORS} directors")
+        if args.failover and args.cluster:
+            raise Failure("--failover and --cluster build different labs: choose one")
         example = CLUSTER_EXAMPLE if args.cluster else DEFAULT_EXAMPLE
-        return run(args.config or find_example(example), args.queue, args.cluster)
+        return run(args.config or find_example(example), args.queue, args.cluster,
+                   args.failover)
     except (Failure, LabError) as err:
         print(f"localdirector lab: {err}", file=sys.stderr)
         return 2

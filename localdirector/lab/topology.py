@@ -127,7 +127,7 @@ def _tag(real: str) -> str:
 
 def _ns_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
-        rf"^{re.escape(prefix)}(?P<id>[0-9a-f]{{4}})-(?:cli|dir|rtr|d\d|r\d{{1,3}})$")
+        rf"^{re.escape(prefix)}(?P<id>[0-9a-f]{{4}})-(?:cli|dir|rtr|seg|d\d|r\d{{1,3}})$")
 
 
 def _check_prefix(prefix: str) -> None:

@@ -166,3 +166,31 @@ def test_a_connection_without_a_channel_is_in_who_and_can_be_killed(box):
         assert f"127.0.0.1:{port} " not in who
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+_LOGGING_CONSOLE = r"""
+import logging, sys, threading, time
+from localdirector import cli
+def chatter():
+    for n in range(400):
+        logging.getLogger("localdirector").warning("real 203.0.113.%d FAILED", n % 250)
+        time.sleep(0.005)
+threading.Thread(target=chatter, daemon=True).start()
+sys.exit(cli.main(["--no-dataplane", "--config", sys.argv[1]]))
+"""
+
+
+def test_log_lines_never_split_a_typed_line_on_a_plain_console(tmp_path: Path) -> None:
+    """IOS `logging synchronous` in the line discipline: a log message from another
+    thread goes on a line of its own and the prompt and the typed text are printed
+    again, so an expect script still finds each command's echo and output whole."""
+    from appliance_driver import Console
+
+    console = Console([sys.executable, "-c", _LOGGING_CONSOLE,
+                       str(tmp_path / "startup-config")])
+    try:
+        for _ in range(20):
+            assert "Hostname:        localdirector" in console.run("show version")
+    finally:
+        console.child.sendline("exit")
+        console.child.close()

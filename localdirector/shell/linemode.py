@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import sys
+import threading
 from collections.abc import Callable, Iterator
 
 from prompt_toolkit.input import Input
@@ -80,6 +83,9 @@ class LineTerminal:
         self.too_long = too_long
         self._after_cr = False
         self._stack = contextlib.ExitStack()
+        # The prompt and the typed text on screen while a line is read (None between
+        # lines): a log message is printed on a line of its own, then this again.
+        self._shown: str | None = None
 
     def use(self, session: Session) -> None:
         self.session = session
@@ -101,6 +107,27 @@ class LineTerminal:
         """From `kill` (any thread, through the loop): the pending read ends in EOF."""
         self.keys.put_nowait(None)
 
+    def message(self, text: str) -> None:
+        """A log message from another thread (on the loop): IOS `logging synchronous`,
+        so what an expect script reads still has the prompt and the typed line whole."""
+        if self._shown is None:
+            self.write(text)
+        else:
+            self.write("\n" + text + self._shown)
+
+    @contextlib.contextmanager
+    def synchronous_output(self) -> Iterator[None]:
+        """While the console runs: what other threads print (the log) goes through
+        `message`, a whole line at a time."""
+        messages = _Messages(self, asyncio.get_running_loop())
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = messages
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+            messages.flush()
+
     def write(self, text: str) -> None:
         self.output.write_raw(text)
         self.output.flush()
@@ -116,10 +143,17 @@ class LineTerminal:
                         answer: bool = False) -> tuple[str, bool]:
         """One line and whether it ended with Ctrl-Z. Enter is CR, LF or CR LF. An
         `answer` to a question takes `?` and Tab as text: they help with commands."""
+        try:
+            return await self._read_line(prompt, secret, answer)
+        finally:
+            self._shown = None
+
+    async def _read_line(self, prompt: str, secret: bool, answer: bool) -> tuple[str, bool]:
         commands = self.session is not None and not answer
         self.write(prompt)
         text = ""
         while True:
+            self._shown = prompt if secret else prompt + text
             key = await self._key()
             after_cr, self._after_cr = self._after_cr, key.key == Keys.ControlM
             if key.key == Keys.ControlJ and after_cr:
@@ -185,6 +219,43 @@ class LineTerminal:
     async def more(self) -> str:
         """`--More--`, drawn and then blanked with spaces and carriage returns only."""
         self.write(MORE)
-        key = await self._key()
+        self._shown = MORE
+        try:
+            key = await self._key()
+        finally:
+            self._shown = None
         self.write("\r" + " " * len(MORE) + "\r")
         return {" ": "page", Keys.ControlM: "line", Keys.ControlJ: "line"}.get(key.key, "quit")
+
+
+class _Messages(io.TextIOBase):
+    """sys.stdout/sys.stderr of the console in plain mode: whole lines to the front end,
+    on its event loop (writes come from any thread)."""
+
+    def __init__(self, front: LineTerminal, loop: asyncio.AbstractEventLoop) -> None:
+        self.front = front
+        self.loop = loop
+        self.pending = ""
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.pending += text
+            if "\n" not in self.pending:
+                return len(text)
+            whole, _, self.pending = self.pending.rpartition("\n")
+        self._send(whole + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        with self.lock:
+            rest, self.pending = self.pending, ""
+        if rest:
+            self._send(rest + "\n")
+
+    def _send(self, text: str) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.front.message, text)

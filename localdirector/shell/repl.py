@@ -9,6 +9,7 @@ ask the session, which asks the one grammar walker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -202,6 +203,10 @@ class Editor:
     def write(self, text: str) -> None:
         print_formatted_text(text, end="", output=self.output)
 
+    def synchronous_output(self) -> contextlib.AbstractContextManager[object]:
+        """What other threads print goes above the prompt, which is drawn again."""
+        return patch_stdout(raw=True)
+
     async def more(self) -> str:
         return await _more(self.input, self.output)
 
@@ -281,8 +286,7 @@ def run_shell(session: Session) -> None:
     the middle of the line being typed, so they go above the prompt, which is drawn
     again with the typed text (IOS `logging synchronous`)."""
     async def console() -> None:
-        with await open_front() as front:
+        with await open_front() as front, front.synchronous_output():
             await run_shell_async(session, front)
 
-    with patch_stdout(raw=True):
-        asyncio.run(console())
+    asyncio.run(console())

@@ -13,8 +13,6 @@ benchmark types `bgp drain` into it like an operator would."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,9 +20,11 @@ import time
 from pathlib import Path
 from statistics import median
 
-from localdirector.lab import python_module
 from localdirector.lab.cluster import Cluster, director_link
+from localdirector.lab.slowpost import broken_across
 from localdirector.model import maglev
+
+from .figures import report
 
 VIP = "192.0.2.10"
 REALS = ("203.0.113.12", "203.0.113.13", "203.0.113.14")
@@ -93,22 +93,7 @@ def conns_per_second(lab: Cluster, count: int = 600) -> float:
 
 def broken(lab: Cluster, event, count: int = 60) -> int:
     sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
-    proc = lab.popen_in(lab.client_ns, [*python_module("slowpost"), "--vip", VIP,
-                                        "--count", str(count), "--parts", "2",
-                                        *(a for s in sources for a in ("--source", s))],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdout.readline()
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    proc.stdout.readline()
-    event()
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    proc.stdout.readline()
-    result = json.loads(proc.stdout.readline())
-    proc.wait(60)
-    return count - result["good"]
+    return broken_across(lab, VIP, count, sources, event, timeout=60)
 
 
 def cluster_figures(repeat: int) -> dict[str, object]:
@@ -163,15 +148,8 @@ def cluster_figures(repeat: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    figures = {"maglev": maglev_figures(), "cluster": cluster_figures(args.repeat)}
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(__doc__, 3, lambda repeat: {"maglev": maglev_figures(),
+                                       "cluster": cluster_figures(repeat)})
 
 
 if __name__ == "__main__":

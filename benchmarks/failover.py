@@ -17,7 +17,6 @@ benchmark types `show failover` into it as an operator would."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -52,6 +51,9 @@ from localdirector.lab.pair import (
     failover_lines,
 )
 from localdirector.lab.servers import pattern_digest
+from localdirector.lab.slowpost import broken_across
+
+from .figures import report
 
 SIZE = 10 * 1024 * 1024
 RATE = 2_500_000
@@ -223,28 +225,18 @@ class Bench:
         """1,000 connections open (each half-way through its upload) at the crash of the
         active: how many did not complete with the right answer."""
         sources = [*self.lab.client_addresses["preferred"], *self.lab.client_addresses["general"]]
-        proc = self.lab.popen_in(self.lab.client_ns, [
-            *python_module("slowpost"), "--vip", vip, "--count", "1000", "--parts", "2",
-            *(a for s in sources for a in ("--source", s))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdout.readline()
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.stdout.readline()
-        active = next(u for u, r in self.roles().items() if r == "Active")
-        time.sleep(1.0)                       # several polls: everything replicated
-        self.crash(active)
-        wait(self.new_conn_works)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.stdout.readline()
-        result = json.loads(proc.stdout.readline())
-        proc.wait(120)
-        self.lab.plug(active)
-        self.boot(active)
+        crashed: list[str] = []
+
+        def crash() -> None:
+            crashed.append(next(u for u, r in self.roles().items() if r == "Active"))
+            time.sleep(1.0)                       # several polls: everything replicated
+            self.crash(crashed[0])
+            wait(self.new_conn_works)
+        lost = broken_across(self.lab, vip, 1000, sources, crash)
+        self.lab.plug(crashed[0])
+        self.boot(crashed[0])
         wait(self.settled)
-        return 1000 - result["good"]
+        return lost
 
 
 def stream_cost(count: int = 30_000, batch: int = 1000, repeat: int = 5
@@ -305,15 +297,8 @@ def main() -> None:
     if sys.argv[1:2] == ["capture"]:
         capture(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    figures = {"stream_cost": stream_cost(), "takeover": failover_figures(args.repeat)}
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(__doc__, 5, lambda repeat: {"stream_cost": stream_cost(),
+                                       "takeover": failover_figures(repeat)})
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from test_shell_show import booted_fig1
 
 from localdirector import syslog
-from localdirector.appliance import Appliance
 from localdirector.shell.registry import Mode
-
-FIG1 = Path(__file__).resolve().parent.parent / "examples" / "fig1.cfg"
 
 EXTRA = """
 probeconfig web tcp
@@ -29,16 +27,7 @@ advertise 192.0.2.10:80
 
 @pytest.fixture
 def shell(tmp_path: Path):
-    appliance = Appliance(FIG1)
-    errors: list[str] = []
-    appliance.boot(errors.append)
-    assert errors == []
-    output: list[str] = []
-    session = appliance.open_session("test", write=output.append, interactive=False)
-    session.mode = Mode.CONFIG
-    for line in EXTRA.strip().splitlines():
-        assert session.execute(line), "".join(output)
-    session.mode = Mode.PRIV
+    appliance, session, output = booted_fig1(*EXTRA.strip().splitlines())
 
     def run(line: str, ok: bool = True) -> str:
         output.clear()

@@ -38,6 +38,11 @@ class Operator(TaggedTyping):
         """Output lines of one command (prompt redraws dropped)."""
         return [l for l in self.run(line).split("\n") if l and "localdirector" not in l[:14]]
 
+    def configure(self, *lines: str) -> None:
+        """From privileged mode: these configuration lines, back to privileged mode."""
+        for line in ("conf t", *lines, "end"):
+            self.run(line)
+
     def close(self) -> int:
         self.child.send("end\rexit\r")
         self.child.expect(pexpect.EOF)
@@ -144,9 +149,7 @@ def test_enable_password_is_asked_without_echo(tmp_path):
     path = tmp_path / "startup-config"
     op = Operator(path)
     op.run("enable")
-    op.run("conf t")
-    op.run("enable password Tr0ub4dor")
-    op.run("end")
+    op.configure("enable password Tr0ub4dor")
     op.run("disable")
     child = op.child
     child.send("enable\r")
@@ -167,9 +170,7 @@ def test_reload_asks_to_save_unsaved_changes_then_confirms(tmp_path):
     path = tmp_path / "startup-config"
     op = Operator(path)
     op.run("enable")
-    op.run("conf t")
-    op.run("real 203.0.113.12")
-    op.run("end")
+    op.configure("real 203.0.113.12")
     child = op.child
     child.send("reload\r")
     child.expect_exact("System configuration has been modified. Save? [yes/no]:")

@@ -12,19 +12,30 @@ from localdirector.appliance import Appliance
 from localdirector.model.serverid import ServerId
 from localdirector.model.state import State
 from localdirector.shell.registry import Mode
+from localdirector.shell.session import Session
 
 FIG1 = Path(__file__).resolve().parent.parent / "examples" / "fig1.cfg"
 
 
-@pytest.fixture
-def fig1(tmp_path: Path):
+def booted_fig1(*extra: str) -> tuple[Appliance, Session, list[str]]:
+    """FIG. 1's example booted, `extra` configuration lines added, a privileged session
+    and what it printed."""
     appliance = Appliance(FIG1)
     errors: list[str] = []
     appliance.boot(errors.append)
     assert errors == []
     output: list[str] = []
     session = appliance.open_session("test", write=output.append, interactive=False)
+    session.mode = Mode.CONFIG
+    for line in extra:
+        assert session.execute(line), "".join(output)
     session.mode = Mode.PRIV
+    return appliance, session, output
+
+
+@pytest.fixture
+def fig1(tmp_path: Path):
+    appliance, session, output = booted_fig1()
 
     def run(line: str) -> list[str]:
         output.clear()

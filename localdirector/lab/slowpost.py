@@ -11,7 +11,32 @@ import argparse
 import hashlib
 import json
 import socket
+import subprocess
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def broken_across(lab: Any, vip: str, count: int, sources: Sequence[str],
+                  event: Callable[[], None], timeout: float = 120) -> int:
+    """Open `count` two-part uploads from `lab`'s client namespace, send their first
+    parts, run `event` (a drain, a crash), send the rest: how many did not complete
+    with the right digest."""
+    from . import python_module   # the lab package: only the driving side needs it
+    proc = lab.popen_in(lab.client_ns, [
+        *python_module("slowpost"), "--vip", vip, "--count", str(count), "--parts", "2",
+        *(a for s in sources for a in ("--source", s))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.readline()                      # connected
+    for step in (event, lambda: None):
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.stdout.readline()                  # a part sent on every connection
+        step()
+    result = json.loads(proc.stdout.readline())
+    proc.wait(timeout)
+    return count - result["good"]
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from netmiko import ConnectHandler
-from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, SSH_OPTIONS, Appliance
+from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
 
 MODEL = """\
 virtual 192.0.2.10:80

@@ -8,7 +8,7 @@ from __future__ import annotations
 from scapy.layers.inet import IP, TCP
 from test_engine import CLIENT, VIP, A, B, C, Lab, pool, sid
 
-from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_MODIFIED, DROP, Engine
+from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_MODIFIED, DROP
 from localdirector.dataplane.iptables import dispatch_rules, names, nat_rules, raw_rules
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules
 from localdirector.model import maglev

@@ -467,9 +467,16 @@ class LabSession:
         self.name = re.search(r"ok, lab (ldlab[0-9a-f]{4})", self.banner).group(1)
 
     def run(self, line: str) -> str:
+        """What `line` printed. A log message (a BGP session, a real FAILED) comes on a
+        line of its own with the prompt printed again after it, so read prompts until
+        the line's own echo has gone by."""
         self.child.sendline(line)
-        self.child.expect(PROMPT)
-        return clean(self.child.before).rpartition(line + "\n")[2]
+        echo = re.compile("^.*?" + re.escape(line) + "\n", re.M)
+        text = ""
+        while (found := echo.search(text)) is None:
+            self.child.expect(PROMPT)
+            text += clean(self.child.before) + "\n"
+        return text[found.end():-1]
 
     def close(self) -> None:
         if self.child.isalive():

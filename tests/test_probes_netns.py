@@ -115,6 +115,9 @@ def test_a_real_that_accepts_but_never_answers_fails_http_not_tcp(lab: Lab,
             f"probe {VIP}:80 web", f"probe {R14}:8080 alive"])
         hung = f"{R14}:8080:0:tcp"
         wait_state(console, hung, "DOWN", timeout=5)
+        # Each check first runs at a random moment of its first interval.
+        wait_state(console, hung, "UP", timeout=5, probe="alive")
+        wait_state(console, f"{R12}:0:0:tcp", "UP", timeout=5)
         rows = probe_rows(console)
         assert rows[(hung, "web")][5] == "timeout"
         assert rows[(hung, "alive")][4:6] == ["UP", "connected"]

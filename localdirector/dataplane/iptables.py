@@ -19,14 +19,12 @@ from dataclasses import dataclass
 
 from ..model.addr import format_ip
 from . import nflog
+from .packet import ICMP_ERROR_TYPES
 from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 
-# Destination unreachable (fragmentation needed included), time exceeded, parameter
-# problem: the errors that quote a packet, as the engine translates them.
-ICMP_ERRORS = (3, 11, 12)
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
-# Only the reals' replies to the director itself are let through while nobody is bound.
+# Packets for the director itself: the reals' replies to its own connections (probes).
 TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
 # SYNs a second (all VIPs together) from client addresses that have not completed a
 # handshake lately: above it the kernel sheds them, so a spoofed flood cannot fill the
@@ -266,7 +264,7 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             *delete("raw", n.local_jump),
             n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
             *(f"-A {n.local} -p icmp -m icmp --icmp-type {kind} -j {n.queue}"
-              for kind in ICMP_ERRORS),
+              for kind in sorted(ICMP_ERROR_TYPES)),
             f"-A {n.shed} -j DROP",
             f"-A {n.flood} -j DROP",
             *raw[1:],

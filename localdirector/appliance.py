@@ -12,6 +12,8 @@ from pathlib import Path
 from localdirector.model.director import Director
 
 from .commands import REGISTRY, Registry
+from .commands.bgp import BgpHandle
+from .commands.failover import FailoverHandle
 from .commands.handle import DataPlaneHandle
 from .shell import config_file, running_config
 from .shell.session import Session
@@ -57,6 +59,9 @@ class Appliance:
         self.started = time.time()
         # Set once by cli.py when the data plane runs (None: `--no-dataplane`).
         self.dataplane: DataPlaneHandle | None = None
+        # Set by the failover and BGP services while they run (their commands' view).
+        self.failover: FailoverHandle | None = None
+        self.bgp: BgpHandle | None = None
         # Called with the new Director after `reload` replaced the model.
         self.reload_hooks: list[Callable[[Director], None]] = []
 

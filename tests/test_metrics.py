@@ -160,7 +160,6 @@ def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from localdirector.appliance import Appliance
-    from localdirector.commands import failover as failover_commands
     from localdirector.model.failover import FailoverStatus
     from localdirector.model.probes import record
     from localdirector.monitor.metrics import ApplianceCollector
@@ -179,7 +178,7 @@ def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
         def status(self) -> FailoverStatus:
             return FailoverStatus("Primary", "Standby", 0.0, "eth2", "198.19.255.1",
                                   "Normal", "Active", 12.0, "idle", ())
-    failover_commands.attach(appliance, Pair())   # as the failover service does
+    appliance.failover = Pair()   # as the failover service does
     registry = CollectorRegistry()
     registry.register(ApplianceCollector(appliance))
     text = generate_latest(registry).decode()

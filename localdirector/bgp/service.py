@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localdirector.commands import bgp as commands
 from localdirector.commands.bgp import BgpStatus
 from localdirector.model import bgp
 from localdirector.model.addr import format_ip, parse_ip
@@ -83,7 +82,7 @@ class BgpService:
 
     def start(self) -> None:
         self._subscribe()
-        commands.attach(self.appliance, self)
+        self.appliance.bgp = self
         self._thread.start()
 
     def _subscribe(self) -> None:
@@ -192,5 +191,5 @@ class BgpService:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(10)
-        commands.attach(self.appliance, None)
+        self.appliance.bgp = None
         shutil.rmtree(self._directory, ignore_errors=True)

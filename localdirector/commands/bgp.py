@@ -8,9 +8,8 @@ appliance; without it `show bgp` shows the configuration and what would be annou
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from localdirector.model import bgp
 from localdirector.model.addr import format_ip
@@ -20,8 +19,6 @@ from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.session import Session
 
-if TYPE_CHECKING:
-    from localdirector.appliance import Appliance
 
 CONFIG = Mode.CONFIG
 BGP = Keyword("bgp", "BGP announcement of the VIPs")
@@ -40,17 +37,6 @@ class BgpStatus:
 
 class BgpHandle(Protocol):
     def status(self) -> BgpStatus: ...
-
-
-_handles: "weakref.WeakKeyDictionary[Appliance, BgpHandle]" = weakref.WeakKeyDictionary()
-
-
-def attach(appliance: "Appliance", handle: BgpHandle | None) -> None:
-    """Called by the BGP service when it starts (handle) and stops (None)."""
-    if handle is None:
-        _handles.pop(appliance, None)
-    else:
-        _handles[appliance] = handle
 
 
 # -- configuration, in running-config order ------------------------------------------------
@@ -113,7 +99,7 @@ def bgp_drain(session: Session, no: bool = False) -> None:
 def show_bgp(session: Session) -> None:
     director = session.director
     config = director.settings.bgp
-    handle = _handles.get(session.appliance)
+    handle = session.appliance.bgp
     status = handle.status() if handle is not None else None
     wanted = bgp.wanted(director)
     if not config.asn:

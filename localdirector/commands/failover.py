@@ -11,9 +11,8 @@ Configuration lives in the model (model/failover.py). What only the running pair
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
@@ -24,8 +23,6 @@ from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.session import CommandFailed, Session
 
-if TYPE_CHECKING:
-    from localdirector.appliance import Appliance
 
 CONFIG = Mode.CONFIG
 PRIV = Mode.PRIV
@@ -47,25 +44,8 @@ class FailoverHandle(Protocol):
         """`write standby`: send the whole running-config to the standby now."""
 
 
-_handles: "weakref.WeakKeyDictionary[Appliance, FailoverHandle]" = (
-    weakref.WeakKeyDictionary())
-
-
-def attach(appliance: "Appliance", handle: FailoverHandle | None) -> None:
-    """Called by the failover service when it starts (handle) and stops (None)."""
-    if handle is None:
-        _handles.pop(appliance, None)
-    else:
-        _handles[appliance] = handle
-
-
-def handle_of(appliance: "Appliance") -> FailoverHandle | None:
-    """The running pair of an appliance (None: not started with a failover link)."""
-    return _handles.get(appliance)
-
-
 def _handle(session: Session) -> FailoverHandle:
-    handle = handle_of(session.appliance)
+    handle = session.appliance.failover
     if handle is None:
         raise CommandFailed("failover is not running on this unit "
                             "(start the appliance with --failover-link IFACE)")
@@ -194,7 +174,7 @@ def render(config_enabled: bool, poll_ms: int, hold_ms: int, replicate_on: bool,
          output=True)
 def show_failover(session: Session) -> None:
     config = session.director.settings.failover
-    handle = _handles.get(session.appliance)
+    handle = session.appliance.failover
     status = handle.status() if handle is not None else None
     session.print_lines(render(config.enabled, config.poll_ms, config.hold_ms,
                                config.replicate, status))

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localdirector.commands import failover as commands
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
@@ -131,7 +130,7 @@ class FailoverService:
         self.unit.yield_file.write_text("0\n")
         self.appliance.reload_hooks.append(self._adopt)
         self._adopt(self.appliance.director)
-        commands.attach(self.appliance, self)
+        self.appliance.failover = self
         if self.replicator is not None:
             self.replicator.start()
         for thread in self._threads:
@@ -140,7 +139,7 @@ class FailoverService:
     def stop(self) -> None:
         self._stopping.set()
         self._changed.set()
-        commands.attach(self.appliance, None)
+        self.appliance.failover = None
         if self.replicator is not None:
             self.replicator.stop()
         for daemon in (self.keepalived, self.conntrackd):

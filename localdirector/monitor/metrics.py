@@ -20,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import localdirector
-from localdirector.commands.failover import handle_of
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.probes import DOWN, NO_PORT, UNKNOWN, UP
@@ -190,7 +189,7 @@ def probes(director: Director) -> Callable[[], Families]:
 
 def failover(appliance: "Appliance") -> Families:
     """The unit's role in a failover pair, when it runs as one."""
-    handle = handle_of(appliance)
+    handle = appliance.failover
     if handle is None:
         return
     status = handle.status()

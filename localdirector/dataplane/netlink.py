@@ -11,7 +11,7 @@ NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
-_NLA_TYPE_MASK = 0x3FFF        # an attribute's type without the nested/byte-order flags
+NLA_TYPE_MASK = 0x3FFF         # an attribute's type without the nested/byte-order flags
 
 HEADER = struct.Struct("=IHHII")   # nlmsghdr: length, type, flags, sequence, port id
 ATTR = struct.Struct("=HH")        # nlattr: length, type
@@ -60,7 +60,7 @@ def find_attr(data: bytes, offset: int, end: int, kind: int) -> tuple[int, int] 
         length, found = ATTR.unpack_from(data, offset)
         if length < ATTR.size:
             return None
-        if found & _NLA_TYPE_MASK == kind:
+        if found & NLA_TYPE_MASK == kind:
             return offset + ATTR.size, offset + length
         offset += (length + 3) & ~3
     return None

@@ -277,9 +277,30 @@ class LocalDirectorFastpath(LocalDirector):
         return notes
 
 
+class LocalDirectorKernel(LocalDirectorFastpath):
+    """(f) The appliance with `fastpath VIRTUAL kernel`: its model compiled into nftables
+    maps (Bind ID intervals, round robin by numgen), so the kernel decides each connection
+    and Python sees none of its packets."""
+
+    name = "localdirector-kernel"
+    description = "localdirector fastpath kernel (the model compiled into nftables)"
+    nfqueue = False
+
+    @staticmethod
+    def config() -> str:
+        return LocalDirector.config() + f"fastpath {VIP}:{VIP_PORT}:0:tcp kernel\n"
+
+    def stop(self, bench: BenchLab) -> list[str]:
+        notes = super().stop(bench)
+        tables = bench.run(bench.director_ns, ["nft", "list", "tables"], check=False).stdout
+        if "localdirector" in tables:
+            notes.append("localdirector left its nftables table behind")
+        return notes
+
+
 def all_contenders() -> list[Contender]:
     return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
-            NfqueueNull()]
+            LocalDirectorKernel(), NfqueueNull()]
 
 
 def queue_counters(bench: BenchLab, queue_num: int = 0) -> dict[str, int] | None:

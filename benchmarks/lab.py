@@ -200,8 +200,9 @@ class BenchLab:
 
     # ------------------------------------------------------------------ clients
     def client_argv(self, index: int, argv: Sequence[str]) -> list[str]:
-        """``argv`` as client process ``index``, i.e. from source ``sources[index]``."""
-        uid = str(_UID_BASE + index)
+        """``argv`` as client process ``index``, i.e. from source ``sources[index]``
+        (round the sources again when there are more processes than addresses)."""
+        uid = str(_UID_BASE + index % len(self.sources))
         return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
 
     def set_direct_routes(self, on: bool) -> None:

@@ -19,10 +19,11 @@ HERE = Path(__file__).resolve().parent
 PANELS = [("keepalive.requests_per_s", "keep-alive requests/s"),
           ("close.connections_per_s", "new connections/s (Connection: close)")]
 TICKS = {"nfqueue-null": "nfqueue-null\n(diagnostic)",
-         "localdirector-fastpath": "localdirector\nfastpath"}
+         "localdirector-fastpath": "localdirector\nfastpath",
+         "localdirector-kernel": "localdirector\nfastpath kernel"}
 COLOURS = {"direct": "#8c8c8c", "kernel-nat": "#4c72b0", "haproxy": "#dd8452",
            "localdirector": "#55a868", "localdirector-fastpath": "#2f7d4a",
-           "nfqueue-null": "#c4ad66"}
+           "localdirector-kernel": "#1b4d2c", "nfqueue-null": "#c4ad66"}
 
 
 def plot(result: dict, output: Path) -> None:

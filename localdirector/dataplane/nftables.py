@@ -183,11 +183,14 @@ def definition(rules: KernelRules, table: str) -> list[str]:
     ported = [d for d in rules.destinations if d.port != ALL_PORTS]
     wild = [d for d in rules.destinations if d.port == ALL_PORTS]
     base = [f"type nat hook {BASE} priority dstnat; policy accept;"]
+    # `ct state new` (always true in a nat chain) is what makes the namespace track
+    # connections: without a ct match or a DNAT rule anywhere (every instance refusing)
+    # the kernel would track nothing and never run a nat chain.
     if ported:
-        base.append("ip daddr . tcp dport vmap { " + ", ".join(
+        base.append("ct state new ip daddr . tcp dport vmap { " + ", ".join(
             f"{format_ip(d.addr)} . {d.port} : goto {d.chain}" for d in ported) + " }")
     if wild:
-        base.append("meta l4proto tcp ip daddr vmap { " + ", ".join(
+        base.append("ct state new meta l4proto tcp ip daddr vmap { " + ", ".join(
             f"{format_ip(d.addr)} : goto {d.chain}" for d in wild) + " }")
     chain(BASE, *base)
     out.append("}")

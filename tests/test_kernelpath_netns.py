@@ -103,6 +103,8 @@ def test_fig1_bind_ids_steer_by_source_in_the_kernel(lab: Lab, boot) -> None:
     assert "198.51.100.0/24 : goto i_192_0_2_10_80_1" in table
     assert "198.18.0.0/24 : goto i_192_0_2_10_80_2" in table
     assert "0.0.0.0-198.17.255.255 : goto i_192_0_2_10_80_0" in table
+    assert "Not listed: connections of virtuals decided in the kernel" in console.run(
+        "show conns")
     running = console.run("show running-config")
     assert f"fastpath {VIP}:80:0:tcp kernel" in running
 

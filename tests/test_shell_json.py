@@ -45,7 +45,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 FIELDS = {
     "show virtual": {"virtual", "state", "conns", "half_open", "total", "predictor", "reals",
-                     "backup"},
+                     "backup", "path"},
     "show real": {"real", "state", "conns", "total", "weight", "maxconns", "reassigns",
                   "threshold", "response_ms", "backup", "out_by"},
     "show bind": {"virtual", "virtual_state", "real", "real_state"},

@@ -112,7 +112,8 @@ def test_show_tables(fig1):
     virtuals = rows(fig1("show virtual"))
     assert [r[0] for r in virtuals] == ["192.0.2.10:80:0:tcp", "192.0.2.10:80:1:tcp",
                                        "192.0.2.10:80:2:tcp"]
-    assert virtuals[1][1:] == ["IS", "0", "0", "0", "leastconns", "2", "192.0.2.10:80:0:tcp"]
+    assert virtuals[1][1:] == ["IS", "0", "0", "0", "leastconns", "2", "192.0.2.10:80:0:tcp",
+                              "userspace"]
     reals = rows(fig1("show real"))
     assert reals[3][:2] == ["203.0.113.11:8001:0:tcp", "IS"]
     binds = rows(fig1("show bind"))

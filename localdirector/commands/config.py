@@ -89,7 +89,8 @@ def virtual(session: Session, id: ServerId, state: State | None = None,
     existed = id in director.virtuals
     new = director.add_virtual(id, state)
     if not existed and new.fastpath:
-        session.print(f"{director.fmt(id)} is on the fast path like "
+        how = f", decided in the kernel (predictor {new.predictor})" if new.kernel else ""
+        session.print(f"{director.fmt(id)} is on the fast path{how} like "
                       f"{director.fmt(director.fastpath_peers(new)[0].sid)}")
 
 
@@ -175,24 +176,32 @@ def backup(session: Session, id: ServerId, backup: ServerId | None = None,
 
 # -- translation path (after binds and backups: it switches whole groups of them) -------
 
-def _saved_fastpath(director: Director) -> list[tuple[ServerId]]:
-    return [(v.sid,) for v in director.iter_virtuals() if v.fastpath]
+def _saved_fastpath(director: Director) -> list[tuple[ServerId] | tuple[ServerId, str]]:
+    return [(v.sid, "kernel") if v.kernel else (v.sid,)
+            for v in director.iter_virtuals() if v.fastpath]
 
 
 @command(CONFIG, Keyword("fastpath", "Let the kernel translate a virtual's connections "
                                           "once the director has decided them"),
          args.virtual_id("id", "Virtual instance (every instance it shares traffic with "
                                "follows)"),
+         opt(Keyword("kernel", "Let the kernel decide them too (roundrobin or weighted, "
+                               "no sticky, maxconns or passive health)", "kernel", True)),
          no=2, saver=_saved_fastpath)
-def fastpath(session: Session, id: ServerId, no: bool = False) -> None:
+def fastpath(session: Session, id: ServerId, kernel: bool = False,
+             no: bool = False) -> None:
     """The engine still decides every new connection; conntrack NAT translates the rest
-    of it (docs/design.rst, "Fast path"). Director.set_fastpath switches everything that
-    shares traffic with the virtual, and refuses while any of it has open connections."""
+    of it (docs/design.rst, "Fast path"). With `kernel`, nft rules compiled from the
+    model decide them as well and Python sees none of it ("Decided in the kernel").
+    Director.set_fastpath switches everything that shares traffic with the virtual, and
+    refuses while any of it has open connections or what the kernel cannot decide."""
     director = session.director
     want = not no
-    others = [director.fmt(v.sid) for v in director.set_fastpath(id, want) if v.sid != id]
+    others = [director.fmt(v.sid) for v in director.set_fastpath(id, want, kernel)
+              if v.sid != id]
     if others:
-        session.print(f"fastpath {'on' if want else 'off'} also for {', '.join(others)} "
+        mode = "off" if no else "decided in the kernel" if kernel else "on"
+        session.print(f"fastpath {mode} also for {', '.join(others)} "
                       "(same VIP:port, backup or real)")
 
 

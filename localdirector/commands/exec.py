@@ -225,7 +225,8 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
             why += f"; overflow to backup {director.fmt(served.sid)}"
         if decision.real is None:
             # What the data plane does with it (docs/design.rst, "Packet flow").
-            why += ("; no real available: SYN dropped (fast path)" if decision.virtual.fastpath
+            engine_fast = decision.virtual.fastpath and not decision.virtual.kernel
+            why += ("; no real available: SYN dropped (fast path)" if engine_fast
                     else "; no real available: SYN refused with a RST")
         rows.append((format_ip(client), f"{format_ip(addr)}:{dport}",
                      director.fmt(decision.virtual.sid),

@@ -72,12 +72,28 @@ def show_virtual(session: Session, pattern: ServerPattern | None = None,
     _print_servers(session, _selected(list(session.director.iter_virtuals()), pattern,
                                       "virtual"), detail,
                    ("Virtual", "State", "Conns", "Half-open", "Total", "Predictor", "Reals",
-                    "Backup"), _virtual_row, _virtual_detail)
+                    "Backup", "Path"), _virtual_row, _virtual_detail)
+
+
+def _path(v: VirtualMachine) -> str:
+    """How its connections are decided and translated (docs/design.rst, "Fast path")."""
+    if v.kernel:
+        return "fast path, decided in the kernel"
+    return "fast path" if v.fastpath else "userspace"
+
+
+# The Path column: one word each (tables split on spaces).
+_PATH_WORDS = {(False, False): "userspace", (True, False): "fastpath", (True, True): "kernel"}
+_UNKNOWN = Cell("-", None)
 
 
 def _virtual_row(d: Director, v: VirtualMachine) -> tuple:
-    return (d.fmt(v.sid), d.virtual_state(v), v.conns_current, v.half_open, v.conns_total,
-            v.predictor, sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-")
+    # Kernel-decided: totals are folded in from the kernel's counters, the live gauges
+    # cannot be known (no connection reaches Python).
+    return (d.fmt(v.sid), d.virtual_state(v), _UNKNOWN if v.kernel else v.conns_current,
+            _UNKNOWN if v.kernel else v.half_open, v.conns_total, v.predictor,
+            sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-",
+            _PATH_WORDS[(v.fastpath, v.kernel)])
 
 
 def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
@@ -85,10 +101,12 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
                       for link in v.iter_links()) or "none bound"
     return [
         f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
-        f"{'fast path' if v.fastpath else 'userspace'}, "
+        f"{_path(v)}, "
         f"{'dispatched' if v.dispatched else 'directed'}",
-        f"  Connections: {v.conns_current} current, {v.half_open} half-open, "
-        f"{v.conns_total} total",
+        (f"  Connections: {v.conns_total} total (current and half-open are not known: "
+         "the kernel decides and translates them)" if v.kernel else
+         f"  Connections: {v.conns_current} current, {v.half_open} half-open, "
+         f"{v.conns_total} total"),
         f"  Traffic: {_traffic(v, v.fastpath)}",
         f"  Dropped SYNs: {v.synguard_drops} synguard, {v.no_real_drops} no real",
         f"  Settings: timeout {v.timeout} s, sticky "

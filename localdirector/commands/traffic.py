@@ -176,6 +176,10 @@ FASTPATH_NOTE = ("Path fastpath: translated by conntrack NAT in the kernel; the 
                  "sees only its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
 
 
+KERNEL_NOTE = ("Not listed: connections of virtuals decided in the kernel (fastpath ... "
+               "kernel), which the director never sees; conntrack -L lists them")
+
+
 def _summary(session: Session, conns: list[_Row], now: float) -> None:
     rows = ((_ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
              elapsed(now - c.created), "-" if c.fastpath else elapsed(now - c.last_seen),
@@ -226,6 +230,10 @@ def show_conns(session: Session, id: ServerId | None = None, detail: bool = Fals
         session.print_lines(_detail(rows, now) or ["No connections"])
     else:
         _summary(session, rows, now)
+    with director.lock:
+        kernel = any(v.kernel for v in director.virtuals.values())
+    if kernel:
+        session.print(KERNEL_NOTE)
 
 
 @command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"))

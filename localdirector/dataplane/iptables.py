@@ -135,9 +135,10 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
                 match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
                 out.append(f"-A {n.chain} {host} -p tcp{match} -j {queue}")
             out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
-    # Fast-path SYNs are shed in raw too: before conntrack spends an entry on them.
+    # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
+    # before conntrack spends an entry on them.
     userspace = {addr for addr, _ in rules.vips}
-    for addr, _ports in rules.fastpath:
+    for addr in sorted({addr for addr, _ in rules.fastpath} | set(rules.kernel)):
         if addr not in userspace:
             out += _guards(rules, addr, n) + flood_rules(addr, n)
     return out

@@ -23,6 +23,7 @@ from .conntrack import Conntrack, NoKernel
 from .engine import Engine
 from .host import forwarding_problems, read_ip_errors, read_queue_counters, route_problems
 from .iptables import Runner, run_iptables
+from .kerneltable import KernelTable
 from .ruleset import RulesError
 from .rulesync import RuleSync
 from .transactions import RuleManager
@@ -48,6 +49,7 @@ class DataPlane:
         self._worker = QueueWorker(queue_num, self._engine, max_len=max_len, clock=clock,
                                    fastpath=True)
         self._rules = RuleManager(queue_num, iptables, on_marks=self._set_marks)
+        self._kernel = KernelTable(queue_num)   # the kernel-decided fast path's nft table
         self._sync: RuleSync | None = None
         self._started_at = 0.0
         self._lock = threading.Lock()   # start/stop/adopt one at a time
@@ -75,7 +77,7 @@ class DataPlane:
             log.warning("data plane: no conntrack netlink (%s): fast-path reassigns cannot "
                         "move a connection and its idle timer cannot ask the kernel", exc)
         self._worker.start()
-        sync = RuleSync(self._director, self._rules)
+        sync = RuleSync(self._director, self._rules, self._kernel)
         try:
             sync.install()
         except BaseException:
@@ -83,6 +85,8 @@ class DataPlane:
             try:
                 with contextlib.suppress(RulesError):  # iptables itself may be the problem
                     self._rules.remove()
+                with contextlib.suppress(RulesError):
+                    self._kernel.remove()
             finally:
                 self._worker.stop()
                 self._close_conntrack()
@@ -99,7 +103,10 @@ class DataPlane:
                 return
             sync.stop()
             try:
-                self._rules.remove()
+                try:
+                    self._kernel.remove(self._director)
+                finally:
+                    self._rules.remove()
             finally:
                 self._worker.stop()
                 self._close_conntrack()
@@ -196,9 +203,9 @@ class DataPlane:
             "rule_counters": rule_counters,
             "marks": len(self._engine.marks),
             "conntrack_errors": getattr(self._engine.kernel, "errors", 0),
-            "rule_transactions": self._rules.transactions,
+            "rule_transactions": self._rules.transactions + self._kernel.transactions,
             "rule_errors": sync.errors if sync is not None else 0,
-            "rule_repairs": self._rules.repairs,
+            "rule_repairs": self._rules.repairs + self._kernel.repairs,
             "rules_synced": sync is not None and sync.synced_generation >= generation,
             "uptime": time.monotonic() - self._started_at if sync is not None else 0.0,
             "reloads": self.reloads,

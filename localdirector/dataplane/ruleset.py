@@ -40,6 +40,9 @@ class RuleSet:
     guards: tuple[tuple[int, int, int], ...] = ()
     fastpath: tuple[tuple[int, tuple[int, ...]], ...] = ()
     targets: tuple[tuple[int, int], ...] = ()
+    # VIP addresses whose connections the kernel decides (nftables.py has their rules):
+    # only the SYN guards in raw concern them here.
+    kernel: tuple[int, ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -52,9 +55,13 @@ def desired_rules(director: Director) -> RuleSet:
     reals: dict[int, set[int]] = {}
     fastpath: dict[int, set[int]] = {}
     guards: dict[tuple[int, int], int] = {}
+    kernel: set[int] = set()
     targets = fast_targets(director)
     for v in director.iter_virtuals():
-        (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.port)
+        if v.kernel:
+            kernel.add(v.addr)
+        else:
+            (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.port)
         if v.synguard:
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
@@ -80,7 +87,7 @@ def desired_rules(director: Director) -> RuleSet:
         reals.setdefault(conn.real_ip, set()).add(conn.real_port)
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
-                   _freeze(fastpath), tuple(sorted(targets)))
+                   _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)))
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:

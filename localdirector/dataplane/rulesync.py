@@ -4,7 +4,10 @@ A model change only marks the rules dirty (cheap, and safe under the model lock,
 the model calls its listeners); the thread snapshots the desired rules under the lock,
 then runs iptables without it, so neither the shell nor the packet path ever waits for
 a subprocess. After every change and every VERIFY_SECONDS it checks that the kernel
-still holds our rules and reinstalls them if not (another program flushed the table)."""
+still holds our rules and reinstalls them if not (another program flushed the table).
+The kernel-decided fast path's nftables table follows the same way, and its counters are
+folded into the model's connection counts at every wake-up (at least every
+VERIFY_SECONDS)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import logging
 import threading
 
 from ..model.director import Director
+from .kerneltable import KernelTable
+from .nftables import desired_kernel
 from .ruleset import RulesError, desired_rules
 from .transactions import RuleManager
 
@@ -28,10 +33,12 @@ VERIFY_SECONDS = 2.0
 class RuleSync(threading.Thread):
     """Follows one Director (another one after `reload`, see adopt) into a RuleManager."""
 
-    def __init__(self, director: Director, manager: RuleManager) -> None:
+    def __init__(self, director: Director, manager: RuleManager,
+                 kernel: KernelTable | None = None) -> None:
         super().__init__(name=f"rules-q{manager.queue_num}", daemon=True)
         self.director = director
         self.manager = manager
+        self.kernel = kernel if kernel is not None else KernelTable(manager.queue_num)
         self.synced_generation = -1
         self.errors = 0
         self._cond = threading.Condition()
@@ -49,7 +56,9 @@ class RuleSync(threading.Thread):
         with self.director.lock:
             generation = self.director.generation
             rules = desired_rules(self.director)
+            kernel = desired_kernel(self.director)
         self.manager.install(rules)
+        self.kernel.install(kernel)
         self.synced_generation = generation
 
     def run(self) -> None:
@@ -66,12 +75,13 @@ class RuleSync(threading.Thread):
                 self.sync_once()
             if self.verify() and self.synced_generation != self.director.generation:
                 self.sync_once()   # the repair put back the last rules that applied
+            self.fold()
 
     def verify(self) -> bool:
         """Reinstall our rules if they are not in the kernel as we left them; True when
         they were not."""
         try:
-            repaired = self.manager.repair()
+            repaired = self.manager.repair() | self.kernel.repair(self.director)
         except RulesError as exc:
             self.errors += 1
             log.error("netfilter rules of NFQUEUE %d not verified: %s",
@@ -87,13 +97,23 @@ class RuleSync(threading.Thread):
         with self.director.lock:
             generation = self.director.generation
             rules = desired_rules(self.director)
+            kernel = desired_kernel(self.director)
         try:
             self.manager.update(rules)
+            self.kernel.update(kernel, self.director)
         except RulesError as exc:
             self.errors += 1
             log.error("netfilter rules not updated: %s", exc)
             return
         self.synced_generation = generation
+
+    def fold(self) -> None:
+        """The kernel-decided connections counted since the last fold, into the model."""
+        try:
+            self.kernel.fold(self.director)
+        except RulesError as exc:
+            self.errors += 1
+            log.error("kernel-decided connection counts not read: %s", exc)
 
     def adopt(self, director: Director) -> None:
         """`reload`: follow the new model from now on, and bring the rules up to it."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import bgp, health, maglev, probes
+from . import bgp, health, kernelpath, maglev, probes
 from .addr import format_ip, format_mask, prefix_mask
 from .bindid import BindIdObject, BindIdTable
 from .connection import ConnectionTable
@@ -126,7 +126,8 @@ class Director:
         an existing instance; re-typed without a state, an instance is left as it is.
 
         A new instance shares traffic with others (model/fastpath.py): it goes on the
-        fast path when all of them are on it, and is refused when they disagree."""
+        fast path when all of them are on it (decided in the kernel, with the kernel's
+        predictor, when they are), and is refused when they disagree."""
         existing = self.virtuals.get(sid)
         if existing is not None:
             if state is not None and state is not existing.state:
@@ -141,6 +142,9 @@ class Director:
         if self._any_fastpath():
             others = self.fastpath_peers(v)
             v.fastpath = bool(others) and all(o.fastpath for o in others)
+            v.kernel = v.fastpath and all(o.kernel for o in others)
+            if v.kernel:
+                v.predictor = kernelpath.KERNEL_DEFAULT_PREDICTOR
             self._refuse_mixed(lambda: self._drop_virtual(v))
         self.changed()
         return v
@@ -222,7 +226,9 @@ class Director:
         refusal = option.refusal(name, value)
         if refusal is not None:
             raise ModelError(refusal)
+        previous = getattr(server, name)
         setattr(server, name, value)
+        self._refuse_mixed(lambda: setattr(server, name, previous))
         self.changed()
 
     def changed_options(self, name: str) -> list[tuple[ServerId, int | str]]:
@@ -282,18 +288,25 @@ class Director:
                     yield from self.backup_chain(link.real)
 
     # -- translation path (model/fastpath.py) --------------------------------------
-    def set_fastpath(self, sid: ServerId, on: bool) -> list[VirtualMachine]:
-        """`[no] fastpath ID`: switch the virtual and every virtual it shares traffic
-        with; returns those switched. Refused while any of them has an open connection,
-        whose traffic the other path could not translate."""
+    def set_fastpath(self, sid: ServerId, on: bool, kernel: bool = False
+                     ) -> list[VirtualMachine]:
+        """`[no] fastpath ID [kernel]`: switch the virtual and every virtual it shares
+        traffic with; returns those switched. `kernel`: the kernel decides their
+        connections too, refused when it cannot (model/kernelpath.py). Refused while any
+        of them has an open connection, whose traffic the other path could not translate."""
         virtual = self.virtual(sid)
-        members = [v for v in group(self, virtual) if v.fastpath != on]
+        kernel = on and kernel
+        everyone = group(self, virtual)
+        members = [v for v in everyone if (v.fastpath, v.kernel) != (on, kernel)]
         if not members:
             return []
         dispatched = next((v for v in members if v.dispatched), None)
         if on and dispatched is not None:
             raise ModelError(f"{self.fmt(dispatched.sid)} is dispatched: the fast path "
                              "translates, dispatched forwarding does not")
+        problem = kernelpath.refusal(self, everyone) if kernel else None
+        if problem is not None:
+            raise ModelError(problem)
         switching = set(members)   # hashed by identity
         open_conns = sum(1 for c in self.conns if c.virtual in switching)
         if open_conns:
@@ -305,6 +318,7 @@ class Director:
                 "clear conns")
         for v in members:
             v.fastpath = on
+            v.kernel = kernel
         self.changed()
         return members
 
@@ -316,9 +330,13 @@ class Director:
         return any(v.fastpath for v in self.virtuals.values())
 
     def _refuse_mixed(self, undo: Callable[[], None]) -> None:
-        """After a change that may join virtuals: when that mixed fast path and
-        userspace, `undo` it and refuse it with the reason."""
-        problem = mixed(self) if self._any_fastpath() else None
+        """After a change that may join virtuals or change a setting: when that mixed
+        translation modes, or asked the kernel to decide what it cannot, `undo` it and
+        refuse it with the reason."""
+        problem = None
+        if self._any_fastpath():
+            problem = mixed(self) or kernelpath.refusal(
+                self, [v for v in self.iter_virtuals() if v.kernel])
         if problem is not None:
             undo()
             raise ModelError(problem)

@@ -5,8 +5,10 @@ path, because netfilter parts the two paths by address before the engine sees a 
 Virtuals that netfilter cannot tell apart form a *bucket*: the instances of one VIP:port
 (a VIP's port-0 instance with every instance of that VIP), a virtual and its backup
 virtual, and virtuals whose connections can reach one real on one port. A *group* is
-everything linked through buckets: `fastpath VIRTUAL` switches a whole group, and
-Director refuses changes that would leave a bucket `mixed`."""
+everything linked through buckets: `fastpath VIRTUAL [kernel]` switches a whole group,
+and Director refuses changes that would leave a bucket `mixed`. The kernel-decided fast
+path is a mode of its own here: a bucket is all userspace, all engine-decided or all
+kernel-decided."""
 
 from __future__ import annotations
 
@@ -65,14 +67,25 @@ def buckets(director: Director) -> Iterator[tuple[str, list[VirtualMachine]]]:
     yield from _port_buckets(reals, "both send connections to")
 
 
+# How a virtual's connections are translated, in the words of the refusals: userspace,
+# the fast path (the engine decides), the fast path decided in the kernel.
+USERSPACE, FAST, KERNEL = 0, 1, 2
+_MODE_WORDS = {FAST: "on the fast path", KERNEL: "on the fast path decided in the kernel"}
+
+
+def mode(virtual: VirtualMachine) -> int:
+    """USERSPACE, FAST or KERNEL."""
+    return KERNEL if virtual.kernel else FAST if virtual.fastpath else USERSPACE
+
+
 def mixed(director: Director) -> str | None:
     """None when every bucket agrees; else why not, as the operator's one-line error."""
     for why, members in buckets(director):
-        fast = next((v for v in members if v.fastpath), None)
-        slow = next((v for v in members if not v.fastpath), None)
-        if fast is not None and slow is not None:
-            return (f"{director.fmt(fast.sid)} is on the fast path and "
-                    f"{director.fmt(slow.sid)} is not, but {why}")
+        first = max(members, key=mode)
+        other = next((v for v in members if mode(v) != mode(first)), None)
+        if other is not None:
+            return (f"{director.fmt(first.sid)} is {_MODE_WORDS[mode(first)]} and "
+                    f"{director.fmt(other.sid)} is not, but {why}")
     return None
 
 
@@ -96,7 +109,8 @@ def group(director: Director, virtual: VirtualMachine) -> list[VirtualMachine]:
 
 
 def fast_targets(director: Director) -> set[tuple[int, int]]:
-    """(address, port) of every real a fast-path connection can be given: the targets of
-    the kernel's DNAT, port 0 = the port the client asked for."""
-    return {(r.addr, r.port) for v in director.iter_virtuals() if v.fastpath
-            for r in reachable_reals(director, v)}
+    """(address, port) of every real a fast-path connection decided by the engine can be
+    given: the targets of the mark map's DNAT, port 0 = the port the client asked for.
+    (Kernel-decided virtuals DNAT in rules of their own, model/kernelpath.py.)"""
+    return {(r.addr, r.port) for v in director.iter_virtuals()
+            if v.fastpath and not v.kernel for r in reachable_reals(director, v)}

@@ -120,7 +120,7 @@ def select_real(virtual: VirtualMachine, client_ip: int, now: float,
             virtual, links, commit, client_ip if flow is None else flow)
         chosen: PhysicalMachine | None = link.real
     else:
-        chosen = _backup_for(virtual, backups, exclude)
+        chosen = backup_for(virtual, backups, exclude)
     if chosen is not None and commit and virtual.sticky:
         remember_sticky(virtual, client_ip, chosen, now)
     return chosen
@@ -168,7 +168,7 @@ def _still_bound(virtual: VirtualMachine, real: PhysicalMachine) -> bool:
     return any(link.real is real for link in virtual.iter_links())
 
 
-def _backup_for(virtual: VirtualMachine,
+def backup_for(virtual: VirtualMachine,
                 backups: Callable[[PhysicalMachine], PhysicalMachine | None],
                 exclude: PhysicalMachine | None = None) -> PhysicalMachine | None:
     """A real that cannot take connections hands them to its backup real (FIG. 3B 328)."""

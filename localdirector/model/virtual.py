@@ -22,7 +22,7 @@ class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "_sticky", "timeout", "synguard", "fastpath", "dispatched",
+                 "predictor", "_sticky", "timeout", "synguard", "fastpath", "kernel", "dispatched",
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "sticky_full", "packets_in", "packets_out",
@@ -47,6 +47,9 @@ class VirtualMachine:
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
         # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False
+        # With `fastpath`: the kernel also decides the connection (instance and real;
+        # `fastpath VIRTUAL kernel`, model/kernelpath.py), so Python sees none of it.
+        self.kernel = False
         # Dispatched forwarding (docs/design.rst, "Scale-out"): the director routes the
         # client's packets to the real unchanged and the real answers the client
         # directly; False: directed (NAT) mode.

@@ -1,0 +1,152 @@
+"""Our nftables table for the kernel-decided fast path, changed by transactions:
+KernelTable installs, updates, verifies (and repairs) and removes it, and folds its
+counters into the model's connection counts (docs/design.rst, "Decided in the kernel").
+
+The table exists only while some virtual is decided in the kernel, so an appliance
+without such virtuals never needs nft. Each change is one ``nft -f -`` run, atomic in
+the kernel. A counter's last increments are folded in before the update that deletes
+it, and only once no rule refers to it any more, so no connection goes uncounted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..model.director import Director
+from ..model.serverid import ServerId
+from .nftables import (KernelRules, expected_shape, found_shape, install_text, removal_text,
+                       run_nft, table_name, update_text)
+from .ruleset import RulesError
+
+log = logging.getLogger("localdirector")
+
+NftRunner = Callable[[list[str], str], str]
+
+
+class KernelTable:
+    """Owns table ``ip localdirector<queue>`` in the current network namespace."""
+
+    def __init__(self, queue_num: int, runner: NftRunner = run_nft) -> None:
+        self.table = table_name(queue_num)
+        self._run = runner
+        self.applied = KernelRules()
+        self.transactions = 0
+        self.repairs = 0
+        self._present = False
+        # Counter -> packets already folded into the model; counter -> whose totals.
+        self._folded: dict[str, int] = {}
+        self._owners: dict[str, tuple[ServerId, ServerId | None]] = {}
+        # Counters no rule refers to since the last transaction: deleted by the next
+        # one, after a last fold.
+        self._retired: frozenset[str] = frozenset()
+
+    def _nft(self, text: str) -> None:
+        self._run(["-f", "-"], text)
+        self.transactions += 1
+
+    def _note(self, rules: KernelRules) -> None:
+        self.applied = rules
+        self._owners.update((name, (v, r)) for name, v, r in rules.owners)
+
+    def install(self, rules: KernelRules) -> None:
+        """Replace whatever a previous run left; no table when nothing is decided in the
+        kernel (a leftover is removed if nft is there to ask)."""
+        if not rules.destinations:
+            try:
+                self._run(["-f", "-"], removal_text(self.table))
+            except RulesError:
+                pass   # no nft: nothing of ours can be there either
+            self._present = False
+            self.applied = KernelRules()
+            return
+        self._nft(install_text(rules, self.table))
+        self._present = True
+        self._folded = {}
+        self._retired = frozenset()
+        self._note(rules)
+
+    def update(self, rules: KernelRules, director: Director) -> bool:
+        """Bring the table to `rules` in one transaction, folding the counters first;
+        False when nothing changed."""
+        if rules == self.applied:
+            return False
+        if not self._present:
+            self.install(rules)
+            return True
+        self.fold(director)
+        if not rules.destinations:
+            self.remove(director)
+            return True
+        delete = self._retired - rules.counters
+        self._nft(update_text(rules, self.applied, self.table, delete))
+        for name in delete:
+            self._folded.pop(name, None)
+        self._retired = self.applied.counters - rules.counters
+        self._note(rules)
+        return True
+
+    def fold(self, director: Director) -> None:
+        """Add what the counters counted since the last fold to the model's totals:
+        connections to the serving virtual and its real, refused SYNs to the virtual. A
+        server since removed takes its count with it."""
+        if not self._present:
+            return
+        counts = found_shape(self._run(["-j", "list", "table", "ip", self.table], ""))[1]
+        with director.lock:
+            for name, packets in counts.items():
+                delta = packets - self._folded.get(name, 0)
+                self._folded[name] = packets
+                owner = self._owners.get(name)
+                if delta <= 0 or owner is None:
+                    continue
+                vsid, rsid = owner
+                virtual = director.virtuals.get(vsid)
+                if rsid is None:
+                    if virtual is not None:
+                        virtual.no_real_drops += delta
+                    continue
+                real = director.reals.get(rsid)
+                if virtual is not None:
+                    virtual.conns_total += delta
+                if real is not None:
+                    real.total_conns += delta
+
+    def intact(self) -> bool:
+        """Whether the kernel still holds the table as we left it (counters, maps and
+        rules per chain; counters retired but not yet deleted may be there too)."""
+        if not self._present:
+            return True
+        try:
+            listing = self._run(["-j", "list", "table", "ip", self.table], "")
+        except RulesError:
+            return False   # gone
+        (counters, maps, chains), _counts = found_shape(listing)
+        want_counters, want_maps, want_chains = expected_shape(self.applied)
+        return want_counters <= counters and (maps, chains) == (want_maps, want_chains)
+
+    def repair(self, director: Director) -> bool:
+        """Reinstall the table if someone changed it; True when it had to. What its
+        counters counted since the last fold is lost with it."""
+        if self.intact():
+            return False
+        try:
+            self.fold(director)
+        except RulesError:
+            pass
+        self.install(self.applied)
+        self.repairs += 1
+        return True
+
+    def remove(self, director: Director | None = None) -> None:
+        """Take the table out (folding its counters first when `director` is given)."""
+        if self._present and director is not None:
+            try:
+                self.fold(director)
+            except RulesError as exc:
+                log.warning("kernel-decided connection counts not read at removal: %s", exc)
+        if self._present:
+            self._nft(removal_text(self.table))
+        self._present = False
+        self.applied = KernelRules()
+        self._folded = {}
+        self._retired = frozenset()

@@ -1,0 +1,260 @@
+"""The kernel-decided fast path without a kernel: which virtuals qualify (model), the
+source partition against the engine's own Bind ID lookup, the nft text rendered from
+the model, the counters folded into the model, and the running config."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from test_shell_commands import Shell
+
+from localdirector.dataplane.kerneltable import KernelTable
+from localdirector.dataplane.nftables import (definition, desired_kernel, update_text)
+from localdirector.model import kernelpath
+from localdirector.model.addr import parse_ip
+from localdirector.model.director import Director, ModelError
+from localdirector.model.serverid import ServerId
+
+VIP = "192.0.2.10"
+KERNEL_POOL = [
+    "real 203.0.113.11", "real 203.0.113.12", "real 203.0.113.13:8001",
+    f"virtual {VIP}:80", f"virtual {VIP}:80:1", f"virtual {VIP}:0:2",
+    f"predictor {VIP}:80 roundrobin", f"predictor {VIP}:80:1 roundrobin",
+    f"predictor {VIP}:0:2 roundrobin",
+    f"bind {VIP}:80 203.0.113.11 203.0.113.12", f"bind {VIP}:80:1 203.0.113.13:8001",
+    f"bind {VIP}:0:2 203.0.113.12", f"assign {VIP}:80:1 198.51.100.0 255.255.255.0",
+    f"assign {VIP}:0:2 198.18.0.0 255.254.0.0",
+]
+
+
+def sid(text: str) -> ServerId:
+    return ServerId.parse(text)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Shell:
+    shell = Shell(tmp_path)
+    assert shell(*KERNEL_POOL, f"fastpath {VIP}:80 kernel"), shell.take()
+    shell.take()
+    return shell
+
+
+def refusal(shell: Shell, line: str) -> str:
+    before = shell.config()
+    assert not shell(line)
+    assert shell.config() == before   # nothing changed
+    return shell.take().strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("line, reason", [
+    (f"predictor {VIP}:80 leastconns",
+     f"% {VIP}:80:0:tcp uses predictor leastconns: the kernel decides only roundrobin and "
+     "weighted"),
+    (f"predictor {VIP}:80:1 maglev", f"% {VIP}:80:1:tcp uses predictor maglev: the kernel "
+                                      "decides only roundrobin and weighted"),
+    (f"sticky {VIP}:0:2 10", f"% {VIP}:0:2:tcp is sticky: the kernel keeps no memory of "
+                              "clients"),
+    ("maxconns 203.0.113.12 5", "% real 203.0.113.12:0:0:tcp has maxconns: the kernel does "
+                                "not count open connections"),
+    ("threshold 203.0.113.11 2", "% real 203.0.113.11:0:0:tcp sets threshold or reassign: "
+                                 "passive health needs the engine to see each connection"),
+    ("reassign 203.0.113.13:8001 1", "% real 203.0.113.13:8001:0:tcp sets threshold or "
+                                     "reassign: passive health needs the engine to see each "
+                                     "connection"),
+])
+def test_later_changes_the_kernel_cannot_decide_are_refused(kernel: Shell, line: str,
+                                                            reason: str) -> None:
+    assert refusal(kernel, line) == reason
+
+
+def test_a_real_with_maxconns_cannot_be_bound_or_made_a_backup(kernel: Shell) -> None:
+    assert kernel("real 203.0.113.14", "maxconns 203.0.113.14 9")
+    kernel.take()
+    reason = ("% real 203.0.113.14:0:0:tcp has maxconns: the kernel does not count open "
+              "connections")
+    assert refusal(kernel, f"bind {VIP}:80 203.0.113.14") == reason
+    assert refusal(kernel, "backup 203.0.113.11 203.0.113.14") == reason
+
+
+def test_switching_an_ineligible_group_is_refused_and_changes_nothing(tmp_path) -> None:
+    shell = Shell(tmp_path)
+    assert shell(*KERNEL_POOL, f"sticky {VIP}:80:1 5")
+    shell.take()
+    assert refusal(shell, f"fastpath {VIP}:80 kernel") == (
+        f"% {VIP}:80:1:tcp is sticky: the kernel keeps no memory of clients")
+    assert not any(v.fastpath for v in shell.director.virtuals.values())
+
+
+def test_the_whole_group_switches_and_the_running_config_round_trips(kernel: Shell,
+                                                                     tmp_path) -> None:
+    assert all(v.kernel and v.fastpath for v in kernel.director.virtuals.values())
+    saved = kernel.config()
+    assert [line for line in saved if line.startswith("fastpath")] == [
+        f"fastpath {VIP}:80:0:tcp kernel", f"fastpath {VIP}:80:1:tcp kernel",
+        f"fastpath {VIP}:0:2:tcp kernel"]
+    replayed = Shell(tmp_path / "again")
+    assert replayed(*(line for line in saved if not line.startswith("!"))), replayed.take()
+    assert replayed.config() == saved
+    # `fastpath X` goes back to the engine-decided fast path, `no fastpath X` off.
+    assert kernel(f"fastpath {VIP}:80:1")
+    assert {(v.fastpath, v.kernel) for v in kernel.director.virtuals.values()} == {(True, False)}
+    assert kernel(f"no fastpath {VIP}:80")
+    assert {(v.fastpath, v.kernel) for v in kernel.director.virtuals.values()} == {(False, False)}
+
+
+def test_a_new_instance_joins_with_the_kernels_predictor(kernel: Shell) -> None:
+    assert kernel(f"virtual {VIP}:80:3")
+    assert "decided in the kernel (predictor roundrobin)" in kernel.take()
+    new = kernel.director.virtuals[sid(f"{VIP}:80:3")]
+    assert new.kernel and new.predictor == "roundrobin"
+
+
+def test_mixing_kernel_and_engine_decided_virtuals_is_refused(kernel: Shell) -> None:
+    assert kernel("real 203.0.113.14", "virtual 192.0.2.20:80",
+                  "predictor 192.0.2.20:80 roundrobin", "bind 192.0.2.20:80 203.0.113.14",
+                  "fastpath 192.0.2.20:80")
+    kernel.take()
+    assert refusal(kernel, "bind 192.0.2.20:80 203.0.113.11") == (
+        f"% {VIP}:80:0:tcp is on the fast path decided in the kernel and 192.0.2.20:80:0:tcp "
+        "is not, but both send connections to 203.0.113.11 port 80")
+
+
+def _bind_id_director() -> Director:
+    """Overlapping prefixes on one VIP, exact-port and all-ports instances."""
+    d = Director()
+    for text in (f"{VIP}:80", f"{VIP}:80:1", f"{VIP}:80:2", f"{VIP}:0:3", f"{VIP}:0",
+                 f"{VIP}:443:4"):
+        d.add_virtual(sid(text))
+    for text, net, length in ((f"{VIP}:80:1", "198.51.100.0", 24),
+                              (f"{VIP}:80:2", "198.51.100.128", 25),
+                              (f"{VIP}:0:3", "198.51.100.0", 24),      # ties with :80:1
+                              (f"{VIP}:0:3", "198.18.0.0", 15),
+                              (f"{VIP}:80:2", "198.19.7.7", 32),
+                              (f"{VIP}:443:4", "198.18.0.0", 16)):
+        d.assign(sid(text), parse_ip(net), length)
+    return d
+
+
+@pytest.mark.parametrize("port", [80, 443, 0])
+def test_partition_agrees_with_the_engines_lookup(port: int) -> None:
+    d = _bind_id_director()
+    ranges = kernelpath.partition(d, parse_ip(VIP), port)
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))   # disjoint, ascending
+    dport = port or kernelpath.other_port(d, parse_ip(VIP))
+    probe = random.Random(port)
+    edges = [edge for first, last, _v in ranges for edge in (first - 1, first, last, last + 1)]
+    for src in [*edges, *(probe.randrange(1 << 32) for _ in range(2000)),
+                *(parse_ip("198.51.100.0") + probe.randrange(256) for _ in range(200)),
+                *(parse_ip("198.18.0.0") + probe.randrange(1 << 17) for _ in range(200))]:
+        if not 0 <= src < 1 << 32:
+            continue
+        got = next((v for first, last, v in ranges if first <= src <= last), None)
+        assert got is d.lookup_virtual(src, parse_ip(VIP), dport), hex(src)
+
+
+def test_rendered_source_map_resolves_overlaps_and_prefers_the_exact_port() -> None:
+    d = _bind_id_director()
+    for v in d.virtuals.values():
+        v.fastpath = v.kernel = True
+    text = "\n".join(definition(desired_kernel(d), "localdirector9"))
+    port80 = next(line for line in text.splitlines()
+                  if "elements" in line and "i_192_0_2_10_80_0" in line)
+    # The /25 inside the /24; the /24 tie goes to the port-80 instance, not the port-0
+    # one; the /32 inside 198.18.0.0/15 is cut out of it.
+    assert ("198.51.100.0-198.51.100.127 : goto i_192_0_2_10_80_1, "
+            "198.51.100.128-198.51.100.255 : goto i_192_0_2_10_80_2") in port80
+    assert ("198.18.0.0-198.19.7.6 : goto i_192_0_2_10_0_3, 198.19.7.7 : goto i_192_0_2_10_80_2, "
+            "198.19.7.8-198.19.255.255 : goto i_192_0_2_10_0_3") in port80
+    # Every other port: only the all-ports instances.
+    assert ("elements = { 0.0.0.0-198.17.255.255 : goto i_192_0_2_10_0_0, "
+            "198.18.0.0-198.19.255.255 : goto i_192_0_2_10_0_3, "
+            "198.20.0.0-198.51.99.255 : goto i_192_0_2_10_0_0, "
+            "198.51.100.0-198.51.100.255 : goto i_192_0_2_10_0_3, "
+            "198.51.101.0-255.255.255.255 : goto i_192_0_2_10_0_0 }") in text
+    assert ("ct state new ip daddr . tcp dport vmap { 192.0.2.10 . 80 : goto d_192_0_2_10_80, "
+            "192.0.2.10 . 443 : goto d_192_0_2_10_443 }") in text
+    assert "ct state new meta l4proto tcp ip daddr vmap { 192.0.2.10 : goto d_192_0_2_10_0 }" \
+        in text
+    # No reals anywhere: every instance answers with a counted RST.
+    assert 'counter name "x_192_0_2_10_80_1" reject with tcp reset' in text
+
+
+def test_pool_follows_weights_health_and_backups(kernel: Shell) -> None:
+    d = kernel.director
+    assert kernel(f"predictor {VIP}:80 weighted", "weight 203.0.113.11 6",
+                  "weight 203.0.113.12 2")
+    text = "\n".join(definition(desired_kernel(d), "t"))
+    assert ("numgen inc mod 4 vmap { 0-2 : goto r_192_0_2_10_80_0__203_0_113_11_0_0, "
+            "3 : goto r_192_0_2_10_80_0__203_0_113_12_0_0 }") in text
+    assert 'counter name "c_192_0_2_10_80_1__203_0_113_13_8001_0" meta l4proto tcp dnat ' \
+           'to 203.0.113.13:8001' in text
+    # Out of service: only the other; its backup real when neither can serve.
+    assert kernel("real 203.0.113.15", "backup 203.0.113.12 203.0.113.15",
+                  "out-of-service 203.0.113.11")
+    assert kernelpath.pool(d, d.virtuals[sid(f"{VIP}:80")]).reals == (
+        (d.reals[sid("203.0.113.12")], 1),)
+    assert kernel("out-of-service 203.0.113.12")
+    assert kernelpath.pool(d, d.virtuals[sid(f"{VIP}:80")]).reals == (
+        (d.reals[sid("203.0.113.15")], 1),)
+    # The preferred instance overflows to its backup virtual (counted there).
+    assert kernel("out-of-service 203.0.113.13:8001", f"backup {VIP}:80:1 {VIP}:80")
+    pool = kernelpath.pool(d, d.virtuals[sid(f"{VIP}:80:1")])
+    assert pool.served is d.virtuals[sid(f"{VIP}:80")]
+    assert kernel("out-of-service 203.0.113.15")
+    assert kernelpath.pool(d, d.virtuals[sid(f"{VIP}:80:1")]) is None
+
+
+class FakeNft:
+    """nft as far as KernelTable uses it: transactions are recorded, listings report
+    counters the test sets."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.packets: dict[str, int] = {}
+
+    def __call__(self, argv: list[str], stdin: str) -> str:
+        if argv[:2] == ["-f", "-"]:
+            self.texts.append(stdin)
+            return ""
+        items = [{"counter": {"name": n, "packets": p}} for n, p in self.packets.items()]
+        return json.dumps({"nftables": items})
+
+
+def test_counters_fold_exactly_and_retire_one_update_late(kernel: Shell) -> None:
+    d = kernel.director
+    nft = FakeNft()
+    table = KernelTable(9, nft)
+    table.install(desired_kernel(d))
+    counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
+    nft.packets = {counter: 5, "x_192_0_2_10_80_1": 2}
+    table.fold(d)
+    table.fold(d)   # nothing new: nothing added
+    real, virtual = d.reals[sid("203.0.113.11")], d.virtuals[sid(f"{VIP}:80")]
+    assert (real.total_conns, virtual.conns_total) == (5, 5)
+    assert d.virtuals[sid(f"{VIP}:80:1")].no_real_drops == 2
+    # Unbound: the counter's rules go, the counter stays until the next update has
+    # folded what it counted meanwhile.
+    assert kernel(f"no bind {VIP}:80 203.0.113.11")
+    nft.packets[counter] = 7
+    assert table.update(desired_kernel(d), d)
+    assert f"delete counter ip localdirector9 {counter}" not in nft.texts[-1]
+    nft.packets[counter] = 8
+    assert kernel("real 203.0.113.14", f"bind {VIP}:80 203.0.113.14")
+    assert table.update(desired_kernel(d), d)
+    assert f"delete counter ip localdirector9 {counter}" in nft.texts[-1]
+    assert real.total_conns == 8 and virtual.conns_total == 8
+    assert not table.update(desired_kernel(d), d)   # unchanged: no nft run
+
+
+def test_update_keeps_the_counters_and_the_base_chain() -> None:
+    d = _bind_id_director()
+    for v in d.virtuals.values():
+        v.fastpath = v.kernel = True
+    rules = desired_kernel(d)
+    text = update_text(rules, rules, "t", frozenset({"c_gone"}))
+    assert text.startswith("flush table ip t\ndelete map ip t s_192_0_2_10_80\n")
+    assert "delete chain ip t prerouting" not in text and "delete counter ip t c_gone" in text
+    assert "delete table" not in text

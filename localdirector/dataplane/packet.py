@@ -307,6 +307,26 @@ def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
     return (value + src + dst + PROTO_TCP + length) % _MOD == 0
 
 
+def complete_tcp_checksum(buf: bytearray) -> None:
+    """Finish the TCP checksum its sender left to the hardware (the kernel's
+    CHECKSUM_PARTIAL, NFQUEUE's "checksum not ready"), in place.
+
+    Such a packet's checksum field holds only the pseudo-header sum, and the hardware
+    would add the segment and negate; a queued packet handed back with a payload is
+    taken as is (CHECKSUM_NONE), so whoever changes it must finish the sum first, and
+    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole segments only (a
+    packet cut short by the copy range is left alone); not TCP: nothing to do.
+    """
+    ihl = (buf[0] & 0x0F) << 2
+    total = buf[2] << 8 | buf[3]
+    if buf[9] != PROTO_TCP or total > len(buf) or total < ihl + 20:
+        return
+    value = int.from_bytes(buf[ihl:total], "big")
+    if (total - ihl) & 1:
+        value <<= 8
+    _pack_u16(buf, ihl + 16, -value % _MOD)
+
+
 _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header
 RESET_LENGTH = _RESET.size
 

@@ -16,14 +16,14 @@ import pytest
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
-from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
 from localdirector.dataplane.iptables import flood_rules, names, raw_rules
 from localdirector.dataplane.nfqueue import SKB_CSUM_NOT_READY, SKB_GSO
 from localdirector.dataplane.packet import (checksum, rewrite, tcp_checksum_full,
                                             tcp_checksum_valid)
 from localdirector.dataplane.plane import DataPlane
-from localdirector.dataplane.ruleset import MARK_MASK, RulesError, desired_rules
+from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
 from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
@@ -294,8 +294,6 @@ class FakeQueue:
 
 
 class FakeEngine:
-    verdict_mark = 0x00A0_0000
-
     def __init__(self, verdict: int, error: Exception | None = None) -> None:
         self.verdict = verdict
         self.error = error
@@ -347,14 +345,6 @@ def test_worker_gives_the_engines_verdict(verdict: int, expected: str) -> None:
         assert payload is not None and payload[16:20] == bytes((203, 0, 113, 12))
     else:
         assert payload is None  # nothing copied back when nothing changed
-
-
-def test_worker_sets_only_our_bits_of_the_mark() -> None:
-    """A fast-path verdict keeps whatever others put in the mark outside MARK_MASK."""
-    worker = QueueWorker(5, FakeEngine(ACCEPT_MARK))
-    theirs = 0x0000_00FF & ~MARK_MASK
-    assert give(worker, ip_packet(60, 60), mark=theirs | MARK_MASK) == (
-        "accept", None, theirs | FakeEngine.verdict_mark)
 
 
 def test_worker_contains_engine_failures(caplog: pytest.LogCaptureFixture) -> None:

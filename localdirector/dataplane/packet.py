@@ -129,7 +129,7 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
     :func:`rewrite`; ``total`` the IP total length (what byte counters count); ``seq``
     and ``ack`` the sequence and acknowledgment numbers, read in the same struct call
     (the engine checks a RST's or FIN's sequence against them). Only
-    headers must be inside ``buf``: NetfilterQueue copies at most 4016 bytes, so the IP
+    headers must be inside ``buf``: the queue copies at most 65531 bytes, so the IP
     total length may exceed ``len(buf)``.
     A first fragment (MF set, offset 0) carries the TCP header and is accepted.
     """
@@ -259,7 +259,7 @@ def rewrite_icmp(
     quoted TCP checksum when wholly quoted (incrementally, like Linux NAT: the
     quoted segment is usually cut short and cannot be summed), and the ICMP
     checksum, which covers the quoted bytes. ``buf`` must not extend past the
-    IP total length, which NetfilterQueue payloads never do.
+    IP total length, which queued payloads never do.
     """
     if outer_src is not None:
         _set_address(buf, 0, 12, outer_src)

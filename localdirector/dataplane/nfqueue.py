@@ -69,6 +69,8 @@ _ATTR_HEAD = struct.Struct("=HH")
 _LEN_TYPE = struct.Struct("=IH")                   # of a received message's header
 _RAW_U32 = struct.Struct("=I")
 _BE32 = struct.Struct("!I")
+_unpack_attr_head, _unpack_raw_u32 = _ATTR_HEAD.unpack_from, _RAW_U32.unpack_from
+_unpack_be32 = _BE32.unpack_from
 _ACCEPT_SWAPPED, _DROP_SWAPPED = socket.htonl(NF_ACCEPT), socket.htonl(NF_DROP)
 _UNSPEC = socket.AF_UNSPEC
 
@@ -77,30 +79,31 @@ PacketFields = tuple[int, int, int, int, int]
 
 def parse_packet(data: bytes | bytearray, start: int, end: int) -> PacketFields | None:
     """``(raw id, mark, skb info, payload start, payload end)`` of the NFQNL_MSG_PACKET
-    message at ``start``; None without a packet header. The id stays in the byte order
-    it came in (read in host order) for the verdict; a packet without a payload has an
-    empty one (start == end)."""
+    message at ``start``; None unless it begins with the packet header, as the kernel
+    always writes it. The id stays in the byte order it came in (read in host order)
+    for the verdict; a packet without a payload has an empty one (start == end).
+
+    Per packet, so it walks the few attributes ahead of the payload (interfaces,
+    hardware address, mark, skb info) with one struct call each; the kernel sets no
+    flag bits on the ones it reads (only nested ones such as NFQA_CT have them)."""
     offset = start + _ATTRS
-    raw_id = mark = info = 0
-    found = False
-    unpack_head = _ATTR_HEAD.unpack_from
+    if end < offset + 12 or _unpack_attr_head(data, offset)[1] != ATTR_PACKET_HDR:
+        return None
+    raw_id = _unpack_raw_u32(data, offset + 4)[0]
+    mark = info = 0
+    offset += 12
     while offset + 4 <= end:
-        length, kind = unpack_head(data, offset)
-        if length < 4:
-            break
-        kind &= 0x3FFF
+        length, kind = _unpack_attr_head(data, offset)
         if kind == ATTR_PAYLOAD:
-            return (raw_id, mark, info, offset + 4, min(offset + length, end)) \
-                if found else None
-        if kind == ATTR_PACKET_HDR:
-            raw_id = _RAW_U32.unpack_from(data, offset + 4)[0]
-            found = True
-        elif kind == ATTR_MARK:
-            mark = _BE32.unpack_from(data, offset + 4)[0]
+            return raw_id, mark, info, offset + 4, min(offset + length, end)
+        if kind == ATTR_MARK:
+            mark = _unpack_be32(data, offset + 4)[0]
         elif kind == ATTR_SKB_INFO:
-            info = _BE32.unpack_from(data, offset + 4)[0]
+            info = _unpack_be32(data, offset + 4)[0]
+        elif length < 4:
+            break
         offset += (length + 3) & ~3
-    return (raw_id, mark, info, end, end) if found else None
+    return raw_id, mark, info, end, end
 
 
 def config_attrs(max_len: int, copy_range: int = COPY_RANGE, flags: int = CFG_F_GSO) -> bytes:

@@ -6,13 +6,25 @@ back (as the appliance's worker does to hand the engine a writable buffer) and
 re-injected: everything the appliance pays per packet except the engine itself. Its
 distance to plain kernel NAT is the NFQUEUE tax; its distance to localdirector is the
 engine's share.
+
+``--binding own`` runs the same do-nothing worker on the appliance's own binding
+(localdirector/dataplane/nfqueue.py) instead of NetfilterQueue, to compare the two
+bindings' per-packet cost under the same load. It reads a batch, then gives the batch's
+verdicts in one datagram, as the appliance's worker does, but accepts each packet
+unchanged: kernel NAT, which translates in this contender, verifies the checksum of a
+packet handed back with a payload, and a GSO super-packet's is left for the kernel to
+finish (the appliance's worker only hands back what its engine changed, untracked).
 """
 
 from __future__ import annotations
 
 import argparse
+import select
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
+
+from localdirector.dataplane.nfqueue import PacketQueue
+from localdirector.dataplane.worker import BATCH, SOCKET_BYTES_PER_PACKET
 
 # The appliance's worker binds with these (localdirector/dataplane/worker.py).
 MAX_LEN = 8192
@@ -26,10 +38,35 @@ def _reinject(pkt: Packet) -> None:
     pkt.accept()
 
 
+def _serve_own(queue_num: int) -> None:
+    """The do-nothing worker on our binding: batches of at most BATCH packets, each
+    received (one copy out of the receive buffer) and accepted unchanged."""
+    queue = PacketQueue(queue_num, max_len=MAX_LEN,
+                        receive_buffer=MAX_LEN * SOCKET_BYTES_PER_PACKET)
+    print("bound", flush=True)
+    poller = select.poll()
+    poller.register(queue.fileno(), select.POLLIN)
+    receive, accept = queue.receive, queue.accept
+    while True:
+        poller.poll()
+        for _ in range(BATCH):
+            packet = receive()
+            if packet is None:
+                break
+            accept(packet[0])
+        queue.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, default=0)
+    parser.add_argument("--binding", choices=("netfilterqueue", "own"),
+                        default="netfilterqueue",
+                        help="NetfilterQueue (the diagnostic's baseline) or our own")
     args = parser.parse_args(argv)
+    if args.binding == "own":
+        _serve_own(args.queue)
+        return 0
     nfq = NetfilterQueue()
     nfq.bind(args.queue, _reinject, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE,
              sock_len=SOCK_LEN)

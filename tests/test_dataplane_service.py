@@ -19,6 +19,9 @@ from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
 from localdirector.dataplane.iptables import flood_rules, names, raw_rules
+from localdirector.dataplane.nfqueue import SKB_CSUM_NOT_READY, SKB_GSO
+from localdirector.dataplane.packet import (checksum, rewrite, tcp_checksum_full,
+                                            tcp_checksum_valid)
 from localdirector.dataplane.plane import DataPlane
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
@@ -257,6 +260,7 @@ def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> 
     stats = plane.statistics()
     assert set(stats) == {
         "queue", "engine", "connections", "worker_errors", "tick_errors", "oversize",
+        "verdict_errors", "gso_packets", "largest_packet",
         "socket_overruns", "log_overruns", "kernel", "ip_errors", "rule_counters", "marks",
         "conntrack_errors", "rule_transactions", "rule_errors", "rule_repairs",
         "rules_synced", "uptime",
@@ -270,39 +274,33 @@ def test_a_data_plane_that_is_not_running_reports_idle_and_ignores_reloads() -> 
 # --------------------------------------------------------------------- worker verdicts
 
 
-class FakePacket:
-    """The part of netfilterqueue.Packet the worker uses; a second verdict raises, as
-    the library does."""
+class FakeQueue:
+    """The part of nfqueue.PacketQueue the worker gives verdicts through: records them
+    by packet id, and refuses a second verdict for the same packet."""
 
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.given: bytes | None = None
-        self.verdict: str | None = None
+    def __init__(self) -> None:
+        self.verdicts: dict[int, tuple[str, bytes | None, int | None]] = {}
 
-    def get_payload(self) -> bytes:
-        return self.payload
+    def _give(self, packet_id: int, verdict: tuple[str, bytes | None, int | None]) -> None:
+        assert packet_id not in self.verdicts, "second verdict for one packet"
+        self.verdicts[packet_id] = verdict
 
-    def set_payload(self, payload: bytes) -> None:
-        self.given = payload
+    def accept(self, packet_id: int, payload: bytearray | None = None,
+               mark: int | None = None) -> None:
+        self._give(packet_id, ("accept", None if payload is None else bytes(payload), mark))
 
-    def _verdict(self, verdict: str) -> None:
-        if self.verdict is not None:
-            raise RuntimeError("Verdict already given for this packet")
-        self.verdict = verdict
-
-    def accept(self) -> None:
-        self._verdict("accept")
-
-    def drop(self) -> None:
-        self._verdict("drop")
+    def drop(self, packet_id: int) -> None:
+        self._give(packet_id, ("drop", None, None))
 
 
 class FakeEngine:
     def __init__(self, verdict: int, error: Exception | None = None) -> None:
         self.verdict = verdict
         self.error = error
+        self.seen: list[bytes] = []
 
     def handle(self, buf: bytearray) -> int:
+        self.seen.append(bytes(buf))
         if self.error is not None:
             raise self.error
         buf[16:20] = bytes((203, 0, 113, 12))  # "translate" the destination
@@ -318,35 +316,96 @@ def ip_packet(total_length: int, copied: int) -> bytes:
     return header + bytes(copied - len(header))
 
 
+class RewritingEngine(FakeEngine):
+    """Translates the destination as the engine does, checksums updated incrementally."""
+
+    def __init__(self) -> None:
+        super().__init__(ACCEPT_MODIFIED)
+
+    def handle(self, buf: bytearray) -> int:
+        self.seen.append(bytes(buf))
+        rewrite(buf, 20, 0xCB00710C, 8080, True)   # 203.0.113.12:8080
+        return ACCEPT_MODIFIED
+
+
+def give(worker: QueueWorker, payload: bytes, *, mark: int = 0, info: int = 0,
+         packet_id: int = 1) -> tuple[str, bytes | None, int | None]:
+    """One packet through the worker's verdict path; the verdict it gave."""
+    queue = FakeQueue()
+    worker._on_packet(queue, packet_id, bytearray(payload), mark, info)  # type: ignore[arg-type]
+    return queue.verdicts[packet_id]
+
+
 @pytest.mark.parametrize("verdict, expected", [(ACCEPT_MODIFIED, "accept"),
                                                (ACCEPT_UNCHANGED, "accept"), (DROP, "drop")])
 def test_worker_gives_the_engines_verdict(verdict: int, expected: str) -> None:
-    pkt = FakePacket(ip_packet(60, 60))
-    QueueWorker(5, FakeEngine(verdict))._on_packet(pkt)
-    assert pkt.verdict == expected
+    given, payload, mark = give(QueueWorker(5, FakeEngine(verdict)), ip_packet(60, 60))
+    assert (given, mark) == (expected, None)
     if verdict == ACCEPT_MODIFIED:
-        assert pkt.given is not None and pkt.given[16:20] == bytes((203, 0, 113, 12))
+        assert payload is not None and payload[16:20] == bytes((203, 0, 113, 12))
     else:
-        assert pkt.given is None  # nothing copied back when nothing changed
+        assert payload is None  # nothing copied back when nothing changed
 
 
 def test_worker_contains_engine_failures(caplog: pytest.LogCaptureFixture) -> None:
     worker = QueueWorker(5, FakeEngine(ACCEPT_MODIFIED, KeyError("bug")))
-    packets = [FakePacket(ip_packet(60, 60)) for _ in range(3)]
     with caplog.at_level(logging.ERROR, "localdirector"):
-        for pkt in packets:
-            worker._on_packet(pkt)
-    assert [p.verdict for p in packets] == ["drop"] * 3
+        verdicts = [give(worker, ip_packet(60, 60), packet_id=n)[0] for n in range(3)]
+    assert verdicts == ["drop"] * 3
     assert worker.stats.errors == 3
     assert len(caplog.records) == 1  # logged once, then only counted
 
 
 def test_worker_drops_what_it_cannot_hand_back_whole() -> None:
-    """A packet longer than the copy range would be truncated by set_payload."""
+    """A packet longer than the copy range would be truncated by handing it back."""
     worker = QueueWorker(5, FakeEngine(ACCEPT_MODIFIED))
-    short = FakePacket(ip_packet(9000, 4016))
-    worker._on_packet(short)
-    assert (short.verdict, short.given, worker.stats.oversize) == ("drop", None, 1)
-    unchanged = FakePacket(ip_packet(9000, 4016))
-    QueueWorker(5, FakeEngine(ACCEPT_UNCHANGED))._on_packet(unchanged)
-    assert unchanged.verdict == "accept"
+    assert give(worker, ip_packet(65535, 65531)) == ("drop", None, None)
+    assert worker.stats.oversize == 1
+    unchanged = QueueWorker(5, FakeEngine(ACCEPT_UNCHANGED))
+    assert give(unchanged, ip_packet(65535, 65531))[0] == "accept"
+
+
+def tcp_segment(data: bytes) -> bytearray:
+    """198.51.100.2:40000 -> 192.0.2.10:80 carrying `data`, checksums complete."""
+    total = 40 + len(data)
+    buf = bytearray(struct.pack("!BBHHHBBH4s4sHHIIBBHHH", 0x45, 0, total, 0, 0x4000, 64, 6,
+                                0, bytes((198, 51, 100, 2)), bytes((192, 0, 2, 10)), 40000,
+                                80, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + data)
+    struct.pack_into("!H", buf, 10, checksum(buf[:20]))
+    struct.pack_into("!H", buf, 36, tcp_checksum_full(buf, 20))
+    return buf
+
+
+def left_to_hardware(buf: bytearray) -> bytearray:
+    """`buf` as a local stack queues it with CHECKSUM_PARTIAL: the TCP checksum field
+    holds the folded pseudo-header sum (~tcp_v4_check(len, saddr, daddr, 0))."""
+    partial = bytearray(buf)
+    pseudo = buf[12:20] + struct.pack("!xBH", 6, len(buf) - 20)
+    struct.pack_into("!H", partial, 36, 0xFFFF - checksum(pseudo))
+    return partial
+
+
+@pytest.mark.parametrize("length", [0, 1, 1448])
+def test_worker_finishes_checksums_left_to_the_hardware(length: int) -> None:
+    """The engine sees a complete checksum, so its SYN check and incremental updates
+    hold, and the translated packet handed back carries a correct one."""
+    whole = tcp_segment(bytes((7 + i) % 256 for i in range(length)))
+    engine = RewritingEngine()
+    _, payload, _ = give(QueueWorker(5, engine), left_to_hardware(whole),
+                         info=SKB_CSUM_NOT_READY)
+    assert engine.seen == [bytes(whole)]
+    assert payload is not None and payload[16:20] == bytes((203, 0, 113, 12))
+    assert tcp_checksum_valid(bytearray(payload), 20)
+
+
+def test_worker_leaves_gso_checksums_to_the_kernel() -> None:
+    """A GSO super-packet is not summed (the kernel recomputes its checksum when it
+    segments it) and is counted, with the longest packet seen."""
+    whole = tcp_segment(bytes(60000))
+    partial = left_to_hardware(whole)
+    engine = FakeEngine(ACCEPT_UNCHANGED)
+    worker = QueueWorker(5, engine)
+    give(worker, partial, info=SKB_CSUM_NOT_READY | SKB_GSO)
+    give(worker, ip_packet(60, 60))
+    assert engine.seen[0] == bytes(partial)
+    assert (worker.stats.gso, worker.stats.largest) == (1, 60040)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from test_dataplane_service import FakeIptables
+from test_dataplane_service import FakeIptables, give
 from test_engine import CLIENT, LINGER, VIP, A, B, C, Lab, fig1, pool, sid
 from test_shell_commands import Shell
 
@@ -287,24 +287,6 @@ def test_synguard_counts_fastpath_connections_until_the_real_answers() -> None:
 # -- worker ------------------------------------------------------------------------------
 
 
-class MarkPacket:
-    def __init__(self, mark: int) -> None:
-        self.mark = mark
-        self.verdict = ""
-
-    def get_payload(self) -> bytes:
-        return bytes(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="S"))
-
-    def get_mark(self) -> int:
-        return self.mark
-
-    def set_mark(self, mark: int) -> None:
-        self.mark = mark
-
-    def accept(self) -> None:
-        self.verdict = "accept"
-
-
 class MarkingEngine:
     verdict_mark = 0x00050000
 
@@ -316,9 +298,10 @@ class MarkingEngine:
 
 
 def test_worker_sets_only_our_bits_of_the_mark() -> None:
-    pkt = MarkPacket(0x0003_00FF)   # someone else's bits inside and outside our mask
-    QueueWorker(5, MarkingEngine())._on_packet(pkt)
-    assert pkt.verdict == "accept" and pkt.mark == 0x0005_00FF
+    syn = bytes(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="S"))
+    # Someone else's bits inside and outside our mask: ours replaced, theirs kept.
+    assert give(QueueWorker(5, MarkingEngine()), syn, mark=0x0003_00FF) == (
+        "accept", None, 0x0005_00FF)
     assert MARK_MASK == 0xFFFF_0000
 
 

@@ -320,7 +320,8 @@ def test_rewrite_works_on_a_memoryview() -> None:
 
 
 def test_rewrite_of_a_cut_buffer_matches_the_whole_packet() -> None:
-    """NetfilterQueue hands over at most 4016 bytes; headers are all a rewrite needs."""
+    """The queue hands over at most 65531 bytes of a packet; headers are all a rewrite
+    needs."""
     raw = Spec(0xC6336407, 0xC000020A, 40000, 80, payload=bytes(range(256)) * 20).build()
     whole, cut = bytearray(raw), bytearray(raw[:4016])
     assert P.parse_tcp(cut) == P.parse_tcp(whole)

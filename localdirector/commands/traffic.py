@@ -84,9 +84,12 @@ def show_statistics(session: Session) -> None:
                  f"{engine['fastpath_conns']} connections handed to the kernel, "
                  f"{logged} packets copied (NFLOG), {stats['log_overruns']} copy overruns, "
                  f"{stats['conntrack_errors']} conntrack errors")
+    lines.append(f"Queue:       {stats['gso_packets']} GSO super-packets, longest packet "
+                 f"{stats['largest_packet']} bytes")
     lines.append(probes)
     lines.append(f"Errors:      {stats['worker_errors']} packet, {stats['tick_errors']} timer, "
-                 f"{stats['oversize']} too long to translate")
+                 f"{stats['oversize']} too long to translate, {stats['verdict_errors']} "
+                 "verdicts refused")
     remembered, not_remembered = stats["sticky"]
     lines.append(f"Sticky:      {remembered} clients remembered, {not_remembered} not "
                  "remembered (table full)")
@@ -113,7 +116,8 @@ def show_statistics(session: Session) -> None:
                   "copy_overruns": stats["log_overruns"],
                   "conntrack_errors": stats["conntrack_errors"]},
         errors={"packet": stats["worker_errors"], "timer": stats["tick_errors"],
-                "oversize": stats["oversize"]},
+                "oversize": stats["oversize"], "verdicts": stats["verdict_errors"]},
+        queue_packets={"gso": stats["gso_packets"], "longest": stats["largest_packet"]},
         sticky={"remembered": remembered, "not_remembered": not_remembered},
         ip_errors=dict(stats["ip_errors"] or {}))
 

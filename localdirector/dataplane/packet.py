@@ -129,7 +129,7 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
     :func:`rewrite`; ``total`` the IP total length (what byte counters count); ``seq``
     and ``ack`` the sequence and acknowledgment numbers, read in the same struct call
     (the engine checks a RST's or FIN's sequence against them). Only
-    headers must be inside ``buf``: NetfilterQueue copies at most 4016 bytes, so the IP
+    headers must be inside ``buf``: the queue copies at most 65531 bytes, so the IP
     total length may exceed ``len(buf)``.
     A first fragment (MF set, offset 0) carries the TCP header and is accepted.
     """
@@ -259,7 +259,7 @@ def rewrite_icmp(
     quoted TCP checksum when wholly quoted (incrementally, like Linux NAT: the
     quoted segment is usually cut short and cannot be summed), and the ICMP
     checksum, which covers the quoted bytes. ``buf`` must not extend past the
-    IP total length, which NetfilterQueue payloads never do.
+    IP total length, which queued payloads never do.
     """
     if outer_src is not None:
         _set_address(buf, 0, 12, outer_src)
@@ -305,6 +305,26 @@ def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
     if length & 1:
         value <<= 8
     return (value + src + dst + PROTO_TCP + length) % _MOD == 0
+
+
+def complete_tcp_checksum(buf: bytearray) -> None:
+    """Finish the TCP checksum its sender left to the hardware (the kernel's
+    CHECKSUM_PARTIAL, NFQUEUE's "checksum not ready"), in place.
+
+    Such a packet's checksum field holds only the pseudo-header sum, and the hardware
+    would add the segment and negate; a queued packet handed back with a payload is
+    taken as is (CHECKSUM_NONE), so whoever changes it must finish the sum first, and
+    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole segments only (a
+    packet cut short by the copy range is left alone); not TCP: nothing to do.
+    """
+    ihl = (buf[0] & 0x0F) << 2
+    total = buf[2] << 8 | buf[3]
+    if buf[9] != PROTO_TCP or total > len(buf) or total < ihl + 20:
+        return
+    value = int.from_bytes(buf[ihl:total], "big")
+    if (total - ihl) & 1:
+        value <<= 8
+    _pack_u16(buf, ihl + 16, -value % _MOD)
 
 
 _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header

@@ -1,32 +1,29 @@
 """The NFQUEUE worker: one thread that feeds every queued packet to the engine
 (docs/design.rst, "Data-plane service").
 
-It polls the queue's netlink socket, the fast path's NFLOG group of the same number
-(nflog.py) and a wake-up pipe, and reads at most ``BATCH`` packets at a time, so the
-engine's periodic ``tick()`` and a stop request never starve under load (a blocking
-``NetfilterQueue.run()`` cannot be woken, and ``run(block=False)`` reads on while packets
-keep arriving). An exception from the engine never leaves the callback, where the
-library would leave the packet without a verdict, holding a queue slot forever: the
-packet is dropped (TCP retransmits) and the error counted and logged once per type.
+It polls the queue's netlink socket (nfqueue.py), the fast path's NFLOG group of the same
+number (nflog.py) and a wake-up pipe, and reads at most ``BATCH`` packets at a time, then
+sends their verdicts together, so the engine's periodic ``tick()`` and a stop request
+never starve under load. An exception from the engine never leaves the packet without a
+verdict, which would hold a queue slot forever: the packet is dropped (TCP retransmits)
+and the error counted and logged once per type.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
-
 from .collector import FrozenCollector
 from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
 from .nflog import PacketLog
+from .nfqueue import COPY_RANGE, SKB_CSUM_NOT_READY, SKB_GSO, PacketQueue
+from .packet import complete_tcp_checksum
 from .ruleset import MARK_MASK
 
 log = logging.getLogger("localdirector")
@@ -35,14 +32,11 @@ log = logging.getLogger("localdirector")
 # /proc/net/netfilter/nfnetlink_queue), so it must absorb a burst while the worker is
 # busy with a tick or the GIL is elsewhere (the shell rendering `show conns`).
 DEFAULT_MAX_LEN = 8192
-# The library copies at most 4016 bytes of a packet: above the 1500-byte MTU of the lab
-# and of Ethernet, and GSO super-packets are segmented by the kernel before queueing.
-# A longer packet (jumbo MTU) cannot be translated: handing back the short copy would
-# truncate it, so it is dropped and counted instead.
-COPY_RANGE = 4016
-# Netlink receive buffer for a full queue of MTU-sized packets plus per-message
-# overhead; the kernel doubles the value it is given.
-SOCKET_BYTES_PER_PACKET = 1200
+# Netlink receive buffer: every queued packet waits in it until read, GSO super-packets
+# of up to 64 KB among MTU-sized ones; this much a packet of a full queue (32 MB for
+# 8192, about 30 ms of 1 GB/s bulk while the worker is busy elsewhere). The kernel
+# doubles the value it is given and charges only what is in use.
+SOCKET_BYTES_PER_PACKET = 4096
 BATCH = 256
 TICK_SECONDS = 0.5
 # The worker does what kernel NAT does in softirq context, ahead of every process: each
@@ -64,39 +58,13 @@ class PacketEngine(Protocol):
     def tick(self) -> None: ...
 
 
-class _BatchReader:
-    """Stands in for the netlink socket in ``NetfilterQueue.run_socket``: a non-blocking
-    recv that pretends the socket is empty once ``left`` messages were read."""
-
-    __slots__ = ("_sock", "left", "enobufs")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.left = 0
-        self.enobufs = 0
-
-    def recv(self, size: int) -> bytes:
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.left -= 1
-        try:
-            return self._sock.recv(size, socket.MSG_DONTWAIT)
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                # The kernel could not deliver some queued packets to us (receive
-                # buffer full); they are lost, and the library just reads on.
-                self.enobufs += 1
-            raise
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 class WorkerStats:
     """Failures of the engine itself (its verdicts and drop reasons are counted by the
-    engine); plain ints written by the worker thread only, read by anyone."""
+    engine) and the GSO super-packets the queue carried (so `show statistics` shows
+    that bulk moves up to 64 KB a round trip); plain ints written by the worker thread
+    only, read by anyone."""
 
-    __slots__ = ("errors", "tick_errors", "oversize")
+    __slots__ = ("errors", "tick_errors", "oversize", "gso", "largest")
 
     def __init__(self) -> None:
         self.reset()
@@ -105,6 +73,8 @@ class WorkerStats:
         self.errors = 0
         self.tick_errors = 0
         self.oversize = 0
+        self.gso = 0        # GSO super-packets queued to us
+        self.largest = 0    # bytes of the longest packet queued to us
 
 
 class QueueWorker:
@@ -121,8 +91,7 @@ class QueueWorker:
         self.tick_seconds = tick_seconds
         self.stats = WorkerStats()
         self._clock = clock
-        self._nfq: NetfilterQueue | None = None
-        self._reader: _BatchReader | None = None
+        self._queue: PacketQueue | None = None
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
@@ -132,7 +101,12 @@ class QueueWorker:
     @property
     def enobufs(self) -> int:
         """Times the kernel told us it lost packets on the way to our socket."""
-        return self._reader.enobufs if self._reader is not None else 0
+        return self._queue.enobufs if self._queue is not None else 0
+
+    @property
+    def verdict_errors(self) -> int:
+        """Verdicts the kernel refused (never expected: counted to be seen)."""
+        return self._queue.verdict_errors if self._queue is not None else 0
 
     @property
     def log_overruns(self) -> int:
@@ -142,23 +116,14 @@ class QueueWorker:
     def start(self) -> None:
         """Bind in the caller's thread so a bad queue number or missing privilege fails
         start-up with an exception instead of dying silently in the worker."""
-        nfq = NetfilterQueue()
-        try:
-            nfq.bind(self.queue_num, self._on_packet, max_len=self.max_len,
-                     mode=COPY_PACKET, range=COPY_RANGE,
-                     sock_len=self.max_len * SOCKET_BYTES_PER_PACKET)
-        except BaseException:
-            nfq.unbind()
-            raise
+        queue = PacketQueue(self.queue_num, max_len=self.max_len,
+                            receive_buffer=self.max_len * SOCKET_BYTES_PER_PACKET)
         try:
             self._log = PacketLog(self.queue_num) if self.fastpath else None
         except BaseException:
-            nfq.unbind()
+            queue.close()
             raise
-        self._nfq = nfq
-        # A second handle on the same netlink socket; closing it leaves the library's fd.
-        self._reader = _BatchReader(socket.fromfd(nfq.get_fd(), socket.AF_NETLINK,
-                                                  socket.SOCK_RAW))
+        self._queue = queue
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"nfqueue-{self.queue_num}",
@@ -175,15 +140,13 @@ class QueueWorker:
         self._thread.join()
         self._thread = None
         self.collector.thaw()
-        assert self._nfq is not None and self._reader is not None
-        self._nfq.unbind()
-        self._reader.close()
+        assert self._queue is not None
+        self._queue.close()   # the counters stay readable
         if self._log is not None:
             self._log.close()
             self._log = None
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self._nfq = None
 
     def _loop(self) -> None:
         try:
@@ -200,11 +163,11 @@ class QueueWorker:
             raise
 
     def _serve(self) -> None:
-        assert self._nfq is not None and self._reader is not None
-        nfq, reader = self._nfq, self._reader
-        nfq_fd = nfq.get_fd()
+        assert self._queue is not None
+        queue = self._queue
+        queue_fd = queue.fileno()
         poller = select.poll()
-        poller.register(nfq_fd, select.POLLIN)
+        poller.register(queue_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         log_fd = -1
         if self._log is not None:
@@ -215,9 +178,8 @@ class QueueWorker:
         while not self._stopping:
             wait_ms = max(0, int((next_tick - clock()) * 1000) + 1)
             for fd, _ in poller.poll(wait_ms):
-                if fd == nfq_fd:
-                    reader.left = BATCH
-                    nfq.run_socket(reader)
+                if fd == queue_fd:
+                    self._read(queue)
                 elif fd == log_fd:
                     assert self._log is not None
                     self._log.read(self._on_copy, BATCH)
@@ -234,33 +196,54 @@ class QueueWorker:
             self.stats.tick_errors += 1
             self._log_once(exc, "engine tick")
 
-    def _on_packet(self, pkt: Packet) -> None:
-        """One copy into a bytearray the engine rewrites in place, one copy back out only
-        when the engine changed it; a fast-path verdict adds a mark and nothing else."""
+    def _read(self, queue: PacketQueue) -> None:
+        """At most BATCH waiting packets, then their verdicts in one datagram."""
+        receive, on_packet = queue.receive, self._on_packet
+        for _ in range(BATCH):
+            packet = receive()
+            if packet is None:
+                break
+            on_packet(queue, *packet)
+        queue.flush()
+
+    def _on_packet(self, queue: PacketQueue, packet_id: int, buf: bytearray, mark: int,
+                   info: int) -> None:
+        """The engine rewrites `buf` (the one copy out of the receive buffer) in place;
+        it goes back only when changed, and a fast-path verdict adds a mark and nothing
+        else.
+
+        A packet whose sender left the checksum to the hardware (NFQUEUE's "not ready",
+        every packet of a local stack, and whatever GRO merged) gets it finished first:
+        the engine verifies SYNs and updates checksums incrementally, and a payload
+        handed back is taken as final. Not a GSO super-packet: summing 64 KB in Python
+        costs about 100 us, and the kernel recomputes the TCP checksum of a changed
+        super-packet anyway when it cuts it into segments (docs/design.rst, "Data-plane
+        service")."""
+        if info & SKB_GSO:
+            self.stats.gso += 1
+        if len(buf) > self.stats.largest:
+            self.stats.largest = len(buf)
         try:
-            buf = bytearray(pkt.get_payload())
+            if info & SKB_CSUM_NOT_READY and not info & SKB_GSO:
+                complete_tcp_checksum(buf)
             verdict = self.engine.handle(buf)
-            if verdict == ACCEPT_MODIFIED:
-                if (buf[2] << 8 | buf[3]) > len(buf):
-                    self._oversize(pkt, len(buf))
-                    return
-                pkt.set_payload(bytes(buf))
-                pkt.accept()
-            elif verdict == ACCEPT_UNCHANGED:
-                pkt.accept()
-            elif verdict == ACCEPT_MARK:
-                # Only our bits of the mark: others may use the rest (ruleset.MARK_MASK).
-                pkt.set_mark(pkt.get_mark() & ~MARK_MASK | self.engine.verdict_mark)
-                pkt.accept()
-            else:
-                pkt.drop()
         except Exception as exc:  # noqa: BLE001 - see the module docstring
             self.stats.errors += 1
             self._log_once(exc, "packet handling")
-            try:
-                pkt.drop()
-            except RuntimeError:
-                pass  # the verdict was already given before the failure
+            queue.drop(packet_id)
+            return
+        if verdict == ACCEPT_MODIFIED:
+            if (buf[2] << 8 | buf[3]) > len(buf):
+                self._oversize(queue, packet_id, buf[2] << 8 | buf[3])
+            else:
+                queue.accept(packet_id, payload=buf)
+        elif verdict == ACCEPT_UNCHANGED:
+            queue.accept(packet_id)
+        elif verdict == ACCEPT_MARK:
+            # Only our bits of the mark: others may use the rest (ruleset.MARK_MASK).
+            queue.accept(packet_id, mark=mark & ~MARK_MASK | self.engine.verdict_mark)
+        else:
+            queue.drop(packet_id)
 
     def _on_copy(self, buf: bytearray) -> None:
         """A fast-path packet's copy: state only, no verdict to give."""
@@ -270,12 +253,16 @@ class QueueWorker:
             self.stats.errors += 1
             self._log_once(exc, "packet handling")
 
-    def _oversize(self, pkt: Packet, copied: int) -> None:
+    def _oversize(self, queue: PacketQueue, packet_id: int, length: int) -> None:
+        """A packet longer than the copy range (65531 bytes: a netlink attribute's
+        length is 16 bits) cannot be translated: handing back the copy would truncate
+        it. Only a 65532-65535-byte packet or GRO merge can be one."""
         self.stats.oversize += 1
-        pkt.drop()
+        queue.drop(packet_id)
         if self.stats.oversize == 1:
-            log.error("data plane: dropping packets longer than the %d bytes NFQUEUE copies; "
-                      "use an MTU of at most %d on the director's interfaces", copied, copied)
+            log.error("data plane: dropping packets longer than the %d bytes NFQUEUE copies "
+                      "(one of %d bytes); keep the MTU and gro_max_size of the director's "
+                      "interfaces below that", COPY_RANGE, length)
 
     def _log_once(self, exc: Exception, what: str) -> None:
         if type(exc) not in self._logged:

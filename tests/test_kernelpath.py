@@ -15,7 +15,7 @@ from localdirector.dataplane.kerneltable import KernelTable
 from localdirector.dataplane.nftables import (definition, desired_kernel, update_text)
 from localdirector.model import kernelpath
 from localdirector.model.addr import parse_ip
-from localdirector.model.director import Director, ModelError
+from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 
 VIP = "192.0.2.10"

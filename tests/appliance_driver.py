@@ -139,17 +139,23 @@ class Console:
 
     def statistics(self) -> dict[str, int]:
         """The counter table of `show statistics` as {label: value}."""
-        return {" ".join(cells[:-1]): int(cells[-1])
-                for cells in (line.split() for line in self.run("show statistics").split("\n"))
-                if len(cells) >= 2 and cells[-1].isdigit() and ":" not in cells[0]}
+        return self.statistics_and_kernel()[0]
 
     def kernel_line(self) -> dict[str, int]:
         """The `Kernel:` line of `show statistics` as {what: count}, e.g.
         {'queued': 40, 'waiting': 0, 'dropped (queue full)': 12, ...}."""
+        return self.statistics_and_kernel()[1]
+
+    def statistics_and_kernel(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Both from one `show statistics`: counters that must add up are read in one
+        go, not across two commands while packets still arrive."""
         out = self.run("show statistics")
+        table = {" ".join(cells[:-1]): int(cells[-1])
+                 for cells in (line.split() for line in out.split("\n"))
+                 if len(cells) >= 2 and cells[-1].isdigit() and ":" not in cells[0]}
         line = next(l for l in out.split("\n") if l.startswith("Kernel:"))
         counts = re.findall(r"(\d+) ([A-Za-z][A-Za-z ()-]*)", line.partition(":")[2])
-        return {what.strip(): int(n) for n, what in counts}
+        return table, {what.strip(): int(n) for n, what in counts}
 
     def exit(self) -> int | None:
         self.child.sendline("exit")

@@ -122,7 +122,7 @@ def test_crafted_packets_are_dropped_by_name_and_odd_but_valid_ones_served(
     out = console.run("show statistics")
     assert re.search(r"IP input: +[1-9]\d* header errors", out), out
     assert "Errors:      0 packet, 0 timer" in out
-    assert_nothing_lost(counters(console), console.kernel_line())  # totals since start
+    assert_nothing_lost(*console.statistics_and_kernel())  # totals since start
     figures("crafted", sent=sent, drops={k: v for k, v in got.items()
                                         if k not in ("packets", "dropped")})
 
@@ -337,8 +337,7 @@ def test_syn_flood_from_the_unwelcome_subnet(lab: Lab, appliance) -> None:
     sampler = Sampler(console)
     sampler.sample()
     rss_before = sampler.rss[0]
-    before = counters(console)
-    kernel_before = console.kernel_line()
+    before, kernel_before = console.statistics_and_kernel()
     flood = hping3_flood(lab, FLOOD_SECONDS)
     time.sleep(0.3)
     legit = legit_clients(lab, FLOOD_SECONDS - 0.6)
@@ -346,8 +345,9 @@ def test_syn_flood_from_the_unwelcome_subnet(lab: Lab, appliance) -> None:
     sent = flood_sent(flood)
     result = legit_results(legit)
     console.wait_for(lambda: console.kernel_line()["waiting"] == 0, what="queue drained")
-    got = delta(counters(console), before)
-    kernel = {k: v - kernel_before.get(k, 0) for k, v in console.kernel_line().items()}
+    after, kernel_after = console.statistics_and_kernel()
+    got = delta(after, before)
+    kernel = {k: v - kernel_before.get(k, 0) for k, v in kernel_after.items()}
 
     assert result["total"] > 50 and result["ok"] == result["total"], result
     elapsed = result["elapsed"]
@@ -600,14 +600,14 @@ def test_queue_overflow_and_the_connection_limit_degrade_visibly(lab: Lab, appli
     console = appliance([*FIG1_CONFIG.read_text().splitlines(), f"conn-limit {limit}"],
                         "--queue-len", str(QUEUE_LEN))
     sampler = Sampler(console)
-    before = counters(console)
-    kernel_before = console.kernel_line()
+    before, kernel_before = console.statistics_and_kernel()
     flood = hping3_flood(lab, 3)
     sampler.during(flood, every=0.3)
     sent = flood_sent(flood)
     console.wait_for(lambda: console.kernel_line()["waiting"] == 0, what="queue drained")
-    got = delta(counters(console), before)
-    kernel = {k: v - kernel_before.get(k, 0) for k, v in console.kernel_line().items()}
+    after, kernel_after = console.statistics_and_kernel()
+    got = delta(after, before)
+    kernel = {k: v - kernel_before.get(k, 0) for k, v in kernel_after.items()}
     queue_full = kernel["dropped (queue full)"] + kernel["dropped (socket full)"]
     assert queue_full > 0 and got["half open evicted"] > 0
     # Full, never over. (It empties again: once hping3's source ports wrap around, its

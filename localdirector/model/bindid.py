@@ -39,7 +39,8 @@ class _VipIndex:
 
     def __init__(self) -> None:
         self.by_prefix: dict[int, dict[int, list[BindIdObject]]] = {}
-        self.prefixes: list[tuple[int, int]] = []  # (prefixlen, mask), longest first
+        # (mask, network -> objects) per prefix length, longest first: what a SYN walks.
+        self.prefixes: list[tuple[int, dict[int, list[BindIdObject]]]] = []
 
     def add(self, obj: BindIdObject) -> None:
         table = self.by_prefix.get(obj.prefixlen)
@@ -59,7 +60,8 @@ class _VipIndex:
                 self._reindex()
 
     def _reindex(self) -> None:
-        self.prefixes = [(p, prefix_mask(p)) for p in sorted(self.by_prefix, reverse=True)]
+        self.prefixes = [(prefix_mask(p), self.by_prefix[p])
+                         for p in sorted(self.by_prefix, reverse=True)]
 
 
 class BindIdTable:
@@ -142,9 +144,8 @@ class BindIdTable:
         index = self._by_vip.get(dst)
         if index is None:
             return None
-        by_prefix = index.by_prefix
-        for prefixlen, mask in index.prefixes:
-            bucket = by_prefix[prefixlen].get(src & mask)
+        for mask, table in index.prefixes:
+            bucket = table.get(src & mask)
             if bucket is not None:
                 all_ports = None
                 for obj in bucket:

@@ -30,6 +30,7 @@ from ..model.director import Director
 from ..model.health import end_probe, start_probe
 from ..model.predictors import STICKY_LIMIT, expire_sticky, remember_sticky, sticky_closed
 from ..model.real import PhysicalMachine
+from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .dispatch import Dispatch
@@ -90,6 +91,7 @@ _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
 SEQ_WINDOW = 1 << 22
 _SEQ_MASK = 0xFFFFFFFF
 _BOTH_FINS = FIN_IN | FIN_OUT
+_IN_SERVICE = State.IN_SERVICE
 # What the observer is told (see Engine.observe).
 OPENED = "open"
 ANSWERED = "answered"
@@ -164,7 +166,8 @@ class Engine:
             # to a VIP since removed (its connections drain) is found by the fallback.
             if self.director.generation != self._vip_generation:
                 self._refresh_vips()
-            if dst not in self._vip_addrs:
+            to_vip = dst in self._vip_addrs
+            if not to_vip:
                 conn = conns.reply.get(key)
                 if conn is not None:
                     if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
@@ -180,7 +183,11 @@ class Engine:
                     if verdict is not None:
                         return verdict
                 return self._forward_in(buf, ihl, size, conn, src, ack, now)
-            return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
+            if to_vip and flags & _CLIENT_SYN_MASK == SYN:
+                if not tcp_checksum_valid(buf, ihl):
+                    return self._drop(BAD_CHECKSUM)
+                return self._open(buf, ihl, size, src, dst, sport, dport, key, now)
+            return self._no_connection(buf, ihl, src, dst, dport, flags, key, now)
 
     def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
                     ack: int, now: float) -> int:
@@ -282,7 +289,8 @@ class Engine:
             # The client reuses its port while the old connection lingers: that one
             # is over, and this SYN opens a new connection.
             self._close(conn, now)
-            return self._open(buf, ihl, src, dst, sport, dport, now)
+            return self._open(buf, ihl, (buf[2] << 8) | buf[3], src, dst, sport, dport,
+                              conn.in_key, now)
         if conn.moved:
             # The first SYN the real a reassign chose gets: not a retransmission.
             conn.moved = False
@@ -380,63 +388,64 @@ class Engine:
         self._expiry.linger(conn, now)
 
     # -- connections ---------------------------------------------------------------
-    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int,
-                       dport: int, flags: int, key: int, now: float) -> int:
-        """FIG. 5 step 506 'no': a client SYN opens a connection; anything else toward a
-        VIP is dropped; traffic of reals with others is none of our business."""
+    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, dport: int,
+                       flags: int, key: int, now: float) -> int:
+        """FIG. 5 step 506 'no' for all but a client's SYN to a VIP (which `handle` hands
+        to `_open`): anything else toward a VIP is dropped; traffic of reals with others
+        is none of our business."""
         if dst not in self._vips():
             if key in self._ports:
                 return self._drop(STALE_REPLY)
             return self._unchanged()
-        if flags & _CLIENT_SYN_MASK != SYN:
-            if _bad_flags(flags):
-                return self._drop(BAD_FLAGS)
-            virtual = self.director.lookup_virtual(src, dst, dport)
-            if virtual is not None and virtual.fastpath:
-                if flags & _ENDS:
-                    # The end of a fast-path connection the engine does not know
-                    # (cleared, or from before a restart): conntrack translates it, if it
-                    # has it.
-                    return self._fastpath.noted()
-                return self._drop(NO_CONNECTION)
-            if virtual is not None and virtual.dispatched:
-                # ECMP moved the flow here from another director, or its connection
-                # ended here: it goes where the Maglev table says, as it went there.
-                verdict = self._dispatch.stranger(virtual, key)
-                if verdict is not None:
-                    return verdict
-            if virtual is None or flags & RST or self._resets_left <= 0:
-                return self._drop(NO_CONNECTION)
-            # Nobody knows this connection (from before a restart, or long closed): a
-            # RST tells the client now, as a closed port would, rather than letting it
-            # retransmit into silence for minutes.
-            self._resets_left -= 1
-            self.stats.drops[NO_CONNECTION] += 1
-            self.stats.unknown_resets += 1
-            reset_reply(buf, ihl)
-            return ACCEPT_MODIFIED
-        if not tcp_checksum_valid(buf, ihl):
-            return self._drop(BAD_CHECKSUM)
-        return self._open(buf, ihl, src, dst, sport, dport, now)
+        if _bad_flags(flags):
+            return self._drop(BAD_FLAGS)
+        virtual = self.director.lookup_virtual(src, dst, dport)
+        if virtual is not None and virtual.fastpath:
+            if flags & _ENDS:
+                # The end of a fast-path connection the engine does not know
+                # (cleared, or from before a restart): conntrack translates it, if it
+                # has it.
+                return self._fastpath.noted()
+            return self._drop(NO_CONNECTION)
+        if virtual is not None and virtual.dispatched:
+            # ECMP moved the flow here from another director, or its connection
+            # ended here: it goes where the Maglev table says, as it went there.
+            verdict = self._dispatch.stranger(virtual, key)
+            if verdict is not None:
+                return verdict
+        if virtual is None or flags & RST or self._resets_left <= 0:
+            return self._drop(NO_CONNECTION)
+        # Nobody knows this connection (from before a restart, or long closed): a
+        # RST tells the client now, as a closed port would, rather than letting it
+        # retransmit into silence for minutes.
+        self._resets_left -= 1
+        self.stats.drops[NO_CONNECTION] += 1
+        self.stats.unknown_resets += 1
+        reset_reply(buf, ihl)
+        return ACCEPT_MODIFIED
 
-    def _open(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int, dport: int,
-              now: float) -> int:
-        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
+    def _open(self, buf: bytearray, ihl: int, size: int, src: int, dst: int, sport: int,
+              dport: int, key: int, now: float) -> int:
+        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified). `size`:
+        its IP total length; `key`: its flow key, the new connection's `in_key`. What
+        every SYN pays is written out here rather than spread over small calls (a
+        Python call costs about as much as a dict insert into the table)."""
         director = self.director
-        table = director.conns.inbound
+        conns = director.conns
+        table = conns.inbound
         if len(table) >= director.settings.max_conns and not self._evict_half_open(now):
             return self._drop(CONN_LIMIT)
         virtual = director.lookup_virtual(src, dst, dport, count=True)
         if virtual is None:
             return self._drop(NO_VIRTUAL)
-        if _synguard_full(virtual):
+        if virtual.synguard and virtual.half_open >= virtual.synguard:
             virtual.synguard_drops += 1
             return self._drop(SYNGUARD)
-        decision = director.decide_for(virtual, src, now, flow=flow_key(src, sport, dst, dport))
+        decision = director.decide_for(virtual, src, now, flow=key)
         real, served = decision.real, decision.served_by
         if real is None or served is None:
             return self._refuse(buf, ihl, virtual)
-        if served is not virtual and _synguard_full(served):
+        if served is not virtual and served.synguard and served.half_open >= served.synguard:
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
         fastpath = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
@@ -448,20 +457,23 @@ class Engine:
         if fastpath:
             conn.fastpath = True  # the kernel's NAT remaps the client port if it must
         elif not served.dispatched:  # dispatched: nothing is translated
-            port = self._ports.choose(director.conns.reply, conn.real_ip, conn.real_port,
-                                      src, sport)
+            port = self._ports.choose(conns.reply, conn.real_ip, conn.real_port, src, sport)
             if port != sport:
                 conn.remap = port
-        director.conns.add(conn)
-        if len(table) > self.stats.peak_conns:
-            self.stats.peak_conns = len(table)
-        self._start_probe(conn)
+        conns.add(conn)
+        stats = self.stats
+        if len(table) > stats.peak_conns:
+            stats.peak_conns = len(table)
+        if real.state is not _IN_SERVICE:   # only a TESTING real takes a probe
+            self._start_probe(conn)
         self._expiry.start(conn, now)
-        self.stats.conns_created += 1
-        self._notify(OPENED, conn)
+        stats.conns_created += 1
+        observer = self._observer
+        if observer is not None:
+            observer(OPENED, conn)
         if fastpath:
             return self._fastpath.opened(conn)
-        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
+        return self._forward_in(buf, ihl, size, conn, src, 0, now)
 
     def _evict_half_open(self, now: float) -> bool:
         """The table is full: give up its oldest half-open connections (a SYN flood's,
@@ -718,7 +730,3 @@ def _bad_flags(flags: int) -> bool:
     if flags & SYN:
         return bool(flags & _ENDS)
     return not flags & (ACK | RST)
-
-
-def _synguard_full(virtual: VirtualMachine) -> bool:
-    return bool(virtual.synguard) and virtual.half_open >= virtual.synguard

@@ -178,8 +178,7 @@ class Engine:
             conn = conns.inbound.get(key)
             if conn is not None:
                 if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
-                    verdict = self._client_control(buf, ihl, conn, src, dst, sport, dport,
-                                                   flags, seq, now)
+                    verdict = self._client_control(buf, ihl, conn, flags, seq, now)
                     if verdict is not None:
                         return verdict
                 return self._forward_in(buf, ihl, size, conn, src, ack, now)
@@ -248,17 +247,16 @@ class Engine:
         return ACCEPT_MODIFIED
 
     # -- TCP state -----------------------------------------------------------------
-    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                        sport: int, dport: int, flags: int, seq: int,
-                        now: float) -> int | None:
+    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, flags: int,
+                        seq: int, now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual.
         A fast-path connection's client packet is a SYN queued while conntrack has seen no
         answer, a copy of a FIN or RST, or anything conntrack picked up as new (it lost
         the entry), which is marked again toward the same real."""
-        if _bad_flags(flags):
+        if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         if flags & _CLIENT_SYN_MASK == SYN:
-            return self._client_syn(buf, ihl, conn, src, dst, sport, dport, now)
+            return self._client_syn(buf, ihl, conn, now)
         state = conn.tcp_state
         if state is not CLOSED:
             if flags & _ENDS and conn.answered and not conn.fastpath \
@@ -269,7 +267,7 @@ class Engine:
             if flags & RST:
                 self._closing(conn, now)
             elif flags & FIN:
-                self._fin(conn, now, client=True)
+                self._fin(conn, now, True)
             elif conn.fastpath:
                 return self._fastpath.mark(conn)
             elif state is SYN_SENT and flags & ACK and conn.virtual.dispatched:
@@ -278,8 +276,8 @@ class Engine:
                 self.director.conns.set_state(conn, ESTABLISHED)
         return self._fastpath.noted() if conn.fastpath else None
 
-    def _client_syn(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                    sport: int, dport: int, now: float) -> int | None:
+    def _client_syn(self, buf: bytearray, ihl: int, conn: Connection,
+                    now: float) -> int | None:
         """A client's SYN on a known connection: a new connection on a closed one's
         tuple, or a retransmission, which after `reassign` of them moves the connection
         (or refuses the client when no other real can take it)."""
@@ -289,7 +287,8 @@ class Engine:
             # The client reuses its port while the old connection lingers: that one
             # is over, and this SYN opens a new connection.
             self._close(conn, now)
-            return self._open(buf, ihl, (buf[2] << 8) | buf[3], src, dst, sport, dport,
+            return self._open(buf, ihl, (buf[2] << 8) | buf[3], conn.foreign_ip,
+                              conn.virtual_ip, conn.foreign_port, conn.virtual_port,
                               conn.in_key, now)
         if conn.moved:
             # The first SYN the real a reassign chose gets: not a retransmission.
@@ -314,7 +313,7 @@ class Engine:
         """State changes driven by the real; a verdict, or None to translate as usual.
         Before the real answered, a RST is its refusal of the SYN: nothing to check its
         sequence against (and it moves the connection, see _reassign)."""
-        if _bad_flags(flags):
+        if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         if conn.tcp_state is not CLOSED:
             if flags & _ENDS and conn.answered and not conn.fastpath:
@@ -330,7 +329,7 @@ class Engine:
                     conn.ack_in = (seq + 1) & _SEQ_MASK  # until the client's ACK says so
                     self._answered(conn, now)
             elif flags & FIN:
-                self._fin(conn, now, client=False)
+                self._fin(conn, now, False)
         return self._fastpath.noted() if conn.fastpath else None
 
     def _dispatched_answer(self, conn: Connection, now: float) -> None:
@@ -378,9 +377,13 @@ class Engine:
             real.response_time = sample
         else:
             real.response_time += RESPONSE_WEIGHT * (sample - real.response_time)
-        self._end_probe(conn)
-        self.director.note_answer(real)
-        self._notify(ANSWERED, conn)
+        if self._probes:
+            self._end_probe(conn)
+        if real.consecutive_fails or real.state is not _IN_SERVICE:  # else nothing to note
+            self.director.note_answer(real)
+        observer = self._observer
+        if observer is not None:
+            observer(ANSWERED, conn)
 
     def _closing(self, conn: Connection, now: float) -> None:
         """FIN both ways or RST: keep translating for a while (LINGER), then remove."""
@@ -397,7 +400,7 @@ class Engine:
             if key in self._ports:
                 return self._drop(STALE_REPLY)
             return self._unchanged()
-        if _bad_flags(flags):
+        if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         virtual = self.director.lookup_virtual(src, dst, dport)
         if virtual is not None and virtual.fastpath:
@@ -530,14 +533,19 @@ class Engine:
         conns.remove(conn)
         if not conn.fastpath:
             self._ports.remember(conn.reply_key(), now)
-        self._end_probe(conn)
+        if self._probes:
+            self._end_probe(conn)
         self._expiry.closed()
         self.stats.conns_closed += 1
-        sticky_closed(conn.virtual, conn.foreign_ip, conn.real, now)
-        self._notify(CLOSED_EVENT, conn)
+        virtual, real = conn.virtual, conn.real
+        if virtual.sticky:
+            sticky_closed(virtual, conn.foreign_ip, real, now)
+        observer = self._observer
+        if observer is not None:
+            observer(CLOSED_EVENT, conn)
         director = self.director
-        if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
-                or director.reals.get(conn.real.sid) is not conn.real):
+        if (director.virtuals.get(virtual.sid) is not virtual
+                or director.reals.get(real.sid) is not real):
             # Its virtual or real was removed (or replaced by `reload`): netfilter kept
             # queueing its traffic for it alone (rules.desired_rules); let them go.
             director.changed()
@@ -730,3 +738,7 @@ def _bad_flags(flags: int) -> bool:
     if flags & SYN:
         return bool(flags & _ENDS)
     return not flags & (ACK | RST)
+
+
+# _bad_flags of every flags byte: an index per control packet instead of a call.
+_BAD_FLAGS = tuple(_bad_flags(flags) for flags in range(256))

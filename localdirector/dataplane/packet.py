@@ -69,6 +69,7 @@ _IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fr
 _IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
 _IP_WHOLE = struct.Struct("!BxH2xHxB2xII")  # the above and the protocol, in one call
 _TCP_HEAD = struct.Struct("!HHIIBB")        # ports, sequence, acknowledgment, offset, flags
+_IP_TCP = struct.Struct("!BxH2xHxB2xIIHHIIBB")  # _IP_WHOLE, then _TCP_HEAD right after it
 _CSUM_ADDRS = struct.Struct("!HII")         # IP header from byte 10: checksum, source, destination
 _PORTS_CSUM = struct.Struct("!HH12xH")      # TCP ports and checksum
 _PORTS = struct.Struct("!HH")
@@ -81,6 +82,7 @@ _unpack_ip_head = _IP_HEAD.unpack_from
 _unpack_len_addrs = _IP_LEN_ADDRS.unpack_from
 _unpack_ip_whole = _IP_WHOLE.unpack_from
 _unpack_tcp_head = _TCP_HEAD.unpack_from
+_unpack_ip_tcp = _IP_TCP.unpack_from
 _unpack_csum_addrs = _CSUM_ADDRS.unpack_from
 _pack_csum_addrs = _CSUM_ADDRS.pack_into
 _unpack_ports_csum = _PORTS_CSUM.unpack_from
@@ -132,9 +134,20 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
     headers must be inside ``buf``: NetfilterQueue copies at most 4016 bytes, so the IP
     total length may exceed ``len(buf)``.
     A first fragment (MF set, offset 0) carries the TCP header and is accepted.
+
+    Nearly every packet has no IP options: such a packet whose fields all pass is read
+    with one struct call for both headers and no call to the checks; any other goes
+    the general way, which finds what is wrong with it.
     """
     n = len(buf)
-    if n < 20:
+    if n >= 40:
+        (vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offset,
+         flags) = _unpack_ip_tcp(buf, 0)
+        end = 20 + ((offset >> 4) << 2)
+        if vihl == 0x45 and proto == PROTO_TCP and not frag & 0x1FFF \
+                and 40 <= end <= total and end <= n:
+            return 20, total, src, dst, sport, dport, flags, seq, ack
+    elif n < 20:
         return TRUNCATED
     vihl, total, frag, proto, src, dst = _unpack_ip_whole(buf, 0)
     ihl = _ipv4_check(vihl, total, frag, 0, n)

@@ -421,6 +421,20 @@ def test_real_availability_is_asked_at_every_syn() -> None:
     assert lab_.d.generation == generation
 
 
+def test_only_the_end_of_a_removed_servers_connection_asks_for_a_resync() -> None:
+    """Netfilter keeps queueing a removed real's traffic for its last connections
+    (rules.desired_rules): their end, and only theirs, moves the generation."""
+    lab_, v, (ra, rb) = lab((A, B))
+    ordinary, orphan = lab_.open(41000), lab_.open(41001)
+    assert (ordinary.real, orphan.real) == (ra, rb)
+    lab_.d.remove_real(rb.sid)
+    generation = lab_.d.generation
+    lab_.close(ordinary)
+    assert lab_.d.generation == generation
+    lab_.close(orphan)
+    assert lab_.d.generation == generation + 1
+
+
 def test_non_syn_toward_vip_without_connection_is_dropped_and_reset() -> None:
     """Dropped, and answered with the RST a closed port sends (at the sequence the
     segment acknowledges); a RST is never answered."""

@@ -114,8 +114,11 @@ class Engine:
         self._ports = ClientPorts(self.stats)
         self._expiry = Expiry(self.clock())
         self._probes: dict[PhysicalMachine, Connection] = {}
+        # What the model holds, recomputed when its generation moves (_refresh_model):
+        # the VIP addresses, and its virtuals and reals (by identity, for _close).
         self._vip_generation = -1
         self._vip_addrs: frozenset[int] = frozenset()
+        self._servers: frozenset[VirtualMachine | PhysicalMachine] = frozenset()
         self._resets_left = RESETS_PER_TICK
         self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
         self._sticky_logged_at = float("-inf")
@@ -165,7 +168,7 @@ class Engine:
             # table of a million entries, not two (a cache miss each). A client's packet
             # to a VIP since removed (its connections drain) is found by the fallback.
             if self.director.generation != self._vip_generation:
-                self._refresh_vips()
+                self._refresh_model()
             to_vip = dst in self._vip_addrs
             if not to_vip:
                 conn = conns.reply.get(key)
@@ -543,12 +546,14 @@ class Engine:
         observer = self._observer
         if observer is not None:
             observer(CLOSED_EVENT, conn)
-        director = self.director
-        if (director.virtuals.get(virtual.sid) is not virtual
-                or director.reals.get(real.sid) is not real):
+        # Identity in a set, not a ServerId key (whose hash and == are Python code).
+        if self.director.generation != self._vip_generation:
+            self._refresh_model()
+        servers = self._servers
+        if virtual not in servers or real not in servers:
             # Its virtual or real was removed (or replaced by `reload`): netfilter kept
             # queueing its traffic for it alone (rules.desired_rules); let them go.
-            director.changed()
+            self.director.changed()
 
     def _start_probe(self, conn: Connection) -> None:
         """A TESTING real takes exactly one connection as its test (FIG. 3B)."""
@@ -565,12 +570,13 @@ class Engine:
     def _vips(self) -> frozenset[int]:
         """VIP addresses, recomputed only when the model changed."""
         if self.director.generation != self._vip_generation:
-            self._refresh_vips()
+            self._refresh_model()
         return self._vip_addrs
 
-    def _refresh_vips(self) -> None:
+    def _refresh_model(self) -> None:
         director = self.director
         self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
+        self._servers = frozenset((*director.virtuals.values(), *director.reals.values()))
         self._vip_generation = director.generation
 
     # -- ICMP and other protocols --------------------------------------------------

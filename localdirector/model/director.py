@@ -38,6 +38,7 @@ Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
 CheckKey = tuple[ServerId, str, int]   # (real, probe name, port)
 
 log = logging.getLogger("localdirector")
+_IN_SERVICE = State.IN_SERVICE   # per SYN: an Enum member is a class attribute lookup
 
 
 class ModelError(ValueError):
@@ -554,7 +555,7 @@ class Director:
         # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
         chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
         for v in chain:
-            if v.state is State.IN_SERVICE:
+            if v.state is _IN_SERVICE:
                 real = select_real(v, self._links_of(v), src, now, self.available_backup,
                                    commit, exclude, flow)
                 if real is not None:

@@ -114,11 +114,12 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
 
     `exclude` is the real a connection is being taken away from (reassign): it must not
     get the connection back, not even through stickiness or as someone's backup."""
-    if virtual.sticky:
+    sticky = virtual.sticky   # a property: asked once
+    if sticky:
         entry = virtual.sticky_table.get(client_ip)
         if entry is not None:
             real, last = entry
-            if now - last < virtual.sticky * 60 and isinstance(real, PhysicalMachine) \
+            if now - last < sticky * 60 and isinstance(real, PhysicalMachine) \
                     and real is not exclude and available(real) \
                     and any(link.real is real for link in links):
                 if commit:
@@ -131,7 +132,7 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
         chosen: PhysicalMachine | None = link.real
     else:
         chosen = _backup_for(links, backups, exclude)
-    if chosen is not None and commit and virtual.sticky:
+    if sticky and chosen is not None and commit:
         remember_sticky(virtual, client_ip, chosen, now)
     return chosen
 

@@ -398,6 +398,17 @@ def test_bind_unbind_and_removal_are_seen_by_the_next_syn() -> None:
                          commit=False).real is fresh   # `test assign` asks the same way
 
 
+def test_assign_and_unassign_are_seen_by_the_next_syn() -> None:
+    """The Bind ID lookup remembers each client's instance (bindid.MEMO_LIMIT)."""
+    lab_ = Lab(fig1())
+    client, net = "198.19.4.1", parse_ip("198.19.4.0")
+    assert lab_.syn(41000, client=client).virtual.bind_id == 0
+    lab_.d.assign(sid(f"{VIP}:80:2"), net, 24)
+    assert lab_.syn(41001, client=client).virtual.bind_id == 2
+    lab_.d.unassign(sid(f"{VIP}:80:2"), net, 24)
+    assert lab_.syn(41002, client=client).virtual.bind_id == 0
+
+
 def test_real_availability_is_asked_at_every_syn() -> None:
     """Health, probes and limits move no model generation, so what the director keeps
     between SYNs cannot hold them: each SYN asks every bound real anew."""

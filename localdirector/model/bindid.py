@@ -157,26 +157,24 @@ class BindIdTable:
             return None
         key = (src << 64) | (dst << 16) | dport
         memo = self._memo
-        obj = memo.get(key, _UNKNOWN)
-        if obj is _UNKNOWN:
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            obj = memo[key] = _longest(index, src, dport)
-        return obj
-
-
-def _longest(index: _VipIndex, src: int, dport: int) -> BindIdObject | None:
-    """The walk `lookup` remembers the answer of."""
-    for mask, table in index.prefixes:
-        bucket = table.get(src & mask)
-        if bucket is not None:
-            all_ports = None
+        found = memo.get(key, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found
+        found = None
+        for mask, table in index.prefixes:
+            bucket = table.get(src & mask)
+            if bucket is None:
+                continue
             for obj in bucket:
                 port = obj.virtual.port
                 if port == dport:
-                    return obj
-                if port == 0 and all_ports is None:
-                    all_ports = obj
-            if all_ports is not None:
-                return all_ports
-    return None
+                    found = obj
+                    break
+                if port == 0 and found is None:
+                    found = obj
+            if found is not None:
+                break
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+        return found

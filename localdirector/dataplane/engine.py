@@ -536,12 +536,11 @@ class Engine:
     def _close(self, conn: Connection, now: float) -> None:
         """Remove a connection now (idempotent), remembering its tuple toward the real
         (userspace only: the kernel keeps its own TIME_WAIT for fast-path tuples)."""
-        conns = self.director.conns
-        if conns.inbound.get(conn.in_key) is not conn:
+        reply_key = self.director.conns.remove(conn)
+        if reply_key is None:
             return
-        conns.remove(conn)
         if not conn.fastpath:
-            self._ports.remember(conn.reply_key(), now)
+            self._ports.remember(reply_key, now)
         if self._probes:
             self._end_probe(conn)
         self._expiry.closed()

@@ -156,17 +156,22 @@ class ConnectionTable:
         if conn.tcp_state in HALF_OPEN_STATES:
             virtual.half_open += 1
 
-    def remove(self, conn: Connection) -> None:
-        if self.inbound.get(conn.in_key) is not conn:
-            return
-        del self.inbound[conn.in_key]
+    def remove(self, conn: Connection) -> int | None:
+        """Take `conn` out of the table; returns its reply key (its tuple toward the
+        real, which a close remembers), None when it was not in the table."""
+        in_key = conn.in_key
+        if self.inbound.get(in_key) is not conn:
+            return None
+        del self.inbound[in_key]
         out_key = conn.reply_key()
         if self.reply.get(out_key) is conn:
             del self.reply[out_key]
-        conn.virtual.conns_current -= 1
+        virtual = conn.virtual
+        virtual.conns_current -= 1
         conn.real.current_conns -= 1
         if conn.tcp_state in HALF_OPEN_STATES:
-            conn.virtual.half_open -= 1
+            virtual.half_open -= 1
+        return out_key
 
     def set_state(self, conn: Connection, state: str) -> None:
         """Change the TCP state, keeping the virtual's half-open gauge exact."""

@@ -374,6 +374,78 @@ def test_out_of_service_drains() -> None:
     assert ra.current_conns == 0
 
 
+# -- what the decision keeps between SYNs: which reals are bound, nothing more ------------
+
+def test_bind_unbind_and_removal_are_seen_by_the_next_syn() -> None:
+    """The director keeps each virtual's links between SYNs (Director._links_of): a
+    bind, an unbind, a real removed and added again change the very next decision."""
+    lab_, v, (ra,) = lab((A,))
+    assert lab_.syn(41000).real is ra             # the links are kept from here on
+    rb = lab_.d.add_real(sid(B))
+    lab_.d.bind(v.sid, rb.sid)
+    assert lab_.syn(41001).real is rb             # least connections: the new real
+    lab_.d.unbind(v.sid, rb.sid)
+    assert {lab_.syn(41002 + i).real for i in range(3)} == {ra}
+    lab_.d.unbind(v.sid, ra.sid)
+    verdict, refusal = lab_.client("S", 41010)    # nothing bound: refused
+    assert verdict == ACCEPT_MODIFIED and refusal[TCP].flags == "RA"
+    lab_.d.remove_real(rb.sid)
+    fresh = lab_.d.add_real(sid(B))
+    lab_.d.bind(v.sid, fresh.sid)
+    conn = lab_.syn(41011)
+    assert conn.real is fresh and fresh is not rb
+    assert lab_.d.decide(conn.foreign_ip, conn.virtual_ip, 80, lab_.clock.t,
+                         commit=False).real is fresh   # `test assign` asks the same way
+
+
+def test_assign_and_unassign_are_seen_by_the_next_syn() -> None:
+    """The Bind ID lookup remembers each client's instance (bindid.MEMO_LIMIT)."""
+    lab_ = Lab(fig1())
+    client, net = "198.19.4.1", parse_ip("198.19.4.0")
+    assert lab_.syn(41000, client=client).virtual.bind_id == 0
+    lab_.d.assign(sid(f"{VIP}:80:2"), net, 24)
+    assert lab_.syn(41001, client=client).virtual.bind_id == 2
+    lab_.d.unassign(sid(f"{VIP}:80:2"), net, 24)
+    assert lab_.syn(41002, client=client).virtual.bind_id == 0
+
+
+def test_real_availability_is_asked_at_every_syn() -> None:
+    """Health, probes and limits move no model generation, so what the director keeps
+    between SYNs cannot hold them: each SYN asks every bound real anew."""
+    lab_, _, (ra, rb) = lab((A, B))
+    assert lab_.syn(41000).real is ra
+    lab_.d.set_state(ra.sid, State.OUT_OF_SERVICE)
+    assert lab_.syn(41001).real is rb
+    lab_.d.set_state(ra.sid, State.IN_SERVICE)
+    generation = lab_.d.generation
+    ra.probe_down = "web"                          # a probe holds ra out
+    assert {lab_.syn(41002 + i).real for i in range(3)} == {rb}
+    ra.probe_down = ""
+    ra.state = State.FAILED                        # passive health
+    assert lab_.syn(41010).real is rb
+    ra.state = State.IN_SERVICE
+    assert (ra.current_conns, rb.current_conns) == (1, 5)
+    ra.maxconns = 1                                # full
+    assert lab_.syn(41011).real is rb
+    ra.maxconns = 0
+    assert lab_.syn(41012).real is ra
+    assert lab_.d.generation == generation
+
+
+def test_only_the_end_of_a_removed_servers_connection_asks_for_a_resync() -> None:
+    """Netfilter keeps queueing a removed real's traffic for its last connections
+    (rules.desired_rules): their end, and only theirs, moves the generation."""
+    lab_, v, (ra, rb) = lab((A, B))
+    ordinary, orphan = lab_.open(41000), lab_.open(41001)
+    assert (ordinary.real, orphan.real) == (ra, rb)
+    lab_.d.remove_real(rb.sid)
+    generation = lab_.d.generation
+    lab_.close(ordinary)
+    assert lab_.d.generation == generation
+    lab_.close(orphan)
+    assert lab_.d.generation == generation + 1
+
+
 def test_non_syn_toward_vip_without_connection_is_dropped_and_reset() -> None:
     """Dropped, and answered with the RST a closed port sends (at the sequence the
     segment acknowledges); a RST is never answered."""

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from localdirector.model import bindid
 from localdirector.model.addr import format_ip, parse_ip, parse_mask, prefix_mask
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director, ModelError
@@ -96,6 +97,32 @@ def test_longest_prefix_wins_and_assigning_a_network_again_moves_it() -> None:
     assert d.lookup_virtual(parse_ip("198.18.0.9"), VIP, 80).bind_id == 3
     assert [(o.virtual.bind_id, o.prefixlen) for o in d.bindids
             if o.client_ip == parse_ip("198.18.0.0")] == [(3, 24)]
+
+
+def test_remembered_bind_id_answers_follow_every_assign_change(monkeypatch) -> None:
+    """lookup remembers each client's answer (bindid.MEMO_LIMIT); an assign, an unassign
+    and the removal of an instance are all seen by the very next lookup, and a flood of
+    clients never grows the memory past its limit."""
+    d = fig1()
+    client = parse_ip("198.51.100.7")
+    assert d.lookup_virtual(client, VIP, 80).bind_id == 1          # remembered now
+    d.add_virtual(sid("192.0.2.10:80:3"))
+    d.assign(sid("192.0.2.10:80:3"), client, 32)
+    assert d.lookup_virtual(client, VIP, 80).bind_id == 3
+    d.unassign(sid("192.0.2.10:80:3"), client, 32)
+    assert d.lookup_virtual(client, VIP, 80).bind_id == 1
+    d.remove_virtual(sid("192.0.2.10:80:1"))
+    assert d.lookup_virtual(client, VIP, 80).bind_id == 0
+    stranger = parse_ip("198.19.0.5")                                # remembered: none
+    assert d.lookup_virtual(stranger, VIP, 80).bind_id == 0
+    d.assign(sid("192.0.2.10:80:2"), stranger, 32)
+    assert d.lookup_virtual(stranger, VIP, 80).bind_id == 2
+    monkeypatch.setattr(bindid, "MEMO_LIMIT", 8)
+    for host in range(1, 40):
+        expected = 2 if host < 8 else 0
+        addr = parse_ip(f"198.18.0.{host}") if host < 8 else parse_ip(f"198.19.1.{host}")
+        assert d.lookup_virtual(addr, VIP, 80).bind_id == expected
+        assert len(d.bindids._memo) <= 8
 
 
 def test_exact_port_instance_beats_all_ports_instance_for_equal_prefixes() -> None:

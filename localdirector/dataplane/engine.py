@@ -30,6 +30,7 @@ from ..model.director import Director
 from ..model.health import end_probe, start_probe
 from ..model.predictors import STICKY_LIMIT, expire_sticky, remember_sticky, sticky_closed
 from ..model.real import PhysicalMachine
+from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .conntrack import KernelTable, NoKernel
 from .dispatch import Dispatch
@@ -90,6 +91,7 @@ _CLIENT_SYN_MASK = SYN | ACK | RST | FIN
 SEQ_WINDOW = 1 << 22
 _SEQ_MASK = 0xFFFFFFFF
 _BOTH_FINS = FIN_IN | FIN_OUT
+_IN_SERVICE = State.IN_SERVICE
 # What the observer is told (see Engine.observe).
 OPENED = "open"
 ANSWERED = "answered"
@@ -112,8 +114,11 @@ class Engine:
         self._ports = ClientPorts(self.stats)
         self._expiry = Expiry(self.clock())
         self._probes: dict[PhysicalMachine, Connection] = {}
+        # What the model holds, recomputed when its generation moves (_refresh_model):
+        # the VIP addresses, and its virtuals and reals (by identity, for _close).
         self._vip_generation = -1
         self._vip_addrs: frozenset[int] = frozenset()
+        self._servers: frozenset[VirtualMachine | PhysicalMachine] = frozenset()
         self._resets_left = RESETS_PER_TICK
         self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
         self._sticky_logged_at = float("-inf")
@@ -152,19 +157,24 @@ class Engine:
         FASTPATH), so its packets take the control branches and the established userspace
         path pays nothing for the fast path."""
         fields = parse_tcp(buf)  # reads only the packet: no need to hold the lock
-        with self._lock:
+        # Not `with`: its __exit__ call costs a tenth of a microsecond a packet.
+        lock = self._lock
+        lock.acquire()
+        try:
             if type(fields) is int:
                 return self._not_tcp(buf, fields)
             ihl, size, src, dst, sport, dport, flags, seq, ack = fields
             now = self.clock()
             key = (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key, inlined
-            conns = self.director.conns
+            director = self.director
+            conns = director.conns
             # A packet to a VIP can only be a client's, so each direction probes one
             # table of a million entries, not two (a cache miss each). A client's packet
             # to a VIP since removed (its connections drain) is found by the fallback.
-            if self.director.generation != self._vip_generation:
-                self._refresh_vips()
-            if dst not in self._vip_addrs:
+            if director.generation != self._vip_generation:
+                self._refresh_model()
+            to_vip = dst in self._vip_addrs
+            if not to_vip:
                 conn = conns.reply.get(key)
                 if conn is not None:
                     if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
@@ -175,12 +185,17 @@ class Engine:
             conn = conns.inbound.get(key)
             if conn is not None:
                 if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
-                    verdict = self._client_control(buf, ihl, conn, src, dst, sport, dport,
-                                                   flags, seq, now)
+                    verdict = self._client_control(buf, ihl, conn, flags, seq, now)
                     if verdict is not None:
                         return verdict
                 return self._forward_in(buf, ihl, size, conn, src, ack, now)
-            return self._no_connection(buf, ihl, src, dst, sport, dport, flags, key, now)
+            if to_vip and flags & _CLIENT_SYN_MASK == SYN:
+                if not tcp_checksum_valid(buf, ihl):
+                    return self._drop(BAD_CHECKSUM)
+                return self._open(buf, ihl, size, src, dst, sport, dport, key, now)
+            return self._no_connection(buf, ihl, src, dst, dport, flags, key, now)
+        finally:
+            lock.release()
 
     def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
                     ack: int, now: float) -> int:
@@ -241,17 +256,16 @@ class Engine:
         return ACCEPT_MODIFIED
 
     # -- TCP state -----------------------------------------------------------------
-    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                        sport: int, dport: int, flags: int, seq: int,
-                        now: float) -> int | None:
+    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, flags: int,
+                        seq: int, now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual.
         A fast-path connection's client packet is a SYN queued while conntrack has seen no
         answer, a copy of a FIN or RST, or anything conntrack picked up as new (it lost
         the entry), which is marked again toward the same real."""
-        if _bad_flags(flags):
+        if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         if flags & _CLIENT_SYN_MASK == SYN:
-            return self._client_syn(buf, ihl, conn, src, dst, sport, dport, now)
+            return self._client_syn(buf, ihl, conn, now)
         state = conn.tcp_state
         if state is not CLOSED:
             if flags & _ENDS and conn.answered and not conn.fastpath \
@@ -262,7 +276,7 @@ class Engine:
             if flags & RST:
                 self._closing(conn, now)
             elif flags & FIN:
-                self._fin(conn, now, client=True)
+                self._fin(conn, now, True)
             elif conn.fastpath:
                 return self._fastpath.mark(conn)
             elif state is SYN_SENT and flags & ACK and conn.virtual.dispatched:
@@ -271,8 +285,8 @@ class Engine:
                 self.director.conns.set_state(conn, ESTABLISHED)
         return self._fastpath.noted() if conn.fastpath else None
 
-    def _client_syn(self, buf: bytearray, ihl: int, conn: Connection, src: int, dst: int,
-                    sport: int, dport: int, now: float) -> int | None:
+    def _client_syn(self, buf: bytearray, ihl: int, conn: Connection,
+                    now: float) -> int | None:
         """A client's SYN on a known connection: a new connection on a closed one's
         tuple, or a retransmission, which after `reassign` of them moves the connection
         (or refuses the client when no other real can take it)."""
@@ -282,7 +296,9 @@ class Engine:
             # The client reuses its port while the old connection lingers: that one
             # is over, and this SYN opens a new connection.
             self._close(conn, now)
-            return self._open(buf, ihl, src, dst, sport, dport, now)
+            return self._open(buf, ihl, (buf[2] << 8) | buf[3], conn.foreign_ip,
+                              conn.virtual_ip, conn.foreign_port, conn.virtual_port,
+                              conn.in_key, now)
         if conn.moved:
             # The first SYN the real a reassign chose gets: not a retransmission.
             conn.moved = False
@@ -306,7 +322,7 @@ class Engine:
         """State changes driven by the real; a verdict, or None to translate as usual.
         Before the real answered, a RST is its refusal of the SYN: nothing to check its
         sequence against (and it moves the connection, see _reassign)."""
-        if _bad_flags(flags):
+        if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         if conn.tcp_state is not CLOSED:
             if flags & _ENDS and conn.answered and not conn.fastpath:
@@ -322,7 +338,7 @@ class Engine:
                     conn.ack_in = (seq + 1) & _SEQ_MASK  # until the client's ACK says so
                     self._answered(conn, now)
             elif flags & FIN:
-                self._fin(conn, now, client=False)
+                self._fin(conn, now, False)
         return self._fastpath.noted() if conn.fastpath else None
 
     def _dispatched_answer(self, conn: Connection, now: float) -> None:
@@ -370,9 +386,13 @@ class Engine:
             real.response_time = sample
         else:
             real.response_time += RESPONSE_WEIGHT * (sample - real.response_time)
-        self._end_probe(conn)
-        self.director.note_answer(real)
-        self._notify(ANSWERED, conn)
+        if self._probes:
+            self._end_probe(conn)
+        if real.consecutive_fails or real.state is not _IN_SERVICE:  # else nothing to note
+            self.director.note_answer(real)
+        observer = self._observer
+        if observer is not None:
+            observer(ANSWERED, conn)
 
     def _closing(self, conn: Connection, now: float) -> None:
         """FIN both ways or RST: keep translating for a while (LINGER), then remove."""
@@ -380,63 +400,64 @@ class Engine:
         self._expiry.linger(conn, now)
 
     # -- connections ---------------------------------------------------------------
-    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int,
-                       dport: int, flags: int, key: int, now: float) -> int:
-        """FIG. 5 step 506 'no': a client SYN opens a connection; anything else toward a
-        VIP is dropped; traffic of reals with others is none of our business."""
+    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, dport: int,
+                       flags: int, key: int, now: float) -> int:
+        """FIG. 5 step 506 'no' for all but a client's SYN to a VIP (which `handle` hands
+        to `_open`): anything else toward a VIP is dropped; traffic of reals with others
+        is none of our business."""
         if dst not in self._vips():
             if key in self._ports:
                 return self._drop(STALE_REPLY)
             return self._unchanged()
-        if flags & _CLIENT_SYN_MASK != SYN:
-            if _bad_flags(flags):
-                return self._drop(BAD_FLAGS)
-            virtual = self.director.lookup_virtual(src, dst, dport)
-            if virtual is not None and virtual.fastpath:
-                if flags & _ENDS:
-                    # The end of a fast-path connection the engine does not know
-                    # (cleared, or from before a restart): conntrack translates it, if it
-                    # has it.
-                    return self._fastpath.noted()
-                return self._drop(NO_CONNECTION)
-            if virtual is not None and virtual.dispatched:
-                # ECMP moved the flow here from another director, or its connection
-                # ended here: it goes where the Maglev table says, as it went there.
-                verdict = self._dispatch.stranger(virtual, key)
-                if verdict is not None:
-                    return verdict
-            if virtual is None or flags & RST or self._resets_left <= 0:
-                return self._drop(NO_CONNECTION)
-            # Nobody knows this connection (from before a restart, or long closed): a
-            # RST tells the client now, as a closed port would, rather than letting it
-            # retransmit into silence for minutes.
-            self._resets_left -= 1
-            self.stats.drops[NO_CONNECTION] += 1
-            self.stats.unknown_resets += 1
-            reset_reply(buf, ihl)
-            return ACCEPT_MODIFIED
-        if not tcp_checksum_valid(buf, ihl):
-            return self._drop(BAD_CHECKSUM)
-        return self._open(buf, ihl, src, dst, sport, dport, now)
+        if _BAD_FLAGS[flags]:
+            return self._drop(BAD_FLAGS)
+        virtual = self.director.lookup_virtual(src, dst, dport)
+        if virtual is not None and virtual.fastpath:
+            if flags & _ENDS:
+                # The end of a fast-path connection the engine does not know
+                # (cleared, or from before a restart): conntrack translates it, if it
+                # has it.
+                return self._fastpath.noted()
+            return self._drop(NO_CONNECTION)
+        if virtual is not None and virtual.dispatched:
+            # ECMP moved the flow here from another director, or its connection
+            # ended here: it goes where the Maglev table says, as it went there.
+            verdict = self._dispatch.stranger(virtual, key)
+            if verdict is not None:
+                return verdict
+        if virtual is None or flags & RST or self._resets_left <= 0:
+            return self._drop(NO_CONNECTION)
+        # Nobody knows this connection (from before a restart, or long closed): a
+        # RST tells the client now, as a closed port would, rather than letting it
+        # retransmit into silence for minutes.
+        self._resets_left -= 1
+        self.stats.drops[NO_CONNECTION] += 1
+        self.stats.unknown_resets += 1
+        reset_reply(buf, ihl)
+        return ACCEPT_MODIFIED
 
-    def _open(self, buf: bytearray, ihl: int, src: int, dst: int, sport: int, dport: int,
-              now: float) -> int:
-        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified)."""
+    def _open(self, buf: bytearray, ihl: int, size: int, src: int, dst: int, sport: int,
+              dport: int, key: int, now: float) -> int:
+        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified). `size`:
+        its IP total length; `key`: its flow key, the new connection's `in_key`. What
+        every SYN pays is written out here rather than spread over small calls (a
+        Python call costs about as much as a dict insert into the table)."""
         director = self.director
-        table = director.conns.inbound
+        conns = director.conns
+        table = conns.inbound
         if len(table) >= director.settings.max_conns and not self._evict_half_open(now):
             return self._drop(CONN_LIMIT)
         virtual = director.lookup_virtual(src, dst, dport, count=True)
         if virtual is None:
             return self._drop(NO_VIRTUAL)
-        if _synguard_full(virtual):
+        if virtual.synguard and virtual.half_open >= virtual.synguard:
             virtual.synguard_drops += 1
             return self._drop(SYNGUARD)
-        decision = director.decide_for(virtual, src, now, flow=flow_key(src, sport, dst, dport))
+        decision = director.decide_for(virtual, src, now, flow=key)
         real, served = decision.real, decision.served_by
         if real is None or served is None:
             return self._refuse(buf, ihl, virtual)
-        if served is not virtual and _synguard_full(served):
+        if served is not virtual and served.synguard and served.half_open >= served.synguard:
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
         fastpath = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
@@ -448,20 +469,23 @@ class Engine:
         if fastpath:
             conn.fastpath = True  # the kernel's NAT remaps the client port if it must
         elif not served.dispatched:  # dispatched: nothing is translated
-            port = self._ports.choose(director.conns.reply, conn.real_ip, conn.real_port,
-                                      src, sport)
+            port = self._ports.choose(conns.reply, conn.real_ip, conn.real_port, src, sport)
             if port != sport:
                 conn.remap = port
-        director.conns.add(conn)
-        if len(table) > self.stats.peak_conns:
-            self.stats.peak_conns = len(table)
-        self._start_probe(conn)
+        conns.add(conn)
+        stats = self.stats
+        if len(table) > stats.peak_conns:
+            stats.peak_conns = len(table)
+        if real.state is not _IN_SERVICE:   # only a TESTING real takes a probe
+            self._start_probe(conn)
         self._expiry.start(conn, now)
-        self.stats.conns_created += 1
-        self._notify(OPENED, conn)
+        stats.conns_created += 1
+        observer = self._observer
+        if observer is not None:
+            observer(OPENED, conn)
         if fastpath:
             return self._fastpath.opened(conn)
-        return self._forward_in(buf, ihl, (buf[2] << 8) | buf[3], conn, src, 0, now)
+        return self._forward_in(buf, ihl, size, conn, src, 0, now)
 
     def _evict_half_open(self, now: float) -> bool:
         """The table is full: give up its oldest half-open connections (a SYN flood's,
@@ -512,23 +536,29 @@ class Engine:
     def _close(self, conn: Connection, now: float) -> None:
         """Remove a connection now (idempotent), remembering its tuple toward the real
         (userspace only: the kernel keeps its own TIME_WAIT for fast-path tuples)."""
-        conns = self.director.conns
-        if conns.inbound.get(conn.in_key) is not conn:
+        reply_key = self.director.conns.remove(conn)
+        if reply_key is None:
             return
-        conns.remove(conn)
         if not conn.fastpath:
-            self._ports.remember(conn.reply_key(), now)
-        self._end_probe(conn)
+            self._ports.remember(reply_key, now)
+        if self._probes:
+            self._end_probe(conn)
         self._expiry.closed()
         self.stats.conns_closed += 1
-        sticky_closed(conn.virtual, conn.foreign_ip, conn.real, now)
-        self._notify(CLOSED_EVENT, conn)
-        director = self.director
-        if (director.virtuals.get(conn.virtual.sid) is not conn.virtual
-                or director.reals.get(conn.real.sid) is not conn.real):
+        virtual, real = conn.virtual, conn.real
+        if virtual.sticky:
+            sticky_closed(virtual, conn.foreign_ip, real, now)
+        observer = self._observer
+        if observer is not None:
+            observer(CLOSED_EVENT, conn)
+        # Identity in a set, not a ServerId key (whose hash and == are Python code).
+        if self.director.generation != self._vip_generation:
+            self._refresh_model()
+        servers = self._servers
+        if virtual not in servers or real not in servers:
             # Its virtual or real was removed (or replaced by `reload`): netfilter kept
             # queueing its traffic for it alone (rules.desired_rules); let them go.
-            director.changed()
+            self.director.changed()
 
     def _start_probe(self, conn: Connection) -> None:
         """A TESTING real takes exactly one connection as its test (FIG. 3B)."""
@@ -545,12 +575,13 @@ class Engine:
     def _vips(self) -> frozenset[int]:
         """VIP addresses, recomputed only when the model changed."""
         if self.director.generation != self._vip_generation:
-            self._refresh_vips()
+            self._refresh_model()
         return self._vip_addrs
 
-    def _refresh_vips(self) -> None:
+    def _refresh_model(self) -> None:
         director = self.director
         self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
+        self._servers = frozenset((*director.virtuals.values(), *director.reals.values()))
         self._vip_generation = director.generation
 
     # -- ICMP and other protocols --------------------------------------------------
@@ -720,5 +751,5 @@ def _bad_flags(flags: int) -> bool:
     return not flags & (ACK | RST)
 
 
-def _synguard_full(virtual: VirtualMachine) -> bool:
-    return bool(virtual.synguard) and virtual.half_open >= virtual.synguard
+# _bad_flags of every flags byte: an index per control packet instead of a call.
+_BAD_FLAGS = tuple(_bad_flags(flags) for flags in range(256))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from ..model.connection import Connection, flow_key
+from ..model.connection import Connection
 from .stats import Stats
 
 TIME_WAIT = 60.0         # how long a closed tuple toward a real is avoided (Linux's value)
@@ -56,9 +56,10 @@ class ClientPorts:
                client_ip: int, port: int) -> int:
         """The client port to use toward the real: the client's own unless that tuple is
         live (in `reply`) or closed less than TIME_WAIT ago."""
+        base = (real_ip << 64) | (real_port << 48) | (client_ip << 16)   # flow_key, inlined
+        key = base | port
         recent = self._recent
-        base = flow_key(real_ip, real_port, client_ip, 0)
-        if base | port not in reply and base | port not in recent:
+        if key not in reply and key not in recent:
             return port
         self._stats.port_remaps += 1
         for _ in range(_COUNT):

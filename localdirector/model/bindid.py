@@ -3,7 +3,8 @@
 The patent keeps Bind ID objects in a list with a hash table on top (FIG. 4 step 412).
 Here the hash is per destination address and per prefix length, so a SYN costs at most
 one dict probe per prefix length in use for that VIP (<= 33), however many assign
-entries exist."""
+entries exist; and the answer for a client seen before is remembered (`MEMO_LIMIT`), so
+its next SYN costs one probe, until an assign entry is added or removed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .addr import prefix_mask
+
+# (VIP, client, port) answers remembered at most: a flood of spoofed sources empties the
+# memo when it fills rather than growing it (a few megabytes at most).
+MEMO_LIMIT = 1 << 16
+_UNKNOWN = object()   # not in the memo (None is a remembered "no Bind ID object")
 
 if TYPE_CHECKING:
     from .virtual import VirtualMachine
@@ -39,7 +45,8 @@ class _VipIndex:
 
     def __init__(self) -> None:
         self.by_prefix: dict[int, dict[int, list[BindIdObject]]] = {}
-        self.prefixes: list[tuple[int, int]] = []  # (prefixlen, mask), longest first
+        # (mask, network -> objects) per prefix length, longest first: what a SYN walks.
+        self.prefixes: list[tuple[int, dict[int, list[BindIdObject]]]] = []
 
     def add(self, obj: BindIdObject) -> None:
         table = self.by_prefix.get(obj.prefixlen)
@@ -59,7 +66,8 @@ class _VipIndex:
                 self._reindex()
 
     def _reindex(self) -> None:
-        self.prefixes = [(p, prefix_mask(p)) for p in sorted(self.by_prefix, reverse=True)]
+        self.prefixes = [(prefix_mask(p), self.by_prefix[p])
+                         for p in sorted(self.by_prefix, reverse=True)]
 
 
 class BindIdTable:
@@ -72,6 +80,9 @@ class BindIdTable:
         self.count = 0
         self._by_vip: dict[int, _VipIndex] = {}
         self._exact: dict[tuple[int, int, int], BindIdObject] = {}
+        # lookup's answers by flow key without the client port (flow_key's layout);
+        # emptied by every add and remove.
+        self._memo: dict[int, BindIdObject | None] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -104,6 +115,7 @@ class BindIdTable:
         self.tail = obj
         self.count += 1
         self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)] = obj
+        self._memo.clear()
         index = self._by_vip.get(obj.virtual.addr)
         if index is None:
             index = self._by_vip[obj.virtual.addr] = _VipIndex()
@@ -126,6 +138,7 @@ class BindIdTable:
         obj.in_use = False
         self.count -= 1
         del self._exact[key]
+        self._memo.clear()
         index = self._by_vip[obj.virtual.addr]
         index.remove(obj)
         if not index.prefixes:
@@ -140,19 +153,28 @@ class BindIdTable:
         virtual matches the destination; for equal prefixes an instance of the exact
         port beats an all-ports one (as for Bind ID 0), then the first configured."""
         index = self._by_vip.get(dst)
-        if index is None:
+        if index is None:   # no assign entry for this VIP: nothing to remember either
             return None
-        by_prefix = index.by_prefix
-        for prefixlen, mask in index.prefixes:
-            bucket = by_prefix[prefixlen].get(src & mask)
-            if bucket is not None:
-                all_ports = None
-                for obj in bucket:
-                    port = obj.virtual.port
-                    if port == dport:
-                        return obj
-                    if port == 0 and all_ports is None:
-                        all_ports = obj
-                if all_ports is not None:
-                    return all_ports
-        return None
+        key = (src << 64) | (dst << 16) | dport
+        memo = self._memo
+        found = memo.get(key, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found
+        found = None
+        for mask, table in index.prefixes:
+            bucket = table.get(src & mask)
+            if bucket is None:
+                continue
+            for obj in bucket:
+                port = obj.virtual.port
+                if port == dport:
+                    found = obj
+                    break
+                if port == 0 and found is None:
+                    found = obj
+            if found is not None:
+                break
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+        return found

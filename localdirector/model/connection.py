@@ -77,7 +77,8 @@ class Connection:
         self.ack_in = 0
         self.ack_out = 0
         self.fastpath = False
-        self.in_key = flow_key(foreign_ip, foreign_port, virtual_ip, virtual_port)
+        # flow_key, inlined: one call fewer for every SYN.
+        self.in_key = (foreign_ip << 64) | (foreign_port << 48) | (virtual_ip << 16) | virtual_port
 
     @property
     def foreign_ip(self) -> int:
@@ -147,24 +148,30 @@ class ConnectionTable:
     def add(self, conn: Connection) -> None:
         self.inbound[conn.in_key] = conn
         self.reply[conn.reply_key()] = conn
-        conn.virtual.conns_current += 1
-        conn.virtual.conns_total += 1
-        conn.real.current_conns += 1
-        conn.real.total_conns += 1
+        virtual, real = conn.virtual, conn.real
+        virtual.conns_current += 1
+        virtual.conns_total += 1
+        real.current_conns += 1
+        real.total_conns += 1
         if conn.tcp_state in HALF_OPEN_STATES:
-            conn.virtual.half_open += 1
+            virtual.half_open += 1
 
-    def remove(self, conn: Connection) -> None:
-        if self.inbound.get(conn.in_key) is not conn:
-            return
-        del self.inbound[conn.in_key]
+    def remove(self, conn: Connection) -> int | None:
+        """Take `conn` out of the table; returns its reply key (its tuple toward the
+        real, which a close remembers), None when it was not in the table."""
+        in_key = conn.in_key
+        if self.inbound.get(in_key) is not conn:
+            return None
+        del self.inbound[in_key]
         out_key = conn.reply_key()
         if self.reply.get(out_key) is conn:
             del self.reply[out_key]
-        conn.virtual.conns_current -= 1
+        virtual = conn.virtual
+        virtual.conns_current -= 1
         conn.real.current_conns -= 1
         if conn.tcp_state in HALF_OPEN_STATES:
-            conn.virtual.half_open -= 1
+            virtual.half_open -= 1
+        return out_key
 
     def set_state(self, conn: Connection, state: str) -> None:
         """Change the TCP state, keeping the virtual's half-open gauge exact."""

@@ -38,6 +38,7 @@ Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
 CheckKey = tuple[ServerId, str, int]   # (real, probe name, port)
 
 log = logging.getLogger("localdirector")
+_IN_SERVICE = State.IN_SERVICE   # per SYN: an Enum member is a class attribute lookup
 
 
 class ModelError(ValueError):
@@ -71,6 +72,10 @@ class Director:
         self.by_dest: dict[tuple[int, int], dict[int, VirtualMachine]] = {}
         # Bumped on every change so the netfilter rule manager knows to resync.
         self.generation = 0
+        # Each virtual's links as a tuple, for `decide_for`; valid for one generation
+        # (bind, unbind and the removal of either side all bump it).
+        self._links: dict[VirtualMachine, tuple[Link, ...]] = {}
+        self._links_generation = -1
         self._listeners: list[Callable[[], None]] = []
         # Active probes (model/probes.py): definitions by name, which server each is
         # attached to, and one check per (real, probe, port) they add up to.
@@ -568,12 +573,24 @@ class Director:
         # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
         chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
         for v in chain:
-            if v.state is State.IN_SERVICE:
-                real = select_real(v, src, now, self.available_backup, commit, exclude,
-                                   flow)
+            if v.state is _IN_SERVICE:
+                real = select_real(v, self._links_of(v), src, now, self.available_backup,
+                                   commit, exclude, flow)
                 if real is not None:
                     return Decision(virtual, real, v)
         return Decision(virtual, None)
+
+    def _links_of(self, virtual: VirtualMachine) -> tuple[Link, ...]:
+        """`virtual`'s links in order, walked once per generation rather than per SYN.
+        Only which reals are bound is kept: whether each may take a connection now
+        (health, probes, limits, none of which moves the generation) is asked anew."""
+        if self._links_generation != self.generation:
+            self._links.clear()
+            self._links_generation = self.generation
+        links = self._links.get(virtual)
+        if links is None:
+            links = self._links[virtual] = tuple(virtual.iter_links())
+        return links
 
     def available_backup(self, r: PhysicalMachine) -> PhysicalMachine | None:
         """The first of `r`'s backups (and theirs) that may take a connection now."""

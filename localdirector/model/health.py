@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .virtual import VirtualMachine
 
 log = logging.getLogger("localdirector")
+# For the tests every SYN makes: an Enum member costs a class attribute lookup each time.
+_IN_SERVICE = State.IN_SERVICE
+_TESTING = State.TESTING
 
 Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
 
@@ -31,24 +34,30 @@ def available(real: "PhysicalMachine") -> bool:
     """May take a new connection now (a TESTING real takes exactly one, its test)."""
     if real.probe_down:
         return False
-    if real.state is State.IN_SERVICE:
+    if real.state is _IN_SERVICE:
         return real.maxconns == 0 or real.current_conns < real.maxconns
-    return real.state is State.TESTING and not real.testing
+    return real.state is _TESTING and not real.testing
 
 
-def candidates(virtual: "VirtualMachine", exclude: "PhysicalMachine | None"
+def candidates(links: Iterable["Link"], exclude: "PhysicalMachine | None"
                ) -> tuple[list["Link"], "Link | None"]:
-    """The links whose real may take the connection, and the first TESTING one among
-    them (it takes the connection as its probe): one walk, as it runs for every SYN."""
-    links: list[Link] = []
+    """Those of a virtual's `links` whose real may take the connection, and the first
+    TESTING one among them (it takes the connection as its probe): one walk, as it runs
+    for every SYN. A real plainly in service (no probe holding it out, no connection
+    limit) is taken without the call to `available`, which would say the same."""
+    eligible: list[Link] = []
     testing: Link | None = None
-    for link in virtual.iter_links():
+    for link in links:
         real = link.real
-        if real is not exclude and available(real):
-            links.append(link)
-            if testing is None and real.state is State.TESTING:
+        if real is exclude:
+            continue
+        if real.state is _IN_SERVICE and not real.maxconns and not real.probe_down:
+            eligible.append(link)
+        elif available(real):
+            eligible.append(link)
+            if testing is None and real.state is _TESTING:
                 testing = link
-    return links, testing
+    return eligible, testing
 
 
 def start_probe(real: "PhysicalMachine") -> bool:

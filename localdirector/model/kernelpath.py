@@ -77,13 +77,14 @@ def pool(director: Director, virtual: VirtualMachine) -> Pool | None:
     for v in director.backup_chain(virtual):
         if v.state is not State.IN_SERVICE:
             continue
-        links, _testing = candidates(v, None)
+        bound = tuple(v.iter_links())
+        links, _testing = candidates(bound, None)
         if links:
             weights = [link.real.weight if v.predictor == "weighted" else 1
                        for link in links]
             common = gcd(*weights)
             return Pool(v, tuple((link.real, w // common) for link, w in zip(links, weights)))
-        backup = backup_for(v, director.available_backup)
+        backup = backup_for(bound, director.available_backup)
         if backup is not None:
             return Pool(v, ((backup, 1),))
     return None

@@ -33,6 +33,11 @@ TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
 # director gets legitimately, far less than its queue's capacity.
 NEW_SOURCE_SYNS = 5000
 KNOWN_SECONDS = 600        # an address stays known this long after its last ACK
+# The connection mark bit we own: a tracked connection (fast path, kernel-decided) whose
+# client address was already noted as known, so each connection updates the kernel's
+# list once instead of with every ACK (the list's lock cost kernel-decided virtuals 6 %
+# of their new connections a second; docs/design.rst, "Netfilter rules").
+KNOWN_CTMARK = 0x80000000
 
 
 @dataclass(frozen=True)
@@ -137,24 +142,45 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
             out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.
-    userspace = {addr for addr, _ in rules.vips}
-    for addr in sorted({addr for addr, _ in rules.fastpath} | set(rules.kernel)):
-        if addr not in userspace:
-            out += _guards(rules, addr, n) + flood_rules(addr, n)
+    for addr in tracked_vips(rules):
+        out += _guards(rules, addr, n) + flood_rules(addr, n, tracked=True)
     return out
 
 
-def flood_rules(addr: int, n: Names) -> list[str]:
+def tracked_vips(rules: RuleSet) -> list[int]:
+    """VIP addresses conntrack tracks (fast path, kernel-decided) and the engine's
+    untracked rules do not cover."""
+    userspace = {addr for addr, _ in rules.vips}
+    return [addr for addr in sorted({addr for addr, _ in rules.fastpath} | set(rules.kernel))
+            if addr not in userspace]
+
+
+def _known(n: Names) -> str:
+    return f"--name {n.known} --mask 255.255.255.255 --rsource"
+
+
+def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
     """The SYN budget of new sources toward one VIP address: a client's ACK makes its
     address known (a spoofed SYN flood sends none), and SYNs of addresses not known
-    share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name)."""
+    share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
+    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule)."""
     host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
-    known = f"--name {n.known} --mask 255.255.255.255 --rsource"
-    return [f"{host} --tcp-flags SYN,RST,ACK ACK -m recent --set {known}",
+    noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK -m recent --set "
+                                 f"{_known(n)}"]
+    return [*noting,
             f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m recent ! --rcheck "
-            f"--seconds {KNOWN_SECONDS} {known} -m hashlimit --hashlimit-above "
+            f"--seconds {KNOWN_SECONDS} {_known(n)} -m hashlimit --hashlimit-above "
             f"{NEW_SOURCE_SYNS}/sec --hashlimit-burst {NEW_SOURCE_SYNS} "
             f"--hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
+
+
+def known_rule(addr: int, n: Names) -> str:
+    """Mangle, after conntrack: the first ACK of a tracked connection notes its client's
+    address as known and marks the connection, so its later packets skip the list."""
+    mark = f"0x{KNOWN_CTMARK:x}"
+    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
+            f"ACK -m connmark --mark 0x0/{mark} -m recent --set {_known(n)} "
+            f"-j CONNMARK --set-xmark {mark}/{mark}")
 
 
 def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
@@ -175,9 +201,10 @@ def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
 
 
 def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
-    """The mangle chains' rules: which fast-path packets the engine sees, queued where
-    it gives a verdict (a SYN, a RST that may refuse it), copied where it only takes note."""
-    client: list[str] = []
+    """The mangle chains' rules: tracked VIPs' known clients, and which fast-path packets
+    the engine sees, queued where it gives a verdict (a SYN, a RST that may refuse it),
+    copied where it only takes note."""
+    client = [known_rule(addr, n) for addr in tracked_vips(rules)]
     real: list[str] = []
     for addr, ports in rules.fastpath:
         vip = format_ip(addr)

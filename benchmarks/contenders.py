@@ -164,8 +164,11 @@ class NfqueueNull(KernelNat):
         return [["PREROUTING", *m, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
                 for m in match]
 
+    binding: tuple[str, ...] = ()
+
     def start(self, bench: BenchLab) -> None:
-        self._spawn(bench, [sys.executable, "-m", "benchmarks.nfq_null", "--queue", "0"])
+        self._spawn(bench, [sys.executable, "-m", "benchmarks.nfq_null", "--queue", "0",
+                            *self.binding])
         deadline = time.monotonic() + 10
         while "bound" not in self._log_text():
             if self.proc is not None and self.proc.poll() is not None or \
@@ -184,6 +187,15 @@ class NfqueueNull(KernelNat):
         notes = super().stop(bench)
         self._terminate()
         return notes
+
+
+class NfqueueNullOwn(NfqueueNull):
+    """Diagnostic: the do-nothing worker on the appliance's own binding (batched
+    verdicts, GSO), accepting every packet unchanged: the floor of that binding."""
+
+    name = "nfqueue-null-own"
+    description = "kernel NAT + a do-nothing worker on localdirector's NFQUEUE binding"
+    binding = ("--binding", "own")
 
 
 class HAProxy(Contender):
@@ -300,7 +312,7 @@ class LocalDirectorKernel(LocalDirectorFastpath):
 
 def all_contenders() -> list[Contender]:
     return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
-            LocalDirectorKernel(), NfqueueNull()]
+            LocalDirectorKernel(), NfqueueNull(), NfqueueNullOwn()]
 
 
 def queue_counters(bench: BenchLab, queue_num: int = 0) -> dict[str, int] | None:

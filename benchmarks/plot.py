@@ -18,17 +18,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PANELS = [("keepalive.requests_per_s", "keep-alive requests/s"),
           ("close.connections_per_s", "new connections/s (Connection: close)")]
-TICKS = {"nfqueue-null": "nfqueue-null\n(diagnostic)",
+TICKS = {"localdirector": "localdirector\nuserspace",
          "localdirector-fastpath": "localdirector\nfastpath",
-         "localdirector-kernel": "localdirector\nfastpath kernel"}
+         "localdirector-kernel": "localdirector\nfastpath\nkernel",
+         "nfqueue-null": "nfqueue-null\n(diagnostic)",
+         "nfqueue-null-own": "nfqueue-null\nown binding\n(diagnostic)"}
 COLOURS = {"direct": "#8c8c8c", "kernel-nat": "#4c72b0", "haproxy": "#dd8452",
            "localdirector": "#55a868", "localdirector-fastpath": "#2f7d4a",
-           "localdirector-kernel": "#1b4d2c", "nfqueue-null": "#c4ad66"}
+           "localdirector-kernel": "#1b4d2c", "nfqueue-null": "#c4ad66",
+           "nfqueue-null-own": "#a89350"}
 
 
 def plot(result: dict, output: Path) -> None:
     names = list(result["contenders"])
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 4.6))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 5.0))
     for ax, (key, title) in zip(axes, PANELS):
         stats = result["summary"][key]["contenders"]
         medians = [stats[n]["median"] if n in stats else 0.0 for n in names]
@@ -43,7 +46,7 @@ def plot(result: dict, output: Path) -> None:
             # Above the whisker, so the label never sits on it.
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, top),
                         xytext=(0, 4), textcoords="offset points", ha="center", fontsize=9)
-        ax.set_xticks(range(len(names)), [TICKS.get(n, n) for n in names], fontsize=9)
+        ax.set_xticks(range(len(names)), [TICKS.get(n, n) for n in names], fontsize=8)
         ax.set_title(title, fontsize=11)
         ax.set_ylabel(result["summary"][key]["unit"])
         ax.set_ylim(0, max(m + h for m, h in zip(medians, high)) * 1.18 if medians else 1)

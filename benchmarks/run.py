@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders",
                         default="direct,kernel-nat,haproxy,localdirector,"
                                 "localdirector-fastpath,localdirector-kernel,nfqueue-null",
-                        help="which to measure, comma-separated [all seven]")
+                        help="which to measure, comma-separated [all but the nfqueue-null-own "
+                             "diagnostic]")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--settle", type=float, default=1.0,
                         help="pause between measurements, seconds [1]")

@@ -176,27 +176,38 @@ def raw_table(lab: Lab) -> str:
     return proc.stdout
 
 
-@pytest.fixture
-def appliance(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., Console]]:
-    """`appliance(config_lines_or_path, *extra_args)` boots an appliance in the lab; on
-    teardown it must exit cleanly and leave no rule behind."""
-    consoles: list[Console] = []
+class Appliances:
+    """`appliances(config_lines_or_path, *extra_args)` boots an appliance in the lab;
+    `exit_all()` makes each still running exit, cleanly."""
 
-    def boot(lines: list[str] | Path, *extra: str) -> Console:
+    def __init__(self, lab: Lab, tmp_path: Path) -> None:
+        self._lab, self._tmp_path = lab, tmp_path
+        self.consoles: list[Console] = []
+
+    def __call__(self, lines: list[str] | Path, *extra: str) -> Console:
         if isinstance(lines, Path):
             config = lines
         else:
-            config = tmp_path / f"startup-config-{len(consoles)}"
+            config = self._tmp_path / f"startup-config-{len(self.consoles)}"
             config.write_text("\n".join(lines) + "\n")
-        console = Console(lab_argv(lab, config, *extra))
-        consoles.append(console)
+        console = Console(lab_argv(self._lab, config, *extra))
+        self.consoles.append(console)
         assert "% " not in console.boot_messages, console.boot_messages
         return console
 
-    yield boot
-    for console in consoles:
-        if console.child.isalive():
-            assert console.exit() == 0
+    def exit_all(self) -> None:
+        for console in self.consoles:
+            if console.child.isalive():
+                assert console.exit() == 0
+
+
+@pytest.fixture
+def appliance(lab: Lab, tmp_path: Path) -> Iterator[Appliances]:
+    """Appliances booted in the lab; on teardown each must exit cleanly and leave no
+    rule behind."""
+    appliances = Appliances(lab, tmp_path)
+    yield appliances
+    appliances.exit_all()
     assert "LOCALDIRECTOR" not in raw_table(lab)
 
 

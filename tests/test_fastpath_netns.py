@@ -11,11 +11,11 @@ from __future__ import annotations
 import collections
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from appliance_driver import (FIG1_CONFIG, GENERAL, R11, R12, R13, R14, R15,
-                              SETTLE, VIP, Console, appliance, bodies, held_bodies,
+from appliance_driver import (Appliances, FIG1_CONFIG, GENERAL, R11, R12, R13, R14, R15,
+                              SETTLE, VIP, appliance, bodies, held_bodies,
                               hold, name, simple_config,
                               ditched_then_retried, fig1_pools_answer,
                               ten_megabytes_each_way)
@@ -35,20 +35,11 @@ def iptables_save(lab: Lab, table: str) -> str:
 
 
 @pytest.fixture
-def boot(lab: Lab, appliance) -> Iterator[Callable[..., Console]]:
+def boot(lab: Lab, appliance: Appliances) -> Iterator[Appliances]:
     """`appliance`, plus: on the way out every console exits and none of our chains is
     left in any of the three tables the fast path uses."""
-    consoles: list[Console] = []
-
-    def start(lines, *extra: str) -> Console:
-        console = appliance(lines, *extra)
-        consoles.append(console)
-        return console
-
-    yield start
-    for console in consoles:
-        if console.child.isalive():
-            assert console.exit() == 0
+    yield appliance
+    appliance.exit_all()
     for table in ("raw", "mangle", "nat"):
         assert "LOCALDIRECTOR" not in iptables_save(lab, table), table
 

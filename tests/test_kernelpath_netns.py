@@ -10,10 +10,10 @@ ends by making sure the appliance took its table out.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
+from appliance_driver import (Appliances, FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
                               UNWELCOME, VIP, Console, appliance, bodies, fig1_pools_answer,
                               name, simple_config)
 
@@ -41,19 +41,10 @@ def nft_table(lab: Lab) -> str:
 
 
 @pytest.fixture
-def boot(lab: Lab, appliance) -> Iterator[Callable[..., Console]]:
+def boot(lab: Lab, appliance: Appliances) -> Iterator[Appliances]:
     """`appliance`, plus: on the way out every console exits and our nft table is gone."""
-    consoles: list[Console] = []
-
-    def start(lines, *extra: str) -> Console:
-        console = appliance(lines, *extra)
-        consoles.append(console)
-        return console
-
-    yield start
-    for console in consoles:
-        if console.child.isalive():
-            assert console.exit() == 0
+    yield appliance
+    appliance.exit_all()
     assert "localdirector" not in nft_tables(lab)
 
 

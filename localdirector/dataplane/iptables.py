@@ -115,13 +115,19 @@ Existing = dict[str, tuple[dict[str, int], set[str]]]
 
 def run_iptables(argv: list[str], stdin: str = "") -> str:
     """Run one iptables tool; a failure raises RulesError with iptables' own message."""
+    return run_tool(argv, stdin, line=-1)
+
+
+def run_tool(argv: list[str], stdin: str = "", line: int = -1) -> str:
+    """Run a netfilter tool; a failure raises RulesError with line `line` of what it
+    said (iptables puts the reason last, nft first)."""
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RulesError(f"{argv[0]}: {exc}") from None
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise RulesError(f"{' '.join(argv)} failed: {detail[-1] if detail else done.returncode}")
+        raise RulesError(f"{' '.join(argv)} failed: {detail[line] if detail else done.returncode}")
     return done.stdout
 
 

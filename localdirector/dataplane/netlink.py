@@ -3,6 +3,7 @@ family's socket, message headers and attribute walks, built with ``struct`` (no 
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -64,3 +65,17 @@ def find_attr(data: bytes, offset: int, end: int, kind: int) -> tuple[int, int] 
             return offset + ATTR.size, offset + length
         offset += (length + 3) & ~3
     return None
+
+
+def configure(sock: socket.socket, mtype: int, body: bytes, what: str) -> None:
+    """One configuration request, answered by the kernel's acknowledgement; its refusal
+    raises OSError naming `what` (the queue or group). `sock` must block (a timeout)."""
+    sock.send(message(mtype, NLM_F_REQUEST | NLM_F_ACK, 0, body))
+    while True:
+        data = sock.recv(65536)
+        for start, _end, kind, _seq in messages(data):
+            if kind == NLMSG_ERROR:
+                code = error_code(data, start)
+                if code:
+                    raise OSError(code, f"{what}: {os.strerror(code)}")
+                return

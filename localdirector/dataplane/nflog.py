@@ -19,13 +19,12 @@ receives, non-blocking, in the worker's poll loop.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable
 
 from . import netlink
-from .netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, attr
+from .netlink import attr
 
 _ULOG = 4 << 8                 # NFNL_SUBSYS_ULOG in the message type's high byte
 _MSG_PACKET, _MSG_CONFIG = 0, 1
@@ -96,18 +95,9 @@ class PacketLog:
             raise
 
     def _config(self, attrs: bytes) -> None:
-        """One configuration request; raises OSError with the kernel's refusal."""
-        body = netlink.NFGEN.pack(socket.AF_UNSPEC, 0, self.group) + attrs
-        self._sock.send(netlink.message(_ULOG | _MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 0,
-                                        body))
-        while True:
-            data = self._sock.recv(65536)
-            for start, _end, mtype, _seq in netlink.messages(data):
-                if mtype == NLMSG_ERROR:
-                    code = netlink.error_code(data, start)
-                    if code:
-                        raise OSError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
-                    return
+        netlink.configure(self._sock, _ULOG | _MSG_CONFIG,
+                          netlink.NFGEN.pack(socket.AF_UNSPEC, 0, self.group) + attrs,
+                          f"NFLOG group {self.group}")
 
     def fileno(self) -> int:
         return self._sock.fileno()

@@ -22,13 +22,12 @@ for acknowledgements (a refused one comes back as an error message, counted).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable
 
 from . import netlink
-from .netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, attr
+from .netlink import NLM_F_REQUEST, NLMSG_ERROR, attr
 
 _QUEUE = 3 << 8                # NFNL_SUBSYS_QUEUE in the message type's high byte
 MSG_PACKET, MSG_VERDICT, MSG_CONFIG = _QUEUE | 0, _QUEUE | 1, _QUEUE | 2
@@ -203,17 +202,9 @@ class PacketQueue(VerdictBatch):
         super().__init__(queue_num, self._sock.sendmsg)
 
     def _config(self, attrs: bytes) -> None:
-        """One configuration request; raises OSError with the kernel's refusal."""
-        body = netlink.NFGEN.pack(socket.AF_UNSPEC, 0, self.queue_num) + attrs
-        self._sock.send(netlink.message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 0, body))
-        while True:
-            data = self._sock.recv(65536)
-            for start, _end, mtype, _seq in netlink.messages(data):
-                if mtype == NLMSG_ERROR:
-                    code = netlink.error_code(data, start)
-                    if code:
-                        raise OSError(code, f"NFQUEUE {self.queue_num}: {os.strerror(code)}")
-                    return
+        netlink.configure(self._sock, MSG_CONFIG,
+                          netlink.NFGEN.pack(socket.AF_UNSPEC, 0, self.queue_num) + attrs,
+                          f"NFQUEUE {self.queue_num}")
 
     def fileno(self) -> int:
         return self._sock.fileno()

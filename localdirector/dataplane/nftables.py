@@ -14,14 +14,13 @@ them, so the connection counts folded into the model stay exact."""
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 
 from ..model import kernelpath
 from ..model.addr import format_ip
 from ..model.director import Director
 from ..model.serverid import ALL_PORTS, ServerId
-from .ruleset import RulesError
+from .iptables import run_tool
 
 BASE = "prerouting"        # the table's one base chain: nat PREROUTING, at dstnat
 SYN_ONLY = "tcp flags & (fin | syn | rst | ack) == syn"
@@ -265,12 +264,4 @@ def found_shape(listing: str) -> tuple[Shape, dict[str, int]]:
 
 def run_nft(argv: list[str], stdin: str = "") -> str:
     """Run nft; a failure raises RulesError with nft's own message."""
-    try:
-        done = subprocess.run(["nft", *argv], input=stdin, capture_output=True, text=True,
-                              timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RulesError(f"nft: {exc}") from None
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise RulesError(f"nft {' '.join(argv)} failed: {detail[0] if detail else done.returncode}")
-    return done.stdout
+    return run_tool(["nft", *argv], stdin, line=0)

@@ -12,7 +12,8 @@ import pytest
 from test_shell_commands import Shell
 
 from localdirector.dataplane.kerneltable import KernelTable
-from localdirector.dataplane.nftables import (definition, desired_kernel, update_text)
+from localdirector.dataplane.nftables import (Shape, definition, desired_kernel, expected_shape,
+                                             install_text, update_text)
 from localdirector.model import kernelpath
 from localdirector.model.addr import parse_ip
 from localdirector.model.director import Director
@@ -214,12 +215,22 @@ class FakeNft:
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.packets: dict[str, int] = {}
+        self.shape: Shape | None = None   # maps and rules per chain the listing shows
+        self.listings = 0
 
     def __call__(self, argv: list[str], stdin: str) -> str:
         if argv[:2] == ["-f", "-"]:
             self.texts.append(stdin)
             return ""
-        items = [{"counter": {"name": n, "packets": p}} for n, p in self.packets.items()]
+        self.listings += 1
+        items: list[dict] = [{"counter": {"name": n, "packets": p}}
+                             for n, p in self.packets.items()]
+        if self.shape is not None:
+            _counters, maps, chains = self.shape
+            items += [{"map": {"name": name}} for name in maps]
+            for chain, rules in chains:
+                items += [{"chain": {"name": chain}}]
+                items += [{"rule": {"chain": chain}}] * rules
         return json.dumps({"nftables": items})
 
 
@@ -247,6 +258,25 @@ def test_counters_fold_exactly_and_retire_one_update_late(kernel: Shell) -> None
     assert f"delete counter ip localdirector9 {counter}" in nft.texts[-1]
     assert real.total_conns == 8 and virtual.conns_total == 8
     assert not table.update(desired_kernel(d), d)   # unchanged: no nft run
+
+
+def test_one_listing_verifies_the_table_and_folds_its_counters(kernel: Shell) -> None:
+    d = kernel.director
+    nft = FakeNft()
+    table = KernelTable(9, nft)
+    rules = desired_kernel(d)
+    table.install(rules)
+    nft.shape = expected_shape(rules)
+    counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
+    nft.packets = dict.fromkeys(rules.counters, 0) | {counter: 3}
+    real = d.reals[sid("203.0.113.11")]
+    assert not table.repair(d)                    # intact: counted, nothing reinstalled
+    assert (nft.listings, len(nft.texts), real.total_conns) == (1, 1, 3)
+    nft.shape = None                              # someone flushed its rules and maps
+    nft.packets[counter] = 4
+    assert table.repair(d) and table.repairs == 1
+    assert real.total_conns == 4                  # what the counter still held
+    assert nft.texts[-1] == install_text(rules, "localdirector9")
 
 
 def test_update_keeps_the_counters_and_the_base_chain() -> None:

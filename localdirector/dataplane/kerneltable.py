@@ -1,6 +1,7 @@
 """Our nftables table for the kernel-decided fast path, changed by transactions:
 KernelTable installs, updates, verifies (and repairs) and removes it, and folds its
-counters into the model's connection counts (docs/design.rst, "Decided in the kernel").
+counters into the model's connection counts (at every verification, from the listing it
+verifies) (docs/design.rst, "Decided in the kernel").
 
 The table exists only while some virtual is decided in the kernel, so an appliance
 without such virtuals never needs nft. Each change is one ``nft -f -`` run, atomic in
@@ -89,9 +90,13 @@ class KernelTable:
         """Add what the counters counted since the last fold to the model's totals:
         connections to the serving virtual and its real, refused SYNs to the virtual. A
         server since removed takes its count with it."""
-        if not self._present:
-            return
-        counts = found_shape(self._run(["-j", "list", "table", "ip", self.table], ""))[1]
+        if self._present:
+            self._fold(director, found_shape(self._list())[1])
+
+    def _list(self) -> str:
+        return self._run(["-j", "list", "table", "ip", self.table], "")
+
+    def _fold(self, director: Director, counts: dict[str, int]) -> None:
         with director.lock:
             for name, packets in counts.items():
                 delta = packets - self._folded.get(name, 0)
@@ -111,28 +116,24 @@ class KernelTable:
                 if real is not None:
                     real.total_conns += delta
 
-    def intact(self) -> bool:
-        """Whether the kernel still holds the table as we left it (counters, maps and
-        rules per chain; counters retired but not yet deleted may be there too)."""
-        if not self._present:
-            return True
-        try:
-            listing = self._run(["-j", "list", "table", "ip", self.table], "")
-        except RulesError:
-            return False   # gone
-        (counters, maps, chains), _counts = found_shape(listing)
-        want_counters, want_maps, want_chains = expected_shape(self.applied)
-        return want_counters <= counters and (maps, chains) == (want_maps, want_chains)
-
     def repair(self, director: Director) -> bool:
-        """Reinstall the table if someone changed it; True when it had to. What its
-        counters counted since the last fold is lost with it."""
-        if self.intact():
+        """Reinstall the table if the kernel no longer holds it as we left it (counters,
+        maps and rules per chain; counters retired but not yet deleted may be there
+        too); True when it had to. One listing serves both: an intact table's counters
+        are folded from it, a changed one's as far as they are still there."""
+        if not self._present:
             return False
         try:
-            self.fold(director)
+            shape, counts = found_shape(self._list())
         except RulesError:
-            pass
+            shape, counts = None, {}   # gone
+        if shape is not None:
+            counters, maps, chains = shape
+            want_counters, want_maps, want_chains = expected_shape(self.applied)
+            intact = want_counters <= counters and (maps, chains) == (want_maps, want_chains)
+            self._fold(director, counts)
+            if intact:
+                return False
         self.install(self.applied)
         self.repairs += 1
         return True

@@ -6,8 +6,8 @@ then runs iptables without it, so neither the shell nor the packet path ever wai
 a subprocess. After every change and every VERIFY_SECONDS it checks that the kernel
 still holds our rules and reinstalls them if not (another program flushed the table).
 The kernel-decided fast path's nftables table follows the same way, and its counters are
-folded into the model's connection counts at every wake-up (at least every
-VERIFY_SECONDS)."""
+folded into the model's connection counts as it is verified (at every wake-up, at least
+every VERIFY_SECONDS)."""
 
 from __future__ import annotations
 
@@ -75,18 +75,19 @@ class RuleSync(threading.Thread):
                 self.sync_once()
             if self.verify() and self.synced_generation != self.director.generation:
                 self.sync_once()   # the repair put back the last rules that applied
-            self.fold()
 
     def verify(self) -> bool:
-        """Reinstall our rules if they are not in the kernel as we left them; True when
-        they were not."""
-        try:
-            repaired = self.manager.repair() | self.kernel.repair(self.director)
-        except RulesError as exc:
-            self.errors += 1
-            log.error("netfilter rules of NFQUEUE %d not verified: %s",
-                      self.manager.queue_num, exc)
-            return False
+        """Reinstall our rules and our nft table if they are not in the kernel as we left
+        them (the table's counters are folded into the model as it is read); True when
+        either was not."""
+        repaired = False
+        for repair in (self.manager.repair, lambda: self.kernel.repair(self.director)):
+            try:
+                repaired |= repair()
+            except RulesError as exc:
+                self.errors += 1
+                log.error("netfilter rules of NFQUEUE %d not verified: %s",
+                          self.manager.queue_num, exc)
         if repaired:
             log.warning("netfilter rules of NFQUEUE %d were changed by someone else: "
                         "reinstalled", self.manager.queue_num)
@@ -106,14 +107,6 @@ class RuleSync(threading.Thread):
             log.error("netfilter rules not updated: %s", exc)
             return
         self.synced_generation = generation
-
-    def fold(self) -> None:
-        """The kernel-decided connections counted since the last fold, into the model."""
-        try:
-            self.kernel.fold(self.director)
-        except RulesError as exc:
-            self.errors += 1
-            log.error("kernel-decided connection counts not read: %s", exc)
 
     def adopt(self, director: Director) -> None:
         """`reload`: follow the new model from now on, and bring the rules up to it."""

@@ -10,6 +10,7 @@ import localdirector
 from localdirector import syslog
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
+from localdirector.model.fastpath import FAST, KERNEL, USERSPACE, mode
 from localdirector.model.real import PhysicalMachine
 from localdirector.model.serverid import ServerPattern
 from localdirector.model.virtual import VirtualMachine
@@ -75,15 +76,10 @@ def show_virtual(session: Session, pattern: ServerPattern | None = None,
                     "Backup", "Path"), _virtual_row, _virtual_detail)
 
 
-def _path(v: VirtualMachine) -> str:
-    """How its connections are decided and translated (docs/design.rst, "Fast path")."""
-    if v.kernel:
-        return "fast path, decided in the kernel"
-    return "fast path" if v.fastpath else "userspace"
-
-
-# The Path column: one word each (tables split on spaces).
-_PATH_WORDS = {(False, False): "userspace", (True, False): "fastpath", (True, True): "kernel"}
+# How a virtual's connections are decided and translated (docs/design.rst, "Fast
+# path"): in the detail view, and as the Path column's one word (tables split on spaces).
+_PATH = {USERSPACE: "userspace", FAST: "fast path", KERNEL: "fast path, decided in the kernel"}
+_PATH_WORDS = {USERSPACE: "userspace", FAST: "fastpath", KERNEL: "kernel"}
 _UNKNOWN = Cell("-", None)
 
 
@@ -93,7 +89,7 @@ def _virtual_row(d: Director, v: VirtualMachine) -> tuple:
     return (d.fmt(v.sid), d.virtual_state(v), _UNKNOWN if v.kernel else v.conns_current,
             _UNKNOWN if v.kernel else v.half_open, v.conns_total, v.predictor,
             sum(1 for _ in v.iter_links()), d.fmt(v.backup) if v.backup else "-",
-            _PATH_WORDS[(v.fastpath, v.kernel)])
+            _PATH_WORDS[mode(v)])
 
 
 def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
@@ -101,7 +97,7 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
                       for link in v.iter_links()) or "none bound"
     return [
         f"Virtual {d.fmt(v.sid)}, state {d.virtual_state(v)}, predictor {v.predictor}, "
-        f"{_path(v)}, "
+        f"{_PATH[mode(v)]}, "
         f"{'dispatched' if v.dispatched else 'directed'}",
         (f"  Connections: {v.conns_total} total (current and half-open are not known: "
          "the kernel decides and translates them)" if v.kernel else

@@ -11,23 +11,21 @@ it, and only once no rule refers to it any more, so no connection goes uncounted
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from ..model.director import Director
 from ..model.serverid import ServerId
+from .iptables import Runner
 from .nftables import (KernelRules, expected_shape, found_shape, install_text, removal_text,
                        run_nft, table_name, update_text)
 from .ruleset import RulesError
 
 log = logging.getLogger("localdirector")
 
-NftRunner = Callable[[list[str], str], str]
-
 
 class KernelTable:
     """Owns table ``ip localdirector<queue>`` in the current network namespace."""
 
-    def __init__(self, queue_num: int, runner: NftRunner = run_nft) -> None:
+    def __init__(self, queue_num: int, runner: Runner = run_nft) -> None:
         self.table = table_name(queue_num)
         self._run = runner
         self.applied = KernelRules()

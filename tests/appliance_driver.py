@@ -149,13 +149,24 @@ class Console:
     def statistics_and_kernel(self) -> tuple[dict[str, int], dict[str, int]]:
         """Both from one `show statistics`: counters that must add up are read in one
         go, not across two commands while packets still arrive."""
+        table, lines = self.statistics_and_lines()
+        return table, lines["Kernel"]
+
+    def statistics_and_lines(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The counter table and every labelled line of one `show statistics`, e.g.
+        lines["Fast path"] == {'reals in the mark map': 3, 'packets copied (NFLOG)': 90,
+        ...}."""
         out = self.run("show statistics")
         table = {" ".join(cells[:-1]): int(cells[-1])
                  for cells in (line.split() for line in out.split("\n"))
                  if len(cells) >= 2 and cells[-1].isdigit() and ":" not in cells[0]}
-        line = next(l for l in out.split("\n") if l.startswith("Kernel:"))
-        counts = re.findall(r"(\d+) ([A-Za-z][A-Za-z ()-]*)", line.partition(":")[2])
-        return table, {what.strip(): int(n) for n, what in counts}
+        lines = {}
+        for line in out.split("\n"):
+            label, colon, rest = line.partition(":")
+            if colon and label and not label[0].isspace():
+                counts = re.findall(r"(\d+) ([A-Za-z][A-Za-z ()-]*)", rest)
+                lines[label] = {what.strip(): int(n) for n, what in counts}
+        return table, lines
 
     def exit(self) -> int | None:
         self.child.sendline("exit")

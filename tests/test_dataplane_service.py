@@ -18,7 +18,7 @@ from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
-from localdirector.dataplane.iptables import flood_rules, names, raw_rules
+from localdirector.dataplane.iptables import flood_rules, known_set, names, raw_rules
 from localdirector.dataplane.nfqueue import SKB_CSUM_NOT_READY, SKB_GSO
 from localdirector.dataplane.packet import (checksum, rewrite, tcp_checksum_full,
                                             tcp_checksum_valid)
@@ -43,10 +43,14 @@ class FakeIptables:
     def __init__(self, saved: str | None = None) -> None:
         self.saved = saved
         self.restored: list[str] = []
+        self.ipset: list[list[str]] = []     # the ipset commands run, in order
         self.fail = False
         self.raw: dict[str, list[str]] = {"PREROUTING": [], "OUTPUT": []}
 
     def __call__(self, argv: list[str], stdin: str) -> str:
+        if argv[0] == "ipset":
+            self.ipset.append(argv)
+            return ""
         if argv[0] == "iptables-save":
             if self.saved is not None and argv != ["iptables-save", "-t", "raw"]:
                 return self.saved
@@ -191,6 +195,27 @@ def test_remove_takes_out_what_exists() -> None:
     clean = FakeIptables()
     RuleManager(7, clean).remove()
     assert clean.restored == []
+
+
+def test_the_set_of_known_clients_is_there_before_the_rules_and_goes_after_them() -> None:
+    """The flood rules match the ipset by name: iptables refuses a rule naming a set
+    that does not exist, and ipset a set that a rule still uses."""
+    fake, tools = FakeIptables(), []
+
+    def runner(argv: list[str], stdin: str) -> str:
+        if argv[0] != "iptables-save":
+            tools.append(argv[0])
+        return fake(argv, stdin)
+
+    manager = RuleManager(7, runner)
+    manager.install(desired_rules(director()))
+    manager.remove()
+    assert tools == ["ipset", "iptables-restore", "iptables-restore", "iptables-restore",
+                     "ipset"]   # create; the rules, the defragmenter's chain; out; destroy
+    create, destroy = known_set(names(7))
+    assert fake.ipset == [create, destroy]
+    assert create == ["ipset", "create", "ldknown7", "hash:ip", "family", "inet", "timeout",
+                      "600", "maxelem", "262144", "-exist"]
 
 
 def test_sync_thread_follows_changes_and_survives_refusals() -> None:

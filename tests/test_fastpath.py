@@ -19,7 +19,7 @@ from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.iptables import (flood_rules, known_rule, mangle_rules, names,
+from localdirector.dataplane.iptables import (flood_rules, known_rules, mangle_rules, names,
                                              nat_rules, raw_rules)
 from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
 from localdirector.dataplane.transactions import RuleManager
@@ -356,7 +356,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     fast_vip = [line for line in raw if "ldknown7" in line and "192.0.2.10/32" in line]
     assert fast_vip == [flood_rules(0xC000020A, Q7)[-1]]
     assert mangle_rules(rules, Q7) == [
-        known_rule(0xC000020A, Q7),
+        *known_rules(0xC000020A, Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
         "-j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
@@ -378,20 +378,22 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 
 
 def test_tracked_vips_note_a_known_client_once_per_connection() -> None:
-    """After conntrack, the first ACK of a connection sets our connection-mark bit while
-    it notes the address; later packets fail the connmark match before the list."""
-    assert known_rule(0xC000020A, Q7) == (
-        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK ACK "
-        "-m connmark --mark 0x0/0x80000000 -m recent --set --name ldknown7 "
-        "--mask 255.255.255.255 --rsource -j CONNMARK --set-xmark 0x80000000/0x80000000")
-    assert not any("--set" in line for line in flood_rules(0xC000020A, Q7, tracked=True))
+    """After conntrack, the first ACK of a connection notes the address in the set and
+    sets our connection-mark bit; later packets fail the connmark match before the set."""
+    first_ack = ("-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
+                 "ACK -m connmark --mark 0x0/0x80000000")
+    assert known_rules(0xC000020A, Q7) == [
+        f"{first_ack} -j SET --add-set ldknown7 src --exist",
+        f"{first_ack} -j CONNMARK --set-xmark 0x80000000/0x80000000"]
+    assert not any("--add-set" in line for line in flood_rules(0xC000020A, Q7, tracked=True))
 
 
 def test_port_zero_fast_virtual_matches_every_port() -> None:
     d = Director()
     d.add_virtual(sid("192.0.2.30:0")).fastpath = True
     lines = mangle_rules(desired_rules(d), Q7)
-    assert lines[1] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
+    assert lines[:2] == known_rules(0xC000021E, Q7)
+    assert lines[2] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
                         "-j LOCALDIRECTOR7-QUEUE")
     assert all("--dport" not in line and "--ctorigdstport" not in line for line in lines)
 

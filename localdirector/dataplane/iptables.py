@@ -32,11 +32,15 @@ TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
 # rules"). A few thousand new client addresses a second is far more than a Python
 # director gets legitimately, far less than its queue's capacity.
 NEW_SOURCE_SYNS = 5000
-KNOWN_SECONDS = 600        # an address stays known this long after its last ACK
+# The known addresses are an ipset (hash:ip with timeouts), looked up without a lock:
+# xt_recent's list took one lock for the whole host on every SYN and held 100
+# addresses by default, so a site with more active clients lost known ones to its
+# newest (docs/design.rst, "Netfilter rules").
+KNOWN_SECONDS = 600        # an address stays known this long after it was last noted
+KNOWN_ADDRESSES = 262144   # at most this many (ipset maxelem): a full set adds no more
 # The connection mark bit we own: a tracked connection (fast path, kernel-decided) whose
-# client address was already noted as known, so each connection updates the kernel's
-# list once instead of with every ACK (the list's lock cost kernel-decided virtuals 6 %
-# of their new connections a second; docs/design.rst, "Netfilter rules").
+# client address was already noted as known, so each connection updates the set once
+# instead of with every ACK.
 KNOWN_CTMARK = 0x80000000
 
 
@@ -59,7 +63,7 @@ class Names:
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
-    known: str           # the kernel's list (xt_recent) of addresses that sent an ACK lately
+    known: str           # the ipset of addresses that sent an ACK lately
     # The jumps from the built-in chains, as iptables-save prints them.
     jump: str            # raw and mangle PREROUTING
     local_jump: str      # raw OUTPUT
@@ -161,32 +165,40 @@ def tracked_vips(rules: RuleSet) -> list[int]:
             if addr not in userspace]
 
 
-def _known(n: Names) -> str:
-    return f"--name {n.known} --mask 255.255.255.255 --rsource"
+def known_set(n: Names) -> tuple[list[str], list[str]]:
+    """The `ipset` commands that create the set of known addresses (idempotent: a set
+    of the same settings may be left by a killed appliance) and destroy it once no rule
+    refers to it."""
+    return (["ipset", "create", n.known, "hash:ip", "family", "inet", "timeout",
+             str(KNOWN_SECONDS), "maxelem", str(KNOWN_ADDRESSES), "-exist"],
+            ["ipset", "destroy", n.known])
+
+
+def _note_known(n: Names) -> str:
+    return f"-j SET --add-set {n.known} src --exist"
 
 
 def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
     """The SYN budget of new sources toward one VIP address: a client's ACK makes its
     address known (a spoofed SYN flood sends none), and SYNs of addresses not known
     share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
-    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule)."""
+    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rules)."""
     host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
-    noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK -m recent --set "
-                                 f"{_known(n)}"]
+    noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
     return [*noting,
-            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m recent ! --rcheck "
-            f"--seconds {KNOWN_SECONDS} {_known(n)} -m hashlimit --hashlimit-above "
-            f"{NEW_SOURCE_SYNS}/sec --hashlimit-burst {NEW_SOURCE_SYNS} "
-            f"--hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
+            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m set ! --match-set {n.known} src "
+            f"-m hashlimit --hashlimit-above {NEW_SOURCE_SYNS}/sec --hashlimit-burst "
+            f"{NEW_SOURCE_SYNS} --hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
 
 
-def known_rule(addr: int, n: Names) -> str:
+def known_rules(addr: int, n: Names) -> list[str]:
     """Mangle, after conntrack: the first ACK of a tracked connection notes its client's
-    address as known and marks the connection, so its later packets skip the list."""
+    address as known and marks the connection, so its later packets skip the set."""
     mark = f"0x{KNOWN_CTMARK:x}"
-    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
-            f"ACK -m connmark --mark 0x0/{mark} -m recent --set {_known(n)} "
-            f"-j CONNMARK --set-xmark {mark}/{mark}")
+    first_ack = (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags "
+                 f"SYN,RST,ACK ACK -m connmark --mark 0x0/{mark}")
+    return [f"{first_ack} {_note_known(n)}",
+            f"{first_ack} -j CONNMARK --set-xmark {mark}/{mark}"]
 
 
 def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
@@ -210,7 +222,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     """The mangle chains' rules: tracked VIPs' known clients, and which fast-path packets
     the engine sees, queued where it gives a verdict (a SYN, a RST that may refuse it),
     copied where it only takes note."""
-    client = [known_rule(addr, n) for addr in tracked_vips(rules)]
+    client = [rule for addr in tracked_vips(rules) for rule in known_rules(addr, n)]
     real: list[str] = []
     for addr, ports in rules.fastpath:
         vip = format_ip(addr)

@@ -10,12 +10,13 @@ the engine takes new marks only once the whole run succeeded (docs/design.rst,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
-from .iptables import (Existing, Runner, existing_chains, install_tables, match_chains,
-                       names, packet_counts, raw_lines, raw_shape, removal_tables,
-                       restore_text, run_iptables)
+from .iptables import (Existing, Runner, existing_chains, install_tables, known_set,
+                       match_chains, names, packet_counts, raw_lines, raw_shape,
+                       removal_tables, restore_text, run_iptables)
 from .ruleset import MarkMap, RuleSet, RulesError
 
 log = logging.getLogger("localdirector")
@@ -72,6 +73,7 @@ class RuleManager:
         existing = self._existing()
         chains, marks = self._chains(rules)
         tables = install_tables(chains, self.names, existing)
+        self._run(known_set(self.names)[0], "")   # the rules refer to it
         self._restore(tables)
         self._applied(rules, chains, marks)
         self._fixed_raw = [line for line in tables["raw"] if line not in chains["raw"]]
@@ -115,10 +117,13 @@ class RuleManager:
         return True
 
     def remove(self) -> None:
-        """Take out the jumps and our chains, whatever of them exists."""
+        """Take out the jumps and our chains, whatever of them exists, then the set of
+        known addresses they referred to."""
         self._restore(removal_tables(self._existing(), self.names))
         self.applied = None
         self._tables = {}
+        with contextlib.suppress(RulesError):   # never created, or destroyed by hand
+            self._run(known_set(self.names)[1], "")
 
     def counters(self) -> dict[str, int]:
         """Packets sent to the queue (from raw and from mangle), fast-path packets

@@ -15,16 +15,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from localdirector.lab.client import Fetch
 
-from .topology import (BUILD_DEADLINE, DEFAULT_CLIENTS_PER_SUBNET, DEFAULT_REALS, VIP_NET,
-                       Job, LabError, Topology, _ip_batch_job, finish, require_allowed,
-                       start_job)
+from .topology import (BUILD_DEADLINE, CLIENT_SUBNETS, DEFAULT_CLIENTS_PER_SUBNET,
+                       DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job, finish,
+                       require_allowed, start_job)
 
 DEFAULT_PORTS = (80, 8001)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -245,6 +246,27 @@ class Lab(Topology):
         if proc.returncode != 0:
             raise LabError(f"iptables {' '.join(args)} in {real} failed: {proc.stderr.strip()}")
         return proc
+
+    @contextmanager
+    def more_clients(self, addrs: Sequence[str]) -> Iterator[None]:
+        """More client addresses (of the lab's client subnets, none of its own) while the
+        block runs: a test that needs more distinct clients than the lab was built with."""
+        for addr in addrs:
+            require_allowed(addr, CLIENT_SUBNETS.values())
+            taken = self._addresses[self.client_ns] | set(self.director_client_side.values())
+            if addr in taken:
+                raise LabError(f"{addr} is already an address of the lab")
+        batch = "".join(f"addr add {addr}/24 dev eth0\n" for addr in addrs)
+        done = self.run_in(self.client_ns, ["ip", "-batch", "-"], input=batch)
+        if done.returncode != 0:
+            raise LabError(f"adding client addresses failed: {done.stderr.strip()}")
+        self._addresses[self.client_ns].update(addrs)
+        try:
+            yield
+        finally:
+            self._addresses[self.client_ns].difference_update(addrs)
+            self.run_in(self.client_ns, ["ip", "-batch", "-"],
+                        input=batch.replace("addr add", "addr del"))
 
     # ------------------------------------------------------------ HTTP clients
 

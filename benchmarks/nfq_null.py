@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import argparse
 import select
-
-from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
+from typing import TYPE_CHECKING
 
 from localdirector.dataplane.nfqueue import PacketQueue
 from localdirector.dataplane.worker import BATCH, SOCKET_BYTES_PER_PACKET
@@ -31,8 +30,11 @@ MAX_LEN = 8192
 COPY_RANGE = 4016
 SOCK_LEN = MAX_LEN * 1200
 
+if TYPE_CHECKING:
+    from netfilterqueue import Packet
 
-def _reinject(pkt: Packet) -> None:
+
+def _reinject(pkt: "Packet") -> None:
     buf = bytearray(pkt.get_payload())
     pkt.set_payload(bytes(buf))
     pkt.accept()
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.binding == "own":
         _serve_own(args.queue)
         return 0
+    # Imported only here: `--binding own` runs where NetfilterQueue is not installed
+    # (the appliance does not need it).
+    from netfilterqueue import COPY_PACKET, NetfilterQueue
     nfq = NetfilterQueue()
     nfq.bind(args.queue, _reinject, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE,
              sock_len=SOCK_LEN)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from test_dataplane_service import FakeIptables, give
+from test_dataplane_service import FakeIptables, director, give
 from test_engine import CLIENT, LINGER, VIP, A, B, C, Lab, fig1, pool, sid
 from test_shell_commands import Shell
 
@@ -19,8 +19,9 @@ from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.iptables import (flood_rules, known_rules, mangle_rules, names,
-                                             nat_rules, raw_rules)
+from localdirector.dataplane.iptables import (flood_rules, known_rule, mangle_rules,
+                                             match_chains, names, nat_rules, note_rules,
+                                             raw_rules)
 from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
 from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
@@ -343,6 +344,15 @@ def fast_director() -> Director:
     return d
 
 
+def test_without_a_tracked_vip_nothing_in_mangle_turns_conntrack_on() -> None:
+    """Userspace VIPs only: no conntrack match or target, so the kernel attaches no
+    connection entry to the director's ICMP errors, and queues them (a shared
+    unconfirmed one makes it drop them instead)."""
+    mangle = match_chains(desired_rules(director()), {}, Q7)["mangle"]
+    assert mangle == [":LOCALDIRECTOR7 - [0:0]", ":LOCALDIRECTOR7-REPLY - [0:0]",
+                      ":LOCALDIRECTOR7-KNOWN - [0:0]"]
+
+
 def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     rules = desired_rules(fast_director())
     raw = raw_rules(rules, Q7)
@@ -356,7 +366,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
     fast_vip = [line for line in raw if "ldknown7" in line and "192.0.2.10/32" in line]
     assert fast_vip == [flood_rules(0xC000020A, Q7)[-1]]
     assert mangle_rules(rules, Q7) == [
-        *known_rules(0xC000020A, Q7),
+        known_rule(0xC000020A, Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
         "-j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
@@ -365,6 +375,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
         "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-LOG",
+        *note_rules(Q7),
     ]
     marks = {t: m for t, m in zip(rules.targets, (0x10000, 0x20000, 0x30000))}
     assert nat_rules(rules, marks, Q7) == [
@@ -378,13 +389,15 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 
 
 def test_tracked_vips_note_a_known_client_once_per_connection() -> None:
-    """After conntrack, the first ACK of a connection notes the address in the set and
-    sets our connection-mark bit; later packets fail the connmark match before the set."""
-    first_ack = ("-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
-                 "ACK -m connmark --mark 0x0/0x80000000")
-    assert known_rules(0xC000020A, Q7) == [
-        f"{first_ack} -j SET --add-set ldknown7 src --exist",
-        f"{first_ack} -j CONNMARK --set-xmark 0x80000000/0x80000000"]
+    """After conntrack, the first ACK of a connection goes to the chain that notes the
+    address in the set and sets our connection-mark bit; later packets fail the
+    connmark match, one rule, before the set."""
+    assert known_rule(0xC000020A, Q7) == (
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK ACK "
+        "-m connmark --mark 0x0/0x80000000 -j LOCALDIRECTOR7-KNOWN")
+    assert note_rules(Q7) == [
+        "-A LOCALDIRECTOR7-KNOWN -j SET --add-set ldknown7 src --exist",
+        "-A LOCALDIRECTOR7-KNOWN -j CONNMARK --set-xmark 0x80000000/0x80000000"]
     assert not any("--add-set" in line for line in flood_rules(0xC000020A, Q7, tracked=True))
 
 
@@ -392,8 +405,8 @@ def test_port_zero_fast_virtual_matches_every_port() -> None:
     d = Director()
     d.add_virtual(sid("192.0.2.30:0")).fastpath = True
     lines = mangle_rules(desired_rules(d), Q7)
-    assert lines[:2] == known_rules(0xC000021E, Q7)
-    assert lines[2] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
+    assert lines[0] == known_rule(0xC000021E, Q7)
+    assert lines[1] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
                         "-j LOCALDIRECTOR7-QUEUE")
     assert all("--dport" not in line and "--ctorigdstport" not in line for line in lines)
 

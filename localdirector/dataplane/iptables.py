@@ -63,6 +63,7 @@ class Names:
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
+    note: str            # mangle: notes a tracked connection's client as known, once
     known: str           # the ipset of addresses that sent an ACK lately
     # The jumps from the built-in chains, as iptables-save prints them.
     jump: str            # raw and mangle PREROUTING
@@ -77,7 +78,7 @@ class Names:
         return {
             "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
                      self.flood, self.defrag), (self.jump, self.local_jump)),
-            "mangle": ((self.chain, self.reply, self.queue, self.log),
+            "mangle": ((self.chain, self.reply, self.queue, self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain,), (self.nat_jump,)),
         }
@@ -107,7 +108,8 @@ def names(queue_num: int) -> Names:
     base = f"LOCALDIRECTOR{queue_num}"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
-                 f"{base}-LOG", f"ldknown{queue_num}", f"-A PREROUTING -j {base}",
+                 f"{base}-LOG", f"{base}-KNOWN", f"ldknown{queue_num}",
+                 f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p icmp -j {base}-LOCAL",
                  f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}")
 
@@ -182,7 +184,7 @@ def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
     """The SYN budget of new sources toward one VIP address: a client's ACK makes its
     address known (a spoofed SYN flood sends none), and SYNs of addresses not known
     share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
-    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rules)."""
+    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule)."""
     host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
     noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
     return [*noting,
@@ -191,14 +193,18 @@ def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
             f"{NEW_SOURCE_SYNS} --hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
 
 
-def known_rules(addr: int, n: Names) -> list[str]:
-    """Mangle, after conntrack: the first ACK of a tracked connection notes its client's
-    address as known and marks the connection, so its later packets skip the set."""
+def known_rule(addr: int, n: Names) -> str:
+    """Mangle, after conntrack: the first ACK of a tracked connection goes to the chain
+    that notes its client's address as known and marks the connection, so its later
+    packets fail this one match and skip the set (one rule a packet, not two)."""
+    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
+            f"ACK -m connmark --mark 0x0/0x{KNOWN_CTMARK:x} -j {n.note}")
+
+
+def note_rules(n: Names) -> list[str]:
+    """The chain `known_rule` jumps to."""
     mark = f"0x{KNOWN_CTMARK:x}"
-    first_ack = (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags "
-                 f"SYN,RST,ACK ACK -m connmark --mark 0x0/{mark}")
-    return [f"{first_ack} {_note_known(n)}",
-            f"{first_ack} -j CONNMARK --set-xmark {mark}/{mark}"]
+    return [f"-A {n.note} {_note_known(n)}", f"-A {n.note} -j CONNMARK --set-xmark {mark}/{mark}"]
 
 
 def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
@@ -221,8 +227,14 @@ def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
 def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     """The mangle chains' rules: tracked VIPs' known clients, and which fast-path packets
     the engine sees, queued where it gives a verdict (a SYN, a RST that may refuse it),
-    copied where it only takes note."""
-    client = [rule for addr in tracked_vips(rules) for rule in known_rules(addr, n)]
+    copied where it only takes note.
+
+    The noting chain is filled only while a VIP is tracked: a connection-tracking match
+    or target anywhere in the namespace turns conntrack on, which then attaches a
+    dropped packet's unconfirmed entry to the director's ICMP error about it, and the
+    kernel refuses to queue such a packet (docs/design.rst, "Netfilter rules")."""
+    client = [known_rule(addr, n) for addr in tracked_vips(rules)]
+    notes = note_rules(n) if client else []
     real: list[str] = []
     for addr, ports in rules.fastpath:
         vip = format_ip(addr)
@@ -239,7 +251,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                      f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {n.queue}",
                      f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
                      f"-m conntrack --ctdir REPLY {orig} -j {n.log}"]
-    return client + real
+    return client + real + notes
 
 
 def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names
@@ -272,7 +284,7 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
     """The chains a RuleSet fills, per table, as a transaction declares (hence flushes)
     and refills them."""
     return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
-            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]",
+            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.note} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
             "nat": [f":{n.chain} - [0:0]", *nat_rules(rules, marks, n)]}
 

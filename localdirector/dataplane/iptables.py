@@ -3,10 +3,11 @@ tools: a RuleSet rendered per table, the texts of install and removal, and the p
 iptables-save (which of our chains and jumps exist, packet counters).
 
 Everything lives in chains of our own (``LOCALDIRECTOR<queue>*``) in the raw, mangle and
-nat tables, reached by jumps from the built-in chains, so the appliance replaces or
+nat tables, reached by jumps from the built-in chains, and in one ipset
+(``ldknown<queue>``, the flood defence's known clients), so the appliance replaces or
 removes its rules without touching anybody else's, another appliance's on another queue
-included; a restarted appliance finds what a killed one on its queue left behind. Why each hook
-and match: docs/design.rst, "Netfilter rules" and "Fast path".
+included; a restarted appliance finds what a killed one on its queue left behind. Why
+each hook and match: docs/design.rst, "Netfilter rules" and "Fast path".
 """
 
 from __future__ import annotations

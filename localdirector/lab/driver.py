@@ -251,9 +251,9 @@ class Lab(Topology):
     def more_clients(self, addrs: Sequence[str]) -> Iterator[None]:
         """More client addresses (of the lab's client subnets, none of its own) while the
         block runs: a test that needs more distinct clients than the lab was built with."""
+        taken = self._addresses[self.client_ns] | set(self.director_client_side.values())
         for addr in addrs:
             require_allowed(addr, CLIENT_SUBNETS.values())
-            taken = self._addresses[self.client_ns] | set(self.director_client_side.values())
             if addr in taken:
                 raise LabError(f"{addr} is already an address of the lab")
         batch = "".join(f"addr add {addr}/24 dev eth0\n" for addr in addrs)

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import queue
 import random
 import socket
-import queue
 import socketserver
 import sys
 import threading

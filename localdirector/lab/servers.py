@@ -78,7 +78,6 @@ class LabServer(ThreadingHTTPServer):
     given up on."""
 
     allow_reuse_address = True
-    daemon_threads = True
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], name: str) -> None:

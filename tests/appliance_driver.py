@@ -187,6 +187,13 @@ def raw_table(lab: Lab) -> str:
     return proc.stdout
 
 
+def ipsets(lab: Lab) -> str:
+    """The names of the director's ipsets, one a line ("" when none)."""
+    proc = lab.run_in(lab.director_ns, ["ipset", "list", "-name"])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 class Appliances:
     """`appliances(config_lines_or_path, *extra_args)` boots an appliance in the lab;
     `exit_all()` makes each still running exit, cleanly."""
@@ -215,11 +222,12 @@ class Appliances:
 @pytest.fixture
 def appliance(lab: Lab, tmp_path: Path) -> Iterator[Appliances]:
     """Appliances booted in the lab; on teardown each must exit cleanly and leave no
-    rule behind."""
+    rule and no set of known clients behind."""
     appliances = Appliances(lab, tmp_path)
     yield appliances
     appliances.exit_all()
     assert "LOCALDIRECTOR" not in raw_table(lab)
+    assert ipsets(lab) == ""
 
 
 def simple_config(vip: str, predictor: str, reals: list[str], *extra: str) -> list[str]:

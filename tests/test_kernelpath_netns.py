@@ -13,9 +13,9 @@ import collections
 from collections.abc import Iterator
 
 import pytest
-from appliance_driver import (Appliances, FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
-                              UNWELCOME, VIP, Console, appliance, bodies, fig1_pools_answer,
-                              name, simple_config)
+from appliance_driver import (Appliances, FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13,
+                              R14, R15, UNWELCOME, VIP, Console, appliance, bodies,
+                              fig1_pools_answer, name, simple_config)
 
 from localdirector.lab import Lab
 from localdirector.lab.driver import ClientError

@@ -20,8 +20,8 @@ from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DR
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
 from localdirector.dataplane.iptables import flood_rules, known_set, names, raw_rules
 from localdirector.dataplane.nfqueue import SKB_CSUM_NOT_READY, SKB_GSO
-from localdirector.dataplane.packet import (checksum, rewrite, tcp_checksum_full,
-                                            tcp_checksum_valid)
+from localdirector.dataplane.packet import (checksum, reset_reply, rewrite,
+                                            tcp_checksum_full, tcp_checksum_valid)
 from localdirector.dataplane.plane import DataPlane
 from localdirector.dataplane.ruleset import RulesError, desired_rules
 from localdirector.dataplane.rulesync import RuleSync
@@ -388,6 +388,24 @@ def test_worker_drops_what_it_cannot_hand_back_whole() -> None:
     assert worker.stats.oversize == 1
     unchanged = QueueWorker(5, FakeEngine(ACCEPT_UNCHANGED))
     assert give(unchanged, ip_packet(65535, 65531))[0] == "accept"
+
+
+def test_worker_hands_back_a_view_to_its_ip_total_length() -> None:
+    """A long packet comes as a view of the receive buffer (nfqueue.LentBuffers), which
+    cannot shrink: the RST the engine makes of it goes back as its first 40 bytes."""
+
+    class Refusing(FakeEngine):
+        def handle(self, buf: bytearray) -> int:
+            reset_reply(buf, 20)
+            return ACCEPT_MODIFIED
+
+    received = bytearray(8) + tcp_segment(bytes(5000))
+    queue = FakeQueue()
+    QueueWorker(5, Refusing(ACCEPT_MODIFIED))._on_packet(
+        queue, 1, memoryview(received)[8:], 0, 0)  # type: ignore[arg-type]
+    given, payload, _ = queue.verdicts[1]
+    assert given == "accept" and payload is not None and len(payload) == 40
+    assert payload[33] == 0x04 and tcp_checksum_valid(bytearray(payload), 20)   # RST
 
 
 def tcp_segment(data: bytes) -> bytearray:

@@ -460,6 +460,28 @@ def test_non_syn_toward_vip_without_connection_is_dropped_and_reset() -> None:
     assert lab_.engine.stats.unknown_resets == 4
 
 
+def test_long_packets_as_views_translate_as_copies_do() -> None:
+    """The queue hands a long packet over as a view of its receive buffer (nfqueue.
+    LentBuffers): translated in place exactly as a copy is; a view cannot shrink, so the
+    RST made of an unknown segment ends at its IP total length."""
+    copies, views = lab((A,))[0], lab((A,))[0]
+    conn = copies.open()
+    views.open()
+    load = bytes(range(256)) * 16
+    for pkt in (IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="PA", seq=1001,
+                                              ack=5001) / Raw(load),
+                IP(src=A, dst=CLIENT) / TCP(sport=80, dport=conn.nat_port, flags="PA",
+                                            seq=5001, ack=1001) / Raw(load),
+                IP(src=CLIENT, dst=VIP) / TCP(sport=40001, dport=80, flags="PA", seq=1001,
+                                              ack=5001) / Raw(load)):
+        copy = bytearray(bytes(pkt))
+        received = bytearray(16) + bytes(pkt)
+        view = memoryview(received)[16:]
+        assert copies.engine.handle(copy) == views.engine.handle(view) == ACCEPT_MODIFIED
+        assert bytes(view[:view[2] << 8 | view[3]]) == bytes(copy)
+    assert len(copy) == 40 and views.engine.stats.unknown_resets == 1
+
+
 def test_real_talking_to_others_passes_unchanged() -> None:
     lab_, _, _ = lab((A,))
     lab_.open()

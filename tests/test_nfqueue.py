@@ -10,7 +10,8 @@ import struct
 
 from localdirector.dataplane import nfqueue
 from localdirector.dataplane.nfqueue import (COPY_RANGE, SKB_CSUM_NOT_READY, SKB_GSO,
-                                             VerdictBatch, config_attrs, parse_packet)
+                                             LentBuffers, VerdictBatch, config_attrs,
+                                             parse_packet)
 
 NLMSG = struct.Struct("=IHHII")
 
@@ -128,3 +129,26 @@ def test_a_batch_is_sent_before_the_kernel_would_refuse_it() -> None:
     batch.flush()
     assert sum(len(d) for d in sent.datagrams) == 20 * (36 + 65000)
     assert max(len(d) for d in sent.datagrams) <= nfqueue._SEND_BUFFER
+
+
+def test_long_packets_are_lent_in_their_buffers_until_their_verdicts_go() -> None:
+    """A view of the receive buffer instead of a copy: it stays valid while the next
+    packets are received into other buffers, which come back only on release."""
+    buffers = LentBuffers(64, limit=2)
+    first = bytearray(range(64))
+    lent = buffers.lend(first, 10, 30)
+    assert lent is not None
+    view, second = lent
+    assert second is not first and len(second) == 64
+    view[0] = 0xFF                                  # the engine rewrites in place
+    assert first[10] == 0xFF and bytes(view[1:]) == bytes(range(11, 30))
+    second[:] = bytes(64)                           # the next packet arrives
+    assert bytes(view[1:]) == bytes(range(11, 30))
+    lent = buffers.lend(second, 0, 8)
+    assert lent is not None
+    third = lent[1]
+    assert third is not first and third is not second
+    assert buffers.lend(third, 0, 8) is None        # at the limit: copy instead
+    buffers.release()                               # the verdicts went
+    lent = buffers.lend(third, 0, 8)
+    assert lent is not None and lent[1] in (first, second)

@@ -38,6 +38,7 @@ from .expiry import Expiry
 from .fastpath import FastPath
 from .packet import (
     ACK,
+    Buffer,
     FIN,
     NOT_TCP,
     PROTO_ICMP,
@@ -150,9 +151,9 @@ class Engine:
         return self._fastpath.verdict_mark
 
     # -- packet path ---------------------------------------------------------------
-    def handle(self, buf: bytearray) -> int:
+    def handle(self, buf: Buffer) -> int:
         """FIG. 5 for one IPv4 packet; returns DROP, ACCEPT_UNCHANGED, ACCEPT_MODIFIED
-        (then `buf` holds the translated packet) or ACCEPT_MARK (`verdict_mark`). Never
+        (then `buf` holds the translated packet, to its IP total length) or ACCEPT_MARK (`verdict_mark`). Never
         raises on packet contents. A fast-path connection is never ESTABLISHED (see
         FASTPATH), so its packets take the control branches and the established userspace
         path pays nothing for the fast path."""
@@ -197,7 +198,7 @@ class Engine:
         finally:
             lock.release()
 
-    def _forward_in(self, buf: bytearray, ihl: int, size: int, conn: Connection, src: int,
+    def _forward_in(self, buf: Buffer, ihl: int, size: int, conn: Connection, src: int,
                     ack: int, now: float) -> int:
         """Client -> real: destination to the real, client port to `remap` if remapped.
         `size`: the IP total length (the queue may copy less); `ack`: the packet's
@@ -218,7 +219,7 @@ class Engine:
         self.stats.translated_in += 1
         return ACCEPT_MODIFIED
 
-    def _forward_out(self, buf: bytearray, ihl: int, size: int, conn: Connection, dst: int,
+    def _forward_out(self, buf: Buffer, ihl: int, size: int, conn: Connection, dst: int,
                      ack: int, now: float) -> int:
         """Real -> client: source back to the VIP:port the client used, and its own port."""
         conn.last_seen = now
@@ -243,7 +244,7 @@ class Engine:
         self.stats.unchanged += 1
         return ACCEPT_UNCHANGED
 
-    def _refuse(self, buf: bytearray, ihl: int, virtual: VirtualMachine) -> int:
+    def _refuse(self, buf: Buffer, ihl: int, virtual: VirtualMachine) -> int:
         """Nothing can take this SYN: it is dropped (`no-real`) and the client told so by
         the RST that `buf` becomes; on the fast path only dropped, as the RST would
         travel with the SYN's conntrack entry, which would rewrite it."""
@@ -256,7 +257,7 @@ class Engine:
         return ACCEPT_MODIFIED
 
     # -- TCP state -----------------------------------------------------------------
-    def _client_control(self, buf: bytearray, ihl: int, conn: Connection, flags: int,
+    def _client_control(self, buf: Buffer, ihl: int, conn: Connection, flags: int,
                         seq: int, now: float) -> int | None:
         """State changes driven by the client; a verdict, or None to translate as usual.
         A fast-path connection's client packet is a SYN queued while conntrack has seen no
@@ -285,7 +286,7 @@ class Engine:
                 self.director.conns.set_state(conn, ESTABLISHED)
         return self._fastpath.noted() if conn.fastpath else None
 
-    def _client_syn(self, buf: bytearray, ihl: int, conn: Connection,
+    def _client_syn(self, buf: Buffer, ihl: int, conn: Connection,
                     now: float) -> int | None:
         """A client's SYN on a known connection: a new connection on a closed one's
         tuple, or a retransmission, which after `reassign` of them moves the connection
@@ -400,7 +401,7 @@ class Engine:
         self._expiry.linger(conn, now)
 
     # -- connections ---------------------------------------------------------------
-    def _no_connection(self, buf: bytearray, ihl: int, src: int, dst: int, dport: int,
+    def _no_connection(self, buf: Buffer, ihl: int, src: int, dst: int, dport: int,
                        flags: int, key: int, now: float) -> int:
         """FIG. 5 step 506 'no' for all but a client's SYN to a VIP (which `handle` hands
         to `_open`): anything else toward a VIP is dropped; traffic of reals with others
@@ -436,7 +437,7 @@ class Engine:
         reset_reply(buf, ihl)
         return ACCEPT_MODIFIED
 
-    def _open(self, buf: bytearray, ihl: int, size: int, src: int, dst: int, sport: int,
+    def _open(self, buf: Buffer, ihl: int, size: int, src: int, dst: int, sport: int,
               dport: int, key: int, now: float) -> int:
         """FIG. 5 steps 510-520 for a client SYN (its checksum already verified). `size`:
         its IP total length; `key`: its flow key, the new connection's `in_key`. What
@@ -585,7 +586,7 @@ class Engine:
         self._vip_generation = director.generation
 
     # -- ICMP and other protocols --------------------------------------------------
-    def _not_tcp(self, buf: bytearray, reason: int) -> int:
+    def _not_tcp(self, buf: Buffer, reason: int) -> int:
         if reason != NOT_TCP:
             return self._drop(reason)
         if buf[9] == PROTO_ICMP:
@@ -594,7 +595,7 @@ class Engine:
             return self._drop(NOT_TCP)
         return self._unchanged()
 
-    def _icmp(self, buf: bytearray) -> int:
+    def _icmp(self, buf: Buffer) -> int:
         """ICMP errors quoting a translated packet are translated too, so path-MTU
         discovery and unreachables work through the director; other ICMP passes."""
         fields = parse_icmp_error(buf)

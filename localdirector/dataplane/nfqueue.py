@@ -47,11 +47,21 @@ COPY_RANGE = 0xFFFF - netlink.ATTR.size
 # One datagram is one packet message: the payload, its attribute and the metadata ahead
 # of it (interfaces, hardware address, timestamp...) always fit.
 _RECEIVE_SIZE = 1 << 17
+# A packet at least this long is not copied out of the buffer it was received into: it
+# is handed out as a view of that buffer, which waits aside until the packet's verdict
+# has gone (bulk data's 64 KB super-packets: one copy of three, the kernel making the
+# other two; docs/benchmarks.rst). Shorter packets are cheaper to copy than a view is
+# to keep. At most `_MAX_LENT` buffers wait at a time (128 KB each); beyond that
+# packets are copied.
+_LEND_FROM = 4096
+_MAX_LENT = 16
 # A batch of verdicts goes out in one sendmsg while it stays below these: the kernel
 # refuses a datagram larger than the socket's send buffer, and sendmsg at most IOV_MAX
-# (1024) pieces, three a verdict.
+# (1024) pieces, three a verdict. Bytes: a verdict held back holds its packet back, so
+# a batch goes as soon as one super-packet's worth waits (half the send buffer made one
+# bulk connection about 4 % slower; docs/benchmarks.rst).
 _SEND_BUFFER = 1 << 20
-_FLUSH_BYTES = _SEND_BUFFER // 2
+_FLUSH_BYTES = 1 << 16
 _FLUSH_PIECES = 900
 _RCVBUFFORCE, _SNDBUFFORCE = 33, 32
 _ATTRS = netlink.HEADER.size + netlink.NFGEN.size   # where a message's attributes begin
@@ -120,13 +130,13 @@ class VerdictBatch:
     ``flush`` (netlink takes several messages in one): a header per verdict and the
     payload buffer itself, as ``sendmsg`` pieces."""
 
-    def __init__(self, queue_num: int, send: Callable[[list[bytes | bytearray]], object]) -> None:
+    def __init__(self, queue_num: int, send: Callable[[list[bytes | bytearray | memoryview]], object]) -> None:
         self._res_id = socket.htons(queue_num)
         self._sendmsg = send
-        self._pieces: list[bytes | bytearray] = []
+        self._pieces: list[bytes | bytearray | memoryview] = []
         self._pending = 0
 
-    def accept(self, raw_id: int, payload: bytearray | None = None,
+    def accept(self, raw_id: int, payload: bytearray | memoryview | None = None,
                mark: int | None = None) -> None:
         """Queue an ACCEPT for the packet: unchanged, with `payload` replacing it, or
         with its mark set to `mark` (one or the other)."""
@@ -168,12 +178,40 @@ class VerdictBatch:
             self._sendmsg(pieces)
 
 
+class LentBuffers:
+    """Receive buffers lent out with the long packets in them, until their verdicts
+    have gone: a packet's view stays valid while the next ones are received into other
+    buffers, and a buffer returns to use only after ``release``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self._size = size
+        self._limit = limit
+        self._out: list[bytearray] = []
+        self._free: list[bytearray] = []
+
+    def lend(self, rx: bytearray, start: int, end: int) -> tuple[memoryview, bytearray] | None:
+        """A writable view of ``rx[start:end]`` and the buffer to receive into next;
+        None when `limit` buffers are out already (the caller copies instead)."""
+        if len(self._out) >= self._limit:
+            return None
+        self._out.append(rx)
+        return memoryview(rx)[start:end], self._free.pop() if self._free else bytearray(self._size)
+
+    def release(self) -> None:
+        """The verdicts of every packet lent so far are sent: their buffers are free."""
+        if self._out:
+            self._free += self._out
+            self._out.clear()
+
+
 class PacketQueue(VerdictBatch):
     """NFQUEUE `queue_num` of the caller's network namespace, bound to one socket.
 
-    ``receive`` hands out one waiting packet at a time as a fresh ``bytearray`` (the one
-    copy out of the receive buffer); ``accept``/``drop`` queue its verdict and ``flush``
-    sends the queued verdicts. Not thread-safe: one worker thread owns it."""
+    ``receive`` hands out one waiting packet at a time, writable: a fresh ``bytearray``
+    (the one copy out of the receive buffer) or, for a long one, a ``memoryview`` of the
+    receive buffer itself, valid until the next ``flush``; ``accept``/``drop`` queue its
+    verdict and ``flush`` sends the queued verdicts. Not thread-safe: one worker thread
+    owns it."""
 
     def __init__(self, queue_num: int, *, max_len: int, receive_buffer: int,
                  flags: int = CFG_F_GSO) -> None:
@@ -181,6 +219,7 @@ class PacketQueue(VerdictBatch):
         self.enobufs = 0          # times the kernel reported packets lost to a full socket
         self.verdict_errors = 0   # verdicts the kernel refused (error messages received)
         self._rx = bytearray(_RECEIVE_SIZE)
+        self._lent = LentBuffers(_RECEIVE_SIZE, _MAX_LENT)
         self._sock = netlink.open_socket()
         try:
             try:
@@ -209,7 +248,7 @@ class PacketQueue(VerdictBatch):
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def receive(self) -> tuple[int, bytearray, int, int] | None:
+    def receive(self) -> tuple[int, bytearray | memoryview, int, int] | None:
         """``(raw id, payload, mark, skb info)`` of the next waiting packet, None when
         none waits. Error messages on the way (refused verdicts) and lost packets
         (ENOBUFS) are counted and skipped."""
@@ -229,9 +268,20 @@ class PacketQueue(VerdictBatch):
                 fields = parse_packet(rx, 0, min(length, size))
                 if fields is not None:
                     raw_id, mark, info, start, end = fields
+                    if end - start >= _LEND_FROM:
+                        lent = self._lent.lend(rx, start, end)
+                        if lent is not None:
+                            view, self._rx = lent
+                            return raw_id, view, mark, info
                     return raw_id, rx[start:end], mark, info
             elif mtype == NLMSG_ERROR and netlink.error_code(rx, 0):
                 self.verdict_errors += 1
+
+    def flush(self) -> None:
+        """Send the queued verdicts; the buffers lent to their packets are free again
+        (sendmsg copied them into the kernel)."""
+        super().flush()
+        self._lent.release()
 
     def close(self) -> None:
         """Unbind: packets still waiting for a verdict are dropped by the kernel."""

@@ -333,7 +333,7 @@ def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
     return (value + src + dst + PROTO_TCP + length) % _MOD == 0
 
 
-def complete_tcp_checksum(buf: bytearray) -> None:
+def complete_tcp_checksum(buf: Buffer) -> None:
     """Finish the TCP checksum its sender left to the hardware (the kernel's
     CHECKSUM_PARTIAL, NFQUEUE's "checksum not ready"), in place.
 
@@ -357,7 +357,7 @@ _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, T
 RESET_LENGTH = _RESET.size
 
 
-def reset_reply(buf: bytearray, ihl: int) -> None:
+def reset_reply(buf: Buffer, ihl: int) -> None:
     """Turn the client's segment in ``buf`` (a SYN, or one of a connection nobody knows)
     into the RST that refuses it, in place.
 
@@ -367,7 +367,9 @@ def reset_reply(buf: bytearray, ihl: int) -> None:
     data it carried), with the addresses and ports swapped, so it goes back to the
     client from the address the client asked for. IP options and TCP options are
     dropped and both checksums computed in full: this path is for refusals, not for
-    throughput. ``buf`` shrinks to 40 bytes (a TCP segment is never shorter).
+    throughput. A ``bytearray`` shrinks to 40 bytes (a TCP segment is never shorter);
+    a view cannot, so its packet ends where its IP total length says (the worker hands
+    back only that much).
     """
     total, src, dst = _unpack_len_addrs(buf, 0)
     sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
@@ -379,9 +381,10 @@ def reset_reply(buf: bytearray, ihl: int) -> None:
         seq, ack, reply = 0, (seq + segment) & 0xFFFFFFFF, RST | ACK
     _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst, src,
                      dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
-    del buf[RESET_LENGTH:]
+    if type(buf) is bytearray:
+        del buf[RESET_LENGTH:]
     _pack_u16(buf, 10, checksum(buf[:20]))
-    _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:]))
+    _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:RESET_LENGTH]))
 
 
 def checksum(data: bytes | Buffer) -> int:

@@ -23,7 +23,7 @@ from .collector import FrozenCollector
 from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
 from .nflog import PacketLog
 from .nfqueue import COPY_RANGE, SKB_CSUM_NOT_READY, SKB_GSO, PacketQueue
-from .packet import complete_tcp_checksum
+from .packet import Buffer, complete_tcp_checksum
 from .ruleset import MARK_MASK
 
 log = logging.getLogger("localdirector")
@@ -53,7 +53,7 @@ class PacketEngine(Protocol):
 
     verdict_mark: int   # the mark an ACCEPT_MARK verdict sets
 
-    def handle(self, buf: bytearray) -> int: ...
+    def handle(self, buf: Buffer) -> int: ...
 
     def tick(self) -> None: ...
 
@@ -206,11 +206,11 @@ class QueueWorker:
             on_packet(queue, *packet)
         queue.flush()
 
-    def _on_packet(self, queue: PacketQueue, packet_id: int, buf: bytearray, mark: int,
-                   info: int) -> None:
-        """The engine rewrites `buf` (the one copy out of the receive buffer) in place;
-        it goes back only when changed, and a fast-path verdict adds a mark and nothing
-        else.
+    def _on_packet(self, queue: PacketQueue, packet_id: int, buf: Buffer,
+                   mark: int, info: int) -> None:
+        """The engine rewrites `buf` (the one copy out of the receive buffer, or a view
+        of that buffer for a long packet) in place; it goes back only when changed, and
+        a fast-path verdict adds a mark and nothing else.
 
         A packet whose sender left the checksum to the hardware (NFQUEUE's "not ready",
         every packet of a local stack, and whatever GRO merged) gets it finished first:
@@ -233,10 +233,13 @@ class QueueWorker:
             queue.drop(packet_id)
             return
         if verdict == ACCEPT_MODIFIED:
-            if (buf[2] << 8 | buf[3]) > len(buf):
-                self._oversize(queue, packet_id, buf[2] << 8 | buf[3])
-            else:
+            total = buf[2] << 8 | buf[3]
+            if total == len(buf):
                 queue.accept(packet_id, payload=buf)
+            elif total > len(buf):
+                self._oversize(queue, packet_id, total)
+            else:   # a view the engine made shorter (packet.reset_reply)
+                queue.accept(packet_id, payload=buf[:total])
         elif verdict == ACCEPT_UNCHANGED:
             queue.accept(packet_id)
         elif verdict == ACCEPT_MARK:
@@ -245,7 +248,7 @@ class QueueWorker:
         else:
             queue.drop(packet_id)
 
-    def _on_copy(self, buf: bytearray) -> None:
+    def _on_copy(self, buf: Buffer) -> None:
         """A fast-path packet's copy: state only, no verdict to give."""
         try:
             self.engine.handle(buf)

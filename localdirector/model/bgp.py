@@ -7,12 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .addr import format_ip
+from .errors import ModelError
 from .fastpath import reachable_reals
 from .health import available
 from .state import State
 
 if TYPE_CHECKING:
     from .director import Director
+    from .serverid import ServerId
+    from .settings import Settings
+    from .virtual import VirtualMachine
 
 MAX_ASN = 4294967295
 DEFAULT_HOLD = 90          # seconds, BGP's usual hold time
@@ -50,3 +55,66 @@ def wanted(director: Director) -> frozenset[int]:
         return frozenset()
     return frozenset(v.addr for v in director.iter_virtuals()
                      if v.advertise and can_serve(director, v))
+
+
+class BgpSettings:
+    """The changes of `router bgp` and `advertise`, mixed into Director."""
+
+    settings: Settings
+
+    if TYPE_CHECKING:
+        def changed(self) -> None: ...
+
+        def virtual(self, sid: ServerId) -> VirtualMachine: ...
+
+    def set_bgp_as(self, asn: int = 0) -> None:
+        """`router bgp ASN` (0: `no router bgp`, which also forgets the neighbours)."""
+        if not 0 <= asn <= MAX_ASN:
+            raise ModelError(f"AS number out of range 1-{MAX_ASN}")
+        config = self.settings.bgp
+        config.asn = asn
+        if not asn:
+            config.neighbors.clear()
+            config.router_id = 0
+        self.changed()
+
+    def set_bgp_router_id(self, addr: int = 0) -> None:
+        self._need_bgp()
+        self.settings.bgp.router_id = addr
+        self.changed()
+
+    def add_bgp_neighbor(self, addr: int, remote_as: int, hold: int = DEFAULT_HOLD
+                         ) -> None:
+        """`bgp neighbor ADDR remote-as ASN [hold-time S]`: re-typing replaces it."""
+        self._need_bgp()
+        if not 1 <= remote_as <= MAX_ASN:
+            raise ModelError(f"AS number out of range 1-{MAX_ASN}")
+        low, high = HOLD_RANGE
+        if not low <= hold <= high:
+            raise ModelError(f"hold-time must be {low}-{high} seconds")
+        if addr >> 24 in (0, 127) or addr >> 28 >= 14:
+            raise ModelError(f"{format_ip(addr)} cannot be a BGP neighbor")
+        listed = self.settings.bgp.neighbors
+        listed[:] = [n for n in listed if n.addr != addr] + [Neighbor(addr, remote_as, hold)]
+        self.changed()
+
+    def remove_bgp_neighbor(self, addr: int) -> None:
+        listed = self.settings.bgp.neighbors
+        if not any(n.addr == addr for n in listed):
+            raise ModelError(f"{format_ip(addr)} is not a BGP neighbor")
+        listed[:] = [n for n in listed if n.addr != addr]
+        self.changed()
+
+    def set_bgp_drain(self, on: bool) -> None:
+        """`bgp drain`: withdraw every VIP so the router sends this director no new flow."""
+        self.settings.bgp.drain = on
+        self.changed()
+
+    def set_advertise(self, sid: ServerId, on: bool) -> None:
+        """`advertise VIRTUAL`: announce its VIP while it can serve."""
+        self.virtual(sid).advertise = on
+        self.changed()
+
+    def _need_bgp(self) -> None:
+        if not self.settings.bgp.asn:
+            raise ModelError("no BGP: configure router bgp ASN first")

@@ -9,40 +9,32 @@ reader sees half of it."""
 from __future__ import annotations
 
 import _thread
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import bgp, health, kernelpath, maglev, probes
-from .addr import format_ip, format_mask, prefix_mask
+from . import health, kernelpath, maglev
+from .bgp import BgpSettings
 from .bindid import BindIdObject, BindIdTable
 from .connection import ConnectionTable
-from .failover import HOLD_POLLS, HOLD_RANGE_MS, POLL_RANGE_MS, POLL_STEP_MS
+from .errors import ModelError
+from .failover import FailoverSettings
 from .fastpath import group, mixed
 from .link import Link
 from .options import REAL_OPTIONS, VIRTUAL_OPTIONS
-from .passwords import is_hash
 from .predictors import select_real
-from .probes import NO_PORT, UNKNOWN, Probe, ProbeCheck, ProbeCounters, ProbeError
+from .probe_config import CheckKey, ProbeConfig
+from .probes import Probe, ProbeCheck, ProbeCounters
 from .real import PhysicalMachine
 from .serverid import ServerId
-from .settings import (ACCESS_KINDS, DEFAULT_HOSTNAME, DEFAULT_LOG_TRAP, DEFAULT_MAX_CONNS,
-                       DEFAULT_SESSION_TIMEOUT, LOG_LEVELS, LOG_TRANSPORTS, AccessEntry,
-                       LogHost, Settings)
+from .settings import ApplianceSettings, Settings
 from .state import State
 from .virtual import VirtualMachine
 
 Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
-CheckKey = tuple[ServerId, str, int]   # (real, probe name, port)
 
-log = logging.getLogger("localdirector")
 _IN_SERVICE = State.IN_SERVICE   # per SYN: an Enum member is a class attribute lookup
-
-
-class ModelError(ValueError):
-    """A refused change; its text is the one-line error the operator sees."""
 
 
 @dataclass(slots=True)
@@ -54,7 +46,11 @@ class Decision:
     served_by: VirtualMachine | None = None  # differs from `virtual` after backup overflow
 
 
-class Director:
+class Director(ProbeConfig, ApplianceSettings, FailoverSettings, BgpSettings):
+    """The model; the configuration beyond the patent's objects (probes, appliance
+    settings, the failover pair, BGP) is changed by the methods of its mixins, each
+    beside the data it changes."""
+
     def __init__(self, lock: _thread.RLock | None = None) -> None:
         # `reload` builds the new model on the running one's lock, so no command or
         # packet ever runs under a lock the other side does not hold.
@@ -386,59 +382,6 @@ class Director:
             raise ModelError(f"real {self.fmt(ported.sid)} has a port: a dispatched virtual "
                              "forwards without translation, so its reals take port 0")
 
-    def set_bgp_as(self, asn: int = 0) -> None:
-        """`router bgp ASN` (0: `no router bgp`, which also forgets the neighbours)."""
-        if not 0 <= asn <= bgp.MAX_ASN:
-            raise ModelError(f"AS number out of range 1-{bgp.MAX_ASN}")
-        config = self.settings.bgp
-        config.asn = asn
-        if not asn:
-            config.neighbors.clear()
-            config.router_id = 0
-        self.changed()
-
-    def set_bgp_router_id(self, addr: int = 0) -> None:
-        self._need_bgp()
-        self.settings.bgp.router_id = addr
-        self.changed()
-
-    def add_bgp_neighbor(self, addr: int, remote_as: int, hold: int = bgp.DEFAULT_HOLD
-                         ) -> None:
-        """`bgp neighbor ADDR remote-as ASN [hold-time S]`: re-typing replaces it."""
-        self._need_bgp()
-        if not 1 <= remote_as <= bgp.MAX_ASN:
-            raise ModelError(f"AS number out of range 1-{bgp.MAX_ASN}")
-        low, high = bgp.HOLD_RANGE
-        if not low <= hold <= high:
-            raise ModelError(f"hold-time must be {low}-{high} seconds")
-        if addr >> 24 in (0, 127) or addr >> 28 >= 14:
-            raise ModelError(f"{format_ip(addr)} cannot be a BGP neighbor")
-        listed = self.settings.bgp.neighbors
-        listed[:] = [n for n in listed if n.addr != addr] + [bgp.Neighbor(addr, remote_as,
-                                                                           hold)]
-        self.changed()
-
-    def remove_bgp_neighbor(self, addr: int) -> None:
-        listed = self.settings.bgp.neighbors
-        if not any(n.addr == addr for n in listed):
-            raise ModelError(f"{format_ip(addr)} is not a BGP neighbor")
-        listed[:] = [n for n in listed if n.addr != addr]
-        self.changed()
-
-    def set_bgp_drain(self, on: bool) -> None:
-        """`bgp drain`: withdraw every VIP so the router sends this director no new flow."""
-        self.settings.bgp.drain = on
-        self.changed()
-
-    def set_advertise(self, sid: ServerId, on: bool) -> None:
-        """`advertise VIRTUAL`: announce its VIP while it can serve."""
-        self.virtual(sid).advertise = on
-        self.changed()
-
-    def _need_bgp(self) -> None:
-        if not self.settings.bgp.asn:
-            raise ModelError("no BGP: configure router bgp ASN first")
-
     # -- links ---------------------------------------------------------------------
     def bind(self, vsid: ServerId, *rsids: ServerId) -> None:
         """`bind VIRTUAL REAL...`: every id checked before any change; already bound
@@ -608,280 +551,12 @@ class Director:
     def tick(self, now: float) -> None:
         health.retry_due(self.reals.values(), now, self.fmt)
 
-    # -- active probes (model/probes.py, docs/design.rst "Probes") --------------------
-    def define_probe(self, name: str, kind: str, **settings: Any) -> Probe:
-        """`probeconfig NAME TYPE ...`: the whole definition, replacing one of that name
-        (its checks keep what they learnt; the new settings apply from the next probe)."""
-        try:
-            probe = Probe(name, kind, **settings)
-        except ProbeError as err:
-            raise ModelError(str(err)) from None
-        self.probes[name] = probe
-        self.changed()
-        return probe
-
-    def remove_probe(self, name: str) -> list[ServerId]:
-        """`no probeconfig NAME`: the definition and its attachments; returns the ids it
-        was attached to."""
-        self._probe(name)
-        detached = [sid for sid, attached in self.probe_attach.items() if attached == name]
-        for sid in detached:
-            del self.probe_attach[sid]
-        del self.probes[name]
-        self.changed()
-        return detached
-
-    def attach_probe(self, sid: ServerId, name: str) -> None:
-        """`probe ID NAME`: one probe per server, re-typing replaces it. On a virtual it
-        probes every bound real (a port-0 real on the virtual's port)."""
-        probe = self._probe(name)
-        if sid in self.reals:
-            if not probe.port and not sid.port:
-                raise ModelError(f"real {self.fmt(sid)} has port 0: probe {name} must name "
-                                 "a port (probeconfig ... port N)")
-        elif sid not in self.virtuals:
-            raise ModelError(f"no virtual or real {self.fmt(sid)}")
-        self.probe_attach[sid] = name
-        self.changed()
-
-    def detach_probe(self, sid: ServerId, name: str | None = None) -> None:
-        attached = self.probe_attach.get(sid)
-        if attached is None or name not in (None, attached):
-            raise ModelError(f"no probe {name + ' ' if name else ''}attached to "
-                             f"{self.fmt(sid)}")
-        del self.probe_attach[sid]
-        self.changed()
-
-    def _probe(self, name: str) -> Probe:
-        try:
-            return self.probes[name]
-        except KeyError:
-            raise ModelError(f"no probe named '{name}' (probeconfig {name} tcp|http "
-                             "defines one)") from None
-
-    def _sync_checks(self) -> None:
-        """After any change: the checks the attachments add up to now. A check that
-        still exists keeps its results; attachments to removed servers go with them."""
-        for sid in [s for s in self.probe_attach
-                    if s not in self.reals and s not in self.virtuals]:
-            del self.probe_attach[sid]
-        checks: dict[CheckKey, ProbeCheck] = {}
-        for sid, name in self.probe_attach.items():
-            probe = self.probes[name]
-            if sid in self.reals:
-                targets = [(self.reals[sid], sid.port)]
-            else:
-                virtual = self.virtuals[sid]
-                targets = [(link.real, link.real.port or virtual.port)
-                           for link in virtual.iter_links()]
-            for real, port in targets:
-                port = probe.port or port
-                key = (real.sid, name, port)
-                check = self.checks.get(key) or ProbeCheck(
-                    real.sid, probe, real.addr, port, UNKNOWN if port else NO_PORT)
-                check.probe = probe
-                checks[key] = check
-        self.checks = checks
-        for real in self.reals.values():
-            real.probe_down = self._down_probe(real.sid)
-
-    def _down_probe(self, sid: ServerId) -> str:
-        """The name of a probe whose check holds the real out, "" when none does."""
-        return next((c.probe.name for c in self.checks.values()
-                     if c.real_sid == sid and c.state == probes.DOWN), "")
-
-    def probe_result(self, check: ProbeCheck, good: bool, result: str, latency: float,
-                     now: float) -> None:
-        """The runner's report of one probe: counted, and the check's and its real's
-        state follow (logged whenever they change). A report for a check removed while
-        the probe ran (or of a model `reload` replaced) only counts."""
-        counters = self.probe_counters
-        counters.sent += 1
-        if good:
-            counters.ok += 1
-        else:
-            counters.failed += 1
-        key = (check.real_sid, check.probe.name, check.port)
-        if self.checks.get(key) is not check:
-            return
-        was = check.state
-        new = probes.record(check, good, result, latency, now)
-        if new is None:
-            return
-        real = self.reals[check.real_sid]
-        out_before = real.probe_down
-        real.probe_down = self._down_probe(real.sid)
-        what = f"real {self.fmt(real.sid)} probe {check.probe.name} (port {check.port})"
-        if new == probes.DOWN:
-            log.warning("%s DOWN: %s%s", what, result,
-                        "" if out_before else "; no new connections")
-        elif was != UNKNOWN:
-            log.warning("%s UP%s", what,
-                        "; back in service" if out_before and not real.probe_down else "")
-
     def real_state(self, r: PhysicalMachine) -> str:
         """What `show real` calls its state: FAILED while a probe holds it out."""
         return health.state(r).value
 
     def real_cause(self, r: PhysicalMachine) -> str:
         return health.cause(r)
-
-    # -- appliance settings (model/settings.py) --------------------------------------
-    def set_hostname(self, name: str = DEFAULT_HOSTNAME) -> None:
-        self.settings.hostname = name
-        self.changed()
-
-    def set_enable_secret(self, stored: str) -> None:
-        """`enable password`: a hash from passwords.hash_password; "" = none."""
-        self.settings.enable_secret = _checked_secret(stored)
-        self.changed()
-
-    def set_login_secret(self, stored: str) -> None:
-        """`password` (remote logins): a hash from passwords.hash_password; "" = none."""
-        self.settings.login_secret = _checked_secret(stored)
-        self.changed()
-
-    def add_access(self, kind: str, addr: int, prefixlen: int) -> None:
-        """`telnet|ssh ADDR MASK`: let that network log in; listed once."""
-        listed, network = self._access(kind, addr, prefixlen)
-        if not any(e.addr == network and e.prefixlen == prefixlen for e in listed):
-            listed.append(AccessEntry(network, prefixlen))
-        self.changed()
-
-    def remove_access(self, kind: str, addr: int, prefixlen: int) -> None:
-        listed, network = self._access(kind, addr, prefixlen)
-        match = [e for e in listed if e.addr == network and e.prefixlen == prefixlen]
-        if not match:
-            raise ModelError(f"no {kind} entry {format_ip(network)} "
-                             f"{format_mask(prefixlen)}")
-        listed.remove(match[0])
-        self.changed()
-
-    def _access(self, kind: str, addr: int, prefixlen: int) -> tuple[list[AccessEntry], int]:
-        if kind not in ACCESS_KINDS:
-            raise ModelError(f"no access list '{kind}'")
-        return self.settings.access(kind), addr & prefix_mask(prefixlen)
-
-    def client_matches(self, entries: list[AccessEntry], addr: int) -> bool:
-        return any(e.admits(addr) for e in entries)
-
-    def set_session_timeout(self, minutes: int = DEFAULT_SESSION_TIMEOUT,
-                            seconds: int = 0) -> None:
-        """`exec-timeout MINUTES [SECONDS]`; 0 0 = never."""
-        if minutes < 0 or seconds < 0:
-            raise ModelError("exec-timeout cannot be negative")
-        self.settings.session_timeout = (minutes * 60 + seconds) / 60 if seconds else minutes
-        self.changed()
-
-    def set_conn_limit(self, limit: int = DEFAULT_MAX_CONNS) -> None:
-        """`conn-limit N`: the connection table's size; SYNs beyond it are dropped."""
-        if limit < 1:
-            raise ModelError("conn-limit must be at least 1")
-        self.settings.max_conns = limit
-        self.changed()
-
-    # -- remote syslog (docs/design.rst, "Monitoring") --------------------------------
-    def add_log_host(self, addr: int, transport: str = "udp", port: int | None = None) -> None:
-        """`logging host ADDR [transport udp|tcp [port N]]`: send the log there too; the
-        port defaults to the transport's (514/udp, 601/tcp). Listed once."""
-        if transport not in LOG_TRANSPORTS:
-            raise ModelError(f"unknown logging transport '{transport}' (udp or tcp)")
-        port = LOG_TRANSPORTS[transport] if port is None else port
-        if not 1 <= port <= 65535:
-            raise ModelError(f"logging port {port} out of range (1-65535)")
-        first = addr >> 24
-        if addr in (0, 0xFFFFFFFF) or first >= 224 or first == 0:
-            raise ModelError(f"{format_ip(addr)} is not a host address a log can go to")
-        entry = LogHost(addr, transport, port)
-        if entry not in self.settings.log_hosts:
-            self.settings.log_hosts.append(entry)
-            self.changed()
-
-    def remove_log_host(self, addr: int, transport: str | None = None,
-                        port: int | None = None) -> None:
-        """`no logging host ADDR [transport T [port N]]`: every entry for the address,
-        or only the one of that transport (and port)."""
-        if transport is not None and port is None:
-            port = LOG_TRANSPORTS.get(transport)
-        match = [h for h in self.settings.log_hosts if h.addr == addr
-                 and transport in (None, h.transport) and port in (None, h.port)]
-        if not match:
-            raise ModelError(f"{format_ip(addr)}"
-                             + (f" {transport} port {port}" if transport else "")
-                             + " is not a logging host")
-        self.settings.log_hosts = [h for h in self.settings.log_hosts if h not in match]
-        self.changed()
-
-    def set_log_trap(self, level: int | str = DEFAULT_LOG_TRAP) -> None:
-        """`logging trap LEVEL`: an IOS severity name or its number 0-7; records of
-        that severity and more severe go to the logging hosts."""
-        if isinstance(level, str):
-            if level not in LOG_LEVELS:
-                raise ModelError(f"unknown logging level '{level}' "
-                                 f"({', '.join(LOG_LEVELS)} or 0-7)")
-            level = LOG_LEVELS.index(level)
-        if not 0 <= level < len(LOG_LEVELS):
-            raise ModelError(f"logging level {level} out of range (0-7)")
-        self.settings.log_trap = level
-        self.changed()
-
-
-    # -- failover pair (model/failover.py; docs/design.rst, "Failover") ---------------
-    def set_failover(self, on: bool) -> None:
-        """`failover` / `no failover`: run as one unit of a pair."""
-        self.settings.failover.enabled = on
-        self.changed()
-
-    def set_failover_peer(self, addr: int = 0) -> None:
-        """`failover ip address IP`: the other unit's address on the failover link."""
-        if addr and (addr >> 24 in (0, 127) or addr >> 28 >= 14):
-            raise ModelError(f"{format_ip(addr)} cannot be a failover peer")
-        self.settings.failover.peer = addr
-        self.changed()
-
-    def set_failover_timing(self, poll: int, hold: int) -> None:
-        """`failover poll MS holdtime MS`. The hold time must cover keepalived's own
-        verdict on a silent peer: 3 missed hellos plus its skew."""
-        config = self.settings.failover
-        low, high = POLL_RANGE_MS
-        if not low <= poll <= high or poll % POLL_STEP_MS:
-            raise ModelError(f"failover poll must be {low}-{high} ms in steps of "
-                             f"{POLL_STEP_MS}")
-        low, high = HOLD_RANGE_MS
-        if not low <= hold <= high:
-            raise ModelError(f"failover hold must be {low}-{high} ms")
-        if hold < HOLD_POLLS * poll:
-            raise ModelError(f"failover hold ({hold} ms) must be at least {HOLD_POLLS} "
-                             f"polls ({HOLD_POLLS * poll} ms)")
-        config.poll_ms, config.hold_ms = poll, hold
-        self.changed()
-
-    def set_replicate(self, on: bool) -> None:
-        """`replicate`: send connection state to the standby (stateful failover)."""
-        self.settings.failover.replicate = on
-        self.changed()
-
-    def add_failover_virtual(self, addr: int, prefixlen: int) -> None:
-        """`failover virtual IP MASK`: an address that moves with the active unit."""
-        host = addr & ~prefix_mask(prefixlen) & 0xFFFFFFFF
-        if prefixlen < 31 and host in (0, ~prefix_mask(prefixlen) & 0xFFFFFFFF):
-            raise ModelError(f"{format_ip(addr)} is not a host address of its network")
-        listed = self.settings.failover.virtuals
-        listed[:] = [(a, p) for a, p in listed if a != addr] + [(addr, prefixlen)]
-        self.changed()
-
-    def remove_failover_virtual(self, addr: int) -> None:
-        listed = self.settings.failover.virtuals
-        if not any(a == addr for a, _ in listed):
-            raise ModelError(f"{format_ip(addr)} is not a failover virtual address")
-        listed[:] = [(a, p) for a, p in listed if a != addr]
-        self.changed()
-
-
-def _checked_secret(stored: str) -> str:
-    if stored and not is_hash(stored):
-        raise ModelError("not a password hash written by this appliance")
-    return stored
 
 
 def _append(head, obj):

@@ -9,6 +9,13 @@ the command line, never in the configuration."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .addr import format_ip, prefix_mask
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 DEFAULT_POLL_MS = 200       # VRRP hello (advertisement) interval
 DEFAULT_HOLD_MS = 1000      # silence after which the peer counts as gone
@@ -53,3 +60,62 @@ class FailoverStatus:
     peer_active_seconds: float
     replication: str           # one line: state of the replication stream
     daemons: tuple[DaemonStatus, ...]
+
+
+class FailoverSettings:
+    """The changes of the pair's configuration, mixed into Director."""
+
+    settings: Settings
+
+    if TYPE_CHECKING:
+        def changed(self) -> None: ...
+
+    def set_failover(self, on: bool) -> None:
+        """`failover` / `no failover`: run as one unit of a pair."""
+        self.settings.failover.enabled = on
+        self.changed()
+
+    def set_failover_peer(self, addr: int = 0) -> None:
+        """`failover ip address IP`: the other unit's address on the failover link."""
+        if addr and (addr >> 24 in (0, 127) or addr >> 28 >= 14):
+            raise ModelError(f"{format_ip(addr)} cannot be a failover peer")
+        self.settings.failover.peer = addr
+        self.changed()
+
+    def set_failover_timing(self, poll: int, hold: int) -> None:
+        """`failover poll MS holdtime MS`. The hold time must cover keepalived's own
+        verdict on a silent peer: 3 missed hellos plus its skew."""
+        config = self.settings.failover
+        low, high = POLL_RANGE_MS
+        if not low <= poll <= high or poll % POLL_STEP_MS:
+            raise ModelError(f"failover poll must be {low}-{high} ms in steps of "
+                             f"{POLL_STEP_MS}")
+        low, high = HOLD_RANGE_MS
+        if not low <= hold <= high:
+            raise ModelError(f"failover hold must be {low}-{high} ms")
+        if hold < HOLD_POLLS * poll:
+            raise ModelError(f"failover hold ({hold} ms) must be at least {HOLD_POLLS} "
+                             f"polls ({HOLD_POLLS * poll} ms)")
+        config.poll_ms, config.hold_ms = poll, hold
+        self.changed()
+
+    def set_replicate(self, on: bool) -> None:
+        """`replicate`: send connection state to the standby (stateful failover)."""
+        self.settings.failover.replicate = on
+        self.changed()
+
+    def add_failover_virtual(self, addr: int, prefixlen: int) -> None:
+        """`failover virtual IP MASK`: an address that moves with the active unit."""
+        host = addr & ~prefix_mask(prefixlen) & 0xFFFFFFFF
+        if prefixlen < 31 and host in (0, ~prefix_mask(prefixlen) & 0xFFFFFFFF):
+            raise ModelError(f"{format_ip(addr)} is not a host address of its network")
+        listed = self.settings.failover.virtuals
+        listed[:] = [(a, p) for a, p in listed if a != addr] + [(addr, prefixlen)]
+        self.changed()
+
+    def remove_failover_virtual(self, addr: int) -> None:
+        listed = self.settings.failover.virtuals
+        if not any(a == addr for a, _ in listed):
+            raise ModelError(f"{format_ip(addr)} is not a failover virtual address")
+        listed[:] = [(a, p) for a, p in listed if a != addr]
+        self.changed()

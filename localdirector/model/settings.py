@@ -1,16 +1,20 @@
 """Appliance-wide settings that are configuration but not part of the patent's objects:
 the name, who may log in and for how long (docs/design.rst, "Operator access"), the
 size of the connection table, where the log goes (docs/design.rst, "Monitoring") and
-the failover pair ("Failover") and BGP ("Scale-out").
-Changed only through Director's methods."""
+the failover pair ("Failover") and BGP ("Scale-out"), with the changes of the first
+ones (`ApplianceSettings`, mixed into Director; those of the pair and of BGP are in
+failover.py and bgp.py). Changed only through Director's methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .addr import prefix_mask
+from .addr import format_ip, format_mask, prefix_mask
 from .bgp import BgpConfig
+from .errors import ModelError
 from .failover import FailoverConfig
+from .passwords import is_hash
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -69,3 +73,116 @@ class Settings:
     def idle_seconds(self) -> float:
         """Seconds of silence after which a session is closed; 0 = never."""
         return float(self.session_timeout) * 60.0
+
+
+class ApplianceSettings:
+    """The name, logins, session timeout, connection table size and logging."""
+
+    settings: Settings
+
+    if TYPE_CHECKING:
+        def changed(self) -> None: ...
+
+    def set_hostname(self, name: str = DEFAULT_HOSTNAME) -> None:
+        self.settings.hostname = name
+        self.changed()
+
+    def set_enable_secret(self, stored: str) -> None:
+        """`enable password`: a hash from passwords.hash_password; "" = none."""
+        self.settings.enable_secret = _checked_secret(stored)
+        self.changed()
+
+    def set_login_secret(self, stored: str) -> None:
+        """`password` (remote logins): a hash from passwords.hash_password; "" = none."""
+        self.settings.login_secret = _checked_secret(stored)
+        self.changed()
+
+    def add_access(self, kind: str, addr: int, prefixlen: int) -> None:
+        """`telnet|ssh ADDR MASK`: let that network log in; listed once."""
+        listed, network = self._access(kind, addr, prefixlen)
+        if not any(e.addr == network and e.prefixlen == prefixlen for e in listed):
+            listed.append(AccessEntry(network, prefixlen))
+        self.changed()
+
+    def remove_access(self, kind: str, addr: int, prefixlen: int) -> None:
+        listed, network = self._access(kind, addr, prefixlen)
+        match = [e for e in listed if e.addr == network and e.prefixlen == prefixlen]
+        if not match:
+            raise ModelError(f"no {kind} entry {format_ip(network)} "
+                             f"{format_mask(prefixlen)}")
+        listed.remove(match[0])
+        self.changed()
+
+    def _access(self, kind: str, addr: int, prefixlen: int) -> tuple[list[AccessEntry], int]:
+        if kind not in ACCESS_KINDS:
+            raise ModelError(f"no access list '{kind}'")
+        return self.settings.access(kind), addr & prefix_mask(prefixlen)
+
+    def client_matches(self, entries: list[AccessEntry], addr: int) -> bool:
+        return any(e.admits(addr) for e in entries)
+
+    def set_session_timeout(self, minutes: int = DEFAULT_SESSION_TIMEOUT,
+                            seconds: int = 0) -> None:
+        """`exec-timeout MINUTES [SECONDS]`; 0 0 = never."""
+        if minutes < 0 or seconds < 0:
+            raise ModelError("exec-timeout cannot be negative")
+        self.settings.session_timeout = (minutes * 60 + seconds) / 60 if seconds else minutes
+        self.changed()
+
+    def set_conn_limit(self, limit: int = DEFAULT_MAX_CONNS) -> None:
+        """`conn-limit N`: the connection table's size; SYNs beyond it are dropped."""
+        if limit < 1:
+            raise ModelError("conn-limit must be at least 1")
+        self.settings.max_conns = limit
+        self.changed()
+
+    # remote syslog (docs/design.rst, "Monitoring")
+    def add_log_host(self, addr: int, transport: str = "udp", port: int | None = None) -> None:
+        """`logging host ADDR [transport udp|tcp [port N]]`: send the log there too; the
+        port defaults to the transport's (514/udp, 601/tcp). Listed once."""
+        if transport not in LOG_TRANSPORTS:
+            raise ModelError(f"unknown logging transport '{transport}' (udp or tcp)")
+        port = LOG_TRANSPORTS[transport] if port is None else port
+        if not 1 <= port <= 65535:
+            raise ModelError(f"logging port {port} out of range (1-65535)")
+        first = addr >> 24
+        if addr in (0, 0xFFFFFFFF) or first >= 224 or first == 0:
+            raise ModelError(f"{format_ip(addr)} is not a host address a log can go to")
+        entry = LogHost(addr, transport, port)
+        if entry not in self.settings.log_hosts:
+            self.settings.log_hosts.append(entry)
+            self.changed()
+
+    def remove_log_host(self, addr: int, transport: str | None = None,
+                        port: int | None = None) -> None:
+        """`no logging host ADDR [transport T [port N]]`: every entry for the address,
+        or only the one of that transport (and port)."""
+        if transport is not None and port is None:
+            port = LOG_TRANSPORTS.get(transport)
+        match = [h for h in self.settings.log_hosts if h.addr == addr
+                 and transport in (None, h.transport) and port in (None, h.port)]
+        if not match:
+            raise ModelError(f"{format_ip(addr)}"
+                             + (f" {transport} port {port}" if transport else "")
+                             + " is not a logging host")
+        self.settings.log_hosts = [h for h in self.settings.log_hosts if h not in match]
+        self.changed()
+
+    def set_log_trap(self, level: int | str = DEFAULT_LOG_TRAP) -> None:
+        """`logging trap LEVEL`: an IOS severity name or its number 0-7; records of
+        that severity and more severe go to the logging hosts."""
+        if isinstance(level, str):
+            if level not in LOG_LEVELS:
+                raise ModelError(f"unknown logging level '{level}' "
+                                 f"({', '.join(LOG_LEVELS)} or 0-7)")
+            level = LOG_LEVELS.index(level)
+        if not 0 <= level < len(LOG_LEVELS):
+            raise ModelError(f"logging level {level} out of range (0-7)")
+        self.settings.log_trap = level
+        self.changed()
+
+
+def _checked_secret(stored: str) -> str:
+    if stored and not is_hash(stored):
+        raise ModelError("not a password hash written by this appliance")
+    return stored

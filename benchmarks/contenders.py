@@ -34,6 +34,7 @@ class Contender:
     name = ""
     description = ""
     nfqueue = False  # packets pass an NFQUEUE: the kernel's queue counters are worth reading
+    workers = 1      # processes: the first and its children count as the contender's CPU
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,13 +159,14 @@ class NfqueueNull(KernelNat):
     description = "kernel NAT + a do-nothing Python NFQUEUE worker (diagnostic)"
     nfqueue = True
 
+    binding: tuple[str, ...] = ()
+    queues = ("--queue-num", "0")
+
     def _rules(self) -> list[list[str]]:
         match = [["-d", VIP, "-p", "tcp", "--dport", str(VIP_PORT)]]
         match += [["-s", real, "-p", "tcp", "--sport", str(VIP_PORT)] for real in REALS]
-        return [["PREROUTING", *m, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+        return [["PREROUTING", *m, "-j", "NFQUEUE", *self.queues, "--queue-bypass"]
                 for m in match]
-
-    binding: tuple[str, ...] = ()
 
     def start(self, bench: BenchLab) -> None:
         self._spawn(bench, [sys.executable, "-m", "benchmarks.nfq_null", "--queue", "0",
@@ -196,6 +198,18 @@ class NfqueueNullOwn(NfqueueNull):
     name = "nfqueue-null-own"
     description = "kernel NAT + a do-nothing worker on localdirector's NFQUEUE binding"
     binding = ("--binding", "own")
+
+
+class NfqueueNullOwnTwo(NfqueueNull):
+    """Diagnostic: the same in two processes on two queues, the kernel spreading
+    packets over them by address (``--queue-balance``): the ceiling a data plane split
+    over two cores would have."""
+
+    name = "nfqueue-null-own-2"
+    description = "kernel NAT + two do-nothing worker processes on two queues"
+    binding = ("--binding", "own", "--workers", "2")
+    queues = ("--queue-balance", "0:1")
+    workers = 2
 
 
 class HAProxy(Contender):
@@ -312,20 +326,23 @@ class LocalDirectorKernel(LocalDirectorFastpath):
 
 def all_contenders() -> list[Contender]:
     return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
-            LocalDirectorKernel(), NfqueueNull(), NfqueueNullOwn()]
+            LocalDirectorKernel(), NfqueueNull(), NfqueueNullOwn(), NfqueueNullOwnTwo()]
 
 
-def queue_counters(bench: BenchLab, queue_num: int = 0) -> dict[str, int] | None:
-    """The kernel's counters of an NFQUEUE in the director: packets queued so far and
-    packets lost on the way to the worker (full queue, full socket buffer)."""
+def queue_counters(bench: BenchLab) -> dict[str, int] | None:
+    """The kernel's counters of the NFQUEUEs in the director, summed: packets queued so
+    far and packets lost on the way to the workers (full queue, full socket buffer)."""
     text = bench.run(bench.director_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"],
                      check=False).stdout
+    counters = None
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 8 and fields[0] == str(queue_num):
-            return {"queued": int(fields[7]), "queue_dropped": int(fields[5]),
-                    "user_dropped": int(fields[6])}
-    return None
+        if len(fields) >= 8:
+            counters = counters or {"queued": 0, "queue_dropped": 0, "user_dropped": 0}
+            counters["queued"] += int(fields[7])
+            counters["queue_dropped"] += int(fields[5])
+            counters["user_dropped"] += int(fields[6])
+    return counters
 
 
 def reset_director(bench: BenchLab) -> list[str]:

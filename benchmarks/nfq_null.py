@@ -14,12 +14,17 @@ verdicts in one datagram, as the appliance's worker does, but accepts each packe
 unchanged: kernel NAT, which translates in this contender, verifies the checksum of a
 packet handed back with a payload, and a GSO super-packet's is left for the kernel to
 finish (the appliance's worker only hands back what its engine changed, untracked).
+``--workers 2`` runs it in two processes on two queues: what a second core would give
+a data plane that could split its work (docs/benchmarks.rst).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import select
+import signal
 from typing import TYPE_CHECKING
 
 from localdirector.dataplane.nfqueue import PacketQueue
@@ -29,6 +34,7 @@ from localdirector.dataplane.worker import BATCH, SOCKET_BYTES_PER_PACKET
 MAX_LEN = 8192
 COPY_RANGE = 4016
 SOCK_LEN = MAX_LEN * 1200
+_PR_SET_PDEATHSIG = 1
 
 if TYPE_CHECKING:
     from netfilterqueue import Packet
@@ -40,12 +46,23 @@ def _reinject(pkt: "Packet") -> None:
     pkt.accept()
 
 
-def _serve_own(queue_num: int) -> None:
+def _serve_own(queue_num: int, workers: int) -> None:
     """The do-nothing worker on our binding: batches of at most BATCH packets, each
-    received (one copy out of the receive buffer) and accepted unchanged."""
-    queue = PacketQueue(queue_num, max_len=MAX_LEN,
-                        receive_buffer=MAX_LEN * SOCKET_BYTES_PER_PACKET)
-    print("bound", flush=True)
+    received (one copy out of the receive buffer) and accepted unchanged. With several
+    `workers`, queues `queue_num`... are bound here and each served by a process of its
+    own (the kernel spreads packets over them by address: ``--queue-balance``), which
+    end with this one."""
+    queues = [PacketQueue(queue_num + n, max_len=MAX_LEN,
+                          receive_buffer=MAX_LEN * SOCKET_BYTES_PER_PACKET)
+              for n in range(workers)]
+    queue = queues[0]
+    for other in queues[1:]:
+        if os.fork() == 0:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            queue = other
+            break
+    else:
+        print("bound", flush=True)
     poller = select.poll()
     poller.register(queue.fileno(), select.POLLIN)
     receive, accept = queue.receive, queue.accept
@@ -65,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--binding", choices=("netfilterqueue", "own"),
                         default="netfilterqueue",
                         help="NetfilterQueue (the diagnostic's baseline) or our own")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes, one per queue from --queue on (own binding only)")
     args = parser.parse_args(argv)
     if args.binding == "own":
-        _serve_own(args.queue)
+        _serve_own(args.queue, args.workers)
         return 0
     # Imported only here: `--binding own` runs where NetfilterQueue is not installed
     # (the appliance does not need it).

@@ -22,11 +22,12 @@ TICKS = {"localdirector": "localdirector\nuserspace",
          "localdirector-fastpath": "localdirector\nfastpath",
          "localdirector-kernel": "localdirector\nfastpath\nkernel",
          "nfqueue-null": "nfqueue-null\n(diagnostic)",
-         "nfqueue-null-own": "nfqueue-null\nown binding\n(diagnostic)"}
+         "nfqueue-null-own": "nfqueue-null\nown binding\n(diagnostic)",
+         "nfqueue-null-own-2": "nfqueue-null\nown binding, 2 processes\n(diagnostic)"}
 COLOURS = {"direct": "#8c8c8c", "kernel-nat": "#4c72b0", "haproxy": "#dd8452",
            "localdirector": "#55a868", "localdirector-fastpath": "#2f7d4a",
            "localdirector-kernel": "#1b4d2c", "nfqueue-null": "#c4ad66",
-           "nfqueue-null-own": "#a89350"}
+           "nfqueue-null-own": "#a89350", "nfqueue-null-own-2": "#8c7a43"}
 
 
 def plot(result: dict, output: Path) -> None:

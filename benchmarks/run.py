@@ -96,20 +96,31 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _proc_cpu(pid: int | None) -> tuple[float, float]:
-    """(user, system) CPU seconds, all threads, of ``pid`` so far; zeros without one.
+def _proc_cpu(pid: int | None, children: bool = False) -> tuple[float, float]:
+    """(user, system) CPU seconds, all threads, of ``pid`` so far (and of its live
+    child processes with ``children``); zeros without one.
 
     The split matters for the appliance: system time is the kernel work its NFQUEUE
     system calls carry (receiving, and the verdict that sends the packet on its way),
     user time is everything Python does, the engine included."""
     if pid is None:
         return 0.0, 0.0
+    stats = []
+    for entry in os.scandir("/proc") if children else ():
+        if entry.name.isdigit() and entry.name != str(pid):
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                stats.append(stat)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stats.append(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
     except OSError:
         return 0.0, 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    return int(stat[11]) / tick, int(stat[12]) / tick
+    return (sum(int(stat[11]) for stat in stats) / tick,
+            sum(int(stat[12]) for stat in stats) / tick)
 
 
 def _lab_inodes(bench: BenchLab) -> set[int]:
@@ -176,7 +187,7 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
     ours = _lab_inodes(bench)
     foreign0 = _foreign_cpu(ours)
     pid = contender.pid
-    proc_cpu0 = _proc_cpu(pid)
+    proc_cpu0 = _proc_cpu(pid, contender.workers > 1)
     queue0 = queue_counters(bench) if contender.nfqueue else None
     started = time.monotonic()
     reports, failures = [], []
@@ -203,7 +214,7 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         "foreign_cpu": round(foreign / wall, 3),
     }
     if pid is not None:
-        user1, system1 = _proc_cpu(pid)
+        user1, system1 = _proc_cpu(pid, contender.workers > 1)
         sample["process_cpu_user"] = round((user1 - proc_cpu0[0]) / wall, 3)
         sample["process_cpu_system"] = round((system1 - proc_cpu0[1]) / wall, 3)
         sample["process_cpu"] = round(sample["process_cpu_user"] + sample["process_cpu_system"],
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                         default="direct,kernel-nat,haproxy,localdirector,"
                                 "localdirector-fastpath,localdirector-kernel,nfqueue-null",
                         help="which to measure, comma-separated [all but the nfqueue-null-own "
-                             "diagnostic]")
+                             "and nfqueue-null-own-2 diagnostics]")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--settle", type=float, default=1.0,
                         help="pause between measurements, seconds [1]")

@@ -24,31 +24,28 @@ from ..model.connection import (
     SYN_RCVD,
     SYN_SENT,
     Connection,
-    flow_key,
 )
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
-from ..model.predictors import STICKY_LIMIT, expire_sticky, remember_sticky, sticky_closed
+from ..model.predictors import STICKY_LIMIT, expire_sticky, sticky_closed
 from ..model.real import PhysicalMachine
 from ..model.state import State
 from ..model.virtual import VirtualMachine
+from .carried import ANSWERED, CLOSED_EVENT, MOVED, OPENED, CarriedConnections
 from .conntrack import KernelTable, NoKernel
 from .dispatch import Dispatch
 from .expiry import Expiry
 from .fastpath import FastPath
+from .icmp_errors import IcmpErrors
 from .packet import (
     ACK,
     Buffer,
     FIN,
-    NOT_TCP,
-    PROTO_ICMP,
     RST,
     SYN,
-    parse_icmp_error,
     parse_tcp,
     reset_reply,
     rewrite,
-    rewrite_icmp,
     tcp_checksum_valid,
 )
 from .ports import ClientPorts
@@ -69,8 +66,10 @@ from .stats import (
 )
 from .verdicts import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 
-# The worker's verdicts are imported from here, with the engine.
-__all__ = ["Engine", "DROP", "ACCEPT_UNCHANGED", "ACCEPT_MODIFIED", "ACCEPT_MARK"]
+# The worker's verdicts and the replication stream's events are imported from here,
+# with the engine.
+__all__ = ["Engine", "DROP", "ACCEPT_UNCHANGED", "ACCEPT_MODIFIED", "ACCEPT_MARK",
+           "OPENED", "ANSWERED", "MOVED", "CLOSED_EVENT"]
 
 log = logging.getLogger("localdirector")
 
@@ -93,16 +92,12 @@ SEQ_WINDOW = 1 << 22
 _SEQ_MASK = 0xFFFFFFFF
 _BOTH_FINS = FIN_IN | FIN_OUT
 _IN_SERVICE = State.IN_SERVICE
-# What the observer is told (see Engine.observe).
-OPENED = "open"
-ANSWERED = "answered"
-MOVED = "move"
-CLOSED_EVENT = "close"
 
 
-class Engine:
+class Engine(IcmpErrors, CarriedConnections):
     """The FIG. 5 data plane over one Director. `kernel`: conntrack's table, for the fast
-    path (none by default)."""
+    path (none by default). What it does with packets that are not TCP and with
+    connections it did not open is in its mixins (icmp_errors.py, carried.py)."""
 
     def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic,
                  kernel: KernelTable | None = None) -> None:
@@ -153,10 +148,10 @@ class Engine:
     # -- packet path ---------------------------------------------------------------
     def handle(self, buf: Buffer) -> int:
         """FIG. 5 for one IPv4 packet; returns DROP, ACCEPT_UNCHANGED, ACCEPT_MODIFIED
-        (then `buf` holds the translated packet, to its IP total length) or ACCEPT_MARK (`verdict_mark`). Never
-        raises on packet contents. A fast-path connection is never ESTABLISHED (see
-        FASTPATH), so its packets take the control branches and the established userspace
-        path pays nothing for the fast path."""
+        (then `buf` holds the translated packet, to its IP total length) or ACCEPT_MARK
+        (`verdict_mark`). Never raises on packet contents. A fast-path connection is never
+        ESTABLISHED (see FASTPATH), so its packets take the control branches and the
+        established userspace path pays nothing for the fast path."""
         fields = parse_tcp(buf)  # reads only the packet: no need to hold the lock
         # Not `with`: its __exit__ call costs a tenth of a microsecond a packet.
         lock = self._lock
@@ -585,43 +580,6 @@ class Engine:
         self._servers = frozenset((*director.virtuals.values(), *director.reals.values()))
         self._vip_generation = director.generation
 
-    # -- ICMP and other protocols --------------------------------------------------
-    def _not_tcp(self, buf: Buffer, reason: int) -> int:
-        if reason != NOT_TCP:
-            return self._drop(reason)
-        if buf[9] == PROTO_ICMP:
-            return self._icmp(buf)
-        if int.from_bytes(buf[16:20], "big") in self._vips():
-            return self._drop(NOT_TCP)
-        return self._unchanged()
-
-    def _icmp(self, buf: Buffer) -> int:
-        """ICMP errors quoting a translated packet are translated too, so path-MTU
-        discovery and unreachables work through the director; other ICMP passes."""
-        fields = parse_icmp_error(buf)
-        if type(fields) is int:
-            return self._unchanged()
-        ihl, _osrc, _odst, _inner, _inner_ihl, isrc, idst, isport, idport = fields
-        # The quoted packet flowed the way the error did not: look it up as if in flight.
-        key = flow_key(idst, idport, isrc, isport)
-        conns = self.director.conns
-        conn = conns.inbound.get(key)
-        if conn is not None:
-            # Quotes our VIP -> client reply: the error belongs to the real.
-            rewrite_icmp(buf, ihl, outer_dst=conn.real_ip,
-                         inner_src=(conn.real_ip, conn.real_port),
-                         inner_dst=(conn.foreign_ip, conn.remap) if conn.remap else None)
-        else:
-            conn = conns.reply.get(key)
-            if conn is None:
-                return self._unchanged()
-            # Quotes a client -> real packet: show the client an error about the VIP.
-            rewrite_icmp(buf, ihl, outer_src=conn.virtual_ip,
-                         inner_dst=(conn.virtual_ip, conn.virtual_port),
-                         inner_src=(conn.foreign_ip, conn.foreign_port) if conn.remap else None)
-        self.stats.icmp_translated += 1
-        return ACCEPT_MODIFIED
-
     # -- timers --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         """Periodic work (the worker calls it about every 0.5 s): FAILED reals whose retry
@@ -663,72 +621,7 @@ class Engine:
             self._sticky_full_logged = full
             self._sticky_logged_at = now
 
-    # -- replication (docs/design.rst, "Failover") ----------------------------------
-    def observe(self, observer: Callable[[str, Connection], None] | None) -> None:
-        """Have `observer(event, conn)` called, under the lock, when a connection opens,
-        is answered, moves to another real or is removed (OPENED, ANSWERED, MOVED,
-        CLOSED_EVENT): the failover pair's stream. Never per established packet."""
-        self._observer = observer
-
-    def _notify(self, event: str, conn: Connection) -> None:
-        observer = self._observer
-        if observer is not None:
-            observer(event, conn)
-
-    def import_conn(self, conn: Connection) -> None:
-        """Install a connection the active unit replicated (replacing this unit's copy of
-        the same client tuple): both keys, its idle timer and its client's sticky entry,
-        so that this engine carries it on when this unit takes over. Like `adopt`, it
-        is carried over, not opened: totals stay."""
-        with self._lock:
-            table = self.director.conns
-            old = table.inbound.get(conn.in_key)
-            if old is not None:
-                table.remove(old)
-                self._expiry.closed()
-            table.add(conn)
-            conn.virtual.conns_total -= 1
-            conn.real.total_conns -= 1
-            now = self.clock()
-            self._expiry.start(conn, now)
-            if conn.virtual.sticky:
-                remember_sticky(conn.virtual, conn.foreign_ip, conn.real, now)
-
-    def forget_conn(self, in_key: int) -> bool:
-        """The active unit closed this connection: remove this unit's copy as a close
-        would. False when there is none."""
-        with self._lock:
-            conn = self.director.conns.inbound.get(in_key)
-            if conn is None:
-                return False
-            self._close(conn, self.clock())
-            return True
-
     # -- operator actions ----------------------------------------------------------
-    def adopt(self, director: Director) -> None:
-        """`reload`: go on with the model rebuilt from the startup-config, keeping every
-        live connection and the counters. A connection whose virtual and real exist in
-        the new model (same ids) moves onto them, so their gauges include it; any other
-        keeps flowing on its old objects until it ends, as after `no virtual`. Health
-        (FAILED, TESTING) starts afresh with the new objects, so no probe survives.
-        The caller holds the lock, which both models share."""
-        old = self.director
-        table = director.conns
-        for conn in old.conns:
-            virtual = director.virtuals.get(conn.virtual.sid)
-            real = director.reals.get(conn.real.sid)
-            old.conns.remove(conn)
-            if virtual is not None and real is not None:
-                conn.virtual, conn.real = virtual, real
-            table.add(conn)
-            conn.virtual.conns_total -= 1  # carried over, not opened: totals stay
-            conn.real.total_conns -= 1
-        self.director = director
-        self._lock = director.lock
-        self._probes.clear()
-        self._expiry.forget_timeouts()
-        self._vip_generation = -1
-
     def clear_conns(self) -> int:
         """`clear conns`: drop every connection as if closed; returns how many. The kernel
         forgets fast-path ones too, so they stop flowing like userspace ones."""

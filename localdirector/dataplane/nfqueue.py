@@ -130,7 +130,8 @@ class VerdictBatch:
     ``flush`` (netlink takes several messages in one): a header per verdict and the
     payload buffer itself, as ``sendmsg`` pieces."""
 
-    def __init__(self, queue_num: int, send: Callable[[list[bytes | bytearray | memoryview]], object]) -> None:
+    def __init__(self, queue_num: int,
+                 send: Callable[[list[bytes | bytearray | memoryview]], object]) -> None:
         self._res_id = socket.htons(queue_num)
         self._sendmsg = send
         self._pieces: list[bytes | bytearray | memoryview] = []

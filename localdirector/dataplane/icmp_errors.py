@@ -1,0 +1,66 @@
+"""ICMP through the director (docs/design.rst, "Packet flow"): errors that quote a
+translated packet are translated with it, so path-MTU discovery and unreachables work
+across the translation; other ICMP passes, and other protocols toward a VIP are dropped.
+Mixed into Engine (engine.py), whose tables, counters and lock it uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..model.connection import flow_key
+from .packet import NOT_TCP, PROTO_ICMP, Buffer, parse_icmp_error, rewrite_icmp
+from .verdicts import ACCEPT_MODIFIED
+
+if TYPE_CHECKING:
+    from ..model.director import Director
+    from .stats import Stats
+
+
+class IcmpErrors:
+    """What `Engine.handle` does with a packet that is not TCP."""
+
+    director: Director
+    stats: Stats
+
+    if TYPE_CHECKING:
+        def _drop(self, reason: int) -> int: ...
+
+        def _unchanged(self) -> int: ...
+
+        def _vips(self) -> frozenset[int]: ...
+
+    def _not_tcp(self, buf: Buffer, reason: int) -> int:
+        if reason != NOT_TCP:
+            return self._drop(reason)
+        if buf[9] == PROTO_ICMP:
+            return self._icmp(buf)
+        if int.from_bytes(buf[16:20], "big") in self._vips():
+            return self._drop(NOT_TCP)
+        return self._unchanged()
+
+    def _icmp(self, buf: Buffer) -> int:
+        """ICMP errors quoting a translated packet are translated too, so path-MTU
+        discovery and unreachables work through the director; other ICMP passes."""
+        fields = parse_icmp_error(buf)
+        if type(fields) is int:
+            return self._unchanged()
+        ihl, _osrc, _odst, _inner, _inner_ihl, isrc, idst, isport, idport = fields
+        # The quoted packet flowed the way the error did not: look it up as if in flight.
+        key = flow_key(idst, idport, isrc, isport)
+        conns = self.director.conns
+        conn = conns.inbound.get(key)
+        if conn is not None:
+            # Quotes our VIP -> client reply: the error belongs to the real.
+            rewrite_icmp(buf, ihl, outer_dst=conn.real_ip,
+                         inner_src=(conn.real_ip, conn.real_port),
+                         inner_dst=(conn.foreign_ip, conn.remap) if conn.remap else None)
+        else:
+            conn = conns.reply.get(key)
+            if conn is None:
+                return self._unchanged()
+            # Quotes a client -> real packet: show the client an error about the VIP.
+            rewrite_icmp(buf, ihl, outer_src=conn.virtual_ip,
+                         inner_dst=(conn.virtual_ip, conn.virtual_port),
+                         inner_src=(conn.foreign_ip, conn.foreign_port) if conn.remap else None)
+        self.stats.icmp_translated += 1
+        return ACCEPT_MODIFIED

@@ -378,9 +378,6 @@ def _profile_pass(bench: BenchLab, contender: Contender, seconds: float, connect
     return result
 
 
-PROFILES = [("keepalive", False), ("close", False), ("keepalive", True)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m benchmarks.run",
@@ -408,9 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=1.0,
                         help="pause between measurements, seconds [1]")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                        help="afterwards, py-spy the appliance for SECONDS under the keep-alive "
-                             "and close workloads, and once more with C frames (unscored) "
-                             "[0 = off]")
+                        help="afterwards, py-spy the appliance for SECONDS under each of the "
+                             "--profile-workloads, and once more under the first with C "
+                             "frames (unscored) [0 = off]")
+    parser.add_argument("--profile-workloads", default="keepalive,close",
+                        help="the workloads --profile samples [keepalive,close]")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where to write the results [benchmarks/results.json]")
     args = parser.parse_args(argv)
@@ -425,7 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sources must be at least 1 and --processes not negative")
     wanted = args.contenders.split(",")
     contenders = [c for c in all_contenders() if c.name in wanted]
+    unknown = sorted({*args.workloads.split(","), *args.profile_workloads.split(",")}
+                     - WORKLOADS.keys())
+    if unknown:
+        parser.error(f"no workload {', '.join(unknown)} (there are {', '.join(WORKLOADS)})")
     workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
+    profiled = args.profile_workloads.split(",")
+    passes = [(name, False) for name in profiled] + [(profiled[0], True)]
     clean_stale("ldb")
 
     info = machine.describe(tools=True)
@@ -475,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                           for n in contender.stop(bench) + reset_director(bench)]
         appliance = next((c for c in contenders if isinstance(c, LocalDirector)), None)
         if args.profile and appliance is not None and not appliance.unavailable:
-            for name, native in PROFILES:
+            for name, native in passes:
                 time.sleep(args.settle)
                 profiles.append(_profile_pass(bench, appliance, args.profile,
                                               args.connections, WORKLOADS[name], native))

@@ -96,6 +96,15 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces
+    and parentheses), numbered from the state at 0; None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _proc_cpu(pid: int | None, children: bool = False) -> tuple[float, float]:
     """(user, system) CPU seconds, all threads, of ``pid`` so far (and of its live
     child processes with ``children``); zeros without one.
@@ -103,21 +112,15 @@ def _proc_cpu(pid: int | None, children: bool = False) -> tuple[float, float]:
     The split matters for the appliance: system time is the kernel work its NFQUEUE
     system calls carry (receiving, and the verdict that sends the packet on its way),
     user time is everything Python does, the engine included."""
-    if pid is None:
+    own = _stat(pid) if pid is not None else None
+    if own is None:
         return 0.0, 0.0
-    stats = []
+    stats = [own]
     for entry in os.scandir("/proc") if children else ():
         if entry.name.isdigit() and entry.name != str(pid):
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
+            stat = _stat(entry.name)
+            if stat is not None and int(stat[1]) == pid:
                 stats.append(stat)
-    try:
-        stats.append(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
-    except OSError:
-        return 0.0, 0.0
     tick = os.sysconf("SC_CLK_TCK")
     return (sum(int(stat[11]) for stat in stats) / tick,
             sum(int(stat[12]) for stat in stats) / tick)
@@ -150,10 +153,10 @@ def _foreign_cpu(ours: set[int]) -> dict[int, float]:
         try:
             if os.stat(f"/proc/{entry.name}/ns/net").st_ino in ours:
                 continue
-            stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat[6]) & _PF_KTHREAD:
+        stat = _stat(entry.name)
+        if stat is None or int(stat[6]) & _PF_KTHREAD:
             continue
         result[int(entry.name)] = (int(stat[11]) + int(stat[12])) / tick
     return result
@@ -424,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sources must be at least 1 and --processes not negative")
     wanted = args.contenders.split(",")
     contenders = [c for c in all_contenders() if c.name in wanted]
-    unknown = sorted({*args.workloads.split(","), *args.profile_workloads.split(",")}
-                     - WORKLOADS.keys())
+    measured = args.workloads.split(",")
+    profiled = args.profile_workloads.split(",")
+    unknown = sorted({*measured, *profiled} - WORKLOADS.keys())
     if unknown:
         parser.error(f"no workload {', '.join(unknown)} (there are {', '.join(WORKLOADS)})")
-    workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
-    profiled = args.profile_workloads.split(",")
+    workloads = [WORKLOADS[name] for name in measured]
     passes = [(name, False) for name in profiled] + [(profiled[0], True)]
     clean_stale("ldb")
 

@@ -14,12 +14,12 @@ import logging
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from localdirector import runtime
 from localdirector.commands.bgp import BgpStatus
 from localdirector.model import bgp
 from localdirector.model.addr import format_ip, parse_ip
@@ -68,7 +68,7 @@ def _config_key(config: BgpConfig) -> tuple:
 class BgpService:
     def __init__(self, appliance: "Appliance") -> None:
         self.appliance = appliance
-        self._directory = Path(tempfile.mkdtemp(prefix="localdirector-bgp-", dir="/run"))
+        self._directory: Path | None = None   # claimed when ExaBGP first starts
         self._speaker: Speaker | None = None
         self._key: tuple | None = None
         self._announced: set[int] = set()
@@ -151,6 +151,11 @@ class BgpService:
             log.error("bgp: %s", self._problem)
             return
         local = {n.addr: _local_address(n.addr) for n in config.neighbors}
+        if self._directory is None:
+            self._directory, ended = runtime.claim("bgp")
+            if ended:
+                log.warning("bgp: ended %d processes a killed run left (pids %s)",
+                            len(ended), " ".join(map(str, ended)))
         directory = self._directory
         text = config_text(config, local, directory / "relay.sh", directory / "commands",
                            directory / "events")
@@ -192,4 +197,5 @@ class BgpService:
         if self._thread.is_alive():
             self._thread.join(10)
         self.appliance.bgp = None
-        shutil.rmtree(self._directory, ignore_errors=True)
+        if self._directory is not None:
+            runtime.release(self._directory)

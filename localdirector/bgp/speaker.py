@@ -9,7 +9,6 @@ pipe would fill until ExaBGP stalls."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from localdirector.model.addr import format_ip
 from localdirector.model.bgp import BgpConfig
+from localdirector.runtime import die_with_parent
 
 STOP_GRACE = 3.0
 ENVIRONMENT = {
@@ -62,13 +62,6 @@ def config_text(config: BgpConfig, local: dict[int, int], relay: Path, commands:
     return "\n".join(lines) + "\n"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: a crashed appliance takes ExaBGP with it, so no VIP
-    stays announced for a data plane that is gone (PR_SET_PDEATHSIG; it fires when the
-    thread that started ExaBGP ends, which is the BGP service's own)."""
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-
-
 class Speaker:
     """ExaBGP over one configuration; `send` writes API lines, `on_event` hears its
     event lines (from a thread of its own)."""
@@ -96,7 +89,7 @@ class Speaker:
             self.proc = subprocess.Popen(["exabgp", str(self.conf)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         self._stopped = False
         self._reader = threading.Thread(target=self._read, name="bgp-events", daemon=True)
         self._reader.start()

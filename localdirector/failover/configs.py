@@ -3,8 +3,11 @@ unit's own facts; the operator never edits them (docs/design.rst, "Failover").
 
 keepalived: one VRRP instance per interface that holds failover virtuals, every one
 advertised by unicast over the failover link (so the shared segments carry no VRRP at
-all), tracking its own interface (a unit that loses its client or real link goes to
-FAULT and the other takes over), all in one sync group so both sides move together;
+all) and accepting adverts from the other unit's address alone (`check_unicast_src`),
+tracking its own interface (a unit that loses its client or real link goes to
+FAULT and the other takes over) but not the failover link (`dont_track_primary`: on a
+direct cable the survivor loses carrier when the other unit dies, and must take over,
+not go to FAULT), all in one sync group so both sides move together;
 `nopreempt` so a returning unit never takes over by itself, as on LocalDirector;
 VRRPv3 for hellos below a second; a track file through which this unit can step down
 (`failover active` on the other unit). conntrackd: FTFW over UDP on the failover link."""
@@ -102,7 +105,9 @@ def keepalived(config: FailoverConfig, unit: Unit,
             f"    virtual_router_id {FIRST_VRID + index}",
             f"    priority {PRIORITY[unit.role]}",
             f"    advert_int {advert}",
+            "    dont_track_primary",
             f"    unicast_src_ip {unit.address}",
+            "    check_unicast_src",
             f"    unicast_peer {{\n        {peer}\n    }}",
             f"    track_interface {{\n        {ifname}\n    }}",
             "    track_file {\n        ld_step_down\n    }",

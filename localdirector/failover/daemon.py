@@ -1,6 +1,7 @@
 """A helper process the appliance keeps running (keepalived, conntrackd): started in
 the foreground in its own process group, restarted and logged when it exits, stopped
-with its children at exit (docs/design.rst, "Failover")."""
+with its children at exit, and killed by the kernel if the appliance dies without
+stopping it (docs/design.rst, "Failover")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from localdirector.runtime import die_with_parent
 
 log = logging.getLogger("localdirector.failover")
 
@@ -52,7 +55,8 @@ class Supervised:
             with self.output.open("ab") as out:
                 self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL,
-                                              start_new_session=True)
+                                              start_new_session=True,
+                                              preexec_fn=die_with_parent)
             if first:
                 log.info("failover: %s started (pid %d)", self.name, self._proc.pid)
             else:

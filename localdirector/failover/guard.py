@@ -13,7 +13,7 @@ import subprocess
 CHAIN = "LDFAILOVER"
 
 
-def _iptables(*args: str, check: bool = True) -> bool:
+def iptables_raw(*args: str, check: bool = True) -> bool:
     proc = subprocess.run(["iptables", "-w", "-t", "raw", *args], capture_output=True,
                           text=True, check=False)
     if check and proc.returncode != 0:
@@ -25,25 +25,25 @@ class Guard:
     def __init__(self, link: str) -> None:
         self.link = link
         self.up = False
-        _iptables("-N", CHAIN, check=False)
-        _iptables("-F", CHAIN)
+        iptables_raw("-N", CHAIN, check=False)
+        iptables_raw("-F", CHAIN)
         for rule in (("-i", link, "-j", "RETURN"),
                      ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN"),
                      ("-p", "vrrp", "-j", "RETURN"),
                      ("-j", "DROP")):
-            _iptables("-A", CHAIN, *rule)
+            iptables_raw("-A", CHAIN, *rule)
 
     def raise_(self) -> None:
         if not self.up:
-            _iptables("-I", "PREROUTING", "1", "-j", CHAIN)
+            iptables_raw("-I", "PREROUTING", "1", "-j", CHAIN)
             self.up = True
 
     def lower(self) -> None:
-        while _iptables("-D", "PREROUTING", "-j", CHAIN, check=False):
+        while iptables_raw("-D", "PREROUTING", "-j", CHAIN, check=False):
             pass
         self.up = False
 
     def remove(self) -> None:
         self.lower()
-        _iptables("-F", CHAIN, check=False)
-        _iptables("-X", CHAIN, check=False)
+        iptables_raw("-F", CHAIN, check=False)
+        iptables_raw("-X", CHAIN, check=False)

@@ -14,12 +14,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localdirector import runtime
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
@@ -29,6 +29,8 @@ from localdirector.shell import config_file, running_config
 from . import configs
 from .daemon import Supervised
 from .guard import Guard
+from .interfaces import interface_addresses, link_up
+from .linkfilter import LinkFilter
 from .peer import Peer
 from .replication import Replicator
 
@@ -66,7 +68,13 @@ def start(appliance: "Appliance", args: argparse.Namespace,
     own = next((addr for ifname, addr, _ in addresses if ifname == args.failover_link), None)
     if own is None:
         raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
-    directory = Path(tempfile.mkdtemp(prefix="localdirector-failover-", dir="/run"))
+    try:
+        directory, ended = runtime.claim("failover")
+    except runtime.Claimed as err:
+        raise ServiceError(f"failover: {err}") from err
+    if ended:
+        log.warning("failover: ended %d helper processes a killed run left (pids %s)",
+                    len(ended), " ".join(map(str, ended)))
     unit = configs.Unit(args.failover_unit, args.failover_link, own, directory)
     service = FailoverService(appliance, unit, plane)
     try:
@@ -75,24 +83,6 @@ def start(appliance: "Appliance", args: argparse.Namespace,
         service.stop()
         raise ServiceError(f"failover: {err}") from err
     return service
-
-
-def interface_addresses() -> list[tuple[str, str, int]]:
-    """(interface, address, prefix length) of every IPv4 address of this box."""
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
-                         text=True, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        words = line.split()
-        addr, _, plen = words[3].partition("/")
-        found.append((words[1], addr, int(plen)))
-    return found
-
-
-def _link_up(ifname: str) -> bool:
-    out = subprocess.run(["ip", "-o", "link", "show", "dev", ifname], capture_output=True,
-                         text=True, check=False).stdout
-    return "LOWER_UP" in out and ",UP" in out
 
 
 class FailoverService:
@@ -112,6 +102,7 @@ class FailoverService:
         self._sent_config: list[str] | None = None
         self.guard = Guard(unit.link)
         self.guard.raise_()
+        self.link_filter = LinkFilter(unit.link)
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.peer: Peer | None = None
@@ -126,6 +117,7 @@ class FailoverService:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        self._remove_virtuals()   # a killed run's keepalived may have left them
         os.mkfifo(self.unit.notify_fifo)
         self.unit.yield_file.write_text("0\n")
         self.appliance.reload_hooks.append(self._adopt)
@@ -149,7 +141,8 @@ class FailoverService:
             self.peer.stop()
         self._remove_virtuals()
         self.guard.remove()
-        shutil.rmtree(self.unit.directory, ignore_errors=True)
+        self.link_filter.remove()
+        runtime.release(self.unit.directory)
 
     def _adopt(self, director: Director) -> None:
         """A new model (boot, `reload`, configuration from the active): follow it."""
@@ -183,6 +176,7 @@ class FailoverService:
             conntrackd = configs.conntrackd(config, self.unit) if enabled else ""
             lines = [line for line in running_config.render(director, self.appliance.registry)
                      if not line.startswith(PEER_ONLY)]
+        self.link_filter.admit(format_ip(peer) if peer else None)
         if (keepalived, conntrackd) != self._written:
             self._rewrite(keepalived, conntrackd)
         if enabled and self.peer is None:
@@ -388,7 +382,7 @@ class FailoverService:
         hold = director.settings.failover.hold_ms / 1000
         heard = time.monotonic() - self._peer_heard < hold
         peer = self._peer_status if heard else {}
-        link = "Normal" if _link_up(self.unit.link) else "Down"
+        link = "Normal" if link_up(self.unit.link) else "Down"
         if self.peer is None:
             replication = "no peer configured"
         elif self.peer.connected and heard:

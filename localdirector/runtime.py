@@ -1,0 +1,123 @@
+"""What the appliance's helper processes (keepalived, conntrackd, ExaBGP) leave on the
+box, and how none of it outlives the appliance (docs/design.rst, "Failover", "No
+orphan").
+
+Each service that runs helpers keeps their files in one directory per network
+namespace, `/run/localdirector-KIND-INODE` (INODE: the namespace's, so pairs in several
+namespaces of one host never meet, and an appliance restarted in the same namespace
+finds what the last one left). The directory holds `owner`: the appliance's pid and
+its start time, so a pid reused by another process is never taken for the owner.
+`claim` ends what a dead owner's run left (every process whose command line names the
+directory: a helper and its children) and removes its directory, for every namespace;
+a live owner in this namespace is another appliance, and claiming is refused.
+
+Helpers are started with `die_with_parent`: a SIGKILLed appliance takes them with it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+RUN = Path("/run")
+PR_SET_PDEATHSIG = 1
+END_WAIT = 3.0      # seconds for a leftover helper to go after SIGKILL
+
+
+class Claimed(Exception):
+    """Another live appliance holds this namespace's directory."""
+
+
+def die_with_parent() -> None:
+    """In the child before exec (Popen's preexec_fn): SIGTERM when the thread that
+    started it ends, as it does when the appliance is killed (PR_SET_PDEATHSIG).
+    SIGTERM, not SIGKILL: keepalived then gives its addresses up and tells the other
+    unit (priority 0), which takes over at once; ExaBGP closes its sessions, so the
+    router withdraws the VIPs at once. What ignores it is killed by `claim` later."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (after the command's closing parenthesis), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_alive(directory: Path) -> int | None:
+    """The pid of the live appliance that owns `directory`, or None."""
+    try:
+        pid_text, started = (directory / "owner").read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return pid if _start_time(pid) == started else None
+
+
+def _users(directory: Path) -> list[int]:
+    """Processes whose command line names `directory`: the helpers of its run."""
+    needle = str(directory).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def end_leftovers(directory: Path) -> list[int]:
+    """SIGKILL every process of a dead run of `directory` and wait until they are
+    gone (their sockets and addresses with them); returns their pids."""
+    pids = _users(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + END_WAIT
+    while time.monotonic() < deadline and any(_start_time(pid) for pid in pids):
+        time.sleep(0.02)
+    return pids
+
+
+def claim(kind: str) -> tuple[Path, list[int]]:
+    """This namespace's directory for `kind`, made anew and owned by this process;
+    returns it and the pids of the dead run's helpers it ended. Raises Claimed when a
+    live appliance owns it."""
+    ended: list[int] = []
+    mine = RUN / f"localdirector-{kind}-{_netns_inode()}"
+    for directory in RUN.glob(f"localdirector-{kind}-*"):
+        owner = _owner_alive(directory)
+        if owner is not None and owner != os.getpid():
+            if directory == mine:
+                raise Claimed(f"another appliance (pid {owner}) runs {kind} in this "
+                              "network namespace")
+            continue
+        ended += end_leftovers(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    # Made under a name the glob above never matches, then renamed: another appliance
+    # claiming at the same moment never sees it without its owner.
+    made = Path(tempfile.mkdtemp(prefix=f".localdirector-{kind}-", dir=RUN))
+    (made / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    made.rename(mine)
+    return mine, ended
+
+
+def release(directory: Path) -> None:
+    """At a clean stop, after the helpers are stopped: nothing is left behind."""
+    end_leftovers(directory)
+    shutil.rmtree(directory, ignore_errors=True)

@@ -153,8 +153,9 @@ class FailoverPair(Lab):
 
     # -- what a test or a newcomer does to a unit ---------------------------------------
     def crash(self, unit: str) -> None:
-        """The box dies: every process in the unit's namespace (the appliance, its
-        keepalived and conntrackd) is SIGKILLed, and its cables are pulled."""
+        """The box dies as hardware does: every process in the unit's namespace (the
+        appliance, its keepalived and conntrackd) is SIGKILLed and all its links lose
+        carrier, the failover cable's too (the survivor's end of it goes down)."""
         for pid in subprocess.run(["ip", "netns", "pids", self.unit_ns[unit]],
                                   capture_output=True, text=True, check=False).stdout.split():
             try:
@@ -164,7 +165,8 @@ class FailoverPair(Lab):
         self.unplug(unit)
 
     def unplug(self, unit: str) -> None:
-        """Pull the unit's client and real cables (the segments' ends of them)."""
+        """Pull all the unit's cables: client and real (the segments' ends of them) and
+        the failover link (its own end: the other unit's end loses carrier)."""
         self._cables(unit, "down")
 
     def plug(self, unit: str) -> None:
@@ -172,11 +174,13 @@ class FailoverPair(Lab):
 
     def _cables(self, unit: str, state: str) -> None:
         port = f"d{UNITS.index(unit) + 1}"
-        for ns in (self.client_ns, self.segment_ns):
-            proc = subprocess.run(["ip", "-n", ns, "link", "set", port, state],
+        for ns, iface in ((self.client_ns, port), (self.segment_ns, port),
+                          (self.unit_ns[unit], "fo0")):
+            proc = subprocess.run(["ip", "-n", ns, "link", "set", iface, state],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise LabError(f"cannot set {port} {state} in {ns}: {proc.stderr.strip()}")
+                raise LabError(f"cannot set {iface} {state} in {ns}: "
+                               f"{proc.stderr.strip()}")
 
     def cut_link(self, cut: bool = True) -> None:
         """Lose every packet on the failover link while both ends stay up (a cable cut

@@ -10,7 +10,7 @@ import pytest
 
 from localdirector.appliance import Appliance
 from localdirector.commands.failover import render
-from localdirector.failover import configs
+from localdirector.failover import configs, presence
 from localdirector.model.addr import parse_ip
 from localdirector.model.failover import DaemonStatus, FailoverConfig, FailoverStatus
 from localdirector.shell import running_config
@@ -108,3 +108,13 @@ def test_keepalived_file_from_the_model(tmp_path: Path) -> None:
     ct = configs.conntrackd(config, unit)
     assert "Mode FTFW" in ct and "IPv4_Destination_Address 198.19.255.2" in ct
     assert f"LockFile {tmp_path / 'conntrackd.lock'}" in ct
+
+
+def test_the_link_watch_asks_each_segment_from_the_units_own_address() -> None:
+    instances = [("cli0", ["198.51.100.1/24", "198.18.0.1/24"]), ("real0", ["203.0.113.1/24"]),
+                 ("br9", ["192.0.2.1/24"])]
+    addresses = [("cli0", "198.51.100.1", 24),      # the virtual itself, when active
+                 ("cli0", "198.51.100.252", 24), ("real0", "203.0.113.252", 24),
+                 ("fo0", "198.19.255.1", 24)]
+    assert presence.asks(instances, addresses) == [
+        ("cli0", "198.51.100.252", "198.51.100.1"), ("real0", "203.0.113.252", "203.0.113.1")]

@@ -31,6 +31,8 @@ from .daemon import Supervised
 from .guard import Guard
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
+from . import presence
+from .presence import LinkWatch
 from .peer import Peer
 from .replication import Replicator
 
@@ -44,6 +46,7 @@ log = logging.getLogger("localdirector.failover")
 ROLES = {"MASTER": "Active", "BACKUP": "Standby", "FAULT": "Fault", "STOP": "Standby"}
 PEER_ONLY = "failover ip address "   # the one line that differs between the units
 STEP_DOWN_WAIT = 5.0
+STANDING_BY = ("Standby", "Fault", "Starting")   # roles that may take over
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +106,10 @@ class FailoverService:
         self.guard = Guard(unit.link)
         self.guard.raise_()
         self.link_filter = LinkFilter(unit.link)
+        self.link_watch = LinkWatch(
+            unit.link, lambda: self.role in STANDING_BY,
+            lambda: presence.asks(self._instances(), interface_addresses()),
+            self._hold_takeover)
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.peer: Peer | None = None
@@ -127,10 +134,12 @@ class FailoverService:
             self.replicator.start()
         for thread in self._threads:
             thread.start()
+        self.link_watch.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._changed.set()
+        self.link_watch.stop()
         self.appliance.failover = None
         if self.replicator is not None:
             self.replicator.stop()
@@ -259,6 +268,9 @@ class FailoverService:
             except ValueError:
                 return []
 
+    def _hold_takeover(self, on: bool) -> None:
+        self.unit.yield_file.write_text("1\n" if on else "0\n")
+
     # -- keepalived's verdicts ----------------------------------------------------------
     def _read_notify(self) -> None:
         fd = os.open(self.unit.notify_fifo, os.O_RDWR)   # RDWR: never sees EOF
@@ -382,7 +394,8 @@ class FailoverService:
         hold = director.settings.failover.hold_ms / 1000
         heard = time.monotonic() - self._peer_heard < hold
         peer = self._peer_status if heard else {}
-        link = "Normal" if link_up(self.unit.link) else "Down"
+        note = self.link_watch.note
+        link = "Normal" if link_up(self.unit.link) else f"Down ({note})" if note else "Down"
         if self.peer is None:
             replication = "no peer configured"
         elif self.peer.connected and heard:

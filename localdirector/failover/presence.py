@@ -1,0 +1,160 @@
+"""Is the other unit still there when the failover link goes dark? (docs/design.rst,
+"Failover", "A pulled cable").
+
+On a direct cable a dead peer and a pulled cable look the same to the survivor: its
+end of the link loses carrier and the hellos stop. VRRP alone would make the standby
+active in both cases, and with a live active that is a split brain on the client and
+real segments. LocalDirector and PIX test the network interfaces before they take
+over; so does this unit: while it is not active and its failover link has no carrier,
+it holds keepalived in FAULT (the track file) and asks the shared segments, by ARP,
+whether anyone answers for a failover virtual. Someone does: the other unit is alive
+and active, and this one stands by. Nobody does: it lets keepalived go, which takes
+over one master-down interval later. Through a switch the survivor keeps carrier, and
+VRRP decides alone, as before."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("localdirector.failover")
+
+WATCH = 0.05          # seconds between carrier checks: well inside one master-down
+ASK_TIMEOUT = 0.25    # seconds an ARP question waits for its answer
+ASKS = 2              # questions per address before "nobody answers"
+RECHECK = 1.0         # seconds between rounds while the peer still answers
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+
+
+def carrier(ifname: str) -> bool:
+    """The link is up with carrier (sysfs: no process per check)."""
+    try:
+        return Path(f"/sys/class/net/{ifname}/carrier").read_text().strip() == "1"
+    except OSError:       # down interfaces refuse the read (EINVAL)
+        return False
+
+
+def _mac(ifname: str) -> bytes:
+    return bytes.fromhex(Path(f"/sys/class/net/{ifname}/address").read_text()
+                         .strip().replace(":", ""))
+
+
+def answers(ifname: str, own: str, target: str, timeout: float = ASK_TIMEOUT) -> bool:
+    """Does anyone on `ifname` answer an ARP request for `target`, asked from `own`?"""
+    mac = _mac(ifname)
+    want = ipaddress.IPv4Address(target).packed
+    request = (BROADCAST + mac + struct.pack("!H", ETH_P_ARP)
+               + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac
+               + ipaddress.IPv4Address(own).packed + bytes(6) + want)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+        sock.bind((ifname, ETH_P_ARP))
+        sock.send(request)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                frame = sock.recv(128)
+            except TimeoutError:
+                return False
+            # An ARP reply (op 2) whose sender address is the target.
+            if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == want:
+                return True
+    return False
+
+
+def asks(instances: list[tuple[str, list[str]]],
+         addresses: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
+    """(interface, this unit's own address there, a failover virtual) per segment of
+    `instances` (configs.instances), from this box's `addresses`: whom to ask whether
+    the other unit still answers."""
+    found = []
+    for ifname, vips in instances:
+        vip = ipaddress.IPv4Interface(vips[0])
+        own = next((addr for name, addr, _ in addresses if name == ifname
+                    and ipaddress.IPv4Address(addr) in vip.network
+                    and f"{addr}/{vip.network.prefixlen}" not in vips), None)
+        if own is not None:
+            found.append((ifname, own, str(vip.ip)))
+    return found
+
+
+class LinkWatch:
+    """The thread that watches the failover link's carrier while this unit is not
+    active. `standing_by()`: this unit is not active; `asks()`: (interface, own
+    address, a failover virtual) per segment; `hold(on)`: keepalived held in FAULT or
+    let go. `note` says why it holds, for `show failover`."""
+
+    def __init__(self, link: str, standing_by: Callable[[], bool],
+                 asks: Callable[[], list[tuple[str, str, str]]],
+                 hold: Callable[[bool], None]) -> None:
+        self.link = link
+        self.standing_by = standing_by
+        self.asks = asks
+        self.hold = hold
+        self.note = ""
+        self._held = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="failover-link",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(2 * RECHECK)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(WATCH):
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - a failed check must not end the watch
+                log.exception("failover: cannot check the other unit's presence")
+                self._set_hold(False, "")
+
+    def _step(self) -> None:
+        if carrier(self.link) or not self.standing_by():
+            self._set_hold(False, "")
+            return
+        self._set_hold(True, self.note or "checking whether the other unit answers")
+        found = self._who_answers()
+        if found:
+            self._set_hold(True, f"the other unit answers for {found}: standing by")
+            self._stopping.wait(RECHECK)
+        else:
+            self._set_hold(False, "")
+            # keepalived takes over within its master-down interval; check no more
+            # until this unit is active or has carrier again.
+            while not self._stopping.wait(WATCH) and self.standing_by() \
+                    and not carrier(self.link):
+                pass
+
+    def _who_answers(self) -> str:
+        """'ADDRESS on IFACE' of the first failover virtual someone answers for."""
+        for ifname, own, target in self.asks():
+            for _ in range(ASKS):
+                try:
+                    if answers(ifname, own, target):
+                        return f"{target} on {ifname}"
+                except OSError:   # that segment's link is down too: nobody to ask
+                    break
+        return ""
+
+    def _set_hold(self, on: bool, note: str) -> None:
+        self.note = note
+        if on != self._held:
+            self._held = on
+            self.hold(on)
+            if on:
+                log.warning("failover: link %s has no carrier: holding the takeover "
+                            "until the other unit is known gone", self.link)
+            else:
+                log.info("failover: link %s: takeover no longer held", self.link)

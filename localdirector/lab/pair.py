@@ -155,14 +155,15 @@ class FailoverPair(Lab):
     def crash(self, unit: str) -> None:
         """The box dies as hardware does: every process in the unit's namespace (the
         appliance, its keepalived and conntrackd) is SIGKILLed and all its links lose
-        carrier, the failover cable's too (the survivor's end of it goes down)."""
+        carrier, the failover cable's too (the survivor's end of it goes down). The
+        cables first: a dying box says nothing more (no keepalived told to stop)."""
+        self.unplug(unit)
         for pid in subprocess.run(["ip", "netns", "pids", self.unit_ns[unit]],
                                   capture_output=True, text=True, check=False).stdout.split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.unplug(unit)
 
     def unplug(self, unit: str) -> None:
         """Pull all the unit's cables: client and real (the segments' ends of them) and

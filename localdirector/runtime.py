@@ -45,23 +45,25 @@ def _netns_inode() -> int:
     return os.stat("/proc/self/ns/net").st_ino
 
 
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (after the command's closing parenthesis), or None."""
+def identity(pid: int) -> str:
+    """``PID STARTTIME`` (field 22 of /proc/PID/stat, after the command's closing
+    parenthesis), or "" once it is gone: the start time tells a reused pid from the
+    process it was."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+        return ""
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
 
 
 def _owner_alive(directory: Path) -> int | None:
     """The pid of the live appliance that owns `directory`, or None."""
     try:
-        pid_text, started = (directory / "owner").read_text().split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
+        recorded = (directory / "owner").read_text().strip()
+        pid = int(recorded.split()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return pid if _start_time(pid) == started else None
+    return pid if identity(pid) == recorded else None
 
 
 def _users(directory: Path) -> list[int]:
@@ -89,7 +91,7 @@ def end_leftovers(directory: Path) -> list[int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + END_WAIT
-    while time.monotonic() < deadline and any(_start_time(pid) for pid in pids):
+    while time.monotonic() < deadline and any(identity(pid) for pid in pids):
         time.sleep(0.02)
     return pids
 
@@ -112,7 +114,7 @@ def claim(kind: str) -> tuple[Path, list[int]]:
     # Made under a name the glob above never matches, then renamed: another appliance
     # claiming at the same moment never sees it without its owner.
     made = Path(tempfile.mkdtemp(prefix=f".localdirector-{kind}-", dir=RUN))
-    (made / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    (made / "owner").write_text(f"{identity(os.getpid())}\n")
     made.rename(mine)
     return mine, ended
 

@@ -174,6 +174,10 @@ class Console:
         self.child.close()
         return self.child.exitstatus
 
+    def close(self) -> None:
+        """Close the pty of an appliance that something else killed (or kill it)."""
+        self.child.close(force=True)
+
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing gets a chance to clean up."""
         self.child.kill(signal.SIGKILL)

@@ -14,10 +14,8 @@ fails it (docs/design.rst, "Failover"):
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from localdirector.lab.topology import kill_processes, remove_namespaces
 from tests.appliance_driver import Console
 from tests.conftest import require_netns
 
@@ -171,26 +170,13 @@ class Site:
         say gets out (no priority-0 advert of a keepalived told to stop), then every
         process is SIGKILLed."""
         self.links(unit, "down")
-        self.consoles.pop(unit).child.kill(signal.SIGKILL)
-        for pid in subprocess.run(["ip", "netns", "pids", self.ns[unit]],
-                                  capture_output=True, text=True, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes([self.ns[unit]])
+        self.consoles.pop(unit).close()
 
     def destroy(self) -> None:
+        remove_namespaces(self.namespaces)
         for console in self.consoles.values():
-            if console.child.isalive():
-                console.kill()
-        for ns in self.namespaces:
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                      text=True, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            console.close()
 
 
 def _site(tmp_path: Path, link: str) -> Iterator[Site]:

@@ -23,7 +23,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    return runtime._start_time(pid) is not None and \
+    return bool(runtime.identity(pid)) and \
         "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]
 
 
@@ -31,15 +31,19 @@ def test_a_dead_owners_helpers_are_ended_and_its_directory_removed(run: Path) ->
     left = run / "localdirector-failover-12345"
     left.mkdir()
     (left / "owner").write_text("999999999 1\n")          # no such process
-    helper = subprocess.Popen(["sleep", "60", str(left / "keepalived.conf")])
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               "-f", str(left / "keepalived.conf")])
     other = subprocess.Popen(["sleep", "60"])             # names no directory
+    deadline = time.monotonic() + 5
+    while str(left).encode() not in Path(f"/proc/{helper.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the helper never started"
+        time.sleep(0.01)                                  # exec'd yet?
     try:
         mine, ended = runtime.claim("failover")
         helper.wait(timeout=5)
         assert ended == [helper.pid] and not left.exists()
         assert other.poll() is None
-        pid, started = (mine / "owner").read_text().split()
-        assert int(pid) == os.getpid() and started == runtime._start_time(os.getpid())
+        assert (mine / "owner").read_text() == f"{runtime.identity(os.getpid())}\n"
         runtime.release(mine)
         assert list(run.iterdir()) == []
     finally:
@@ -54,7 +58,7 @@ def test_a_live_owner_in_this_namespace_is_refused(run: Path) -> None:
         inode = os.stat("/proc/self/ns/net").st_ino
         taken = run / f"localdirector-bgp-{inode}"
         taken.mkdir()
-        (taken / "owner").write_text(f"{owner.pid} {runtime._start_time(owner.pid)}\n")
+        (taken / "owner").write_text(f"{runtime.identity(owner.pid)}\n")
         with pytest.raises(runtime.Claimed, match=f"pid {owner.pid}"):
             runtime.claim("bgp")
         assert (taken / "owner").exists()

@@ -14,8 +14,6 @@ puts them on the active unit. Each unit has its own address beside them on each 
 from __future__ import annotations
 
 import ipaddress
-import os
-import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -31,6 +29,7 @@ from .topology import (
     _ip_batch_job,
     _sysctl_job,
     finish,
+    kill_processes,
 )
 
 UNITS = ("primary", "secondary")
@@ -158,12 +157,7 @@ class FailoverPair(Lab):
         carrier, the failover cable's too (the survivor's end of it goes down). The
         cables first: a dying box says nothing more (no keepalived told to stop)."""
         self.unplug(unit)
-        for pid in subprocess.run(["ip", "netns", "pids", self.unit_ns[unit]],
-                                  capture_output=True, text=True, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes([self.unit_ns[unit]])
 
     def unplug(self, unit: str) -> None:
         """Pull all the unit's cables: client and real (the segments' ends of them) and

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from localdirector.runtime import identity
+
 VIP_NET = ipaddress.IPv4Network("192.0.2.0/24")
 REAL_NET = ipaddress.IPv4Network("203.0.113.0/24")
 CLIENT_SUBNETS = {
@@ -149,22 +151,13 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line.strip()]
 
 
-def _process_identity(pid: int) -> str:
-    """``PID STARTTIME``: the start time tells a recycled pid from the original owner."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
-
-
 def _owner_alive(lab_name: str) -> bool:
     try:
         recorded = (OWNER_DIR / lab_name).read_text().strip()
         pid = int(recorded.split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    return _process_identity(pid) == recorded
+    return identity(pid) == recorded
 
 
 def _claim_lab_name(prefix: str) -> str:
@@ -178,7 +171,7 @@ def _claim_lab_name(prefix: str) -> str:
         # Write then hard-link: the claim appears atomically *with* its content, so a
         # concurrent clean_stale never sees an empty (ownerless-looking) file.
         draft = OWNER_DIR / f".{name}.{os.getpid()}"
-        draft.write_text(f"{_process_identity(os.getpid())}\n")
+        draft.write_text(f"{identity(os.getpid())}\n")
         try:
             os.link(draft, OWNER_DIR / name)
         except FileExistsError:
@@ -189,14 +182,9 @@ def _claim_lab_name(prefix: str) -> str:
     raise LabError("could not find a free lab id")
 
 
-def _remove_namespaces(names: Sequence[str]) -> None:
-    """Kill every process inside ``names`` and delete them; missing names are ignored.
-
-    Processes are killed first because a namespace with live processes outlives
-    ``ip netns del`` invisibly (and keeps its servers answering).
-    """
-    if not names:
-        return
+def kill_processes(names: Sequence[str]) -> None:
+    """SIGKILL every process inside the namespaces ``names`` (but this one) and wait
+    until they are gone: a crashed box's, or a lab's before its namespaces go."""
     pids = subprocess.run(
         ["ip", "-force", "-batch", "-"],
         input="".join(f"netns pids {name}\n" for name in names),
@@ -218,6 +206,17 @@ def _remove_namespaces(names: Sequence[str]) -> None:
         killed = [pid for pid in killed if os.path.exists(f"/proc/{pid}/ns/net")]
         if killed:
             time.sleep(0.01)
+
+
+def remove_namespaces(names: Sequence[str]) -> None:
+    """Kill every process inside ``names`` and delete them; missing names are ignored.
+
+    Processes are killed first because a namespace with live processes outlives
+    ``ip netns del`` invisibly (and keeps its servers answering).
+    """
+    if not names:
+        return
+    kill_processes(names)
     subprocess.run(
         ["ip", "-force", "-batch", "-"],
         input="".join(f"netns del {name}\n" for name in names),
@@ -243,7 +242,7 @@ def clean_stale(prefix: str = "ld") -> list[str]:
         match = pattern.match(name)
         if match and not _owner_alive(f"{prefix}{match['id']}"):
             stale.append(name)
-    _remove_namespaces(stale)
+    remove_namespaces(stale)
     if OWNER_DIR.is_dir():
         owner_pattern = re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{4}}$")
         for owner in OWNER_DIR.iterdir():
@@ -269,7 +268,7 @@ def unavailable_reason(prefix: str = "ld") -> str | None:
         return f"cannot use 'ip netns' or {OWNER_DIR}: {exc}"
     try:
         _run(["ip", "netns", "add", f"{name}-dir"])
-        _remove_namespaces([f"{name}-dir"])
+        remove_namespaces([f"{name}-dir"])
     except LabError as exc:
         return f"cannot create network namespaces: {exc}"
     finally:
@@ -336,7 +335,7 @@ class Topology:
         """Delete every namespace of this lab (and its processes) and the claim."""
         if self.name:
             existing = set(list_namespaces())
-            _remove_namespaces([ns for ns in self.namespaces if ns in existing])
+            remove_namespaces([ns for ns in self.namespaces if ns in existing])
             (OWNER_DIR / self.name).unlink(missing_ok=True)
             self.name = self.client_ns = self.director_ns = ""
             self.real_ns = {}

@@ -142,6 +142,22 @@ def test_kill_of_the_active_keeps_both_transfers(pair: Running) -> None:
     assert pair.roles()[standby] == "Active"
 
 
+def test_kill_of_the_active_appliance_alone_keeps_both_transfers(pair: Running) -> None:
+    """SIGKILL of the appliance process, not the box: its keepalived and conntrackd go
+    with it (they held the gateways for a data plane that was gone), the standby takes
+    over and both transfers finish byte-exact; a restart stands by."""
+    active, standby = pair.up()
+    downloads = _start_both(pair, active)
+    pair.consoles.pop(active).kill()
+    wait_for(lambda: pair.lab.holders() == [standby], "the standby to take the gateways")
+    wait_for(pair.new_connection_works, "a new connection through the new active")
+    for name, result in zip(("userspace", "fast path"), map(outcome, downloads)):
+        assert byte_exact(result), (name, result)
+    pair.boot(active)
+    wait_for(lambda: pair.roles()[active] == "Standby", "the restarted unit to stand by")
+    assert pair.lab.holders() == [standby]
+
+
 def test_without_replicate_the_userspace_transfer_breaks(pair: Running) -> None:
     active, standby = pair.up()
     pair.consoles[active].configure("no replicate")

@@ -26,6 +26,7 @@ VIRTUAL = "198.51.100.1"
 UNITS = {"primary": ("198.19.255.1", "198.51.100.252"),
          "secondary": ("198.19.255.2", "198.51.100.253")}
 WAIT = 20.0     # generous: a loaded 2-core machine
+KEY = "netns-pair-passphrase"
 
 
 def _ip(*args: str) -> None:
@@ -67,7 +68,8 @@ class Pair:
         peer = UNITS["secondary" if unit == "primary" else "primary"][0]
         config = self.tmp_path / f"{unit}.cfg"
         config.write_text("\n".join([
-            f"failover ip address {peer}", "failover poll 100 holdtime 500",
+            f"failover ip address {peer}", f"failover key {KEY}",
+            "failover poll 100 holdtime 500",
             f"failover virtual {VIRTUAL} 255.255.255.0", "replicate", "failover", ""]))
         argv = ["ip", "netns", "exec", self.ns[unit],
                 *appliance_argv(config, "--no-dataplane", "--failover-link", "fo0",

@@ -24,13 +24,13 @@ from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
 from localdirector.services import ServiceError
-from localdirector.shell import config_file, running_config
 
 from . import configs
+from .configcopy import ConfigCopy
 from .daemon import Supervised
 from .guard import Guard
-from .peer import Peer
 from .replication import Replicator
+from .stream import Stream
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
@@ -40,7 +40,6 @@ log = logging.getLogger("localdirector.failover")
 
 # keepalived's sync-group verdicts, as this unit shows them.
 ROLES = {"MASTER": "Active", "BACKUP": "Standby", "FAULT": "Fault", "STOP": "Standby"}
-PEER_ONLY = "failover ip address "   # the one line that differs between the units
 STEP_DOWN_WAIT = 5.0
 
 
@@ -114,7 +113,9 @@ class FailoverService:
         self.guard.raise_()
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
-        self.peer: Peer | None = None
+        self.stream = Stream(unit, self._receive, self._peer_connected,
+                             lambda: self.appliance.director.settings.failover.hold_ms / 1000)
+        self.copy = ConfigCopy(appliance, self._send)
         self.replicator = None if plane is None else Replicator(
             plane, lambda: self.appliance.director, self._send,
             lambda: self.appliance.director.settings.failover.poll_ms / 1000)
@@ -145,8 +146,7 @@ class FailoverService:
         for daemon in (self.keepalived, self.conntrackd):
             if daemon is not None:
                 daemon.stop()
-        if self.peer is not None:
-            self.peer.stop()
+        self.stream.stop()
         self._remove_virtuals()
         self.guard.remove()
         shutil.rmtree(self.unit.directory, ignore_errors=True)
@@ -176,19 +176,15 @@ class FailoverService:
         director = self.appliance.director
         with director.lock:
             config = director.settings.failover
-            peer = config.peer
-            enabled = config.enabled and peer and config.virtuals
+            enabled = config.enabled and config.peer and config.virtuals
             keepalived = (configs.keepalived(config, self.unit, interface_addresses())
                           if enabled else "")
             conntrackd = configs.conntrackd(config, self.unit) if enabled else ""
-            lines = [line for line in running_config.render(director, self.appliance.registry)
-                     if not line.startswith(PEER_ONLY)]
+            peer, key = (format_ip(config.peer) if enabled else ""), config.key
+        lines = self.copy.lines()
         if (keepalived, conntrackd) != self._written:
             self._rewrite(keepalived, conntrackd)
-        if enabled and self.peer is None:
-            self.peer = Peer(self.unit.address, format_ip(peer), self._receive,
-                             self._peer_connected)
-            self.peer.start()
+        self.stream.follow(peer, key)
         if self.role == "Active" and lines != self._sent_config:
             self._send_config(lines)
         self._replicate()
@@ -336,7 +332,7 @@ class FailoverService:
         self._send({"t": "status", "role": self.role, "active": self._active_seconds()})
 
     def _send(self, message: dict[str, Any]) -> bool:
-        return self.peer is not None and self.peer.send(message)
+        return self.stream.send(message)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -344,7 +340,11 @@ class FailoverService:
             self._peer_status = message
             self._peer_heard = time.monotonic()
         elif kind == "config" and self.role != "Active":
-            self._apply_config(message["lines"])
+            self.copy.apply(message.get("lines"))
+        elif kind == "save" and self.role != "Active":
+            self.copy.save(message)
+        elif kind == "saved" and self.role == "Active":
+            self.copy.saved(message)
         elif kind == "conns" and self.role != "Active" and self.replicator is not None:
             self.replicator.receive(message)
         elif kind == "step-down" and self.role == "Active":
@@ -356,21 +356,6 @@ class FailoverService:
             if self._resend_conns and self.replicator is not None:
                 self._resend_conns = False
                 self.replicator.resend()   # after the configuration they refer to
-
-    def _apply_config(self, lines: list[str]) -> None:
-        """The active's running-config, rebuilt here as `reload` does, keeping this
-        unit's own `failover ip address`."""
-        appliance = self.appliance
-        with appliance.director.lock:
-            peer = appliance.director.settings.failover.peer
-            director = Director(appliance.director.lock)
-            own = [f"{PEER_ONLY}{format_ip(peer)}"] if peer else []
-            config_file.replay(appliance, director, own + lines,
-                               lambda text: log.error("failover: from the active: %s", text))
-            appliance.director = director
-            for hook in appliance.reload_hooks:
-                hook(director)
-        log.info("failover: configuration received from the active unit")
 
     def _step_down(self) -> None:
         """Go to FAULT through keepalived's track file until the other unit is active,
@@ -389,12 +374,7 @@ class FailoverService:
         heard = time.monotonic() - self._peer_heard < hold
         peer = self._peer_status if heard else {}
         link = "Normal" if _link_up(self.unit.link) else "Down"
-        if self.peer is None:
-            replication = "no peer configured"
-        elif self.peer.connected and heard:
-            replication = f"to {self.peer.peer}, up"
-        else:
-            replication = f"to {self.peer.peer}, waiting for the other unit"
+        replication = self.stream.status(heard)
         if self.replicator is not None:
             replication += (f"; connections {self.replicator.sent} sent, "
                             f"{self.replicator.applied} received")
@@ -411,7 +391,7 @@ class FailoverService:
     def take_over(self) -> str:
         if self.role == "Active":
             return "This unit is already active"
-        if self.peer is None or not self.peer.send({"t": "step-down"}):
+        if not self._send({"t": "step-down"}):
             return "% The other unit does not answer; it takes over when it is gone"
         deadline = time.monotonic() + STEP_DOWN_WAIT
         while time.monotonic() < deadline and self.role != "Active":
@@ -432,9 +412,8 @@ class FailoverService:
     def push_config(self) -> str:
         if self.role != "Active":
             return "% Only the active unit sends its configuration"
-        director = self.appliance.director
-        with director.lock:
-            lines = [line for line in running_config.render(director, self.appliance.registry)
-                     if not line.startswith(PEER_ONLY)]
+        lines = self.copy.lines()
         self._send_config(lines)
-        return "[OK]" if self._sent_config == lines else "% The standby does not answer"
+        if self._sent_config != lines:
+            return "% The standby does not answer"
+        return self.copy.request_save()

@@ -391,6 +391,8 @@ class FailoverService:
     def take_over(self) -> str:
         if self.role == "Active":
             return "This unit is already active"
+        if self.stream.peer is None:
+            return f"% {self.stream.off}"
         if not self._send({"t": "step-down"}):
             return "% The other unit does not answer; it takes over when it is gone"
         deadline = time.monotonic() + STEP_DOWN_WAIT
@@ -412,6 +414,8 @@ class FailoverService:
     def push_config(self) -> str:
         if self.role != "Active":
             return "% Only the active unit sends its configuration"
+        if self.stream.peer is None:
+            return f"% {self.stream.off}"
         lines = self.copy.lines()
         self._send_config(lines)
         if self._sent_config != lines:

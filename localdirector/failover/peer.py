@@ -33,7 +33,7 @@ RETRY = 0.2             # seconds between connection attempts
 MAX_INBOUND = 4         # the other unit needs one; a few more cover its reconnections
 COMPLAINT_EVERY = 10.0  # seconds between two log lines of one kind of refusal
 IDLE_HOLDS = 4
-IDLE_MIN = 2.0
+IDLE_MIN = 5.0
 _BANNER_LIMIT = 64
 
 

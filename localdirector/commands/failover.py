@@ -43,7 +43,8 @@ class FailoverHandle(Protocol):
         """`failover reset`: rewrite and restart the helpers, clear a fault."""
 
     def push_config(self) -> str:
-        """`write standby`: send the whole running-config to the standby now."""
+        """`write standby`: send the whole running-config to the standby now and have
+        it saved there; returns what happened, one line."""
 
 
 def _handle(session: Session) -> FailoverHandle:

@@ -3,8 +3,9 @@
 It writes keepalived's and conntrackd's files from the model, runs and supervises them,
 follows keepalived's verdicts through its notify FIFO (becoming active: commit
 conntrackd's external cache behind the drop guard, then lift the guard), talks to the
-other unit over the failover link (status, the configuration, step-down requests), and
-answers the failover commands through `FailoverHandle`."""
+other unit over the failover link while a `failover key` is set (status, the
+configuration, step-down and save requests: stream.py, configcopy.py), and answers the
+failover commands through `FailoverHandle`."""
 
 from __future__ import annotations
 

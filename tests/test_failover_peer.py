@@ -7,6 +7,7 @@ namespace of its own (`unshare --net`), on its loopback."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -137,6 +138,23 @@ def test_realistic_messages_fit_the_cap(tmp_path: Path) -> None:
     chunk = channel.Sealer(KEY, "primary", NONCE).seal(
         {"t": "conns", "up": [encode(conn, 86400.123)] * 2000, "down": []})
     assert len(config) < channel.MAX_LINE / 8 and len(chunk) < channel.MAX_LINE / 40
+
+
+def test_refusals_are_logged_once_a_period(caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of bad connections is one log line per reason and period, then the
+    count of the ones not logged."""
+    now = [1000.0]
+    monkeypatch.setattr(peer.time, "monotonic", lambda: now[0])
+    complain = peer.Complaints()
+    with caplog.at_level(logging.WARNING, "localdirector.failover"):
+        for _ in range(400):
+            complain("bad MAC", "dropped: bad MAC")
+        complain("idle", "dropped: silent")
+        now[0] += peer.COMPLAINT_EVERY
+        complain("bad MAC", "dropped: bad MAC")
+    assert caplog.messages == ["failover: dropped: bad MAC", "failover: dropped: silent",
+                               "failover: dropped: bad MAC (399 more not logged)"]
 
 
 # -- the listener, in a namespace of its own ---------------------------------------------

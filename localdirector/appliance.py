@@ -99,6 +99,19 @@ class Appliance:
         with self.director.lock:
             return running_config.render(self.director, self.registry)
 
+    def write_memory(self) -> str | None:
+        """The running-config becomes the startup-config, atomically (`config_file.save`);
+        one line saying why not, with the old file unchanged, or None. `write memory`
+        and a failover standby told to save by the active (`write standby`) call it."""
+        lines = self.running_config()   # the disk is written unlocked
+        try:
+            config_file.save(self.config_path, "\n".join(lines) + "\n")
+        except OSError as err:
+            return (f"cannot write {self.config_path}: {err.strerror or err}; "
+                    "the startup-config is unchanged")
+        self.saved(lines)
+        return None
+
     def saved(self, lines: list[str]) -> None:
         """What the startup-config now holds, as `running_config()` renders it."""
         self._saved = lines

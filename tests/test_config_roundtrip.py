@@ -62,6 +62,10 @@ def commands(vip: st.SearchStrategy[str], real: st.SearchStrategy[str]
         fmt("{}{} {}", maybe_no, st.sampled_from(["telnet", "ssh"]), clients),
         fmt("{}{} {} encrypted", maybe_no,
             st.sampled_from(["enable password", "password"]), st.sampled_from(HASHES)),
+        fmt("{}failover key {}", maybe_no, st.sampled_from(
+            ["none", "correcthorse", "short",
+             "hashed CHTaq02iBnFKYFt2PfwXw8KlcOb0eRB4AK1UCG3eECo",
+             "hashed CHTaq02iBnFKYFt2PfwXw8KlcOb0eRB4AK1UCG3eECp"])),
     )
 
 

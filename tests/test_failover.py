@@ -16,7 +16,8 @@ from localdirector.model.failover import DaemonStatus, FailoverConfig, FailoverS
 from localdirector.shell import running_config
 from localdirector.shell.registry import Mode
 
-PAIR = ["failover ip address 198.19.255.2", "failover poll 100 holdtime 500",
+KEY = "failover key hashed CHTaq02iBnFKYFt2PfwXw8KlcOb0eRB4AK1UCG3eECo"   # correcthorse
+PAIR = ["failover ip address 198.19.255.2", KEY, "failover poll 100 holdtime 500",
         "failover virtual 198.51.100.1 255.255.255.0",
         "failover virtual 203.0.113.1 255.255.255.0", "replicate", "failover"]
 
@@ -44,7 +45,8 @@ def test_commands_round_trip(tmp_path: Path) -> None:
         assert other.execute(line)
     assert saved(again) == PAIR
     for line in ("no failover", "no replicate", "no failover poll",
-                 "no failover virtual 203.0.113.1", "no failover ip address"):
+                 "no failover virtual 203.0.113.1", "no failover ip address",
+                 "no failover key"):
         assert session.execute(line), line
     assert saved(appliance) == ["failover virtual 198.51.100.1 255.255.255.0"]
 
@@ -52,6 +54,11 @@ def test_commands_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line", ["failover poll 105", "failover poll 100 holdtime 300",
                                   "failover virtual 198.51.100.0 255.255.255.0",
                                   "failover ip address 127.0.0.1",
+                                  "failover key short", "failover key correct horse",
+                                  "failover key hashed CHTaq02iBnFKYFt2PfwXw8Kl",
+                                  "failover key hashed CHTaq02iBnFKYFt2PfwXw8KlcOb0eRB4AK1"
+                                  "UCG3eECp", "failover key hashed CHTaq02iBnFKYFt2PfwX"
+                                  "w8KlcOb0eRB4AK1UCG3eEC=",
                                   "no failover virtual 192.0.2.1"])
 def test_bad_input_changes_nothing(tmp_path: Path, line: str) -> None:
     appliance, out, session = shell(tmp_path)
@@ -61,6 +68,44 @@ def test_bad_input_changes_nothing(tmp_path: Path, line: str) -> None:
     assert not session.execute(line)
     assert saved(appliance) == before
     assert out[-1].rstrip("\n").split("\n")[-1].startswith("% ")
+
+
+def test_key_from_a_passphrase_is_stored_hashed_and_the_same_on_both_units(
+        tmp_path: Path) -> None:
+    """Both units derive the same key from the same passphrase (a fixed salt); the
+    running-config holds the key's stored form, never the passphrase, and that form
+    replays to the same key."""
+    primary, _, one = shell(tmp_path)
+    secondary, _, other = shell(tmp_path)
+    assert one.execute("failover key correcthorse")
+    assert other.execute("failover key correcthorse")
+    assert saved(primary) == saved(secondary) == [KEY]
+    assert "correcthorse" not in "\n".join(running_config.render(primary.director,
+                                                                 primary.registry))
+    assert other.execute("failover key none")
+    assert saved(secondary) == ["failover key none"]
+    assert secondary.director.settings.failover.key == b""
+    assert other.execute(KEY)
+    assert secondary.director.settings.failover.key == primary.director.settings.failover.key
+    assert len(primary.director.settings.failover.key) == 32
+
+
+@pytest.mark.parametrize(("line", "shown"), [
+    (KEY, "Failover key ******** (shared key set)"),
+    ("failover key none", "Failover key none: the stream to the other unit is "
+                          "unauthenticated"),
+    ("no failover key", "Failover key not set: no stream to the other unit")])
+def test_show_failover_masks_the_key(tmp_path: Path, line: str, shown: str) -> None:
+    appliance, out, session = shell(tmp_path)
+    assert session.execute(KEY) and session.execute(line)
+    session.mode = Mode.PRIV
+    out.clear()
+    assert session.execute("show failover")
+    text = "".join(out)
+    assert shown in text and "CHTaq02" not in text
+    out.clear()
+    assert session.execute("show failover | json")
+    assert "CHTaq02" not in "".join(out)
 
 
 def test_actions_need_the_running_service(tmp_path: Path) -> None:
@@ -78,10 +123,11 @@ def test_show_failover_layout() -> None:
                             "Standby", 0.0, "to 198.19.255.2, up",
                             (DaemonStatus("keepalived", 41, 0),
                              DaemonStatus("conntrackd", None, 2)))
-    lines = render(True, 200, 1000, True, status)
-    assert lines[:3] == ["Failover On",
+    lines = render(True, 200, 1000, True, "set", status)
+    assert lines[:4] == ["Failover On",
                          "Poll frequency 200 milliseconds, holdtime 1000 milliseconds",
-                         "Replication On: to 198.19.255.2, up"]
+                         "Replication On: to 198.19.255.2, up",
+                         "Failover key ******** (shared key set)"]
     text = "\n".join(lines)
     assert "This host: Primary - Active" in text and "Active time: 12 (sec)" in text
     assert "keepalived: running (pid 41)" in text

@@ -1,8 +1,9 @@
 """The failover pair for real (docs/design.rst, "Failover"): two appliances in their
 own namespaces sharing a client segment, a failover link between them, real keepalived
 and conntrackd. Roles, the moving address, `failover active`, configuration copied to
-the standby, `write standby`, supervision of the helpers, and the return of a killed
-unit as standby."""
+the standby, `write standby`, supervision of the helpers, the return of a killed unit
+as standby, and issue 22's attacks on the units' stream from the client segment and
+from the failover link."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ VIRTUAL = "198.51.100.1"
 UNITS = {"primary": ("198.19.255.1", "198.51.100.252"),
          "secondary": ("198.19.255.2", "198.51.100.253")}
 WAIT = 20.0     # generous: a loaded 2-core machine
+KEY = "netns-pair-passphrase"
 
 
 def _ip(*args: str) -> None:
@@ -67,7 +70,8 @@ class Pair:
         peer = UNITS["secondary" if unit == "primary" else "primary"][0]
         config = self.tmp_path / f"{unit}.cfg"
         config.write_text("\n".join([
-            f"failover ip address {peer}", "failover poll 100 holdtime 500",
+            f"failover ip address {peer}", f"failover key {KEY}",
+            "failover poll 100 holdtime 500",
             f"failover virtual {VIRTUAL} 255.255.255.0", "replicate", "failover", ""]))
         argv = ["ip", "netns", "exec", self.ns[unit],
                 *appliance_argv(config, "--no-dataplane", "--failover-link", "fo0",
@@ -191,3 +195,124 @@ def test_killed_active_is_replaced_and_returns_as_standby(pair: Pair) -> None:
     returned = pair.boot(active_unit)
     wait_for(lambda: role(returned) == "Standby", "the returning unit to stand by")
     assert role(other) == "Active" and pair.owns_virtual(other_unit)
+
+
+# Run in a unit's namespace: read the failover link until the unit named by argv[1]
+# sends a whole configuration message; print that line (as the wire carried it) in hex.
+SNIFF = """
+import socket, sys
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sock.bind(("fo0", 0))
+sock.settimeout(30)
+source, segments = socket.inet_aton(sys.argv[1]), {}
+print("ready", flush=True)
+while True:
+    frame = sock.recv(65535)
+    ip = frame[14:]
+    if frame[12:14] != b"\\x08\\x00" or ip[9] != 6 or ip[12:16] != source:
+        continue
+    tcp = ip[(ip[0] & 15) * 4:int.from_bytes(ip[2:4], "big")]
+    if int.from_bytes(tcp[2:4], "big") != 7405:
+        continue
+    segments[int.from_bytes(tcp[4:8], "big")] = tcp[(tcp[12] >> 4) * 4:]
+    lines = b"".join(segments[seq] for seq in sorted(segments)).split(b"\\n")[1:-1]
+    for line in lines:
+        if b'"t":"config"' in line:
+            print(line.hex(), flush=True)
+            sys.exit(0)
+"""
+
+# Run in a namespace: connect from argv[1] (bound to device argv[2] unless "-") to
+# argv[3]:7405, read the banner if one comes, send the line argv[4] (hex) and say what
+# the listener did: "refused" (no connection), "dropped" (closed it) or "open".
+INJECT = """
+import socket, sys
+source, device, target, line = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+sock = socket.socket()
+if device != "-":
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+sock.bind((source, 0))
+sock.settimeout(3)
+try:
+    sock.connect((target, 7405))
+except OSError:
+    print("refused")
+    sys.exit(0)
+try:
+    sock.sendall(bytes.fromhex(line) + b"\\n")
+    while sock.recv(4096):
+        pass
+    print("dropped")
+except TimeoutError:
+    print("open")
+except OSError:
+    print("dropped")
+"""
+
+
+def inject(pair: Pair, ns: str, source: str, device: str, target: str, line: bytes) -> str:
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", INJECT, source,
+                          device, target, line.hex()], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_stream_refuses_issue_22s_attacks(pair: Pair) -> None:
+    """From the client segment with a route to the failover link, and from the link
+    with the other unit's address: an unauthenticated configuration ending in `do
+    write memory`, a step-down, and a captured authentic configuration replayed. The
+    units' configurations, startup-configs and roles stay as they were; the real
+    active's copy and `write standby` still work."""
+    primary, secondary = both_up(pair)
+    active, standby = ((primary, secondary) if role(primary) == "Active"
+                       else (secondary, primary))
+    names = {id(primary): "primary", id(secondary): "secondary"}
+    active_link, standby_link = UNITS[names[id(active)]][0], UNITS[names[id(standby)]][0]
+    active_ns, standby_ns = pair.ns[names[id(active)]], pair.ns[names[id(standby)]]
+
+    sniffer = subprocess.Popen(["ip", "netns", "exec", standby_ns, sys.executable, "-c",
+                                SNIFF, active_link], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sniffer.stdout is not None and sniffer.stdout.readline() == "ready\n"
+        active.configure("name 203.0.113.50 captured")
+        captured = bytes.fromhex(sniffer.stdout.readline())
+    finally:
+        sniffer.kill()
+        sniffer.wait()
+    assert b"captured" in captured
+    active.configure("name 203.0.113.51 current")
+    wait_for(lambda: "name 203.0.113.51 current" in standby.run("write terminal"),
+             "the standby to get the configuration")
+    before = {unit: (console.run("write terminal"), role(console),
+                     (pair.tmp_path / f"{names[id(console)]}.cfg").read_bytes())
+              for unit, console in (("active", active), ("standby", standby))}
+
+    forged = [b'{"t":"config","lines":["name 203.0.113.66 evil","do write memory"]}',
+              b'{"t":"step-down"}']
+    # The client segment, routed to the failover link through each unit's own address.
+    for unit, (link, client) in UNITS.items():
+        _ip("-n", pair.segment, "route", "add", f"{link}/32", "via", client)
+        for line in forged:
+            assert inject(pair, pair.segment, "198.51.100.9", "-", link, line) \
+                == "refused", unit
+    # The failover link itself, with the other unit's address.
+    for line in (*forged, captured):
+        assert inject(pair, active_ns, active_link, "fo0", standby_link, line) == "dropped"
+    assert inject(pair, standby_ns, standby_link, "fo0", active_link, forged[1]) \
+        == "dropped"
+
+    time.sleep(1.0)
+    after = {unit: (console.run("write terminal"), role(console),
+                    (pair.tmp_path / f"{names[id(console)]}.cfg").read_bytes())
+             for unit, console in (("active", active), ("standby", standby))}
+    assert after == before
+    assert "bad MAC" in standby.run("show syslog")
+
+    # The real active's `write standby` still copies and saves.
+    out = active.run("write standby")
+    assert "[OK] saved on the standby" in out, out
+    saved = (pair.tmp_path / f"{names[id(standby)]}.cfg").read_text()
+    assert "name 203.0.113.51 current" in saved and "evil" not in saved
+    assert f"failover ip address {active_link}" in saved
+    assert "failover key hashed " in saved and KEY not in saved

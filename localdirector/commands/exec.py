@@ -100,13 +100,9 @@ _WRITE = Keyword("write", "Save or show the running configuration")
 @command(PRIV, _WRITE, Keyword("memory", "Save it as the startup-config"), locked=False)
 def write_memory(session: Session) -> None:
     session.print("Building configuration...")
-    lines = session.appliance.running_config()   # the disk is written unlocked
-    try:
-        config_file.save(session.appliance.config_path, "\n".join(lines) + "\n")
-    except OSError as err:
-        raise CommandFailed(f"cannot write {session.appliance.config_path}: "
-                            f"{err.strerror or err}; the startup-config is unchanged") from None
-    session.appliance.saved(lines)
+    error = session.appliance.write_memory()
+    if error is not None:
+        raise CommandFailed(error)
     session.print("[OK]")
 
 

@@ -1,5 +1,6 @@
 """The failover pair's commands, LocalDirector's where it had them: `failover`,
-`failover ip address`, `failover poll MS [holdtime MS]`, `failover virtual`, `replicate`,
+`failover ip address`, `failover key`, `failover poll MS [holdtime MS]`, `failover virtual`,
+`replicate`,
 `failover active`, `failover reset`, `write standby`, `show failover`
 (docs/design.rst, "Failover").
 
@@ -19,7 +20,8 @@ from localdirector.model.director import Director
 from localdirector.model.failover import (DEFAULT_HOLD_MS, DEFAULT_POLL_MS, HOLD_FACTOR,
                                           HOLD_RANGE_MS, POLL_RANGE_MS, FailoverStatus)
 from localdirector.shell import args
-from localdirector.shell.grammar import Keyword, opt
+from localdirector.model import peerkey
+from localdirector.shell.grammar import Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.session import CommandFailed, Session
 
@@ -41,7 +43,8 @@ class FailoverHandle(Protocol):
         """`failover reset`: rewrite and restart the helpers, clear a fault."""
 
     def push_config(self) -> str:
-        """`write standby`: send the whole running-config to the standby now."""
+        """`write standby`: send the whole running-config to the standby now and have
+        it saved there; returns what happened, one line."""
 
 
 def _handle(session: Session) -> FailoverHandle:
@@ -61,6 +64,30 @@ def _handle(session: Session) -> FailoverHandle:
          if d.settings.failover.peer else [])
 def failover_ip(session: Session, addr: int = 0, no: bool = False) -> None:
     session.director.set_failover_peer(0 if no else addr)
+
+
+def _saved_key(director: Director) -> list[Sequence[object]]:
+    key = director.settings.failover.key
+    if key is None:
+        return []
+    return [("none",)] if key == peerkey.NONE else [("hashed", peerkey.stored(key))]
+
+
+@command(CONFIG, FAILOVER, Keyword("key", "The shared key authenticating the units' stream"),
+         choice(Keyword("none", "Run the stream unauthenticated: anyone reaching the "
+                                "link's TCP 7405 can act as the other unit", "none", True),
+                (Keyword("hashed", "The key as the running-config stores it"),
+                 args.word("hashed", "43 characters of base64")),
+                args.word("passphrase", f"The same passphrase on both units "
+                                        f"(at least {peerkey.MIN_PASSPHRASE} characters)")),
+         no=2, saver=_saved_key, locked=False)
+def failover_key(session: Session, passphrase: str = "", hashed: str = "",
+                 none: bool = False, no: bool = False) -> None:
+    """scrypt runs before the model lock is taken (as for passwords)."""
+    key = (None if no else peerkey.NONE if none else
+           peerkey.parse_stored(hashed) if hashed else peerkey.derive(passphrase))
+    with session.director.lock:
+        session.director.set_failover_key(key)
 
 
 def _saved_timing(director: Director) -> list[Sequence[object]]:
@@ -139,12 +166,24 @@ def _seconds(value: float) -> str:
     return f"{int(value)} (sec)"
 
 
+def key_state(key: bytes | None) -> str:
+    """The key as `show failover` names it: never the key itself."""
+    return "unset" if key is None else "none" if key == peerkey.NONE else "set"
+
+
+_KEY_LINES = {"set": "Failover key ******** (shared key set)",
+              "none": "Failover key none: the stream to the other unit is unauthenticated",
+              "unset": "Failover key not set: no stream to the other unit "
+                       "(no configuration copy, replication or step-down)"}
+
+
 def render(config_enabled: bool, poll_ms: int, hold_ms: int, replicate_on: bool,
-           status: FailoverStatus | None) -> list[str]:
-    """LocalDirector's `show failover` layout: the pair, then this host and the other."""
+           key: str, status: FailoverStatus | None) -> list[str]:
+    """LocalDirector's `show failover` layout: the pair, then this host and the other.
+    `key`: `key_state`'s word."""
     lines = [f"Failover {'On' if config_enabled else 'Off'}",
              f"Poll frequency {poll_ms} milliseconds, holdtime {hold_ms} milliseconds",
-             f"Replication {'On' if replicate_on else 'Off'}"]
+             f"Replication {'On' if replicate_on else 'Off'}", _KEY_LINES[key]]
     if status is None:
         lines.append("Failover service not running on this unit (no --failover-link)")
         return lines
@@ -176,8 +215,9 @@ def show_failover(session: Session) -> None:
     config = session.director.settings.failover
     handle = session.appliance.failover
     status = handle.status() if handle is not None else None
+    key = key_state(config.key)
     session.print_lines(render(config.enabled, config.poll_ms, config.hold_ms,
-                               config.replicate, status))
+                               config.replicate, key, status))
     session.record(enabled=config.enabled, poll_ms=config.poll_ms, hold_ms=config.hold_ms,
-                   replicate=config.replicate,
+                   replicate=config.replicate, key=key,
                    status=None if status is None else dataclasses.asdict(status))

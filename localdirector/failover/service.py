@@ -3,8 +3,9 @@
 It writes keepalived's and conntrackd's files from the model, runs and supervises them,
 follows keepalived's verdicts through its notify FIFO (becoming active: commit
 conntrackd's external cache behind the drop guard, then lift the guard), talks to the
-other unit over the failover link (status, the configuration, step-down requests), and
-answers the failover commands through `FailoverHandle`."""
+other unit over the failover link while a `failover key` is set (status, the
+configuration, step-down and save requests: stream.py, configcopy.py), and answers the
+failover commands through `FailoverHandle`."""
 
 from __future__ import annotations
 
@@ -23,17 +24,17 @@ from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
 from localdirector.services import ServiceError
-from localdirector.shell import config_file, running_config
 
 from . import configs
+from .configcopy import ConfigCopy
 from .daemon import Supervised
 from .guard import Guard
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
 from . import presence
 from .presence import LinkWatch
-from .peer import Peer
 from .replication import Replicator
+from .stream import Stream
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
@@ -43,7 +44,6 @@ log = logging.getLogger("localdirector.failover")
 
 # keepalived's sync-group verdicts, as this unit shows them.
 ROLES = {"MASTER": "Active", "BACKUP": "Standby", "FAULT": "Fault", "STOP": "Standby"}
-PEER_ONLY = "failover ip address "   # the one line that differs between the units
 STEP_DOWN_WAIT = 5.0
 STANDING_BY = ("Standby", "Fault", "Starting")   # roles that may take over
 
@@ -111,7 +111,9 @@ class FailoverService:
             self._hold_takeover)
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
-        self.peer: Peer | None = None
+        self.stream = Stream(unit, self._receive, self._peer_connected,
+                             lambda: self.appliance.director.settings.failover.hold_ms / 1000)
+        self.copy = ConfigCopy(appliance, self._send)
         self.replicator = None if plane is None else Replicator(
             plane, lambda: self.appliance.director, self._send,
             lambda: self.appliance.director.settings.failover.poll_ms / 1000)
@@ -145,8 +147,7 @@ class FailoverService:
         for daemon in (self.keepalived, self.conntrackd):
             if daemon is not None:
                 daemon.stop()
-        if self.peer is not None:
-            self.peer.stop()
+        self.stream.stop()
         self._remove_virtuals()
         self.guard.remove()
         self.link_filter.remove()
@@ -177,20 +178,17 @@ class FailoverService:
         director = self.appliance.director
         with director.lock:
             config = director.settings.failover
-            peer = config.peer
-            enabled = config.enabled and peer and config.virtuals
+            enabled = config.enabled and config.peer and config.virtuals
             keepalived = (configs.keepalived(config, self.unit, interface_addresses())
                           if enabled else "")
             conntrackd = configs.conntrackd(config, self.unit) if enabled else ""
-            lines = [line for line in running_config.render(director, self.appliance.registry)
-                     if not line.startswith(PEER_ONLY)]
-        self.link_filter.admit(format_ip(peer) if peer else None)
+            peer, key = (format_ip(config.peer) if enabled else ""), config.key
+            admitted = format_ip(config.peer) if config.peer else None
+        lines = self.copy.lines()
+        self.link_filter.admit(admitted)
         if (keepalived, conntrackd) != self._written:
             self._rewrite(keepalived, conntrackd)
-        if enabled and self.peer is None:
-            self.peer = Peer(self.unit.address, format_ip(peer), self._receive,
-                             self._peer_connected)
-            self.peer.start()
+        self.stream.follow(peer, key)
         if self.role == "Active" and lines != self._sent_config:
             self._send_config(lines)
         self._replicate()
@@ -341,7 +339,7 @@ class FailoverService:
         self._send({"t": "status", "role": self.role, "active": self._active_seconds()})
 
     def _send(self, message: dict[str, Any]) -> bool:
-        return self.peer is not None and self.peer.send(message)
+        return self.stream.send(message)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -349,7 +347,11 @@ class FailoverService:
             self._peer_status = message
             self._peer_heard = time.monotonic()
         elif kind == "config" and self.role != "Active":
-            self._apply_config(message["lines"])
+            self.copy.apply(message.get("lines"))
+        elif kind == "save" and self.role != "Active":
+            self.copy.save(message)
+        elif kind == "saved" and self.role == "Active":
+            self.copy.saved(message)
         elif kind == "conns" and self.role != "Active" and self.replicator is not None:
             self.replicator.receive(message)
         elif kind == "step-down" and self.role == "Active":
@@ -361,21 +363,6 @@ class FailoverService:
             if self._resend_conns and self.replicator is not None:
                 self._resend_conns = False
                 self.replicator.resend()   # after the configuration they refer to
-
-    def _apply_config(self, lines: list[str]) -> None:
-        """The active's running-config, rebuilt here as `reload` does, keeping this
-        unit's own `failover ip address`."""
-        appliance = self.appliance
-        with appliance.director.lock:
-            peer = appliance.director.settings.failover.peer
-            director = Director(appliance.director.lock)
-            own = [f"{PEER_ONLY}{format_ip(peer)}"] if peer else []
-            config_file.replay(appliance, director, own + lines,
-                               lambda text: log.error("failover: from the active: %s", text))
-            appliance.director = director
-            for hook in appliance.reload_hooks:
-                hook(director)
-        log.info("failover: configuration received from the active unit")
 
     def _step_down(self) -> None:
         """Go to FAULT through keepalived's track file until the other unit is active,
@@ -395,12 +382,7 @@ class FailoverService:
         peer = self._peer_status if heard else {}
         note = self.link_watch.note
         link = "Normal" if link_up(self.unit.link) else f"Down ({note})" if note else "Down"
-        if self.peer is None:
-            replication = "no peer configured"
-        elif self.peer.connected and heard:
-            replication = f"to {self.peer.peer}, up"
-        else:
-            replication = f"to {self.peer.peer}, waiting for the other unit"
+        replication = self.stream.status(heard)
         if self.replicator is not None:
             replication += (f"; connections {self.replicator.sent} sent, "
                             f"{self.replicator.applied} received")
@@ -417,7 +399,9 @@ class FailoverService:
     def take_over(self) -> str:
         if self.role == "Active":
             return "This unit is already active"
-        if self.peer is None or not self.peer.send({"t": "step-down"}):
+        if self.stream.peer is None:
+            return f"% {self.stream.off}"
+        if not self._send({"t": "step-down"}):
             return "% The other unit does not answer; it takes over when it is gone"
         deadline = time.monotonic() + STEP_DOWN_WAIT
         while time.monotonic() < deadline and self.role != "Active":
@@ -438,9 +422,10 @@ class FailoverService:
     def push_config(self) -> str:
         if self.role != "Active":
             return "% Only the active unit sends its configuration"
-        director = self.appliance.director
-        with director.lock:
-            lines = [line for line in running_config.render(director, self.appliance.registry)
-                     if not line.startswith(PEER_ONLY)]
+        if self.stream.peer is None:
+            return f"% {self.stream.off}"
+        lines = self.copy.lines()
         self._send_config(lines)
-        return "[OK]" if self._sent_config == lines else "% The standby does not answer"
+        if self._sent_config != lines:
+            return "% The standby does not answer"
+        return self.copy.request_save()

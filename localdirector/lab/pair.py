@@ -35,6 +35,7 @@ from .topology import (
 UNITS = ("primary", "secondary")
 LINK_NET = "198.19.255"
 POLL_MS, HOLD_MS = 100, 500        # quick enough to watch, slow enough for a busy machine
+KEY = "lab-pair-passphrase"        # the lab's own: a real pair's is secret
 
 
 def link_address(unit: str) -> str:
@@ -48,12 +49,12 @@ def own_address(net: ipaddress.IPv4Network, unit: str) -> str:
 
 
 def failover_lines(unit: str) -> list[str]:
-    """What the pair adds to FIG. 1 on `unit`: the other unit, the timing, the virtual
-    addresses that move, replication, and failover on."""
+    """What the pair adds to FIG. 1 on `unit`: the other unit, the stream's shared key,
+    the timing, the virtual addresses that move, replication, and failover on."""
     other = UNITS[1 - UNITS.index(unit)]
     gateways = [*(net.network_address + 1 for net in CLIENT_SUBNETS.values()),
                 DIRECTOR_REAL_SIDE]
-    return [f"failover ip address {link_address(other)}",
+    return [f"failover ip address {link_address(other)}", f"failover key {KEY}",
             f"failover poll {POLL_MS} holdtime {HOLD_MS}",
             *(f"failover virtual {gateway} 255.255.255.0" for gateway in gateways),
             "replicate", "failover"]

@@ -2,7 +2,8 @@
 (docs/design.rst, "Failover").
 
 The configuration is the same on both units (the active copies its running-config to
-the standby), except `failover ip address`, which names the *other* unit. Which unit
+the standby), except `failover ip address`, which names the *other* unit, and `failover
+key`, which the stream must not carry (it is not encrypted). Which unit
 is primary and which interface is the failover link are facts of the box, given on
 the command line, never in the configuration."""
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .addr import format_ip, prefix_mask
 from .errors import ModelError
+from .peerkey import KEY_BYTES
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -35,6 +37,9 @@ class FailoverConfig:
     replicate: bool = False      # stateful: connections survive a takeover
     # (address, prefix length): the addresses that move to the active unit.
     virtuals: list[tuple[int, int]] = field(default_factory=list)
+    # The stream's shared key (model/peerkey.py): None unset (the stream does not run),
+    # peerkey.NONE (b"") for `failover key none`, else 32 bytes.
+    key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,13 @@ class FailoverSettings:
             raise ModelError(f"failover hold ({hold} ms) must be at least {HOLD_POLLS} "
                              f"polls ({HOLD_POLLS * poll} ms)")
         config.poll_ms, config.hold_ms = poll, hold
+        self.changed()
+
+    def set_failover_key(self, key: bytes | None) -> None:
+        """`failover key`: None removes it, peerkey.NONE runs the stream unauthenticated."""
+        if key is not None and len(key) not in (0, KEY_BYTES):
+            raise ModelError(f"a failover key is {KEY_BYTES} bytes")
+        self.settings.failover.key = key
         self.changed()
 
     def set_replicate(self, on: bool) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import grammar
 from .registry import Mode
 from .session import Session
 
@@ -46,10 +47,23 @@ def _undecodable(line: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in line)
 
 
+def _not_configuration(session: Session, line: str) -> bool:
+    """Whether `line` reads as a command no running-config holds: `do ...` (an exec
+    command), `end`, a `no` form, `in-service ...`. A line that does not parse runs
+    nothing and is reported as any other bad line."""
+    try:
+        segments = grammar.parse(line, session, Mode.CONFIG, session.registry.roots)
+    except grammar.CommandError:
+        return False
+    return any(segment.command.saver is None for segment in segments)
+
+
 def replay(appliance: "Appliance", director: "Director", lines: list[str],
-           report: Callable[[str], None]) -> int:
+           report: Callable[[str], None], saved_only: bool = False) -> int:
     """Apply every line as if typed in configuration mode; a bad line is reported with its
-    number and the rest still applies. Returns how many lines failed."""
+    number and the rest still applies. Returns how many lines failed. `saved_only`: a
+    line that is not what a running-config holds is refused (the configuration the
+    other unit of a failover pair sends must not run exec commands here)."""
     session = Session(appliance, "startup", director=director)
     failures = 0
     for number, line in enumerate(lines, 1):
@@ -58,6 +72,11 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
             report(f"line {number}: {NOT_TEXT}")
             continue
         session.mode = Mode.CONFIG
+        if saved_only and _not_configuration(session, line):
+            failures += 1
+            report(f"line {number}: % not a configuration command; refused: "
+                   f"{line.translate(_PRINTABLE)}")
+            continue
         error = session.run(line)
         if error is None:
             continue

@@ -113,7 +113,8 @@ class Site:
         config = self.tmp_path / f"{unit}.cfg"
         config.write_text("\n".join([
             f"failover ip address {LINK[_other(unit)]}",
-            "failover poll 100 holdtime 500", f"failover virtual {GATEWAY} 255.255.255.0",
+            "failover key field-test-passphrase", "failover poll 100 holdtime 500",
+            f"failover virtual {GATEWAY} 255.255.255.0",
             "failover", ""]))
         self.consoles[unit] = Console(
             ["ip", "netns", "exec", self.ns[unit], "localdirector", "--config", str(config),

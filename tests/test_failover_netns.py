@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -19,94 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance_driver import Console, appliance_argv
-from tests.conftest import require_netns
+from tests.appliance_driver import Console
+from tests.failover_site import KEY, LINK, OWN, Site, built, ip
 
 pytestmark = pytest.mark.netns
 
-VIRTUAL = "198.51.100.1"
-UNITS = {"primary": ("198.19.255.1", "198.51.100.252"),
-         "secondary": ("198.19.255.2", "198.51.100.253")}
 WAIT = 20.0     # generous: a loaded 2-core machine
-KEY = "netns-pair-passphrase"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-class Pair:
-    """Namespaces `fo<hex>-p`, `-s` (the units) and `-c` (the client segment's bridge)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.name = f"fo{secrets.token_hex(2)}"
-        self.ns = {"primary": f"{self.name}-p", "secondary": f"{self.name}-s"}
-        self.segment = f"{self.name}-c"
-        self.tmp_path = tmp_path
-        self.consoles: dict[str, Console] = {}
-
-    def build(self) -> None:
-        for ns in (*self.ns.values(), self.segment):
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        p, s = self.ns["primary"], self.ns["secondary"]
-        _ip("-n", p, "link", "add", "fo0", "type", "veth", "peer", "name", "fo0", "netns", s)
-        _ip("-n", self.segment, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
-        _ip("-n", self.segment, "addr", "add", "198.51.100.9/24", "dev", "br0")
-        _ip("-n", self.segment, "link", "set", "br0", "up")
-        for unit, ns in self.ns.items():
-            link, client = UNITS[unit]
-            _ip("-n", ns, "addr", "add", f"{link}/24", "dev", "fo0")
-            _ip("-n", ns, "link", "set", "fo0", "up")
-            port = f"to{unit[0]}"
-            _ip("-n", ns, "link", "add", "cli0", "type", "veth", "peer", "name", port,
-                "netns", self.segment)
-            _ip("-n", self.segment, "link", "set", port, "master", "br0")
-            _ip("-n", self.segment, "link", "set", port, "up")
-            _ip("-n", ns, "addr", "add", f"{client}/24", "dev", "cli0")
-            _ip("-n", ns, "link", "set", "cli0", "up")
-
-    def boot(self, unit: str) -> Console:
-        peer = UNITS["secondary" if unit == "primary" else "primary"][0]
-        config = self.tmp_path / f"{unit}.cfg"
-        config.write_text("\n".join([
-            f"failover ip address {peer}", f"failover key {KEY}",
-            "failover poll 100 holdtime 500",
-            f"failover virtual {VIRTUAL} 255.255.255.0", "replicate", "failover", ""]))
-        argv = ["ip", "netns", "exec", self.ns[unit],
-                *appliance_argv(config, "--no-dataplane", "--failover-link", "fo0",
-                                "--failover-unit", unit)]
-        self.consoles[unit] = Console(argv)
-        return self.consoles[unit]
-
-    def owns_virtual(self, unit: str) -> bool:
-        out = subprocess.run(["ip", "-n", self.ns[unit], "-4", "addr", "show", "cli0"],
-                             capture_output=True, text=True, check=False).stdout
-        return f"{VIRTUAL}/24" in out
-
-    def destroy(self) -> None:
-        for console in self.consoles.values():
-            if console.child.isalive():
-                console.kill()
-        for ns in (*self.ns.values(), self.segment):
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                      text=True, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    require_netns()
-    built = Pair(tmp_path)
-    try:
-        built.build()
-        yield built
-    finally:
-        built.destroy()
+def pair(tmp_path: Path) -> Iterator[Site]:
+    """The pair over a direct cable, built as README deploys it (tests/failover_site.py)."""
+    yield from built(tmp_path, "cable")
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -122,19 +45,19 @@ def role(console: Console) -> str:
     return match[2] if match else ""
 
 
-def both_up(pair: Pair) -> tuple[Console, Console]:
+def both_up(pair: Site) -> tuple[Console, Console]:
     primary, secondary = pair.boot("primary"), pair.boot("secondary")
     wait_for(lambda: {role(primary), role(secondary)} == {"Active", "Standby"},
              "one active and one standby unit")
     return primary, secondary
 
 
-def test_pair_roles_takeover_and_configuration(pair: Pair) -> None:
+def test_pair_roles_takeover_and_configuration(pair: Site) -> None:
     primary, secondary = both_up(pair)
     active, standby = ((primary, secondary) if role(primary) == "Active"
                        else (secondary, primary))
     units = {id(primary): "primary", id(secondary): "secondary"}
-    assert pair.owns_virtual(units[id(active)]) and not pair.owns_virtual(units[id(standby)])
+    assert pair.holders() == [units[id(active)]]
     shown = active.run("show failover")
     assert "Failover On" in shown and "Replication On" in shown
     assert re.search(r"keepalived: running \(pid \d+\)", shown)
@@ -148,7 +71,7 @@ def test_pair_roles_takeover_and_configuration(pair: Pair) -> None:
     wait_for(lambda: "bind 192.0.2.10:80:0:tcp 203.0.113.11" in standby.run("write terminal"),
              "the standby's running-config to show the bind")
     peer_line = standby.run("write terminal")
-    assert f"failover ip address {UNITS[units[id(active)]][0]}" in peer_line
+    assert f"failover ip address {LINK[units[id(active)]]}" in peer_line
     # `write standby` pushes the whole configuration.
     assert "[OK]" in active.run("write standby")
     assert "Only the active" in standby.run("write standby")
@@ -157,11 +80,11 @@ def test_pair_roles_takeover_and_configuration(pair: Pair) -> None:
     out = standby.run("failover active")
     assert "now active" in out, out
     wait_for(lambda: role(active) == "Standby", "the old active to stand by")
-    assert pair.owns_virtual(units[id(standby)])
-    wait_for(lambda: not pair.owns_virtual(units[id(active)]), "the address to leave")
+    assert units[id(standby)] in pair.holders()
+    wait_for(lambda: units[id(active)] not in pair.holders(), "the address to leave")
 
 
-def test_crashed_helpers_are_restarted_and_logged(pair: Pair) -> None:
+def test_crashed_helpers_are_restarted_and_logged(pair: Site) -> None:
     primary, _secondary = both_up(pair)
     for helper in ("keepalived", "conntrackd"):
         pid = int(re.search(rf"{helper}: running \(pid (\d+)\)",
@@ -175,26 +98,19 @@ def test_crashed_helpers_are_restarted_and_logged(pair: Pair) -> None:
              "one active unit again")
 
 
-def test_killed_active_is_replaced_and_returns_as_standby(pair: Pair) -> None:
+def test_killed_active_is_replaced_and_returns_as_standby(pair: Site) -> None:
     primary, secondary = both_up(pair)
     active_unit = "primary" if role(primary) == "Active" else "secondary"
     other_unit = "secondary" if active_unit == "primary" else "primary"
     other = secondary if active_unit == "primary" else primary
-    pair.consoles[active_unit].kill()
-    for pid in subprocess.run(["ip", "netns", "pids", pair.ns[active_unit]],
-                              capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGKILL)      # the box dies: its helpers with it
-    _ip("-n", pair.ns[active_unit], "link", "set", "cli0", "down")
+    pair.crash(active_unit)                    # the box dies: its helpers with it
     wait_for(lambda: role(other) == "Active", "the standby to take over")
-    assert pair.owns_virtual(other_unit)
+    assert other_unit in pair.holders()
     # The old active comes back: it stands by (LocalDirector did not take over again).
-    _ip("-n", pair.ns[active_unit], "addr", "flush", "dev", "cli0")
-    _ip("-n", pair.ns[active_unit], "addr", "add", f"{UNITS[active_unit][1]}/24", "dev",
-        "cli0")
-    _ip("-n", pair.ns[active_unit], "link", "set", "cli0", "up")
+    pair.links(active_unit, "up")
     returned = pair.boot(active_unit)
     wait_for(lambda: role(returned) == "Standby", "the returning unit to stand by")
-    assert role(other) == "Active" and pair.owns_virtual(other_unit)
+    assert role(other) == "Active" and other_unit in pair.holders()
 
 
 # Run in a unit's namespace: read the failover link until the unit named by argv[1]
@@ -250,7 +166,7 @@ except OSError:
 """
 
 
-def inject(pair: Pair, ns: str, source: str, device: str, target: str, line: bytes) -> str:
+def inject(pair: Site, ns: str, source: str, device: str, target: str, line: bytes) -> str:
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", INJECT, source,
                           device, target, line.hex()], capture_output=True, text=True,
                          timeout=30)
@@ -258,7 +174,7 @@ def inject(pair: Pair, ns: str, source: str, device: str, target: str, line: byt
     return out.stdout.strip()
 
 
-def test_the_stream_refuses_issue_22s_attacks(pair: Pair) -> None:
+def test_the_stream_refuses_issue_22s_attacks(pair: Site) -> None:
     """From the client segment with a route to the failover link, and from the link
     with the other unit's address: an unauthenticated configuration ending in `do
     write memory`, a step-down, and a captured authentic configuration replayed. The
@@ -268,7 +184,7 @@ def test_the_stream_refuses_issue_22s_attacks(pair: Pair) -> None:
     active, standby = ((primary, secondary) if role(primary) == "Active"
                        else (secondary, primary))
     names = {id(primary): "primary", id(secondary): "secondary"}
-    active_link, standby_link = UNITS[names[id(active)]][0], UNITS[names[id(standby)]][0]
+    active_link, standby_link = LINK[names[id(active)]], LINK[names[id(standby)]]
     active_ns, standby_ns = pair.ns[names[id(active)]], pair.ns[names[id(standby)]]
 
     sniffer = subprocess.Popen(["ip", "netns", "exec", standby_ns, sys.executable, "-c",
@@ -291,10 +207,10 @@ def test_the_stream_refuses_issue_22s_attacks(pair: Pair) -> None:
     forged = [b'{"t":"config","lines":["name 203.0.113.66 evil","do write memory"]}',
               b'{"t":"step-down"}']
     # The client segment, routed to the failover link through each unit's own address.
-    for unit, (link, client) in UNITS.items():
-        _ip("-n", pair.segment, "route", "add", f"{link}/32", "via", client)
+    for unit, link in LINK.items():
+        ip("-n", pair.client, "route", "add", f"{link}/32", "via", OWN[unit])
         for line in forged:
-            assert inject(pair, pair.segment, "198.51.100.9", "-", link, line) \
+            assert inject(pair, pair.client, "198.51.100.9", "-", link, line) \
                 == "refused", unit
     # The failover link itself, with the other unit's address.
     for line in (*forged, captured):

@@ -148,7 +148,8 @@ def reals(director: Director) -> Callable[[], Families]:
 
 def assigns(director: Director) -> Callable[[], Families]:
     """One series per entry, copied as `show assign` copies them: only with
-    `--metrics-detail assign` (the lock is held for the copy, some 10 ms per 100,000)."""
+    `--metrics-detail assign`: the lock is held for the copy, tens of milliseconds per
+    100,000 (docs/design.rst, "Monitoring")."""
     rows = [(o.virtual.sid, o.client_ip, o.prefixlen, o.hits) for o in director.bindids]
 
     def build() -> Families:

@@ -100,10 +100,10 @@ class ScrapeServer:
         listen = asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         try:
             self.server = asyncio.run_coroutine_threadsafe(listen, self.loop).result()
-        except OSError as err:
+        except OSError as err:   # asyncio's text repeats the address: keep the reason
             self._end_loop()
-            raise OSError(err.errno, os.strerror(err.errno) if err.errno else str(err)) \
-                from err
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise OSError(err.errno, reason) from err
 
     def stop(self) -> None:
         if self.server is not None:

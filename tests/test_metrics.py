@@ -158,6 +158,18 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         f"localdirector: metrics: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_a_detail_without_the_endpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "startup-config"
+    config.write_text(CONFIG)
+    result = subprocess.run(
+        appliance_argv(config, "--no-dataplane", "--no-console", "--metrics-detail", "assign"),
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "localdirector: metrics: --metrics-detail needs --metrics [ADDR:]PORT"]
+
+
 def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
     """In-process (no probe runner, so no probe traffic): a check's state and counts, and
     a failover unit's role, as promtool-clean series."""

@@ -96,8 +96,11 @@ def serve(appliance: "Appliance", host: str, port: int,
 
 
 def start(appliance: "Appliance", args: argparse.Namespace) -> ScrapeServer | None:
-    """SERVICES entry: None without `--metrics`; a port in use is a one-line error."""
+    """SERVICES entry: None without `--metrics`; a port in use, or a detail asked for
+    an endpoint not asked for, is a one-line error."""
     if args.metrics is None:
+        if args.metrics_detail:
+            raise ServiceError("metrics: --metrics-detail needs --metrics [ADDR:]PORT")
         return None
     host, port = args.metrics
     host = host or LOOPBACK

@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assigns", type=int, default=100_000, help="assign prefixes [100000]")
     parser.add_argument("--conns", type=int, default=100_000,
                         help="live connections, 10,000 of them established [100000]")
-    parser.add_argument("--phase", type=float, default=10.0, help="seconds per arm [10]")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds over the arms [3]")
+    parser.add_argument("--phase", type=float, default=4.0, help="seconds per arm [4]")
+    parser.add_argument("--repeat", type=int, default=9, help="rounds over the arms [9]")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': "
                                                        "JSON only, to stdout)")

@@ -122,3 +122,23 @@ def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
     check = subprocess.run(["promtool", "check", "metrics"], input=scraped.stdout, text=True,
                            capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_an_address_given_opens_the_endpoint_to_the_access_list_only(
+        lab: Lab, appliance) -> None:
+    """`--metrics 0.0.0.0:PORT` with `metrics 198.51.100.0 255.255.255.0`: a client of
+    that network scrapes through the director's client-side address; a real, which can
+    reach the real-side address, is closed without an answer, and the refusal logged."""
+    console = appliance(simple_config(VIP, "roundrobin", [R12],
+                                      "metrics 198.51.100.0 255.255.255.0"),
+                        "--metrics", f"0.0.0.0:{METRICS_PORT}")
+
+    def curl(ns: str, addr: str) -> subprocess.CompletedProcess:
+        return lab.run_in(ns, ["curl", "-s", "--max-time", "5",
+                               f"http://{addr}:{METRICS_PORT}/metrics"])
+    listed = curl(lab.client_ns, lab.director_client_side["preferred"])
+    assert listed.returncode == 0 and "localdirector_info{" in listed.stdout, listed
+    other = curl(lab.real_ns[R12], DIRECTOR_REAL_SIDE)
+    assert other.returncode in (52, 56) and other.stdout == "", other   # closed at once
+    assert (f"metrics connection from {R12} refused by the access list"
+            in console.run("show syslog"))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import random
 import statistics
@@ -50,6 +49,7 @@ from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 
 from . import machine
+from .figures import emit
 from .profile import format_summary, record, summarize
 
 VIP = parse_ip("192.0.2.10")
@@ -575,13 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for entry in result["targets"].values():
         entry["met"] = entry["measured"] <= entry["target"]
-    text = json.dumps(result, indent=1)
-    if args.json == "-":
-        print(text)
-    else:
-        print(format_report(result))
-        if args.json:
-            Path(args.json).write_text(text + "\n")
+    emit(result, format_report, args.json)
     return 0
 
 

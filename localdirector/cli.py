@@ -63,13 +63,6 @@ def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable
                                   plane if isinstance(plane, DataPlane) else None)
 
 
-def _metrics_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declared here, not in monitor/: `listen_address` belongs to access/, a sibling."""
-    parser.add_argument("--metrics", type=access_service.listen_address,
-                        metavar="[ADDR:]PORT",
-                        help="serve Prometheus metrics over HTTP (off unless given)")
-
-
 SERVICES: list[Service] = [
     # First, so whatever the others log at start reaches the logging hosts.
     Service("logging", lambda parser: None, logging_hosts.start),
@@ -81,7 +74,7 @@ SERVICES: list[Service] = [
     Service("bgp", bgp_service.add_arguments, bgp_service.start),
     Service("access", access_service.add_arguments, access_service.start),
     Service("probes", probe_runner.add_arguments, probe_runner.start),
-    Service("metrics", _metrics_arguments, exporter.start),
+    Service("metrics", exporter.add_arguments, exporter.start),
 ]
 
 

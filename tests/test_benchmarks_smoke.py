@@ -70,3 +70,23 @@ def test_micro_text_report_names_every_figure() -> None:
                   "established real->client", "short connection", "bytes per connection",
                   "full collection"):
         assert label in proc.stdout
+
+
+def test_scrape_benchmark_json_is_well_formed() -> None:
+    """benchmarks.scrape at toy sizes: every arm measured, the scrapers really scraped
+    (the default exposition small, the detailed one with a series per entry), the
+    ratios against the same round's baseline."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scrape", "--assigns", "300", "--conns", "300",
+         "--phase", "1.5", "--repeat", "2", "--json", "-"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    arms = json.loads(proc.stdout)["arms"]
+    assert set(arms) == {"baseline", "every-1s", "every-1s-detail", "flood-4"}
+    assert arms["baseline"]["ratio"] == 1.0
+    for fig in arms.values():
+        assert fig["min_pps"] <= fig["pps"] <= fig["max_pps"] and fig["pps"] > 0
+        assert fig["min_ratio"] <= fig["ratio"] <= fig["max_ratio"]
+    assert arms["every-1s"]["scrapes"] >= 1 and arms["flood-4"]["scrapes"] > 4
+    extra = arms["every-1s-detail"]["bytes"] - arms["every-1s"]["bytes"]
+    assert 0 < arms["every-1s"]["bytes"] < 50_000 and extra > 300 * 60   # 300 series

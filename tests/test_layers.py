@@ -24,7 +24,7 @@ FLOORS: dict[str, int] = {
     "__init__": 0, "model": 0, "syslog": 0,
     "shell": 1, "dataplane": 1,
     "commands": 2,
-    "appliance": 3, "services": 3, "runtime": 3,
+    "appliance": 3, "services": 3, "runtime": 3, "listeners": 3,
     "access": 4, "lab": 4, "monitor": 4, "probes": 4, "failover": 4, "bgp": 4,
     "cli": 5, "__main__": 6,
 }

@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance_driver import appliance_argv
 
+from localdirector.model.addr import parse_ip
+
 CONFIG = """\
 real 203.0.113.11
 real 203.0.113.12 os
@@ -93,8 +95,10 @@ def test_scrape_gives_the_model_and_promtool_accepts_it(metrics: int) -> None:
     assert got[("localdirector_real_state", (("real", r12), ("state", "OOS")))] == 1
     assert got[("localdirector_real_state", (("real", r12), ("state", "IS")))] == 0
     assert got[("localdirector_real_reassigns_total", (("real", r11), ("reason", "reset")))] == 0
-    assert got[("localdirector_assign_hits_total",
-                (("client", "198.51.100.0/24"), ("virtual", v1)))] == 0
+    assert got[("localdirector_virtual_assign_entries", (("virtual", v1),))] == 1
+    assert got[("localdirector_virtual_assign_entries", (("virtual", v0),))] == 0
+    assert got[("localdirector_virtual_assign_hits_total", (("virtual", v1),))] == 0
+    assert not any(name == "localdirector_assign_hits_total" for name, _ in got)
     assert got[("localdirector_virtual_packets_total",
                 (("direction", "in"), ("virtual", v0)))] == 0
     assert got[("localdirector_dataplane_running", ())] == 0
@@ -154,6 +158,18 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         f"localdirector: metrics: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_a_detail_without_the_endpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "startup-config"
+    config.write_text(CONFIG)
+    result = subprocess.run(
+        appliance_argv(config, "--no-dataplane", "--no-console", "--metrics-detail", "assign"),
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "localdirector: metrics: --metrics-detail needs --metrics [ADDR:]PORT"]
+
+
 def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
     """In-process (no probe runner, so no probe traffic): a check's state and counts, and
     a failover unit's role, as promtool-clean series."""
@@ -193,3 +209,186 @@ def test_probe_results_and_the_failover_role_are_series(tmp_path: Path) -> None:
     check_run = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                capture_output=True, timeout=30)
     assert check_run.returncode == 0, check_run.stdout + check_run.stderr
+
+
+# -- the endpoint safe by default: bind, access list, bounds, size ----------------------
+
+def _appliance(tmp_path: Path, *lines: str):
+    """An in-process appliance configured by shell lines, as a startup-config would."""
+    from localdirector.appliance import Appliance
+    from localdirector.shell.registry import Mode
+
+    appliance = Appliance(tmp_path / "startup-config")
+    session = appliance.open_session("test", interactive=False)
+    session.mode = Mode.CONFIG
+    for line in lines:
+        assert session.execute(line), line
+    return appliance, session
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[object, object, object]]:
+    """(appliance, config session, server): the exporter in this process on a free
+    loopback port, as `--metrics 127.0.0.1:0` would start it."""
+    from localdirector.monitor import exporter
+
+    appliance, session = _appliance(tmp_path, *CONFIG.splitlines())
+    server = exporter.serve(appliance, "127.0.0.1", 0)
+    try:
+        yield appliance, session, server
+    finally:
+        server.stop()
+
+
+def test_a_port_alone_listens_on_the_loopback_only(tmp_path: Path) -> None:
+    import argparse
+
+    from localdirector.monitor import exporter
+
+    parser = argparse.ArgumentParser()
+    exporter.add_arguments(parser)
+    appliance, _ = _appliance(tmp_path)
+    server = exporter.start(appliance, parser.parse_args(["--metrics", str(free_port())]))
+    try:
+        assert server.server.sockets[0].getsockname()[0] == "127.0.0.1"
+        assert scrape(server.port)
+    finally:
+        server.stop()
+    given = exporter.start(appliance, parser.parse_args(["--metrics", f"0.0.0.0:{free_port()}"]))
+    try:
+        assert given.server.sockets[0].getsockname()[0] == "0.0.0.0"
+    finally:
+        given.stop()
+
+
+def _closed(port: int) -> dict[str, float]:
+    got = samples(scrape(port))
+    return {dict(labels)["reason"]: value for (name, labels), value in got.items()
+            if name == "localdirector_metrics_closed_connections_total"}
+
+
+def test_the_metrics_access_list_closes_other_peers_at_once(served, caplog) -> None:
+    appliance, session, server = served
+    assert session.execute("metrics 198.51.100.0 255.255.255.0")
+    assert "metrics 198.51.100.0 255.255.255.0" in appliance.running_config()
+    with caplog.at_level("WARNING", logger="localdirector.access"):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+                try:
+                    assert sock.recv(100) == b""   # closed, not a byte sent
+                except ConnectionResetError:
+                    pass
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == ["metrics connection from 127.0.0.1 refused by the access list"]
+    assert session.execute("metrics 127.0.0.0 255.0.0.0")
+    assert _closed(server.port)["access-list"] == 3
+
+
+def test_idle_connections_take_no_thread_and_a_scrape_still_works(served) -> None:
+    """1,000 connections that never send a request: the endpoint keeps its two threads,
+    closes the longest idle ones to stay at MAX_CONNECTIONS, and answers a scrape."""
+    import threading
+
+    from localdirector.monitor.scrapes import MAX_CONNECTIONS
+
+    _, _, server = served
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            for _ in range(1000)]
+    try:
+        wait_until(lambda: server.closed["evicted"] >= 1000 - MAX_CONNECTIONS,
+                   "the idle connections to be taken in")
+        assert len(server.peers) <= MAX_CONNECTIONS
+        assert "localdirector_virtual_state" in scrape(server.port)
+        ours = sorted(t.name for t in threading.enumerate() if t.name.startswith("metrics"))
+        assert ours == ["metrics", "metrics-build_0"]   # the loop and the builder
+        assert threading.active_count() <= before + 1   # + the builder, started lazily
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(tmp_path: Path) -> None:
+    from localdirector.monitor.scrapes import ScrapeServer
+
+    server = ScrapeServer(lambda accept: (b"x 1\n", "text/plain"), lambda peer: True,
+                          idle_timeout=0.5)
+    server.start("127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"x 1\n"):
+                answer += sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert sock.recv(100) == b""   # kept alive, then closed once idle
+        assert server.closed["idle"] == 1
+    finally:
+        server.stop()
+
+
+def test_assign_entries_are_counted_per_virtual_unless_detail_is_asked(
+        tmp_path: Path) -> None:
+    """20,000 assign entries: the default scrape has two series per virtual for them,
+    exact, and stays small; `--metrics-detail assign` gives one series per entry."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from localdirector.model.serverid import ServerId
+    from localdirector.monitor.metrics import ApplianceCollector
+
+    appliance, _ = _appliance(tmp_path, *CONFIG.splitlines(), "virtual 192.0.2.10:80:2")
+    director = appliance.director
+    v1, v2 = (ServerId(parse_ip("192.0.2.10"), 80, bind) for bind in (1, 2))
+    with director.lock:
+        for n in range(1, 20_001):   # + the configured 198.51.100.0/24 on instance 1
+            director.assign(v1 if n % 4 else v2, parse_ip("198.18.0.0") + n, 32)
+        for n in (1, 2, 4):          # SYNs from clients of the entries: 2 to :1, 1 to :2
+            director.lookup_virtual(parse_ip("198.18.0.0") + n, parse_ip("192.0.2.10"), 80,
+                                    count=True)
+        director.unassign(v2, parse_ip("198.18.0.4"), 32)   # its hit stays counted
+
+    def scraped(*detail: str) -> str:
+        registry = CollectorRegistry()
+        registry.register(ApplianceCollector(appliance, detail))
+        return generate_latest(registry).decode()
+
+    text = scraped()
+    got = samples(text)
+    entries = {dict(labels)["virtual"]: value for (name, labels), value in got.items()
+               if name == "localdirector_virtual_assign_entries"}
+    hits = {dict(labels)["virtual"]: value for (name, labels), value in got.items()
+            if name == "localdirector_virtual_assign_hits_total"}
+    ident = "192.0.2.10:80:{}:tcp".format
+    assert entries == {ident(0): 0, ident(1): 15_001, ident(2): 4_999}
+    assert hits == {ident(0): 0, ident(1): 2, ident(2): 1}
+    assert "assign_hits_total{" not in text.replace("virtual_assign_hits_total{", "")
+    assert len(text) < 20_000
+    detailed = samples(scraped("assign"))
+    per_entry = [labels for name, labels in detailed if name == "localdirector_assign_hits_total"]
+    assert len(per_entry) == 20_000
+    assert detailed[("localdirector_assign_hits_total",
+                     (("client", "198.18.0.1/32"), ("virtual", ident(1))))] == 1
+
+
+def test_a_build_is_served_again_for_a_second_whoever_asks(tmp_path: Path) -> None:
+    """Scrapers in a loop get the body built at most once per MIN_INTERVAL and format."""
+    from prometheus_client import CollectorRegistry
+
+    from localdirector.monitor.exporter import MIN_INTERVAL, Exposition
+    from localdirector.monitor.metrics import ApplianceCollector
+
+    appliance, session = _appliance(tmp_path, *CONFIG.splitlines())
+    registry = CollectorRegistry()
+    registry.register(ApplianceCollector(appliance))
+    now = [100.0]
+    exposition = Exposition(registry, clock=lambda: now[0])
+    text, text_type = exposition.render("")
+    assert text_type.startswith("text/plain") and b'virtual="192.0.2.10:80:1:tcp"' in text
+    assert session.execute("virtual 192.0.2.10:80:2")
+    now[0] += MIN_INTERVAL / 2
+    assert exposition.render("*/*")[0] is text                  # built once, served again
+    om, om_type = exposition.render("application/openmetrics-text; version=1.0.0")
+    assert om_type.startswith("application/openmetrics-text") and b":80:2:tcp" in om
+    now[0] += MIN_INTERVAL / 2
+    assert b":80:2:tcp" in exposition.render("")[0]           # a second on: built anew

@@ -1,5 +1,6 @@
 """Monitoring through the real data plane: a real that fails and comes back is reported
-to a real `rsyslogd` over UDP and TCP, and the metrics endpoint counts the traffic.
+to a real `rsyslogd` over UDP and TCP, and the metrics endpoint counts the traffic; given
+a port alone, it answers on the director's loopback and from no segment.
 
 rsyslogd runs in a namespace of its own, linked to the director's by 198.19.255.0/24
 (director .1, collector .2), with its own configuration and files: the host's syslog
@@ -19,6 +20,7 @@ from appliance_driver import (R12, R13, VIP, appliance, ditched_then_retried,  #
 from test_metrics import samples
 
 from localdirector.lab import Lab
+from localdirector.lab.topology import DIRECTOR_REAL_SIDE
 
 pytestmark = pytest.mark.netns
 
@@ -83,7 +85,7 @@ def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
         VIP, "roundrobin", [R12, bad], f"threshold {bad} 2", f"reassign {bad} 1",
         f"retry {bad} 2", f"logging host {COLLECTOR}",
         f"logging host {COLLECTOR} transport tcp", "logging trap warnings"),
-        "--metrics", f"127.0.0.1:{METRICS_PORT}")
+        "--metrics", str(METRICS_PORT))
     ditched_then_retried(lab, console, "refuse", bad, R12, timeout=8)
 
     failed = f"real {bad}:0:0:tcp FAILED after 2 unanswered connections"
@@ -99,6 +101,11 @@ def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
         row = re.search(rf"{COLLECTOR} +{transport} +{port} +(\d+) +0 +0 +ok", show)
         assert row and int(row.group(1)) >= 3, show   # FAILED, TESTING, back in service
 
+    for ns, addr in ((lab.client_ns, lab.director_client_side["preferred"]),
+                     (lab.real_ns[R12], DIRECTOR_REAL_SIDE)):
+        reached = lab.run_in(ns, ["curl", "-s", "--max-time", "3",
+                                  f"http://{addr}:{METRICS_PORT}/metrics"])
+        assert reached.returncode == 7, (ns, addr, reached)   # 7: connection refused
     scraped = lab.run_in(lab.director_ns, ["curl", "-sf",
                                            f"http://127.0.0.1:{METRICS_PORT}/metrics"])
     assert scraped.returncode == 0, scraped.stderr
@@ -115,3 +122,23 @@ def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
     check = subprocess.run(["promtool", "check", "metrics"], input=scraped.stdout, text=True,
                            capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_an_address_given_opens_the_endpoint_to_the_access_list_only(
+        lab: Lab, appliance) -> None:
+    """`--metrics 0.0.0.0:PORT` with `metrics 198.51.100.0 255.255.255.0`: a client of
+    that network scrapes through the director's client-side address; a real, which can
+    reach the real-side address, is closed without an answer, and the refusal logged."""
+    console = appliance(simple_config(VIP, "roundrobin", [R12],
+                                      "metrics 198.51.100.0 255.255.255.0"),
+                        "--metrics", f"0.0.0.0:{METRICS_PORT}")
+
+    def curl(ns: str, addr: str) -> subprocess.CompletedProcess:
+        return lab.run_in(ns, ["curl", "-s", "--max-time", "5",
+                               f"http://{addr}:{METRICS_PORT}/metrics"])
+    listed = curl(lab.client_ns, lab.director_client_side["preferred"])
+    assert listed.returncode == 0 and "localdirector_info{" in listed.stdout, listed
+    other = curl(lab.real_ns[R12], DIRECTOR_REAL_SIDE)
+    assert other.returncode in (52, 56) and other.stdout == "", other   # closed at once
+    assert (f"metrics connection from {R12} refused by the access list"
+            in console.run("show syslog"))

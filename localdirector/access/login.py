@@ -3,10 +3,11 @@
 SSH, telnet and the serial console differ in transport only; the policy lives here once
 so that no door is weaker than another:
 
-* Access lists (`ssh ADDR MASK`, `telnet ADDR MASK`) are checked on the TCP connection,
-  before a single byte is sent: a refused peer never learns what is listening. An empty
-  list allows any peer; the password (or an authorized key) still guards the shell, and
-  the door itself is off until `--ssh` / `--telnet` opens it.
+* Access lists (`ssh ADDR MASK`, `telnet ADDR MASK`; listeners.py applies them) are
+  checked on the TCP connection, before a single byte is sent: a refused peer never
+  learns what is listening. An empty list allows any peer; the password (or an
+  authorized key) still guards the shell, and the door itself is off until `--ssh` /
+  `--telnet` opens it.
 * No `password` configured means no password login at all (Cisco's "Password required,
   but none set"): an appliance must never hand out a shell for an empty password.
 * Three password tries per connection, however a client pipelines them, and the
@@ -18,17 +19,17 @@ so that no door is weaker than another:
   which at most MAX_PENDING_PER_SOURCE from one address not logged in yet, and
   LOGIN_TIMEOUT to log in: idle connections from one address cannot lock others out,
   nor eat the file descriptors the data plane needs. Refusals are logged at most once
-  per LOG_INTERVAL and source, so a flood cannot flush `show syslog`.
+  per LOG_INTERVAL and source (listeners.py, shared with the metrics endpoint), so a
+  flood cannot flush `show syslog`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
+from ..listeners import REFUSALS, peer_allowed
 from ..model.director import Director
 from ..model.passwords import FAILED_PASSWORDS, verify_password
 
@@ -39,7 +40,6 @@ FAIL_DELAY = 1.0          # seconds after each wrong password
 LOGIN_TIMEOUT = 15.0      # seconds to complete a login before the line is dropped
 MAX_CONNECTIONS = 16      # per door (ssh, telnet), logged in or not
 MAX_PENDING_PER_SOURCE = 4   # per door and address, connected but not logged in yet
-LOG_INTERVAL = 10.0       # seconds between two logged refusals of one kind and source
 
 NO_PASSWORD = "% Password required, but none set"
 BAD_PASSWORD = "% Login invalid"
@@ -47,65 +47,9 @@ TOO_MANY = "% Bad passwords"
 THROTTLED = "% Too many failed passwords; try again later"
 
 
-class QuietLog:
-    """Warnings that repeat (one per refused connection) logged once per LOG_INTERVAL and
-    key; the next one says how many were left out. Keys are bounded by the sources that
-    can connect at all, and forgotten once quiet."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if len(self._last) > 1024:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
-        last, left_out = self._last.get(key, (-self.interval, 0))
-        if now - last < self.interval:
-            self._last[key] = (last, left_out + 1)
-            return
-        self._last[key] = (now, 0)
-        if left_out:
-            message += f" ({left_out} more not logged)"
-        log.warning(message, *args)
-
-
-REFUSALS = QuietLog()
-
-
-def peer_ipv4(peer: str) -> int | None:
-    """The peer as an int for the access lists; IPv4-mapped IPv6 counts as IPv4."""
-    try:
-        addr = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is None:
-            return None
-        addr = addr.ipv4_mapped
-    return int(addr)
-
-
 def peer_label(host: str, port: int) -> str:
     """How `who` and the log name a remote peer: address and source port."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def peer_allowed(director: Director, kind: str, peer: str) -> bool:
-    """Apply the `ssh` or `telnet` access list to a connecting peer address.
-
-    An IPv6 peer cannot match an IPv4 list, so it is allowed only while the list is
-    empty, exactly like any IPv4 peer."""
-    with director.lock:
-        entries = list(director.settings.access(kind))
-    if not entries:
-        return True
-    addr = peer_ipv4(peer)
-    allowed = addr is not None and director.client_matches(entries, addr)
-    if not allowed:
-        REFUSALS.warning(f"acl {kind} {peer}",
-                         "%s connection from %s refused by the access list", kind, peer)
-    return allowed
 
 
 class Place:

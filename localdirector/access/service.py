@@ -14,6 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..listeners import listen_address
 from ..services import ServiceError
 
 if TYPE_CHECKING:
@@ -27,16 +28,6 @@ STOP_TIMEOUT = 5.0
 class Door(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    """`[ADDR:]PORT` (ADDR may be `[v6]`); no ADDR = every address of the appliance."""
-    host, sep, port = text.rpartition(":")
-    if sep and host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"'{text}': expected [ADDR:]PORT, PORT 1-65535")
-    return host, int(port)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """Who may reach the shell and for how long: the privileged and remote-login passwords,
-the telnet/ssh access lists and `exec-timeout` (docs/design.rst, "Operator access").
+the telnet/ssh access lists and `exec-timeout` (docs/design.rst, "Operator access"); and
+who may scrape the metrics endpoint, an access list of the same kind ("Monitoring").
 
 Passwords are hashed before the model lock is taken (scrypt is slow), so these handlers
 lock the model themselves around the model work only."""
@@ -66,12 +67,13 @@ def _access(kind: str, help: str) -> None:
         return [(format_ip(e.addr), format_mask(e.prefixlen))
                 for e in director.settings.access(kind)]
 
-    declare(CONFIG, Keyword(kind, help), args.ip("addr", "Network allowed to log in"),
+    declare(CONFIG, Keyword(kind, help), args.ip("addr", "Network allowed to connect"),
             args.mask(), handler=handler, no=3, saver=saver)
 
 
 _access("telnet", "Who may log in by telnet")
 _access("ssh", "Who may log in by SSH")
+_access("metrics", "Who may scrape the metrics endpoint (--metrics)")
 
 
 # -- idle sessions: IOS's `exec-timeout MINUTES [SECONDS]` (`exec-timeout 0 0` = never) ---

@@ -114,6 +114,7 @@ class BindIdTable:
         obj.prev = self.tail
         self.tail = obj
         self.count += 1
+        obj.virtual.assign_entries += 1
         self._exact[(id(obj.virtual), obj.client_ip, obj.prefixlen)] = obj
         self._memo.clear()
         index = self._by_vip.get(obj.virtual.addr)
@@ -137,6 +138,7 @@ class BindIdTable:
         obj.next = obj.prev = None
         obj.in_use = False
         self.count -= 1
+        obj.virtual.assign_entries -= 1
         del self._exact[key]
         self._memo.clear()
         index = self._by_vip[obj.virtual.addr]

@@ -405,6 +405,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         if obj is not None:
             if count:
                 obj.hits += 1
+                obj.virtual.assign_hits += 1
             return obj.virtual
         general = self.by_dest.get((dst, dport))
         if general is not None and 0 in general:

@@ -19,7 +19,7 @@ from .passwords import is_hash
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
 DEFAULT_MAX_CONNS = 500000
-ACCESS_KINDS = ("telnet", "ssh")
+ACCESS_KINDS = ("telnet", "ssh", "metrics")
 # IOS severity names, index = syslog severity (RFC 5424): `logging trap LEVEL`.
 LOG_LEVELS = ("emergencies", "alerts", "critical", "errors", "warnings", "notifications",
               "informational", "debugging")
@@ -30,7 +30,8 @@ LOG_TRANSPORTS = {"udp": 514, "tcp": 601}
 
 @dataclass
 class AccessEntry:
-    """One `telnet ADDR MASK` / `ssh ADDR MASK` line: who may log in remotely."""
+    """One `telnet ADDR MASK` / `ssh ADDR MASK` line: who may log in remotely; or one
+    `metrics ADDR MASK` line: who may scrape the metrics endpoint."""
 
     addr: int
     prefixlen: int
@@ -56,6 +57,7 @@ class Settings:
     login_secret: str = ""       # hashed `password`; empty = remote login refused
     telnet_access: list[AccessEntry] = field(default_factory=list)
     ssh_access: list[AccessEntry] = field(default_factory=list)
+    metrics_access: list[AccessEntry] = field(default_factory=list)
     # Minutes an idle remote session lives (`exec-timeout M S`; fractional when seconds
     # are given, so a lab or a test can use short values); 0 = never closed.
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
@@ -66,8 +68,9 @@ class Settings:
     bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
 
     def access(self, kind: str) -> list[AccessEntry]:
-        """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may log in."""
-        return self.ssh_access if kind == "ssh" else self.telnet_access
+        """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may connect."""
+        return {"ssh": self.ssh_access, "telnet": self.telnet_access,
+                "metrics": self.metrics_access}[kind]
 
     @property
     def idle_seconds(self) -> float:
@@ -98,7 +101,7 @@ class ApplianceSettings:
         self.changed()
 
     def add_access(self, kind: str, addr: int, prefixlen: int) -> None:
-        """`telnet|ssh ADDR MASK`: let that network log in; listed once."""
+        """`telnet|ssh|metrics ADDR MASK`: let that network connect; listed once."""
         listed, network = self._access(kind, addr, prefixlen)
         if not any(e.addr == network and e.prefixlen == prefixlen for e in listed):
             listed.append(AccessEntry(network, prefixlen))

@@ -26,7 +26,7 @@ class VirtualMachine:
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "sticky_full", "packets_in", "packets_out",
-                 "bytes_in", "bytes_out")
+                 "bytes_in", "bytes_out", "assign_entries", "assign_hits")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
         self.next: VirtualMachine | None = None
@@ -65,6 +65,9 @@ class VirtualMachine:
         self.reset_counters()
         self.conns_current = 0
         self.half_open = 0
+        # Assign entries naming this instance, kept by BindIdTable: the metrics report
+        # them per virtual without walking 100,000 entries under the lock.
+        self.assign_entries = 0
 
     def reset_counters(self) -> None:
         """`clear counters`: totals restart, live gauges (current, half-open) do not."""
@@ -76,6 +79,7 @@ class VirtualMachine:
         self.packets_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.assign_hits = 0    # SYNs its assign entries sent it, removed entries' too
 
     @property
     def sticky(self) -> int:

@@ -8,6 +8,11 @@ disagrees with another (nothing counted twice, none half-updated). Series are la
 by server id as the shell writes it without names (`192.0.2.10:80:0:tcp`), which stays
 the same when a `name` changes.
 
+What is copied is bounded by the virtuals, reals and probes, never by the assign
+entries: those are reported per virtual (counts the model keeps), and one series per
+entry only when the operator asks (`--metrics-detail assign`, DETAIL_SOURCES), since
+100,000 entries would make every scrape megabytes long and hold the lock to copy them.
+
 Extending it: a model source (under the lock, returns the builder it runs after) goes
 in MODEL_SOURCES; anything that takes its own locks or none in APPLIANCE_SOURCES."""
 
@@ -77,7 +82,8 @@ def _counted(server: Any, fastpath: bool) -> tuple[int, int, int, int] | None:
 def virtuals(director: Director) -> Callable[[], Families]:
     rows = [(str(v.sid), director.virtual_state(v), v.fastpath, v.conns_current,
              v.half_open, v.conns_total, v.synguard_drops, v.no_real_drops,
-             _counted(v, v.fastpath)) for v in director.iter_virtuals()]
+             v.assign_entries, v.assign_hits, _counted(v, v.fastpath))
+            for v in director.iter_virtuals()]
 
     def build() -> Families:
         labels = ["virtual"]
@@ -90,7 +96,12 @@ def virtuals(director: Director) -> Callable[[], Families]:
         fastpath = gauge("virtual_fastpath", "1 when the kernel translates the "
                          "virtual's connections (no packet or byte counts)", labels)
         drops = counter("virtual_dropped_syns", "SYNs refused", ["virtual", "reason"])
-        for ident, current, on_fastpath, conns, half_open, opened, synguard, no_real, _ in rows:
+        entries = gauge("virtual_assign_entries", "Assign entries sending clients to the "
+                        "virtual", labels)
+        hits = counter("virtual_assign_hits", "SYNs the virtual's assign entries sent it",
+                       labels)
+        for (ident, current, on_fastpath, conns, half_open, opened, synguard, no_real,
+             assigned, assign_hits, _) in rows:
             open_.add_metric([ident], conns)
             half.add_metric([ident], half_open)
             total.add_metric([ident], opened)
@@ -98,7 +109,9 @@ def virtuals(director: Director) -> Callable[[], Families]:
             fastpath.add_metric([ident], 1.0 if on_fastpath else 0.0)
             drops.add_metric([ident, "synguard"], synguard)
             drops.add_metric([ident, "no-real"], no_real)
-        return [open_, half, total, state, fastpath, drops,
+            entries.add_metric([ident], assigned)
+            hits.add_metric([ident], assign_hits)
+        return [open_, half, total, state, fastpath, drops, entries, hits,
                 *_traffic("virtual", [(row[0], row[-1]) for row in rows])]
     return build
 
@@ -134,7 +147,9 @@ def reals(director: Director) -> Callable[[], Families]:
 
 
 def assigns(director: Director) -> Callable[[], Families]:
-    """Copied as `show assign` copies them: 100,000 entries cost the lock little."""
+    """One series per entry, copied as `show assign` copies them: only with
+    `--metrics-detail assign`: the lock is held for the copy, tens of milliseconds per
+    100,000 (docs/design.rst, "Monitoring")."""
     rows = [(o.virtual.sid, o.client_ip, o.prefixlen, o.hits) for o in director.bindids]
 
     def build() -> Families:
@@ -249,20 +264,24 @@ def _single(family: GaugeMetricFamily | CounterMetricFamily, value: float) -> Me
     return family
 
 
-MODEL_SOURCES: list[ModelSource] = [identity, virtuals, reals, assigns, probes]
+MODEL_SOURCES: list[ModelSource] = [identity, virtuals, reals, probes]
+# Series per configured item beyond the objects above, each on request only.
+DETAIL_SOURCES: dict[str, ModelSource] = {"assign": assigns}
 APPLIANCE_SOURCES: list[ApplianceSource] = [dataplane, failover]
 
 
 class ApplianceCollector(Collector):
-    """Registered in the exporter's own registry; `collect` runs for each scrape."""
+    """Registered in the exporter's own registry; `collect` runs for each scrape.
+    `detail` names the DETAIL_SOURCES the operator asked for."""
 
-    def __init__(self, appliance: "Appliance") -> None:
+    def __init__(self, appliance: "Appliance", detail: Iterable[str] = ()) -> None:
         self.appliance = appliance
+        self.sources = [*MODEL_SOURCES, *(DETAIL_SOURCES[name] for name in detail)]
 
     def collect(self) -> Iterator[Metric]:
         director = self.appliance.director   # the live model, also after a `reload`
         with director.lock:
-            builders = [source(director) for source in MODEL_SOURCES]
+            builders = [source(director) for source in self.sources]
         for build in builders:
             yield from build()
         for source in APPLIANCE_SOURCES:

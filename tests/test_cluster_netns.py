@@ -141,6 +141,8 @@ def test_long_lived_connections_survive_drain_and_kill(cluster) -> None:
     proc.stdin.write("\n")
     proc.stdin.flush()
     assert step() == {"sent": 2}
+    # The flows d1 had reach the others as strangers: `show statistics` counts them.
+    assert sum(c.statistics()["maglev forwarded"] for c in consoles[1:]) > 0
     # Kill d2 as a dead box: links down, appliance gone; BGP's hold time tells BIRD.
     d2 = lab.director_nss[1]
     lab.run_in(d2, ["ip", "link", "set", "eth0", "down"])

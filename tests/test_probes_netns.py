@@ -6,6 +6,7 @@ namespace: bad probe configuration, refused in one line."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import signal
@@ -146,6 +147,46 @@ def test_a_real_down_before_any_client_is_out_before_the_first_one(lab: Lab,
         assert console.real(R13) == ("FAILED", 0, 0)
     finally:
         lab.start_server(R13, 80)
+
+
+@pytest.mark.netns
+def test_reals_dead_at_boot_get_no_client_under_load_from_the_first_second(
+        lab: Lab, appliance) -> None:
+    """Issue 23 item 1: one real answers its health check 500, one has its port closed,
+    and clients are already knocking when the appliance starts. Probes run at the
+    default interval (5 s), where the first probe used to fall anywhere in it while the
+    data plane sent clients to the UNKNOWN reals: 5 and 9 requests reached dead reals
+    in the field. Now the first probe runs at once, before the data plane starts, and a
+    real awaiting it is passed over."""
+    set_health(lab, R13, 500)
+    lab.stop_server(R14, 80)
+    load = lab.popen_in(lab.client_ns, [
+        *python_module("client", "get", "--url", f"http://{VIP}/", "--count", "2000",
+                       "--concurrency", "2", "--timeout", "1",
+                       *(a for s in lab.client_addresses[GENERAL] for a in ("--source", s)))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        console = appliance([*(f"real {r}" for r in (R12, R13, R14)), f"virtual {VIP}:80",
+                             f"predictor {VIP}:80 roundrobin", f"bind {VIP}:80 {R12} {R13} {R14}",
+                             "probeconfig web http path /health", f"probe {VIP}:80 web"])
+        out, _ = load.communicate(timeout=600)
+        results = json.loads(out)["results"]
+        served = [r for r in results if r["error"] is None]
+        first = min(i for i, r in enumerate(results) if r["error"] is None)
+        print(f"\n{len(served)} of {len(results)} requests served; the first "
+              f"{first} found no data plane yet")
+        assert len(served) > 100, results[-5:]
+        assert {r["body"].strip() for r in served} == {name(R12)}
+        assert console.statistics()["conns reassigned"] == 0   # R14's RST never seen
+        probes_line = console.statistics_and_lines()[1]["Probes"]
+        assert probes_line["connections before a first result (no real known good)"] == 0
+        assert {probe_state(console, f"{r}:0:0:tcp") for r in (R13, R14)} == {"DOWN"}
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        set_health(lab, R13, 200)
+        lab.start_server(R14, 80)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -31,7 +31,13 @@ Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
 
 
 def available(real: "PhysicalMachine") -> bool:
-    """May take a new connection now (a TESTING real takes exactly one, its test)."""
+    """May take a new connection now (a TESTING real takes exactly one, its test); a
+    real whose first probe result is awaited may not (`candidates` falls back to it)."""
+    return not real.probe_pending and _could_take(real)
+
+
+def _could_take(real: "PhysicalMachine") -> bool:
+    """`available` as far as passive health, probe results and limits tell."""
     if real.probe_down:
         return False
     if real.state is _IN_SERVICE:
@@ -40,24 +46,33 @@ def available(real: "PhysicalMachine") -> bool:
 
 
 def candidates(links: Iterable["Link"], exclude: "PhysicalMachine | None"
-               ) -> tuple[list["Link"], "Link | None"]:
-    """Those of a virtual's `links` whose real may take the connection, and the first
-    TESTING one among them (it takes the connection as its probe): one walk, as it runs
-    for every SYN. A real plainly in service (no probe holding it out, no connection
-    limit) is taken without the call to `available`, which would say the same."""
+               ) -> tuple[list["Link"], "Link | None", list["Link"]]:
+    """Those of a virtual's `links` whose real may take the connection, the first
+    TESTING one among them (it takes the connection as its probe), and those that could
+    but whose first probe result is awaited (the fallback when no other real is known
+    good: a real dead at boot must not get the first clients, nor a stalled probe keep
+    every real out): one walk, as it runs for every SYN. A real plainly in service (no
+    probe holding it out or awaited, no connection limit) is taken without the call to
+    `_could_take`, which would say the same."""
     eligible: list[Link] = []
     testing: Link | None = None
+    pending: list[Link] = []
     for link in links:
         real = link.real
         if real is exclude:
             continue
-        if real.state is _IN_SERVICE and not real.maxconns and not real.probe_down:
+        if real.state is _IN_SERVICE and not real.maxconns and not real.probe_down \
+                and not real.probe_pending:
             eligible.append(link)
-        elif available(real):
+        elif not _could_take(real):
+            continue
+        elif real.probe_pending:
+            pending.append(link)
+        else:
             eligible.append(link)
             if testing is None and real.state is _TESTING:
                 testing = link
-    return eligible, testing
+    return eligible, testing, pending
 
 
 def start_probe(real: "PhysicalMachine") -> bool:

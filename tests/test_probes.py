@@ -12,6 +12,7 @@ import pytest
 
 from localdirector.appliance import Appliance
 from localdirector.model.director import Director, ModelError
+from localdirector.model import probes
 from localdirector.model.probes import (DEFAULT_INTERVAL, DOWN, NO_PORT, UNKNOWN, UP,
                                        parse_status)
 from localdirector.model.serverid import ServerId
@@ -200,6 +201,47 @@ def test_a_real_out_by_probe_is_a_failed_real_to_backups_and_virtuals() -> None:
     for _ in range(real.threshold):
         d.note_failure(real, 2.0)
     assert real.state is State.FAILED and d.real_cause(real) == "probe+passive"
+
+
+def fail_passively(d: Director, sid: ServerId) -> None:
+    real = d.reals[sid]
+    for _ in range(real.threshold):
+        d.note_failure(real, 2.0)
+    assert real.state is State.FAILED
+
+
+def test_a_passing_probe_ends_a_passive_failure_in_either_order() -> None:
+    """Issue 23 item 2: a healthy real stayed out for `retry` (a minute) after its probe
+    said UP. A good result of a probe attached to the real (check UP, no check DOWN)
+    ends the passive failure at once; a failing probe never does."""
+    d = director_with_probe(failures=1, successes=2)
+    r12, r13 = d.reals[R12], d.reals[R13]
+    c12, c13 = check_of(d, R12), check_of(d, R13)
+    # Passive first, then the probe fails too, then recovers: in once the check is UP.
+    d.probe_result(c12, True, "HTTP-200", 0.001, 1.0)
+    fail_passively(d, R12)
+    d.probe_result(c12, False, "refused", 0.0, 3.0)
+    assert d.real_cause(r12) == "probe+passive"
+    d.probe_result(c12, True, "HTTP-200", 0.001, 4.0)
+    assert c12.state == probes.DOWN and r12.state is State.FAILED   # one of two successes
+    d.probe_result(c12, True, "HTTP-200", 0.001, 5.0)
+    assert r12.state is State.IN_SERVICE and d.real_cause(r12) == "-"
+    assert d.decide(1, VIP.addr, 80, 0.0).real is not None and r12.consecutive_fails == 0
+    # The probe already UP, then passive detection trips: the next good result ends it.
+    d.probe_result(c13, True, "HTTP-200", 0.001, 1.0)
+    fail_passively(d, R13)
+    d.tick(2.0 + r13.retry)
+    assert r13.state is State.TESTING
+    d.probe_result(c13, True, "HTTP-200", 0.001, 6.0)
+    assert r13.state is State.IN_SERVICE and not r13.testing
+    # A failing probe result leaves a passive failure as it is.
+    fail_passively(d, R13)
+    d.probe_result(c13, False, "HTTP-500", 0.0, 7.0)
+    assert r13.state is State.FAILED and d.real_cause(r13) == "probe+passive"
+    # The operator's out-of-service wins over both.
+    d.set_state(R12, State.OUT_OF_SERVICE)
+    d.probe_result(c12, True, "HTTP-200", 0.001, 8.0)
+    assert r12.state is State.OUT_OF_SERVICE
 
 
 def test_a_portless_check_is_listed_not_run() -> None:

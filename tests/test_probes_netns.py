@@ -189,6 +189,31 @@ def test_reals_dead_at_boot_get_no_client_under_load_from_the_first_second(
         lab.start_server(R14, 80)
 
 
+@pytest.mark.netns
+def test_a_passing_probe_ends_the_passive_failure_of_a_closed_port_episode(
+        lab: Lab, appliance) -> None:
+    """Issue 23 item 2, as the field saw it: a closed port trips passive detection
+    (clients' SYNs reset, reassigned) and the probe; the port reopens, the probe says UP,
+    and the real is in service then, not a `retry` (60 s) later."""
+    real = f"{R13}:0:0:tcp"
+    console = appliance([f"real {R12}", f"real {R13}", f"threshold {R13} 2",
+                         f"virtual {VIP}:80", f"predictor {VIP}:80 roundrobin",
+                         f"bind {VIP}:80 {R12} {R13}", HTTP_PROBE, f"probe {VIP}:80 web"])
+    wait_state(console, real, "UP", timeout=5)
+    lab.stop_server(R13, 80)
+    try:
+        assert general(lab, 10) == [name(R12)] * 10        # R13's resets reassigned
+        wait_state(console, real, "DOWN", timeout=10)
+        assert console.rows("real")[real][1:2] + console.rows("real")[real][-1:] == [
+            "FAILED", "probe+passive"]
+    finally:
+        lab.start_server(R13, 80)
+    wait_state(console, real, "UP", timeout=10)
+    assert console.real(R13)[0] == "IS"      # the result that made it UP ended it
+    assert name(R13) in general(lab, 4)
+    assert "passed probe web: back in service" in console.run("show syslog")
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()

@@ -4,9 +4,9 @@ docs/design.rst, "Probes").
 
 A real that leaves `threshold` connections in a row unanswered is FAILED; `retry`
 seconds later it is TESTING and takes exactly one connection as its test; an answer
-puts it back IN_SERVICE, another failure back to FAILED. Every transition is here. A
-real a probe took out is out whatever its passive state: no new connection, open ones
-keep flowing."""
+puts it back IN_SERVICE, another failure back to FAILED, and so does a passing active
+probe at once. Every transition is here. A real a probe took out is out whatever its
+passive state: no new connection, open ones keep flowing."""
 
 from __future__ import annotations
 
@@ -121,6 +121,22 @@ def _fail(real: "PhysicalMachine", now: float, names: Names) -> None:
     real.failed_at = now
     log.warning("real %s FAILED after %d unanswered connections",
                 names(real.sid), real.consecutive_fails)
+
+
+def probe_passed(real: "PhysicalMachine", probe: str, names: Names) -> None:
+    """An active probe attached to the real passed (its check UP) and no probe holds it
+    out: a passive failure ends now rather than at `retry` (docs/design.rst, "Probes").
+    LocalDirector's retry ends a failure once one test connection is answered, and its
+    `autounfail` once the real shows life; a probe is that evidence asked for on
+    purpose, of the service itself, so waiting out `retry` would only keep a healthy
+    real idle. A real whose clients still go unanswered fails again after `threshold`
+    of them (reassigned, so no client is lost), at most once per probe interval."""
+    if real.state in (State.FAILED, State.TESTING):
+        real.state = State.IN_SERVICE
+        real.testing = False
+        real.consecutive_fails = 0
+        log.warning("real %s passed probe %s: back in service (passive failure ended)",
+                    names(real.sid), probe)
 
 
 def retry_due(reals: Iterable["PhysicalMachine"], now: float, names: Names) -> None:

@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import probes
+from . import health, probes
 from .errors import ModelError
 from .probes import NO_PORT, UNKNOWN, Probe, ProbeCheck, ProbeCounters, ProbeError
 from .serverid import ServerId
+from .state import State
 
 if TYPE_CHECKING:
     from .real import PhysicalMachine
@@ -156,15 +157,17 @@ class ProbeConfig:
             return
         was = check.state
         new = probes.record(check, good, result, latency, now)
-        if new is None:
-            return
         real = self.reals[check.real_sid]
-        out_before = real.probe_down
-        self._follow_checks([real], time.monotonic())
-        what = f"real {self.fmt(real.sid)} probe {check.probe.name} (port {check.port})"
-        if new == probes.DOWN:
-            log.warning("%s DOWN: %s%s", what, result,
-                        "" if out_before else "; no new connections")
-        elif was != UNKNOWN:
-            log.warning("%s UP%s", what,
-                        "; back in service" if out_before and not real.probe_down else "")
+        if new is not None:
+            out_before = real.probe_down
+            self._follow_checks([real], time.monotonic())
+            what = f"real {self.fmt(real.sid)} probe {check.probe.name} (port {check.port})"
+            if new == probes.DOWN:
+                log.warning("%s DOWN: %s%s", what, result,
+                            "" if out_before else "; no new connections")
+            elif was != UNKNOWN:
+                log.warning("%s UP%s", what,
+                            "; back in service" if out_before and not real.probe_down
+                            and real.state is State.IN_SERVICE else "")
+        if good and check.state == probes.UP and not real.probe_down:
+            health.probe_passed(real, check.probe.name, self.fmt)

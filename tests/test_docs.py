@@ -224,6 +224,23 @@ def test_readme_check_commands(tmp_path: Path) -> None:
     assert bad.stdout.endswith(f"{target}: 1 bad line\n")
 
 
+def test_readme_scale_out_router_is_what_the_cluster_lab_runs() -> None:
+    """Issue 23 item 5: README's BIRD 2 sample has the lab router's kernel protocol
+    (`merge paths on`) and BGP channel, and the router settings it names are the lab's."""
+    from localdirector.lab import cluster
+    sample = next("\n".join(body) for _section, body in readme_blocks("text")
+                  if "merge paths on;" in "\n".join(body))
+    conf = cluster.BIRD_CONF.replace("{{", "{").replace("}}", "}")
+    kernel = conf.split("protocol kernel {")[1].split("\n}")[0]
+    wanted = [line.split("#")[0].strip() for line in kernel.splitlines()]
+    wanted.append("ipv4 { import all; export none; };")
+    assert all(line in sample for line in wanted if line), sample
+    source = Path(cluster.__file__).read_text()
+    readme = README.read_text()
+    for setting in ("net.ipv4.fib_multipath_hash_policy=1", "rp_filter=0"):
+        assert setting in source and setting in readme
+
+
 # -- examples -------------------------------------------------------------------------------
 
 def test_examples_are_the_documented_ones() -> None:

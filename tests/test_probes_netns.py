@@ -176,6 +176,7 @@ def test_reals_dead_at_boot_get_no_client_under_load_from_the_first_second(
         print(f"\n{len(served)} of {len(results)} requests served; the first "
               f"{first} found no data plane yet")
         assert len(served) > 100, results[-5:]
+        assert len(served) == len(results) - first, results[first:][:5]  # none failed after
         assert {r["body"].strip() for r in served} == {name(R12)}
         assert console.statistics()["conns reassigned"] == 0   # R14's RST never seen
         probes_line = console.statistics_and_lines()[1]["Probes"]

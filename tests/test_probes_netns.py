@@ -119,7 +119,7 @@ def test_a_real_that_accepts_but_never_answers_fails_http_not_tcp(lab: Lab,
             f"probe {VIP}:80 web", f"probe {R14}:8080 alive"])
         hung = f"{R14}:8080:0:tcp"
         wait_state(console, hung, "DOWN", timeout=5)
-        # Each check first runs at a random moment of its first interval.
+        # Each check runs at once; the results come in their own time.
         wait_state(console, hung, "UP", timeout=5, probe="alive")
         wait_state(console, f"{R12}:0:0:tcp", "UP", timeout=5)
         rows = probe_rows(console)

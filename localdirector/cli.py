@@ -66,6 +66,9 @@ def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable
 SERVICES: list[Service] = [
     # First, so whatever the others log at start reaches the logging hosts.
     Service("logging", lambda parser: None, logging_hosts.start),
+    # Before the data plane: the first probe of every real runs at once, and its result
+    # is in before the first client's SYN can be (a real dead at boot gets none).
+    Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     # After the data plane: its drop guard goes before the data plane's rules.
     Service("failover", failover_service.add_arguments, _start_failover),
@@ -73,7 +76,6 @@ SERVICES: list[Service] = [
     # withdrawn (stopped first) before the rules go.
     Service("bgp", bgp_service.add_arguments, bgp_service.start),
     Service("access", access_service.add_arguments, access_service.start),
-    Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("metrics", exporter.add_arguments, exporter.start),
 ]
 

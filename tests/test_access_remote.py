@@ -183,6 +183,21 @@ def test_ssh_exec_prints_output_and_reports_status(main: Appliance) -> None:
     assert "password scrypt$" not in refused.stdout
 
 
+# Python's warning lines: "FILE:LINE: CATEGORY: message".
+WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: .*$", re.M)
+
+
+def test_starting_with_ssh_prints_no_warnings(tmp_path: Path) -> None:
+    """Issue 23 item 6: asyncssh's import warned five times under cryptography 51
+    (localdirector/access/sshlib.py). A start, a login and a stop print none."""
+    appliance = Appliance(tmp_path, MAIN_CONFIG).start()
+    try:
+        assert "Hostname:" in appliance.ssh("show version").stdout
+    finally:
+        appliance.stop()
+    assert WARNING_LINE.findall(appliance.log()) == [], appliance.log()
+
+
 def test_ssh_interactive_abbreviations_help_and_enable(main: Appliance) -> None:
     term = main.ssh_terminal()
     assert "Hostname:" in term.run("sh ver")

@@ -141,6 +141,8 @@ def test_long_lived_connections_survive_drain_and_kill(cluster) -> None:
     proc.stdin.write("\n")
     proc.stdin.flush()
     assert step() == {"sent": 2}
+    # The flows d1 had reach the others as strangers: `show statistics` counts them.
+    assert sum(c.statistics()["maglev forwarded"] for c in consoles[1:]) > 0
     # Kill d2 as a dead box: links down, appliance gone; BGP's hold time tells BIRD.
     d2 = lab.director_nss[1]
     lab.run_in(d2, ["ip", "link", "set", "eth0", "down"])
@@ -153,3 +155,20 @@ def test_long_lived_connections_survive_drain_and_kill(cluster) -> None:
     result = step()
     assert proc.wait(30) == 0
     assert result == {"good": 60, "errors": []}, result
+
+
+def test_a_killed_appliance_is_withdrawn_when_its_session_closes(cluster) -> None:
+    """Issue 23 item 5: a killed appliance process on a live box takes ExaBGP with it
+    (PR_SET_PDEATHSIG); the box's kernel closes the BGP session and BIRD withdraws the
+    route then, not when the hold time runs out, which only a box that says nothing
+    (the test before) waits for."""
+    lab, consoles = cluster
+    d3 = director_link(3)
+    assert d3 in lab.kernel_next_hops(VIP)
+    started = time.monotonic()
+    consoles[2].kill()
+    wait_until(lambda: d3 not in lab.kernel_next_hops(VIP), 20, "d3's route gone")
+    print(f"\nkilled appliance: its route gone after "
+          f"{(time.monotonic() - started) * 1000:.0f} ms")
+    state = lab.birdc("show protocols all d3").stdout
+    assert "Connection closed" in state and "Hold timer expired" not in state, state

@@ -75,7 +75,7 @@ def test_unknown_flow_is_forwarded_by_the_table() -> None:
         expected = table.members[table.lookup(flow)][0]
         assert sid(lab.real_of_mark()).addr == expected
         # ...and a SYN of that flow on this director picks that real too.
-    assert len(d.conns) == 0 and lab.engine._dispatch.strangers == 50
+    assert len(d.conns) == 0 and lab.engine.stats.maglev_forwarded == 50
     for sport in range(41000, 41010):
         lab.send(_pkt("S", sport))
         flow = flow_key(parse_ip(CLIENT), sport, parse_ip(VIP), 80)

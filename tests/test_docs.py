@@ -32,6 +32,8 @@ from localdirector.cli import build_parser
 from localdirector.lab import (DEFAULT_PORTS, DEFAULT_REALS, VIP_NET, Lab,
                                list_namespaces, python_module)
 from localdirector.lab import main as lab_command
+from localdirector.lab.guide import LabInfo, overview
+from localdirector.lab.topology import client_addresses
 from localdirector.model.addr import format_ip
 from localdirector.shell import config_file
 
@@ -222,6 +224,23 @@ def test_readme_check_commands(tmp_path: Path) -> None:
     assert bad.stdout.endswith(f"{target}: 1 bad line\n")
 
 
+def test_readme_scale_out_router_is_what_the_cluster_lab_runs() -> None:
+    """Issue 23 item 5: README's BIRD 2 sample has the lab router's kernel protocol
+    (`merge paths on`) and BGP channel, and the router settings it names are the lab's."""
+    from localdirector.lab import cluster
+    sample = next("\n".join(body) for _section, body in readme_blocks("text")
+                  if "merge paths on;" in "\n".join(body))
+    conf = cluster.BIRD_CONF.replace("{{", "{").replace("}}", "}")
+    kernel = conf.split("protocol kernel {")[1].split("\n}")[0]
+    wanted = [line.split("#")[0].strip() for line in kernel.splitlines()]
+    wanted.append("ipv4 { import all; export none; };")
+    assert all(line in sample for line in wanted if line), sample
+    source = Path(cluster.__file__).read_text()
+    readme = README.read_text()
+    for setting in ("net.ipv4.fib_multipath_hash_policy=1", "rp_filter=0"):
+        assert setting in source and setting in readme
+
+
 # -- examples -------------------------------------------------------------------------------
 
 def test_examples_are_the_documented_ones() -> None:
@@ -254,6 +273,31 @@ def test_example_fits_the_lab(name: str) -> None:
     for r in director.iter_reals():
         assert format_ip(r.addr) in DEFAULT_REALS
         assert r.port in (0, *DEFAULT_PORTS)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_CONFIGS)
+def test_the_lab_banner_points_at_show_probe_where_probes_are(name: str) -> None:
+    """Issue 23 item 5: the probes lab's banner listed FIG. 1's hints and not `show
+    probe`, the one command the example is about."""
+    appliance = Appliance(EXAMPLES / name)
+    appliance.boot(print)
+    clients = {group: list(addrs) for group, addrs in client_addresses().items()}
+    info = LabInfo("ldlab0000", "ldlab0000-cli", "ldlab0000-dir",
+                   {real: f"ldlab0000-{i}" for i, real in enumerate(DEFAULT_REALS)},
+                   list(DEFAULT_PORTS), clients, {g: a[0] for g, a in clients.items()},
+                   f"examples/{name}")
+    banner = "\n".join(overview(info, appliance.director))
+    assert ("  show probe " in banner) == ("show probe" in try_it(name)), banner
+
+
+def test_probe_example_comments_say_the_configured_intervals() -> None:
+    """Issue 23 item 5: examples/probes.cfg said "every 5 s" above `interval 2`."""
+    lines = (EXAMPLES / "probes.cfg").read_text().splitlines()
+    said = {float(n) for line in lines if line.startswith("!")
+            for n in re.findall(r"every (\d+(?:\.\d+)?) s\b", line)}
+    configured = {float(m) for line in lines if line.startswith("probeconfig ")
+                  for m in re.findall(r"\binterval (\S+)", line)}
+    assert said and said <= configured, (said, configured)
 
 
 def try_it(name: str) -> list[str]:
@@ -636,8 +680,8 @@ def connections(real: str, count: int) -> Callable[[str], bool]:
 
 
 def probes_not_down(count: int) -> Callable[[str], bool]:
-    """`show probe` lists `count` checks and none is DOWN (the first results may still
-    be on their way: a check starts at a random moment of its first interval)."""
+    """`show probe` lists `count` checks and none is DOWN (the first results, asked for
+    at once, may still be on their way)."""
     def check(output: str) -> bool:
         states = [line.split()[4] for line in output.splitlines()
                   if line.startswith("203.0.113.")]

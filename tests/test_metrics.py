@@ -98,6 +98,7 @@ def test_scrape_gives_the_model_and_promtool_accepts_it(metrics: int) -> None:
     assert got[("localdirector_virtual_assign_entries", (("virtual", v1),))] == 1
     assert got[("localdirector_virtual_assign_entries", (("virtual", v0),))] == 0
     assert got[("localdirector_virtual_assign_hits_total", (("virtual", v1),))] == 0
+    assert got[("localdirector_virtual_pending_fallbacks_total", (("virtual", v0),))] == 0
     assert not any(name == "localdirector_assign_hits_total" for name, _ in got)
     assert got[("localdirector_virtual_packets_total",
                 (("direction", "in"), ("virtual", v0)))] == 0

@@ -118,6 +118,7 @@ def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(
     assert got[("localdirector_dataplane_running", ())] == 1
     assert got[("localdirector_dataplane_reassigned_connections_total", ())] == 2
     assert got[("localdirector_dataplane_packets_total", ())] > 0
+    assert got[("localdirector_dataplane_maglev_forwarded_packets_total", ())] == 0
     assert ("localdirector_dataplane_queue_waiting_packets", ()) in got
     check = subprocess.run(["promtool", "check", "metrics"], input=scraped.stdout, text=True,
                            capture_output=True, timeout=30)

@@ -6,6 +6,7 @@ namespace: bad probe configuration, refused in one line."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import signal
@@ -118,7 +119,7 @@ def test_a_real_that_accepts_but_never_answers_fails_http_not_tcp(lab: Lab,
             f"probe {VIP}:80 web", f"probe {R14}:8080 alive"])
         hung = f"{R14}:8080:0:tcp"
         wait_state(console, hung, "DOWN", timeout=5)
-        # Each check first runs at a random moment of its first interval.
+        # Each check runs at once; the results come in their own time.
         wait_state(console, hung, "UP", timeout=5, probe="alive")
         wait_state(console, f"{R12}:0:0:tcp", "UP", timeout=5)
         rows = probe_rows(console)
@@ -146,6 +147,72 @@ def test_a_real_down_before_any_client_is_out_before_the_first_one(lab: Lab,
         assert console.real(R13) == ("FAILED", 0, 0)
     finally:
         lab.start_server(R13, 80)
+
+
+@pytest.mark.netns
+def test_reals_dead_at_boot_get_no_client_under_load_from_the_first_second(
+        lab: Lab, appliance) -> None:
+    """Issue 23 item 1: one real answers its health check 500, one has its port closed,
+    and clients are already knocking when the appliance starts. Probes run at the
+    default interval (5 s), where the first probe used to fall anywhere in it while the
+    data plane sent clients to the UNKNOWN reals: 5 and 9 requests reached dead reals
+    in the field. Now the first probe runs at once, before the data plane starts, and a
+    real awaiting it is passed over."""
+    set_health(lab, R13, 500)
+    lab.stop_server(R14, 80)
+    load = lab.popen_in(lab.client_ns, [
+        *python_module("client", "get", "--url", f"http://{VIP}/", "--count", "2000",
+                       "--concurrency", "2", "--timeout", "1",
+                       *(a for s in lab.client_addresses[GENERAL] for a in ("--source", s)))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        console = appliance([*(f"real {r}" for r in (R12, R13, R14)), f"virtual {VIP}:80",
+                             f"predictor {VIP}:80 roundrobin", f"bind {VIP}:80 {R12} {R13} {R14}",
+                             "probeconfig web http path /health", f"probe {VIP}:80 web"])
+        out, _ = load.communicate(timeout=600)
+        results = json.loads(out)["results"]
+        served = [r for r in results if r["error"] is None]
+        first = min(i for i, r in enumerate(results) if r["error"] is None)
+        print(f"\n{len(served)} of {len(results)} requests served; the first "
+              f"{first} found no data plane yet")
+        assert len(served) > 100, results[-5:]
+        assert len(served) == len(results) - first, results[first:][:5]  # none failed after
+        assert {r["body"].strip() for r in served} == {name(R12)}
+        assert console.statistics()["conns reassigned"] == 0   # R14's RST never seen
+        probes_line = console.statistics_and_lines()[1]["Probes"]
+        assert probes_line["connections before a first result (no real known good)"] == 0
+        assert {probe_state(console, f"{r}:0:0:tcp") for r in (R13, R14)} == {"DOWN"}
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        set_health(lab, R13, 200)
+        lab.start_server(R14, 80)
+
+
+@pytest.mark.netns
+def test_a_passing_probe_ends_the_passive_failure_of_a_closed_port_episode(
+        lab: Lab, appliance) -> None:
+    """Issue 23 item 2, as the field saw it: a closed port trips passive detection
+    (clients' SYNs reset, reassigned) and the probe; the port reopens, the probe says UP,
+    and the real is in service then, not a `retry` (60 s) later."""
+    real = f"{R13}:0:0:tcp"
+    console = appliance([f"real {R12}", f"real {R13}", f"threshold {R13} 2",
+                         f"virtual {VIP}:80", f"predictor {VIP}:80 roundrobin",
+                         f"bind {VIP}:80 {R12} {R13}", HTTP_PROBE, f"probe {VIP}:80 web"])
+    wait_state(console, real, "UP", timeout=5)
+    lab.stop_server(R13, 80)
+    try:
+        assert general(lab, 10) == [name(R12)] * 10        # R13's resets reassigned
+        wait_state(console, real, "DOWN", timeout=10)
+        assert console.rows("real")[real][1:2] + console.rows("real")[real][-1:] == [
+            "FAILED", "probe+passive"]
+    finally:
+        lab.start_server(R13, 80)
+    wait_state(console, real, "UP", timeout=10)
+    assert console.real(R13)[0] == "IS"      # the result that made it UP ended it
+    assert name(R13) in general(lab, 4)
+    assert "passed probe web: back in service" in console.run("show syslog")
 
 
 def _cpu_seconds(pid: int) -> float:

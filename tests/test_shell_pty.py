@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pexpect
+import pytest
 from pty_terminal import TaggedTyping, clean
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 CONFIG_PROMPT = "localdirector(config)#"
 
 
@@ -21,10 +23,11 @@ class Operator(TaggedTyping):
     is typed), so a tag typed after a command shows up only once the prompt is back:
     everything before it is that command's output."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, full: bool = True) -> None:
         exe = shutil.which("localdirector")
         command, args = (exe, []) if exe else (sys.executable, ["-m", "localdirector"])
-        env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
+        # This checkout's code, whichever checkout the installed entry point belongs to.
+        env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", PYTHONPATH=str(ROOT))
         self.child = pexpect.spawn(command, [*args, "--no-dataplane", "--config",
                                              str(config)],
                                    env=env, encoding="utf-8", timeout=30,
@@ -32,7 +35,8 @@ class Operator(TaggedTyping):
         # A full terminal answers the cursor-position request the shell sends first;
         # one that does not gets the plain line discipline (tests/test_automation.py).
         self.child.expect_exact("\x1b[6n")
-        self.child.send("\x1b[1;1R")
+        if full:
+            self.child.send("\x1b[1;1R")
 
     def lines(self, line: str) -> list[str]:
         """Output lines of one command (prompt redraws dropped)."""
@@ -87,6 +91,22 @@ def test_operator_session(tmp_path):
     # History: the up arrow brings back the last command.
     first = op.lines("show version")
     assert op.lines("\x1b[A\x1b[A") == first     # up twice: past the sync comment
+    assert op.close() == 0
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["line-editor", "plain"])
+def test_enter_on_a_line_at_the_cap_refuses_it(tmp_path, full):
+    """Issue 23 item 7: what is left of a line cut at 512 characters may be another valid
+    command (here `show version` without its filter), so Enter refuses it, as IOS does,
+    and the next line needs no Ctrl-U."""
+    from localdirector.shell.repl import MAX_LINE, NOT_RUN
+    op = Operator(tmp_path / "startup-config", full)
+    op.run("enable")
+    line = "show version" + " " * MAX_LINE + "| include Uptime"
+    screen = op.run(line)
+    assert NOT_RUN in screen and "Hostname:" not in screen, screen
+    assert op.run("show version" + " " * (MAX_LINE - 13)).count("Hostname:") == 1
+    assert "Hostname:" in op.run("show version")
     assert op.close() == 0
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 
-import asyncssh
+from .sshlib import asyncssh
 
 log = logging.getLogger("localdirector.access")
 

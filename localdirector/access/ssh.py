@@ -18,14 +18,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
-from prompt_toolkit.contrib.ssh import PromptToolkitSSHSession
-
 from ..shell.scripted import run_script
 from ..shell.session import Session
 from .hostkey import load_or_create_host_key
 from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, check_password,
                     note_failure, password_set, peer_label, throttled)
+from .sshlib import PromptToolkitSSHSession, asyncssh
 from .terminal import Activity, feed_keys, serve_terminal, supervise
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from localdirector.model import bgp
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.bgp import BgpConfig
 
-from .speaker import Speaker, config_text
+from .speaker import Speaker, config_text, find_exabgp
 
 if TYPE_CHECKING:
     from localdirector.appliance import Appliance
@@ -146,8 +146,10 @@ class BgpService:
         if not config.asn or not config.neighbors:
             self._problem = ""
             return
-        if shutil.which("exabgp") is None:
-            self._problem = "exabgp is not installed (pip install exabgp)"
+        program = find_exabgp()
+        if program is None:
+            self._problem = ("exabgp is not installed (pip install exabgp): "
+                             f"not on PATH nor beside {sys.executable}")
             log.error("bgp: %s", self._problem)
             return
         local = {n.addr: _local_address(n.addr) for n in config.neighbors}
@@ -160,7 +162,7 @@ class BgpService:
         text = config_text(config, local, directory / "relay.sh", directory / "commands",
                            directory / "events")
         with self._lock:
-            self._speaker = Speaker(directory, text, self._event)
+            self._speaker = Speaker(program, directory, text, self._event)
             self._announced = set()
             self._sessions = {}
         self._problem = ""

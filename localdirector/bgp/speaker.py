@@ -10,8 +10,10 @@ pipe would fill until ExaBGP stalls."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,14 @@ RELAY = """#!/bin/sh
 cat "$1" &
 exec cat > "$2"
 """
+
+
+def find_exabgp() -> str | None:
+    """The `exabgp` program: on PATH, else beside the interpreter running the appliance.
+    A virtualenv's programs share its `bin`, and a unit started by full path (systemd's
+    `ExecStart=/opt/venv/bin/localdirector`) has that `bin` nowhere on PATH."""
+    return (shutil.which("exabgp")
+            or shutil.which("exabgp", path=os.path.dirname(sys.executable)))
 
 
 def config_text(config: BgpConfig, local: dict[int, int], relay: Path, commands: Path,
@@ -66,7 +76,8 @@ class Speaker:
     """ExaBGP over one configuration; `send` writes API lines, `on_event` hears its
     event lines (from a thread of its own)."""
 
-    def __init__(self, directory: Path, text: str, on_event: Callable[[str], None]) -> None:
+    def __init__(self, program: str, directory: Path, text: str,
+                 on_event: Callable[[str], None]) -> None:
         self.directory = directory
         self._on_event = on_event
         directory.mkdir(parents=True, exist_ok=True)
@@ -86,7 +97,7 @@ class Speaker:
         self.log = directory / "exabgp.log"
         env = {**os.environ, **ENVIRONMENT}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(["exabgp", str(self.conf)], env=env,
+            self.proc = subprocess.Popen([program, str(self.conf)], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=die_with_parent)

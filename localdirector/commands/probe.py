@@ -151,4 +151,12 @@ def probe_summary(director: Director) -> str:
     counters = director.probe_counters
     out = sum(1 for r in director.iter_reals() if r.probe_down)
     return (f"Probes:      {counters.sent} sent, {counters.ok} ok, {counters.failed} failed; "
-            f"{len(director.checks)} checks, {out} reals out by probe")
+            f"{len(director.checks)} checks, {out} reals out by probe, "
+            f"{pending_fallbacks(director)} connections before a first result (no real "
+            "known good)")
+
+
+def pending_fallbacks(director: Director) -> int:
+    """Connections given to a real whose first probe result was awaited, because no
+    real was known good (model/predictors.py), over every virtual."""
+    return sum(v.pending_fallbacks for v in director.iter_virtuals())

@@ -22,7 +22,7 @@ from localdirector.shell.render import duration, elapsed, table
 from localdirector.shell.session import CommandFailed, Session
 
 from .handle import DataPlaneHandle
-from .probe import probe_summary
+from .probe import pending_fallbacks, probe_summary
 
 SHOW = Keyword("show", "Show running system information")
 CLEAR = Keyword("clear", "Reset counters or connections")
@@ -50,7 +50,8 @@ def show_statistics(session: Session) -> None:
         probes = probe_summary(session.director)
         counters = session.director.probe_counters
         session.record(probes={"sent": counters.sent, "ok": counters.ok,
-                               "failed": counters.failed})
+                               "failed": counters.failed,
+                               "pending_fallbacks": pending_fallbacks(session.director)})
     if service is None:
         session.record(dataplane=False, connections=len(session.director.conns))
         session.print(f"Data plane:  not running; connections {len(session.director.conns)}")

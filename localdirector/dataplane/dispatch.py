@@ -20,10 +20,9 @@ class Dispatch:
     """Reads the mark map the fast path holds (one map for both: marks come from one
     MarkMap) and sets its `verdict_mark`."""
 
-    __slots__ = ("strangers", "_marks", "_stats")
+    __slots__ = ("_marks", "_stats")
 
     def __init__(self, marks: FastPath, stats: Stats) -> None:
-        self.strangers = 0   # packets of flows forwarded by the table alone
         self._marks = marks
         self._stats = stats
 
@@ -42,7 +41,7 @@ class Dispatch:
         table = maglev.table_for(virtual)
         if table is None:
             return None
-        self.strangers += 1
+        self._stats.maglev_forwarded += 1
         return self._to(table.members[table.lookup(flow)][0])
 
     def _to(self, addr: int) -> int:

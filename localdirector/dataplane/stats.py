@@ -65,6 +65,8 @@ COUNTERS = (
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
     "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)
     "fastpath_copies",  # bucket: a fast-path SYN-ACK, FIN or RST copy (NFLOG) taken note of
+    "maglev_forwarded",  # dispatched packets of flows no connection holds (ECMP moved
+                         # them here), sent where the Maglev table says (also translated_in)
 )
 
 

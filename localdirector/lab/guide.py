@@ -133,7 +133,8 @@ def sample_curl(info: LabInfo, director: Director) -> str:
 
 
 def overview(info: LabInfo, director: Director) -> list[str]:
-    """The banner / `show lab` text."""
+    """The banner / `show lab` text; with probes configured it points at `show probe`,
+    what a probes configuration is there to show."""
     first, *others = info.clients
     tries = [
         (f"lab curl {first} 4", f"4 requests from {first} clients; each answer names its real"),
@@ -142,6 +143,8 @@ def overview(info: LabInfo, director: Director) -> list[str]:
          "6 connections kept open for 60 s, then:"),
         ("show conns", "who is connected to which real, right now"),
         ("show real", "connections per real"),
+        *([("show probe", "each real's health checks: state, last result, latency")]
+          if director.probes else []),
         ("show lab", "this overview again"),
     ]
     width = max(len(command) for command, _ in tries)

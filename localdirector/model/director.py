@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from . import health, kernelpath, maglev
 from .bgp import BgpSettings
 from .bindid import BindIdObject, BindIdTable
+from .chain import append as _append, unlink as _unlink
 from .connection import ConnectionTable
 from .errors import ModelError
 from .failover import FailoverSettings
@@ -469,6 +471,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
 
     def tick(self, now: float) -> None:
         health.retry_due(self.reals.values(), now, self.fmt)
+        self.end_overdue_pending(time.monotonic())   # probe_config.py's clock, not `now`
 
     def real_state(self, r: PhysicalMachine) -> str:
         """What `show real` calls its state: FAILED while a probe holds it out."""
@@ -477,28 +480,3 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
     def real_cause(self, r: PhysicalMachine) -> str:
         return health.cause(r)
 
-
-def _append(head, obj):
-    """Append to a `next`-chained list (the patent's FIG. 2 chains); returns the head."""
-    obj.next = None
-    if head is None:
-        return obj
-    cur = head
-    while cur.next is not None:
-        cur = cur.next
-    cur.next = obj
-    return head
-
-
-def _unlink(head, obj):
-    prev, cur = None, head
-    while cur is not None and cur is not obj:
-        prev, cur = cur, cur.next
-    if cur is None:
-        return head
-    nxt = cur.next
-    cur.next = None
-    if prev is None:
-        return nxt
-    prev.next = nxt
-    return head

@@ -4,9 +4,9 @@ docs/design.rst, "Probes").
 
 A real that leaves `threshold` connections in a row unanswered is FAILED; `retry`
 seconds later it is TESTING and takes exactly one connection as its test; an answer
-puts it back IN_SERVICE, another failure back to FAILED. Every transition is here. A
-real a probe took out is out whatever its passive state: no new connection, open ones
-keep flowing."""
+puts it back IN_SERVICE, another failure back to FAILED, and so does a passing active
+probe at once. Every transition is here. A real a probe took out is out whatever its
+passive state: no new connection, open ones keep flowing."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
 
 
 def available(real: "PhysicalMachine") -> bool:
-    """May take a new connection now (a TESTING real takes exactly one, its test)."""
+    """May take a new connection now (a TESTING real takes exactly one, its test); a
+    real whose first probe result is awaited may not (`candidates` falls back to it)."""
+    return not real.probe_pending and _could_take(real)
+
+
+def _could_take(real: "PhysicalMachine") -> bool:
+    """`available` as far as passive health, probe results and limits tell."""
     if real.probe_down:
         return False
     if real.state is _IN_SERVICE:
@@ -40,24 +46,33 @@ def available(real: "PhysicalMachine") -> bool:
 
 
 def candidates(links: Iterable["Link"], exclude: "PhysicalMachine | None"
-               ) -> tuple[list["Link"], "Link | None"]:
-    """Those of a virtual's `links` whose real may take the connection, and the first
-    TESTING one among them (it takes the connection as its probe): one walk, as it runs
-    for every SYN. A real plainly in service (no probe holding it out, no connection
-    limit) is taken without the call to `available`, which would say the same."""
+               ) -> tuple[list["Link"], "Link | None", list["Link"]]:
+    """Those of a virtual's `links` whose real may take the connection, the first
+    TESTING one among them (it takes the connection as its probe), and those that could
+    but whose first probe result is awaited (the fallback when no other real is known
+    good: a real dead at boot must not get the first clients, nor a stalled probe keep
+    every real out): one walk, as it runs for every SYN. A real plainly in service (no
+    probe holding it out or awaited, no connection limit) is taken without the call to
+    `_could_take`, which would say the same."""
     eligible: list[Link] = []
     testing: Link | None = None
+    pending: list[Link] = []
     for link in links:
         real = link.real
         if real is exclude:
             continue
-        if real.state is _IN_SERVICE and not real.maxconns and not real.probe_down:
+        if real.state is _IN_SERVICE and not real.maxconns and not real.probe_down \
+                and not real.probe_pending:
             eligible.append(link)
-        elif available(real):
+        elif not _could_take(real):
+            continue
+        elif real.probe_pending:
+            pending.append(link)
+        else:
             eligible.append(link)
             if testing is None and real.state is _TESTING:
                 testing = link
-    return eligible, testing
+    return eligible, testing, pending
 
 
 def start_probe(real: "PhysicalMachine") -> bool:
@@ -106,6 +121,22 @@ def _fail(real: "PhysicalMachine", now: float, names: Names) -> None:
     real.failed_at = now
     log.warning("real %s FAILED after %d unanswered connections",
                 names(real.sid), real.consecutive_fails)
+
+
+def probe_passed(real: "PhysicalMachine", probe: str, names: Names) -> None:
+    """An active probe attached to the real passed (its check UP) and no probe holds it
+    out: a passive failure ends now rather than at `retry` (docs/design.rst, "Probes").
+    LocalDirector's retry ends a failure once one test connection is answered, and its
+    `autounfail` once the real shows life; a probe is that evidence asked for on
+    purpose, of the service itself, so waiting out `retry` would only keep a healthy
+    real idle. A real whose clients still go unanswered fails again after `threshold`
+    of them (reassigned, so no client is lost), at most once per probe interval."""
+    if real.state in (State.FAILED, State.TESTING):
+        real.state = State.IN_SERVICE
+        real.testing = False
+        real.consecutive_fails = 0
+        log.warning("real %s passed probe %s: back in service (passive failure ended)",
+                    names(real.sid), probe)
 
 
 def retry_due(reals: Iterable["PhysicalMachine"], now: float, names: Names) -> None:

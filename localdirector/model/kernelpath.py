@@ -68,7 +68,8 @@ class Pool:
 
 def pool(director: Director, virtual: VirtualMachine) -> Pool | None:
     """Director.decide_for without per-connection memory: the reals its predictor would
-    choose among (available ones, else the backup real of one that is not), overflowing
+    choose among (available ones, else the backup real of one that is not, else those
+    whose first probe result is awaited), overflowing
     to the backup virtuals in service; None when nothing can take a connection (the
     engine refuses the SYN). The kernel cannot hand a TESTING real exactly one probe
     connection, so a TESTING real is simply available."""
@@ -78,15 +79,16 @@ def pool(director: Director, virtual: VirtualMachine) -> Pool | None:
         if v.state is not State.IN_SERVICE:
             continue
         bound = tuple(v.iter_links())
-        links, _testing = candidates(bound, None)
+        links, _testing, pending = candidates(bound, None)
+        backup = None if links else backup_for(bound, director.available_backup)
+        if backup is not None:
+            return Pool(v, ((backup, 1),))
+        links = links or pending     # no real known good: those whose result is awaited
         if links:
             weights = [link.real.weight if v.predictor == "weighted" else 1
                        for link in links]
             common = gcd(*weights)
             return Pool(v, tuple((link.real, w // common) for link, w in zip(links, weights)))
-        backup = backup_for(bound, director.available_backup)
-        if backup is not None:
-            return Pool(v, ((backup, 1),))
     return None
 
 

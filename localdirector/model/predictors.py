@@ -108,7 +108,8 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
                 commit: bool = True, exclude: PhysicalMachine | None = None,
                 flow: int | None = None) -> PhysicalMachine | None:
     """FIG. 5 step 518 for one virtual: sticky affinity, a TESTING real's probe, the
-    predictor, then the backups of unavailable reals; None when nothing can take it.
+    predictor, then the backups of unavailable reals, then reals whose first probe
+    result is awaited; None when nothing can take it.
     `links`: all of the virtual's links, in order (the director keeps them as a tuple,
     so a SYN walks no chain).
 
@@ -125,13 +126,20 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
                 if commit:
                     remember_sticky(virtual, client_ip, real, now)
                 return real
-    eligible, testing = candidates(links, exclude)
+    eligible, testing, pending = candidates(links, exclude)
+    chosen: PhysicalMachine | None = None
+    if not eligible:
+        chosen = backup_for(links, backups, exclude)
+        if chosen is None and pending:
+            # No real is known good: one whose first probe result is awaited rather
+            # than a refusal (counted: `show statistics`, Probes).
+            eligible = pending
+            if commit:
+                virtual.pending_fallbacks += 1
     if eligible:
         link = testing or PREDICTORS[virtual.predictor](
             virtual, eligible, commit, client_ip if flow is None else flow)
-        chosen: PhysicalMachine | None = link.real
-    else:
-        chosen = backup_for(links, backups, exclude)
+        chosen = link.real
     if sticky and chosen is not None and commit:
         remember_sticky(virtual, client_ip, chosen, now)
     return chosen

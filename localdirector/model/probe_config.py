@@ -6,12 +6,15 @@ indexes it uses; model/probes.py holds what a probe and a check are."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import probes
+from . import health, probes
 from .errors import ModelError
 from .probes import NO_PORT, UNKNOWN, Probe, ProbeCheck, ProbeCounters, ProbeError
 from .serverid import ServerId
+from .state import State
 
 if TYPE_CHECKING:
     from .real import PhysicalMachine
@@ -105,18 +108,38 @@ class ProbeConfig:
             for real, port in targets:
                 port = probe.port or port
                 key = (real.sid, name, port)
-                check = self.checks.get(key) or ProbeCheck(
-                    real.sid, probe, real.addr, port, UNKNOWN if port else NO_PORT)
+                check = self.checks.get(key) or self._new_check(real, probe, port)
                 check.probe = probe
                 checks[key] = check
         self.checks = checks
-        for real in self.reals.values():
-            real.probe_down = self._down_probe(real.sid)
+        self._follow_checks(self.reals.values(), time.monotonic())
 
-    def _down_probe(self, sid: ServerId) -> str:
-        """The name of a probe whose check holds the real out, "" when none does."""
-        return next((c.probe.name for c in self.checks.values()
-                     if c.real_sid == sid and c.state == probes.DOWN), "")
+    @staticmethod
+    def _new_check(real: PhysicalMachine, probe: Probe, port: int) -> ProbeCheck:
+        """A check as attached: its first result awaited for one interval (the runner
+        asks at once; a portless check is never run, so never awaited)."""
+        check = ProbeCheck(real.sid, probe, real.addr, port, UNKNOWN if port else NO_PORT)
+        if port:
+            check.pending_until = time.monotonic() + probe.interval
+        return check
+
+    def _follow_checks(self, reals: Iterable[PhysicalMachine], now: float) -> None:
+        """Each real's probe verdict from its checks: out by a DOWN one, or awaiting the
+        first result of one at `now` (time.monotonic(); `probe_pending`, which
+        model/health.py passes over)."""
+        for real in reals:
+            mine = [c for c in self.checks.values() if c.real_sid == real.sid]
+            real.probe_down = next((c.probe.name for c in mine if c.state == probes.DOWN),
+                                   "")
+            real.probe_pending = any(probes.pending(c, now) for c in mine)
+
+    def end_overdue_pending(self, now: float) -> None:
+        """Reals whose first probe result is overdue (`now`: time.monotonic()) are no
+        longer passed over: UNKNOWN counts as up again, as a probe that never reports
+        must not keep a real out. Cheap when nothing is awaited (every tick calls it)."""
+        waiting = [r for r in self.reals.values() if r.probe_pending]
+        if waiting:
+            self._follow_checks(waiting, now)
 
     def probe_result(self, check: ProbeCheck, good: bool, result: str, latency: float,
                      now: float) -> None:
@@ -134,15 +157,17 @@ class ProbeConfig:
             return
         was = check.state
         new = probes.record(check, good, result, latency, now)
-        if new is None:
-            return
         real = self.reals[check.real_sid]
-        out_before = real.probe_down
-        real.probe_down = self._down_probe(real.sid)
-        what = f"real {self.fmt(real.sid)} probe {check.probe.name} (port {check.port})"
-        if new == probes.DOWN:
-            log.warning("%s DOWN: %s%s", what, result,
-                        "" if out_before else "; no new connections")
-        elif was != UNKNOWN:
-            log.warning("%s UP%s", what,
-                        "; back in service" if out_before and not real.probe_down else "")
+        if new is not None:
+            out_before = real.probe_down
+            self._follow_checks([real], time.monotonic())
+            what = f"real {self.fmt(real.sid)} probe {check.probe.name} (port {check.port})"
+            if new == probes.DOWN:
+                log.warning("%s DOWN: %s%s", what, result,
+                            "" if out_before else "; no new connections")
+            elif was != UNKNOWN:
+                log.warning("%s UP%s", what,
+                            "; back in service" if out_before and not real.probe_down
+                            and real.state is State.IN_SERVICE else "")
+        if good and check.state == probes.UP and not real.probe_down:
+            health.probe_passed(real, check.probe.name, self.fmt)

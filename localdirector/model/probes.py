@@ -2,10 +2,12 @@
 what each (real, probe, port) check has learnt (docs/design.rst, "Probes").
 
 The model holds definitions, attachments and results; the runner (localdirector/probes/)
-only connects and reports through Director methods. A check starts UNKNOWN, which counts
-as up, and its first result decides at once: a real that is dead at boot is out after
-one timeout, a live one costs nothing. After that `failures` failed results in a row take
-it DOWN and `successes` good ones in a row bring it back UP."""
+only connects and reports through Director methods. A check starts UNKNOWN and its
+first result, asked for at once, decides at once: a real that is dead at boot is out
+after one timeout. Until that result, for at most one interval (`pending_until`), the
+real is passed over while another is known good (model/health.py). After that
+`failures` failed results in a row take it DOWN and `successes` good ones in a row
+bring it back UP."""
 
 from __future__ import annotations
 
@@ -147,6 +149,9 @@ class ProbeCheck:
     last_result: str = "-"
     last_change: float = 0.0  # time.time() of the last state change; 0 = never
     latency: float = 0.0      # seconds, of the last good result
+    # time.monotonic() until which the first result is awaited (0: not awaited, or no
+    # longer: a runner that has not reported within one interval is not waited for).
+    pending_until: float = 0.0
 
     @property
     def runnable(self) -> bool:
@@ -160,6 +165,11 @@ class ProbeCounters:
     sent: int = 0
     ok: int = 0
     failed: int = 0
+
+
+def pending(check: ProbeCheck, now: float) -> bool:
+    """Whether the check's first result is still awaited at `now` (time.monotonic())."""
+    return check.state == UNKNOWN and now < check.pending_until
 
 
 def record(check: ProbeCheck, good: bool, result: str, latency: float, now: float

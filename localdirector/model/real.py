@@ -18,8 +18,8 @@ class PhysicalMachine:
     __slots__ = ("next", "sid", "addr", "port", "state", "admin_state", "current_conns",
                  "total_conns", "noanswer_reassigns", "reset_reassigns", "consecutive_fails",
                  "threshold", "reassign", "retry", "weight", "maxconns", "backup",
-                 "response_time", "failed_at", "testing", "probe_down", "packets_in", "packets_out",
-                 "bytes_in", "bytes_out")
+                 "response_time", "failed_at", "testing", "probe_down", "probe_pending",
+                 "packets_in", "packets_out", "bytes_in", "bytes_out")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
         self.next: PhysicalMachine | None = None
@@ -44,6 +44,9 @@ class PhysicalMachine:
         # Out by an active probe (model/probes.py), beside the passive `state`: the
         # name of a probe whose check is DOWN, "" while none is.
         self.probe_down = ""
+        # A probe's first result is awaited (model/probes.py): passed over while another
+        # real is known good.
+        self.probe_pending = False
         self.reset_counters()
 
     def reset_counters(self) -> None:

@@ -25,8 +25,9 @@ class VirtualMachine:
                  "predictor", "_sticky", "timeout", "synguard", "fastpath", "kernel", "dispatched",
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
-                 "synguard_drops", "no_real_drops", "sticky_full", "packets_in", "packets_out",
-                 "bytes_in", "bytes_out", "assign_entries", "assign_hits")
+                 "synguard_drops", "no_real_drops", "sticky_full", "pending_fallbacks",
+                 "packets_in", "packets_out", "bytes_in", "bytes_out", "assign_entries",
+                 "assign_hits")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
         self.next: VirtualMachine | None = None
@@ -75,6 +76,9 @@ class VirtualMachine:
         self.synguard_drops = 0
         self.no_real_drops = 0
         self.sticky_full = 0    # clients not remembered: the sticky table was full
+        # Connections given to a real whose first probe result was awaited, because no
+        # real was known good (model/predictors.py).
+        self.pending_fallbacks = 0
         self.packets_in = 0
         self.packets_out = 0
         self.bytes_in = 0

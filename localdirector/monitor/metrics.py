@@ -82,7 +82,7 @@ def _counted(server: Any, fastpath: bool) -> tuple[int, int, int, int] | None:
 def virtuals(director: Director) -> Callable[[], Families]:
     rows = [(str(v.sid), director.virtual_state(v), v.fastpath, v.conns_current,
              v.half_open, v.conns_total, v.synguard_drops, v.no_real_drops,
-             v.assign_entries, v.assign_hits, _counted(v, v.fastpath))
+             v.assign_entries, v.assign_hits, v.pending_fallbacks, _counted(v, v.fastpath))
             for v in director.iter_virtuals()]
 
     def build() -> Families:
@@ -100,8 +100,12 @@ def virtuals(director: Director) -> Callable[[], Families]:
                         "virtual", labels)
         hits = counter("virtual_assign_hits", "SYNs the virtual's assign entries sent it",
                        labels)
+        fallbacks = counter("virtual_pending_fallbacks", "Connections sent to a real "
+                            "awaiting its first probe result, none being known good",
+                            labels)
         for (ident, current, on_fastpath, conns, half_open, opened, synguard, no_real,
-             assigned, assign_hits, _) in rows:
+             assigned, assign_hits, pending, _) in rows:
+            fallbacks.add_metric([ident], pending)
             open_.add_metric([ident], conns)
             half.add_metric([ident], half_open)
             total.add_metric([ident], opened)
@@ -111,7 +115,7 @@ def virtuals(director: Director) -> Callable[[], Families]:
             drops.add_metric([ident, "no-real"], no_real)
             entries.add_metric([ident], assigned)
             hits.add_metric([ident], assign_hits)
-        return [open_, half, total, state, fastpath, drops, entries, hits,
+        return [open_, half, total, state, fastpath, drops, entries, hits, fallbacks,
                 *_traffic("virtual", [(row[0], row[-1]) for row in rows])]
     return build
 
@@ -248,6 +252,9 @@ def dataplane(appliance: "Appliance") -> Families:
                           "another real (no answer, or a reset)"), engine["conns_reassigned"])
     yield _single(counter("dataplane_refused_syns", "SYNs answered with a RST"),
                   engine["refused"])
+    yield _single(counter("dataplane_maglev_forwarded_packets", "Packets of dispatched "
+                          "virtuals forwarded by the Maglev table alone (flows ECMP moved "
+                          "here, no connection)"), engine["maglev_forwarded"])
     kernel = stats["kernel"]
     if kernel is not None:   # None: the queue is not bound (yet)
         yield _single(gauge("dataplane_queue_waiting_packets", "Packets queued to the "

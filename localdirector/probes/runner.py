@@ -1,10 +1,12 @@
 """The probe service: one asyncio event loop in one thread (``probes``) runs every check
 of the model (docs/design.rst, "Probes").
 
-Each check is due every `interval` seconds, shortened at random by up to a tenth, and
-starts at a random moment of its first interval, so a thousand reals are not probed in
-the same millisecond. At most `CONCURRENCY` probes are open at once; each is bounded by
-its probe's `timeout`. The runner reads the model under `Director.lock` only to copy the
+A new check is probed at once: until its first result the model passes its real over
+(model/probes.py), so a real dead at boot gets no client. Its second probe comes at a
+random moment of the interval after, and then every `interval` seconds, shortened at
+random by up to a tenth, so a thousand reals are not probed in the same millisecond
+again and again. At most `CONCURRENCY` probes are open at once; each is bounded by its
+probe's `timeout`. The runner reads the model under `Director.lock` only to copy the
 list of checks (again when the model's generation moves, or `reload` swapped the model)
 and to report one result, so it never holds up the shell or the data plane.
 `localdirector.cli` lists it in SERVICES: it always runs, idle while nothing is
@@ -49,6 +51,7 @@ class ProbeRunner:
         # (when due, tie-breaker, check): a heap, so a round costs what is due, not a
         # walk over every check.
         self._queue: list[tuple[float, int, ProbeCheck]] = []
+        self._first: set[ProbeCheck] = set()   # due for their first probe
         self._order = itertools.count()
         self._running: set[ProbeCheck] = set()
         self._tasks: set[asyncio.Task[None]] = set()   # the loop keeps only weak ones
@@ -81,8 +84,9 @@ class ProbeRunner:
             _, _, check = heapq.heappop(queue)
             if check not in self._checks:
                 continue              # removed from the model since it was queued
-            interval = check.probe.interval
-            self._push(check, now + interval * random.uniform(1 - JITTER, 1))
+            spread = 0.0 if check in self._first else 1 - JITTER
+            self._first.discard(check)
+            self._push(check, now + check.probe.interval * random.uniform(spread, 1))
             if check not in self._running:   # (a probe waiting for a slot is not doubled)
                 self._running.add(check)
                 task = self._loop.create_task(self._probe(director, check))
@@ -96,7 +100,7 @@ class ProbeRunner:
 
     def _follow(self, now: float) -> Director:
         """The model's checks, copied when it changed or `reload` replaced it; a new
-        check is first due at a random moment of its first interval."""
+        check is due at once."""
         director = self._appliance.director
         with director.lock:
             if director is self._director and director.generation == self._generation:
@@ -104,7 +108,9 @@ class ProbeRunner:
             self._director, self._generation = director, director.generation
             checks = {c for c in director.checks.values() if c.runnable}
         for check in checks - self._checks:
-            self._push(check, now + random.uniform(0, check.probe.interval))
+            self._first.add(check)
+            self._push(check, now)
+        self._first &= checks
         self._checks = checks
         return director
 

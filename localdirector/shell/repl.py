@@ -43,6 +43,9 @@ MAX_LINE = 512
 # The longest pause after a refused secret; a longer lockout is refused, not waited out.
 MAX_PAUSE = 2.0
 TOO_LONG = f"% Line too long: characters after the first {MAX_LINE} dropped"
+# What Enter on a line at the cap prints instead of running it (IOS refuses such a line):
+# its end was lost, and what is left may be another valid command (a `no` cut short).
+NOT_RUN = f"% Line too long: not run (a command line is shorter than {MAX_LINE} characters)"
 
 
 class CtrlZ(str):
@@ -257,7 +260,9 @@ async def run_shell_async(session: Session, front: Front) -> None:
                 break
             # A pasted block arrives as one buffer: run it line by line, as typed.
             for part in line.split("\n"):
-                if part.strip() and not session.closed:
+                if len(part) >= MAX_LINE:
+                    session.write(NOT_RUN + "\n")
+                elif part.strip() and not session.closed:
                     session.execute(part)
             if ctrl_z and session.mode is Mode.CONFIG:
                 session.mode = Mode.PRIV

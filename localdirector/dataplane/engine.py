@@ -425,11 +425,8 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         # Nobody knows this connection (from before a restart, or long closed): a
         # RST tells the client now, as a closed port would, rather than letting it
         # retransmit into silence for minutes.
-        self._resets_left -= 1
-        self.stats.drops[NO_CONNECTION] += 1
         self.stats.unknown_resets += 1
-        reset_reply(buf, ihl)
-        return ACCEPT_MODIFIED
+        return self._reset(buf, ihl, NO_CONNECTION)
 
     def _open(self, buf: Buffer, ihl: int, size: int, src: int, dst: int, sport: int,
               dport: int, key: int, now: float) -> int:

@@ -83,8 +83,13 @@ class RealReplies:
             return self._unchanged()
         if flags & RST or not flags & ACK or self._resets_left <= 0:
             return self._drop(UNKNOWN_REPLY)
-        self._resets_left -= 1
-        self.stats.drops[UNKNOWN_REPLY] += 1
         self.stats.reply_resets += 1
+        return self._reset(buf, ihl, UNKNOWN_REPLY)
+
+    def _reset(self, buf: Buffer, ihl: int, reason: int) -> int:
+        """Drop a segment of a connection nobody knows under `reason` and send its sender
+        the RST a closed port would (`buf` becomes it), from the tick's budget."""
+        self._resets_left -= 1
+        self.stats.drops[reason] += 1
         reset_reply(buf, ihl)
         return ACCEPT_MODIFIED

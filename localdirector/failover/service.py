@@ -285,6 +285,8 @@ class FailoverService:
             self.guard.lower()
         else:
             self.guard.raise_()
+            if self.replicator is not None:   # now, not after conntrackd's commands
+                self.replicator.set_sending(False)
             self._conntrackd("-t")
             if role == "Standby":
                 self._conntrackd("-n")
@@ -373,14 +375,21 @@ class FailoverService:
         log.info("failover: configuration received from the active unit")
 
     def _step_down(self) -> None:
-        """Go to FAULT through keepalived's track file until the other unit is active,
-        then back to BACKUP (nopreempt: it stays active)."""
+        """Behind the drop guard, hand every connection to the other unit (hand_over), then
+        go to FAULT through keepalived's track file until the other unit is active, then
+        back to BACKUP (nopreempt: it stays active); if keepalived did not move, go on."""
+        self.guard.raise_()
+        if self.replicator is not None:
+            self.replicator.hand_over()
         self.unit.yield_file.write_text("1\n")
         deadline = time.monotonic() + STEP_DOWN_WAIT
         while time.monotonic() < deadline and self._peer_status.get("role") != "Active":
             self._hello()
             time.sleep(0.05)
         self.unit.yield_file.write_text("0\n")
+        if self.role == "Active":
+            self.guard.lower()
+            self._replicate()
 
     # -- FailoverHandle -----------------------------------------------------------------
     def status(self) -> FailoverStatus:
@@ -396,8 +405,7 @@ class FailoverService:
         else:
             replication = f"to {self.peer.peer}, waiting for the other unit"
         if self.replicator is not None:
-            replication += (f"; connections {self.replicator.sent} sent, "
-                            f"{self.replicator.applied} received")
+            replication += f"; connections {self.replicator.counts()}"
         daemons = tuple(DaemonStatus(d.name, d.pid, d.restarts)
                         for d in (self.keepalived, self.conntrackd) if d is not None)
         return FailoverStatus(

@@ -4,9 +4,10 @@ conntrack's, which conntrackd carries).
 
 On the active unit the engine's observer notes each connection that opened, was
 answered, moved or closed, at the cost of a dict store under the lock it already
-holds, and wakes the sender, which gathers for COALESCE and sends the noted connections
-encoded as they are then in the appliance's stream: a connection reaches the standby
-within milliseconds of its SYN, not at the next poll. Whole, in chunks, when the
+holds, and wakes the sender, which sends the noted connections encoded as they are then
+in the appliance's stream (what is noted while it is busy goes in its next message): a
+connection reaches the standby within a millisecond or so of its SYN, not at the next
+poll. Whole, in chunks, when the
 other unit (re)connects or this one becomes active, and again every third of the
 shortest idle timeout so the standby's copies of idle-but-alive connections do not time
 out there. The standby installs each with `Engine.import_conn` (no packet of it passes
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("localdirector.failover")
 
-BATCH = 512          # noted connections that make the sender go without gathering
-COALESCE = 0.002     # seconds the woken sender gathers what else is noted
 DRAIN = 0.05         # seconds for the packets queued before a step-down to be handled
 CHUNK = 2000         # connections per message of a whole resend (one lock hold each)
 REFRESH_RANGE = (5.0, 300.0)   # seconds between whole resends, clamped
@@ -230,8 +229,7 @@ class Replicator:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            if self._wake.wait(self.poll()) and len(self._noted) < BATCH:
-                time.sleep(COALESCE)   # one message for a burst of opens, not one each
+            self._wake.wait(self.poll())
             self._wake.clear()
             if self._stopping.is_set():
                 return

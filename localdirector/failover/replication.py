@@ -18,14 +18,17 @@ units' clocks need not agree."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from localdirector.dataplane.engine import CLOSED_EVENT
+from localdirector.dataplane.worker import WORKER_NICE
 from localdirector.model.connection import (
     CLOSED,
     ESTABLISHED,
@@ -228,6 +231,10 @@ class Replicator:
             wake.set()
 
     def _run(self) -> None:
+        # As soon as the worker that noted a connection lets go of the interpreter: at
+        # the worker's priority, not behind the host's other processes (worker.py).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
         while not self._stopping.is_set():
             self._wake.wait(self.poll())
             self._wake.clear()

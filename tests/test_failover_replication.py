@@ -255,3 +255,13 @@ def test_the_standby_installs_at_most_conn_limit_connections(caplog: Any) -> Non
     pair.flush()
     assert (pair.receiver.applied, pair.receiver.over_limit) == (4, 2)
     assert all(c.answered for c in pair.standby.d.conns)
+
+
+def test_a_step_down_goes_on_whatever_the_hand_over_meets(caplog: Any) -> None:
+    pair = Pair()
+    pair.flush()
+    pair.active.syn()
+    pair.sender.director = lambda: 1 / 0        # a bug in the turn
+    pair.sender.hand_over()                     # logged, not raised
+    assert not pair.sender.sending and "cannot send the connections" in caplog.text
+    pair.sender.hand_over()                     # not sending (`no replicate`): nothing

@@ -206,9 +206,15 @@ class Replicator:
         """The step-down, behind the drop guard (no new connection opens here, TCP
         resends what it drops to the other unit), before yielding: let the engine finish
         what the queue already held, send what is noted now, in this thread, and stop
-        sending, so that nothing the engine opened stays behind."""
+        sending, so that nothing the engine opened stays behind. Never raises: the
+        step-down must go on to yield whatever happens here."""
+        if not self.sending:
+            return
         time.sleep(DRAIN)
-        self._turn()
+        try:
+            self._turn()
+        except Exception:  # noqa: BLE001 - said, and the step-down goes on
+            log.exception("failover: stepping down: cannot send the connections")
         if self._whole.is_set():
             log.error("failover: stepping down: the other unit did not get them all")
         self.set_sending(False)
@@ -216,7 +222,7 @@ class Replicator:
     # -- the active's side ---------------------------------------------------------------
     def _note(self, event: str, conn: Connection) -> None:
         """The engine's observer, under its lock: a dict store, and a wake-up of the
-        sender unless it is awake already (an attribute read). Only at a connection's
+        sender unless it is awake already (then only the `is_set` call). Only at a connection's
         open, answer, move and close: the established path pays nothing."""
         if not self.sending or conn.fastpath:
             return

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from statistics import median
 
@@ -252,19 +253,10 @@ class Bench:
         for kind in ("crash",) * events + ("switch",) * events:
             active = next(u for u, r in self.roles().items() if r == "Active")
             standby = UNITS[1 - UNITS.index(active)]
-            received = self.units[standby].status()[1]
-
-            def event() -> None:
-                if kind == "crash":
-                    self.lab.unplug(active)    # a dead box forwards nothing at once
-                    self.crash(active)
-                    wait(lambda: self.units[standby].status()[0] == "Active")
-                else:
-                    self.units[standby].type("failover active")
-                    wait(lambda: self.units[active].status()[0] == "Standby")
+            received = self.units[standby].status()[1] + 40
             churn = across(self.lab, PATHS["userspace"], SHORT_SOURCES,
-                           lambda: self.units[standby].status()[1] >= received + 40,
-                           event, count)
+                           partial(self._replicated, standby, received),
+                           partial(self._hand_over, kind, active, standby), count)
             out["connections"] += count
             out[f"lost_{kind}"] += len(churn.lost)
             out["leaked_packets"] += churn.leaked
@@ -273,6 +265,20 @@ class Bench:
                 self.boot(active)
             wait(self.settled)
         return out
+
+
+    def _replicated(self, unit: str, records: int) -> bool:
+        return self.units[unit].status()[1] >= records
+
+    def _hand_over(self, kind: str, active: str, standby: str) -> None:
+        """A crash (cables first: a dead box forwards nothing at once) or a switch."""
+        if kind == "crash":
+            self.lab.unplug(active)
+            self.crash(active)
+            wait(lambda: self.units[standby].status()[0] == "Active")
+        else:
+            self.units[standby].type("failover active")
+            wait(lambda: self.units[active].status()[0] == "Standby")
 
 
 def stream_cost(count: int = 30_000, batch: int = 1000, repeat: int = 5

@@ -10,7 +10,12 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from test_engine import CLIENT, VIP, A, B, C, Lab, lab, pool, sid
 
-from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP, RESETS_PER_TICK
+from localdirector.dataplane.engine import (
+    ACCEPT_MODIFIED,
+    ACCEPT_UNCHANGED,
+    DROP,
+    RESETS_PER_TICK,
+)
 from localdirector.dataplane.ruleset import desired_rules, translated_reals
 from localdirector.model.addr import parse_ip
 
@@ -45,7 +50,7 @@ def test_its_resets_share_the_ticks_budget() -> None:
 
 
 def test_port_zero_and_backup_reals() -> None:
-    d, v, (ra,) = pool((A,))
+    d, _, (ra,) = pool((A,))
     ra.backup = d.add_real(sid(C)).sid       # C answers A's connections on port 80 too
     d.add_virtual(sid("192.0.2.20:0"))
     d.add_real(sid(B))

@@ -11,8 +11,11 @@ from collections.abc import Callable
 import pytest
 
 from localdirector.lab.churn import across
+from tests import test_failover_traffic_netns as traffic
 from tests.test_failover_netns import wait_for
-from tests.test_failover_traffic_netns import USERSPACE, Running, pair  # noqa: F401
+from tests.test_failover_traffic_netns import USERSPACE, Running
+
+pair = traffic.pair   # the fixture: the pair lab, built and destroyed around each test
 
 pytestmark = pytest.mark.netns
 

@@ -156,7 +156,7 @@ def test_a_new_connection_reaches_the_standby_within_milliseconds() -> None:
             count = len(sent)
             opened = time.monotonic()
             lab_.syn(port)
-            _wait(lambda: len(sent) > count)
+            _wait(lambda count=count: len(sent) > count)
             at, message = sent[-1]
             assert message["up"][0][0] == lab_.conn(port).in_key
             windows.append(at - opened)
@@ -230,9 +230,9 @@ def test_malformed_records_are_dropped_counted_and_logged_once(caplog: Any) -> N
     pair.receiver.receive(json.loads(json.dumps(message)))
     assert pair.receiver.malformed == len(bad) + 3 + 1
     assert pair.receiver.applied == 1 and pair.standby.conn(41000) is not None
-    assert [r.message for r in caplog.records if "malformed" in r.message] == \
-        [f"failover: {len(bad) + 4} malformed connection records from the other unit "
-         "dropped"]
+    logged = (f"failover: {len(bad) + 4} malformed connection records from the other "
+              "unit dropped")
+    assert [r.message for r in caplog.records if "malformed" in r.message] == [logged]
     for message in ({"t": "conns", "up": "x"}, {"t": "conns", "down": 5},
                     {"t": "conns", "sticky": {}}):
         pair.receiver.receive(message)

@@ -213,7 +213,7 @@ class Replicator:
         time.sleep(DRAIN)
         try:
             self._turn()
-        except Exception:  # noqa: BLE001 - said, and the step-down goes on
+        except Exception:  # said, and the step-down goes on
             log.exception("failover: stepping down: cannot send the connections")
         if self._whole.is_set():
             log.error("failover: stepping down: the other unit did not get them all")

@@ -4,7 +4,10 @@ fast-path download running through it: the takeover time (the last packet the ol
 active forwarded to a client, to the first the new one forwarded) and the transfer's
 longest stall (the longest gap between two of its packets reaching the client), median
 and spread of `--repeat` runs; then the connections lost per 1,000 open at the kill, per
-path. Every download is checked byte-exact. And, in process, what the replication
+path; then, on the userspace path, how many of 400 short connections (six at a time)
+were lost across each of 5 crashes of the active (cables first, then SIGKILL) and 5
+graceful switches (`failover active`), and how many packets from a real reached a client
+untranslated (lab/churn.py). Every download is checked byte-exact. And, in process, what the replication
 stream costs the active per short connection (`stream_cost`).
 
 As root, from the repository root::
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from statistics import median
 
@@ -43,6 +47,7 @@ from benchmarks.micro import (
 from localdirector.dataplane.engine import Engine
 from localdirector.failover.replication import Replicator
 from localdirector.lab import python_module
+from localdirector.lab.churn import across
 from localdirector.lab.main import find_example
 from localdirector.lab.pair import (
     UNITS,
@@ -58,6 +63,7 @@ from .figures import report
 SIZE = 10 * 1024 * 1024
 RATE = 2_500_000
 PATHS = {"userspace": "192.0.2.10", "fastpath": "192.0.2.20"}
+SHORT_SOURCES = ("198.51.100.2", "198.18.0.2", "198.19.0.2")   # FIG. 1's Bind IDs 1, 2, 0
 FAST_LINES = ["real 203.0.113.12:8001:0:tcp is", "virtual 192.0.2.20:80:0:tcp is",
               "bind 192.0.2.20:80 203.0.113.12:8001", "fastpath 192.0.2.20:80"]
 ETH_P_ALL = 0x0003
@@ -239,6 +245,42 @@ class Bench:
         return lost
 
 
+    def short_connections(self, events: int = 5, count: int = 400) -> dict[str, int]:
+        """`count` short connections through the userspace virtual across each of
+        `events` crashes of the active and `events` graceful switches: how many were
+        lost, and how many packets from a real reached a client."""
+        out = {"connections": 0, "lost_crash": 0, "lost_switch": 0, "leaked_packets": 0}
+        for kind in ("crash",) * events + ("switch",) * events:
+            active = next(u for u, r in self.roles().items() if r == "Active")
+            standby = UNITS[1 - UNITS.index(active)]
+            received = self.units[standby].status()[1] + 40
+            churn = across(self.lab, PATHS["userspace"], SHORT_SOURCES,
+                           partial(self._replicated, standby, received),
+                           partial(self._hand_over, kind, active, standby), count)
+            out["connections"] += count
+            out[f"lost_{kind}"] += len(churn.lost)
+            out["leaked_packets"] += churn.leaked
+            if kind == "crash":
+                self.lab.plug(active)
+                self.boot(active)
+            wait(self.settled)
+        return out
+
+
+    def _replicated(self, unit: str, records: int) -> bool:
+        return self.units[unit].status()[1] >= records
+
+    def _hand_over(self, kind: str, active: str, standby: str) -> None:
+        """A crash (cables first: a dead box forwards nothing at once) or a switch."""
+        if kind == "crash":
+            self.lab.unplug(active)
+            self.crash(active)
+            wait(lambda: self.units[standby].status()[0] == "Active")
+        else:
+            self.units[standby].type("failover active")
+            wait(lambda: self.units[active].status()[0] == "Standby")
+
+
 def stream_cost(count: int = 30_000, batch: int = 1000, repeat: int = 5
                 ) -> dict[str, float]:
     """The replication stream's cost on the active, in process: µs per whole short
@@ -288,6 +330,7 @@ def failover_figures(repeat: int) -> dict[str, object]:
                                            "max": max(values)}
             out[f"{path}_byte_exact"] = sum(r[path]["byte_exact"] for r in runs)
             out[f"{path}_lost_per_1000"] = bench.lost_per_1000(PATHS[path])
+        out["userspace_short_connections"] = bench.short_connections()
         return out
     finally:
         lab.destroy()

@@ -7,12 +7,14 @@ did. The real stream, keepalived and TCP: test_failover_traffic_netns.py."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 from scapy.layers.inet import TCP
 
 from localdirector.dataplane.engine import ACCEPT_MODIFIED
-from localdirector.failover.replication import Replicator
+from localdirector.failover.replication import Replicator, encode
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import ESTABLISHED, SYN_RCVD
 from localdirector.model.director import Director
@@ -135,3 +137,131 @@ def test_a_standby_that_does_not_send_notes_nothing() -> None:
     pair.active.open()
     pair.flush()
     assert not pair.messages and not pair.sender._noted
+
+
+def test_a_new_connection_reaches_the_standby_within_milliseconds() -> None:
+    """The sender's own thread, a poll of a second: an open wakes it (issue 22 B: the
+    connections of the last poll before a crash were lost)."""
+    lab_ = Lab(fig1())
+    sent: list[tuple[float, dict[str, Any]]] = []
+    sender = Replicator(lab_.engine, lambda: lab_.d,
+                        lambda message: sent.append((time.monotonic(), message)) is None,
+                        lambda: 1.0)
+    sender.start()
+    try:
+        sender.set_sending(True)
+        _wait(lambda: sent)                      # the whole resend, at once
+        windows = []
+        for port in range(41000, 41005):
+            count = len(sent)
+            opened = time.monotonic()
+            lab_.syn(port)
+            _wait(lambda count=count: len(sent) > count)
+            at, message = sent[-1]
+            assert message["up"][0][0] == lab_.conn(port).in_key
+            windows.append(at - opened)
+        assert max(windows) < 0.1, windows
+        # Established segments wake nothing: their path pays nothing for replication.
+        conn = lab_.conn(41000)
+        lab_.real(conn, "SA")
+        lab_.client("A", 41000)
+        _wait(lambda: not sender._wake.is_set() and not sender._noted)
+        for _ in range(3):
+            lab_.client("A", 41000, load=b"x")
+            lab_.real(conn, "A", load=b"y")
+        assert not sender._wake.is_set() and not sender._noted
+    finally:
+        sender.stop()
+
+
+def _wait(done: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def test_a_step_down_hands_over_what_is_noted_and_stops_sending() -> None:
+    pair = Pair()
+    pair.flush()
+    conn = pair.active.syn()
+    pair.sender.hand_over()
+    _same(conn, pair.standby.conn())
+    assert not pair.sender.sending
+    pair.active.syn(41000)               # the other unit's now: this one sends no more
+    pair.flush()
+    assert pair.standby.conn(41000) is None
+
+
+def test_a_reply_the_standby_cannot_translate_never_reaches_the_client() -> None:
+    """The active crashed before sending this connection: at the takeover, the real's
+    SYN-ACK must not go to the client with the real's address."""
+    pair = Pair()
+    pair.flush()
+    pair.sender.sending = False          # the crash: nothing more is sent
+    conn = pair.active.syn()
+    verdict, out = pair.standby.real(conn, "SA")
+    assert verdict == ACCEPT_MODIFIED and out[TCP].flags == "R" and out.dst != CLIENT
+    assert pair.standby.drops("unknown-reply") == 1
+
+
+def _record(pair: Pair, port: int) -> list[Any]:
+    conn = pair.active.syn(port)
+    return encode(conn, pair.active.clock())
+
+
+def test_malformed_records_are_dropped_counted_and_logged_once(caplog: Any) -> None:
+    pair = Pair()
+    good = _record(pair, 41000)
+    bad = [good[:-1], good + [0], "x", None, {"0": 1}]
+    for field, value in ((0, "1"), (0, -1), (0, 1 << 96), (1, 1 << 32), (2, 70000),
+                         (2, True), (4, 6), (9, 1.5), (11, "LISTEN"), (11, ["ESTAB"]),
+                         (12, 1), (13, 256), (14, -1), (16, None), (17, -1.0),
+                         (18, float("nan")), (18, "1")):
+        record = list(good)
+        record[field] = value
+        bad.append(record)
+    elsewhere = list(good)
+    elsewhere[0] = good[0] ^ (1 << 16)   # its client tuple is not toward its VIP
+    bad.append(elsewhere)
+    message = {"t": "conns", "up": bad + [good], "down": ["k", -5, [1]],
+               "sticky": [[1, 2, 3]]}
+    caplog.set_level(logging.WARNING, "localdirector.failover")
+    pair.receiver.receive(json.loads(json.dumps(message)))
+    assert pair.receiver.malformed == len(bad) + 3 + 1
+    assert pair.receiver.applied == 1 and pair.standby.conn(41000) is not None
+    logged = (f"failover: {len(bad) + 4} malformed connection records from the other "
+              "unit dropped")
+    assert [r.message for r in caplog.records if "malformed" in r.message] == [logged]
+    for message in ({"t": "conns", "up": "x"}, {"t": "conns", "down": 5},
+                    {"t": "conns", "sticky": {}}):
+        pair.receiver.receive(message)
+    assert pair.receiver.malformed == len(bad) + 4 + 3
+    assert f"{len(bad) + 7} malformed" in pair.receiver.counts()
+
+
+def test_the_standby_installs_at_most_conn_limit_connections(caplog: Any) -> None:
+    pair = Pair()
+    pair.standby.d.settings.max_conns = 2
+    for port in (41000, 41001, 41002):
+        pair.active.syn(port)
+    pair.flush()
+    assert len(pair.standby.d.conns) == 2
+    assert (pair.receiver.applied, pair.receiver.over_limit) == (2, 1)
+    assert "1 replicated connections refused: this unit's table is full (conn-limit 2)" \
+        in caplog.text
+    for port in (41000, 41001, 41002):   # updates of the ones it holds still apply
+        pair.active.real(pair.active.conn(port), "SA")
+    pair.flush()
+    assert (pair.receiver.applied, pair.receiver.over_limit) == (4, 2)
+    assert all(c.answered for c in pair.standby.d.conns)
+
+
+def test_a_step_down_goes_on_whatever_the_hand_over_meets(caplog: Any) -> None:
+    pair = Pair()
+    pair.flush()
+    pair.active.syn()
+    pair.sender.director = lambda: 1 / 0        # a bug in the turn
+    pair.sender.hand_over()                     # logged, not raised
+    assert not pair.sender.sending and "cannot send the connections" in caplog.text
+    pair.sender.hand_over()                     # not sending (`no replicate`): nothing

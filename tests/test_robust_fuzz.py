@@ -169,19 +169,22 @@ class World:
     def send(self, buf: bytearray) -> int:
         """Run one packet through the engine and check everything checkable about it."""
         before = bytes(buf)
-        refused = self.engine.stats.refused
+        resets = self._resets()
         verdict = self.engine.handle(buf)
         assert verdict in (DROP, ACCEPT_UNCHANGED, ACCEPT_MODIFIED)
         self.verdicts[("drop", "unchanged", "modified")[verdict]] += 1
         if verdict == ACCEPT_UNCHANGED:
             assert bytes(buf) == before
-        elif self.engine.stats.refused != refused:
-            # The SYN became the RST that refuses it: from where it was going, to where
-            # it came from, acknowledging it, with both checksums right.
-            assert verdict == ACCEPT_MODIFIED and len(buf) == 40 and tcp_ok(buf)
-            assert ip_header_ok(buf) and buf[33] == P.RST | P.ACK
-            assert (buf[12:16], buf[16:20]) == (before[16:20], before[12:16])
+        elif self._resets() != resets:
+            # The segment became the RST a closed port sends (a refused SYN, a client's
+            # or a real's segment of no connection): from where it was going, to where
+            # it came from, at the sequence it acknowledged or acknowledging it, with
+            # both checksums right.
             ihl = (before[0] & 0x0F) * 4
+            acked = before[ihl + 13] & P.ACK
+            assert verdict == ACCEPT_MODIFIED and len(buf) == 40 and tcp_ok(buf)
+            assert ip_header_ok(buf) and buf[33] == (P.RST if acked else P.RST | P.ACK)
+            assert (buf[12:16], buf[16:20]) == (before[16:20], before[12:16])
             assert (buf[20:22], buf[22:24]) == (before[ihl + 2:ihl + 4], before[ihl:ihl + 2])
         elif verdict == ACCEPT_MODIFIED:
             assert isinstance(P.parse_tcp(buf), tuple) or isinstance(
@@ -193,6 +196,10 @@ class World:
                 assert tcp_ok(buf), before.hex()
         self.check()
         return verdict
+
+    def _resets(self) -> int:
+        stats = self.engine.stats
+        return stats.refused + stats.unknown_resets + stats.reply_resets
 
     def client(self, client: int, port: int, flags: int, data: bytes = b"",
                ip_options: bytes = b"") -> int:

@@ -49,6 +49,7 @@ from .packet import (
     tcp_checksum_valid,
 )
 from .ports import ClientPorts
+from .replies import RealReplies
 from .stats import (
     BAD_CHECKSUM,
     BAD_FLAGS,
@@ -94,10 +95,11 @@ _BOTH_FINS = FIN_IN | FIN_OUT
 _IN_SERVICE = State.IN_SERVICE
 
 
-class Engine(IcmpErrors, CarriedConnections):
+class Engine(IcmpErrors, CarriedConnections, RealReplies):
     """The FIG. 5 data plane over one Director. `kernel`: conntrack's table, for the fast
-    path (none by default). What it does with packets that are not TCP and with
-    connections it did not open is in its mixins (icmp_errors.py, carried.py)."""
+    path (none by default). What it does with packets that are not TCP, with connections
+    it did not open and with a real's packets of none is in its mixins (icmp_errors.py,
+    carried.py, replies.py, which also keeps the model's addresses)."""
 
     def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic,
                  kernel: KernelTable | None = None) -> None:
@@ -110,11 +112,8 @@ class Engine(IcmpErrors, CarriedConnections):
         self._ports = ClientPorts(self.stats)
         self._expiry = Expiry(self.clock())
         self._probes: dict[PhysicalMachine, Connection] = {}
-        # What the model holds, recomputed when its generation moves (_refresh_model):
-        # the VIP addresses, and its virtuals and reals (by identity, for _close).
+        # What the model holds (replies.py) is recomputed when its generation moves.
         self._vip_generation = -1
-        self._vip_addrs: frozenset[int] = frozenset()
-        self._servers: frozenset[VirtualMachine | PhysicalMachine] = frozenset()
         self._resets_left = RESETS_PER_TICK
         self._sticky_full_logged = 0   # virtuals' sticky_full total when last logged
         self._sticky_logged_at = float("-inf")
@@ -400,11 +399,11 @@ class Engine(IcmpErrors, CarriedConnections):
                        flags: int, key: int, now: float) -> int:
         """FIG. 5 step 506 'no' for all but a client's SYN to a VIP (which `handle` hands
         to `_open`): anything else toward a VIP is dropped; traffic of reals with others
-        is none of our business."""
+        is none of our business, but a reply we cannot translate is dropped (replies.py)."""
         if dst not in self._vips():
             if key in self._ports:
                 return self._drop(STALE_REPLY)
-            return self._unchanged()
+            return self._real_reply(buf, ihl, flags, key)
         if _BAD_FLAGS[flags]:
             return self._drop(BAD_FLAGS)
         virtual = self.director.lookup_virtual(src, dst, dport)
@@ -426,11 +425,8 @@ class Engine(IcmpErrors, CarriedConnections):
         # Nobody knows this connection (from before a restart, or long closed): a
         # RST tells the client now, as a closed port would, rather than letting it
         # retransmit into silence for minutes.
-        self._resets_left -= 1
-        self.stats.drops[NO_CONNECTION] += 1
         self.stats.unknown_resets += 1
-        reset_reply(buf, ihl)
-        return ACCEPT_MODIFIED
+        return self._reset(buf, ihl, NO_CONNECTION)
 
     def _open(self, buf: Buffer, ihl: int, size: int, src: int, dst: int, sport: int,
               dport: int, key: int, now: float) -> int:
@@ -567,18 +563,6 @@ class Engine(IcmpErrors, CarriedConnections):
         if self._probes.get(real) is conn:
             del self._probes[real]
             end_probe(real)
-
-    def _vips(self) -> frozenset[int]:
-        """VIP addresses, recomputed only when the model changed."""
-        if self.director.generation != self._vip_generation:
-            self._refresh_model()
-        return self._vip_addrs
-
-    def _refresh_model(self) -> None:
-        director = self.director
-        self._vip_addrs = frozenset(addr for addr, _port in director.by_dest)
-        self._servers = frozenset((*director.virtuals.values(), *director.reals.values()))
-        self._vip_generation = director.generation
 
     # -- timers --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:

@@ -5,7 +5,7 @@ fast-path reals. Pure values, no iptables (iptables.py renders them; docs/design
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..model.director import Director
@@ -67,14 +67,8 @@ def desired_rules(director: Director) -> RuleSet:
             guards[dest] = max(guards.get(dest, 0), v.synguard)
         if v.dispatched:
             targets.update((r.addr, DISPATCH_PORT) for r in reachable_reals(director, v))
-        if v.fastpath or v.dispatched:
-            # Fast path: conntrack translates the replies, they must stay tracked.
-            # Dispatched: the replies go from the real to the client, not through us.
-            continue
-        for link in v.iter_links():
-            for real in director.backup_chain(link.real):
-                # Real port 0 answers on whatever port the client asked for: the virtual's.
-                reals.setdefault(real.addr, set()).add(real.port or v.port)
+    for addr, port in translated_reals(director):
+        reals.setdefault(addr, set()).add(port)
     for conn in director.conns:
         if conn.fastpath:
             fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
@@ -88,6 +82,22 @@ def desired_rules(director: Director) -> RuleSet:
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)))
+
+
+def translated_reals(director: Director) -> Iterator[tuple[int, int]]:
+    """(address, port) of every real whose replies the engine translates: the bound reals
+    of userspace virtuals and their backup reals, on the port they answer from (port 0:
+    the one the client asked for, the virtual's; ALL_PORTS when that is 0 too). Not the
+    fast path's (conntrack translates its replies, they must stay tracked) nor the
+    dispatched ones' (their replies go from the real to the client, not through us).
+    Their replies are queued (`desired_rules`), and one that finds no connection is
+    dropped, not leaked (replies.py); call with ``director.lock`` held."""
+    for v in director.iter_virtuals():
+        if v.fastpath or v.dispatched:
+            continue
+        for link in v.iter_links():
+            for real in director.backup_chain(link.real):
+                yield real.addr, real.port or v.port
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:

@@ -27,6 +27,7 @@ MARK_PENDING = _FIRST + 9    # fast path: the chosen real's DNAT rule is not ins
 REASSIGNED = _FIRST + 10     # fast path: a SYN whose connection just moved to another real
 OUT_OF_WINDOW = _FIRST + 11  # a RST or FIN whose sequence is outside the window
 RST_IN_WINDOW = _FIRST + 12  # a RST in window but not at the expected sequence
+UNKNOWN_REPLY = _FIRST + 13  # from a translated real's serving port, of no connection
 
 REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "no-connection",
@@ -42,6 +43,7 @@ REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "reassigned",
     "out-of-window",
     "rst-in-window",
+    "unknown-reply",
 )
 
 # Scalar counters in the order `show statistics` lists them.
@@ -60,6 +62,8 @@ COUNTERS = (
     "refused",        # SYNs answered with a RST (also counted under no-real)
     "unknown_resets",  # segments of unknown connections to a VIP answered with a RST
                        # (also counted under no-connection)
+    "reply_resets",   # a real's packets of no connection answered with a RST
+                      # (also counted under unknown-reply)
     "peak_conns",     # the most connections the table has held (a gauge's high-water mark)
     "half_open_evicted",  # half-open connections given up to make room for a SYN
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)

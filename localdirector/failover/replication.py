@@ -4,22 +4,31 @@ conntrack's, which conntrackd carries).
 
 On the active unit the engine's observer notes each connection that opened, was
 answered, moved or closed, at the cost of a dict store under the lock it already
-holds; every poll interval (sooner when a batch fills) the noted connections are
-encoded as they are then and sent in the appliance's stream. Whole, in chunks, when the
+holds, and wakes the sender, which sends the noted connections encoded as they are then
+in the appliance's stream (what is noted while it is busy goes in its next message): a
+connection reaches the standby within a millisecond or so of its SYN, not at the next
+poll. Whole, in chunks, when the
 other unit (re)connects or this one becomes active, and again every third of the
 shortest idle timeout so the standby's copies of idle-but-alive connections do not time
 out there. The standby installs each with `Engine.import_conn` (no packet of it passes
-the standby: the drop guard is up), so its engine carries them on at the takeover.
-Times travel as ages, so the two units' clocks need not agree."""
+the standby: the drop guard is up), so its engine carries them on at the takeover,
+after checking every field (the stream is input like any other: a malformed record is
+dropped and counted) and never beyond `conn-limit`. Times travel as ages, so the two
+units' clocks need not agree."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from localdirector.dataplane.engine import CLOSED_EVENT
+from localdirector.dataplane.worker import WORKER_NICE
 from localdirector.model.connection import (
     CLOSED,
     ESTABLISHED,
@@ -38,12 +47,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("localdirector.failover")
 
-BATCH = 512          # noted connections that make the sender go before the poll
+DRAIN = 0.05         # seconds for the packets queued before a step-down to be handled
 CHUNK = 2000         # connections per message of a whole resend (one lock hold each)
 REFRESH_RANGE = (5.0, 300.0)   # seconds between whole resends, clamped
 # The model's own state strings: the engine compares them by identity.
 _STATES = {state: state for state in (SYN_SENT, SYN_RCVD, ESTABLISHED, FIN_WAIT, CLOSED,
                                       FASTPATH)}
+# What `decode` returns for a record it cannot install.
+UNKNOWN = "unknown"        # names an instance or a real this unit does not have (yet)
+MALFORMED = "malformed"    # a field of the wrong type or out of its range
+
+
+def _int(high: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and 0 <= value <= high
+
+
+def _age(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value and math.isfinite(value)
+
+
+def _text(value: Any) -> bool:
+    return type(value) is str
+
+
+_U16, _U32 = _int(0xFFFF), _int(0xFFFFFFFF)
+_KEY = _int((1 << 96) - 1)   # a flow key: client address and port, VIP and port
+# One check per field of `encode`'s record and of `encode_sticky`'s entry.
+_RECORD = (_KEY, _U32, _U16, _U16, _text, _U32, _U16, _U16, _text, _U16, _U16,
+           lambda state: type(state) is str and state in _STATES,
+           lambda answered: type(answered) is bool, _int(0xFF), _U32, _U32, _int(0xFFFF),
+           _age, _age)
+_STICKY = (_U32, _U16, _U16, _text, _U32, _U32, _U16, _U16, _text, _age)
+
+
+def _valid(record: Any, checks: tuple[Callable[[Any], bool], ...]) -> bool:
+    return type(record) is list and len(record) == len(checks) and \
+        all(check(value) for check, value in zip(checks, record))
 
 
 def encode(conn: Connection, now: float) -> list[Any]:
@@ -56,17 +95,22 @@ def encode(conn: Connection, now: float) -> list[Any]:
             round(now - conn.last_seen, 3), round(now - conn.created, 3)]
 
 
-def decode(record: list[Any], director: Director, now: float) -> Connection | None:
-    """The connection a record describes, on this model's objects; None when its
-    instance or real does not exist here (yet)."""
+def decode(record: Any, director: Director, now: float) -> Connection | str:
+    """The connection a record describes, on this model's objects; UNKNOWN when its
+    instance or real does not exist here (yet), MALFORMED when a field is not what
+    `encode` writes or its client tuple is not toward its instance. Never raises."""
+    if not _valid(record, _RECORD):
+        return MALFORMED
     (in_key, vaddr, vport, vbind, vproto, raddr, rport, rbind, rproto, virtual_port,
      remap, state, answered, bits, ack_in, ack_out, syn_resends, seen, created) = record
     virtual = director.virtuals.get(ServerId(vaddr, vport, vbind, vproto))
     real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
     if virtual is None or real is None:
-        return None
+        return UNKNOWN
     conn = Connection(in_key >> 64, (in_key >> 48) & 0xFFFF, virtual.addr,
                       virtual.port or virtual_port, virtual, real, now - created)
+    if conn.in_key != in_key:
+        return MALFORMED
     conn.remap = remap
     conn.tcp_state = _STATES[state]
     conn.answered = answered
@@ -89,12 +133,19 @@ def encode_sticky(director: Director, now: float) -> list[list[Any]]:
     return entries
 
 
-def apply_sticky(entries: Iterable[list[Any]], director: Director, now: float) -> None:
-    for vaddr, vport, vbind, vproto, client, raddr, rport, rbind, rproto, age in entries:
+def apply_sticky(entries: Iterable[Any], director: Director, now: float) -> int:
+    """Remember the entries of sticky virtuals; returns how many were malformed."""
+    malformed = 0
+    for entry in entries:
+        if not _valid(entry, _STICKY):
+            malformed += 1
+            continue
+        vaddr, vport, vbind, vproto, client, raddr, rport, rbind, rproto, age = entry
         virtual = director.virtuals.get(ServerId(vaddr, vport, vbind, vproto))
         real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
         if virtual is not None and real is not None and virtual.sticky:
             remember_sticky(virtual, client, real, now - age)
+    return malformed
 
 
 class Replicator:
@@ -112,11 +163,14 @@ class Replicator:
         self.sending = False          # this unit is active and `replicate` is on
         self.sent = 0                 # connection records sent to the other unit
         self.applied = 0              # connections installed from the other unit
+        self.malformed = 0            # records, closed tuples, sticky entries dropped
+        self.over_limit = 0           # connections refused: `conn-limit` was reached
         self._noted: dict[int, Connection] = {}
         self._closed: set[int] = set()
         self._whole = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._turning = threading.Lock()   # one turn at a time: messages stay in order
         self._next_refresh = 0.0
         self._thread = threading.Thread(target=self._run, name="failover-conns",
                                         daemon=True)
@@ -143,9 +197,33 @@ class Replicator:
         self._whole.set()
         self._wake.set()
 
+    def counts(self) -> str:
+        """For `show failover`: records sent; received, and those the standby dropped."""
+        return (f"{self.sent} sent, {self.applied} received, {self.malformed} malformed, "
+                f"{self.over_limit} over conn-limit")
+
+    def hand_over(self) -> None:
+        """The step-down, behind the drop guard (no new connection opens here, TCP
+        resends what it drops to the other unit), before yielding: let the engine finish
+        what the queue already held, send what is noted now, in this thread, and stop
+        sending, so that nothing the engine opened stays behind. Never raises: the
+        step-down must go on to yield whatever happens here."""
+        if not self.sending:
+            return
+        time.sleep(DRAIN)
+        try:
+            self._turn()
+        except Exception:  # said, and the step-down goes on
+            log.exception("failover: stepping down: cannot send the connections")
+        if self._whole.is_set():
+            log.error("failover: stepping down: the other unit did not get them all")
+        self.set_sending(False)
+
     # -- the active's side ---------------------------------------------------------------
     def _note(self, event: str, conn: Connection) -> None:
-        """The engine's observer, under its lock: never more than a dict store."""
+        """The engine's observer, under its lock: a dict store, and a wake-up of the
+        sender unless it is awake already (then only the `is_set` call). Only at a connection's
+        open, answer, move and close: the established path pays nothing."""
         if not self.sending or conn.fastpath:
             return
         key = conn.in_key
@@ -154,10 +232,15 @@ class Replicator:
             self._closed.add(key)
         else:
             self._noted[key] = conn
-        if len(self._noted) >= BATCH:
-            self._wake.set()
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     def _run(self) -> None:
+        # As soon as the worker that noted a connection lets go of the interpreter: at
+        # the worker's priority, not behind the host's other processes (worker.py).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
         while not self._stopping.is_set():
             self._wake.wait(self.poll())
             self._wake.clear()
@@ -169,18 +252,22 @@ class Replicator:
                 log.exception("failover: cannot send connections to the other unit")
 
     def _turn(self) -> None:
-        if not self.sending:
-            return
-        plane = self.plane
-        if self._whole.is_set() or plane.clock() >= self._next_refresh:
-            self._whole.clear()
-            self._send_whole(reset=True)
-            return
+        with self._turning:
+            if not self.sending:
+                return
+            plane = self.plane
+            if self._whole.is_set() or plane.clock() >= self._next_refresh:
+                self._whole.clear()
+                self._send_whole(reset=True)
+            else:
+                self._send_noted()
+
+    def _send_noted(self) -> None:
         director = self.director()
         with director.lock:
             noted, self._noted = self._noted, {}
             closed, self._closed = self._closed, set()
-            now = plane.clock()
+            now = self.plane.clock()
             up = [encode(conn, now) for conn in noted.values()
                   if director.conns.inbound.get(conn.in_key) is conn]
         if up or closed:
@@ -218,26 +305,56 @@ class Replicator:
     # -- the standby's side --------------------------------------------------------------
     def receive(self, message: dict[str, Any]) -> None:
         """A message of the active's stream: reset (forget what came before), sticky
-        entries, closed tuples, then connections."""
+        entries, closed tuples, then connections. What is not as `encode` and
+        `encode_sticky` write it is dropped and counted, never raised; connections beyond
+        `conn-limit` are refused and counted (the standby's table must take what its
+        engine takes). Each kind of trouble is logged once per message."""
         plane = self.plane
-        if message.get("reset"):
+        if message.get("reset") is True:
             plane.clear_conns()
         director = self.director()
         now = plane.clock()
-        if message.get("sticky"):
+        sticky, down, up = (_listed(message, name) for name in ("sticky", "down", "up"))
+        malformed = sum(part is None for part in (sticky, down, up))
+        if sticky:
             with director.lock:
-                apply_sticky(message["sticky"], director, now)
-        for key in message.get("down", ()):
-            plane.forget_conn(key)
-        unknown = 0
-        for record in message.get("up", ()):
+                malformed += apply_sticky(sticky, director, now)
+        for key in down or ():
+            if _KEY(key):
+                plane.forget_conn(key)
+            else:
+                malformed += 1
+        unknown = full = 0
+        for record in up or ():
             with director.lock:
                 conn = decode(record, director, now)
+                inbound = director.conns.inbound
+                if isinstance(conn, Connection) and conn.in_key not in inbound \
+                        and len(inbound) >= director.settings.max_conns:
+                    conn = None
             if conn is None:
+                full += 1
+            elif conn is UNKNOWN:
                 unknown += 1
-                continue
-            plane.import_conn(conn)
-            self.applied += 1
+            elif conn is MALFORMED:
+                malformed += 1
+            else:
+                plane.import_conn(conn)
+                self.applied += 1
+        self.malformed += malformed
+        self.over_limit += full
         if unknown:
             log.warning("failover: %d replicated connections name an instance or a real "
                         "this unit does not have", unknown)
+        if malformed:
+            log.warning("failover: %d malformed connection records from the other unit "
+                        "dropped", malformed)
+        if full:
+            log.warning("failover: %d replicated connections refused: this unit's table "
+                        "is full (conn-limit %d)", full, director.settings.max_conns)
+
+
+def _listed(message: dict[str, Any], name: str) -> list[Any] | None:
+    """The message's list `name`: empty when absent, None when it is not a list."""
+    value = message.get(name, [])
+    return value if type(value) is list else None

@@ -288,6 +288,8 @@ class FailoverService:
             self.guard.lower()
         else:
             self.guard.raise_()
+            if self.replicator is not None:   # now, not after conntrackd's commands
+                self.replicator.set_sending(False)
             self._conntrackd("-t")
             if role == "Standby":
                 self._conntrackd("-n")
@@ -365,14 +367,21 @@ class FailoverService:
                 self.replicator.resend()   # after the configuration they refer to
 
     def _step_down(self) -> None:
-        """Go to FAULT through keepalived's track file until the other unit is active,
-        then back to BACKUP (nopreempt: it stays active)."""
+        """Behind the drop guard, hand every connection to the other unit (hand_over), then
+        go to FAULT through keepalived's track file until the other unit is active, then
+        back to BACKUP (nopreempt: it stays active); if keepalived did not move, go on."""
+        self.guard.raise_()
+        if self.replicator is not None:
+            self.replicator.hand_over()
         self.unit.yield_file.write_text("1\n")
         deadline = time.monotonic() + STEP_DOWN_WAIT
         while time.monotonic() < deadline and self._peer_status.get("role") != "Active":
             self._hello()
             time.sleep(0.05)
         self.unit.yield_file.write_text("0\n")
+        if self.role == "Active":
+            self.guard.lower()
+            self._replicate()
 
     # -- FailoverHandle -----------------------------------------------------------------
     def status(self) -> FailoverStatus:
@@ -384,8 +393,7 @@ class FailoverService:
         link = "Normal" if link_up(self.unit.link) else f"Down ({note})" if note else "Down"
         replication = self.stream.status(heard)
         if self.replicator is not None:
-            replication += (f"; connections {self.replicator.sent} sent, "
-                            f"{self.replicator.applied} received")
+            replication += f"; connections {self.replicator.counts()}"
         daemons = tuple(DaemonStatus(d.name, d.pid, d.restarts)
                         for d in (self.keepalived, self.conntrackd) if d is not None)
         return FailoverStatus(

@@ -45,7 +45,8 @@ def _start_dataplane(appliance: Appliance, args: argparse.Namespace) -> Stoppabl
     try:
         from .dataplane import plane
         sizing = {} if args.queue_len is None else {"max_len": args.queue_len}
-        handle = plane.start(appliance.director, args.queue, **sizing)
+        handle = plane.start(appliance.director, args.queue,
+                             bypass=not args.failover_link, **sizing)
     except Exception as err:  # any failure to start is reported the same one-line way
         raise ServiceError(f"data plane: {err}") from err
     appliance.reload_hooks.append(handle.adopt)

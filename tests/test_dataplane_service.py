@@ -168,6 +168,15 @@ def test_install_replaces_stale_chains_and_leaves_exactly_one_jump() -> None:
     assert text[-1] == "COMMIT"
 
 
+def test_a_failover_unit_queues_vip_traffic_without_bypass() -> None:
+    """A unit of a pair fails closed: with its engine gone, its clients' packets are
+    dropped, and their retransmissions reach the other unit (docs/design.rst)."""
+    fake = FakeIptables()
+    RuleManager(7, fake, bypass=False).install(desired_rules(director()))
+    queue = [line for line in fake.restored[0].splitlines() if "-j NFQUEUE" in line]
+    assert queue and not any("--queue-bypass" in line for line in queue)
+
+
 def test_update_is_one_transaction_and_skipped_when_nothing_changed() -> None:
     fake = FakeIptables()
     manager = RuleManager(7, fake)

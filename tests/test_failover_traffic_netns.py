@@ -74,8 +74,9 @@ class Running:
         return active, standby
 
     def crash(self, unit: str) -> None:
-        self.consoles.pop(unit).kill()
+        """The box dies (lab.crash: its cables, then every process)."""
         self.lab.crash(unit)
+        self.consoles.pop(unit).close()
 
     def download(self, vip: str, patience: float = WAIT) -> subprocess.Popen[str]:
         """A paced download; the client gives up after `patience` seconds of silence."""

@@ -70,6 +70,10 @@ class Names:
     jump: str            # raw and mangle PREROUTING
     local_jump: str      # raw OUTPUT
     nat_jump: str        # nat PREROUTING, marked packets only
+    # --queue-bypass on `queue`: a single director lets VIP traffic through while no
+    # engine is bound; a unit of a failover pair drops it (docs/design.rst, "Netfilter
+    # rules"), since its clients' retransmissions belong to the other unit.
+    bypass: bool = True
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -103,7 +107,7 @@ class Names:
                 "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M)}
 
 
-def names(queue_num: int) -> Names:
+def names(queue_num: int, bypass: bool = True) -> Names:
     """Our chains on queue N: LOCALDIRECTOR<N> and LOCALDIRECTOR<N>-<ROLE> (at most 25
     characters: iptables allows 28)."""
     base = f"LOCALDIRECTOR{queue_num}"
@@ -112,7 +116,7 @@ def names(queue_num: int) -> Names:
                  f"{base}-LOG", f"{base}-KNOWN", f"ldknown{queue_num}",
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p icmp -j {base}-LOCAL",
-                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}")
+                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass)
 
 
 Runner = Callable[[list[str], str], str]
@@ -301,7 +305,7 @@ def install_tables(chains: dict[str, list[str]], n: Names,
 
     mangle_jump, reply_jump = n.tables["mangle"][1]
     nfqueue = f"-j NFQUEUE --queue-num {n.queue_num}"
-    queue = f"-A {n.queue} {nfqueue} --queue-bypass"
+    queue = f"-A {n.queue} {nfqueue}" + (" --queue-bypass" if n.bypass else "")
     raw = chains["raw"]
     return {
         "raw": [

@@ -41,14 +41,15 @@ class DataPlane:
 
     def __init__(self, director: Director, queue_num: int = DEFAULT_QUEUE, *,
                  max_len: int = DEFAULT_MAX_LEN, clock: Callable[[], float] = time.monotonic,
-                 iptables: Runner = run_iptables) -> None:
+                 iptables: Runner = run_iptables, bypass: bool = True) -> None:
         self.queue_num = queue_num
         self.reloads = 0
         self._director = director
         self._engine = Engine(director, clock)
         self._worker = QueueWorker(queue_num, self._engine, max_len=max_len, clock=clock,
                                    fastpath=True)
-        self._rules = RuleManager(queue_num, iptables, on_marks=self._set_marks)
+        self._rules = RuleManager(queue_num, iptables, on_marks=self._set_marks,
+                                  bypass=bypass)
         self._kernel = KernelTable(queue_num)   # the kernel-decided fast path's nft table
         self._sync: RuleSync | None = None
         self._started_at = 0.0
@@ -216,8 +217,9 @@ class DataPlane:
 
 
 def start(director: Director, queue_num: int = DEFAULT_QUEUE, *,
-          max_len: int = DEFAULT_MAX_LEN) -> DataPlane:
+          max_len: int = DEFAULT_MAX_LEN, bypass: bool = True) -> DataPlane:
     """Entry point for the appliance (`localdirector --queue N --queue-len L`): the data
     plane runs on `director` until ``.stop()``; the caller hands it each `reload`'s new
-    model (adopt) and keeps it where the commands find it."""
-    return DataPlane(director, queue_num, max_len=max_len).start()
+    model (adopt) and keeps it where the commands find it. `bypass`: VIP traffic passes
+    while no engine is bound (a single director), or is dropped (a failover unit)."""
+    return DataPlane(director, queue_num, max_len=max_len, bypass=bypass).start()

@@ -27,10 +27,10 @@ class RuleManager:
     and the fast path's mark map (`on_marks` hears of every map that was installed)."""
 
     def __init__(self, queue_num: int, runner: Runner = run_iptables,
-                 on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None
-                 ) -> None:
+                 on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None,
+                 bypass: bool = True) -> None:
         self.queue_num = queue_num
-        self.names = names(queue_num)
+        self.names = names(queue_num, bypass)
         self._run = runner
         self._on_marks = on_marks
         self.applied: RuleSet | None = None

@@ -182,10 +182,10 @@ class FakeService(types.ModuleType):
         self.error = error
         self.calls: list[object] = []
 
-    def start(self, director: Director, queue: int):
+    def start(self, director: Director, queue: int, bypass: bool):
         if self.error:
             raise self.error
-        self.calls.append(("start", queue, len(director.reals)))
+        self.calls.append(("start", queue, len(director.reals), bypass))
         return self
 
     def adopt(self, director: Director) -> None:
@@ -208,7 +208,7 @@ def test_main_starts_the_data_plane_after_boot_and_stops_it(monkeypatch, capsys)
     code = run_main(monkeypatch, service, ["--config", str(EXAMPLES / "fig1.cfg"),
                                            "--queue", "7"], "show version\n")
     assert code == 0
-    assert service.calls == [("start", 7, 5), "stop"]
+    assert service.calls == [("start", 7, 5, True), "stop"]   # a single director
     assert "Data plane:      running (NFQUEUE 7)" in capsys.readouterr().out
 
 

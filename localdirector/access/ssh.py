@@ -42,6 +42,9 @@ MAX_SCRIPT_BYTES = 1 << 20
 # megabyte, so an unbounded number would let one login exhaust memory.
 MAX_CHANNELS = 4
 CLOSE_WAIT = 0.5   # seconds for a killed session's last words before its connection goes
+# Keystrokes held for a terminal whose input pipe does not exist yet (type-ahead sent with
+# the shell request); as much as the pipe itself holds, past it they are dropped.
+MAX_TYPE_AHEAD = 1 << 16
 
 
 class SSHDoor:
@@ -216,6 +219,7 @@ class _Session(PromptToolkitSSHSession):
         self.stdin: list[str] = []
         self.stdin_size = 0
         self.stdin_done = asyncio.Event()
+        self.typed_ahead = bytearray()
         self.task: asyncio.Task[None] | None = None
 
     def exec_requested(self, command: str) -> bool:
@@ -232,6 +236,10 @@ class _Session(PromptToolkitSSHSession):
             self.task = asyncio.get_running_loop().create_task(self._script())
 
     async def _interactive(self, _ssh_session: Any) -> None:
+        # The pipe exists from here on: what the client sent before it goes in first.
+        if self._input is not None and self.typed_ahead:
+            feed_keys(self._input, bytes(self.typed_ahead))
+        self.typed_ahead.clear()
         ended = await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
                                      self.activity)
         # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
@@ -244,8 +252,14 @@ class _Session(PromptToolkitSSHSession):
     def data_received(self, data: str, datatype: object) -> None:
         self.activity.touch()
         if not self.scripted:
+            # A script piped into `ssh -tt` arrives with the shell request, before the
+            # prompt's input pipe exists: held, not dropped, so it runs in order (IOS
+            # type-ahead).
             if self._input is not None:
                 feed_keys(self._input, data.encode("utf-8"))
+            elif len(self.typed_ahead) < MAX_TYPE_AHEAD:
+                room = MAX_TYPE_AHEAD - len(self.typed_ahead)
+                self.typed_ahead += data.encode("utf-8")[:room]
         elif self.command is None and not self.stdin_done.is_set():
             self.stdin_size += len(data)
             self.stdin.append(data)

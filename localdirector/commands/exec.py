@@ -87,23 +87,58 @@ def configure(session: Session) -> None:
         session.print("Enter configuration commands, one per line.  End with CNTL/Z.")
 
 
-@command(EXEC, Keyword("terminal", "Settings of this terminal"),
-         Keyword("length", "Lines per page [24; 0 = no paging]"),
+_TERMINAL = Keyword("terminal", "Settings of this terminal")
+
+
+@command(EXEC, _TERMINAL, Keyword("length", "Lines per page [24; 0 = no paging]"),
          args.number("length", 0, 512, "Lines per page, 0 = no paging"))
 def terminal_length(session: Session, length: int) -> None:
     session.terminal_length = length
 
 
+@command(EXEC, _TERMINAL, Keyword("width", "Characters per line (output is never wrapped)"),
+         args.number("width", 0, 512, "Characters per line"))
+def terminal_width(_session: Session, width: int) -> None:
+    """Accepted because automation sets it first (Ansible `terminal width 512`, Netmiko
+    511) and stops at an error; the appliance's lines are never wrapped, so any width
+    leaves the output as it is."""
+
+
 _WRITE = Keyword("write", "Save or show the running configuration")
+_STARTUP = "Save the running configuration as the startup-config"
 
 
-@command(PRIV, _WRITE, Keyword("memory", "Save it as the startup-config"), locked=False)
+@command(PRIV, _WRITE, Keyword("memory", _STARTUP), locked=False)
 def write_memory(session: Session) -> None:
     session.print("Building configuration...")
     error = session.appliance.write_memory()
     if error is not None:
         raise CommandFailed(error)
     session.print("[OK]")
+
+
+command(PRIV, _WRITE, locked=False)(write_memory)    # `write` alone, as on IOS
+
+
+@command(PRIV, Keyword("copy", "Copy a configuration"),
+         Keyword("running-config", "From the configuration in effect"),
+         Keyword("startup-config", _STARTUP), locked=False)
+def copy_running_startup(session: Session) -> None:
+    """IOS's form of `write memory`, with its `Destination filename` question on a
+    terminal (Ansible's `save_when` answers it with Enter); the startup-config is the
+    only destination, so any other name is refused and nothing is written."""
+    if not session.interactive:
+        write_memory(session)
+        return
+
+    def destination(text: str) -> bool:
+        if text.strip() not in ("", "startup-config"):
+            raise CommandFailed(f"cannot copy to '{text.strip()}': the only destination "
+                                "is startup-config")
+        write_memory(session)
+        return True
+
+    session.ask("Destination filename [startup-config]? ", destination)
 
 
 @command(PRIV, _WRITE, Keyword("terminal", "Show it on this terminal"), output=True)

@@ -155,3 +155,35 @@ def test_interfaces_are_the_hosts_own(netns: None, tmp_path: Path) -> None:
     assert "\n  Internet address is 192.0.2.1/24\n  MTU 1500 bytes, BW 0 Kbit/sec" in text
     assert "ld1 is administratively down, line protocol is down" in text
     assert "lo is up, line protocol is up\n  Hardware is Loopback" in text
+
+
+def test_destructive_commands_ask_confirm_on_a_terminal(tmp_path: Path) -> None:
+    """`clear counters` and `write erase` (and `clear conns`, `reload`) ask `[confirm]`
+    on a terminal: anything but Return or y leaves everything as it was."""
+    sh = Shell(tmp_path, interactive=True)
+    sh.session.mode = Mode.PRIV
+    path = sh.appliance.config_path
+    assert sh("configure terminal", "real 203.0.113.12", "end", "write memory")
+    real = next(sh.director.iter_reals())
+    real.total_conns = 7
+    assert sh("clear counters")
+    assert sh.session.question.prompt == ("Clear the counters of every virtual and real? "
+                                          "[confirm]")
+    sh.take()
+    assert not sh.session.answer("n") and sh.take() == "Clear aborted\n"
+    assert real.total_conns == 7
+    assert sh("clear counters") and sh.session.answer("") and real.total_conns == 0
+    assert sh.take().endswith("Counters cleared\n")
+    assert sh("write erase") and sh.session.question.prompt.endswith("Continue? [confirm]")
+    assert not sh.session.answer("no") and path.exists()
+    assert sh("write erase") and sh.session.answer("y") and not path.exists()
+    assert sh.take().endswith("Erase aborted\n[OK]\n")
+    assert not sh("clear conns")                      # no data plane: refused, not asked
+    assert sh.session.question is None
+    assert sh.take().endswith("% data plane not running\n")
+
+
+def test_a_script_is_not_asked(sh: Shell) -> None:
+    sh.session.mode = Mode.PRIV
+    assert sh("write memory", "write erase") and sh.session.question is None
+    assert not sh.appliance.config_path.exists()

@@ -105,7 +105,7 @@ def test_write_memory_on_a_read_only_disk_keeps_the_old_file_and_says_so(
     out = disk.run("write memory")
     assert f"% cannot write {disk.config}: Read-only file system; the startup-config is unchanged" in out
     assert disk.startup_config() == old and disk.listing() == ["startup-config"]
-    assert "% cannot erase" in disk.run("write erase")
+    assert "% cannot erase" in disk.confirm("write erase")
     assert disk.startup_config() == old
 
 

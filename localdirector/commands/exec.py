@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
@@ -146,15 +147,20 @@ def write_terminal(session: Session) -> None:
     session.print_lines(running_config.render(session.director, session.registry))
 
 
-@command(PRIV, _WRITE, Keyword("erase", "Erase the startup-config"))
+@command(PRIV, _WRITE, Keyword("erase", "Erase the startup-config"), locked=False)
 def write_erase(session: Session) -> None:
-    try:
-        config_file.erase(session.appliance.config_path)
-    except OSError as err:
-        raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
-                            f"{err.strerror or err}; the startup-config is unchanged") from None
-    session.appliance.saved(running_config.render(Director(), session.registry))
-    session.print("[OK]")
+    def erase() -> None:
+        try:
+            config_file.erase(session.appliance.config_path)
+        except OSError as err:
+            raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
+                                f"{err.strerror or err}; the startup-config is unchanged"
+                                ) from None
+        session.appliance.saved(running_config.render(Director(), session.registry))
+        session.print("[OK]")
+
+    confirm(session, "Erasing the startup-config removes the saved configuration! "
+                     "Continue?", erase, "Erase aborted")
 
 
 @command(PRIV, Keyword("reload", "Rebuild the running config from the startup-config"),
@@ -168,7 +174,7 @@ def reload(session: Session) -> None:
         _reload(session)
         return
     if not session.appliance.unsaved():
-        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        confirm(session, "Proceed with reload?", lambda: _reload(session), "Reload aborted")
         return
 
     def save_first(text: str) -> bool:
@@ -177,19 +183,29 @@ def reload(session: Session) -> None:
             raise CommandFailed("Please answer 'yes' or 'no'. Reload aborted")
         if word.startswith("y"):
             write_memory(session)
-        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        confirm(session, "Proceed with reload?", lambda: _reload(session), "Reload aborted")
         return True
 
     session.ask("System configuration has been modified. Save? [yes/no]: ", save_first)
 
 
-def _confirmed(session: Session, text: str) -> bool:
-    """[confirm]: Return or y proceeds, anything else aborts (as on IOS)."""
-    if text.strip().lower() not in ("", "y", "ye", "yes"):
-        session.print("Reload aborted")
-        return False
-    _reload(session)
-    return True
+def confirm(session: Session, prompt: str, action: Callable[[], None], aborted: str) -> None:
+    """IOS's `[confirm]` before what cannot be undone, on a terminal: Return or y runs
+    `action`, anything else prints `aborted`. A script runs it at once: nobody is there
+    to answer, and running the command is the request. The answer comes after the
+    handler returned, so `action` takes the model lock itself where it needs it."""
+    if not session.interactive:
+        action()
+        return
+
+    def answer(text: str) -> bool:
+        if text.strip().lower() not in ("", "y", "ye", "yes"):
+            session.print(aborted)
+            return False
+        action()
+        return True
+
+    session.ask(f"{prompt} [confirm]", answer)
 
 
 def _reload(session: Session) -> None:

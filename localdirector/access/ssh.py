@@ -2,8 +2,10 @@
 
 The server offers a shell and nothing else: no port forwarding, agent or X11 forwarding,
 SFTP or SCP, so a login cannot reach the host behind the appliance. Authentication is the
-configured `password` (any user name, as on a LocalDirector, whose logins have no users)
-or a key listed in the authorized-keys file; `enable` still asks for the enable password.
+configured `password` (any user name, as on a LocalDirector, whose logins have no users),
+a `username NAME privilege 15 password ...` with its own password, whose sessions start
+privileged (IOS), or a key listed in the authorized-keys file (never privileged);
+otherwise `enable` asks for the enable password.
 
     ssh -p 2222 admin@appliance                    interactive shell
     ssh -p 2222 admin@appliance "show version"     one command; exit status 0 / 1
@@ -22,10 +24,11 @@ import asyncssh
 from prompt_toolkit.contrib.ssh import PromptToolkitSSHSession
 
 from ..shell.scripted import run_script
+from ..shell.registry import Mode
 from ..shell.session import Session
 from .hostkey import load_or_create_host_key
-from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, check_password,
-                    note_failure, password_set, peer_label, throttled)
+from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, login_level,
+                    note_failure, password_set, peer_label, throttled, users_set)
 from .terminal import Activity, feed_keys, serve_terminal, supervise
 
 if TYPE_CHECKING:
@@ -102,6 +105,8 @@ class _Connection(asyncssh.SSHServer):
         self.label = ""
         self.tries = 0
         self.username = ""
+        # Set only by a `username` whose own password matched at privilege 15.
+        self.privileged = False
         self.place: Place | None = None
         self.channels: set["_Session"] = set()
         self.placeholder: Session | None = None
@@ -158,7 +163,8 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     def password_auth_supported(self) -> bool:
-        return password_set(self.door.appliance.director)
+        director = self.door.appliance.director
+        return password_set(director) or users_set(director)
 
     def _disconnect(self) -> None:
         if self.conn is not None:
@@ -181,7 +187,10 @@ class _Connection(asyncssh.SSHServer):
             await asyncio.sleep(FAIL_DELAY)
             self._disconnect()
             return False
-        if await check_password(self.door.appliance.director, password):
+        level = await asyncio.to_thread(login_level, self.door.appliance.director,
+                                        username, password)
+        if level is not None:
+            self.privileged = level == 15
             return True
         note_failure("ssh", self.peer, self.peer, tries)
         await asyncio.sleep(FAIL_DELAY)
@@ -241,7 +250,7 @@ class _Session(PromptToolkitSSHSession):
             feed_keys(self._input, bytes(self.typed_ahead))
         self.typed_ahead.clear()
         ended = await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
-                                     self.activity)
+                                     self.activity, privileged=self.connection.privileged)
         # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
         if self._chan is not None:
             with contextlib.suppress(OSError):
@@ -286,6 +295,8 @@ class _Session(PromptToolkitSSHSession):
             "ssh", self.peer, interactive=False,
             write=(lambda text: chan.write(text.replace("\n", "\r\n"))) if pty else chan.write)
         session.source = self.connection.peer
+        if self.connection.privileged:
+            session.mode = Mode.PRIV
         self.activity.session = session
         status = 1
         try:

@@ -98,8 +98,7 @@ def test_section_keeps_the_indented_lines_under_a_match(sh: Shell) -> None:
 
 def test_copy_over_ssh_answers_the_question_as_ansible_does(tmp_path: Path) -> None:
     """Over a real `ssh -tt`: the question, Enter, `[OK]`, and the file written."""
-    box = Box(tmp_path / "box", MAIN_CONFIG).start()
-    try:
+    with Box(tmp_path / "box", MAIN_CONFIG) as box:
         child = pexpect.spawn("sshpass", ["-p", PASSWORD, *box.ssh_argv(
             "-tt", "-o", "PubkeyAuthentication=no", "admin@127.0.0.1")],
             encoding="utf-8", timeout=15, env={"TERM": "dumb", "PATH": "/usr/bin:/bin"})
@@ -116,8 +115,6 @@ def test_copy_over_ssh_answers_the_question_as_ansible_does(tmp_path: Path) -> N
         assert "hostname saved" in box.config.read_text()
         child.send("exit\r")
         child.expect(pexpect.EOF)
-    finally:
-        box.stop()
 
 
 NAMESPACE = """

@@ -23,11 +23,8 @@ USERS = (f"username ops privilege 15 password {hash_password(OPS)} encrypted\n"
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory):
-    appliance = Appliance(tmp_path_factory.mktemp("privilege"), MAIN_CONFIG + USERS).start()
-    try:
+    with Appliance(tmp_path_factory.mktemp("privilege"), MAIN_CONFIG + USERS) as appliance:
         yield appliance
-    finally:
-        appliance.stop()
 
 
 def ssh(box: Appliance, user: str, password: str, *command: str

@@ -24,11 +24,8 @@ TRIES = 20
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory):
-    appliance = Appliance(tmp_path_factory.mktemp("type-ahead"), MAIN_CONFIG + MODEL).start()
-    try:
+    with Appliance(tmp_path_factory.mktemp("type-ahead"), MAIN_CONFIG + MODEL) as appliance:
         yield appliance
-    finally:
-        appliance.stop()
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,15 @@ class Console:
         self.child.expect(PROMPT)
         return text + "[OK]"
 
+    def confirm(self, line: str) -> str:
+        """A command that asks `[confirm]` on a terminal (`clear conns`, `write erase`),
+        confirmed with Return; its output."""
+        self.child.sendline(line)
+        self.child.expect(r"\[confirm\]")
+        self.child.sendline("")
+        self.child.expect(PROMPT)
+        return self._clean(self.child.before).strip("\n")
+
     def configure(self, *lines: str) -> None:
         self.run("configure terminal")
         for line in lines:

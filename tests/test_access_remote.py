@@ -73,6 +73,12 @@ class Appliance:
                     time.sleep(0.05)
         return self
 
+    def __enter__(self) -> "Appliance":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

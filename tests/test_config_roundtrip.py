@@ -117,3 +117,40 @@ def test_write_terminal_replays_to_itself(tmp_path, script):
     assert config_file.replay(replica, replica.director, text, errors.append) == 0, errors
     assert config(replica) == text
     assert snapshot(replica.director) == snapshot(appliance.director)
+    # Typed again on top of itself (what Ansible's `ios_config` does with lines it does
+    # not find), the running config is unchanged: every line is in its canonical form.
+    for line in text:
+        if not line.startswith("!"):
+            assert session.execute(line), line
+    assert config(appliance) == text
+
+
+CANONICAL = [
+    "real 203.0.113.31", "real 203.0.113.32:8080 os", "virtual 192.0.2.10:80",
+    "virtual 192.0.2.10:80:1", "virtual 192.0.2.10:0:2 os",
+    "bind 192.0.2.10:80 203.0.113.31 203.0.113.32:8080", "bind 192.0.2.10:80:1 203.0.113.31",
+    "assign 192.0.2.10:80:1 198.51.100.7", "assign 192.0.2.10:80:1 198.18.0.0 255.255.255.0",
+    "weight 203.0.113.31 3", "predictor 192.0.2.10:80 roundrobin",
+    "backup 192.0.2.10:80:1 192.0.2.10:80"]
+
+
+def test_lines_typed_in_the_canonical_form_are_shown_as_typed(tmp_path):
+    """Issue 24 item 3: the running config shows a line the way the man page's canonical
+    form types it (defaults omitted), and the long forms mean the same and are shown
+    short."""
+    appliance, session = fresh(tmp_path / "startup-config")
+    assert all(session.execute(line) for line in CANONICAL)
+    shown = running_config.render(appliance.director, session.registry)
+    assert sorted(line for line in shown if not line.startswith(("!", "hostname"))) == \
+        sorted(CANONICAL)
+    long_forms, session = fresh(tmp_path / "long")
+    assert all(session.execute(line) for line in [
+        "real 203.0.113.31:0:0:tcp is", "real 203.0.113.32:8080:0:tcp os",
+        "virtual 192.0.2.10:80:0:tcp is", "virtual 192.0.2.10:80:1:tcp",
+        "virtual 192.0.2.10:0:2:tcp os",
+        "bind 192.0.2.10:80:0:tcp 203.0.113.31:0 203.0.113.32:8080:0:tcp",
+        "bind 192.0.2.10:80:1 203.0.113.31:0:0", "assign 192.0.2.10:80:1 198.51.100.7 "
+        "255.255.255.255", "assign 192.0.2.10:80:1:tcp 198.18.0.0 255.255.255.0",
+        "weight 203.0.113.31:0:0:tcp 3", "predictor 192.0.2.10:80:0 roundrobin",
+        "backup 192.0.2.10:80:1:tcp 192.0.2.10:80:0:tcp"])
+    assert running_config.render(long_forms.director, session.registry) == shown

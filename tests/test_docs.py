@@ -119,6 +119,12 @@ README_RULES = {
     r"systemctl daemon-reload": "test_service_unit_verifies (no systemd init here)",
     r"systemctl enable --now localdirector": "test_service_unit_headless_with_ssh",
     r"ssh -p 2222 admin@DIRECTOR(?: '[^']*')?": "test_service_unit_headless_with_ssh",
+    r"printf '[^']*' \| ssh -tt -p 2222 admin@DIRECTOR":
+        "test_a_script_piped_into_ssh_tt_runs_whole_every_time",
+    r"ssh -p 2222 ops@DIRECTOR '[^']*'":
+        "test_a_privilege_15_user_runs_privileged_commands_over_exec",
+    r"ansible-playbook -i hosts playbook\.yml":
+        "test_ansible_cisco_ios_command_config_twice_and_facts",
 }
 
 
@@ -740,7 +746,7 @@ def test_service_unit_headless_with_ssh(lab: Lab, tmp_path: Path) -> None:
         probe = lab.run_in(lab.client_ns, python_module(
             "client", "probe", "--target", f"{director}:2222", "--deadline", "15"))
         assert probe.returncode == 0, probe.stdout + (tmp_path / "log").read_text()
-        ssh = [c for c in commands if c.startswith("ssh ")]
+        ssh = [c for c in commands if c.startswith("ssh -p 2222 admin@")]
         assert len(ssh) == 2
         options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                    "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no"]

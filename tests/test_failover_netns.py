@@ -68,7 +68,7 @@ def test_pair_roles_takeover_and_configuration(pair: Site) -> None:
     # Configuration typed on the active reaches the standby; its own peer line stays.
     active.configure("real 203.0.113.11", "virtual 192.0.2.10:80", "bind 192.0.2.10:80 "
                      "203.0.113.11")
-    wait_for(lambda: "bind 192.0.2.10:80:0:tcp 203.0.113.11" in standby.run("write terminal"),
+    wait_for(lambda: "bind 192.0.2.10:80 203.0.113.11" in standby.run("write terminal"),
              "the standby's running-config to show the bind")
     peer_line = standby.run("write terminal")
     assert f"failover ip address {LINK[units[id(active)]]}" in peer_line

@@ -94,8 +94,8 @@ def test_the_whole_group_switches_and_the_running_config_round_trips(kernel: She
     assert all(v.kernel and v.fastpath for v in kernel.director.virtuals.values())
     saved = kernel.config()
     assert [line for line in saved if line.startswith("fastpath")] == [
-        f"fastpath {VIP}:80:0:tcp kernel", f"fastpath {VIP}:80:1:tcp kernel",
-        f"fastpath {VIP}:0:2:tcp kernel"]
+        f"fastpath {VIP}:80 kernel", f"fastpath {VIP}:80:1 kernel",
+        f"fastpath {VIP}:0:2 kernel"]
     replayed = Shell(tmp_path / "again")
     assert replayed(*(line for line in saved if not line.startswith("!"))), replayed.take()
     assert replayed.config() == saved

@@ -97,7 +97,7 @@ def test_fig1_bind_ids_steer_by_source_in_the_kernel(lab: Lab, boot) -> None:
     assert "Not listed: connections of virtuals decided in the kernel" in console.run(
         "show conns")
     running = console.run("show running-config")
-    assert f"fastpath {VIP}:80:0:tcp kernel" in running
+    assert f"fastpath {VIP}:80 kernel" in running
 
 
 def test_roundrobin_weighted_health_backup_and_refusal(lab: Lab, boot) -> None:

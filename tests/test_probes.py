@@ -50,8 +50,8 @@ def test_running_config_round_trips() -> None:
         "method HEAD path /health?full=1 status 200-299,301 host www.example "
         "expect all good",
         "probeconfig alive tcp",
-        "probe 192.0.2.10:80:0:tcp web",
-        "probe 203.0.113.13:8080:0:tcp alive"]
+        "probe 192.0.2.10:80 web",
+        "probe 203.0.113.13:8080 alive"]
     replayed, _ = shell(*(l for l in saved if not l.startswith("!")))
     assert running_config.render(replayed.director, replayed.registry) == saved
 

@@ -94,7 +94,7 @@ def test_write_memory_on_a_full_disk_keeps_the_old_file_and_says_so(disk: DiskCo
     assert "203.0.113.13" not in disk.run("show config")
     disk.inside("rm", f"{disk.directory}/filler")
     assert "[OK]" in disk.run("write memory")
-    assert "real 203.0.113.13:0:0:tcp is" in disk.startup_config()
+    assert "real 203.0.113.13" in disk.startup_config().splitlines()
 
 
 def test_write_memory_on_a_read_only_disk_keeps_the_old_file_and_says_so(
@@ -105,7 +105,7 @@ def test_write_memory_on_a_read_only_disk_keeps_the_old_file_and_says_so(
     out = disk.run("write memory")
     assert f"% cannot write {disk.config}: Read-only file system; the startup-config is unchanged" in out
     assert disk.startup_config() == old and disk.listing() == ["startup-config"]
-    assert "% cannot erase" in disk.run("write erase")
+    assert "% cannot erase" in disk.confirm("write erase")
     assert disk.startup_config() == old
 
 

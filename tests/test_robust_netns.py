@@ -617,7 +617,7 @@ def test_queue_overflow_and_the_connection_limit_degrade_visibly(lab: Lab, appli
     # It all went to the queue, with the reals' answers, or was shed.
     assert sent <= kernel["queued"] + kernel["SYNs shed (new sources)"]
     assert max(sampler.latencies) < 2.0
-    console.run("clear conns")
+    console.confirm("clear conns")
     assert bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL][:2]))
     figures("overflow", queue_len=QUEUE_LEN, flood_sent=sent, queued=kernel["queued"],
             queue_full=kernel["dropped (queue full)"],

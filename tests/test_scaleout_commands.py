@@ -32,8 +32,8 @@ def test_dispatched_round_trips_and_shows_in_detail(tmp_path: Path) -> None:
     sh = _shell(tmp_path)
     assert sh("dispatched 192.0.2.20:80", "table-size 192.0.2.20:80 251"), sh.take()
     config = sh.config()
-    assert "dispatched 192.0.2.20:80:0:tcp" in config
-    assert "table-size 192.0.2.20:80:0:tcp 251" in config
+    assert "dispatched 192.0.2.20:80" in config
+    assert "table-size 192.0.2.20:80 251" in config
     sh.take()
     assert sh("do show virtual 192.0.2.20:80 detail")
     assert "userspace, dispatched" in sh.take()

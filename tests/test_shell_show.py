@@ -211,5 +211,5 @@ def test_show_over_100000_assigns_is_linear(tmp_path):
     assert session.execute("show running-config | include 198.19.134.159")
     elapsed = time.process_time() - started
     assert output == ["Number of lines which match regexp = 100002\n",
-                      "assign 192.0.2.10:80:1:tcp 198.19.134.159 255.255.255.255\n"]
+                      "assign 192.0.2.10:80:1 198.19.134.159\n"]
     assert elapsed < 10, elapsed   # ~1.5 s here; quadratic would take hours

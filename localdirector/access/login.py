@@ -119,6 +119,23 @@ def password_set(director: Director) -> bool:
         return bool(director.settings.login_secret)
 
 
+def users_set(director: Director) -> bool:
+    with director.lock:
+        return bool(director.settings.users)
+
+
+def login_level(director: Director, username: str, password: str) -> int | None:
+    """The privilege level an SSH password login earns, or None when refused. A
+    configured `username` is checked against its own password only, never the login
+    password, so naming a user is no way around either; any other name logs in with
+    the login `password`, in user mode (1)."""
+    with director.lock:
+        user = director.settings.users.get(username)
+    if user is not None:
+        return user.level if verify_password(password, user.secret) else None
+    return 1 if password_ok(director, password) else None
+
+
 def password_ok(director: Director, password: str) -> bool:
     """Check a login password against the hashed `password` setting."""
     with director.lock:

@@ -2,8 +2,10 @@
 
 The server offers a shell and nothing else: no port forwarding, agent or X11 forwarding,
 SFTP or SCP, so a login cannot reach the host behind the appliance. Authentication is the
-configured `password` (any user name, as on a LocalDirector, whose logins have no users)
-or a key listed in the authorized-keys file; `enable` still asks for the enable password.
+configured `password` (any user name, as on a LocalDirector, whose logins have no users),
+a `username NAME privilege 15 password ...` with its own password, whose sessions start
+privileged (IOS), or a key listed in the authorized-keys file (never privileged);
+otherwise `enable` asks for the enable password.
 
     ssh -p 2222 admin@appliance                    interactive shell
     ssh -p 2222 admin@appliance "show version"     one command; exit status 0 / 1
@@ -19,10 +21,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..shell.scripted import run_script
+from ..shell.registry import Mode
 from ..shell.session import Session
 from .hostkey import load_or_create_host_key
-from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, check_password,
-                    note_failure, password_set, peer_label, throttled)
+from .login import (FAIL_DELAY, LOGIN_TIMEOUT, MAX_TRIES, Gate, Place, login_level,
+                    note_failure, password_set, peer_label, throttled, users_set)
 from .sshlib import PromptToolkitSSHSession, asyncssh
 from .terminal import Activity, feed_keys, serve_terminal, supervise
 
@@ -40,6 +43,9 @@ MAX_SCRIPT_BYTES = 1 << 20
 # megabyte, so an unbounded number would let one login exhaust memory.
 MAX_CHANNELS = 4
 CLOSE_WAIT = 0.5   # seconds for a killed session's last words before its connection goes
+# Keystrokes held for a terminal whose input pipe does not exist yet (type-ahead sent with
+# the shell request); as much as the pipe itself holds, past it they are dropped.
+MAX_TYPE_AHEAD = 1 << 16
 
 
 class SSHDoor:
@@ -97,6 +103,8 @@ class _Connection(asyncssh.SSHServer):
         self.label = ""
         self.tries = 0
         self.username = ""
+        # Set only by a `username` whose own password matched at privilege 15.
+        self.privileged = False
         self.place: Place | None = None
         self.channels: set["_Session"] = set()
         self.placeholder: Session | None = None
@@ -153,7 +161,8 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     def password_auth_supported(self) -> bool:
-        return password_set(self.door.appliance.director)
+        director = self.door.appliance.director
+        return password_set(director) or users_set(director)
 
     def _disconnect(self) -> None:
         if self.conn is not None:
@@ -176,7 +185,10 @@ class _Connection(asyncssh.SSHServer):
             await asyncio.sleep(FAIL_DELAY)
             self._disconnect()
             return False
-        if await check_password(self.door.appliance.director, password):
+        level = await asyncio.to_thread(login_level, self.door.appliance.director,
+                                        username, password)
+        if level is not None:
+            self.privileged = level == 15
             return True
         note_failure("ssh", self.peer, self.peer, tries)
         await asyncio.sleep(FAIL_DELAY)
@@ -214,6 +226,7 @@ class _Session(PromptToolkitSSHSession):
         self.stdin: list[str] = []
         self.stdin_size = 0
         self.stdin_done = asyncio.Event()
+        self.typed_ahead = bytearray()
         self.task: asyncio.Task[None] | None = None
 
     def exec_requested(self, command: str) -> bool:
@@ -230,8 +243,12 @@ class _Session(PromptToolkitSSHSession):
             self.task = asyncio.get_running_loop().create_task(self._script())
 
     async def _interactive(self, _ssh_session: Any) -> None:
+        # The pipe exists from here on: what the client sent before it goes in first.
+        if self._input is not None and self.typed_ahead:
+            feed_keys(self._input, bytes(self.typed_ahead))
+        self.typed_ahead.clear()
         ended = await serve_terminal(self.appliance, "ssh", self.peer, self.connection.peer,
-                                     self.activity)
+                                     self.activity, privileged=self.connection.privileged)
         # A shell left with `exit` is a clean end: say so, or OpenSSH reports 255.
         if self._chan is not None:
             with contextlib.suppress(OSError):
@@ -242,8 +259,14 @@ class _Session(PromptToolkitSSHSession):
     def data_received(self, data: str, datatype: object) -> None:
         self.activity.touch()
         if not self.scripted:
+            # A script piped into `ssh -tt` arrives with the shell request, before the
+            # prompt's input pipe exists: held, not dropped, so it runs in order (IOS
+            # type-ahead).
             if self._input is not None:
                 feed_keys(self._input, data.encode("utf-8"))
+            elif len(self.typed_ahead) < MAX_TYPE_AHEAD:
+                room = MAX_TYPE_AHEAD - len(self.typed_ahead)
+                self.typed_ahead += data.encode("utf-8")[:room]
         elif self.command is None and not self.stdin_done.is_set():
             self.stdin_size += len(data)
             self.stdin.append(data)
@@ -270,6 +293,8 @@ class _Session(PromptToolkitSSHSession):
             "ssh", self.peer, interactive=False,
             write=(lambda text: chan.write(text.replace("\n", "\r\n"))) if pty else chan.write)
         session.source = self.connection.peer
+        if self.connection.privileged:
+            session.mode = Mode.PRIV
         self.activity.session = session
         status = 1
         try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 from prompt_toolkit.input import PipeInput
 from prompt_toolkit.input.posix_pipe import PosixPipeInput
 
+from ..shell.registry import Mode
 from ..shell.repl import Front, open_front, run_shell_async
 from ..shell.session import Session
 from .login import LOGIN_TIMEOUT, password_login
@@ -100,15 +101,20 @@ async def supervise(appliance: "Appliance", session: Session, work: asyncio.Futu
 
 
 async def serve_terminal(appliance: "Appliance", kind: str, peer: str, source: str,
-                         activity: Activity, front: Front | None = None) -> bool:
+                         activity: Activity, front: Front | None = None,
+                         privileged: bool = False) -> bool:
     """A full shell until `exit`, hang-up, `kill` or the idle timeout; True for the last
     two, when the transport must drop the whole connection, not just this shell.
-    Without a `front` (no login asked first), the terminal is probed for one here."""
+    Without a `front` (no login asked first), the terminal is probed for one here.
+    `privileged`: the login was a privilege-15 user's, so the shell starts at `#`."""
     if front is None:
         with await open_front() as front:
-            return await serve_terminal(appliance, kind, peer, source, activity, front)
+            return await serve_terminal(appliance, kind, peer, source, activity, front,
+                                        privileged)
     session = appliance.open_session(kind, peer)
     session.source = source
+    if privileged:
+        session.mode = Mode.PRIV
     activity.session = session
     shell = asyncio.ensure_future(run_shell_async(session, front))
     try:

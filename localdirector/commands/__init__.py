@@ -14,6 +14,7 @@ from . import scaleout  # noqa: F401  (dispatched, table-size: after the binds)
 from . import probe  # noqa: F401  (after the servers: attachments name them)
 from . import exec  # noqa: F401
 from . import show  # noqa: F401
+from . import interfaces  # noqa: F401  (the host's own: `show ip interface brief`)
 from . import access  # noqa: F401
 from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)

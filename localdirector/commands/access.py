@@ -56,6 +56,32 @@ def login_password(session: Session, password: str = "", encrypted: bool = False
     _set_secret(session, Director.set_login_secret, password, encrypted, no)
 
 
+def _saved_users(director: Director) -> list[Sequence[object]]:
+    return [(name, "privilege", user.level, "password", user.secret, "encrypted")
+            for name, user in director.settings.users.items()]
+
+
+@command(CONFIG, Keyword("username", "An SSH login with its own password and privilege"),
+         args.name("name", "User name (the SSH login name)"),
+         Keyword("privilege", "Where its sessions start"),
+         args.number("level", 1, 15, "1 user mode, 15 privileged mode"),
+         Keyword("password", "Its own password (not the enable password)"),
+         args.word("password", "The password"), _ENCRYPTED, no=2, saver=_saved_users,
+         locked=False)
+def username(session: Session, name: str, level: int = 1, password: str = "",
+             encrypted: bool = False, no: bool = False) -> None:
+    """IOS's `username NAME privilege 15`: a script may run privileged commands over
+    SSH exec (`ssh NAME@box "show running-config"`) with this user's own password;
+    logins under any other name are unchanged, and a key login is never privileged."""
+    if no:
+        with session.director.lock:
+            session.director.remove_user(name)
+        return
+    stored = password if encrypted else hash_password(password)
+    with session.director.lock:
+        session.director.set_user(name, level, stored)
+
+
 # -- remote access lists ------------------------------------------------------------------
 
 def _access(kind: str, help: str) -> None:

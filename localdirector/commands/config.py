@@ -26,8 +26,9 @@ def _state_choice() -> Any:
                       Keyword("os", "Out of service", "state", State.OUT_OF_SERVICE)))
 
 
-def _state_word(state: State) -> str:
-    return "is" if state is State.IN_SERVICE else "os"
+def _saved_state(sid: ServerId, state: State) -> tuple[ServerId] | tuple[ServerId, str]:
+    """`real ID` for in service, the default of a new server; `real ID os` otherwise."""
+    return (sid,) if state is State.IN_SERVICE else (sid, "os")
 
 
 # -- leaving configuration mode ---------------------------------------------------------
@@ -67,7 +68,7 @@ def name(session: Session, addr: int, name: str = "", no: bool = False) -> None:
 
 @command(CONFIG, Keyword("real", "Create or modify a real server"), args.real_id("id"),
          _state_choice(), no=2,
-         saver=lambda d: [(r.sid, _state_word(r.admin_state)) for r in d.iter_reals()])
+         saver=lambda d: [_saved_state(r.sid, r.admin_state) for r in d.iter_reals()])
 def real(session: Session, id: ServerId, state: State | None = None,
          no: bool = False) -> None:
     director = session.director
@@ -79,7 +80,7 @@ def real(session: Session, id: ServerId, state: State | None = None,
 
 @command(CONFIG, Keyword("virtual", "Create or modify a virtual server instance"),
          args.virtual_id("id"), _state_choice(), no=2,
-         saver=lambda d: [(v.sid, _state_word(v.state)) for v in d.iter_virtuals()])
+         saver=lambda d: [_saved_state(v.sid, v.state) for v in d.iter_virtuals()])
 def virtual(session: Session, id: ServerId, state: State | None = None,
              no: bool = False) -> None:
     director = session.director
@@ -147,7 +148,8 @@ def bind(session: Session, virtual: ServerId, reals: list[ServerId],
 @command(CONFIG, Keyword("assign", "Send clients to a Bind ID instance of a virtual"),
          args.virtual_id("virtual", "Virtual instance with a non-zero Bind ID"),
          args.ip("client", "Client address"), opt(args.mask()), no=3,
-         saver=lambda d: [(o.virtual.sid, format_ip(o.client_ip), format_mask(o.prefixlen))
+         saver=lambda d: [(o.virtual.sid, format_ip(o.client_ip),
+                           *([format_mask(o.prefixlen)] if o.prefixlen != 32 else []))
                           for o in d.bindids])
 def assign(session: Session, virtual: ServerId, client: int, mask: int = 32,
            no: bool = False) -> None:

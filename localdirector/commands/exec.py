@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
@@ -87,17 +88,28 @@ def configure(session: Session) -> None:
         session.print("Enter configuration commands, one per line.  End with CNTL/Z.")
 
 
-@command(EXEC, Keyword("terminal", "Settings of this terminal"),
-         Keyword("length", "Lines per page [24; 0 = no paging]"),
+_TERMINAL = Keyword("terminal", "Settings of this terminal")
+
+
+@command(EXEC, _TERMINAL, Keyword("length", "Lines per page [24; 0 = no paging]"),
          args.number("length", 0, 512, "Lines per page, 0 = no paging"))
 def terminal_length(session: Session, length: int) -> None:
     session.terminal_length = length
 
 
+@command(EXEC, _TERMINAL, Keyword("width", "Characters per line (output is never wrapped)"),
+         args.number("width", 0, 512, "Characters per line"))
+def terminal_width(_session: Session, width: int) -> None:
+    """Accepted because automation sets it first (Ansible `terminal width 512`, Netmiko
+    511) and stops at an error; the appliance's lines are never wrapped, so any width
+    leaves the output as it is."""
+
+
 _WRITE = Keyword("write", "Save or show the running configuration")
+_STARTUP = "Save the running configuration as the startup-config"
 
 
-@command(PRIV, _WRITE, Keyword("memory", "Save it as the startup-config"), locked=False)
+@command(PRIV, _WRITE, Keyword("memory", _STARTUP), locked=False)
 def write_memory(session: Session) -> None:
     session.print("Building configuration...")
     error = session.appliance.write_memory()
@@ -106,20 +118,49 @@ def write_memory(session: Session) -> None:
     session.print("[OK]")
 
 
+command(PRIV, _WRITE, locked=False)(write_memory)    # `write` alone, as on IOS
+
+
+@command(PRIV, Keyword("copy", "Copy a configuration"),
+         Keyword("running-config", "From the configuration in effect"),
+         Keyword("startup-config", _STARTUP), locked=False)
+def copy_running_startup(session: Session) -> None:
+    """IOS's form of `write memory`, with its `Destination filename` question on a
+    terminal (Ansible's `save_when` answers it with Enter); the startup-config is the
+    only destination, so any other name is refused and nothing is written."""
+    if not session.interactive:
+        write_memory(session)
+        return
+
+    def destination(text: str) -> bool:
+        if text.strip() not in ("", "startup-config"):
+            raise CommandFailed(f"cannot copy to '{text.strip()}': the only destination "
+                                "is startup-config")
+        write_memory(session)
+        return True
+
+    session.ask("Destination filename [startup-config]? ", destination)
+
+
 @command(PRIV, _WRITE, Keyword("terminal", "Show it on this terminal"), output=True)
 def write_terminal(session: Session) -> None:
     session.print_lines(running_config.render(session.director, session.registry))
 
 
-@command(PRIV, _WRITE, Keyword("erase", "Erase the startup-config"))
+@command(PRIV, _WRITE, Keyword("erase", "Erase the startup-config"), locked=False)
 def write_erase(session: Session) -> None:
-    try:
-        config_file.erase(session.appliance.config_path)
-    except OSError as err:
-        raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
-                            f"{err.strerror or err}; the startup-config is unchanged") from None
-    session.appliance.saved(running_config.render(Director(), session.registry))
-    session.print("[OK]")
+    def erase() -> None:
+        try:
+            config_file.erase(session.appliance.config_path)
+        except OSError as err:
+            raise CommandFailed(f"cannot erase {session.appliance.config_path}: "
+                                f"{err.strerror or err}; the startup-config is unchanged"
+                                ) from None
+        session.appliance.saved(running_config.render(Director(), session.registry))
+        session.print("[OK]")
+
+    confirm(session, "Erasing the startup-config removes the saved configuration! "
+                     "Continue?", erase, "Erase aborted")
 
 
 @command(PRIV, Keyword("reload", "Rebuild the running config from the startup-config"),
@@ -133,7 +174,7 @@ def reload(session: Session) -> None:
         _reload(session)
         return
     if not session.appliance.unsaved():
-        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        confirm(session, "Proceed with reload?", lambda: _reload(session), "Reload aborted")
         return
 
     def save_first(text: str) -> bool:
@@ -142,19 +183,29 @@ def reload(session: Session) -> None:
             raise CommandFailed("Please answer 'yes' or 'no'. Reload aborted")
         if word.startswith("y"):
             write_memory(session)
-        session.ask("Proceed with reload? [confirm]", lambda text: _confirmed(session, text))
+        confirm(session, "Proceed with reload?", lambda: _reload(session), "Reload aborted")
         return True
 
     session.ask("System configuration has been modified. Save? [yes/no]: ", save_first)
 
 
-def _confirmed(session: Session, text: str) -> bool:
-    """[confirm]: Return or y proceeds, anything else aborts (as on IOS)."""
-    if text.strip().lower() not in ("", "y", "ye", "yes"):
-        session.print("Reload aborted")
-        return False
-    _reload(session)
-    return True
+def confirm(session: Session, prompt: str, action: Callable[[], None], aborted: str) -> None:
+    """IOS's `[confirm]` before what cannot be undone, on a terminal: Return or y runs
+    `action`, anything else prints `aborted`. A script runs it at once: nobody is there
+    to answer, and running the command is the request. The answer comes after the
+    handler returned, so `action` takes the model lock itself where it needs it."""
+    if not session.interactive:
+        action()
+        return
+
+    def answer(text: str) -> bool:
+        if text.strip().lower() not in ("", "y", "ye", "yes"):
+            session.print(aborted)
+            return False
+        action()
+        return True
+
+    session.ask(f"{prompt} [confirm]", answer)
 
 
 def _reload(session: Session) -> None:

@@ -1,4 +1,4 @@
-"""Output modifiers `| include|exclude|begin|count|json`, declared like any other command
+"""Output modifiers `| include|exclude|begin|section|count|json`, declared like any other command
 in the FILTER mode; the walker reaches them through the `|` that output commands accept.
 Each gets the session and the lines the command printed. Patterns are RE2 (shell/args.py
 `regex`): linear time, so no typed pattern stalls the appliance."""
@@ -30,6 +30,25 @@ def begin(_session: Session, lines: list[str], pattern: Pattern) -> list[str]:
         if pattern.search(line):
             return lines[index:]
     return []
+
+
+@command(Mode.FILTER, Keyword("section", "Lines that match, each with the indented "
+                                          "lines under it"), regex())
+def section(_session: Session, lines: list[str], pattern: Pattern) -> list[str]:
+    """IOS's `| section`: a matching line that starts a block (not indented) brings the
+    indented lines after it, as `show running-config | section router bgp` wants."""
+    kept: list[str] = []
+    inside = False
+    for line in lines:
+        indented = line[:1].isspace()
+        if indented and inside:
+            kept.append(line)
+        elif pattern.search(line):
+            kept.append(line)
+            inside = not indented
+        else:
+            inside = False
+    return kept
 
 
 @command(Mode.FILTER, Keyword("count", "Count lines (that match)"), opt(regex()))

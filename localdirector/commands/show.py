@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import localdirector
@@ -207,8 +210,39 @@ def show_sticky(session: Session) -> None:
                         fields=("virtual", "sticky_minutes", "clients"))
 
 
+# Where the host's identity is read for `show version`'s "Processor board ID" line.
+MACHINE_ID = Path("/etc/machine-id")
+
+
+def ios_uptime(seconds: float) -> str:
+    """IOS's `1 week, 2 days, 3 hours, 4 minutes`, which NAPALM and Ansible parse."""
+    minutes = int(seconds) // 60
+    parts = []
+    for unit, size in (("year", 525600), ("week", 10080), ("day", 1440), ("hour", 60)):
+        count, minutes = divmod(minutes, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    parts.append(f"{minutes} minute{'s' if minutes != 1 else ''}")
+    return ", ".join(parts)
+
+
+def _board_id() -> str:
+    """The host's machine id: a stable identity for inventory, as a router's serial."""
+    try:
+        return MACHINE_ID.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _memory_kib() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 @_show("version", "Version, uptime, configuration")
 def show_version(session: Session) -> None:
+    """Our own first line, then the lines automation reads from IOS's `show version`
+    (`... Software ..., Version X`, `HOST uptime is`, `System image file is`, `Processor
+    board ID`, memory), in their shape but about this program: it never says Cisco."""
     appliance, d = session.appliance, session.director
     path = appliance.config_path
     dataplane = (f"running (NFQUEUE {appliance.queue_num})" if appliance.dataplane
@@ -222,8 +256,15 @@ def show_version(session: Session) -> None:
                    virtuals=len(d.virtuals), reals=len(d.reals), links=links,
                    assign_entries=len(d.bindids), connections=len(d.conns),
                    sessions=sum(1 for _ in appliance.sessions))
+    machine = platform.uname()
     session.print_lines([
         f"localdirector {localdirector.__version__}: software LocalDirector (US 6,324,177)",
+        f"LocalDirector Software (localdirector), Version {localdirector.__version__}, "
+        "not Cisco software",
+        f"{d.settings.hostname} uptime is {ios_uptime(uptime)}",
+        f'System image file is "{Path(localdirector.__file__).parent}"',
+        f"{machine.system} {machine.machine} host with {_memory_kib()}K bytes of memory.",
+        f"Processor board ID {_board_id()}",
         f"Hostname:        {d.settings.hostname}",
         f"Uptime:          {duration(uptime)}",
         f"Startup config:  {path}{'' if path.exists() else ' (not present)'}",
@@ -246,6 +287,18 @@ def show_config(session: Session) -> None:
         session.print(f"% no startup-config at {session.appliance.config_path}")
     else:
         session.print_lines(lines)
+
+
+_show("startup-config", "The startup-config file (IOS's name for show config)",
+      Mode.PRIV)(show_config)
+
+
+@_show("privilege", "This session's privilege level (IOS: 15 privileged, 1 not)")
+def show_privilege(session: Session) -> None:
+    """What Ansible's `become: enable` asks before and after `enable`."""
+    level = 1 if session.mode is Mode.USER else 15
+    session.record(privilege=level)
+    session.print(f"Current privilege level is {level}")
 
 
 @_show("history", "Commands typed in this session")

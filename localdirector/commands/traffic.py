@@ -21,6 +21,7 @@ from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.render import duration, elapsed, table
 from localdirector.shell.session import CommandFailed, Session
 
+from .exec import confirm
 from .handle import DataPlaneHandle
 from .probe import pending_fallbacks, probe_summary
 
@@ -241,28 +242,41 @@ def show_conns(session: Session, id: ServerId | None = None, detail: bool = Fals
         session.print(KERNEL_NOTE)
 
 
-@command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"))
+@command(Mode.PRIV, CLEAR, Keyword("conns", "Forget every connection (clients must reconnect)"),
+         locked=False)
 def clear_conns(session: Session) -> None:
     service = _dataplane(session)
     if service is None:
         raise CommandFailed("data plane not running")
-    session.print(f"{service.clear_conns()} connections cleared")
+
+    def clear() -> None:
+        with session.director.lock:
+            session.print(f"{service.clear_conns()} connections cleared")
+
+    confirm(session, "Clear every connection (their clients must reconnect)?", clear,
+            "Clear aborted")
 
 
-@command(Mode.PRIV, CLEAR, Keyword("counters", "Reset packet, byte and connection totals"))
+@command(Mode.PRIV, CLEAR, Keyword("counters", "Reset packet, byte and connection totals"),
+         locked=False)
 def clear_counters(session: Session) -> None:
     """Totals restart; live gauges (current connections) and health state stay."""
-    director = session.director
-    for v in director.iter_virtuals():
-        v.reset_counters()
-    for r in director.iter_reals():
-        r.reset_counters()
-    for obj in director.bindids:
-        obj.hits = 0
-    service = _dataplane(session)
-    if service is not None:
-        service.clear_counters()
-    session.print("Counters cleared")
+    def clear() -> None:
+        director = session.director
+        with director.lock:
+            for v in director.iter_virtuals():
+                v.reset_counters()
+            for r in director.iter_reals():
+                r.reset_counters()
+            for obj in director.bindids:
+                obj.hits = 0
+            service = _dataplane(session)
+            if service is not None:
+                service.clear_counters()
+        session.print("Counters cleared")
+
+    confirm(session, "Clear the counters of every virtual and real?", clear,
+            "Clear aborted")
 
 
 def _saved_conn_limit(director: Director) -> list[tuple[int]]:

@@ -60,6 +60,16 @@ class ServerId:
         addr = names.get(self.addr) if names else None
         return f"{addr or format_ip(self.addr)}:{self.port}:{self.bind}:{self.proto}"
 
+    def short(self) -> str:
+        """The running-config's canonical form: the defaults at the end (bind id 0, then
+        port 0; tcp always) left off, as IOS omits defaults, so a line typed in this form
+        is shown back exactly as typed and automation that compares lines (Ansible's
+        `ios_config`) sees no change the second time."""
+        fields = [format_ip(self.addr), str(self.port), str(self.bind)]
+        while len(fields) > 1 and fields[-1] == "0":
+            fields.pop()
+        return ":".join(fields)
+
     def __str__(self) -> str:
         return self.format()
 

@@ -24,6 +24,9 @@ ACCESS_KINDS = ("telnet", "ssh", "metrics")
 LOG_LEVELS = ("emergencies", "alerts", "critical", "errors", "warnings", "notifications",
               "informational", "debugging")
 DEFAULT_LOG_TRAP = LOG_LEVELS.index("informational")
+# `username NAME privilege LEVEL`: IOS's levels that mean something here, user mode (1)
+# and privileged mode (15), where the session starts.
+USER_LEVELS = (1, 15)
 # `logging host ADDR transport T` without `port N`: the IANA ports of syslog over each.
 LOG_TRANSPORTS = {"udp": 514, "tcp": 601}
 
@@ -50,11 +53,22 @@ class LogHost:
     port: int = LOG_TRANSPORTS["udp"]
 
 
+@dataclass(frozen=True)
+class User:
+    """One `username NAME privilege LEVEL password HASH encrypted` line: an SSH login
+    with its own password that starts at LEVEL (15: privileged, for `ssh box "show
+    running-config"`)."""
+
+    level: int
+    secret: str       # hashed; never empty
+
+
 @dataclass
 class Settings:
     hostname: str = DEFAULT_HOSTNAME
     enable_secret: str = ""      # hashed; empty = no enable password
     login_secret: str = ""       # hashed `password`; empty = remote login refused
+    users: dict[str, User] = field(default_factory=dict)   # `username`, by name
     telnet_access: list[AccessEntry] = field(default_factory=list)
     ssh_access: list[AccessEntry] = field(default_factory=list)
     metrics_access: list[AccessEntry] = field(default_factory=list)
@@ -98,6 +112,21 @@ class ApplianceSettings:
     def set_login_secret(self, stored: str) -> None:
         """`password` (remote logins): a hash from passwords.hash_password; "" = none."""
         self.settings.login_secret = _checked_secret(stored)
+        self.changed()
+
+    def set_user(self, name: str, level: int, stored: str) -> None:
+        """`username NAME privilege LEVEL password ...`: created or replaced."""
+        if level not in USER_LEVELS:
+            raise ModelError(f"privilege {level} means nothing here: 1 (user mode) or 15 "
+                             "(privileged mode)")
+        if not stored:
+            raise ModelError("a user needs a password")
+        self.settings.users[name] = User(level, _checked_secret(stored))
+        self.changed()
+
+    def remove_user(self, name: str) -> None:
+        if self.settings.users.pop(name, None) is None:
+            raise ModelError(f"no user {name}")
         self.changed()
 
     def add_access(self, kind: str, addr: int, prefixlen: int) -> None:

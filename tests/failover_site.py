@@ -11,6 +11,7 @@ import re
 import secrets
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,9 +132,10 @@ class Site:
         return found
 
     def holders(self) -> list[str]:
-        """The units that hold the gateway address now."""
+        """The units that hold the gateway address on a live link now (a dead box's
+        SIGKILLed keepalived leaves it on its downed interface)."""
         return [unit for unit, ns in self.ns.items() if f"{GATEWAY}/24" in subprocess.run(
-            ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "cli0"],
+            ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "cli0", "up"],
             capture_output=True, text=True, check=False).stdout]
 
     def processes(self, unit: str) -> list[str]:
@@ -146,6 +148,12 @@ class Site:
             except OSError:
                 pass
         return names
+
+    def helpers(self, unit: str) -> Counter[str]:
+        """How many keepalived and conntrackd processes run in the unit's namespace
+        (the appliance's own short-lived `ip` and `iptables` are left out)."""
+        return Counter(name for name in self.processes(unit)
+                       if name in ("keepalived", "conntrackd"))
 
     def run_directories(self, unit: str) -> list[Path]:
         inode = subprocess.run(["ip", "netns", "exec", self.ns[unit], "stat", "-L", "-c",

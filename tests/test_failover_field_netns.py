@@ -49,8 +49,8 @@ def test_a_dead_box_is_replaced_over_a_cable_and_through_a_switch(tmp_path: Path
 
 def test_a_killed_appliance_takes_its_helpers_and_a_restart_finds_none(site: Site) -> None:
     active, standby = site.up()
-    helpers = sorted(site.processes(active))
-    assert "keepalived" in helpers and "conntrackd" in helpers, helpers
+    helpers = site.helpers(active)
+    assert helpers["keepalived"] and helpers["conntrackd"] == 1, helpers
     site.consoles.pop(active).kill()             # the appliance process alone
     until(lambda: site.holders() == [standby], "the standby to take the gateway", TAKEOVER)
     until(lambda: site.processes(active) == [], "the killed run's helpers to go", 5.0)
@@ -58,7 +58,7 @@ def test_a_killed_appliance_takes_its_helpers_and_a_restart_finds_none(site: Sit
     assert len(site.run_directories(active)) == 1    # left by SIGKILL, cleaned at start
     site.boot(active)
     until(lambda: site.roles()[active] == "Standby", "the restarted unit to stand by")
-    assert sorted(site.processes(active)) == sorted([*helpers]), "one run of each helper"
+    assert site.helpers(active) == helpers, "one run of each helper"
     assert site.holders() == [standby]
     [directory] = site.run_directories(active)
     owner = int((directory / "owner").read_text().split()[0])

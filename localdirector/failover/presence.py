@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
 import struct
 import threading
@@ -26,8 +27,8 @@ from pathlib import Path
 log = logging.getLogger("localdirector.failover")
 
 WATCH = 0.05          # seconds between carrier checks: well inside one master-down
-ASK_TIMEOUT = 0.25    # seconds an ARP question waits for its answer
-ASKS = 2              # questions per address before "nobody answers"
+ASK_TIMEOUT = 0.2     # seconds an ARP question waits (a LAN answers in < 1 ms)
+ASKS = 2              # rounds of questions before "nobody answers"
 RECHECK = 1.0         # seconds between rounds while the peer still answers
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
@@ -46,27 +47,42 @@ def _mac(ifname: str) -> bytes:
                          .strip().replace(":", ""))
 
 
-def answers(ifname: str, own: str, target: str, timeout: float = ASK_TIMEOUT) -> bool:
-    """Does anyone on `ifname` answer an ARP request for `target`, asked from `own`?"""
+def _request(ifname: str, own: str, want: bytes) -> bytes:
     mac = _mac(ifname)
-    want = ipaddress.IPv4Address(target).packed
-    request = (BROADCAST + mac + struct.pack("!H", ETH_P_ARP)
-               + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac
-               + ipaddress.IPv4Address(own).packed + bytes(6) + want)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
-        sock.bind((ifname, ETH_P_ARP))
-        sock.send(request)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
+    return (BROADCAST + mac + struct.pack("!H", ETH_P_ARP)
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac
+            + ipaddress.IPv4Address(own).packed + bytes(6) + want)
+
+
+def who_answers(questions: list[tuple[str, str, str]], timeout: float = ASK_TIMEOUT) -> str:
+    """Ask every segment at once, by ARP from this unit's own address there (`asks`),
+    whether anyone answers for its failover virtual; 'ADDRESS on IFACE' of the first
+    answer within `timeout`, or "". A segment whose link is down is not asked."""
+    sockets: dict[socket.socket, tuple[str, bytes]] = {}
+    try:
+        for ifname, own, target in questions:
+            want = ipaddress.IPv4Address(target).packed
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
             try:
+                sock.bind((ifname, ETH_P_ARP))
+                sock.send(_request(ifname, own, want))
+            except OSError:       # that segment's link is down too: nobody to ask
+                sock.close()
+                continue
+            sockets[sock] = (f"{target} on {ifname}", want)
+        deadline = time.monotonic() + timeout
+        while sockets and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(sockets), [], [], left)
+            for sock in ready:
                 frame = sock.recv(128)
-            except TimeoutError:
-                return False
-            # An ARP reply (op 2) whose sender address is the target.
-            if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == want:
-                return True
-    return False
+                found, want = sockets[sock]
+                # An ARP reply (op 2) whose sender address is the virtual.
+                if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == want:
+                    return found
+        return ""
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def asks(instances: list[tuple[str, list[str]]],
@@ -138,14 +154,12 @@ class LinkWatch:
                 pass
 
     def _who_answers(self) -> str:
-        """'ADDRESS on IFACE' of the first failover virtual someone answers for."""
-        for ifname, own, target in self.asks():
-            for _ in range(ASKS):
-                try:
-                    if answers(ifname, own, target):
-                        return f"{target} on {ifname}"
-                except OSError:   # that segment's link is down too: nobody to ask
-                    break
+        """'ADDRESS on IFACE' of a failover virtual someone answers for, asked ASKS
+        times of every segment at once."""
+        questions = self.asks()
+        for _ in range(ASKS):
+            if found := who_answers(questions):
+                return found
         return ""
 
     def _set_hold(self, on: bool, note: str) -> None:

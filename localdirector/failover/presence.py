@@ -27,7 +27,7 @@ from pathlib import Path
 log = logging.getLogger("localdirector.failover")
 
 WATCH = 0.05          # seconds between carrier checks: well inside one master-down
-ASK_TIMEOUT = 0.2     # seconds an ARP question waits (a LAN answers in < 1 ms)
+ASK_TIMEOUT = 0.1     # seconds an ARP question waits (a LAN answers in < 1 ms)
 ASKS = 2              # rounds of questions before "nobody answers"
 RECHECK = 1.0         # seconds between rounds while the peer still answers
 ETH_P_ARP = 0x0806

@@ -64,10 +64,14 @@ from .figures import report
 
 SIZE = 10 * 1024 * 1024
 RATE = 2_500_000
-PATHS = {"userspace": "192.0.2.10", "fastpath": "192.0.2.20"}
+PATHS = {"userspace": "192.0.2.10", "fastpath": "192.0.2.20", "kernel": "192.0.2.30"}
 SHORT_SOURCES = ("198.51.100.2", "198.18.0.2", "198.19.0.2")   # FIG. 1's Bind IDs 1, 2, 0
 FAST_LINES = ["real 203.0.113.12:8001:0:tcp is", "virtual 192.0.2.20:80:0:tcp is",
-              "bind 192.0.2.20:80 203.0.113.12:8001", "fastpath 192.0.2.20:80"]
+              "bind 192.0.2.20:80 203.0.113.12:8001", "fastpath 192.0.2.20:80",
+              # The fast path decided in the kernel (nftables picks the real).
+              "real 203.0.113.13:8001", "virtual 192.0.2.30:80",
+              "predictor 192.0.2.30:80 roundrobin", "bind 192.0.2.30:80 203.0.113.13:8001",
+              "fastpath 192.0.2.30:80 kernel"]
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 

@@ -1,7 +1,8 @@
 """Traffic across a takeover of the failover pair (docs/design.rst, "Failover"): the
 failover lab (lab/pair.py) with both units running their data planes, real keepalived
-and conntrackd, real TCP. Paced 10 MB downloads through a userspace virtual and a fast
-path one survive the SIGKILL of the active and the loss of its links, byte-exact; with
+and conntrackd, real TCP. Paced 10 MB downloads through a userspace virtual, a fast
+path one and one decided in the kernel survive the crash of the active box (its links,
+then its processes) and the kill of its appliance process alone, byte-exact; with
 `no replicate` the userspace one breaks (the test discriminates); a graceful `failover
 active` loses nothing; a split brain ends with the primary active and the returning
 unit standing by."""
@@ -36,8 +37,13 @@ RATE = 2_500_000          # bytes a second: a 10 MB download runs about 4 s
 WAIT = 30.0               # generous: a loaded 2-core machine (wait_for's own: 20 s)
 USERSPACE = "192.0.2.10"  # FIG. 1
 FAST = "192.0.2.20"       # a fast-path virtual beside it
+KERNEL = "192.0.2.30"      # the fast path decided in the kernel
 FAST_LINES = ["real 203.0.113.12:8001:0:tcp is", f"virtual {FAST}:80:0:tcp is",
-              f"bind {FAST}:80 203.0.113.12:8001", f"fastpath {FAST}:80"]
+              f"bind {FAST}:80 203.0.113.12:8001", f"fastpath {FAST}:80",
+              "real 203.0.113.13:8001", f"virtual {KERNEL}:80",
+              f"predictor {KERNEL}:80 roundrobin", f"bind {KERNEL}:80 203.0.113.13:8001",
+              f"fastpath {KERNEL}:80 kernel"]
+PATHS = ("userspace", "fast path", "kernel")
 
 
 class Running:
@@ -119,10 +125,10 @@ def pair(tmp_path: Path) -> Iterator[Running]:
 
 
 def _start_both(pair: Running, active: str) -> tuple[subprocess.Popen[str], ...]:
-    """Both downloads running, the userspace one replicated to the standby."""
+    """A download on each path running, the userspace one replicated to the standby."""
     standby = UNITS[1 - UNITS.index(active)]
     before = pair.received(standby)
-    downloads = pair.download(USERSPACE), pair.download(FAST)
+    downloads = pair.download(USERSPACE), pair.download(FAST), pair.download(KERNEL)
     wait_for(lambda: pair.received(standby) > before, "the connection to be replicated")
     assert all(d.poll() is None for d in downloads), "finished before the takeover"
     return downloads
@@ -134,7 +140,7 @@ def test_kill_of_the_active_keeps_both_transfers(pair: Running) -> None:
     pair.crash(active)
     wait_for(lambda: pair.roles()[standby] == "Active", "the standby to take over")
     wait_for(pair.new_connection_works, "a new connection through the new active")
-    for name, result in zip(("userspace", "fast path"), map(outcome, downloads)):
+    for name, result in zip(PATHS, map(outcome, downloads)):
         assert byte_exact(result), (name, result)
     # The old active comes back as standby and gets every connection again.
     pair.lab.plug(active)
@@ -152,7 +158,7 @@ def test_kill_of_the_active_appliance_alone_keeps_both_transfers(pair: Running) 
     pair.consoles.pop(active).kill()
     wait_for(lambda: pair.lab.holders() == [standby], "the standby to take the gateways")
     wait_for(pair.new_connection_works, "a new connection through the new active")
-    for name, result in zip(("userspace", "fast path"), map(outcome, downloads)):
+    for name, result in zip(PATHS, map(outcome, downloads)):
         assert byte_exact(result), (name, result)
     pair.boot(active)
     wait_for(lambda: pair.roles()[active] == "Standby", "the restarted unit to stand by")
@@ -180,7 +186,7 @@ def test_graceful_takeover_loses_nothing(pair: Running) -> None:
     downloads = _start_both(pair, active)
     assert "now active" in pair.consoles[standby].run("failover active")
     wait_for(lambda: pair.roles()[active] == "Standby", "the old active to stand by")
-    for name, result in zip(("userspace", "fast path"), map(outcome, downloads)):
+    for name, result in zip(PATHS, map(outcome, downloads)):
         assert byte_exact(result), (name, result)
 
 

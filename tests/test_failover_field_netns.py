@@ -54,6 +54,11 @@ def test_a_killed_appliance_takes_its_helpers_and_a_restart_finds_none(site: Sit
     site.consoles.pop(active).kill()             # the appliance process alone
     until(lambda: site.holders() == [standby], "the standby to take the gateway", TAKEOVER)
     until(lambda: site.processes(active) == [], "the killed run's helpers to go", 5.0)
+    # Its box forwards nothing more: the sentinel raised the drop guard as it went.
+    raw = subprocess.run(["ip", "netns", "exec", site.ns[active], "iptables", "-w", "-t",
+                          "raw", "-S", "PREROUTING"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "-j LDFAILOVER" in raw.split("\n")[1], raw
     assert site.roles() == {standby: "Active"}
     assert len(site.run_directories(active)) == 1    # left by SIGKILL, cleaned at start
     site.boot(active)

@@ -28,7 +28,7 @@ from localdirector.services import ServiceError
 from . import configs
 from .configcopy import ConfigCopy
 from .daemon import Supervised
-from .guard import Guard
+from .guard import Guard, sentinel_argv
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
 from . import presence
@@ -111,6 +111,8 @@ class FailoverService:
             self._hold_takeover)
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
+        self.sentinel = Supervised("guard sentinel", sentinel_argv(unit.directory),
+                                   unit.directory / "sentinel.out")
         self.stream = Stream(unit, self._receive, self._peer_connected,
                              lambda: self.appliance.director.settings.failover.hold_ms / 1000)
         self.copy = ConfigCopy(appliance, self._send)
@@ -136,11 +138,13 @@ class FailoverService:
         for thread in self._threads:
             thread.start()
         self.link_watch.start()
+        self.sentinel.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._changed.set()
         self.link_watch.stop()
+        self.sentinel.stop()      # it raises the guard as it goes; remove() lowers it
         self.appliance.failover = None
         if self.replicator is not None:
             self.replicator.stop()

@@ -16,12 +16,15 @@ Helpers are started with `die_with_parent`: a SIGKILLed appliance takes them wit
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import signal
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger("localdirector")
 
 RUN = Path("/run")
 PR_SET_PDEATHSIG = 1
@@ -96,10 +99,10 @@ def end_leftovers(directory: Path) -> list[int]:
     return pids
 
 
-def claim(kind: str) -> tuple[Path, list[int]]:
-    """This namespace's directory for `kind`, made anew and owned by this process;
-    returns it and the pids of the dead run's helpers it ended. Raises Claimed when a
-    live appliance owns it."""
+def claim(kind: str) -> Path:
+    """This namespace's directory for `kind`, made anew and owned by this process; the
+    helpers of a dead run it ended are logged. Raises Claimed when a live appliance
+    owns it."""
     ended: list[int] = []
     mine = RUN / f"localdirector-{kind}-{_netns_inode()}"
     for directory in RUN.glob(f"localdirector-{kind}-*"):
@@ -116,7 +119,10 @@ def claim(kind: str) -> tuple[Path, list[int]]:
     made = Path(tempfile.mkdtemp(prefix=f".localdirector-{kind}-", dir=RUN))
     (made / "owner").write_text(f"{identity(os.getpid())}\n")
     made.rename(mine)
-    return mine, ended
+    if ended:
+        log.warning("%s: ended %d helper processes a killed run left (pids %s)", kind,
+                    len(ended), " ".join(map(str, ended)))
+    return mine
 
 
 def release(directory: Path) -> None:

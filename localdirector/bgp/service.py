@@ -154,10 +154,7 @@ class BgpService:
             return
         local = {n.addr: _local_address(n.addr) for n in config.neighbors}
         if self._directory is None:
-            self._directory, ended = runtime.claim("bgp")
-            if ended:
-                log.warning("bgp: ended %d processes a killed run left (pids %s)",
-                            len(ended), " ".join(map(str, ended)))
+            self._directory = runtime.claim("bgp")
         directory = self._directory
         text = config_text(config, local, directory / "relay.sh", directory / "commands",
                            directory / "events")

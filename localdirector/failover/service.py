@@ -71,12 +71,9 @@ def start(appliance: "Appliance", args: argparse.Namespace,
     if own is None:
         raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
     try:
-        directory, ended = runtime.claim("failover")
+        directory = runtime.claim("failover")
     except runtime.Claimed as err:
         raise ServiceError(f"failover: {err}") from err
-    if ended:
-        log.warning("failover: ended %d helper processes a killed run left (pids %s)",
-                    len(ended), " ".join(map(str, ended)))
     unit = configs.Unit(args.failover_unit, args.failover_link, own, directory)
     service = FailoverService(appliance, unit, plane)
     try:

@@ -95,6 +95,7 @@ class FailoverService:
         self._peer_status: dict[str, Any] = {}
         self._peer_heard = 0.0
         self._lock = threading.Lock()
+        self._yields: set[str] = set()   # why keepalived is held out of MASTER now
         self._changed = threading.Event()
         self._stopping = threading.Event()
         self._written: tuple[str, str] = ("", "")
@@ -105,7 +106,7 @@ class FailoverService:
         self.link_watch = LinkWatch(
             unit.link, lambda: self.role in STANDING_BY,
             lambda: presence.asks(self._instances(), interface_addresses()),
-            self._hold_takeover)
+            lambda on: self._yield("link", on))
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.sentinel = Supervised("guard sentinel", sentinel_argv(unit.directory),
@@ -266,8 +267,16 @@ class FailoverService:
             except ValueError:
                 return []
 
-    def _hold_takeover(self, on: bool) -> None:
-        self.unit.yield_file.write_text("1\n" if on else "0\n")
+    def _yield(self, reason: str, on: bool) -> None:
+        """keepalived's track file, the one way this unit stays out of MASTER: held while
+        any reason holds it (a step-down, a dark failover link), so one ending never
+        lets go of the other's."""
+        with self._lock:
+            if on:
+                self._yields.add(reason)
+            else:
+                self._yields.discard(reason)
+            self.unit.yield_file.write_text("1\n" if self._yields else "0\n")
 
     # -- keepalived's verdicts ----------------------------------------------------------
     def _read_notify(self) -> None:
@@ -374,12 +383,12 @@ class FailoverService:
         self.guard.raise_()
         if self.replicator is not None:
             self.replicator.hand_over()
-        self.unit.yield_file.write_text("1\n")
+        self._yield("step-down", True)
         deadline = time.monotonic() + STEP_DOWN_WAIT
         while time.monotonic() < deadline and self._peer_status.get("role") != "Active":
             self._hello()
             time.sleep(0.05)
-        self.unit.yield_file.write_text("0\n")
+        self._yield("step-down", False)
         if self.role == "Active":
             self.guard.lower()
             self._replicate()

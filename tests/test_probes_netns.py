@@ -88,9 +88,11 @@ def test_http_500_takes_a_real_out_and_200_brings_it_back(lab: Lab, appliance) -
     assert "probe web (port 80) DOWN: HTTP-500" in console.run("show syslog")
 
 
-def wait_listening(lab: Lab, ns: str, port: int) -> None:
+def wait_listening(lab: Lab, ns: str, port: int, udp: bool = False) -> None:
+    """Until a TCP listener (or a UDP socket, with `udp`) is bound to `port` in `ns`."""
     deadline = time.monotonic() + 5
-    while lab.run_in(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout == "":
+    flags = "-Hlun" if udp else "-Hltn"
+    while lab.run_in(ns, ["ss", flags, f"sport = :{port}"]).stdout == "":
         assert time.monotonic() < deadline, f"nothing listens on port {port} in {ns}"
         time.sleep(0.1)
 

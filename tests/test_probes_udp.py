@@ -74,6 +74,20 @@ def test_show_probeconfig_gives_each_type_and_its_settings() -> None:
         ("who", "dns"), ("echo", "udp")}
 
 
+def test_help_offers_each_type_and_its_values() -> None:
+    appliance, _ = shell()
+    session = appliance.open_session("t", "t", write=lambda _: None, interactive=False)
+    for line in ("enable", "configure terminal"):
+        session.execute(line)
+    assert session.help_lines("probeconfig x ")[0].split()[0] == "tcp|http|udp|dns"
+    [types] = session.help_lines("probeconfig x dns type ")
+    assert types.split(None, 1) == ["TYPE", ", ".join(probe_kinds.QTYPES)]
+    assert session.help_lines("probeconfig x dns rcode ")[0].split()[0] == "LIST"
+    assert "\\xHH" in session.help_lines("probeconfig x udp send ")[0]
+    after_send = [line.split()[0] for line in session.help_lines("probeconfig x udp send a ")]
+    assert after_send == ["expect", "query", "rcode", "recurse", "type", "<cr>"]
+
+
 @pytest.mark.parametrize("line, error", [
     ("probeconfig x udp", "probe x is udp: it needs send PAYLOAD"),
     (r"probeconfig x udp send a\q", r"bad escape in 'a\q': \xHH, \n, \r, \t, \0 or \\"),

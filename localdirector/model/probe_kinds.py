@@ -76,7 +76,7 @@ def query_name(text: str) -> str:
     """A DNS name to ask for: `.` (the root) or labels of letters, digits, `-` and `_`
     (1-63 characters each, 253 in all), an ending dot optional. Returns it without
     the ending dot (the root: "")."""
-    name = text[:-1] if text.endswith(".") else text
+    name = text.removesuffix(".")
     if name and (len(name) > 253 or not all(_LABEL.match(l) for l in name.split("."))):
         raise KindError(f"bad query name '{text}': labels of letters, digits, '-' and "
                         "'_' (1-63 characters), or '.'")

@@ -94,7 +94,7 @@ class Probe:
         refusal = self._refusal()
         if refusal is not None:
             raise ProbeError(refusal)
-        parsed = {"statuses": parse_status(self.status)}
+        parsed: dict[str, object] = {"statuses": parse_status(self.status)}
         try:
             if self.kind == "udp":
                 parsed.update(payload=probe_kinds.unescape(self.send),

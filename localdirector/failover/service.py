@@ -28,7 +28,7 @@ from localdirector.services import ServiceError
 from . import configs
 from .configcopy import ConfigCopy
 from .daemon import Supervised
-from .guard import Guard, sentinel_argv
+from .guard import STOP_SIGNAL, Guard, sentinel_argv
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
 from . import presence
@@ -110,7 +110,7 @@ class FailoverService:
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.sentinel = Supervised("guard sentinel", sentinel_argv(unit.directory),
-                                   unit.directory / "sentinel.out")
+                                   unit.directory / "sentinel.out", stop_signal=STOP_SIGNAL)
         self.stream = Stream(unit, self._receive, self._peer_connected,
                              lambda: self.appliance.director.settings.failover.hold_ms / 1000)
         self.copy = ConfigCopy(appliance, self._send)
@@ -224,7 +224,8 @@ class FailoverService:
                 self.conntrackd.stop()
             self.conntrackd = Supervised(
                 "conntrackd", ["conntrackd", "-C", str(self.unit.conntrackd_conf)],
-                self.unit.directory / "conntrackd.out", self._clear_conntrackd)
+                self.unit.directory / "conntrackd.out", self._clear_conntrackd,
+                with_parent=False)
             self.conntrackd.start()
         if keepalived != old_keepalived:
             self.unit.keepalived_conf.write_text(keepalived)
@@ -239,7 +240,7 @@ class FailoverService:
                     ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                      "-f", str(self.unit.keepalived_conf), "-p", str(d / "keepalived.pid"),
                      "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid")],
-                    d / "keepalived.out", self._clear_keepalived)
+                    d / "keepalived.out", self._clear_keepalived, with_parent=False)
                 self.keepalived.start()
 
     def _clear_conntrackd(self) -> None:

@@ -137,7 +137,10 @@ def test_every_readme_command_is_run_by_a_test() -> None:
     assert not unused, f"rules for commands README no longer shows: {unused}"
 
 
-def test_readme_is_valid_restructuredtext() -> None:
+@pytest.mark.parametrize("document", [README, *sorted((ROOT / "docs").glob("*.rst"))],
+                         ids=lambda path: path.name)
+def test_documents_are_valid_restructuredtext(document: Path) -> None:
+    """README and docs/: a malformed table renders as an error block, not figures."""
     import docutils.core as docutils_core  # a test dependency (setup.cfg [test])
     errors: list[str] = []
 
@@ -145,7 +148,7 @@ def test_readme_is_valid_restructuredtext() -> None:
         def write(self, text: str) -> None:
             errors.append(text)
 
-    docutils_core.publish_string(README.read_text(), writer_name="null", settings_overrides={
+    docutils_core.publish_string(document.read_text(), writer_name="null", settings_overrides={
         "report_level": 2, "halt_level": 5, "warning_stream": Collect()})
     assert not "".join(errors)
 

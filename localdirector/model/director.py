@@ -221,6 +221,13 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         """`weight ID N`, `predictor ID NAME`, ...: one of REAL_OPTIONS on a real or
         VIRTUAL_OPTIONS on a virtual, checked against its declared values."""
         server: VirtualMachine | PhysicalMachine
+        if name in REAL_OPTIONS and sid not in self.reals and sid in self.virtuals:
+            # LocalDirector's rule: a virtual id in a real's command stands for every
+            # real bound to it (`retry 192.0.2.10:80 30`); the running config keeps
+            # the reals' own lines, which say the same.
+            for link in list(self.virtuals[sid].iter_links()):
+                self.set_option(link.real.sid, name, value)
+            return
         if name in REAL_OPTIONS:
             server, option = self.real(sid), REAL_OPTIONS[name]
         elif name in VIRTUAL_OPTIONS:

@@ -127,7 +127,7 @@ def _noted(*syntax: object, equivalent: str, no: int | None = None) -> None:
 
 
 _noted(Keyword("interface", "A LocalDirector interface's speed and duplex"), _ETHERNET,
-       _NUMBER, args.word("speed", "auto, 10baset, 100basetx, 100full, ..."),
+       _NUMBER, args.word("speed", "auto, 10baset, 100basetx, 100full, ..."), no=3,
        equivalent="ethtool -s IFACE speed/duplex, or autoneg for {speed}")
 _noted(Keyword("shutdown", "Disable a LocalDirector interface"), _ETHERNET, _NUMBER,
        no=3, equivalent="ip link set IFACE {state}")

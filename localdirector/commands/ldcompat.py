@@ -119,11 +119,14 @@ _PAYLOAD = ("needs the {what} before the real is chosen, which the engine does n
                          "cookie"), args.word("cookie", "Cookie name"),
                  Arg("rest", "LINE", "Offset and length", lambda t, _s: t, rest=True)),
                 (Keyword("cookie-passive", "By a cookie the server sets", "kind",
-                         "cookie"), args.word("cookie", "Cookie name"))))
-def sticky_kind(session: Session, id: ServerId, minutes: int, kind: str,
-                **_cookie: str) -> None:
+                         "cookie"), args.word("cookie", "Cookie name"))), no=2)
+def sticky_kind(session: Session, id: ServerId, minutes: int = 0, kind: str = "generic",
+                no: bool = False, **_cookie: str) -> None:
     """`generic` is LocalDirector's name for what `sticky ID MINUTES` is; SSL and cookie
     stickiness are refused by name (issue 27 item 6: a later step)."""
+    if no:
+        session.director.set_option(id, "sticky", 0)
+        return
     if kind == "ssl":
         raise CommandFailed("sticky ssl " + _PAYLOAD.format(what="TLS session id"))
     if kind == "cookie":
@@ -135,16 +138,18 @@ declare(CONFIG, Keyword("redirection", "How a virtual forwards (dispatched or di
         args.virtual_id("id"),
         choice(Keyword("dispatched", "The real holds the VIP and answers the client"),
                Keyword("directed", "Translate to the real's address [default]", "no", True)),
-        handler=scaleout.dispatched)
+        handler=scaleout.dispatched, no=2)
 
 
 # -- failover in LocalDirector's words ----------------------------------------------------
 
 @command(CONFIG, Keyword("replicate", "Copy connections to the standby"),
          Keyword("interface", "LocalDirector's replication interface"),
-         args.number("interface", 0, 15, "Interface number"))
-def replicate_interface(session: Session, interface: int) -> None:
-    session.director.set_replicate(True)
+         args.number("interface", 0, 15, "Interface number"), no=2)
+def replicate_interface(session: Session, interface: int = 0, no: bool = False) -> None:
+    session.director.set_replicate(not no)
+    if no:
+        return
     note(session, f"kept as replicate: connections go to the standby over the failover "
                   f"link (--failover-link), not interface {interface}")
 

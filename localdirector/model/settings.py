@@ -14,7 +14,7 @@ from .addr import format_ip, format_mask, prefix_mask
 from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
-from .passwords import is_hash
+from .passwords import is_hash, is_localdirector_hash
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -247,5 +247,9 @@ class ApplianceSettings:
 
 def _checked_secret(stored: str) -> str:
     if stored and not is_hash(stored):
+        if is_localdirector_hash(stored):
+            raise ModelError("a LocalDirector encrypted password: its algorithm is not "
+                             "documented, so it cannot be verified here; set a new one by "
+                             "typing the password itself (it is stored hashed)")
         raise ModelError("not a password hash written by this appliance")
     return stored

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from localdirector.model.failover import DEFAULT_HOLD_MS, DEFAULT_POLL_MS, HOLD_FACTOR
-from localdirector.model.serverid import ServerId
+from localdirector.model.serverid import ServerId, ServerPattern
+from localdirector.model.state import State
 from localdirector.model.settings import FIRST_LOCAL_FACILITY, LOG_FACILITIES, LOG_LEVELS
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, choice
@@ -195,3 +196,56 @@ def exec_at_config(registry: Registry) -> None:
                 and any(words == w or words.startswith(w + " ") for w in EXEC_AT_CONFIG)):
             registry.add(Command((CONFIG,), found.syntax, _at_config(found.handler, words),
                                  found.output, locked=found.locked))
+
+
+# -- wildcards in action commands (`in-service 203.0.113.*`, `retry all:80 30`) -------------
+
+def _wildcard(allow_bind: bool) -> Arg:
+    """A pattern with `*` or `all` in it; a plain id is left to the command's own id
+    argument, and a bad one refused with the same words it would use, so the caret's
+    reason is not lost between the two."""
+    def parse(text: str, session: Session) -> ServerPattern:
+        if text.split(":")[0].lower() != "all" and not (
+                "*" in text or ":all" in text.lower() or text.startswith(":")):
+            args.check_server_id(text, session, allow_bind)
+            raise ArgError("not a wildcard")
+        return args.pattern(text, session)
+    return Arg("pattern", "PATTERN", "Every server it matches: `*` or `all` in a field",
+               parse)
+
+
+def _matching(found: list[Any], pattern: ServerPattern) -> list[Any]:
+    chosen = [s for s in found if pattern.matches(s.sid)]
+    if not chosen:
+        raise CommandFailed(f"nothing matches {pattern.text}")
+    return chosen
+
+
+def _real_setting(word: str, help: str, high: int) -> None:
+    def handler(session: Session, pattern: ServerPattern, value: int) -> None:
+        director = session.director
+        for real in _matching(list(director.iter_reals()), pattern):
+            director.set_option(real.sid, word, value)
+    declare(CONFIG, Keyword(word, help), _wildcard(False),
+            args.number("value", 0, high, "Value for each real matched"), handler=handler)
+
+
+for _word, _high in (("weight", 1000), ("maxconns", 4294967295), ("threshold", 1000),
+                     ("reassign", 100), ("retry", 86400)):
+    _real_setting(_word, f"{_word} of every real a pattern matches", _high)
+
+
+@command(CONFIG, choice(
+    Keyword("in-service", "Put servers in service", "state", State.IN_SERVICE),
+    Keyword("is", "Put servers in service", "state", State.IN_SERVICE),
+    Keyword("out-of-service", "Take servers out of service", "state",
+            State.OUT_OF_SERVICE),
+    Keyword("os", "Take servers out of service", "state", State.OUT_OF_SERVICE)),
+    _wildcard(True))
+def service_state_matching(session: Session, state: State,
+                           pattern: ServerPattern) -> None:
+    """Every virtual and real the pattern matches, as LocalDirector's `is all:80`."""
+    director = session.director
+    servers = [*director.iter_virtuals(), *director.iter_reals()]
+    for server in _matching(servers, pattern):
+        director.set_state(server.sid, state)

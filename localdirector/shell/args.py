@@ -41,6 +41,15 @@ def _server_pattern(text: str, session: "Session") -> ServerPattern:
         raise _refused(text, err) from None
 
 
+def check_server_id(text: str, session: "Session", allow_bind: bool) -> None:
+    """Raise the ArgError a server id argument would for `text` (None if it parses)."""
+    _server_id(text, session, allow_bind)
+
+
+def pattern(text: str, session: "Session") -> ServerPattern:
+    return _server_pattern(text, session)
+
+
 def _virtual_ids(session: "Session") -> Iterable[str]:
     return [str(v.sid) for v in session.director.iter_virtuals()]
 

@@ -89,17 +89,20 @@ def syslog_console(session: Session, no: bool = False) -> None:
 
 # -- the terminal, names ---------------------------------------------------------------
 
-_PAGER = Keyword("pager", "LocalDirector's name for terminal length")
-declare((*EXEC, CONFIG), _PAGER, Keyword("lines", "Lines per page (terminal length)"),
-        args.number("length", 0, 512, "Lines per page, 0 = no paging"),
-        handler=exec_commands.terminal_length)
+@command((*EXEC, CONFIG), Keyword("pager", "LocalDirector's name for terminal length"),
+         Keyword("lines", "Lines per page (terminal length)"),
+         args.number("length", 0, 512, "Lines per page, 0 = no paging"))
+def pager_lines(session: Session, length: int) -> None:
+    exec_commands.terminal_length(session, length)
+    if session.kind == "startup":
+        note(session, "not kept: the page length is each terminal's (terminal length)")
 
 
 @command(CONFIG, Keyword("names", "Use the names given with name (always on here)"), no=1)
 def names(session: Session, no: bool = False) -> None:
     """LocalDirector shows names only after `names`; here `name` alone is enough."""
-    if no:
-        note(session, "names are always shown here; remove one with no name ADDR NAME")
+    note(session, "names are always used here: name ADDR NAME is enough"
+         + ("; remove one with no name ADDR NAME" if no else ""))
 
 
 # -- server settings in LocalDirector's shape ---------------------------------------------

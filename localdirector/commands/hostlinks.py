@@ -8,8 +8,12 @@ and `--check`, do not need it (it is the `hostnet` extra of setup.cfg)."""
 
 from __future__ import annotations
 
-import re
+import os
+import select
+import socket
+import struct
 import subprocess
+import time
 from typing import Any
 
 from localdirector.model.addr import format_ip
@@ -124,8 +128,62 @@ def show_arp(session: Session) -> None:
                         empty="No ARP entries")
 
 
-_REPLY = re.compile(r"icmp_seq=(\d+).*time=([\d.]+) ms")
 PING_COUNT = 5
+PING_TIMEOUT = 2.0
+PING_SIZE = 100           # bytes of each datagram, as IOS's default
+_ECHO = struct.Struct("!BBHHH")
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def _icmp_socket() -> tuple[socket.socket, bool]:
+    """An unprivileged ICMP datagram socket where the host allows it, else a raw one
+    (root); True when replies come with their IP header (raw)."""
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP), False
+    except OSError:
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), True
+
+
+def echo_times(target: str, count: int = PING_COUNT) -> list[float | None]:
+    """Round-trip milliseconds of each echo, None for one unanswered in PING_TIMEOUT."""
+    sock, raw = _icmp_socket()
+    ident = os.getpid() & 0xFFFF
+    payload = bytes(PING_SIZE - 28)
+    times: list[float | None] = []
+    with sock:
+        for seq in range(1, count + 1):
+            header = _ECHO.pack(8, 0, 0, ident, seq)
+            packet = _ECHO.pack(8, 0, _checksum(header + payload), ident, seq) + payload
+            sent = time.monotonic()
+            sock.sendto(packet, (target, 0))
+            times.append(_answer(sock, raw, ident, seq, sent))
+    return times
+
+
+def _answer(sock: socket.socket, raw: bool, ident: int, seq: int,
+            sent: float) -> float | None:
+    deadline = sent + PING_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            break
+        data = sock.recv(2048)
+        if raw:
+            data = data[(data[0] & 0x0F) * 4:]
+        if len(data) < _ECHO.size:
+            continue
+        kind, _code, _sum, got_ident, got_seq = _ECHO.unpack_from(data)
+        # A datagram socket's id is the kernel's: its replies are ours alone.
+        if kind == 0 and got_seq == seq and (not raw or got_ident == ident):
+            return (time.monotonic() - sent) * 1000
+    return None
 
 
 @command(EXEC, Keyword("ping", "Send ICMP echoes from the appliance"),
@@ -135,21 +193,19 @@ def ping(session: Session, addr: int) -> None:
     success rate and round-trip times; from the director's own namespace."""
     target = format_ip(addr)
     try:
-        out = subprocess.run(["ping", "-n", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2",
-                              target], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        raise CommandFailed(f"cannot run ping: {err}") from None
-    times = {int(seq): float(ms) for seq, ms in _REPLY.findall(out)}
-    marks = "".join("!" if seq in times else "." for seq in range(1, PING_COUNT + 1))
-    lines = ["Type escape sequence to abort.",
-             f"Sending {PING_COUNT}, 100-byte ICMP Echos to {target}, timeout is 2 seconds:",
-             marks]
-    rate = f"Success rate is {100 * len(times) // PING_COUNT} percent " \
-           f"({len(times)}/{PING_COUNT})"
-    if times:
-        values = list(times.values())
-        rate += (f", round-trip min/avg/max = {round(min(values))}/"
-                 f"{round(sum(values) / len(values))}/{round(max(values))} ms")
-    session.print_lines([*lines, rate])
-    session.record(target=target, sent=PING_COUNT, received=len(times),
-                   rtt_ms=[times[s] for s in sorted(times)])
+        times = echo_times(target)
+    except OSError as err:
+        raise CommandFailed(f"cannot ping {target}: {err.strerror or err}") from None
+    answered = [t for t in times if t is not None]
+    rate = (f"Success rate is {100 * len(answered) // PING_COUNT} percent "
+            f"({len(answered)}/{PING_COUNT})")
+    if answered:
+        rate += (f", round-trip min/avg/max = {round(min(answered))}/"
+                 f"{round(sum(answered) / len(answered))}/{round(max(answered))} ms")
+    session.print_lines([
+        "Type escape sequence to abort.",
+        f"Sending {PING_COUNT}, {PING_SIZE}-byte ICMP Echos to {target}, timeout is "
+        f"{PING_TIMEOUT:g} seconds:",
+        "".join("." if t is None else "!" for t in times), rate])
+    session.record(target=target, sent=PING_COUNT, received=len(answered),
+                   rtt_ms=[None if t is None else round(t, 3) for t in times])

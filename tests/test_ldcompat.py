@@ -17,6 +17,7 @@ import pytest
 
 from localdirector.appliance import Appliance
 from localdirector.shell.registry import Mode
+from localdirector.shell.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "examples" / "localdirector"
@@ -261,21 +262,24 @@ def test_typed_in_a_session_the_same_lines_do_the_same(name: str, tmp_path: Path
             "! localdirector configuration")
 
 
-def test_route_is_not_router_bgp() -> None:
-    """A pasted `route` line met `router bgp` by abbreviation, with a misleading caret."""
+def config_session() -> tuple[Session, list[str]]:
+    """A scripted session at the configuration prompt and what it printed."""
     appliance = Appliance(Path("/nonexistent"))
     out: list[str] = []
     session = appliance.open_session("test", write=out.append, interactive=False)
     session.mode = Mode.CONFIG
+    return session, out
+
+
+def test_route_is_not_router_bgp() -> None:
+    """A pasted `route` line met `router bgp` by abbreviation, with a misleading caret."""
+    session, out = config_session()
     assert session.execute("route 0.0.0.0 0.0.0.0 198.19.255.1 1")
     assert "router" not in "".join(out) and "% Note: " in "".join(out)
 
 
 def test_show_and_write_at_the_configuration_prompt_and_all_in_patterns() -> None:
-    appliance = Appliance(Path("/nonexistent"))
-    out: list[str] = []
-    session = appliance.open_session("test", write=out.append, interactive=False)
-    session.mode = Mode.CONFIG
+    session, out = config_session()
     assert session.execute("virtual 192.0.2.10:443")
     assert session.execute("virtual 192.0.2.11:80")
     out.clear()

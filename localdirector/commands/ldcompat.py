@@ -145,6 +145,25 @@ declare(CONFIG, Keyword("redirection", "How a virtual forwards (dispatched or di
         handler=scaleout.dispatched, no=2)
 
 
+def _bound_virtual(text: str, session: Session) -> ServerId:
+    """A virtual's id with a Bind ID, which a real's id argument refuses; any other
+    id is the real's argument's, refused in its words when bad."""
+    sid = args.parse_server_id(text, session, True)
+    if not sid.bind:
+        raise ArgError("a real server id takes no bind id")
+    return sid
+
+
+@command(CONFIG, Keyword("maxconns", "Most connections a virtual instance takes"),
+         Arg("id", "ADDR:PORT:BIND", "Virtual instance with a Bind ID", _bound_virtual),
+         args.number("value", 0, 4294967295, "Connection limit, 0 = unlimited"), no=2)
+def maxconns_instance(session: Session, id: ServerId, value: int = 0,
+                      no: bool = False) -> None:
+    """`maxconns` of an instance with a Bind ID (the plain form takes real ids, which
+    have none); the same setting, saved by the plain form's saver."""
+    session.director.set_option(id, "maxconns", 0 if no else value)
+
+
 # -- failover in LocalDirector's words ----------------------------------------------------
 
 @command(CONFIG, Keyword("replicate", "Copy connections to the standby"),
@@ -210,7 +229,7 @@ def _wildcard(allow_bind: bool) -> Arg:
     def parse(text: str, session: Session) -> ServerPattern:
         if text.split(":")[0].lower() != "all" and not (
                 "*" in text or ":all" in text.lower() or text.startswith(":")):
-            args.check_server_id(text, session, allow_bind)
+            args.parse_server_id(text, session, allow_bind)
             raise ArgError("not a wildcard")
         return args.pattern(text, session)
     return Arg("pattern", "PATTERN", "Every server it matches: `*` or `all` in a field",

@@ -41,9 +41,10 @@ def _server_pattern(text: str, session: "Session") -> ServerPattern:
         raise _refused(text, err) from None
 
 
-def check_server_id(text: str, session: "Session", allow_bind: bool) -> None:
-    """Raise the ArgError a server id argument would for `text` (None if it parses)."""
-    _server_id(text, session, allow_bind)
+def parse_server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
+    """What a server id argument makes of `text`, or the ArgError it raises: for a
+    second declaration that must refuse a bad id in the same words (commands/ldcompat)."""
+    return _server_id(text, session, allow_bind)
 
 
 def pattern(text: str, session: "Session") -> ServerPattern:

@@ -23,7 +23,9 @@ from localdirector.shell.registry import EXEC, command
 from localdirector.shell.session import CommandFailed, Session
 
 SHOW = Keyword("show", "Show running system information")
-# What `ip address` put on the interface, so a new `ip address` line replaces it.
+# What `ip address` put on each interface, so a new `ip address` line replaces it. Kept
+# here, not in the model: a `reload` replays into a fresh model, and the old address is
+# still on the interface.
 _PRIMARY: dict[str, tuple[str, int]] = {}
 
 
@@ -71,16 +73,19 @@ def address(iface: str, addr: int, plen: int, kind: str, remove: bool) -> str:
     return f"{'removed from' if remove else 'applied to'} {iface}: {text}/{plen}"
 
 
-def route(net: str, gateway: str, metric: int, remove: bool) -> str:
+def route(net: str, gateway: str | None, metric: int, remove: bool) -> str:
+    """`replace` the route, or delete it (`no route DEST MASK` names no gateway)."""
+    via = {} if gateway is None else {"gateway": gateway}
     with _netlink() as ipr:
         try:
             if remove:
-                ipr.route("del", dst=net, gateway=gateway, priority=metric)
+                ipr.route("del", dst=net, **via)
             else:
-                ipr.route("replace", dst=net, gateway=gateway, priority=metric)
+                ipr.route("replace", dst=net, priority=metric, **via)
         except Exception as err:
             raise _netlink_error(err) from None
-    return f"route {net} via {gateway} {'removed' if remove else 'applied'}"
+    return f"route {net}{f' via {gateway}' if gateway else ''} " \
+           f"{'removed' if remove else 'applied'}"
 
 
 def neighbour(iface: str, addr: str, mac: str, remove: bool) -> str:

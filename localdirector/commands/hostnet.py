@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from localdirector.model.addr import format_ip, format_mask, prefix_mask
+from localdirector.model.addr import format_ip, format_mask, parse_ip, parse_mask, prefix_mask
 from localdirector.model.director import Director
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, opt
@@ -68,6 +68,9 @@ def _apply(session: Session, kind: str, words: tuple[str, ...], no: bool, key: i
          Keyword("address", "The appliance's address and mask"),
          args.ip("addr", "Address"), args.mask(), no=2, saver=_saver("ip address"))
 def ip_address(session: Session, addr: int = 0, mask: int = 32, no: bool = False) -> None:
+    kept = session.director.settings.host_lines.get("ip address")
+    if no and not addr and kept:         # `no ip address`: the one this line set
+        addr, mask = parse_ip(kept[0][0]), parse_mask(kept[0][1])
     words = (format_ip(addr), format_mask(mask))
     _apply(session, "ip address", words, no, 0,
            lambda iface: hostlinks.address(iface, addr, mask, "ip address", no),
@@ -93,7 +96,8 @@ def route(session: Session, dest: int, mask: int, gateway: int = 0, metric: int 
     net = _prefix(dest, mask)
     words = (format_ip(dest), format_mask(mask), format_ip(gateway), str(metric))
     _apply(session, "route", words, no, 2,
-           lambda _iface: hostlinks.route(net, format_ip(gateway), metric, no),
+           lambda _iface: hostlinks.route(net, format_ip(gateway) if gateway else None,
+                                          metric, no),
            f"ip route {'del' if no else 'replace'} {net} via {format_ip(gateway)}")
 
 

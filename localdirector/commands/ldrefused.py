@@ -23,9 +23,9 @@ REFUSED: dict[str, tuple[str, str]] = {
     "autounfail": ("Bring a failed real back when it answers",
                    "not built as a switch: a failed real is always tested again after "
                    "retry seconds, and probes bring it back at once"),
-    "delay": ("Keep a removed real's connections for a while",
-              "delayed removal is not built: out-of-service drains a real's connections "
-              "(they stay until they close or time out)"),
+    "delay": ("Delay the removal of connections",
+              "delayed removal is not built: a closed connection's entry is kept 2 s for "
+              "its last packets, and out-of-service drains a real's open connections"),
     "data": ("Fail a real that sends no data after the handshake",
              "data checking is not built: a real is failed by unanswered SYNs (threshold) "
              "and by probes (probeconfig ... http expect TEXT)"),

@@ -112,11 +112,14 @@ def _ip_json(*argv: str) -> list[dict[str, Any]]:
         raise CommandFailed(f"cannot read the kernel's table: {err}") from None
 
 
+_DEFAULT = {"default": "0.0.0.0/0"}   # as LocalDirector wrote it: an address and a mask
+
+
 @command(EXEC, SHOW, Keyword("route", "The appliance's routes (its namespace's table)"),
          output=True, locked=False)
 def show_route(session: Session) -> None:
     """LocalDirector's columns: destination, mask (as a prefix), gateway, metric, how."""
-    rows = [(r.get("dst", ""), r.get("gateway", "-"), r.get("dev", "-"),
+    rows = [(_DEFAULT.get(r.get("dst", ""), r.get("dst", "")), r.get("gateway", "-"), r.get("dev", "-"),
              r.get("metric", 0), r.get("protocol", "-"))
             for r in _ip_json("-4", "route", "show")]
     session.print_table(("Destination", "Gateway", "Interface", "Metric", "Protocol"),

@@ -292,3 +292,24 @@ def test_show_and_write_at_the_configuration_prompt_and_all_in_patterns() -> Non
     out.clear()
     assert session.execute("show virtual ld")
     assert "".join(out).startswith("Virtual Machines:\nMachine")
+
+
+def test_syslog_output_sets_the_facility_the_messages_carry(monkeypatch) -> None:
+    """`syslog output 20.7`: facility local4 (20) and level debugging (7) on the wire."""
+    import logging
+
+    from localdirector.monitor.logging_hosts import LoggingHosts
+    from localdirector.syslog import remote
+    session, _out = config_session()
+    assert session.execute("syslog host 198.19.255.43")
+    assert session.execute("syslog output 20.7")
+    settings = session.director.settings
+    assert (settings.log_facility, settings.log_trap) == (20, 7)
+    configured: list[tuple] = []
+    monkeypatch.setattr(remote.HANDLER, "configure", lambda *a: configured.append(a))
+    LoggingHosts(session.appliance).apply(session.director)
+    assert configured[-1][1] == 7 and configured[-1][3] == 20
+    record = logging.LogRecord("localdirector", logging.WARNING, "", 0, "x", None, None)
+    assert remote.rfc5424(record, "ld", 20).startswith(b"<164>1 ")   # 20 * 8 + 4
+    assert session.execute("logging facility local7")
+    assert "logging facility" not in "\n".join(session.appliance.running_config())

@@ -1,6 +1,6 @@
 """Issue 27 item 2 through the real data path: a configuration in LocalDirector's words
 (`maxconns VIRTUAL N`, a virtual's id in a real's setting, `sticky ... generic`,
-`timeout` in minutes, `redirection ... directed`) boots with `localdirector --config`,
+`timeout`, `redirection ... directed`) boots with `localdirector --config`,
 and LocalDirector's `maxconns` on a virtual holds: at the limit, new connections go to
 the backup virtual's reals, and back to its own once they close."""
 
@@ -24,7 +24,7 @@ def _config() -> list[str]:
             f"backup {VIP}:80:1 {VIP}:80",
             f"maxconns {VIP}:80:1 2",              # the virtual's own limit
             f"retry {VIP}:80 30",                   # every real bound to it
-            f"sticky {VIP}:80 5 generic", f"timeout {VIP}:80 2",
+            f"sticky {VIP}:80 5 generic", f"timeout {VIP}:80 120",
             f"redirection {VIP}:80 directed"]
 
 
@@ -33,7 +33,7 @@ def test_maxconns_on_a_virtual_overflows_to_its_backup(lab: Lab, appliance) -> N
     assert console.real(R12) == console.real(R12)           # booted without a note
     config = console.run("show running-config")
     for line in (f"maxconns {VIP}:80:1 2", f"retry {R12} 30", f"retry {R13} 30",
-                 f"sticky {VIP}:80 5", f"timeout {VIP}:80 2"):
+                 f"sticky {VIP}:80 5", f"timeout {VIP}:80 120"):
         assert line in config.splitlines(), (line, config)
     preferred = lab.client_addresses[PREFERRED][0]
     assert lab.client_addresses[GENERAL]                     # the backup's own clients

@@ -392,8 +392,7 @@ def test_a_real_that_accepts_then_hangs_is_reaped_and_avoided(lab: Lab, applianc
     SYNs; everything else it sends is lost). Its clients time out, as no L4 balancer can
     prevent; but its connections leave the table after the idle timeout, counted, and
     meanwhile leastconns sends everyone else to the healthy real."""
-    console = appliance(simple_config(VIP, "leastconns", [R12, R13],
-                                  f"timeout {VIP}:80 2 seconds"))
+    console = appliance(simple_config(VIP, "leastconns", [R12, R13], f"timeout {VIP}:80 2"))
     hang = ["OUTPUT", "-p", "tcp", "--sport", "80", "!", "--tcp-flags", "SYN", "SYN",
             "-j", "DROP"]
     lab.real_iptables(R13, ["-I", *hang])

@@ -151,8 +151,7 @@ SETTINGS = [
     ("retry 203.0.113.12 30", "real", "203.0.113.12", "retry", 30, 60),
     ("predictor 192.0.2.10:80 weighted", "virtual", "192.0.2.10:80", "predictor",
      "weighted", "leastconns"),
-    ("timeout 192.0.2.10:80 2", "virtual", "192.0.2.10:80", "timeout", 120, 900),
-    ("timeout 192.0.2.10:80 45 seconds", "virtual", "192.0.2.10:80", "timeout", 45, 900),
+    ("timeout 192.0.2.10:80 60", "virtual", "192.0.2.10:80", "timeout", 60, 900),
     ("sticky 192.0.2.10:80 10", "virtual", "192.0.2.10:80", "sticky", 10, 0),
     ("synguard 192.0.2.10:80 50", "virtual", "192.0.2.10:80", "synguard", 50, 0),
 ]

@@ -7,7 +7,6 @@ from typing import Any
 
 from localdirector.model.addr import format_ip, format_mask, prefix_mask
 from localdirector.model.director import Director
-from localdirector.model.errors import ModelError
 from localdirector.model.options import REAL_OPTIONS, VIRTUAL_OPTIONS, Option
 from localdirector.model.predictors import PREDICTORS
 from localdirector.model.serverid import ServerId
@@ -130,29 +129,7 @@ _setting("predictor", "How a virtual picks a real [leastconns]", args.virtual_id
          VIRTUAL_OPTIONS["predictor"])
 
 
-def _saved_timeouts(director: Director) -> list[tuple[object, ...]]:
-    """Whole minutes as LocalDirector wrote them; other values in seconds."""
-    return [(sid, seconds // 60) if seconds % 60 == 0 else (sid, seconds, "seconds")
-            for sid, seconds in director.changed_options("timeout")]
-
-
-@command(CONFIG, Keyword("timeout", "Idle minutes before a connection is removed [15]"),
-         args.virtual_id("id"),
-         args.number("value", 1, VIRTUAL_OPTIONS["timeout"].high,
-                     "Minutes (LocalDirector's unit), or seconds with `seconds`"),
-         opt(Keyword("seconds", "The value is in seconds", "seconds", True)), no=2,
-         saver=_saved_timeouts)
-def timeout(session: Session, id: ServerId, value: int = 0, seconds: bool = False,
-            no: bool = False) -> None:
-    """LocalDirector's `timeout VIRTUAL MINUTES`; `seconds` for shorter ones. Kept per
-    virtual: a real's id is refused with where to set it."""
-    director = session.director
-    if id in director.reals and id not in director.virtuals:
-        raise ModelError(f"timeout is kept per virtual here: set it on the virtuals "
-                         f"{director.fmt(id)} is bound to (timeout VIRTUAL MINUTES)")
-    option = VIRTUAL_OPTIONS["timeout"]
-    director.set_option(id, "timeout",
-                        option.default if no else value if seconds else value * 60)
+_number_setting("timeout", "Idle seconds before a connection is removed [900]", "Seconds")
 _number_setting("sticky", "Minutes a client stays with its real [0 = off]",
                 "Minutes, 0 = off")
 _number_setting("synguard", "Most half-open connections [0 = off]",

@@ -113,6 +113,8 @@ README_RULES = {
         "test_readme_scripted_lab",
     r"localdirector --no-dataplane --config my\.cfg": "test_readme_walkthrough",
     r"localdirector --check \S+": "test_readme_walkthrough / test_readme_check_commands",
+    r"localdirector --check examples/localdirector/\S+\.cfg":
+        "tests/test_ldcompat.py test_check_accepts_notes_or_refuses_every_line",
     r"sysctl -w net\.ipv4\.ip_forward=1": "test_service_unit_headless_with_ssh",
     r"cp examples/localdirector\.service /etc/systemd/system/":
         "test_service_unit_verifies (no systemd init here)",

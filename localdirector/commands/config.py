@@ -117,7 +117,7 @@ def _number_setting(word: str, help: str, value_help: str) -> None:
 
 _number_setting("weight", "Weight of a real for the weighted predictor [1]",
                 "Relative share of new connections")
-_number_setting("maxconns", "Most connections a real takes [0 = unlimited]",
+_number_setting("maxconns", "Most connections a real, or a virtual, takes [0 = unlimited]",
                 "Connection limit, 0 = unlimited")
 _number_setting("threshold", "Reassigns in a row that fail a real [8]",
                 "Consecutive failed connections")
@@ -127,6 +127,8 @@ _number_setting("retry", "Seconds before a failed real is tested again [60]", "S
 _setting("predictor", "How a virtual picks a real [leastconns]", args.virtual_id("id"),
          choice(*(Keyword(p, f"{p} predictor", "value") for p in PREDICTORS)),
          VIRTUAL_OPTIONS["predictor"])
+
+
 _number_setting("timeout", "Idle seconds before a connection is removed [900]", "Seconds")
 _number_setting("sticky", "Minutes a client stays with its real [0 = off]",
                 "Minutes, 0 = off")

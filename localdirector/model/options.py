@@ -41,4 +41,6 @@ VIRTUAL_OPTIONS: dict[str, Option] = {
     "timeout": Option(virtual.DEFAULT_TIMEOUT, 1, 86400),
     "sticky": Option(virtual.DEFAULT_STICKY, 0, 10080),
     "synguard": Option(virtual.DEFAULT_SYNGUARD, 0, 65535),
+    # Also a real's option: a virtual's id gives the virtual's own limit (LocalDirector).
+    "maxconns": Option(virtual.DEFAULT_MAXCONNS, 0, 4294967295),
 }

@@ -16,13 +16,14 @@ DEFAULT_PREDICTOR = "leastconns"   # a name in model/predictors.py PREDICTORS
 DEFAULT_STICKY = 0                 # minutes; 0 = off
 DEFAULT_TIMEOUT = 900
 DEFAULT_SYNGUARD = 0               # half-open connections; 0 = off
+DEFAULT_MAXCONNS = 0               # LocalDirector's `maxconns VIRTUAL N`; 0 = unlimited
 
 
 class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "_sticky", "timeout", "synguard", "fastpath", "kernel", "dispatched",
+                 "predictor", "_sticky", "timeout", "synguard", "maxconns", "fastpath", "kernel", "dispatched",
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "sticky_full", "pending_fallbacks",
@@ -45,6 +46,9 @@ class VirtualMachine:
         self._sticky = DEFAULT_STICKY
         self.timeout = DEFAULT_TIMEOUT
         self.synguard = DEFAULT_SYNGUARD
+        # Open connections the instance takes; at the limit new ones go to its backup
+        # virtual, as when no real can take them (patent ¶10).
+        self.maxconns = DEFAULT_MAXCONNS
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
         # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False

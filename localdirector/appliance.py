@@ -14,6 +14,7 @@ from localdirector.model.director import Director
 from .commands import REGISTRY, Registry
 from .commands.bgp import BgpHandle
 from .commands.failover import FailoverHandle
+from .commands.snmp import SnmpHandle
 from .commands.handle import DataPlaneHandle
 from .shell import config_file, running_config
 from .shell.session import Session
@@ -62,6 +63,9 @@ class Appliance:
         # Set by the failover and BGP services while they run (their commands' view).
         self.failover: FailoverHandle | None = None
         self.bgp: BgpHandle | None = None
+        self.snmp: SnmpHandle | None = None
+        # Called with (role before, role now) when this unit's failover role changes.
+        self.role_hooks: list[Callable[[str, str], None]] = []
         # Called with the new Director after `reload` replaced the model.
         self.reload_hooks: list[Callable[[Director], None]] = []
 

@@ -335,8 +335,11 @@ class FailoverService:
                 self._active_since = None
             if role == "Active":
                 self._active_since = now
-            self.role = role
+            before, self.role = self.role, role
         self._replicate()
+        if role != before:
+            for hook in self.appliance.role_hooks:
+                hook(before, role)
 
     def _active_seconds(self) -> float:
         with self._lock:

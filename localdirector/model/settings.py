@@ -15,6 +15,7 @@ from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
 from .passwords import is_hash
+from .snmp import SnmpConfig
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -80,6 +81,7 @@ class Settings:
     log_trap: int = DEFAULT_LOG_TRAP     # most verbose severity sent to log_hosts
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
+    snmp: SnmpConfig = field(default_factory=SnmpConfig)   # "Monitoring"
 
     def access(self, kind: str) -> list[AccessEntry]:
         """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may connect."""

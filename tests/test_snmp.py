@@ -92,6 +92,7 @@ def test_snmpd_conf_is_read_only_bound_and_viewed_to_our_subtree(tmp_path: Path)
     assert not [line for line in lines if line.startswith(("rwcommunity", "rwuser"))]
     assert {line for line in lines if line.startswith("view ")} == {
         "view localdirector included .1.3.6.1.2.1.1",
+        "view localdirector included .1.3.6.1.2.1.11",
         "view localdirector included .1.3.6.1.4.1.32473.6324"}
     assert "sysContact NOC" in lines and "sysName lb1" in lines
     assert not [line for line in lines if line.startswith("trap2sink")]   # traps off

@@ -50,6 +50,7 @@ RECONNECT = 0.2            # seconds between tries to reach snmpd's AgentX socke
 BACKLOG = 100              # notifications held while snmpd is not reachable
 IO_TIMEOUT = 5.0
 SYSTEM = (1, 3, 6, 1, 2, 1, 1)   # the system group: sysDescr, sysContact, ...
+SNMP_STATISTICS = (1, 3, 6, 1, 2, 1, 11)   # snmpd's own counters: bad communities, ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_socket: Path
                ) -> str:
-    """snmpd.conf from the model: a view of the system group and our subtree only (not
-    the host's processes, interfaces or disks), read-only, no community = no answer."""
+    """snmpd.conf from the model: a view of the system and snmp groups and our subtree
+    only (not the host's processes, interfaces or disks), read-only, no community = no
+    answer."""
     root = ".".join(map(str, snmp_mib.ROOT))
     # snmpd's own state (boot counter, engine id) beside this file, not in /var/lib/snmp;
     # no MIB loaded: it needs none, and would complain of every one Debian lacks.
@@ -71,6 +73,7 @@ def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_soc
              f"agentaddress udp:{host}:{port}", "master agentx",
              f"agentXSocket {agentx_socket}", "agentXPerms 0600 0700",
              f"view localdirector included .{'.'.join(map(str, SYSTEM))}",
+             f"view localdirector included .{'.'.join(map(str, SNMP_STATISTICS))}",
              f"view localdirector included .{root}",
              f"sysDescr localdirector {localdirector.__version__}",
              f"sysObjectID .{root}", f"sysName {hostname}",

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appliance_driver import (R12, R13, VIP, appliance, ditched_then_retried,  # noqa: F401
+from appliance_driver import (LINK_DIRECTOR, LINK_PEER, R12, R13, VIP,  # noqa: F401
+                              appliance, ditched_then_retried, linked_namespace,
                               simple_config)
 
 from localdirector.lab import Lab
@@ -26,34 +27,18 @@ from localdirector.lab import Lab
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[1]
-DIRECTOR_SIDE, MANAGER = "198.19.255.1", "198.19.255.2"
+DIRECTOR_SIDE, MANAGER = LINK_DIRECTOR, LINK_PEER
 COMMUNITY = "s3cret-ro"
 MIB = ["-m", "LOCALDIRECTOR-MIB", "-M", f"+{ROOT / 'mibs'}:{ROOT / 'tests' / 'mibs'}"]
-
-
-def _ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture
 def manager(lab: Lab, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A management namespace with snmptrapd on MANAGER:162 logging to a file; yields
     (namespace, that file)."""
-    ns = f"{lab.name}-nms"
-    _ip("netns", "add", ns)
-    proc = None
-    try:
-        _ip("netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1")
-        _ip("-n", lab.director_ns, "link", "add", "nms0", "type", "veth", "peer", "name",
-            "eth0", "netns", ns)
-        _ip("-n", lab.director_ns, "addr", "add", f"{DIRECTOR_SIDE}/24", "dev", "nms0")
-        _ip("-n", lab.director_ns, "link", "set", "nms0", "up")
-        _ip("-n", ns, "addr", "add", f"{MANAGER}/24", "dev", "eth0")
-        _ip("-n", ns, "link", "set", "eth0", "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
+    with linked_namespace(lab, "nms", "nms0") as ns:
         conf = tmp_path / "snmptrapd.conf"
-        conf.write_text(f"authCommunity log {COMMUNITY}\ndisableAuthorization no\n")
+        conf.write_text(f"authCommunity log {COMMUNITY}\n")
         received = tmp_path / "traps.log"
         env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "trapd-state")}
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "snmptrapd", "-f", "-C", "-c",
@@ -61,19 +46,18 @@ def manager(lab: Lab, tmp_path: Path) -> Iterator[tuple[str, Path]]:
                                  "LOCALDIRECTOR-MIB:SNMPv2-MIB", f"udp:{MANAGER}:162"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env)
-        deadline = time.monotonic() + 10
-        while f"{MANAGER}:162 " not in subprocess.run(
-                ["ip", "netns", "exec", ns, "ss", "-lun"], capture_output=True,
-                text=True).stdout:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "snmptrapd did not start listening"
-            time.sleep(0.1)
-        yield ns, received
-    finally:
-        if proc is not None:
+        try:
+            deadline = time.monotonic() + 10
+            while f"{MANAGER}:162 " not in subprocess.run(
+                    ["ip", "netns", "exec", ns, "ss", "-lun"], capture_output=True,
+                    text=True).stdout:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "snmptrapd did not start listening"
+                time.sleep(0.1)
+            yield ns, received
+        finally:
             proc.terminate()
             proc.wait(10)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def snmp(lab: Lab, ns: str, tool: str, *argv: str, community: str = COMMUNITY,

@@ -8,12 +8,14 @@ running-config (privileged) is the one place it is written."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
+from localdirector.model.snmp import SnmpConfig
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, Keyword, opt
 from localdirector.shell.registry import EXEC, Mode, command
@@ -93,13 +95,8 @@ def snmp_host(session: Session, addr: int, community: str = "", no: bool = False
         session.director.add_trap_host(addr, community)
 
 
-@command(EXEC, Keyword("show", "Show running system information"),
-         Keyword("snmp", "The SNMP agent: where it answers, traps and their receivers"),
-         output=True)
-def show_snmp(session: Session) -> None:
-    snmp = session.director.settings.snmp
-    handle = session.appliance.snmp
-    status = handle.status() if handle is not None else None
+def render(snmp: SnmpConfig, status: SnmpStatus | None) -> list[str]:
+    """`show snmp`'s lines above its table of receivers: never a community."""
     if status is None:
         lines = ["SNMP agent not running (no --snmp)"]
     else:
@@ -109,19 +106,25 @@ def show_snmp(session: Session) -> None:
                  + (f", restarted {status.restarts} times" if status.restarts else "")
                  + ("" if status.connected else "; tables not served (AgentX not connected)")]
     community = f"set ({MASK})" if snmp.community else "not set: no request is answered"
-    lines += [f"Community: {community}",
-              f"Contact: {snmp.contact or '-'}", f"Location: {snmp.location or '-'}",
-              f"Traps: {'enabled' if snmp.traps else 'disabled'}"
-              + ("" if status is None else
-                 f", {status.traps_sent} sent, {status.traps_dropped} dropped")]
-    session.print_lines(lines)
+    return lines + [
+        f"Community: {community}", f"Contact: {snmp.contact or '-'}",
+        f"Location: {snmp.location or '-'}",
+        f"Traps: {'enabled' if snmp.traps else 'disabled'}"
+        + ("" if status is None else
+           f", {status.traps_sent} sent, {status.traps_dropped} dropped")]
+
+
+@command(EXEC, Keyword("show", "Show running system information"),
+         Keyword("snmp", "The SNMP agent: where it answers, traps and their receivers"),
+         output=True)
+def show_snmp(session: Session) -> None:
+    handle = session.appliance.snmp
+    status = None if handle is None else handle.status()
+    snmp = session.director.settings.snmp
+    session.print_lines(render(snmp, status))
     session.record(community_set=bool(snmp.community), contact=snmp.contact,
                    location=snmp.location, traps=snmp.traps,
-                   agent=None if status is None else {
-                       "listen": status.listen, "pid": status.pid,
-                       "restarts": status.restarts, "connected": status.connected,
-                       "traps_sent": status.traps_sent,
-                       "traps_dropped": status.traps_dropped})
+                   agent=None if status is None else dataclasses.asdict(status))
     session.print_table(("Host", "Community"),
                         [(format_ip(h.addr), MASK if h.community else "(the agent's)")
                          for h in snmp.hosts], key="hosts", empty="No trap receivers")

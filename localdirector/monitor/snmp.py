@@ -10,7 +10,12 @@ lives in this namespace's run directory (runtime.claim), 0700, so the community 
 no command line. The appliance is its AgentX subagent over a Unix socket there
 (monitor/agentx.py): one thread (`snmp-agentx`) answers from a snapshot of the model
 (monitor/snmp_mib.py) and hands snmpd the notifications the model's health watchers and
-the failover service queue. A configuration change is written and snmpd told (SIGHUP)."""
+the failover service queue. A configuration change is written and snmpd told (SIGHUP),
+which keeps the AgentX session.
+
+snmpd runs as root: dropping to an unprivileged user (`-u`) changes its credentials,
+which clears PR_SET_PDEATHSIG, and a SIGKILLed appliance then left snmpd answering
+(docs/design.rst, "Monitoring")."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -67,9 +73,12 @@ def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_soc
     only (not the host's processes, interfaces or disks), read-only, no community = no
     answer."""
     root = ".".join(map(str, snmp_mib.ROOT))
-    # snmpd's own state (boot counter, engine id) beside this file, not in /var/lib/snmp;
-    # no MIB loaded: it needs none, and would complain of every one Debian lacks.
-    lines = [f"[snmp] persistentDir {agentx_socket.parent / 'state'}", "[snmp] mibs :",
+    # snmpd's own state (boot counter, engine id: SNMP v3's) neither read nor written,
+    # nor in /var/lib/snmp; no MIB loaded: it needs none, and would complain of every
+    # one Debian lacks.
+    lines = ["[snmp] noPersistentLoad yes", "[snmp] noPersistentSave yes",
+             f"[snmp] persistentDir {agentx_socket.parent / 'state'}", "[snmp] mibs :",
+             "dontLogTCPWrappersConnects yes",   # a line per request would fill /run
              f"agentaddress udp:{host}:{port}", "master agentx",
              f"agentXSocket {agentx_socket}", "agentXPerms 0600 0700",
              f"view localdirector included .{'.'.join(map(str, SYSTEM))}",
@@ -130,12 +139,19 @@ class SnmpAgent:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake()
+        try:
+            os.write(self._wake_w, b".")    # out of select(): it sees `_stopping`
+        except OSError:
+            pass
         if self._thread.is_alive():
             self._thread.join(IO_TIMEOUT)
         self.snmpd.stop()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        # Watchers and listeners run under the model lock: none is writing to the pipe
+        # while it closes, and none writes after (`_wake` checks `_stopping`), so a
+        # number the kernel gives a later file never receives a wake-up byte.
+        with self.appliance.director.lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def status(self) -> SnmpStatus:
         return SnmpStatus(self.listen, self.snmpd.pid, self.snmpd.restarts, self.connected,
@@ -184,6 +200,8 @@ class SnmpAgent:
         self._wake()
 
     def _wake(self) -> None:
+        if self._stopping.is_set():
+            return
         try:
             os.write(self._wake_w, b".")
         except (BlockingIOError, OSError):
@@ -211,6 +229,7 @@ class SnmpAgent:
                     sock.connect(str(self.socket_path))
                     self._open(sock)
                     self.connected = True
+                    self._wake()    # what was queued while snmpd was away
                     self._serve(sock)
             except (OSError, agentx.AgentXError) as err:
                 if self.connected:
@@ -236,13 +255,14 @@ class SnmpAgent:
             readable, _, _ = select.select([sock, self._wake_r], [], [])
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
-                if self._write_conf():
-                    self.snmpd.signal(1)     # SIGHUP: snmpd reads its file again
                 while self._queue:
                     self._packet += 1
                     sock.sendall(agentx.notify_pdu(self._session, self._packet,
-                                                   self._queue.popleft()))
+                                                   self._queue[0]))
+                    self._queue.popleft()
                     self.traps_sent += 1
+                if self._write_conf():
+                    self.snmpd.signal(signal.SIGHUP)   # snmpd reads its file again
             if sock in readable:
                 self._answer(sock)
         try:

@@ -265,3 +265,21 @@ def test_the_mib_parses_with_net_snmp_and_names_what_the_agent_serves() -> None:
     roles = _translate("-Td", "LOCALDIRECTOR-MIB::ldFailoverRole").stdout
     assert all(f"{name.lower()}({number})" in roles
                for name, number in snmp_mib.ROLES.items())
+
+
+def test_the_failover_service_tells_the_role_hooks_of_a_change_only(tmp_path: Path) -> None:
+    """FailoverService._set_role, the one place the unit's role changes, calls
+    Appliance.role_hooks with (before, now), and not when the role stays."""
+    import threading
+    import types
+
+    from localdirector.failover.service import FailoverService
+    appliance = Appliance(tmp_path / "startup-config")
+    heard: list[tuple[str, str]] = []
+    appliance.role_hooks.append(lambda before, now: heard.append((before, now)))
+    unit = types.SimpleNamespace(appliance=appliance, role="Starting", _active_since=None,
+                                 _active_total=0.0, _lock=threading.Lock(),
+                                 _replicate=lambda: None)
+    for role in ("Standby", "Standby", "Active"):
+        FailoverService._set_role(unit, role)   # type: ignore[arg-type]
+    assert heard == [("Starting", "Standby"), ("Standby", "Active")]

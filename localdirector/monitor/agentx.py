@@ -6,7 +6,7 @@ table, refuse every Set, and send notifications for snmpd to turn into traps
 Pure encoding and decoding over bytes, no socket: monitor/snmp.py holds the session.
 Every PDU this side sends is in network byte order (the header says so); a PDU from
 the master is read in the order its header gives. A malformed PDU raises AgentXError,
-which the session answers by closing (parseError), as the RFC asks."""
+and the session (monitor/snmp.py) drops the connection and opens a new one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ INTEGER, OCTET_STRING, NULL, OBJECT_ID, IP_ADDRESS = 2, 4, 5, 6, 64
 COUNTER32, GAUGE32, TIMETICKS, COUNTER64 = 65, 66, 67, 70
 NO_SUCH_OBJECT, NO_SUCH_INSTANCE, END_OF_MIB_VIEW = 128, 129, 130
 NOT_WRITABLE = 17            # the error a TestSet gets: nothing here can be written
-CLOSE_SHUTDOWN, CLOSE_PARSE_ERROR = 5, 2
+CLOSE_SHUTDOWN = 5
 INTERNET = (1, 3, 6, 1)
 
 Oid = tuple[int, ...]

@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,7 @@ class SnmpAgent:
     """snmpd and its subagent session, from start to exit; `status()` for `show snmp`."""
 
     def __init__(self, appliance: "Appliance", host: str, port: int, directory: Path,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.appliance = appliance
         self.listen = f"{host}:{port}"
         self.host, self.port = host, port

@@ -283,3 +283,19 @@ def test_the_failover_service_tells_the_role_hooks_of_a_change_only(tmp_path: Pa
     for role in ("Standby", "Standby", "Active"):
         FailoverService._set_role(unit, role)   # type: ignore[arg-type]
     assert heard == [("Starting", "Standby"), ("Standby", "Active")]
+
+
+def test_a_probe_taking_a_real_out_and_back_is_a_failure_and_a_recovery(tmp_path: Path) -> None:
+    appliance = configured(tmp_path, "probeconfig web http failures 1 successes 1",
+                           f"probe {VIRTUAL} web", "snmp-server community c",
+                           "snmp-server host 198.19.255.2", "snmp-server enable traps")
+    agent = SnmpAgent(appliance, "127.0.0.1", 1161, tmp_path)
+    agent.follow(appliance.director)
+    director = appliance.director
+    check = next(c for c in director.checks.values() if c.real_sid == ServerId.parse(REAL))
+    director.probe_result(check, False, "refused", 0.0, 1.0)
+    director.probe_result(check, False, "refused", 0.0, 2.0)
+    director.probe_result(check, True, "HTTP-200", 0.0, 3.0)
+    assert [binds[0][2] for binds in agent._queue] == [snmp_mib.REAL_FAILED,
+                                                       snmp_mib.REAL_RECOVERED]
+    agent.stop()

@@ -126,5 +126,6 @@ def show_snmp(session: Session) -> None:
                    location=snmp.location, traps=snmp.traps,
                    agent=None if status is None else dataclasses.asdict(status))
     session.print_table(("Host", "Community"),
-                        [(format_ip(h.addr), MASK if h.community else "(the agent's)")
+                        [(format_ip(h.addr), MASK if h.community else "(the agent's)"
+                          if snmp.community else "none: it gets no traps")
                          for h in snmp.hosts], key="hosts", empty="No trap receivers")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from appliance_driver import (LINK_DIRECTOR, LINK_PEER, R12, R13, VIP,  # noqa: F401
-                              appliance, ditched_then_retried, linked_namespace,
-                              simple_config)
+                              appliance, appliance_argv, ditched_then_retried,
+                              linked_namespace, simple_config)
 
 from localdirector.lab import Lab
 
@@ -155,4 +155,15 @@ def test_snmpd_goes_with_the_appliance_even_when_it_is_killed(lab: Lab, applianc
     restarted = appliance(simple_config(VIP, "roundrobin", [R12]), "--snmp", "1161")
     assert len(_snmpd_pids(lab)) == 1
     assert restarted.exit() == 0
+    assert _snmpd_pids(lab) == []
+
+
+def test_an_address_snmpd_cannot_listen_on_ends_the_program(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "startup-config"
+    config.write_text(f"snmp-server community {COMMUNITY}\n")
+    result = lab.run_in(lab.director_ns, appliance_argv(
+        config, "--no-dataplane", "--no-console", "--snmp", "192.0.2.99:161"), timeout=60)
+    assert result.returncode == 2, result
+    assert ('localdirector: snmp: snmpd cannot serve 192.0.2.99:161: Error opening '
+            'specified endpoint "udp:192.0.2.99:161"') in result.stderr, result.stderr
     assert _snmpd_pids(lab) == []

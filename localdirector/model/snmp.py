@@ -41,7 +41,8 @@ class SnmpConfig:
 
 
 def check_community(text: str) -> str:
-    """A community snmpd's configuration can hold as one word."""
+    """A community snmpd's configuration can hold as one word (no directive can follow
+    it on its line)."""
     if not 1 <= len(text) <= MAX_COMMUNITY or not text.isprintable() \
             or any(c in text for c in " \t\"'#\\"):
         raise ModelError(f"a community is 1-{MAX_COMMUNITY} printable characters without "
@@ -50,6 +51,7 @@ def check_community(text: str) -> str:
 
 
 def _check_text(what: str, text: str) -> str:
+    """Printable, so one line of snmpd.conf: no text can add a directive to it."""
     if len(text) > MAX_TEXT or not text.isprintable() or "\\" in text:
         raise ModelError(f"snmp-server {what}: at most {MAX_TEXT} printable characters "
                          "without '\\'")

@@ -163,7 +163,8 @@ class SnmpAgent:
             lines = self.snmpd.output.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return lines[-1] if lines else ""
+        errors = [line for line in lines if "rror" in line]   # not its closing words
+        return (errors or lines or [""])[-1]
 
     def _role(self) -> str:
         handle = self.appliance.failover

@@ -13,6 +13,9 @@ no command line. The appliance is its AgentX subagent over a Unix socket there
 the failover service queue. A configuration change is written and snmpd told (SIGHUP),
 which keeps the AgentX session.
 
+Why snmpd and AgentX, not an SNMP engine in this process, snmpd's pass_persist or an
+AgentX library: docs/design.rst, "Monitoring".
+
 snmpd runs as root: dropping to an unprivileged user (`-u`) changes its credentials,
 which clears PR_SET_PDEATHSIG, and a SIGKILLed appliance then left snmpd answering
 (docs/design.rst, "Monitoring")."""

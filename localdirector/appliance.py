@@ -14,6 +14,7 @@ from localdirector.model.director import Director
 from .commands import REGISTRY, Registry
 from .commands.bgp import BgpHandle
 from .commands.failover import FailoverHandle
+from .commands.snmp import SnmpHandle
 from .commands.handle import DataPlaneHandle
 from .shell import config_file, running_config
 from .shell.session import Session
@@ -65,6 +66,9 @@ class Appliance:
         # `--host-network IFACE`: the interface a LocalDirector configuration's `ip
         # address` goes on, and leave to apply its host lines (commands/hostnet.py).
         self.host_network: str | None = None
+        self.snmp: SnmpHandle | None = None
+        # Called with (role before, role now) when this unit's failover role changes.
+        self.role_hooks: list[Callable[[str, str], None]] = []
         # Called with the new Director after `reload` replaced the model.
         self.reload_hooks: list[Callable[[Director], None]] = []
 

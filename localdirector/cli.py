@@ -1,8 +1,8 @@
 """`localdirector`: boot the appliance from its startup-config, start its services, and
 give the operator a console (interactive on a terminal, scripted otherwise).
 
-Services (remote syslog; the data plane; SSH, telnet and serial consoles; the probe
-runner; the metrics endpoint) are entries of `SERVICES`
+Services (remote syslog; the SNMP agent; the data plane; SSH, telnet and serial
+consoles; the probe runner; the metrics endpoint) are entries of `SERVICES`
 (see services.py). This is the top floor (docs/design.rst, "Layers"): the only module
 that knows every other, and the one place the data-plane handle is set."""
 
@@ -21,7 +21,7 @@ from .access import service as access_service
 from .bgp import service as bgp_service
 from .failover import service as failover_service
 from .appliance import DEFAULT_CONFIG, Appliance
-from .monitor import exporter, logging_hosts
+from .monitor import exporter, logging_hosts, snmp
 from .probes import runner as probe_runner
 from .services import LAB_ENV, Service, ServiceError, Stoppable
 from .shell import config_file
@@ -67,6 +67,8 @@ def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable
 SERVICES: list[Service] = [
     # First, so whatever the others log at start reaches the logging hosts.
     Service("logging", lambda parser: None, logging_hosts.start),
+    # Before the probes and the failover pair: their first verdicts may be traps.
+    Service("snmp", snmp.add_arguments, snmp.start),
     # Before the data plane: the first probe of every real runs at once, and its result
     # is in before the first client's SYN can be (a real dead at boot gets none).
     Service("probes", probe_runner.add_arguments, probe_runner.start),

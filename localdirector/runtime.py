@@ -1,6 +1,6 @@
-"""What the appliance's helper processes (keepalived, conntrackd, ExaBGP) leave on the
-box, and how none of it outlives the appliance (docs/design.rst, "Failover", "No
-orphan").
+"""What the appliance's helper processes (keepalived, conntrackd, ExaBGP, snmpd) leave
+on the box, and how none of it outlives the appliance (docs/design.rst, "Failover", "No
+orphan"); `Supervised` keeps one running.
 
 Each service that runs helpers keeps their files in one directory per network
 namespace, `/run/localdirector-KIND-INODE` (INODE: the namespace's, so pairs in several
@@ -22,8 +22,11 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("localdirector")
@@ -31,6 +34,8 @@ log = logging.getLogger("localdirector")
 RUN = Path("/run")
 PR_SET_PDEATHSIG = 1
 END_WAIT = 3.0      # seconds for a leftover helper to go after SIGKILL
+RESTART_DELAY = 0.5     # seconds between a helper's exit and its restart
+STOP_GRACE = 3.0
 
 
 class Claimed(Exception):
@@ -144,3 +149,101 @@ def release(directory: Path) -> None:
     """At a clean stop, after the helpers are stopped: nothing is left behind."""
     end_leftovers(directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+class Supervised:
+    """A helper (keepalived, conntrackd, snmpd) kept running in the foreground in its own
+    process group: restarted and logged when it exits, stopped with its children, and
+    killed by the kernel if the appliance dies without stopping it. `service` names the
+    appliance's service in its log lines and its thread (`failover-keepalived`)."""
+
+    def __init__(self, service: str, name: str, argv: list[str], output: Path,
+                 prepare: Callable[[], None] = lambda: None,
+                 with_parent: bool = True, stop_signal: int = signal.SIGTERM) -> None:
+        self.service = service
+        # False: not ended by the appliance's death itself but by the failover guard
+        # sentinel once the drop guard is up (failover/guard.py).
+        self.with_parent = with_parent
+        self.stop_signal = stop_signal
+        self.log = logging.getLogger(f"localdirector.{service}")
+        self.name = name
+        self.argv = argv
+        self.output = output
+        self.prepare = prepare     # before every start: clear what a crash left behind
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{service}-{name}",
+                                        daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def signal(self, signum: int) -> None:
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signum)
+
+    def _run(self) -> None:
+        first = True
+        while not self._stopping.is_set():
+            self.prepare()
+            with self.output.open("ab") as out:
+                self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL,
+                                              start_new_session=True,
+                                              preexec_fn=die_with_parent
+                                              if self.with_parent else None)
+            if first:
+                self.log.info("%s: %s started (pid %d)", self.service, self.name,
+                              self._proc.pid)
+            else:
+                self.log.warning("%s: %s restarted (pid %d)", self.service, self.name,
+                                 self._proc.pid)
+            first = False
+            status = self._proc.wait()
+            _end_group(self._proc.pid)   # orphaned children of a crash go with it
+            if self._stopping.is_set():
+                break
+            self.log.error("%s: %s exited (status %d); restarting", self.service,
+                           self.name, status)
+            self.restarts += 1
+            self._stopping.wait(RESTART_DELAY)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc.pid, self.stop_signal)
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+            _end_group(proc.pid)
+        if self._thread.is_alive():
+            self._thread.join(STOP_GRACE + 1)
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group and wait until it is gone, so a restart
+    never meets the old instance's pid file or sockets still in use."""
+    _kill_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)

@@ -339,3 +339,32 @@ def ten_megabytes_each_way(lab: Lab) -> None:
     for _ in range(2):  # once to each real
         answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
         assert answer.strip() == hashlib.sha256(upload).hexdigest()
+
+
+LINK_DIRECTOR, LINK_PEER = "198.19.255.1", "198.19.255.2"
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def linked_namespace(lab: Lab, suffix: str, director_if: str) -> Iterator[str]:
+    """A namespace of the test's own (a collector's, a manager's) linked to the lab's
+    director by 198.19.255.0/24: the director's LINK_DIRECTOR on `director_if`, the
+    namespace's LINK_PEER on its eth0; no IPv6. Removed on exit, whatever happened."""
+    ns = f"{lab.name}-{suffix}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1")
+        _ip("-n", lab.director_ns, "link", "add", director_if, "type", "veth", "peer",
+            "name", "eth0", "netns", ns)
+        _ip("-n", lab.director_ns, "addr", "add", f"{LINK_DIRECTOR}/24", "dev", director_if)
+        _ip("-n", lab.director_ns, "link", "set", director_if, "up")
+        _ip("-n", ns, "addr", "add", f"{LINK_PEER}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)

@@ -108,6 +108,8 @@ README_RULES = {
     r"localdirector lab(?: --config examples/cluster\.cfg)? --cluster \d":
         "test_cluster_lab_session",
     r"localdirector lab --failover": "test_failover_lab_session",
+    r"snmpwalk -v2c -c \S+ -m \+LOCALDIRECTOR-MIB -M \S+ \S+ ldRealTable":
+        "test_walked_read_and_trapped_with_net_snmp",
     r"localdirector lab --config examples/\S+\.cfg": "test_example_does_what_its_comments_say",
     r"printf '[^']*' \| localdirector lab --config examples/\S+\.cfg":
         "test_readme_scripted_lab",

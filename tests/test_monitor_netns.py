@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appliance_driver import (R12, R13, VIP, appliance, ditched_then_retried,  # noqa: F401
+from appliance_driver import (LINK_DIRECTOR, LINK_PEER, R12, R13, VIP,  # noqa: F401
+                              appliance, ditched_then_retried, linked_namespace,
                               simple_config)
 from test_metrics import samples
 
@@ -24,7 +25,7 @@ from localdirector.lab.topology import DIRECTOR_REAL_SIDE
 
 pytestmark = pytest.mark.netns
 
-DIRECTOR_SIDE, COLLECTOR = "198.19.255.1", "198.19.255.2"
+DIRECTOR_SIDE, COLLECTOR = LINK_DIRECTOR, LINK_PEER
 METRICS_PORT = 9464
 
 RSYSLOG_CONF = """\
@@ -39,43 +40,26 @@ action(type="omfile" file="{dir}/received.log" template="line")
 """
 
 
-def _ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def collector(lab: Lab, tmp_path: Path) -> Iterator[Path]:
     """rsyslogd listening on COLLECTOR (514/udp, 601/tcp); yields the file it writes."""
-    ns = f"{lab.name}-log"
-    _ip("netns", "add", ns)
-    proc = None
-    try:
-        _ip("netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1")
-        _ip("-n", lab.director_ns, "link", "add", "log0", "type", "veth", "peer", "name",
-            "eth0", "netns", ns)
-        _ip("-n", lab.director_ns, "addr", "add", f"{DIRECTOR_SIDE}/24", "dev", "log0")
-        _ip("-n", lab.director_ns, "link", "set", "log0", "up")
-        _ip("-n", ns, "addr", "add", f"{COLLECTOR}/24", "dev", "eth0")
-        _ip("-n", ns, "link", "set", "eth0", "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
+    with linked_namespace(lab, "log", "log0") as ns:
         conf = tmp_path / "rsyslog.conf"
         conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, addr=COLLECTOR))
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "rsyslogd", "-n", "-f", str(conf),
                                  "-i", str(tmp_path / "rsyslogd.pid")],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 10
-        while ":601 " not in subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"],
-                                             capture_output=True, text=True).stdout:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "rsyslogd did not start listening"
-            time.sleep(0.1)
-        yield tmp_path / "received.log"
-    finally:
-        if proc is not None:
+        try:
+            deadline = time.monotonic() + 10
+            while ":601 " not in subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"],
+                                                 capture_output=True, text=True).stdout:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "rsyslogd did not start listening"
+                time.sleep(0.1)
+            yield tmp_path / "received.log"
+        finally:
             proc.terminate()
             proc.wait(10)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def test_failed_and_back_in_service_reach_rsyslog_and_metrics_count(

@@ -18,6 +18,7 @@ from . import interfaces  # noqa: F401  (the host's own: `show ip interface brie
 from . import access  # noqa: F401
 from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)
+from . import snmp  # noqa: F401  (the SNMP agent and its traps)
 from . import bgp  # noqa: F401  (after the virtuals: `advertise` names them)
 from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
 # LocalDirector's words, lines and refusals (issue 27): no savers, so not in the running

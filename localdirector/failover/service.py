@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from localdirector import runtime
+from localdirector.runtime import Supervised
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
@@ -27,7 +28,6 @@ from localdirector.services import ServiceError
 
 from . import configs
 from .configcopy import ConfigCopy
-from .daemon import Supervised
 from .guard import STOP_SIGNAL, Guard, sentinel_argv
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
@@ -109,7 +109,8 @@ class FailoverService:
             lambda on: self._yield("link", on))
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
-        self.sentinel = Supervised("guard sentinel", sentinel_argv(unit.directory),
+        self.sentinel = Supervised("failover", "guard sentinel",
+                                   sentinel_argv(unit.directory),
                                    unit.directory / "sentinel.out", stop_signal=STOP_SIGNAL)
         self.stream = Stream(unit, self._receive, self._peer_connected,
                              lambda: self.appliance.director.settings.failover.hold_ms / 1000)
@@ -223,7 +224,7 @@ class FailoverService:
             if self.conntrackd is not None:
                 self.conntrackd.stop()
             self.conntrackd = Supervised(
-                "conntrackd", ["conntrackd", "-C", str(self.unit.conntrackd_conf)],
+                "failover", "conntrackd", ["conntrackd", "-C", str(self.unit.conntrackd_conf)],
                 self.unit.directory / "conntrackd.out", self._clear_conntrackd,
                 with_parent=False)
             self.conntrackd.start()
@@ -236,7 +237,7 @@ class FailoverService:
                     self.keepalived.stop()
                 d = self.unit.directory
                 self.keepalived = Supervised(
-                    "keepalived",
+                    "failover", "keepalived",
                     ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                      "-f", str(self.unit.keepalived_conf), "-p", str(d / "keepalived.pid"),
                      "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid")],
@@ -335,8 +336,11 @@ class FailoverService:
                 self._active_since = None
             if role == "Active":
                 self._active_since = now
-            self.role = role
+            before, self.role = self.role, role
         self._replicate()
+        if role != before:
+            for hook in self.appliance.role_hooks:
+                hook(before, role)
 
     def _active_seconds(self) -> float:
         with self._lock:

@@ -30,6 +30,7 @@ from .probes import Probe, ProbeCheck, ProbeCounters
 from .real import PhysicalMachine
 from .serverid import ServerId
 from .settings import ApplianceSettings, Settings
+from .snmp import SnmpSettings
 from .state import State
 from .translation import TranslationModes
 from .virtual import VirtualMachine
@@ -49,7 +50,7 @@ class Decision:
 
 
 class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSettings,
-               BgpSettings):
+               BgpSettings, SnmpSettings, health.HealthWatch):
     """The model; how virtuals are translated and the configuration beyond the
     patent's objects (probes, appliance settings, the failover pair, BGP) are changed
     by the methods of its mixins, each beside the data it changes."""
@@ -76,6 +77,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         self._links: dict[VirtualMachine, tuple[Link, ...]] = {}
         self._links_generation = -1
         self._listeners: list[Callable[[], None]] = []
+        self.health_watchers: list[health.Watcher] = []
         # Active probes (model/probes.py): definitions by name, which server each is
         # attached to, and one check per (real, probe, port) they add up to.
         self.probes: dict[str, Probe] = {}
@@ -474,10 +476,14 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
 
     # -- health (model/health.py): the data plane reports, these change states ------
     def note_failure(self, r: PhysicalMachine, now: float) -> None:
+        before = health.state(r)
         health.note_failure(r, now, self.fmt)
+        self.health_moved(r, before)
 
     def note_answer(self, r: PhysicalMachine) -> None:
+        before = health.state(r)
         health.note_answer(r, self.fmt)
+        self.health_moved(r, before)
 
     def tick(self, now: float) -> None:
         health.retry_due(self.reals.values(), now, self.fmt)

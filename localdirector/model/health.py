@@ -28,6 +28,8 @@ _IN_SERVICE = State.IN_SERVICE
 _TESTING = State.TESTING
 
 Names = Callable[["ServerId"], str]  # how the log names a real (Director.fmt)
+# Told (real, state before, state after) under the model lock: must not block.
+Watcher = Callable[["PhysicalMachine", State, State], None]
 
 
 def available(real: "PhysicalMachine") -> bool:
@@ -173,3 +175,18 @@ def virtual_state(virtual: "VirtualMachine", reachable: Iterable["PhysicalMachin
     if State.FAILED in states and not states & {State.IN_SERVICE, State.TESTING}:
         return State.FAILED.value
     return virtual.state.value
+
+
+class HealthWatch:
+    """Mixed into Director: who hears that a real's state as clients find it (`state`)
+    changed by health, passive or a probe's, never by the operator's command: the SNMP
+    traps (monitor/snmp.py). Called where the model logs those changes, so nothing is
+    polled and no packet pays for it."""
+
+    health_watchers: list[Watcher]
+
+    def health_moved(self, real: "PhysicalMachine", before: State) -> None:
+        after = state(real)
+        if after is not before:
+            for watcher in self.health_watchers:
+                watcher(real, before, after)

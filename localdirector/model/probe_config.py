@@ -40,6 +40,8 @@ class ProbeConfig:
 
         def fmt(self, sid: ServerId) -> str: ...
 
+        def health_moved(self, real: PhysicalMachine, before: State) -> None: ...
+
     def define_probe(self, name: str, kind: str, **settings: Any) -> Probe:
         """`probeconfig NAME TYPE ...`: the whole definition, replacing one of that name
         (its checks keep what they learnt; the new settings apply from the next probe)."""
@@ -156,8 +158,9 @@ class ProbeConfig:
         if self.checks.get(key) is not check:
             return
         was = check.state
-        new = probes.record(check, good, result, latency, now)
         real = self.reals[check.real_sid]
+        before = health.state(real)
+        new = probes.record(check, good, result, latency, now)
         if new is not None:
             out_before = real.probe_down
             self._follow_checks([real], time.monotonic())
@@ -171,3 +174,4 @@ class ProbeConfig:
                             and real.state is State.IN_SERVICE else "")
         if good and check.state == probes.UP and not real.probe_down:
             health.probe_passed(real, check.probe.name, self.fmt)
+        self.health_moved(real, before)

@@ -15,6 +15,7 @@ from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
 from .passwords import is_hash, is_localdirector_hash
+from .snmp import SnmpConfig
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -90,6 +91,7 @@ class Settings:
     host_lines: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
+    snmp: SnmpConfig = field(default_factory=SnmpConfig)   # "Monitoring"
 
     def access(self, kind: str) -> list[AccessEntry]:
         """The access list of `kind` (one of ACCESS_KINDS); empty = anyone may connect."""

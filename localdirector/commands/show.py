@@ -111,6 +111,9 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
         f"  Settings: timeout {v.timeout} s, sticky "
         f"{f'{v.sticky} min ({len(v.sticky_table)} clients)' if v.sticky else 'off'}, "
         f"synguard {v.synguard or 'off'}, backup {d.fmt(v.backup) if v.backup else '-'}",
+        *([f"  Udp: {'per-datagram' if v.per_datagram else 'per-flow'} balancing, "
+           f"flows {v.flows}, {v.flows_evicted} flows evicted"]
+          if v.proto == "udp" else []),
         f"  Reals: {reals}",
     ]
 

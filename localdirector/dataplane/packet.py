@@ -359,24 +359,28 @@ def tcp_checksum_valid(buf: Buffer, ihl: int, proto: int = PROTO_TCP) -> bool:
     return (value + src + dst + proto + length) % _MOD == 0
 
 
-def complete_tcp_checksum(buf: Buffer) -> None:
-    """Finish the TCP checksum its sender left to the hardware (the kernel's
+def complete_checksum(buf: Buffer) -> None:
+    """Finish the TCP or UDP checksum its sender left to the hardware (the kernel's
     CHECKSUM_PARTIAL, NFQUEUE's "checksum not ready"), in place.
 
     Such a packet's checksum field holds only the pseudo-header sum, and the hardware
     would add the segment and negate; a queued packet handed back with a payload is
     taken as is (CHECKSUM_NONE), so whoever changes it must finish the sum first, and
-    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole segments only (a
-    packet cut short by the copy range is left alone); not TCP: nothing to do.
+    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole packets only (one
+    cut short by the copy range is left alone); a UDP sum of 0 is written 0xFFFF; other
+    protocols: nothing to do.
     """
     ihl = (buf[0] & 0x0F) << 2
     total = buf[2] << 8 | buf[3]
-    if buf[9] != PROTO_TCP or total > len(buf) or total < ihl + 20:
+    proto = buf[9]
+    at = ihl + 16 if proto == PROTO_TCP else ihl + 6 if proto == PROTO_UDP else 0
+    if not at or total > len(buf) or total < at + 2:
         return
     value = int.from_bytes(buf[ihl:total], "big")
     if (total - ihl) & 1:
         value <<= 8
-    _pack_u16(buf, ihl + 16, -value % _MOD)
+    csum = -value % _MOD
+    _pack_u16(buf, at, csum if csum or proto == PROTO_TCP else 0xFFFF)
 
 
 _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header

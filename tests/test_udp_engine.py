@@ -222,6 +222,27 @@ def test_a_full_virtual_evicts_its_oldest_unanswered_flow_counted() -> None:
     assert v.flows_evicted == 101
 
 
+def test_the_bound_holds_for_flows_carried_over_by_reload_and_replication() -> None:
+    lab = udp_lab((UA,))
+    for port in (1000, 1001):
+        query(lab, port)
+    fresh = udp_lab((UA,)).d                    # `reload`: the same config, new objects
+    fresh.virtuals[sid(UVIP)].flows = 2
+    with lab.d.lock:
+        lab.engine.adopt(fresh)
+    lab.d = fresh
+    assert query(lab, 1002)[0] == ACCEPT_MODIFIED
+    v = fresh.virtuals[sid(UVIP)]
+    assert (v.conns_current, v.flows_evicted) == (2, 1) and flow(lab, 1000) is None
+    standby = udp_lab((UA,))
+    standby.d.virtuals[sid(UVIP)].flows = 2
+    for conn in list(fresh.conns):              # replicated: filed on the standby too
+        standby.engine.import_conn(decode(encode(conn, lab.clock()), standby.d,
+                                          standby.clock()))
+    assert query(standby, 1003)[0] == ACCEPT_MODIFIED
+    assert standby.d.virtuals[sid(UVIP)].conns_current == 2
+
+
 def test_a_4k_datagram_and_a_first_fragment_are_translated() -> None:
     lab = udp_lab((UA,))
     query(lab)

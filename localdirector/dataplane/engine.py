@@ -325,7 +325,10 @@ class Engine(TcpState, UdpFlows, IcmpErrors, CarriedConnections, RealReplies):
             nat_port = self._ports.choose(self.director.conns.reply, new.addr,
                                           new.port or conn.virtual_port, conn.foreign_ip,
                                           conn.foreign_port, service > 0xFFFF)
+        previous = conn.virtual
         self.director.conns.move(conn, new, decision.served_by, nat_port)
+        if conn.virtual is not previous:   # overflowed to a backup instance
+            self._refile_flow(conn, previous)
         conn.syn_sent_at = now
         self._start_probe(conn)
         self.stats.conns_reassigned += 1

@@ -149,10 +149,28 @@ class UdpFlows:
                 self._close(victim, now)   # which unfiles it
                 virtual.flows_evicted += 1
                 self.stats.flows_evicted += 1
-        order[conn.in_key] = conn
+        # (an eviction that emptied the virtual's order took it out: put it back)
+        self._flow_order.setdefault(virtual, order)[conn.in_key] = conn
 
-    def _unfile_flow(self, conn: Connection) -> None:
-        """A flow left the table."""
-        order = self._flow_order.get(conn.virtual)
+    def _unfile_flow(self, conn: Connection, virtual: VirtualMachine | None = None) -> None:
+        """A flow left the table (or `virtual`, the instance it was filed under)."""
+        order = self._flow_order.get(virtual or conn.virtual)
         if order is not None:
             order.pop(conn.in_key, None)
+            if not order:
+                del self._flow_order[virtual or conn.virtual]
+
+    def _refile_flow(self, conn: Connection, previous: VirtualMachine) -> None:
+        """A flow moved from instance `previous` to another (a backup took it over);
+        a TCP connection is not filed."""
+        if conn.in_key >= UDP_KEY:
+            self._unfile_flow(conn, previous)
+            self._flow_order.setdefault(conn.virtual, {})[conn.in_key] = conn
+
+    def _refile_flows(self) -> None:
+        """File every flow of the table afresh: the instances changed (`reload`), or the
+        flows were carried in from the other unit (replication)."""
+        self._flow_order = order = {}
+        for key, conn in self.director.conns.inbound.items():
+            if key >= UDP_KEY:
+                order.setdefault(conn.virtual, {})[key] = conn

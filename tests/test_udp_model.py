@@ -152,3 +152,5 @@ def test_test_assign_and_show_conns_name_the_protocol(sh: Shell) -> None:
     assert "198.51.100.7:40000" in sh.take()
     assert sh("do show virtual 192.0.2.53:53:0:udp detail")
     assert "Udp: per-flow balancing, flows 65536, 0 flows evicted" in sh.take()
+    assert sh("do show real 203.0.113.11:0:0:udp detail")
+    assert "reassign after 3 datagrams" in sh.take()

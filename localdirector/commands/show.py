@@ -153,7 +153,8 @@ def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
         f"  Response time: {_ms(r.response_time)}",
         f"  Reassigns: {r.noanswer_reassigns} unanswered, {r.reset_reassigns} reset; "
         f"{r.consecutive_fails} in a row of threshold {r.threshold}; reassign after "
-        f"{r.reassign} SYNs, retry after {r.retry} s",
+        f"{r.reassign} {'datagrams' if r.sid.proto == 'udp' else 'SYNs'}, retry after "
+        f"{r.retry} s",
         f"  Backup: {d.fmt(r.backup) if r.backup else '-'}; bound to "
         f"{', '.join(d.fmt(v.sid) for v in bound) or 'no virtual'}",
     ]

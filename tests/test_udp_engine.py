@@ -8,13 +8,14 @@ replication record; the NFQUEUE rules."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.packet import Raw
 
 from localdirector.dataplane import packet as P
-from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.iptables import names, raw_rules
 from localdirector.dataplane.ruleset import desired_rules
 from localdirector.failover.replication import decode, encode
@@ -115,6 +116,25 @@ def test_malformed_datagrams_are_dropped_and_counted_and_create_nothing(build, r
     whole = bytes(build())
     for cut in range(20, len(whole)):
         assert lab.engine.handle(bytearray(whole[:cut])) in (DROP, ACCEPT_MODIFIED)
+
+
+def test_random_corruption_of_datagrams_and_their_icmp_errors_never_raises() -> None:
+    lab = udp_lab()
+    query(lab)
+    conn = flow(lab)
+    samples = [bytes(IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=53) / Raw(b"q" * 30)),
+               bytes(IP(src=A, dst=CLIENT) / UDP(sport=53, dport=40000) / Raw(b"a" * 30)),
+               bytes(IP(src=A, dst=CLIENT) / ICMP(type=3, code=3) / Raw(bytes(
+                   IP(src=CLIENT, dst=A) / UDP(sport=conn.nat_port, dport=53) / Raw(b"q"))))]
+    rng = random.Random(25)
+    for _ in range(3000):
+        buf = bytearray(rng.choice(samples))
+        for _ in range(rng.randrange(1, 4)):
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del buf[rng.randrange(len(buf)):]
+        assert lab.engine.handle(buf) in (DROP, ACCEPT_MODIFIED, ACCEPT_UNCHANGED)
+    lab.assert_accounted()
 
 
 def test_a_translated_udp_checksum_that_comes_out_zero_is_sent_as_ffff() -> None:

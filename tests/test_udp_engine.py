@@ -166,6 +166,14 @@ def test_unanswered_datagrams_fail_the_real_and_move_the_flow() -> None:
     assert query(lab, 40001)[1].dst == B                  # a new flow avoids failed A
 
 
+def test_a_lone_unanswering_real_fails_once_per_reassign_datagrams() -> None:
+    lab = udp_lab((UA,))
+    a = lab.d.reals[sid(UA)]
+    for _ in range(3 * a.reassign + 1):                    # no other real: the flow stays
+        assert query(lab)[1].dst == A
+    assert a.consecutive_fails == 3 and a.noanswer_reassigns == 0
+
+
 def _unreachable(lab: Lab, conn: UdpFlow, code: int, src: str | None = None) -> tuple:
     """The real's (or a router's) ICMP error about the datagram the client sent it."""
     quoted = IP(src=CLIENT, dst=conn.real.sid.format().split(":")[0]) / UDP(

@@ -99,9 +99,11 @@ class UdpFlows:
                     now: float) -> int:
         """A client datagram of a known flow. `reassign` datagrams without an answer
         since the real last answered are a failure of that real (as unanswered SYNs
-        are), and this one goes to another real if one can take the flow."""
+        are), and this one goes to another real if one can take the flow; the count
+        starts again either way, so a lone real is failed once per `reassign` of them."""
         unanswered = conn.syn_resends
-        if unanswered >= conn.real.reassign and self._reassign(conn, now, reset=False):
+        if unanswered >= conn.real.reassign:
+            self._reassign(conn, now, reset=False)
             unanswered = 0
         conn.syn_resends = unanswered + 1
         return self._forward_in(buf, ihl, size, conn, src, 0, now, True)

@@ -8,7 +8,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from test_engine import CLIENT, VIP, Lab, lab
 
-from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP, SEQ_WINDOW
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, DROP
+from localdirector.dataplane.tcp import SEQ_WINDOW
 from localdirector.model.connection import CLOSED, ESTABLISHED, FIN_WAIT
 from localdirector.model.addr import format_ip
 

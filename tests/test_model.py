@@ -48,7 +48,7 @@ def test_serverid_parse_and_format() -> None:
     assert str(sid("192.0.2.10:80:1:tcp")) == "192.0.2.10:80:1:tcp"
     assert sid("192.0.2.10:80").format({VIP: "web"}) == "web:80:0:tcp"
     assert ServerId.parse("web:80", {"web": VIP}).addr == VIP
-    for bad in ("192.0.2.300", "192.0.2.10:70000", "192.0.2.10:80:x", "192.0.2.10:80:0:udp",
+    for bad in ("192.0.2.300", "192.0.2.10:70000", "192.0.2.10:80:x", "192.0.2.10:80:0:sctp",
                 "1.2.3", ""):
         with pytest.raises(ValueError):
             sid(bad)

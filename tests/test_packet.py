@@ -580,7 +580,9 @@ def test_icmp_parse_rejections() -> None:
     assert icmp_reason(outer=ICMP(type=0)) == P.NOT_ICMP_ERROR
     assert P.parse_icmp_error(sample()) == P.NOT_ICMP_ERROR  # TCP
     udp = bytes(IP(src="198.51.100.7", dst="203.0.113.10") / UDP(sport=1, dport=2))
-    assert icmp_reason(inner=udp) == P.NOT_TCP
+    assert icmp_reason(inner=udp)[5:] == (0xC6336407, 0xCB00710A, 1, 2)   # UDP quoted too
+    gre = bytes(IP(src="198.51.100.7", dst="203.0.113.10", proto=47) / Raw(b"\0" * 8))
+    assert icmp_reason(inner=gre) == P.NOT_TCP
     assert icmp_reason(quote_len=27) == P.BAD_LENGTH  # whole packet, but quotes too little
     assert icmp_reason(quote_len=10) == P.BAD_LENGTH
     options = Spec(0xC6336407, 0xCB00710A, 1, 2, ip_options=(b"\x94\x04\x00\x00",)).build()

@@ -77,7 +77,7 @@ REFUSED = [
     ("virtual 192.0.2.300:80", _invalid("invalid address or unknown name '192.0.2.300'"), 8),
     ("virtual 192.0.2.10:70000", _invalid("invalid port '70000' (0-65535)"), 19),
     ("virtual 192.0.2.10:80:70000", _invalid("invalid bind id '70000' (0-65535)"), 22),
-    ("virtual 192.0.2.10:80:1:udp", _invalid("unsupported protocol 'udp' (only tcp)"), 24),
+    ("virtual 192.0.2.10:80:1:sctp", _invalid("unsupported protocol 'sctp' (tcp or udp)"), 24),
     ("real 203.0.113.12:80:1", _invalid("a real server id takes no bind id"), 21),
     ("real nosuchname:80", _invalid("invalid address or unknown name 'nosuchname'"), 5),
     ("assign 192.0.2.99:80:1 198.51.100.0", "% virtual 192.0.2.99:80:1:tcp does not exist",

@@ -98,9 +98,10 @@ def virtual(session: Session, id: ServerId, state: State | None = None,
 # -- per-server settings: one field each, `no` restores the field's default ----------------
 
 def _setting(word: str, help: str, target: Arg, value: Any, option: Option) -> None:
-    def handler(session: Session, id: ServerId, value: Any = option.default,
+    def handler(session: Session, id: ServerId, value: Any = None,
                 no: bool = False) -> None:
-        session.director.set_option(id, word, option.default if no else value)
+        # None: the default for the server's protocol (Option.default_of).
+        session.director.set_option(id, word, None if no else value)
 
     declare(CONFIG, Keyword(word, help), target, value, handler=handler, no=2,
             saver=lambda director: director.changed_options(word))
@@ -129,11 +130,24 @@ _setting("predictor", "How a virtual picks a real [leastconns]", args.virtual_id
          VIRTUAL_OPTIONS["predictor"])
 
 
-_number_setting("timeout", "Idle seconds before a connection is removed [900]", "Seconds")
+_number_setting("timeout", "Idle seconds before a connection or udp flow is removed "
+                "[900; udp 60]", "Seconds")
 _number_setting("sticky", "Minutes a client stays with its real [0 = off]",
                 "Minutes, 0 = off")
 _number_setting("synguard", "Most half-open connections [0 = off]",
                 "Half-open connections, 0 = off")
+_number_setting("flows", "Most flows a udp virtual holds; beyond, the oldest "
+                "unanswered go [65536]", "Flows")
+
+
+@command(CONFIG, Keyword("per-datagram", "Balance every datagram of a udp virtual anew "
+                                         "(one-packet scheduling)"),
+         args.virtual_id("id", "Udp virtual instance"), no=2,
+         saver=lambda d: [(v.sid,) for v in d.iter_virtuals() if v.per_datagram])
+def per_datagram(session: Session, id: ServerId, no: bool = False) -> None:
+    """Each client datagram is decided as a new flow's first would be; the real's
+    answers are still translated back (docs/design.rst, "UDP flows")."""
+    session.director.set_per_datagram(id, not no)
 
 
 # -- links and Bind ID objects -----------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from localdirector.model.addr import format_ip, format_mask
 from localdirector.model.director import Director
 from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
+from localdirector.model.serverid import ALL_PORTS, UDP_SERVICE
 from localdirector.shell import args, config_file, running_config
 from localdirector.shell.grammar import Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
@@ -242,6 +243,12 @@ def kill(session: Session, target: int) -> None:
     session.print(f"Session {target} closed")
 
 
+def _destination(addr: int, service: int) -> str:
+    """VIP:port of a service port, with `udp` after a udp one (as a server id has it)."""
+    port = f"{format_ip(addr)}:{service & 0xFFFF}"
+    return f"{port}:udp" if service & UDP_SERVICE else port
+
+
 @command(PRIV, Keyword("test", "What-if checks that send no traffic"),
          Keyword("assign", "Which virtual and real a client's SYN would get"),
          args.host("client", "Client address or name"),
@@ -253,7 +260,12 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
     no counter, round-robin cursor or sticky entry moves."""
     director = session.director
     addr, port = destination
-    ports = [port] if port is not None else sorted({p for a, p in director.by_dest if a == addr})
+    # Service ports (serverid.UDP_SERVICE): a named port asks each protocol served there.
+    services = {p for a, p in director.by_dest if a == addr}
+    if port is not None:
+        services = {port | (p & UDP_SERVICE) for p in services
+                    if p & 0xFFFF in (port, ALL_PORTS)} or {port}
+    ports = sorted(services)
     if not ports:
         raise CommandFailed(f"no virtual at {format_ip(addr)}")
     now = time.monotonic()
@@ -262,8 +274,8 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
         obj = director.bindids.lookup(client, addr, dport)
         decision = director.decide(client, addr, dport, now, commit=False)
         if decision.virtual is None:
-            rows.append((format_ip(client), f"{format_ip(addr)}:{dport}", "-", "-", "-",
-                         "no virtual: SYN dropped"))
+            rows.append((format_ip(client), _destination(addr, dport), "-", "-", "-",
+                         "no virtual: dropped"))
             continue
         why = (f"assign {format_ip(obj.client_ip)} {format_mask(obj.prefixlen)}"
                if obj is not None else "no assign matches: Bind ID 0")
@@ -273,9 +285,10 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
         if decision.real is None:
             # What the data plane does with it (docs/design.rst, "Packet flow").
             engine_fast = decision.virtual.fastpath and not decision.virtual.kernel
-            why += ("; no real available: SYN dropped (fast path)" if engine_fast
+            why += ("; no real available: datagram dropped" if dport & UDP_SERVICE
+                    else "; no real available: SYN dropped (fast path)" if engine_fast
                     else "; no real available: SYN refused with a RST")
-        rows.append((format_ip(client), f"{format_ip(addr)}:{dport}",
+        rows.append((format_ip(client), _destination(addr, dport),
                      director.fmt(decision.virtual.sid),
                      director.fmt(decision.real.sid) if decision.real else "-",
                      (served or decision.virtual).predictor, why))

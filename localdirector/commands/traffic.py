@@ -128,7 +128,10 @@ def show_statistics(session: Session) -> None:
 
 def _matches(conn: Connection, sid: ServerId) -> bool:
     """`show conns ID`: a virtual id matches by VIP (port, Bind ID when given), a real
-    id by its address (port when given)."""
+    id by its address (port when given); a udp id only udp flows (an id typed without
+    a protocol is tcp's, yet lists both, as the address is what the operator asks)."""
+    if sid.proto != "tcp" and conn.virtual.proto != sid.proto:
+        return False
     if conn.virtual_ip == sid.addr:
         return ((not sid.port or sid.port == conn.virtual_port)
                 and (not sid.bind or sid.bind == conn.virtual.bind_id))
@@ -147,6 +150,7 @@ COPY_SLICE = 1000
 
 class _Row(NamedTuple):
     """What `show conns` shows of one connection, copied while the lock was held."""
+    proto: str
     foreign: tuple[int, int]
     virtual: tuple[int, int]
     real: tuple[int, int]
@@ -171,7 +175,8 @@ def _copy_rows(director: Director, sid: ServerId | None, detail: bool) -> list[_
     for start in range(0, len(conns), COPY_SLICE):
         with director.lock:
             rows.extend(
-                _Row((c.foreign_ip, c.foreign_port), (c.virtual_ip, c.virtual_port),
+                _Row(c.virtual.proto, (c.foreign_ip, c.foreign_port),
+                     (c.virtual_ip, c.virtual_port),
                      (c.real_ip, c.real_port), c.tcp_state, c.created, c.last_seen,
                      c.fastpath, c.remap, c.answered, c.syn_resends,
                      director.fmt(c.virtual.sid) if detail else "",
@@ -189,11 +194,12 @@ KERNEL_NOTE = ("Not listed: connections of virtuals decided in the kernel (fastp
 
 
 def _summary(session: Session, conns: list[_Row], now: float) -> None:
-    rows = ((_ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
+    rows = ((c.proto, _ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
              elapsed(now - c.created), "-" if c.fastpath else elapsed(now - c.last_seen),
              "fastpath" if c.fastpath else "engine")
             for c in conns)
-    session.print_table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path"), rows,
+    session.print_table(("Proto", "Foreign", "Virtual", "Real", "State", "Age", "Idle",
+                         "Path"), rows,
                         empty="No connections")
     if any(c.fastpath for c in conns):
         session.print(FASTPATH_NOTE)
@@ -205,7 +211,7 @@ def _detail(conns: list[_Row], now: float) -> list[str]:
     for c in conns:
         nat = f" (as port {c.remap} toward the real)" if c.remap else ""
         lines += [
-            f"Connection {_ends(*c.foreign)} -> {_ends(*c.virtual)}",
+            f"Connection {_ends(*c.foreign)} -> {_ends(*c.virtual)} {c.proto}",
             f"  Virtual {c.virtual_name}, real {c.real_name} at {_ends(*c.real)}{nat}",
             f"  State {c.state}, answered {'yes' if c.answered else 'no'}, "
             f"SYN resends {c.syn_resends}",

@@ -16,6 +16,7 @@ from ..model.predictors import remember_sticky
 if TYPE_CHECKING:
     from ..model.director import Director
     from ..model.real import PhysicalMachine
+    from ..model.virtual import VirtualMachine
     from .expiry import Expiry
 
 # What the observer is told (see CarriedConnections.observe).
@@ -38,6 +39,10 @@ class CarriedConnections:
 
     if TYPE_CHECKING:
         def _close(self, conn: Connection, now: float) -> None: ...
+
+        def _refile_flow(self, conn: Connection, previous: VirtualMachine) -> None: ...
+
+        def _refile_flows(self) -> None: ...
 
     def observe(self, observer: Callable[[str, Connection], None] | None) -> None:
         """Have `observer(event, conn)` called, under the lock, when a connection opens,
@@ -66,6 +71,7 @@ class CarriedConnections:
             conn.real.total_conns -= 1
             now = self.clock()
             self._expiry.start(conn, now)
+            self._refile_flow(conn, conn.virtual)   # a UDP flow: within `flows` here too
             if conn.virtual.sticky:
                 remember_sticky(conn.virtual, conn.foreign_ip, conn.real, now)
 
@@ -99,6 +105,7 @@ class CarriedConnections:
             conn.real.total_conns -= 1
         self.director = director
         self._lock = director.lock
+        self._refile_flows()    # under the new instances
         self._probes.clear()
         self._expiry.forget_timeouts()
         self._vip_generation = -1

@@ -1,11 +1,15 @@
-"""FIG. 5 for every queued packet: find or create the connection, translate, follow TCP.
+"""FIG. 5 for every queued packet: find or create the connection (a TCP connection or
+a UDP flow), translate, follow its state.
 
 Pure Python over the packet's `bytearray` with an injectable clock, so every behaviour is
 testable with crafted packets. The NFQUEUE worker calls `handle()` per packet and `tick()`
 about twice a second; every entry point holds `director.lock` for its whole span, so
-worker threads and the shell share one engine and always see whole updates. Policy for
-refused, reset and unanswered SYNs and malformed input: docs/design.rst, "Packet flow";
-what the fast path does differently: fastpath.py and "Fast path".
+worker threads and the shell share one engine and always see whole updates. Here: the
+steps both protocols share (the FIG. 5 decision that opens a connection or flow, the
+translation, reassigning, closing, timers); TCP's state machine is tcp.py's, UDP's flows
+udp.py's. Policy for refused, reset and unanswered SYNs and malformed input:
+docs/design.rst, "Packet flow" and "UDP flows"; what the fast path does differently:
+fastpath.py and "Fast path".
 """
 
 from __future__ import annotations
@@ -15,20 +19,21 @@ import time
 from collections.abc import Callable
 
 from ..model.connection import (
-    CLOSED,
     ESTABLISHED,
     FASTPATH,
-    FIN_IN,
-    FIN_OUT,
-    FIN_WAIT,
+    REPLIED,
     SYN_RCVD,
     SYN_SENT,
+    UDP_KEY,
+    UNREPLIED,
     Connection,
+    UdpFlow,
 )
 from ..model.director import Director
 from ..model.health import end_probe, start_probe
 from ..model.predictors import STICKY_LIMIT, expire_sticky, sticky_closed
 from ..model.real import PhysicalMachine
+from ..model.serverid import UDP_SERVICE
 from ..model.state import State
 from ..model.virtual import VirtualMachine
 from .carried import ANSWERED, CLOSED_EVENT, MOVED, OPENED, CarriedConnections
@@ -37,34 +42,12 @@ from .dispatch import Dispatch
 from .expiry import Expiry
 from .fastpath import FastPath
 from .icmp_errors import IcmpErrors
-from .packet import (
-    ACK,
-    Buffer,
-    FIN,
-    RST,
-    SYN,
-    parse_tcp,
-    reset_reply,
-    rewrite,
-    tcp_checksum_valid,
-)
+from .packet import SYN, Buffer, parse_tcp, rewrite, tcp_checksum_valid
 from .ports import ClientPorts
 from .replies import RealReplies
-from .stats import (
-    BAD_CHECKSUM,
-    BAD_FLAGS,
-    CONN_LIMIT,
-    MARK_PENDING,
-    NO_CONNECTION,
-    NO_REAL,
-    NO_VIRTUAL,
-    OUT_OF_WINDOW,
-    RESET_ABSORBED,
-    RST_IN_WINDOW,
-    STALE_REPLY,
-    SYNGUARD,
-    Stats,
-)
+from .stats import BAD_CHECKSUM, CONN_LIMIT, MARK_PENDING, NO_VIRTUAL, SYNGUARD, Stats
+from .tcp import CLIENT_SYN_MASK, CONTROL, TcpState
+from .udp import UdpFlows
 from .verdicts import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 
 # The worker's verdicts and the replication stream's events are imported from here,
@@ -79,27 +62,16 @@ STICKY_LOG_INTERVAL = 60.0  # seconds between two "sticky table full" messages
 # RSTs for segments of unknown connections, per tick (about half a second): a spoofed
 # flood of such segments is not reflected at more than twice this a second.
 RESETS_PER_TICK = 500
-# Half-open connections a full table gives up at once for a new SYN: one walk of the
-# timers pays for the next SYNs too.
-EVICT_BATCH = 64
 
-_CONTROL = SYN | FIN | RST
-_ENDS = FIN | RST
-_CLIENT_SYN_MASK = SYN | ACK | RST | FIN
-# How far from the sequence a side expects a FIN may lie, and a RST beyond it, and still
-# be in window (docs/design.rst, "Sequence checks"): more than any receive window a
-# default Linux stack opens, far less than the 2**32 a blind attacker must cover.
-SEQ_WINDOW = 1 << 22
-_SEQ_MASK = 0xFFFFFFFF
-_BOTH_FINS = FIN_IN | FIN_OUT
 _IN_SERVICE = State.IN_SERVICE
 
 
-class Engine(IcmpErrors, CarriedConnections, RealReplies):
+class Engine(TcpState, UdpFlows, IcmpErrors, CarriedConnections, RealReplies):
     """The FIG. 5 data plane over one Director. `kernel`: conntrack's table, for the fast
-    path (none by default). What it does with packets that are not TCP, with connections
-    it did not open and with a real's packets of none is in its mixins (icmp_errors.py,
-    carried.py, replies.py, which also keeps the model's addresses)."""
+    path (none by default). What each protocol does is in its mixin (tcp.py, udp.py);
+    what it does with ICMP and other protocols, with connections it did not open and
+    with a real's packets of none is in the others (icmp_errors.py, carried.py,
+    replies.py, which also keeps the model's addresses)."""
 
     def __init__(self, director: Director, clock: Callable[[], float] = time.monotonic,
                  kernel: KernelTable | None = None) -> None:
@@ -112,6 +84,8 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         self._ports = ClientPorts(self.stats)
         self._expiry = Expiry(self.clock())
         self._probes: dict[PhysicalMachine, Connection] = {}
+        # Each virtual's UDP flows, oldest first: what `flows` evicts (udp.py).
+        self._flow_order: dict[VirtualMachine, dict[int, Connection]] = {}
         # What the model holds (replies.py) is recomputed when its generation moves.
         self._vip_generation = -1
         self._resets_left = RESETS_PER_TICK
@@ -172,19 +146,19 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
             if not to_vip:
                 conn = conns.reply.get(key)
                 if conn is not None:
-                    if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
+                    if flags & CONTROL or conn.tcp_state is not ESTABLISHED:
                         verdict = self._real_control(conn, flags, seq, now)
                         if verdict is not None:
                             return verdict
                     return self._forward_out(buf, ihl, size, conn, dst, ack, now)
             conn = conns.inbound.get(key)
             if conn is not None:
-                if flags & _CONTROL or conn.tcp_state is not ESTABLISHED:
+                if flags & CONTROL or conn.tcp_state is not ESTABLISHED:
                     verdict = self._client_control(buf, ihl, conn, flags, seq, now)
                     if verdict is not None:
                         return verdict
                 return self._forward_in(buf, ihl, size, conn, src, ack, now)
-            if to_vip and flags & _CLIENT_SYN_MASK == SYN:
+            if to_vip and flags & CLIENT_SYN_MASK == SYN:
                 if not tcp_checksum_valid(buf, ihl):
                     return self._drop(BAD_CHECKSUM)
                 return self._open(buf, ihl, size, src, dst, sport, dport, key, now)
@@ -193,10 +167,10 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
             lock.release()
 
     def _forward_in(self, buf: Buffer, ihl: int, size: int, conn: Connection, src: int,
-                    ack: int, now: float) -> int:
+                    ack: int, now: float, udp: bool = False) -> int:
         """Client -> real: destination to the real, client port to `remap` if remapped.
         `size`: the IP total length (the queue may copy less); `ack`: the packet's
-        acknowledgment number, the sequence the real's RST must carry."""
+        acknowledgment number, the sequence the real's RST must carry (0 for UDP)."""
         conn.last_seen = now
         conn.ack_in = ack
         virtual = conn.virtual
@@ -207,14 +181,14 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         real.bytes_in += size
         if virtual.dispatched:
             return self._dispatch.forward(conn)
-        rewrite(buf, ihl, conn.real_ip, conn.real_port, True)   # destination
+        rewrite(buf, ihl, conn.real_ip, conn.real_port, True, udp)   # destination
         if conn.remap:
-            rewrite(buf, ihl, src, conn.remap, False)          # source
+            rewrite(buf, ihl, src, conn.remap, False, udp)          # source
         self.stats.translated_in += 1
         return ACCEPT_MODIFIED
 
     def _forward_out(self, buf: Buffer, ihl: int, size: int, conn: Connection, dst: int,
-                     ack: int, now: float) -> int:
+                     ack: int, now: float, udp: bool = False) -> int:
         """Real -> client: source back to the VIP:port the client used, and its own port."""
         conn.last_seen = now
         conn.ack_out = ack
@@ -224,9 +198,9 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         real = conn.real
         real.packets_out += 1
         real.bytes_out += size
-        rewrite(buf, ihl, conn.virtual_ip, conn.virtual_port, False)   # source
+        rewrite(buf, ihl, conn.virtual_ip, conn.virtual_port, False, udp)   # source
         if conn.remap:
-            rewrite(buf, ihl, dst, conn.foreign_port, True)               # destination
+            rewrite(buf, ihl, dst, conn.foreign_port, True, udp)               # destination
         self.stats.translated_out += 1
         return ACCEPT_MODIFIED
 
@@ -238,143 +212,15 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         self.stats.unchanged += 1
         return ACCEPT_UNCHANGED
 
-    def _refuse(self, buf: Buffer, ihl: int, virtual: VirtualMachine) -> int:
-        """Nothing can take this SYN: it is dropped (`no-real`) and the client told so by
-        the RST that `buf` becomes; on the fast path only dropped, as the RST would
-        travel with the SYN's conntrack entry, which would rewrite it."""
-        virtual.no_real_drops += 1
-        if virtual.fastpath:
-            return self._drop(NO_REAL)
-        self.stats.drops[NO_REAL] += 1
-        self.stats.refused += 1
-        reset_reply(buf, ihl)
-        return ACCEPT_MODIFIED
-
-    # -- TCP state -----------------------------------------------------------------
-    def _client_control(self, buf: Buffer, ihl: int, conn: Connection, flags: int,
-                        seq: int, now: float) -> int | None:
-        """State changes driven by the client; a verdict, or None to translate as usual.
-        A fast-path connection's client packet is a SYN queued while conntrack has seen no
-        answer, a copy of a FIN or RST, or anything conntrack picked up as new (it lost
-        the entry), which is marked again toward the same real."""
-        if _BAD_FLAGS[flags]:
-            return self._drop(BAD_FLAGS)
-        if flags & _CLIENT_SYN_MASK == SYN:
-            return self._client_syn(buf, ihl, conn, now)
-        state = conn.tcp_state
-        if state is not CLOSED:
-            if flags & _ENDS and conn.answered and not conn.fastpath \
-                    and not conn.virtual.dispatched:   # the real's ACKs never pass here
-                verdict = self._out_of_sequence(flags, seq, conn.ack_out)
-                if verdict is not None:
-                    return verdict
-            if flags & RST:
-                self._closing(conn, now)
-            elif flags & FIN:
-                self._fin(conn, now, True)
-            elif conn.fastpath:
-                return self._fastpath.mark(conn)
-            elif state is SYN_SENT and flags & ACK and conn.virtual.dispatched:
-                self._dispatched_answer(conn, now)
-            elif state is SYN_RCVD and flags & ACK:
-                self.director.conns.set_state(conn, ESTABLISHED)
-        return self._fastpath.noted() if conn.fastpath else None
-
-    def _client_syn(self, buf: Buffer, ihl: int, conn: Connection,
-                    now: float) -> int | None:
-        """A client's SYN on a known connection: a new connection on a closed one's
-        tuple, or a retransmission, which after `reassign` of them moves the connection
-        (or refuses the client when no other real can take it)."""
-        if not tcp_checksum_valid(buf, ihl):
-            return self._drop(BAD_CHECKSUM)
-        if conn.tcp_state is CLOSED:
-            # The client reuses its port while the old connection lingers: that one
-            # is over, and this SYN opens a new connection.
-            self._close(conn, now)
-            return self._open(buf, ihl, (buf[2] << 8) | buf[3], conn.foreign_ip,
-                              conn.virtual_ip, conn.foreign_port, conn.virtual_port,
-                              conn.in_key, now)
-        if conn.moved:
-            # The first SYN the real a reassign chose gets: not a retransmission.
-            conn.moved = False
-            conn.syn_sent_at = now
-        elif not conn.answered:
-            self.stats.syn_resends += 1
-            conn.syn_resends += 1
-            if conn.syn_resends >= conn.real.reassign:
-                if self._reassign(conn, now, reset=False):
-                    if conn.fastpath:
-                        return self._fastpath.reassigned()
-                else:
-                    self._closing(conn, now)
-                    if conn.fastpath:
-                        self._fastpath.forget(conn)
-                    return self._refuse(buf, ihl, conn.virtual)
-        return self._fastpath.mark(conn) if conn.fastpath else None
-
-    def _real_control(self, conn: Connection, flags: int, seq: int,
-                      now: float) -> int | None:
-        """State changes driven by the real; a verdict, or None to translate as usual.
-        Before the real answered, a RST is its refusal of the SYN: nothing to check its
-        sequence against (and it moves the connection, see _reassign)."""
-        if _BAD_FLAGS[flags]:
-            return self._drop(BAD_FLAGS)
-        if conn.tcp_state is not CLOSED:
-            if flags & _ENDS and conn.answered and not conn.fastpath:
-                verdict = self._out_of_sequence(flags, seq, conn.ack_in)
-                if verdict is not None:
-                    return verdict
-            if flags & RST:
-                if not conn.answered and self._reassign(conn, now, reset=True):
-                    return self._drop(RESET_ABSORBED)
-                self._closing(conn, now)
-            elif flags & SYN:
-                if flags & ACK and not conn.answered:
-                    conn.ack_in = (seq + 1) & _SEQ_MASK  # until the client's ACK says so
-                    self._answered(conn, now)
-            elif flags & FIN:
-                self._fin(conn, now, False)
-        return self._fastpath.noted() if conn.fastpath else None
-
-    def _dispatched_answer(self, conn: Connection, now: float) -> None:
-        """Dispatched: the real's SYN-ACK goes to the client, not through us; the client's
-        ACK of it is how we learn that the real answered (docs/design.rst, "Scale-out")."""
-        self._answered(conn, now)
-        self.director.conns.set_state(conn, ESTABLISHED)
-
-    def _out_of_sequence(self, flags: int, seq: int, expected: int) -> int | None:
-        """DROP for a RST or FIN an off-path sender may have guessed, None for one its
-        peer can have sent (docs/design.rst, "Sequence checks"). `expected`: the last
-        acknowledgment the other side sent. A RST must carry exactly that sequence (RFC
-        5961): one merely in window is dropped rather than answered with a challenge
-        ACK, as the peer's next segment draws the exact RST from a closed endpoint. A
-        FIN may lie a window either side (retransmitted, or after unacknowledged data)."""
-        offset = (seq - expected) & _SEQ_MASK
-        if flags & RST:
-            if offset == 0:
-                return None
-            return self._drop(RST_IN_WINDOW if offset < SEQ_WINDOW else OUT_OF_WINDOW)
-        if offset < SEQ_WINDOW or offset > _SEQ_MASK - SEQ_WINDOW:
-            return None
-        return self._drop(OUT_OF_WINDOW)
-
-    def _fin(self, conn: Connection, now: float, client: bool) -> None:
-        """A FIN from one side; from both, the connection is over. A dispatched real's
-        FIN never passes here: the client's ends it, and the table forwards the rest."""
-        if client:
-            conn.bits |= _BOTH_FINS if conn.virtual.dispatched else FIN_IN
-        else:
-            conn.bits |= FIN_OUT
-        if conn.bits & _BOTH_FINS == _BOTH_FINS:
-            self._closing(conn, now)
-        elif conn.tcp_state is not FIN_WAIT:
-            self.director.conns.set_state(conn, FIN_WAIT)
 
     def _answered(self, conn: Connection, now: float) -> None:
-        """SYN-ACK: the real is alive; record its response time for `fastest`."""
+        """SYN-ACK, or a UDP flow's first reply: the real is alive; record its response
+        time for `fastest`."""
         conn.answered = True
         if conn.tcp_state is SYN_SENT:
             self.director.conns.set_state(conn, FASTPATH if conn.fastpath else SYN_RCVD)
+        elif conn.tcp_state is UNREPLIED:
+            conn.tcp_state = REPLIED
         real = conn.real
         sample = max(now - conn.syn_sent_at, 1e-6)  # 0.0 would read as "unmeasured"
         if real.response_time == 0.0:
@@ -389,57 +235,20 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         if observer is not None:
             observer(ANSWERED, conn)
 
-    def _closing(self, conn: Connection, now: float) -> None:
-        """FIN both ways or RST: keep translating for a while (LINGER), then remove."""
-        self.director.conns.set_state(conn, CLOSED)
-        self._expiry.linger(conn, now)
-
-    # -- connections ---------------------------------------------------------------
-    def _no_connection(self, buf: Buffer, ihl: int, src: int, dst: int, dport: int,
-                       flags: int, key: int, now: float) -> int:
-        """FIG. 5 step 506 'no' for all but a client's SYN to a VIP (which `handle` hands
-        to `_open`): anything else toward a VIP is dropped; traffic of reals with others
-        is none of our business, but a reply we cannot translate is dropped (replies.py)."""
-        if dst not in self._vips():
-            if key in self._ports:
-                return self._drop(STALE_REPLY)
-            return self._real_reply(buf, ihl, flags, key)
-        if _BAD_FLAGS[flags]:
-            return self._drop(BAD_FLAGS)
-        virtual = self.director.lookup_virtual(src, dst, dport)
-        if virtual is not None and virtual.fastpath:
-            if flags & _ENDS:
-                # The end of a fast-path connection the engine does not know
-                # (cleared, or from before a restart): conntrack translates it, if it
-                # has it.
-                return self._fastpath.noted()
-            return self._drop(NO_CONNECTION)
-        if virtual is not None and virtual.dispatched:
-            # ECMP moved the flow here from another director, or its connection
-            # ended here: it goes where the Maglev table says, as it went there.
-            verdict = self._dispatch.stranger(virtual, key)
-            if verdict is not None:
-                return verdict
-        if virtual is None or flags & RST or self._resets_left <= 0:
-            return self._drop(NO_CONNECTION)
-        # Nobody knows this connection (from before a restart, or long closed): a
-        # RST tells the client now, as a closed port would, rather than letting it
-        # retransmit into silence for minutes.
-        self.stats.unknown_resets += 1
-        return self._reset(buf, ihl, NO_CONNECTION)
-
     def _open(self, buf: Buffer, ihl: int, size: int, src: int, dst: int, sport: int,
-              dport: int, key: int, now: float) -> int:
-        """FIG. 5 steps 510-520 for a client SYN (its checksum already verified). `size`:
-        its IP total length; `key`: its flow key, the new connection's `in_key`. What
-        every SYN pays is written out here rather than spread over small calls (a
+              dport: int, key: int, now: float, udp: bool = False) -> int:
+        """FIG. 5 steps 510-520 for a client SYN, or (`udp`) the datagram that opens a
+        UDP flow, its checksum already verified: one decision for both protocols.
+        `size`: its IP total length; `key`: its flow key, the new connection's `in_key`.
+        What every SYN pays is written out here rather than spread over small calls (a
         Python call costs about as much as a dict insert into the table)."""
         director = self.director
         conns = director.conns
         table = conns.inbound
         if len(table) >= director.settings.max_conns and not self._evict_half_open(now):
             return self._drop(CONN_LIMIT)
-        virtual = director.lookup_virtual(src, dst, dport, count=True)
+        virtual = director.lookup_virtual(src, dst, dport | UDP_SERVICE if udp else dport,
+                                          count=True)
         if virtual is None:
             return self._drop(NO_VIRTUAL)
         if virtual.synguard and virtual.half_open >= virtual.synguard:
@@ -457,11 +266,20 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
                 or served.dispatched and not self._dispatch.ready(real):
             return self._drop(MARK_PENDING)
         # The model's own address and port objects: no int per connection for them.
-        conn = Connection(src, sport, virtual.addr, virtual.port or dport, served, real, now)
+        if udp:
+            conn = UdpFlow(src, sport, virtual.addr, virtual.port or dport, served, real, now)
+            known = table.get(conn.in_key)
+            if known is not None:   # per-datagram: this client's flow to that real
+                return self._udp_client(buf, ihl, size, known, src, now)
+            self._file_flow(served, conn, now)   # within the virtual's `flows` (udp.py)
+        else:
+            conn = Connection(src, sport, virtual.addr, virtual.port or dport, served, real,
+                              now)
         if fastpath:
             conn.fastpath = True  # the kernel's NAT remaps the client port if it must
         elif not served.dispatched:  # dispatched: nothing is translated
-            port = self._ports.choose(conns.reply, conn.real_ip, conn.real_port, src, sport)
+            port = self._ports.choose(conns.reply, conn.real_ip, conn.real_port, src, sport,
+                                      udp)
             if port != sport:
                 conn.remap = port
         conns.add(conn)
@@ -477,20 +295,8 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
             observer(OPENED, conn)
         if fastpath:
             return self._fastpath.opened(conn)
-        return self._forward_in(buf, ihl, size, conn, src, 0, now)
+        return self._forward_in(buf, ihl, size, conn, src, 0, now, udp)
 
-    def _evict_half_open(self, now: float) -> bool:
-        """The table is full: give up its oldest half-open connections (a SYN flood's,
-        most likely) rather than refuse a new client; established ones are never given
-        up. False when there is none (docs/design.rst, "Packet flow")."""
-        victims = self._expiry.oldest_half_open(now, self.director.conns.inbound,
-                                                EVICT_BATCH)
-        for conn in victims:
-            if conn.fastpath:
-                self._fastpath.forget(conn)
-            self._close(conn, now)
-        self.stats.half_open_evicted += len(victims)
-        return bool(victims)
 
     def _reassign(self, conn: Connection, now: float, reset: bool) -> bool:
         """Ditch the real that did not answer (or reset) the SYN; False when no other
@@ -499,8 +305,9 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         self._end_probe(conn)
         self.director.note_failure(old, now)
         conn.syn_resends = 0
-        decision = self.director.decide(conn.foreign_ip, conn.virtual_ip, conn.virtual_port,
-                                        now, exclude=old, flow=conn.in_key)
+        service = conn.virtual_port | (conn.virtual.service & UDP_SERVICE)
+        decision = self.director.decide(conn.foreign_ip, conn.virtual_ip, service, now,
+                                        exclude=old, flow=conn.in_key)
         new = decision.real
         if new is None:
             return False
@@ -517,8 +324,11 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
             self._ports.remember(conn.reply_key(), now)
             nat_port = self._ports.choose(self.director.conns.reply, new.addr,
                                           new.port or conn.virtual_port, conn.foreign_ip,
-                                          conn.foreign_port)
+                                          conn.foreign_port, service > 0xFFFF)
+        previous = conn.virtual
         self.director.conns.move(conn, new, decision.served_by, nat_port)
+        if conn.virtual is not previous:   # overflowed to a backup instance
+            self._refile_flow(conn, previous)
         conn.syn_sent_at = now
         self._start_probe(conn)
         self.stats.conns_reassigned += 1
@@ -531,6 +341,8 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
         reply_key = self.director.conns.remove(conn)
         if reply_key is None:
             return
+        if reply_key >= UDP_KEY:
+            self._unfile_flow(conn)
         if not conn.fastpath:
             self._ports.remember(reply_key, now)
         if self._probes:
@@ -619,15 +431,3 @@ class Engine(IcmpErrors, CarriedConnections, RealReplies):
                 self._close(conn, now)
             self._expiry.rebuild(now, inbound)
             return len(conns)
-
-
-def _bad_flags(flags: int) -> bool:
-    """A combination no TCP sends: SYN with FIN or RST, or a segment that is neither a
-    SYN nor a RST and yet acknowledges nothing."""
-    if flags & SYN:
-        return bool(flags & _ENDS)
-    return not flags & (ACK | RST)
-
-
-# _bad_flags of every flags byte: an index per control packet instead of a call.
-_BAD_FLAGS = tuple(_bad_flags(flags) for flags in range(256))

@@ -1,19 +1,26 @@
 """ICMP through the director (docs/design.rst, "Packet flow"): errors that quote a
-translated packet are translated with it, so path-MTU discovery and unreachables work
-across the translation; other ICMP passes, and other protocols toward a VIP are dropped.
-Mixed into Engine (engine.py), whose tables, counters and lock it uses."""
+translated packet (TCP or UDP) are translated with it, so path-MTU discovery and
+unreachables work across the translation; a real's port or host unreachable about a UDP
+flow is a failure of that real (udp.py); other ICMP passes, UDP goes to udp.py, and
+other protocols toward a VIP are dropped. Mixed into Engine (engine.py), whose tables,
+counters and lock it uses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..model.connection import flow_key
-from .packet import NOT_TCP, PROTO_ICMP, Buffer, parse_icmp_error, rewrite_icmp
-from .verdicts import ACCEPT_MODIFIED
+from ..model.connection import UDP_KEY, Connection, flow_key
+from .packet import NOT_TCP, PROTO_ICMP, PROTO_UDP, Buffer, parse_icmp_error, rewrite_icmp
+from .verdicts import ACCEPT_MODIFIED, DROP
 
 if TYPE_CHECKING:
     from ..model.director import Director
     from .stats import Stats
+
+# Destination unreachable codes that say a UDP datagram reached no service: host (1) and
+# port (3) unreachable (docs/design.rst, "UDP flows").
+_UDP_FAILURES = frozenset((1, 3))
 
 
 class IcmpErrors:
@@ -21,6 +28,7 @@ class IcmpErrors:
 
     director: Director
     stats: Stats
+    clock: Callable[[], float]
 
     if TYPE_CHECKING:
         def _drop(self, reason: int) -> int: ...
@@ -29,9 +37,15 @@ class IcmpErrors:
 
         def _vips(self) -> frozenset[int]: ...
 
+        def _udp(self, buf: Buffer) -> int: ...
+
+        def _udp_unreachable(self, conn: Connection, now: float) -> bool: ...
+
     def _not_tcp(self, buf: Buffer, reason: int) -> int:
         if reason != NOT_TCP:
             return self._drop(reason)
+        if buf[9] == PROTO_UDP:
+            return self._udp(buf)
         if buf[9] == PROTO_ICMP:
             return self._icmp(buf)
         if int.from_bytes(buf[16:20], "big") in self._vips():
@@ -44,9 +58,12 @@ class IcmpErrors:
         fields = parse_icmp_error(buf)
         if type(fields) is int:
             return self._unchanged()
-        ihl, _osrc, _odst, _inner, _inner_ihl, isrc, idst, isport, idport = fields
+        ihl, _osrc, _odst, inner, _inner_ihl, isrc, idst, isport, idport = fields
         # The quoted packet flowed the way the error did not: look it up as if in flight.
         key = flow_key(idst, idport, isrc, isport)
+        udp = buf[inner + 9] == PROTO_UDP
+        if udp:
+            key |= UDP_KEY
         conns = self.director.conns
         conn = conns.inbound.get(key)
         if conn is not None:
@@ -58,6 +75,9 @@ class IcmpErrors:
             conn = conns.reply.get(key)
             if conn is None:
                 return self._unchanged()
+            if udp and buf[ihl] == 3 and buf[ihl + 1] in _UDP_FAILURES \
+                    and self._udp_unreachable(conn, self.clock()):
+                return DROP   # the flow moved: the client's next datagram goes elsewhere
             # Quotes a client -> real packet: show the client an error about the VIP.
             rewrite_icmp(buf, ihl, outer_src=conn.virtual_ip,
                          inner_dst=(conn.virtual_ip, conn.virtual_port),

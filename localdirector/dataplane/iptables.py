@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.addr import format_ip
+from ..model.serverid import UDP_SERVICE
 from . import nflog
 from .packet import ICMP_ERROR_TYPES
 from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
@@ -155,9 +156,10 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
             host = f"{direction} {format_ip(addr)}/32"
             if direction == "-d":
                 out += _guards(rules, addr, n) + flood_rules(addr, n)
-            for port in ports:
-                match = "" if port == ALL_PORTS else f" -m tcp {option} {port}"
-                out.append(f"-A {n.chain} {host} -p tcp{match} -j {queue}")
+            for service in ports:
+                proto, port = "udp" if service & UDP_SERVICE else "tcp", service & 0xFFFF
+                match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
+                out.append(f"-A {n.chain} {host} -p {proto}{match} -j {queue}")
             out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.

@@ -1,4 +1,5 @@
-"""IPv4/TCP/ICMP-error parsing and in-place address translation for the NFQUEUE hot path.
+"""IPv4/TCP/ICMP-error parsing and in-place address translation for the NFQUEUE hot path
+(UDP's own parsing: datagram.py).
 
 Plain functions over the payload ``bytearray`` (or a writable ``memoryview`` of it) on
 precompiled :mod:`struct` objects, returning ints or one small tuple, never a packet
@@ -45,6 +46,7 @@ CWR = 0x80
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
+PROTO_UDP = 17
 # ICMP messages that quote the offending packet and are worth translating:
 # destination unreachable (incl. code 4, fragmentation needed, for path-MTU
 # discovery), time exceeded, parameter problem.
@@ -63,7 +65,9 @@ IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
 # the other encoding of zero, 0xFFFF, would need all-zero data, impossible for an IPv4
 # header (version nibble) or a TCP pseudo-header (protocol 6). An incoming 0xFFFF (a
 # sender's "-0") thus comes out as the canonical 0x0000, as recomputing would produce.
-# TCP, unlike UDP, gives a checksum of 0 no special meaning, so no case is excluded.
+# TCP gives a checksum of 0 no special meaning, so no case is excluded. UDP does (0: "no
+# checksum", RFC 768): a computed 0 is sent as 0xFFFF, so a UDP result of 0 is written
+# 0xFFFF; datagrams without a checksum never get here (datagram.py drops them).
 _MOD = 0xFFFF
 _IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fragment offset
 _IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
@@ -75,6 +79,8 @@ _PORTS_CSUM = struct.Struct("!HH12xH")      # TCP ports and checksum
 # No IP options: the IP checksum and addresses, then the TCP ports (and checksum) at 20.
 _ADDRS_PORTS = struct.Struct("!HIIHH")
 _ADDRS_PORTS_CSUM = struct.Struct("!HIIHH12xH")
+_ADDRS_PORTS_UCSUM = struct.Struct("!HIIHH2xH")   # the same with UDP's checksum
+_PORTS_UCSUM = struct.Struct("!HH2xH")            # UDP ports and checksum
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -91,6 +97,8 @@ _pack_csum_addrs = _CSUM_ADDRS.pack_into
 _unpack_ports_csum = _PORTS_CSUM.unpack_from
 _pack_ports = _PORTS.pack_into
 _unpack_addrs_ports_csum = _ADDRS_PORTS_CSUM.unpack_from
+_unpack_addrs_ports_ucsum = _ADDRS_PORTS_UCSUM.unpack_from
+_unpack_ports_ucsum = _PORTS_UCSUM.unpack_from
 _pack_addrs_ports = _ADDRS_PORTS.pack_into
 _unpack_u16 = _U16.unpack_from
 _pack_u16 = _U16.pack_into
@@ -173,10 +181,12 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
     return ihl, total, src, dst, sport, dport, flags, seq, ack
 
 
-def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool) -> None:
+def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool,
+            udp: bool = False) -> None:
     """Translate one side in place: the destination (client -> VIP becomes client ->
     real) or the source (real -> client becomes VIP -> client), address and port,
-    adjusting the IP and TCP checksums.
+    adjusting the IP and TCP (`udp`: UDP) checksums. A UDP checksum that comes out 0
+    is written 0xFFFF, as 0 would say "no checksum" (RFC 768).
 
     One body for both directions so the checksum arithmetic exists once; the flag
     costs a branch, cheaper than extra struct calls per field, and callers pass it
@@ -184,7 +194,13 @@ def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool
     packet is a tenth of a microsecond). Without IP options (nearly every packet) the
     addresses and ports are adjacent: one struct call reads them, one writes them.
     """
-    if ihl == 20:
+    if udp:
+        if ihl == 20:
+            ip_csum, src, dst, sport, dport, tcp_csum = _unpack_addrs_ports_ucsum(buf, 10)
+        else:
+            ip_csum, src, dst = _unpack_csum_addrs(buf, 10)
+            sport, dport, tcp_csum = _unpack_ports_ucsum(buf, ihl)
+    elif ihl == 20:
         ip_csum, src, dst, sport, dport, tcp_csum = _unpack_addrs_ports_csum(buf, 10)
     else:
         ip_csum, src, dst = _unpack_csum_addrs(buf, 10)
@@ -203,15 +219,19 @@ def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool
     else:
         _pack_csum_addrs(buf, 10, ip_csum, src, dst)
         _pack_ports(buf, ihl, sport, dport)
-    # The TCP checksum covers the addresses through the pseudo-header.
-    _pack_u16(buf, ihl + 16, (tcp_csum - delta - port_delta) % _MOD)
+    # The TCP (UDP) checksum covers the addresses through the pseudo-header.
+    if udp:
+        _pack_u16(buf, ihl + 6, (tcp_csum - delta - port_delta) % _MOD or 0xFFFF)
+    else:
+        _pack_u16(buf, ihl + 16, (tcp_csum - delta - port_delta) % _MOD)
 
 
 def parse_icmp_error(buf: Buffer) -> IcmpErrorFields | int:
-    """Parse an ICMP error quoting a TCP packet, or return a drop reason.
+    """Parse an ICMP error quoting a TCP or UDP packet, or return a drop reason.
 
     Returns ``(ihl, outer_src, outer_dst, inner_offset, inner_ihl, inner_src,
-    inner_dst, inner_sport, inner_dport)``. The quoted packet is the one that
+    inner_dst, inner_sport, inner_dport)``; the quoted protocol is at
+    ``buf[inner_offset + 9]``. The quoted packet is the one that
     provoked the error, so its addresses run opposite to the error's own: to
     find the connection, look the inner packet up as if it were in flight.
     RFC 792 guarantees only the inner IP header and 8 bytes of TCP; those are
@@ -236,7 +256,7 @@ def parse_icmp_error(buf: Buffer) -> IcmpErrorFields | int:
     inner_ihl = _ipv4_header(buf, inner, n)
     if inner_ihl < 20:
         return inner_ihl
-    if buf[inner + 9] != PROTO_TCP:
+    if buf[inner + 9] != PROTO_TCP and buf[inner + 9] != PROTO_UDP:
         return NOT_TCP
     if total < inner + inner_ihl + 8:
         return BAD_LENGTH
@@ -283,7 +303,8 @@ def rewrite_icmp(
 
     Updated: the outer IP checksum, the quoted IP header's checksum, the
     quoted TCP checksum when wholly quoted (incrementally, like Linux NAT: the
-    quoted segment is usually cut short and cannot be summed), and the ICMP
+    quoted segment is usually cut short and cannot be summed) or the quoted UDP
+    checksum (always within the 8 bytes quoted; a 0, "none", stays 0), and the ICMP
     checksum, which covers the quoted bytes. ``buf`` must not extend past the
     IP total length, which queued payloads never do.
     """
@@ -293,11 +314,13 @@ def rewrite_icmp(
         _set_address(buf, 0, 16, outer_dst)
     inner = ihl + 8
     tcp = inner + ((buf[inner] & 0x0F) << 2)
-    quotes_tcp_csum = len(buf) >= tcp + 18
+    udp = buf[inner + 9] == PROTO_UDP
+    csum_at = tcp + (6 if udp else 16)
+    quotes_tcp_csum = len(buf) >= csum_at + 2
     # Every byte this function may change in the ICMP message lies in
     # [inner, end), which starts on an even offset of the message; the
     # difference of its sums before and after is what the ICMP checksum owes.
-    end = tcp + 18 if quotes_tcp_csum else tcp + 4
+    end = csum_at + 2 if quotes_tcp_csum else tcp + 4
     before = int.from_bytes(buf[inner:end], "big")
     delta = 0
     if inner_src is not None:
@@ -305,15 +328,18 @@ def rewrite_icmp(
     if inner_dst is not None:
         delta += _set_address(buf, inner, 16, inner_dst[0]) + _set_port(buf, tcp, 2, inner_dst[1])
     if quotes_tcp_csum:
-        (tcp_csum,) = _unpack_u16(buf, tcp + 16)
-        _pack_u16(buf, tcp + 16, (tcp_csum - delta) % _MOD)
+        (tcp_csum,) = _unpack_u16(buf, csum_at)
+        if tcp_csum or not udp:   # a UDP 0 says "no checksum": it stays 0
+            new = (tcp_csum - delta) % _MOD
+            _pack_u16(buf, csum_at, 0xFFFF if udp and not new else new)
     changed = int.from_bytes(buf[inner:end], "big") - before
     (icmp_csum,) = _unpack_u16(buf, ihl + 2)
     _pack_u16(buf, ihl + 2, (icmp_csum - changed) % _MOD)
 
 
-def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
-    """Whether the TCP checksum of the packet in ``buf`` is right (RFC 1071 check).
+def tcp_checksum_valid(buf: Buffer, ihl: int, proto: int = PROTO_TCP) -> bool:
+    """Whether the TCP (or, with ``proto``, UDP) checksum of the packet in ``buf`` is
+    right (RFC 1071 check); the UDP length equals the IP payload's (datagram.py checks).
 
     For the rare packets that would create state (a client's SYN): translation itself
     never verifies, because RFC 1624 updates carry a sender's error through to the
@@ -330,27 +356,31 @@ def tcp_checksum_valid(buf: Buffer, ihl: int) -> bool:
     value = int.from_bytes(buf[ihl:total], "big")
     if length & 1:
         value <<= 8
-    return (value + src + dst + PROTO_TCP + length) % _MOD == 0
+    return (value + src + dst + proto + length) % _MOD == 0
 
 
-def complete_tcp_checksum(buf: Buffer) -> None:
-    """Finish the TCP checksum its sender left to the hardware (the kernel's
+def complete_checksum(buf: Buffer) -> None:
+    """Finish the TCP or UDP checksum its sender left to the hardware (the kernel's
     CHECKSUM_PARTIAL, NFQUEUE's "checksum not ready"), in place.
 
     Such a packet's checksum field holds only the pseudo-header sum, and the hardware
     would add the segment and negate; a queued packet handed back with a payload is
     taken as is (CHECKSUM_NONE), so whoever changes it must finish the sum first, and
-    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole segments only (a
-    packet cut short by the copy range is left alone); not TCP: nothing to do.
+    the RFC 1624 updates of :func:`rewrite` then keep it right. Whole packets only (one
+    cut short by the copy range is left alone); a UDP sum of 0 is written 0xFFFF; other
+    protocols: nothing to do.
     """
     ihl = (buf[0] & 0x0F) << 2
     total = buf[2] << 8 | buf[3]
-    if buf[9] != PROTO_TCP or total > len(buf) or total < ihl + 20:
+    proto = buf[9]
+    at = ihl + 16 if proto == PROTO_TCP else ihl + 6 if proto == PROTO_UDP else 0
+    if not at or total > len(buf) or total < at + 2:
         return
     value = int.from_bytes(buf[ihl:total], "big")
     if (total - ihl) & 1:
         value <<= 8
-    _pack_u16(buf, ihl + 16, -value % _MOD)
+    csum = -value % _MOD
+    _pack_u16(buf, at, csum if csum or proto == PROTO_TCP else 0xFFFF)
 
 
 _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from ..model.connection import Connection
+from ..model.connection import UDP_KEY, Connection
 from .stats import Stats
 
 TIME_WAIT = 60.0         # how long a closed tuple toward a real is avoided (Linux's value)
@@ -53,10 +53,13 @@ class ClientPorts:
             del recent[reply_key]
 
     def choose(self, reply: dict[int, Connection], real_ip: int, real_port: int,
-               client_ip: int, port: int) -> int:
+               client_ip: int, port: int, udp: bool = False) -> int:
         """The client port to use toward the real: the client's own unless that tuple is
-        live (in `reply`) or closed less than TIME_WAIT ago."""
+        live (in `reply`) or closed less than TIME_WAIT ago. `udp`: a UDP flow's tuple
+        (its keys carry connection.UDP_KEY)."""
         base = (real_ip << 64) | (real_port << 48) | (client_ip << 16)   # flow_key, inlined
+        if udp:
+            base |= UDP_KEY
         key = base | port
         recent = self._recent
         if key not in reply and key not in recent:

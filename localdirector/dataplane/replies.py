@@ -43,8 +43,10 @@ class RealReplies:
     # Recomputed by _refresh_model before any packet or close reads them.
     _vip_addrs: frozenset[int] = frozenset()
     _servers: frozenset[VirtualMachine | PhysicalMachine] = frozenset()
-    _bound: frozenset[int] = frozenset()       # address << 16 | port of translated reals
-    _bound_any: frozenset[int] = frozenset()   # addresses translated on every port
+    # The part of a reply's flow key above the client (key >> 48) that a translated
+    # real's serving port has: address << 16 | port, with UDP_KEY >> 48 for udp.
+    _bound: frozenset[int] = frozenset()
+    _bound_any: frozenset[int] = frozenset()   # addresses translated on every TCP port
 
     if TYPE_CHECKING:
         def _drop(self, reason: int) -> int: ...
@@ -66,8 +68,8 @@ class RealReplies:
         for addr, port in translated_reals(director):
             if port == ALL_PORTS:
                 bound_any.add(addr)
-            else:
-                bound.add(addr << 16 | port)
+            elif port & 0xFFFF:   # a UDP real on every port: its own queries pass (udp.py)
+                bound.add((port >> 16) << 48 | addr << 16 | port & 0xFFFF)
         self._bound, self._bound_any = frozenset(bound), frozenset(bound_any)
         self._vip_generation = director.generation
 

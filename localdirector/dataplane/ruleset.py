@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..model.director import Director
 from ..model.fastpath import fast_targets, reachable_reals
-from ..model.serverid import ALL_PORTS
+from ..model.serverid import ALL_PORTS, UDP_SERVICE
 
 MARK_SHIFT = 16
 MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
@@ -27,8 +27,9 @@ class RulesError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """What must be queued: ``vips`` and ``reals`` map an address to the TCP ports
-    (ALL_PORTS = every port) of traffic to / from it through the engine, ``fastpath``
+    """What must be queued: ``vips`` and ``reals`` map an address to the service ports
+    (the TCP port, or the UDP port | UDP_SERVICE; ALL_PORTS, or UDP_SERVICE alone =
+    every port of that protocol) of traffic to / from it through the engine, ``fastpath``
     the VIP:ports on the fast path and ``targets`` the (address, port) of every real a
     fast-path connection may be given (port 0: the client's), and (address,
     DISPATCH_PORT) of every real a dispatched connection may be given. Comparable, so an
@@ -66,8 +67,8 @@ def desired_rules(director: Director) -> RuleSet:
         if v.kernel:
             kernel.add(v.addr)
         else:
-            (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.port)
-        if v.synguard:
+            (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.service)
+        if v.synguard and v.proto == "tcp":   # SYNs: TCP's
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
         if v.dispatched:
@@ -80,11 +81,12 @@ def desired_rules(director: Director) -> RuleSet:
             targets.add((conn.real.addr, conn.real.port))
             stray.add((conn.real_ip, conn.real_port))
             continue
-        vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
+        udp = conn.virtual.service & UDP_SERVICE
+        vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port | udp)
         if conn.virtual.dispatched:
             targets.add((conn.real.addr, DISPATCH_PORT))
             continue
-        reals.setdefault(conn.real_ip, set()).add(conn.real_port)
+        reals.setdefault(conn.real_ip, set()).add(conn.real_port | udp)
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
@@ -107,9 +109,10 @@ def tracked_reals(director: Director) -> set[tuple[int, int]]:
 
 
 def translated_reals(director: Director) -> Iterator[tuple[int, int]]:
-    """(address, port) of every real whose replies the engine translates: the bound reals
-    of userspace virtuals and their backup reals, on the port they answer from (port 0:
-    the one the client asked for, the virtual's; ALL_PORTS when that is 0 too). Not the
+    """(address, service port) of every real whose replies the engine translates: the
+    bound reals of userspace virtuals and their backup reals, on the port they answer
+    from (port 0: the one the client asked for, the virtual's; ALL_PORTS when that is 0
+    too), with the virtual's protocol (UDP_SERVICE). Not the
     fast path's (conntrack translates its replies, they must stay tracked) nor the
     dispatched ones' (their replies go from the real to the client, not through us).
     Their replies are queued (`desired_rules`), and one that finds no connection is
@@ -117,14 +120,18 @@ def translated_reals(director: Director) -> Iterator[tuple[int, int]]:
     for v in director.iter_virtuals():
         if v.fastpath or v.dispatched:
             continue
+        udp = v.service & UDP_SERVICE
         for link in v.iter_links():
             for real in director.backup_chain(link.real):
-                yield real.addr, real.port or v.port
+                yield real.addr, (real.port or v.port) | udp
 
 
 def _freeze(table: dict[int, set[int]]) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """Sorted and minimal: a wildcard port makes that address's specific ports redundant."""
-    return tuple((addr, (ALL_PORTS,) if ALL_PORTS in ports else tuple(sorted(ports)))
+    """Sorted and minimal: a wildcard port makes that address's specific ports of its
+    protocol redundant."""
+    return tuple((addr, tuple(sorted(p for p in ports
+                                     if p & 0xFFFF == ALL_PORTS
+                                     or p & UDP_SERVICE | ALL_PORTS not in ports)))
                  for addr, ports in sorted(table.items()))
 
 

@@ -9,11 +9,11 @@ counts under the model lock, so the counts stay exact across worker threads.
 
 from __future__ import annotations
 
-from . import packet
+from . import datagram, packet
 
-# Engine drop reasons continue the packet parser's codes so one list indexed by reason
-# counts both kinds.
-_FIRST = len(packet.REASON_NAMES)
+# Engine drop reasons continue the packet parsers' codes (packet.py's, then
+# datagram.py's) so one list indexed by reason counts every kind.
+_FIRST = len(datagram.REASON_NAMES)
 NO_CONNECTION = _FIRST       # not a SYN, toward a VIP, no connection
 NO_VIRTUAL = _FIRST + 1      # SYN toward a VIP address with no virtual for this client/port
 NO_REAL = _FIRST + 2         # the virtual (and its backups) had no real to take it
@@ -28,8 +28,9 @@ REASSIGNED = _FIRST + 10     # fast path: a SYN whose connection just moved to a
 OUT_OF_WINDOW = _FIRST + 11  # a RST or FIN whose sequence is outside the window
 RST_IN_WINDOW = _FIRST + 12  # a RST in window but not at the expected sequence
 UNKNOWN_REPLY = _FIRST + 13  # from a translated real's serving port, of no connection
+UNREACHABLE_ABSORBED = _FIRST + 14  # a real's ICMP unreachable for a UDP flow; flow moved
 
-REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
+REASON_NAMES: tuple[str, ...] = datagram.REASON_NAMES + (
     "no-connection",
     "no-virtual",
     "no-real",
@@ -44,6 +45,7 @@ REASON_NAMES: tuple[str, ...] = packet.REASON_NAMES + (
     "out-of-window",
     "rst-in-window",
     "unknown-reply",
+    "unreachable-absorbed",
 )
 
 # Scalar counters in the order `show statistics` lists them.
@@ -69,6 +71,7 @@ COUNTERS = (
     "fastpath_conns",  # connections opened on the fast path (also in conns_created)
     "fastpath_marked",  # bucket: a fast-path SYN accepted with its real's mark (conntrack NATs it)
     "fastpath_copies",  # bucket: a fast-path SYN-ACK, FIN or RST copy (NFLOG) taken note of
+    "flows_evicted",  # UDP flows given up for a new one: their virtual held `flows`
     "maglev_forwarded",  # dispatched packets of flows no connection holds (ECMP moved
                          # them here), sent where the Maglev table says (also translated_in)
 )

@@ -23,7 +23,7 @@ from .collector import FrozenCollector
 from .engine import ACCEPT_MARK, ACCEPT_MODIFIED, ACCEPT_UNCHANGED
 from .nflog import PacketLog
 from .nfqueue import COPY_RANGE, SKB_CSUM_NOT_READY, SKB_GSO, PacketQueue
-from .packet import Buffer, complete_tcp_checksum
+from .packet import Buffer, complete_checksum
 from .ruleset import MARK_MASK
 
 log = logging.getLogger("localdirector")
@@ -239,7 +239,7 @@ class QueueWorker:
             self.stats.largest = len(buf)
         try:
             if info & SKB_CSUM_NOT_READY and not info & SKB_GSO:
-                complete_tcp_checksum(buf)
+                complete_checksum(buf)
             verdict = self.engine.handle(buf)
         except Exception as exc:  # noqa: BLE001 - see the module docstring
             self.stats.errors += 1

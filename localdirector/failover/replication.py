@@ -34,9 +34,13 @@ from localdirector.model.connection import (
     ESTABLISHED,
     FASTPATH,
     FIN_WAIT,
+    KEY_LIMIT,
+    REPLIED,
     SYN_RCVD,
     SYN_SENT,
+    UNREPLIED,
     Connection,
+    UdpFlow,
 )
 from localdirector.model.director import Director
 from localdirector.model.predictors import remember_sticky
@@ -52,7 +56,7 @@ CHUNK = 2000         # connections per message of a whole resend (one lock hold 
 REFRESH_RANGE = (5.0, 300.0)   # seconds between whole resends, clamped
 # The model's own state strings: the engine compares them by identity.
 _STATES = {state: state for state in (SYN_SENT, SYN_RCVD, ESTABLISHED, FIN_WAIT, CLOSED,
-                                      FASTPATH)}
+                                      FASTPATH, UNREPLIED, REPLIED)}
 # What `decode` returns for a record it cannot install.
 UNKNOWN = "unknown"        # names an instance or a real this unit does not have (yet)
 MALFORMED = "malformed"    # a field of the wrong type or out of its range
@@ -71,7 +75,8 @@ def _text(value: Any) -> bool:
 
 
 _U16, _U32 = _int(0xFFFF), _int(0xFFFFFFFF)
-_KEY = _int((1 << 96) - 1)   # a flow key: client address and port, VIP and port
+_KEY = _int(KEY_LIMIT - 1)   # a flow key: client address and port, VIP and port (and
+                             # for a UDP flow, the protocol bit and a per-datagram real)
 # One check per field of `encode`'s record and of `encode_sticky`'s entry.
 _RECORD = (_KEY, _U32, _U16, _U16, _text, _U32, _U16, _U16, _text, _U16, _U16,
            lambda state: type(state) is str and state in _STATES,
@@ -107,10 +112,14 @@ def decode(record: Any, director: Director, now: float) -> Connection | str:
     real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
     if virtual is None or real is None:
         return UNKNOWN
-    conn = Connection(in_key >> 64, (in_key >> 48) & 0xFFFF, virtual.addr,
-                      virtual.port or virtual_port, virtual, real, now - created)
-    if conn.in_key != in_key:
-        return MALFORMED
+    # A UDP flow (docs/design.rst, "UDP flows") travels in the same record: its key
+    # carries the protocol (and a per-datagram flow's real), its state is UDP's.
+    cls = UdpFlow if virtual.proto == "udp" else Connection
+    conn = cls((in_key >> 64) & 0xFFFFFFFF, (in_key >> 48) & 0xFFFF, virtual.addr,
+               virtual.port or virtual_port, virtual, real, now - created)
+    if conn.in_key != in_key and (cls is Connection or conn.in_key ^ in_key < 1 << 97):
+        return MALFORMED   # only a per-datagram flow moved off its real may differ (tag)
+    conn.in_key = in_key
     conn.remap = remap
     conn.tcp_state = _STATES[state]
     conn.answered = answered

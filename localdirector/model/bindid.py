@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .addr import prefix_mask
+from .serverid import UDP_SERVICE
 
 # (VIP, client, port) answers remembered at most: a flood of spoofed sources empties the
 # memo when it fills rather than growing it (a few megabytes at most).
@@ -80,7 +81,7 @@ class BindIdTable:
         self.count = 0
         self._by_vip: dict[int, _VipIndex] = {}
         self._exact: dict[tuple[int, int, int], BindIdObject] = {}
-        # lookup's answers by flow key without the client port (flow_key's layout);
+        # lookup's answers by client, service port and VIP packed into one int;
         # emptied by every add and remove.
         self._memo: dict[int, BindIdObject | None] = {}
 
@@ -104,7 +105,8 @@ class BindIdTable:
         table = index.by_prefix.get(prefixlen) if index is not None else None
         bucket = table.get(client_ip & prefix_mask(prefixlen), ()) if table else ()
         return next((o for o in bucket
-                     if o.virtual.port == virtual.port and o.virtual is not virtual), None)
+                     if o.virtual.service == virtual.service and o.virtual is not virtual),
+                    None)
 
     def add(self, obj: BindIdObject) -> None:
         if self.tail is None:
@@ -153,26 +155,30 @@ class BindIdTable:
     def lookup(self, src: int, dst: int, dport: int) -> BindIdObject | None:
         """FIG. 5 steps 510-512: the longest prefix containing `src` among objects whose
         virtual matches the destination; for equal prefixes an instance of the exact
-        port beats an all-ports one (as for Bind ID 0), then the first configured."""
+        port beats an all-ports one (as for Bind ID 0), then the first configured.
+        `dport` is a service port (serverid.UDP_SERVICE): an instance of the other
+        protocol never matches, its all-ports one neither."""
         index = self._by_vip.get(dst)
         if index is None:   # no assign entry for this VIP: nothing to remember either
             return None
-        key = (src << 64) | (dst << 16) | dport
+        # The service port takes 17 bits: above the address, not over its low bit.
+        key = (src << 64) | (dport << 32) | dst
         memo = self._memo
         found = memo.get(key, _UNKNOWN)
         if found is not _UNKNOWN:
             return found
         found = None
+        all_ports = dport & UDP_SERVICE
         for mask, table in index.prefixes:
             bucket = table.get(src & mask)
             if bucket is None:
                 continue
             for obj in bucket:
-                port = obj.virtual.port
+                port = obj.virtual.service
                 if port == dport:
                     found = obj
                     break
-                if port == 0 and found is None:
+                if port == all_ports and found is None:
                     found = obj
             if found is not None:
                 break

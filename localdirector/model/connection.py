@@ -26,6 +26,16 @@ FIN_OUT = 2
 MOVED = 4
 # Half-open = handshake not completed: what `synguard` caps (virtual.half_open).
 HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
+# A UDP flow's states, in conntrack's words: the real has not answered yet, or has.
+UNREPLIED = "UNREPLIED"
+REPLIED = "REPLIED"
+# A UDP flow's keys carry this bit above the addresses, so a TCP connection and a UDP
+# flow of one 4-tuple never share a key; a `per-datagram` flow also carries its real
+# above it (UdpFlow), one flow per client tuple and real.
+UDP_KEY = 1 << 96
+_TAG_SHIFT = 97
+_ADDR = 0xFFFFFFFF
+KEY_LIMIT = 1 << (_TAG_SHIFT + 48)   # every flow key is below: the tag is 48 bits
 
 
 def flow_key(src: int, sport: int, dst: int, dport: int) -> int:
@@ -126,6 +136,42 @@ class Connection:
         key = self.in_key
         return ((self.real_ip << 64) | (self.real_port << 48) | ((key >> 64) << 16)
                 | (self.remap or (key >> 48) & 0xFFFF))
+
+
+class UdpFlow(Connection):
+    """A UDP flow (docs/design.rst, "UDP flows"): the client's 5-tuple, created by its
+    first datagram, ended by the idle timeout. A subclass, not a flag, so a TCP
+    connection computes nothing for UDP: only the key layout differs (UDP_KEY, and the
+    real's tag of a per-datagram flow), which the client's address must be masked out
+    of. `syn_resends` counts the client's datagrams since the real last answered."""
+
+    __slots__ = ()
+
+    def __init__(self, foreign_ip: int, foreign_port: int, virtual_ip: int,
+                 virtual_port: int, virtual: "VirtualMachine", real: "PhysicalMachine",
+                 now: float) -> None:
+        super().__init__(foreign_ip, foreign_port, virtual_ip, virtual_port, virtual, real,
+                         now)
+        self.tcp_state = UNREPLIED
+        self.syn_resends = 1   # the datagram that opens it, unanswered so far
+        self.in_key |= UDP_KEY
+        if virtual.per_datagram:
+            self.in_key |= real_tag(real.addr, self.real_port)
+
+    @property
+    def foreign_ip(self) -> int:
+        return (self.in_key >> 64) & _ADDR
+
+    def reply_key(self) -> int:
+        key = self.in_key
+        return (UDP_KEY | (self.real_ip << 64) | (self.real_port << 48)
+                | (((key >> 64) & _ADDR) << 16) | (self.remap or (key >> 48) & 0xFFFF))
+
+
+def real_tag(real_ip: int, real_port: int) -> int:
+    """What a per-datagram flow's key carries above UDP_KEY: the real it goes to, so a
+    client tuple has one flow (and one reply key) per real its datagrams went to."""
+    return ((real_ip << 16) | real_port) << _TAG_SHIFT
 
 
 class ConnectionTable:

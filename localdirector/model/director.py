@@ -11,7 +11,7 @@ from __future__ import annotations
 import _thread
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,11 +28,12 @@ from .predictors import select_real
 from .probe_config import CheckKey, ProbeConfig
 from .probes import Probe, ProbeCheck, ProbeCounters
 from .real import PhysicalMachine
-from .serverid import ServerId
+from .serverid import UDP_SERVICE, ServerId
 from .settings import ApplianceSettings, Settings
 from .snmp import SnmpSettings
 from .state import State
 from .translation import TranslationModes
+from .udp import UdpSettings, refuse_other_protocol
 from .virtual import VirtualMachine
 
 Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
@@ -49,8 +50,8 @@ class Decision:
     served_by: VirtualMachine | None = None  # differs from `virtual` after backup overflow
 
 
-class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSettings,
-               BgpSettings, SnmpSettings, health.HealthWatch):
+class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
+               FailoverSettings, BgpSettings, SnmpSettings, health.HealthWatch):
     """The model; how virtuals are translated and the configuration beyond the
     patent's objects (probes, appliance settings, the failover pair, BGP) are changed
     by the methods of its mixins, each beside the data it changes."""
@@ -68,7 +69,8 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         self.addr_names: dict[int, str] = {}
         self._virtual_head: VirtualMachine | None = None
         self._real_head: PhysicalMachine | None = None
-        # (address, port) -> {bind id: virtual}: FIG. 5 steps 512/516 without a scan.
+        # (address, service port) -> {bind id: virtual}: FIG. 5 steps 512/516 without a
+        # scan; the service port tells tcp from udp (serverid.UDP_SERVICE).
         self.by_dest: dict[tuple[int, int], dict[int, VirtualMachine]] = {}
         # Bumped on every change so the netfilter rule manager knows to resync.
         self.generation = 0
@@ -144,7 +146,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         v = VirtualMachine(sid, state or State.IN_SERVICE)
         self.virtuals[sid] = v
         self._virtual_head = _append(self._virtual_head, v)
-        self.by_dest.setdefault((sid.addr, sid.port), {})[sid.bind] = v
+        self.by_dest.setdefault((sid.addr, v.service), {})[sid.bind] = v
         if self._any_fastpath():
             others = self.fastpath_peers(v)
             v.fastpath = bool(others) and all(o.fastpath for o in others)
@@ -168,10 +170,10 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         v.links = None
         del self.virtuals[sid]
         self._virtual_head = _unlink(self._virtual_head, v)
-        dest = self.by_dest[(sid.addr, sid.port)]
+        dest = self.by_dest[(sid.addr, v.service)]
         del dest[sid.bind]
         if not dest:
-            del self.by_dest[(sid.addr, sid.port)]
+            del self.by_dest[(sid.addr, v.service)]
 
     # -- real machines -------------------------------------------------------------
     def add_real(self, sid: ServerId, state: State | None = None) -> PhysicalMachine:
@@ -219,9 +221,10 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
             raise ModelError(f"no virtual or real {self.fmt(sid)}")
 
     # -- per-server settings (model/options.py) ------------------------------------
-    def set_option(self, sid: ServerId, name: str, value: int | str) -> None:
+    def set_option(self, sid: ServerId, name: str, value: int | str | None) -> None:
         """`weight ID N`, `predictor ID NAME`, ...: one of REAL_OPTIONS on a real or
-        VIRTUAL_OPTIONS on a virtual, checked against its declared values."""
+        VIRTUAL_OPTIONS on a virtual, checked against its declared values. None: the
+        option's default for the server's protocol (`no timeout ID`)."""
         server: VirtualMachine | PhysicalMachine
         if (name in REAL_OPTIONS and name not in VIRTUAL_OPTIONS
                 and sid not in self.reals and sid in self.virtuals):
@@ -237,7 +240,11 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
             server, option = self.virtual(sid), VIRTUAL_OPTIONS[name]
         else:
             raise ModelError(f"no server setting '{name}'")
+        if value is None:
+            value = option.default_of(server.sid.proto)
         refusal = option.refusal(name, value)
+        if refusal is None and option.udp_only and server.sid.proto != "udp":
+            refusal = f"{name} applies to udp virtuals only"
         if refusal is not None:
             raise ModelError(refusal)
         previous = getattr(server, name)
@@ -252,9 +259,9 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         for options, servers in ((REAL_OPTIONS, self.iter_reals()),
                                  (VIRTUAL_OPTIONS, self.iter_virtuals())):
             if name in options:
-                default = options[name].default
+                option = options[name]
                 found += [(s.sid, getattr(s, name)) for s in servers
-                          if getattr(s, name) != default]
+                          if getattr(s, name) != option.default_of(s.sid.proto)]
         return found
 
     # -- backups (FIG. 3B 328, patent ¶10) -----------------------------------------
@@ -272,6 +279,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
             find(backup)
             if backup == sid:
                 raise ModelError("a server cannot be its own backup")
+            refuse_other_protocol(self.fmt, sid, backup, "backup")
         previous, primary.backup = primary.backup, backup
         if backup is not None:
             self._refuse_mixed(lambda: setattr(primary, "backup", previous))
@@ -319,6 +327,8 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         reals are left as they are. Refused when it would mix fast path and userspace."""
         v = self.virtual(vsid)
         reals = [self.real(sid) for sid in dict.fromkeys(rsids)]
+        for r in reals:
+            refuse_other_protocol(self.fmt, vsid, r.sid, "bind")
         bound = {id(link.real) for link in v.iter_links()}
         added = [r for r in reals if id(r) not in bound]
         if not added:
@@ -413,7 +423,9 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
     def lookup_virtual(self, src: int, dst: int, dport: int,
                        count: bool = False) -> VirtualMachine | None:
         """Steps 510-516: the client's Bind ID instance, else the Bind ID 0 one. `count`
-        adds the SYN to the Bind ID's hits (what-if questions do not)."""
+        adds the SYN to the Bind ID's hits (what-if questions do not). `dport` is a
+        service port (serverid.UDP_SERVICE): the port itself for tcp, so a SYN pays
+        nothing for udp but the mask of the all-ports fallback."""
         obj = self.bindids.lookup(src, dst, dport)
         if obj is not None:
             if count:
@@ -423,7 +435,7 @@ class Director(TranslationModes, ProbeConfig, ApplianceSettings, FailoverSetting
         general = self.by_dest.get((dst, dport))
         if general is not None and 0 in general:
             return general[0]
-        general = self.by_dest.get((dst, 0))
+        general = self.by_dest.get((dst, dport & UDP_SERVICE))
         if general is not None:
             return general.get(0)
         return None

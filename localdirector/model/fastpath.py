@@ -37,11 +37,11 @@ def reachable_reals(director: Director, virtual: VirtualMachine) -> list[Physica
     return list(found.values())
 
 
-def _port_buckets(entries: dict[int, list[tuple[int, VirtualMachine]]], what: str
-                  ) -> Iterator[tuple[str, list[VirtualMachine]]]:
-    """Per address: one bucket per port, or one for the whole address when any entry
-    has port 0 (it overlaps every port)."""
-    for addr, ports in entries.items():
+def _port_buckets(entries: dict[tuple[int, str], list[tuple[int, VirtualMachine]]],
+                  what: str) -> Iterator[tuple[str, list[VirtualMachine]]]:
+    """Per address and protocol: one bucket per port, or one for the whole address when
+    any entry has port 0 (it overlaps every port of its protocol)."""
+    for (addr, _proto), ports in entries.items():
         if any(port == ALL_PORTS for port, _ in ports):
             yield f"{what} {format_ip(addr)} (port 0 covers every port)", [v for _, v in ports]
             continue
@@ -54,15 +54,15 @@ def _port_buckets(entries: dict[int, list[tuple[int, VirtualMachine]]], what: st
 
 def buckets(director: Director) -> Iterator[tuple[str, list[VirtualMachine]]]:
     """(why, virtuals) for every set of virtuals that must share one mode."""
-    vips: dict[int, list[tuple[int, VirtualMachine]]] = {}
-    reals: dict[int, list[tuple[int, VirtualMachine]]] = {}
+    vips: dict[tuple[int, str], list[tuple[int, VirtualMachine]]] = {}
+    reals: dict[tuple[int, str], list[tuple[int, VirtualMachine]]] = {}
     for v in director.iter_virtuals():
-        vips.setdefault(v.addr, []).append((v.port, v))
+        vips.setdefault((v.addr, v.proto), []).append((v.port, v))
         if v.backup is not None and v.backup in director.virtuals:
             yield "one is the backup of the other", [v, director.virtuals[v.backup]]
         for r in reachable_reals(director, v):
             # The port the real answers on: its own, else the one the client asked for.
-            reals.setdefault(r.addr, []).append((r.port or v.port, v))
+            reals.setdefault((r.addr, v.proto), []).append((r.port or v.port, v))
     yield from _port_buckets(vips, "both are reached at")
     yield from _port_buckets(reals, "both send connections to")
 

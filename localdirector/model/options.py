@@ -12,12 +12,19 @@ from .predictors import PREDICTORS
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """A number in [low, high], or one of `choices` when there are any."""
+    """A number in [low, high], or one of `choices` when there are any. `udp`: the
+    default of a udp virtual when it differs; `udp_only`: refused on a tcp one."""
 
     default: int | str
     low: int = 0
     high: int = 0
     choices: tuple[str, ...] = ()
+    udp: int | None = None
+    udp_only: bool = False
+
+    def default_of(self, proto: str) -> int | str:
+        """The default for a server of protocol `proto`."""
+        return self.udp if proto == "udp" and self.udp is not None else self.default
 
     def refusal(self, name: str, value: object) -> str | None:
         """Why `value` may not be set, as the operator's one-line error; None if it may."""
@@ -38,9 +45,10 @@ REAL_OPTIONS: dict[str, Option] = {
 
 VIRTUAL_OPTIONS: dict[str, Option] = {
     "predictor": Option(virtual.DEFAULT_PREDICTOR, choices=tuple(PREDICTORS)),
-    "timeout": Option(virtual.DEFAULT_TIMEOUT, 1, 86400),
+    "timeout": Option(virtual.DEFAULT_TIMEOUT, 1, 86400, udp=virtual.DEFAULT_UDP_TIMEOUT),
     "sticky": Option(virtual.DEFAULT_STICKY, 0, 10080),
     "synguard": Option(virtual.DEFAULT_SYNGUARD, 0, 65535),
     # Also a real's option: a virtual's id gives the virtual's own limit (LocalDirector).
     "maxconns": Option(virtual.DEFAULT_MAXCONNS, 0, 4294967295),
+    "flows": Option(virtual.DEFAULT_FLOWS, 1, 1 << 24, udp_only=True),
 }

@@ -7,9 +7,21 @@ from dataclasses import dataclass
 
 from .addr import format_ip, parse_ip
 
-PROTOCOLS = ("tcp",)
+PROTOCOLS = ("tcp", "udp")
 # Port 0: a virtual takes every port, a real answers on the port the client asked for.
 ALL_PORTS = 0
+# A *service port* is the port with the protocol above it: the port itself for tcp, and
+# the port | UDP_SERVICE for udp. The model's indexes (Director.by_dest, BindIdTable)
+# and the packet path key services by it, so a TCP and a UDP virtual on one VIP:port
+# are different services and the TCP SYN path computes nothing new (docs/design.rst,
+# "Object model").
+UDP_SERVICE = 0x10000
+_PROTO_BITS = {"tcp": 0, "udp": UDP_SERVICE}
+
+
+def service_port(port: int, proto: str) -> int:
+    """The service port of `port` for `proto` (see UDP_SERVICE)."""
+    return port | _PROTO_BITS[proto]
 
 
 class ServerIdError(ValueError):
@@ -52,8 +64,13 @@ class ServerId:
             raise ServerIdError("a real server id takes no bind id", 2)
         proto = fields[3].lower() if len(fields) > 3 and fields[3] else "tcp"
         if proto not in PROTOCOLS:
-            raise ServerIdError(f"unsupported protocol '{proto}' (only tcp)", 3)
+            raise ServerIdError(f"unsupported protocol '{proto}' (tcp or udp)", 3)
         return cls(addr, port, bind, proto)
+
+    @property
+    def service(self) -> int:
+        """Port and protocol as one int (see UDP_SERVICE)."""
+        return service_port(self.port, self.proto)
 
     def format(self, names: Mapping[int, str] | None = None) -> str:
         """Always the full form, so every listing reads the same way."""
@@ -61,11 +78,14 @@ class ServerId:
         return f"{addr or format_ip(self.addr)}:{self.port}:{self.bind}:{self.proto}"
 
     def short(self) -> str:
-        """The running-config's canonical form: the defaults at the end (bind id 0, then
-        port 0; tcp always) left off, as IOS omits defaults, so a line typed in this form
-        is shown back exactly as typed and automation that compares lines (Ansible's
-        `ios_config`) sees no change the second time."""
+        """The running-config's canonical form: the defaults at the end (protocol tcp,
+        then bind id 0, then port 0) left off, as IOS omits defaults, so a line typed in
+        this form is shown back exactly as typed and automation that compares lines
+        (Ansible's `ios_config`) sees no change the second time. A udp id keeps every
+        field (`192.0.2.53:53:0:udp`)."""
         fields = [format_ip(self.addr), str(self.port), str(self.bind)]
+        if self.proto != "tcp":
+            return ":".join((*fields, self.proto))
         while len(fields) > 1 and fields[-1] == "0":
             fields.pop()
         return ":".join(fields)
@@ -95,6 +115,7 @@ class ServerPattern:
     addr_mask: int = 0xFFFFFFFF
     port: int | None = None
     bind: int | None = None
+    proto: str | None = None
 
     @classmethod
     def parse(cls, text: str, names: Mapping[str, int] | None = None) -> "ServerPattern":
@@ -104,9 +125,10 @@ class ServerPattern:
         addr, mask = cls._addr(fields[0], names)
         port = _pattern_number(fields, 1, "port", 65535)
         bind = _pattern_number(fields, 2, "bind id", 65535)
-        if len(fields) > 3 and fields[3].lower() not in (*ANY, *PROTOCOLS):
-            raise ServerIdError(f"unsupported protocol '{fields[3]}' (only tcp)", 3)
-        return cls(text, addr, mask, port, bind)
+        proto = fields[3].lower() if len(fields) > 3 else ""
+        if proto not in (*ANY, *PROTOCOLS):
+            raise ServerIdError(f"unsupported protocol '{fields[3]}' (tcp or udp)", 3)
+        return cls(text, addr, mask, port, bind, proto if proto in PROTOCOLS else None)
 
     @staticmethod
     def _addr(text: str, names: Mapping[str, int] | None) -> tuple[int | None, int]:
@@ -132,7 +154,8 @@ class ServerPattern:
     def matches(self, sid: ServerId) -> bool:
         return ((self.addr is None or sid.addr & self.addr_mask == self.addr)
                 and (self.port is None or sid.port == self.port)
-                and (self.bind is None or sid.bind == self.bind))
+                and (self.bind is None or sid.bind == self.bind)
+                and (self.proto is None or sid.proto == self.proto))
 
 
 # What a pattern's field may say for "any value": nothing, `*`, or LocalDirector's `all`.

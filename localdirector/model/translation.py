@@ -48,6 +48,8 @@ class TranslationModes:
         members = [v for v in everyone if (v.fastpath, v.kernel) != (on, kernel)]
         if not members:
             return []
+        if on and any(v.proto == "udp" for v in members):
+            raise ModelError("fastpath for udp virtuals: not yet")
         dispatched = next((v for v in members if v.dispatched), None)
         if on and dispatched is not None:
             raise ModelError(f"{self.fmt(dispatched.sid)} is dispatched: the fast path "
@@ -97,6 +99,8 @@ class TranslationModes:
         virtual = self.virtual(sid)
         if virtual.dispatched == on:
             return
+        if on and virtual.proto == "udp":
+            raise ModelError("dispatched for udp virtuals: not yet")
         if on:
             self._refuse_dispatched(virtual, [link.real for link in virtual.iter_links()])
         open_conns = sum(1 for c in self.conns if c.virtual is virtual)

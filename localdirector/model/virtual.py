@@ -15,8 +15,17 @@ if TYPE_CHECKING:
 DEFAULT_PREDICTOR = "leastconns"   # a name in model/predictors.py PREDICTORS
 DEFAULT_STICKY = 0                 # minutes; 0 = off
 DEFAULT_TIMEOUT = 900
+# UDP has no end of flow, so the idle timeout is all that ends one: 60 s outlives a
+# resolver's retries (5 s apart) and a DNS query/answer pair by far, yet frees a
+# client's flow a minute after its last datagram instead of fifteen (conntrack waits
+# 30 s for an unanswered flow and 120 s for an answered one; one number is simpler and
+# lies between). docs/design.rst, "UDP flows".
+DEFAULT_UDP_TIMEOUT = 60
 DEFAULT_SYNGUARD = 0               # half-open connections; 0 = off
 DEFAULT_MAXCONNS = 0               # LocalDirector's `maxconns VIRTUAL N`; 0 = unlimited
+# UDP flows one virtual holds at most: beyond, a new flow evicts the oldest unanswered
+# ones (a spoofed flood's), counted (docs/design.rst, "UDP flows").
+DEFAULT_FLOWS = 65536
 
 
 class VirtualMachine:
@@ -25,6 +34,7 @@ class VirtualMachine:
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
                  "predictor", "_sticky", "timeout", "synguard", "maxconns", "fastpath", "kernel", "dispatched",
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
+                 "service", "per_datagram", "flows", "flows_evicted",
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "sticky_full", "pending_fallbacks",
                  "packets_in", "packets_out", "bytes_in", "bytes_out", "assign_entries",
@@ -37,6 +47,9 @@ class VirtualMachine:
         self.port = sid.port
         self.bind_id = sid.bind
         self.proto = sid.proto
+        # Port and protocol as one int, as the model's indexes key services
+        # (serverid.UDP_SERVICE).
+        self.service = sid.service
         self.state = state
         self.backup: ServerId | None = None
         self.predictor = DEFAULT_PREDICTOR
@@ -44,11 +57,15 @@ class VirtualMachine:
         # affinity, in that order (model/predictors.py, remember_sticky).
         self.sticky_table: dict[int, tuple[object, float]] = {}
         self._sticky = DEFAULT_STICKY
-        self.timeout = DEFAULT_TIMEOUT
+        self.timeout = DEFAULT_UDP_TIMEOUT if sid.proto == "udp" else DEFAULT_TIMEOUT
         self.synguard = DEFAULT_SYNGUARD
         # Open connections the instance takes; at the limit new ones go to its backup
         # virtual, as when no real can take them (patent ¶10).
         self.maxconns = DEFAULT_MAXCONNS
+        # UDP only: `per-datagram` balances every client datagram anew (IPVS's one-packet
+        # scheduling), and `flows` bounds the flows the virtual holds.
+        self.per_datagram = False
+        self.flows = DEFAULT_FLOWS
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
         # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False
@@ -79,6 +96,7 @@ class VirtualMachine:
         self.conns_total = 0
         self.synguard_drops = 0
         self.no_real_drops = 0
+        self.flows_evicted = 0  # UDP flows given up for new ones (`flows`)
         self.sticky_full = 0    # clients not remembered: the sticky table was full
         # Connections given to a real whose first probe result was awaited, because no
         # real was known good (model/predictors.py).

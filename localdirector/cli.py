@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__, syslog
 from .access import service as access_service
 from .bgp import service as bgp_service
-from .failover import service as failover_service
+from .failover import launch as failover_launch
 from .appliance import DEFAULT_CONFIG, Appliance
 from .monitor import exporter, logging_hosts, snmp
 from .probes import runner as probe_runner
@@ -60,7 +60,7 @@ def _start_failover(appliance: Appliance, args: argparse.Namespace) -> Stoppable
         return None
     from .dataplane.plane import DataPlane
     plane = appliance.dataplane
-    return failover_service.start(appliance, args,
+    return failover_launch.start(appliance, args,
                                   plane if isinstance(plane, DataPlane) else None)
 
 
@@ -74,7 +74,7 @@ SERVICES: list[Service] = [
     Service("probes", probe_runner.add_arguments, probe_runner.start),
     Service("dataplane", _dataplane_arguments, _start_dataplane),
     # After the data plane: its drop guard goes before the data plane's rules.
-    Service("failover", failover_service.add_arguments, _start_failover),
+    Service("failover", failover_launch.add_arguments, _start_failover),
     # After the data plane: a VIP is announced only once its traffic is forwarded, and
     # withdrawn (stopped first) before the rules go.
     Service("bgp", bgp_service.add_arguments, bgp_service.start),

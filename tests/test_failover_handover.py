@@ -35,7 +35,7 @@ def active(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FailoverSer
     lab = Lab(fig1())
     lab.d.settings.failover.replicate = True
     unit = Unit("primary", "fo0", "198.19.255.1", tmp_path)
-    service = FailoverService(SimpleNamespace(director=lab.d), unit, lab.engine)
+    service = FailoverService(SimpleNamespace(director=lab.d, role_hooks=[]), unit, lab.engine)
     unit.yield_file.write_text("0\n")
     sent: list[Any] = []
 

@@ -9,10 +9,8 @@ failover commands through `FailoverHandle`."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +22,6 @@ from localdirector.runtime import Supervised
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.failover import DaemonStatus, FailoverStatus
-from localdirector.services import ServiceError
 
 from . import configs
 from .configcopy import ConfigCopy
@@ -46,42 +43,6 @@ log = logging.getLogger("localdirector.failover")
 ROLES = {"MASTER": "Active", "BACKUP": "Standby", "FAULT": "Fault", "STOP": "Standby"}
 STEP_DOWN_WAIT = 5.0
 STANDING_BY = ("Standby", "Fault", "Starting")   # roles that may take over
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--failover-link", metavar="IFACE",
-                        help="run as one unit of a failover pair; IFACE is the failover "
-                        "link (its first IPv4 address is this unit's)")
-    parser.add_argument("--failover-unit", choices=("primary", "secondary"),
-                        default="primary",
-                        help="this unit's end of the pair (default primary)")
-
-
-def start(appliance: "Appliance", args: argparse.Namespace,
-          plane: "DataPlane | None" = None) -> "FailoverService | None":
-    """`plane`: the running data plane, whose connections the pair replicates (None
-    without one: `--no-dataplane`)."""
-    if not args.failover_link:
-        return None
-    for tool in ("keepalived", "conntrackd", "iptables"):
-        if shutil.which(tool) is None:
-            raise ServiceError(f"failover: {tool} is not installed")
-    addresses = interface_addresses()
-    own = next((addr for ifname, addr, _ in addresses if ifname == args.failover_link), None)
-    if own is None:
-        raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
-    try:
-        directory = runtime.claim("failover")
-    except runtime.Claimed as err:
-        raise ServiceError(f"failover: {err}") from err
-    unit = configs.Unit(args.failover_unit, args.failover_link, own, directory)
-    service = FailoverService(appliance, unit, plane)
-    try:
-        service.start()
-    except Exception as err:
-        service.stop()
-        raise ServiceError(f"failover: {err}") from err
-    return service
 
 
 class FailoverService:

@@ -12,7 +12,6 @@ import _thread
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import health, kernelpath, maglev
@@ -20,15 +19,15 @@ from .bgp import BgpSettings
 from .bindid import BindIdObject, BindIdTable
 from .chain import append as _append, unlink as _unlink
 from .connection import ConnectionTable
+from .decisions import Decisions
 from .errors import ModelError
 from .failover import FailoverSettings
 from .link import Link
 from .options import REAL_OPTIONS, VIRTUAL_OPTIONS
-from .predictors import select_real
 from .probe_config import CheckKey, ProbeConfig
 from .probes import Probe, ProbeCheck, ProbeCounters
 from .real import PhysicalMachine
-from .serverid import UDP_SERVICE, ServerId
+from .serverid import ServerId
 from .settings import ApplianceSettings, Settings
 from .snmp import SnmpSettings
 from .state import State
@@ -38,19 +37,9 @@ from .virtual import VirtualMachine
 
 Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
 
-_IN_SERVICE = State.IN_SERVICE   # per SYN: an Enum member is a class attribute lookup
 
 
-@dataclass(slots=True)
-class Decision:
-    """Outcome of FIG. 5 steps 510-518 for one SYN."""
-
-    virtual: VirtualMachine | None   # instance the client's address selected
-    real: PhysicalMachine | None     # None: nothing can take the connection
-    served_by: VirtualMachine | None = None  # differs from `virtual` after backup overflow
-
-
-class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
+class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
                FailoverSettings, BgpSettings, SnmpSettings, health.HealthWatch):
     """The model; how virtuals are translated and the configuration beyond the
     patent's objects (probes, appliance settings, the failover pair, BGP) are changed
@@ -418,73 +407,6 @@ class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
 
     def fmt(self, sid: ServerId) -> str:
         return sid.format(self.addr_names)
-
-    # -- FIG. 5 decisions ----------------------------------------------------------
-    def lookup_virtual(self, src: int, dst: int, dport: int,
-                       count: bool = False) -> VirtualMachine | None:
-        """Steps 510-516: the client's Bind ID instance, else the Bind ID 0 one. `count`
-        adds the SYN to the Bind ID's hits (what-if questions do not). `dport` is a
-        service port (serverid.UDP_SERVICE): the port itself for tcp, so a SYN pays
-        nothing for udp but the mask of the all-ports fallback."""
-        obj = self.bindids.lookup(src, dst, dport)
-        if obj is not None:
-            if count:
-                obj.hits += 1
-                obj.virtual.assign_hits += 1
-            return obj.virtual
-        general = self.by_dest.get((dst, dport))
-        if general is not None and 0 in general:
-            return general[0]
-        general = self.by_dest.get((dst, dport & UDP_SERVICE))
-        if general is not None:
-            return general.get(0)
-        return None
-
-    def decide(self, src: int, dst: int, dport: int, now: float,
-               commit: bool = True, exclude: PhysicalMachine | None = None,
-               flow: int | None = None) -> Decision:
-        """Steps 510-518: instance by client address, then a real (`decide_for`).
-        `exclude`: a real the connection is being reassigned away from."""
-        virtual = self.lookup_virtual(src, dst, dport, count=commit)
-        if virtual is None:
-            return Decision(None, None)
-        return self.decide_for(virtual, src, now, commit, exclude, flow)
-
-    def decide_for(self, virtual: VirtualMachine, src: int, now: float,
-                   commit: bool = True, exclude: PhysicalMachine | None = None,
-                   flow: int | None = None) -> Decision:
-        """Step 518 for the instance the client's address selected: a real, overflowing
-        to the backup virtual chain (patent ¶10) when the instance cannot take the
-        connection. Apart from `decide` so the data plane looks the instance up once.
-        `flow`: the connection's flow key, for `maglev` (None: the client address)."""
-        # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
-        chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
-        for v in chain:
-            if v.state is _IN_SERVICE and (not v.maxconns
-                                           or v.conns_current < v.maxconns):
-                real = select_real(v, self._links_of(v), src, now, self.available_backup,
-                                   commit, exclude, flow)
-                if real is not None:
-                    return Decision(virtual, real, v)
-        return Decision(virtual, None)
-
-    def _links_of(self, virtual: VirtualMachine) -> tuple[Link, ...]:
-        """`virtual`'s links in order, walked once per generation rather than per SYN.
-        Only which reals are bound is kept: whether each may take a connection now
-        (health, probes, limits, none of which moves the generation) is asked anew."""
-        if self._links_generation != self.generation:
-            self._links.clear()
-            self._links_generation = self.generation
-        links = self._links.get(virtual)
-        if links is None:
-            links = self._links[virtual] = tuple(virtual.iter_links())
-        return links
-
-    def available_backup(self, r: PhysicalMachine) -> PhysicalMachine | None:
-        """The first of `r`'s backups (and theirs) that may take a connection now."""
-        chain = self.backup_chain(r)
-        next(chain)
-        return next((backup for backup in chain if health.available(backup)), None)
 
     # -- health (model/health.py): the data plane reports, these change states ------
     def note_failure(self, r: PhysicalMachine, now: float) -> None:

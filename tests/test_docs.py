@@ -102,7 +102,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
 README_RULES = {
     r"apt-get install -y [^&]+ && python3 -m pip install -e \S+":
         "test_readme_setup_is_what_ci_runs (CI runs it)",
-    r"python3 -m pytest -q -p no:cacheprovider": "test_readme_setup_is_what_ci_runs",
+    r"python3 -m pytest -q -p no:cacheprovider -n auto --dist loadfile":
+        "test_readme_setup_is_what_ci_runs",
     r"localdirector lab": "test_lab_session_shows_fig1_and_cleans_up",
     r"localdirector lab --clean": "test_lab_clean_removes_leftovers",
     r"localdirector lab(?: --config examples/cluster\.cfg)? --cluster \d":
@@ -170,8 +171,9 @@ def test_readme_setup_is_what_ci_runs() -> None:
         assert packages <= ci_packages, packages - ci_packages
     assert "python3 -m pip install -q -e '.[test]'" in ci
     assert setups[1].endswith("python3 -m pip install -e '.[test]'")
-    assert "\npython3 -m pytest -q -p no:cacheprovider\n" in ci
-    assert ("python3 -m pytest -q -p no:cacheprovider", []) in readme_commands()
+    test = "python3 -m pytest -q -p no:cacheprovider -n auto --dist loadfile"
+    assert f"\n{test}\n" in ci
+    assert (test, []) in readme_commands()
 
 
 def walkthrough() -> list[tuple[str, str, list[str]]]:

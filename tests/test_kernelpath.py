@@ -52,12 +52,10 @@ def refusal(shell: Shell, line: str) -> str:
 
 @pytest.mark.parametrize("line, reason", [
     (f"predictor {VIP}:80 leastconns",
-     f"% {VIP}:80:0:tcp uses predictor leastconns: the kernel decides only roundrobin and "
-     "weighted"),
-    (f"predictor {VIP}:80:1 maglev", f"% {VIP}:80:1:tcp uses predictor maglev: the kernel "
-                                      "decides only roundrobin and weighted"),
-    (f"sticky {VIP}:0:2 10", f"% {VIP}:0:2:tcp is sticky: the kernel keeps no memory of "
-                              "clients"),
+     f"% {VIP}:80:0:tcp uses predictor leastconns: the kernel decides only roundrobin, "
+     "weighted and maglev"),
+    (f"predictor {VIP}:80:1 fastest", f"% {VIP}:80:1:tcp uses predictor fastest: the kernel "
+                                       "decides only roundrobin, weighted and maglev"),
     ("maxconns 203.0.113.12 5", "% real 203.0.113.12:0:0:tcp has maxconns: the kernel does "
                                 "not count open connections"),
     ("threshold 203.0.113.11 2", "% real 203.0.113.11:0:0:tcp sets threshold or reassign: "
@@ -82,10 +80,11 @@ def test_a_real_with_maxconns_cannot_be_bound_or_made_a_backup(kernel: Shell) ->
 
 def test_switching_an_ineligible_group_is_refused_and_changes_nothing(tmp_path) -> None:
     shell = Shell(tmp_path)
-    assert shell(*KERNEL_POOL, f"sticky {VIP}:80:1 5")
+    assert shell(*KERNEL_POOL, f"predictor {VIP}:80:1 fastest")
     shell.take()
     assert refusal(shell, f"fastpath {VIP}:80 kernel") == (
-        f"% {VIP}:80:1:tcp is sticky: the kernel keeps no memory of clients")
+        f"% {VIP}:80:1:tcp uses predictor fastest: the kernel decides only roundrobin, "
+        "weighted and maglev")
     assert not any(v.fastpath for v in shell.director.virtuals.values())
 
 

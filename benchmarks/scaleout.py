@@ -105,7 +105,7 @@ def throughput_figures(repeat: int, duration: float = 5.0,
                         d.proc.terminate()
                         d.proc.wait(15)
                 wait(lambda: not lab.kernel_next_hops(VIP), 30)
-    return summarize(samples)
+    return {"summary": summarize(samples), "samples": samples}
 
 
 def summarize(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def summarize(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         nat = out.get(f"kernel-nat {workload}", {}).get(rate)
         if rate in entry and nat:
             entry["x_kernel_nat"] = round(entry[rate] / nat, 3)
-        if "-" in name and rate in entry:
+        if name.rsplit("-", 1)[-1].isdigit() and rate in entry:
             path, active = name.rsplit("-", 1)
             one = out.get(f"{path}-1 {workload}", {}).get(rate)
             entry["per_director"] = round(entry[rate] / int(active), 1)

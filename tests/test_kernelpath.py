@@ -14,6 +14,7 @@ from test_shell_commands import Shell
 from localdirector.dataplane.kerneltable import KernelTable
 from localdirector.dataplane.nftables import (Shape, definition, desired_kernel, expected_shape,
                                              install_text, update_text)
+from localdirector.dataplane.iptables import dispatch_rules, names, raw_rules
 from localdirector.dataplane.ruleset import desired_rules
 from localdirector.model import kernelpath, maglev
 from localdirector.model.addr import parse_ip
@@ -406,6 +407,10 @@ def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -
     wanted = desired_rules(shell.director)
     assert wanted.targets == () and wanted.kernel == () and wanted.forwarded == (
         parse_ip("192.0.2.30"),)
+    n = names(9)
+    assert (f"-A {n.chain} -d 192.0.2.30/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK ACK "
+            f"-j SET --add-set {n.known} src --exist") in raw_rules(wanted, n)
+    assert "TEE" not in "\n".join(dispatch_rules(wanted, {}, n))
     # Nothing can serve: SYNs are counted, every packet answered with a RST.
     assert shell("out-of-service 203.0.113.15", "out-of-service 203.0.113.16")
     text = "\n".join(definition(desired_kernel(shell.director), "t"))

@@ -140,6 +140,10 @@ def test_maglev_tables_identical_on_every_director(cluster) -> None:
         digests = {c.run(f"show maglev {VIP}:80{bind}").split("digest ")[1].split(",")[0]
                    for c in consoles}
         assert len(digests) == 1, digests
+        # Decided in the kernel: the table it loads and the jhash seed, the same too.
+        loaded = {next((line for line in c.run(f"show maglev {VIP}:80{bind}").splitlines()
+                        if line.startswith("In the kernel:")), None) for c in consoles}
+        assert len(loaded) == 1 and (None in loaded) != kernel(consoles), loaded
 
 
 def test_drain_withdraws_and_undrain_announces(cluster) -> None:

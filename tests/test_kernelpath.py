@@ -335,6 +335,11 @@ def test_maglev_is_the_models_table_hashed_by_jhash_with_a_seed_of_the_virtual(
     slots = _slots(picker)
     assert len(slots) == 4099
     assert all(slots[s] == f"203.0.113.1{table.table[s] + 1}" for s in range(4099))
+    one.take()
+    assert one(f"do show maglev {VIP}:80"), one.take()
+    shown = one.take()
+    assert (f"In the kernel: 4099 slots, jhash seed 0x{seed:08x}, digest {table.digest()}"
+            in shown), shown
     # The seed comes from the virtual's identity only: its reals do not change it.
     assert one("out-of-service 203.0.113.12")
     assert f"seed 0x{seed:08x}" in _picker(one)

@@ -152,7 +152,8 @@ def main() -> None:
         out["cluster"] = {path: cluster_figures(args.repeat, path)
                           for path in ("engine", "kernel")}
     if "throughput" in wanted:
-        out["throughput"] = throughput_figures(args.repeat)
+        out["throughput"] = throughput_figures(
+            args.repeat, progress=args.json.with_suffix(".partial") if args.json else None)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -13,16 +13,19 @@ director carried. Run by ``python3 -m benchmarks.cluster`` (``--only throughput`
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from localdirector.lab.cluster import director_link, director_real_side
 from localdirector.lab.topology import CLIENT_SUBNETS
 
 from .contenders import Contender, KernelNat
-from .lab import VIP, BenchLab
+from .lab import REALS, VIP, BenchLab
 from .run import WORKLOADS, WRK_SCRIPT, run_workload
 
 PATHS = ("kernel", "engine")
@@ -60,7 +63,7 @@ class NatDirector(KernelNat):
 
 
 def config_lines(lab: Any, path: str) -> list[str]:
-    from .cluster import REALS   # one configuration for every cluster figure
+    """The cluster's configuration over the benchmark lab's three nginx reals."""
     return [*(f"real {r}" for r in REALS), f"virtual {VIP}:80",
             f"bind {VIP}:80 {' '.join(REALS)}", f"predictor {VIP}:80 maglev",
             f"dispatched {VIP}:80", f"advertise {VIP}:80",
@@ -68,15 +71,19 @@ def config_lines(lab: Any, path: str) -> list[str]:
 
 
 def measure(bench: BenchLab, contender: Contender, duration: float,
-            connections: int, out: dict[str, list[dict[str, Any]]]) -> None:
+            connections: int, out: dict[str, list[dict[str, Any]]],
+            progress: Path | None) -> None:
     for workload in ("keepalive", "close"):
         sample = run_workload(bench, contender, WORKLOADS[workload], duration, connections)
         out.setdefault(f"{contender.name} {workload}", []).append(sample)
+        if progress is not None:
+            progress.write_text(json.dumps(out) + "\n")
         time.sleep(1)
 
 
-def throughput_figures(repeat: int, duration: float = 5.0,
-                       connections: int = 48) -> dict[str, Any]:
+def throughput_figures(repeat: int, duration: float = 5.0, connections: int = 48,
+                       progress: Path | None = None) -> dict[str, Any]:
+    """`progress`: where the samples so far are written after every measurement."""
     from .cluster import Director, wait   # the appliance on a pipe, polling
     samples: dict[str, list[dict[str, Any]]] = {}
     with BenchLab(sources=24, directors=3) as bench:
@@ -86,7 +93,7 @@ def throughput_figures(repeat: int, duration: float = 5.0,
         for _ in range(repeat):
             nat = NatDirector()
             nat.start(bench)
-            measure(bench, nat, duration, connections, samples)
+            measure(bench, nat, duration, connections, samples, progress)
             nat.stop(bench)
             for path in PATHS:
                 config = bench.work / f"startup-config-{path}"
@@ -99,11 +106,16 @@ def throughput_figures(repeat: int, duration: float = 5.0,
                         wait(lambda: len(lab.kernel_next_hops(VIP)) == active, 60)
                         bench.wait_http(f"http://{VIP}/small", what=f"{active} directors")
                         measure(bench, Dispatched(f"{path}-{active}"), duration,
-                                connections, samples)
+                                connections, samples, progress)
                 finally:
+                    for d in directors:   # as an operator leaves: rules removed
+                        d.type("exit")
                     for d in directors:
-                        d.proc.terminate()
-                        d.proc.wait(15)
+                        try:
+                            d.proc.wait(60)
+                        except subprocess.TimeoutExpired:
+                            d.proc.kill()
+                            d.proc.wait()
                 wait(lambda: not lab.kernel_next_hops(VIP), 30)
     return {"summary": summarize(samples), "samples": samples}
 

@@ -40,7 +40,7 @@ KERNEL_PREDICTORS = ("roundrobin", "weighted", "maglev")
 # The most Maglev slots loaded into the kernel. nft loads 65,537 in about 0.3 s, but
 # nft 1.0.6 reads every element back to list anything of the table, which the rule sync
 # does every 2 s (verification, counters): 0.3-0.5 s of CPU each time at 65,537, some
-# 10 ms at 4,099. Maglev gives every real M/N slots +-1 at any size; a smaller table
+# 10-45 ms at 4,099. Maglev gives every real M/N slots +-1 at any size; a smaller table
 # only moves a little more than 1/N of the flows when a real leaves (docs/design.rst).
 KERNEL_MAGLEV_SIZE = 4099
 # What a new instance joining a kernel-decided group predicts with.

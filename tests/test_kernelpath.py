@@ -439,6 +439,25 @@ def test_dispatched_in_the_kernel_needs_maglev_and_no_sticky(tmp_path, line: str
     assert refusal(shell, line) == reason
 
 
+def test_a_vips_kernel_decided_instances_are_all_dispatched_or_none(tmp_path) -> None:
+    """One VIP's instances share the kernel's chains (the source map reaches the
+    port-0 instances), and a backup virtual serves from its primary's instance chain:
+    forwarded and translated cannot mix there."""
+    shell = Shell(tmp_path)
+    assert shell(*DISPATCHED), shell.take()
+    shell.take()
+    reason = ("% 192.0.2.30:0:0:tcp is dispatched and 192.0.2.30:0:1:tcp is not, but the "
+              "kernel decides their connections in one chain (a VIP's instances and their "
+              "backups)")
+    assert refusal(shell, "virtual 192.0.2.30:0:1") == reason
+    assert shell("real 203.0.113.17", "virtual 192.0.2.40:0", "predictor 192.0.2.40:0 maglev",
+                 "bind 192.0.2.40:0 203.0.113.17", "fastpath 192.0.2.40:0 kernel"), shell.take()
+    shell.take()
+    assert refusal(shell, "backup 192.0.2.30:0 192.0.2.40:0") == (
+        "% 192.0.2.30:0:0:tcp is dispatched and 192.0.2.40:0:0:tcp is not, but the kernel "
+        "decides their connections in one chain (a VIP's instances and their backups)")
+
+
 def test_dispatched_roundrobin_cannot_go_to_the_kernel(tmp_path) -> None:
     shell = Shell(tmp_path)
     assert shell(*DISPATCHED[:-4], "dispatched 192.0.2.30:0",

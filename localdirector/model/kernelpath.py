@@ -62,6 +62,13 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
         if v.dispatched and v.sticky:
             return (f"{name} is dispatched and sticky: each director would remember its "
                     "own clients, and the kernel forwards packets without memory")
+        other = next((o for o in _decided_with(director, v) if o.dispatched != v.dispatched),
+                     None)
+        if other is not None:
+            forwarded, translated = (v, other) if v.dispatched else (other, v)
+            return (f"{director.fmt(forwarded.sid)} is dispatched and "
+                    f"{director.fmt(translated.sid)} is not, but the kernel decides their "
+                    "connections in one chain (a VIP's instances and their backups)")
         for r in reachable_reals(director, v):
             if r.maxconns:
                 return (f"real {director.fmt(r.sid)} has maxconns: the kernel does not "
@@ -70,6 +77,14 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
                 return (f"real {director.fmt(r.sid)} sets threshold or reassign: passive "
                         "health needs the engine to see each connection")
     return None
+
+
+def _decided_with(director: Director, virtual: VirtualMachine) -> Iterable[VirtualMachine]:
+    """Virtuals whose connections the kernel decides in the chains of `virtual`'s: every
+    instance of its VIP (one VIP:port's source map reaches the VIP's port-0 instances)
+    and its backup virtuals, which serve from its instance chain."""
+    yield from (o for o in director.iter_virtuals() if o.addr == virtual.addr)
+    yield from director.backup_chain(virtual)
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,36 @@ def test_every_director_sends_a_flow_to_the_same_real(cluster) -> None:
     assert set(seen[0].values()) == {name(r) for r in GENERAL_POOL}, seen[0]
 
 
+def test_a_real_out_of_service_moves_its_own_flows_on_every_director(cluster) -> None:
+    """A health change (here the operator's) rewrites every director's table: the
+    leaving real's flows go to the others, the rest stay where they were, and back in
+    service every flow returns to its real (in the kernel: one nft transaction each)."""
+    lab, consoles = cluster
+    sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
+    before = answered_by(lab, VIP, sources, 60, first=30000)
+    leaving = GENERAL_POOL[1]
+    for c in consoles:
+        c.configure(f"out-of-service {leaving}")
+    if kernel(consoles):
+        wait_until(lambda: all(f"dup to {leaving} " not in c_table(lab, ns)
+                               for ns in lab.director_nss), 10, "the tables rewritten")
+    after = answered_by(lab, VIP, sources, 60, first=30000)
+    moved = [f for f, real in before.items() if real != name(leaving) and after[f] != real]
+    assert name(leaving) in before.values() and name(leaving) not in after.values(), after
+    assert len(moved) <= 3, moved
+    for c in consoles:
+        c.configure(f"in-service {leaving}")
+    if kernel(consoles):
+        wait_until(lambda: all(f"dup to {leaving} " in c_table(lab, ns)
+                               for ns in lab.director_nss), 10, "the tables rewritten")
+    assert answered_by(lab, VIP, sources, 60, first=30000) == before
+
+
+def c_table(lab: Cluster, ns: str) -> str:
+    """A director's nft ruleset, as text."""
+    return lab.run_in(ns, ["nft", "list", "ruleset"]).stdout
+
+
 def test_maglev_tables_identical_on_every_director(cluster) -> None:
     _lab, consoles = cluster
     for bind in ("", ":1"):

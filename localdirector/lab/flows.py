@@ -44,7 +44,7 @@ def one(vip: str, source: str, port: int, timeout: float) -> str:
                     break
                 data += chunk
         except OSError as exc:
-            return type(exc).__name__
+            return f"{type(exc).__name__} {exc.strerror or exc}"
         return data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
 
 

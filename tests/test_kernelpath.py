@@ -343,6 +343,9 @@ def test_maglev_is_the_models_table_hashed_by_jhash_with_a_seed_of_the_virtual(
     # The seed comes from the virtual's identity only: its reals do not change it.
     assert one("out-of-service 203.0.113.12")
     assert f"seed 0x{seed:08x}" in _picker(one)
+    # A configured table-size is loaded as it is.
+    assert one(f"table-size {VIP}:80 8191")
+    assert "mod 8191 seed" in _picker(one)
 
 
 def test_maglev_removal_moves_only_the_leaving_reals_slots_and_a_little_more(

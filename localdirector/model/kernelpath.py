@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .fastpath import reachable_reals
 from .health import candidates
-from .maglev import MaglevTable
+from .maglev import DEFAULT_SIZE, MaglevTable
 from .predictors import backup_for
 from .real import DEFAULT_REASSIGN, DEFAULT_THRESHOLD
 from .serverid import ALL_PORTS
@@ -37,11 +37,13 @@ if TYPE_CHECKING:
 # The predictors the kernel can play: a counter (every real in turn, or in proportion to
 # weights) or a hash of the flow into the Maglev table.
 KERNEL_PREDICTORS = ("roundrobin", "weighted", "maglev")
-# The most Maglev slots loaded into the kernel. nft loads 65,537 in about 0.3 s, but
-# nft 1.0.6 reads every element back to list anything of the table, which the rule sync
-# does every 2 s (verification, counters): 0.3-0.5 s of CPU each time at 65,537, some
-# 10-45 ms at 4,099. Maglev gives every real M/N slots +-1 at any size; a smaller table
-# only moves a little more than 1/N of the flows when a real leaves (docs/design.rst).
+# The Maglev slots loaded into the kernel unless `table-size` says otherwise. nft loads
+# 65,537 in about 0.3 s, but nft 1.0.6 reads every element back to list anything of the
+# table, which the rule sync does every 2 s (verification, counters): 0.3-0.5 s of CPU
+# each time at 65,537, 10-45 ms at 4,099. Maglev gives every real M/N slots +-1 at any
+# size; a smaller table moves more than 1/N of the flows when a real leaves once the
+# reals are many (one of 100: 4.6 % at 4,099, 1.6 % at 65,537), so a configured size
+# is loaded as it is (docs/design.rst, "Decided in the kernel").
 KERNEL_MAGLEV_SIZE = 4099
 # What a new instance joining a kernel-decided group predicts with.
 KERNEL_DEFAULT_PREDICTOR = "roundrobin"
@@ -98,10 +100,13 @@ class Pool:
     def maglev(self) -> tuple[int, MaglevTable] | None:
         """(jhash seed, table of the reals) when the serving virtual predicts with
         maglev: the model's own table (model/maglev.py, identical in every process) at
-        the kernel's size. None for the counters."""
+        its configured `table-size`, or KERNEL_MAGLEV_SIZE when none is configured. None
+        for the counters."""
         if self.served.predictor != "maglev":
             return None
-        size = min(self.served.maglev_size, KERNEL_MAGLEV_SIZE)
+        size = self.served.maglev_size
+        if size == DEFAULT_SIZE:   # not configured: the kernel's own default
+            size = KERNEL_MAGLEV_SIZE
         table = MaglevTable.build([(r.addr, r.port, r.weight) for r, _ in self.reals], size)
         return seed(self.served), table
 

@@ -143,7 +143,7 @@ def desired_kernel(director: Director) -> KernelRules:
             chain = f"i_{_ident(virtual.sid)}"
             if chain not in instances:
                 instances[chain] = _instance(director, virtual, chain, branches, owners)
-            forward = virtual.dispatched   # one mode per VIP:port (model/fastpath.py)
+            forward = virtual.dispatched   # all or none of a VIP (kernelpath.refusal)
             ranges.append((first, last, chain))
         destinations.append(Destination(addr, port, tuple(ranges), forward))
     return KernelRules(tuple(destinations), tuple(instances.values()),

@@ -165,6 +165,9 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
     # before conntrack spends an entry on them.
     for addr in tracked_vips(rules):
         out += _guards(rules, addr, n) + flood_rules(addr, n, tracked=True)
+    # Dispatched VIPs the kernel forwards: never tracked, so noted here like userspace.
+    for addr in rules.forwarded:
+        out += _guards(rules, addr, n) + flood_rules(addr, n)
     return out
 
 

@@ -48,6 +48,10 @@ class RuleSet:
     # (fast path and kernel-decided): its packets conntrack does not know are dropped
     # rather than forwarded with its own address (tracked_reals).
     stray: tuple[tuple[int, int], ...] = ()
+    # VIP addresses of dispatched virtuals the kernel forwards (nftables.py): never
+    # tracked (decided and dropped ahead of conntrack), so their SYN guards note known
+    # clients in raw, as userspace VIPs do.
+    forwarded: tuple[int, ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -61,17 +65,18 @@ def desired_rules(director: Director) -> RuleSet:
     fastpath: dict[int, set[int]] = {}
     guards: dict[tuple[int, int], int] = {}
     kernel: set[int] = set()
+    forwarded: set[int] = set()
     targets = fast_targets(director)
     stray = tracked_reals(director)
     for v in director.iter_virtuals():
         if v.kernel:
-            kernel.add(v.addr)
+            (forwarded if v.dispatched else kernel).add(v.addr)
         else:
             (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.service)
         if v.synguard and v.proto == "tcp":   # SYNs: TCP's
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
-        if v.dispatched:
+        if v.dispatched and not v.kernel:
             targets.update((r.addr, DISPATCH_PORT) for r in reachable_reals(director, v))
     for addr, port in translated_reals(director):
         reals.setdefault(addr, set()).add(port)
@@ -90,7 +95,7 @@ def desired_rules(director: Director) -> RuleSet:
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
-                   tuple(sorted(stray)))
+                   tuple(sorted(stray)), tuple(sorted(forwarded)))
 
 
 def tracked_reals(director: Director) -> set[tuple[int, int]]:

@@ -3,21 +3,27 @@ kernel can decide by itself, and the model's own decisions in the form the kerne
 rules take them (docs/design.rst, "Decided in the kernel").
 
 The kernel keeps no state of ours per connection: it picks the instance by the client's
-address (a map of address ranges) and the real by a counter (`numgen`). So it can
-decide a virtual only when the engine's choice depends on nothing else: roundrobin or
-weighted, no sticky memory, no per-real connection limit, no passive health (which
-needs each connection's answer). Everything else, health and backups included, is
-decided here, in the model, and the rules are rewritten whenever it changes."""
+address (a map of address ranges) and the real by a counter (`numgen`), by a hash of
+the flow into the virtual's Maglev table (`jhash`), or by the client's address in a
+set of its own with a timeout (sticky). So it can decide a virtual only when the
+engine's choice depends on nothing else: roundrobin, weighted or maglev, no per-real
+connection limit, no passive health (which needs each connection's answer). A
+dispatched virtual is forwarded packet by packet without memory, so every packet must
+find the same real: maglev only, and no sticky (each director would remember its own
+clients). Everything else, health and backups included, is decided here, in the model,
+and the rules are rewritten whenever it changes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import hashlib
 from dataclasses import dataclass
 from math import gcd
 from typing import TYPE_CHECKING
 
 from .fastpath import reachable_reals
 from .health import candidates
+from .maglev import DEFAULT_SIZE, MaglevTable
 from .predictors import backup_for
 from .real import DEFAULT_REASSIGN, DEFAULT_THRESHOLD
 from .serverid import ALL_PORTS
@@ -28,8 +34,17 @@ if TYPE_CHECKING:
     from .real import PhysicalMachine
     from .virtual import VirtualMachine
 
-# The predictors a counter can play: every real in turn, or in proportion to weights.
-KERNEL_PREDICTORS = ("roundrobin", "weighted")
+# The predictors the kernel can play: a counter (every real in turn, or in proportion to
+# weights) or a hash of the flow into the Maglev table.
+KERNEL_PREDICTORS = ("roundrobin", "weighted", "maglev")
+# The Maglev slots loaded into the kernel unless `table-size` says otherwise. nft loads
+# 65,537 in about 0.3 s, but nft 1.0.6 reads every element back to list anything of the
+# table, which the rule sync does every 2 s (verification, counters): 0.3-0.5 s of CPU
+# each time at 65,537, 10-45 ms at 4,099. Maglev gives every real M/N slots +-1 at any
+# size; a smaller table moves more than 1/N of the flows when a real leaves once the
+# reals are many (one of 100: 4.6 % at 4,099, 1.6 % at 65,537), so a configured size
+# is loaded as it is (docs/design.rst, "Decided in the kernel").
+KERNEL_MAGLEV_SIZE = 4099
 # What a new instance joining a kernel-decided group predicts with.
 KERNEL_DEFAULT_PREDICTOR = "roundrobin"
 ADDRESSES = 1 << 32
@@ -42,13 +57,22 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
         name = director.fmt(v.sid)
         if v.predictor not in KERNEL_PREDICTORS:
             return (f"{name} uses predictor {v.predictor}: the kernel decides only "
-                    f"{' and '.join(KERNEL_PREDICTORS)}")
-        if v.sticky:
-            return f"{name} is sticky: the kernel keeps no memory of clients"
+                    f"{', '.join(KERNEL_PREDICTORS[:-1])} and {KERNEL_PREDICTORS[-1]}")
         if v.maxconns:
             return f"{name} has maxconns: the kernel does not count open connections"
-        if v.dispatched:
-            return f"{name} is dispatched: the fast path translates, dispatched does not"
+        if v.dispatched and v.predictor != "maglev":
+            return (f"{name} is dispatched: the kernel forwards each packet by itself, "
+                    "so only predictor maglev finds the same real for all of them")
+        if v.dispatched and v.sticky:
+            return (f"{name} is dispatched and sticky: each director would remember its "
+                    "own clients, and the kernel forwards packets without memory")
+        other = next((o for o in _decided_with(director, v) if o.dispatched != v.dispatched),
+                     None)
+        if other is not None:
+            forwarded, translated = (v, other) if v.dispatched else (other, v)
+            return (f"{director.fmt(forwarded.sid)} is dispatched and "
+                    f"{director.fmt(translated.sid)} is not, but the kernel decides their "
+                    "connections in one chain (a VIP's instances and their backups)")
         for r in reachable_reals(director, v):
             if r.maxconns:
                 return (f"real {director.fmt(r.sid)} has maxconns: the kernel does not "
@@ -59,6 +83,14 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
     return None
 
 
+def _decided_with(director: Director, virtual: VirtualMachine) -> Iterable[VirtualMachine]:
+    """Virtuals whose connections the kernel decides in the chains of `virtual`'s: every
+    instance of its VIP (one VIP:port's source map reaches the VIP's port-0 instances)
+    and its backup virtuals, which serve from its instance chain."""
+    yield from (o for o in director.iter_virtuals() if o.addr == virtual.addr)
+    yield from director.backup_chain(virtual)
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     """What a new connection to an instance may get now: the instance that serves it
@@ -66,6 +98,28 @@ class Pool:
 
     served: VirtualMachine
     reals: tuple[tuple[PhysicalMachine, int], ...]
+
+    def maglev(self) -> tuple[int, MaglevTable] | None:
+        """(jhash seed, table of the reals) when the serving virtual predicts with
+        maglev: the model's own table (model/maglev.py, identical in every process) at
+        its configured `table-size`, or KERNEL_MAGLEV_SIZE when none is configured. None
+        for the counters."""
+        if self.served.predictor != "maglev":
+            return None
+        size = self.served.maglev_size
+        if size == DEFAULT_SIZE:   # not configured: the kernel's own default
+            size = KERNEL_MAGLEV_SIZE
+        table = MaglevTable.build([(r.addr, r.port, r.weight) for r, _ in self.reals], size)
+        return seed(self.served), table
+
+
+def seed(virtual: VirtualMachine) -> int:
+    """The jhash seed of a virtual's flows: from its identity (VIP, port, Bind ID) only,
+    so every director with the same configuration hashes a flow alike, and not from its
+    reals, whose change would rehash every flow instead of the 1/N Maglev moves."""
+    data = f"{virtual.addr}:{virtual.port}:{virtual.bind_id}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4,
+                                          person=b"ld-kernel-seed").digest(), "big")
 
 
 def pool(director: Director, virtual: VirtualMachine) -> Pool | None:

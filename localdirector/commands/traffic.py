@@ -194,12 +194,14 @@ KERNEL_NOTE = ("Not listed: connections of virtuals decided in the kernel (fastp
 
 
 def _summary(session: Session, conns: list[_Row], now: float) -> None:
-    rows = ((c.proto, _ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
+    # The protocol last: scripts that read the columns before it by position go on
+    # reading what they read before UDP.
+    rows = ((_ends(*c.foreign), _ends(*c.virtual), _ends(*c.real), c.state,
              elapsed(now - c.created), "-" if c.fastpath else elapsed(now - c.last_seen),
-             "fastpath" if c.fastpath else "engine")
+             "fastpath" if c.fastpath else "engine", c.proto)
             for c in conns)
-    session.print_table(("Proto", "Foreign", "Virtual", "Real", "State", "Age", "Idle",
-                         "Path"), rows,
+    session.print_table(("Foreign", "Virtual", "Real", "State", "Age", "Idle", "Path",
+                         "Proto"), rows,
                         empty="No connections")
     if any(c.fastpath for c in conns):
         session.print(FASTPATH_NOTE)

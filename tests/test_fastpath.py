@@ -567,8 +567,8 @@ def test_show_conns_marks_fastpath_connections_and_hides_their_idle_time(shell: 
     d.conns.add(conn)
     assert shell("do show conns")
     rows = shell.take().splitlines()
-    assert rows[2].split() == ["tcp", f"{CLIENT}:40000", f"{VIP}:80", "203.0.113.12:80", "FASTPATH",
-                               "00:00:00", "-", "fastpath"]
+    assert rows[2].split() == [f"{CLIENT}:40000", f"{VIP}:80", "203.0.113.12:80", "FASTPATH",
+                               "00:00:00", "-", "fastpath", "tcp"]
     assert rows[-1] == FASTPATH_NOTE
     assert shell("do show conns detail")
     assert "translated by the kernel (fastpath)\n" in shell.take()

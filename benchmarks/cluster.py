@@ -1,18 +1,21 @@
 """Scale-out figures (docs/benchmarks.rst, "Scale-out"): Maglev's build time, balance
 and disruption, and on the cluster lab (router with BIRD 2, three directors announcing
-the VIP by ExaBGP, dispatched forwarding): withdraw-to-route-gone, kill-to-route-gone,
-connections broken per drain and per kill, new connections/s through 1, 2 and 3
-directors, and bulk throughput of one dispatched connection.
+the VIP by ExaBGP, dispatched forwarding), per path (decided by the engine, decided in
+the kernel): withdraw-to-route-gone, kill-to-route-gone, connections broken per drain
+and per kill, and bulk throughput of one dispatched connection; then wrk through 1, 2
+and 3 directors against one kernel-NAT director (benchmarks/scaleout.py).
 
 As root, from the repository root::
 
-    python3 -m benchmarks.cluster [--json results-cluster.json]
+    python3 -m benchmarks.cluster [--json results-cluster.json] [--only throughput]
 
 Each appliance reads its shell from a pipe (a script that has not ended), so the
 benchmark types `bgp drain` into it like an operator would."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -24,7 +27,7 @@ from localdirector.lab.cluster import Cluster, director_link
 from localdirector.lab.slowpost import broken_across
 from localdirector.model import maglev
 
-from .figures import report
+from .scaleout import throughput_figures
 
 VIP = "192.0.2.10"
 REALS = ("203.0.113.12", "203.0.113.13", "203.0.113.14")
@@ -80,23 +83,12 @@ def wait(check, timeout: float, step: float = 0.01) -> float:
     return time.monotonic() - started
 
 
-def conns_per_second(lab: Cluster, count: int = 600) -> float:
-    sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
-    started = time.monotonic()
-    results = lab.get_many(f"http://{VIP}/", sources, count=count, concurrency=16)
-    elapsed = time.monotonic() - started
-    bad = [r for r in results if not r.ok]
-    if bad:
-        raise RuntimeError(f"{len(bad)} requests failed")
-    return count / elapsed
-
-
 def broken(lab: Cluster, event, count: int = 60) -> int:
     sources = list(lab.client_addresses["general"] + lab.client_addresses["unwelcome"])
     return broken_across(lab, VIP, count, sources, event, timeout=60)
 
 
-def cluster_figures(repeat: int) -> dict[str, object]:
+def cluster_figures(repeat: int, path: str) -> dict[str, object]:
     lab = Cluster(3, hold=3)
     lab.build()
     out: dict[str, object] = {}
@@ -106,7 +98,9 @@ def cluster_figures(repeat: int) -> dict[str, object]:
         config.write_text("\n".join([
             *(f"real {r}" for r in REALS), f"virtual {VIP}:80",
             f"bind {VIP}:80 {' '.join(REALS)}", f"predictor {VIP}:80 maglev",
-            f"dispatched {VIP}:80", f"advertise {VIP}:80", *lab.bgp_lines()]) + "\n")
+            f"dispatched {VIP}:80", f"advertise {VIP}:80",
+            *([f"fastpath {VIP}:80 kernel"] if path == "kernel" else []),
+            *lab.bgp_lines()]) + "\n")
         directors = [Director(lab, ns, config) for ns in lab.director_nss]
         everyone = {director_link(i) for i in (1, 2, 3)}
         out["start_to_announced_s"] = wait(lambda: lab.kernel_next_hops(VIP) == everyone, 60)
@@ -118,13 +112,6 @@ def cluster_figures(repeat: int) -> dict[str, object]:
             announce.append(wait(lambda: lab.kernel_next_hops(VIP) == everyone, 30))
         out["withdraw_to_route_gone_s"] = withdraw
         out["announce_to_route_s"] = announce
-        rates = {}
-        for active in (1, 2, 3):
-            for i, d in enumerate(directors):
-                d.drain(i >= active)
-            wait(lambda: len(lab.kernel_next_hops(VIP)) == active, 30)
-            rates[active] = [conns_per_second(lab) for _ in range(repeat)]
-        out["new_conns_per_s"] = rates
         bulk = []
         for _ in range(repeat):
             started = time.monotonic()
@@ -147,9 +134,29 @@ def cluster_figures(repeat: int) -> dict[str, object]:
     return out
 
 
+SECTIONS = ("maglev", "cluster", "throughput")
+
+
 def main() -> None:
-    report(__doc__, 3, lambda repeat: {"maglev": maglev_figures(),
-                                       "cluster": cluster_figures(repeat)})
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)} [all]")
+    args = parser.parse_args()
+    wanted = args.only.split(",")
+    out: dict[str, object] = {}
+    if "maglev" in wanted:
+        out["maglev"] = maglev_figures()
+    if "cluster" in wanted:
+        out["cluster"] = {path: cluster_figures(args.repeat, path)
+                          for path in ("engine", "kernel")}
+    if "throughput" in wanted:
+        out["throughput"] = throughput_figures(args.repeat)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -324,9 +324,22 @@ class LocalDirectorKernel(LocalDirectorFastpath):
         return notes
 
 
+class LocalDirectorKernelMaglev(LocalDirectorKernel):
+    """(g) As (f) with `predictor maglev`: each connection's real is a jhash of its
+    addresses and ports into the Maglev table (a 4,099-slot verdict map)."""
+
+    name = "localdirector-kernel-maglev"
+    description = "localdirector fastpath kernel, predictor maglev (jhash into the table)"
+
+    @staticmethod
+    def config() -> str:
+        return LocalDirectorKernel.config().replace(" roundrobin\n", " maglev\n")
+
+
 def all_contenders() -> list[Contender]:
     return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
-            LocalDirectorKernel(), NfqueueNull(), NfqueueNullOwn(), NfqueueNullOwnTwo()]
+            LocalDirectorKernel(), LocalDirectorKernelMaglev(), NfqueueNull(),
+            NfqueueNullOwn(), NfqueueNullOwnTwo()]
 
 
 def queue_counters(bench: BenchLab) -> dict[str, int] | None:

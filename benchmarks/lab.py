@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from localdirector.lab import Lab, LabError, require_allowed
+from localdirector.lab.cluster import Cluster
 
 VIP = "192.0.2.10"
 VIP_PORT = 80
@@ -61,7 +62,7 @@ http {{
     keepalive_requests 100000000;
     client_body_temp_path {work}/nginx-{tag}-body;
     server {{
-        listen {real}:{port} backlog=8192;
+        listen {real}:{port} backlog=8192;{vip_listen}
         root {docroot};
         location / {{ }}
     }}
@@ -79,13 +80,18 @@ _SYSCTLS = {
 
 
 class BenchLab:
-    """Client fleet, director and three nginx reals; a context manager like :class:`Lab`."""
+    """Client fleet, director and three nginx reals; a context manager like :class:`Lab`.
+    `directors` > 0: the scale-out lab instead (localdirector.lab.cluster: a router with
+    BIRD, that many directors), whose reals hold the VIP on their loopback and serve it
+    too, for dispatched forwarding."""
 
     def __init__(self, sources: int = 24, large_bytes: int = LARGE_BYTES,
-                 reals: Sequence[str] = REALS) -> None:
+                 reals: Sequence[str] = REALS, directors: int = 0) -> None:
         per_subnet = max(1, -(-sources // 3))
-        self.lab = Lab(reals=reals, ports=(_PLACEHOLDER_PORT,), clients_per_subnet=per_subnet,
-                       prefix="ldb")
+        kind = {"reals": reals, "ports": (_PLACEHOLDER_PORT,),
+                "clients_per_subnet": per_subnet}
+        self.lab: Lab = (Cluster(directors, prefix="ldc", **kind) if directors
+                         else Lab(prefix="ldb", **kind))
         self.reals = self.lab.reals
         self.sources = self.lab.all_client_addresses[:sources]
         if len(self.sources) < sources:
@@ -121,6 +127,8 @@ class BenchLab:
             self.work.chmod(0o755)
             self._tune()
             self._route_sources()
+            if isinstance(self.lab, Cluster):
+                self._hold_vip()
             self._start_nginx()
         except BaseException:
             self.destroy()
@@ -136,7 +144,8 @@ class BenchLab:
             self.work = None
 
     def _tune(self) -> None:
-        roles = {self.client_ns: "client", self.director_ns: "director",
+        directors = getattr(self.lab, "director_nss", [self.director_ns])
+        roles = {self.client_ns: "client", **{ns: "director" for ns in directors},
                  **{ns: "real" for ns in self.lab.real_ns.values()}}
         for ns, role in roles.items():
             self.run(ns, ["sysctl", "-q", "-w", *_SYSCTLS[role]])
@@ -152,6 +161,13 @@ class BenchLab:
             lines.append(f"rule add uidrange {uid}-{uid} lookup {table} pref {table}")
         self.ip_batch(self.client_ns, lines)
 
+    def _hold_vip(self) -> None:
+        """Dispatched forwarding's reals: the VIP on the loopback, no ARP for it."""
+        for ns in self.lab.real_ns.values():
+            self.ip_batch(ns, [f"addr add {VIP}/32 dev lo"])
+            self.run(ns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1",
+                          "net.ipv4.conf.all.arp_announce=2"])
+
     # --------------------------------------------------------------------- nginx
     def _start_nginx(self) -> None:
         assert self.work is not None
@@ -166,8 +182,11 @@ class BenchLab:
         for real, ns in self.lab.real_ns.items():
             tag = ns.rsplit("-", 1)[1]
             conf = self.work / f"nginx-{tag}.conf"
+            vip_listen = (f"\n        listen {VIP}:{VIP_PORT} backlog=8192;"
+                          if isinstance(self.lab, Cluster) else "")
             conf.write_text(_NGINX_CONF.format(work=self.work, tag=tag, real=real,
-                                               port=VIP_PORT, docroot=docroot))
+                                               port=VIP_PORT, docroot=docroot,
+                                               vip_listen=vip_listen))
             log = open(self.work / f"nginx-{tag}.stderr", "wb")
             with log:
                 self._nginx[real] = self.lab.popen_in(

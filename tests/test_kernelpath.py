@@ -14,7 +14,9 @@ from test_shell_commands import Shell
 from localdirector.dataplane.kerneltable import KernelTable
 from localdirector.dataplane.nftables import (Shape, definition, desired_kernel, expected_shape,
                                              install_text, update_text)
-from localdirector.model import kernelpath
+from localdirector.dataplane.iptables import dispatch_rules, names, raw_rules
+from localdirector.dataplane.ruleset import desired_rules
+from localdirector.model import kernelpath, maglev
 from localdirector.model.addr import parse_ip
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
@@ -52,12 +54,10 @@ def refusal(shell: Shell, line: str) -> str:
 
 @pytest.mark.parametrize("line, reason", [
     (f"predictor {VIP}:80 leastconns",
-     f"% {VIP}:80:0:tcp uses predictor leastconns: the kernel decides only roundrobin and "
-     "weighted"),
-    (f"predictor {VIP}:80:1 maglev", f"% {VIP}:80:1:tcp uses predictor maglev: the kernel "
-                                      "decides only roundrobin and weighted"),
-    (f"sticky {VIP}:0:2 10", f"% {VIP}:0:2:tcp is sticky: the kernel keeps no memory of "
-                              "clients"),
+     f"% {VIP}:80:0:tcp uses predictor leastconns: the kernel decides only roundrobin, "
+     "weighted and maglev"),
+    (f"predictor {VIP}:80:1 fastest", f"% {VIP}:80:1:tcp uses predictor fastest: the kernel "
+                                       "decides only roundrobin, weighted and maglev"),
     ("maxconns 203.0.113.12 5", "% real 203.0.113.12:0:0:tcp has maxconns: the kernel does "
                                 "not count open connections"),
     ("threshold 203.0.113.11 2", "% real 203.0.113.11:0:0:tcp sets threshold or reassign: "
@@ -82,10 +82,11 @@ def test_a_real_with_maxconns_cannot_be_bound_or_made_a_backup(kernel: Shell) ->
 
 def test_switching_an_ineligible_group_is_refused_and_changes_nothing(tmp_path) -> None:
     shell = Shell(tmp_path)
-    assert shell(*KERNEL_POOL, f"sticky {VIP}:80:1 5")
+    assert shell(*KERNEL_POOL, f"predictor {VIP}:80:1 fastest")
     shell.take()
     assert refusal(shell, f"fastpath {VIP}:80 kernel") == (
-        f"% {VIP}:80:1:tcp is sticky: the kernel keeps no memory of clients")
+        f"% {VIP}:80:1:tcp uses predictor fastest: the kernel decides only roundrobin, "
+        "weighted and maglev")
     assert not any(v.fastpath for v in shell.director.virtuals.values())
 
 
@@ -288,3 +289,164 @@ def test_update_keeps_the_counters_and_the_base_chain() -> None:
     assert text.startswith("flush table ip t\ndelete map ip t s_192_0_2_10_80\n")
     assert "delete chain ip t prerouting" not in text and "delete counter ip t c_gone" in text
     assert "delete table" not in text
+
+
+MAGLEV_POOL = [
+    "real 203.0.113.11", "real 203.0.113.12", "real 203.0.113.13",
+    f"virtual {VIP}:80", f"predictor {VIP}:80 maglev",
+    f"bind {VIP}:80 203.0.113.11 203.0.113.12 203.0.113.13", f"fastpath {VIP}:80 kernel",
+]
+MAGLEV_INSTANCE = "i_192_0_2_10_80_0"
+
+
+def _picker(shell: Shell) -> str:
+    """The rule of the maglev instance's chain, from the rendered table."""
+    lines = definition(desired_kernel(shell.director), "t")
+    at = lines.index(f"  chain {MAGLEV_INSTANCE} {{")
+    return lines[at + 1].strip()
+
+
+def _slots(picker: str) -> dict[int, str]:
+    """slot -> real address, from a `jhash ... vmap { a-b : goto r_... }` rule."""
+    out = {}
+    for element in picker.split("{ ", 1)[1].rstrip(" }").split(", "):
+        span, chain = element.split(" : goto ")
+        first, _, last = span.partition("-")
+        real = chain.split("__")[1].rsplit("_", 2)[0].replace("_", ".")
+        out.update(dict.fromkeys(range(int(first), int(last or first) + 1), real))
+    return out
+
+
+def test_maglev_is_the_models_table_hashed_by_jhash_with_a_seed_of_the_virtual(
+        tmp_path) -> None:
+    one, two = Shell(tmp_path / "one"), Shell(tmp_path / "two")
+    assert one(*MAGLEV_POOL), one.take()
+    # Another process, the same configuration in another order: the same rule.
+    assert two(*reversed(MAGLEV_POOL[:3]), *MAGLEV_POOL[3:5],
+               f"bind {VIP}:80 203.0.113.13 203.0.113.12 203.0.113.11", MAGLEV_POOL[-1])
+    picker = _picker(one)
+    assert picker == _picker(two)
+    seed = kernelpath.seed(one.director.virtuals[sid(f"{VIP}:80")])
+    assert picker.startswith("jhash ip saddr . tcp sport . ip daddr . tcp dport mod 4099 "
+                             f"seed 0x{seed:08x} vmap {{ 0")
+    # Slot by slot the model's own Maglev table (model/maglev.py) at the kernel's size.
+    members = [(parse_ip(f"203.0.113.1{i}"), 0, 1) for i in (1, 2, 3)]
+    table = maglev.MaglevTable.build(members, kernelpath.KERNEL_MAGLEV_SIZE)
+    slots = _slots(picker)
+    assert len(slots) == 4099
+    assert all(slots[s] == f"203.0.113.1{table.table[s] + 1}" for s in range(4099))
+    one.take()
+    assert one(f"do show maglev {VIP}:80"), one.take()
+    shown = one.take()
+    assert (f"In the kernel: 4099 slots, jhash seed 0x{seed:08x}, digest {table.digest()}"
+            in shown), shown
+    # The seed comes from the virtual's identity only: its reals do not change it.
+    assert one("out-of-service 203.0.113.12")
+    assert f"seed 0x{seed:08x}" in _picker(one)
+
+
+def test_maglev_removal_moves_only_the_leaving_reals_slots_and_a_little_more(
+        tmp_path) -> None:
+    shell = Shell(tmp_path)
+    assert shell(*MAGLEV_POOL), shell.take()
+    before = _slots(_picker(shell))
+    assert shell("out-of-service 203.0.113.12")
+    after = _slots(_picker(shell))
+    moved = [s for s in before if before[s] != after[s]]
+    leaving = [s for s in before if before[s] == "203.0.113.12"]
+    assert set(leaving) <= set(moved) and "203.0.113.12" not in after.values()
+    assert len(leaving) in (1366, 1367)                   # M/N +-1
+    assert len(moved) - len(leaving) < 0.02 * 4099, len(moved)
+    assert shell("in-service 203.0.113.12")
+    assert _slots(_picker(shell)) == before               # back: the same table
+
+
+def test_sticky_clients_are_looked_up_in_a_set_per_real_that_survives_updates(
+        kernel: Shell) -> None:
+    d = kernel.director
+    assert kernel(f"sticky {VIP}:80 10")
+    rules = desired_kernel(d)
+    text = "\n".join(definition(rules, "t"))
+    memory = "k_192_0_2_10_80_0__203_0_113_11_0_0_10"
+    assert (f"  set {memory} {{\n    type ipv4_addr\n    flags dynamic,timeout\n"
+            "    timeout 10m\n    size 65536\n  }") in text
+    assert (f"  chain i_192_0_2_10_80_0 {{\n    ip saddr @{memory} goto "
+            "r_192_0_2_10_80_0__203_0_113_11_0_0\n    ip saddr "
+            "@k_192_0_2_10_80_0__203_0_113_12_0_0_10 goto r_192_0_2_10_80_0__203_0_113_12_0_0"
+            "\n    numgen inc mod 2 vmap") in text
+    assert (f"  chain r_192_0_2_10_80_0__203_0_113_11_0_0 {{\n    update @{memory} "
+            '{ ip saddr }\n    counter name "c_192_0_2_10_80_0__203_0_113_11_0_0" meta '
+            "l4proto tcp dnat to 203.0.113.11\n  }") in text
+    # An update keeps the sets it still uses; a new timeout is a new set.
+    assert f"delete set ip t {memory}" not in update_text(rules, rules, "t")
+    assert kernel(f"sticky {VIP}:80 20")
+    moved = update_text(desired_kernel(d), rules, "t")
+    assert f"delete set ip t {memory}\n" in moved and f"set {memory[:-3]}_20 {{" in moved
+    assert expected_shape(desired_kernel(d))[1] >= {f"{memory[:-3]}_20"}
+
+
+DISPATCHED = [
+    "real 203.0.113.15", "real 203.0.113.16", "virtual 192.0.2.30:0",
+    "predictor 192.0.2.30:0 maglev", "dispatched 192.0.2.30:0",
+    "bind 192.0.2.30:0 203.0.113.15 203.0.113.16", "fastpath 192.0.2.30:0 kernel",
+]
+
+
+def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -> None:
+    shell = Shell(tmp_path)
+    assert shell(*DISPATCHED), shell.take()
+    rules = desired_kernel(shell.director)
+    text = "\n".join(definition(rules, "t"))
+    assert ("  chain r_192_0_2_30_0_0__203_0_113_15_0_0 {\n    tcp flags & (fin | syn | rst "
+            '| ack) == syn counter name "c_192_0_2_30_0_0__203_0_113_15_0_0"\n'
+            "    dup to 203.0.113.15 drop\n  }") in text
+    # Every packet is decided (no SYN-only rule), in a filter chain at raw + 1.
+    assert ("  chain d_192_0_2_30_0 {\n    ip saddr vmap @s_192_0_2_30_0\n    drop\n  }"
+            in text)
+    assert ("  chain dispatch {\n    type filter hook prerouting priority raw + 1; policy "
+            "accept;\n    meta l4proto tcp ip daddr vmap { 192.0.2.30 : goto d_192_0_2_30_0 }"
+            "\n  }") in text
+    assert "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy " \
+           "accept;\n  }" in text
+    # Nothing for the engine: no TEE rule, no mark; the SYN guard notes clients in raw.
+    wanted = desired_rules(shell.director)
+    assert wanted.targets == () and wanted.kernel == () and wanted.forwarded == (
+        parse_ip("192.0.2.30"),)
+    n = names(9)
+    assert (f"-A {n.chain} -d 192.0.2.30/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK ACK "
+            f"-j SET --add-set {n.known} src --exist") in raw_rules(wanted, n)
+    assert "TEE" not in "\n".join(dispatch_rules(wanted, {}, n))
+    # Nothing can serve: SYNs are counted, every packet answered with a RST.
+    assert shell("out-of-service 203.0.113.15", "out-of-service 203.0.113.16")
+    text = "\n".join(definition(desired_kernel(shell.director), "t"))
+    assert ("  chain i_192_0_2_30_0_0 {\n    tcp flags & (fin | syn | rst | ack) == syn "
+            'counter name "x_192_0_2_30_0_0"\n    reject with tcp reset\n  }') in text
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("predictor 192.0.2.30:0 roundrobin",
+     "% 192.0.2.30:0:0:tcp is dispatched: the kernel forwards each packet by itself, so "
+     "only predictor maglev finds the same real for all of them"),
+    ("sticky 192.0.2.30:0 5",
+     "% 192.0.2.30:0:0:tcp is dispatched and sticky: each director would remember its own "
+     "clients, and the kernel forwards packets without memory"),
+])
+def test_dispatched_in_the_kernel_needs_maglev_and_no_sticky(tmp_path, line: str,
+                                                            reason: str) -> None:
+    shell = Shell(tmp_path)
+    assert shell(*DISPATCHED), shell.take()
+    shell.take()
+    assert refusal(shell, line) == reason
+
+
+def test_dispatched_roundrobin_cannot_go_to_the_kernel(tmp_path) -> None:
+    shell = Shell(tmp_path)
+    assert shell(*DISPATCHED[:-4], "dispatched 192.0.2.30:0",
+                 "predictor 192.0.2.30:0 roundrobin", DISPATCHED[-2])
+    shell.take()
+    assert refusal(shell, DISPATCHED[-1]) == (
+        "% 192.0.2.30:0:0:tcp is dispatched: the kernel forwards each packet by itself, so "
+        "only predictor maglev finds the same real for all of them")
+    # The engine-decided fast path still refuses a dispatched virtual.
+    assert refusal(shell, "fastpath 192.0.2.30:0").startswith(
+        "% 192.0.2.30:0:0:tcp is dispatched: the fast path translates")

@@ -201,8 +201,8 @@ def _saved_fastpath(director: Director) -> list[tuple[ServerId] | tuple[ServerId
                                           "once the director has decided them"),
          args.virtual_id("id", "Virtual instance (every instance it shares traffic with "
                                "follows)"),
-         opt(Keyword("kernel", "Let the kernel decide them too (roundrobin or weighted, "
-                               "no sticky, maxconns or passive health)", "kernel", True)),
+         opt(Keyword("kernel", "Let the kernel decide them too (roundrobin, weighted or "
+                               "maglev; no maxconns or passive health)", "kernel", True)),
          no=2, saver=_saved_fastpath)
 def fastpath(session: Session, id: ServerId, kernel: bool = False,
              no: bool = False) -> None:

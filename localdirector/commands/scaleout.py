@@ -4,7 +4,7 @@ a table's share per real and its digest so that two directors compare at a glanc
 
 from __future__ import annotations
 
-from localdirector.model import maglev
+from localdirector.model import kernelpath, maglev
 from localdirector.model.addr import format_ip
 from localdirector.model.serverid import ServerId
 from localdirector.shell import args
@@ -60,5 +60,14 @@ def show_maglev(session: Session, id: ServerId) -> None:
                   f"(max/min slots per weight){note}")
     session.record(size=built.size, digest=built.digest(), balance=round(balance, 3),
                    predictor=virtual.predictor)
+    pool = kernelpath.pool(director, virtual) if virtual.kernel else None
+    hashed = pool.maglev() if pool is not None else None
+    if hashed is not None:
+        # What the kernel loads (model/kernelpath.py): the same members, its own size.
+        seed, loaded = hashed
+        session.print(f"In the kernel: {loaded.size} slots, jhash seed 0x{seed:08x}, "
+                      f"digest {loaded.digest()}")
+        session.record(kernel_size=loaded.size, kernel_seed=seed,
+                       kernel_digest=loaded.digest())
     session.print_table(("Real", "Weight", "Slots", "Share"), rows, key="reals",
                         fields=("real", "weight", "slots", "share_percent"))

@@ -6,10 +6,13 @@ that runs nft (docs/design.rst, "Decided in the kernel").
 Everything lives in one table of our own per queue (``ip localdirector<N>``), so it is
 replaced or removed without touching anybody else's rules. Per kernel-decided VIP:port
 (port 0: the VIP's all-ports instances) a chain maps the client's address, as disjoint
-ranges, to the chain of the instance its Bind ID selects; that one counts (`numgen`)
-over its reals' branches, each a named counter and a DNAT. The counters outlive
-updates: an update flushes the table's rules and redefines its chains and maps around
-them, so the connection counts folded into the model stay exact."""
+ranges, to the chain of the instance its Bind ID selects; that one counts (`numgen`) or
+hashes the flow into its Maglev table (`jhash`) over its reals' branches, each a named
+counter and a DNAT, or for a dispatched virtual a copy of the unchanged packet to the
+real (`dup`). Sticky instances look the client up in a set per real first. The
+counters and the sticky sets outlive updates: an update flushes the table's rules and
+redefines its chains and maps around them, so the connection counts folded into the
+model stay exact and clients keep their reals."""
 
 from __future__ import annotations
 
@@ -22,8 +25,24 @@ from ..model.director import Director
 from ..model.serverid import ALL_PORTS, ServerId
 from .iptables import run_tool
 
-BASE = "prerouting"        # the table's one base chain: nat PREROUTING, at dstnat
-SYN_ONLY = "tcp flags & (fin | syn | rst | ack) == syn"
+BASE = "prerouting"        # translated connections: nat PREROUTING, at dstnat
+FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptables' raw
+# The protocol, named here only: its words in the rules come from the helpers below.
+PROTO = "tcp"
+STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
+
+
+def syn_only(proto: str = PROTO) -> str:
+    return f"{proto} flags & (fin | syn | rst | ack) == syn"
+
+
+def dport(proto: str = PROTO) -> str:
+    return f"{proto} dport"
+
+
+def five_tuple(proto: str = PROTO) -> str:
+    """What jhash hashes: the flow, as the engine's flow key holds it."""
+    return f"ip saddr . {proto} sport . ip daddr . {proto} dport"
 
 
 def table_name(queue_num: int) -> str:
@@ -37,33 +56,48 @@ def _ident(sid: ServerId) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Branch:
-    """One real of one serving instance: a chain that counts and DNATs."""
+    """One real of one serving instance: a chain that counts and DNATs, or for a
+    dispatched instance counts SYNs and copies every packet unchanged to the real
+    (`forward`). `sticky` minutes: it notes the client in its set first."""
 
     chain: str
     counter: str
     addr: int
     port: int              # 0: the client's port stays
+    forward: bool = False
+    sticky: int = 0
+
+    @property
+    def memory(self) -> str:
+        """The sticky set: named with its timeout, which a set keeps from its creation."""
+        return f"k{self.chain[1:]}_{self.sticky}"
 
 
 @dataclass(frozen=True, slots=True)
 class Instance:
     """An instance's chain: `slots` (first, last, branch chain) of a counter modulo
-    `modulus`, or, when nothing can serve it, a counted RST (`refused`)."""
+    `modulus`, or of the flow's jhash with `seed` (maglev), or, when nothing can serve
+    it, a counted RST (`refused`). `remembered`: sticky branches, whose set the client
+    is looked up in first."""
 
     chain: str
     modulus: int
     slots: tuple[tuple[int, int, str], ...]
     refused: str           # the refusal counter's name
+    seed: int | None = None
+    remembered: tuple[Branch, ...] = ()
+    forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
     """One VIP:port (port 0: every other port of the VIP): client address ranges
-    (first, last, instance chain)."""
+    (first, last, instance chain). `forward`: dispatched, every packet is decided."""
 
     addr: int
     port: int
     ranges: tuple[tuple[int, int, str], ...]
+    forward: bool = False
 
     @property
     def chain(self) -> str:
@@ -89,6 +123,10 @@ class KernelRules:
     def counters(self) -> frozenset[str]:
         return frozenset(name for name, _v, _r in self.owners)
 
+    @property
+    def sets(self) -> frozenset[str]:
+        return frozenset(b.memory for b in self.branches if b.sticky)
+
 
 def desired_kernel(director: Director) -> KernelRules:
     """Snapshot of the kernel-decided virtuals as rules; call with ``director.lock``
@@ -100,12 +138,14 @@ def desired_kernel(director: Director) -> KernelRules:
     owners: dict[str, tuple[ServerId, ServerId | None]] = {}
     for addr, port in kernelpath.destinations(director):
         ranges = []
+        forward = False
         for first, last, virtual in kernelpath.partition(director, addr, port):
             chain = f"i_{_ident(virtual.sid)}"
             if chain not in instances:
                 instances[chain] = _instance(director, virtual, chain, branches, owners)
+            forward = virtual.dispatched   # one mode per VIP:port (model/fastpath.py)
             ranges.append((first, last, chain))
-        destinations.append(Destination(addr, port, tuple(ranges)))
+        destinations.append(Destination(addr, port, tuple(ranges), forward))
     return KernelRules(tuple(destinations), tuple(instances.values()),
                        tuple(branches.values()),
                        tuple((name, v, r) for name, (v, r) in owners.items()))
@@ -117,17 +157,42 @@ def _instance(director: Director, virtual, chain: str, branches: dict[str, Branc
     owners[refused] = (virtual.sid, None)
     pool = kernelpath.pool(director, virtual)
     if pool is None:
-        return Instance(chain, 0, (), refused)
+        return Instance(chain, 0, (), refused, forward=virtual.dispatched)
+    served = pool.served
+    mine = []
+    for real, _share in pool.reals:
+        name = f"{_ident(served.sid)}__{_ident(real.sid)}"
+        branch = branches.setdefault(f"r_{name}", Branch(
+            f"r_{name}", f"c_{name}", real.addr, real.port, served.dispatched, served.sticky))
+        owners[branch.counter] = (served.sid, real.sid)
+        mine.append(branch.chain)
+    remembered = tuple(branches[c] for c in mine if branches[c].sticky)
+    hashed = pool.maglev()
+    if hashed is not None:
+        seed, table = hashed
+        # The table's members are sorted; map each back to its branch chain.
+        chains = {(r.addr, r.port): c for (r, _s), c in zip(pool.reals, mine)}
+        return Instance(chain, table.size, _runs([chains[m[:2]] for m in table.members],
+                                                 table.table), refused, seed, remembered,
+                        virtual.dispatched)
     slots = []
     at = 0
-    for real, share in pool.reals:
-        name = f"{_ident(pool.served.sid)}__{_ident(real.sid)}"
-        branch = branches.setdefault(f"r_{name}",
-                                     Branch(f"r_{name}", f"c_{name}", real.addr, real.port))
-        owners[branch.counter] = (pool.served.sid, real.sid)
-        slots.append((at, at + share - 1, branch.chain))
+    for (_real, share), branch_chain in zip(pool.reals, mine):
+        slots.append((at, at + share - 1, branch_chain))
         at += share
-    return Instance(chain, at, tuple(slots), refused)
+    return Instance(chain, at, tuple(slots), refused, None, remembered, virtual.dispatched)
+
+
+def _runs(chains: list[str], table) -> tuple[tuple[int, int, str], ...]:
+    """A Maglev table as (first slot, last slot, branch chain), neighbours merged."""
+    runs: list[tuple[int, int, str]] = []
+    for slot, index in enumerate(table):
+        chain = chains[index]
+        if runs and runs[-1][2] == chain:
+            runs[-1] = (runs[-1][0], slot, chain)
+        else:
+            runs.append((slot, slot, chain))
+    return tuple(runs)
 
 
 # -- text ----------------------------------------------------------------------------
@@ -136,21 +201,37 @@ def _span(first: int, last: int, fmt=format_ip) -> str:
     return fmt(first) if first == last else f"{fmt(first)}-{fmt(last)}"
 
 
-def _instance_rule(instance: Instance) -> str:
+def _instance_rules(instance: Instance) -> list[str]:
+    """A sticky client's remembered real first, then the counter or the hash. A
+    dispatched instance sees every packet: only a SYN counts as a refused connection."""
     if not instance.slots:
         # Nothing can take it: the RST a closed port sends, as the engine refuses.
-        return f'counter name "{instance.refused}" reject with tcp reset'
+        if instance.forward:
+            return [f'{syn_only()} counter name "{instance.refused}"',
+                    f"reject with {PROTO} reset"]
+        return [f'counter name "{instance.refused}" reject with {PROTO} reset']
+    rules = [f"ip saddr @{b.memory} goto {b.chain}" for b in instance.remembered]
     if len(instance.slots) == 1:
-        return f"goto {instance.slots[0][2]}"
+        return [*rules, f"goto {instance.slots[0][2]}"]
     slots = ", ".join(f"{_span(a, b, str)} : goto {chain}" for a, b, chain in instance.slots)
-    return f"numgen inc mod {instance.modulus} vmap {{ {slots} }}"
+    pick = (f"numgen inc mod {instance.modulus}" if instance.seed is None else
+            f"jhash {five_tuple()} mod {instance.modulus} seed 0x{instance.seed:08x}")
+    return [*rules, f"{pick} vmap {{ {slots} }}"]
 
 
-def _dnat(branch: Branch) -> str:
+def _branch_rules(branch: Branch) -> list[str]:
+    """Note a sticky client (its own rule: a full set must not stop the connection),
+    count, and DNAT, or for a dispatched real count SYNs and send the packet on
+    unchanged to the real's address (`dup`, the original dropped: docs/design.rst,
+    "Decided in the kernel")."""
+    rules = [f"update @{branch.memory} {{ ip saddr }}"] if branch.sticky else []
+    if branch.forward:
+        return [*rules, f'{syn_only()} counter name "{branch.counter}"',
+                f"dup to {format_ip(branch.addr)} drop"]
     to = format_ip(branch.addr)
     if branch.port != ALL_PORTS:
         to += f":{branch.port}"
-    return f'counter name "{branch.counter}" meta l4proto tcp dnat to {to}'
+    return [*rules, f'counter name "{branch.counter}" meta l4proto {PROTO} dnat to {to}']
 
 
 def definition(rules: KernelRules, table: str) -> list[str]:
@@ -164,9 +245,14 @@ def definition(rules: KernelRules, table: str) -> list[str]:
     for name in sorted(rules.counters):
         out += [f"  counter {name} {{", "  }"]
     for branch in rules.branches:
-        chain(branch.chain, _dnat(branch))
+        if branch.sticky:
+            out += [f"  set {branch.memory} {{", "    type ipv4_addr",
+                    "    flags dynamic,timeout", f"    timeout {branch.sticky}m",
+                    f"    size {STICKY_CLIENTS}", "  }"]
+    for branch in rules.branches:
+        chain(branch.chain, *_branch_rules(branch))
     for instance in rules.instances:
-        chain(instance.chain, _instance_rule(instance))
+        chain(instance.chain, *_instance_rules(instance))
     for dest in rules.destinations:
         if not dest.ranges:
             continue
@@ -175,25 +261,37 @@ def definition(rules: KernelRules, table: str) -> list[str]:
                 f"    elements = {{ {elements} }}", "  }"]
     for dest in rules.destinations:
         # Only a SYN may open a connection here: a packet conntrack picked up mid-stream
-        # (it lost the entry) could be sent to any real. A source no instance takes is
+        # (it lost the entry) could be sent to any real. (A dispatched flow's every
+        # packet is hashed, so any packet finds its real.) A source no instance takes is
         # dropped, as the engine drops it (no-virtual).
-        chain(dest.chain, f"{SYN_ONLY.replace('==', '!=')} drop",
+        first = [] if dest.forward else [f"{syn_only().replace('==', '!=')} drop"]
+        chain(dest.chain, *first,
               *([f"ip saddr vmap @{dest.map}"] if dest.ranges else []), "drop")
-    ported = [d for d in rules.destinations if d.port != ALL_PORTS]
-    wild = [d for d in rules.destinations if d.port == ALL_PORTS]
-    base = [f"type nat hook {BASE} priority dstnat; policy accept;"]
     # `ct state new` (always true in a nat chain) is what makes the namespace track
     # connections: without a ct match or a DNAT rule anywhere (every instance refusing)
-    # the kernel would track nothing and never run a nat chain.
-    if ported:
-        base.append("ct state new ip daddr . tcp dport vmap { " + ", ".join(
-            f"{format_ip(d.addr)} . {d.port} : goto {d.chain}" for d in ported) + " }")
-    if wild:
-        base.append("ct state new meta l4proto tcp ip daddr vmap { " + ", ".join(
-            f"{format_ip(d.addr)} : goto {d.chain}" for d in wild) + " }")
-    chain(BASE, *base)
+    # the kernel would track nothing and never run a nat chain. Dispatched packets are
+    # decided ahead of conntrack (priority raw + 1, after iptables' raw table and its
+    # SYN guards) and dropped there once copied, so conntrack never sees them.
+    chain(BASE, f"type nat hook {BASE} priority dstnat; policy accept;",
+          *_base_rules([d for d in rules.destinations if not d.forward], "ct state new "))
+    chain(FORWARD, "type filter hook prerouting priority raw + 1; policy accept;",
+          *_base_rules([d for d in rules.destinations if d.forward], ""))
     out.append("}")
     return out
+
+
+def _base_rules(dests: list[Destination], match: str) -> list[str]:
+    """A base chain's jumps: one vmap by VIP and port, one by VIP for port 0."""
+    ported = [d for d in dests if d.port != ALL_PORTS]
+    wild = [d for d in dests if d.port == ALL_PORTS]
+    rules = []
+    if ported:
+        rules.append(f"{match}ip daddr . {dport()} vmap {{ " + ", ".join(
+            f"{format_ip(d.addr)} . {d.port} : goto {d.chain}" for d in ported) + " }")
+    if wild:
+        rules.append(f"{match}meta l4proto {PROTO} ip daddr vmap {{ " + ", ".join(
+            f"{format_ip(d.addr)} : goto {d.chain}" for d in wild) + " }")
+    return rules
 
 
 def _chains(rules: KernelRules) -> list[str]:
@@ -211,13 +309,15 @@ def install_text(rules: KernelRules, table: str) -> str:
 def update_text(rules: KernelRules, old: KernelRules, table: str,
                 retired: frozenset[str] = frozenset()) -> str:
     """One transaction from `old` to `rules`: every rule flushed, the old maps and
-    regular chains deleted (nothing refers to them then), the `retired` counters
-    deleted, and the new definition added. The base chain and the counters that stay
-    are kept, so no connection goes uncounted."""
+    regular chains deleted (nothing refers to them then), the `retired` counters and
+    the sticky sets no longer wanted deleted, and the new definition added. The base
+    chains, the counters and the sticky sets that stay are kept, so no connection goes
+    uncounted and no client forgets its real."""
     lines = [f"flush table ip {table}"]
     lines += [f"delete map ip {table} {d.map}" for d in old.destinations if d.ranges]
     lines += [f"delete chain ip {table} {name}" for name in _chains(old)]
     lines += [f"delete counter ip {table} {name}" for name in sorted(retired)]
+    lines += [f"delete set ip {table} {name}" for name in sorted(old.sets - rules.sets)]
     return "\n".join([*lines, *definition(rules, table), ""])
 
 
@@ -232,14 +332,18 @@ Shape = tuple[frozenset[str], frozenset[str], tuple[tuple[str, int], ...]]
 
 
 def expected_shape(rules: KernelRules) -> Shape:
-    """(counters, maps, rules per chain) the table must hold after installing `rules`:
+    """(counters, maps and sets, rules per chain) the table must hold after installing
+    `rules`:
     what `intact` compares, in few numbers rather than texts nft prints its own way."""
-    counts = {name: 1 for name in _chains(rules)}
+    counts = {b.chain: len(_branch_rules(b)) for b in rules.branches}
+    counts.update((i.chain, len(_instance_rules(i))) for i in rules.instances)
     for dest in rules.destinations:
-        counts[dest.chain] = 3 if dest.ranges else 2
-    counts[BASE] = (any(d.port != ALL_PORTS for d in rules.destinations)
-                    + any(d.port == ALL_PORTS for d in rules.destinations))
-    return (rules.counters, frozenset(d.map for d in rules.destinations if d.ranges),
+        counts[dest.chain] = 1 + bool(dest.ranges) + (not dest.forward)
+    for name, forward in ((BASE, False), (FORWARD, True)):
+        counts[name] = len(_base_rules([d for d in rules.destinations
+                                        if d.forward == forward], ""))
+    return (rules.counters,
+            frozenset(d.map for d in rules.destinations if d.ranges) | rules.sets,
             tuple(sorted(counts.items())))
 
 
@@ -252,8 +356,8 @@ def found_shape(listing: str) -> tuple[Shape, dict[str, int]]:
     for item in items:
         if "counter" in item:
             counters[item["counter"]["name"]] = item["counter"]["packets"]
-        elif "map" in item:
-            maps.add(item["map"]["name"])
+        elif "map" in item or "set" in item:
+            maps.add((item.get("map") or item["set"])["name"])
         elif "chain" in item:
             counts.setdefault(item["chain"]["name"], 0)
         elif "rule" in item:

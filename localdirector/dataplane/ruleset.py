@@ -44,6 +44,14 @@ class RuleSet:
     # VIP addresses whose connections the kernel decides (nftables.py has their rules):
     # only the SYN guards in raw concern them here.
     kernel: tuple[int, ...] = ()
+    # (address, port it answers on; ALL_PORTS: any) of every real conntrack translates
+    # (fast path and kernel-decided): its packets conntrack does not know are dropped
+    # rather than forwarded with its own address (tracked_reals).
+    stray: tuple[tuple[int, int], ...] = ()
+    # VIP addresses of dispatched virtuals the kernel forwards (nftables.py): never
+    # tracked (decided and dropped ahead of conntrack), so their SYN guards note known
+    # clients in raw, as userspace VIPs do.
+    forwarded: tuple[int, ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -57,16 +65,18 @@ def desired_rules(director: Director) -> RuleSet:
     fastpath: dict[int, set[int]] = {}
     guards: dict[tuple[int, int], int] = {}
     kernel: set[int] = set()
+    forwarded: set[int] = set()
     targets = fast_targets(director)
+    stray = tracked_reals(director)
     for v in director.iter_virtuals():
         if v.kernel:
-            kernel.add(v.addr)
+            (forwarded if v.dispatched else kernel).add(v.addr)
         else:
             (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.service)
         if v.synguard and v.proto == "tcp":   # SYNs: TCP's
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
-        if v.dispatched:
+        if v.dispatched and not v.kernel:
             targets.update((r.addr, DISPATCH_PORT) for r in reachable_reals(director, v))
     for addr, port in translated_reals(director):
         reals.setdefault(addr, set()).add(port)
@@ -74,6 +84,7 @@ def desired_rules(director: Director) -> RuleSet:
         if conn.fastpath:
             fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
             targets.add((conn.real.addr, conn.real.port))
+            stray.add((conn.real_ip, conn.real_port))
             continue
         udp = conn.virtual.service & UDP_SERVICE
         vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port | udp)
@@ -83,7 +94,23 @@ def desired_rules(director: Director) -> RuleSet:
         reals.setdefault(conn.real_ip, set()).add(conn.real_port | udp)
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
-                   _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)))
+                   _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
+                   tuple(sorted(stray)), tuple(sorted(forwarded)))
+
+
+def tracked_reals(director: Director) -> set[tuple[int, int]]:
+    """(address, port it answers on) of every real of a fast-path or kernel-decided
+    virtual, whose replies conntrack translates. A packet from one that conntrack does
+    not know (NEW or INVALID) is a reply to a connection this unit never saw: opened by
+    the other unit of a failover pair before it died, or from before a restart. Its NAT
+    entry is elsewhere, so forwarded it would show the client the real's own address;
+    the kernel-path analogue of the engine's `unknown-reply` (replies.py), dropped in
+    mangle (iptables.stray_rules). Not dispatched reals: they answer clients directly."""
+    found: set[tuple[int, int]] = set()
+    for v in director.iter_virtuals():
+        if v.fastpath and not v.dispatched:
+            found.update((r.addr, r.port or v.port) for r in reachable_reals(director, v))
+    return found
 
 
 def translated_reals(director: Director) -> Iterator[tuple[int, int]]:

@@ -133,6 +133,7 @@ class FailoverService:
         self.appliance.failover = self
         if self.replicator is not None:
             self.replicator.start()
+            self.replicator.plane.before_verdicts(self.replicator.write_before_verdicts)
         for thread in self._threads:
             thread.start()
         self.link_watch.start()
@@ -145,6 +146,7 @@ class FailoverService:
         self.sentinel.stop()      # it raises the guard as it goes; remove() lowers it
         self.appliance.failover = None
         if self.replicator is not None:
+            self.replicator.plane.before_verdicts(None)
             self.replicator.stop()
         for daemon in (self.keepalived, self.conntrackd):
             if daemon is not None:
@@ -350,8 +352,8 @@ class FailoverService:
     def _hello(self) -> None:
         self._send({"t": "status", "role": self.role, "active": self._active_seconds()})
 
-    def _send(self, message: dict[str, Any]) -> bool:
-        return self.stream.send(message)
+    def _send(self, message: dict[str, Any], wait: bool = True) -> bool:
+        return self.stream.send(message, wait)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("t")

@@ -3,21 +3,27 @@ kernel can decide by itself, and the model's own decisions in the form the kerne
 rules take them (docs/design.rst, "Decided in the kernel").
 
 The kernel keeps no state of ours per connection: it picks the instance by the client's
-address (a map of address ranges) and the real by a counter (`numgen`). So it can
-decide a virtual only when the engine's choice depends on nothing else: roundrobin or
-weighted, no sticky memory, no per-real connection limit, no passive health (which
-needs each connection's answer). Everything else, health and backups included, is
-decided here, in the model, and the rules are rewritten whenever it changes."""
+address (a map of address ranges) and the real by a counter (`numgen`), by a hash of
+the flow into the virtual's Maglev table (`jhash`), or by the client's address in a
+set of its own with a timeout (sticky). So it can decide a virtual only when the
+engine's choice depends on nothing else: roundrobin, weighted or maglev, no per-real
+connection limit, no passive health (which needs each connection's answer). A
+dispatched virtual is forwarded packet by packet without memory, so every packet must
+find the same real: maglev only, and no sticky (each director would remember its own
+clients). Everything else, health and backups included, is decided here, in the model,
+and the rules are rewritten whenever it changes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import hashlib
 from dataclasses import dataclass
 from math import gcd
 from typing import TYPE_CHECKING
 
 from .fastpath import reachable_reals
 from .health import candidates
+from .maglev import MaglevTable
 from .predictors import backup_for
 from .real import DEFAULT_REASSIGN, DEFAULT_THRESHOLD
 from .serverid import ALL_PORTS
@@ -28,8 +34,15 @@ if TYPE_CHECKING:
     from .real import PhysicalMachine
     from .virtual import VirtualMachine
 
-# The predictors a counter can play: every real in turn, or in proportion to weights.
-KERNEL_PREDICTORS = ("roundrobin", "weighted")
+# The predictors the kernel can play: a counter (every real in turn, or in proportion to
+# weights) or a hash of the flow into the Maglev table.
+KERNEL_PREDICTORS = ("roundrobin", "weighted", "maglev")
+# The most Maglev slots loaded into the kernel. nft loads 65,537 in about 0.3 s, but
+# nft 1.0.6 reads every element back to list anything of the table, which the rule sync
+# does every 2 s (verification, counters): 0.3-0.5 s of CPU each time at 65,537, some
+# 10 ms at 4,099. Maglev gives every real M/N slots +-1 at any size; a smaller table
+# only moves a little more than 1/N of the flows when a real leaves (docs/design.rst).
+KERNEL_MAGLEV_SIZE = 4099
 # What a new instance joining a kernel-decided group predicts with.
 KERNEL_DEFAULT_PREDICTOR = "roundrobin"
 ADDRESSES = 1 << 32
@@ -42,11 +55,13 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
         name = director.fmt(v.sid)
         if v.predictor not in KERNEL_PREDICTORS:
             return (f"{name} uses predictor {v.predictor}: the kernel decides only "
-                    f"{' and '.join(KERNEL_PREDICTORS)}")
-        if v.sticky:
-            return f"{name} is sticky: the kernel keeps no memory of clients"
-        if v.dispatched:
-            return f"{name} is dispatched: the fast path translates, dispatched does not"
+                    f"{', '.join(KERNEL_PREDICTORS[:-1])} and {KERNEL_PREDICTORS[-1]}")
+        if v.dispatched and v.predictor != "maglev":
+            return (f"{name} is dispatched: the kernel forwards each packet by itself, "
+                    "so only predictor maglev finds the same real for all of them")
+        if v.dispatched and v.sticky:
+            return (f"{name} is dispatched and sticky: each director would remember its "
+                    "own clients, and the kernel forwards packets without memory")
         for r in reachable_reals(director, v):
             if r.maxconns:
                 return (f"real {director.fmt(r.sid)} has maxconns: the kernel does not "
@@ -64,6 +79,25 @@ class Pool:
 
     served: VirtualMachine
     reals: tuple[tuple[PhysicalMachine, int], ...]
+
+    def maglev(self) -> tuple[int, MaglevTable] | None:
+        """(jhash seed, table of the reals) when the serving virtual predicts with
+        maglev: the model's own table (model/maglev.py, identical in every process) at
+        the kernel's size. None for the counters."""
+        if self.served.predictor != "maglev":
+            return None
+        size = min(self.served.maglev_size, KERNEL_MAGLEV_SIZE)
+        table = MaglevTable.build([(r.addr, r.port, r.weight) for r, _ in self.reals], size)
+        return seed(self.served), table
+
+
+def seed(virtual: VirtualMachine) -> int:
+    """The jhash seed of a virtual's flows: from its identity (VIP, port, Bind ID) only,
+    so every director with the same configuration hashes a flow alike, and not from its
+    reals, whose change would rehash every flow instead of the 1/N Maglev moves."""
+    data = f"{virtual.addr}:{virtual.port}:{virtual.bind_id}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4,
+                                          person=b"ld-kernel-seed").digest(), "big")
 
 
 def pool(director: Director, virtual: VirtualMachine) -> Pool | None:

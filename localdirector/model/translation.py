@@ -51,9 +51,10 @@ class TranslationModes:
         if on and any(v.proto == "udp" for v in members):
             raise ModelError("fastpath for udp virtuals: not yet")
         dispatched = next((v for v in members if v.dispatched), None)
-        if on and dispatched is not None:
+        if on and not kernel and dispatched is not None:
             raise ModelError(f"{self.fmt(dispatched.sid)} is dispatched: the fast path "
-                             "translates, dispatched forwarding does not")
+                             "translates, dispatched forwarding does not (fastpath "
+                             f"{self.fmt(dispatched.sid)} kernel forwards it in the kernel)")
         problem = kernelpath.refusal(self, everyone) if kernel else None
         if problem is not None:
             raise ModelError(problem)
@@ -109,12 +110,18 @@ class TranslationModes:
                              f" on {self.fmt(sid)} would break; take it out of service "
                              "until show conns lists none, or clear conns")
         virtual.dispatched = on
+        if virtual.kernel:
+            problem = kernelpath.refusal(self, [virtual])
+            if problem is not None:
+                virtual.dispatched = not on
+                raise ModelError(problem)
         self.changed()
 
     def _refuse_dispatched(self, virtual: VirtualMachine, reals: list[PhysicalMachine]
                            ) -> None:
-        """A dispatched virtual takes only port-0 reals, and is never on the fast path."""
-        if virtual.fastpath:
+        """A dispatched virtual takes only port-0 reals, and is never on the fast path the
+        engine decides (the kernel can forward it: model/kernelpath.py)."""
+        if virtual.fastpath and not virtual.kernel:
             raise ModelError(f"{self.fmt(virtual.sid)} is on the fast path; dispatched "
                              "needs no fastpath")
         ported = next((r for r in reals if r.port), None)

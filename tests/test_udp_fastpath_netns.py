@@ -66,6 +66,27 @@ for pair in sys.argv[4:]:
 """
 
 
+# One datagram on a connected socket: "answered", "refused" (the ICMP port unreachable
+# reached the client translated: from the VIP, quoting what the client sent) or
+# "silence".
+REFUSED_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[3], 0))
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+s.send(b"00000008query")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("silence")
+"""
+CLOSED_PORT = 5402       # nothing listens there on the reals
+
+
 def big(lab: Lab, source: str, size: int) -> list[str]:
     done = lab.run_in(lab.client_ns, [sys.executable, "-c", BIG_CLIENT, DNS_VIP,
                                       str(BIG_PORT), source, str(size)])
@@ -201,3 +222,18 @@ def test_dispatched_udp_reaches_a_real_holding_the_vip_unchanged(lab: Lab, appli
     again = named(lab, DISPATCH_PORT, 8, pairs[:4])
     assert {p: line.split()[0] for p, line in again.items()} == {
         p: got[p].split()[0] for p in pairs[:4]}
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["engine", "kernel"])
+def test_a_reals_port_unreachable_reaches_the_client_translated(lab: Lab, appliance,
+                                                                kernel: bool) -> None:
+    """ICMP errors about a fast-path flow are conntrack's to translate (RELATED to the
+    flow's entry): the client's connected socket is refused, as by the VIP itself."""
+    vip = f"{DNS_VIP}:{CLOSED_PORT}:0:udp"
+    appliance([f"real {R13}:0:0:udp", f"virtual {vip}", f"predictor {vip} roundrobin",
+               f"bind {vip} {R13}:0:0:udp", f"fastpath {vip}{' kernel' if kernel else ''}"])
+    source = lab.client_addresses["preferred"][0]
+    done = lab.run_in(lab.client_ns, [sys.executable, "-c", REFUSED_CLIENT, DNS_VIP,
+                                      str(CLOSED_PORT), source])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused"

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 from test_engine import CLIENT, VIP, A, B, Lab, sid
 from test_fastpath import FastLab, Q7, marks_for
 from test_shell_commands import Shell
-from test_udp_engine import UA, UB, UVIP, flow, query, udp_lab
+from test_udp_engine import UA, UB, flow, query, udp_lab
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.iptables import mangle_rules, nat_rules, note_rules, known_rule

@@ -157,6 +157,8 @@ def test_keepalived_file_from_the_model(tmp_path: Path) -> None:
     ct = configs.conntrackd(config, unit)
     assert "Mode FTFW" in ct and "IPv4_Destination_Address 198.19.255.2" in ct
     assert f"LockFile {tmp_path / 'conntrackd.lock'}" in ct
+    # The fast paths' UDP flows are conntrack entries too: replicated like TCP's.
+    assert "Protocol Accept {\n            TCP\n            UDP\n        }" in ct
 
 
 def test_the_link_watch_asks_each_segment_from_the_units_own_address() -> None:

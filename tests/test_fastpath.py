@@ -41,15 +41,16 @@ class FakeConntrack:
     """Records deletions; `live` holds the original tuples the 'kernel' still tracks."""
 
     def __init__(self) -> None:
-        self.deleted: list[tuple[int, int, int, int]] = []
-        self.live: set[tuple[int, int, int, int]] = set()
+        # Original tuples, a UDP flow's with "udp" after them.
+        self.deleted: list[tuple] = []
+        self.live: set[tuple] = set()
 
-    def delete(self, src: int, sport: int, dst: int, dport: int) -> bool:
-        self.deleted.append((src, sport, dst, dport))
+    def delete(self, src: int, sport: int, dst: int, dport: int, udp: bool = False) -> bool:
+        self.deleted.append((src, sport, dst, dport, *(("udp",) if udp else ())))
         return True
 
-    def alive(self, src: int, sport: int, dst: int, dport: int) -> bool:
-        return (src, sport, dst, dport) in self.live
+    def alive(self, src: int, sport: int, dst: int, dport: int, udp: bool = False) -> bool:
+        return (src, sport, dst, dport, *(("udp",) if udp else ())) in self.live
 
 
 def marks_for(director: Director) -> dict[tuple[int, int], int]:

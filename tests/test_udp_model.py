@@ -128,8 +128,16 @@ def test_udp_settings_defaults_and_refusals(sh: Shell) -> None:
     assert "% per-datagram applies to udp virtuals only" in sh.take()
     assert not sh("flows 192.0.2.53:53 10")
     assert "% flows applies to udp virtuals only" in sh.take()
+    # Conntrack's NAT sends a flow's every datagram to one real: per-datagram and the
+    # fast path exclude each other, either way round.
+    assert sh("per-datagram 192.0.2.53:53:0:udp")
     assert not sh("fastpath 192.0.2.53:53:0:udp")
-    assert "% fastpath for udp virtuals: not yet" in sh.take()
+    assert ("is per-datagram: on the fast path the kernel sends every datagram of a flow "
+            "to one real" in sh.take())
+    assert sh("no per-datagram 192.0.2.53:53:0:udp", "fastpath 192.0.2.53:53:0:udp")
+    assert not sh("per-datagram 192.0.2.53:53:0:udp")
+    assert "is per-datagram: on the fast path" in sh.take()
+    assert sh("no fastpath 192.0.2.53:53:0:udp")
     assert sh.config() == before
 
 

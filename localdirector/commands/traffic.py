@@ -186,7 +186,9 @@ def _copy_rows(director: Director, sid: ServerId | None, detail: bool) -> list[_
 
 
 FASTPATH_NOTE = ("Path fastpath: translated by conntrack NAT in the kernel; the director "
-                 "sees only its SYN, SYN-ACK, FIN and RST, so its idle time is not known (-)")
+                 "sees only its SYN, SYN-ACK, FIN and RST (a udp flow: its unanswered "
+                 "datagrams and first replies; listed until both its timeout and "
+                 "conntrack's have passed), so its idle time is not known (-)")
 
 
 KERNEL_NOTE = ("Not listed: connections of virtuals decided in the kernel (fastpath ... "

@@ -35,9 +35,11 @@ class KernelTable(Protocol):
     """What the engine asks of conntrack, by a connection's original (client -> VIP)
     tuple; addresses and ports as host-order ints."""
 
-    def delete(self, src: int, sport: int, dst: int, dport: int) -> bool: ...
+    def delete(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+               ) -> bool: ...
 
-    def alive(self, src: int, sport: int, dst: int, dport: int) -> bool: ...
+    def alive(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+              ) -> bool: ...
 
 
 class NoKernel:
@@ -45,17 +47,19 @@ class NoKernel:
     connection the engine stopped seeing is taken to be gone, so it expires on its idle
     timer like a userspace one."""
 
-    def delete(self, src: int, sport: int, dst: int, dport: int) -> bool:
+    def delete(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+               ) -> bool:
         return False
 
-    def alive(self, src: int, sport: int, dst: int, dport: int) -> bool:
+    def alive(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+              ) -> bool:
         return False
 
 
-def _orig_tuple(src: int, sport: int, dst: int, dport: int) -> bytes:
+def _orig_tuple(src: int, sport: int, dst: int, dport: int, udp: bool) -> bytes:
     ip = (attr(_CTA_IP_V4_SRC, struct.pack("!I", src))
           + attr(_CTA_IP_V4_DST, struct.pack("!I", dst)))
-    proto = (attr(_CTA_PROTO_NUM, bytes((socket.IPPROTO_TCP,)))
+    proto = (attr(_CTA_PROTO_NUM, bytes((socket.IPPROTO_UDP if udp else socket.IPPROTO_TCP,)))
              + attr(_CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
              + attr(_CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
     return attr(_CTA_TUPLE_ORIG | NLA_F_NESTED, attr(_CTA_TUPLE_IP | NLA_F_NESTED, ip)
@@ -86,11 +90,11 @@ class Conntrack:
     def close(self) -> None:
         self._sock.close()
 
-    def _request(self, kind: int, src: int, sport: int, dst: int, dport: int
+    def _request(self, kind: int, src: int, sport: int, dst: int, dport: int, udp: bool
                  ) -> tuple[int, list[bytes]]:
         """Send one request; (errno of the kernel's answer, 0 = success; the messages
         that came before it)."""
-        body = netlink.NFGEN.pack(socket.AF_INET, 0, 0) + _orig_tuple(src, sport, dst, dport)
+        body = netlink.NFGEN.pack(socket.AF_INET, 0, 0) + _orig_tuple(src, sport, dst, dport, udp)
         with self._lock:
             self._seq = (self._seq + 1) & 0xFFFFFFFF
             seq = self._seq
@@ -106,10 +110,12 @@ class Conntrack:
                         return netlink.error_code(data, start), answers
                     answers.append(data[start:end])
 
-    def delete(self, src: int, sport: int, dst: int, dport: int) -> bool:
-        """Remove the entry of that original tuple; False if there was none."""
+    def delete(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+               ) -> bool:
+        """Remove the entry of that original tuple (`udp`: a UDP flow's); False if there
+        was none."""
         try:
-            code, _ = self._request(_MSG_DELETE, src, sport, dst, dport)
+            code, _ = self._request(_MSG_DELETE, src, sport, dst, dport, udp)
         except OSError as exc:
             self._failed(exc)
             return False
@@ -117,12 +123,14 @@ class Conntrack:
             self._failed(OSError(code, os.strerror(code)))
         return code == 0
 
-    def alive(self, src: int, sport: int, dst: int, dport: int) -> bool:
+    def alive(self, src: int, sport: int, dst: int, dport: int, udp: bool = False
+              ) -> bool:
         """The kernel still translates this connection: its entry exists and has not
-        reached TIME_WAIT or CLOSE. A failed request answers True: keeping an object a
+        reached TIME_WAIT or CLOSE (a UDP entry has no state: it exists until conntrack's
+        UDP timeout). A failed request answers True: keeping an object a
         little longer is better than losing count of a live connection."""
         try:
-            code, messages = self._request(_MSG_GET, src, sport, dst, dport)
+            code, messages = self._request(_MSG_GET, src, sport, dst, dport, udp)
         except OSError as exc:
             self._failed(exc)
             return True

@@ -262,7 +262,7 @@ class Engine(TcpState, UdpFlows, IcmpErrors, CarriedConnections, RealReplies):
             served.synguard_drops += 1
             return self._drop(SYNGUARD)
         fastpath = virtual.fastpath  # one mode per group (model/fastpath.py): served's too
-        if fastpath and not self._fastpath.ready(real) \
+        if fastpath and not self._fastpath.ready(real, udp) \
                 or served.dispatched and not self._dispatch.ready(real):
             return self._drop(MARK_PENDING)
         # The model's own address and port objects: no int per connection for them.

@@ -5,8 +5,9 @@ it is sent, and asks conntrack where the kernel's entry matters (docs/design.rst
 
 from __future__ import annotations
 
-from ..model.connection import CLOSED, Connection
+from ..model.connection import CLOSED, UDP_KEY, Connection
 from ..model.real import PhysicalMachine
+from ..model.serverid import UDP_SERVICE
 from .conntrack import KernelTable
 from .stats import MARK_PENDING, REASSIGNED, Stats
 from .verdicts import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
@@ -25,9 +26,10 @@ class FastPath:
         self.verdict_mark = 0  # for the worker, after an ACCEPT_MARK verdict
         self._stats = stats
 
-    def ready(self, real: PhysicalMachine) -> bool:
-        """Whether the real's DNAT rule is installed: without it a SYN reaches nobody."""
-        return (real.addr, real.port) in self.marks
+    def ready(self, real: PhysicalMachine, udp: bool = False) -> bool:
+        """Whether the real's DNAT rule (of that protocol) is installed: without it a
+        SYN or a flow's first datagram reaches nobody."""
+        return (real.addr, real.port | (UDP_SERVICE if udp else 0)) in self.marks
 
     def opened(self, conn: Connection) -> int:
         """The verdict for the SYN that opened a fast-path connection."""
@@ -38,10 +40,11 @@ class FastPath:
         """Let the kernel translate this packet's conntrack entry toward the connection's
         real (a no-op for an entry whose NAT is already bound)."""
         real = conn.real
-        mark = self.marks.get((real.addr, real.port))
+        mark = self.marks.get((real.addr, real.port | (UDP_SERVICE if conn.in_key >= UDP_KEY
+                                                       else 0)))
         if mark is None:
             # Its DNAT rule is not installed yet (a real bound a moment ago): without it
-            # the SYN would reach nobody. The client retransmits.
+            # the SYN would reach nobody. The client retransmits (a resolver resends).
             self._stats.drops[MARK_PENDING] += 1
             return DROP
         self.verdict_mark = mark
@@ -71,13 +74,16 @@ class FastPath:
     def forget(self, conn: Connection) -> None:
         """Make the kernel stop translating this connection."""
         self.conntrack.delete(conn.foreign_ip, conn.foreign_port, conn.virtual_ip,
-                              conn.virtual_port)
+                              conn.virtual_port, conn.in_key >= UDP_KEY)
 
     def held(self, conn: Connection, now: float) -> bool:
         """Its idle timer fired, but its data never reaches the engine: it stays (seen
-        now) while the kernel still translates it."""
+        now) while the kernel still translates it. A UDP flow's entry lasts until
+        conntrack's own UDP timeout, so the flow ends at whichever comes later: the
+        virtual's timeout or conntrack's (docs/design.rst, "Fast path")."""
         if conn.tcp_state is CLOSED or not self.conntrack.alive(
-                conn.foreign_ip, conn.foreign_port, conn.virtual_ip, conn.virtual_port):
+                conn.foreign_ip, conn.foreign_port, conn.virtual_ip, conn.virtual_port,
+                conn.in_key >= UDP_KEY):
             return False
         conn.last_seen = now
         return True

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.addr import format_ip
-from ..model.serverid import UDP_SERVICE
 from . import nflog
 from .packet import ICMP_ERROR_TYPES
-from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
+from .markrules import dispatch_rules, nat_rules, proto_port, stray_rules
+from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
 
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
@@ -157,7 +157,7 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
             if direction == "-d":
                 out += _guards(rules, addr, n) + flood_rules(addr, n)
             for service in ports:
-                proto, port = "udp" if service & UDP_SERVICE else "tcp", service & 0xFFFF
+                proto, port = proto_port(service)
                 match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
                 out.append(f"-A {n.chain} {host} -p {proto}{match} -j {queue}")
             out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
@@ -250,13 +250,21 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     real: list[str] = []
     for addr, ports in rules.fastpath:
         vip = format_ip(addr)
-        for port in ports:
+        for service in ports:
+            proto, port = proto_port(service)
             dport = "" if port == ALL_PORTS else f" --dport {port}"
             orig = f"--ctorigdst {vip}" + ("" if port == ALL_PORTS
                                             else f" --ctorigdstport {port}")
-            client += [f"-A {n.chain} -d {vip}/32 -p tcp{' -m tcp' + dport if dport else ''} "
-                       f"-m conntrack --ctstate NEW -j {n.queue}",
-                       f"-A {n.chain} -d {vip}/32 -p tcp -m tcp{dport} "
+            client.append(f"-A {n.chain} -d {vip}/32 -p {proto}"
+                          f"{f' -m {proto}' + dport if dport else ''} "
+                          f"-m conntrack --ctstate NEW -j {n.queue}")
+            if proto == "udp":
+                # A flow's unanswered datagrams are NEW (queued above); it has no end to
+                # copy, so only its first replies, until conntrack calls it a stream.
+                real.append(f"-A {n.reply} -p udp -m conntrack --ctdir REPLY ! --ctstatus "
+                            f"ASSURED {orig} -j {n.log}")
+                continue
+            client += [f"-A {n.chain} -d {vip}/32 -p tcp -m tcp{dport} "
                        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
                        f"-j {n.log}"]
             real += [f"-A {n.reply} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
@@ -264,45 +272,6 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                      f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
                      f"-m conntrack --ctdir REPLY {orig} -j {n.log}"]
     return client + stray_rules(rules, n) + real + notes
-
-
-def stray_rules(rules: RuleSet, n: Names) -> list[str]:
-    """Mangle FORWARD: drop a tracked real's packet that conntrack does not know
-    (ruleset.tracked_reals says why). A real answering on every port also opens
-    connections of its own from any port, which cannot be told from such replies after
-    their first packet, so there only SYN-ACKs are dropped, as the engine does."""
-    out = []
-    for addr, port in rules.stray:
-        match = ("--tcp-flags SYN,ACK SYN,ACK" if port == ALL_PORTS
-                 else f"--sport {port}")
-        out.append(f"-A {n.reply} -s {format_ip(addr)}/32 -p tcp -m tcp {match} "
-                   "-m conntrack --ctstate INVALID,NEW -j DROP")
-    return out
-
-
-def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names
-                   ) -> list[str]:
-    """Dispatched forwarding: a packet the engine marked for a real is cloned to that
-    real unchanged (TEE: the real's MAC, the VIP's address) and the original dropped, so
-    it never follows the VIP's own route (docs/design.rst, "Scale-out")."""
-    out = []
-    for addr, port in rules.targets:
-        if port == DISPATCH_PORT:
-            match = f"-A {n.chain} -m mark --mark 0x{marks[(addr, port)]:x}/0x{MARK_MASK:x}"
-            out += [f"{match} -j TEE --gateway {format_ip(addr)}", f"{match} -j DROP"]
-    return out
-
-
-def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names) -> list[str]:
-    """The mark map: one DNAT per fast-path target (port 0: the client's port stays)."""
-    out = []
-    for addr, port in rules.targets:
-        if port == DISPATCH_PORT:
-            continue
-        to = format_ip(addr) if port == ALL_PORTS else f"{format_ip(addr)}:{port}"
-        out.append(f"-A {n.chain} -p tcp -m mark --mark 0x{marks[(addr, port)]:x}"
-                   f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
-    return out
 
 
 def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],

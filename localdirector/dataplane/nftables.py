@@ -27,22 +27,26 @@ from .iptables import run_tool
 
 BASE = "prerouting"        # translated connections: nat PREROUTING, at dstnat
 FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptables' raw
-# The protocol, named here only: its words in the rules come from the helpers below.
-PROTO = "tcp"
+# The protocols, named here only: their words in the rules come from the helpers below.
+PROTOCOLS = ("tcp", "udp")
 STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
 
 
-def syn_only(proto: str = PROTO) -> str:
-    return f"{proto} flags & (fin | syn | rst | ack) == syn"
+def syn_only(proto: str) -> str:
+    """What opens a connection: a TCP SYN; for UDP any datagram (conntrack's NEW)."""
+    return f"{proto} flags & (fin | syn | rst | ack) == syn" if proto == "tcp" else ""
 
 
-def dport(proto: str = PROTO) -> str:
-    return f"{proto} dport"
-
-
-def five_tuple(proto: str = PROTO) -> str:
+def five_tuple(proto: str) -> str:
     """What jhash hashes: the flow, as the engine's flow key holds it."""
     return f"ip saddr . {proto} sport . ip daddr . {proto} dport"
+
+
+def refuse(proto: str) -> str:
+    """Nothing can take it: the RST a closed port sends, as the engine refuses a SYN; a
+    datagram is only dropped, as the engine drops it (no ICMP error a spoofed flood
+    could reflect)."""
+    return "reject with tcp reset" if proto == "tcp" else "drop"
 
 
 def table_name(queue_num: int) -> str:
@@ -50,8 +54,10 @@ def table_name(queue_num: int) -> str:
 
 
 def _ident(sid: ServerId) -> str:
-    """A server id as a word nft takes in names: 192.0.2.10:80:0 -> 192_0_2_10_80_0."""
-    return f"{format_ip(sid.addr).replace('.', '_')}_{sid.port}_{sid.bind}"
+    """A server id as a word nft takes in names: 192.0.2.10:80:0 -> 192_0_2_10_80_0
+    (a udp one's with _udp after it)."""
+    return (f"{format_ip(sid.addr).replace('.', '_')}_{sid.port}_{sid.bind}"
+            f"{'_udp' if sid.proto == 'udp' else ''}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,7 @@ class Branch:
     port: int              # 0: the client's port stays
     forward: bool = False
     sticky: int = 0
+    proto: str = "tcp"
 
     @property
     def memory(self) -> str:
@@ -87,12 +94,14 @@ class Instance:
     seed: int | None = None
     remembered: tuple[Branch, ...] = ()
     forward: bool = False
+    proto: str = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """One VIP:port (port 0: every other port of the VIP): client address ranges
-    (first, last, instance chain). `forward`: dispatched, every packet is decided."""
+    """One VIP:port (a service port; port 0: every other port of the VIP and
+    protocol): client address ranges (first, last, instance chain). `forward`:
+    dispatched, every packet is decided."""
 
     addr: int
     port: int
@@ -100,12 +109,21 @@ class Destination:
     forward: bool = False
 
     @property
+    def proto(self) -> str:
+        return PROTOCOLS[self.port >> 16]
+
+    @property
     def chain(self) -> str:
-        return f"d_{format_ip(self.addr).replace('.', '_')}_{self.port}"
+        return f"d_{self._name}"
 
     @property
     def map(self) -> str:
-        return f"s_{format_ip(self.addr).replace('.', '_')}_{self.port}"
+        return f"s_{self._name}"
+
+    @property
+    def _name(self) -> str:
+        return (f"{format_ip(self.addr).replace('.', '_')}_{self.port & 0xFFFF}"
+                f"{'_udp' if self.port >> 16 else ''}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +174,16 @@ def _instance(director: Director, virtual, chain: str, branches: dict[str, Branc
     refused = f"x_{_ident(virtual.sid)}"
     owners[refused] = (virtual.sid, None)
     pool = kernelpath.pool(director, virtual)
+    proto = virtual.proto
     if pool is None:
-        return Instance(chain, 0, (), refused, forward=virtual.dispatched)
+        return Instance(chain, 0, (), refused, forward=virtual.dispatched, proto=proto)
     served = pool.served
     mine = []
     for real, _share in pool.reals:
         name = f"{_ident(served.sid)}__{_ident(real.sid)}"
         branch = branches.setdefault(f"r_{name}", Branch(
-            f"r_{name}", f"c_{name}", real.addr, real.port, served.dispatched, served.sticky))
+            f"r_{name}", f"c_{name}", real.addr, real.port, served.dispatched, served.sticky,
+            proto))
         owners[branch.counter] = (served.sid, real.sid)
         mine.append(branch.chain)
     remembered = tuple(branches[c] for c in mine if branches[c].sticky)
@@ -174,13 +194,14 @@ def _instance(director: Director, virtual, chain: str, branches: dict[str, Branc
         chains = {(r.addr, r.port): c for (r, _s), c in zip(pool.reals, mine)}
         return Instance(chain, table.size, _runs([chains[m[:2]] for m in table.members],
                                                  table.table), refused, seed, remembered,
-                        virtual.dispatched)
+                        virtual.dispatched, proto)
     slots = []
     at = 0
     for (_real, share), branch_chain in zip(pool.reals, mine):
         slots.append((at, at + share - 1, branch_chain))
         at += share
-    return Instance(chain, at, tuple(slots), refused, None, remembered, virtual.dispatched)
+    return Instance(chain, at, tuple(slots), refused, None, remembered, virtual.dispatched,
+                    proto)
 
 
 def _runs(chains: list[str], table) -> tuple[tuple[int, int, str], ...]:
@@ -203,19 +224,19 @@ def _span(first: int, last: int, fmt=format_ip) -> str:
 
 def _instance_rules(instance: Instance) -> list[str]:
     """A sticky client's remembered real first, then the counter or the hash. A
-    dispatched instance sees every packet: only a SYN counts as a refused connection."""
+    dispatched instance sees every packet: only a SYN counts as a refused connection
+    (a forwarded datagram is never tracked, so none is told first: not counted)."""
+    proto = instance.proto
     if not instance.slots:
-        # Nothing can take it: the RST a closed port sends, as the engine refuses.
         if instance.forward:
-            return [f'{syn_only()} counter name "{instance.refused}"',
-                    f"reject with {PROTO} reset"]
-        return [f'counter name "{instance.refused}" reject with {PROTO} reset']
+            return [*_opening(proto, f'counter name "{instance.refused}"'), refuse(proto)]
+        return [f'counter name "{instance.refused}" {refuse(proto)}']
     rules = [f"ip saddr @{b.memory} goto {b.chain}" for b in instance.remembered]
     if len(instance.slots) == 1:
         return [*rules, f"goto {instance.slots[0][2]}"]
     slots = ", ".join(f"{_span(a, b, str)} : goto {chain}" for a, b, chain in instance.slots)
     pick = (f"numgen inc mod {instance.modulus}" if instance.seed is None else
-            f"jhash {five_tuple()} mod {instance.modulus} seed 0x{instance.seed:08x}")
+            f"jhash {five_tuple(proto)} mod {instance.modulus} seed 0x{instance.seed:08x}")
     return [*rules, f"{pick} vmap {{ {slots} }}"]
 
 
@@ -226,12 +247,29 @@ def _branch_rules(branch: Branch) -> list[str]:
     "Decided in the kernel")."""
     rules = [f"update @{branch.memory} {{ ip saddr }}"] if branch.sticky else []
     if branch.forward:
-        return [*rules, f'{syn_only()} counter name "{branch.counter}"',
+        return [*rules, *_opening(branch.proto, f'counter name "{branch.counter}"'),
                 f"dup to {format_ip(branch.addr)} drop"]
     to = format_ip(branch.addr)
     if branch.port != ALL_PORTS:
         to += f":{branch.port}"
-    return [*rules, f'counter name "{branch.counter}" meta l4proto {PROTO} dnat to {to}']
+    return [*rules, f'counter name "{branch.counter}" meta l4proto {branch.proto} '
+            f"dnat to {to}"]
+
+
+def _opening(proto: str, action: str) -> list[str]:
+    """A forwarded packet's rule that counts connections: on its SYNs; none for UDP,
+    whose forwarded datagrams conntrack never sees, so no first one is known."""
+    return [f"{syn_only(proto)} {action}"] if proto == "tcp" else []
+
+
+def _dest_rules(dest: Destination) -> list[str]:
+    """Only a SYN may open a connection here: a packet conntrack picked up mid-stream
+    (it lost the entry) could be sent to any real. (A dispatched flow's every packet
+    is hashed, so any packet finds its real; any datagram may open a UDP flow.) A
+    source no instance takes is dropped, as the engine drops it (no-virtual)."""
+    first = [] if dest.forward else _opening(dest.proto, "drop")
+    return [rule.replace("==", "!=") for rule in first] + (
+        [f"ip saddr vmap @{dest.map}"] if dest.ranges else []) + ["drop"]
 
 
 def definition(rules: KernelRules, table: str) -> list[str]:
@@ -260,13 +298,7 @@ def definition(rules: KernelRules, table: str) -> list[str]:
         out += [f"  map {dest.map} {{", "    type ipv4_addr : verdict", "    flags interval",
                 f"    elements = {{ {elements} }}", "  }"]
     for dest in rules.destinations:
-        # Only a SYN may open a connection here: a packet conntrack picked up mid-stream
-        # (it lost the entry) could be sent to any real. (A dispatched flow's every
-        # packet is hashed, so any packet finds its real.) A source no instance takes is
-        # dropped, as the engine drops it (no-virtual).
-        first = [] if dest.forward else [f"{syn_only().replace('==', '!=')} drop"]
-        chain(dest.chain, *first,
-              *([f"ip saddr vmap @{dest.map}"] if dest.ranges else []), "drop")
+        chain(dest.chain, *_dest_rules(dest))
     # `ct state new` (always true in a nat chain) is what makes the namespace track
     # connections: without a ct match or a DNAT rule anywhere (every instance refusing)
     # the kernel would track nothing and never run a nat chain. Dispatched packets are
@@ -281,16 +313,20 @@ def definition(rules: KernelRules, table: str) -> list[str]:
 
 
 def _base_rules(dests: list[Destination], match: str) -> list[str]:
-    """A base chain's jumps: one vmap by VIP and port, one by VIP for port 0."""
-    ported = [d for d in dests if d.port != ALL_PORTS]
-    wild = [d for d in dests if d.port == ALL_PORTS]
+    """A base chain's jumps, per protocol: one vmap by VIP and port, one by VIP for
+    port 0."""
     rules = []
-    if ported:
-        rules.append(f"{match}ip daddr . {dport()} vmap {{ " + ", ".join(
-            f"{format_ip(d.addr)} . {d.port} : goto {d.chain}" for d in ported) + " }")
-    if wild:
-        rules.append(f"{match}meta l4proto {PROTO} ip daddr vmap {{ " + ", ".join(
-            f"{format_ip(d.addr)} : goto {d.chain}" for d in wild) + " }")
+    for proto in PROTOCOLS:
+        mine = [d for d in dests if d.proto == proto]
+        ported = [d for d in mine if d.port & 0xFFFF != ALL_PORTS]
+        wild = [d for d in mine if d.port & 0xFFFF == ALL_PORTS]
+        if ported:
+            rules.append(f"{match}ip daddr . {proto} dport vmap {{ " + ", ".join(
+                f"{format_ip(d.addr)} . {d.port & 0xFFFF} : goto {d.chain}"
+                for d in ported) + " }")
+        if wild:
+            rules.append(f"{match}meta l4proto {proto} ip daddr vmap {{ " + ", ".join(
+                f"{format_ip(d.addr)} : goto {d.chain}" for d in wild) + " }")
     return rules
 
 
@@ -338,7 +374,7 @@ def expected_shape(rules: KernelRules) -> Shape:
     counts = {b.chain: len(_branch_rules(b)) for b in rules.branches}
     counts.update((i.chain, len(_instance_rules(i))) for i in rules.instances)
     for dest in rules.destinations:
-        counts[dest.chain] = 1 + bool(dest.ranges) + (not dest.forward)
+        counts[dest.chain] = len(_dest_rules(dest))
     for name, forward in ((BASE, False), (FORWARD, True)):
         counts[name] = len(_base_rules([d for d in rules.destinations
                                         if d.forward == forward], ""))

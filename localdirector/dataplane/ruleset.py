@@ -30,10 +30,10 @@ class RuleSet:
     """What must be queued: ``vips`` and ``reals`` map an address to the service ports
     (the TCP port, or the UDP port | UDP_SERVICE; ALL_PORTS, or UDP_SERVICE alone =
     every port of that protocol) of traffic to / from it through the engine, ``fastpath``
-    the VIP:ports on the fast path and ``targets`` the (address, port) of every real a
-    fast-path connection may be given (port 0: the client's), and (address,
-    DISPATCH_PORT) of every real a dispatched connection may be given. Comparable, so an
-    unchanged set costs no iptables call."""
+    the VIP:ports on the fast path (service ports too) and ``targets`` the (address,
+    service port) of every real a fast-path connection may be given (port 0: the
+    client's), and (address, DISPATCH_PORT) of every real a dispatched connection may
+    be given. Comparable, so an unchanged set costs no iptables call."""
 
     vips: tuple[tuple[int, tuple[int, ...]], ...]
     reals: tuple[tuple[int, tuple[int, ...]], ...]
@@ -44,9 +44,9 @@ class RuleSet:
     # VIP addresses whose connections the kernel decides (nftables.py has their rules):
     # only the SYN guards in raw concern them here.
     kernel: tuple[int, ...] = ()
-    # (address, port it answers on; ALL_PORTS: any) of every real conntrack translates
-    # (fast path and kernel-decided): its packets conntrack does not know are dropped
-    # rather than forwarded with its own address (tracked_reals).
+    # (address, service port it answers on; ALL_PORTS: any) of every real conntrack
+    # translates (fast path and kernel-decided): its packets conntrack does not know are
+    # dropped rather than forwarded with its own address (tracked_reals).
     stray: tuple[tuple[int, int], ...] = ()
     # VIP addresses of dispatched virtuals the kernel forwards (nftables.py): never
     # tracked (decided and dropped ahead of conntrack), so their SYN guards note known
@@ -81,12 +81,12 @@ def desired_rules(director: Director) -> RuleSet:
     for addr, port in translated_reals(director):
         reals.setdefault(addr, set()).add(port)
     for conn in director.conns:
-        if conn.fastpath:
-            fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
-            targets.add((conn.real.addr, conn.real.port))
-            stray.add((conn.real_ip, conn.real_port))
-            continue
         udp = conn.virtual.service & UDP_SERVICE
+        if conn.fastpath:
+            fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port | udp)
+            targets.add((conn.real.addr, conn.real.port | udp))
+            stray.add((conn.real_ip, conn.real_port | udp))
+            continue
         vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port | udp)
         if conn.virtual.dispatched:
             targets.add((conn.real.addr, DISPATCH_PORT))
@@ -99,8 +99,8 @@ def desired_rules(director: Director) -> RuleSet:
 
 
 def tracked_reals(director: Director) -> set[tuple[int, int]]:
-    """(address, port it answers on) of every real of a fast-path or kernel-decided
-    virtual, whose replies conntrack translates. A packet from one that conntrack does
+    """(address, service port it answers on) of every real of a fast-path or
+    kernel-decided virtual, whose replies conntrack translates. A packet from one that conntrack does
     not know (NEW or INVALID) is a reply to a connection this unit never saw: opened by
     the other unit of a failover pair before it died, or from before a restart. Its NAT
     entry is elsewhere, so forwarded it would show the client the real's own address;
@@ -109,7 +109,8 @@ def tracked_reals(director: Director) -> set[tuple[int, int]]:
     found: set[tuple[int, int]] = set()
     for v in director.iter_virtuals():
         if v.fastpath and not v.dispatched:
-            found.update((r.addr, r.port or v.port) for r in reachable_reals(director, v))
+            found.update(((r.addr, (r.port or v.port) | v.service & UDP_SERVICE)
+                          for r in reachable_reals(director, v)))
     return found
 
 

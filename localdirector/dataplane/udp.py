@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..model.director import Director
     from ..model.virtual import VirtualMachine
     from .expiry import Expiry
+    from .fastpath import FastPath
     from .packet import Buffer
     from .ports import ClientPorts
     from .stats import Stats
@@ -40,6 +41,7 @@ class UdpFlows:
     _vip_addrs: frozenset[int]
     _bound: frozenset[int]
     _flow_order: dict[VirtualMachine, dict[int, Connection]]
+    _fastpath: FastPath
 
     if TYPE_CHECKING:
         def _drop(self, reason: int) -> int: ...
@@ -100,21 +102,34 @@ class UdpFlows:
         """A client datagram of a known flow. `reassign` datagrams without an answer
         since the real last answered are a failure of that real (as unanswered SYNs
         are), and this one goes to another real if one can take the flow; the count
-        starts again either way, so a lone real is failed once per `reassign` of them."""
+        starts again either way, so a lone real is failed once per `reassign` of them.
+        On the fast path only the flow's unanswered datagrams come here (conntrack queues
+        those it calls NEW): marked like a resent SYN, or dropped once the flow moved, as
+        its conntrack entry still names the old real; the next one opens a fresh entry."""
         unanswered = conn.syn_resends
         if unanswered >= conn.real.reassign:
-            self._reassign(conn, now, reset=False)
+            moved = self._reassign(conn, now, reset=False)
             unanswered = 0
+            if moved and conn.fastpath:
+                conn.syn_resends = 1
+                return self._fastpath.reassigned()
         conn.syn_resends = unanswered + 1
+        if conn.fastpath:
+            conn.last_seen = now
+            return self._fastpath.mark(conn)
         return self._forward_in(buf, ihl, size, conn, src, 0, now, True)
 
     def _udp_reply(self, buf: Buffer, ihl: int, size: int, conn: Connection, dst: int,
                    now: float) -> int:
         """The real's datagram of a flow: translated back to the VIP; the flow is
-        answered (the real is alive) and its run of unanswered datagrams over."""
+        answered (the real is alive) and its run of unanswered datagrams over. On the
+        fast path: a copy of one of the flow's first replies (NFLOG), noted only."""
         conn.syn_resends = 0
         if not conn.answered:
             self._answered(conn, now)
+        if conn.fastpath:
+            conn.last_seen = now
+            return self._fastpath.noted()
         return self._forward_out(buf, ihl, size, conn, dst, 0, now, True)
 
     def _udp_unreachable(self, conn: Connection, now: float) -> bool:
@@ -148,6 +163,8 @@ class UdpFlows:
                     if not flow.answered:
                         break
             if victim is not None:
+                if victim.fastpath:        # the kernel stops translating it too
+                    self._fastpath.forget(victim)
                 self._close(victim, now)   # which unfiles it
                 virtual.flows_evicted += 1
                 self.stats.flows_evicted += 1

@@ -10,7 +10,9 @@ direct cable the survivor loses carrier when the other unit dies, and must take 
 not go to FAULT), all in one sync group so both sides move together;
 `nopreempt` so a returning unit never takes over by itself, as on LocalDirector;
 VRRPv3 for hellos below a second; a track file through which this unit can step down
-(`failover active` on the other unit). conntrackd: FTFW over UDP on the failover link."""
+(`failover active` on the other unit). conntrackd: FTFW over UDP on the failover link,
+replicating conntrack's TCP and UDP entries (the fast paths' connections and flows), but
+none of the units' own addresses (its own sync traffic among them)."""
 
 from __future__ import annotations
 
@@ -157,6 +159,7 @@ General {{
     Filter From Userspace {{
         Protocol Accept {{
             TCP
+            UDP
         }}
         Address Ignore {{
             IPv4_address 127.0.0.1

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .addr import format_ip
-from .serverid import ALL_PORTS
+from .serverid import ALL_PORTS, UDP_SERVICE
 
 if TYPE_CHECKING:
     from .director import Director
@@ -109,8 +109,10 @@ def group(director: Director, virtual: VirtualMachine) -> list[VirtualMachine]:
 
 
 def fast_targets(director: Director) -> set[tuple[int, int]]:
-    """(address, port) of every real a fast-path connection decided by the engine can be
-    given: the targets of the mark map's DNAT, port 0 = the port the client asked for.
-    (Kernel-decided virtuals DNAT in rules of their own, model/kernelpath.py.)"""
-    return {(r.addr, r.port) for v in director.iter_virtuals()
+    """(address, service port) of every real a fast-path connection decided by the
+    engine can be given: the targets of the mark map's DNAT, port 0 = the port the
+    client asked for, with the virtual's protocol above it (UDP_SERVICE: a real's DNAT
+    names its protocol). (Kernel-decided virtuals DNAT in rules of their own,
+    model/kernelpath.py.)"""
+    return {(r.addr, r.port | v.service & UDP_SERVICE) for v in director.iter_virtuals()
             if v.fastpath and not v.kernel for r in reachable_reals(director, v)}

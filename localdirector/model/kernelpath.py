@@ -26,7 +26,7 @@ from .health import candidates
 from .maglev import DEFAULT_SIZE, MaglevTable
 from .predictors import backup_for
 from .real import DEFAULT_REASSIGN, DEFAULT_THRESHOLD
-from .serverid import ALL_PORTS
+from .serverid import ALL_PORTS, UDP_SERVICE
 from .state import State
 
 if TYPE_CHECKING:
@@ -149,28 +149,33 @@ def pool(director: Director, virtual: VirtualMachine) -> Pool | None:
 
 
 def destinations(director: Director) -> list[tuple[int, int]]:
-    """The (VIP, port) the kernel decides, port 0 for the VIP's all-ports instances, in
-    the order of `by_dest` (every instance of a VIP shares the VIP's mode)."""
+    """The (VIP, service port) the kernel decides, port 0 (with its protocol) for the
+    VIP's all-ports instances, in the order of `by_dest` (every instance of a VIP and
+    protocol shares one mode)."""
     return [dest for dest, instances in director.by_dest.items()
             if any(v.kernel for v in instances.values())]
 
 
-def other_port(director: Director, addr: int) -> int | None:
-    """A port no instance at `addr` names: what a SYN to the all-ports instances looks
-    like to Director.lookup_virtual. None when every port is named."""
-    return next((p for p in range(1, 65536) if (addr, p) not in director.by_dest), None)
+def other_port(director: Director, addr: int, proto: int = 0) -> int | None:
+    """A service port of protocol `proto` (UDP_SERVICE or 0) no instance at `addr`
+    names: what a SYN or first datagram to the all-ports instances looks like to
+    Director.lookup_virtual. None when every port is named."""
+    return next((p | proto for p in range(1, 65536)
+                 if (addr, p | proto) not in director.by_dest), None)
 
 
 def partition(director: Director, addr: int, port: int
               ) -> list[tuple[int, int, VirtualMachine]]:
     """(first, last, instance): client address ranges, ascending and disjoint, each
     with the instance Director.lookup_virtual selects for a SYN from it to addr:port
-    (port 0: to a port no instance names). Ranges selecting none are left out.
+    (a service port; port 0: to a port no instance names). Ranges selecting none are
+    left out.
 
     nft interval maps refuse overlapping prefixes, so longest-prefix match is resolved
     here: the assigned networks cut the address space into segments inside which no
     network starts or ends, so one lookup per segment (the model's own) decides it."""
-    dport = port if port != ALL_PORTS else other_port(director, addr)
+    dport = port if port & 0xFFFF != ALL_PORTS else other_port(director, addr,
+                                                               port & UDP_SERVICE)
     if dport is None:
         return []
     cuts = {0, ADDRESSES}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .addr import format_ip
+from .connection import UDP_KEY
 from .state import State
 
 if TYPE_CHECKING:
@@ -62,8 +63,11 @@ def _hash(data: bytes, person: bytes) -> int:
 
 def flow_hash(flow: int) -> int:
     """A connection's 64-bit hash: `flow` is the engine's flow key (client address and
-    port, VIP and port), 96 bits."""
-    return int.from_bytes(hashlib.blake2b(flow.to_bytes(12, "big"), digest_size=8,
+    port, VIP and port), 96 bits, a UDP flow's with its protocol bit above (97 bits,
+    hashed as 13 bytes, so a TCP key hashes as it always did)."""
+    data = flow.to_bytes(12, "big") if flow < UDP_KEY else \
+        (flow & (UDP_KEY << 1) - 1).to_bytes(13, "big")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8,
                                           key=_KEY, person=_FLOW).digest(), "big")
 
 

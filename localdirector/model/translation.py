@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import kernelpath
 from .errors import ModelError
 from .fastpath import group, mixed
+from .udp import per_datagram_refusal
 
 if TYPE_CHECKING:
     from .connection import ConnectionTable
@@ -48,8 +49,9 @@ class TranslationModes:
         members = [v for v in everyone if (v.fastpath, v.kernel) != (on, kernel)]
         if not members:
             return []
-        if on and any(v.proto == "udp" for v in members):
-            raise ModelError("fastpath for udp virtuals: not yet")
+        single = next((v for v in members if v.per_datagram), None)
+        if on and single is not None:
+            raise ModelError(per_datagram_refusal(self.fmt, single))
         dispatched = next((v for v in members if v.dispatched), None)
         if on and not kernel and dispatched is not None:
             raise ModelError(f"{self.fmt(dispatched.sid)} is dispatched: the fast path "
@@ -100,8 +102,6 @@ class TranslationModes:
         virtual = self.virtual(sid)
         if virtual.dispatched == on:
             return
-        if on and virtual.proto == "udp":
-            raise ModelError("dispatched for udp virtuals: not yet")
         if on:
             self._refuse_dispatched(virtual, [link.real for link in virtual.iter_links()])
         open_conns = sum(1 for c in self.conns if c.virtual is virtual)

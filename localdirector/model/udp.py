@@ -24,6 +24,13 @@ def refuse_other_protocol(fmt: Callable[[ServerId], str], sid: ServerId,
                          f"{fmt(other)}: a service is one protocol")
 
 
+def per_datagram_refusal(fmt: Callable[[ServerId], str], virtual: VirtualMachine) -> str:
+    """Why a per-datagram virtual cannot be on a fast path: conntrack's NAT, and the
+    kernel's hash of a dispatched flow, send every datagram of a flow to one real."""
+    return (f"{fmt(virtual.sid)} is per-datagram: on the fast path the kernel sends "
+            "every datagram of a flow to one real (no per-datagram fastpath ID)")
+
+
 class UdpSettings:
     """`per-datagram VIRTUAL`: every client datagram balanced anew."""
 
@@ -31,6 +38,8 @@ class UdpSettings:
         def changed(self) -> None: ...
 
         def virtual(self, sid: ServerId) -> VirtualMachine: ...
+
+        def fmt(self, sid: ServerId) -> str: ...
 
     def set_per_datagram(self, sid: ServerId, on: bool) -> None:
         """`[no] per-datagram VIRTUAL`: IPVS's one-packet scheduling. A resolver reusing
@@ -40,6 +49,8 @@ class UdpSettings:
         virtual = self.virtual(sid)
         if virtual.proto != "udp":
             raise ModelError("per-datagram applies to udp virtuals only")
+        if on and virtual.fastpath:
+            raise ModelError(per_datagram_refusal(self.fmt, virtual))
         if virtual.per_datagram != on:
             virtual.per_datagram = on
             self.changed()

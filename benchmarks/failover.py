@@ -318,7 +318,7 @@ def stream_cost(count: int = 30_000, batch: int = 1000, repeat: int = 5
     engine = Engine(director)
     packets = Packets()
     tuples = Tuples(client_pool(prefixes, POOL, rng))
-    replicator = Replicator(engine, lambda: director, lambda message: True, lambda: 0.2)
+    replicator = Replicator(engine, lambda: director, lambda message, wait=True: True, lambda: 0.2)
     replicator._next_refresh = float("inf")    # no whole resend in the timed loop
 
     def run(chunk: list[tuple[int, int]]) -> None:

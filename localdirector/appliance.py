@@ -62,6 +62,9 @@ class Appliance:
         # Set by the failover and BGP services while they run (their commands' view).
         self.failover: FailoverHandle | None = None
         self.bgp: BgpHandle | None = None
+        # `--host-network IFACE`: the interface a LocalDirector configuration's `ip
+        # address` goes on, and leave to apply its host lines (commands/hostnet.py).
+        self.host_network: str | None = None
         # Called with the new Director after `reload` replaced the model.
         self.reload_hooks: list[Callable[[Director], None]] = []
 

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate a configuration file and exit")
     parser.add_argument("--no-console", action="store_true",
                         help="no shell on standard input; run until SIGTERM")
+    parser.add_argument("--host-network", metavar="IFACE",
+                        help="apply a LocalDirector configuration's ip address, alias ip "
+                        "address, route and arp lines to this namespace (ip address and "
+                        "aliases on IFACE); without it they are only noted")
     for service in SERVICES:
         service.add_arguments(parser)
     return parser
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         _register_lab_commands()
     syslog.install()
     appliance = Appliance(args.config, queue_num=args.queue)
+    appliance.host_network = args.host_network
     appliance.boot(lambda message: print(message, file=sys.stderr))
     # SIGTERM unwinds like an exit, so services remove what they installed.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

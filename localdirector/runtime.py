@@ -11,7 +11,9 @@ its start time, so a pid reused by another process is never taken for the owner.
 directory: a helper and its children) and removes its directory, for every namespace;
 a live owner in this namespace is another appliance, and claiming is refused.
 
-Helpers are started with `die_with_parent`: a SIGKILLed appliance takes them with it."""
+Helpers are started with `die_with_parent`: a SIGKILLed appliance takes them with it;
+the failover pair's keepalived and conntrackd instead go after the guard sentinel raised
+the drop guard (failover/guard.py), which then ends them with `end_leftovers`."""
 
 from __future__ import annotations
 
@@ -59,6 +61,16 @@ def identity(pid: int) -> str:
     return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
 
 
+def running(pid: int) -> bool:
+    """`pid` exists and is not a zombie: a helper whose parent died is reaped by
+    whoever adopted it, perhaps late, and is gone as far as its sockets go."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _owner_alive(directory: Path) -> int | None:
     """The pid of the live appliance that owns `directory`, or None."""
     try:
@@ -84,18 +96,21 @@ def _users(directory: Path) -> list[int]:
     return found
 
 
-def end_leftovers(directory: Path) -> list[int]:
-    """SIGKILL every process of a dead run of `directory` and wait until they are
-    gone (their sockets and addresses with them); returns their pids."""
+def end_leftovers(directory: Path, signum: int = signal.SIGKILL) -> list[int]:
+    """Send `signum` to every process of `directory`'s run and wait until they are
+    gone (their sockets and addresses with them); returns their pids. SIGKILL for a
+    dead run's leftovers; SIGTERM from the guard sentinel, so keepalived says goodbye
+    (priority 0) as it goes, with SIGKILL for whatever is still there after END_WAIT."""
     pids = _users(directory)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + END_WAIT
-    while time.monotonic() < deadline and any(identity(pid) for pid in pids):
-        time.sleep(0.02)
+    for signal_now in dict.fromkeys((signum, signal.SIGKILL)):
+        for pid in pids:
+            try:
+                os.kill(pid, signal_now)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + END_WAIT
+        while time.monotonic() < deadline and any(running(pid) for pid in pids):
+            time.sleep(0.02)
     return pids
 
 

@@ -7,8 +7,10 @@ Where namespaces cannot be built they skip, except under LOCALDIRECTOR_REQUIRE_N
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -49,6 +51,30 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             clean_stale()
         except LabError as exc:
             print(f"warning: could not clean stale lab namespaces: {exc}")
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.fixture(scope="module")
+def private_loopback() -> Iterator[None]:
+    """The module's tests in a network namespace of their own, loopback up: appliances
+    they start on 127.0.0.1 and the clients they run (ssh, telnet, netmiko, sockets)
+    never touch the host's network. The test thread enters a new namespace (unshare),
+    which the processes and threads it starts inherit, and returns to the host's after
+    the module. Fails, never skips, when it cannot (as `netns` does)."""
+    require_netns()
+    saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            pytest.fail(f"unshare: {os.strerror(ctypes.get_errno())}", pytrace=False)
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+        yield
+    finally:
+        if _libc.setns(saved, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the host's namespace")
+        os.close(saved)
 
 
 @pytest.fixture(scope="module")

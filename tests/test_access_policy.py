@@ -22,6 +22,9 @@ from localdirector.model.passwords import FAILED_PASSWORDS
 from localdirector.shell import running_config
 from localdirector.shell.registry import Mode
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 
 @pytest.fixture
 def appliance(tmp_path: Path) -> Appliance:
@@ -247,3 +250,10 @@ def test_host_key_created_private_once_then_kept(tmp_path: Path) -> None:
     os.chmod(path, 0o644)                              # loosened by hand: tightened again
     assert load_or_create_host_key(path).get_fingerprint() == first.get_fingerprint()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_this_module_runs_in_a_network_namespace_of_its_own() -> None:
+    """private_loopback: the listeners these modules open on 127.0.0.1 are not the
+    host's."""
+    host = os.stat(f"/proc/{os.getppid()}/ns/net").st_ino   # pytest's parent: the host's
+    assert os.stat("/proc/thread-self/ns/net").st_ino != host

@@ -21,6 +21,9 @@ import pexpect.fdpexpect
 import pytest
 from pty_terminal import TaggedTyping, clean
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 PASSWORD = "s3cret"
 ENABLE = "t0p"
 MAIN_CONFIG = f"""\

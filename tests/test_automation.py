@@ -16,6 +16,9 @@ import pytest
 from netmiko import ConnectHandler
 from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 MODEL = """\
 virtual 192.0.2.10:80
 virtual 192.0.2.11:443

@@ -113,6 +113,8 @@ README_RULES = {
         "test_readme_scripted_lab",
     r"localdirector --no-dataplane --config my\.cfg": "test_readme_walkthrough",
     r"localdirector --check \S+": "test_readme_walkthrough / test_readme_check_commands",
+    r"localdirector --check examples/localdirector/\S+\.cfg":
+        "tests/test_ldcompat.py test_check_accepts_notes_or_refuses_every_line",
     r"sysctl -w net\.ipv4\.ip_forward=1": "test_service_unit_headless_with_ssh",
     r"cp examples/localdirector\.service /etc/systemd/system/":
         "test_service_unit_verifies (no systemd init here)",
@@ -137,7 +139,10 @@ def test_every_readme_command_is_run_by_a_test() -> None:
     assert not unused, f"rules for commands README no longer shows: {unused}"
 
 
-def test_readme_is_valid_restructuredtext() -> None:
+@pytest.mark.parametrize("document", [README, *sorted((ROOT / "docs").glob("*.rst"))],
+                         ids=lambda path: path.name)
+def test_documents_are_valid_restructuredtext(document: Path) -> None:
+    """README and docs/: a malformed table renders as an error block, not figures."""
     import docutils.core as docutils_core  # a test dependency (setup.cfg [test])
     errors: list[str] = []
 
@@ -145,7 +150,7 @@ def test_readme_is_valid_restructuredtext() -> None:
         def write(self, text: str) -> None:
             errors.append(text)
 
-    docutils_core.publish_string(README.read_text(), writer_name="null", settings_overrides={
+    docutils_core.publish_string(document.read_text(), writer_name="null", settings_overrides={
         "report_level": 2, "halt_level": 5, "warning_stream": Collect()})
     assert not "".join(errors)
 

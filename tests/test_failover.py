@@ -16,6 +16,9 @@ from localdirector.model.failover import DaemonStatus, FailoverConfig, FailoverS
 from localdirector.shell import running_config
 from localdirector.shell.registry import Mode
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 KEY = "failover key hashed CHTaq02iBnFKYFt2PfwXw8KlcOb0eRB4AK1UCG3eECo"   # correcthorse
 PAIR = ["failover ip address 198.19.255.2", KEY, "failover poll 100 holdtime 500",
         "failover virtual 198.51.100.1 255.255.255.0",

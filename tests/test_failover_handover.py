@@ -39,7 +39,7 @@ def active(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FailoverSer
     unit.yield_file.write_text("0\n")
     sent: list[Any] = []
 
-    def send(message: dict[str, Any]) -> bool:
+    def send(message: dict[str, Any], wait: bool = True) -> bool:
         sent.append((message, service.guard.up, unit.yield_file.read_text()))
         return True
 

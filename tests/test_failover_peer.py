@@ -27,6 +27,9 @@ from localdirector.failover.replication import encode
 from tests.conftest import require_netns
 from tests.test_failover import shell
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 KEY = bytes(range(32))
 NONCE = bytes(16)
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ from typing import Any
 from scapy.layers.inet import TCP
 
 from localdirector.dataplane.engine import ACCEPT_MODIFIED
+from localdirector.dataplane.nfqueue import VerdictBatch
 from localdirector.failover.replication import Replicator, encode
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import ESTABLISHED, SYN_RCVD
@@ -32,11 +33,11 @@ class Pair:
         self.sender = Replicator(self.active.engine, lambda: self.active.d, self._send,
                                  lambda: 0.2)
         self.receiver = Replicator(self.standby.engine, lambda: self.standby.d,
-                                   lambda message: False, lambda: 0.2)
+                                   lambda message, wait=True: False, lambda: 0.2)
         self.active.engine.observe(self.sender._note)
         self.sender.sending = True
 
-    def _send(self, message: dict[str, Any]) -> bool:
+    def _send(self, message: dict[str, Any], wait: bool = True) -> bool:
         message = json.loads(json.dumps(message))
         self.messages.append(message)
         self.receiver.receive(message)
@@ -145,7 +146,8 @@ def test_a_new_connection_reaches_the_standby_within_milliseconds() -> None:
     lab_ = Lab(fig1())
     sent: list[tuple[float, dict[str, Any]]] = []
     sender = Replicator(lab_.engine, lambda: lab_.d,
-                        lambda message: sent.append((time.monotonic(), message)) is None,
+                        lambda message, wait=True:
+                        sent.append((time.monotonic(), message)) is None,
                         lambda: 1.0)
     sender.start()
     try:
@@ -265,3 +267,53 @@ def test_a_step_down_goes_on_whatever_the_hand_over_meets(caplog: Any) -> None:
     pair.sender.hand_over()                     # logged, not raised
     assert not pair.sender.sending and "cannot send the connections" in caplog.text
     pair.sender.hand_over()                     # not sending (`no replicate`): nothing
+
+
+def test_a_syn_verdict_leaves_only_after_its_record_is_written() -> None:
+    """The worker's batch of verdicts waits for the records of the connections it opens
+    (issue 22: a unit that let a SYN through and died before the sender's turn left a
+    connection the new active reset). Never waiting itself: while the sender is in a
+    turn, the verdicts go and the sender's turn carries the record."""
+    lab_ = Lab(fig1())
+    wire: list[tuple[str, Any]] = []
+
+    def send(message: dict[str, Any], wait: bool = True) -> bool:
+        wire.append(("record", (wait, [r[0] for r in message["up"]])))
+        return True
+
+    sender = Replicator(lab_.engine, lambda: lab_.d, send, lambda: 1.0)
+    lab_.engine.observe(sender._note)
+    sender.sending = True
+    batch = VerdictBatch(0, lambda pieces: wire.append(("verdicts", len(pieces))))
+    batch.before_send = sender.write_before_verdicts
+    conn = lab_.syn(41000)
+    batch.accept(1)                      # the SYN's verdict, queued
+    assert wire == []
+    batch.flush()
+    assert wire == [("record", (False, [conn.in_key])), ("verdicts", 1)]
+    # Nothing noted: a batch of established segments writes nothing first.
+    wire.clear()
+    batch.accept(2)
+    batch.flush()
+    assert wire == [("verdicts", 1)]
+    # The sender is in a turn: the verdict does not wait; the next turn sends it.
+    wire.clear()
+    with sender._turning:
+        other = lab_.syn(41001)
+        batch.accept(3)
+        batch.flush()
+    assert wire == [("verdicts", 1)]
+    sender._next_refresh = float("inf")  # this turn: what was noted, not a whole resend
+    sender._turn()
+    assert wire[-1] == ("record", (True, [other.in_key]))
+
+
+def test_a_socket_that_cannot_take_the_record_at_once_costs_a_whole_resend() -> None:
+    lab_ = Lab(fig1())
+    sender = Replicator(lab_.engine, lambda: lab_.d, lambda message, wait=True: wait,
+                        lambda: 1.0)
+    lab_.engine.observe(sender._note)
+    sender.sending = True
+    lab_.syn(41000)
+    sender.write_before_verdicts()
+    assert sender._whole.is_set() and sender.sent == 0

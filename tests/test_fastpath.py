@@ -371,6 +371,11 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "-j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
         "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-LOG",
+        # Packets of the fast path's reals that conntrack does not know: dropped, never
+        # forwarded with the real's address (a failover peer's connection, a restart).
+        *(f"-A LOCALDIRECTOR7-REPLY -s 203.0.113.{real}/32 -p tcp -m tcp --sport {port} "
+          "-m conntrack --ctstate INVALID,NEW -j DROP"
+          for real, port in ((11, 8001), (12, 80), (13, 80))),
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY "
         "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
@@ -463,8 +468,12 @@ def test_counters_add_both_queues_and_count_copies() -> None:
     fake.saved = ("*raw\n[10:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 "
                   "--queue-bypass\nCOMMIT\n*mangle\n[5:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE "
                   "--queue-num 7 --queue-bypass\n[15:1] -A LOCALDIRECTOR7-LOG -j NFLOG "
-                  "--nflog-group 7 --nflog-size 128\nCOMMIT\n")
-    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "logged": 15}
+                  "--nflog-group 7 --nflog-size 128\n[3:1] -A LOCALDIRECTOR7-REPLY -s "
+                  "203.0.113.11/32 -p tcp -m tcp --sport 8001 -m conntrack --ctstate "
+                  "INVALID,NEW -j DROP\n[2:1] -A LOCALDIRECTOR7-REPLY -s 203.0.113.12/32 -p "
+                  "tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,NEW -j DROP\nCOMMIT\n")
+    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "logged": 15,
+                                  "stray": 5}
 
 
 # -- which virtuals share a mode ---------------------------------------------------------

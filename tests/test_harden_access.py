@@ -18,6 +18,9 @@ from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
 
 from localdirector.model.passwords import hash_password
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 
 @pytest.fixture
 def appliance(tmp_path: Path) -> Iterator[Appliance]:

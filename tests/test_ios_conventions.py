@@ -18,6 +18,9 @@ from test_shell_commands import Shell
 
 from localdirector.shell.registry import Mode
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -10,6 +10,8 @@ ends by making sure the appliance took its table out.
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +161,46 @@ def test_ineligible_change_is_refused_on_the_console(lab: Lab, boot) -> None:
     # The unwelcome network has no instance of its own here: Bind ID 0 serves it.
     assert lab.client_get(f"http://{VIP}/",
                           source=lab.client_addresses[UNWELCOME][0]).strip() == name(R12)
+
+
+HELD_CLIENT = """
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], 40123))
+s.connect((sys.argv[2], 80))
+s.sendall(b"GET /hold/2 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+print(s.recv(4096).decode().split("\\r\\n")[0], flush=True)
+s.settimeout(6)
+try:
+    print(repr(s.recv(4096)), flush=True)
+except OSError as exc:
+    print(type(exc).__name__, flush=True)
+"""
+
+
+def test_a_real_packet_conntrack_does_not_know_is_dropped_not_leaked(lab: Lab, boot) -> None:
+    """A connection whose conntrack entry is gone (opened by a failover peer that died,
+    or from before a restart): the real's next segment is no reply conntrack can
+    translate. Forwarded it would reach the client from the real's own address; it is
+    dropped and counted (`untracked replies dropped`), and no packet from a real's
+    address reaches the client segment."""
+    console = boot(simple_config(VIP, "roundrobin", [R12], KERNEL))
+    client = lab.client_addresses[GENERAL][0]
+    leak = ["iptables", "-I", "INPUT", "-s", "203.0.113.0/24", "-j", "DROP"]
+    assert lab.run_in(lab.client_ns, leak).returncode == 0
+    proc = lab.popen_in(lab.client_ns, [sys.executable, "-c", HELD_CLIENT, client, VIP],
+                        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "HTTP/1.1 200 OK"   # headers; body in 2 s
+    forget = (f"from localdirector.dataplane.conntrack import Conntrack; "
+              f"from localdirector.model.addr import parse_ip; "
+              f"print(Conntrack().delete(parse_ip('{client}'), 40123, parse_ip('{VIP}'), 80))")
+    done = lab.run_in(lab.director_ns, [sys.executable, "-c", forget])
+    assert done.stdout.strip() == "True", done.stderr
+    out, _ = proc.communicate(timeout=15)
+    assert out.strip() != "b'held\\n'"          # the body could not be translated
+    counted = lab.run_in(lab.client_ns, ["iptables", "-nvxL", "INPUT"]).stdout
+    leaked = int(next(line.split()[0] for line in counted.splitlines()
+                      if "203.0.113.0/24" in line))
+    assert leaked == 0, counted
+    console.wait_for(lambda: console.statistics_and_lines()[1]["Fast path"].get(
+        "untracked replies dropped", 0) > 0, timeout=8, what="the real's segment dropped")

@@ -21,6 +21,9 @@ from localdirector.monitor.logging_hosts import LoggingHosts
 from localdirector.shell import config_file, running_config
 from localdirector.syslog import remote
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 RFC5424 = re.compile(r"<(\d+)>1 (\S+) (\S+) localdirector (\d+) - - (.*)")
 
 

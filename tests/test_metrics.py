@@ -22,6 +22,9 @@ from appliance_driver import appliance_argv
 
 from localdirector.model.addr import parse_ip
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 CONFIG = """\
 real 203.0.113.11
 real 203.0.113.12 os

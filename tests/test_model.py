@@ -301,10 +301,30 @@ def test_options_are_declared_and_checked_by_the_model() -> None:
     assert d.changed_options("weight") == []
     for target, name, value, error in ((r, "weight", 0, "weight out of range 1-1000"),
                                        (v, "predictor", "random", "unknown predictor"),
-                                       (v, "weight", 2, "real .* does not exist"),
+                                       (sid("203.0.113.99"), "weight", 2,
+                                        "real .* does not exist"),
                                        (r, "colour", 2, "no server setting")):
         with pytest.raises(ModelError, match=error):
             d.set_option(target, name, value)
+
+
+def test_a_virtual_id_stands_for_its_reals_in_real_settings() -> None:
+    """LocalDirector's rule (issue 27 item 2): `retry VIRTUAL 30` sets every bound
+    real's retry; `maxconns VIRTUAL N` is the virtual's own limit."""
+    d = fig1()
+    v = sid("192.0.2.10:80:0")
+    bound = [link.real for link in d.virtuals[v].iter_links()]
+    assert len(bound) > 1
+    d.set_option(v, "retry", 30)
+    assert [r.retry for r in bound] == [30] * len(bound)
+    assert d.changed_options("retry") == [(r.sid, 30) for r in bound]
+    d.set_option(v, "maxconns", 7)
+    assert d.virtuals[v].maxconns == 7 and all(r.maxconns == 0 for r in bound)
+    assert (v, 7) in d.changed_options("maxconns")
+    virtual = d.virtuals[v]
+    assert d.decide_for(virtual, 1, 0.0, commit=False).real is not None
+    virtual.conns_current = 7            # at its limit: no real (no backup virtual)
+    assert d.decide_for(virtual, 1, 0.0, commit=False).real is None
 
 
 def test_the_model_keeps_fast_path_groups_unmixed() -> None:

@@ -82,8 +82,10 @@ def test_no_forms_and_help() -> None:
     after_interval = [line.split()[0]
                       for line in session.help_lines("probeconfig web http interval 2 ")]
     assert after_interval == ["expect", "failures", "host", "method", "path", "port",
-                              "status", "successes", "timeout", "<cr>"]
-    assert session.help_lines("probeconfig web ")[0].split()[0] == "tcp|http"
+                              "query", "rcode", "recurse", "send", "status", "successes",
+                              "timeout", "type", "<cr>"]
+    assert session.help_lines("probeconfig web ")[0].split()[0] == "tcp|http|udp|dns"
+    assert session.help_lines("probeconfig d dns type")[0].split()[0] == "type"
     assert session.execute("no probe 203.0.113.13:8080 alive")
     assert not session.execute("no probe 203.0.113.13:8080 alive")
     assert session.execute("no probe 192.0.2.10:80")

@@ -88,9 +88,11 @@ def test_http_500_takes_a_real_out_and_200_brings_it_back(lab: Lab, appliance) -
     assert "probe web (port 80) DOWN: HTTP-500" in console.run("show syslog")
 
 
-def wait_listening(lab: Lab, ns: str, port: int) -> None:
+def wait_listening(lab: Lab, ns: str, port: int, udp: bool = False) -> None:
+    """Until a TCP listener (or a UDP socket, with `udp`) is bound to `port` in `ns`."""
     deadline = time.monotonic() + 5
-    while lab.run_in(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout == "":
+    flags = "-Hlun" if udp else "-Hltn"
+    while lab.run_in(ns, ["ss", flags, f"sport = :{port}"]).stdout == "":
         assert time.monotonic() < deadline, f"nothing listens on port {port} in {ns}"
         time.sleep(0.1)
 
@@ -315,7 +317,7 @@ def test_bad_probe_configuration_is_refused_in_one_line_and_changes_nothing() ->
         assert session.execute(line), out
     before = running_config.render(appliance.director, appliance.registry)
     for line, error in [
-        ("probeconfig web icmp", "% unknown probe type 'icmp': tcp or http"),
+        ("probeconfig web icmp", "% unknown probe type 'icmp': tcp, http, udp or dns"),
         ("probeconfig web http interval 2 timeout 2",
          "% probe timeout (2 s) must be shorter than its interval (2 s)"),
         ("probeconfig web http interval 1 timeout 3",
@@ -332,7 +334,7 @@ def test_bad_probe_configuration_is_refused_in_one_line_and_changes_nothing() ->
          f"% real {R12}:0:0:tcp has port 0: probe web must name a port "
          "(probeconfig ... port N)"),
         (f"probe {R13}:80 nosuch",
-         "% no probe named 'nosuch' (probeconfig nosuch tcp|http defines one)"),
+         "% no probe named 'nosuch' (probeconfig nosuch tcp|http|udp|dns defines one)"),
     ]:
         out.clear()
         assert not session.execute(line)

@@ -51,7 +51,9 @@ LAB = RuleSet(vips=((VIP1, (80, 443)),),
               guards=((VIP2, 80, 50),),
               fastpath=((VIP2, (80,)),),
               # The fast path's DNAT targets: the bound real and its backup, client's port.
-              targets=((R13, 0), (R14, 0)))
+              targets=((R13, 0), (R14, 0)),
+              # Their packets conntrack does not know are dropped (on the VIP's port).
+              stray=((R13, 80), (R14, 80)))
 
 
 def test_the_desired_rule_set_is_exactly_what_the_model_asks_for() -> None:
@@ -92,7 +94,7 @@ def test_leaving_the_fast_path_moves_a_virtual_and_its_reals_to_the_queue() -> N
     assert desired_rules(d) == replace(
         LAB, vips=((VIP1, (80, 443)), (VIP2, (80,))),
         reals=(*LAB.reals, (R13, (80,)), (R14, (80,))),   # the backup's replies too
-        fastpath=(), targets=())
+        fastpath=(), targets=(), stray=())
 
 
 def test_synguard_keeps_the_largest_rate_of_a_vip_ports_instances() -> None:
@@ -113,7 +115,8 @@ def test_a_live_fast_path_connection_keeps_its_vip_and_target_after_removal() ->
         d.conns.add(conn)
         d.remove_virtual(v.sid)
     # The backup's target and the guard go with the virtual; the connection's stay.
-    assert desired_rules(d) == replace(LAB, guards=(), targets=((R13, 0),))
+    assert desired_rules(d) == replace(LAB, guards=(), targets=((R13, 0),),
+                                       stray=((R13, 80),))
 
 
 def test_marks_are_ours_stable_and_not_reused_within_a_transaction() -> None:

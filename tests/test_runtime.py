@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from localdirector import runtime
+from localdirector.failover import guard as guard_module
 
 
 @pytest.fixture
@@ -22,9 +23,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _alive(pid: int) -> bool:
-    return bool(runtime.identity(pid)) and \
-        "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]
+_alive = runtime.running
 
 
 def test_a_dead_owners_helpers_are_ended_and_its_directory_removed(
@@ -90,3 +89,46 @@ def test_a_helper_dies_with_the_thread_that_started_it() -> None:
     while _alive(helper) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(helper)
+
+
+def test_the_sentinel_raises_the_guard_before_it_ends_a_killed_appliances_helpers(
+        tmp_path: Path) -> None:
+    """The appliance is SIGKILLed: the guard sentinel (its child, parent-death signal)
+    first runs the guard's command, then tells the run's helpers (keepalived,
+    conntrackd: not started with die_with_parent) to go; each helper, at its SIGTERM,
+    finds the guard already up. With both dying at the kill, the box went on forwarding
+    kernel-decided connections whose state nobody replicated any more."""
+    run_dir = tmp_path / "localdirector-failover-1"
+    run_dir.mkdir()
+    guard, seen = tmp_path / "guard-up", tmp_path / "seen"
+    helper_code = ("import signal, sys, time, pathlib\n"
+                   "def bye(*_):\n"
+                   f"    pathlib.Path({str(seen)!r}).write_text("
+                   f"str(pathlib.Path({str(guard)!r}).exists()))\n"
+                   "    sys.exit(0)\n"
+                   "signal.signal(signal.SIGTERM, bye)\n"
+                   "print('ready', flush=True)\n"
+                   "time.sleep(60)\n")
+    argv = guard_module.sentinel_argv(run_dir)
+    argv[argv.index("iptables"):] = ["touch", str(guard)]
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys\n"
+        "from localdirector.runtime import die_with_parent\n"
+        f"subprocess.Popen({argv!r}, preexec_fn=die_with_parent)\n"
+        f"h = subprocess.Popen([sys.executable, '-c', {helper_code!r}, {str(run_dir)!r}],"
+        " stdout=subprocess.PIPE, text=True, start_new_session=True)\n"
+        "print(h.pid, h.stdout.readline().strip(), flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert starter.stdout is not None
+    pid, ready = starter.stdout.readline().split()
+    assert ready == "ready" and _alive(int(pid))
+    time.sleep(0.3)                       # the sentinel is waiting in sigwait
+    assert not guard.exists()
+    starter.kill()                        # SIGKILL: no cleanup runs in the appliance
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(int(pid))
+    assert guard.exists() and seen.read_text() == "True"

@@ -15,6 +15,9 @@ from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
 
 from localdirector.model.passwords import hash_password
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 OPS = "0ps-s3cret"
 VIEWER = "v1ewer"
 USERS = (f"username ops privilege 15 password {hash_password(OPS)} encrypted\n"

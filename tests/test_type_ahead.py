@@ -18,6 +18,9 @@ import pytest
 from test_access_remote import ENABLE, MAIN_CONFIG, PASSWORD, Appliance
 from test_automation import COMMANDS, MODEL, expected
 
+# Loopback traffic only, in a network namespace of the module's own.
+pytestmark = pytest.mark.usefixtures("private_loopback")
+
 SCRIPT = ["enable", ENABLE, "terminal length 0", *COMMANDS[:16], "exit"]
 TRIES = 20
 

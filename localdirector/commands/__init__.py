@@ -20,5 +20,13 @@ from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)
 from . import bgp  # noqa: F401  (after the virtuals: `advertise` names them)
 from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
+# LocalDirector's words, lines and refusals (issue 27): no savers, so not in the running
+# config; after everything they alias.
+from . import hostnet  # noqa: F401  (the appliance's own network: notes, or applied)
+from . import ldcompat  # noqa: F401
+from . import ldrefused  # noqa: F401
+from . import ldshow  # noqa: F401
+
+ldcompat.exec_at_config(REGISTRY)   # last: every privileged command is registered
 
 __all__ = ["REGISTRY", "Registry"]

@@ -118,7 +118,7 @@ def _number_setting(word: str, help: str, value_help: str) -> None:
 
 _number_setting("weight", "Weight of a real for the weighted predictor [1]",
                 "Relative share of new connections")
-_number_setting("maxconns", "Most connections a real takes [0 = unlimited]",
+_number_setting("maxconns", "Most connections a real, or a virtual, takes [0 = unlimited]",
                 "Connection limit, 0 = unlimited")
 _number_setting("threshold", "Reassigns in a row that fail a real [8]",
                 "Consecutive failed connections")

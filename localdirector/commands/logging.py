@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
-from localdirector.model.settings import DEFAULT_LOG_TRAP, LOG_LEVELS, LOG_TRANSPORTS
+from localdirector.model.settings import (DEFAULT_LOG_FACILITY, DEFAULT_LOG_TRAP,
+                                         FIRST_LOCAL_FACILITY, LOG_FACILITIES, LOG_LEVELS,
+                                         LOG_TRANSPORTS)
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
@@ -78,6 +80,21 @@ def logging_trap(session: Session, level: int = DEFAULT_LOG_TRAP,
     session.director.set_log_trap(DEFAULT_LOG_TRAP if no else level)
 
 
+@command(Mode.CONFIG, LOGGING, Keyword("facility", "Facility of the messages sent [local7]"),
+         choice(*(Keyword(name, f"Facility {name} (code {FIRST_LOCAL_FACILITY + n})",
+                          "code", FIRST_LOCAL_FACILITY + n)
+                  for n, name in enumerate(LOG_FACILITIES))), no=2,
+         saver=lambda d: ([(facility_name(d.settings.log_facility),)]
+                          if d.settings.log_facility != DEFAULT_LOG_FACILITY else []))
+def logging_facility(session: Session, code: int = DEFAULT_LOG_FACILITY,
+                     no: bool = False) -> None:
+    session.director.set_log_facility(DEFAULT_LOG_FACILITY if no else code)
+
+
+def facility_name(code: int) -> str:
+    return LOG_FACILITIES[code - FIRST_LOCAL_FACILITY]
+
+
 @command(EXEC, SHOW, Keyword("logging", "Remote syslog hosts and what was sent to each"),
          output=True)
 def show_logging(session: Session) -> None:
@@ -85,8 +102,9 @@ def show_logging(session: Session) -> None:
     the host is unreachable, `Failed` those given up (see syslog/remote.py)."""
     settings = session.director.settings
     level = settings.log_trap
-    lines = [f"Trap logging: level {LOG_LEVELS[level]} ({level}), facility local7, "
-             f"RFC 5424, hostname {settings.hostname}"]
+    facility = facility_name(settings.log_facility)
+    lines = [f"Trap logging: level {LOG_LEVELS[level]} ({level}), facility {facility} "
+             f"({settings.log_facility}), RFC 5424, hostname {settings.hostname}"]
     reports = remote.HANDLER.reports()
     rows, errors = [], []
     for entry in settings.log_hosts:
@@ -100,7 +118,7 @@ def show_logging(session: Session) -> None:
         if report.error:
             errors.append(f"{target}: {report.error}")
     session.print_lines(lines)
-    session.record(trap_level=LOG_LEVELS[level], trap=level, facility="local7")
+    session.record(trap_level=LOG_LEVELS[level], trap=level, facility=facility)
     session.print_table(("Host", "Transport", "Port", "Sent", "Failed", "Waiting", "Status"),
                         rows, key="hosts", empty="No logging hosts")
     session.print_lines(errors)

@@ -1,5 +1,6 @@
 """Active health probes (docs/design.rst, "Probes"): `probeconfig` defines one, `probe`
-attaches it to a real or to a virtual's reals, `show probe` lists each check.
+attaches it to a real or to a virtual's reals, `show probe` lists each check and `show
+probeconfig` each definition.
 
 After the servers in running-config order: an attachment names a server and a probe,
 so both exist when its line is replayed. The runner that sends the probes is
@@ -12,10 +13,12 @@ import time
 from typing import Any
 
 from localdirector.model.director import Director
+from localdirector.model.probe_kinds import QTYPES, RCODES
 from localdirector.model.probes import (DEFAULT_FAILURES, DEFAULT_INTERVAL, DEFAULT_METHOD,
-                                        DEFAULT_PATH, DEFAULT_STATUS, DEFAULT_SUCCESSES,
+                                        DEFAULT_PATH, DEFAULT_QTYPE, DEFAULT_QUERY,
+                                        DEFAULT_RCODE, DEFAULT_STATUS, DEFAULT_SUCCESSES,
                                         DEFAULT_TIMEOUT, KINDS, MAX_SECONDS, MIN_SECONDS,
-                                        ProbeCheck)
+                                        ProbeCheck, format_seconds)
 from localdirector.model.serverid import ServerId, ServerPattern
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, opt
@@ -45,8 +48,9 @@ def _word(name: str, placeholder: str, help: str) -> Arg:
     return Arg(name, placeholder, help, lambda text, _s: text)
 
 
-_KIND = Arg("kind", "tcp|http", "Probe type: tcp (a connect) or http (a request, its "
-            "status and body)", lambda text, _s: text.lower(), lambda _s: KINDS)
+_KIND = Arg("kind", "|".join(KINDS), "Probe type: tcp (a connect), http (a request, its "
+            "status and body), udp (a datagram and its answer) or dns (a query, its rcode)",
+            lambda text, _s: text.lower(), lambda _s: KINDS)
 
 
 @command(Mode.CONFIG, Keyword("probeconfig", "Define an active health probe (the whole "
@@ -73,9 +77,22 @@ _KIND = Arg("kind", "tcp|http", "Probe type: tcp (a connect) or http (a request,
                   _word("status", "LIST", "Codes and ranges: 200,204 or 200-299,301")),
          _setting("host", "HTTP Host header [the real's address]",
                   _word("host", "WORD", "Host name")),
-         _setting("expect", "Text the HTTP body must contain [any body]",
-                  Arg("expect", "LINE", "Text, the rest of the line",
-                      lambda text, _s: text.strip(), rest=True)),
+         _setting("send", "UDP datagram to send (required for udp)",
+                  _word("send", "PAYLOAD", "One word of printable ASCII; \\xHH, \\n, \\r, "
+                        "\\t, \\0, \\\\ for other bytes (\\x20: a space)")),
+         _setting("query", f"DNS name to ask for [{DEFAULT_QUERY}]",
+                  _word("query", "NAME", "A name such as www.example, or . (the root)")),
+         _setting("type", f"DNS query type [{DEFAULT_QTYPE}]",
+                  Arg("qtype", "TYPE", ", ".join(QTYPES), lambda text, _s: text.upper(),
+                      lambda _s: QTYPES)),
+         _setting("rcode", f"DNS response codes that pass [{DEFAULT_RCODE.lower()}]",
+                  Arg("rcode", "LIST", "Names, such as noerror or noerror,nxdomain",
+                      lambda text, _s: text.upper(), lambda _s: map(str.lower, RCODES))),
+         opt(Keyword("recurse", "DNS: ask for recursion (the RD flag) [not asked]",
+                     "recurse", True)),
+         _setting("expect", "Text the HTTP body or the UDP answer must contain [any]",
+                  Arg("expect", "LINE", "Text, the rest of the line (udp: escapes as in "
+                      "send)", lambda text, _s: text.strip(), rest=True)),
          no=2, saver=lambda d: [(p.name, *p.words()) for p in d.probes.values()])
 def probeconfig(session: Session, name: str, kind: str = "", no: bool = False,
                 **settings: Any) -> None:
@@ -131,7 +148,8 @@ def show_probe(session: Session, pattern: ServerPattern | None = None) -> None:
     long ago the state last changed."""
     director = session.director
     if not director.probes:
-        session.print("No probes configured (probeconfig NAME tcp|http defines one)")
+        session.print(f"No probes configured (probeconfig NAME {'|'.join(KINDS)} defines "
+                      "one)")
         session.data = Rows(PROBE_FIELDS, [])
         return
     by_real: dict[ServerId, list[ProbeCheck]] = {}
@@ -144,6 +162,37 @@ def show_probe(session: Session, pattern: ServerPattern | None = None) -> None:
     rows = [_row(director, check, now) for r in reals for check in by_real.get(r.sid, ())]
     session.print_table(("Real", "Probe", "Type", "Port", "State", "Result",
                          "Changed", "OK", "Failed", "Latency"), rows, fields=PROBE_FIELDS)
+
+
+PROBECONFIG_FIELDS = ("probe", "type", "interval", "timeout", "failures", "successes",
+                      "port", "options")
+
+
+def _options(options: dict[str, str | bool]) -> Cell:
+    """The type's own settings: `send PING expect PONG` on screen, an object as data."""
+    words = [word if value is True else f"{word} {value}"
+             for word, value in options.items() if value is not False]
+    return Cell(" ".join(words) or "-", options)
+
+
+@command(EXEC, Keyword("show", "Show running system information"),
+         Keyword("probeconfig", "Active health probes: each definition, its type and "
+                                "settings"),
+         opt(Arg("name", "WORD", "Only this probe", lambda text, _s: text, _probe_names)),
+         output=True)
+def show_probeconfig(session: Session, name: str | None = None) -> None:
+    """A row per definition, defaults included (the running config leaves them out)."""
+    probes = session.director.probes
+    if name is not None and name not in probes:
+        raise CommandFailed(f"no probe named '{name}'")
+    rows = [(p.name, p.kind, Cell(format_seconds(p.interval), p.interval),
+             Cell(format_seconds(p.timeout), p.timeout), p.failures, p.successes,
+             Cell(str(p.port) if p.port else "real's", p.port), _options(p.options()))
+            for p in probes.values() if name in (None, p.name)]
+    session.print_table(("Probe", "Type", "Interval", "Timeout", "Failures", "Successes",
+                         "Port", "Options"), rows, fields=PROBECONFIG_FIELDS,
+                        empty="No probes configured (probeconfig NAME "
+                              f"{'|'.join(KINDS)} defines one)")
 
 
 def probe_summary(director: Director) -> str:

@@ -81,11 +81,13 @@ def show_statistics(session: Session) -> None:
                      f"dropped (socket full), {stats['socket_overruns']} overruns, "
                      f"{counted['shed']} SYNs shed (synguard), {counted['flood']} SYNs "
                      "shed (new sources)")
-    logged = (stats["rule_counters"] or {}).get("logged", "?")
+    counted = stats["rule_counters"] or {}
     lines.append(f"Fast path:   {stats['marks']} reals in the mark map, "
                  f"{engine['fastpath_conns']} connections handed to the kernel, "
-                 f"{logged} packets copied (NFLOG), {stats['log_overruns']} copy overruns, "
-                 f"{stats['conntrack_errors']} conntrack errors")
+                 f"{counted.get('logged', '?')} packets copied (NFLOG), "
+                 f"{stats['log_overruns']} copy overruns, "
+                 f"{stats['conntrack_errors']} conntrack errors, "
+                 f"{counted.get('stray', '?')} untracked replies dropped")
     lines.append(f"Queue:       {stats['gso_packets']} GSO super-packets, longest packet "
                  f"{stats['largest_packet']} bytes")
     lines.append(probes)

@@ -105,7 +105,9 @@ class Names:
                                      r"-j NFQUEUE ", re.M),
                 "shed": re.compile(rf"^\[(\d+):\d+\] -A {self.shed} -j DROP$", re.M),
                 "flood": re.compile(rf"^\[(\d+):\d+\] -A {self.flood} -j DROP$", re.M),
-                "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M)}
+                "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M),
+                "stray": re.compile(rf"^\[(\d+):\d+\] -A {self.reply} -s .* "
+                                    r"--ctstate INVALID,NEW -j DROP$", re.M)}
 
 
 def names(queue_num: int, bypass: bool = True) -> Names:
@@ -258,7 +260,21 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                      f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {n.queue}",
                      f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
                      f"-m conntrack --ctdir REPLY {orig} -j {n.log}"]
-    return client + real + notes
+    return client + stray_rules(rules, n) + real + notes
+
+
+def stray_rules(rules: RuleSet, n: Names) -> list[str]:
+    """Mangle FORWARD: drop a tracked real's packet that conntrack does not know
+    (ruleset.tracked_reals says why). A real answering on every port also opens
+    connections of its own from any port, which cannot be told from such replies after
+    their first packet, so there only SYN-ACKs are dropped, as the engine does."""
+    out = []
+    for addr, port in rules.stray:
+        match = ("--tcp-flags SYN,ACK SYN,ACK" if port == ALL_PORTS
+                 else f"--sport {port}")
+        out.append(f"-A {n.reply} -s {format_ip(addr)}/32 -p tcp -m tcp {match} "
+                   "-m conntrack --ctstate INVALID,NEW -j DROP")
+    return out
 
 
 def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names

@@ -130,6 +130,11 @@ class VerdictBatch:
     ``flush`` (netlink takes several messages in one): a header per verdict and the
     payload buffer itself, as ``sendmsg`` pieces."""
 
+    # Called before each datagram of verdicts leaves (QueueWorker sets it): what must
+    # be written before the packets go on, the failover stream's records of the
+    # connections they open (docs/design.rst, "Failover").
+    before_send: Callable[[], object] | None = None
+
     def __init__(self, queue_num: int,
                  send: Callable[[list[bytes | bytearray | memoryview]], object]) -> None:
         self._res_id = socket.htons(queue_num)
@@ -171,8 +176,10 @@ class VerdictBatch:
         self._pending += _PLAIN.size
 
     def flush(self) -> None:
-        """Send the queued verdicts, one datagram."""
+        """Send the queued verdicts, one datagram, after `before_send`."""
         if self._pieces:
+            if self.before_send is not None:
+                self.before_send()
             pieces = self._pieces
             self._pieces = []
             self._pending = 0

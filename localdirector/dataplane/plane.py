@@ -146,6 +146,10 @@ class DataPlane:
     def observe(self, observer: Callable[[str, Connection], None] | None) -> None:
         self._engine.observe(observer)
 
+    def before_verdicts(self, hook: Callable[[], object] | None) -> None:
+        """`hook` runs in the worker before each batch of verdicts leaves."""
+        self._worker.before_verdicts = hook
+
     def import_conn(self, conn: Connection) -> None:
         self._engine.import_conn(conn)
 

@@ -44,6 +44,10 @@ class RuleSet:
     # VIP addresses whose connections the kernel decides (nftables.py has their rules):
     # only the SYN guards in raw concern them here.
     kernel: tuple[int, ...] = ()
+    # (address, port it answers on; ALL_PORTS: any) of every real conntrack translates
+    # (fast path and kernel-decided): its packets conntrack does not know are dropped
+    # rather than forwarded with its own address (tracked_reals).
+    stray: tuple[tuple[int, int], ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -58,6 +62,7 @@ def desired_rules(director: Director) -> RuleSet:
     guards: dict[tuple[int, int], int] = {}
     kernel: set[int] = set()
     targets = fast_targets(director)
+    stray = tracked_reals(director)
     for v in director.iter_virtuals():
         if v.kernel:
             kernel.add(v.addr)
@@ -74,6 +79,7 @@ def desired_rules(director: Director) -> RuleSet:
         if conn.fastpath:
             fastpath.setdefault(conn.virtual_ip, set()).add(conn.virtual_port)
             targets.add((conn.real.addr, conn.real.port))
+            stray.add((conn.real_ip, conn.real_port))
             continue
         udp = conn.virtual.service & UDP_SERVICE
         vips.setdefault(conn.virtual_ip, set()).add(conn.virtual_port | udp)
@@ -83,7 +89,23 @@ def desired_rules(director: Director) -> RuleSet:
         reals.setdefault(conn.real_ip, set()).add(conn.real_port | udp)
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
-                   _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)))
+                   _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
+                   tuple(sorted(stray)))
+
+
+def tracked_reals(director: Director) -> set[tuple[int, int]]:
+    """(address, port it answers on) of every real of a fast-path or kernel-decided
+    virtual, whose replies conntrack translates. A packet from one that conntrack does
+    not know (NEW or INVALID) is a reply to a connection this unit never saw: opened by
+    the other unit of a failover pair before it died, or from before a restart. Its NAT
+    entry is elsewhere, so forwarded it would show the client the real's own address;
+    the kernel-path analogue of the engine's `unknown-reply` (replies.py), dropped in
+    mangle (iptables.stray_rules). Not dispatched reals: they answer clients directly."""
+    found: set[tuple[int, int]] = set()
+    for v in director.iter_virtuals():
+        if v.fastpath and not v.dispatched:
+            found.update((r.addr, r.port or v.port) for r in reachable_reals(director, v))
+    return found
 
 
 def translated_reals(director: Director) -> Iterator[tuple[int, int]]:

@@ -96,7 +96,20 @@ class QueueWorker:
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
         self._logged: set[type] = set()
+        self._before_verdicts: Callable[[], object] | None = None
         self.collector = FrozenCollector(clock())
+
+    @property
+    def before_verdicts(self) -> Callable[[], object] | None:
+        """Run in this worker before each batch of verdicts leaves (never raising): the
+        failover pair's stream writes the records of the connections the batch opens."""
+        return self._before_verdicts
+
+    @before_verdicts.setter
+    def before_verdicts(self, hook: Callable[[], object] | None) -> None:
+        self._before_verdicts = hook
+        if self._queue is not None:
+            self._queue.before_send = hook
 
     @property
     def enobufs(self) -> int:
@@ -123,6 +136,7 @@ class QueueWorker:
         except BaseException:
             queue.close()
             raise
+        queue.before_send = self._before_verdicts
         self._queue = queue
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False

@@ -24,9 +24,14 @@ STOP_GRACE = 3.0
 
 class Supervised:
     def __init__(self, name: str, argv: list[str], output: Path,
-                 prepare: Callable[[], None] = lambda: None) -> None:
+                 prepare: Callable[[], None] = lambda: None,
+                 with_parent: bool = True, stop_signal: int = signal.SIGTERM) -> None:
         self.name = name
         self.argv = argv
+        # False: not ended by the appliance's death itself but by the guard sentinel
+        # once the drop guard is up (guard.py).
+        self.with_parent = with_parent
+        self.stop_signal = stop_signal
         self.output = output
         self.prepare = prepare     # before every start: clear what a crash left behind
         self.restarts = 0
@@ -56,7 +61,8 @@ class Supervised:
                 self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL,
                                               start_new_session=True,
-                                              preexec_fn=die_with_parent)
+                                              preexec_fn=die_with_parent
+                                              if self.with_parent else None)
             if first:
                 log.info("failover: %s started (pid %d)", self.name, self._proc.pid)
             else:
@@ -74,7 +80,7 @@ class Supervised:
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            _kill_group(proc.pid, signal.SIGTERM)
+            _kill_group(proc.pid, self.stop_signal)
             try:
                 proc.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:

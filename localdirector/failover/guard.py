@@ -14,6 +14,7 @@ send to this box, while the reals answer through the new active)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,18 +30,33 @@ def iptables_raw(*args: str, check: bool = True) -> bool:
     return proc.returncode == 0
 
 
-# Blocks SIGTERM, waits for it, then runs its arguments: the parent-death signal's
-# SIGTERM becomes one iptables call.
-_SENTINEL = ("import signal, subprocess, sys\n"
-             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
-             "signal.sigwait({signal.SIGTERM})\n"
-             "subprocess.run(sys.argv[2:], check=False)\n")
+# Blocks its two signals, waits for one, then runs its arguments: one iptables call.
+# SIGTERM is the parent-death signal: the appliance died (the thread that started the
+# sentinel ends only with it, after a clean stop's STOP_SIGNAL), so the sentinel then
+# ends the run's keepalived and conntrackd, which were not told of the death: until the
+# guard is up, this box's nftables DNAT still takes new connections of the
+# kernel-decided path, and conntrackd must live to send their entries to the other
+# unit, which must not take over before it has them (a kill lost 18 of 5,000 such
+# connections when both died with the appliance). HANDOFF: for conntrackd's last
+# events to leave.
+STOP_SIGNAL = signal.SIGUSR1
+HANDOFF = 0.02
+_SENTINEL = ("import signal, subprocess, sys, time\n"
+             "from pathlib import Path\n"
+             "from localdirector.runtime import end_leftovers\n"
+             "waited = {signal.SIGTERM, signal.SIGUSR1}\n"
+             "signal.pthread_sigmask(signal.SIG_BLOCK, waited)\n"
+             "died = signal.sigwait(waited) == signal.SIGTERM\n"
+             "subprocess.run(sys.argv[3:], check=False)\n"
+             "if died:\n"
+             "    time.sleep(float(sys.argv[2]))\n"
+             "    end_leftovers(Path(sys.argv[1]), signal.SIGTERM)\n")
 
 
 def sentinel_argv(directory: Path) -> list[str]:
     """The sentinel's command line; `directory` (the run directory) names it, so a start
     after a crash ends a leftover one with the other helpers (runtime.claim)."""
-    return [sys.executable, "-c", _SENTINEL, str(directory),
+    return [sys.executable, "-c", _SENTINEL, str(directory), str(HANDOFF),
             "iptables", "-w", "-t", "raw", "-I", "PREROUTING", "1", "-j", CHAIN]
 
 

@@ -101,19 +101,35 @@ class Peer:
         for thread in self._threads:
             thread.start()
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: dict[str, Any], wait: bool = True) -> bool:
         """Queue-free: written now or lost (the next status or resend covers it).
-        Numbered and sent under one lock, so numbers rise in the order sent."""
-        with self._send_lock:
+        Numbered and sent under one lock, so numbers rise in the order sent. `wait`
+        False (the data-plane worker, which must never wait): only while nobody else
+        sends and the socket takes the whole message at once; one it takes in part
+        ends the connection (the framing is broken), and the other unit gets everything
+        again when it is back. A number sealed but not sent leaves a gap, which the
+        receiver allows."""
+        if not self._send_lock.acquire(blocking=wait):
+            return False
+        try:
             if self._out is None:
                 return False
             sock, sealer = self._out
+            data = sealer.seal(message)
             try:
-                sock.sendall(sealer.seal(message))
+                if wait:
+                    sock.sendall(data)
+                elif sock.send(data, socket.MSG_DONTWAIT) != len(data):
+                    self._drop_out()
+                    return False
                 return True
+            except BlockingIOError:
+                return False
             except OSError:
                 self._drop_out()
                 return False
+        finally:
+            self._send_lock.release()
 
     def _drop_out(self) -> None:
         if self._out is not None:

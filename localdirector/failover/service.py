@@ -28,7 +28,7 @@ from localdirector.services import ServiceError
 from . import configs
 from .configcopy import ConfigCopy
 from .daemon import Supervised
-from .guard import Guard, sentinel_argv
+from .guard import STOP_SIGNAL, Guard, sentinel_argv
 from .interfaces import interface_addresses, link_up
 from .linkfilter import LinkFilter
 from . import presence
@@ -110,7 +110,7 @@ class FailoverService:
         self.keepalived: Supervised | None = None
         self.conntrackd: Supervised | None = None
         self.sentinel = Supervised("guard sentinel", sentinel_argv(unit.directory),
-                                   unit.directory / "sentinel.out")
+                                   unit.directory / "sentinel.out", stop_signal=STOP_SIGNAL)
         self.stream = Stream(unit, self._receive, self._peer_connected,
                              lambda: self.appliance.director.settings.failover.hold_ms / 1000)
         self.copy = ConfigCopy(appliance, self._send)
@@ -133,6 +133,7 @@ class FailoverService:
         self.appliance.failover = self
         if self.replicator is not None:
             self.replicator.start()
+            self.replicator.plane.before_verdicts(self.replicator.write_before_verdicts)
         for thread in self._threads:
             thread.start()
         self.link_watch.start()
@@ -145,6 +146,7 @@ class FailoverService:
         self.sentinel.stop()      # it raises the guard as it goes; remove() lowers it
         self.appliance.failover = None
         if self.replicator is not None:
+            self.replicator.plane.before_verdicts(None)
             self.replicator.stop()
         for daemon in (self.keepalived, self.conntrackd):
             if daemon is not None:
@@ -222,7 +224,8 @@ class FailoverService:
                 self.conntrackd.stop()
             self.conntrackd = Supervised(
                 "conntrackd", ["conntrackd", "-C", str(self.unit.conntrackd_conf)],
-                self.unit.directory / "conntrackd.out", self._clear_conntrackd)
+                self.unit.directory / "conntrackd.out", self._clear_conntrackd,
+                with_parent=False)
             self.conntrackd.start()
         if keepalived != old_keepalived:
             self.unit.keepalived_conf.write_text(keepalived)
@@ -237,7 +240,7 @@ class FailoverService:
                     ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                      "-f", str(self.unit.keepalived_conf), "-p", str(d / "keepalived.pid"),
                      "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid")],
-                    d / "keepalived.out", self._clear_keepalived)
+                    d / "keepalived.out", self._clear_keepalived, with_parent=False)
                 self.keepalived.start()
 
     def _clear_conntrackd(self) -> None:
@@ -350,8 +353,8 @@ class FailoverService:
     def _hello(self) -> None:
         self._send({"t": "status", "role": self.role, "active": self._active_seconds()})
 
-    def _send(self, message: dict[str, Any]) -> bool:
-        return self.stream.send(message)
+    def _send(self, message: dict[str, Any], wait: bool = True) -> bool:
+        return self.stream.send(message, wait)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("t")

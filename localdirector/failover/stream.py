@@ -42,8 +42,8 @@ class Stream:
             self.peer = Peer(self.unit, peer, key, self.receive, self.on_connect, self.hold)
             self.peer.start()
 
-    def send(self, message: dict[str, Any]) -> bool:
-        return self.peer is not None and self.peer.send(message)
+    def send(self, message: dict[str, Any], wait: bool = True) -> bool:
+        return self.peer is not None and self.peer.send(message, wait)
 
     def status(self, heard: bool) -> str:
         """`show failover`'s replication line; `heard`: the other unit's hello is recent."""

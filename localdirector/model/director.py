@@ -224,7 +224,15 @@ class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
         VIRTUAL_OPTIONS on a virtual, checked against its declared values. None: the
         option's default for the server's protocol (`no timeout ID`)."""
         server: VirtualMachine | PhysicalMachine
-        if name in REAL_OPTIONS:
+        if (name in REAL_OPTIONS and name not in VIRTUAL_OPTIONS
+                and sid not in self.reals and sid in self.virtuals):
+            # LocalDirector's rule: a virtual id in a real's command stands for every
+            # real bound to it (`retry 192.0.2.10:80 30`); the running config keeps
+            # the reals' own lines, which say the same.
+            for link in list(self.virtuals[sid].iter_links()):
+                self.set_option(link.real.sid, name, value)
+            return
+        if name in REAL_OPTIONS and (sid in self.reals or name not in VIRTUAL_OPTIONS):
             server, option = self.real(sid), REAL_OPTIONS[name]
         elif name in VIRTUAL_OPTIONS:
             server, option = self.virtual(sid), VIRTUAL_OPTIONS[name]
@@ -245,14 +253,14 @@ class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
     def changed_options(self, name: str) -> list[tuple[ServerId, int | str]]:
         """(id, value) of every server whose option `name` is not its default, in
         configuration order: the running config's lines for it."""
-        servers: Iterable[VirtualMachine | PhysicalMachine]
-        if name in REAL_OPTIONS:
-            servers, option = self.iter_reals(), REAL_OPTIONS[name]
-        else:
-            servers, option = self.iter_virtuals(), VIRTUAL_OPTIONS[name]
-        values = ((s.sid, getattr(s, name)) for s in servers)
-        return [(sid, value) for sid, value in values
-                if value != option.default_of(sid.proto)]
+        found: list[tuple[ServerId, int | str]] = []
+        for options, servers in ((REAL_OPTIONS, self.iter_reals()),
+                                 (VIRTUAL_OPTIONS, self.iter_virtuals())):
+            if name in options:
+                option = options[name]
+                found += [(s.sid, getattr(s, name)) for s in servers
+                          if getattr(s, name) != option.default_of(s.sid.proto)]
+        return found
 
     # -- backups (FIG. 3B 328, patent ¶10) -----------------------------------------
     def set_backup(self, sid: ServerId, backup: ServerId | None) -> None:
@@ -450,7 +458,8 @@ class Director(TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
         # Without a backup (most virtuals) the chain is the virtual: no walk per SYN.
         chain = (virtual,) if virtual.backup is None else self.backup_chain(virtual)
         for v in chain:
-            if v.state is _IN_SERVICE:
+            if v.state is _IN_SERVICE and (not v.maxconns
+                                           or v.conns_current < v.maxconns):
                 real = select_real(v, self._links_of(v), src, now, self.available_backup,
                                    commit, exclude, flow)
                 if real is not None:

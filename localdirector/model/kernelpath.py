@@ -45,6 +45,8 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
                     f"{' and '.join(KERNEL_PREDICTORS)}")
         if v.sticky:
             return f"{name} is sticky: the kernel keeps no memory of clients"
+        if v.maxconns:
+            return f"{name} has maxconns: the kernel does not count open connections"
         if v.dispatched:
             return f"{name} is dispatched: the fast path translates, dispatched does not"
         for r in reachable_reals(director, v):

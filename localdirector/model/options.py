@@ -49,4 +49,6 @@ VIRTUAL_OPTIONS: dict[str, Option] = {
     "sticky": Option(virtual.DEFAULT_STICKY, 0, 10080),
     "synguard": Option(virtual.DEFAULT_SYNGUARD, 0, 65535),
     "flows": Option(virtual.DEFAULT_FLOWS, 1, 1 << 24, udp_only=True),
+    # Also a real's option: a virtual's id gives the virtual's own limit (LocalDirector).
+    "maxconns": Option(virtual.DEFAULT_MAXCONNS, 0, 4294967295),
 }

@@ -65,6 +65,16 @@ def _fields(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
     return n, r, p, salt, key
 
 
+# LocalDirector's `... encrypted` values: a hex digest (3.x printouts hold 30-32 hex
+# digits) or PIX's 16 characters of base64. Their algorithm is not documented, so they
+# cannot be verified: recognised, to say so, rather than called garbage.
+_LOCALDIRECTOR_HASH = re.compile(r"[0-9a-f]{24,40}|[A-Za-z0-9./]{16}", re.ASCII)
+
+
+def is_localdirector_hash(text: str) -> bool:
+    return _LOCALDIRECTOR_HASH.fullmatch(text) is not None
+
+
 def is_hash(text: str) -> bool:
     """Whether `text` is a string `hash_password` could have written (for `... encrypted`)."""
     return _fields(text) is not None

@@ -87,8 +87,8 @@ class ProbeConfig:
         try:
             return self.probes[name]
         except KeyError:
-            raise ModelError(f"no probe named '{name}' (probeconfig {name} tcp|http "
-                             "defines one)") from None
+            raise ModelError(f"no probe named '{name}' (probeconfig {name} "
+                             f"{'|'.join(probes.KINDS)} defines one)") from None
 
     def _sync_checks(self) -> None:
         """After any change: the checks the attachments add up to now. A check that

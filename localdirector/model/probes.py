@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from . import probe_kinds
+from .probe_kinds import KINDS, KindError
 from .serverid import ServerId
 
-KINDS = ("tcp", "http")
 DEFAULT_INTERVAL = 5.0
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_FAILURES = 3
@@ -24,6 +25,9 @@ DEFAULT_SUCCESSES = 2
 DEFAULT_METHOD = "GET"
 DEFAULT_PATH = "/"
 DEFAULT_STATUS = "200-399"
+DEFAULT_QUERY = "."
+DEFAULT_QTYPE = "NS"
+DEFAULT_RCODE = "NOERROR"
 MIN_SECONDS = 0.1
 MAX_SECONDS = 3600.0
 
@@ -58,7 +62,9 @@ def format_seconds(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Probe:
-    """One `probeconfig` line. `port` 0: the real's port (or its virtual's)."""
+    """One `probeconfig` line. `port` 0: the real's port (or its virtual's). The text
+    fields keep what was typed (the running config writes them back); the parsed forms
+    the runner uses are computed once, here."""
 
     name: str
     kind: str
@@ -71,18 +77,40 @@ class Probe:
     path: str = DEFAULT_PATH
     status: str = DEFAULT_STATUS
     host: str = ""           # "" = the real's address
-    expect: str = ""         # "" = any body
+    send: str = ""           # udp: the datagram, with escapes
+    query: str = DEFAULT_QUERY
+    qtype: str = DEFAULT_QTYPE
+    rcode: str = DEFAULT_RCODE
+    recurse: bool = False
+    expect: str = ""         # "" = any body (http), any answer (udp)
     statuses: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
+    payload: bytes = field(default=b"", compare=False, repr=False)
+    expected: bytes = field(default=b"", compare=False, repr=False)
+    qname: str = field(default="", compare=False, repr=False)
+    qtype_code: int = field(default=0, compare=False, repr=False)
+    rcodes: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         refusal = self._refusal()
         if refusal is not None:
             raise ProbeError(refusal)
-        object.__setattr__(self, "statuses", parse_status(self.status))
+        parsed: dict[str, object] = {"statuses": parse_status(self.status)}
+        try:
+            if self.kind == "udp":
+                parsed.update(payload=probe_kinds.unescape(self.send),
+                              expected=probe_kinds.unescape(self.expect))
+            parsed.update(qname=probe_kinds.query_name(self.query),
+                          qtype_code=probe_kinds.qtype(self.qtype),
+                          rcodes=probe_kinds.rcodes(self.rcode),
+                          qtype=self.qtype.upper(), rcode=self.rcode.upper())
+        except KindError as err:
+            raise ProbeError(str(err)) from None
+        for name, value in parsed.items():
+            object.__setattr__(self, name, value)
 
     def _refusal(self) -> str | None:
         if self.kind not in KINDS:
-            return f"unknown probe type '{self.kind}': tcp or http"
+            return f"unknown probe type '{self.kind}': {', '.join(KINDS[:-1])} or {KINDS[-1]}"
         for what in ("interval", "timeout"):
             if not MIN_SECONDS <= getattr(self, what) <= MAX_SECONDS:
                 return f"probe {what} must be {MIN_SECONDS:g}-{MAX_SECONDS:g} seconds"
@@ -93,9 +121,11 @@ class Probe:
             return "probe failures and successes must be at least 1"
         if not 0 <= self.port <= 65535:
             return "probe port must be 0-65535"
-        if self.kind == "tcp" and self.http_settings():
-            return (f"{', '.join(self.http_settings())}: settings of http probes only, "
-                    f"probe {self.name} is tcp")
+        misplaced = probe_kinds.misplaced(self.kind, self.kind_settings())
+        if misplaced:
+            return f"{misplaced}, probe {self.name} is {self.kind}"
+        if self.kind == "udp" and not self.send:
+            return f"probe {self.name} is udp: it needs send PAYLOAD"
         if not _METHOD.match(self.method):
             return f"bad method '{self.method}': upper-case letters, such as GET or HEAD"
         if not _PATH.match(self.path):
@@ -106,14 +136,27 @@ class Probe:
             return "expect text is one line"
         return None
 
-    def http_settings(self) -> list[str]:
-        """The HTTP settings given a value other than their default."""
-        return [word for word, value, default in self._http_words() if value != default]
+    def kind_settings(self) -> list[str]:
+        """The settings of some types only that were given a value other than their
+        default."""
+        return [word for word, value, default in self._kind_words() if value != default]
 
-    def _http_words(self) -> list[tuple[str, str, str]]:
+    def _kind_words(self) -> list[tuple[str, str, str]]:
+        """(word, value, default) of each type's own settings, in `probeconfig` order;
+        `recurse` is a bare word, its value the word itself."""
         return [("method", self.method, DEFAULT_METHOD), ("path", self.path, DEFAULT_PATH),
                 ("status", self.status, DEFAULT_STATUS), ("host", self.host, ""),
+                ("send", self.send, ""), ("query", self.query, DEFAULT_QUERY),
+                ("type", self.qtype.upper(), DEFAULT_QTYPE),
+                ("rcode", self.rcode.upper(), DEFAULT_RCODE),
+                ("recurse", "recurse" if self.recurse else "", ""),
                 ("expect", self.expect, "")]
+
+    def options(self) -> dict[str, str | bool]:
+        """The type's own settings as `show probeconfig` lists them, defaults included."""
+        return {word: (value == "recurse" if word == "recurse" else value)
+                for word, value, _ in self._kind_words()
+                if self.kind in probe_kinds.SETTINGS[word]}
 
     def words(self) -> list[str]:
         """The `probeconfig` line's arguments after the name; defaults left out, in the
@@ -124,9 +167,9 @@ class Probe:
                 ("timeout", format_seconds(self.timeout), format_seconds(DEFAULT_TIMEOUT)),
                 ("failures", str(self.failures), str(DEFAULT_FAILURES)),
                 ("successes", str(self.successes), str(DEFAULT_SUCCESSES)),
-                ("port", str(self.port), "0"), *self._http_words()):
+                ("port", str(self.port), "0"), *self._kind_words()):
             if value != default:
-                words += [word, value]
+                words += [word] if word == "recurse" else [word, value]
         return words
 
     def status_ok(self, code: int) -> bool:

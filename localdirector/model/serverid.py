@@ -105,9 +105,10 @@ def _number(fields: list[str], index: int, what: str, maximum: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ServerPattern:
-    """What `show virtual|real|bind PATTERN` selects: a server id whose fields may be `*`
-    or left out (any value), and whose address may have `*` octets (`203.0.113.*`) or be
-    empty (`:443`, any address). A full id selects exactly that server."""
+    """What `show virtual|real|bind PATTERN` selects: a server id whose fields may be `*`,
+    `all` (LocalDirector's word: `all:443`) or left out (any value), and whose address
+    may have `*` octets (`203.0.113.*`) or be empty (`:443`, any address). A full id
+    selects exactly that server."""
 
     text: str
     addr: int | None = None          # None: any address (mask applies otherwise)
@@ -125,13 +126,13 @@ class ServerPattern:
         port = _pattern_number(fields, 1, "port", 65535)
         bind = _pattern_number(fields, 2, "bind id", 65535)
         proto = fields[3].lower() if len(fields) > 3 else ""
-        if proto not in ("", "*", *PROTOCOLS):
+        if proto not in (*ANY, *PROTOCOLS):
             raise ServerIdError(f"unsupported protocol '{fields[3]}' (tcp or udp)", 3)
         return cls(text, addr, mask, port, bind, proto if proto in PROTOCOLS else None)
 
     @staticmethod
     def _addr(text: str, names: Mapping[str, int] | None) -> tuple[int | None, int]:
-        if text in ("", "*"):
+        if text.lower() in ANY:
             return None, 0
         if names is not None and text in names:
             return names[text], 0xFFFFFFFF
@@ -157,7 +158,11 @@ class ServerPattern:
                 and (self.proto is None or sid.proto == self.proto))
 
 
+# What a pattern's field may say for "any value": nothing, `*`, or LocalDirector's `all`.
+ANY = ("", "*", "all")
+
+
 def _pattern_number(fields: list[str], index: int, what: str, maximum: int) -> int | None:
-    if len(fields) <= index or fields[index] in ("", "*"):
+    if len(fields) <= index or fields[index].lower() in ANY:
         return None
     return _number(fields, index, what, maximum)

@@ -14,7 +14,7 @@ from .addr import format_ip, format_mask, prefix_mask
 from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
-from .passwords import is_hash
+from .passwords import is_hash, is_localdirector_hash
 
 DEFAULT_HOSTNAME = "localdirector"
 DEFAULT_SESSION_TIMEOUT = 15   # minutes
@@ -24,6 +24,11 @@ ACCESS_KINDS = ("telnet", "ssh", "metrics")
 LOG_LEVELS = ("emergencies", "alerts", "critical", "errors", "warnings", "notifications",
               "informational", "debugging")
 DEFAULT_LOG_TRAP = LOG_LEVELS.index("informational")
+# `logging facility localN`: the facility of every message sent (RFC 5424 codes 16-23,
+# local0-local7; LocalDirector's `syslog output 16.7` names them by number).
+LOG_FACILITIES = tuple(f"local{n}" for n in range(8))
+FIRST_LOCAL_FACILITY = 16
+DEFAULT_LOG_FACILITY = FIRST_LOCAL_FACILITY + 7   # local7, IOS's default
 # `username NAME privilege LEVEL`: IOS's levels that mean something here, user mode (1)
 # and privileged mode (15), where the session starts.
 USER_LEVELS = (1, 15)
@@ -78,6 +83,11 @@ class Settings:
     max_conns: int = DEFAULT_MAX_CONNS   # global connection-table limit
     log_hosts: list[LogHost] = field(default_factory=list)
     log_trap: int = DEFAULT_LOG_TRAP     # most verbose severity sent to log_hosts
+    log_facility: int = DEFAULT_LOG_FACILITY   # RFC 5424 code, 16-23
+    # The appliance's own network lines it applied (`ip address`, `alias ip address`,
+    # `route`, `arp`; only with --host-network): by command, the arguments of each line,
+    # in the order typed, so the running config writes them back.
+    host_lines: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
 
@@ -214,7 +224,32 @@ class ApplianceSettings:
         self.changed()
 
 
+    def set_log_facility(self, code: int = DEFAULT_LOG_FACILITY) -> None:
+        """`logging facility localN` (LocalDirector: `syslog output CODE.LEVEL`): the
+        facility code 16-23 every message to the logging hosts carries."""
+        if not FIRST_LOCAL_FACILITY <= code < FIRST_LOCAL_FACILITY + len(LOG_FACILITIES):
+            raise ModelError(f"syslog facility {code} out of range: 16-23 (local0-local7)")
+        self.settings.log_facility = code
+        self.changed()
+
+
+    def keep_host_line(self, kind: str, words: tuple[str, ...], keep: bool = True,
+                       key: int = 1) -> None:
+        """Record (`keep`) or forget a host network line the appliance applied; a line
+        whose first `key` words equal an earlier one's replaces it (`ip address` has
+        one: key 0)."""
+        lines = self.settings.host_lines.setdefault(kind, [])
+        lines[:] = [w for w in lines if w[:key] != words[:key]]
+        if keep:
+            lines.append(words)
+        self.changed()
+
+
 def _checked_secret(stored: str) -> str:
     if stored and not is_hash(stored):
+        if is_localdirector_hash(stored):
+            raise ModelError("a LocalDirector encrypted password: its algorithm is not "
+                             "documented, so it cannot be verified here; set a new one by "
+                             "typing the password itself (it is stored hashed)")
         raise ModelError("not a password hash written by this appliance")
     return stored

@@ -25,13 +25,14 @@ DEFAULT_SYNGUARD = 0               # half-open connections; 0 = off
 # UDP flows one virtual holds at most: beyond, a new flow evicts the oldest unanswered
 # ones (a spoofed flood's), counted (docs/design.rst, "UDP flows").
 DEFAULT_FLOWS = 65536
+DEFAULT_MAXCONNS = 0               # LocalDirector's `maxconns VIRTUAL N`; 0 = unlimited
 
 
 class VirtualMachine:
     """Fields follow FIG. 3A; counters are updated by the data plane under the model lock."""
 
     __slots__ = ("next", "sid", "addr", "port", "bind_id", "proto", "state", "backup",
-                 "predictor", "_sticky", "timeout", "synguard", "fastpath", "kernel", "dispatched",
+                 "predictor", "_sticky", "timeout", "synguard", "maxconns", "fastpath", "kernel", "dispatched",
                  "advertise", "maglev", "maglev_size", "links", "rr_cursor",
                  "service", "per_datagram", "flows", "flows_evicted",
                  "sticky_table", "conns_current", "conns_total", "half_open",
@@ -62,6 +63,9 @@ class VirtualMachine:
         # scheduling), and `flows` bounds the flows the virtual holds.
         self.per_datagram = False
         self.flows = DEFAULT_FLOWS
+        # Open connections the instance takes; at the limit new ones go to its backup
+        # virtual, as when no real can take them (patent ¶10).
+        self.maxconns = DEFAULT_MAXCONNS
         # Connections translated by conntrack NAT once the engine decided them (`fastpath`,
         # model/fastpath.py); False: every packet goes through the engine.
         self.fastpath = False

@@ -35,12 +35,13 @@ class LoggingHosts:
         if self._stopped or director is not self.appliance.director:
             return   # a model `reload` replaced: its listener stays, and stays quiet
         settings = director.settings
-        wanted = (settings.hostname, settings.log_trap, tuple(settings.log_hosts))
+        wanted = (settings.hostname, settings.log_trap, tuple(settings.log_hosts),
+                  settings.log_facility)
         if wanted != self._applied:
             self._applied = wanted
             remote.HANDLER.configure(settings.hostname, settings.log_trap, [
                 remote.Target(format_ip(h.addr), h.transport, h.port)
-                for h in settings.log_hosts])
+                for h in settings.log_hosts], settings.log_facility)
 
     def stop(self) -> None:
         self._stopped = True

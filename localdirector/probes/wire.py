@@ -1,13 +1,17 @@
-"""One probe on the wire: a TCP connect, or a minimal HTTP/1.1 request with
-`Connection: close`, to a real's own address (never a VIP, so it never passes the
-translation). Returns (good, result): `result` is one word for `show probe`'s table."""
+"""One probe on the wire: a TCP connect, a minimal HTTP/1.1 request with
+`Connection: close`, a UDP datagram and its answer, or a DNS query, to a real's own
+address (never a VIP, so it never passes the translation). Returns (good, result):
+`result` is one word for `show probe`'s table."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import random
 
 from localdirector.model.probes import Probe
+
+from . import datagram, dns
 
 MAX_HEADER = 16 * 1024    # status line and headers; more is a bad response
 MAX_BODY = 64 * 1024      # how far `expect` text is looked for
@@ -28,16 +32,26 @@ def request(probe: Probe, addr: str, port: int) -> bytes:
 async def run(probe: Probe, addr: str, port: int) -> tuple[bool, str]:
     """The caller bounds it with the probe's timeout (asyncio.wait_for)."""
     try:
-        reader, writer = await asyncio.open_connection(addr, port, limit=MAX_HEADER)
+        if probe.kind == "udp":
+            answer = await datagram.exchange(addr, port, probe.payload)
+            return (True, "answered") if probe.expected in answer else (False, "no-text")
+        if probe.kind == "dns":
+            ident, asked = random.getrandbits(16), dns.question(probe)
+            answer = await datagram.exchange(addr, port, dns.query(probe, ident, asked))
+            return dns.verdict(probe, ident, asked, answer)
+        return await _stream(probe, addr, port)
     except OSError as err:
         return False, _ERRORS.get(err.errno or 0, "error")
+
+
+async def _stream(probe: Probe, addr: str, port: int) -> tuple[bool, str]:
+    """TCP and HTTP; `run` turns an OSError into its result."""
+    reader, writer = await asyncio.open_connection(addr, port, limit=MAX_HEADER)
     try:
         if probe.kind == "tcp":
             return True, "connected"
         writer.write(request(probe, addr, port))
         return await _response(probe, reader)
-    except OSError as err:
-        return False, _ERRORS.get(err.errno or 0, "error")
     finally:
         writer.close()
 

@@ -41,6 +41,16 @@ def _server_pattern(text: str, session: "Session") -> ServerPattern:
         raise _refused(text, err) from None
 
 
+def parse_server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
+    """What a server id argument makes of `text`, or the ArgError it raises: for a
+    second declaration that must refuse a bad id in the same words (commands/ldcompat)."""
+    return _server_id(text, session, allow_bind)
+
+
+def pattern(text: str, session: "Session") -> ServerPattern:
+    return _server_pattern(text, session)
+
+
 def _virtual_ids(session: "Session") -> Iterable[str]:
     return [str(v.sid) for v in session.director.iter_virtuals()]
 

@@ -63,8 +63,14 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
     """Apply every line as if typed in configuration mode; a bad line is reported with its
     number and the rest still applies. Returns how many lines failed. `saved_only`: a
     line that is not what a running-config holds is refused (the configuration the
-    other unit of a failover pair sends must not run exec commands here)."""
-    session = Session(appliance, "startup", director=director)
+    other unit of a failover pair sends must not run exec commands here).
+
+    What an accepted line prints is reported too, under its number: a line taken from
+    another appliance's configuration (a LocalDirector's `ip address`, `syslog output`)
+    is accepted with a note saying what it became, and a note nobody sees would be a
+    line silently ignored."""
+    printed: list[str] = []
+    session = Session(appliance, "startup", director=director, write=printed.append)
     failures = 0
     for number, line in enumerate(lines, 1):
         if _undecodable(line):
@@ -77,8 +83,11 @@ def replay(appliance: "Appliance", director: "Director", lines: list[str],
             report(f"line {number}: % not a configuration command; refused: "
                    f"{line.translate(_PRINTABLE)}")
             continue
+        printed.clear()
         error = session.run(line)
         if error is None:
+            for text in "".join(printed).splitlines():
+                report(f"line {number}: {text}".translate(_PRINTABLE))
             continue
         failures += 1
         prefix = f"line {number}: "

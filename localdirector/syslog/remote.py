@@ -63,11 +63,11 @@ def severity(levelno: int) -> int:
     return 7
 
 
-def rfc5424(record: logging.LogRecord, hostname: str) -> bytes:
+def rfc5424(record: logging.LogRecord, hostname: str, facility: int = FACILITY) -> bytes:
     """`<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`, no MSGID, no data."""
     stamp = datetime.fromtimestamp(record.created, timezone.utc).isoformat(
         timespec="microseconds")
-    pri = FACILITY * 8 + severity(record.levelno)
+    pri = facility * 8 + severity(record.levelno)
     text = f"<{pri}>1 {stamp} {hostname} {APP_NAME} {os.getpid()} - - {record.getMessage()}"
     return text.encode("utf-8", "replace")
 
@@ -218,13 +218,15 @@ class RemoteHandler(logging.Handler):
         self._senders: dict[Target, _Udp | _Tcp] = {}
         self._hostname = APP_NAME
         self._trap = 6
+        self._facility = FACILITY
 
-    def configure(self, hostname: str, trap: int, targets: Iterable[Target]) -> None:
-        """Send to `targets` from now on, as `hostname`, severities 0..`trap`; a host
-        that stays keeps its counters and its connection."""
+    def configure(self, hostname: str, trap: int, targets: Iterable[Target],
+                  facility: int = FACILITY) -> None:
+        """Send to `targets` from now on, as `hostname`, severities 0..`trap`, with
+        `facility`; a host that stays keeps its counters and its connection."""
         wanted = list(dict.fromkeys(targets))
         with self._config_lock:
-            self._hostname, self._trap = hostname, trap
+            self._hostname, self._trap, self._facility = hostname, trap, facility
             for target in [t for t in self._senders if t not in wanted]:
                 self._senders.pop(target).close()
             self._senders = {t: self._senders.get(t) or _sender(t) for t in wanted}
@@ -232,10 +234,10 @@ class RemoteHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with self._config_lock:
             senders = list(self._senders.values())
-            hostname, trap = self._hostname, self._trap
+            hostname, trap, facility = self._hostname, self._trap, self._facility
         if not senders or severity(record.levelno) > trap:
             return
-        message = rfc5424(record, hostname)
+        message = rfc5424(record, hostname, facility)
         for sender in senders:
             sender.send(message)
 

@@ -161,7 +161,7 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
                        f"reals, {len(director.bindids)} assign entries"
                        + (f", {failures} bad lines (shown at boot)" if failures else ""))
     lab = (Cluster(cluster, prefix=PREFIX) if cluster
-           else FailoverPair(prefix=PREFIX) if failover else Lab(prefix=PREFIX))
+           else FailoverPair(prefix=PREFIX) if failover else Lab(prefix=PREFIX, dns=True))
     workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
     # The appliance gets a copy: `write memory` in the lab must not edit the example.
     startup = workdir / "startup-config"
@@ -171,7 +171,8 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
                      else "two directors (primary, secondary)" if failover
                      else "the director")
         with progress.step(f"Building namespaces: clients in 3 subnets, {directors}, "
-                           f"{len(DEFAULT_REALS)} reals with HTTP servers") as outcome:
+                           f"{len(DEFAULT_REALS)} reals with HTTP"
+                           f"{' and DNS' if lab.dns else ''} servers") as outcome:
             lab.build()
             if isinstance(lab, Cluster):
                 lab.hold_vip(CLUSTER_VIP)

@@ -31,6 +31,7 @@ from .driver import PACKAGE_ROOT, Lab
 from .guide import ENV, LabInfo, overview
 from .pair import FailoverPair, appliance_arguments, failover_lines
 from .topology import DEFAULT_REALS, LabError, clean_stale, unavailable_reason
+from .udpservers import DNSMASQ
 
 PREFIX = "ldlab"
 DEFAULT_EXAMPLE = "fig1.cfg"
@@ -161,7 +162,8 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
                        f"reals, {len(director.bindids)} assign entries"
                        + (f", {failures} bad lines (shown at boot)" if failures else ""))
     lab = (Cluster(cluster, prefix=PREFIX) if cluster
-           else FailoverPair(prefix=PREFIX) if failover else Lab(prefix=PREFIX, dns=True))
+           else FailoverPair(prefix=PREFIX) if failover
+           else Lab(prefix=PREFIX, dns=os.path.exists(DNSMASQ)))
     workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
     # The appliance gets a copy: `write memory` in the lab must not edit the example.
     startup = workdir / "startup-config"

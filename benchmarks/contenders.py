@@ -19,6 +19,7 @@ from pathlib import Path
 from localdirector.lab import LabError
 
 from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
+from .udp import appliance_lines, nat_rule
 
 _STOP_DEADLINE = 10.0
 _NFT_TABLE = "ldbench_nat"
@@ -118,7 +119,7 @@ class Direct(Contender):
 
 class KernelNat(Contender):
     """(b) nftables DNAT in the director, round robin by ``numgen``; conntrack un-NATs
-    the replies the director forwards back."""
+    the replies the director forwards back. The same for DNS on udp 53 (benchmarks/udp.py)."""
 
     name = "kernel-nat"
     description = "nftables dnat (numgen round robin) + conntrack"
@@ -140,6 +141,7 @@ class KernelNat(Contender):
             "    type nat hook prerouting priority dstnat; policy accept;\n"
             f"    ip daddr {VIP} tcp dport {VIP_PORT} "
             f"dnat to numgen inc mod {len(REALS)} map {{ {reals} }}\n"
+            + nat_rule(VIP, reals, len(REALS)) +
             "  }\n"
             "}\n")
         try:
@@ -240,7 +242,8 @@ class HAProxy(Contender):
 
 
 class LocalDirector(Contender):
-    """(d) The appliance itself, booted from a startup-config in the director namespace."""
+    """(d) The appliance itself, booted from a startup-config in the director namespace;
+    a udp virtual for DNS beside the TCP one (benchmarks/udp.py)."""
 
     name = "localdirector"
     description = "localdirector (NFQUEUE, Python engine)"
@@ -256,6 +259,7 @@ class LocalDirector(Contender):
             f"virtual {virtual} is",
             f"predictor {virtual} roundrobin",
             f"bind {virtual} {' '.join(reals)}",
+            *appliance_lines(VIP, REALS),
             "",
         ])
 

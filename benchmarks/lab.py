@@ -82,10 +82,11 @@ class BenchLab:
     """Client fleet, director and three nginx reals; a context manager like :class:`Lab`."""
 
     def __init__(self, sources: int = 24, large_bytes: int = LARGE_BYTES,
-                 reals: Sequence[str] = REALS) -> None:
+                 reals: Sequence[str] = REALS, dns: bool = False) -> None:
         per_subnet = max(1, -(-sources // 3))
+        # dns: the lab's dnsmasq on every real, for the udp workload (benchmarks/udp.py).
         self.lab = Lab(reals=reals, ports=(_PLACEHOLDER_PORT,), clients_per_subnet=per_subnet,
-                       prefix="ldb")
+                       prefix="ldb", dns=dns)
         self.reals = self.lab.reals
         self.sources = self.lab.all_client_addresses[:sources]
         if len(self.sources) < sources:

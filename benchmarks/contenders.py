@@ -35,6 +35,7 @@ class Contender:
     name = ""
     description = ""
     nfqueue = False  # packets pass an NFQUEUE: the kernel's queue counters are worth reading
+    every_packet = False  # ... all of them, so CPU per queued packet is a per-packet cost
     workers = 1      # processes: the first and its children count as the contender's CPU
 
     def __init__(self) -> None:
@@ -160,6 +161,7 @@ class NfqueueNull(KernelNat):
     name = "nfqueue-null"
     description = "kernel NAT + a do-nothing Python NFQUEUE worker (diagnostic)"
     nfqueue = True
+    every_packet = True
 
     binding: tuple[str, ...] = ()
     queues = ("--queue-num", "0")
@@ -248,6 +250,7 @@ class LocalDirector(Contender):
     name = "localdirector"
     description = "localdirector (NFQUEUE, Python engine)"
     nfqueue = True
+    every_packet = True
 
     @staticmethod
     def config() -> str:
@@ -292,6 +295,7 @@ class LocalDirectorFastpath(LocalDirector):
 
     name = "localdirector-fastpath"
     description = "localdirector fastpath (Python decides, conntrack translates)"
+    every_packet = False   # only SYNs are queued
 
     @staticmethod
     def config() -> str:

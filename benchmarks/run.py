@@ -308,9 +308,9 @@ def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
     for key, entry in summary.items():
         for contender in contenders:
             stats = entry["contenders"].get(contender.name)
+            if key.endswith(".cpu_us_per_packet") and not contender.every_packet:
+                continue        # a per-packet cost only where every packet is queued
             if stats is None:
-                if key.endswith(".cpu_us_per_packet"):
-                    continue        # only a path that queues packets has the figure
                 why = ("unavailable (below)" if contender.unavailable
                        else key.startswith("dns.") and udp.NO_UDP.get(contender.name)
                        or "no result")

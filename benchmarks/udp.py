@@ -70,7 +70,7 @@ def parse_dnsperf(output: str) -> dict[str, Any] | None:
     if completed is None or lost is None or not run_time:
         return None
     return {"requests": int(completed), "errors": {"lost": int(lost)},
-            "duration_us": run_time * 1e6,
+            "duration_us": round(run_time * 1e6),
             "latency_us": {"average": round((latency or 0.0) * 1e6, 1)}}
 
 

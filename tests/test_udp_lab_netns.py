@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 from appliance_driver import R11, R12, R13, appliance
-from conftest import require_netns
+from conftest import built_lab
 
-from localdirector.lab import Lab, LabError
+from localdirector.lab import Lab
 from localdirector.lab.udpservers import BIG_NAME, SYSLOG_PORT, big_strings
 
 pytestmark = pytest.mark.netns
@@ -30,17 +30,9 @@ LINES = 300
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """The default lab with its DNS servers (conftest's has none: other modules run
-    their own on port 53). A failed build fails the test before anything is sent."""
-    require_netns()
-    built = Lab(dns=True)
-    try:
-        built.build()
-    except LabError as exc:
-        pytest.fail(f"lab build failed: {exc}", pytrace=False)
-    try:
+    their own on port 53)."""
+    with built_lab(Lab(dns=True)) as built:
         yield built
-    finally:
-        built.destroy()
 
 
 def dns_config(*extra: str) -> list[str]:

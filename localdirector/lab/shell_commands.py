@@ -141,14 +141,20 @@ _GROUPS = choice(*(Keyword(group, f"From the {group} clients {address_range(clie
                            "group", group) for group, clients in client_addresses().items()))
 
 
-@command(EXEC, Keyword("lab", "Send traffic from this lab's clients"),
-         Keyword("curl", "HTTP requests through the director; each answer names the real "
-                         "that served it"),
-         _GROUPS,
-         opt(args.number("count", 1, MAX_REQUESTS, "How many requests, one after "
-                         "another, each from the next client address", "COUNT")),
-         opt(Keyword("vip", "Connect to this VIP (default: the first virtual)"),
-             args.vip_port("target", "Virtual address and port [80]")),
+def _traffic(word: str, help: str, what: str, proto: str) -> tuple[object, ...]:
+    """The start every `lab` traffic command shares: `lab WORD GROUP [COUNT] [vip
+    VIP[:PORT]]`, COUNT `what`s one after another, to the first `proto` virtual."""
+    return (Keyword("lab", "Send traffic from this lab's clients"), Keyword(word, help),
+            _GROUPS,
+            opt(args.number("count", 1, MAX_REQUESTS, f"How many {what}, one after "
+                            "another, each from the next client address", "COUNT")),
+            opt(Keyword("vip", f"Send to this VIP (default: the first {proto} virtual)"),
+                args.vip_port("target", f"Virtual address and port "
+                                        f"[{DEFAULT_PORTS[proto]}]")))
+
+
+@command(EXEC, *_traffic("curl", "HTTP requests through the director; each answer names "
+                                 "the real that served it", "requests", "tcp"),
          opt(Keyword("hold", "Keep the connections open in the background"),
              args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
                          "SECONDS")),
@@ -234,14 +240,8 @@ def _dig(info: LabInfo, source: str, addr: str, port: int, name: str,
     return size[1] if size else "-", fields[4].split()[0].strip('"') + truncated
 
 
-@command(EXEC, Keyword("lab", "Send traffic from this lab's clients"),
-         Keyword("dig", "DNS queries over udp through the director; each answer names "
-                        "the real that served it"),
-         _GROUPS,
-         opt(args.number("count", 1, MAX_REQUESTS, "How many queries, one after another, "
-                         "each from the next client address", "COUNT")),
-         opt(Keyword("vip", "Ask this VIP (default: the first udp virtual)"),
-             args.vip_port("target", "Virtual address and port [53]")),
+@command(EXEC, *_traffic("dig", "DNS queries over udp through the director; each answer "
+                                "names the real that served it", "queries", "udp"),
          opt(Arg("name", "NAME", f"The name asked [{WHO_NAME}]", _dns_name),
              opt(Arg("qtype", "TYPE", "The record type [TXT]", _qtype))),
          output=True, locked=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from localdirector.lab import LabError
 
 from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
+from .udp import appliance_lines, nat_rule
 
 _STOP_DEADLINE = 10.0
 _NFT_TABLE = "ldbench_nat"
@@ -34,6 +35,7 @@ class Contender:
     name = ""
     description = ""
     nfqueue = False  # packets pass an NFQUEUE: the kernel's queue counters are worth reading
+    every_packet = False  # ... all of them, so CPU per queued packet is a per-packet cost
     workers = 1      # processes: the first and its children count as the contender's CPU
 
     def __init__(self) -> None:
@@ -118,7 +120,7 @@ class Direct(Contender):
 
 class KernelNat(Contender):
     """(b) nftables DNAT in the director, round robin by ``numgen``; conntrack un-NATs
-    the replies the director forwards back."""
+    the replies the director forwards back. The same for DNS on udp 53 (benchmarks/udp.py)."""
 
     name = "kernel-nat"
     description = "nftables dnat (numgen round robin) + conntrack"
@@ -140,6 +142,7 @@ class KernelNat(Contender):
             "    type nat hook prerouting priority dstnat; policy accept;\n"
             f"    ip daddr {VIP} tcp dport {VIP_PORT} "
             f"dnat to numgen inc mod {len(REALS)} map {{ {reals} }}\n"
+            + nat_rule(VIP, reals, len(REALS)) +
             "  }\n"
             "}\n")
         try:
@@ -158,6 +161,7 @@ class NfqueueNull(KernelNat):
     name = "nfqueue-null"
     description = "kernel NAT + a do-nothing Python NFQUEUE worker (diagnostic)"
     nfqueue = True
+    every_packet = True
 
     binding: tuple[str, ...] = ()
     queues = ("--queue-num", "0")
@@ -240,11 +244,13 @@ class HAProxy(Contender):
 
 
 class LocalDirector(Contender):
-    """(d) The appliance itself, booted from a startup-config in the director namespace."""
+    """(d) The appliance itself, booted from a startup-config in the director namespace;
+    a udp virtual for DNS beside the TCP one (benchmarks/udp.py)."""
 
     name = "localdirector"
     description = "localdirector (NFQUEUE, Python engine)"
     nfqueue = True
+    every_packet = True
 
     @staticmethod
     def config() -> str:
@@ -256,6 +262,7 @@ class LocalDirector(Contender):
             f"virtual {virtual} is",
             f"predictor {virtual} roundrobin",
             f"bind {virtual} {' '.join(reals)}",
+            *appliance_lines(VIP, REALS),
             "",
         ])
 
@@ -288,6 +295,7 @@ class LocalDirectorFastpath(LocalDirector):
 
     name = "localdirector-fastpath"
     description = "localdirector fastpath (Python decides, conntrack translates)"
+    every_packet = False   # only SYNs are queued
 
     @staticmethod
     def config() -> str:

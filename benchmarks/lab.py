@@ -86,12 +86,14 @@ class BenchLab:
     too, for dispatched forwarding."""
 
     def __init__(self, sources: int = 24, large_bytes: int = LARGE_BYTES,
-                 reals: Sequence[str] = REALS, directors: int = 0) -> None:
+                 reals: Sequence[str] = REALS, directors: int = 0,
+                 dns: bool = False) -> None:
         per_subnet = max(1, -(-sources // 3))
+        # dns: the lab's dnsmasq on every real, for the udp workload (benchmarks/udp.py).
         kind = {"reals": reals, "ports": (_PLACEHOLDER_PORT,),
                 "clients_per_subnet": per_subnet}
         self.lab: Lab = (Cluster(directors, prefix="ldc", **kind) if directors
-                         else Lab(prefix="ldb", **kind))
+                         else Lab(prefix="ldb", dns=dns, **kind))
         self.reals = self.lab.reals
         self.sources = self.lab.all_client_addresses[:sources]
         if len(self.sources) < sources:

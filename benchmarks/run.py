@@ -4,7 +4,7 @@ Builds one namespace lab (benchmarks/lab.py: a client fleet over many source add
 the director, three nginx reals) and measures the contenders of benchmarks/contenders.py
 (direct routing, kernel NAT, HAProxy, localdirector in userspace and with `fastpath`,
 and the nfqueue-null diagnostic) on
-four workloads with wrk. Contenders are interleaved: every run measures each of them
+four workloads with wrk, and DNS over UDP with dnsperf (benchmarks/udp.py). Contenders are interleaved: every run measures each of them
 in turn, and the order rotates from run to run, so drift of the shared machine (other
 load, thermal state, the reals' TIME_WAIT tables filling up) spreads over all of them
 instead of favouring whoever went first. Each figure is the median over the runs, shown
@@ -32,7 +32,7 @@ from typing import Any
 
 from localdirector.lab import LabError, clean_stale, unavailable_reason
 
-from . import machine
+from . import machine, udp
 from .contenders import Contender, ContenderUnavailable, LocalDirector, all_contenders, \
     queue_counters, reset_director
 from .lab import LARGE_PATH, SMALL_PATH, VIP_PORT, BenchLab
@@ -44,6 +44,7 @@ DEFAULT_JSON = HERE / "results.json"
 REQUIRED_TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "nft": "nftables",
                   "conntrack": "conntrack", "setpriv": "util-linux", "curl": "curl",
                   "ip": "iproute2", "iptables": "iptables"}
+DNS_TOOLS = {"dnsperf": "dnsperf", "dnsmasq": "dnsmasq-base"}
 BASELINE = "kernel-nat"
 REFERENCE_LATENCY = "direct"
 
@@ -52,7 +53,8 @@ REFERENCE_LATENCY = "direct"
 class Workload:
     """One wrk load shape. ``processes`` 0 means one process per client source address;
     ``rate`` names the throughput figure it yields (requests or, with ``per_byte``,
-    megabytes per second), if any."""
+    megabytes per second), if any; ``tool`` is the load generator (wrk, or dnsperf
+    for DNS over UDP)."""
 
     name: str
     path: str
@@ -61,6 +63,7 @@ class Workload:
     timeout: str = "5s"
     rate: str | None = None
     per_byte: bool = False
+    tool: str = "wrk"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ WORKLOADS = {
     "bulk": Workload("bulk", LARGE_PATH, processes=1, timeout="60s", rate="megabytes_per_s",
                      per_byte=True),
     "latency": Workload("latency", SMALL_PATH, processes=1),
+    # One dnsperf process per real (direct routing's targets), udp.CLIENTS flows each.
+    "dns": Workload("dns", "", processes=3, rate="queries_per_s", tool="dnsperf"),
 }
 METRICS = [
     Metric("keepalive", "requests_per_s", "keep-alive requests/s", "req/s", True),
@@ -85,6 +90,9 @@ METRICS = [
     Metric("bulk", "megabytes_per_s", "bulk transfer MB/s", "MB/s", True),
     Metric("latency", "p50_us", "latency p50 (1 conn)", "us", False),
     Metric("latency", "p99_us", "latency p99 (1 conn)", "us", False),
+    Metric("dns", "queries_per_s", "DNS queries/s (udp)", "q/s", True),
+    Metric("keepalive", "cpu_us_per_packet", "keep-alive CPU/packet", "us", False),
+    Metric("dns", "cpu_us_per_packet", "DNS CPU/packet (udp)", "us", False),
 ]
 
 
@@ -169,6 +177,20 @@ def _parse_wrk(output: str) -> dict[str, Any] | None:
     return None
 
 
+def _load_argv(bench: BenchLab, contender: Contender, workload: Workload, index: int,
+               duration: float, per_process: int) -> list[str]:
+    """The load generator of client process `index`: wrk, or dnsperf for DNS."""
+    assert bench.work is not None
+    if workload.tool == "dnsperf":
+        return udp.dnsperf_argv(contender.target(index), duration, bench.work / udp.QUERY_FILE)
+    url = f"http://{contender.target(index)}:{VIP_PORT}{workload.path}"
+    argv = ["wrk", "-t1", f"-c{per_process}", f"-d{duration:g}s", "--timeout",
+            workload.timeout, "-s", str(bench.work / WRK_SCRIPT.name)]
+    if workload.close:
+        argv += ["-H", "Connection: close"]
+    return [*argv, url]
+
+
 def run_workload(bench: BenchLab, contender: Contender, workload: Workload, duration: float,
                  connections: int, processes: int = 0) -> dict[str, Any]:
     """Run one workload against one contender; the sample's figures, with what went wrong.
@@ -177,13 +199,10 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
     processes = workload.processes or processes or len(bench.sources)
     per_process = max(1, connections // processes) if workload.processes == 0 else 1
     procs = []
+    parse = udp.parse_dnsperf if workload.tool == "dnsperf" else _parse_wrk
     for index in range(processes):
-        url = f"http://{contender.target(index)}:{VIP_PORT}{workload.path}"
-        argv = ["wrk", "-t1", f"-c{per_process}", f"-d{duration:g}s", "--timeout",
-                workload.timeout, "-s", str(bench.work / WRK_SCRIPT.name)]
-        if workload.close:
-            argv += ["-H", "Connection: close"]
-        procs.append(bench.popen(bench.client_ns, bench.client_argv(index, [*argv, url]),
+        argv = _load_argv(bench, contender, workload, index, duration, per_process)
+        procs.append(bench.popen(bench.client_ns, bench.client_argv(index, argv),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE))
     busy0, total0 = _cpu_times()
@@ -200,10 +219,10 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        report = _parse_wrk(out.decode(errors="replace"))
+        report = parse(out.decode(errors="replace"))
         if report is None:
-            detail = err.decode(errors="replace").strip()[-200:]
-            failures.append(f"wrk rc={proc.returncode}: {detail}")
+            detail = (err or out).decode(errors="replace").strip()[-200:]
+            failures.append(f"{workload.tool} rc={proc.returncode}: {detail}")
         else:
             reports.append(report)
     wall = time.monotonic() - started
@@ -240,7 +259,10 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         unit, scale = ("bytes", 1e-6) if workload.per_byte else ("requests", 1.0)
         rate = sum(r[unit] / (r["duration_us"] / 1e6) for r in reports) * scale
         sample[workload.rate] = round(rate, 1)
-    if workload.processes == 1:
+    if workload.tool == "dnsperf":
+        sample["latency_us_average"] = round(statistics.mean(
+            r["latency_us"]["average"] for r in reports), 1)
+    elif workload.processes == 1:
         latency = reports[0]["latency_us"]
         sample["p50_us"], sample["p99_us"] = latency["p50"], latency["p99"]
     else:
@@ -283,11 +305,15 @@ def _num(value: float) -> str:
 def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
     header = f"{'workload':<24} {'contender':<22} {'median':>10} {'min-max':>21} {'x NAT':>6}"
     lines = [header, "-" * len(header)]
-    for entry in summary.values():
+    for key, entry in summary.items():
         for contender in contenders:
             stats = entry["contenders"].get(contender.name)
+            if key.endswith(".cpu_us_per_packet") and not contender.every_packet:
+                continue        # a per-packet cost only where every packet is queued
             if stats is None:
-                why = "unavailable (below)" if contender.unavailable else "no result"
+                why = ("unavailable (below)" if contender.unavailable
+                       else key.startswith("dns.") and udp.NO_UDP.get(contender.name)
+                       or "no result")
                 lines.append(f"{entry['label']:<24} {contender.name:<22} {why}")
                 continue
             span = f"{_num(stats['min'])}-{_num(stats['max'])}"
@@ -342,8 +368,9 @@ def format_targets(summary: dict[str, Any], name: str) -> str:
 
 
 # ------------------------------------------------------------------------ main
-def _missing_tools() -> list[str]:
-    return [f"{tool} (apt: {package})" for tool, package in REQUIRED_TOOLS.items()
+def _missing_tools(dns: bool) -> list[str]:
+    tools = {**REQUIRED_TOOLS, **(DNS_TOOLS if dns else {})}
+    return [f"{tool} (apt: {package})" for tool, package in tools.items()
             if shutil.which(tool) is None]
 
 
@@ -421,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     problem = unavailable_reason("ldb")
-    missing = _missing_tools()
+    measured = args.workloads.split(",")
+    missing = _missing_tools("dns" in measured)
     if problem or missing:
         print(f"cannot run: {problem or 'missing ' + ', '.join(missing)} "
               "(see docs/benchmarks.rst for what to install)", file=sys.stderr)
@@ -430,7 +458,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sources must be at least 1 and --processes not negative")
     wanted = args.contenders.split(",")
     contenders = [c for c in all_contenders() if c.name in wanted]
-    measured = args.workloads.split(",")
     profiled = args.profile_workloads.split(",")
     unknown = sorted({*measured, *profiled} - WORKLOADS.keys())
     if unknown:
@@ -447,10 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[dict[str, Any]] = []
     notes: list[str] = []
     profiles: list[dict[str, Any]] = []
-    with BenchLab(sources=args.sources, large_bytes=args.large_mib << 20) as bench:
+    with BenchLab(sources=args.sources, large_bytes=args.large_mib << 20,
+                  dns="dns" in measured) as bench:
         assert bench.work is not None
         shutil.copy(WRK_SCRIPT, bench.work / WRK_SCRIPT.name)
         (bench.work / WRK_SCRIPT.name).chmod(0o644)
+        udp.query_file(bench.work)
         print(f"lab {bench.lab.name}: {len(bench.sources)} client addresses, reals "
               f"{', '.join(bench.reals)}", flush=True)
         for run in range(args.runs):
@@ -467,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
                     notes += reset_director(bench)
                     continue
                 for workload in workloads:
+                    if workload.tool == "dnsperf" and contender.name in udp.NO_UDP:
+                        continue    # said in the table (udp.NO_UDP)
                     time.sleep(args.settle)
                     sample = run_workload(bench, contender, workload, args.duration,
                                           args.connections, args.processes)
@@ -501,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in TARGETS:
         if name in names:
             print(format_targets(summary, name))
+    if "dns" in measured:
+        print(udp.format_targets(summary, BASELINE))
     foreign = sorted(s["foreign_cpu"] for s in samples)
     if foreign:
         print(f"other work on the machine while measuring: median "

@@ -12,6 +12,7 @@ import functools
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -77,18 +78,24 @@ def private_loopback() -> Iterator[None]:
         os.close(saved)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """A default lab per test module, so state a module changes (iptables rules, stopped
-    servers) cannot leak into another module. A failed build fails the test: no traffic
-    is ever sent into a half-built lab."""
+@contextmanager
+def built_lab(lab: Lab) -> Iterator[Lab]:
+    """`lab` built for the block and destroyed after it. A failed build fails the test:
+    no traffic is ever sent into a half-built lab."""
     require_netns()
-    built = Lab()
     try:
-        built.build()
+        lab.build()
     except LabError as exc:
         pytest.fail(f"lab build failed: {exc}", pytrace=False)
     try:
-        yield built
+        yield lab
     finally:
-        built.destroy()
+        lab.destroy()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A default lab per test module, so state a module changes (iptables rules, stopped
+    servers) cannot leak into another module."""
+    with built_lab(Lab()) as built:
+        yield built

@@ -90,3 +90,57 @@ def test_scrape_benchmark_json_is_well_formed() -> None:
     assert arms["every-1s"]["scrapes"] >= 1 and arms["flood-4"]["scrapes"] > 4
     extra = arms["every-1s-detail"]["bytes"] - arms["every-1s"]["bytes"]
     assert 0 < arms["every-1s"]["bytes"] < 50_000 and extra > 300 * 60   # 300 series
+
+
+# dnsperf 2.10's statistics, as it printed them for 8 clients against one dnsmasq.
+DNSPERF_STATISTICS = """\
+Statistics:
+
+  Queries sent:         348097
+  Queries completed:    348097 (100.00%)
+  Queries lost:         0 (0.00%)
+
+  Response codes:       NOERROR 348097 (100.00%)
+  Average packet size:  request 25, response 55
+  Run time (s):         2.005418
+  Queries per second:   173578.276449
+
+  Average Latency (s):  0.000476 (min 0.000007, max 0.008553)
+  Latency StdDev (s):   0.000625
+"""
+
+
+def test_dnsperf_statistics_read_as_a_load_report() -> None:
+    """benchmarks.run's dns workload reads dnsperf as it reads wrk: completed queries,
+    lost ones as an error kind, the run's own duration; no statistics, no report."""
+    from benchmarks import udp
+    assert udp.parse_dnsperf(DNSPERF_STATISTICS) == {
+        "requests": 348097, "errors": {"lost": 0}, "duration_us": 2005418,
+        "latency_us": {"average": 476.0}}
+    assert udp.parse_dnsperf("[Fatal] no query file\n") is None
+
+
+def test_udp_figures_table_and_goals() -> None:
+    """The dns rows: ratios to kernel NAT, the reason a contender has no UDP figure,
+    CPU per packet only for a path that queues every packet, and issue 25's goals."""
+    from benchmarks import contenders, run, udp
+    figures = {("kernel-nat", "dns"): {"queries_per_s": 100000.0},
+               ("localdirector", "dns"): {"queries_per_s": 25000.0, "cpu_us_per_packet": 10.0},
+               ("localdirector", "keepalive"): {"requests_per_s": 30000.0,
+                                                "cpu_us_per_packet": 12.0},
+               ("localdirector-fastpath", "keepalive"): {"requests_per_s": 50000.0,
+                                                         "cpu_us_per_packet": 6000.0}}
+    samples = [{"contender": c, "workload": w, **f} for (c, w), f in figures.items()]
+    chosen = [contenders.KernelNat(), contenders.HAProxy(), contenders.LocalDirector(),
+              contenders.LocalDirectorFastpath()]
+    summary = run.summarize_samples(samples, [c.name for c in chosen])
+    assert summary["dns.queries_per_s"]["contenders"]["localdirector"][
+        "ratio_to_kernel_nat"] == 0.25
+    table = run.format_table(summary, chosen)
+    assert "haproxy                HAProxy's mode tcp balances TCP only" in table
+    assert "localdirector-fastpath not yet: fastpath refuses udp virtuals" in table
+    cpu_rows = [line for line in table.splitlines() if "CPU/packet" in line]
+    assert [row[25:].split()[0] for row in cpu_rows] == ["localdirector"] * 2, cpu_rows
+    goals = udp.format_targets(summary, "kernel-nat")
+    assert "kernel-decided queries/s  >= 0.9 x kernel-nat  not yet" in goals
+    assert "10.0 us, ratio 1.200  met" in goals

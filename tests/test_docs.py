@@ -42,8 +42,8 @@ README = ROOT / "README.rst"
 MAN = ROOT / "man" / "localdirector.8"
 EXAMPLES = ROOT / "examples"
 SERVICE = EXAMPLES / "localdirector.service"
-EXAMPLE_CONFIGS = ["backup-overflow.cfg", "cluster.cfg", "fig1.cfg", "port-translation.cfg",
-                   "probes.cfg", "roundrobin.cfg"]
+EXAMPLE_CONFIGS = ["backup-overflow.cfg", "cluster.cfg", "dns.cfg", "fig1.cfg",
+                   "port-translation.cfg", "probes.cfg", "roundrobin.cfg"]
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
 PROMPT = r"localdirector(?:\(config\))?[>#]"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
@@ -319,8 +319,8 @@ def try_it(name: str) -> list[str]:
     """The shell commands an example's `Try it:` comment tells the reader to type."""
     commands = []
     for line in (EXAMPLES / name).read_text().splitlines():
-        match = re.match(r"^!\s+(?:Try it:\s+)?(lab curl [^\s].*?|show \w+)(?:\s{2,}.*)?$",
-                         line)
+        match = re.match(
+            r"^!\s+(?:Try it:\s+)?(lab (?:curl|dig) [^\s].*?|show \w+)(?:\s{2,}.*)?$", line)
         if match:
             commands.append(match.group(1).strip())
     return commands
@@ -509,6 +509,12 @@ def answers(output: str) -> list[str]:
     return re.findall(r"^\S+\s+192\.0\.2\.\d+:\d+\s+(real-\S+|no answer:.*)$", output, re.M)
 
 
+def dug(output: str) -> list[str]:
+    """The `Answered by` column of `lab dig` output."""
+    return re.findall(r"^\S+\s+192\.0\.2\.\d+:\d+\s+\S+/\S+\s+\d+\s+(real-\S+)$", output,
+                      re.M)
+
+
 def real_conns(output: str) -> dict[str, int]:
     """`show real` as {real id: current connections}."""
     return {m[0]: int(m[1]) for m in re.findall(r"^(203\.\S+)\s+\S+\s+(\d+)", output, re.M)}
@@ -560,8 +566,8 @@ def test_lab_session_shows_fig1_and_cleans_up(lab_session: LabSession) -> None:
     banner = session.banner
     for step in range(1, 5):
         assert f"[{step}/4] " in banner
-    assert "Reading examples/fig1.cfg ... 3 virtual instances, 5 reals, 2 assign entries" \
-        in banner
+    assert ("Reading examples/fig1.cfg and examples/dns.cfg ... 6 virtual instances, "
+            "10 reals, 4 assign entries") in banner
     assert re.search(r"preferred 198\.51\.100\.2-9\s+192\.0\.2\.10:80\s+192\.0\.2\.10:80:1:tcp\s+"
                      r"203\.0\.113\.14:0:0:tcp 203\.0\.113\.11:8001:0:tcp", banner)
     assert f"ip netns exec {session.name}-cli curl" in banner
@@ -573,6 +579,13 @@ def test_lab_session_shows_fig1_and_cleans_up(lab_session: LabSession) -> None:
     assert answers(session.run("lab curl unwelcome 2")) == ["real-203.0.113.15:80"] * 2
     assert set(answers(session.run("lab curl general 2"))) <= {
         "real-203.0.113.12:80", "real-203.0.113.13:80"}
+    # FIG. 1 for datagrams: the same pools by Bind ID, over udp 53 (dnsmasq on the reals)
+    preferred = dug(session.run("lab dig preferred 4"))
+    assert sorted(set(preferred)) == ["real-203.0.113.11:53", "real-203.0.113.14:53"]
+    assert len(preferred) == 4
+    assert dug(session.run("lab dig unwelcome 2")) == ["real-203.0.113.15:53"] * 2
+    big = session.run("lab dig general big.lab")
+    assert re.search(r"big\.lab/TXT\s+3831\s+real-203\.0\.113\.1[23]:53$", big, re.M), big
 
     session.child.send("\x03")              # Ctrl-C belongs to the shell: the lab stays
     session.child.expect(PROMPT)
@@ -677,6 +690,10 @@ def test_readme_scripted_lab() -> None:
     assert real_conns(output) == {f"203.0.113.{n}:0:0:tcp": 2 for n in (12, 13, 14)}
 
 
+def dug_from(*reals: str) -> Callable[[str], bool]:
+    return lambda output: dug(output) == [f"real-203.0.113.{r}:53" for r in reals]
+
+
 def answered(*reals: str) -> Callable[[str], bool]:
     return lambda output: answers(output) == [f"real-203.0.113.{r}" for r in reals]
 
@@ -706,6 +723,8 @@ def probes_not_down(count: int) -> Callable[[str], bool]:
 
 # What each of an example's `Try it:` commands must show in the lab, in order.
 EXAMPLE_CHECKS = {
+    "dns.cfg": [dug_from("12", "13", "12", "13"), dug_from("14", "11"), dug_from("15"),
+                probes_not_down(5)],
     "probes.cfg": [answered("12:80", "13:80", "14:80", "12:80", "13:80", "14:80"),
                    probes_not_down(4)],
     "roundrobin.cfg": [answered("12:80", "13:80", "14:80", "12:80", "13:80", "14:80")],

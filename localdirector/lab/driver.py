@@ -1,8 +1,9 @@
-"""The lab as tests drive it: its HTTP servers, commands run in its namespaces, requests.
+"""The lab as tests drive it: its servers, commands run in its namespaces, requests.
 
 :class:`Lab` is a :class:`~localdirector.lab.topology.Topology` whose reals run the HTTP
-servers of :mod:`localdirector.lab.servers`; it checks connectivity before a caller may
-send traffic, and sends HTTP only from the lab's own addresses to addresses in range.
+servers of :mod:`localdirector.lab.servers` (and, asked for, the DNS and syslog servers of
+:mod:`localdirector.lab.udpservers`); it checks connectivity before a caller may send
+traffic, and sends HTTP only from the lab's own addresses to addresses in range.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from localdirector.lab.client import Fetch
 
+from .udpservers import DNS_PORT, SYSLOG_PORT, dnsmasq_argv, rsyslog_argv
 from .topology import (BUILD_DEADLINE, CLIENT_SUBNETS, DEFAULT_CLIENTS_PER_SUBNET,
                        DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job, finish,
                        require_allowed, start_job)
@@ -74,15 +76,20 @@ class Lab(Topology):
         ports: Sequence[int] = DEFAULT_PORTS,
         clients_per_subnet: int = DEFAULT_CLIENTS_PER_SUBNET,
         prefix: str = "ld",
+        dns: bool = False,
     ) -> None:
         super().__init__(reals, clients_per_subnet, prefix)
         self.ports = tuple(ports)
+        # dnsmasq on every real's port 53 (udpservers.py): `localdirector lab` and the
+        # UDP tests ask for it; other labs leave port 53 to tests that run their own.
+        self.dns = dns
         if not self.ports or len(set(self.ports)) != len(self.ports):
             raise LabError(f"ports must be a non-empty list without duplicates: {self.ports}")
         if not all(isinstance(p, int) and 0 < p < 65536 for p in self.ports):
             raise LabError(f"ports must be TCP port numbers: {self.ports}")
         self.build_seconds = 0.0
         self._servers: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._dns: dict[str, subprocess.Popen[bytes]] = {}
         self._procs: list[subprocess.Popen[Any]] = []
         self._logdir: Path | None = None
 
@@ -104,6 +111,9 @@ class Lab(Topology):
             for real in self.reals:
                 for port in self.ports:
                     self._spawn_server(real, port)
+                if self.dns:
+                    self._dns[real] = self._spawn(real, f"{real}_dns", dnsmasq_argv(
+                        real, self._logdir / f"{real}_dnsmasq.log"))
             self._verify()
         except BaseException:
             self.destroy()
@@ -116,11 +126,12 @@ class Lab(Topology):
 
         Afterwards the object is back in its unbuilt state and may be built again.
         """
-        for proc in [*self._servers.values(), *self._procs]:
+        for proc in [*self._servers.values(), *self._dns.values(), *self._procs]:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
         self._servers.clear()
+        self._dns.clear()
         self._procs.clear()
         super().destroy()
         if self._logdir is not None:
@@ -140,7 +151,9 @@ class Lab(Topology):
             *(arg for target in targets for arg in ("--target", target)),
         ])
         try:
-            finish([to_director, self._servers_probe_job(list(self._servers))])
+            # dnsmasq serves tcp 53 as well: a connect proves it is up.
+            finish([to_director, self._servers_probe_job(
+                [*self._servers, *((real, DNS_PORT) for real in self._dns)])])
         except LabError as exc:
             raise LabError(f"{exc}; {self._server_logs()}") from exc
 
@@ -170,13 +183,42 @@ class Lab(Topology):
         time.sleep(0.5)   # python start-up; the tests poll their first request anyway
 
     def _spawn_server(self, real: str, port: int) -> None:
+        self._servers[(real, port)] = self._spawn(
+            real, f"{real}_{port}", python_module("servers", "--bind", real, "--port", str(port)))
+
+    def _spawn(self, real: str, log_name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """A server in `real`'s namespace, its stderr to the lab's log `log_name`."""
         assert self._logdir is not None
-        argv = python_module("servers", "--bind", real, "--port", str(port))
-        with open(self._logdir / f"{real}_{port}.log", "wb") as log:
-            self._servers[(real, port)] = subprocess.Popen(
-                ["ip", "netns", "exec", self.real_ns[real], *argv],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=lab_env(),
-            )
+        with open(self._logdir / f"{log_name}.log", "wb") as log:
+            return subprocess.Popen(["ip", "netns", "exec", self.real_ns[real], *argv],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=log, env=lab_env())
+
+    def start_syslog(self) -> dict[str, Path]:
+        """rsyslogd on every real's udp 514 (udpservers.py), each in a directory of its
+        own; returns each real's messages file once every server listens. The servers go
+        with the lab."""
+        assert self._logdir is not None
+        files = {}
+        for real in self.reals:
+            workdir = self._logdir / f"{real}_syslog"
+            workdir.mkdir()
+            self._procs.append(self._spawn(real, f"{real}_rsyslogd",
+                                           rsyslog_argv(real, workdir)))
+            files[real] = workdir / "messages"
+        for real, ns in self.real_ns.items():
+            self.wait_udp(ns, real, SYSLOG_PORT)
+        return files
+
+    def wait_udp(self, ns: str, addr: str, port: int) -> None:
+        """Until a socket in `ns` is bound to `addr`:`port` over UDP (no probe packet
+        needed, which a syslog server could not answer anyway)."""
+        deadline = time.monotonic() + BUILD_DEADLINE
+        while f"{addr}:{port} " not in self.run_in(ns, ["ss", "-Hnlu"]).stdout:
+            if time.monotonic() > deadline:
+                raise LabError(f"nothing listens on udp {addr}:{port} in {ns} after "
+                               f"{BUILD_DEADLINE:g} s; {self._server_logs()}")
+            time.sleep(0.05)
 
     def _servers_probe_job(self, keys: list[tuple[str, int]]) -> Job:
         return self._client_module_job(self.director_ns, "director->reals", [
@@ -190,10 +232,14 @@ class Lab(Topology):
 
     def _server_logs(self) -> str:
         dead = []
-        for (real, port), proc in self._servers.items():
+        servers = [(f"{real}:{port}", f"{real}_{port}", proc)
+                   for (real, port), proc in self._servers.items()]
+        servers += [(f"dnsmasq on {real}", f"{real}_dns", proc)
+                    for real, proc in self._dns.items()]
+        for what, log_name, proc in servers:
             if proc.poll() is not None and self._logdir is not None:
-                tail = (self._logdir / f"{real}_{port}.log").read_text(errors="replace")[-500:]
-                dead.append(f"server {real}:{port} exited rc={proc.returncode}: {tail.strip()}")
+                tail = (self._logdir / f"{log_name}.log").read_text(errors="replace")[-500:]
+                dead.append(f"server {what} exited rc={proc.returncode}: {tail.strip()}")
         return "; ".join(dead)
 
     def stop_server(self, real: str, port: int) -> None:

@@ -16,18 +16,22 @@ from typing import TYPE_CHECKING
 
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.director import Director
+from localdirector.model.serverid import service_port
 from localdirector.model.virtual import VirtualMachine
 from localdirector.services import LAB_ENV
 from localdirector.shell.render import table
 
 from .topology import DIRECTOR_REAL_SIDE
+from .udpservers import BIG_NAME, DNS_PORT, WHO_NAME
 
 if TYPE_CHECKING:
     from .driver import Lab
 
 ENV = LAB_ENV
-# Port used for "who goes where" when a virtual listens on all ports (port 0).
+# Port used for "who goes where" when a virtual listens on all ports (port 0): the
+# lab's HTTP servers' for tcp, its DNS servers' for udp.
 DEFAULT_PORT = 80
+DEFAULT_PORTS = {"tcp": DEFAULT_PORT, "udp": DNS_PORT}
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,13 @@ class LabInfo:
     clients: dict[str, list[str]]    # group (preferred, ...) -> client addresses
     director_side: dict[str, str]    # group -> director address on that subnet
     config: str                      # the configuration file the lab started from
+    dns: bool = False                # every real runs dnsmasq on port 53 (udpservers.py)
 
     @classmethod
     def from_lab(cls, lab: Lab, config: str) -> LabInfo:
         return cls(lab.name, lab.client_ns, lab.director_ns, dict(lab.real_ns),
                    list(lab.ports), {g: list(a) for g, a in lab.client_addresses.items()},
-                   dict(lab.director_client_side), config)
+                   dict(lab.director_client_side), config, lab.dns)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -72,13 +77,20 @@ def address_range(addresses: Sequence[str]) -> str:
     return f"{addresses[0]}-{addresses[-1].rsplit('.', 1)[1]}"
 
 
-def destinations(director: Director) -> list[tuple[int, int]]:
-    """Every (VIP, port) a client can connect to, in configuration order, port 0
-    (all ports) shown as port 80, the port the lab's servers and `lab curl` use."""
-    seen: dict[tuple[int, int], None] = {}
+def destinations(director: Director, proto: str | None = None) -> list[tuple[int, int, str]]:
+    """Every (VIP, port, protocol) a client can send to (of `proto` only, if given), in
+    configuration order, port 0 (all ports) shown as the port the lab's servers of that
+    protocol use (80 for `lab curl`, 53 for `lab dig`)."""
+    seen: dict[tuple[int, int, str], None] = {}
     for v in director.iter_virtuals():
-        seen.setdefault((v.addr, v.port or DEFAULT_PORT), None)
+        if proto in (None, v.sid.proto):
+            seen.setdefault((v.addr, v.port or DEFAULT_PORTS[v.sid.proto], v.sid.proto), None)
     return list(seen)
+
+
+def destination(addr: int, port: int, proto: str) -> str:
+    """``192.0.2.10:80``, and ``192.0.2.10:53/udp`` for a udp service."""
+    return f"{format_ip(addr)}:{port}" + ("/udp" if proto == "udp" else "")
 
 
 def _reals(director: Director, virtual: VirtualMachine) -> str:
@@ -89,17 +101,18 @@ def who_goes_where(info: LabInfo, director: Director) -> list[str]:
     """One row per client group and destination: the instance its SYN selects (the
     Bind ID lookup of FIG. 5 steps 510-516) and the reals of that instance."""
     rows = []
-    for addr, port in destinations(director):
+    for addr, port, proto in destinations(director):
         for group, clients in info.clients.items():
             source = parse_ip(clients[0])
-            virtual = director.lookup_virtual(source, addr, port)
-            destination = f"{format_ip(addr)}:{port}"
+            virtual = director.lookup_virtual(source, addr, service_port(port, proto))
+            target = destination(addr, port, proto)
             label = f"{group} {address_range(clients)}"
             if virtual is None:
-                rows.append((label, destination, "-", "no instance: SYN dropped", "-"))
+                dropped = "datagram" if proto == "udp" else "SYN"
+                rows.append((label, target, "-", f"no instance: {dropped} dropped", "-"))
                 continue
             backup = director.fmt(virtual.backup) if virtual.backup else "-"
-            rows.append((label, destination, director.fmt(virtual.sid),
+            rows.append((label, target, director.fmt(virtual.sid),
                          _reals(director, virtual), backup))
     if not rows:
         return ["No virtual servers are configured yet (see `show running-config`)."]
@@ -115,32 +128,48 @@ def namespaces(info: LabInfo) -> list[str]:
     real_ns_text = real_ns[0] if len(real_ns) == 1 else \
         f"{real_ns[0]}..{real_ns[-1].rsplit('-', 1)[1]}"
     ports = " ".join(map(str, info.ports))
+    dns = f"; {WHO_NAME} TXT on udp {DNS_PORT} too" if info.dns else ""
     return table(("Namespace", "Role", "Addresses"), [
         (info.client_ns, "clients", groups),
         (info.director_ns, "director", f"{director} (this appliance)"),
         (real_ns_text, "reals", f"{address_range(reals)}, each answers GET / with its "
-                                f"name, on ports {ports}"),
+                                f"name, on ports {ports}{dns}"),
     ])
 
 
 def sample_curl(info: LabInfo, director: Director) -> str:
     """A curl line to paste into another terminal: the first group's first client."""
     group = next(iter(info.clients))
-    targets = destinations(director)
-    addr, port = targets[0] if targets else (parse_ip("192.0.2.10"), DEFAULT_PORT)
+    targets = destinations(director, "tcp")
+    addr, port, _ = targets[0] if targets else (parse_ip("192.0.2.10"), DEFAULT_PORT, "tcp")
     return (f"ip netns exec {info.client_ns} curl --noproxy '*' --interface "
             f"{info.clients[group][0]} http://{format_ip(addr)}:{port}/")
+
+
+def sample_dig(info: LabInfo, director: Director) -> str:
+    """A dig line to paste into another terminal: the first group's first client."""
+    addr, port, _ = destinations(director, "udp")[0]
+    return (f"ip netns exec {info.client_ns} dig @{format_ip(addr)} -p {port} -b "
+            f"{next(iter(info.clients.values()))[0]} {WHO_NAME} TXT +short")
 
 
 def overview(info: LabInfo, director: Director) -> list[str]:
     """The banner / `show lab` text; with probes configured it points at `show probe`,
     what a probes configuration is there to show."""
     first, *others = info.clients
+    dig = bool(info.dns and destinations(director, "udp"))
+    curl = bool(destinations(director, "tcp")) or not dig
+    last = others[-1] if others else first
     tries = [
-        (f"lab curl {first} 4", f"4 requests from {first} clients; each answer names its real"),
-        *((f"lab curl {group}", f"the same from the {group} clients") for group in others),
-        (f"lab curl {others[-1] if others else first} 6 hold 60",
-         "6 connections kept open for 60 s, then:"),
+        *([(f"lab curl {first} 4", f"4 requests from {first} clients; each answer names "
+                                    "its real"),
+           *((f"lab curl {group}", f"the same from the {group} clients") for group in others),
+           (f"lab curl {last} 6 hold 60", "6 connections kept open for 60 s, then:")]
+          if curl else []),
+        *([(f"lab dig {first} 4", f"4 DNS queries ({WHO_NAME} TXT) over udp; each answer "
+                                   "names its real"),
+           (f"lab dig {last} {BIG_NAME}", "a 3.8 KB answer, fragmented on the way")]
+          if dig else []),
         ("show conns", "who is connected to which real, right now"),
         ("show real", "connections per real"),
         *([("show probe", "each real's health checks: state, last result, latency")]
@@ -162,6 +191,6 @@ def overview(info: LabInfo, director: Director) -> list[str]:
         "Try:",
         *(f"  {command.ljust(width)}  {what}" for command, what in tries),
         "From another terminal, the same request by hand:",
-        f"  {sample_curl(info, director)}",
+        f"  {sample_curl(info, director) if curl else sample_dig(info, director)}",
         "Leave with `exit`: the lab is removed. After a crash: localdirector lab --clean",
     ]

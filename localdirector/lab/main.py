@@ -31,9 +31,11 @@ from .driver import PACKAGE_ROOT, Lab
 from .guide import ENV, LabInfo, overview
 from .pair import FailoverPair, appliance_arguments, failover_lines
 from .topology import DEFAULT_REALS, LabError, clean_stale, unavailable_reason
+from .udpservers import DNSMASQ
 
 PREFIX = "ldlab"
 DEFAULT_EXAMPLE = "fig1.cfg"
+DNS_EXAMPLE = "dns.cfg"         # FIG. 1 for DNS, added to the default lab's (lab dig)
 CLUSTER_EXAMPLE = "cluster.cfg"
 CLUSTER_VIP = "192.0.2.10"      # the VIP the cluster's reals hold on their loopback
 # A source checkout (or `pip install -e`) has the examples here; a regular install has
@@ -106,11 +108,11 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
     the appliance across exec, and its shell would then not see Ctrl-C either."""
 
 
-def _load(config: Path) -> tuple[Director, int]:
+def _load(configs: Sequence[Path]) -> tuple[Director, int]:
     """The configuration in a scratch model, for the banner; and how many lines are bad
     (the appliance shows them itself as it boots)."""
-    appliance = Appliance(config)
-    lines = config_file.read(config) or []
+    appliance = Appliance(configs[0])
+    lines = [line for config in configs for line in config_file.read(config) or []]
     failures = config_file.replay(appliance, appliance.director, lines, lambda _text: None)
     return appliance.director, failures
 
@@ -126,7 +128,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> int:
+def run(configs: Sequence[Path], queue: int, cluster: int = 0, failover: bool = False) -> int:
+    """The lab with the configuration `configs` make one after another (the default
+    lab: FIG. 1 for HTTP, then for DNS)."""
     progress = Progress(4)
     print("localdirector lab: FIG. 1 of US 6,324,177 in network namespaces"
           + (f", {cluster} directors behind a BGP/ECMP router" if cluster else "")
@@ -153,25 +157,30 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
     with progress.step("Removing what earlier labs left behind") as outcome:
         removed = clean_stale(PREFIX)
         outcome.append(f"{_namespaces(len(removed))} removed" if removed else "nothing left")
-    with progress.step(f"Reading {_display(config)}") as outcome:
-        if not config.is_file():
-            raise Failure(f"no such file: {config}")
-        director, failures = _load(config)
+    shown = " and ".join(_display(config) for config in configs)
+    with progress.step(f"Reading {shown}") as outcome:
+        for config in configs:
+            if not config.is_file():
+                raise Failure(f"no such file: {config}")
+        director, failures = _load(configs)
         outcome.append(f"{len(director.virtuals)} virtual instances, {len(director.reals)} "
                        f"reals, {len(director.bindids)} assign entries"
                        + (f", {failures} bad lines (shown at boot)" if failures else ""))
     lab = (Cluster(cluster, prefix=PREFIX) if cluster
-           else FailoverPair(prefix=PREFIX) if failover else Lab(prefix=PREFIX))
+           else FailoverPair(prefix=PREFIX) if failover
+           else Lab(prefix=PREFIX, dns=os.path.exists(DNSMASQ)))
     workdir = Path(tempfile.mkdtemp(prefix="localdirector-lab-"))
     # The appliance gets a copy: `write memory` in the lab must not edit the example.
     startup = workdir / "startup-config"
+    original = b"".join(config.read_bytes() for config in configs)
     try:
-        shutil.copyfile(config, startup)
+        startup.write_bytes(original)
         directors = (f"a router running BIRD, {cluster} directors" if cluster
                      else "two directors (primary, secondary)" if failover
                      else "the director")
         with progress.step(f"Building namespaces: clients in 3 subnets, {directors}, "
-                           f"{len(DEFAULT_REALS)} reals with HTTP servers") as outcome:
+                           f"{len(DEFAULT_REALS)} reals with HTTP"
+                           f"{' and DNS' if lab.dns else ''} servers") as outcome:
             lab.build()
             if isinstance(lab, Cluster):
                 lab.hold_vip(CLUSTER_VIP)
@@ -179,12 +188,12 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
         # From here Ctrl-C belongs to the director's shell, and teardown must not be
         # cut short by it either.
         signal.signal(signal.SIGINT, _ignore)
-        info = LabInfo.from_lab(lab, _display(config))
+        info = LabInfo.from_lab(lab, shown)
         print("", *overview(info, director), "", sep="\n")
         if isinstance(lab, FailoverPair):
             return _run_pair(lab, info, startup, queue)
         print(f"Starting the director in {lab.director_ns} with a scratch copy of "
-              f"{_display(config)} (write memory saves there).", flush=True)
+              f"{shown} (write memory saves there).", flush=True)
         return _run_appliance(lab, info, startup, queue)
     finally:
         for signum in FATAL_SIGNALS:
@@ -194,7 +203,7 @@ def run(config: Path, queue: int, cluster: int = 0, failover: bool = False) -> i
         if names:
             print(f"Lab removed: {_namespaces(len(names))} deleted "
                   f"({names[0].rsplit('-', 1)[0]}-*).", flush=True)
-        _keep_saved_config(startup, config)
+        _keep_saved_config(startup, original)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -257,11 +266,11 @@ def _run_pair(lab: FailoverPair, info: LabInfo, startup: Path, queue: int) -> in
                           appliance_arguments("secondary"))
 
 
-def _keep_saved_config(startup: Path, original: Path) -> None:
+def _keep_saved_config(startup: Path, original: bytes) -> None:
     """A configuration saved with `write memory` outlives the lab: it is the one thing
     the operator may have made there on purpose."""
     try:
-        changed = startup.read_bytes() != original.read_bytes()
+        changed = startup.read_bytes() != original
     except OSError:
         return
     if changed:
@@ -291,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "reals) and open the director's shell; exit removes it all. "
                     "Needs root.")
     parser.add_argument("--config", type=Path, metavar="PATH",
-                        help="the director's configuration (default: examples/fig1.cfg)")
+                        help="the director's configuration (default: examples/fig1.cfg, "
+                        "and examples/dns.cfg where dnsmasq is installed)")
     parser.add_argument("--queue", type=int, default=0, metavar="N",
                         help="NFQUEUE number inside the director namespace (default 0)")
     parser.add_argument("--cluster", type=int, default=0, metavar="N",
@@ -306,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configs(args: argparse.Namespace) -> list[Path]:
+    """--config, else the example of the lab asked for; the one-director lab's FIG. 1
+    also for DNS where its reals run dnsmasq (lab dig)."""
+    if args.config:
+        return [args.config]
+    if args.cluster:
+        return [find_example(CLUSTER_EXAMPLE)]
+    dns = not args.failover and os.path.exists(DNSMASQ)
+    return [find_example(DEFAULT_EXAMPLE), *([find_example(DNS_EXAMPLE)] if dns else [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
@@ -317,9 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             raise Failure(f"--cluster takes 1-{MAX_DIRECTORS} directors")
         if args.failover and args.cluster:
             raise Failure("--failover and --cluster build different labs: choose one")
-        example = CLUSTER_EXAMPLE if args.cluster else DEFAULT_EXAMPLE
-        return run(args.config or find_example(example), args.queue, args.cluster,
-                   args.failover)
+        return run(_configs(args), args.queue, args.cluster, args.failover)
     except (Failure, LabError) as err:
         print(f"localdirector lab: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Shell commands that exist only inside ``localdirector lab``: `lab curl`, `show lab`.
+"""Shell commands that exist only inside ``localdirector lab``: `lab curl`, `lab dig`,
+`show lab`.
 
 So that a newcomer at the director's prompt sees FIG. 1 at work without a second
 terminal, the shell sends traffic from the lab's client namespace, only toward the lab's
@@ -10,18 +11,21 @@ registers the commands; which lab they act on is read from the environment when 
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import time
+from collections.abc import Callable
 
 from localdirector.model.addr import format_ip
 from localdirector.shell import args
-from localdirector.shell.grammar import Keyword, choice, opt
+from localdirector.shell.grammar import Arg, ArgError, Keyword, choice, opt
 from localdirector.shell.registry import EXEC, command
 from localdirector.shell.render import table
 from localdirector.shell.session import CommandFailed, Session
 
-from .guide import DEFAULT_PORT, ENV, LabInfo, address_range, destinations, overview
+from .guide import DEFAULT_PORTS, ENV, LabInfo, address_range, destinations, overview
+from .udpservers import WHO_NAME
 from .topology import VIP_NET, LabError, client_addresses, require_allowed
 
 MAX_REQUESTS = 100
@@ -58,16 +62,18 @@ def _answer(info: LabInfo, source: str, url: str) -> str:
     return (proc.stdout.strip().splitlines() or ["(empty answer)"])[0]
 
 
-def _target(session: Session, target: tuple[int, int | None] | None) -> tuple[str, int]:
-    """The destination: the one given, else the first configured virtual."""
+def _target(session: Session, target: tuple[int, int | None] | None,
+            proto: str = "tcp") -> tuple[str, int]:
+    """The destination: the one given, else the first configured virtual of `proto`."""
     if target is None:
         with session.director.lock:
-            configured = destinations(session.director)
+            configured = destinations(session.director, proto)
         if not configured:
-            raise CommandFailed("no virtual server is configured: nothing to connect to")
-        addr, port = configured[0]
+            raise CommandFailed(f"no {proto} virtual server is configured: nothing to "
+                                "send to")
+        addr, port, _ = configured[0]
     else:
-        addr, port = target[0], target[1] or DEFAULT_PORT
+        addr, port = target[0], target[1] or DEFAULT_PORTS[proto]
     text = format_ip(addr)
     try:
         require_allowed(text, [VIP_NET])
@@ -135,14 +141,20 @@ _GROUPS = choice(*(Keyword(group, f"From the {group} clients {address_range(clie
                            "group", group) for group, clients in client_addresses().items()))
 
 
-@command(EXEC, Keyword("lab", "Send traffic from this lab's clients"),
-         Keyword("curl", "HTTP requests through the director; each answer names the real "
-                         "that served it"),
-         _GROUPS,
-         opt(args.number("count", 1, MAX_REQUESTS, "How many requests, one after "
-                         "another, each from the next client address", "COUNT")),
-         opt(Keyword("vip", "Connect to this VIP (default: the first virtual)"),
-             args.vip_port("target", "Virtual address and port [80]")),
+def _traffic(word: str, help: str, what: str, proto: str) -> tuple[object, ...]:
+    """The start every `lab` traffic command shares: `lab WORD GROUP [COUNT] [vip
+    VIP[:PORT]]`, COUNT `what`s one after another, to the first `proto` virtual."""
+    return (Keyword("lab", "Send traffic from this lab's clients"), Keyword(word, help),
+            _GROUPS,
+            opt(args.number("count", 1, MAX_REQUESTS, f"How many {what}, one after "
+                            "another, each from the next client address", "COUNT")),
+            opt(Keyword("vip", f"Send to this VIP (default: the first {proto} virtual)"),
+                args.vip_port("target", f"Virtual address and port "
+                                        f"[{DEFAULT_PORTS[proto]}]")))
+
+
+@command(EXEC, *_traffic("curl", "HTTP requests through the director; each answer names "
+                                 "the real that served it", "requests", "tcp"),
          opt(Keyword("hold", "Keep the connections open in the background"),
              args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
                          "SECONDS")),
@@ -164,18 +176,87 @@ def lab_curl(session: Session, group: str, count: int = 1,
         session.print("See them with show conns and show real.")
         return
     url = f"http://{addr}:{port}/"
+    _ask_each(session, sources, ("Client", "Connected to", "Answered by"),
+              lambda source: (f"{addr}:{port}", _answer(info, source, url)), "requests")
+
+
+def _ask_each(session: Session, sources: list[str], header: tuple[str, ...],
+              ask: Callable[[str], tuple[str, ...]], what: str) -> None:
+    """One question per source, one after another (a round robin reads in order), and
+    the table of answers, whose last column says who answered or NO_ANSWER why not;
+    after GIVE_UP_AFTER silences in a row the rest are not sent."""
     rows = []
     silent = 0
     for source in sources:
-        answer = _answer(info, source, url)
-        rows.append((source, f"{addr}:{port}", answer))
-        silent = silent + 1 if answer.startswith(NO_ANSWER) else 0
-        if silent == GIVE_UP_AFTER and len(rows) < count:
+        row = (source, *ask(source))
+        rows.append(row)
+        silent = silent + 1 if row[-1].startswith(NO_ANSWER) else 0
+        if silent == GIVE_UP_AFTER and len(rows) < len(sources):
             break
-    session.print_lines(table(("Client", "Connected to", "Answered by"), rows))
-    if len(rows) < count:
-        session.print(f"Stopped after {GIVE_UP_AFTER} requests in a row got no answer; "
-                      f"{count - len(rows)} not sent.")
+    session.print_lines(table(header, rows))
+    if len(rows) < len(sources):
+        session.print(f"Stopped after {GIVE_UP_AFTER} {what} in a row got no answer; "
+                      f"{len(sources) - len(rows)} not sent.")
+
+
+def _dns_name(text: str, _session: object) -> str:
+    """A name with a dot (`who.lab`), so it is never taken for a keyword or a count."""
+    if "." not in text or not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", text):
+        raise ArgError(f"expected a DNS name with a dot (as {WHO_NAME}), not '{text}'")
+    return text
+
+
+def _qtype(text: str, _session: object) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,9}", text):
+        raise ArgError(f"expected a record type (TXT, A, SOA, ...), not '{text}'")
+    return text.upper()
+
+
+def _dig(info: LabInfo, source: str, addr: str, port: int, name: str,
+         qtype: str) -> tuple[str, str]:
+    """(answer size, who answered): the first word of the first record of the answer,
+    which the lab's DNS servers make the real's name; or the status, or NO_ANSWER why.
+    One try, EDNS 4096 and no retry over TCP when truncated (+ignore): what crossed the
+    director over UDP is what is shown."""
+    argv = ["ip", "netns", "exec", info.client_ns, "dig", f"@{addr}", "-p", str(port),
+            "-b", source, name, qtype, f"+time={REQUEST_SECONDS}", "+tries=1",
+            "+bufsize=4096", "+ignore"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True,
+                              timeout=REQUEST_SECONDS + 5, check=False)
+    except subprocess.TimeoutExpired:
+        return "-", f"{NO_ANSWER}dig did not finish"
+    status = re.search(r"status: (\w+)", proc.stdout)
+    if proc.returncode != 0 or status is None:
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        reason = lines[-1].lstrip(";") if lines else f"dig exit status {proc.returncode}"
+        return "-", f"{NO_ANSWER}{reason.strip()}"
+    size = re.search(r"MSG SIZE\s+rcvd: (\d+)", proc.stdout)
+    truncated = " (truncated)" if re.search(r"flags:[a-z ]* tc[ ;]", proc.stdout) else ""
+    records = proc.stdout.split(";; ANSWER SECTION:\n", 1)[1:]
+    fields = records[0].split("\n", 1)[0].split(None, 4) if records else []
+    if len(fields) < 5:
+        return size[1] if size else "-", f"{status[1]}, no records{truncated}"
+    return size[1] if size else "-", fields[4].split()[0].strip('"') + truncated
+
+
+@command(EXEC, *_traffic("dig", "DNS queries over udp through the director; each answer "
+                                "names the real that served it", "queries", "udp"),
+         opt(Arg("name", "NAME", f"The name asked [{WHO_NAME}]", _dns_name),
+             opt(Arg("qtype", "TYPE", "The record type [TXT]", _qtype))),
+         output=True, locked=False)
+def lab_dig(session: Session, group: str, count: int = 1,
+            target: tuple[int, int | None] | None = None, name: str = WHO_NAME,
+            qtype: str = "TXT") -> None:
+    """Real `dig` in the clients' namespace, one query (one new flow) per client
+    address; unlocked as `lab curl` is, for the same reason."""
+    info = _this_lab()
+    addr, port = _target(session, target, "udp")
+    clients = info.clients[group]
+    sources = [clients[i % len(clients)] for i in range(count)]
+    _ask_each(session, sources, ("Client", "Asked", "Question", "Bytes", "Answered by"),
+              lambda source: (f"{addr}:{port}", f"{name}/{qtype}",
+                              *_dig(info, source, addr, port, name, qtype)), "queries")
 
 
 @command(EXEC, Keyword("show", "Show running system information"),

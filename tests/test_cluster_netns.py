@@ -251,4 +251,7 @@ def test_a_killed_appliance_is_withdrawn_when_its_session_closes(cluster) -> Non
     print(f"\nkilled appliance: its route gone after "
           f"{(time.monotonic() - started) * 1000:.0f} ms")
     state = lab.birdc("show protocols all d3").stdout
-    assert "Connection closed" in state and "Hold timer expired" not in state, state
+    # The dead speaker's kernel ended the session (a FIN, or a RST when data it had not
+    # read was still queued), not BIRD's hold timer.
+    assert ("Connection closed" in state or "Connection reset by peer" in state) \
+        and "Hold timer expired" not in state, state

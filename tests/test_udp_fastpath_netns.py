@@ -134,8 +134,8 @@ def test_engine_decided_fast_path_carries_dns_and_4k_datagrams(lab: Lab, applian
                      what="every flow answered")
     conns = console.run("show conns")
     fast = [line.split() for line in conns.splitlines()
-            if line.split()[:1] == ["udp"] and line.split()[-1] == "fastpath"]
-    assert len(fast) == 10 and all(row[4] == "REPLIED" for row in fast), conns
+            if line.split()[-2:] == ["fastpath", "udp"]]
+    assert len(fast) == 10 and all(row[3] == "REPLIED" for row in fast), conns
     # (8 dig flows, and one per big datagram: the client's socket is new each time)
     table = conntrack_udp(lab)
     assert sum(f"dst={DNS_VIP} " in line and "dport=53 " in line

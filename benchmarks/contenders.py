@@ -19,7 +19,7 @@ from pathlib import Path
 from localdirector.lab import LabError
 
 from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
-from .udp import appliance_lines, nat_rule
+from .udp import appliance_lines, nat_rule, udp_virtual
 
 _STOP_DEADLINE = 10.0
 _NFT_TABLE = "ldbench_nat"
@@ -299,7 +299,8 @@ class LocalDirectorFastpath(LocalDirector):
 
     @staticmethod
     def config() -> str:
-        return LocalDirector.config() + f"fastpath {VIP}:{VIP_PORT}:0:tcp\n"
+        return LocalDirector.config() + "".join(
+            f"fastpath {virtual}\n" for virtual in (f"{VIP}:{VIP_PORT}:0:tcp", udp_virtual(VIP)))
 
     def stop(self, bench: BenchLab) -> list[str]:
         notes = super().stop(bench)
@@ -322,7 +323,9 @@ class LocalDirectorKernel(LocalDirectorFastpath):
 
     @staticmethod
     def config() -> str:
-        return LocalDirector.config() + f"fastpath {VIP}:{VIP_PORT}:0:tcp kernel\n"
+        return LocalDirector.config() + "".join(
+            f"fastpath {virtual} kernel\n"
+            for virtual in (f"{VIP}:{VIP_PORT}:0:tcp", udp_virtual(VIP)))
 
     def stop(self, bench: BenchLab) -> list[str]:
         notes = super().stop(bench)

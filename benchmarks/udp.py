@@ -28,11 +28,9 @@ TIMEOUT = 1          # seconds before an unanswered query counts lost
 KERNEL_GOAL = 0.9    # the kernel-decided path's queries/s over kernel NAT's
 PACKET_GOAL = 0.9    # TCP keep-alive CPU per packet over UDP's, on the userspace path
 # The contenders of benchmarks/contenders.py with no UDP figure, and why.
-NOT_YET = "not yet: fastpath refuses udp virtuals in this version"
+NOT_YET = "not measured: no localdirector-kernel figure in this run"
 NO_UDP = {
     "haproxy": "HAProxy's mode tcp balances TCP only",
-    "localdirector-fastpath": NOT_YET,
-    "localdirector-kernel": NOT_YET,
     "nfqueue-null": "a TCP diagnostic: its worker is queued TCP only",
     "nfqueue-null-own": "a TCP diagnostic: its worker is queued TCP only",
     "nfqueue-null-own-2": "a TCP diagnostic: its worker is queued TCP only",
@@ -81,9 +79,15 @@ def nat_rule(vip: str, reals: str, count: int) -> str:
             f"dnat to numgen inc mod {count} map {{ {reals} }}\n")
 
 
+def udp_virtual(vip: str) -> str:
+    """The appliance's udp virtual for DNS, which the fast-path contenders put on their
+    paths beside the TCP one."""
+    return f"{vip}:{DNS_PORT}:0:udp"
+
+
 def appliance_lines(vip: str, reals: tuple[str, ...]) -> list[str]:
     """The appliance's udp virtual: the same reals, round robin by flow."""
-    virtual = f"{vip}:{DNS_PORT}:0:udp"
+    virtual = udp_virtual(vip)
     ids = [f"{real}:0:0:udp" for real in reals]
     return [*(f"real {i} is" for i in ids), f"virtual {virtual} is",
             f"predictor {virtual} roundrobin", f"bind {virtual} {' '.join(ids)}"]

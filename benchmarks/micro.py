@@ -39,163 +39,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from scapy.layers.inet import IP, TCP
 
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, Engine
 from localdirector.dataplane.packet import parse_tcp, rewrite
-from localdirector.model.addr import format_ip, parse_ip
-from localdirector.model.connection import Connection, flow_key
+from localdirector.model.connection import Connection
 from localdirector.model.director import Director
-from localdirector.model.serverid import ServerId
 
 from . import machine
+from .crafted import (POOL, VIP, VPORT, Packets, Tuples, build_director, client_pool,
+                      lifecycle)
 from .figures import emit
 from .profile import format_summary, record, summarize
 
-VIP = parse_ip("192.0.2.10")
-VPORT = 80
-REALS = ("203.0.113.11", "203.0.113.12", "203.0.113.13")
-POOL = 2048                                    # distinct client addresses
-BIND_IDS = 4                                   # instances 1..4 besides the general one
-ASSIGN_NET = (parse_ip("198.18.0.0"), 15)      # where the assign prefixes live
-GENERAL_NET = (parse_ip("198.51.100.0"), 24)   # clients no assign entry covers
-PREFIX_LENGTHS = (32, 32, 32, 32, 32, 32, 31, 30, 30, 29, 28, 28, 26, 24)
 # The issue's targets. "SYN decision" is Director.decide (which instance, which real);
 # the whole SYN packet (checksum check, table insert, translation) is reported beside it.
 TARGETS = {"decision": 5.0, "translate_in": 3.0, "translate_out": 3.0}
 BYTES_TARGET = 400
 
-
-
-# ------------------------------------------------------------------ the model
-def build_director(assigns: int, rng: random.Random) -> tuple[Director, list[tuple[int, int]]]:
-    """VIP 192.0.2.10:80 with a general instance and BIND_IDS Bind ID instances, each
-    bound to the three reals, and ``assigns`` distinct prefixes spread over the instances;
-    returns the director and the prefixes."""
-    director = Director()
-    director.settings.max_conns = 1 << 40  # the benchmark fills the table on purpose
-    reals = [director.add_real(ServerId(parse_ip(addr))).sid for addr in REALS]
-    for bind in range(BIND_IDS + 1):
-        vsid = ServerId(VIP, VPORT, bind)
-        director.add_virtual(vsid)
-        for real in reals:
-            director.bind(vsid, real)
-    prefixes = _random_prefixes(assigns, rng)
-    for index, (addr, plen) in enumerate(prefixes):
-        director.assign(ServerId(VIP, VPORT, 1 + index % BIND_IDS), addr, plen)
-    return director, prefixes
-
-
-def _random_prefixes(count: int, rng: random.Random) -> list[tuple[int, int]]:
-    base, plen = ASSIGN_NET
-    span = 1 << (32 - plen)
-    seen: set[tuple[int, int]] = set()
-    result = []
-    while len(result) < count:
-        length = rng.choice(PREFIX_LENGTHS)
-        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        prefix = ((base + rng.randrange(span)) & mask, length)
-        if prefix not in seen:
-            seen.add(prefix)
-            result.append(prefix)
-    return result
-
-
-def client_pool(prefixes: Sequence[tuple[int, int]], size: int,
-                rng: random.Random) -> list[int]:
-    """``size`` distinct client addresses: every general client of 198.51.100.0/24 (no
-    assign entry covers them: the lookup misses and falls back to Bind ID 0) and the rest
-    inside assigned prefixes (a Bind ID instance takes them), shuffled."""
-    base, plen = GENERAL_NET
-    general = [base + i for i in range(1, (1 << (32 - plen)) - 1)]
-    assigned: set[int] = set()
-    room = sum(1 << (32 - length) for _addr, length in prefixes)
-    want = min(max(0, size - len(general)), room)
-    while len(assigned) < want:
-        addr, length = rng.choice(prefixes)
-        assigned.add(addr + rng.randrange(1 << (32 - length)))
-    pool = general + sorted(assigned)
-    rng.shuffle(pool)
-    return pool
-
-
-# ------------------------------------------------------------------- packets
-class Packets:
-    """scapy-built templates, retargeted with the data plane's own incremental rewrites,
-    so every copy carries valid checksums (the engine verifies them on a SYN)."""
-
-    def __init__(self) -> None:
-        client, real = "198.51.100.7", REALS[0]
-        opts = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
-        self.syn = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
-            sport=40000, dport=VPORT, flags="S", seq=1,
-            options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1000, 0)), ("NOP", None),
-                     ("WScale", 7)]))
-        self.synack = bytes(IP(src=real, dst=client) / TCP(
-            sport=VPORT, dport=40000, flags="SA", seq=5000, ack=2,
-            options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (3000, 1000)),
-                     ("NOP", None), ("WScale", 7)]))
-        self.ack = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
-            sport=40000, dport=VPORT, flags="A", seq=2, ack=5001, options=opts))
-        self.request = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
-            sport=40000, dport=VPORT, flags="PA", seq=2, ack=5001, options=opts)
-            / (b"GET /small HTTP/1.1\r\nHost: 192.0.2.10\r\n\r\n"))
-        self.response = bytes(IP(src=real, dst=client) / TCP(
-            sport=VPORT, dport=40000, flags="PA", seq=5001, ack=40, options=opts)
-            / (b"x" * 1448))
-        self.fin_in = bytes(IP(src=client, dst=format_ip(VIP)) / TCP(
-            sport=40000, dport=VPORT, flags="FA", seq=40, ack=6449, options=opts))
-        self.fin_out = bytes(IP(src=real, dst=client) / TCP(
-            sport=VPORT, dport=40000, flags="FA", seq=6449, ack=41, options=opts))
-        self.ack_out = bytes(IP(src=real, dst=client) / TCP(
-            sport=VPORT, dport=40000, flags="A", seq=6450, ack=41, options=opts))
-
-    @staticmethod
-    def inbound(template: bytes, src: int, sport: int) -> bytearray:
-        """Client -> VIP copy of ``template`` from ``src:sport``."""
-        buf = bytearray(template)
-        rewrite(buf, (buf[0] & 0x0F) << 2, src, sport, False)
-        return buf
-
-    @staticmethod
-    def outbound(template: bytes, conn: Connection) -> bytearray:
-        """Real -> client copy of ``template`` for ``conn`` (to its possibly remapped port)."""
-        buf = bytearray(template)
-        ihl = (buf[0] & 0x0F) << 2
-        rewrite(buf, ihl, conn.real_ip, conn.real_port, False)
-        rewrite(buf, ihl, conn.foreign_ip, conn.nat_port, True)
-        return buf
-
-
-def lifecycle(packets: Packets, engine: Engine, src: int, sport: int) -> list[bytearray]:
-    """The 10 packets of one short HTTP connection, in order; reply packets are built
-    only once the SYN has created the connection they must match, so this handles the
-    SYN itself and returns the other 9 still to be handled."""
-    engine.handle(packets.inbound(packets.syn, src, sport))
-    conn = engine.director.conns.inbound[flow_key(src, sport, VIP, VPORT)]
-    return [packets.outbound(packets.synack, conn), packets.inbound(packets.ack, src, sport),
-            packets.inbound(packets.request, src, sport),
-            packets.outbound(packets.response, conn), packets.inbound(packets.ack, src, sport),
-            packets.outbound(packets.fin_out, conn), packets.inbound(packets.fin_in, src, sport),
-            packets.outbound(packets.ack_out, conn)]
-
-
-# ------------------------------------------------------------------- timing
-class Tuples:
-    """Hands out client (address, port) pairs never used before in this engine, so
-    every SYN built from them opens a new connection instead of looking like a
-    retransmission."""
-
-    def __init__(self, pool: Sequence[int]) -> None:
-        self.pool = pool
-        self.block = 0  # ports 1024 + block are used up for every address of the pool
-
-    def take(self, count: int) -> list[tuple[int, int]]:
-        size, first = len(self.pool), self.block
-        self.block += -(-count // size)
-        if 1024 + self.block > 65536:
-            raise RuntimeError("client tuples exhausted: use fewer connections or samples")
-        return [(self.pool[i % size], 1024 + first + i // size) for i in range(count)]
 
 
 def per_op(run: Callable[[Sequence[Any]], None], items: Sequence[Any],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -32,11 +31,12 @@ from typing import Any
 
 from localdirector.lab import LabError, clean_stale, unavailable_reason
 
-from . import machine, udp
+from . import cpu, machine, udp
 from .contenders import Contender, ContenderUnavailable, LocalDirector, all_contenders, \
     queue_counters, reset_director
 from .lab import LARGE_PATH, SMALL_PATH, VIP_PORT, BenchLab
 from .profile import format_summary, record, summarize
+from .report import BASELINE, METRICS, TARGETS, format_table, format_targets, summarize_samples
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_report.lua"
@@ -45,8 +45,6 @@ REQUIRED_TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "n
                   "conntrack": "conntrack", "setpriv": "util-linux", "curl": "curl",
                   "ip": "iproute2", "iptables": "iptables"}
 DNS_TOOLS = {"dnsperf": "dnsperf", "dnsmasq": "dnsmasq-base"}
-BASELINE = "kernel-nat"
-REFERENCE_LATENCY = "direct"
 
 
 @dataclass(frozen=True)
@@ -66,15 +64,6 @@ class Workload:
     tool: str = "wrk"
 
 
-@dataclass(frozen=True)
-class Metric:
-    workload: str
-    key: str
-    label: str
-    unit: str
-    higher_is_better: bool
-
-
 WORKLOADS = {
     "keepalive": Workload("keepalive", SMALL_PATH, processes=0, rate="requests_per_s"),
     "close": Workload("close", SMALL_PATH, processes=0, close=True, rate="connections_per_s"),
@@ -84,92 +73,9 @@ WORKLOADS = {
     # One dnsperf process per real (direct routing's targets), udp.CLIENTS flows each.
     "dns": Workload("dns", "", processes=3, rate="queries_per_s", tool="dnsperf"),
 }
-METRICS = [
-    Metric("keepalive", "requests_per_s", "keep-alive requests/s", "req/s", True),
-    Metric("close", "connections_per_s", "new connections/s", "conn/s", True),
-    Metric("bulk", "megabytes_per_s", "bulk transfer MB/s", "MB/s", True),
-    Metric("latency", "p50_us", "latency p50 (1 conn)", "us", False),
-    Metric("latency", "p99_us", "latency p99 (1 conn)", "us", False),
-    Metric("dns", "queries_per_s", "DNS queries/s (udp)", "q/s", True),
-    Metric("keepalive", "cpu_us_per_packet", "keep-alive CPU/packet", "us", False),
-    Metric("dns", "cpu_us_per_packet", "DNS CPU/packet (udp)", "us", False),
-]
 
 
 # ------------------------------------------------------------------- measuring
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine: every namespace shares these CPUs."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces
-    and parentheses), numbered from the state at 0; None once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _proc_cpu(pid: int | None, children: bool = False) -> tuple[float, float]:
-    """(user, system) CPU seconds, all threads, of ``pid`` so far (and of its live
-    child processes with ``children``); zeros without one.
-
-    The split matters for the appliance: system time is the kernel work its NFQUEUE
-    system calls carry (receiving, and the verdict that sends the packet on its way),
-    user time is everything Python does, the engine included."""
-    own = _stat(pid) if pid is not None else None
-    if own is None:
-        return 0.0, 0.0
-    stats = [own]
-    for entry in os.scandir("/proc") if children else ():
-        if entry.name.isdigit() and entry.name != str(pid):
-            stat = _stat(entry.name)
-            if stat is not None and int(stat[1]) == pid:
-                stats.append(stat)
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(int(stat[11]) for stat in stats) / tick,
-            sum(int(stat[12]) for stat in stats) / tick)
-
-
-def _lab_inodes(bench: BenchLab) -> set[int]:
-    """Network-namespace inodes of the lab: a process in one of them is ours."""
-    inodes = set()
-    for ns in bench.lab.namespaces:
-        try:
-            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
-        except OSError:
-            pass
-    return inodes
-
-
-_PF_KTHREAD = 0x00200000
-
-
-def _foreign_cpu(ours: set[int]) -> dict[int, float]:
-    """CPU seconds so far of every user process outside the lab's namespaces: other
-    work on the machine, which skews the figures (our own harness idles while wrk runs).
-    Kernel threads are left out: ksoftirqd and kworkers do the lab's own packet work
-    when softirqs overflow, and they live in the host namespace."""
-    tick = os.sysconf("SC_CLK_TCK")
-    result = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry.name}/ns/net").st_ino in ours:
-                continue
-        except OSError:
-            continue
-        stat = _stat(entry.name)
-        if stat is None or int(stat[6]) & _PF_KTHREAD:
-            continue
-        result[int(entry.name)] = (int(stat[11]) + int(stat[12])) / tick
-    return result
-
-
 def _parse_wrk(output: str) -> dict[str, Any] | None:
     for line in output.splitlines():
         if line.startswith("WRK-JSON "):
@@ -205,11 +111,11 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         procs.append(bench.popen(bench.client_ns, bench.client_argv(index, argv),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE))
-    busy0, total0 = _cpu_times()
-    ours = _lab_inodes(bench)
-    foreign0 = _foreign_cpu(ours)
+    busy0, total0 = cpu.machine_times()
+    ours = cpu.lab_inodes(bench)
+    foreign0 = cpu.foreign_cpu(ours)
     pid = contender.pid
-    proc_cpu0 = _proc_cpu(pid, contender.workers > 1)
+    proc_cpu0 = cpu.process_cpu(pid, contender.workers > 1)
     queue0 = queue_counters(bench) if contender.nfqueue else None
     started = time.monotonic()
     reports, failures = [], []
@@ -226,8 +132,8 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         else:
             reports.append(report)
     wall = time.monotonic() - started
-    busy1, total1 = _cpu_times()
-    foreign = sum(cpu - foreign0.get(p, 0.0) for p, cpu in _foreign_cpu(ours).items())
+    busy1, total1 = cpu.machine_times()
+    foreign = sum(cpu - foreign0.get(p, 0.0) for p, cpu in cpu.foreign_cpu(ours).items())
     sample: dict[str, Any] = {
         "processes": processes,
         "connections": processes * per_process,
@@ -236,7 +142,7 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
         "foreign_cpu": round(foreign / wall, 3),
     }
     if pid is not None:
-        user1, system1 = _proc_cpu(pid, contender.workers > 1)
+        user1, system1 = cpu.process_cpu(pid, contender.workers > 1)
         sample["process_cpu_user"] = round((user1 - proc_cpu0[0]) / wall, 3)
         sample["process_cpu_system"] = round((system1 - proc_cpu0[1]) / wall, 3)
         sample["process_cpu"] = round(sample["process_cpu_user"] + sample["process_cpu_system"],
@@ -268,103 +174,6 @@ def run_workload(bench: BenchLab, contender: Contender, workload: Workload, dura
     else:
         sample["p99_us_worst_client"] = max(r["latency_us"]["p99"] for r in reports)
     return sample
-
-
-# ------------------------------------------------------------------ summarising
-def summarize_samples(samples: list[dict[str, Any]], contenders: list[str]) -> dict[str, Any]:
-    """Median, min, max per metric and contender; ratio of medians to kernel NAT; for
-    latency also the microseconds added over direct routing."""
-    summary: dict[str, Any] = {}
-    for metric in METRICS:
-        per: dict[str, Any] = {}
-        for name in contenders:
-            values = [s[metric.key] for s in samples
-                      if s["contender"] == name and s["workload"] == metric.workload
-                      and metric.key in s]
-            if values:
-                per[name] = {"median": statistics.median(values), "min": min(values),
-                             "max": max(values), "runs": len(values)}
-        if not per:
-            continue  # a workload not run (--workloads) or run by nobody
-        base = per.get(BASELINE, {}).get("median")
-        reference = per.get(REFERENCE_LATENCY, {}).get("median")
-        for entry in per.values():
-            entry["ratio_to_kernel_nat"] = round(entry["median"] / base, 3) if base else None
-            if metric.workload == "latency" and reference is not None:
-                entry["added_us"] = entry["median"] - reference
-        summary[f"{metric.workload}.{metric.key}"] = {
-            "label": metric.label, "unit": metric.unit,
-            "higher_is_better": metric.higher_is_better, "contenders": per}
-    return summary
-
-
-def _num(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
-
-
-def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
-    header = f"{'workload':<24} {'contender':<22} {'median':>10} {'min-max':>21} {'x NAT':>6}"
-    lines = [header, "-" * len(header)]
-    for key, entry in summary.items():
-        for contender in contenders:
-            stats = entry["contenders"].get(contender.name)
-            if key.endswith(".cpu_us_per_packet") and not contender.every_packet:
-                continue        # a per-packet cost only where every packet is queued
-            if stats is None:
-                why = ("unavailable (below)" if contender.unavailable
-                       else key.startswith("dns.") and udp.NO_UDP.get(contender.name)
-                       or "no result")
-                lines.append(f"{entry['label']:<24} {contender.name:<22} {why}")
-                continue
-            span = f"{_num(stats['min'])}-{_num(stats['max'])}"
-            ratio = stats["ratio_to_kernel_nat"]
-            extra = ""
-            if "added_us" in stats and contender.name != REFERENCE_LATENCY:
-                extra = f"  ({stats['added_us']:+,.0f} us vs direct)"
-            lines.append(f"{entry['label']:<24} {contender.name:<22} {_num(stats['median']):>10}"
-                         f" {span:>21} {ratio if ratio is not None else '-':>6}{extra}")
-        lines.append("")
-    lines += [f"{c.name} unavailable: {c.unavailable}" for c in contenders if c.unavailable]
-    return "\n".join(lines)
-
-
-# Issue 16's goals, per contender: (figure, what it is compared with, at least this ratio).
-# The reference is another contender of the same run, or None for an absolute figure.
-_FAST = [("keepalive.requests_per_s", BASELINE, 0.97), ("close.connections_per_s", BASELINE, 0.9),
-         *((key, "haproxy", 1.0) for key in ("keepalive.requests_per_s",
-                                              "close.connections_per_s",
-                                              "bulk.megabytes_per_s"))]
-TARGETS: dict[str, list[tuple[str, str | None, float]]] = {
-    "localdirector": [("keepalive.requests_per_s", "nfqueue-null", 0.95),
-                      ("close.connections_per_s", "nfqueue-null", 0.95),
-                      ("keepalive.requests_per_s", "haproxy", 1.0),
-                      ("bulk.megabytes_per_s", None, 1000.0)],
-    "localdirector-fastpath": _FAST,
-    "localdirector-kernel": _FAST,
-    # Issue 28: Maglev decided in the kernel, within 5 % of kernel NAT.
-    "localdirector-kernel-maglev": [("keepalive.requests_per_s", BASELINE, 0.95),
-                                    ("close.connections_per_s", BASELINE, 0.95)],
-}
-
-
-def format_targets(summary: dict[str, Any], name: str) -> str:
-    """`name`'s goals against the medians of this run: met or not, and by how much."""
-    lines = [f"{name} against its goals (medians of this run):"]
-    for key, reference, goal in TARGETS.get(name, []):
-        if key not in summary or name not in summary[key]["contenders"]:
-            continue
-        median = summary[key]["contenders"][name]["median"]
-        if reference is None:
-            got, want, shown = median, f">= {_num(goal)}", _num(median)
-        else:
-            other = summary[key]["contenders"].get(reference)
-            if other is None or not other["median"]:
-                continue
-            got = median / other["median"]
-            want, shown = f">= {goal:.2f} x {reference}", f"{got:.3f}"
-        verdict = "met" if got >= goal else "NOT met"
-        lines.append(f"  {summary[key]['label']:<24} {want:<26} measured {shown}  {verdict}")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ main

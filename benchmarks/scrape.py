@@ -48,7 +48,8 @@ from localdirector.monitor import exporter
 
 from . import machine
 from .figures import emit
-from .micro import POOL, Packets, Tuples, build_director, client_pool, establish, populate
+from .crafted import POOL, Packets, Tuples, build_director, client_pool
+from .micro import establish, populate
 
 GOAL = 0.05   # the most a scrape a second may cost the data plane (issue 22)
 # Arm -> (scrapers, seconds between a scraper's scrapes, --metrics-detail); None: none.

@@ -123,7 +123,7 @@ def test_dnsperf_statistics_read_as_a_load_report() -> None:
 def test_udp_figures_table_and_goals() -> None:
     """The dns rows: ratios to kernel NAT, the reason a contender has no UDP figure,
     CPU per packet only for a path that queues every packet, and issue 25's goals."""
-    from benchmarks import contenders, run, udp
+    from benchmarks import contenders, report, udp
     figures = {("kernel-nat", "dns"): {"queries_per_s": 100000.0},
                ("localdirector", "dns"): {"queries_per_s": 25000.0, "cpu_us_per_packet": 10.0},
                ("localdirector", "keepalive"): {"requests_per_s": 30000.0,
@@ -134,10 +134,10 @@ def test_udp_figures_table_and_goals() -> None:
     samples = [{"contender": c, "workload": w, **f} for (c, w), f in figures.items()]
     chosen = [contenders.KernelNat(), contenders.HAProxy(), contenders.LocalDirector(),
               contenders.LocalDirectorFastpath()]
-    summary = run.summarize_samples(samples, [c.name for c in chosen])
+    summary = report.summarize_samples(samples, [c.name for c in chosen])
     assert summary["dns.queries_per_s"]["contenders"]["localdirector"][
         "ratio_to_kernel_nat"] == 0.25
-    table = run.format_table(summary, chosen)
+    table = report.format_table(summary, chosen)
     assert "haproxy                HAProxy's mode tcp balances TCP only" in table
     assert summary["dns.queries_per_s"]["contenders"]["localdirector-fastpath"][
         "ratio_to_kernel_nat"] == 0.9

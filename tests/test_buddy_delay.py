@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_engine import CLIENT, VIP, A, B, Lab, sid
 from test_shell_commands import Shell
 
 from localdirector.dataplane.engine import ACCEPT_MODIFIED
 from localdirector.model.buddy import set_buddy
 from localdirector.model.director import Director
+from localdirector.model.errors import ModelError
 from localdirector.model.state import State
 
 OTHER = "198.51.100.8"
@@ -153,3 +155,27 @@ def test_commands_running_config_no_forms_and_show(tmp_path: Path) -> None:
     assert not any(line.startswith((f"buddy {VIP}:80", "delay")) for line in config)
     assert not sh.session.execute(f"delay {A}:80 3601")
     assert sh.director.reals[sid(f"{A}:80")].delay == 2
+
+
+def test_the_kernel_decides_neither_a_buddy_nor_a_delay() -> None:
+    """A kernel-decided virtual's SYNs never reach the predictors and its closed
+    connections are conntrack's: both orders of the two settings are refused."""
+    d = Director()
+    v = d.add_virtual(sid(f"{VIP}:80"))
+    d.add_real(sid(A))
+    d.bind(sid(f"{VIP}:80"), sid(A))
+    d.set_option(sid(f"{VIP}:80"), "predictor", "roundrobin")
+    set_buddy(v, "shop", d.virtuals.values())
+    with pytest.raises(ModelError, match="is in buddy group shop"):
+        d.set_fastpath(sid(f"{VIP}:80"), True, kernel=True)
+    set_buddy(v, "", d.virtuals.values())
+    d.set_option(sid(A), "delay", 9)
+    with pytest.raises(ModelError, match="sets delay"):
+        d.set_fastpath(sid(f"{VIP}:80"), True, kernel=True)
+    d.set_option(sid(A), "delay", None)
+    d.set_fastpath(sid(f"{VIP}:80"), True, kernel=True)
+    with pytest.raises(ModelError, match="decided in the kernel"):
+        set_buddy(v, "shop", d.virtuals.values())
+    with pytest.raises(ModelError, match="sets delay"):
+        d.set_option(sid(A), "delay", 9)
+    assert (v.buddy, d.reals[sid(A)].delay) == ("", 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from localdirector.model.addr import format_ip, format_mask, prefix_mask
+from localdirector.model.buddy import set_buddy
 from localdirector.model.director import Director
 from localdirector.model.options import REAL_OPTIONS, VIRTUAL_OPTIONS, Option
 from localdirector.model.predictors import PREDICTORS
@@ -16,7 +17,7 @@ from localdirector.model.state import State
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, Jump, Keyword, Repeat, choice, opt
 from localdirector.shell.registry import Mode, command, declare
-from localdirector.shell.session import Session
+from localdirector.shell.session import CommandFailed, Session
 
 CONFIG = Mode.CONFIG
 
@@ -125,6 +126,8 @@ _number_setting("threshold", "Reassigns in a row that fail a real [8]",
 _number_setting("reassign", "Unanswered SYNs before a connection moves [3]",
                 "SYN retransmissions")
 _number_setting("retry", "Seconds before a failed real is tested again [60]", "Seconds")
+_number_setting("delay", "Seconds a closed connection is kept for its last packets [2]",
+                "Seconds, 0 = removed at once")
 _setting("predictor", "How a virtual picks a real [leastconns]", args.virtual_id("id"),
          choice(*(Keyword(p, f"{p} predictor", "value") for p in PREDICTORS)),
          VIRTUAL_OPTIONS["predictor"])
@@ -148,6 +151,21 @@ def per_datagram(session: Session, id: ServerId, no: bool = False) -> None:
     """Each client datagram is decided as a new flow's first would be; the real's
     answers are still translated back (docs/design.rst, "UDP flows")."""
     session.director.set_per_datagram(id, not no)
+
+
+@command(CONFIG, Keyword("buddy", "Group virtuals so a sticky client keeps one real "
+                                  "address on each"),
+         args.virtual_id("id"), args.word("name", "Buddy group name"), no=2,
+         saver=lambda d: [(v.sid, v.buddy) for v in d.iter_virtuals() if v.buddy])
+def buddy(session: Session, id: ServerId, name: str = "", no: bool = False) -> None:
+    """LocalDirector's buddy groups (model/buddy.py): `no buddy VIRTUAL [NAME]` takes
+    the virtual out of its group."""
+    director = session.director
+    virtual = director.virtual(id)
+    if no and name and name != virtual.buddy:
+        raise CommandFailed(f"{director.fmt(id)} is not in buddy group {name}")
+    set_buddy(virtual, "" if no else name, director.iter_virtuals())
+    director.changed()
 
 
 # -- links and Bind ID objects -----------------------------------------------------------

@@ -17,15 +17,9 @@ _REST = Arg("rest", "LINE", "The rest of the line", lambda text, _s: text, rest=
 
 # word: (help, why it is not built)
 REFUSED: dict[str, tuple[str, str]] = {
-    "buddy": ("Group reals so a client's connections go to one buddy group",
-              "buddy groups are not built: a client's connections to two virtuals are "
-              "kept together only by sticky on each"),
     "autounfail": ("Bring a failed real back when it answers",
                    "not built as a switch: a failed real is always tested again after "
                    "retry seconds, and probes bring it back at once"),
-    "delay": ("Delay the removal of connections",
-              "delayed removal is not built: a closed connection's entry is kept 2 s for "
-              "its last packets, and out-of-service drains a real's open connections"),
     "data": ("Fail a real that sends no data after the handshake",
              "data checking is not built: a real is failed by unanswered SYNs (threshold) "
              "and by probes (probeconfig ... http expect TEXT)"),

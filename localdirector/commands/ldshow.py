@@ -1,6 +1,7 @@
 """`show real ld` and `show virtual ld`: LocalDirector's own column layout (issue 27
 item 8), for an administrator whose eyes and scripts know it. The project's tables stay
-the default; the data (`| json`) is the same rows under LocalDirector's headers."""
+the default; the data (`| json`) is the same rows under LocalDirector's headers.
+`show buddy`: LocalDirector's listing of its buddy groups."""
 
 from __future__ import annotations
 
@@ -40,3 +41,14 @@ def show_virtual_ld(session: Session, pattern: ServerPattern | None = None) -> N
     session.print("Virtual Machines:")
     session.print_table(("Machine", "Bind ID", "Connect", "State", "Sticky", "Predictor",
                          "Redirection"), rows)
+
+
+@command(EXEC, SHOW, Keyword("buddy", "Buddy groups of virtuals (buddy VIRTUAL NAME)"),
+         opt(args.word("name", "Only this buddy group")), output=True)
+def show_buddy(session: Session, name: str | None = None) -> None:
+    d = session.director
+    rows = [(v.buddy, d.fmt(v.sid), v.sticky, d.virtual_state(v))
+            for v in sorted(d.iter_virtuals(), key=lambda v: v.buddy)
+            if v.buddy and (name is None or v.buddy == name)]
+    session.print_table(("Buddy Group", "Virtual", "Sticky", "State"), rows,
+                        fields=("buddy", "virtual", "sticky", "state"))

@@ -110,7 +110,8 @@ def _virtual_detail(d: Director, v: VirtualMachine) -> list[str]:
         f"  Dropped SYNs: {v.synguard_drops} synguard, {v.no_real_drops} no real",
         f"  Settings: timeout {v.timeout} s, sticky "
         f"{f'{v.sticky} min ({len(v.sticky_table)} clients)' if v.sticky else 'off'}, "
-        f"synguard {v.synguard or 'off'}, backup {d.fmt(v.backup) if v.backup else '-'}",
+        f"synguard {v.synguard or 'off'}, backup {d.fmt(v.backup) if v.backup else '-'}, "
+        f"buddy {v.buddy or '-'}",
         *([f"  Udp: {'per-datagram' if v.per_datagram else 'per-flow'} balancing, "
            f"flows {v.flows}, {v.flows_evicted} flows evicted"]
           if v.proto == "udp" else []),
@@ -154,7 +155,7 @@ def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
         f"  Reassigns: {r.noanswer_reassigns} unanswered, {r.reset_reassigns} reset; "
         f"{r.consecutive_fails} in a row of threshold {r.threshold}; reassign after "
         f"{r.reassign} {'datagrams' if r.sid.proto == 'udp' else 'SYNs'}, retry after "
-        f"{r.retry} s",
+        f"{r.retry} s, closed connections kept {r.delay} s (delay)",
         f"  Backup: {d.fmt(r.backup) if r.backup else '-'}; bound to "
         f"{', '.join(d.fmt(v.sid) for v in bound) or 'no virtual'}",
     ]

@@ -7,10 +7,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 from ..model.connection import CLOSED, HALF_OPEN_STATES, Connection
+from ..model.real import DEFAULT_DELAY
 from ..model.virtual import VirtualMachine
 from .timers import DROP, KEEP, TAKE, TimerWheel
 
-LINGER = 2.0              # closed connections keep translating this long (last ACK, RST races)
+# Closed connections keep translating this long by default (last ACK, RST races); each
+# real's `delay` sets its own (LocalDirector's delayed removal).
+LINGER = float(DEFAULT_DELAY)
 EMBRYONIC_TIMEOUT = 75.0  # idle limit of a connection whose handshake has not completed
 _COMPACT_MIN = 4096       # dead timer entries tolerated before the wheel is rebuilt
 
@@ -19,7 +22,7 @@ def timeout(conn: Connection) -> float:
     """How long this connection may stay idle in its current state."""
     state = conn.tcp_state
     if state is CLOSED:
-        return LINGER
+        return conn.real.delay
     limit = conn.virtual.timeout
     if state in HALF_OPEN_STATES and limit > EMBRYONIC_TIMEOUT:
         return EMBRYONIC_TIMEOUT
@@ -39,7 +42,7 @@ class Expiry:
         self._wheel: TimerWheel[Connection] = TimerWheel(now)
         self._dead = 0
         self._timeouts: dict[VirtualMachine, int] = {}
-        self._linger: deque[Connection] = deque()
+        self._linger: dict[float, deque[Connection]] = {}
 
     def __len__(self) -> int:
         """Timer entries filed, dead ones included."""
@@ -50,9 +53,13 @@ class Expiry:
         self._wheel.add(conn, now + timeout(conn))
 
     def linger(self, conn: Connection, now: float) -> None:
-        """A connection just CLOSED: it goes LINGER seconds from now."""
-        conn.closing_at = now + LINGER
-        self._linger.append(conn)
+        """A connection just CLOSED: it goes its real's `delay` seconds from now."""
+        delay = conn.real.delay
+        conn.closing_at = now + delay
+        queue = self._linger.get(delay)
+        if queue is None:
+            queue = self._linger[delay] = deque()
+        queue.append(conn)
 
     def closed(self) -> None:
         """A connection left the table: its timer entry is dead from now on."""
@@ -60,9 +67,11 @@ class Expiry:
 
     def lingered(self, now: float) -> Iterator[Connection]:
         """The lingering connections whose time is up, to be removed."""
-        linger = self._linger
-        while linger and linger[0].closing_at <= now:
-            yield linger.popleft()
+        for delay, queue in list(self._linger.items()):
+            while queue and queue[0].closing_at <= now:
+                yield queue.popleft()
+            if not queue:
+                del self._linger[delay]
 
     def idle(self, now: float, inbound: dict[int, Connection]) -> Iterator[Connection]:
         """The live connections (`inbound`: the table) idle past their deadline. The

@@ -205,7 +205,7 @@ class TcpState:
             self.director.conns.set_state(conn, FIN_WAIT)
 
     def _closing(self, conn: Connection, now: float) -> None:
-        """FIN both ways or RST: keep translating for a while (LINGER), then remove."""
+        """FIN both ways or RST: keep translating for the real's `delay`, then remove."""
         self.director.conns.set_state(conn, CLOSED)
         self._expiry.linger(conn, now)
 

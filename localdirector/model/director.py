@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from . import health, kernelpath, maglev
+from . import buddy, health, kernelpath, maglev
 from .bgp import BgpSettings
 from .bindid import BindIdObject, BindIdTable
 from .chain import append as _append, unlink as _unlink
@@ -163,6 +163,8 @@ class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceS
         del dest[sid.bind]
         if not dest:
             del self.by_dest[(sid.addr, v.service)]
+        if v.buddy:
+            buddy.regroup(self.virtuals.values())
 
     # -- real machines -------------------------------------------------------------
     def add_real(self, sid: ServerId, state: State | None = None) -> PhysicalMachine:

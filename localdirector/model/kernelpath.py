@@ -25,7 +25,7 @@ from .fastpath import reachable_reals
 from .health import candidates
 from .maglev import DEFAULT_SIZE, MaglevTable
 from .predictors import backup_for
-from .real import DEFAULT_REASSIGN, DEFAULT_THRESHOLD
+from .real import DEFAULT_DELAY, DEFAULT_REASSIGN, DEFAULT_THRESHOLD
 from .serverid import ALL_PORTS, UDP_SERVICE
 from .state import State
 
@@ -66,6 +66,9 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
         if v.dispatched and v.sticky:
             return (f"{name} is dispatched and sticky: each director would remember its "
                     "own clients, and the kernel forwards packets without memory")
+        if v.buddy:
+            return (f"{name} is in buddy group {v.buddy}: following its buddies' sticky "
+                    "clients needs the engine to decide")
         other = next((o for o in _decided_with(director, v) if o.dispatched != v.dispatched),
                      None)
         if other is not None:
@@ -77,6 +80,9 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
             if r.maxconns:
                 return (f"real {director.fmt(r.sid)} has maxconns: the kernel does not "
                         "count open connections")
+            if r.delay != DEFAULT_DELAY:
+                return (f"real {director.fmt(r.sid)} sets delay: the kernel's conntrack "
+                        "times its closed connections")
             if (r.threshold, r.reassign) != (DEFAULT_THRESHOLD, DEFAULT_REASSIGN):
                 return (f"real {director.fmt(r.sid)} sets threshold or reassign: passive "
                         "health needs the engine to see each connection")

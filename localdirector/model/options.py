@@ -41,6 +41,7 @@ REAL_OPTIONS: dict[str, Option] = {
     "threshold": Option(real.DEFAULT_THRESHOLD, 1, 1000),
     "reassign": Option(real.DEFAULT_REASSIGN, 1, 100),
     "retry": Option(real.DEFAULT_RETRY, 1, 86400),
+    "delay": Option(real.DEFAULT_DELAY, 0, 3600),
 }
 
 VIRTUAL_OPTIONS: dict[str, Option] = {

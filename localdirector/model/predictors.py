@@ -117,15 +117,11 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
     get the connection back, not even through stickiness or as someone's backup."""
     sticky = virtual.sticky   # a property: asked once
     if sticky:
-        entry = virtual.sticky_table.get(client_ip)
-        if entry is not None:
-            real, last = entry
-            if now - last < sticky * 60 and isinstance(real, PhysicalMachine) \
-                    and real is not exclude and available(real) \
-                    and any(link.real is real for link in links):
-                if commit:
-                    remember_sticky(virtual, client_ip, real, now)
-                return real
+        kept = _sticky_real(virtual, links, client_ip, now, exclude)
+        if kept is not None:
+            if commit:
+                remember_sticky(virtual, client_ip, kept, now)
+            return kept
     eligible, testing, pending = candidates(links, exclude)
     chosen: PhysicalMachine | None = None
     if not eligible:
@@ -143,6 +139,35 @@ def select_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int, 
     if sticky and chosen is not None and commit:
         remember_sticky(virtual, client_ip, chosen, now)
     return chosen
+
+
+def _remembered(virtual: VirtualMachine, client_ip: int, now: float) -> object | None:
+    """The real `virtual`'s sticky table holds for `client_ip`, if still fresh."""
+    entry = virtual.sticky_table.get(client_ip)
+    if entry is None or now - entry[1] >= virtual.sticky * 60:
+        return None
+    return entry[0]
+
+
+def _sticky_real(virtual: VirtualMachine, links: Sequence[Link], client_ip: int,
+                 now: float, exclude: PhysicalMachine | None) -> PhysicalMachine | None:
+    """The real sticky keeps `client_ip` on: the one this virtual remembers, else, in a
+    buddy group (model/buddy.py), this virtual's real with the address of the one a
+    buddy remembers. Only a bound, available real that is not `exclude` qualifies;
+    None sends the client to the predictor."""
+    real = _remembered(virtual, client_ip, now)
+    if isinstance(real, PhysicalMachine) and real is not exclude and available(real) \
+            and any(link.real is real for link in links):
+        return real
+    for buddy in virtual.buddies:
+        other = _remembered(buddy, client_ip, now) if buddy.sticky else None
+        if not isinstance(other, PhysicalMachine):
+            continue
+        for link in links:
+            real = link.real
+            if real.addr == other.addr and real is not exclude and available(real):
+                return real
+    return None
 
 
 def remember_sticky(virtual: VirtualMachine, client_ip: int, real: PhysicalMachine,

@@ -10,6 +10,9 @@ DEFAULT_MAXCONNS = 0       # unlimited
 DEFAULT_THRESHOLD = 8
 DEFAULT_REASSIGN = 3
 DEFAULT_RETRY = 60
+# LocalDirector's `delay`: seconds a closed connection stays in the table, translating its
+# last packets (a retransmitted FIN, the last ACK, an RST race), before it is removed.
+DEFAULT_DELAY = 2
 
 
 class PhysicalMachine:
@@ -17,7 +20,7 @@ class PhysicalMachine:
 
     __slots__ = ("next", "sid", "addr", "port", "state", "admin_state", "current_conns",
                  "total_conns", "noanswer_reassigns", "reset_reassigns", "consecutive_fails",
-                 "threshold", "reassign", "retry", "weight", "maxconns", "backup",
+                 "threshold", "reassign", "retry", "delay", "weight", "maxconns", "backup",
                  "response_time", "failed_at", "testing", "probe_down", "probe_pending",
                  "packets_in", "packets_out", "bytes_in", "bytes_out")
 
@@ -32,6 +35,7 @@ class PhysicalMachine:
         self.threshold = DEFAULT_THRESHOLD
         self.reassign = DEFAULT_REASSIGN
         self.retry = DEFAULT_RETRY
+        self.delay = DEFAULT_DELAY
         self.weight = DEFAULT_WEIGHT
         self.maxconns = DEFAULT_MAXCONNS
         self.backup: ServerId | None = None

@@ -38,7 +38,7 @@ class VirtualMachine:
                  "sticky_table", "conns_current", "conns_total", "half_open",
                  "synguard_drops", "no_real_drops", "sticky_full", "pending_fallbacks",
                  "packets_in", "packets_out", "bytes_in", "bytes_out", "assign_entries",
-                 "assign_hits")
+                 "assign_hits", "buddy", "buddies")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
         self.next: VirtualMachine | None = None
@@ -57,6 +57,10 @@ class VirtualMachine:
         # affinity, in that order (model/predictors.py, remember_sticky).
         self.sticky_table: dict[int, tuple[object, float]] = {}
         self._sticky = DEFAULT_STICKY
+        # `buddy VIRTUAL NAME` (model/buddy.py): the group's name ("" = none) and the
+        # group's other virtuals, whose sticky clients this one follows.
+        self.buddy = ""
+        self.buddies: tuple[VirtualMachine, ...] = ()
         self.timeout = DEFAULT_UDP_TIMEOUT if sid.proto == "udp" else DEFAULT_TIMEOUT
         self.synguard = DEFAULT_SYNGUARD
         # Open connections the instance takes; at the limit new ones go to its backup

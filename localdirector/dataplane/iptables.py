@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..model.addr import format_ip
 from . import nflog
 from .packet import ICMP_ERROR_TYPES
-from .markrules import dispatch_rules, nat_rules, proto_port, stray_rules
+from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
 from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
 
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
@@ -86,8 +86,17 @@ class Names:
                      self.flood, self.defrag), (self.jump, self.local_jump)),
             "mangle": ((self.chain, self.reply, self.queue, self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
-            "nat": ((self.chain,), (self.nat_jump,)),
+            "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
+
+    @property
+    def static(self) -> str:
+        """nat POSTROUTING: `static REAL VIP`, the reals' own connections' source NAT."""
+        return f"{self.chain}-STATIC"
+
+    @property
+    def static_jump(self) -> str:
+        return f"-A POSTROUTING -j {self.static}"
 
     @property
     def defrag_tables(self) -> dict[str, list[str]]:
@@ -281,7 +290,8 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
     return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
             "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.note} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
-            "nat": [f":{n.chain} - [0:0]", *nat_rules(rules, marks, n)]}
+            "nat": [f":{n.chain} - [0:0]", f":{n.static} - [0:0]",
+                    *nat_rules(rules, marks, n), *static_rules(rules, n)]}
 
 
 def install_tables(chains: dict[str, list[str]], n: Names,
@@ -336,10 +346,12 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             *chains["mangle"][2:],
         ],
         "nat": [
-            *chains["nat"][:1],
+            *chains["nat"][:2],
             *delete("nat", n.nat_jump),
             n.nat_jump.replace("-A PREROUTING", "-I PREROUTING 1", 1),
-            *chains["nat"][1:],
+            *delete("nat", n.static_jump),
+            n.static_jump.replace("-A POSTROUTING", "-I POSTROUTING 1", 1),
+            *chains["nat"][2:],
         ],
     }
 

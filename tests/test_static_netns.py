@@ -25,10 +25,10 @@ PORT = 9000
 # address, forever (the lab kills it).
 SERVER = """
 import selectors, socket, sys
-addr = sys.argv[1]
-tcp = socket.create_server((addr, %d))
+addr, port = sys.argv[1], int(sys.argv[2])
+tcp = socket.create_server((addr, port))
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind((addr, %d))
+udp.bind((addr, port))
 sel = selectors.DefaultSelector()
 sel.register(tcp, selectors.EVENT_READ)
 sel.register(udp, selectors.EVENT_READ)
@@ -42,18 +42,18 @@ while True:
         else:
             _, peer = udp.recvfrom(2048)
             udp.sendto(peer[0].encode(), peer)
-""" % (PORT, PORT)
+"""
 # From a real: what the server saw, over TCP and over UDP.
 ASK = """
 import socket, sys
-addr = sys.argv[1]
-with socket.create_connection((addr, %d), timeout=3) as conn:
+addr, port = sys.argv[1], int(sys.argv[2])
+with socket.create_connection((addr, port), timeout=3) as conn:
     tcp = conn.recv(64).decode()
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.settimeout(3)
-udp.sendto(b"who", (addr, %d))
+udp.sendto(b"who", (addr, port))
 print(tcp, udp.recvfrom(64)[0].decode())
-""" % (PORT, PORT)
+"""
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def server(lab: Lab) -> Iterator[str]:
     addr = lab.client_addresses[PREFERRED][0]
     gateway = lab.director_client_side[PREFERRED]
     lab.run_in(lab.client_ns, ["ip", "route", "replace", "203.0.113.0/24", "via", gateway])
-    proc = lab.popen_in(lab.client_ns, [sys.executable, "-c", SERVER, addr],
+    proc = lab.popen_in(lab.client_ns, [sys.executable, "-c", SERVER, addr, str(PORT)],
                         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     yield addr
@@ -73,7 +73,7 @@ def server(lab: Lab) -> Iterator[str]:
 
 def seen_from(lab: Lab, real: str, server: str) -> list[str]:
     """[TCP, UDP]: the source addresses the server saw from `real`."""
-    proc = lab.run_in(lab.real_ns[real], [sys.executable, "-c", ASK, server], timeout=10)
+    proc = lab.run_in(lab.real_ns[real], [sys.executable, "-c", ASK, server, str(PORT)], timeout=10)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 

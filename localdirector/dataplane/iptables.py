@@ -75,6 +75,10 @@ class Names:
     # engine is bound; a unit of a failover pair drops it (docs/design.rst, "Netfilter
     # rules"), since its clients' retransmissions belong to the other unit.
     bypass: bool = True
+    # nat POSTROUTING: `static REAL VIP`, the reals' own connections' source NAT
+    # (docs/design.rst, "Static"), and the jump to it.
+    static: str = ""
+    static_jump: str = ""
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -88,15 +92,6 @@ class Names:
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
-
-    @property
-    def static(self) -> str:
-        """nat POSTROUTING: `static REAL VIP`, the reals' own connections' source NAT."""
-        return f"{self.chain}-STATIC"
-
-    @property
-    def static_jump(self) -> str:
-        return f"-A POSTROUTING -j {self.static}"
 
     @property
     def defrag_tables(self) -> dict[str, list[str]]:
@@ -128,7 +123,8 @@ def names(queue_num: int, bypass: bool = True) -> Names:
                  f"{base}-LOG", f"{base}-KNOWN", f"ldknown{queue_num}",
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p icmp -j {base}-LOCAL",
-                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass)
+                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass,
+                 f"{base}-STATIC", f"-A POSTROUTING -j {base}-STATIC")
 
 
 Runner = Callable[[list[str], str], str]

@@ -28,6 +28,7 @@ def _saver(director: Director) -> list[Sequence[object]]:
          args.host("first", "The real's address, or the virtual's (either order)"),
          args.host("second", "The virtual's address, or the real's"), no=3, saver=_saver)
 def static(session: Session, first: int, second: int, no: bool = False) -> None:
+    """Either order: the model tells the real from the virtual (model/statics.py)."""
     if no:
         statics.remove(session.director, first, second)
     else:
@@ -37,6 +38,8 @@ def static(session: Session, first: int, second: int, no: bool = False) -> None:
 @command(EXEC, SHOW, Keyword("static", "Reals whose own connections leave as a VIP"),
          output=True)
 def show_static(session: Session) -> None:
+    """Every line, and whether it takes effect now: a bind made after it may have put
+    the real's or the VIP's packets in the engine (statics.conflict)."""
     d = session.director
     rows = [(format_ip(real), format_ip(vip),
              statics.conflict(d, real, vip) or "active")

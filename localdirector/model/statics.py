@@ -26,7 +26,7 @@ def pair(director: Director, first: int, second: int) -> tuple[int, int]:
     if not fits:
         raise ModelError(f"static {words}: needs a configured real's address and a "
                          "virtual's address (in either order)")
-    if len(fits) == 2 and first != second:
+    if len(fits) == 2:
         raise ModelError(f"static {words}: each address is both a real's and a virtual's, "
                          "so which one leaves as which is not clear")
     return fits[0]

@@ -28,8 +28,6 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 #   ("default", "")   accepted silently; it asks for the default, which is not written
 #   ("note", TEXT)    accepted with a note containing TEXT
 #   ("refused", TEXT) refused; the reason contains TEXT (never the bare caret)
-#   ("pending", "")   refused for now: `static` (issue 27 item 4) is other work; this
-#                     becomes "config" when it is built
 #   ("exec", TEXT)    an exec command: refused from a file with TEXT, run in a session
 #   ("terminal", TEXT) a terminal setting: noted (TEXT) from a file, set in a session
 HOST = "the host's network is managed by the operating system"
@@ -119,7 +117,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("note", "kept as failover poll 5000 holdtime 25000 (milliseconds)"),
         ("terminal", "not kept: the page length is each terminal's (terminal length)"),
         ("exec", f"'show virtual' {EXEC_REFUSED}"),
-        ("pending", ""),
+        ("config", "static 203.0.113.12 192.0.2.20"),
     ],
     "ld42-unbuilt.cfg": [
         ("config", "hostname ld42"),
@@ -205,11 +203,8 @@ def test_check_accepts_notes_or_refuses_every_line(name: str) -> None:
             refusals += 1
             assert messages and messages[0] == line.rstrip(), where   # the line, echoed
             reason = messages[-1].strip()
-            if kind == "pending":
-                assert reason == "% Invalid input detected at '^' marker.", where
-            else:
-                assert "^" not in "".join(messages), where   # never a bare caret
-                assert reason.startswith("% ") and text in reason, where
+            assert "^" not in "".join(messages), where   # never a bare caret
+            assert reason.startswith("% ") and text in reason, where
     assert status == (1 if refusals else 0)
 
 

@@ -20,6 +20,7 @@ from . import traffic  # noqa: F401
 from . import logging  # noqa: F401  (remote syslog)
 from . import snmp  # noqa: F401  (the SNMP agent and its traps)
 from . import bgp  # noqa: F401  (after the virtuals: `advertise` names them)
+from . import static  # noqa: F401  (after the servers its lines name)
 from . import failover  # noqa: F401  (last: `failover` enables what the lines before set)
 # LocalDirector's words, lines and refusals (issue 27): no savers, so not in the running
 # config; after everything they alias.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..model.addr import format_ip
 from . import nflog
 from .packet import ICMP_ERROR_TYPES
-from .markrules import dispatch_rules, nat_rules, proto_port, stray_rules
+from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
 from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
 
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
@@ -75,6 +75,10 @@ class Names:
     # engine is bound; a unit of a failover pair drops it (docs/design.rst, "Netfilter
     # rules"), since its clients' retransmissions belong to the other unit.
     bypass: bool = True
+    # nat POSTROUTING: `static REAL VIP`, the reals' own connections' source NAT
+    # (docs/design.rst, "Static"), and the jump to it.
+    static: str = ""
+    static_jump: str = ""
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -86,7 +90,7 @@ class Names:
                      self.flood, self.defrag), (self.jump, self.local_jump)),
             "mangle": ((self.chain, self.reply, self.queue, self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
-            "nat": ((self.chain,), (self.nat_jump,)),
+            "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
 
     @property
@@ -119,7 +123,8 @@ def names(queue_num: int, bypass: bool = True) -> Names:
                  f"{base}-LOG", f"{base}-KNOWN", f"ldknown{queue_num}",
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p icmp -j {base}-LOCAL",
-                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass)
+                 f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass,
+                 f"{base}-STATIC", f"-A POSTROUTING -j {base}-STATIC")
 
 
 Runner = Callable[[list[str], str], str]
@@ -281,7 +286,8 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
     return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
             "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.note} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
-            "nat": [f":{n.chain} - [0:0]", *nat_rules(rules, marks, n)]}
+            "nat": [f":{n.chain} - [0:0]", f":{n.static} - [0:0]",
+                    *nat_rules(rules, marks, n), *static_rules(rules, n)]}
 
 
 def install_tables(chains: dict[str, list[str]], n: Names,
@@ -336,10 +342,12 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             *chains["mangle"][2:],
         ],
         "nat": [
-            *chains["nat"][:1],
+            *chains["nat"][:2],
             *delete("nat", n.nat_jump),
             n.nat_jump.replace("-A PREROUTING", "-I PREROUTING 1", 1),
-            *chains["nat"][1:],
+            *delete("nat", n.static_jump),
+            n.static_jump.replace("-A POSTROUTING", "-I POSTROUTING 1", 1),
+            *chains["nat"][2:],
         ],
     }
 

@@ -1,7 +1,7 @@
 """The rules of traffic conntrack tracks for us, as iptables-save lines: the mark map
-(a DNAT per fast-path real and protocol, a TEE per dispatched real) and the drop of a
-tracked real's packets conntrack does not know (docs/design.rst, "Fast path" and
-"Scale-out"). Split from iptables.py, which puts them in its transactions."""
+(a DNAT per fast-path real and protocol, a TEE per dispatched real), the drop of a
+tracked real's packets conntrack does not know and the source NAT of the reals' own
+connections (docs/design.rst, "Fast path", "Scale-out" and "Static"). Split from iptables.py, which puts them in its transactions."""
 
 from __future__ import annotations
 
@@ -63,3 +63,12 @@ def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names) -> li
         out.append(f"-A {n.chain} -p {proto} -m mark --mark 0x{marks[(addr, service)]:x}"
                    f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
     return out
+
+
+def static_rules(rules: RuleSet, n: Names) -> list[str]:
+    """`static REAL VIP`: the first packet of a connection the real opens (nat sees no
+    other) gets the VIP as its source; conntrack translates the rest and the replies.
+    The replies of the real to clients never reach it: the engine's are untracked, the
+    kernel's belong to connections conntrack already knows (docs/design.rst, "Static")."""
+    return [f"-A {n.static} -s {format_ip(real)}/32 -j SNAT --to-source {format_ip(vip)}"
+            for real, vip in rules.statics]

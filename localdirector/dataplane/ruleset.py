@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..model.director import Director
 from ..model.fastpath import fast_targets, reachable_reals
 from ..model.serverid import ALL_PORTS, UDP_SERVICE
+from ..model.statics import conflict
 
 MARK_SHIFT = 16
 MARK_MASK = 0xFFFF0000        # the bits of the packet mark that are ours
@@ -52,6 +53,10 @@ class RuleSet:
     # tracked (decided and dropped ahead of conntrack), so their SYN guards note known
     # clients in raw, as userspace VIPs do.
     forwarded: tuple[int, ...] = ()
+    # (real, VIP) of every `static REAL VIP` that can take effect (model/statics.py): the
+    # connections the real opens leave with the VIP as their source (SNAT in nat
+    # POSTROUTING, markrules.static_rules).
+    statics: tuple[tuple[int, int], ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -95,7 +100,9 @@ def desired_rules(director: Director) -> RuleSet:
     return RuleSet(_freeze(vips), _freeze(reals),
                    tuple((addr, port, rate) for (addr, port), rate in sorted(guards.items())),
                    _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
-                   tuple(sorted(stray)), tuple(sorted(forwarded)))
+                   tuple(sorted(stray)), tuple(sorted(forwarded)),
+                   tuple((real, vip) for real, vip in sorted(director.settings.statics.items())
+                         if conflict(director, real, vip) is None))
 
 
 def tracked_reals(director: Director) -> set[tuple[int, int]]:

@@ -89,6 +89,9 @@ class Settings:
     # `route`, `arp`; only with --host-network): by command, the arguments of each line,
     # in the order typed, so the running config writes them back.
     host_lines: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    # `static REAL VIP` (model/statics.py): the address a real's own connections leave
+    # with, by the real's address.
+    statics: dict[int, int] = field(default_factory=dict)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     bgp: BgpConfig = field(default_factory=BgpConfig)   # docs/design.rst, "Scale-out"
     snmp: SnmpConfig = field(default_factory=SnmpConfig)   # "Monitoring"
@@ -234,6 +237,14 @@ class ApplianceSettings:
         self.settings.log_facility = code
         self.changed()
 
+
+    def set_static(self, real: int, vip: int | None) -> None:
+        """`static REAL VIP` (checked by model/statics.py); None forgets the real's."""
+        if vip is None:
+            self.settings.statics.pop(real, None)
+        else:
+            self.settings.statics[real] = vip
+        self.changed()
 
     def keep_host_line(self, kind: str, words: tuple[str, ...], keep: bool = True,
                        key: int = 1) -> None:

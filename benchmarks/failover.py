@@ -36,16 +36,10 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from statistics import median
+from typing import Any
 
-from benchmarks.micro import (
-    POOL,
-    Packets,
-    Tuples,
-    build_director,
-    client_pool,
-    lifecycle,
-    per_op,
-)
+from benchmarks.crafted import POOL, Packets, Tuples, build_director, client_pool, lifecycle
+from benchmarks.micro import per_op
 from localdirector.dataplane.engine import Engine
 from localdirector.failover.replication import Replicator
 from localdirector.lab import python_module
@@ -252,13 +246,13 @@ class Bench:
 
 
     def short_connections(self, path: str, events: int = 5, count: int = 1000
-                          ) -> dict[str, int]:
+                          ) -> dict[str, Any]:
         """`count` short connections through `path`'s virtual across each of `events`
         crashes of the active box (cables first, then SIGKILL), kills of its appliance
         process alone, and graceful switches: how many were lost, and how many packets
         from a real reached a client."""
-        out = {"connections": 0, "lost_crash": 0, "lost_kill": 0, "lost_switch": 0,
-               "leaked_packets": 0}
+        out: dict[str, Any] = {"connections": 0, "lost_crash": 0, "lost_kill": 0,
+                               "lost_switch": 0, "leaked_packets": 0, "errors": {}}
         for kind in ("crash",) * events + ("kill",) * events + ("switch",) * events:
             active = next(u for u, r in self.roles().items() if r == "Active")
             standby = UNITS[1 - UNITS.index(active)]
@@ -272,6 +266,9 @@ class Bench:
             out["connections"] += count
             out[f"lost_{kind}"] += len(churn.lost)
             out["leaked_packets"] += churn.leaked
+            for fetch in churn.lost:     # what each lost request saw, by event kind
+                said = f"{kind}: {fetch.error}"
+                out["errors"][said] = out["errors"].get(said, 0) + 1
             if kind != "switch":
                 if kind == "crash":
                     self.lab.plug(active)

@@ -55,25 +55,27 @@ def _netns_inode() -> int:
     return os.stat("/proc/self/ns/net").st_ino
 
 
-def identity(pid: int) -> str:
-    """``PID STARTTIME`` (field 22 of /proc/PID/stat, after the command's closing
-    parenthesis), or "" once it is gone: the start time tells a reused pid from the
-    process it was."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's closing parenthesis (the state
+    first), or None once the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return ""
-    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+        return None
+
+
+def identity(pid: int) -> str:
+    """``PID STARTTIME`` (field 22 of /proc/PID/stat), or "" once it is gone: the start
+    time tells a reused pid from the process it was."""
+    fields = _stat(pid)
+    return f"{pid} {fields[19]}" if fields is not None else ""
 
 
 def running(pid: int) -> bool:
     """`pid` exists and is not a zombie: a helper whose parent died is reaped by
     whoever adopted it, perhaps late, and is gone as far as its sockets go."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _owner_alive(directory: Path) -> int | None:
@@ -108,7 +110,8 @@ def end_leftovers(directory: Path, signum: int = signal.SIGKILL) -> list[int]:
     (priority 0) as it goes, with SIGKILL for whatever is still there after END_WAIT."""
     pids = _users(directory)
     for signal_now in dict.fromkeys((signum, signal.SIGKILL)):
-        for pid in pids:
+        # Only those still there: a pid gone after the first signal may be reused.
+        for pid in [pid for pid in pids if running(pid)]:
             try:
                 os.kill(pid, signal_now)
             except ProcessLookupError:

@@ -83,6 +83,12 @@ def test_access_lists_take_ipv6_prefixes_matched_by_family(appliance: Appliance)
     assert not login.peer_allowed(director, "ssh", "2001:db8:c::5")
 
 
+def test_peers_are_labelled_with_ipv6_in_brackets() -> None:
+    assert login.peer_label("2001:db8:c::5", 50022) == "[2001:db8:c::5]:50022"
+    assert login.peer_label("::ffff:198.51.100.9", 50022) == "198.51.100.9:50022"
+    assert login.peer_label("198.51.100.9", 50022) == "198.51.100.9:50022"
+
+
 def test_bad_access_entries_are_refused_in_one_line(appliance: Appliance) -> None:
     out = io.StringIO()
     session = appliance.open_session("test", write=out.write, interactive=False)

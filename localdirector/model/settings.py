@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import IPV4, IPV6, family_of, format_ip, format_mask, format_prefix
+from .addr import IPV4, family_of, format_ip, format_mask, format_prefix, is_unicast
 from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
@@ -116,16 +116,6 @@ class Settings:
         return float(self.session_timeout) * 60.0
 
 
-def _unicast_host(addr: int) -> bool:
-    """Whether a log could go to `addr`: not unspecified, broadcast, multicast or (IPv4)
-    class E or `0.x`; IPv6's unspecified `::` and multicast ff00::/8."""
-    if family_of(addr) is IPV6:
-        bits = addr & IPV6.all_ones
-        return bits != 0 and bits >> 120 != 0xFF
-    first = addr >> 24
-    return addr != 0xFFFFFFFF and 0 < first < 224
-
-
 class ApplianceSettings:
     """The name, logins, session timeout, connection table size and logging."""
 
@@ -215,7 +205,7 @@ class ApplianceSettings:
         port = LOG_TRANSPORTS[transport] if port is None else port
         if not 1 <= port <= 65535:
             raise ModelError(f"logging port {port} out of range (1-65535)")
-        if not _unicast_host(addr):
+        if not is_unicast(addr):
             raise ModelError(f"{format_ip(addr)} is not a host address a log can go to")
         entry = LogHost(addr, transport, port)
         if entry not in self.settings.log_hosts:

@@ -38,10 +38,7 @@ assign [2001:db8::10]:80:1 2001:db8:c::/48
 
 @pytest.fixture
 def sh(tmp_path: Path) -> Shell:
-    shell = Shell(tmp_path)
-    assert shell(*V6.splitlines()), shell.take()
-    shell.take()
-    return shell
+    return Shell.configured(tmp_path, V6)
 
 
 @pytest.mark.parametrize("text, addr, port, bind, proto", [

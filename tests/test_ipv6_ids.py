@@ -275,6 +275,16 @@ def test_every_id_command_takes_ipv6_ids_and_the_config_replays(sh, tmp_path):
     assert errors == [] and booted.config() == text
 
 
+def test_wildcards_and_virtual_ids_stand_for_ipv6_reals(sh):
+    """LocalDirector's action wildcards (`os ID:*`) and a virtual id in a real's
+    command (`retry VIRTUAL N`) reach IPv6 reals as they reach IPv4 ones."""
+    assert sh("out-of-service [2001:db8:1::11]:*", "retry [2001:db8::10]:80 30")
+    reals = sh.director.reals
+    assert reals[ServerId.parse("[2001:db8:1::11]:8001")].admin_state.value == "OOS"
+    assert reals[ServerId.parse("2001:db8:1::12")].retry == 30
+    assert reals[ServerId.parse("203.0.113.12")].admin_state.value == "IS"
+
+
 def test_decide_for_an_ipv6_syn():
     d = Director()
     vip = ServerId.parse("[2001:db8::10]:80")

@@ -20,6 +20,7 @@ from localdirector.model.serverid import ServerId
 from localdirector.probes import wire
 from localdirector.probes.runner import ProbeRunner
 
+from test_probes import shell
 from test_probes_udp import WHO, answer
 
 pytestmark = pytest.mark.usefixtures("private_loopback")
@@ -117,3 +118,34 @@ def _state(appliance: Appliance, sid: ServerId, state: str, timeout: float = 5) 
         if found == [state] or time.monotonic() > deadline:
             return ",".join(found)
         time.sleep(0.05)
+
+
+def test_a_configured_ipv6_virtual_probes_its_reals_by_http(tmp_path: Path) -> None:
+    """The configuration's way: `probe` on an IPv6 virtual probes its bound real on the
+    virtual's port; `show probe` lists it UP under its bracketed id."""
+    appliance, out = shell(
+        "virtual [2001:db8::10]:8005", "real [2001:db8:1::11]",
+        "bind [2001:db8::10]:8005 [2001:db8:1::11]",
+        "probeconfig web http interval 1 timeout 0.5", "probe [2001:db8::10]:8005 web")
+    heads: list[bytes] = []
+
+    async def serve() -> None:
+        async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+        async with await asyncio.start_server(http, REAL, 8005):
+            sid = ServerId(addr=ADDR, port=0)
+            while await asyncio.to_thread(_state, appliance, sid, "UP", 0.2) != "UP":
+                pass
+
+    runner = ProbeRunner(appliance).start()
+    try:
+        asyncio.run(asyncio.wait_for(serve(), 10))
+    finally:
+        runner.stop()
+    session = appliance.open_session("t", "t", write=out.append, interactive=False)
+    out.clear()
+    session.execute("show probe")
+    assert any(f"[{REAL}]" in line and "UP" in line for line in "".join(out).splitlines()), out
+    assert f"Host: [{REAL}]:8005\r\n".encode() in heads[0], heads

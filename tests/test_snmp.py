@@ -128,10 +128,10 @@ def test_ipv6_servers_have_no_mib_rows_and_no_traps_and_break_nothing(tmp_path: 
     appliance = configured(tmp_path)
     director = appliance.director
     before = snmp_mib.snapshot(director, "Off").rows
+    out = run(appliance, "virtual [2001:db8::10]:80", "real [2001:db8:1::11]:8001",
+              "bind [2001:db8::10]:80 [2001:db8:1::11]:8001")
+    assert "%" not in out, out
     v6_real = ServerId(addr=parse_ip("2001:db8:1::11"), port=8001)
-    with director.lock:
-        director.add_real(v6_real)
-        director.changed()
     assert snmp_mib.snapshot(director, "Off").rows == before
     assert not snmp_mib.indexed(v6_real.addr) and snmp_mib.indexed(parse_ip("203.0.113.11"))
 

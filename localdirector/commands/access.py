@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from localdirector.model.addr import IPV4, family_of, parse_ip, parse_prefix
+from localdirector.model.addr import IPV4, family_of, format_ip
 from localdirector.model.director import Director
 from localdirector.model.passwords import hash_password
 from localdirector.model.settings import DEFAULT_SESSION_TIMEOUT
 from localdirector.shell import args
-from localdirector.shell.grammar import Arg, ArgError, Keyword, opt
+from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import Mode, command, declare
 from localdirector.shell.session import CommandFailed, Session
 
@@ -84,28 +84,19 @@ def username(session: Session, name: str, level: int = 1, password: str = "",
 
 # -- remote access lists ------------------------------------------------------------------
 
-def _network(text: str, _session: object) -> tuple[int, int | None]:
-    """IPv4's `A.B.C.D` (a MASK follows, as on LocalDirector) or `ADDR/LEN` of either
-    family (`2001:db8:c::/48`): (address, prefix length or None until the MASK)."""
-    try:
-        if "/" in text:
-            return parse_prefix(text)
-        addr = parse_ip(text)
-    except ValueError as err:
-        raise ArgError(str(err)) from None
-    if family_of(addr) is not IPV4:
-        raise ArgError(f"an IPv6 network is written ADDR/LEN ({text}/128 for one host)")
-    return addr, None
-
-
 def _access(kind: str, help: str) -> None:
     def handler(session: Session, network: tuple[int, int | None], mask: int | None = None,
                 no: bool = False) -> None:
         addr, prefixlen = network
-        if prefixlen is None and mask is None:
-            raise CommandFailed("A.B.C.D needs its MASK (or write ADDR/LEN)")
         if prefixlen is not None and mask is not None:
             raise CommandFailed("ADDR/LEN takes no MASK")
+        if prefixlen is None and family_of(addr) is not IPV4:
+            # A bare IPv6 address is not read as one host: an access list that grew
+            # by a typo would let a whole network in or keep it out.
+            raise CommandFailed(f"an IPv6 network is written ADDR/LEN "
+                                f"({format_ip(addr)}/128 for one host)")
+        if prefixlen is None and mask is None:
+            raise CommandFailed("A.B.C.D needs its MASK (or write ADDR/LEN)")
         (session.director.remove_access if no else session.director.add_access)(
             kind, addr, mask if prefixlen is None else prefixlen)
 
@@ -113,7 +104,7 @@ def _access(kind: str, help: str) -> None:
         return [str(e).split() for e in director.settings.access(kind)]
 
     declare(CONFIG, Keyword(kind, help),
-            Arg("network", "A.B.C.D|X:X::X/LEN", "Network allowed to connect", _network),
+            args.network("network", "Network allowed to connect: A.B.C.D MASK or ADDR/LEN"),
             opt(args.mask()), handler=handler, no=2, saver=saver)
 
 

@@ -229,3 +229,29 @@ def test_an_ipv4_address_listens_on_ipv4_only_and_no_address_on_both(
             answered.close(force=True)
     finally:
         running.stop()
+
+
+def test_snmp_agent_on_an_ipv6_address_answers_an_ipv6_manager(
+        link: tuple[str, str], tmp_path: Path) -> None:
+    """`--snmp [ADDR]:PORT`: snmpd on that address (udp6, rocommunity6) answers
+    snmpget from the client namespace with the IPv4 rows, the IPv6 real left out."""
+    running = Running(link[0], tmp_path, "hostname v6snmp\nsnmp-server community n0c\n"
+                      "real 203.0.113.11:80\nreal [2001:db8:1::11]:8001\n",
+                      "--snmp", f"[{DIRECTOR}]:1161")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            got = subprocess.run(
+                ["ip", "netns", "exec", link[1], "snmpwalk", "-v2c", "-c", "n0c", "-On",
+                 "-t", "1", "-r", "0", f"udp6:[{DIRECTOR}]:1161", ".1.3.6.1"],
+                capture_output=True, text=True, timeout=30)
+            if got.returncode == 0 or time.monotonic() > deadline:
+                break
+            assert running.proc.poll() is None, running.log()
+            time.sleep(0.3)
+        assert got.returncode == 0, got.stderr + running.log()
+        assert '"v6snmp"' in got.stdout                           # sysName
+        assert '"203.0.113.11:80:0:tcp"' in got.stdout             # ldRealName
+        assert "2001:db8:1::11" not in got.stdout
+    finally:
+        running.stop()

@@ -808,7 +808,7 @@ def _syn_bytes(**ip_fields) -> bytearray:
 def test_malformed_packets_counted_by_reason() -> None:
     lab_, _, _ = lab((A,))
     bad_version = _syn_bytes()
-    bad_version[0] = 0x65
+    bad_version[0] = 0x55  # (6 is IPv6: test_engine6.py)
     bad_ihl = _syn_bytes()
     bad_ihl[0] = 0x44
     bad_offset = bytearray(bytes(IP(src=CLIENT, dst=VIP) / TCP(dport=80, dataofs=3)))

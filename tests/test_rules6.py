@@ -65,7 +65,10 @@ def test_ipv6_rules_go_to_ip6tables_and_ipv4_ones_stay_as_they_were() -> None:
     for line in (
         "-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p tcp -m tcp --dport 80 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p udp -m udp --dport 53 -j LOCALDIRECTOR7-QUEUE",
-        "-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p ipv6-icmp -j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p ipv6-icmp -m icmp6 --icmpv6-type 2 "
+        "-j LOCALDIRECTOR7-QUEUE",
+        "-A LOCALDIRECTOR7 -s 2001:db8:1::11/128 -p ipv6-icmp -m icmp6 --icmpv6-type 1 "
+        "-j LOCALDIRECTOR7-REALQ",
         "-A LOCALDIRECTOR7 -s 2001:db8:1::11/128 -p tcp -m tcp --sport 8001 "
         "-j LOCALDIRECTOR7-REALQ",
         "-A LOCALDIRECTOR7 -s 2001:db8:1::11/128 -p udp -m udp --sport 53 "
@@ -77,7 +80,11 @@ def test_ipv6_rules_go_to_ip6tables_and_ipv4_ones_stay_as_they_were() -> None:
     for kind in (1, 2, 3, 4):   # Packet Too Big (2) above all: path-MTU discovery
         assert (f"-A LOCALDIRECTOR7-LOCAL -p ipv6-icmp -m icmp6 --icmpv6-type {kind} "
                 "-j LOCALDIRECTOR7-QUEUE") in v6
-    assert not any("--icmpv6-type 13" in line for line in v6)   # ND is never queued
+    # Neighbour discovery and router advertisements are never queued: no rule takes
+    # ICMPv6 whole, or any type but the errors.
+    assert not any("--icmpv6-type 13" in line or line.endswith("-p ipv6-icmp -j "
+                                                               "LOCALDIRECTOR7-QUEUE")
+                   for line in v6)
     guard = next(line for line in v6 if "--hashlimit-mode srcip" in line)
     assert "--hashlimit-mode srcip --hashlimit-srcmask 64 " in guard
     flood = next(line for line in v6 if "--match-set" in line)

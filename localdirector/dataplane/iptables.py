@@ -97,12 +97,16 @@ class Names:
         """iptables or ip6tables (and their -restore and -save)."""
         return "ip6tables" if self.family is IPV6 else "iptables"
 
-    @property
-    def icmp(self) -> tuple[str, str, str, frozenset[int]]:
-        """The family's ICMP: protocol, match module, type option, error types queued."""
+    def icmp(self, errors: bool = False) -> list[str]:
+        """The family's ICMP as matches: IPv4's whole (or, `errors`, per error type
+        queued); IPv6's always per error type, so neighbour discovery and router
+        advertisements are never queued (docs/design.rst, "IPv6 packets")."""
         if self.family is IPV6:
-            return "ipv6-icmp", "icmp6", "--icmpv6-type", ICMPV6_ERROR_TYPES
-        return "icmp", "icmp", "--icmp-type", ICMP_ERROR_TYPES
+            return [f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}"
+                    for kind in sorted(ICMPV6_ERROR_TYPES)]
+        if errors:
+            return [f"-p icmp -m icmp --icmp-type {kind}" for kind in sorted(ICMP_ERROR_TYPES)]
+        return ["-p icmp"]
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -190,7 +194,7 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
                 proto, port = proto_port(service)
                 match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
                 out.append(f"-A {n.chain} {host} -p {proto}{match} -j {queue}")
-            out.append(f"-A {n.chain} {host} -p {n.icmp[0]} -j {queue}")
+            out += [f"-A {n.chain} {host} {icmp} -j {queue}" for icmp in n.icmp()]
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.
     for addr in tracked_vips(rules):
@@ -352,8 +356,7 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             f":{n.flood} - [0:0]",
             *delete("raw", n.local_jump),
             n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
-            *(f"-A {n.local} -p {n.icmp[0]} -m {n.icmp[1]} {n.icmp[2]} {kind} -j {n.queue}"
-              for kind in sorted(n.icmp[3])),
+            *(f"-A {n.local} {icmp} -j {n.queue}" for icmp in n.icmp(errors=True)),
             f"-A {n.shed} -j DROP",
             f"-A {n.flood} -j DROP",
             *raw[1:],

@@ -24,8 +24,9 @@ from scapy.layers.inet6 import (
 from scapy.layers.ipsec import AH, ESP
 from scapy.packet import Raw
 
+import test_engine
 from localdirector.dataplane import icmp, ipv6, packet
-from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP, Engine
+from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.stats import REASON_NAMES
 from localdirector.model.addr import format_ip, parse_ip
 from localdirector.model.connection import (ESTABLISHED, UDP_KEY, Connection, flow_key,
@@ -57,31 +58,26 @@ def assert_checksums(buf: bytes) -> None:
     raise AssertionError("no transport layer")
 
 
-class Lab:
+def checked(buf: bytes) -> None:
+    assert len(buf) == packet.ip_total(buf)
+    assert_checksums(buf)
+
+
+class Lab(test_engine.Lab):
+    """test_engine's Lab over one IPv6 virtual (tcp :80, or udp :53) and its reals."""
+
+    layer = IPv6
+    checksums = staticmethod(checked)
+
     def __init__(self, reals: tuple[str, ...] = (A, B), proto: str = "tcp",
                  port: int = 80) -> None:
-        self.t = 1000.0
-        self.d = Director()
-        self.vsid = sid(VIP, port, 0, proto)
-        self.v = self.d.add_virtual(self.vsid)
+        d = Director()
+        vsid = sid(VIP, port, 0, proto)
+        d.add_virtual(vsid)
         for real in reals:
-            self.d.add_real(sid(real, 0, 0, proto))
-            self.d.bind(self.vsid, sid(real, 0, 0, proto))
-        self.engine = Engine(self.d, lambda: self.t)
-
-    def send(self, pkt) -> tuple[int, IPv6 | None]:
-        buf = bytearray(bytes(pkt))
-        before = bytes(buf)
-        verdict = self.engine.handle(buf)
-        if verdict == ACCEPT_UNCHANGED:
-            assert bytes(buf) == before
-        elif verdict == ACCEPT_MODIFIED:
-            assert len(buf) == packet.ip_total(buf)
-            assert_checksums(bytes(buf))
-        s = self.engine.stats
-        assert s.packets == s.translated_in + s.translated_out + s.icmp_translated \
-            + s.unchanged + s.dropped
-        return verdict, IPv6(bytes(buf)) if verdict != DROP else None
+            d.add_real(sid(real, 0, 0, proto))
+            d.bind(vsid, sid(real, 0, 0, proto))
+        super().__init__(d)
 
     def client(self, flags: str, load: bytes = b"", cport: int = 40000, **ip) -> tuple:
         pkt = IPv6(src=CLIENT, dst=VIP, **ip) / TCP(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from .ipv6 import WIDTH as _WIDTH6, addresses, transport
+from .ipv6 import WIDTH as _WIDTH6, addresses, upper
 from .packet import (
     BAD_LENGTH,
     FRAGMENT,
@@ -81,16 +81,10 @@ def _parse_udp6(buf: Buffer) -> UdpFields | int:
     """parse_udp for IPv6: its extension headers walked (ipv6.py); a fragment never
     gets here. A checksum of 0 is invalid in IPv6 (RFC 8200 8.1), dropped under the
     same reason as IPv4's 0."""
-    found = transport(buf)
-    if type(found) is int:
-        return found
-    proto, off, total = found
-    if proto != PROTO_UDP:
-        return NOT_TCP
-    if total < off + 8:
-        return BAD_LENGTH
-    if len(buf) < off + 8:
-        return TRUNCATED
+    at = upper(buf, PROTO_UDP, 8, NOT_TCP)
+    if type(at) is int:
+        return at
+    off, total = at
     sport, dport, length, csum = _unpack_udp(buf, off)
     if length != total - off or length < 8:
         return BAD_UDP_LENGTH

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 from ..model.addr import V6
-from .ipv6 import addresses, transport, walk
+from .ipv6 import addresses, upper, walk
 from .packet import (
     BAD_LENGTH,
     BAD_VERSION,
@@ -103,14 +103,10 @@ def parse_icmp_error(buf: Buffer) -> IcmpErrorFields | int:
 def _parse_icmp6(buf: Buffer, n: int) -> IcmpErrorFields | int:
     """parse_icmp_error for IPv6 (RFC 4443: errors quote as much of the packet as fits
     in 1280 bytes, at least its fixed header and 8 bytes of TCP or UDP here)."""
-    found = transport(buf)
-    if type(found) is int:
-        return found
-    proto, off, total = found
-    if proto != PROTO_ICMPV6:
-        return NOT_ICMP_ERROR
-    if n < off + 8:
-        return TRUNCATED
+    at = upper(buf, PROTO_ICMPV6, 8, NOT_ICMP_ERROR)
+    if type(at) is int:
+        return at
+    off, total = at
     if buf[off] not in ICMPV6_ERROR_TYPES:
         return NOT_ICMP_ERROR
     inner = off + 8

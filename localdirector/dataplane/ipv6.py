@@ -20,7 +20,6 @@ import struct
 from ..model.addr import V6
 from .packet import (
     BAD_LENGTH,
-    BAD_TCP_OFFSET,
     BAD_VERSION,
     EXT_CHAIN,
     EXT_HEADER,
@@ -32,6 +31,7 @@ from .packet import (
     TRUNCATED,
     Buffer,
     TcpFields,
+    tcp_fields,
 )
 
 EXT_MAX = 8             # extension headers skipped before the chain is refused
@@ -48,11 +48,9 @@ _REFUSED = frozenset((50, 51, 59, 135, 139, 140, 253, 254))
 _HEAD = struct.Struct("!4xHBB")                  # payload length, next header, hop limit
 _ADDRS = struct.Struct("!QQQQ")                  # source and destination, in halves
 _WHOLE = struct.Struct("!IHBBQQQQHHIIBB")        # no extension header, then TCP's
-_TCP_HEAD = struct.Struct("!HHIIBB")
 _unpack_head = _HEAD.unpack_from
 _unpack_addrs = _ADDRS.unpack_from
 _unpack_whole = _WHOLE.unpack_from
-_unpack_tcp_head = _TCP_HEAD.unpack_from
 
 
 def walk(buf: Buffer, at: int, end: int) -> tuple[int, int] | int:
@@ -112,6 +110,23 @@ def transport(buf: Buffer) -> tuple[int, int, int] | int:
     return found[0], found[1], total
 
 
+def upper(buf: Buffer, proto: int, need: int, other: int) -> tuple[int, int] | int:
+    """(offset, total length) of a queued IPv6 packet's upper-layer header of protocol
+    `proto`, its first `need` bytes in the packet and in ``buf``; else a reason (`other`
+    for another protocol)."""
+    found = transport(buf)
+    if type(found) is int:
+        return found
+    nxt, off, total = found
+    if nxt != proto:
+        return other
+    if total < off + need:
+        return BAD_LENGTH
+    if len(buf) < off + need:
+        return TRUNCATED
+    return off, total
+
+
 def addresses(buf: Buffer, at: int = 8) -> tuple[int, int]:
     """The source and destination address ints of the IPv6 header whose addresses
     start at ``at`` (8 bytes into it)."""
@@ -132,21 +147,12 @@ def parse_tcp6(buf: Buffer) -> TcpFields | int:
                 <= 40 + length and end <= n:
             return (40, 40 + length, (src_hi << 64) | src_lo | V6,
                     (dst_hi << 64) | dst_lo | V6, sport, dport, flags, seq, ack, WIDTH)
-    found = transport(buf)
+    at = upper(buf, PROTO_TCP, 0, NOT_TCP)
+    if type(at) is int:
+        return at
+    off, total = at
+    found = tcp_fields(buf, off, total)
     if type(found) is int:
         return found
-    proto, off, total = found
-    if proto != PROTO_TCP:
-        return NOT_TCP
-    if total < off + 20:
-        return BAD_LENGTH
-    if n < off + 20:
-        return TRUNCATED
-    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, off)
-    end = off + ((offset >> 4) << 2)
-    if end < off + 20 or end > total:
-        return BAD_TCP_OFFSET
-    if end > n:
-        return TRUNCATED
     src, dst = addresses(buf)
-    return off, total, src, dst, sport, dport, flags, seq, ack, WIDTH
+    return (off, total, src, dst, *found, WIDTH)

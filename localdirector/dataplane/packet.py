@@ -175,17 +175,27 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
         return ihl
     if proto != PROTO_TCP:
         return NOT_TCP
-    if total < ihl + 20:
+    found = tcp_fields(buf, ihl, total)
+    if type(found) is int:
+        return found
+    return (ihl, total, src, dst, *found, 32)
+
+
+def tcp_fields(buf: Buffer, off: int, total: int) -> tuple[int, int, int, int, int] | int:
+    """``(sport, dport, flags, seq, ack)`` of the TCP header at ``off``, checked against
+    the packet's ``total`` length and the buffer, or a reason: the general way of both
+    families' parsers (ipv6.py)."""
+    if total < off + 20:
         return BAD_LENGTH
-    if n < ihl + 20:
+    if len(buf) < off + 20:
         return TRUNCATED
-    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
-    end = ihl + ((offset >> 4) << 2)
-    if end < ihl + 20 or end > total:
+    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, off)
+    end = off + ((offset >> 4) << 2)
+    if end < off + 20 or end > total:
         return BAD_TCP_OFFSET
-    if end > n:
+    if end > len(buf):
         return TRUNCATED
-    return ihl, total, src, dst, sport, dport, flags, seq, ack, 32
+    return sport, dport, flags, seq, ack
 
 
 def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool,

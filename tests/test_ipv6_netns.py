@@ -183,7 +183,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net, Console
                            *appliance_argv(config, "--queue", str(QUEUE))])
         try:
             for real in (*REALS6, *REALS4):   # the servers are up
-                net.sh(net.real, "sh", "-c", f"for i in $(seq 50); do "
+                net.sh(net.real, "sh", "-c", f"for i in $(seq 300); do "
                        f"curl -s -o /dev/null http://{'[' + real + ']' if ':' in real else real}"
                        f"/0 && exit 0; sleep 0.1; done; exit 1")
             yield net, console

@@ -321,3 +321,18 @@ def test_other_protocols_toward_a_vip_are_dropped_others_pass() -> None:
     sctp = IPv6(src=CLIENT, dst=VIP, nh=132) / Raw(b"\0" * 12)
     assert lab.send(sctp)[0] == DROP and lab.drops("not-tcp") == 1
     assert lab.send(IPv6(src=A, dst=CLIENT, nh=132) / Raw(b"\0" * 12))[0] == ACCEPT_UNCHANGED
+
+
+def test_a_real_reply_of_no_connection_is_dropped_and_the_real_reset() -> None:
+    """From a translated real's serving port (replies.py's `_bound`, IPv6 key layout):
+    dropped, never leaked with the real's address; the real told with an IPv6 RST."""
+    lab = Lab()
+    stray = IPv6(src=A, dst=CLIENT) / TCP(sport=80, dport=41000, flags="SA", seq=7, ack=99)
+    verdict, out = lab.send(stray)
+    assert verdict == ACCEPT_MODIFIED and lab.drops("unknown-reply") == 1
+    assert (out.src, out.dst, out[TCP].flags, out[TCP].seq) == (CLIENT, A, "R", 99)
+    other = IPv6(src=A, dst=CLIENT) / TCP(sport=22, dport=41000, flags="SA")
+    assert lab.send(other)[0] == ACCEPT_UNCHANGED   # not a port it serves us on
+    flow = Lab(proto="udp", port=53)
+    answer = IPv6(src=A, dst=CLIENT) / UDP(sport=53, dport=5353) / b"a"
+    assert flow.send(answer)[0] == DROP and flow.drops("unknown-reply") == 1

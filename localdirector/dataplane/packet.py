@@ -304,8 +304,14 @@ def tcp_checksum_valid(buf: Buffer, ihl: int, proto: int = PROTO_TCP) -> bool:
     Either family (``ihl``: where the transport header starts; an IPv6 packet that
     reaches here is never a fragment, ipv6.py).
     """
-    total, addresses = _pseudo_sum(buf)
-    if total > len(buf) or buf[0] == 0x45 and buf[6] & 0x20:  # more fragments follow
+    if buf[0] >> 4 == 6:
+        total, addresses = _pseudo_sum(buf)
+    else:   # written out: IPv4's SYNs pay no call
+        total, src, dst = _unpack_len_addrs(buf, 0)
+        if buf[6] & 0x20:   # more fragments follow
+            return True
+        addresses = src + dst
+    if total > len(buf):
         return True
     length = total - ihl
     value = int.from_bytes(buf[ihl:total], "big")

@@ -234,6 +234,10 @@ def test_curl6_bulk_both_ways_byte_exact_and_ipv4_unchanged(lab, tmp_path: Path)
         assert after[f"translated {direction}"] > before[f"translated {direction}"] + 7 * 3
     conns = console.run("show conns")
     assert "[2001:db8::10]" in conns or "2001:db8::10" in conns
+    # The ip6tables chains verify as installed (every 2 s): never "lost and reinstalled".
+    rules = console.statistics_and_lines()[1]["Rules"]
+    assert rules["errors"] == 0 and rules["repairs (rules lost and reinstalled)"] == 0, rules
+    assert "LOCALDIRECTOR" in net.sh(net.director, "ip6tables-save", "-t", "raw")
 
 
 def test_udp6_flow(lab) -> None:

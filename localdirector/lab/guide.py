@@ -136,22 +136,26 @@ def who_goes_where(info: LabInfo, director: Director) -> list[str]:
 
 
 def namespaces(info: LabInfo) -> list[str]:
-    """Where each part of the lab lives, with its addresses."""
-    groups = ", ".join(f"{g} {address_range(a)}" for g, a in info.clients.items())
+    """Where each part of the lab lives, with its addresses (a dual-stack lab's IPv6
+    ones on a line of their own below)."""
+    def groups(clients: dict[str, list[str]]) -> str:
+        return ", ".join(f"{g} {address_range(a)}" for g, a in clients.items())
+
     director = " ".join([*info.director_side.values(), DIRECTOR_REAL_SIDE])
     reals = list(info.real_ns)
-    if info.clients6:
-        groups += "; " + ", ".join(f"{g} {address_range(a)}" for g, a in info.clients6.items())
-        director += " " + " ".join([*info.director_side6.values(), DIRECTOR_REAL_SIDE6])
     reals6 = f" and {address_range(list(info.reals6.values()))}" if info.reals6 else ""
     real_ns = list(info.real_ns.values())
     real_ns_text = real_ns[0] if len(real_ns) == 1 else \
         f"{real_ns[0]}..{real_ns[-1].rsplit('-', 1)[1]}"
     ports = " ".join(map(str, info.ports))
     dns = f"; {WHO_NAME} TXT on udp {DNS_PORT} too" if info.dns else ""
+    six = bool(info.clients6)
+    director6 = " ".join([*info.director_side6.values(), DIRECTOR_REAL_SIDE6])
     return table(("Namespace", "Role", "Addresses"), [
-        (info.client_ns, "clients", groups),
+        (info.client_ns, "clients", groups(info.clients)),
+        *([("", "", groups(info.clients6))] if six else []),
         (info.director_ns, "director", f"{director} (this appliance)"),
+        *([("", "", director6)] if six else []),
         (real_ns_text, "reals", f"{address_range(reals)}{reals6}, each answers GET / with "
                                 f"its name, on ports {ports}{dns}"),
     ])

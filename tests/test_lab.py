@@ -136,6 +136,26 @@ def test_ipv6_clients_reach_the_director_from_every_group(lab: Lab) -> None:
         server.wait()
 
 
+def test_the_director_forwards_ipv6_between_clients_and_reals(lab: Lab) -> None:
+    """With a route to the reals (the appliance's translation stands in for one), a
+    client's packets cross the director both ways: the director resolves neither side
+    by solicitation (it has no link-local address to solicit from), it knows them."""
+    route = ["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:e::1"]
+    assert lab.run_in(lab.client_ns, route).returncode == 0
+    try:
+        for real in lab.reals:
+            six = lab.reals6[real]
+            source = lab.client_addresses6["general"][1]
+            assert lab.client_get(f"http://[{six}]/peer", source=source) == f"{source}\n"
+        with lab.more_clients(["2001:db8:e::77"]):
+            assert lab.client_get(f"http://[{lab.reals6[lab.reals[0]]}]/peer",
+                                  source="2001:db8:e::77") == "2001:db8:e::77\n"
+    finally:
+        lab.run_in(lab.client_ns, ["ip", "-6", "route", "del", "2001:db8:1::/64"])
+    neighbours = lab.run_in(lab.director_ns, ["ip", "-6", "neigh", "show"]).stdout
+    assert "2001:db8:e::77" not in neighbours and "PERMANENT" in neighbours
+
+
 def test_routes_and_director_sysctls(lab: Lab) -> None:
     routes = lab.run_in(lab.client_ns, ["ip", "route"]).stdout
     assert "192.0.2.0/24 via 198.51.100.1" in routes

@@ -74,9 +74,11 @@ def require_allowed(address: str, nets: Iterable[IPNetwork] = ALLOWED_NETS) -> N
 
 
 def check_tokens(line: str) -> None:
-    """Every address in a line of `ip` commands is allowed (the build's last guard)."""
-    for token in line.split():
-        if _ADDRESS_TOKEN.match(token):
+    """Every address in a line of `ip` commands is allowed (the build's last guard); a
+    hardware address (after `address` or `lladdr`) is not an IP address."""
+    tokens = line.split()
+    for before, token in zip(["", *tokens], tokens):
+        if _ADDRESS_TOKEN.match(token) and before not in ("address", "lladdr"):
             require_allowed(token)
 
 

@@ -27,8 +27,8 @@ from localdirector.lab.client import Fetch, netloc
 from .addresses import CLIENT_SUBNETS6, prefixlen
 from .udpservers import DNS_PORT, SYSLOG_PORT, dnsmasq_argv, rsyslog_argv
 from .topology import (BUILD_DEADLINE, CLIENT_SUBNETS, DEFAULT_CLIENTS_PER_SUBNET,
-                       DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job, finish,
-                       require_allowed, start_job)
+                       DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job,
+                       client_neighbours, finish, require_allowed, start_job)
 
 DEFAULT_PORTS = (80, 8001)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -320,7 +320,11 @@ class Lab(Topology):
             if addr in taken:
                 raise LabError(f"{addr} is already an address of the lab")
         batch = "".join(f"addr add {addr}/{prefixlen(addr)} dev eth0\n" for addr in addrs)
+        six = [addr for addr in addrs if prefixlen(addr) == 64]
         done = self.run_in(self.client_ns, ["ip", "-batch", "-"], input=batch)
+        if done.returncode == 0 and six:
+            done = self.run_in(self.director_ns, ["ip", "-batch", "-"],
+                               input="\n".join(client_neighbours(six)) + "\n")
         if done.returncode != 0:
             raise LabError(f"adding client addresses failed: {done.stderr.strip()}")
         self._addresses[self.client_ns].update(addrs)
@@ -330,6 +334,9 @@ class Lab(Topology):
             self._addresses[self.client_ns].difference_update(addrs)
             self.run_in(self.client_ns, ["ip", "-batch", "-"],
                         input=batch.replace("addr add", "addr del"))
+            if six:
+                self.run_in(self.director_ns, ["ip", "-force", "-batch", "-"],
+                            input="\n".join(client_neighbours(six, "del")) + "\n")
 
     # ------------------------------------------------------------ HTTP clients
 

@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +48,23 @@ BUILD_DEADLINE = 5.0
 IPV6_QUIET = [f"net.ipv6.conf.{which}.{key}" for which in ("all", "default")
               for key in ("addr_gen_mode=1", "accept_ra=0", "accept_dad=0",
                           "router_solicitations=0")]
+# So the director knows its IPv6 neighbours without asking: the kernel solicits a
+# neighbour from the packet's own source only when that is an address of the outgoing
+# interface, else from a link-local address, and there is none; a forwarded packet's
+# source never is the director's. So the client's and the reals' interfaces get fixed
+# hardware addresses and the director permanent neighbour entries for them.
+CLIENT_MAC = "02:1d:00:00:00:01"
+
+
+def real_mac(real: str) -> str:
+    """The fixed hardware address of a real's interface: 02:1d:00:00:01:0e for .14."""
+    return f"02:1d:00:00:01:{int(real.rsplit('.', 1)[1]):02x}"
+
+
+def client_neighbours(addrs: Iterable[str], verb: str = "replace") -> list[str]:
+    """The director's `ip neigh` lines for IPv6 client addresses (`del`: forget them)."""
+    tail = f" lladdr {CLIENT_MAC} dev cli0 nud permanent" if verb == "replace" else " dev cli0"
+    return [f"neigh {verb} {addr}{tail}" for addr in addrs]
 
 
 class Job(NamedTuple):
@@ -350,7 +367,8 @@ class Topology:
             f"addr add {DIRECTOR_REAL_SIDE}/24 dev br0",
             f"addr add {DIRECTOR_REAL_SIDE6}/64 dev br0 nodad",
             "link set br0 up",
-            f"link add cli0 type veth peer name eth0 netns {self.client_ns}",
+            f"link add cli0 type veth peer name eth0 address {CLIENT_MAC} netns "
+            f"{self.client_ns}",
             *(f"addr add {addr}/24 dev cli0" for addr in self.director_client_side.values()),
             *(f"addr add {addr}/64 dev cli0 nodad"
               for addr in self.director_client_side6.values()),
@@ -358,10 +376,14 @@ class Topology:
         ]
         for real, ns in self.real_ns.items():
             director += [
-                f"link add {_tag(real)} type veth peer name eth0 netns {ns}",
+                f"link add {_tag(real)} type veth peer name eth0 address {real_mac(real)} "
+                f"netns {ns}",
                 f"link set {_tag(real)} master br0",
                 f"link set {_tag(real)} up",
+                f"neigh replace {self.reals6[real]} lladdr {real_mac(real)} dev br0 "
+                "nud permanent",
             ]
+        director += client_neighbours(self.all_client_addresses6)
         finish([_ip_batch_job(self.director_ns, director)])
         client = ["link set lo up", "link set eth0 up"]
         client += [f"addr add {addr}/24 dev eth0" for addr in self.all_client_addresses]

@@ -13,6 +13,8 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -89,15 +91,26 @@ def test_hold_keeps_connections_open_concurrently(lab: Lab) -> None:
     assert elapsed < 1.5  # held in parallel, not one after another
 
 
-def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
+@contextmanager
+def director_server(lab: Lab, bind: str, target: str) -> Iterator[None]:
+    """A lab HTTP server named `director` in the director namespace on `bind`, once the
+    client namespace reaches it at `target`."""
     server = lab.popen_in(lab.director_ns, python_module(
-        "servers", "--bind", "0.0.0.0", "--port", str(DIRECTOR_PORT), "--name", "director"
+        "servers", "--bind", bind, "--port", str(DIRECTOR_PORT), "--name", "director"
     ))
     try:
         probe = lab.run_in(lab.client_ns, python_module(
-            "client", "probe", "--target", f"198.51.100.1:{DIRECTOR_PORT}", "--deadline", "5"
+            "client", "probe", "--target", f"{target}:{DIRECTOR_PORT}", "--deadline", "5"
         ))
         assert probe.returncode == 0, probe.stdout + probe.stderr
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
+    with director_server(lab, "0.0.0.0", "198.51.100.1"):
         sources = lab.all_client_addresses
         for director_addr in lab.director_client_side.values():
             results = lab.get_many(f"http://{director_addr}:{DIRECTOR_PORT}/peer", sources)
@@ -110,30 +123,17 @@ def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
         )
         assert all(r.ok and r.body == "director\n" for r in many)
         assert {r.source for r in many} == set(sources)
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_ipv6_clients_reach_the_director_from_every_group(lab: Lab) -> None:
     """Each group's IPv6 clients (2001:db8:c::, d::, e:: /64 of their /48) reach the
     director's address on their link, and are seen by their own address."""
     assert lab.client_addresses6["preferred"][:2] == ("2001:db8:c::2", "2001:db8:c::3")
-    server = lab.popen_in(lab.director_ns, python_module(
-        "servers", "--bind", "::", "--port", str(DIRECTOR_PORT), "--name", "director"
-    ))
-    try:
-        probe = lab.run_in(lab.client_ns, python_module(
-            "client", "probe", "--target", f"[2001:db8:c::1]:{DIRECTOR_PORT}", "--deadline", "5"
-        ))
-        assert probe.returncode == 0, probe.stdout + probe.stderr
+    with director_server(lab, "::", "[2001:db8:c::1]"):
         for group, side in lab.director_client_side6.items():
             sources = lab.client_addresses6[group]
             results = lab.get_many(f"http://[{side}]:{DIRECTOR_PORT}/peer", sources)
             assert [r.body for r in results] == [f"{src}\n" for src in sources]
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_the_director_forwards_ipv6_between_clients_and_reals(lab: Lab) -> None:

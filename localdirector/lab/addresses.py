@@ -28,11 +28,9 @@ CLIENT_SUBNETS = {
 VIP_NET6 = ipaddress.IPv6Network("2001:db8::/64")
 REAL_NET6 = ipaddress.IPv6Network("2001:db8:1::/64")
 # Each group's /48 (what the configuration assigns) and the /64 of it on the link.
-CLIENT_NETS6 = {
-    "preferred": ipaddress.IPv6Network("2001:db8:c::/48"),
-    "unwelcome": ipaddress.IPv6Network("2001:db8:d::/48"),
-    "general": ipaddress.IPv6Network("2001:db8:e::/48"),
-}
+# preferred 2001:db8:c::/48, unwelcome 2001:db8:d::/48, general 2001:db8:e::/48
+CLIENT_NETS6 = {group: ipaddress.IPv6Network(f"2001:db8:{letter}::/48")
+                for group, letter in zip(CLIENT_SUBNETS, "cde")}
 CLIENT_SUBNETS6 = {group: next(net.subnets(new_prefix=64))
                    for group, net in CLIENT_NETS6.items()}
 LINK_NET6 = ipaddress.IPv6Network("2001:db8:ff::/48")

@@ -72,15 +72,17 @@ def _target(session: Session, target: tuple[int, int | None] | None,
         with session.director.lock:
             configured = destinations(session.director, proto, family)
         if not configured:
-            raise CommandFailed(f"no {proto} virtual server of {family.name} is "
-                                "configured: nothing to send to")
+            of = " with an IPv6 address" if family is IPV6 else ""
+            raise CommandFailed(f"no {proto} virtual server{of} is configured: nothing to "
+                                "send to")
         addr, port, _ = configured[0]
     else:
         addr, port = target[0], target[1] or DEFAULT_PORTS[proto]
     text = bracketed(addr)
     if family_of(addr) is not family:
-        raise CommandFailed(f"{text} is not an {family.name} address: the clients "
-                            f"{'of -6 ' if family is IPV6 else ''}send {family.name}")
+        raise CommandFailed(f"{text} is an IPv{family_of(addr).version} address, and these "
+                            f"clients send IPv{family.version}"
+                            + ("" if family is IPV6 else " (lab curl -6: IPv6 clients)"))
     try:
         require_allowed(text.strip("[]"), [vips])
     except LabError:
@@ -179,7 +181,7 @@ def lab_curl(session: Session, group: str, count: int = 1,
     _reap()
     clients = info.groups(family).get(group)
     if not clients:
-        raise CommandFailed(f"this lab has no {family.name} clients")
+        raise CommandFailed(f"this lab has no IPv{family.version} clients")
     addr, port = _target(session, target, "tcp", family)
     sources = [clients[i % len(clients)] for i in range(count)]
     if hold:

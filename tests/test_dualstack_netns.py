@@ -66,7 +66,8 @@ def test_dual_stack_example_serves_fig1_to_both_families(lab: Lab, appliance) ->
 
 FLOOD_NET6 = "2001:db8:d::/48"   # spoofed sources: the unwelcome /48, beyond its /64 on-link
 FLOOD_SECONDS = 4
-RSS_BOUND_KB = 64 * 1024
+RSS_BOUND_KB = 64 * 1024       # as the IPv4 flood test's bound (test_robust_netns.py)
+CONN_LIMIT = 20_000
 
 
 def test_a_spoofed_ipv6_syn_flood_from_one_48_leaves_a_known_client_served(
@@ -78,11 +79,13 @@ def test_a_spoofed_ipv6_syn_flood_from_one_48_leaves_a_known_client_served(
     appliance's connection table and memory stay bounded."""
     from benchmarks.synflood import FLOODER, LEGIT
     real = "[2001:db8:1::11]"
-    console = appliance(simple_config(f"[{VIP6}]", "roundrobin", [real], "conn-limit 20000"))
+    console = appliance(simple_config(f"[{VIP6}]", "roundrobin", [real],
+                                      f"conn-limit {CONN_LIMIT}"))
     known = lab.client_addresses6[PREFERRED][0]
     assert curl6(lab, known) == name6(11)
     sampler = Sampler(console)
     sampler.sample()
+    before = console.kernel_line()
     flood = lab.popen_in(lab.client_ns, [sys.executable, "-c", FLOODER, VIP6, "80",
                                          str(FLOOD_SECONDS), FLOOD_NET6],
                          stdout=subprocess.PIPE, text=True)
@@ -94,12 +97,14 @@ def test_a_spoofed_ipv6_syn_flood_from_one_48_leaves_a_known_client_served(
     flooded = json.loads(flood.communicate(timeout=60)[0].strip().splitlines()[-1])
     client = json.loads(legit.communicate(timeout=60)[0].strip().splitlines()[-1])
     sampler.sample()
-    stats, lines = console.statistics_and_lines()
+    kernel = {k: v - before.get(k, 0) for k, v in console.kernel_line().items()}
     print(f"\nFIGURES IPv6 flood: {flooded}, {client}, conns {max(sampler.conns)}, rss kB "
-          f"{sampler.rss[0]}->{max(sampler.rss)}, kernel {lines.get('Kernel')}")
-    assert flooded["sent"] > 10_000, flooded
+          f"{sampler.rss[0]}->{max(sampler.rss)}, kernel {kernel}")
     total = client["ok"] + client["failed"]
     assert total > 10 and client["failed"] <= total // 20, client
-    assert max(sampler.conns) <= 20_000
+    # Each spoofed source is new in its /64: the kernel sheds what is over the budget of
+    # new sources before the queue, so the engine sees a fraction of the flood.
+    assert kernel["SYNs shed (new sources)"] > flooded["sent"] // 2, (flooded, kernel)
+    assert max(sampler.conns) <= CONN_LIMIT, sampler.conns
     assert max(sampler.rss) - sampler.rss[0] < RSS_BOUND_KB, sampler.rss
     assert curl6(lab, known) == name6(11)   # and served after it, too

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from .addr import format_ip
+from .addr import bracketed
 from .connection import UDP_KEY
 from .state import State
 
@@ -52,8 +52,9 @@ def is_prime(n: int) -> bool:
 
 
 def identity(addr: int, port: int) -> str:
-    """What a real is hashed as: the same text on every director."""
-    return f"{format_ip(addr)}:{port}"
+    """What a real is hashed as: the same text on every director (an IPv6 address in
+    brackets, as before any port; an IPv4 real's text, and so its slots, as before)."""
+    return f"{bracketed(addr)}:{port}"
 
 
 def _hash(data: bytes, person: bytes) -> int:

@@ -36,8 +36,19 @@ def _ident(sid: ServerId) -> str:
     return f"{_word(sid.addr)}_{sid.port}_{sid.bind}{'_udp' if sid.proto == 'udp' else ''}"
 
 
+class _Addressed:
+    """What an object's table is: its address's family."""
+
+    __slots__ = ()
+    addr: int
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.addr)
+
+
 @dataclass(frozen=True, slots=True)
-class Branch:
+class Branch(_Addressed):
     """One real of one serving instance: a chain that counts and DNATs, or for a
     dispatched instance counts SYNs and copies every packet unchanged to the real
     (`forward`). `sticky` minutes: it notes the client in its set first."""
@@ -49,10 +60,6 @@ class Branch:
     forward: bool = False
     sticky: int = 0
     proto: str = "tcp"
-
-    @property
-    def family(self) -> Family:
-        return family_of(self.addr)
 
     @property
     def memory(self) -> str:
@@ -79,7 +86,7 @@ class Instance:
 
 
 @dataclass(frozen=True, slots=True)
-class Destination:
+class Destination(_Addressed):
     """One VIP:port (a service port; port 0: every other port of the VIP and
     protocol): client address ranges (first, last, instance chain). `forward`:
     dispatched, every packet is decided."""
@@ -92,10 +99,6 @@ class Destination:
     @property
     def proto(self) -> str:
         return PROTOCOLS[self.port >> 16]
-
-    @property
-    def family(self) -> Family:
-        return family_of(self.addr)
 
     @property
     def chain(self) -> str:

@@ -6,10 +6,12 @@ tables load into a kernel, verify from their own listings and outlive an update
 (docs/design.rst, "Decided in the kernel"). The fast path's conntrack requests find
 and delete an IPv6 connection's entry.
 
-The model is built directly and its tables installed by KernelTable with nft run in
-the director's namespace: a kernel-decided virtual's SYNs never reach the queue, so
-these tests need neither the engine nor the iptables rules. The lab is its own (three
-reals behind a bridge, clients in 2001:db8:c::/48), since the shared lab is IPv4.
+Most tests build the model directly and install its tables with KernelTable, nft run
+in the director's namespace: a kernel-decided virtual's SYNs never reach the queue, so
+they need neither the engine nor the iptables rules
+(tests/test_kernelpath_v6_appliance_netns.py starts the appliance from its
+configuration). The lab is its own (three reals behind a bridge, clients in
+2001:db8:c::/48), since the shared lab is IPv4.
 """
 
 from __future__ import annotations
@@ -46,11 +48,29 @@ VIP, VIP_MAGLEV, VIP_DISPATCHED = "2001:db8::10", "2001:db8::20", "2001:db8::30"
 BULK = 3 * 1024 * 1024 + 17
 
 SERVER = """
-import socket, sys
+import socket, sys, threading
 from localdirector.lab.servers import LabServer
 class Server(LabServer):
     address_family = socket.AF_INET6
+def answer_datagrams():   # port 53/udp: each datagram answered with the real's name
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::", 53))
+        while True:
+            _data, peer = s.recvfrom(512)
+            s.sendto(sys.argv[1].encode(), peer)
+threading.Thread(target=answer_datagrams, daemon=True).start()
 Server(("::", 80), sys.argv[1]).serve_forever(poll_interval=0.5)
+"""
+
+DATAGRAMS = """
+import socket, sys
+vip, sources = sys.argv[1], sys.argv[2:]
+for i, source in enumerate(sources):
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.bind((source, 30000 + i))
+        s.sendto(b"which", (vip, 53))
+        print(s.recv(512).decode())
 """
 
 FLOWS = """
@@ -105,9 +125,11 @@ class Lab6:
     def build(self) -> None:
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            forwarding = int(ns == self.director)
             for setting in ("net.ipv6.conf.all.accept_dad=0",
                             "net.ipv6.conf.default.accept_dad=0",
-                            "net.ipv6.conf.all.forwarding=" + str(int(ns == self.director))):
+                            f"net.ipv6.conf.all.forwarding={forwarding}",
+                            f"net.ipv4.ip_forward={forwarding}"):
                 self.run(ns, ["sysctl", "-qw", setting]).check_returncode()
             self._ip(ns, "link", "set", "lo", "up")
         d, c = self.director, self.client
@@ -230,6 +252,26 @@ def test_roundrobin_spreads_curl_clients_over_ipv6_reals_byte_exact(
     assert got == {b"real-1": 3, b"real-3": 3}
 
 
+def test_udp_flows_to_an_ipv6_virtual_are_spread_by_the_kernel(
+        lab6: Lab6, table: KernelTable) -> None:
+    d = Director()
+    vsid = sid(VIP, 53, proto="udp")
+    d.add_virtual(vsid)
+    for addr in REALS:
+        d.add_real(sid(addr, proto="udp"))
+    d.bind(vsid, *(sid(a, proto="udp") for a in REALS))
+    d.set_option(vsid, "predictor", "roundrobin")
+    d.set_fastpath(vsid, True, kernel=True)
+    table.install(desired_kernel(d))
+    proc = lab6.run(lab6.client, [sys.executable, "-c", DATAGRAMS, VIP, *CLIENTS[:6]],
+                    text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert collections.Counter(proc.stdout.split()) == {"real-1": 2, "real-2": 2,
+                                                         "real-3": 2}
+    table.fold(d)
+    assert d.virtuals[vsid].conns_total == 6
+
+
 def test_maglev_sends_each_ipv6_flow_to_the_same_real_and_a_removal_moves_its_own(
         lab6: Lab6, table: KernelTable) -> None:
     d = kernel_virtual(VIP_MAGLEV, "maglev")
@@ -308,3 +350,4 @@ def test_conntrack_finds_and_deletes_an_ipv6_entry(lab6: Lab6) -> None:
     asked = lab6.run(lab6.director, [sys.executable, "-c", CONNTRACK, CLIENTS[4], VIP],
                      text=True)
     assert asked.stdout.split() == ["True", "True", "False", "0"], asked.stderr
+

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import format_ip
+from .addr import format_ip, is_v6
 from .errors import ModelError
 from .fastpath import reachable_reals
 from .health import available
@@ -67,6 +67,8 @@ class BgpSettings:
 
         def virtual(self, sid: ServerId) -> VirtualMachine: ...
 
+        def fmt(self, sid: ServerId) -> str: ...
+
     def set_bgp_as(self, asn: int = 0) -> None:
         """`router bgp ASN` (0: `no router bgp`, which also forgets the neighbours)."""
         if not 0 <= asn <= MAX_ASN:
@@ -111,8 +113,13 @@ class BgpSettings:
         self.changed()
 
     def set_advertise(self, sid: ServerId, on: bool) -> None:
-        """`advertise VIRTUAL`: announce its VIP while it can serve."""
-        self.virtual(sid).advertise = on
+        """`advertise VIRTUAL`: announce its VIP while it can serve (IPv4 unicast: an
+        IPv6 VIP is refused rather than announced as a /32 of another family)."""
+        virtual = self.virtual(sid)
+        if on and is_v6(virtual.addr):
+            raise ModelError(f"IPv6 is not supported here: BGP announces IPv4 VIPs, not "
+                             f"{self.fmt(sid)}")
+        virtual.advertise = on
         self.changed()
 
     def _need_bgp(self) -> None:

@@ -6,9 +6,11 @@ tests/test_kernelpath_v6_netns.py loads the same text into a kernel."""
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 
+import pytest
 from test_kernelpath import FakeNft
 
 from localdirector.dataplane import netlink
@@ -213,3 +215,52 @@ def test_conntrack_asks_about_an_ipv6_tuple_in_its_family() -> None:
     orig = _attrs(body, netlink.NFGEN.size, len(body))[1]
     assert _attrs(_attrs(orig, 0, len(orig))[1], 0, 12) == {
         1: socket.inet_aton("198.51.100.5"), 2: socket.inet_aton(VIP4)}
+
+
+def _bind_id_director() -> Director:
+    """Overlapping IPv6 prefixes on one VIP, exact-port and all-ports instances, and an
+    IPv4 VIP's networks beside them, which must not cut the IPv6 space."""
+    d = Director()
+    for vsid in (sid(VIP6, 80), sid(VIP6, 80, 1), sid(VIP6, 80, 2), sid(VIP6, 0, 3),
+                 sid(VIP6), sid(VIP6, 443, 4), sid(VIP4, 80), sid(VIP4, 80, 1)):
+        d.add_virtual(vsid)
+    for vsid, net, length in ((sid(VIP6, 80, 1), "2001:db8:c::", 48),
+                              (sid(VIP6, 80, 2), "2001:db8:c:8000::", 49),
+                              (sid(VIP6, 0, 3), "2001:db8:c::", 48),       # ties with :80:1
+                              (sid(VIP6, 0, 3), "2001:db8:c::", 47),
+                              (sid(VIP6, 80, 2), "2001:db8:c::7", 128),
+                              (sid(VIP6, 443, 4), "2001:db8:d::", 48),
+                              (sid(VIP4, 80, 1), "198.51.100.0", 24)):
+        d.assign(vsid, parse_ip(net), length)
+    return d
+
+
+@pytest.mark.parametrize("port", [80, 443, 0])
+def test_the_ipv6_source_partition_agrees_with_the_engines_lookup(port: int) -> None:
+    d = _bind_id_director()
+    vip = parse_ip(VIP6)
+    ranges = kernelpath.partition(d, vip, port)
+    assert ranges[0][0] >= V6 and ranges[-1][1] < V6 << 1
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))   # disjoint, ascending
+    dport = port or kernelpath.other_port(d, vip)
+    probe = random.Random(port)
+    nets = [parse_ip(n) for n in ("2001:db8:c::", "2001:db8:d::")]
+    edges = [edge for first, last, _v in ranges for edge in (first - 1, first, last, last + 1)]
+    for src in [*edges, *(V6 | probe.randrange(1 << 128) for _ in range(2000)),
+                *(probe.choice(nets) + probe.randrange(1 << 80) for _ in range(2000)),
+                *(parse_ip("2001:db8:c::7") + step for step in (-1, 0, 1))]:
+        if not V6 <= src < V6 << 1:
+            continue
+        got = next((v for first, last, v in ranges if first <= src <= last), None)
+        assert got is d.lookup_virtual(src, vip, dport), hex(src)
+
+
+def test_the_ipv6_source_map_is_rendered_as_ranges_of_the_family() -> None:
+    d = _bind_id_director()
+    for v in d.iter_virtuals():
+        v.fastpath = v.kernel = True
+    text = "\n".join(definition(desired_kernel(d).of(IPV6), "t", IPV6))
+    assert ("    elements = { ::-2001:db8:b:ffff:ffff:ffff:ffff:ffff : goto i_2001-db8--10_80_0, "
+            "2001:db8:c::-2001:db8:c::6 : goto i_2001-db8--10_80_1, 2001:db8:c::7 : goto "
+            "i_2001-db8--10_80_2, ") in text
+    assert "198.51.100" not in text

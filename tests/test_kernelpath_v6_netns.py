@@ -35,7 +35,7 @@ from localdirector.dataplane.iptables import run_tool
 from localdirector.dataplane.kernelrules import desired_kernel
 from localdirector.dataplane.kerneltable import KernelTable
 from localdirector.lab.servers import pattern_digest
-from localdirector.model.addr import IPV6
+from localdirector.model.addr import IPV6, parse_ip
 from localdirector.model.director import Director
 from localdirector.model.state import State
 
@@ -44,6 +44,7 @@ pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parent.parent
 REALS = ("2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13")
 CLIENTS = tuple(f"2001:db8:c::{i}" for i in range(1, 9))
+OTHERS = ("2001:db8:d::1", "2001:db8:d::2")   # another client network (Bind IDs)
 VIP, VIP_MAGLEV, VIP_DISPATCHED = "2001:db8::10", "2001:db8::20", "2001:db8::30"
 BULK = 3 * 1024 * 1024 + 17
 
@@ -138,13 +139,14 @@ class Lab6:
         self._ip(d, "addr", "add", "2001:db8:ff:1::1/64", "dev", "c0", "nodad")
         self._ip(d, "addr", "add", "2001:db8:1::1/64", "dev", "br0", "nodad")
         self._ip(c, "addr", "add", "2001:db8:ff:1::2/64", "dev", "d0", "nodad")
-        for client in CLIENTS:
+        for client in (*CLIENTS, *OTHERS):
             self._ip(c, "addr", "add", f"{client}/128", "dev", "d0", "nodad")
         for link in ("c0", "br0"):
             self._ip(d, "link", "set", link, "up")
         self._ip(c, "link", "set", "d0", "up")
         self._ip(c, "route", "add", "default", "via", "2001:db8:ff:1::1")
-        self._ip(d, "route", "add", "2001:db8:c::/48", "via", "2001:db8:ff:1::2")
+        for net in ("2001:db8:c::/48", "2001:db8:d::/48"):
+            self._ip(d, "route", "add", net, "via", "2001:db8:ff:1::2")
         for i, (ns, addr) in enumerate(zip(self.reals, REALS), 1):
             self._ip(d, "link", "add", f"r{i}", "master", "br0", "type", "veth", "peer",
                      "name", "eth0", "netns", ns)
@@ -250,6 +252,27 @@ def test_roundrobin_spreads_curl_clients_over_ipv6_reals_byte_exact(
     got = collections.Counter(lab6.curl(f"http://[{VIP}]/", CLIENTS[i]).strip()
                               for i in range(6))
     assert got == {b"real-1": 3, b"real-3": 3}
+
+
+def test_bind_ids_steer_ipv6_client_networks_in_the_kernel(
+        lab6: Lab6, table: KernelTable) -> None:
+    """FIG. 1 for IPv6: clients of 2001:db8:d::/48 reach their own instance (one real),
+    the rest Bind ID 0's (the other two), decided by the ip6 table's source map."""
+    d = kernel_virtual(VIP, "roundrobin")
+    d.unbind(sid(VIP, 80), sid(REALS[2]))
+    preferred = sid(VIP, 80, 1)
+    d.add_virtual(preferred)
+    d.bind(preferred, sid(REALS[2]))
+    d.assign(preferred, parse_ip("2001:db8:d::"), 48)
+    d.set_fastpath(sid(VIP, 80), True, kernel=True)
+    table.install(desired_kernel(d))
+    general = collections.Counter(lab6.curl(f"http://[{VIP}]/", CLIENTS[i]).strip()
+                                  for i in range(4))
+    assert general == {b"real-1": 2, b"real-2": 2}
+    assert {lab6.curl(f"http://[{VIP}]/", source).strip() for source in OTHERS * 2} == {
+        b"real-3"}
+    table.fold(d)
+    assert (d.virtuals[sid(VIP, 80)].conns_total, d.virtuals[preferred].conns_total) == (4, 4)
 
 
 def test_udp_flows_to_an_ipv6_virtual_are_spread_by_the_kernel(

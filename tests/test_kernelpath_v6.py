@@ -1,6 +1,7 @@
 """The kernel-decided fast path and the fast path's conntrack requests for IPv6, without
 a kernel: the ``ip6`` table's text rendered from a dual-stack model (the IPv4 table's
-unchanged beside it), the transactions and listings of both tables, and the ctnetlink
+unchanged beside it), the source partition by IPv6 prefix, the transactions and
+listings of both tables, an IPv6 virtual configured in the shell, and the ctnetlink
 messages of an IPv6 tuple (docs/design.rst, "Decided in the kernel", "Fast path").
 tests/test_kernelpath_v6_netns.py loads the same text into a kernel."""
 
@@ -12,6 +13,7 @@ import struct
 
 import pytest
 from test_kernelpath import FakeNft
+from test_shell_commands import Shell
 
 from localdirector.dataplane import netlink
 from localdirector.dataplane.conntrack import request_body
@@ -264,3 +266,21 @@ def test_the_ipv6_source_map_is_rendered_as_ranges_of_the_family() -> None:
             "2001:db8:c::-2001:db8:c::6 : goto i_2001-db8--10_80_1, 2001:db8:c::7 : goto "
             "i_2001-db8--10_80_2, ") in text
     assert "198.51.100" not in text
+
+
+def test_an_ipv6_virtual_configured_in_the_shell_is_decided_in_its_table(tmp_path) -> None:
+    shell = Shell(tmp_path)
+    assert shell(f"real [{R1}]", f"real [{R2}]", f"virtual [{VIP6_MAGLEV}]:80",
+                 f"predictor [{VIP6_MAGLEV}]:80 maglev",
+                 f"bind [{VIP6_MAGLEV}]:80 [{R1}] [{R2}]",
+                 f"fastpath [{VIP6_MAGLEV}]:80 kernel"), shell.take()
+    assert f"fastpath [{VIP6_MAGLEV}]:80 kernel" in shell.config()
+    rules = desired_kernel(shell.director)
+    assert rules.families == (IPV6,)
+    text = "\n".join(definition(rules.of(IPV6), "t", IPV6))
+    assert "ip6 daddr . tcp dport vmap { 2001:db8::20 . 80 : goto d_2001-db8--20_80 }" in text
+    shell.take()
+    assert not shell(f"predictor [{VIP6_MAGLEV}]:80 leastconns")
+    assert shell.take().strip().splitlines()[-1] == (
+        f"% [{VIP6_MAGLEV}]:80:0:tcp uses predictor leastconns: the kernel decides only "
+        "roundrobin, weighted and maglev")

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("localdirector.failover")
 
 DRAIN = 0.05         # seconds for the packets queued before a step-down to be handled
-TURN_WAIT = 0.005     # seconds the worker waits for a turn in progress to end
+TURN_WAIT = 0.02      # seconds the worker waits for a turn in progress to end
 CHUNK = 2000         # connections per message of a whole resend (one lock hold each)
 REFRESH_RANGE = (5.0, 300.0)   # seconds between whole resends, clamped
 # The model's own state strings: the engine compares them by identity.
@@ -279,10 +279,11 @@ class Replicator:
         leaves a unit that has not told the other unit of its connection, and one that
         dies a moment later is not followed by a takeover that resets it (issue 22: 0-4
         of 5,000 short connections before). While the sender is in a turn it waits up to
-        `TURN_WAIT` for it (a turn of noted connections takes well under a millisecond;
-        not waiting let these SYNs go before their records, and a crash in the next
-        millisecond lost the connection: 1 of 3,000 in about one crash in ten on a
-        loaded machine); no longer, and not at all while a whole resend is due (it
+        `TURN_WAIT` for it (a turn of noted connections takes well under a millisecond,
+        but a starved machine deschedules the sender for milliseconds: not waiting let
+        these SYNs go before their records, and a crash in the next milliseconds lost
+        the connection, 1 of 3,000 in about one crash in ten on a loaded machine); no
+        longer, and not at all while a whole resend is due (it
         carries these) or for a socket that cannot take the message at once (then the
         other unit gets everything again). Never raises into the worker."""
         if not (self._noted or self._closed) or not self.sending or self._whole.is_set():

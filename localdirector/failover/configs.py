@@ -12,15 +12,22 @@ not go to FAULT), all in one sync group so both sides move together;
 VRRPv3 for hellos below a second; a track file through which this unit can step down
 (`failover active` on the other unit). conntrackd: FTFW over UDP on the failover link,
 replicating conntrack's TCP and UDP entries (the fast paths' connections and flows), but
-none of the units' own addresses (its own sync traffic among them)."""
+none of the units' own addresses (its own sync traffic among them).
+
+IPv6 virtuals ride in the same instances as `virtual_ipaddress_excluded`: keepalived
+wants one family per `virtual_ipaddress` block because the addresses travel in the
+adverts, and ours travel over the IPv4 failover link only, never on the segment the
+virtual lives on, so the virtual's family has nothing to say to VRRP. keepalived still
+adds and removes them with the instance and sends unsolicited neighbour advertisements
+for them on taking over, as it sends gratuitous ARP for IPv4's; the failover link, the
+peer address, conntrackd's sync and the stream stay IPv4."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import family_of, format_ip, is_v6, parse_ip
 from localdirector.model.failover import FailoverConfig
 
 GROUP = "LOCALDIRECTOR"
@@ -55,22 +62,41 @@ class Unit:
         return self.directory / "keepalived.conf"
 
 
+def covers(network: tuple[int, int], addr: int) -> bool:
+    """`addr` lies in (network address, prefix length), of its own family."""
+    net, plen = network
+    family = family_of(net)
+    return family is family_of(addr) and (addr ^ net) & family.mask(plen) == 0
+
+
 def instances(config: FailoverConfig, addresses: list[tuple[str, str, int]]
               ) -> list[tuple[str, list[str]]]:
     """(interface, ["ADDR/LEN", ...]) per interface holding failover virtuals, ordered by
-    their lowest address so both units number the instances alike. `addresses`: this
-    box's (interface, address, prefix length), as `ip -4 addr` lists them."""
-    networks = [(ifname, ipaddress.IPv4Network(f"{addr}/{plen}", strict=False))
-                for ifname, addr, plen in addresses]
+    their lowest address so both units number the instances alike (IPv4's first, then
+    IPv6's). `addresses`: this box's (interface, address, prefix length), as
+    `interface_addresses` lists them; a virtual goes to the interface holding an address
+    of its network, in its own family."""
+    networks = [(ifname, (parse_ip(addr), plen)) for ifname, addr, plen in addresses]
     by_iface: dict[str, list[tuple[int, str]]] = {}
     for addr, plen in sorted(config.virtuals):
-        ip = ipaddress.IPv4Address(addr)
-        owner = next((ifname for ifname, net in networks if ip in net), None)
+        owner = next((ifname for ifname, net in networks if covers(net, addr)), None)
         if owner is None:
             raise ValueError(f"no interface holds an address of {format_ip(addr)}/{plen}")
         by_iface.setdefault(owner, []).append((addr, f"{format_ip(addr)}/{plen}"))
     ordered = sorted(by_iface.items(), key=lambda item: item[1][0][0])
     return [(ifname, [text for _, text in entries]) for ifname, entries in ordered]
+
+
+def _family_blocks(ifname: str, vips: list[str]) -> list[str]:
+    """The instance's address blocks: IPv4 in the adverts (`virtual_ipaddress`), IPv6
+    beside them (`virtual_ipaddress_excluded`; the module's docstring says why)."""
+    lines = []
+    for block, v6 in (("virtual_ipaddress", False), ("virtual_ipaddress_excluded", True)):
+        listed = [vip for vip in vips if is_v6(parse_ip(vip.partition("/")[0])) is v6]
+        if listed or not v6:
+            lines += [f"    {block} {{", *(f"        {vip} dev {ifname}" for vip in listed),
+                      "    }"]
+    return lines
 
 
 def keepalived(config: FailoverConfig, unit: Unit,
@@ -113,9 +139,7 @@ def keepalived(config: FailoverConfig, unit: Unit,
             f"    unicast_peer {{\n        {peer}\n    }}",
             f"    track_interface {{\n        {ifname}\n    }}",
             "    track_file {\n        ld_step_down\n    }",
-            "    virtual_ipaddress {",
-            *(f"        {vip} dev {ifname}" for vip in vips),
-            "    }",
+            *_family_blocks(ifname, vips),
             "}",
         ]
     lines += [f"vrrp_sync_group {GROUP} {{", "    group {",
@@ -163,6 +187,7 @@ General {{
         }}
         Address Ignore {{
             IPv4_address 127.0.0.1
+            IPv6_address ::1
             IPv4_address {unit.address}
             IPv4_address {format_ip(config.peer)}
         }}

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localdirector.model.addr import is_v6, parse_ip
+
 log = logging.getLogger("localdirector.failover")
 
 WATCH = 0.05          # seconds between carrier checks: well inside one master-down
@@ -89,11 +91,18 @@ def asks(instances: list[tuple[str, list[str]]],
          addresses: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
     """(interface, this unit's own address there, a failover virtual) per segment of
     `instances` (configs.instances), from this box's `addresses`: whom to ask whether
-    the other unit still answers."""
+    the other unit still answers. ARP asks of IPv4 virtuals only: a dual-stack segment
+    is asked for its IPv4 one (the sync group moves both families together, so one
+    answer speaks for the unit); a segment holding only IPv6 virtuals is not asked (no
+    neighbour solicitation here: docs/design.rst, "A pulled cable")."""
     found = []
     for ifname, vips in instances:
-        vip = ipaddress.IPv4Interface(vips[0])
+        vip = next((ipaddress.IPv4Interface(text) for text in vips
+                    if not is_v6(parse_ip(text.partition("/")[0]))), None)
+        if vip is None:
+            continue
         own = next((addr for name, addr, _ in addresses if name == ifname
+                    and not is_v6(parse_ip(addr))
                     and ipaddress.IPv4Address(addr) in vip.network
                     and f"{addr}/{vip.network.prefixlen}" not in vips), None)
         if own is not None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scapy.layers.inet import IP, TCP
 
 from localdirector.dataplane.engine import Engine
 from localdirector.dataplane.packet import rewrite
-from localdirector.model.addr import format_ip, parse_ip
+from localdirector.model.addr import family_of, format_ip, parse_ip
 from localdirector.model.connection import Connection, flow_key
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
@@ -27,34 +28,56 @@ GENERAL_NET = (parse_ip("198.51.100.0"), 24)   # clients no assign entry covers
 PREFIX_LENGTHS = (32, 32, 32, 32, 32, 32, 31, 30, 30, 29, 28, 28, 26, 24)
 
 
+@dataclass(frozen=True)
+class Site:
+    """One family's VIP, reals, where the assign prefixes live (and their lengths: as
+    many distinct ones, the lookup's cost, in both families) and the general clients."""
+
+    vip: int
+    reals: tuple[str, ...]
+    assign_net: tuple[int, int]
+    general_net: tuple[int, int]
+    lengths: tuple[int, ...]
+
+
+IPV4_SITE = Site(VIP, REALS, ASSIGN_NET, GENERAL_NET, PREFIX_LENGTHS)
+# IPv6 (issue 26): clients of 2001:db8:c::/48 by host, /64, /56... and the general ones
+# of 2001:db8:d::/120; seven distinct lengths, as IPv4's.
+IPV6_SITE = Site(parse_ip("2001:db8::10"), ("2001:db8:1::11", "2001:db8:1::12",
+                                            "2001:db8:1::13"),
+                 (parse_ip("2001:db8:c::"), 48), (parse_ip("2001:db8:d::"), 120),
+                 (128, 128, 128, 128, 128, 128, 64, 62, 62, 60, 56, 56, 52, 49))
+
+
 # ------------------------------------------------------------------ the model
-def build_director(assigns: int, rng: random.Random) -> tuple[Director, list[tuple[int, int]]]:
-    """VIP 192.0.2.10:80 with a general instance and BIND_IDS Bind ID instances, each
-    bound to the three reals, and ``assigns`` distinct prefixes spread over the instances;
-    returns the director and the prefixes."""
+def build_director(assigns: int, rng: random.Random,
+                   site: Site = IPV4_SITE) -> tuple[Director, list[tuple[int, int]]]:
+    """VIP 192.0.2.10:80 (or the site's) with a general instance and BIND_IDS Bind ID
+    instances, each bound to the three reals, and ``assigns`` distinct prefixes spread
+    over the instances; returns the director and the prefixes."""
     director = Director()
     director.settings.max_conns = 1 << 40  # the benchmark fills the table on purpose
-    reals = [director.add_real(ServerId(parse_ip(addr))).sid for addr in REALS]
+    reals = [director.add_real(ServerId(parse_ip(addr))).sid for addr in site.reals]
     for bind in range(BIND_IDS + 1):
-        vsid = ServerId(VIP, VPORT, bind)
+        vsid = ServerId(site.vip, VPORT, bind)
         director.add_virtual(vsid)
         for real in reals:
             director.bind(vsid, real)
-    prefixes = _random_prefixes(assigns, rng)
+    prefixes = _random_prefixes(assigns, rng, site)
     for index, (addr, plen) in enumerate(prefixes):
-        director.assign(ServerId(VIP, VPORT, 1 + index % BIND_IDS), addr, plen)
+        director.assign(ServerId(site.vip, VPORT, 1 + index % BIND_IDS), addr, plen)
     return director, prefixes
 
 
-def _random_prefixes(count: int, rng: random.Random) -> list[tuple[int, int]]:
-    base, plen = ASSIGN_NET
-    span = 1 << (32 - plen)
+def _random_prefixes(count: int, rng: random.Random, site: Site) -> list[tuple[int, int]]:
+    base, plen = site.assign_net
+    family = family_of(base)
+    span = 1 << (family.width - plen)
     seen: set[tuple[int, int]] = set()
     result = []
     while len(result) < count:
-        length = rng.choice(PREFIX_LENGTHS)
-        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        prefix = ((base + rng.randrange(span)) & mask, length)
+        length = rng.choice(site.lengths)
+        prefix = ((base + rng.randrange(span)) & (family.mask(length) | family.tag), length)
         if prefix not in seen:
             seen.add(prefix)
             result.append(prefix)
@@ -62,18 +85,19 @@ def _random_prefixes(count: int, rng: random.Random) -> list[tuple[int, int]]:
 
 
 def client_pool(prefixes: Sequence[tuple[int, int]], size: int,
-                rng: random.Random) -> list[int]:
-    """``size`` distinct client addresses: every general client of 198.51.100.0/24 (no
-    assign entry covers them: the lookup misses and falls back to Bind ID 0) and the rest
-    inside assigned prefixes (a Bind ID instance takes them), shuffled."""
-    base, plen = GENERAL_NET
-    general = [base + i for i in range(1, (1 << (32 - plen)) - 1)]
+                rng: random.Random, site: Site = IPV4_SITE) -> list[int]:
+    """``size`` distinct client addresses: every general client of 198.51.100.0/24 (or
+    the site's; no assign entry covers them: the lookup misses and falls back to Bind ID
+    0) and the rest inside assigned prefixes (a Bind ID instance takes them), shuffled."""
+    base, plen = site.general_net
+    width = family_of(base).width
+    general = [base + i for i in range(1, (1 << (width - plen)) - 1)]
     assigned: set[int] = set()
-    room = sum(1 << (32 - length) for _addr, length in prefixes)
+    room = sum(1 << (width - length) for _addr, length in prefixes)
     want = min(max(0, size - len(general)), room)
     while len(assigned) < want:
         addr, length = rng.choice(prefixes)
-        assigned.add(addr + rng.randrange(1 << (32 - length)))
+        assigned.add(addr + rng.randrange(1 << (width - length)))
     pool = general + sorted(assigned)
     rng.shuffle(pool)
     return pool

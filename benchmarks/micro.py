@@ -46,15 +46,12 @@ from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 
 from . import machine
-from .crafted import (POOL, VIP, VPORT, Packets, Tuples, build_director, client_pool,
-                      lifecycle)
+from .crafted import (IPV6_SITE, POOL, VIP, VPORT, Packets, Tuples, build_director,
+                      client_pool, lifecycle)
 from .figures import emit
-from .profile import format_summary, record, summarize
+from .micro_report import BYTES_TARGET, TARGETS, format_report
+from .profile import record, summarize
 
-# The issue's targets. "SYN decision" is Director.decide (which instance, which real);
-# the whole SYN packet (checksum check, table insert, translation) is reported beside it.
-TARGETS = {"decision": 5.0, "translate_in": 3.0, "translate_out": 3.0}
-BYTES_TARGET = 400
 
 
 
@@ -124,18 +121,18 @@ def populate(engine: Engine, packets: Packets, tuples: Tuples, count: int,
 
 
 def bench_decisions(director: Director, pool: Sequence[int], samples: int, batch: int,
-                    rng: random.Random) -> dict[str, Any]:
+                    rng: random.Random, vip: int = VIP) -> dict[str, Any]:
     sources = [rng.choice(pool) for _ in range(samples)]
     now = time.monotonic()
     decide, lookup = director.decide, director.lookup_virtual
 
     def run_decide(chunk: Sequence[int]) -> None:
         for src in chunk:
-            decide(src, VIP, VPORT, now)
+            decide(src, vip, VPORT, now)
 
     def run_lookup(chunk: Sequence[int]) -> None:
         for src in chunk:
-            lookup(src, VIP, VPORT)
+            lookup(src, vip, VPORT)
 
     return {"decide": per_op(run_decide, sources, batch),
             "lookup_virtual": per_op(run_lookup, sources, batch)}
@@ -289,12 +286,14 @@ def profile_lifecycles(engine: Engine, packets: Packets, tuples: Tuples, seconds
 
 
 def measure(engine: Engine, packets: Packets, tuples: Tuples, samples: int, batch: int,
-            rng: random.Random) -> dict[str, Any]:
-    """One repeat of every timed figure."""
+            rng: random.Random, ipv6: tuple[Director, list[int]]) -> dict[str, Any]:
+    """One repeat of every timed figure; `ipv6`: the IPv6 site's director and clients,
+    whose decisions are timed beside IPv4's in the same process and state."""
     chosen = establish(engine, packets, min(10_000, len(engine.director.conns)), rng)
     lifecycles = max(1, samples // 10)
     return {
         "decision": bench_decisions(engine.director, tuples.pool, samples, batch, rng),
+        "decision_ipv6": bench_decisions(*ipv6, samples, batch, rng, IPV6_SITE.vip),
         "syn_packet": bench_syn(engine, packets, tuples, samples, batch),
         "established": bench_established(engine, packets, chosen, samples, batch, rng),
         "lifecycle": bench_lifecycle(engine, packets, tuples, lifecycles, max(1, batch // 10)),
@@ -319,64 +318,6 @@ def _frozen_collection_ms() -> float:
         return _full_collection_ms()
     finally:
         gc.unfreeze()
-
-
-# --------------------------------------------------------------------- report
-def _verdict(value: float, target: float) -> str:
-    return "met" if value <= target else "NOT met"
-
-
-def format_report(result: dict[str, Any]) -> str:
-    cfg = result["config"]
-    lines = [f"machine: {machine.one_line(result['machine'])}",
-             f"{cfg['assigns']:,} assign prefixes, {cfg['conns']:,} live connections "
-             f"(populated in {result['populate']['seconds']} s); {cfg['repeat']} repeats of "
-             f"{cfg['samples']:,} operations in batches of {cfg['batch']}",
-             "times in us per operation: median batch (median over repeats), the repeats' "
-             "range, 99th-percentile batch, slowest batch",
-             "",
-             f"{'operation':<44} {'median':>7} {'range':>13} {'p99':>7} {'worst':>7}  target"]
-
-    def row(label: str, fig: dict[str, float], target: float | None = None) -> None:
-        verdict = f"<= {target:g} us {_verdict(fig['median_us'], target)}" if target else ""
-        spread = f"{fig['min_us']:.2f}-{fig['max_us']:.2f}"
-        lines.append(f"{label:<44} {fig['median_us']:>7.2f} {spread:>13} "
-                     f"{fig['p99_batch_us']:>7.2f} {fig['max_batch_us']:>7.2f}  {verdict}")
-
-    row("SYN decision: Director.decide", result["decision"]["decide"], TARGETS["decision"])
-    row("  of which Bind ID lookup (lookup_virtual)", result["decision"]["lookup_virtual"])
-    row("SYN packet: Engine.handle, new connection", result["syn_packet"])
-    row("established client->real: Engine.handle", result["established"]["translate_in"],
-        TARGETS["translate_in"])
-    row("established real->client: Engine.handle", result["established"]["translate_out"],
-        TARGETS["translate_out"])
-    row("short connection, 10 packets (per conn)", result["lifecycle"])
-    lines.append(f"  = {result['lifecycle']['us_per_packet']:.2f} us per packet "
-                 "(including building the reply packets)")
-    lines.append("floor (no engine):")
-    for name, fig in result["floor"].items():
-        row(f"  {name}", fig)
-    gc_figures = result["gc"]
-    lines.append(f"garbage collector: a full collection over the live objects takes "
-                 f"{gc_figures['full_collection_ms']:.0f} ms, "
-                 f"{gc_figures['frozen_collection_ms']:.1f} ms once frozen as the worker "
-                 f"freezes them; {gc_figures['full_collections_while_timing']} ran during "
-                 "the timed phases (not frozen here)")
-    mem = result["memory"]
-    lines += ["", f"memory: {mem['bytes_per_connection']:.0f} bytes per connection over "
-                  f"{mem['connections']:,} connections (target <= {BYTES_TARGET}: "
-                  f"{_verdict(mem['bytes_per_connection'], BYTES_TARGET)})"]
-    for site in mem["top_sites"]:
-        lines.append(f"  {site['bytes_per_connection']:>7.1f}  {site['site']}")
-    profile = result.get("profile")
-    if profile:
-        lines.append("")
-        if "summary" in profile:
-            title = f"py-spy over {profile['connections']:,} short connections"
-            lines.append(format_summary(profile["summary"], title))
-        else:
-            lines.append(f"profile: {profile['error']}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,13 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     director, prefixes = build_director(args.assigns, rng)
     result["build_seconds"] = round(time.perf_counter() - began, 2)
+    director6, prefixes6 = build_director(args.assigns, rng, IPV6_SITE)
+    ipv6 = (director6, client_pool(prefixes6, POOL, rng, IPV6_SITE))
     engine = Engine(director)
     tuples = Tuples(client_pool(prefixes, POOL, rng))
     result["populate"] = populate(engine, packets, tuples, args.conns, batch)
     result["gc"] = {"full_collection_ms": _full_collection_ms(),
                     "frozen_collection_ms": _frozen_collection_ms()}
     full_before = gc.get_stats()[2]["collections"]
-    result.update(combine([measure(engine, packets, tuples, args.samples, batch, rng)
+    result.update(combine([measure(engine, packets, tuples, args.samples, batch, rng, ipv6)
                            for _ in range(max(1, args.repeat))]))
     result["gc"]["full_collections_while_timing"] = gc.get_stats()[2]["collections"] - full_before
     result["lifecycle"]["us_per_packet"] = round(result["lifecycle"]["median_us"] / 10, 3)
@@ -427,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = {
         "syn_decision_us": {"target": TARGETS["decision"],
                             "measured": result["decision"]["decide"]["median_us"]},
+        "syn_decision_ipv6_us": {"target": TARGETS["decision"],
+                                 "measured": result["decision_ipv6"]["decide"]["median_us"]},
         "translate_us": {"target": TARGETS["translate_in"],
                          "measured": max(result["established"]["translate_in"]["median_us"],
                                          result["established"]["translate_out"]["median_us"])},

@@ -40,7 +40,8 @@ def test_micro_json_is_well_formed() -> None:
     # per repeat 400 SYNs and 40 short connections (plus the probe packet's reuse of one).
     assert result["live_connections_at_end"] == 3000 + 2 * (400 + 40)
     for figure in (result["decision"]["decide"], result["decision"]["lookup_virtual"],
-                   result["syn_packet"], result["established"]["translate_in"],
+                   result["decision_ipv6"]["decide"],
+                   result["decision_ipv6"]["lookup_virtual"], result["syn_packet"], result["established"]["translate_in"],
                    result["established"]["translate_out"], result["lifecycle"],
                    *result["floor"].values()):
         _assert_timed(figure)
@@ -58,7 +59,8 @@ def test_micro_json_is_well_formed() -> None:
     assert memory["top_sites"] and all(site["site"].count(":") == 1 for site in memory["top_sites"])
 
     targets = result["targets"]
-    assert set(targets) == {"syn_decision_us", "translate_us", "bytes_per_connection"}
+    assert set(targets) == {"syn_decision_us", "syn_decision_ipv6_us", "translate_us",
+                            "bytes_per_connection"}
     for entry in targets.values():
         assert entry["met"] == (entry["measured"] <= entry["target"])
 
@@ -66,7 +68,7 @@ def test_micro_json_is_well_formed() -> None:
 def test_micro_text_report_names_every_figure() -> None:
     proc = _micro()
     assert proc.returncode == 0, proc.stderr
-    for label in ("SYN decision", "SYN packet", "established client->real",
+    for label in ("SYN decision", "IPv6 SYN decision", "SYN packet", "established client->real",
                   "established real->client", "short connection", "bytes per connection",
                   "full collection"):
         assert label in proc.stdout

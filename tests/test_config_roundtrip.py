@@ -17,19 +17,30 @@ from localdirector.shell.registry import Mode
 
 HASHES = [hash_password(p) for p in ("alpha", "bravo")]
 
-vips = st.builds("192.0.2.{}:{}:{}".format, st.sampled_from([10, 11]),
-                 st.sampled_from([0, 80, 443]), st.integers(0, 3))
-reals = st.builds("{}:{}".format,
-                  st.sampled_from(["203.0.113.11", "203.0.113.12", "203.0.113.13",
-                                   "203.0.113.14", "web", "db"]),
-                  st.sampled_from([0, 8001]))
+# Both families: IPv6 ids bracketed, and reals, backups and assigns that would mix the
+# families refused (no NAT64), which the property checks too.
+vips = st.one_of(
+    st.builds("192.0.2.{}:{}:{}".format, st.sampled_from([10, 11]),
+              st.sampled_from([0, 80, 443]), st.integers(0, 3)),
+    st.builds("[2001:db8::{}]:{}:{}".format, st.sampled_from([10, 11]),
+              st.sampled_from([0, 80]), st.integers(0, 2)))
+reals = st.one_of(
+    st.builds("{}:{}".format,
+              st.sampled_from(["203.0.113.11", "203.0.113.12", "203.0.113.13",
+                               "203.0.113.14", "web", "db", "web6"]),
+              st.sampled_from([0, 8001])),
+    st.builds("[{}]:{}".format, st.sampled_from(["2001:db8:1::11", "2001:db8:1::12"]),
+              st.sampled_from([0, 8001])),
+    st.sampled_from(["2001:db8:1::13"]))
 clients = st.builds("{} {}".format,
                     st.sampled_from(["198.51.100.0", "198.51.100.7", "198.18.0.0",
                                      "198.19.255.1"]),
                     st.sampled_from(["255.255.255.0", "255.255.255.255", "255.254.0.0",
                                      "0.0.0.0"]))
+assign_clients = st.one_of(clients, st.sampled_from(
+    ["2001:db8:c::/48", "2001:db8:c:1::/64", "2001:db8:d::5", "198.51.100.0/24"]))
 maybe_no = st.sampled_from(["", "", "no "])
-NAMES = ["name 203.0.113.11 web", "name 203.0.113.14 db"]
+NAMES = ["name 203.0.113.11 web", "name 203.0.113.14 db", "name 2001:db8:1::13 web6"]
 
 
 def fmt(template: str, *parts: st.SearchStrategy) -> st.SearchStrategy[str]:
@@ -45,7 +56,7 @@ def commands(vip: st.SearchStrategy[str], real: st.SearchStrategy[str]
         fmt("{}virtual {} {}", maybe_no, vip, st.sampled_from(["", "is", "os"])),
         fmt("{}bind {} {}", maybe_no, vip,
             st.lists(real, min_size=1, max_size=3).map(" ".join)),
-        fmt("{}assign {} {}", maybe_no, vip, clients),
+        fmt("{}assign {} {}", maybe_no, vip, assign_clients),
         fmt("{}{} {} {}", maybe_no, st.sampled_from(["weight", "maxconns", "threshold",
                                                      "reassign", "retry"]),
             real, st.integers(1, 20)),
@@ -56,8 +67,9 @@ def commands(vip: st.SearchStrategy[str], real: st.SearchStrategy[str]
         fmt("{}backup {} {}", maybe_no, server, server),
         fmt("{}{} {}", maybe_no, st.sampled_from(["in-service", "os"]), server),
         fmt("{}name {} {}", maybe_no,
-            st.sampled_from(["203.0.113.11", "203.0.113.13", "203.0.113.14"]),
-            st.sampled_from(["web", "db"])),
+            st.sampled_from(["203.0.113.11", "203.0.113.13", "203.0.113.14",
+                             "2001:db8:1::13"]),
+            st.sampled_from(["web", "db", "web6"])),
         fmt("{}hostname {}", maybe_no, st.sampled_from(["edge-1", "ld2"])),
         fmt("{}{} {}", maybe_no, st.sampled_from(["telnet", "ssh"]), clients),
         fmt("{}{} {} encrypted", maybe_no,
@@ -75,7 +87,7 @@ def scripts(draw: st.DrawFn) -> list[str]:
     so binds, assigns, settings and removals really happen rather than being refused."""
     vip_pool = draw(st.lists(vips, min_size=1, max_size=4, unique=True))
     real_pool = draw(st.lists(reals, min_size=1, max_size=4, unique=True))
-    setup = NAMES[:draw(st.integers(0, 2))]
+    setup = NAMES[:draw(st.integers(0, 3))]
     setup += [f"real {r}" for r in real_pool] + [f"virtual {v}" for v in vip_pool]
     pick = lambda pool, other: st.one_of(st.sampled_from(pool), st.sampled_from(pool),
                                          st.sampled_from(pool), other)
@@ -131,7 +143,10 @@ CANONICAL = [
     "bind 192.0.2.10:80 203.0.113.31 203.0.113.32:8080", "bind 192.0.2.10:80:1 203.0.113.31",
     "assign 192.0.2.10:80:1 198.51.100.7", "assign 192.0.2.10:80:1 198.18.0.0 255.255.255.0",
     "weight 203.0.113.31 3", "predictor 192.0.2.10:80 roundrobin",
-    "backup 192.0.2.10:80:1 192.0.2.10:80"]
+    "backup 192.0.2.10:80:1 192.0.2.10:80",
+    "real [2001:db8:1::11]:8001", "virtual [2001:db8::10]:80:1", "virtual [2001:db8::10]",
+    "bind [2001:db8::10]:80:1 [2001:db8:1::11]:8001",
+    "assign [2001:db8::10]:80:1 2001:db8:c::/48", "assign [2001:db8::10]:80:1 2001:db8:d::5"]
 
 
 def test_lines_typed_in_the_canonical_form_are_shown_as_typed(tmp_path):
@@ -152,5 +167,9 @@ def test_lines_typed_in_the_canonical_form_are_shown_as_typed(tmp_path):
         "bind 192.0.2.10:80:1 203.0.113.31:0:0", "assign 192.0.2.10:80:1 198.51.100.7 "
         "255.255.255.255", "assign 192.0.2.10:80:1:tcp 198.18.0.0 255.255.255.0",
         "weight 203.0.113.31:0:0:tcp 3", "predictor 192.0.2.10:80:0 roundrobin",
-        "backup 192.0.2.10:80:1:tcp 192.0.2.10:80:0:tcp"])
+        "backup 192.0.2.10:80:1:tcp 192.0.2.10:80:0:tcp",
+        "real [2001:db8:1:0::11]:8001:0:tcp", "virtual [2001:db8::10]:80:1:tcp",
+        "virtual 2001:db8::10", "bind [2001:db8::10]:80:1:tcp [2001:db8:1::11]:8001:0",
+        "assign [2001:db8::10]:80:1 2001:db8:c:0::/48",
+        "assign [2001:db8::10]:80:1 2001:db8:d::5/128"])
     assert running_config.render(long_forms.director, session.registry) == shown

@@ -53,13 +53,18 @@ class Shell:
     def director(self):
         return self.appliance.director
 
+    @classmethod
+    def configured(cls, tmp_path: Path, text: str) -> "Shell":
+        """A shell where every line of `text` has been accepted, its output taken."""
+        shell = cls(tmp_path)
+        assert shell(*text.splitlines()), shell.take()
+        shell.take()
+        return shell
+
 
 @pytest.fixture
 def sh(tmp_path: Path) -> Shell:
-    shell = Shell(tmp_path)
-    assert shell(*BASE.splitlines()), shell.take()
-    shell.take()
-    return shell
+    return Shell.configured(tmp_path, BASE)
 
 
 def sid(text: str) -> ServerId:

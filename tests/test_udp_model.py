@@ -37,10 +37,7 @@ def sid(text: str) -> ServerId:
 
 @pytest.fixture
 def sh(tmp_path: Path) -> Shell:
-    shell = Shell(tmp_path)
-    assert shell(*CONFIG.splitlines()), shell.take()
-    shell.take()
-    return shell
+    return Shell.configured(tmp_path, CONFIG)
 
 
 def test_udp_ids_parse_format_and_keep_their_protocol_in_the_short_form() -> None:

@@ -50,7 +50,7 @@ def router_bgp(session: Session, asn: int = 0, no: bool = False) -> None:
 
 
 @command(CONFIG, BGP, Keyword("router-id", "BGP identifier [the local address]"),
-         args.ip("addr", "An address of this director"), no=2,
+         args.ipv4("addr", "An address of this director"), no=2,
          saver=lambda d: [(format_ip(d.settings.bgp.router_id),)]
          if d.settings.bgp.router_id else [])
 def bgp_router_id(session: Session, addr: int = 0, no: bool = False) -> None:
@@ -64,7 +64,7 @@ def _saved_neighbors(director) -> list[tuple[object, ...]]:
 
 
 @command(CONFIG, BGP, Keyword("neighbor", "A BGP peer (the upstream router)"),
-         args.ip("addr", "The peer's address"),
+         args.ipv4("addr", "The peer's address"),
          Keyword("remote-as", "The peer's AS"), args.number("remote_as", *ASN, "AS number"),
          opt(Keyword("hold-time", f"Seconds of silence before the session drops "
                                   f"[{bgp.DEFAULT_HOLD}]"),

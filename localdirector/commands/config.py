@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from localdirector.model.addr import format_ip, format_mask, prefix_mask
+from localdirector.model.addr import IPV4, family_of, format_ip
+from localdirector.model.bindid import network_mask, network_words
 from localdirector.model.buddy import set_buddy
 from localdirector.model.director import Director
 from localdirector.model.options import REAL_OPTIONS, VIRTUAL_OPTIONS, Option
@@ -181,19 +182,29 @@ def bind(session: Session, virtual: ServerId, reals: list[ServerId],
 
 @command(CONFIG, Keyword("assign", "Send clients to a Bind ID instance of a virtual"),
          args.virtual_id("virtual", "Virtual instance with a non-zero Bind ID"),
-         args.ip("client", "Client address"), opt(args.mask()), no=3,
-         saver=lambda d: [(o.virtual.sid, format_ip(o.client_ip),
-                           *([format_mask(o.prefixlen)] if o.prefixlen != 32 else []))
+         args.network("client", "Client address or network (ADDR/LEN)"),
+         opt(args.mask()), no=3,
+         saver=lambda d: [(o.virtual.sid, *network_words(o.client_ip, o.prefixlen))
                           for o in d.bindids])
-def assign(session: Session, virtual: ServerId, client: int, mask: int = 32,
-           no: bool = False) -> None:
+def assign(session: Session, virtual: ServerId, client: tuple[int, int | None],
+           mask: int | None = None, no: bool = False) -> None:
+    """`assign VIRTUAL CLIENT [MASK]` as LocalDirector had it, or `CLIENT/LEN` in
+    either family (IPv6 has no mask form)."""
     director = session.director
+    addr, prefixlen = client
+    if mask is not None:
+        if prefixlen is not None or family_of(addr) is not IPV4:
+            raise CommandFailed("a mask follows an IPv4 address only: write ADDR/LEN")
+        prefixlen = mask
+    elif prefixlen is None:
+        prefixlen = family_of(addr).width
     if no:
-        director.unassign(virtual, client, mask)
+        director.unassign(virtual, addr, prefixlen)
         return
-    moved = director.assign(virtual, client, mask)
+    moved = director.assign(virtual, addr, prefixlen)
     if moved is not None:
-        session.print(f"{format_ip(client & prefix_mask(mask))} {format_mask(mask)} moved "
+        network = addr & network_mask(addr, prefixlen)
+        session.print(f"{' '.join(network_words(network, prefixlen))} moved "
                       f"from {director.fmt(moved.sid)} to {director.fmt(virtual)}")
 
 

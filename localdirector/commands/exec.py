@@ -7,7 +7,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.addr import bracketed, family_of, format_ip
+from localdirector.model.bindid import network_words
+from localdirector.model.family import NAT64
 from localdirector.model.director import Director
 from localdirector.model.passwords import FAILED_PASSWORDS, verify_password
 from localdirector.model.serverid import ALL_PORTS, UDP_SERVICE
@@ -245,7 +247,7 @@ def kill(session: Session, target: int) -> None:
 
 def _destination(addr: int, service: int) -> str:
     """VIP:port of a service port, with `udp` after a udp one (as a server id has it)."""
-    port = f"{format_ip(addr)}:{service & 0xFFFF}"
+    port = f"{bracketed(addr)}:{service & 0xFFFF}"
     return f"{port}:udp" if service & UDP_SERVICE else port
 
 
@@ -260,6 +262,9 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
     no counter, round-robin cursor or sticky entry moves."""
     director = session.director
     addr, port = destination
+    if family_of(client) is not family_of(addr):
+        raise CommandFailed(f"{NAT64}: {format_ip(client)} and {format_ip(addr)} are of "
+                            "different families")
     # Service ports (serverid.UDP_SERVICE): a named port asks each protocol served there.
     services = {p for a, p in director.by_dest if a == addr}
     if port is not None:
@@ -277,7 +282,7 @@ def test_assign(session: Session, client: int, destination: tuple[int, int | Non
             rows.append((format_ip(client), _destination(addr, dport), "-", "-", "-",
                          "no virtual: dropped"))
             continue
-        why = (f"assign {format_ip(obj.client_ip)} {format_mask(obj.prefixlen)}"
+        why = (f"assign {' '.join(network_words(obj.client_ip, obj.prefixlen))}"
                if obj is not None else "no assign matches: Bind ID 0")
         served = decision.served_by
         if served is not None and served is not decision.virtual:

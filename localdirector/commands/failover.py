@@ -59,7 +59,7 @@ def _handle(session: Session) -> FailoverHandle:
 
 @command(CONFIG, FAILOVER, Keyword("ip", "The other unit's address"),
          Keyword("address", "The other unit's address on the failover link"),
-         args.ip("addr", "Its address"), no=3,
+         args.ipv4("addr", "Its address"), no=3,
          saver=lambda d: [(format_ip(d.settings.failover.peer),)]
          if d.settings.failover.peer else [])
 def failover_ip(session: Session, addr: int = 0, no: bool = False) -> None:
@@ -116,7 +116,7 @@ def failover_poll(session: Session, ms: int = DEFAULT_POLL_MS, hold: int | None 
 
 @command(CONFIG, FAILOVER,
          Keyword("virtual", "An address that moves to the active unit"),
-         args.ip("addr", "The address clients or reals route through"), args.mask(), no=3,
+         args.ipv4("addr", "The address clients or reals route through"), args.mask(), no=3,
          saver=lambda d: [(format_ip(a), format_mask(p))
                           for a, p in d.settings.failover.virtuals])
 def failover_virtual(session: Session, addr: int, mask: int = 32, no: bool = False) -> None:

@@ -195,7 +195,7 @@ def _answer(sock: socket.socket, raw: bool, ident: int, seq: int,
 
 
 @command(EXEC, Keyword("ping", "Send ICMP echoes from the appliance"),
-         args.ip("addr", "Address to ping"), output=True, locked=False)
+         args.ipv4("addr", "Address to ping"), output=True, locked=False)
 def ping(session: Session, addr: int) -> None:
     """IOS's (and LocalDirector's) shape: one `!` per answer, `.` per timeout, then the
     success rate and round-trip times; from the director's own namespace."""

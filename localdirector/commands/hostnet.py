@@ -66,7 +66,7 @@ def _apply(session: Session, kind: str, words: tuple[str, ...], no: bool, key: i
 
 @command(CONFIG, Keyword("ip", "The appliance's own address (LocalDirector)"),
          Keyword("address", "The appliance's address and mask"),
-         args.ip("addr", "Address"), args.mask(), no=2, saver=_saver("ip address"))
+         args.ipv4("addr", "Address"), args.mask(), no=2, saver=_saver("ip address"))
 def ip_address(session: Session, addr: int = 0, mask: int = 32, no: bool = False) -> None:
     kept = session.director.settings.host_lines.get("ip address")
     if no and not addr and kept:         # `no ip address`: the one this line set
@@ -79,7 +79,7 @@ def ip_address(session: Session, addr: int = 0, mask: int = 32, no: bool = False
 
 @command(CONFIG, Keyword("alias", "A further address of the appliance (LocalDirector)"),
          Keyword("ip", "IP"), Keyword("address", "Address and mask"),
-         args.ip("addr", "Address"), args.mask(), no=4, saver=_saver("alias ip address"))
+         args.ipv4("addr", "Address"), args.mask(), no=4, saver=_saver("alias ip address"))
 def alias_ip_address(session: Session, addr: int, mask: int = 32, no: bool = False) -> None:
     words = (format_ip(addr), format_mask(mask))
     _apply(session, "alias ip address", words, no, 1,
@@ -88,8 +88,8 @@ def alias_ip_address(session: Session, addr: int, mask: int = 32, no: bool = Fal
 
 
 @command(CONFIG, Keyword("route", "A static route of the appliance (LocalDirector)"),
-         args.ip("dest", "Destination network"), args.mask(),
-         args.ip("gateway", "Next hop"),
+         args.ipv4("dest", "Destination network"), args.mask(),
+         args.ipv4("gateway", "Next hop"),
          opt(args.number("metric", 1, 65535, "Metric [1]")), no=3, saver=_saver("route"))
 def route(session: Session, dest: int, mask: int, gateway: int = 0, metric: int = 1,
           no: bool = False) -> None:
@@ -102,7 +102,7 @@ def route(session: Session, dest: int, mask: int, gateway: int = 0, metric: int 
 
 
 @command(CONFIG, Keyword("arp", "A static ARP entry of the appliance (LocalDirector)"),
-         args.ip("addr", "Address"),
+         args.ipv4("addr", "Address"),
          Arg("mac", "HHHH.HHHH.HHHH", "Hardware address", _mac),
          opt(Keyword("alias", "Answer ARP for it too (proxy)", "proxy", True)),
          no=2, saver=_saver("arp"))
@@ -151,6 +151,6 @@ _noted(Keyword("multiring", "Token Ring multiring"), opt(_REST), no=1,
        equivalent="none: Token Ring source routing does not exist on Ethernet")
 _noted(Keyword("failover", "Failover pair settings and actions"),
        Keyword("alias", "The standby unit's further address"),
-       Keyword("ip", "IP"), Keyword("address", "Address"), args.ip("addr", "Address"),
+       Keyword("ip", "IP"), Keyword("address", "Address"), args.ipv4("addr", "Address"),
        args.mask(), no=4, equivalent="the standby host's own address; addresses that "
        "move to the active unit are failover virtual ADDR MASK")

@@ -5,7 +5,7 @@ a table's share per real and its digest so that two directors compare at a glanc
 from __future__ import annotations
 
 from localdirector.model import kernelpath, maglev
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import bracketed, format_ip
 from localdirector.model.serverid import ServerId
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword
@@ -49,7 +49,8 @@ def show_maglev(session: Session, id: ServerId) -> None:
         raise CommandFailed(f"{director.fmt(id)} has no real in service: no table")
     shares = built.shares()
     per_weight = [slots / weight for (_a, _p, weight), slots in zip(built.members, shares)]
-    rows = [(format_ip(addr) + (f":{port}" if port else ""), weight, slots,
+    rows = [(f"{bracketed(addr)}:{port}" if port else format_ip(addr),
+             weight, slots,
              Cell(f"{100 * slots / built.size:.2f}%", round(100 * slots / built.size, 2)))
             for (addr, port, weight), slots in zip(built.members, shares)]
     note = "" if virtual.predictor == "maglev" else (

@@ -11,7 +11,7 @@ from typing import Any
 
 import localdirector
 from localdirector import syslog
-from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.addr import V6, format_ip, format_mask
 from localdirector.model.director import Director
 from localdirector.model.fastpath import FAST, KERNEL, USERSPACE, mode
 from localdirector.model.real import PhysicalMachine
@@ -179,7 +179,8 @@ def show_assign(session: Session) -> None:
     with d.lock:   # copy under the lock, format without it: 100,000 rows stall no packet
         entries = [(o.virtual.sid, o.client_ip, o.prefixlen, o.hits) for o in d.bindids]
         names = dict(d.addr_names)
-    rows = ((sid.format(names), format_ip(client), format_mask(prefixlen), hits)
+    rows = ((sid.format(names), format_ip(client),
+             format_mask(prefixlen) if client < V6 else f"/{prefixlen}", hits)
             for sid, client, prefixlen, hits in entries)
     session.print_table(("Virtual", "Client", "Mask", "Hits"), rows)
 

@@ -25,8 +25,10 @@ def _saver(director: Director) -> list[Sequence[object]]:
 
 @command(Mode.CONFIG, Keyword("static", "A real's own connections leave with a VIP's "
                                         "address"),
-         args.host("first", "The real's address, or the virtual's (either order)"),
-         args.host("second", "The virtual's address, or the real's"), no=3, saver=_saver)
+         args.host("first", "The real's address, or the virtual's (either order)",
+                   ipv4_only=True),
+         args.host("second", "The virtual's address, or the real's",
+                   ipv4_only=True), no=3, saver=_saver)
 def static(session: Session, first: int, second: int, no: bool = False) -> None:
     """Either order: the model tells the real from the virtual (model/statics.py)."""
     if no:

@@ -10,7 +10,7 @@ import time
 from typing import Any, NamedTuple
 
 from localdirector.dataplane.stats import COUNTERS
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import bracketed
 from localdirector.model.connection import Connection
 from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
@@ -141,7 +141,7 @@ def _matches(conn: Connection, sid: ServerId) -> bool:
 
 
 def _ends(ip: int, port: int) -> str:
-    return f"{format_ip(ip)}:{port}"
+    return f"{bracketed(ip)}:{port}"
 
 
 # Connections copied per hold of the model lock by `show conns`: about a millisecond.

@@ -133,7 +133,8 @@ class BgpSettings:
         self.changed()
 
     def set_advertise(self, sid: ServerId, on: bool) -> None:
-        """`advertise VIRTUAL`: announce its VIP while it can serve."""
+        """`advertise VIRTUAL`: announce its VIP while it can serve, to the neighbours
+        of its family."""
         self.virtual(sid).advertise = on
         self.changed()
 

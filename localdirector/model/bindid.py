@@ -2,8 +2,9 @@
 
 The patent keeps Bind ID objects in a list with a hash table on top (FIG. 4 step 412).
 Here the hash is per destination address and per prefix length, so a SYN costs at most
-one dict probe per prefix length in use for that VIP (<= 33), however many assign
-entries exist; and the answer for a client seen before is remembered (`MEMO_LIMIT`), so
+one dict probe per prefix length in use for that VIP (<= 33 for IPv4, <= 129 for IPv6:
+a VIP is of one family, and so are the client networks assigned to it), however many
+assign entries exist; and the answer for a client seen before is remembered (`MEMO_LIMIT`), so
 its next SYN costs one probe, until an assign entry is added or removed."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .addr import prefix_mask
+from .addr import IPV6, V6, family_of, format_ip, format_mask, format_prefix
 from .serverid import UDP_SERVICE
 
 # (VIP, client, port) answers remembered at most: a flood of spoofed sources empties the
@@ -23,6 +24,24 @@ if TYPE_CHECKING:
     from .virtual import VirtualMachine
 
 
+def network_mask(addr: int, prefixlen: int) -> int:
+    """The mask of a `prefixlen` network of `addr`'s family, with the IPv6 tag (addr.V6)
+    kept in both families: a source of the other family, masked, then carries the tag
+    the networks of this one lack (or lacks the one they carry), so it never matches."""
+    return family_of(addr).mask(prefixlen) | V6
+
+
+def network_words(addr: int, prefixlen: int) -> tuple[str, ...]:
+    """How `assign` writes a client network, as the running config shows it: IPv4 as
+    LocalDirector did, address then mask, IPv6 `ADDR/LEN`; a single host as its address."""
+    family = family_of(addr)
+    if prefixlen == family.width:
+        return (format_ip(addr),)
+    if family is IPV6:
+        return (format_prefix(addr, prefixlen),)
+    return (format_ip(addr), format_mask(prefixlen))
+
+
 class BindIdObject:
     """FIG. 3D. `prev` is ours, not the patent's: `no assign` and `no virtual` unlink an
     object in constant time instead of walking a list of 100,000."""
@@ -32,7 +51,7 @@ class BindIdObject:
     def __init__(self, client_ip: int, prefixlen: int, virtual: "VirtualMachine") -> None:
         self.next: BindIdObject | None = None
         self.prev: BindIdObject | None = None
-        self.client_ip = client_ip & prefix_mask(prefixlen)
+        self.client_ip = client_ip & network_mask(client_ip, prefixlen)
         self.prefixlen = prefixlen
         self.virtual = virtual
         self.in_use = True
@@ -53,7 +72,7 @@ class _VipIndex:
         table = self.by_prefix.get(obj.prefixlen)
         if table is None:
             table = self.by_prefix[obj.prefixlen] = {}
-            self._reindex()
+            self._reindex(obj.client_ip)
         table.setdefault(obj.client_ip, []).append(obj)
 
     def remove(self, obj: BindIdObject) -> None:
@@ -64,10 +83,11 @@ class _VipIndex:
             del table[obj.client_ip]
             if not table:
                 del self.by_prefix[obj.prefixlen]
-                self._reindex()
+                self._reindex(obj.client_ip)
 
-    def _reindex(self) -> None:
-        self.prefixes = [(prefix_mask(p), self.by_prefix[p])
+    def _reindex(self, addr: int) -> None:
+        """`addr`: any network of the index, whose family is the VIP's."""
+        self.prefixes = [(network_mask(addr, p), self.by_prefix[p])
                          for p in sorted(self.by_prefix, reverse=True)]
 
 
@@ -95,7 +115,8 @@ class BindIdTable:
             obj = obj.next
 
     def find(self, virtual: "VirtualMachine", client_ip: int, prefixlen: int) -> BindIdObject | None:
-        return self._exact.get((id(virtual), client_ip & prefix_mask(prefixlen), prefixlen))
+        network = client_ip & network_mask(client_ip, prefixlen)
+        return self._exact.get((id(virtual), network, prefixlen))
 
     def rival(self, virtual: "VirtualMachine", client_ip: int,
               prefixlen: int) -> BindIdObject | None:
@@ -103,7 +124,8 @@ class BindIdTable:
         (which an `assign` to `virtual` replaces)."""
         index = self._by_vip.get(virtual.addr)
         table = index.by_prefix.get(prefixlen) if index is not None else None
-        bucket = table.get(client_ip & prefix_mask(prefixlen), ()) if table else ()
+        network = client_ip & network_mask(client_ip, prefixlen)
+        bucket = table.get(network, ()) if table else ()
         return next((o for o in bucket
                      if o.virtual.service == virtual.service and o.virtual is not virtual),
                     None)
@@ -161,8 +183,13 @@ class BindIdTable:
         index = self._by_vip.get(dst)
         if index is None:   # no assign entry for this VIP: nothing to remember either
             return None
-        # The service port takes 17 bits: above the address, not over its low bit.
-        key = (src << 64) | (dport << 32) | dst
+        # The service port takes 17 bits: above the address, not over its low bit. An
+        # IPv6 VIP is 129 bits wide (its tag): its keys have bit 128 set, IPv4 ones stay
+        # below bit 96, so the families' keys never meet.
+        if dst >> 128:
+            key = (((src << 17) | dport) << 129) | dst
+        else:
+            key = (src << 64) | (dport << 32) | dst
         memo = self._memo
         found = memo.get(key, _UNKNOWN)
         if found is not _UNKNOWN:

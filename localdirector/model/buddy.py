@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .errors import ModelError
+from .family import refuse_mixed_group
 from .virtual import VirtualMachine
 
 
@@ -22,6 +23,10 @@ def set_buddy(virtual: VirtualMachine, name: str, virtuals: Iterable[VirtualMach
     if name and virtual.kernel:
         raise ModelError("buddy needs the engine to decide: this virtual is decided in "
                          "the kernel (no fastpath VIRTUAL kernel first)")
+    virtuals = list(virtuals)
+    if name:
+        refuse_mixed_group(name, virtual.sid,
+                           [v.sid for v in virtuals if v.buddy == name and v is not virtual])
     virtual.buddy = name
     regroup(virtuals)
 

@@ -22,6 +22,7 @@ from .connection import ConnectionTable
 from .decisions import Decisions
 from .errors import ModelError
 from .failover import FailoverSettings
+from .family import refuse_client_network, refuse_other_family
 from .link import Link
 from .options import REAL_OPTIONS, VIRTUAL_OPTIONS
 from .probe_config import CheckKey, ProbeConfig
@@ -36,7 +37,6 @@ from .udp import UdpSettings, refuse_other_protocol
 from .virtual import VirtualMachine
 
 Server = TypeVar("Server", VirtualMachine, PhysicalMachine)
-
 
 
 class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceSettings,
@@ -271,6 +271,7 @@ class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceS
             if backup == sid:
                 raise ModelError("a server cannot be its own backup")
             refuse_other_protocol(self.fmt, sid, backup, "backup")
+            refuse_other_family(self.fmt, sid, backup, "backup")
         previous, primary.backup = primary.backup, backup
         if backup is not None:
             self._refuse_mixed(lambda: setattr(primary, "backup", previous))
@@ -320,6 +321,7 @@ class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceS
         reals = [self.real(sid) for sid in dict.fromkeys(rsids)]
         for r in reals:
             refuse_other_protocol(self.fmt, vsid, r.sid, "bind")
+            refuse_other_family(self.fmt, vsid, r.sid, "bind")
         bound = {id(link.real) for link in v.iter_links()}
         added = [r for r in reals if id(r) not in bound]
         if not added:
@@ -370,6 +372,7 @@ class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceS
         if v.bind_id == 0:
             raise ModelError(f"virtual {self.fmt(vsid)} has Bind ID 0; assign needs a "
                              "non-zero Bind ID instance")
+        refuse_client_network(self.fmt, vsid, client_ip, prefixlen)
         if self.bindids.find(v, client_ip, prefixlen) is not None:
             return None
         # Patent ¶8: a client's status changes by assigning it to another instance, so

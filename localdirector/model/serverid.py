@@ -1,11 +1,17 @@
-"""Server ids `ADDR[:PORT[:BIND[:PROTO]]]`: how operators name virtuals and reals."""
+"""Server ids `ADDR[:PORT[:BIND[:PROTO]]]`: how operators name virtuals and reals.
+
+An IPv6 ADDR stands in brackets before its fields (`[2001:db8::10]:80:1:tcp`, RFC 3986's
+convention); a bare IPv6 address with no port may be written without them
+(`2001:db8::10`). The brackets are field 0 with the address, so an error's field index
+(the shell's caret) counts the same way in both families (docs/design.rst, "Addresses")."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from string import hexdigits
 
-from .addr import format_ip, parse_ip
+from .addr import V6, bracketed, family_of, parse_ip, parse_prefix
 
 PROTOCOLS = ("tcp", "udp")
 # Port 0: a virtual takes every port, a real answers on the port the client asked for.
@@ -47,17 +53,14 @@ class ServerId:
               allow_bind: bool = True) -> "ServerId":
         """Parse operator input; ServerIdError carries the one-line message the shell
         prints."""
-        fields = text.split(":")
+        fields = split_id(text, names)
         if len(fields) > 4 or not fields[0]:
             raise ServerIdError(f"invalid server id '{text}'", min(len(fields) - 1, 4))
         addr_text = fields[0]
         if names is not None and addr_text in names:
             addr = names[addr_text]
         else:
-            try:
-                addr = parse_ip(addr_text)
-            except ValueError:
-                raise ServerIdError(f"invalid address or unknown name '{addr_text}'") from None
+            addr = _address(addr_text)
         port = _number(fields, 1, "port", 65535)
         bind = _number(fields, 2, "bind id", 65535)
         if bind and not allow_bind:
@@ -75,7 +78,7 @@ class ServerId:
     def format(self, names: Mapping[int, str] | None = None) -> str:
         """Always the full form, so every listing reads the same way."""
         addr = names.get(self.addr) if names else None
-        return f"{addr or format_ip(self.addr)}:{self.port}:{self.bind}:{self.proto}"
+        return f"{addr or bracketed(self.addr)}:{self.port}:{self.bind}:{self.proto}"
 
     def short(self) -> str:
         """The running-config's canonical form: the defaults at the end (protocol tcp,
@@ -83,7 +86,7 @@ class ServerId:
         this form is shown back exactly as typed and automation that compares lines
         (Ansible's `ios_config`) sees no change the second time. A udp id keeps every
         field (`192.0.2.53:53:0:udp`)."""
-        fields = [format_ip(self.addr), str(self.port), str(self.bind)]
+        fields = [bracketed(self.addr), str(self.port), str(self.bind)]
         if self.proto != "tcp":
             return ":".join((*fields, self.proto))
         while len(fields) > 1 and fields[-1] == "0":
@@ -92,6 +95,49 @@ class ServerId:
 
     def __str__(self) -> str:
         return self.format()
+
+
+def split_id(text: str, names: Mapping[str, int] | None = None) -> list[str]:
+    """The `:`-separated fields of an id or pattern, field 0 the address as typed
+    (brackets kept, so offsets add up for the caret). Unbracketed text that is one whole
+    IPv6 address is a bare address, unless its first field is a name (`web::1`)."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or (close + 1 < len(text) and text[close + 1] != ":"):
+            raise ServerIdError(f"invalid server id '{text}' ([IPV6]:PORT...)")
+        rest = text[close + 2:].split(":") if close + 1 < len(text) else []
+        return [text[:close + 1], *rest]
+    fields = text.split(":")
+    if len(fields) > 2 and not (names and fields[0] in names):
+        # Meant as IPv6 when it reads as one, or starts as one: a bad address is then
+        # named whole in the error rather than its first group.
+        if fields[0] and not fields[0].strip(hexdigits):
+            return [text]
+        try:
+            if parse_ip(text.partition("/")[0]) & V6:
+                return [text]
+        except ValueError:
+            pass
+    return fields
+
+
+def _unbracketed(text: str) -> str:
+    """Field 0 without its brackets; brackets hold an IPv6 address and nothing else."""
+    inner = text[1:-1]
+    try:
+        if inner.startswith("[") or not parse_ip(inner.partition("/")[0]) & V6:
+            raise ValueError
+    except ValueError:
+        raise ServerIdError(f"brackets hold an IPv6 address, not '{inner}'") from None
+    return inner
+
+
+def _address(text: str) -> int:
+    inner = _unbracketed(text) if text.startswith("[") else text
+    try:
+        return parse_ip(inner)
+    except ValueError:
+        raise ServerIdError(f"invalid address or unknown name '{text}'") from None
 
 
 def _number(fields: list[str], index: int, what: str, maximum: int) -> int:
@@ -107,19 +153,21 @@ def _number(fields: list[str], index: int, what: str, maximum: int) -> int:
 class ServerPattern:
     """What `show virtual|real|bind PATTERN` selects: a server id whose fields may be `*`,
     `all` (LocalDirector's word: `all:443`) or left out (any value), and whose address
-    may have `*` octets (`203.0.113.*`) or be empty (`:443`, any address). A full id
-    selects exactly that server."""
+    may have `*` octets (`203.0.113.*`), be a prefix of either family
+    (`203.0.113.0/24`, `[2001:db8:1::/64]`) or be empty (`:443`, any address). A full id
+    selects exactly that server. Masks keep the family's tag (addr.V6), so an IPv4
+    pattern never selects an IPv6 server nor the reverse."""
 
     text: str
     addr: int | None = None          # None: any address (mask applies otherwise)
-    addr_mask: int = 0xFFFFFFFF
+    addr_mask: int = -1              # every bit, the family tag included
     port: int | None = None
     bind: int | None = None
     proto: str | None = None
 
     @classmethod
     def parse(cls, text: str, names: Mapping[str, int] | None = None) -> "ServerPattern":
-        fields = text.split(":")
+        fields = split_id(text, names)
         if len(fields) > 4 or text in ("", ":"):
             raise ServerIdError(f"invalid server id pattern '{text}'", min(len(fields) - 1, 4))
         addr, mask = cls._addr(fields[0], names)
@@ -135,21 +183,26 @@ class ServerPattern:
         if text.lower() in ANY:
             return None, 0
         if names is not None and text in names:
-            return names[text], 0xFFFFFFFF
+            return names[text], -1
         octets = text.split(".")
         if len(octets) == 4 and "*" in octets:
             try:
                 addr = parse_ip(".".join("0" if o == "*" else o for o in octets))
             except ValueError:
                 raise ServerIdError(f"invalid address pattern '{text}'") from None
-            mask = 0
+            wild = 0
             for octet in octets:
-                mask = (mask << 8) | (0 if octet == "*" else 0xFF)
-            return addr, mask
-        try:
-            return parse_ip(text), 0xFFFFFFFF
-        except ValueError:
-            raise ServerIdError(f"invalid address or unknown name '{text}'") from None
+                wild = (wild << 8) | (0xFF if octet == "*" else 0)
+            return addr, ~wild
+        inner = _unbracketed(text) if text.startswith("[") else text
+        if "/" in inner:
+            try:
+                addr, prefixlen = parse_prefix(inner)
+            except ValueError as err:
+                raise ServerIdError(str(err)) from None
+            family = family_of(addr)
+            return addr, ~(family.all_ones ^ family.mask(prefixlen))
+        return _address(text), -1
 
     def matches(self, sid: ServerId) -> bool:
         return ((self.addr is None or sid.addr & self.addr_mask == self.addr)

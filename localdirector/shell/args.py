@@ -9,20 +9,25 @@ from typing import TYPE_CHECKING, Protocol
 
 import re2
 
-from localdirector.model.addr import parse_ip, parse_mask
-from localdirector.model.serverid import ServerId, ServerIdError, ServerPattern
+from localdirector.model.addr import is_v6, parse_ip, parse_mask, parse_prefix
+from localdirector.model.serverid import ServerId, ServerIdError, ServerPattern, split_id
 
 from .grammar import Arg, ArgError
 
 if TYPE_CHECKING:
     from .session import Session
 
+IPV4_ONLY = "IPv6 is not supported here: this takes an IPv4 address"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
 
 
-def _refused(text: str, err: ServerIdError) -> ArgError:
-    """The caret goes under the field at fault: `192.0.2.70:80:70000` points at 70000."""
-    fields = text.split(":")
+def _refused(text: str, err: ServerIdError, session: "Session") -> ArgError:
+    """The caret goes under the field at fault: `192.0.2.70:80:70000` points at 70000,
+    `[2001:db8::10]:80:70000` too (the bracketed address is field 0)."""
+    try:
+        fields = split_id(text, session.director.names)
+    except ServerIdError:     # an unclosed bracket: the address is at fault
+        fields = [text]
     offset = sum(len(f) + 1 for f in fields[:err.field]) if err.field < len(fields) else 0
     return ArgError(str(err), offset)
 
@@ -31,14 +36,14 @@ def _server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
     try:
         return ServerId.parse(text, session.director.names, allow_bind)
     except ServerIdError as err:
-        raise _refused(text, err) from None
+        raise _refused(text, err, session) from None
 
 
 def _server_pattern(text: str, session: "Session") -> ServerPattern:
     try:
         return ServerPattern.parse(text, session.director.names)
     except ServerIdError as err:
-        raise _refused(text, err) from None
+        raise _refused(text, err, session) from None
 
 
 def parse_server_id(text: str, session: "Session", allow_bind: bool) -> ServerId:
@@ -97,8 +102,37 @@ def _mask(text: str, _session: object) -> int:
         raise ArgError(str(err)) from None
 
 
+def _network(text: str, _session: object) -> tuple[int, int | None]:
+    """`ADDR` (prefix length None: the caller's default) or `ADDR/LEN`, either family."""
+    if "/" not in text:
+        return _ip(text, _session), None
+    try:
+        return parse_prefix(text)
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+
+
+def network(name: str, help: str) -> Arg:
+    return Arg(name, "ADDR[/LEN]", help, _network)
+
+
 def ip(name: str, help: str) -> Arg:
-    return Arg(name, "A.B.C.D", help, _ip)
+    """An address of either family."""
+    return Arg(name, "ADDR", help, _ip)
+
+
+def _ipv4(text: str, session: object) -> int:
+    addr = _ip(text, session)
+    if is_v6(addr):
+        raise ArgError(IPV4_ONLY)
+    return addr
+
+
+def ipv4(name: str, help: str) -> Arg:
+    """An address where the subject is IPv4 by nature (the host's interfaces and routes,
+    failover, BGP, SNMP, static NAT, ping): an IPv6 one is refused in one line rather
+    than half-configured."""
+    return Arg(name, "A.B.C.D", help, _ipv4)
 
 
 def mask(name: str = "mask", help: str = "Subnet mask") -> Arg:
@@ -114,29 +148,44 @@ def number(name: str, low: int, high: int, help: str, placeholder: str | None = 
 
 
 def _host(text: str, session: "Session") -> int:
-    """An address, or a name given with `name` (as in server ids)."""
+    """An address, or a name given with `name` (as in server ids); IPv6 bare or in
+    brackets (`[2001:db8:c::5]`), as a server id's address may be written."""
     names = session.director.names
     if text in names:
         return names[text]
     try:
-        return parse_ip(text)
+        return parse_ip(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
     except ValueError:
         raise ArgError(f"invalid address or unknown name '{text}'") from None
 
 
-def host(name: str, help: str) -> Arg:
-    return Arg(name, "A.B.C.D|NAME", help, _host)
+def _host4(text: str, session: "Session") -> int:
+    addr = _host(text, session)
+    if is_v6(addr):
+        raise ArgError(IPV4_ONLY)
+    return addr
+
+
+def host(name: str, help: str, ipv4_only: bool = False) -> Arg:
+    """An address or name; `ipv4_only` as for `ipv4`."""
+    if ipv4_only:
+        return Arg(name, "A.B.C.D|NAME", help, _host4)
+    return Arg(name, "ADDR|NAME", help, _host)
 
 
 def _vip_port(text: str, session: "Session") -> tuple[int, int | None]:
-    """`VIP[:PORT]`; port 0 stands for the all-ports instances (any port no exact-port
-    instance takes), as in server ids."""
-    addr_text, colon, port_text = text.partition(":")
-    addr = _host(addr_text, session)
-    if not colon:
+    """`VIP[:PORT]` (`[IPV6]:PORT`); port 0 stands for the all-ports instances (any port
+    no exact-port instance takes), as in server ids."""
+    try:
+        fields = split_id(text, session.director.names)
+    except ServerIdError as err:
+        raise ArgError(str(err)) from None
+    addr = _host(fields[0], session)
+    if len(fields) == 1:
         return addr, None
+    port_text = ":".join(fields[1:])
     if not port_text.isdigit() or int(port_text) > 65535:
-        raise ArgError(f"invalid port '{port_text}' (0-65535)", len(addr_text) + 1)
+        raise ArgError(f"invalid port '{port_text}' (0-65535)", len(fields[0]) + 1)
     return addr, int(port_text)
 
 

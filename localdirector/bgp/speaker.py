@@ -54,7 +54,7 @@ def router_id(config: BgpConfig, local: dict[int, int]) -> int:
     be given one."""
     if config.router_id:
         return config.router_id
-    ours = sorted(addr for addr in local.values() if not is_v6(addr))
+    ours = sorted(local[n.addr] for n in config.neighbors if not is_v6(local[n.addr]))
     if not ours:
         raise ValueError("BGP over IPv6 alone needs bgp router-id A.B.C.D (a BGP "
                          "identifier is 32 bits)")

@@ -1,5 +1,6 @@
 """BGP announcement of the VIPs, IOS-like without a sub-mode (docs/design.rst,
-"Scale-out"), either family (a neighbour's address says its session's): `router bgp ASN`, `bgp router-id ADDR`, `bgp neighbor ADDR remote-as ASN
+"Scale-out"), either family (a neighbour's address says its session's and the VIPs it
+carries): `router bgp ASN`, `bgp router-id A.B.C.D`, `bgp neighbor ADDR remote-as ASN
 [hold-time S]`, `advertise VIRTUAL`, `bgp drain`, and `show bgp`.
 
 The configuration lives in the model (model/bgp.py). Sessions and what ExaBGP was told
@@ -64,7 +65,8 @@ def _saved_neighbors(director) -> list[tuple[object, ...]]:
 
 
 @command(CONFIG, BGP, Keyword("neighbor", "A BGP peer (the upstream router)"),
-         args.ipv4("addr", "The peer's address"),
+         args.ip("addr", "The peer's address: its family is the session's and its "
+                         "routes'"),
          Keyword("remote-as", "The peer's AS"), args.number("remote_as", *ASN, "AS number"),
          opt(Keyword("hold-time", f"Seconds of silence before the session drops "
                                   f"[{bgp.DEFAULT_HOLD}]"),

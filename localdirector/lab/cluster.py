@@ -134,13 +134,14 @@ class Cluster(Lab):
 
     def _create(self) -> None:
         finish([_ip_batch_job(None, [f"netns add {ns}" for ns in self.namespaces])])
-        no_ipv6 = [] if self.ipv6 else ["net.ipv6.conf.all.disable_ipv6=1",
-                                        "net.ipv6.conf.default.disable_ipv6=1"]
+        no_ipv6 = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
         forwarding = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
                       "net.ipv4.conf.default.rp_filter=0",
                       *(["net.ipv6.conf.all.forwarding=1"] if self.ipv6 else [])]
         routers = {self.router_ns, *self.director_nss}
-        finish([_sysctl_job(ns, no_ipv6 + (forwarding if ns in routers else []))
+        # `ipv6`: the router link carries IPv6 too (the BGP sessions of the IPv6 VIPs).
+        finish([_sysctl_job(ns, (forwarding if ns in routers else [])
+                            + ([] if self.ipv6 and ns in routers else no_ipv6))
                 for ns in self.namespaces])
         router = [
             "link set lo up",

@@ -28,6 +28,10 @@ OWN = {"primary": "198.51.100.252", "secondary": "198.51.100.253"}
 TAKEOVER = 5.0                    # documented: within a second or two; generous here
 WAIT = 20.0                       # generous: a loaded 2-core machine
 KEY = "site-pair-passphrase"
+# With `ipv6`: the client segment dual-stack, an IPv6 failover virtual beside the IPv4 one.
+GATEWAY6 = "2001:db8:c::1"
+CLIENT6 = "2001:db8:c::9"
+OWN6 = {"primary": "2001:db8:c::fc", "secondary": "2001:db8:c::fd"}
 
 
 def ip(*args: str) -> None:
@@ -54,13 +58,14 @@ class Site:
     client host), and a failover link: a veth cable between the units, or a bridge in
     namespace `-w` (a switch)."""
 
-    def __init__(self, tmp_path: Path, link: str) -> None:
+    def __init__(self, tmp_path: Path, link: str, ipv6: bool = False) -> None:
         self.name = f"ff{secrets.token_hex(2)}"
         self.ns = {"primary": f"{self.name}-p", "secondary": f"{self.name}-s"}
         self.client = f"{self.name}-c"
         self.switch = f"{self.name}-w" if link == "switch" else ""
         self.tmp_path = tmp_path
         self.consoles: dict[str, Console] = {}
+        self.ipv6 = ipv6
 
     @property
     def namespaces(self) -> list[str]:
@@ -73,6 +78,8 @@ class Site:
         c = self.client
         ip("-n", c, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
         ip("-n", c, "addr", "add", f"{CLIENT}/24", "dev", "br0")
+        if self.ipv6:
+            ip("-n", c, "addr", "add", f"{CLIENT6}/64", "dev", "br0", "nodad")
         ip("-n", c, "link", "set", "br0", "up")
         if self.switch:
             ip("-n", self.switch, "link", "add", "br0", "type", "bridge",
@@ -100,6 +107,8 @@ class Site:
             ip("-n", c, "link", "set", port, "master", "br0")
             ip("-n", c, "link", "set", port, "up")
             ip("-n", ns, "addr", "add", f"{OWN[unit]}/24", "dev", "cli0")
+            if self.ipv6:
+                ip("-n", ns, "addr", "add", f"{OWN6[unit]}/64", "dev", "cli0", "nodad")
             ip("-n", ns, "link", "set", "cli0", "up")
 
     def boot(self, unit: str) -> Console:
@@ -107,7 +116,8 @@ class Site:
         config.write_text("\n".join([
             f"failover ip address {LINK[_other(unit)]}",
             f"failover key {KEY}", "failover poll 100 holdtime 500",
-            f"failover virtual {GATEWAY} 255.255.255.0", "replicate",
+            f"failover virtual {GATEWAY} 255.255.255.0",
+            *([f"failover virtual {GATEWAY6}/64"] if self.ipv6 else []), "replicate",
             "failover", ""]))
         self.consoles[unit] = Console(
             ["ip", "netns", "exec", self.ns[unit], "localdirector", "--config", str(config),
@@ -131,11 +141,12 @@ class Site:
             found[unit] = match[1] if match else ""
         return found
 
-    def holders(self) -> list[str]:
-        """The units that hold the gateway address on a live link now (a dead box's
-        SIGKILLed keepalived leaves it on its downed interface)."""
-        return [unit for unit, ns in self.ns.items() if f"{GATEWAY}/24" in subprocess.run(
-            ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "cli0", "up"],
+    def holders(self, gateway: str = f"{GATEWAY}/24") -> list[str]:
+        """The units that hold the gateway address (or `gateway`, e.g. the IPv6 one's
+        f"{GATEWAY6}/64") on a live link now (a dead box's SIGKILLed keepalived leaves it
+        on its downed interface)."""
+        return [unit for unit, ns in self.ns.items() if f" {gateway} " in subprocess.run(
+            ["ip", "-n", ns, "-o", "addr", "show", "dev", "cli0", "up"],
             capture_output=True, text=True, check=False).stdout]
 
     def processes(self, unit: str) -> list[str]:
@@ -180,9 +191,9 @@ class Site:
             console.close()
 
 
-def built(tmp_path: Path, link: str) -> Iterator[Site]:
+def built(tmp_path: Path, link: str, ipv6: bool = False) -> Iterator[Site]:
     require_netns()
-    site = Site(tmp_path, link)
+    site = Site(tmp_path, link, ipv6)
     try:
         site.build()
         yield site

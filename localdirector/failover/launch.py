@@ -36,7 +36,7 @@ def start(appliance: "Appliance", args: argparse.Namespace,
     without one: `--no-dataplane`)."""
     if not args.failover_link:
         return None
-    for tool in ("keepalived", "conntrackd", "iptables"):
+    for tool in ("keepalived", "conntrackd", "iptables", "ip6tables"):
         if shutil.which(tool) is None:
             raise ServiceError(f"failover: {tool} is not installed")
     addresses = interface_addresses()

@@ -1,0 +1,89 @@
+"""An IPv6 failover virtual moves with the active unit (docs/design.rst, "Failover"):
+the pair of tests/failover_site.py with its client segment dual-stack, each unit started
+the documented way (`localdirector --config FILE --failover-link fo0`, no data plane),
+real keepalived over the IPv4 failover link. The active dies as a box does; the standby
+takes the IPv6 virtual beside the IPv4 one and tells the segment by an unsolicited
+neighbour advertisement, so a client's neighbour entry follows before it sends anything.
+The control plane: the IPv6 data plane's own tests carry traffic through a VIP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.failover_site import CLIENT6, GATEWAY, GATEWAY6, Site, built, until
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    yield from built(tmp_path, "cable", ipv6=True)
+
+
+def mac(site: Site, unit: str) -> str:
+    out = subprocess.run(["ip", "-n", site.ns[unit], "-o", "link", "show", "dev", "cli0"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("link/ether ")[1].split()[0]
+
+
+def client_neighbor(site: Site) -> str:
+    """The client's link-layer address for the IPv6 gateway ("" while it has none)."""
+    out = subprocess.run(["ip", "-n", site.client, "-6", "neigh", "show", GATEWAY6],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+
+# From the client: a datagram to a closed port of the IPv6 virtual; its holder answers
+# with an ICMPv6 port unreachable, which the connected socket reports as refused.
+PROBE = f"""
+import socket
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.bind(("{CLIENT6}", 0))
+sock.settimeout(1)
+sock.connect(("{GATEWAY6}", 9))
+sock.send(b"x")
+try:
+    sock.recv(1)
+except ConnectionRefusedError:
+    raise SystemExit(0)
+raise SystemExit(1)
+"""
+
+
+def answers6(site: Site) -> bool:
+    """The IPv6 virtual's holder answers the client (and the client has resolved it)."""
+    return subprocess.run(["ip", "netns", "exec", site.client, sys.executable, "-c", PROBE],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_an_ipv6_virtual_moves_to_the_standby_when_the_active_dies(site: Site) -> None:
+    active, standby = site.up()
+    until(lambda: site.holders(f"{GATEWAY6}/64") == [active], "the IPv6 virtual on the active")
+    until(lambda: answers6(site), "the IPv6 virtual to answer the client")
+    assert client_neighbor(site) == mac(site, active)
+    # The standby forwards no IPv6 either until it is active: the drop guard's IPv6 chain.
+    until(lambda: guarded6(site, standby) and not guarded6(site, active),
+          "the IPv6 drop guard up on the standby alone")
+    site.crash(active)
+    until(lambda: site.roles().get(standby) == "Active", "the standby to take over")
+    until(lambda: site.holders(f"{GATEWAY6}/64") == [standby], "the IPv6 virtual to move")
+    assert site.holders() == [standby] and f"{GATEWAY}/24" in subprocess.run(
+        ["ip", "-n", site.ns[standby], "-o", "addr", "show", "dev", "cli0"],
+        capture_output=True, text=True, check=True).stdout
+    # keepalived's unsolicited neighbour advertisement: no packet from the client needed.
+    until(lambda: client_neighbor(site) == mac(site, standby),
+          "the client's neighbour entry to follow the virtual")
+    assert answers6(site)
+    until(lambda: not guarded6(site, standby), "the new active's IPv6 guard down")
+
+
+def guarded6(site: Site, unit: str) -> bool:
+    """The unit's ip6tables raw PREROUTING jumps to the drop guard."""
+    return "-j LDFAILOVER" in subprocess.run(
+        ["ip", "netns", "exec", site.ns[unit], "ip6tables", "-w", "-t", "raw", "-S",
+         "PREROUTING"], capture_output=True, text=True, check=False).stdout

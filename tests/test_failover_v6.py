@@ -125,12 +125,34 @@ def test_conntrackd_replicates_ipv6_entries_and_ignores_ipv6_loopback(tmp_path: 
     assert "IPv4_Destination_Address 198.19.255.2" in text   # the sync itself: IPv4
 
 
-def test_the_link_watch_asks_by_arp_for_ipv4_virtuals_only() -> None:
-    """A dual-stack segment is asked for its IPv4 virtual; a segment with IPv6 virtuals
-    alone is not asked (no neighbour solicitation: design.rst says so)."""
+def test_the_link_watch_asks_ipv4_by_arp_and_ipv6_only_segments_by_solicitation() -> None:
+    """A dual-stack segment is asked for its IPv4 virtual (ARP); a segment with IPv6
+    virtuals alone for its IPv6 one (neighbour solicitation), from the unit's own
+    address of that network, never a virtual it holds itself."""
     instances = configs.instances(dual_config(), ADDRESSES)
-    assert presence.asks(instances, ADDRESSES) == [
-        ("cli0", "198.51.100.253", "198.51.100.1"), ("real0", "203.0.113.253", "203.0.113.1")]
+    held = [*ADDRESSES, ("v6only", "2001:db8:d::1", 64)]     # this unit is active there
+    assert presence.asks(instances, held) == [
+        ("cli0", "198.51.100.253", "198.51.100.1"), ("real0", "203.0.113.253", "203.0.113.1"),
+        ("v6only", "2001:db8:d::fd", "2001:db8:d::1")]
+
+
+def test_the_neighbour_solicitation_is_well_formed(monkeypatch) -> None:
+    """Checked by scapy: to the target's solicited-node group (its MAC too), hop limit
+    255, a valid ICMPv6 checksum, our link-layer address in the option."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+
+    monkeypatch.setattr(presence, "_mac", lambda ifname: bytes.fromhex("020000000001"))
+    want = parse_ip("2001:db8:d::1").to_bytes(17, "big")[1:]
+    frame = Ether(presence._solicitation("v6only", "2001:db8:d::fd", want))
+    assert frame.dst == "33:33:ff:00:00:01" and frame.src == "02:00:00:00:00:01"
+    assert (frame[IPv6].src, frame[IPv6].dst, frame[IPv6].hlim) == (
+        "2001:db8:d::fd", "ff02::1:ff00:1", 255)
+    assert frame[ICMPv6ND_NS].tgt == "2001:db8:d::1"
+    assert frame[ICMPv6NDOptSrcLLAddr].lladdr == "02:00:00:00:00:01"
+    sent = frame[ICMPv6ND_NS].cksum
+    del frame[ICMPv6ND_NS].cksum
+    assert Ether(bytes(frame))[ICMPv6ND_NS].cksum == sent
 
 
 VIP6, REAL6, CLIENT6 = "2001:db8::10", "2001:db8:1::11", "2001:db8:c::5"

@@ -8,6 +8,8 @@ The control plane: the IPv6 data plane's own tests carry traffic through a VIP."
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,3 +89,45 @@ def guarded6(site: Site, unit: str) -> bool:
     return "-j LDFAILOVER" in subprocess.run(
         ["ip", "netns", "exec", site.ns[unit], "ip6tables", "-w", "-t", "raw", "-S",
          "PREROUTING"], capture_output=True, text=True, check=False).stdout
+
+
+ASK = """
+import sys
+from localdirector.failover.presence import who_answers
+print(repr(who_answers([("eth0", "2001:db8:c::fc", sys.argv[1])])))
+"""
+
+
+def test_a_standby_over_a_dark_cable_asks_an_ipv6_segment_by_solicitation(
+        tmp_path: Path) -> None:
+    """The question of a segment with IPv6 virtuals only: the unit holding the virtual
+    answers the neighbour solicitation; nobody answers for an address nobody holds."""
+    from tests.conftest import require_netns
+    require_netns()
+    name = f"fv{secrets.token_hex(2)}"
+    asker, holder = f"{name}-a", f"{name}-h"
+    try:
+        for ns in (asker, holder):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        for args in (["-n", asker, "link", "add", "eth0", "type", "veth", "peer", "name",
+                      "eth0", "netns", holder],
+                     ["-n", asker, "addr", "add", "2001:db8:c::fc/64", "dev", "eth0", "nodad"],
+                     ["-n", holder, "addr", "add", "2001:db8:c::1/64", "dev", "eth0", "nodad"],
+                     ["-n", asker, "link", "set", "eth0", "up"],
+                     ["-n", holder, "link", "set", "eth0", "up"]):
+            subprocess.run(["ip", *args], check=True)
+
+        def ask(target: str) -> str:
+            return subprocess.run(
+                ["ip", "netns", "exec", asker, sys.executable, "-c", ASK, target],
+                capture_output=True, text=True, check=True,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            ).stdout.strip()
+
+        # Asked again until the fresh veth pair carries frames (a real link has long).
+        until(lambda: ask("2001:db8:c::1") == repr("2001:db8:c::1 on eth0"),
+              "the holder's neighbour advertisement")
+        assert ask("2001:db8:c::2") == repr("")
+    finally:
+        subprocess.run(["ip", "netns", "del", asker], check=False)
+        subprocess.run(["ip", "netns", "del", holder], check=False)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localdirector.lab.cluster import Cluster, director_link, director_link6
+from tests.failover_site import until
 
 pytestmark = pytest.mark.netns
 
@@ -44,14 +44,6 @@ print("started", flush=True)
 sys.stdin.read()
 service.stop()
 """
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -89,14 +81,14 @@ def test_birds_ecmp_route_for_an_ipv6_vip_learnt_from_two_exabgp_speakers(cluste
     lab, speakers = cluster
     six = {director_link6(1), director_link6(2)}
     four = {director_link(1), director_link(2)}
-    wait_until(lambda: lab.bird_next_hops(VIP6) == six, 30, "two IPv6 BGP next hops")
-    wait_until(lambda: lab.kernel_next_hops(VIP6) == six, 10, "an IPv6 ECMP kernel route")
+    until(lambda: lab.bird_next_hops(VIP6) == six, "two IPv6 BGP next hops", 30)
+    until(lambda: lab.kernel_next_hops(VIP6) == six, "an IPv6 ECMP kernel route", 10)
     # The IPv4 VIP beside it, over the IPv4 sessions, as before.
-    wait_until(lambda: lab.kernel_next_hops(VIP4) == four, 10, "an IPv4 ECMP kernel route")
+    until(lambda: lab.kernel_next_hops(VIP4) == four, "an IPv4 ECMP kernel route", 10)
     assert "2001:db8::10/128" in lab.birdc(f"show route {VIP6}/128").stdout
     # A director that stops withdraws both: the router keeps the other's.
     speakers[0].communicate(timeout=20)
-    wait_until(lambda: lab.kernel_next_hops(VIP6) == {director_link6(2)}, 10,
-               "the IPv6 route through d2 alone")
-    wait_until(lambda: lab.kernel_next_hops(VIP4) == {director_link(2)}, 10,
-               "the IPv4 route through d2 alone")
+    until(lambda: lab.kernel_next_hops(VIP6) == {director_link6(2)},
+          "the IPv6 route through d2 alone", 10)
+    until(lambda: lab.kernel_next_hops(VIP4) == {director_link(2)},
+          "the IPv4 route through d2 alone", 10)

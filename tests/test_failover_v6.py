@@ -16,7 +16,7 @@ from localdirector.model.connection import Connection, UdpFlow
 from localdirector.model.director import Director
 from localdirector.model.failover import FailoverConfig
 from localdirector.model.serverid import ServerId
-from tests.test_failover import KEY, saved, shell
+from tests.test_failover import KEY, replayed, saved, shell
 
 pytestmark = pytest.mark.usefixtures("private_loopback")
 
@@ -30,14 +30,7 @@ ADDRESSES = [("cli0", "198.51.100.253", 24), ("cli0", "2001:db8:c::fd", 64),
 
 
 def test_dual_stack_commands_round_trip(tmp_path: Path) -> None:
-    appliance, _out, session = shell(tmp_path)
-    for line in DUAL:
-        assert session.execute(line), line
-    assert saved(appliance) == DUAL
-    again, _, other = shell(tmp_path)
-    for line in saved(appliance):
-        assert other.execute(line), line
-    assert saved(again) == DUAL
+    appliance, session = replayed(tmp_path, DUAL)
     assert session.execute("no failover virtual 2001:db8:c::1")
     assert "failover virtual 2001:db8:c::1/64" not in saved(appliance)
     assert session.execute("failover virtual 2001:db8:c::5")        # a host: /128

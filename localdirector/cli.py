@@ -86,7 +86,7 @@ SERVICES: list[Service] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="localdirector",
-        description="Software LocalDirector: client-address-aware TCP load balancer.",
+        description="Software LocalDirector: client-address-aware TCP and UDP load balancer, IPv4 and IPv6.",
         epilog="New here? `localdirector lab` builds a lab in network namespaces and opens "
                "the director's shell in it (see `localdirector lab --help`).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -9,10 +9,10 @@ check, so that no door is weaker than another."""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import time
 
+from .model.addr import IPV6, family_of, format_ip, parse_ip
 from .model.director import Director
 
 # One logger for every refusal: `show syslog` shows who was kept out, whatever the door.
@@ -22,13 +22,24 @@ LOG_INTERVAL = 10.0       # seconds between two logged refusals of one kind and 
 
 
 def listen_address(text: str) -> tuple[str, int]:
-    """`[ADDR:]PORT` (ADDR may be `[v6]`); no ADDR gives "" (the caller's default)."""
+    """`[ADDR:]PORT`, ADDR an IPv4 address or an IPv6 one in brackets (`[2001:db8::1]:22`,
+    RFC 3986: unbracketed, `2001:db8::1:22` could be either); no ADDR gives "" (the
+    caller's default). The host comes back canonical, so logs and `ss` agree."""
     host, sep, port = text.rpartition(":")
-    if sep and host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"'{text}': expected [ADDR:]PORT, PORT 1-65535")
-    return host, int(port)
+    if not sep:
+        return "", int(port)
+    inner = host[1:-1] if host[:1] == "[" and host[-1:] == "]" else None
+    try:
+        addr = parse_ip(host if inner is None else inner)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': ADDR must be an IPv4 address or [IPv6]") from None
+    if (family_of(addr) is IPV6) != (inner is not None):
+        raise argparse.ArgumentTypeError(
+            f"'{text}': an IPv6 ADDR goes in brackets ([2001:db8::1]:22), IPv4 without")
+    return format_ip(addr), int(port)
 
 
 class QuietLog:
@@ -57,30 +68,30 @@ class QuietLog:
 REFUSALS = QuietLog()
 
 
-def peer_ipv4(peer: str) -> int | None:
-    """The peer as an int for the access lists; IPv4-mapped IPv6 counts as IPv4."""
+def peer_address(peer: str) -> int | None:
+    """The peer (a socket's text, maybe with a `%zone`) as the model's address int, for
+    the access lists; IPv4-mapped IPv6 (`::ffff:198.51.100.9`, a dual-stack socket's
+    view of an IPv4 peer) counts as IPv4, so one list entry covers both views."""
     try:
-        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        addr = parse_ip(peer.split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is None:
-            return None
-        addr = addr.ipv4_mapped
-    return int(addr)
+    if family_of(addr) is IPV6 and (addr & IPV6.all_ones) >> 32 == 0xFFFF:
+        return addr & 0xFFFFFFFF
+    return addr
 
 
 def peer_allowed(director: Director, kind: str, peer: str) -> bool:
     """Apply the access list of `kind` (`ssh`, `telnet`, `metrics`) to a connecting peer
     address; a refusal is logged (rate-limited).
 
-    An IPv6 peer cannot match an IPv4 list, so it is allowed only while the list is
-    empty, exactly like any IPv4 peer."""
+    Entries match by family (AccessEntry.admits): an IPv6 peer passes an IPv6 prefix
+    and never an IPv4 entry, and the reverse; an empty list allows either."""
     with director.lock:
         entries = list(director.settings.access(kind))
     if not entries:
         return True
-    addr = peer_ipv4(peer)
+    addr = peer_address(peer)
     allowed = addr is not None and director.client_matches(entries, addr)
     if not allowed:
         REFUSALS.warning(f"acl {kind} {peer}",

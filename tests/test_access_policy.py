@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -56,6 +57,55 @@ def test_access_list_admits_only_listed_networks(appliance: Appliance) -> None:
     assert not login.peer_allowed(director, "ssh", "::1")               # no IPv6 entries
     assert login.peer_allowed(director, "telnet", "198.51.100.7")
     assert not login.peer_allowed(director, "telnet", "198.51.100.8")   # lists are separate
+
+
+def test_access_lists_take_ipv6_prefixes_matched_by_family(appliance: Appliance) -> None:
+    configure(appliance, "ssh 2001:db8:c::/48", "ssh 198.51.100.0 255.255.255.0",
+              "telnet 198.51.101.0/24", "metrics ::1/128")
+    director = appliance.director
+    assert login.peer_allowed(director, "ssh", "2001:db8:c:ffff::9")
+    assert login.peer_allowed(director, "ssh", "2001:db8:c::5%eth0")      # a zone is no part
+    assert not login.peer_allowed(director, "ssh", "2001:db8:d::5")
+    assert login.peer_allowed(director, "ssh", "198.51.100.9")
+    # An IPv6 entry never admits IPv4, nor an IPv4 entry IPv6, even with equal low bits:
+    # 2001:db8:c:: ends in the bits of 198.51.100.0's /24 neither.
+    assert not login.peer_allowed(director, "ssh", "::c633:6409")
+    assert not login.peer_allowed(director, "ssh", "198.51.102.1")
+    assert login.peer_allowed(director, "telnet", "::ffff:198.51.101.7")  # IPv4-mapped
+    assert not login.peer_allowed(director, "telnet", "2001:db8:c::5")
+    assert login.peer_allowed(director, "metrics", "::1")
+    assert not login.peer_allowed(director, "metrics", "127.0.0.1")
+    saved = [line for line in running_config.render(director, appliance.registry)
+             if line.split()[0] in ("ssh", "telnet", "metrics")]
+    assert saved == ["telnet 198.51.101.0 255.255.255.0", "ssh 2001:db8:c::/48",
+                     "ssh 198.51.100.0 255.255.255.0", "metrics ::1/128"]
+    configure(appliance, "no ssh 2001:db8:c::/48")
+    assert not login.peer_allowed(director, "ssh", "2001:db8:c::5")
+
+
+def test_peers_are_labelled_with_ipv6_in_brackets() -> None:
+    assert login.peer_label("2001:db8:c::5", 50022) == "[2001:db8:c::5]:50022"
+    assert login.peer_label("::ffff:198.51.100.9", 50022) == "198.51.100.9:50022"
+    assert login.peer_label("198.51.100.9", 50022) == "198.51.100.9:50022"
+
+
+def test_bad_access_entries_are_refused_in_one_line(appliance: Appliance) -> None:
+    out = io.StringIO()
+    session = appliance.open_session("test", write=out.write, interactive=False)
+    session.mode = Mode.CONFIG
+    for line, error in [
+            ("ssh 2001:db8:c::", "an IPv6 network is written ADDR/LEN"),
+            ("ssh 2001:db8:c::1/48", "has host bits set"),
+            ("ssh 2001:db8:c::/129", "ADDR/0-128"),
+            ("ssh 198.51.100.0/33", "ADDR/0-32"),
+            ("ssh 198.51.100.0", "A.B.C.D needs its MASK"),
+            ("ssh 2001:db8:c::/48 255.255.0.0", "ADDR/LEN takes no MASK"),
+            ("no ssh 2001:db8:d::/48", "no ssh entry 2001:db8:d::/48")]:
+        out.truncate(0)
+        out.seek(0)
+        assert not session.execute(line), line
+        assert error in out.getvalue(), (line, out.getvalue())
+    assert appliance.director.settings.access("ssh") == []
 
 
 def test_gate_limits_open_connections_per_door(appliance: Appliance) -> None:
@@ -237,7 +287,11 @@ def test_listen_address_forms() -> None:
     assert listen_address("2222") == ("", 2222)
     assert listen_address("127.0.0.1:23") == ("127.0.0.1", 23)
     assert listen_address("[::1]:2222") == ("::1", 2222)
-    for bad in ("0", "65536", "ssh", "127.0.0.1:", ""):
+    assert listen_address("[2001:DB8::0:1]:22") == ("2001:db8::1", 22)   # canonical
+    # Unbracketed, `2001:db8::1:22` could be address ::1:22 on no port; a name would be
+    # resolved to who knows which family: both refused.
+    for bad in ("0", "65536", "ssh", "127.0.0.1:", "", "2001:db8::1:22", "[198.19.255.1]:22",
+                "localhost:22", "[2001:db8::1]", "[2001:db8::1]:"):
         with pytest.raises(argparse.ArgumentTypeError):
             listen_address(bad)
 

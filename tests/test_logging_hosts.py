@@ -41,13 +41,15 @@ def record(message: str, level: int = logging.WARNING) -> logging.LogRecord:
 
 def test_commands_round_trip_and_refuse_bad_input(tmp_path: Path) -> None:
     appliance = Appliance(tmp_path / "startup-config")
-    out = run(appliance, "logging host 198.19.255.2", "logging host 198.19.255.2 transport tcp",
+    out = run(appliance, "logging host 198.19.255.2", "logging host 2001:DB8:FF::2",
+              "logging host 198.19.255.2 transport tcp",
               "logging host 198.19.255.3 transport udp port 1514",
               "logging host 198.19.255.3 transport tcp port 6514", "logging trap warn")
     assert "%" not in out, out
     saved = running_config.render(appliance.director, appliance.registry)
     section = [line for line in saved if line.startswith("logging")]
-    assert section == ["logging host 198.19.255.2", "logging host 198.19.255.2 transport tcp",
+    assert section == ["logging host 198.19.255.2", "logging host 2001:db8:ff::2",
+                       "logging host 198.19.255.2 transport tcp",
                        "logging host 198.19.255.3 transport udp port 1514",
                        "logging host 198.19.255.3 transport tcp port 6514",
                        "logging trap warnings"]
@@ -62,6 +64,8 @@ def test_commands_round_trip_and_refuse_bad_input(tmp_path: Path) -> None:
             ("logging trap e", "% ambiguous logging level 'e': emergencies, errors"),
             ("logging host 224.0.0.9", "% 224.0.0.9 is not a host address a log can go to"),
             ("logging host 255.255.255.255", "is not a host address"),
+            ("logging host ff02::1", "% ff02::1 is not a host address a log can go to"),
+            ("logging host ::", "% :: is not a host address a log can go to"),
             ("logging host 198.19.255.2 transport tcp port 0", "% expected a number 1-65535"),
             ("logging host 198.19.255.300", "% invalid IP address"),
             ("no logging host 198.19.255.9", "% 198.19.255.9 is not a logging host"),
@@ -70,7 +74,8 @@ def test_commands_round_trip_and_refuse_bad_input(tmp_path: Path) -> None:
         assert error in run(appliance, line), line
     assert (appliance.director.settings.log_hosts, appliance.director.settings.log_trap) == before
 
-    run(appliance, "no logging host 198.19.255.2", "no logging host 198.19.255.3 transport tcp "
+    run(appliance, "no logging host 198.19.255.2", "no logging host 2001:db8:ff::2",
+        "no logging host 198.19.255.3 transport tcp "
         "port 6514", "no logging trap", "logging trap 7")
     assert [line for line in running_config.render(appliance.director, appliance.registry)
             if line.startswith("logging")] == [
@@ -114,6 +119,27 @@ def tcp() -> Iterator[socket.socket]:
         sock.listen()
         sock.settimeout(5)
         yield sock
+
+
+def test_ipv6_hosts_receive_over_udp_and_tcp(handler) -> None:
+    """A collector on ::1: each sender opens a socket of the host's family."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp6, \
+            socket.socket(socket.AF_INET6) as tcp6:
+        udp6.bind(("::1", 0))
+        tcp6.bind(("::1", 0))
+        tcp6.listen()
+        for sock in (udp6, tcp6):
+            sock.settimeout(5)
+        handler.configure("edge7", 4, [remote.Target("::1", "udp", udp6.getsockname()[1]),
+                                       remote.Target("::1", "tcp", tcp6.getsockname()[1])])
+        handler.handle(record("real [2001:db8:1::11]:8001 FAILED"))
+        assert RFC5424.fullmatch(udp6.recv(4096).decode()).group(5) == (
+            "real [2001:db8:1::11]:8001 FAILED")
+        conn, _ = tcp6.accept()
+        with conn:
+            conn.settimeout(5)
+            assert RFC5424.fullmatch(_frames(conn, 1)[0]).group(5) == (
+                "real [2001:db8:1::11]:8001 FAILED")
 
 
 @pytest.fixture

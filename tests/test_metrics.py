@@ -396,3 +396,29 @@ def test_a_build_is_served_again_for_a_second_whoever_asks(tmp_path: Path) -> No
     assert om_type.startswith("application/openmetrics-text") and b":80:2:tcp" in om
     now[0] += MIN_INTERVAL / 2
     assert b":80:2:tcp" in exposition.render("")[0]           # a second on: built anew
+
+
+def test_ipv6_servers_are_labelled_by_bracketed_ids_over_an_ipv6_endpoint(
+        tmp_path: Path) -> None:
+    """`--metrics [::1]:PORT` with `metrics ::1/128`: an IPv6 scraper reads IPv6
+    virtuals, reals, assign networks and probe checks, each id in brackets."""
+    from localdirector.monitor import exporter
+
+    appliance, session = _appliance(
+        tmp_path, "virtual [2001:db8::10]:80:1", "real [2001:db8:1::11]:8001",
+        "bind [2001:db8::10]:80:1 [2001:db8:1::11]:8001", "assign [2001:db8::10]:80:1 "
+        "2001:db8:c::/48", "probeconfig web tcp", "probe [2001:db8:1::11]:8001 web",
+        "metrics ::1/128")
+    server = exporter.serve(appliance, "::1", 0, ("assign",))
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/metrics", timeout=5) as got:
+            text = got.read().decode()
+    finally:
+        server.stop()
+    labels = {(name, dict(labels).get("virtual") or dict(labels).get("real"))
+              for (name, labels) in samples(text)}
+    assert ("localdirector_virtual_open_connections", "[2001:db8::10]:80:1:tcp") in labels
+    assert ("localdirector_real_open_connections", "[2001:db8:1::11]:8001:0:tcp") in labels
+    assert ("localdirector_probe_state", "[2001:db8:1::11]:8001:0:tcp") in labels
+    assert {dict(labels)["client"] for (name, labels) in samples(text)
+            if name == "localdirector_assign_hits_total"} == {"2001:db8:c::/48"}

@@ -16,6 +16,7 @@ import pytest
 from scapy.layers.dns import DNS, DNSQR
 
 from localdirector.model import probe_kinds
+from localdirector.model.addr import parse_ip
 from localdirector.model.probes import Probe
 from localdirector.probes import datagram, dns, wire
 from localdirector.shell import running_config
@@ -210,14 +211,14 @@ def run_with(monkeypatch: pytest.MonkeyPatch, probe: Probe, reply: bytes | OSErr
     """wire.run with the datagram exchange answering `reply` (or failing with it)."""
     sent: list[bytes] = []
 
-    async def exchange(addr: str, port: int, payload: bytes) -> bytes:
+    async def exchange(addr: int, port: int, payload: bytes) -> bytes:
         sent.append(payload)
         if isinstance(reply, OSError):
             raise reply
         return reply
 
     monkeypatch.setattr(datagram, "exchange", exchange)
-    result = asyncio.run(wire.run(probe, "203.0.113.12", 53))
+    result = asyncio.run(wire.run(probe, parse_ip("203.0.113.12"), 53))
     assert len(sent) == 1
     if probe.kind == "udp":
         assert sent == [probe.payload]
@@ -239,11 +240,11 @@ def test_dns_asks_with_a_fresh_id_and_checks_it(monkeypatch: pytest.MonkeyPatch)
     """An answer echoing a previous query's ID fails: each probe asks with its own."""
     ids = set()
 
-    async def echo_id(addr: str, port: int, payload: bytes) -> bytes:
+    async def echo_id(addr: int, port: int, payload: bytes) -> bytes:
         ids.add(payload[:2])
         return payload[:2] + answer()[2:]
 
     monkeypatch.setattr(datagram, "exchange", echo_id)
     for _ in range(20):
-        assert asyncio.run(wire.run(WHO, "203.0.113.12", 53)) == (True, "NOERROR")
+        assert asyncio.run(wire.run(WHO, parse_ip("203.0.113.12"), 53)) == (True, "NOERROR")
     assert len(ids) > 10

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from localdirector.appliance import Appliance
+from localdirector.model.addr import parse_ip
 from localdirector.model.serverid import ServerId
 from localdirector.model.state import State
 from localdirector.monitor import agentx, snmp_mib
@@ -87,7 +88,7 @@ def test_snmpd_conf_is_read_only_bound_and_viewed_to_our_subtree(tmp_path: Path)
     snmp = appliance.director.settings.snmp
     text = snmpd_conf(snmp, "lb1", "127.0.0.1", 1161, tmp_path / "agentx")
     lines = text.splitlines()
-    assert "agentaddress udp:127.0.0.1:1161" in lines
+    assert "agentaddress 127.0.0.1:1161" in lines
     assert "rocommunity s3cret default -V localdirector" in lines
     assert not [line for line in lines if line.startswith(("rwcommunity", "rwuser"))]
     assert {line for line in lines if line.startswith("view ")} == {
@@ -105,6 +106,34 @@ def test_snmpd_conf_is_read_only_bound_and_viewed_to_our_subtree(tmp_path: Path)
     assert not [line for line in bare if "community" in line]   # no request answered
     assert [line for line in bare if line.startswith("trap2sink")] == [
         "trap2sink 198.19.255.3 other"]
+
+
+def test_snmpd_conf_for_an_ipv6_agent_address_and_receivers(tmp_path: Path) -> None:
+    """snmpd reads a bare IPv6 address as a host name and answers IPv6 sources only
+    under rocommunity6 (both checked against snmpd 5.9.3 by hand)."""
+    appliance = configured(tmp_path, "snmp-server community s3cret",
+                           "snmp-server host 2001:db8:ff::2", "snmp-server enable traps")
+    lines = snmpd_conf(appliance.director.settings.snmp, "lb1", "2001:db8:ff::1", 161,
+                       tmp_path / "agentx").splitlines()
+    assert "agentaddress udp6:[2001:db8:ff::1]:161" in lines
+    assert "rocommunity6 s3cret default -V localdirector" in lines
+    assert "trap2sink udp6:[2001:db8:ff::2] s3cret" in lines
+    assert "% ff02::1 is not a host address" in run(appliance, "snmp-server host ff02::1")
+
+
+def test_ipv6_servers_have_no_mib_rows_and_no_traps_and_break_nothing(tmp_path: Path
+                                                                    ) -> None:
+    """The MIB indexes by IpAddress (4 bytes): IPv6 servers are left out knowingly,
+    the IPv4 rows stay whole."""
+    appliance = configured(tmp_path)
+    director = appliance.director
+    before = snmp_mib.snapshot(director, "Off").rows
+    out = run(appliance, "virtual [2001:db8::10]:80", "real [2001:db8:1::11]:8001",
+              "bind [2001:db8::10]:80 [2001:db8:1::11]:8001")
+    assert "%" not in out, out
+    v6_real = ServerId(addr=parse_ip("2001:db8:1::11"), port=8001)
+    assert snmp_mib.snapshot(director, "Off").rows == before
+    assert not snmp_mib.indexed(v6_real.addr) and snmp_mib.indexed(parse_ip("203.0.113.11"))
 
 
 # -- AgentX ----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..listeners import REFUSALS, peer_allowed
+from ..listeners import REFUSALS, peer_address, peer_allowed
+from ..model.addr import bracketed
 from ..model.director import Director
 from ..model.passwords import FAILED_PASSWORDS, verify_password
 
@@ -48,8 +49,10 @@ THROTTLED = "% Too many failed passwords; try again later"
 
 
 def peer_label(host: str, port: int) -> str:
-    """How `who` and the log name a remote peer: address and source port."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """How `who` and the log name a remote peer: address and source port, an IPv6
+    address in brackets, an IPv4-mapped one as the IPv4 address it is."""
+    addr = peer_address(host)
+    return f"{host if addr is None else bracketed(addr)}:{port}"
 
 
 class Place:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.addr import IPV4, family_of, format_ip
 from localdirector.model.director import Director
 from localdirector.model.passwords import hash_password
 from localdirector.model.settings import DEFAULT_SESSION_TIMEOUT
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
 from localdirector.shell.registry import Mode, command, declare
-from localdirector.shell.session import Session
+from localdirector.shell.session import CommandFailed, Session
 
 CONFIG = Mode.CONFIG
 
@@ -85,16 +85,27 @@ def username(session: Session, name: str, level: int = 1, password: str = "",
 # -- remote access lists ------------------------------------------------------------------
 
 def _access(kind: str, help: str) -> None:
-    def handler(session: Session, addr: int, mask: int, no: bool = False) -> None:
+    def handler(session: Session, network: tuple[int, int | None], mask: int | None = None,
+                no: bool = False) -> None:
+        addr, prefixlen = network
+        if prefixlen is not None and mask is not None:
+            raise CommandFailed("ADDR/LEN takes no MASK")
+        if prefixlen is None and family_of(addr) is not IPV4:
+            # A bare IPv6 address is not read as one host: an access list that grew
+            # by a typo would let a whole network in or keep it out.
+            raise CommandFailed(f"an IPv6 network is written ADDR/LEN "
+                                f"({format_ip(addr)}/128 for one host)")
+        if prefixlen is None and mask is None:
+            raise CommandFailed("A.B.C.D needs its MASK (or write ADDR/LEN)")
         (session.director.remove_access if no else session.director.add_access)(
-            kind, addr, mask)
+            kind, addr, mask if prefixlen is None else prefixlen)
 
     def saver(director: Director) -> list[Sequence[str]]:
-        return [(format_ip(e.addr), format_mask(e.prefixlen))
-                for e in director.settings.access(kind)]
+        return [str(e).split() for e in director.settings.access(kind)]
 
-    declare(CONFIG, Keyword(kind, help), args.ip("addr", "Network allowed to connect"),
-            args.mask(), handler=handler, no=3, saver=saver)
+    declare(CONFIG, Keyword(kind, help),
+            args.network("network", "Network allowed to connect: A.B.C.D MASK or ADDR/LEN"),
+            opt(args.mask()), handler=handler, no=2, saver=saver)
 
 
 _access("telnet", "Who may log in by telnet")

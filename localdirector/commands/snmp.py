@@ -84,7 +84,7 @@ def snmp_enable_traps(session: Session, no: bool = False) -> None:
 
 
 @command(Mode.CONFIG, SNMP, Keyword("host", "A trap receiver (port 162, SNMP v2c)"),
-         args.ipv4("addr", "The receiver's address"),
+         args.ip("addr", "The receiver's address (IPv4 or IPv6)"),
          opt(_word("community", "WORD", "Community its traps carry [the agent's]")),
          no=3, saver=lambda d: [(format_ip(h.addr), *([h.community] if h.community else []))
                                 for h in d.settings.snmp.hosts])

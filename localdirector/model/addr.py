@@ -65,6 +65,15 @@ def is_v6(addr: int) -> bool:
     return addr >= V6
 
 
+def is_unicast(addr: int) -> bool:
+    """Whether something may be sent to `addr` as to one host (a log, a trap): not
+    unspecified or multicast in either family, nor IPv4's broadcast, class E or 0/8."""
+    if addr >> 128:
+        bits = addr & _V6_MASK
+        return bits != 0 and bits >> 120 != 0xFF
+    return 0 < addr >> 24 < 224
+
+
 def parse_ip(text: str) -> int:
     """Either family's text to its int; IPv4 strict (no shorthand like '10.1') so typos
     are caught, IPv6 as inet_pton reads it (no zone, no brackets: a server id strips

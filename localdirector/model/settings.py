@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import format_ip, format_mask, prefix_mask
+from .addr import IPV4, family_of, format_ip, format_mask, format_prefix, is_unicast
 from .bgp import BgpConfig
 from .errors import ModelError
 from .failover import FailoverConfig
@@ -39,14 +39,23 @@ LOG_TRANSPORTS = {"udp": 514, "tcp": 601}
 
 @dataclass
 class AccessEntry:
-    """One `telnet ADDR MASK` / `ssh ADDR MASK` line: who may log in remotely; or one
-    `metrics ADDR MASK` line: who may scrape the metrics endpoint."""
+    """One `telnet ADDR MASK` / `ssh ADDR MASK` line (`ssh 2001:db8:c::/48` for IPv6):
+    who may log in remotely; or one `metrics ...` line: who may scrape the metrics
+    endpoint. An entry admits addresses of its own family only."""
 
     addr: int
     prefixlen: int
 
     def admits(self, addr: int) -> bool:
-        return (addr & prefix_mask(self.prefixlen)) == self.addr
+        family = family_of(self.addr)
+        return (addr & family.mask(self.prefixlen)) | family.tag == self.addr \
+            and family_of(addr) is family
+
+    def __str__(self) -> str:
+        """As the command writes it: IPv4's `ADDR MASK`, IPv6's `ADDR/LEN`."""
+        if family_of(self.addr) is IPV4:
+            return f"{format_ip(self.addr)} {format_mask(self.prefixlen)}"
+        return format_prefix(self.addr, self.prefixlen)
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,8 @@ class ApplianceSettings:
         self.changed()
 
     def add_access(self, kind: str, addr: int, prefixlen: int) -> None:
-        """`telnet|ssh|metrics ADDR MASK`: let that network connect; listed once."""
+        """`telnet|ssh|metrics ADDR MASK` (or an IPv6 `ADDR/LEN`): let that network
+        connect; listed once."""
         listed, network = self._access(kind, addr, prefixlen)
         if not any(e.addr == network and e.prefixlen == prefixlen for e in listed):
             listed.append(AccessEntry(network, prefixlen))
@@ -155,15 +165,18 @@ class ApplianceSettings:
         listed, network = self._access(kind, addr, prefixlen)
         match = [e for e in listed if e.addr == network and e.prefixlen == prefixlen]
         if not match:
-            raise ModelError(f"no {kind} entry {format_ip(network)} "
-                             f"{format_mask(prefixlen)}")
+            raise ModelError(f"no {kind} entry {AccessEntry(network, prefixlen)}")
         listed.remove(match[0])
         self.changed()
 
     def _access(self, kind: str, addr: int, prefixlen: int) -> tuple[list[AccessEntry], int]:
         if kind not in ACCESS_KINDS:
             raise ModelError(f"no access list '{kind}'")
-        return self.settings.access(kind), addr & prefix_mask(prefixlen)
+        family = family_of(addr)
+        if not 0 <= prefixlen <= family.width:
+            raise ModelError(f"prefix length {prefixlen} out of range for {family.name} "
+                             f"(0-{family.width})")
+        return self.settings.access(kind), addr & family.mask(prefixlen) | family.tag
 
     def client_matches(self, entries: list[AccessEntry], addr: int) -> bool:
         return any(e.admits(addr) for e in entries)
@@ -192,8 +205,7 @@ class ApplianceSettings:
         port = LOG_TRANSPORTS[transport] if port is None else port
         if not 1 <= port <= 65535:
             raise ModelError(f"logging port {port} out of range (1-65535)")
-        first = addr >> 24
-        if addr in (0, 0xFFFFFFFF) or first >= 224 or first == 0:
+        if not is_unicast(addr):
             raise ModelError(f"{format_ip(addr)} is not a host address a log can go to")
         entry = LogHost(addr, transport, port)
         if entry not in self.settings.log_hosts:

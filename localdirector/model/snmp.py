@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import format_ip
+from .addr import format_ip, is_unicast
 from .errors import ModelError
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ class SnmpSettings:
 
     def add_trap_host(self, addr: int, community: str = "") -> None:
         """`snmp-server host ADDR [COMMUNITY]`: one entry per address, replaced."""
-        first = addr >> 24
-        if addr in (0, 0xFFFFFFFF) or first >= 224 or first == 0:
+        if not is_unicast(addr):
             raise ModelError(f"{format_ip(addr)} is not a host address traps can go to")
         entry = TrapHost(addr, check_community(community) if community else "")
         snmp = self.settings.snmp

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 import localdirector
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import format_prefix
 from localdirector.model.director import Director
 from localdirector.model.probes import DOWN, NO_PORT, UNKNOWN, UP
 from localdirector.model.state import State
@@ -160,7 +160,7 @@ def assigns(director: Director) -> Callable[[], Families]:
         hits = counter("assign_hits", "SYNs an assign entry sent to its virtual",
                        ["virtual", "client"])
         for sid, client, prefixlen, count in rows:
-            hits.add_metric([str(sid), f"{format_ip(client)}/{prefixlen}"], count)
+            hits.add_metric([str(sid), format_prefix(client, prefixlen)], count)
         return [hits]
     return build
 

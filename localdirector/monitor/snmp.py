@@ -40,7 +40,7 @@ import localdirector
 from localdirector import runtime
 from localdirector.commands.snmp import SnmpStatus
 from localdirector.listeners import listen_address
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import IPV4, bracketed, family_of, format_ip, parse_ip
 from localdirector.model.director import Director
 from localdirector.model.snmp import SnmpConfig
 from localdirector.model.state import State
@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"on {LOOPBACK} only)")
 
 
+def _net_snmp(addr: int, port: int | None = None) -> str:
+    """An address as snmpd.conf takes it: IPv4 as it is (UDP is the default transport),
+    IPv6 as `udp6:[ADDR]`, without which snmpd would read it as a host name."""
+    text = format_ip(addr) if family_of(addr) is IPV4 else f"udp6:{bracketed(addr)}"
+    return text if port is None else f"{text}:{port}"
+
+
 def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_socket: Path
                ) -> str:
     """snmpd.conf from the model: a view of the system and snmp groups and our subtree
@@ -83,7 +90,7 @@ def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_soc
     lines = ["[snmp] noPersistentLoad yes", "[snmp] noPersistentSave yes",
              f"[snmp] persistentDir {agentx_socket.parent / 'state'}", "[snmp] mibs :",
              "dontLogTCPWrappersConnects yes",   # a line per request would fill /run
-             f"agentaddress udp:{host}:{port}", "master agentx",
+             f"agentaddress {_net_snmp(parse_ip(host), port)}", "master agentx",
              f"agentXSocket {agentx_socket}", "agentXPerms 0600 0700",
              f"view localdirector included .{'.'.join(map(str, SYSTEM))}",
              f"view localdirector included .{'.'.join(map(str, SNMP_STATISTICS))}",
@@ -93,9 +100,12 @@ def snmpd_conf(snmp: SnmpConfig, hostname: str, host: str, port: int, agentx_soc
              f"sysContact {snmp.contact}", f"sysLocation {snmp.location}",
              "sysServices 72"]
     if snmp.community:
-        lines.append(f"rocommunity {snmp.community} default -V localdirector")
+        # snmpd's rocommunity answers IPv4 sources only: an IPv6 agent address needs
+        # rocommunity6, or every request to it goes unanswered.
+        six = "" if family_of(parse_ip(host)) is IPV4 else "6"
+        lines.append(f"rocommunity{six} {snmp.community} default -V localdirector")
     if snmp.traps:
-        lines += [f"trap2sink {format_ip(h.addr)} {h.community or snmp.community}"
+        lines += [f"trap2sink {_net_snmp(h.addr)} {h.community or snmp.community}"
                   for h in snmp.hosts if h.community or snmp.community]
     return "\n".join(lines) + "\n"
 
@@ -188,7 +198,8 @@ class SnmpAgent:
         recovery, and an operator's `out-of-service` no trap at all."""
         failed = before is State.IN_SERVICE and after is State.FAILED
         recovered = after is State.IN_SERVICE and before in (State.FAILED, State.TESTING)
-        if (failed or recovered) and director is self.appliance.director:
+        if (failed or recovered) and director is self.appliance.director \
+                and snmp_mib.indexed(real.addr):
             self._notify(director, snmp_mib.real_notification(director, real, failed))
 
     def role_changed(self, _before: str, role: str) -> None:

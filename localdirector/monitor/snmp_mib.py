@@ -6,13 +6,19 @@ Like a metrics scrape, a snapshot takes the model lock once, only to copy number
 OIDs are built after it is released, and a snapshot is served again for up to
 MIN_INTERVAL, so a walk of many requests reads the model once a second, however fast
 a manager asks. Rows are indexed by the servers' own ids (address, port, bind id,
-protocol), not by a position, so an index names the same server in every walk."""
+protocol), not by a position, so an index names the same server in every walk.
+
+The MIB's indexes are IpAddress, four bytes: a server with an IPv6 address has no row
+(nor its binds) and its health changes no trap, knowingly, until the MIB gains RFC
+4001's InetAddressType/InetAddress indexes (docs/design.rst, "Monitoring"); the
+metrics carry every server of both families."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from localdirector.model.addr import IPV4, family_of
 from localdirector.model.director import Director
 from localdirector.model.state import State
 
@@ -50,6 +56,11 @@ def _ip(addr: int) -> tuple[int, ...]:
     return tuple(addr.to_bytes(4, "big"))
 
 
+def indexed(addr: int) -> bool:
+    """Whether the MIB's IpAddress index can name a server of this address: IPv4 only."""
+    return family_of(addr) is IPV4
+
+
 def virtual_index(addr: int, port: int, bind: int, proto: str) -> Oid:
     return (*_ip(addr), port, bind, PROTOCOLS[proto])
 
@@ -64,14 +75,16 @@ def snapshot(director: Director, role: str) -> Table:
         virtuals = [(virtual_index(v.addr, v.port, v.bind_id, v.proto), director.fmt(v.sid),
                      director.virtual_state(v), v.conns_current, v.conns_total, v.fastpath,
                      (v.packets_in, v.packets_out, v.bytes_in, v.bytes_out))
-                    for v in director.iter_virtuals()]
+                    for v in director.iter_virtuals() if indexed(v.addr)]
         reals = [(real_index(r.addr, r.port, r.sid.proto), director.fmt(r.sid),
                   director.real_state(r), r.current_conns, r.total_conns,
-                  r.noanswer_reassigns, r.reset_reassigns) for r in director.iter_reals()]
+                  r.noanswer_reassigns, r.reset_reassigns)
+                 for r in director.iter_reals() if indexed(r.addr)]
         binds = [(virtual_index(v.addr, v.port, v.bind_id, v.proto),
                   real_index(link.real.addr, link.real.port, link.real.sid.proto),
                   link.real.weight)
-                 for v in director.iter_virtuals() for link in v.iter_links()]
+                 for v in director.iter_virtuals() if indexed(v.addr)
+                 for link in v.iter_links() if indexed(link.real.addr)]
     rows: dict[Oid, Value] = {}
     for index, name, state, current, total, fastpath, traffic in virtuals:
         def put(column: int, value: Value, index: Oid = index) -> None:
@@ -98,7 +111,8 @@ def snapshot(director: Director, role: str) -> Table:
 def real_notification(director: Director, real: "PhysicalMachine",
                       failed: bool) -> list[agentx.VarBind]:
     """ldRealFailed or ldRealRecovered with the real's name and state (under the lock:
-    the model tells its watchers there). No sysUpTime.0: snmpd puts its own first."""
+    the model tells its watchers there). No sysUpTime.0: snmpd puts its own first.
+    The caller asks `indexed` first: an IPv6 real has no index to name it by."""
     index = real_index(real.addr, real.port, real.sid.proto)
     return [(SNMP_TRAP_OID, agentx.OBJECT_ID, REAL_FAILED if failed else REAL_RECOVERED),
             ((*REAL_ENTRY, 4, *index), OCTET_STRING, director.fmt(real.sid).encode()),

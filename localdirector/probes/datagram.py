@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from localdirector.model.addr import family_of, format_ip
+
 
 class _Exchange(asyncio.DatagramProtocol):
     def __init__(self, answer: asyncio.Future[bytes]) -> None:
@@ -28,13 +30,15 @@ class _Exchange(asyncio.DatagramProtocol):
             self.answer.set_exception(exc or ConnectionAbortedError())
 
 
-async def exchange(addr: str, port: int, payload: bytes) -> bytes:
+async def exchange(addr: int, port: int, payload: bytes) -> bytes:
     """The first datagram the real sends back; OSError (ECONNREFUSED, ...) when the
-    kernel reports an error for the socket first."""
+    kernel reports an error for the socket first. `addr` is the model's int: the
+    socket is of its family."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[bytes] = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Exchange(answer),
-                                                       remote_addr=(addr, port))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Exchange(answer), remote_addr=(format_ip(addr), port),
+        family=family_of(addr).af)
     try:
         transport.sendto(payload)
         return await answer

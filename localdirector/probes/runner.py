@@ -24,7 +24,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from localdirector.model.addr import format_ip
 from localdirector.model.director import Director
 from localdirector.model.probes import ProbeCheck
 
@@ -115,7 +114,7 @@ class ProbeRunner:
         return director
 
     async def _probe(self, director: Director, check: ProbeCheck) -> None:
-        probe, addr, port = check.probe, format_ip(check.addr), check.port
+        probe, addr, port = check.probe, check.addr, check.port
         assert self._slots is not None
         try:
             async with self._slots:

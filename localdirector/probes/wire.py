@@ -9,6 +9,7 @@ import asyncio
 import errno
 import random
 
+from localdirector.model.addr import bracketed, family_of, format_ip
 from localdirector.model.probes import Probe
 
 from . import datagram, dns
@@ -22,15 +23,17 @@ _ERRORS = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset",
            errno.ETIMEDOUT: "timeout"}
 
 
-def request(probe: Probe, addr: str, port: int) -> bytes:
-    host = probe.host or (addr if port == 80 else f"{addr}:{port}")
+def request(probe: Probe, addr: int, port: int) -> bytes:
+    """The Host header names the real as a URL would: an IPv6 address in brackets."""
+    host = probe.host or (bracketed(addr) if port == 80 else f"{bracketed(addr)}:{port}")
     return (f"{probe.method} {probe.path} HTTP/1.1\r\nHost: {host}\r\n"
             f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
             ).encode("ascii")
 
 
-async def run(probe: Probe, addr: str, port: int) -> tuple[bool, str]:
-    """The caller bounds it with the probe's timeout (asyncio.wait_for)."""
+async def run(probe: Probe, addr: int, port: int) -> tuple[bool, str]:
+    """The caller bounds it with the probe's timeout (asyncio.wait_for). `addr` is the
+    model's int of either family: the socket is of the real's family."""
     try:
         if probe.kind == "udp":
             answer = await datagram.exchange(addr, port, probe.payload)
@@ -44,9 +47,10 @@ async def run(probe: Probe, addr: str, port: int) -> tuple[bool, str]:
         return False, _ERRORS.get(err.errno or 0, "error")
 
 
-async def _stream(probe: Probe, addr: str, port: int) -> tuple[bool, str]:
+async def _stream(probe: Probe, addr: int, port: int) -> tuple[bool, str]:
     """TCP and HTTP; `run` turns an OSError into its result."""
-    reader, writer = await asyncio.open_connection(addr, port, limit=MAX_HEADER)
+    reader, writer = await asyncio.open_connection(format_ip(addr), port, limit=MAX_HEADER,
+                                                   family=family_of(addr).af)
     try:
         if probe.kind == "tcp":
             return True, "connected"

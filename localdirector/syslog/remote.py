@@ -115,15 +115,19 @@ class _Udp:
 
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        target = destination.target
+        # The host is the model's numeric text of either family: AI_NUMERICHOST says
+        # which family and socket address it is, without asking a resolver.
+        family, _, _, _, self.sockaddr = socket.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.connected = False
 
     def send(self, message: bytes) -> None:
         try:
             if not self.connected:
-                target = self.destination.target
-                self.sock.connect((target.host, target.port))
+                self.sock.connect(self.sockaddr)
                 self.connected = True
             self.sock.send(message[:UDP_MAX])
         except OSError as err:

@@ -22,13 +22,15 @@ pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[1]
 VIP6, VIP4 = "2001:db8::10", "192.0.2.10"
-# One director's BGP service on its model, until stdin closes (then withdrawn, stopped).
+# One director's BGP service on its model, until stdin closes (then withdrawn, stopped);
+# each line it reads, it prints its sessions' states as ExaBGP reported them.
 SCRIPT = """
 import sys
 from pathlib import Path
 from localdirector import runtime
 from localdirector.appliance import Appliance
 from localdirector.bgp.service import BgpService
+from localdirector.model.addr import format_ip
 from localdirector.shell.registry import Mode
 
 runtime.RUN = Path(sys.argv[1])
@@ -41,7 +43,9 @@ for line in sys.argv[2:]:
 service = BgpService(model)
 service.start()
 print("started", flush=True)
-sys.stdin.read()
+for _line in sys.stdin:           # each line asks for the sessions' states
+    status = service.status()
+    print(sorted((format_ip(a), state) for a, state in status.sessions.items()), flush=True)
 service.stop()
 """
 
@@ -86,6 +90,11 @@ def test_birds_ecmp_route_for_an_ipv6_vip_learnt_from_two_exabgp_speakers(cluste
     # The IPv4 VIP beside it, over the IPv4 sessions, as before.
     until(lambda: lab.kernel_next_hops(VIP4) == four, "an IPv4 ECMP kernel route", 10)
     assert "2001:db8::10/128" in lab.birdc(f"show route {VIP6}/128").stdout
+    # ExaBGP's events name the IPv6 session as the IPv4 one (show bgp's State column).
+    speakers[1].stdin.write("status\n")
+    speakers[1].stdin.flush()
+    assert speakers[1].stdout.readline().strip() == repr(
+        [("198.19.255.1", "up"), ("2001:db8:ff::1", "up")])
     # A director that stops withdraws both: the router keeps the other's.
     speakers[0].communicate(timeout=20)
     until(lambda: lab.kernel_next_hops(VIP6) == {director_link6(2)},

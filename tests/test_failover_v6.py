@@ -206,3 +206,17 @@ def test_malformed_ipv6_records_are_refused() -> None:
         bad = list(record)
         bad[field] = value
         assert replication.decode(bad, d, 500.0) == replication.MALFORMED, (field, value)
+
+
+def test_sticky_entries_of_ipv6_clients_travel_and_of_the_other_family_are_refused() -> None:
+    active, standby = director6(), director6()
+    for d in (active, standby):
+        d.virtuals[ServerId(parse_ip(VIP6), 80)].sticky = 5
+    real = active.reals[ServerId(parse_ip(REAL6), 8080)]
+    active.virtuals[ServerId(parse_ip(VIP6), 80)].sticky_table[parse_ip(CLIENT6)] = (real, 95.0)
+    entries = json.loads(json.dumps(replication.encode_sticky(active, 100.0)))
+    wrong = [list(entries[0])]
+    wrong[0][4] = parse_ip("198.51.100.7")          # an IPv4 client of an IPv6 virtual
+    assert replication.apply_sticky(entries + wrong, standby, 500.0) == 1
+    table = standby.virtuals[ServerId(parse_ip(VIP6), 80)].sticky_table
+    assert list(table) == [parse_ip(CLIENT6)] and table[parse_ip(CLIENT6)][0].sid == real.sid

@@ -177,6 +177,9 @@ def apply_sticky(entries: Iterable[Any], director: Director, now: float) -> int:
             malformed += 1
             continue
         vaddr, vport, vbind, vproto, client, raddr, rport, rbind, rproto, age = entry
+        if family_of(client) is not family_of(vaddr):
+            malformed += 1
+            continue
         virtual = director.virtuals.get(ServerId(vaddr, vport, vbind, vproto))
         real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
         if virtual is not None and real is not None and virtual.sticky:

@@ -220,3 +220,26 @@ def test_sticky_entries_of_ipv6_clients_travel_and_of_the_other_family_are_refus
     assert replication.apply_sticky(entries + wrong, standby, 500.0) == 1
     table = standby.virtuals[ServerId(parse_ip(VIP6), 80)].sticky_table
     assert list(table) == [parse_ip(CLIENT6)] and table[parse_ip(CLIENT6)][0].sid == real.sid
+
+
+# Every key of a layout lies below its largest real tag: 2**145 for IPv4 (KEY_LIMIT),
+# 2**436 for IPv6 (a 129-bit real and port above bit 291).
+@pytest.mark.parametrize(("vip", "real", "client", "bound"), [
+    ("192.0.2.53", "203.0.113.12", "198.51.100.7", 145), (VIP6, REAL6, CLIENT6, 436)])
+def test_a_moved_flows_key_is_bounded_by_its_familys_layout(vip: str, real: str,
+                                                            client: str, bound: int) -> None:
+    """A per-datagram flow's key may carry another real's tag (it moved), but nothing
+    above the largest tag of its family's layout."""
+    d = Director()
+    v = d.add_virtual(ServerId(parse_ip(vip), 53, 0, "udp"))
+    v.per_datagram = True
+    r = d.add_real(ServerId(parse_ip(real), 0, 0, "udp"))
+    d.bind(v.sid, r.sid)
+    record = replication.encode(UdpFlow(parse_ip(client), 40000, v.addr, 53, v, r, 90.0),
+                                100.0)
+    assert isinstance(replication.decode(list(record), d, 500.0), UdpFlow)
+    assert isinstance(replication.decode([record[0] ^ 1 << (bound - 1), *record[1:]], d,
+                                         500.0), UdpFlow)        # another real's tag
+    for extra in (1 << bound, 1 << 599):
+        assert replication.decode([record[0] | extra, *record[1:]], d, 500.0) \
+            == replication.MALFORMED, extra

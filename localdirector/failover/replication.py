@@ -86,8 +86,8 @@ def _addr(value: Any) -> bool:
 _U16, _U32 = _int(0xFFFF), _int(0xFFFFFFFF)
 # A flow key: client address and port, VIP and port (and for a UDP flow, the protocol
 # bit and a per-datagram real), laid out by the family's width (model/connection.py); an
-# IPv6 one with a per-datagram real's tag stays below 2**600. `decode` rebuilds the key
-# from the fields it carries, which checks the rest.
+# IPv6 one with a per-datagram real's tag stays below 2**600. `decode` bounds it by its
+# family's layout and rebuilds it from the fields it carries, which checks the rest.
 _KEY = _int(max(KEY_LIMIT, 1 << 600) - 1)
 # One check per field of `encode`'s record and of `encode_sticky`'s entry.
 _RECORD = (_KEY, _addr, _U16, _U16, _text, _addr, _U16, _U16, _text, _U16, _U16,
@@ -97,12 +97,14 @@ _RECORD = (_KEY, _addr, _U16, _U16, _text, _addr, _U16, _U16, _text, _U16, _U16,
 _STICKY = (_addr, _U16, _U16, _text, _addr, _addr, _U16, _U16, _text, _age)
 
 
-def _tag_bit(vip: int) -> int:
+def _tag_bits(vip: int) -> tuple[int, int]:
     """The lowest bit a per-datagram flow's real tag sets in the key layout of the VIP's
-    family (model/connection.py's `real_tag`): a key may differ from the one rebuilt
-    from its fields only from there up (the flow moved off its real)."""
-    tag = real_tag(family_of(vip).tag, 1)
-    return tag & -tag
+    family (model/connection.py's `real_tag`), and the bound of every key of that layout:
+    a key may differ from the one rebuilt from its fields only from that bit up (the
+    flow moved off its real), and only below the bound (KEY_LIMIT for IPv4)."""
+    family = family_of(vip)
+    low = real_tag(family.tag, 1)
+    return low & -low, 1 << real_tag(family.tag | family.all_ones, 0xFFFF).bit_length()
 
 
 def _valid(record: Any, checks: tuple[Callable[[Any], bool], ...]) -> bool:
@@ -143,8 +145,9 @@ def decode(record: Any, director: Director, now: float) -> Connection | str:
     if family_of(client) is not family_of(virtual.addr) or not _addr(client):
         return MALFORMED
     conn = cls(client, layout.foreign_port, virtual.addr, port, virtual, real, now - created)
-    if conn.in_key != in_key and (cls is Connection
-                                  or conn.in_key ^ in_key < _tag_bit(virtual.addr)):
+    low, limit = _tag_bits(virtual.addr)
+    if in_key >= limit or conn.in_key != in_key and (cls is Connection
+                                                     or conn.in_key ^ in_key < low):
         return MALFORMED   # only a per-datagram flow moved off its real may differ (tag)
     conn.in_key = in_key
     conn.remap = remap

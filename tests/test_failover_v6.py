@@ -94,11 +94,12 @@ def test_keepalived_carries_ipv6_virtuals_beside_ipv4_over_the_ipv4_link(
             if line.startswith("vrrp_instance")] == ["LD_cli0", "LD_real0", "LD_v6only"]
     cli = block(text, "LD_cli0")
     assert ("    virtual_ipaddress {\n        198.51.100.1/24 dev cli0\n    }\n"
-            "    virtual_ipaddress_excluded {\n        2001:db8:c::1/64 dev cli0\n    }") in cli
+            "    virtual_ipaddress_excluded {\n        2001:db8:c::1/64 dev cli0 preferred_lft 0\n"
+            "    }") in cli
     assert "unicast_src_ip 198.19.255.1" in cli and "unicast_peer {\n        198.19.255.2" in cli
     only = block(text, "LD_v6only")
     assert ("    virtual_ipaddress {\n    }\n    virtual_ipaddress_excluded {\n"
-            "        2001:db8:d::1/64 dev v6only\n    }") in only
+            "        2001:db8:d::1/64 dev v6only preferred_lft 0\n    }") in only
     assert "track_interface {\n        v6only\n    }" in only
     assert "group {\n        LD_cli0\n        LD_real0\n        LD_v6only\n    }" in text
     # An IPv4-only pair's file is as before: no excluded block.

@@ -67,6 +67,11 @@ def test_an_ipv6_virtual_moves_to_the_standby_when_the_active_dies(site: Site) -
     active, standby = site.up()
     until(lambda: site.holders(f"{GATEWAY6}/64") == [active], "the IPv6 virtual on the active")
     until(lambda: answers6(site), "the IPv6 virtual to answer the client")
+    # Deprecated, so the unit's own traffic leaves from its own address, not the virtual.
+    held = subprocess.run(["ip", "-n", site.ns[active], "-6", "-o", "addr", "show", "dev",
+                           "cli0", "to", f"{GATEWAY6}/128"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "deprecated" in held and "preferred_lft 0sec" in held, held
     assert client_neighbor(site) == mac(site, active)
     # The standby forwards no IPv6 either until it is active: the drop guard's IPv6 chain.
     until(lambda: guarded6(site, standby) and not guarded6(site, active),

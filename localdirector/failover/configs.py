@@ -89,13 +89,17 @@ def instances(config: FailoverConfig, addresses: list[tuple[str, str, int]]
 
 def _family_blocks(ifname: str, vips: list[str]) -> list[str]:
     """The instance's address blocks: IPv4 in the adverts (`virtual_ipaddress`), IPv6
-    beside them (`virtual_ipaddress_excluded`; the module's docstring says why)."""
+    beside them (`virtual_ipaddress_excluded`; the module's docstring says why),
+    deprecated (`preferred_lft 0`): it still takes every packet sent to it, but the
+    kernel picks the unit's own address as the source of the unit's own traffic, as
+    IPv4 picks the primary address, so nothing the unit sends names the moving one."""
     lines = []
-    for block, v6 in (("virtual_ipaddress", False), ("virtual_ipaddress_excluded", True)):
+    for block, v6, extra in (("virtual_ipaddress", False, ""),
+                             ("virtual_ipaddress_excluded", True, " preferred_lft 0")):
         listed = [vip for vip in vips if is_v6(parse_ip(vip.partition("/")[0])) is v6]
         if listed or not v6:
-            lines += [f"    {block} {{", *(f"        {vip} dev {ifname}" for vip in listed),
-                      "    }"]
+            lines += [f"    {block} {{",
+                      *(f"        {vip} dev {ifname}{extra}" for vip in listed), "    }"]
     return lines
 
 

@@ -85,23 +85,24 @@ def block(text: str, name: str) -> str:
 
 def test_keepalived_carries_ipv6_virtuals_beside_ipv4_over_the_ipv4_link(
         tmp_path: Path) -> None:
-    """Each interface's instance holds its IPv6 virtuals as excluded addresses (moved
-    with it, not in the adverts, which stay IPv4 unicast over the failover link); an
-    interface with IPv6 virtuals only gets an instance of its own, advertising none."""
+    """Each interface's IPv4 instance holds its IPv6 virtuals as excluded addresses
+    (moved with it, not in the adverts, which stay IPv4 unicast over the failover link);
+    an interface with IPv6 virtuals only rides in the first instance, which tracks it
+    (keepalived refuses an instance without a VIP of its adverts' family)."""
     unit = configs.Unit("primary", "fo0", "198.19.255.1", tmp_path)
     text = configs.keepalived(dual_config(), unit, ADDRESSES)
     assert [line.split()[1] for line in text.splitlines()
-            if line.startswith("vrrp_instance")] == ["LD_cli0", "LD_real0", "LD_v6only"]
+            if line.startswith("vrrp_instance")] == ["LD_cli0", "LD_real0"]
     cli = block(text, "LD_cli0")
+    assert ("    track_interface {\n        cli0\n        v6only\n    }" in cli)
     assert ("    virtual_ipaddress {\n        198.51.100.1/24 dev cli0\n    }\n"
-            "    virtual_ipaddress_excluded {\n        2001:db8:c::1/64 dev cli0 preferred_lft 0\n"
-            "    }") in cli
+            "    virtual_ipaddress_excluded {\n"
+            "        2001:db8:c::1/64 dev cli0 preferred_lft 0\n"
+            "        2001:db8:d::1/64 dev v6only preferred_lft 0\n    }") in cli
     assert "unicast_src_ip 198.19.255.1" in cli and "unicast_peer {\n        198.19.255.2" in cli
-    only = block(text, "LD_v6only")
-    assert ("    virtual_ipaddress {\n    }\n    virtual_ipaddress_excluded {\n"
-            "        2001:db8:d::1/64 dev v6only preferred_lft 0\n    }") in only
-    assert "track_interface {\n        v6only\n    }" in only
-    assert "group {\n        LD_cli0\n        LD_real0\n        LD_v6only\n    }" in text
+    assert ("    virtual_ipaddress_excluded {\n"
+            "        2001:db8:1::1/64 dev real0 preferred_lft 0\n    }") in block(text, "LD_real0")
+    assert "group {\n        LD_cli0\n        LD_real0\n    }" in text
     # An IPv4-only pair's file is as before: no excluded block.
     v4 = FailoverConfig(True, parse_ip("198.19.255.2"),
                         virtuals=[(parse_ip("198.51.100.1"), 24)])
@@ -109,6 +110,11 @@ def test_keepalived_carries_ipv6_virtuals_beside_ipv4_over_the_ipv4_link(
     # A virtual is placed in its own family only: no IPv4 address holds an IPv6 one.
     with pytest.raises(ValueError, match="no interface holds an address of 2001:db8:d::1"):
         configs.instances(dual_config(), [a for a in ADDRESSES if a[0] != "v6only"])
+    # IPv6 virtuals alone have no IPv4 instance to ride in.
+    v6 = FailoverConfig(True, parse_ip("198.19.255.2"),
+                        virtuals=[(parse_ip("2001:db8:c::1"), 64)])
+    with pytest.raises(ValueError, match="add an IPv4 failover virtual"):
+        configs.keepalived(v6, unit, ADDRESSES)
 
 
 def test_conntrackd_replicates_ipv6_entries_and_ignores_ipv6_loopback(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 the pair of tests/failover_site.py with its client segment dual-stack, each unit started
 the documented way (`localdirector --config FILE --failover-link fo0`, no data plane),
 real keepalived over the IPv4 failover link. The active dies as a box does; the standby
-takes the IPv6 virtual beside the IPv4 one and tells the segment by an unsolicited
-neighbour advertisement, so a client's neighbour entry follows before it sends anything.
+takes the IPv6 virtual beside the IPv4 one (and the reals' segment's, which has IPv6
+virtuals only) and tells the segment by an unsolicited neighbour advertisement, so a
+client's neighbour entry follows before it sends anything.
 The control plane: the IPv6 data plane's own tests carry traffic through a VIP."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.failover_site import CLIENT6, GATEWAY, GATEWAY6, Site, built, until
+from tests.failover_site import (CLIENT6, GATEWAY, GATEWAY6, REAL_GATEWAY6, Site, built,
+                                 until)
 
 pytestmark = pytest.mark.netns
 
@@ -79,6 +81,10 @@ def test_an_ipv6_virtual_moves_to_the_standby_when_the_active_dies(site: Site) -
     site.crash(active)
     until(lambda: site.roles().get(standby) == "Active", "the standby to take over")
     until(lambda: site.holders(f"{GATEWAY6}/64") == [standby], "the IPv6 virtual to move")
+    # The reals' segment has IPv6 virtuals only: they ride in the client side's instance.
+    assert f" {REAL_GATEWAY6}/64 " in subprocess.run(
+        ["ip", "-n", site.ns[standby], "-o", "addr", "show", "dev", "real0"],
+        capture_output=True, text=True, check=True).stdout
     assert site.holders() == [standby] and f"{GATEWAY}/24" in subprocess.run(
         ["ip", "-n", site.ns[standby], "-o", "addr", "show", "dev", "cli0"],
         capture_output=True, text=True, check=True).stdout

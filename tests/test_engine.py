@@ -61,7 +61,11 @@ def assert_checksums(buf: bytes) -> None:
 
 
 class Lab:
-    """One director + engine; sends scapy packets and returns what the engine made of them."""
+    """One director + engine; sends scapy packets and returns what the engine made of them
+    (`layer` reads them back, `checksums` checks them: test_engine6.py's IPv6 Lab)."""
+
+    layer = IP
+    checksums = staticmethod(assert_checksums)
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -79,9 +83,9 @@ class Lab:
         if verdict == ACCEPT_UNCHANGED:
             assert bytes(buf) == original
         if verdict == ACCEPT_MODIFIED:
-            assert_checksums(bytes(buf))
+            self.checksums(bytes(buf))
         self.assert_accounted()
-        return verdict, (IP(bytes(buf)) if verdict != DROP else None)
+        return verdict, (self.layer(bytes(buf)) if verdict != DROP else None)
 
     def assert_accounted(self) -> None:
         s = self.engine.stats
@@ -808,7 +812,7 @@ def _syn_bytes(**ip_fields) -> bytearray:
 def test_malformed_packets_counted_by_reason() -> None:
     lab_, _, _ = lab((A,))
     bad_version = _syn_bytes()
-    bad_version[0] = 0x65
+    bad_version[0] = 0x55  # (6 is IPv6: test_engine6.py)
     bad_ihl = _syn_bytes()
     bad_ihl[0] = 0x44
     bad_offset = bytearray(bytes(IP(src=CLIENT, dst=VIP) / TCP(dport=80, dataofs=3)))

@@ -23,6 +23,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, IPOption, TCPerror
 from scapy.packet import Raw
 
 from localdirector.dataplane import packet as P
+from localdirector.dataplane import icmp as I
 
 # scapy builds a few packets per example; these budgets keep the file near 10 s.
 SLOW_OK = [HealthCheck.too_slow]
@@ -243,16 +244,16 @@ def check_rewrite(raw: bytes, direction: str, new_ip: int, new_port: int) -> byt
     buf = bytearray(raw)
     parsed = P.parse_tcp(buf)
     assert isinstance(parsed, tuple)
-    ihl, total, src, dst, sport, dport, flags, seq, ack = parsed
-    assert ihl == ihl_of(raw) and total == len(raw)
+    ihl, total, src, dst, sport, dport, flags, seq, ack, width = parsed
+    assert ihl == ihl_of(raw) and total == len(raw) and width == 32
     if direction == "dst":
         P.rewrite(buf, ihl, new_ip, new_port, True)
         assert P.parse_tcp(buf) == (ihl, total, src, new_ip, sport, new_port, flags,
-                                     seq, ack)
+                                     seq, ack, 32)
     else:
         P.rewrite(buf, ihl, new_ip, new_port, False)
         assert P.parse_tcp(buf) == (ihl, total, new_ip, dst, new_port, dport, flags,
-                                     seq, ack)
+                                     seq, ack, 32)
     assert field16(buf, 10) == ip_checksum_full(buf, ihl)
     assert field16(buf, ihl + 16) == P.tcp_checksum_full(buf, ihl)
     assert bytes(buf) == scapy_translated(raw, direction, new_ip, new_port)
@@ -359,7 +360,8 @@ def set_fragment(raw: bytes, flags, frag: int) -> bytes:
 def test_reason_codes_are_small_consecutive_ints_with_names() -> None:
     codes = [
         P.OK, P.TRUNCATED, P.BAD_VERSION, P.BAD_IHL, P.BAD_LENGTH,
-        P.FRAGMENT, P.NOT_TCP, P.BAD_TCP_OFFSET, P.NOT_ICMP_ERROR,
+        P.FRAGMENT, P.NOT_TCP, P.BAD_TCP_OFFSET, P.NOT_ICMP_ERROR, P.EXT_HEADER,
+        P.ROUTING_HEADER, P.EXT_CHAIN, P.HOP_LIMIT,
     ]  # fmt: skip
     assert codes == list(range(len(P.REASON_NAMES)))
     assert len(set(P.REASON_NAMES)) == len(P.REASON_NAMES)
@@ -375,7 +377,7 @@ def test_parse_valid_packet_with_options() -> None:
     raw = sample()
     assert ihl_of(raw) == 28
     assert P.parse_tcp(bytearray(raw)) == (28, len(raw), 0xC6336407, 0xC000020A, 40000, 80,
-                                           P.SYN, 1, 0)
+                                           P.SYN, 1, 0, 32)
 
 
 def test_every_cut_inside_the_headers_is_truncated() -> None:
@@ -519,18 +521,18 @@ def assert_scapy_accepts_checksums(buf: bytes) -> None:
 def test_icmp_error_translation(case) -> None:
     raw, change, expected, (before, after) = case
     buf = bytearray(raw)
-    parsed = P.parse_icmp_error(buf)
+    parsed = I.parse_icmp_error(buf)
     assert isinstance(parsed, tuple)
     ihl, outer_src, outer_dst, inner, inner_ihl, isrc, idst, isport, idport = parsed
     assert (ihl, outer_src, outer_dst) == (ihl_of(raw), *struct.unpack_from("!II", raw, 12))
     assert (inner, inner_ihl) == (ihl + 8, ihl_of(before.build()))
     assert (isrc, idst, isport, idport) == (before.src, before.dst, before.sport, before.dport)
 
-    P.rewrite_icmp(buf, ihl, **change)
+    I.rewrite_icmp(buf, ihl, **change)
 
     assert bytes(buf) == expected
     assert_scapy_accepts_checksums(bytes(buf))
-    after_parse = P.parse_icmp_error(buf)
+    after_parse = I.parse_icmp_error(buf)
     assert after_parse[5:] == (after.src, after.dst, after.sport, after.dport)
 
 
@@ -540,8 +542,8 @@ def test_frag_needed_from_real_reaches_client_as_from_vip() -> None:
     inner = Spec(client, real, 40000, 8001, payload=b"x" * 1400).build()
     raw = icmp_error(real, client, (3, 4), inner[:548])
     buf = bytearray(raw)
-    ihl, *_ = P.parse_icmp_error(buf)
-    P.rewrite_icmp(buf, ihl, outer_src=vip, inner_dst=(vip, 80))
+    ihl, *_ = I.parse_icmp_error(buf)
+    I.rewrite_icmp(buf, ihl, outer_src=vip, inner_dst=(vip, 80))
 
     pkt = IP(bytes(buf))
     assert (pkt.src, pkt.dst) == ("192.0.2.10", "198.51.100.7")
@@ -561,8 +563,8 @@ def test_icmp_quote_of_only_eight_tcp_bytes() -> None:
     inner = Spec(vip, client, 80, 5555).build()
     raw = icmp_error(0xC6120101, vip, (11, 0), inner[:28])
     buf = bytearray(raw)
-    ihl, *_ = P.parse_icmp_error(buf)
-    P.rewrite_icmp(buf, ihl, outer_dst=real, inner_src=(real, 8001))
+    ihl, *_ = I.parse_icmp_error(buf)
+    I.rewrite_icmp(buf, ihl, outer_dst=real, inner_src=(real, 8001))
     quote = Spec(real, client, 8001, 5555).build()[:28]
     assert bytes(buf) == icmp_error(0xC6120101, real, (11, 0), quote)
 
@@ -571,14 +573,14 @@ def icmp_reason(outer=None, inner: bytes | None = None, quote_len: int | None = 
     inner = inner if inner is not None else Spec(0xC6336407, 0xCB00710A, 1, 2).build()
     outer = outer if outer is not None else ICMP(type=3, code=1)
     ip = IP(src="203.0.113.10", dst="198.51.100.7")
-    return P.parse_icmp_error(bytes(ip / outer / Raw(inner[:quote_len])))
+    return I.parse_icmp_error(bytes(ip / outer / Raw(inner[:quote_len])))
 
 
 def test_icmp_parse_rejections() -> None:
     assert isinstance(icmp_reason(), tuple)
     assert icmp_reason(outer=ICMP(type=8)) == P.NOT_ICMP_ERROR  # echo request
     assert icmp_reason(outer=ICMP(type=0)) == P.NOT_ICMP_ERROR
-    assert P.parse_icmp_error(sample()) == P.NOT_ICMP_ERROR  # TCP
+    assert I.parse_icmp_error(sample()) == P.NOT_ICMP_ERROR  # TCP
     udp = bytes(IP(src="198.51.100.7", dst="203.0.113.10") / UDP(sport=1, dport=2))
     assert icmp_reason(inner=udp)[5:] == (0xC6336407, 0xCB00710A, 1, 2)   # UDP quoted too
     gre = bytes(IP(src="198.51.100.7", dst="203.0.113.10", proto=47) / Raw(b"\0" * 8))
@@ -593,9 +595,9 @@ def test_icmp_parse_rejections() -> None:
     assert icmp_reason(inner=set_fragment(inner, 0, 7)) == P.FRAGMENT
     whole = bytes(IP(src="203.0.113.10", dst="198.51.100.7") / ICMP(type=3) / Raw(inner))
     for length in range(20 + 8 + 28):
-        assert P.parse_icmp_error(whole[:length]) == P.TRUNCATED, length
+        assert I.parse_icmp_error(whole[:length]) == P.TRUNCATED, length
     short_total = whole[:2] + (40).to_bytes(2, "big") + whole[4:]
-    assert P.parse_icmp_error(short_total) == P.BAD_LENGTH
+    assert I.parse_icmp_error(short_total) == P.BAD_LENGTH
 
 
 # ------------------------------------------------------------------------ fuzz
@@ -622,7 +624,7 @@ def test_parsers_never_raise_and_rewrites_stay_in_bounds(data: bytes) -> None:
     reasons = range(1, len(P.REASON_NAMES))
     parsed = P.parse_tcp(bytearray(data))
     if isinstance(parsed, tuple):
-        ihl, total, src, dst, sport, dport, flags, seq, ack = parsed
+        ihl, total, src, dst, sport, dport, flags, seq, ack, _width = parsed
         assert total == int.from_bytes(data[2:4], "big")
         assert ihl == ihl_of(data) and ihl + (data[ihl + 12] >> 4) * 4 <= len(data)
         assert (src, dst, sport, dport, flags) == (
@@ -636,11 +638,11 @@ def test_parsers_never_raise_and_rewrites_stay_in_bounds(data: bytes) -> None:
         assert len(buf) == len(data)
     else:
         assert parsed in reasons
-    parsed = P.parse_icmp_error(bytearray(data))
+    parsed = I.parse_icmp_error(bytearray(data))
     if isinstance(parsed, tuple):
         assert len(parsed) == 9
         buf = bytearray(data)
-        P.rewrite_icmp(
+        I.rewrite_icmp(
             buf,
             parsed[0],
             outer_src=0xC000020A,

@@ -48,6 +48,7 @@ def _instrumented() -> contextlib.AbstractContextManager[object]:
 
 with _instrumented():
     from localdirector.dataplane import packet as P
+    from localdirector.dataplane import icmp as I
     from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP, Engine
     from localdirector.dataplane.stats import REASON_NAMES
     from localdirector.model.addr import parse_ip
@@ -188,7 +189,7 @@ class World:
             assert (buf[20:22], buf[22:24]) == (before[ihl + 2:ihl + 4], before[ihl:ihl + 2])
         elif verdict == ACCEPT_MODIFIED:
             assert isinstance(P.parse_tcp(buf), tuple) or isinstance(
-                P.parse_icmp_error(buf), tuple), before.hex()
+                I.parse_icmp_error(buf), tuple), before.hex()
             # Translation never corrupts (and, incremental, never repairs either: the
             # kernel has verified IP header checksums before queueing anyway).
             assert ip_header_ok(buf) == ip_header_ok(before), before.hex()

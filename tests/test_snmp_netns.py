@@ -165,5 +165,5 @@ def test_an_address_snmpd_cannot_listen_on_ends_the_program(lab: Lab, tmp_path: 
         config, "--no-dataplane", "--no-console", "--snmp", "192.0.2.99:161"), timeout=60)
     assert result.returncode == 2, result
     assert ('localdirector: snmp: snmpd cannot serve 192.0.2.99:161: Error opening '
-            'specified endpoint "udp:192.0.2.99:161"') in result.stderr, result.stderr
+            'specified endpoint "192.0.2.99:161"') in result.stderr, result.stderr
     assert _snmpd_pids(lab) == []

@@ -1,11 +1,13 @@
 """UDP parsing for the NFQUEUE path (docs/design.rst, "UDP flows"): the header checks
-that decide what a datagram's drop reason is, and the checksum check of the datagram
-that would create a flow. Translation is packet.rewrite's (its `udp` flag)."""
+that decide what a datagram's drop reason is, either family, and the checksum check of
+the datagram that would create a flow. Translation is packet.rewrite's (its `udp`
+flag)."""
 
 from __future__ import annotations
 
 import struct
 
+from .ipv6 import WIDTH as _WIDTH6, addresses, upper
 from .packet import (
     BAD_LENGTH,
     FRAGMENT,
@@ -20,10 +22,10 @@ from .packet import (
 # Parser reasons of UDP's own, numbered after packet.py's (stats.py numbers the
 # engine's after these).
 BAD_UDP_LENGTH = len(_PACKET_REASONS)       # UDP length below 8 or beyond the IP payload
-UDP_NO_CHECKSUM = BAD_UDP_LENGTH + 1        # checksum 0: IPv4's "none" (dropped, see below)
+UDP_NO_CHECKSUM = BAD_UDP_LENGTH + 1        # checksum 0: IPv4's "none", IPv6's invalid
 REASON_NAMES = _PACKET_REASONS + ("bad-udp-length", "udp-no-checksum")
 
-UdpFields = tuple[int, int, int, int, int, int]
+UdpFields = tuple[int, int, int, int, int, int, int]
 _IP_UDP = struct.Struct("!BxH2xHxB2xIIHHHH")  # the IPv4 header without options, then UDP's
 _IP_WHOLE = struct.Struct("!BxH2xHxB2xII")
 _UDP = struct.Struct("!HHHH")
@@ -33,8 +35,9 @@ _unpack_udp = _UDP.unpack_from
 
 
 def parse_udp(buf: Buffer) -> UdpFields | int:
-    """``(ihl, total, src, dst, sport, dport)`` of an IPv4/UDP datagram, or a drop
-    reason. Only the headers need be in ``buf`` (the queue may copy less than a 64 KB
+    """``(ihl, total, src, dst, sport, dport, 32)`` of an IPv4/UDP datagram, or a drop
+    reason; an IPv6 one's are `_parse_udp6`'s (the transport offset for ``ihl``, the
+    flow key's width last, as parse_tcp gives them). Only the headers need be in ``buf`` (the queue may copy less than a 64 KB
     datagram). Dropped: a UDP length below 8 or beyond the IP payload, or that falls
     short of it (another datagram's bytes would follow: no stack sends that), and a
     zero checksum (``udp-no-checksum``: the datagram that creates a flow must be
@@ -49,9 +52,11 @@ def parse_udp(buf: Buffer) -> UdpFields | int:
         vihl, total, frag, proto, src, dst, sport, dport, length, csum = _unpack_ip_udp(buf, 0)
         if vihl == 0x45 and proto == PROTO_UDP and not frag & 0x3FFF \
                 and length == total - 20 and csum:
-            return 20, total, src, dst, sport, dport
+            return 20, total, src, dst, sport, dport, 32
     if n < 20:
         return TRUNCATED
+    if buf[0] >> 4 == 6:
+        return _parse_udp6(buf)
     vihl, total, frag, proto, src, dst = _unpack_ip_whole(buf, 0)
     ihl = (vihl & 0x0F) << 2
     if proto != PROTO_UDP:
@@ -69,7 +74,24 @@ def parse_udp(buf: Buffer) -> UdpFields | int:
         return BAD_UDP_LENGTH
     if not csum:
         return UDP_NO_CHECKSUM
-    return ihl, total, src, dst, sport, dport
+    return ihl, total, src, dst, sport, dport, 32
+
+
+def _parse_udp6(buf: Buffer) -> UdpFields | int:
+    """parse_udp for IPv6: its extension headers walked (ipv6.py); a fragment never
+    gets here. A checksum of 0 is invalid in IPv6 (RFC 8200 8.1), dropped under the
+    same reason as IPv4's 0."""
+    at = upper(buf, PROTO_UDP, 8, NOT_TCP)
+    if type(at) is int:
+        return at
+    off, total = at
+    sport, dport, length, csum = _unpack_udp(buf, off)
+    if length != total - off or length < 8:
+        return BAD_UDP_LENGTH
+    if not csum:
+        return UDP_NO_CHECKSUM
+    src, dst = addresses(buf)
+    return off, total, src, dst, sport, dport, _WIDTH6
 
 
 def udp_checksum_valid(buf: Buffer, ihl: int) -> bool:

@@ -8,10 +8,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model.addr import format_ip
+from ..model.addr import V6, format_ip
 
 PROC_QUEUES = Path("/proc/net/netfilter/nfnetlink_queue")
 PROC_IPV4 = Path("/proc/sys/net/ipv4")
+PROC_IPV6_FORWARDING = Path("/proc/sys/net/ipv6/conf/all/forwarding")
 PROC_ROUTES = Path("/proc/net/route")
 PROC_SNMP = Path("/proc/net/snmp")
 
@@ -59,13 +60,23 @@ def forwarding_problems(root: Path = PROC_IPV4) -> list[str]:
     return problems
 
 
+def ipv6_problems(vips: set[int], path: Path = PROC_IPV6_FORWARDING) -> list[str]:
+    """IPv6 forwarding off while an IPv6 VIP is configured, as an operator warning."""
+    if any(vip >= V6 for vip in vips) and _read_int(path) == 0:
+        return ["net.ipv6.conf.all.forwarding is 0: the director will not forward IPv6 "
+                "to the reals (sysctl -w net.ipv6.conf.all.forwarding=1)"]
+    return []
+
+
 def route_problems(vips: set[int], path: Path = PROC_ROUTES) -> list[str]:
     """VIPs this host has no route toward, as operator warnings.
 
     Nothing needs one to translate; but when a reply (source: the VIP) is too big for
     the clients' side, the kernel must send "fragmentation needed" *to the VIP* for the
     engine to pass it on to the real, and without a route it sends nothing at all:
-    path-MTU discovery black-holes downloads. Any route does (a default route)."""
+    path-MTU discovery black-holes downloads. Any route does (a default route). IPv4
+    VIPs only (this reads /proc/net/route): an IPv6 VIP needs a route as much, for
+    Packet Too Big, and is not checked here."""
     try:
         rows = [line.split() for line in path.read_text().splitlines()[1:]]
     except OSError:
@@ -75,7 +86,8 @@ def route_problems(vips: set[int], path: Path = PROC_ROUTES) -> list[str]:
               for r in rows if len(r) > 7]
     return [f"no route toward VIP {format_ip(vip)}: path-MTU errors about replies cannot "
             "reach the reals (add one; a default route will do)"
-            for vip in sorted(vips) if not any(vip & mask == dest for dest, mask in routes)]
+            for vip in sorted(vips)
+            if vip < V6 and not any(vip & mask == dest for dest, mask in routes)]
 
 
 def read_ip_errors(path: Path = PROC_SNMP) -> dict[str, int]:

@@ -1,26 +1,30 @@
-"""ICMP through the director (docs/design.rst, "Packet flow"): errors that quote a
-translated packet (TCP or UDP) are translated with it, so path-MTU discovery and
-unreachables work across the translation; a real's port or host unreachable about a UDP
-flow is a failure of that real (udp.py); other ICMP passes, UDP goes to udp.py, and
-other protocols toward a VIP are dropped. Mixed into Engine (engine.py), whose tables,
-counters and lock it uses."""
+"""ICMP and ICMPv6 through the director (docs/design.rst, "Packet flow" and "IPv6
+packets"): errors that quote a translated packet (TCP or UDP) are translated with it, so
+path-MTU discovery and unreachables work across the translation; a real's port or host
+(IPv6: address) unreachable about a UDP flow is a failure of that real (udp.py); other
+ICMP passes (neighbour discovery and router advertisements among it), UDP goes to
+udp.py, and other protocols toward a VIP are dropped. Mixed into Engine (engine.py),
+whose tables, counters and lock it uses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..model.connection import UDP_KEY, Connection, flow_key
-from .packet import NOT_TCP, PROTO_ICMP, PROTO_UDP, Buffer, parse_icmp_error, rewrite_icmp
+from ..model.connection import Connection, flow_key, key_width, udp_key
+from .icmp import parse_icmp_error, quoted, rewrite_icmp
+from .ipv6 import addresses, transport
+from .packet import NOT_TCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, Buffer
 from .verdicts import ACCEPT_MODIFIED, DROP
 
 if TYPE_CHECKING:
     from ..model.director import Director
     from .stats import Stats
 
-# Destination unreachable codes that say a UDP datagram reached no service: host (1) and
-# port (3) unreachable (docs/design.rst, "UDP flows").
-_UDP_FAILURES = frozenset((1, 3))
+# Destination unreachable type << 8 | code that say a UDP datagram reached no service:
+# host (1) and port (3) unreachable; ICMPv6's address (3) and port (4) unreachable
+# (docs/design.rst, "UDP flows").
+_UDP_FAILURES = frozenset((3 << 8 | 1, 3 << 8 | 3, 1 << 8 | 3, 1 << 8 | 4))
 
 
 class IcmpErrors:
@@ -44,11 +48,18 @@ class IcmpErrors:
     def _not_tcp(self, buf: Buffer, reason: int) -> int:
         if reason != NOT_TCP:
             return self._drop(reason)
-        if buf[9] == PROTO_UDP:
+        if buf[0] >> 4 == 6:
+            # parse_tcp6 walked the headers already: sound, to an upper layer.
+            proto = transport(buf)[0]   # type: ignore[index]
+            dst = addresses(buf)[1]
+        else:
+            proto = buf[9]
+            dst = int.from_bytes(buf[16:20], "big")
+        if proto == PROTO_UDP:
             return self._udp(buf)
-        if buf[9] == PROTO_ICMP:
+        if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
             return self._icmp(buf)
-        if int.from_bytes(buf[16:20], "big") in self._vips():
+        if dst in self._vips():
             return self._drop(NOT_TCP)
         return self._unchanged()
 
@@ -61,9 +72,9 @@ class IcmpErrors:
         ihl, _osrc, _odst, inner, _inner_ihl, isrc, idst, isport, idport = fields
         # The quoted packet flowed the way the error did not: look it up as if in flight.
         key = flow_key(idst, idport, isrc, isport)
-        udp = buf[inner + 9] == PROTO_UDP
+        udp = quoted(buf, inner)[0] == PROTO_UDP
         if udp:
-            key |= UDP_KEY
+            key |= udp_key(key_width(isrc))
         conns = self.director.conns
         conn = conns.inbound.get(key)
         if conn is not None:
@@ -75,7 +86,7 @@ class IcmpErrors:
             conn = conns.reply.get(key)
             if conn is None:
                 return self._unchanged()
-            if udp and buf[ihl] == 3 and buf[ihl + 1] in _UDP_FAILURES \
+            if udp and (buf[ihl] << 8 | buf[ihl + 1]) in _UDP_FAILURES \
                     and self._udp_unreachable(conn, self.clock()):
                 return DROP   # the flow moved: the client's next datagram goes elsewhere
             # Quotes a client -> real packet: show the client an error about the VIP.

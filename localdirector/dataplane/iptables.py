@@ -18,11 +18,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..model.addr import format_ip
+from ..model.addr import IPV4, IPV6, Family, bracketed, format_ip
 from . import nflog
-from .packet import ICMP_ERROR_TYPES
+from .packet import ICMP_ERROR_TYPES, ICMPV6_ERROR_TYPES
 from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
 from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
+from .saved import Existing
 
 GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
 GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
@@ -79,6 +80,33 @@ class Names:
     # (docs/design.rst, "Static"), and the jump to it.
     static: str = ""
     static_jump: str = ""
+    # Which family's tables (iptables or ip6tables, the same nftables backend): the
+    # chains keep their names in both, the set and the hashlimit buckets do not.
+    family: Family = IPV4
+
+    def host(self, addr: int) -> str:
+        """One address as a match or target takes it: ``ADDR/32``, ``ADDR/128``."""
+        return f"{format_ip(addr)}/{self.family.width}"
+
+    def to(self, addr: int, port: int) -> str:
+        """A DNAT destination: the address, with a port after it (IPv6 bracketed)."""
+        return format_ip(addr) if port == ALL_PORTS else f"{bracketed(addr)}:{port}"
+
+    @property
+    def tool(self) -> str:
+        """iptables or ip6tables (and their -restore and -save)."""
+        return "ip6tables" if self.family is IPV6 else "iptables"
+
+    def icmp(self, errors: bool = False) -> list[str]:
+        """The family's ICMP as matches: IPv4's whole (or, `errors`, per error type
+        queued); IPv6's always per error type, so neighbour discovery and router
+        advertisements are never queued (docs/design.rst, "IPv6 packets")."""
+        if self.family is IPV6:
+            return [f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind}"
+                    for kind in sorted(ICMPV6_ERROR_TYPES)]
+        if errors:
+            return [f"-p icmp -m icmp --icmp-type {kind}" for kind in sorted(ICMP_ERROR_TYPES)]
+        return ["-p icmp"]
 
     @property
     def tables(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -114,22 +142,23 @@ class Names:
                                     r"--ctstate INVALID,NEW -j DROP$", re.M)}
 
 
-def names(queue_num: int, bypass: bool = True) -> Names:
+def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     """Our chains on queue N: LOCALDIRECTOR<N> and LOCALDIRECTOR<N>-<ROLE> (at most 25
-    characters: iptables allows 28)."""
+    characters: iptables allows 28), the same in ip6tables' tables; IPv6's set of known
+    clients is ``ldknown<N>v6``."""
     base = f"LOCALDIRECTOR{queue_num}"
+    icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
-                 f"{base}-LOG", f"{base}-KNOWN", f"ldknown{queue_num}",
+                 f"{base}-LOG", f"{base}-KNOWN",
+                 f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
-                 f"-A OUTPUT -p icmp -j {base}-LOCAL",
+                 f"-A OUTPUT -p {icmp} -j {base}-LOCAL",
                  f"-A PREROUTING -m mark ! --mark 0x0/0x{MARK_MASK:x} -j {base}", bypass,
-                 f"{base}-STATIC", f"-A POSTROUTING -j {base}-STATIC")
+                 f"{base}-STATIC", f"-A POSTROUTING -j {base}-STATIC", family)
 
 
 Runner = Callable[[list[str], str], str]
-# Per table: (how often each of our jumps is there, which of our chains exist).
-Existing = dict[str, tuple[dict[str, int], set[str]]]
 
 
 def run_iptables(argv: list[str], stdin: str = "") -> str:
@@ -158,14 +187,14 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
     for direction, option, table, queue in (("-d", "--dport", rules.vips, n.queue),
                                             ("-s", "--sport", rules.reals, n.real_queue)):
         for addr, ports in table:
-            host = f"{direction} {format_ip(addr)}/32"
+            host = f"{direction} {n.host(addr)}"
             if direction == "-d":
                 out += _guards(rules, addr, n) + flood_rules(addr, n)
             for service in ports:
                 proto, port = proto_port(service)
                 match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
                 out.append(f"-A {n.chain} {host} -p {proto}{match} -j {queue}")
-            out.append(f"-A {n.chain} {host} -p icmp -j {queue}")
+            out += [f"-A {n.chain} {host} {icmp} -j {queue}" for icmp in n.icmp()]
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.
     for addr in tracked_vips(rules):
@@ -187,8 +216,10 @@ def tracked_vips(rules: RuleSet) -> list[int]:
 def known_set(n: Names) -> tuple[list[str], list[str]]:
     """The `ipset` commands that create the set of known addresses (idempotent: a set
     of the same settings may be left by a killed appliance) and destroy it once no rule
-    refers to it."""
-    return (["ipset", "create", n.known, "hash:ip", "family", "inet", "timeout",
+    refers to it. IPv6 sources are known by their /64, a host's usual share (one
+    client's privacy addresses are one entry; a flood of one /64's addresses is one)."""
+    family = ["family", "inet6", "netmask", "64"] if n.family is IPV6 else ["family", "inet"]
+    return (["ipset", "create", n.known, "hash:ip", *family, "timeout",
              str(KNOWN_SECONDS), "maxelem", str(KNOWN_ADDRESSES), "-exist"],
             ["ipset", "destroy", n.known])
 
@@ -202,19 +233,20 @@ def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
     address known (a spoofed SYN flood sends none), and SYNs of addresses not known
     share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
     a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule)."""
-    host = f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp"
+    host = f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp"
     noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
     return [*noting,
             f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m set ! --match-set {n.known} src "
             f"-m hashlimit --hashlimit-above {NEW_SOURCE_SYNS}/sec --hashlimit-burst "
-            f"{NEW_SOURCE_SYNS} --hashlimit-name ldnew{n.queue_num} -j {n.flood}"]
+            f"{NEW_SOURCE_SYNS} --hashlimit-name {n.known.replace('known', 'new')} "
+            f"-j {n.flood}"]
 
 
 def known_rule(addr: int, n: Names) -> str:
     """Mangle, after conntrack: the first ACK of a tracked connection goes to the chain
     that notes its client's address as known and marks the connection, so its later
     packets fail this one match and skip the set (one rule a packet, not two)."""
-    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK "
+    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp --tcp-flags SYN,RST,ACK "
             f"ACK -m connmark --mark 0x0/0x{KNOWN_CTMARK:x} -j {n.note}")
 
 
@@ -231,12 +263,14 @@ def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
 def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
     """The kernel SYN-rate guard of one VIP:port. The table name changes with the rate
     because the kernel keeps the settings of the first rule that created a table of a
-    given name, and with the queue, because such tables are shared by the namespace."""
+    given name, and with the queue, because such tables are shared by the namespace.
+    An IPv6 source is limited by its /64: one host's addresses share its rate."""
     name = f"ldsg{zlib.crc32(f'{addr}:{port}:{rate}:{n.queue_num}'.encode()):08x}"
     ports = f" --dport {port}" if port != ALL_PORTS else ""
-    return (f"-A {n.chain} -d {format_ip(addr)}/32 -p tcp -m tcp{ports} "
+    mask = " --hashlimit-srcmask 64" if n.family is IPV6 else ""
+    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{ports} "
             f"--tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above {rate}/sec "
-            f"--hashlimit-burst {rate} --hashlimit-mode srcip --hashlimit-name {name} "
+            f"--hashlimit-burst {rate} --hashlimit-mode srcip{mask} --hashlimit-name {name} "
             f"--hashlimit-htable-max {GUARD_SOURCES} "
             f"--hashlimit-htable-expire {GUARD_EXPIRE_MS} -j {n.shed}")
 
@@ -260,7 +294,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
             dport = "" if port == ALL_PORTS else f" --dport {port}"
             orig = f"--ctorigdst {vip}" + ("" if port == ALL_PORTS
                                             else f" --ctorigdstport {port}")
-            client.append(f"-A {n.chain} -d {vip}/32 -p {proto}"
+            client.append(f"-A {n.chain} -d {n.host(addr)} -p {proto}"
                           f"{f' -m {proto}' + dport if dport else ''} "
                           f"-m conntrack --ctstate NEW -j {n.queue}")
             if proto == "udp":
@@ -269,7 +303,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                 real.append(f"-A {n.reply} -p udp -m conntrack --ctdir REPLY ! --ctstatus "
                             f"ASSURED {orig} -j {n.log}")
                 continue
-            client += [f"-A {n.chain} -d {vip}/32 -p tcp -m tcp{dport} "
+            client += [f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{dport} "
                        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
                        f"-j {n.log}"]
             real += [f"-A {n.reply} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
@@ -322,8 +356,7 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             f":{n.flood} - [0:0]",
             *delete("raw", n.local_jump),
             n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
-            *(f"-A {n.local} -p icmp -m icmp --icmp-type {kind} -j {n.queue}"
-              for kind in sorted(ICMP_ERROR_TYPES)),
+            *(f"-A {n.local} {icmp} -j {n.queue}" for icmp in n.icmp(errors=True)),
             f"-A {n.shed} -j DROP",
             f"-A {n.flood} -j DROP",
             *raw[1:],
@@ -369,58 +402,3 @@ def restore_text(tables: dict[str, list[str]]) -> str:
     """iptables-restore input for the tables that have something to do ("" if none)."""
     return "".join("\n".join([f"*{table}", *body, "COMMIT", ""])
                    for table, body in tables.items() if body)
-
-
-def existing_chains(saved: str, n: Names) -> Existing:
-    """Our jumps and chains in an iptables-save listing, as left by us or by an earlier
-    run that was killed before it could clean up."""
-    sections = _sections(saved)
-    found = {}
-    for table, (chains, jumps) in n.tables.items():
-        lines = sections.get(table, [])
-        declared = {line[1:].split()[0] for line in lines if line.startswith(":")}
-        found[table] = ({jump: lines.count(jump) for jump in jumps}, declared & set(chains))
-    return found
-
-
-def raw_shape(lines: list[str], n: Names) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """What of ours a raw table holds, in few numbers: how often each jump is there and
-    how many rules each of our chains has (-1: the chain is missing). `lines`: the raw
-    table as iptables-save prints it, or the body of our transactions, whose inserts
-    (``-I X 1``) iptables-save prints as appends."""
-    chains, jumps = n.tables["raw"]
-    body = [line.replace(" 1 ", " ", 1).replace("-I ", "-A ", 1) if line.startswith("-I ")
-            else line for line in lines]
-    declared = {line[1:].split()[0] for line in body if line.startswith(":")}
-    counts = {chain: 0 if chain in declared else -1 for chain in chains}
-    for line in body:
-        if line.startswith("-A "):
-            chain = line.split(maxsplit=2)[1]
-            if chain in counts:
-                counts[chain] += 1
-    return (tuple(body.count(jump) for jump in jumps), tuple(counts[c] for c in chains))
-
-
-def _sections(saved: str) -> dict[str, list[str]]:
-    """iptables-save output by table."""
-    tables: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in saved.splitlines():
-        line = line.strip()
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:], [])
-        else:
-            current.append(line)
-    return tables
-
-
-def raw_lines(saved: str) -> list[str]:
-    """The raw table's lines of an iptables-save listing."""
-    return _sections(saved).get("raw", [])
-
-
-def packet_counts(saved: str, n: Names) -> dict[str, int]:
-    """The counter rules' packet counts (Names.counters) in an ``iptables-save -c``
-    listing."""
-    return {name: sum(int(count) for count in pattern.findall(saved))
-            for name, pattern in n.counters.items()}

@@ -33,7 +33,7 @@ def stray_rules(rules: RuleSet, n: Names) -> list[str]:
             continue
         match = ("--tcp-flags SYN,ACK SYN,ACK" if port == ALL_PORTS
                  else f"--sport {port}")
-        out.append(f"-A {n.reply} -s {format_ip(addr)}/32 -p {proto} -m {proto} {match} "
+        out.append(f"-A {n.reply} -s {n.host(addr)} -p {proto} -m {proto} {match} "
                    "-m conntrack --ctstate INVALID,NEW -j DROP")
     return out
 
@@ -59,7 +59,7 @@ def nat_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names) -> li
         if service == DISPATCH_PORT:
             continue
         proto, port = proto_port(service)
-        to = format_ip(addr) if port == ALL_PORTS else f"{format_ip(addr)}:{port}"
+        to = n.to(addr, port)
         out.append(f"-A {n.chain} -p {proto} -m mark --mark 0x{marks[(addr, service)]:x}"
                    f"/0x{MARK_MASK:x} -j DNAT --to-destination {to}")
     return out
@@ -70,5 +70,5 @@ def static_rules(rules: RuleSet, n: Names) -> list[str]:
     other) gets the VIP as its source; conntrack translates the rest and the replies.
     The replies of the real to clients never reach it: the engine's are untracked, the
     kernel's belong to connections conntrack already knows (docs/design.rst, "Static")."""
-    return [f"-A {n.static} -s {format_ip(real)}/32 -j SNAT --to-source {format_ip(vip)}"
+    return [f"-A {n.static} -s {n.host(real)} -j SNAT --to-source {format_ip(vip)}"
             for real, vip in rules.statics]

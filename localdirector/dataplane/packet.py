@@ -1,10 +1,13 @@
-"""IPv4/TCP/ICMP-error parsing and in-place address translation for the NFQUEUE hot path
-(UDP's own parsing: datagram.py).
+"""IPv4/TCP parsing and in-place address translation of either family for the NFQUEUE
+hot path (UDP's own parsing: datagram.py; IPv6's headers: ipv6.py; ICMP errors: icmp.py).
 
 Plain functions over the payload ``bytearray`` (or a writable ``memoryview`` of it) on
 precompiled :mod:`struct` objects, returning ints or one small tuple, never a packet
 object: every queued packet passes through :func:`parse_tcp`, most through
-:func:`rewrite`. Addresses are host-order ints (0xC000020A is 192.0.2.10).
+:func:`rewrite`. Addresses are host-order ints (0xC000020A is 192.0.2.10; an IPv6 one
+carries model.addr.V6 above its 128 bits). The functions that serve both families
+(rewrite, the checksums, reset_reply) tell them apart by the version nibble where IPv4
+without options cannot be, so that case computes nothing new.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ FRAGMENT = 5         # non-first fragment: no transport header to look up
 NOT_TCP = 6          # transport protocol is not TCP
 BAD_TCP_OFFSET = 7   # TCP data offset below 5 words or past the IP total length
 NOT_ICMP_ERROR = 8   # not an ICMP error message that quotes a packet
+# IPv6's (ipv6.py; docs/design.rst, "IPv6"): counted with the rest.
+EXT_HEADER = 9       # ESP, AH, no next header, a hop-by-hop header not first, ...
+ROUTING_HEADER = 10  # a routing header with segments left: not for us to follow
+EXT_CHAIN = 11       # more extension headers than EXT_MAX
+HOP_LIMIT = 12       # hop limit 0 or 1: it would expire here, quoting a translated packet
 REASON_NAMES = (
     "ok",
     "truncated",
@@ -32,6 +40,10 @@ REASON_NAMES = (
     "not-tcp",
     "bad-tcp-offset",
     "not-icmp-error",
+    "ext-header",
+    "routing-header",
+    "ext-chain",
+    "hop-limit",
 )
 
 # TCP flag bits as found in byte 13 of the TCP header.
@@ -47,14 +59,19 @@ CWR = 0x80
 PROTO_ICMP = 1
 PROTO_TCP = 6
 PROTO_UDP = 17
+PROTO_ICMPV6 = 58
 # ICMP messages that quote the offending packet and are worth translating:
 # destination unreachable (incl. code 4, fragmentation needed, for path-MTU
 # discovery), time exceeded, parameter problem.
 ICMP_ERROR_TYPES = frozenset((3, 11, 12))
+# ICMPv6's (RFC 4443): destination unreachable, packet too big (path-MTU discovery,
+# IPv6 routers never fragment), time exceeded, parameter problem. Neighbour discovery
+# and router advertisements (133-137) are informational: never queued, never touched.
+ICMPV6_ERROR_TYPES = frozenset((1, 2, 3, 4))
 
 Buffer = bytearray | memoryview  # a writable view when rewriting
-TcpFields = tuple[int, int, int, int, int, int, int, int, int]
-IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
+# (transport offset, total, src, dst, sport, dport, flags, seq, ack, key width)
+TcpFields = tuple[int, int, int, int, int, int, int, int, int, int]
 
 # Checksum arithmetic (RFC 1071 / RFC 1624). A 16-bit one's-complement sum is addition
 # modulo 0xFFFF, and a checksum field holds the negated sum. So when 16-bit-aligned words
@@ -69,7 +86,6 @@ IcmpErrorFields = tuple[int, int, int, int, int, int, int, int, int]
 # checksum", RFC 768): a computed 0 is sent as 0xFFFF, so a UDP result of 0 is written
 # 0xFFFF; datagrams without a checksum never get here (datagram.py drops them).
 _MOD = 0xFFFF
-_IP_HEAD = struct.Struct("!BxH2xH")        # version/IHL, total length, flags/fragment offset
 _IP_LEN_ADDRS = struct.Struct("!2xH8xII")  # total length, source, destination
 _IP_WHOLE = struct.Struct("!BxH2xHxB2xII")  # the above and the protocol, in one call
 _TCP_HEAD = struct.Struct("!HHIIBB")        # ports, sequence, acknowledgment, offset, flags
@@ -83,11 +99,11 @@ _ADDRS_PORTS_UCSUM = struct.Struct("!HIIHH2xH")   # the same with UDP's checksum
 _PORTS_UCSUM = struct.Struct("!HH2xH")            # UDP ports and checksum
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 _PSEUDO = struct.Struct("!IIxBH")           # TCP pseudo-header
+_QQ = struct.Struct("!QQ")                  # an IPv6 address, in two halves
+_M64 = (1 << 64) - 1
 
 # Bound methods looked up once: the hot path then pays no attribute lookups.
-_unpack_ip_head = _IP_HEAD.unpack_from
 _unpack_len_addrs = _IP_LEN_ADDRS.unpack_from
 _unpack_ip_whole = _IP_WHOLE.unpack_from
 _unpack_tcp_head = _TCP_HEAD.unpack_from
@@ -102,26 +118,16 @@ _unpack_ports_ucsum = _PORTS_UCSUM.unpack_from
 _pack_addrs_ports = _ADDRS_PORTS.pack_into
 _unpack_u16 = _U16.unpack_from
 _pack_u16 = _U16.pack_into
-_unpack_u32 = _U32.unpack_from
-_pack_u32 = _U32.pack_into
+_unpack_qq = _QQ.unpack_from
+_pack_qq = _QQ.pack_into
 
 
-def _ipv4_header(buf: Buffer, off: int, n: int) -> int:
-    """Validate the IPv4 header at ``off``; return its length in bytes, or a reason.
-
-    Shared by the TCP path and both headers of an ICMP error so the rules are
-    stated once. A header is at least 20 bytes, so every value below 20 is a
-    drop reason, never a length; callers test ``< 20``.
-    """
-    if n < off + 20:
-        return TRUNCATED
-    vihl, total, frag = _unpack_ip_head(buf, off)
-    return _ipv4_check(vihl, total, frag, off, n)
-
-
-def _ipv4_check(vihl: int, total: int, frag: int, off: int, n: int) -> int:
-    """The rules of `_ipv4_header` over fields already unpacked (parse_tcp unpacks the
-    whole header at once: one struct call fewer per packet)."""
+def ipv4_check(vihl: int, total: int, frag: int, off: int, n: int) -> int:
+    """Validate the IPv4 header at ``off`` from its fields; return its length in bytes,
+    or a reason. Shared by the TCP path and both headers of an ICMP error (icmp.py) so
+    the rules are stated once; parse_tcp unpacks the whole header at once, one struct
+    call fewer per packet. A header is at least 20 bytes, so every value below 20 is a
+    drop reason, never a length; callers test ``< 20``."""
     if vihl >> 4 != 4:
         return BAD_VERSION
     ihl = (vihl & 0x0F) << 2
@@ -138,7 +144,8 @@ def _ipv4_check(vihl: int, total: int, frag: int, off: int, n: int) -> int:
 
 def parse_tcp(buf: Buffer) -> TcpFields | int:
     """Parse an IPv4/TCP packet: ``(ihl, total, src, dst, sport, dport, flags, seq,
-    ack)`` or a drop reason.
+    ack, 32)`` or a drop reason (``bad-version`` for IPv6: ipv6.parse_tcp6 reads it,
+    with the same fields; 32 is the flow key's width for IPv4, model/connection.py).
 
     ``ihl`` is the IP header length in bytes (where TCP starts), to hand to
     :func:`rewrite`; ``total`` the IP total length (what byte counters count); ``seq``
@@ -159,26 +166,36 @@ def parse_tcp(buf: Buffer) -> TcpFields | int:
         end = 20 + ((offset >> 4) << 2)
         if vihl == 0x45 and proto == PROTO_TCP and not frag & 0x1FFF \
                 and 40 <= end <= total and end <= n:
-            return 20, total, src, dst, sport, dport, flags, seq, ack
+            return 20, total, src, dst, sport, dport, flags, seq, ack, 32
     elif n < 20:
         return TRUNCATED
     vihl, total, frag, proto, src, dst = _unpack_ip_whole(buf, 0)
-    ihl = _ipv4_check(vihl, total, frag, 0, n)
+    ihl = ipv4_check(vihl, total, frag, 0, n)
     if ihl < 20:
         return ihl
     if proto != PROTO_TCP:
         return NOT_TCP
-    if total < ihl + 20:
+    found = tcp_fields(buf, ihl, total)
+    if type(found) is int:
+        return found
+    return (ihl, total, src, dst, *found, 32)
+
+
+def tcp_fields(buf: Buffer, off: int, total: int) -> tuple[int, int, int, int, int] | int:
+    """``(sport, dport, flags, seq, ack)`` of the TCP header at ``off``, checked against
+    the packet's ``total`` length and the buffer, or a reason: the general way of both
+    families' parsers (ipv6.py)."""
+    if total < off + 20:
         return BAD_LENGTH
-    if n < ihl + 20:
+    if len(buf) < off + 20:
         return TRUNCATED
-    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
-    end = ihl + ((offset >> 4) << 2)
-    if end < ihl + 20 or end > total:
+    sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, off)
+    end = off + ((offset >> 4) << 2)
+    if end < off + 20 or end > total:
         return BAD_TCP_OFFSET
-    if end > n:
+    if end > len(buf):
         return TRUNCATED
-    return ihl, total, src, dst, sport, dport, flags, seq, ack
+    return sport, dport, flags, seq, ack
 
 
 def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool,
@@ -193,15 +210,22 @@ def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool
     as a literal rather than through a wrapper per direction (a Python call per
     packet is a tenth of a microsecond). Without IP options (nearly every packet) the
     addresses and ports are adjacent: one struct call reads them, one writes them.
+    IPv6 (``ihl``: where its transport header starts, never 20) goes to `_rewrite6`.
     """
     if udp:
         if ihl == 20:
             ip_csum, src, dst, sport, dport, tcp_csum = _unpack_addrs_ports_ucsum(buf, 10)
+        elif buf[0] >> 4 == 6:
+            _rewrite6(buf, ihl, new_ip, new_port, destination, ihl + 6)
+            return
         else:
             ip_csum, src, dst = _unpack_csum_addrs(buf, 10)
             sport, dport, tcp_csum = _unpack_ports_ucsum(buf, ihl)
     elif ihl == 20:
         ip_csum, src, dst, sport, dport, tcp_csum = _unpack_addrs_ports_csum(buf, 10)
+    elif buf[0] >> 4 == 6:
+        _rewrite6(buf, ihl, new_ip, new_port, destination, 0)
+        return
     else:
         ip_csum, src, dst = _unpack_csum_addrs(buf, 10)
         sport, dport, tcp_csum = _unpack_ports_csum(buf, ihl)
@@ -226,115 +250,44 @@ def rewrite(buf: Buffer, ihl: int, new_ip: int, new_port: int, destination: bool
         _pack_u16(buf, ihl + 16, (tcp_csum - delta - port_delta) % _MOD)
 
 
-def parse_icmp_error(buf: Buffer) -> IcmpErrorFields | int:
-    """Parse an ICMP error quoting a TCP or UDP packet, or return a drop reason.
+def _rewrite6(buf: Buffer, off: int, new_ip: int, new_port: int, destination: bool,
+              udp_csum: int) -> None:
+    """`rewrite` for IPv6: no header checksum; the transport checksum covers the
+    addresses through the IPv6 pseudo-header. A 128-bit address is two 64-bit halves,
+    and 2**64 = 1 (mod 0xFFFF), so its words sum to the halves' sum; the tag of
+    `new_ip` (bit 128) is masked off with the upper half's bit 64. `udp_csum`: where a
+    UDP checksum is (its 0 written 0xFFFF, as for IPv4; ipv6.py drops a 0), or 0 for
+    TCP's."""
+    at = 24 if destination else 8
+    old_hi, old_lo = _unpack_qq(buf, at)
+    new_hi = (new_ip >> 64) & _M64
+    new_lo = new_ip & _M64
+    _pack_qq(buf, at, new_hi, new_lo)
+    port_at = off + 2 if destination else off
+    (old_port,) = _unpack_u16(buf, port_at)
+    _pack_u16(buf, port_at, new_port)
+    delta = new_hi + new_lo - old_hi - old_lo + new_port - old_port
+    csum_at = udp_csum or off + 16
+    (csum,) = _unpack_u16(buf, csum_at)
+    csum = (csum - delta) % _MOD
+    _pack_u16(buf, csum_at, csum or 0xFFFF if udp_csum else csum)
 
-    Returns ``(ihl, outer_src, outer_dst, inner_offset, inner_ihl, inner_src,
-    inner_dst, inner_sport, inner_dport)``; the quoted protocol is at
-    ``buf[inner_offset + 9]``. The quoted packet is the one that
-    provoked the error, so its addresses run opposite to the error's own: to
-    find the connection, look the inner packet up as if it were in flight.
-    RFC 792 guarantees only the inner IP header and 8 bytes of TCP; those are
-    required, anything more is optional.
-    """
-    n = len(buf)
-    ihl = _ipv4_header(buf, 0, n)
-    if ihl < 20:
-        return ihl
-    if buf[9] != PROTO_ICMP:
-        return NOT_ICMP_ERROR
-    if n <= ihl:
-        return TRUNCATED
-    if buf[ihl] not in ICMP_ERROR_TYPES:
-        return NOT_ICMP_ERROR
+
+def ip_total(buf: Buffer) -> int:
+    """The packet's length as its IP header says (IPv6: 40 + payload length)."""
+    if buf[0] >> 4 == 6:
+        return 40 + ((buf[4] << 8) | buf[5])
+    return (buf[2] << 8) | buf[3]
+
+
+def _pseudo_sum(buf: Buffer) -> tuple[int, int]:
+    """(total length, sum of the pseudo-header's addresses) of either family: an
+    address's words sum, modulo 0xFFFF, to its value, and both IPv6 ones, side by side
+    at 8, to the value of those 32 bytes."""
+    if buf[0] >> 4 == 6:
+        return 40 + ((buf[4] << 8) | buf[5]), int.from_bytes(buf[8:40], "big")
     total, src, dst = _unpack_len_addrs(buf, 0)
-    inner = ihl + 8
-    # A message too short to quote an IP header and 8 bytes of TCP is malformed;
-    # one that says it is long enough but is not all in buf was cut short.
-    if total < inner + 20 + 8:
-        return BAD_LENGTH
-    inner_ihl = _ipv4_header(buf, inner, n)
-    if inner_ihl < 20:
-        return inner_ihl
-    if buf[inner + 9] != PROTO_TCP and buf[inner + 9] != PROTO_UDP:
-        return NOT_TCP
-    if total < inner + inner_ihl + 8:
-        return BAD_LENGTH
-    if n < inner + inner_ihl + 8:
-        return TRUNCATED
-    _, inner_src, inner_dst = _unpack_len_addrs(buf, inner)
-    inner_sport, inner_dport = _PORTS.unpack_from(buf, inner + inner_ihl)
-    return (ihl, src, dst, inner, inner_ihl, inner_src, inner_dst, inner_sport, inner_dport)
-
-
-def _set_address(buf: Buffer, header: int, field: int, new_ip: int) -> int:
-    """Set the address at ``header + field`` and fix that header's checksum; return the change."""
-    (old,) = _unpack_u32(buf, header + field)
-    delta = new_ip - old
-    _pack_u32(buf, header + field, new_ip)
-    (csum,) = _unpack_u16(buf, header + 10)
-    _pack_u16(buf, header + 10, (csum - delta) % _MOD)
-    return delta
-
-
-def _set_port(buf: Buffer, tcp: int, field: int, new_port: int) -> int:
-    """Set the port at ``tcp + field``; return the change."""
-    (old,) = _unpack_u16(buf, tcp + field)
-    _pack_u16(buf, tcp + field, new_port)
-    return new_port - old
-
-
-def rewrite_icmp(
-    buf: Buffer,
-    ihl: int,
-    *,
-    outer_src: int | None = None,
-    outer_dst: int | None = None,
-    inner_src: tuple[int, int] | None = None,
-    inner_dst: tuple[int, int] | None = None,
-) -> None:
-    """Translate an ICMP error parsed by :func:`parse_icmp_error`, in place.
-
-    Each given endpoint replaces the current one; ``None`` leaves it alone.
-    Typical uses: an error from a real about a packet it received is shown to
-    the client with ``outer_src=vip, inner_dst=(vip, vport)``; an error from
-    the client side about a reply the director sent is passed to the real with
-    ``outer_dst=real, inner_src=(real, rport)``.
-
-    Updated: the outer IP checksum, the quoted IP header's checksum, the
-    quoted TCP checksum when wholly quoted (incrementally, like Linux NAT: the
-    quoted segment is usually cut short and cannot be summed) or the quoted UDP
-    checksum (always within the 8 bytes quoted; a 0, "none", stays 0), and the ICMP
-    checksum, which covers the quoted bytes. ``buf`` must not extend past the
-    IP total length, which queued payloads never do.
-    """
-    if outer_src is not None:
-        _set_address(buf, 0, 12, outer_src)
-    if outer_dst is not None:
-        _set_address(buf, 0, 16, outer_dst)
-    inner = ihl + 8
-    tcp = inner + ((buf[inner] & 0x0F) << 2)
-    udp = buf[inner + 9] == PROTO_UDP
-    csum_at = tcp + (6 if udp else 16)
-    quotes_tcp_csum = len(buf) >= csum_at + 2
-    # Every byte this function may change in the ICMP message lies in
-    # [inner, end), which starts on an even offset of the message; the
-    # difference of its sums before and after is what the ICMP checksum owes.
-    end = csum_at + 2 if quotes_tcp_csum else tcp + 4
-    before = int.from_bytes(buf[inner:end], "big")
-    delta = 0
-    if inner_src is not None:
-        delta += _set_address(buf, inner, 12, inner_src[0]) + _set_port(buf, tcp, 0, inner_src[1])
-    if inner_dst is not None:
-        delta += _set_address(buf, inner, 16, inner_dst[0]) + _set_port(buf, tcp, 2, inner_dst[1])
-    if quotes_tcp_csum:
-        (tcp_csum,) = _unpack_u16(buf, csum_at)
-        if tcp_csum or not udp:   # a UDP 0 says "no checksum": it stays 0
-            new = (tcp_csum - delta) % _MOD
-            _pack_u16(buf, csum_at, 0xFFFF if udp and not new else new)
-    changed = int.from_bytes(buf[inner:end], "big") - before
-    (icmp_csum,) = _unpack_u16(buf, ihl + 2)
-    _pack_u16(buf, ihl + 2, (icmp_csum - changed) % _MOD)
+    return total, src + dst
 
 
 def tcp_checksum_valid(buf: Buffer, ihl: int, proto: int = PROTO_TCP) -> bool:
@@ -348,15 +301,23 @@ def tcp_checksum_valid(buf: Buffer, ihl: int, proto: int = PROTO_TCP) -> bool:
     summed and is given the benefit of the doubt.
     The one's-complement sum of a correct segment, checksum field included, is
     0xFFFF, i.e. 0 modulo 0xFFFF; the pseudo-header makes an all-zero sum impossible.
+    Either family (``ihl``: where the transport header starts; an IPv6 packet that
+    reaches here is never a fragment, ipv6.py).
     """
-    total, src, dst = _unpack_len_addrs(buf, 0)
-    if total > len(buf) or buf[6] & 0x20:  # more fragments follow
+    if buf[0] >> 4 == 6:
+        total, addresses = _pseudo_sum(buf)
+    else:   # written out: IPv4's SYNs pay no call
+        total, src, dst = _unpack_len_addrs(buf, 0)
+        if buf[6] & 0x20:   # more fragments follow
+            return True
+        addresses = src + dst
+    if total > len(buf):
         return True
     length = total - ihl
     value = int.from_bytes(buf[ihl:total], "big")
     if length & 1:
         value <<= 8
-    return (value + src + dst + proto + length) % _MOD == 0
+    return (value + addresses + proto + length) % _MOD == 0
 
 
 def complete_checksum(buf: Buffer) -> None:
@@ -368,11 +329,14 @@ def complete_checksum(buf: Buffer) -> None:
     taken as is (CHECKSUM_NONE), so whoever changes it must finish the sum first, and
     the RFC 1624 updates of :func:`rewrite` then keep it right. Whole packets only (one
     cut short by the copy range is left alone); a UDP sum of 0 is written 0xFFFF; other
-    protocols: nothing to do.
+    protocols: nothing to do. IPv6: the transport header right after the fixed one (a
+    local stack puts no extension header before TCP or UDP), which the pseudo-header's
+    sum is already in, as for IPv4.
     """
-    ihl = (buf[0] & 0x0F) << 2
-    total = buf[2] << 8 | buf[3]
-    proto = buf[9]
+    if buf[0] >> 4 == 6:
+        ihl, total, proto = 40, 40 + ((buf[4] << 8) | buf[5]), buf[6]
+    else:
+        ihl, total, proto = (buf[0] & 0x0F) << 2, buf[2] << 8 | buf[3], buf[9]
     at = ihl + 16 if proto == PROTO_TCP else ihl + 6 if proto == PROTO_UDP else 0
     if not at or total > len(buf) or total < at + 2:
         return
@@ -385,6 +349,8 @@ def complete_checksum(buf: Buffer) -> None:
 
 _RESET = struct.Struct("!BBHHHBBHIIHHIIBBHHH")  # IPv4 header without options, TCP header
 RESET_LENGTH = _RESET.size
+_RESET6 = struct.Struct("!IHBB16s16sHHIIBBHHH")     # IPv6 header, TCP header
+RESET6_LENGTH = _RESET6.size
 
 
 def reset_reply(buf: Buffer, ihl: int) -> None:
@@ -397,11 +363,11 @@ def reset_reply(buf: Buffer, ihl: int) -> None:
     data it carried), with the addresses and ports swapped, so it goes back to the
     client from the address the client asked for. IP options and TCP options are
     dropped and both checksums computed in full: this path is for refusals, not for
-    throughput. A ``bytearray`` shrinks to 40 bytes (a TCP segment is never shorter);
-    a view cannot, so its packet ends where its IP total length says (the worker hands
-    back only that much).
+    throughput. A ``bytearray`` shrinks to 40 bytes (IPv6: 60, extension headers
+    dropped too; a TCP segment is never shorter); a view cannot, so its packet ends
+    where its IP total (payload) length says (the worker hands back only that much).
     """
-    total, src, dst = _unpack_len_addrs(buf, 0)
+    total, addresses = _pseudo_sum(buf)
     sport, dport, seq, ack, offset, flags = _unpack_tcp_head(buf, ihl)
     if flags & ACK:
         seq, ack, reply = ack, 0, RST
@@ -409,12 +375,23 @@ def reset_reply(buf: Buffer, ihl: int) -> None:
         # Its data, plus one each for a SYN and a FIN.
         segment = total - ihl - ((offset >> 4) << 2) + (flags & SYN) // SYN + (flags & FIN)
         seq, ack, reply = 0, (seq + segment) & 0xFFFFFFFF, RST | ACK
-    _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst, src,
-                     dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
+    if buf[0] >> 4 == 6:
+        # No header checksum; the pseudo-header's addresses sum alike either way round.
+        src, dst = bytes(buf[8:24]), bytes(buf[24:40])
+        _RESET6.pack_into(buf, 0, 0x60000000, 20, PROTO_TCP, 64, dst, src,
+                          dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
+        length = RESET6_LENGTH
+    else:
+        _, src, dst = _unpack_len_addrs(buf, 0)
+        _RESET.pack_into(buf, 0, 0x45, 0, RESET_LENGTH, 0, 0x4000, 64, PROTO_TCP, 0, dst,
+                         src, dport, sport, seq, ack, 5 << 4, reply, 0, 0, 0)
+        _pack_u16(buf, 10, checksum(buf[:20]))
+        length = RESET_LENGTH
     if type(buf) is bytearray:
-        del buf[RESET_LENGTH:]
-    _pack_u16(buf, 10, checksum(buf[:20]))
-    _pack_u16(buf, 36, checksum(_PSEUDO.pack(dst, src, PROTO_TCP, 20) + buf[20:RESET_LENGTH]))
+        del buf[length:]
+    tcp = length - 20
+    value = int.from_bytes(buf[tcp:length], "big") + addresses + PROTO_TCP + 20
+    _pack_u16(buf, tcp + 16, -value % _MOD)
 
 
 def checksum(data: bytes | Buffer) -> int:

@@ -21,12 +21,13 @@ from ..model.connection import Connection
 from ..model.director import Director
 from .conntrack import Conntrack, NoKernel
 from .engine import Engine
-from .host import forwarding_problems, read_ip_errors, read_queue_counters, route_problems
+from .host import (forwarding_problems, ipv6_problems, read_ip_errors, read_queue_counters,
+                   route_problems)
 from .iptables import Runner, run_iptables
 from .kerneltable import KernelTable
 from .ruleset import RulesError
 from .rulesync import RuleSync
-from .transactions import RuleManager
+from .transactions import DualStack
 from .worker import DEFAULT_MAX_LEN, QueueWorker
 
 log = logging.getLogger("localdirector")
@@ -48,8 +49,8 @@ class DataPlane:
         self._engine = Engine(director, clock)
         self._worker = QueueWorker(queue_num, self._engine, max_len=max_len, clock=clock,
                                    fastpath=True)
-        self._rules = RuleManager(queue_num, iptables, on_marks=self._set_marks,
-                                  bypass=bypass)
+        self._rules = DualStack(queue_num, iptables, on_marks=self._set_marks,
+                                bypass=bypass)
         self._kernel = KernelTable(queue_num)   # the kernel-decided fast path's nft table
         self._sync: RuleSync | None = None
         self._started_at = 0.0
@@ -70,7 +71,7 @@ class DataPlane:
     def _start(self) -> None:
         with self._director.lock:
             vips = {v.addr for v in self._director.iter_virtuals()}
-        for problem in forwarding_problems() + route_problems(vips):
+        for problem in forwarding_problems() + ipv6_problems(vips) + route_problems(vips):
             log.warning("data plane: %s", problem)
         try:
             self._engine.kernel = Conntrack()

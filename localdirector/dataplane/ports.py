@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from ..model.connection import UDP_KEY, Connection
+from ..model.addr import V6
+from ..model.connection import UDP_KEY, Connection, udp_key
 from .stats import Stats
 
 TIME_WAIT = 60.0         # how long a closed tuple toward a real is avoided (Linux's value)
@@ -56,10 +57,15 @@ class ClientPorts:
                client_ip: int, port: int, udp: bool = False) -> int:
         """The client port to use toward the real: the client's own unless that tuple is
         live (in `reply`) or closed less than TIME_WAIT ago. `udp`: a UDP flow's tuple
-        (its keys carry connection.UDP_KEY)."""
-        base = (real_ip << 64) | (real_port << 48) | (client_ip << 16)   # flow_key, inlined
-        if udp:
-            base |= UDP_KEY
+        (its keys carry connection.udp_key)."""
+        if real_ip < V6:   # flow_key, inlined: IPv4's layout written out
+            base = (real_ip << 64) | (real_port << 48) | (client_ip << 16)
+            if udp:
+                base |= UDP_KEY
+        else:
+            base = ((((real_ip << 16) | real_port) << 129) | client_ip) << 16
+            if udp:
+                base |= udp_key(129)
         key = base | port
         recent = self._recent
         if key not in reply and key not in recent:

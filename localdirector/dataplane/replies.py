@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..model.connection import WIDTHS, key_width
 from ..model.serverid import ALL_PORTS
 from .packet import ACK, RST, SYN, Buffer, reset_reply
 from .ruleset import translated_reals
@@ -43,8 +44,9 @@ class RealReplies:
     # Recomputed by _refresh_model before any packet or close reads them.
     _vip_addrs: frozenset[int] = frozenset()
     _servers: frozenset[VirtualMachine | PhysicalMachine] = frozenset()
-    # The part of a reply's flow key above the client (key >> 48) that a translated
-    # real's serving port has: address << 16 | port, with UDP_KEY >> 48 for udp.
+    # The part of a reply's flow key above the client (key >> (W + 16), W the family's
+    # key width) that a translated real's serving port has: address << 16 | port, with
+    # the UDP bit (connection.udp_key) shifted alike for udp.
     _bound: frozenset[int] = frozenset()
     _bound_any: frozenset[int] = frozenset()   # addresses translated on every TCP port
 
@@ -69,7 +71,7 @@ class RealReplies:
             if port == ALL_PORTS:
                 bound_any.add(addr)
             elif port & 0xFFFF:   # a UDP real on every port: its own queries pass (udp.py)
-                bound.add((port >> 16) << 48 | addr << 16 | port & 0xFFFF)
+                bound.add((port >> 16) << (key_width(addr) + 16) | addr << 16 | port & 0xFFFF)
         self._bound, self._bound_any = frozenset(bound), frozenset(bound_any)
         self._vip_generation = director.generation
 
@@ -80,8 +82,9 @@ class RealReplies:
         RST). A real bound on every port (port-0 virtual and real) also opens
         connections of its own from any port, which cannot be told from replies after
         their SYN, so only its SYN-ACKs are dropped there."""
-        if (key >> 48) not in self._bound and \
-                (flags & _SYN_ACK != _SYN_ACK or (key >> 64) not in self._bound_any):
+        width = WIDTHS[buf[0] >> 4 == 6]
+        if (key >> (width + 16)) not in self._bound and \
+                (flags & _SYN_ACK != _SYN_ACK or (key >> (width + 32)) not in self._bound_any):
             return self._unchanged()
         if flags & RST or not flags & ACK or self._resets_left <= 0:
             return self._drop(UNKNOWN_REPLY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ..model.addr import Family, family_of
 from ..model.director import Director
 from ..model.fastpath import fast_targets, reachable_reals
 from ..model.serverid import ALL_PORTS, UDP_SERVICE
@@ -103,6 +104,16 @@ def desired_rules(director: Director) -> RuleSet:
                    tuple(sorted(stray)), tuple(sorted(forwarded)),
                    tuple((real, vip) for real, vip in sorted(director.settings.statics.items())
                          if conflict(director, real, vip) is None))
+
+
+def for_family(rules: RuleSet, family: Family) -> RuleSet:
+    """The part of `rules` of one address family: iptables renders IPv4's, ip6tables
+    IPv6's (transactions.py)."""
+    def ours(entries: tuple) -> tuple:   # each entry an address, or a tuple led by one
+        return tuple(e for e in entries if family_of(e if type(e) is int else e[0]) is family)
+    return RuleSet(ours(rules.vips), ours(rules.reals), ours(rules.guards),
+                   ours(rules.fastpath), ours(rules.targets), ours(rules.kernel),
+                   ours(rules.stray), ours(rules.forwarded), ours(rules.statics))
 
 
 def tracked_reals(director: Director) -> set[tuple[int, int]]:

@@ -18,7 +18,7 @@ from ..model.director import Director
 from .kerneltable import KernelTable
 from .nftables import desired_kernel
 from .ruleset import RulesError, desired_rules
-from .transactions import RuleManager
+from .transactions import DualStack, RuleManager
 
 log = logging.getLogger("localdirector")
 
@@ -33,7 +33,7 @@ VERIFY_SECONDS = 2.0
 class RuleSync(threading.Thread):
     """Follows one Director (another one after `reload`, see adopt) into a RuleManager."""
 
-    def __init__(self, director: Director, manager: RuleManager,
+    def __init__(self, director: Director, manager: RuleManager | DualStack,
                  kernel: KernelTable | None = None) -> None:
         super().__init__(name=f"rules-q{manager.queue_num}", daemon=True)
         self.director = director

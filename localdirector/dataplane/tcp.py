@@ -20,7 +20,7 @@ from ..model.connection import (
     Connection,
 )
 from ..model.serverid import UDP_SERVICE
-from .packet import ACK, FIN, RST, SYN, Buffer, reset_reply, tcp_checksum_valid
+from .packet import ACK, FIN, RST, SYN, Buffer, ip_total, reset_reply, tcp_checksum_valid
 from .stats import (
     BAD_CHECKSUM,
     BAD_FLAGS,
@@ -125,7 +125,7 @@ class TcpState:
             # The client reuses its port while the old connection lingers: that one
             # is over, and this SYN opens a new connection.
             self._close(conn, now)
-            return self._open(buf, ihl, (buf[2] << 8) | buf[3], conn.foreign_ip,
+            return self._open(buf, ihl, ip_total(buf), conn.foreign_ip,
                               conn.virtual_ip, conn.foreign_port, conn.virtual_port,
                               conn.in_key, now)
         if conn.moved:

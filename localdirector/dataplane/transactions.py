@@ -14,23 +14,27 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from .iptables import (Existing, Runner, existing_chains, install_tables, known_set,
-                       match_chains, names, packet_counts, raw_lines, raw_shape,
+from .iptables import (Runner, install_tables, known_set, match_chains, names,
                        removal_tables, restore_text, run_iptables)
-from .ruleset import MarkMap, RuleSet, RulesError
+from .saved import Existing, existing_chains, packet_counts, raw_lines, raw_shape
+from ..model.addr import IPV4, IPV6, Family
+from .ruleset import MarkMap, RuleSet, RulesError, for_family
 
 log = logging.getLogger("localdirector")
 
 
 class RuleManager:
-    """Owns our chains in the current network namespace's raw, mangle and nat tables,
-    and the fast path's mark map (`on_marks` hears of every map that was installed)."""
+    """Owns our chains in the current network namespace's raw, mangle and nat tables of
+    one family (iptables', or ip6tables' for IPV6: the part of each RuleSet of that
+    family), and the fast path's mark map (`on_marks` hears of every map that was
+    installed)."""
 
     def __init__(self, queue_num: int, runner: Runner = run_iptables,
                  on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None,
-                 bypass: bool = True) -> None:
+                 bypass: bool = True, family: Family = IPV4) -> None:
         self.queue_num = queue_num
-        self.names = names(queue_num, bypass)
+        self.family = family
+        self.names = names(queue_num, bypass, family)
         self._run = runner
         self._on_marks = on_marks
         self.applied: RuleSet | None = None
@@ -47,11 +51,22 @@ class RuleManager:
         """One iptables-restore run over the tables that have something to do."""
         text = restore_text(tables)
         if text:
-            self._run(["iptables-restore", "--noflush"], text)
+            self._run([f"{self.names.tool}-restore", "--noflush"], text)
             self.transactions += 1
 
     def _existing(self) -> Existing:
-        return existing_chains(self._run(["iptables-save"], ""), self.names)
+        return existing_chains(self._run([f"{self.names.tool}-save"], ""), self.names)
+
+    def _ours(self, rules: RuleSet) -> RuleSet:
+        """This family's part of `rules`. IPv6 has the engine's path only so far: a
+        fast-path or kernel-decided IPv6 virtual is refused with the reason (the whole
+        transaction fails, the rules stay as they were)."""
+        rules = for_family(rules, self.family)
+        if self.family is IPV6 and (rules.fastpath or rules.targets or rules.kernel
+                                    or rules.forwarded):
+            raise RulesError("IPv6 virtuals take the userspace path only for now "
+                             "(no fastpath, kernel or dispatched): issue 26")
+        return rules
 
     def _chains(self, rules: RuleSet
                 ) -> tuple[dict[str, list[str]], dict[tuple[int, int], int]]:
@@ -70,6 +85,7 @@ class RuleManager:
     def install(self, rules: RuleSet) -> None:
         """First transaction: replace whatever a previous run left (every chain is
         redeclared, hence flushed) and end with exactly one of each of our jumps."""
+        rules = self._ours(rules)
         existing = self._existing()
         chains, marks = self._chains(rules)
         tables = install_tables(chains, self.names, existing)
@@ -92,7 +108,7 @@ class RuleManager:
         cleanup changes). One ``iptables-save -t raw``."""
         if self.applied is None:
             return True
-        found = raw_lines(self._run(["iptables-save", "-t", "raw"], ""))
+        found = raw_lines(self._run([f"{self.names.tool}-save", "-t", "raw"], ""))
         return raw_shape(found, self.names) == raw_shape(
             self._fixed_raw + self._tables["raw"], self.names)
 
@@ -108,6 +124,7 @@ class RuleManager:
 
     def update(self, rules: RuleSet) -> bool:
         """Replace the match chains that changed, in one run; False when nothing did."""
+        rules = self._ours(rules)
         if rules == self.applied:
             return False
         chains, marks = self._chains(rules)
@@ -129,10 +146,79 @@ class RuleManager:
         """Packets sent to the queue (from raw and from mangle), fast-path packets
         copied to the engine (NFLOG) and SYNs shed by the kernel guard, since install or
         the last `clear counters`."""
-        found = packet_counts(self._run(["iptables-save", "-c"], ""), self.names)
+        found = packet_counts(self._run([f"{self.names.tool}-save", "-c"], ""), self.names)
         return {name: found[name] - self._bases[name] for name in found}
 
     def clear_counters(self) -> None:
         """`clear counters`: the kernel's counters run on; remember where we started."""
         for name, value in self.counters().items():
             self._bases[name] += value
+
+
+class DualStack:
+    """The rules of both families: one RuleManager for iptables and one for ip6tables
+    (the same nftables backend), each given its family's part of every RuleSet, so the
+    rule sync and the data-plane service see one manager. IPv6's chains are installed
+    with IPv4's; a host whose ip6tables cannot take them runs IPv4 alone (logged) as
+    long as no IPv6 virtual asks for them."""
+
+    def __init__(self, queue_num: int, runner: Runner = run_iptables,
+                 on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None,
+                 bypass: bool = True) -> None:
+        self.queue_num = queue_num
+        self.ipv4 = RuleManager(queue_num, runner, on_marks, bypass)
+        self.ipv6 = RuleManager(queue_num, runner, None, bypass, IPV6)
+        self._managers = [self.ipv4]
+
+    @property
+    def transactions(self) -> int:
+        return sum(m.transactions for m in self._managers)
+
+    @property
+    def repairs(self) -> int:
+        return sum(m.repairs for m in self._managers)
+
+    def _with_ipv6(self, rules: RuleSet) -> None:
+        """Install IPv6's chains unless they are; a failure matters only when `rules`
+        hold IPv6 addresses."""
+        if self.ipv6 in self._managers:
+            return
+        try:
+            self.ipv6.install(rules)
+        except RulesError as exc:
+            if for_family(rules, IPV6) != RuleSet((), ()):
+                raise
+            log.warning("IPv6 rules not installed (IPv6 virtuals will not work): %s", exc)
+            return
+        self._managers.append(self.ipv6)
+
+    def install(self, rules: RuleSet) -> None:
+        self.ipv4.install(rules)
+        try:
+            self._with_ipv6(rules)
+        except BaseException:
+            self.ipv4.remove()
+            raise
+
+    def update(self, rules: RuleSet) -> bool:
+        self._with_ipv6(rules)
+        return any([m.update(rules) for m in self._managers])
+
+    def repair(self) -> bool:
+        return any([m.repair() for m in self._managers])
+
+    def remove(self) -> None:
+        for manager in reversed(self._managers):
+            manager.remove()
+        self._managers = [self.ipv4]
+
+    def counters(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for manager in self._managers:
+            for name, value in manager.counters().items():
+                found[name] = found.get(name, 0) + value
+        return found
+
+    def clear_counters(self) -> None:
+        for manager in self._managers:
+            manager.clear_counters()

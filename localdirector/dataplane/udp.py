@@ -12,7 +12,7 @@ from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from ..model.connection import UDP_KEY, Connection
+from ..model.connection import Connection, UdpFlow
 from .datagram import parse_udp, udp_checksum_valid
 from .stats import BAD_CHECKSUM, STALE_REPLY, UNKNOWN_REPLY, UNREACHABLE_ABSORBED
 
@@ -72,9 +72,10 @@ class UdpFlows:
         fields = parse_udp(buf)
         if type(fields) is int:
             return self._drop(fields)
-        ihl, size, src, dst, sport, dport = fields
+        ihl, size, src, dst, sport, dport, width = fields
         now = self.clock()
-        key = UDP_KEY | (src << 64) | (sport << 48) | (dst << 16) | dport  # flow_key
+        # flow_key with the UDP bit (connection.udp_key), inlined
+        key = ((((src << 16) | sport) << width | dst) << 16) | dport | 1 << (width * 2 + 32)
         conns = self.director.conns
         if self.director.generation != self._vip_generation:
             self._refresh_model()
@@ -91,7 +92,7 @@ class UdpFlows:
                 return self._drop(STALE_REPLY)
             # From a translated real's serving port, of no flow: a reply we cannot
             # translate (replies.py), dropped rather than leaked with the real's address.
-            return self._drop(UNKNOWN_REPLY) if (key >> 48) in self._bound \
+            return self._drop(UNKNOWN_REPLY) if (key >> (width + 16)) in self._bound \
                 else self._unchanged()
         if not udp_checksum_valid(buf, ihl):
             return self._drop(BAD_CHECKSUM)
@@ -182,7 +183,7 @@ class UdpFlows:
     def _refile_flow(self, conn: Connection, previous: VirtualMachine) -> None:
         """A flow moved from instance `previous` to another (a backup took it over);
         a TCP connection is not filed."""
-        if conn.in_key >= UDP_KEY:
+        if type(conn) is UdpFlow:
             self._unfile_flow(conn, previous)
             self._flow_order.setdefault(conn.virtual, {})[conn.in_key] = conn
 
@@ -191,5 +192,5 @@ class UdpFlows:
         flows were carried in from the other unit (replication)."""
         self._flow_order = order = {}
         for key, conn in self.director.conns.inbound.items():
-            if key >= UDP_KEY:
+            if type(conn) is UdpFlow:
                 order.setdefault(conn.virtual, {})[key] = conn

@@ -247,7 +247,7 @@ class QueueWorker:
             queue.drop(packet_id)
             return
         if verdict == ACCEPT_MODIFIED:
-            total = buf[2] << 8 | buf[3]
+            total = buf[2] << 8 | buf[3] if buf[0] < 0x60 else 40 + (buf[4] << 8 | buf[5])
             if total == len(buf):
                 queue.accept(packet_id, payload=buf)
             elif total > len(buf):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .addr import V6
+
 if TYPE_CHECKING:
     from .real import PhysicalMachine
     from .virtual import VirtualMachine
@@ -29,18 +31,36 @@ HALF_OPEN_STATES = frozenset((SYN_SENT, SYN_RCVD))
 # A UDP flow's states, in conntrack's words: the real has not answered yet, or has.
 UNREPLIED = "UNREPLIED"
 REPLIED = "REPLIED"
-# A UDP flow's keys carry this bit above the addresses, so a TCP connection and a UDP
-# flow of one 4-tuple never share a key; a `per-datagram` flow also carries its real
-# above it (UdpFlow), one flow per client tuple and real.
+# Flow keys (docs/design.rst, "Addresses" and "UDP flows"): one int per 5-tuple, laid
+# out by the width W of the family's address ints, 32 for IPv4 and 129 for IPv6 (its
+# tag, bit 128, included): ((src << 16 | sport) << W | dst) << 16 | dport, which for
+# IPv4 is src << 64 | sport << 48 | dst << 16 | dport, as it always was. A UDP flow's
+# keys carry bit 2W + 32 above that (UDP_KEY for IPv4: bit 96), so a TCP connection and
+# a UDP flow of one tuple never share a key; a `per-datagram` flow also carries its real
+# above it (UdpFlow), one flow per client tuple and real. An IPv6 key is at least
+# 2**289 (its source's tag) and an IPv4 one below 2**145, so the families never meet.
+WIDTHS = (32, 129)        # indexed by addr >> 128: the key width of an address's family
 UDP_KEY = 1 << 96
 _TAG_SHIFT = 97
-_ADDR = 0xFFFFFFFF
-KEY_LIMIT = 1 << (_TAG_SHIFT + 48)   # every flow key is below: the tag is 48 bits
+KEY_LIMIT = 1 << (_TAG_SHIFT + 48)   # every IPv4 flow key is below: the tag is 48 bits
+
+
+def key_width(addr: int) -> int:
+    """W of the key layout for an address of this family: 32, or 129 for IPv6."""
+    return WIDTHS[addr >> 128]
+
+
+def udp_key(width: int) -> int:
+    """The bit a UDP flow's keys carry, for key width `width` (UDP_KEY for IPv4)."""
+    return 1 << (2 * width + 32)
 
 
 def flow_key(src: int, sport: int, dst: int, dport: int) -> int:
-    """One int per 4-tuple: hashes faster than a tuple and allocates one object, not five."""
-    return (src << 64) | (sport << 48) | (dst << 16) | dport
+    """One int per 4-tuple: hashes faster than a tuple and allocates one object, not five.
+    Either family (the addresses' own); the packet path inlines it."""
+    if dst < V6:
+        return (src << 64) | (sport << 48) | (dst << 16) | dport
+    return ((((src << 16) | sport) << 129 | dst) << 16) | dport
 
 
 class Connection:
@@ -87,16 +107,21 @@ class Connection:
         self.ack_in = 0
         self.ack_out = 0
         self.fastpath = False
-        # flow_key, inlined: one call fewer for every SYN.
-        self.in_key = (foreign_ip << 64) | (foreign_port << 48) | (virtual_ip << 16) | virtual_port
+        # flow_key, inlined: one call fewer for every SYN (IPv4's layout written out).
+        if virtual_ip < V6:
+            self.in_key = ((foreign_ip << 64) | (foreign_port << 48) | (virtual_ip << 16)
+                           | virtual_port)
+        else:
+            self.in_key = ((((foreign_ip << 16) | foreign_port) << 129 | virtual_ip) << 16
+                           | virtual_port)
 
     @property
     def foreign_ip(self) -> int:
-        return self.in_key >> 64
+        return self.in_key >> (64 if self.virtual_ip < V6 else 161)
 
     @property
     def foreign_port(self) -> int:
-        return (self.in_key >> 48) & 0xFFFF
+        return (self.in_key >> (48 if self.virtual_ip < V6 else 145)) & 0xFFFF
 
     @property
     def nat_port(self) -> int:
@@ -132,10 +157,15 @@ class Connection:
 
     def reply_key(self) -> int:
         """The tuple of the real's replies (recomputed, not stored: 8 bytes a connection;
-        flow_key and the properties inlined, as it runs for every new connection)."""
+        flow_key and the properties inlined, as it runs for every new connection; IPv4's
+        layout written out, so IPv4 computes no width)."""
         key = self.in_key
-        return ((self.real_ip << 64) | (self.real_port << 48) | ((key >> 64) << 16)
-                | (self.remap or (key >> 48) & 0xFFFF))
+        real_ip = self.real_ip
+        if real_ip < V6:
+            return ((real_ip << 64) | (self.real_port << 48) | ((key >> 64) << 16)
+                    | (self.remap or (key >> 48) & 0xFFFF))
+        return ((((((real_ip << 16) | self.real_port) << 129) | key >> 161) << 16)
+                | (self.remap or (key >> 145) & 0xFFFF))
 
 
 class UdpFlow(Connection):
@@ -154,24 +184,28 @@ class UdpFlow(Connection):
                          now)
         self.tcp_state = UNREPLIED
         self.syn_resends = 1   # the datagram that opens it, unanswered so far
-        self.in_key |= UDP_KEY
+        self.in_key |= udp_key(WIDTHS[virtual_ip >> 128])
         if virtual.per_datagram:
             self.in_key |= real_tag(real.addr, self.real_port)
 
     @property
     def foreign_ip(self) -> int:
-        return (self.in_key >> 64) & _ADDR
+        width = WIDTHS[self.virtual_ip >> 128]
+        return (self.in_key >> (width + 32)) & ((1 << width) - 1)
 
     def reply_key(self) -> int:
         key = self.in_key
-        return (UDP_KEY | (self.real_ip << 64) | (self.real_port << 48)
-                | (((key >> 64) & _ADDR) << 16) | (self.remap or (key >> 48) & 0xFFFF))
+        width = WIDTHS[self.real_ip >> 128]
+        client = (key >> (width + 32)) & ((1 << width) - 1)
+        return udp_key(width) | (((((self.real_ip << 16) | self.real_port) << width
+                                   | client) << 16)
+                                 | (self.remap or (key >> (width + 16)) & 0xFFFF))
 
 
 def real_tag(real_ip: int, real_port: int) -> int:
-    """What a per-datagram flow's key carries above UDP_KEY: the real it goes to, so a
-    client tuple has one flow (and one reply key) per real its datagrams went to."""
-    return ((real_ip << 16) | real_port) << _TAG_SHIFT
+    """What a per-datagram flow's key carries above its UDP bit: the real it goes to, so
+    a client tuple has one flow (and one reply key) per real its datagrams went to."""
+    return ((real_ip << 16) | real_port) << (2 * WIDTHS[real_ip >> 128] + 33)
 
 
 class ConnectionTable:

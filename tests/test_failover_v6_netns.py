@@ -10,6 +10,7 @@ The control plane: the IPv6 data plane's own tests carry traffic through a VIP."
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.failover_site import (CLIENT6, GATEWAY, GATEWAY6, REAL_GATEWAY6, Site, built,
-                                 until)
+from tests.appliance_driver import QUEUE
+from tests.failover_site import (CLIENT6, GATEWAY, GATEWAY6, REAL6, REAL_GATEWAY6, Site,
+                                 built, until)
 
 pytestmark = pytest.mark.netns
 
@@ -142,3 +144,82 @@ def test_a_standby_over_a_dark_cable_asks_an_ipv6_segment_by_solicitation(
     finally:
         subprocess.run(["ip", "netns", "del", asker], check=False)
         subprocess.run(["ip", "netns", "del", holder], check=False)
+
+
+# On the real: GET /N answers N bytes of a pattern, /slow/N as well, a tenth of a second
+# per kilobyte, so the download is under way when the active dies.
+SERVER = r"""
+import socket, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class V6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        slow = self.path.startswith("/slow/")
+        size = int(self.path.rsplit("/", 1)[1] or 0)
+        body = bytes(i % 251 for i in range(size))
+        self.send_response(200); self.send_header("Content-Length", str(size)); self.end_headers()
+        for at in range(0, size, 1000):
+            self.wfile.write(body[at:at + 1000]); self.wfile.flush()
+            if slow: time.sleep(0.1)
+V6((sys.argv[1], 80), H).serve_forever()
+"""
+VIP6 = "2001:db8::10"
+
+
+def body(size: int) -> bytes:
+    return bytes(i % 251 for i in range(size))
+
+
+def curl6(site: Site, path: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["ip", "netns", "exec", site.client, "curl", "-6", "-sS",
+                             "--max-time", "30", "--interface", CLIENT6,
+                             f"http://[{VIP6}]{path}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def received(site: Site, unit: str) -> int:
+    """Connection records the unit installed from the other (`show failover`)."""
+    found = re.search(r"(\d+) received", site.consoles[unit].run("show failover"))
+    return int(found[1]) if found else 0
+
+
+def fetched(site: Site, path: str) -> bytes:
+    out, err = curl6(site, path).communicate(timeout=40)
+    assert not err, err
+    return out
+
+
+def test_curl6_downloads_survive_a_crash_of_the_active(site: Site) -> None:
+    """The data plane: an IPv6 virtual over an IPv6 real through the pair, `replicate`
+    on; a paced download across the active's death completes byte for byte on the new
+    active (its connection came by the stream), and new connections go there too."""
+    subprocess.run(["ip", "-n", site.client, "-6", "route", "add", "2001:db8::/64", "via",
+                    GATEWAY6], check=True)
+    server = subprocess.Popen(["ip", "netns", "exec", site.real, sys.executable, "-c", SERVER,
+                               REAL6])
+    try:
+        lines = [f"real [{REAL6}]:80", f"virtual [{VIP6}]:80",
+                 f"bind [{VIP6}]:80 [{REAL6}]:80"]
+        active, standby = site.up(lines, ["--queue", str(QUEUE)])
+        until(lambda: site.holders(f"{GATEWAY6}/64") == [active], "the IPv6 virtual")
+        until(lambda: subprocess.run(
+            ["ip", "netns", "exec", site.real, "curl", "-6", "-s", f"http://[{REAL6}]/0"],
+            capture_output=True, check=False).returncode == 0, "the real's server")
+        assert fetched(site, "/5000") == body(5000)
+        until(lambda: received(site, standby) >= 1, "the standby to hear of it")
+        before = received(site, standby)
+        download = curl6(site, "/slow/40000")          # four seconds
+        until(lambda: received(site, standby) > before,
+              "the standby to hold the download's connection")
+        site.crash(active)
+        out, err = download.communicate(timeout=40)
+        assert download.returncode == 0 and out == body(40000), (download.returncode, err)
+        assert site.roles() == {standby: "Active"}
+        for size in (1, 3000, 70000):
+            assert fetched(site, f"/{size}") == body(size)
+    finally:
+        server.kill()
+        server.wait()

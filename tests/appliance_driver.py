@@ -194,6 +194,35 @@ class Console:
         self.child.close()
 
 
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1])
+
+
+class Sampler:
+    """Watches the appliance through its own shell while something runs: how long
+    `show statistics` takes (responsiveness), the connection count it reports, and the
+    process's resident memory."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.latencies: list[float] = []
+        self.conns: list[int] = []
+        self.rss: list[int] = []
+
+    def sample(self) -> None:
+        started = time.monotonic()
+        out = self.console.run("show statistics")
+        self.latencies.append(time.monotonic() - started)
+        self.conns.append(int(re.search(r"(\d+) connections", out)[1]))
+        self.rss.append(rss_kb(self.console.pid))
+
+    def during(self, proc: subprocess.Popen, every: float = 0.5) -> None:
+        while proc.poll() is None:
+            self.sample()
+            time.sleep(every)
+
+
 def raw_table(lab: Lab) -> str:
     proc = lab.run_in(lab.director_ns, ["iptables-save", "-t", "raw"])
     assert proc.returncode == 0, proc.stderr
@@ -328,16 +357,17 @@ def ditched_then_retried(lab: Lab, console: Console, fault: str, bad: str, good:
     return stats
 
 
-def ten_megabytes_each_way(lab: Lab) -> None:
-    """10 MiB down from each of two reals and up to each, byte-exact (sha256)."""
+def ten_megabytes_each_way(lab: Lab, base: str = f"http://{VIP}",
+                           source: str | None = None) -> None:
+    """10 MiB down from each of two reals and up to each, byte-exact (sha256), from
+    `source` (a general client by default) to the virtual at `base` (an URL's start)."""
     size = 10 * 1024 * 1024
-    source = lab.client_addresses[GENERAL][0]
-    down = lab.get_many(f"http://{VIP}/bytes/{size}", [source], count=2, digest=True,
-                        timeout=60)
+    source = source or lab.client_addresses[GENERAL][0]
+    down = lab.get_many(f"{base}/bytes/{size}", [source], count=2, digest=True, timeout=60)
     assert [(r.ok, r.length, r.sha256) for r in down] == [(True, size, pattern_digest(size))] * 2
     upload = os.urandom(size)
     for _ in range(2):  # once to each real
-        answer = lab.client_post(f"http://{VIP}/sha256", upload, source=source, timeout=60)
+        answer = lab.client_post(f"{base}/sha256", upload, source=source, timeout=60)
         assert answer.strip() == hashlib.sha256(upload).hexdigest()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_engine import CLIENT, VIP, A, B, Lab, sid
+from test_engine import VIP, A, B, Lab, sid
 from test_shell_commands import Shell
 
 from localdirector.dataplane.engine import ACCEPT_MODIFIED

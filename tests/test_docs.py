@@ -33,7 +33,8 @@ from localdirector.lab import (DEFAULT_PORTS, DEFAULT_REALS, VIP_NET, Lab,
                                list_namespaces, python_module)
 from localdirector.lab import main as lab_command
 from localdirector.lab.guide import LabInfo, overview
-from localdirector.lab.topology import client_addresses
+from localdirector.lab.addresses import (VIP_NET6, client_addresses, client_addresses6,
+                                         real6)
 from localdirector.model.addr import format_ip
 from localdirector.shell import config_file
 
@@ -42,8 +43,8 @@ README = ROOT / "README.rst"
 MAN = ROOT / "man" / "localdirector.8"
 EXAMPLES = ROOT / "examples"
 SERVICE = EXAMPLES / "localdirector.service"
-EXAMPLE_CONFIGS = ["backup-overflow.cfg", "cluster.cfg", "dns.cfg", "fig1.cfg",
-                   "port-translation.cfg", "probes.cfg", "roundrobin.cfg"]
+EXAMPLE_CONFIGS = ["backup-overflow.cfg", "cluster.cfg", "dns.cfg", "dual-stack.cfg",
+                   "fig1.cfg", "port-translation.cfg", "probes.cfg", "roundrobin.cfg"]
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>])")
 PROMPT = r"localdirector(?:\(config\))?[>#]"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
@@ -283,10 +284,10 @@ def test_example_fits_the_lab(name: str) -> None:
     director = appliance.director
     assert director.virtuals and director.reals
     for v in director.iter_virtuals():
-        assert ipaddress.IPv4Address(format_ip(v.addr)) in VIP_NET
+        assert ipaddress.ip_address(format_ip(v.addr)) in (VIP_NET, VIP_NET6)[v.addr >> 128]
         assert v.links is not None, f"{v.sid} has no reals"
     for r in director.iter_reals():
-        assert format_ip(r.addr) in DEFAULT_REALS
+        assert format_ip(r.addr) in (*DEFAULT_REALS, *map(real6, DEFAULT_REALS))
         assert r.port in (0, *DEFAULT_PORTS)
 
 
@@ -294,15 +295,44 @@ def test_example_fits_the_lab(name: str) -> None:
 def test_the_lab_banner_points_at_show_probe_where_probes_are(name: str) -> None:
     """Issue 23 item 5: the probes lab's banner listed FIG. 1's hints and not `show
     probe`, the one command the example is about."""
+    banner = lab_banner(name)
+    assert ("  show probe " in banner) == ("show probe" in try_it(name)), banner
+
+
+def lab_banner(name: str) -> str:
+    """What `localdirector lab --config examples/NAME` prints about the lab (dual-stack)."""
     appliance = Appliance(EXAMPLES / name)
     appliance.boot(print)
     clients = {group: list(addrs) for group, addrs in client_addresses().items()}
+    clients6 = {group: list(addrs) for group, addrs in client_addresses6().items()}
     info = LabInfo("ldlab0000", "ldlab0000-cli", "ldlab0000-dir",
                    {real: f"ldlab0000-{i}" for i, real in enumerate(DEFAULT_REALS)},
                    list(DEFAULT_PORTS), clients, {g: a[0] for g, a in clients.items()},
-                   f"examples/{name}")
-    banner = "\n".join(overview(info, appliance.director))
-    assert ("  show probe " in banner) == ("show probe" in try_it(name)), banner
+                   f"examples/{name}", clients6=clients6,
+                   director_side6={g: a[0] for g, a in clients6.items()},
+                   reals6={real: real6(real) for real in DEFAULT_REALS})
+    return "\n".join(overview(info, appliance.director))
+
+
+def test_the_dual_stack_banner_shows_both_families() -> None:
+    """Issue 26: who goes where for the IPv6 clients too (their groups' /64 to the IPv6
+    virtual's instances), the IPv4 rows as before, and how to send IPv6 requests;
+    `lab curl -6` is offered only where an IPv6 virtual is configured."""
+    banner = lab_banner("dual-stack.cfg")
+    assert re.search(r"^preferred 198\.51\.100\.2-9\s+192\.0\.2\.10:80\s+192\.0\.2\.10:80:1:tcp\s+"
+                     r"203\.0\.113\.14:0:0:tcp 203\.0\.113\.11:8001:0:tcp", banner, re.M), banner
+    for group, bind, reals in (
+            ("preferred", 1, r"\[2001:db8:1::14\]:0:0:tcp \[2001:db8:1::11\]:8001:0:tcp"),
+            ("unwelcome", 2, r"\[2001:db8:1::15\]:0:0:tcp"),
+            ("general", 0, r"\[2001:db8:1::12\]:0:0:tcp \[2001:db8:1::13\]:0:0:tcp")):
+        prefix = {"preferred": "c", "unwelcome": "d", "general": "e"}[group]
+        assert re.search(rf"^{group} 2001:db8:{prefix}::2-9\s+\[2001:db8::10\]:80\s+"
+                         rf"\[2001:db8::10\]:80:{bind}:tcp\s+{reals}", banner, re.M), banner
+    assert not re.search(r"^\S+ 198\S+\s+\[2001", banner, re.M)  # no IPv4 client to IPv6
+    assert "  lab curl -6 preferred 4 " in banner
+    assert "curl --noproxy '*' --interface 2001:db8:c::2 http://[2001:db8::10]:80/" in banner
+    assert "203.0.113.11-15 and 2001:db8:1::11-15, each answers" in banner
+    assert "lab curl -6" not in lab_banner("fig1.cfg")
 
 
 def test_probe_example_comments_say_the_configured_intervals() -> None:
@@ -505,8 +535,9 @@ def lab_namespaces(name: str) -> list[str]:
 
 
 def answers(output: str) -> list[str]:
-    """The `Answered by` column of `lab curl` output."""
-    return re.findall(r"^\S+\s+192\.0\.2\.\d+:\d+\s+(real-\S+|no answer:.*)$", output, re.M)
+    """The `Answered by` column of `lab curl` output (`lab curl -6`'s too)."""
+    return re.findall(r"^\S+\s+(?:192\.0\.2\.\d+|\[2001:db8::[0-9a-f]+\]):\d+\s+"
+                      r"(real-\S+|no answer:.*)$", output, re.M)
 
 
 def dug(output: str) -> list[str]:
@@ -703,6 +734,16 @@ def answered_by_one_of(*reals: str) -> Callable[[str], bool]:
     return lambda output: bool(answers(output)) and set(answers(output)) <= pool
 
 
+def answered_among(count: int, *names: str) -> Callable[[str], bool]:
+    """`count` answers, each by one of the reals `names` (`real-...`)."""
+    return lambda output: len(answers(output)) == count and set(answers(output)) <= {*names}
+
+
+def answered6(count: int, *reals: str) -> Callable[[str], bool]:
+    """`count` answers, each by one of the IPv6 reals 2001:db8:1::N (`N:PORT`)."""
+    return answered_among(count, *(f"real-[2001:db8:1::{r.replace(':', ']:')}" for r in reals))
+
+
 def held(count: int) -> Callable[[str], bool]:
     return lambda output: output.count("open, held for") == count
 
@@ -731,6 +772,9 @@ EXAMPLE_CHECKS = {
     "port-translation.cfg": [answered("11:8001", "12:8001"), answered("13:8001")],
     "backup-overflow.cfg": [held(2), answered_by_one_of("12:80", "13:80"),
                             connections("203.0.113.14:0:0:tcp", 2)],
+    "dual-stack.cfg": [answered6(4, "14:80", "11:8001"), answered6(2, "15:80"),
+                       answered6(4, "12:80", "13:80"),
+                       answered_among(4, "real-203.0.113.14:80", "real-203.0.113.11:8001")],
 }
 SEPARATOR = "show history | count"
 

@@ -13,6 +13,8 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -37,6 +39,23 @@ def test_each_real_answers_its_own_name_on_every_port(lab: Lab) -> None:
         for port in lab.ports:
             body = lab.client_get(f"http://{real}:{port}/", ns=lab.director_ns)
             assert body == f"real-{real}:{port}\n"
+
+
+def test_each_real_answers_over_ipv6_with_its_twin_address(lab: Lab) -> None:
+    """Dual-stack reals (issue 26): 203.0.113.14 is also 2001:db8:1::14, one listener
+    per family, each named by its own address, and /peer shows the IPv6 client."""
+    assert lab.reals6["203.0.113.14"] == "2001:db8:1::14"
+    for real in lab.reals:
+        six = lab.reals6[real]
+        for port in lab.ports:
+            body = lab.client_get(f"http://[{six}]:{port}/", ns=lab.director_ns)
+            assert body == f"real-[{six}]:{port}\n"
+    six = lab.reals6[lab.reals[0]]
+    assert lab.client_get(f"http://[{six}]/peer", ns=lab.director_ns,
+                          source="2001:db8:1::1") == "2001:db8:1::1\n"
+    size = 1024 * 1024
+    [got] = lab.get_many(f"http://[{six}]:8001/bytes/{size}", ns=lab.director_ns, digest=True)
+    assert (got.ok, got.length, got.sha256) == (True, size, pattern_digest(size))
 
 
 def test_real_sees_the_connecting_address(lab: Lab) -> None:
@@ -72,15 +91,26 @@ def test_hold_keeps_connections_open_concurrently(lab: Lab) -> None:
     assert elapsed < 1.5  # held in parallel, not one after another
 
 
-def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
+@contextmanager
+def director_server(lab: Lab, bind: str, target: str) -> Iterator[None]:
+    """A lab HTTP server named `director` in the director namespace on `bind`, once the
+    client namespace reaches it at `target`."""
     server = lab.popen_in(lab.director_ns, python_module(
-        "servers", "--bind", "0.0.0.0", "--port", str(DIRECTOR_PORT), "--name", "director"
+        "servers", "--bind", bind, "--port", str(DIRECTOR_PORT), "--name", "director"
     ))
     try:
         probe = lab.run_in(lab.client_ns, python_module(
-            "client", "probe", "--target", f"198.51.100.1:{DIRECTOR_PORT}", "--deadline", "5"
+            "client", "probe", "--target", f"{target}:{DIRECTOR_PORT}", "--deadline", "5"
         ))
         assert probe.returncode == 0, probe.stdout + probe.stderr
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
+    with director_server(lab, "0.0.0.0", "198.51.100.1"):
         sources = lab.all_client_addresses
         for director_addr in lab.director_client_side.values():
             results = lab.get_many(f"http://{director_addr}:{DIRECTOR_PORT}/peer", sources)
@@ -93,9 +123,37 @@ def test_client_reaches_director_from_every_source_subnet(lab: Lab) -> None:
         )
         assert all(r.ok and r.body == "director\n" for r in many)
         assert {r.source for r in many} == set(sources)
+
+
+def test_ipv6_clients_reach_the_director_from_every_group(lab: Lab) -> None:
+    """Each group's IPv6 clients (2001:db8:c::, d::, e:: /64 of their /48) reach the
+    director's address on their link, and are seen by their own address."""
+    assert lab.client_addresses6["preferred"][:2] == ("2001:db8:c::2", "2001:db8:c::3")
+    with director_server(lab, "::", "[2001:db8:c::1]"):
+        for group, side in lab.director_client_side6.items():
+            sources = lab.client_addresses6[group]
+            results = lab.get_many(f"http://[{side}]:{DIRECTOR_PORT}/peer", sources)
+            assert [r.body for r in results] == [f"{src}\n" for src in sources]
+
+
+def test_the_director_forwards_ipv6_between_clients_and_reals(lab: Lab) -> None:
+    """With a route to the reals (the appliance's translation stands in for one), a
+    client's packets cross the director both ways: the director resolves neither side
+    by solicitation (it has no link-local address to solicit from), it knows them."""
+    route = ["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:e::1"]
+    assert lab.run_in(lab.client_ns, route).returncode == 0
+    try:
+        for real in lab.reals:
+            six = lab.reals6[real]
+            source = lab.client_addresses6["general"][1]
+            assert lab.client_get(f"http://[{six}]/peer", source=source) == f"{source}\n"
+        with lab.more_clients(["2001:db8:e::77"]):
+            assert lab.client_get(f"http://[{lab.reals6[lab.reals[0]]}]/peer",
+                                  source="2001:db8:e::77") == "2001:db8:e::77\n"
     finally:
-        server.kill()
-        server.wait()
+        lab.run_in(lab.client_ns, ["ip", "-6", "route", "del", "2001:db8:1::/64"])
+    neighbours = lab.run_in(lab.director_ns, ["ip", "-6", "neigh", "show"]).stdout
+    assert "2001:db8:e::77" not in neighbours and "PERMANENT" in neighbours
 
 
 def test_routes_and_director_sysctls(lab: Lab) -> None:
@@ -109,17 +167,30 @@ def test_routes_and_director_sysctls(lab: Lab) -> None:
     assert values == ["1", "0", "0", "0", "0"]
     real_routes = lab.run_in(lab.real_ns[lab.reals[0]], ["ip", "route"]).stdout
     assert "default via 203.0.113.1" in real_routes
+    # IPv6: the VIPs' /64 through the director, which forwards; the reals' way back.
+    routes = lab.run_in(lab.client_ns, ["ip", "-6", "route"]).stdout
+    assert "2001:db8::/64 via 2001:db8:c::1" in routes and "default" not in routes
+    forwarding = lab.run_in(lab.director_ns, ["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+    assert forwarding.stdout == "1\n"
+    real_routes = lab.run_in(lab.real_ns[lab.reals[0]], ["ip", "-6", "route"]).stdout
+    assert "default via 2001:db8:1::1" in real_routes
 
 
 def test_only_documentation_addresses_are_configured(lab: Lab) -> None:
+    """Both families, documentation ranges only: no fe80:: link-local address either
+    (the lab generates none), and every address usable at once (no DAD pending)."""
     allowed = [ipaddress.ip_network(net) for net in
-               ("127.0.0.0/8", "198.51.100.0/24", "198.18.0.0/15", "203.0.113.0/24")]
+               ("127.0.0.0/8", "198.51.100.0/24", "198.18.0.0/15", "203.0.113.0/24",
+                "::1/128", "2001:db8::/32")]
     for ns in lab.namespaces:
-        words = lab.run_in(ns, ["ip", "-o", "addr", "show"]).stdout.split()
+        text = lab.run_in(ns, ["ip", "-o", "addr", "show"]).stdout
+        words = text.split()
         addrs = [ipaddress.ip_interface(words[i + 1]).ip
                  for i, word in enumerate(words) if word in ("inet", "inet6")]
         assert len(addrs) > 1  # loopback plus the lab addresses
         assert all(any(addr in net for net in allowed) for addr in addrs), (ns, addrs)
+        assert [a for a in addrs if a.version == 6 and not a.is_loopback], (ns, addrs)
+        assert "tentative" not in text, text
 
 
 def test_stopped_listener_refuses_and_restarts(lab: Lab) -> None:
@@ -156,6 +227,12 @@ def test_addresses_outside_documentation_ranges_are_refused(lab: Lab) -> None:
             Lab(reals=(bad,))
     with pytest.raises(LabError, match="outside"):
         lab.client_get("http://8.8.8.8/")
+    # IPv6: outside 2001:db8::/32, and inside it but outside the lab's own nets.
+    for bad in ("http://[2001:4860:4860::8888]/", "http://[2001:db8:2::10]/"):
+        with pytest.raises(LabError, match="outside"):
+            lab.client_get(bad)
+    with pytest.raises(LabError, match="not an address"):
+        lab.client_get("http://[2001:db8::10]/", source="2001:db8:c::250")
     with pytest.raises(LabError, match="not an address"):
         lab.client_get("http://192.0.2.10/", source="198.51.100.250")
     with pytest.raises(LabError, match="not a namespace"):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 from appliance_driver import (FIG1_CONFIG, GENERAL, PREFERRED, R11, R12, R13, R14, R15,
-                              UNWELCOME, VIP, Console, appliance, bodies, name,
-                              raw_table, simple_config, real_fault)
+                              UNWELCOME, VIP, Console, Sampler, appliance, bodies, name,
+                              raw_table, real_fault, simple_config)
 
 from localdirector.lab import Lab, pattern_digest, python_module
 
@@ -294,35 +294,6 @@ def assert_nothing_lost(got: dict[str, int], kernel: dict[str, int]) -> None:
     assert 0 <= seen - kernel["queued"] <= 100, (got, kernel)
     assert got.get("packets", 0) == sum(got.get(k, 0) for k in (
         "translated in", "translated out", "icmp translated", "unchanged", "dropped"))
-
-
-def rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1])
-
-
-class Sampler:
-    """Watches the appliance through its own shell while something runs: how long
-    `show statistics` takes (responsiveness), the connection count it reports, and the
-    process's resident memory."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.latencies: list[float] = []
-        self.conns: list[int] = []
-        self.rss: list[int] = []
-
-    def sample(self) -> None:
-        started = time.monotonic()
-        out = self.console.run("show statistics")
-        self.latencies.append(time.monotonic() - started)
-        self.conns.append(int(re.search(r"(\d+) connections", out)[1]))
-        self.rss.append(rss_kb(self.console.pid))
-
-    def during(self, proc: subprocess.Popen, every: float = 0.5) -> None:
-        while proc.poll() is None:
-            self.sample()
-            time.sleep(every)
 
 
 def test_syn_flood_from_the_unwelcome_subnet(lab: Lab, appliance) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import socket
 import sys
@@ -25,6 +26,18 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 READ_SIZE = 64 * 1024
+
+
+def family(addr: str) -> socket.AddressFamily:
+    """The socket family of an address's text (the lab's programs run on the stdlib
+    alone, so they do not ask localdirector.model.addr)."""
+    return socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+
+
+def netloc(addr: str, port: int) -> str:
+    """``203.0.113.1:9``, ``[2001:db8:1::1]:9``: an address before a port, as URLs and
+    ``--target`` write it."""
+    return f"[{addr}]:{port}" if family(addr) == socket.AF_INET6 else f"{addr}:{port}"
 
 
 @dataclass
@@ -140,9 +153,11 @@ def probe_tcp(
     Success is an accepted connection, or with ``refused_ok`` also a RST: a refusal
     proves the SYN reached the target *and* the answer found its way back to the source,
     which is all a routing check needs (no server required). Failures are retried every
-    10 ms because a server that is starting refuses for only a few milliseconds.
+    10 ms because a server that is starting refuses for only a few milliseconds. Each
+    source tries the targets of its own family.
     """
-    pending = [(src, target) for src in (sources or [None]) for target in targets]
+    pending = [(src, target) for src in (sources or [None]) for target in targets
+               if src is None or family(src) == family(target[0])]
     stop = time.monotonic() + deadline
     last_error: dict[tuple[str | None, tuple[str, int]], str] = {}
     while pending and time.monotonic() < stop:
@@ -170,8 +185,9 @@ def probe_tcp(
 
 
 def _target(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` or ``[ADDR6]:PORT``."""
     addr, _, port = text.rpartition(":")
-    return addr, int(port)
+    return addr.removeprefix("[").removesuffix("]"), int(port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from localdirector.lab.client import Fetch
+from localdirector.lab.client import Fetch, netloc
 
+from .addresses import CLIENT_SUBNETS6, prefixlen
 from .udpservers import DNS_PORT, SYSLOG_PORT, dnsmasq_argv, rsyslog_argv
 from .topology import (BUILD_DEADLINE, CLIENT_SUBNETS, DEFAULT_CLIENTS_PER_SUBNET,
-                       DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job, finish,
-                       require_allowed, start_job)
+                       DEFAULT_REALS, VIP_NET, Job, LabError, Topology, _ip_batch_job,
+                       client_neighbours, finish, require_allowed, start_job)
 
 DEFAULT_PORTS = (80, 8001)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -139,12 +140,17 @@ class Lab(Topology):
             self._logdir = None
 
     def _verify(self) -> None:
-        """Clients reach the director from every subnet; the director reaches every server.
+        """Clients reach the director from every subnet; the director reaches every server;
+        each over both families where the lab has IPv6.
 
         Both probes run inside the lab (client and director namespaces), in parallel.
         """
         sources = [addrs[0] for addrs in self.client_addresses.values()]
-        targets = [f"{addr}:{UNUSED_PORT}" for addr in self.director_client_side.values()]
+        sides = list(self.director_client_side.values())
+        if self.v6:
+            sources += [addrs[0] for addrs in self.client_addresses6.values()]
+            sides += self.director_client_side6.values()
+        targets = [netloc(addr, UNUSED_PORT) for addr in sides]
         to_director = self._client_module_job(self.client_ns, "client->director", [
             "probe", "--refused-ok", "--deadline", str(BUILD_DEADLINE),
             *(arg for src in sources for arg in ("--source", src)),
@@ -153,7 +159,7 @@ class Lab(Topology):
         try:
             # dnsmasq serves tcp 53 as well: a connect proves it is up.
             finish([to_director, self._servers_probe_job(
-                [*self._servers, *((real, DNS_PORT) for real in self._dns)])])
+                [*self._servers], [netloc(real, DNS_PORT) for real in self._dns])])
         except LabError as exc:
             raise LabError(f"{exc}; {self._server_logs()}") from exc
 
@@ -182,9 +188,15 @@ class Lab(Topology):
                     stdout=subprocess.DEVNULL, stderr=log, env=lab_env()))
         time.sleep(0.5)   # python start-up; the tests poll their first request anyway
 
+    def listens_on(self, real: str) -> list[str]:
+        """The addresses a real's HTTP servers listen on: its own, and its IPv6 twin
+        where the lab has IPv6."""
+        return [real, self.reals6[real]] if self.v6 else [real]
+
     def _spawn_server(self, real: str, port: int) -> None:
+        binds = [a for addr in self.listens_on(real) for a in ("--bind", addr)]
         self._servers[(real, port)] = self._spawn(
-            real, f"{real}_{port}", python_module("servers", "--bind", real, "--port", str(port)))
+            real, f"{real}_{port}", python_module("servers", *binds, "--port", str(port)))
 
     def _spawn(self, real: str, log_name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         """A server in `real`'s namespace, its stderr to the lab's log `log_name`."""
@@ -220,10 +232,14 @@ class Lab(Topology):
                                f"{BUILD_DEADLINE:g} s; {self._server_logs()}")
             time.sleep(0.05)
 
-    def _servers_probe_job(self, keys: list[tuple[str, int]]) -> Job:
+    def _servers_probe_job(self, keys: list[tuple[str, int]], more: Sequence[str] = ()) -> Job:
+        """Probe each (real, port)'s HTTP server on every address it listens on, and the
+        `more` targets (``ADDR:PORT``)."""
+        targets = [*(netloc(addr, port) for real, port in keys
+                     for addr in self.listens_on(real)), *more]
         return self._client_module_job(self.director_ns, "director->reals", [
             "probe", "--deadline", str(BUILD_DEADLINE),
-            *(a for real, port in keys for a in ("--target", f"{real}:{port}")),
+            *(a for target in targets for a in ("--target", target)),
         ])
 
     def _client_module_job(self, ns: str, what: str, args: list[str]) -> Job:
@@ -297,13 +313,18 @@ class Lab(Topology):
     def more_clients(self, addrs: Sequence[str]) -> Iterator[None]:
         """More client addresses (of the lab's client subnets, none of its own) while the
         block runs: a test that needs more distinct clients than the lab was built with."""
-        taken = self._addresses[self.client_ns] | set(self.director_client_side.values())
+        taken = self._addresses[self.client_ns] | set(self.director_client_side.values()) \
+            | set(self.director_client_side6.values())
         for addr in addrs:
-            require_allowed(addr, CLIENT_SUBNETS.values())
+            require_allowed(addr, [*CLIENT_SUBNETS.values(), *CLIENT_SUBNETS6.values()])
             if addr in taken:
                 raise LabError(f"{addr} is already an address of the lab")
-        batch = "".join(f"addr add {addr}/24 dev eth0\n" for addr in addrs)
+        batch = "".join(f"addr add {addr}/{prefixlen(addr)} dev eth0\n" for addr in addrs)
+        six = [addr for addr in addrs if prefixlen(addr) == 64]
         done = self.run_in(self.client_ns, ["ip", "-batch", "-"], input=batch)
+        if done.returncode == 0 and six:
+            done = self.run_in(self.director_ns, ["ip", "-batch", "-"],
+                               input="\n".join(client_neighbours(six)) + "\n")
         if done.returncode != 0:
             raise LabError(f"adding client addresses failed: {done.stderr.strip()}")
         self._addresses[self.client_ns].update(addrs)
@@ -313,6 +334,9 @@ class Lab(Topology):
             self._addresses[self.client_ns].difference_update(addrs)
             self.run_in(self.client_ns, ["ip", "-batch", "-"],
                         input=batch.replace("addr add", "addr del"))
+            if six:
+                self.run_in(self.director_ns, ["ip", "-force", "-batch", "-"],
+                            input="\n".join(client_neighbours(six, "del")) + "\n")
 
     # ------------------------------------------------------------ HTTP clients
 

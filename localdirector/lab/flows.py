@@ -15,6 +15,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from localdirector.lab.client import family
+
 
 def answered_by(lab: Any, vip: str, sources: Sequence[str], count: int,
                 first: int = 20000) -> dict[str, str]:
@@ -29,7 +31,7 @@ def answered_by(lab: Any, vip: str, sources: Sequence[str], count: int,
 
 
 def one(vip: str, source: str, port: int, timeout: float) -> str:
-    with socket.socket() as s:
+    with socket.socket(family(source)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.settimeout(timeout)

@@ -1,15 +1,19 @@
 """HTTP test server that runs inside a lab real-server namespace.
 
 Started by the lab builder as ``ip netns exec NS python -m localdirector.lab.servers
---bind ADDR --port PORT``; one process per listener so a test can kill exactly one
-listener (the kernel then answers SYNs with RST) and restart it.
+--bind ADDR [--bind ADDR6] --port PORT``; one process per real and port, listening on
+each address given (the real's IPv4 address and its IPv6 twin: one socket per family,
+so each answers with its own name and ``/peer`` shows the client's address as its
+family writes it), so a test can kill exactly one real's listener (the kernel then
+answers SYNs with RST) and restart it.
 
 Endpoints (HTTP/1.1 parsing so ``Expect: 100-continue`` uploads do not stall, but every
 response closes the connection, so each request is one TCP connection through the
 director):
 
-- ``GET /``               -> ``NAME\\n``; the default name ``real-ADDR:PORT`` tells a test
-                             which real *and* which port answered (port translation).
+- ``GET /``               -> ``NAME\\n``; the default name ``real-ADDR:PORT`` (IPv6:
+                             ``real-[ADDR]:PORT``) tells a test which real *and* which
+                             port answered (port translation), over which family.
 - ``GET /peer``           -> ``ADDR\\n``, the client address this server saw; proves
                              the director kept the client's source address.
 - ``GET /bytes/N``        -> N bytes of :func:`pattern_chunks`, for end-to-end hashes.
@@ -38,6 +42,8 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from localdirector.lab.client import family, netloc
 
 PATTERN_SEED = 0x1D6324177
 CHUNK = 64 * 1024
@@ -81,6 +87,8 @@ class LabServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], name: str) -> None:
+        # An instance attribute, read by TCPServer as it makes the socket.
+        self.address_family = family(address[0])
         super().__init__(address, LabHandler)
         self.name = name
         self.health = 200
@@ -207,10 +215,15 @@ class LabHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+def default_name(addr: str, port: int) -> str:
+    """``real-203.0.113.14:80``, ``real-[2001:db8:1::14]:80``."""
+    return f"real-{netloc(addr, port)}"
+
+
 def mute(addr: str, port: int) -> None:
     """Accept and keep every connection, reading nothing, until killed."""
     held = []
-    with socket.create_server((addr, port), backlog=1024) as listener:
+    with socket.create_server((addr, port), family=family(addr), backlog=1024) as listener:
         try:
             while True:
                 held.append(listener.accept()[0])
@@ -220,18 +233,24 @@ def mute(addr: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bind", required=True, help="IPv4 address to listen on")
+    parser.add_argument("--bind", required=True, action="append",
+                        help="address to listen on, IPv4 or IPv6 (repeat: one each)")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--name", help="body of GET / (default real-ADDR:PORT)")
     parser.add_argument("--mute", action="store_true",
                         help="accept connections, never read or answer them")
     args = parser.parse_args(argv)
     if args.mute:
-        mute(args.bind, args.port)
+        for addr in args.bind[1:]:
+            threading.Thread(target=mute, args=(addr, args.port), daemon=True).start()
+        mute(args.bind[0], args.port)
         return
-    server = LabServer((args.bind, args.port), args.name or f"real-{args.bind}:{args.port}")
+    servers = [LabServer((addr, args.port), args.name or default_name(addr, args.port))
+               for addr in args.bind]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, args=(0.5,), daemon=True).start()
     try:
-        server.serve_forever(poll_interval=0.5)
+        servers[0].serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
 

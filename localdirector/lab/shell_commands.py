@@ -17,16 +17,17 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import IPV4, IPV6, Family, bracketed, family_of
 from localdirector.shell import args
 from localdirector.shell.grammar import Arg, ArgError, Keyword, choice, opt
 from localdirector.shell.registry import EXEC, command
 from localdirector.shell.render import table
 from localdirector.shell.session import CommandFailed, Session
 
+from .addresses import (VIP_NET, VIP_NET6, LabError, client_addresses, client_addresses6,
+                        require_allowed)
 from .guide import DEFAULT_PORTS, ENV, LabInfo, address_range, destinations, overview
 from .udpservers import WHO_NAME
-from .topology import VIP_NET, LabError, client_addresses, require_allowed
 
 MAX_REQUESTS = 100
 REQUEST_SECONDS = 5
@@ -63,22 +64,29 @@ def _answer(info: LabInfo, source: str, url: str) -> str:
 
 
 def _target(session: Session, target: tuple[int, int | None] | None,
-            proto: str = "tcp") -> tuple[str, int]:
-    """The destination: the one given, else the first configured virtual of `proto`."""
+            proto: str = "tcp", family: Family = IPV4) -> tuple[str, int]:
+    """The destination as it stands before a port (IPv6 bracketed) and the port: the
+    one given, else the first configured virtual of `proto` and `family`."""
+    vips = VIP_NET6 if family is IPV6 else VIP_NET
     if target is None:
         with session.director.lock:
-            configured = destinations(session.director, proto)
+            configured = destinations(session.director, proto, family)
         if not configured:
-            raise CommandFailed(f"no {proto} virtual server is configured: nothing to "
+            of = " with an IPv6 address" if family is IPV6 else ""
+            raise CommandFailed(f"no {proto} virtual server{of} is configured: nothing to "
                                 "send to")
         addr, port, _ = configured[0]
     else:
         addr, port = target[0], target[1] or DEFAULT_PORTS[proto]
-    text = format_ip(addr)
+    text = bracketed(addr)
+    if family_of(addr) is not family:
+        raise CommandFailed(f"{text} is an IPv{family_of(addr).version} address, and these "
+                            f"clients send IPv{family.version}"
+                            + ("" if family is IPV6 else " (lab curl -6: IPv6 clients)"))
     try:
-        require_allowed(text, [VIP_NET])
+        require_allowed(text.strip("[]"), [vips])
     except LabError:
-        raise CommandFailed(f"the lab's clients reach only {VIP_NET} through the "
+        raise CommandFailed(f"the lab's clients reach only {vips} through the "
                             f"director, not {text}") from None
     return text, port
 
@@ -137,15 +145,19 @@ def _this_lab() -> LabInfo:
 
 
 # The groups `localdirector lab` builds; their help shows its default client addresses.
-_GROUPS = choice(*(Keyword(group, f"From the {group} clients {address_range(clients)}",
+_GROUPS = choice(*(Keyword(group, f"From the {group} clients {address_range(clients)} "
+                                  f"(-6: {address_range(client_addresses6()[group])})",
                            "group", group) for group, clients in client_addresses().items()))
+_SIX = opt(Keyword("-6", "From the group's IPv6 clients, to the first IPv6 virtual "
+                         "(default: IPv4)", "family", IPV6))
 
 
-def _traffic(word: str, help: str, what: str, proto: str) -> tuple[object, ...]:
-    """The start every `lab` traffic command shares: `lab WORD GROUP [COUNT] [vip
-    VIP[:PORT]]`, COUNT `what`s one after another, to the first `proto` virtual."""
+def _traffic(word: str, help: str, what: str, proto: str,
+             *family: object) -> tuple[object, ...]:
+    """The start every `lab` traffic command shares: `lab WORD [FAMILY] GROUP [COUNT]
+    [vip VIP[:PORT]]`, COUNT `what`s one after another, to the first `proto` virtual."""
     return (Keyword("lab", "Send traffic from this lab's clients"), Keyword(word, help),
-            _GROUPS,
+            *family, _GROUPS,
             opt(args.number("count", 1, MAX_REQUESTS, f"How many {what}, one after "
                             "another, each from the next client address", "COUNT")),
             opt(Keyword("vip", f"Send to this VIP (default: the first {proto} virtual)"),
@@ -154,19 +166,23 @@ def _traffic(word: str, help: str, what: str, proto: str) -> tuple[object, ...]:
 
 
 @command(EXEC, *_traffic("curl", "HTTP requests through the director; each answer names "
-                                 "the real that served it", "requests", "tcp"),
+                                 "the real that served it", "requests", "tcp", _SIX),
          opt(Keyword("hold", "Keep the connections open in the background"),
              args.number("hold", 1, MAX_HOLD_SECONDS, "Seconds to keep them open",
                          "SECONDS")),
          output=True, locked=False)
 def lab_curl(session: Session, group: str, count: int = 1,
-             target: tuple[int, int | None] | None = None, hold: int = 0) -> None:
+             target: tuple[int, int | None] | None = None, hold: int = 0,
+             family: Family = IPV4) -> None:
     """Runs unlocked (`locked=False`): the data plane needs the model lock to carry
-    these very requests, so holding it here would stall them until curl gives up."""
+    these very requests, so holding it here would stall them until curl gives up.
+    `-6`: the group's IPv6 clients, to an IPv6 virtual (FIG. 1 for IPv6 clients)."""
     info = _this_lab()
     _reap()
-    addr, port = _target(session, target)
-    clients = info.clients[group]
+    clients = info.groups(family).get(group)
+    if not clients:
+        raise CommandFailed(f"this lab has no IPv{family.version} clients")
+    addr, port = _target(session, target, "tcp", family)
     sources = [clients[i % len(clients)] for i in range(count)]
     if hold:
         states = _open_held(info, sources, f"http://{addr}:{port}/hold/{hold}", hold)

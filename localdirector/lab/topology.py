@@ -1,12 +1,12 @@
-"""The lab's namespaces, links and addresses, and the guard that keeps them in range.
+"""The lab's namespaces, links and addresses (the plan and its guard: addresses.py).
 
 Integration tests need real TCP stacks on both sides of the director without touching
 the host's network: one client namespace, one director, one namespace per real, named
 ``<prefix><4 hex>-<role>`` (``ld3f9a-cli``, ``ld3f9a-dir``, ``ld3f9a-r11``), holding
 documentation addresses only (docs/design.rst, "Lab"). Interfaces are created directly
 inside their namespaces, never in the host's, so their short names cannot collide with
-the host's or another lab's. Nothing owns 192.0.2.0/24: the appliance in the director
-namespace translates it.
+the host's or another lab's. Nothing owns 192.0.2.0/24 or 2001:db8::/64: the
+appliance in the director namespace translates them.
 
 A lab claims its id with an exclusive file ``/run/localdirector-lab/<prefix><id>``
 holding the owner's pid and start time, so :func:`clean_stale` removes only namespaces
@@ -15,7 +15,6 @@ whose owner is gone, never a lab another test run is using right now.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -29,31 +28,43 @@ from typing import NamedTuple
 
 from localdirector.runtime import identity
 
-VIP_NET = ipaddress.IPv4Network("192.0.2.0/24")
-REAL_NET = ipaddress.IPv4Network("203.0.113.0/24")
-CLIENT_SUBNETS = {
-    "preferred": ipaddress.IPv4Network("198.51.100.0/24"),
-    "unwelcome": ipaddress.IPv4Network("198.18.0.0/24"),
-    "general": ipaddress.IPv4Network("198.19.0.0/24"),
-}
-# Every address the lab configures or sends to must fall in one of these.
-ALLOWED_NETS = (
-    VIP_NET,
-    ipaddress.IPv4Network("198.51.100.0/24"),
-    ipaddress.IPv4Network("198.18.0.0/15"),
-    REAL_NET,
-)
-DIRECTOR_REAL_SIDE = "203.0.113.1"
-DEFAULT_REALS = tuple(f"203.0.113.{n}" for n in range(11, 16))
-DEFAULT_CLIENTS_PER_SUBNET = 8
+from .addresses import (CLIENT_SUBNETS, CLIENT_SUBNETS6, DEFAULT_CLIENTS_PER_SUBNET,
+                        DEFAULT_REALS, DIRECTOR_REAL_SIDE, DIRECTOR_REAL_SIDE6, REAL_NET,
+                        VIP_NET, VIP_NET6, LabError, check_tokens, client_addresses,
+                        client_addresses6, real6, real_address, require_allowed)
+
+# Names of the address plan other modules have always taken from here.
+__all__ = ["BUILD_DEADLINE", "CLIENT_SUBNETS", "DEFAULT_CLIENTS_PER_SUBNET", "DEFAULT_REALS",
+           "DIRECTOR_REAL_SIDE", "OWNER_DIR", "REAL_NET", "VIP_NET", "Job", "LabError",
+           "Topology", "clean_stale", "client_addresses", "finish", "kill_processes",
+           "list_namespaces", "remove_namespaces", "require_allowed", "start_job",
+           "unavailable_reason"]
+
 OWNER_DIR = Path("/run/localdirector-lab")
 BUILD_DEADLINE = 5.0
+# IPv6 in every namespace, without what would use addresses outside the lab's: no
+# link-local address generated (so no fe80::), no router solicitations or
+# advertisements taken, no duplicate address detection (addresses usable at once).
+IPV6_QUIET = [f"net.ipv6.conf.{which}.{key}" for which in ("all", "default")
+              for key in ("addr_gen_mode=1", "accept_ra=0", "accept_dad=0",
+                          "router_solicitations=0")]
+# So the director knows its IPv6 neighbours without asking: the kernel solicits a
+# neighbour from the packet's own source only when that is an address of the outgoing
+# interface, else from a link-local address, and there is none; a forwarded packet's
+# source never is the director's. So the client's and the reals' interfaces get fixed
+# hardware addresses and the director permanent neighbour entries for them.
+CLIENT_MAC = "02:1d:00:00:00:01"
 
-_IPV4_TOKEN = re.compile(r"^\d+\.\d+\.\d+\.\d+(?:/\d+)?$")
+
+def real_mac(real: str) -> str:
+    """The fixed hardware address of a real's interface: 02:1d:00:00:01:0e for .14."""
+    return f"02:1d:00:00:01:{int(real.rsplit('.', 1)[1]):02x}"
 
 
-class LabError(RuntimeError):
-    """The lab could not be built, checked or driven; the message says which step."""
+def client_neighbours(addrs: Iterable[str], verb: str = "replace") -> list[str]:
+    """The director's `ip neigh` lines for IPv6 client addresses (`del`: forget them)."""
+    tail = f" lladdr {CLIENT_MAC} dev cli0 nud permanent" if verb == "replace" else " dev cli0"
+    return [f"neigh {verb} {addr}{tail}" for addr in addrs]
 
 
 class Job(NamedTuple):
@@ -88,38 +99,6 @@ def finish(jobs: list[Job]) -> None:
             failures.append(f"{job.what} (rc={job.proc.returncode}): {(out + err).strip()}")
     if failures:
         raise LabError("lab setup failed: " + "; ".join(failures))
-
-
-def require_allowed(address: str, nets: Iterable[ipaddress.IPv4Network] = ALLOWED_NETS) -> None:
-    """Raise unless ``address`` (or network) lies inside one of ``nets``.
-
-    The lab's one hard safety rule: no other address may ever be configured or targeted.
-    """
-    try:
-        net = ipaddress.IPv4Network(address, strict=False)
-    except ValueError as exc:
-        raise LabError(f"not an IPv4 address: {address!r}") from exc
-    if not any(net.subnet_of(allowed) for allowed in nets):
-        raise LabError(f"address {address} is outside the lab's documentation ranges")
-
-
-def _real_address(text: str) -> str:
-    """Normalise a real's address; it must be a host of 203.0.113.0/24 other than the
-    director's .1 (and not the network or broadcast address)."""
-    try:
-        addr = ipaddress.IPv4Address(text)
-    except ValueError as exc:
-        raise LabError(f"not an IPv4 address: {text!r}") from exc
-    require_allowed(str(addr), [REAL_NET])
-    if addr.packed[3] in (0, 1, 255):
-        raise LabError(f"real {addr} collides with the network, director or broadcast")
-    return str(addr)
-
-
-def client_addresses(per_subnet: int = DEFAULT_CLIENTS_PER_SUBNET) -> dict[str, tuple[str, ...]]:
-    """The client addresses of each subnet: .2, .3, ... (.1 is the director's)."""
-    return {role: tuple(str(net.network_address + i) for i in range(2, 2 + per_subnet))
-            for role, net in CLIENT_SUBNETS.items()}
 
 
 def _tag(real: str) -> str:
@@ -291,7 +270,7 @@ class Topology:
         prefix: str = "ld",
     ) -> None:
         _check_prefix(prefix)
-        self.reals = tuple(_real_address(real) for real in reals)
+        self.reals = tuple(real_address(real) for real in reals)
         self.prefix = prefix
         if not self.reals or len(set(self.reals)) != len(self.reals):
             raise LabError(f"reals must be a non-empty list without duplicates: {self.reals}")
@@ -301,6 +280,13 @@ class Topology:
         self.director_client_side = {
             role: str(net.network_address + 1) for role, net in CLIENT_SUBNETS.items()
         }
+        # The IPv6 side (docs/design.rst, "Lab"): every address's twin, built by _create.
+        self.client_addresses6 = client_addresses6(clients_per_subnet)
+        self.director_client_side6 = {
+            role: str(net.network_address + 1) for role, net in CLIENT_SUBNETS6.items()
+        }
+        self.reals6 = {real: real6(real) for real in self.reals}
+        self.v6 = False                  # whether this lab's namespaces have IPv6
         self.name = ""
         self.client_ns = ""
         self.director_ns = ""
@@ -318,6 +304,11 @@ class Topology:
     def all_client_addresses(self) -> tuple[str, ...]:
         """Client addresses of all three subnets, preferred first."""
         return tuple(a for addrs in self.client_addresses.values() for a in addrs)
+
+    @property
+    def all_client_addresses6(self) -> tuple[str, ...]:
+        """The IPv6 twins of :attr:`all_client_addresses`, in the same order."""
+        return tuple(a for addrs in self.client_addresses6.values() for a in addrs)
 
     def build(self) -> Topology:
         """Claim an id, then create namespaces, links, addresses and routes."""
@@ -340,6 +331,7 @@ class Topology:
             self.name = self.client_ns = self.director_ns = ""
             self.real_ns = {}
             self._addresses = {}
+            self.v6 = False
 
     def _claim(self) -> None:
         self.name = _claim_lab_name(self.prefix)
@@ -347,63 +339,77 @@ class Topology:
         self.director_ns = f"{self.name}-dir"
         self.real_ns = {real: f"{self.name}-{_tag(real)}" for real in self.reals}
         self._addresses = {
-            self.client_ns: set(self.all_client_addresses),
-            self.director_ns: {DIRECTOR_REAL_SIDE, *self.director_client_side.values()},
-            **{ns: {real} for real, ns in self.real_ns.items()},
+            self.client_ns: {*self.all_client_addresses, *self.all_client_addresses6},
+            self.director_ns: {DIRECTOR_REAL_SIDE, *self.director_client_side.values(),
+                               DIRECTOR_REAL_SIDE6, *self.director_client_side6.values()},
+            **{ns: {real, self.reals6[real]} for real, ns in self.real_ns.items()},
         }
 
     def _create(self) -> None:
         """Namespaces and their sysctls first, then the director (which creates every veth
         pair with the far end directly inside its namespace), then all other sides in
-        parallel.
+        parallel. Both families: each IPv4 address has its IPv6 twin (addresses.py).
 
-        IPv6 is off before any interface exists: otherwise every link would get an
-        fe80:: address and send solicitations, i.e. use addresses outside the lab ranges.
+        IPv6 is quiet before any interface exists (IPV6_QUIET): otherwise every link
+        would get an fe80:: address and send solicitations, i.e. use addresses outside
+        the lab ranges.
         """
         finish([_ip_batch_job(None, [f"netns add {ns}" for ns in self.namespaces])])
-        no_ipv6 = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
         forwarding = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                      "net.ipv4.conf.default.rp_filter=0"]
+                      "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.forwarding=1"]
         finish([
-            _sysctl_job(ns, no_ipv6 + (forwarding if ns == self.director_ns else []))
+            _sysctl_job(ns, IPV6_QUIET + (forwarding if ns == self.director_ns else []))
             for ns in self.namespaces
         ])
         director = [
             "link set lo up",
             "link add br0 type bridge forward_delay 0",
             f"addr add {DIRECTOR_REAL_SIDE}/24 dev br0",
+            f"addr add {DIRECTOR_REAL_SIDE6}/64 dev br0 nodad",
             "link set br0 up",
-            f"link add cli0 type veth peer name eth0 netns {self.client_ns}",
+            f"link add cli0 type veth peer name eth0 address {CLIENT_MAC} netns "
+            f"{self.client_ns}",
             *(f"addr add {addr}/24 dev cli0" for addr in self.director_client_side.values()),
+            *(f"addr add {addr}/64 dev cli0 nodad"
+              for addr in self.director_client_side6.values()),
             "link set cli0 up",
         ]
         for real, ns in self.real_ns.items():
             director += [
-                f"link add {_tag(real)} type veth peer name eth0 netns {ns}",
+                f"link add {_tag(real)} type veth peer name eth0 address {real_mac(real)} "
+                f"netns {ns}",
                 f"link set {_tag(real)} master br0",
                 f"link set {_tag(real)} up",
+                f"neigh replace {self.reals6[real]} lladdr {real_mac(real)} dev br0 "
+                "nud permanent",
             ]
+        director += client_neighbours(self.all_client_addresses6)
         finish([_ip_batch_job(self.director_ns, director)])
         client = ["link set lo up", "link set eth0 up"]
         client += [f"addr add {addr}/24 dev eth0" for addr in self.all_client_addresses]
+        client += [f"addr add {addr}/64 dev eth0 nodad" for addr in self.all_client_addresses6]
         client.append(f"route add {VIP_NET} via {self.director_client_side['preferred']}")
+        client.append(f"route add {VIP_NET6} via {self.director_client_side6['preferred']}")
         jobs = [_ip_batch_job(self.client_ns, client)]
         for real, ns in self.real_ns.items():
             jobs.append(_ip_batch_job(ns, [
                 "link set lo up",
                 f"addr add {real}/24 dev eth0",
+                f"addr add {self.reals6[real]}/64 dev eth0 nodad",
                 "link set eth0 up",
                 f"route add default via {DIRECTOR_REAL_SIDE}",
+                f"route add default via {DIRECTOR_REAL_SIDE6}",
             ]))
         interfaces = ["lo", "br0", "cli0", *map(_tag, self.reals)]
         jobs.append(_sysctl_job(
             self.director_ns, [f"net.ipv4.conf.{iface}.rp_filter=0" for iface in interfaces]
         ))
         finish(jobs)
+        self.v6 = True
 
 
 def _sysctl_job(ns: str, settings: list[str]) -> Job:
-    # -e: a kernel without IPv6 has no such keys, which is as good as disabled.
+    # -e: a kernel without IPv6 has no such keys (the IPv4 lab still works there).
     argv = ["ip", "netns", "exec", ns, "sysctl", "-e", "-q", "-w", *settings]
     return start_job(f"sysctl in {ns}", argv)
 
@@ -411,8 +417,6 @@ def _sysctl_job(ns: str, settings: list[str]) -> Job:
 def _ip_batch_job(ns: str | None, lines: list[str]) -> Job:
     """Start ``ip [-n NS] -batch -`` after checking every address in ``lines``."""
     for line in lines:
-        for token in line.split():
-            if _IPV4_TOKEN.match(token):
-                require_allowed(token)
+        check_tokens(line)
     argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]
     return start_job(f"ip batch in {ns or 'host'}", argv, "\n".join(lines) + "\n")

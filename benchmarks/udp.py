@@ -20,6 +20,8 @@ from typing import Any
 
 from localdirector.lab.udpservers import DNS_PORT, WHO_NAME
 
+from localdirector.model.addr import IPV6
+
 from .lab import Plan, netloc
 
 QUERY_FILE = "dnsperf-queries.txt"
@@ -37,6 +39,16 @@ NO_UDP = {
     "nfqueue-null-own": "a TCP diagnostic: its worker is queued TCP only",
     "nfqueue-null-own-2": "a TCP diagnostic: its worker is queued TCP only",
 }
+
+
+# Over IPv6 no contender has a DNS figure: the lab's dnsmasq listens on each real's
+# IPv4 address only (localdirector/lab/udpservers.py).
+NO_UDP6 = "the lab's dnsmasq answers on IPv4 only"
+
+
+def no_udp(name: str, plan: Plan) -> str | None:
+    """Why contender `name` serving `plan` has no DNS figure, or None if it has one."""
+    return NO_UDP.get(name) or (NO_UDP6 if plan.family is IPV6 else None)
 
 
 def query_file(work: Path) -> Path:

@@ -12,8 +12,9 @@ import pytest
 from test_shell_commands import Shell
 
 from localdirector.dataplane.kerneltable import KernelTable
-from localdirector.dataplane.nftables import (Shape, definition, desired_kernel, expected_shape,
-                                             install_text, update_text)
+from localdirector.dataplane.kernelrules import desired_kernel
+from localdirector.dataplane.nftables import (Shape, definition, expected_shape, install_text,
+                                             update_text)
 from localdirector.dataplane.iptables import dispatch_rules, names, raw_rules
 from localdirector.dataplane.ruleset import desired_rules
 from localdirector.model import kernelpath, maglev

@@ -154,3 +154,25 @@ def test_build_time_is_reasonable() -> None:
     start = time.perf_counter()
     maglev.MaglevTable.build(_reals(1000))
     assert time.perf_counter() - start < 10
+
+
+def _v6_key(src: str, sport: int, dst: str, dport: int, udp: bool = False) -> int:
+    """An IPv6 flow key as model/connection.py lays it out: by the 129-bit key width of
+    an IPv6 address int, the UDP bit above the tuple."""
+    key = ((((parse_ip(src) << 16) | sport) << 129 | parse_ip(dst)) << 16) | dport
+    return key | (1 << 290 if udp else 0)
+
+
+def test_ipv6_flows_hash_their_whole_tuple_and_protocol_and_never_a_real_tag() -> None:
+    table = maglev.MaglevTable.build(_reals(5), 1009)
+    picks = {table.lookup(_v6_key(f"2001:db8:c::{i:x}", 40000 + i, "2001:db8::10", 80))
+             for i in range(200)}
+    assert len(picks) == 5   # sources and ports count: the flows spread
+    by_port = {table.lookup(_v6_key("2001:db8:c::5", port, "2001:db8::10", 80))
+               for port in range(1024, 1224)}
+    assert len(by_port) == 5
+    tcp = _v6_key("2001:db8:c::5", 40000, "2001:db8::10", 53)
+    udp = _v6_key("2001:db8:c::5", 40000, "2001:db8::10", 53, udp=True)
+    assert maglev.flow_hash(tcp) != maglev.flow_hash(udp)
+    tagged = udp | (parse_ip("2001:db8:1::11") << 291)   # a per-datagram flow's real
+    assert maglev.flow_hash(tagged) == maglev.flow_hash(udp)

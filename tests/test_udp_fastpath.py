@@ -19,7 +19,8 @@ from test_udp_engine import UA, UB, flow, query, udp_lab
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.iptables import mangle_rules, nat_rules, note_rules, known_rule
-from localdirector.dataplane.nftables import definition, desired_kernel, expected_shape
+from localdirector.dataplane.kernelrules import desired_kernel
+from localdirector.dataplane.nftables import definition, expected_shape
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules
 from localdirector.dataplane.stats import MARK_PENDING, REASSIGNED
 from localdirector.model import maglev

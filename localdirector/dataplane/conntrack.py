@@ -2,7 +2,9 @@
 NAT translates a fast-path connection, so moving an unanswered one (its entry must go)
 and expiring one (does the entry still exist?) ask the kernel (docs/design.rst, "Fast
 path"). Each is one ctnetlink request answered synchronously, a few microseconds: cheap
-enough under the model lock, and never per packet.
+enough under the model lock, and never per packet. Either address family: the tuple's
+family (model/addr.py) picks the request's nfgenmsg family and its address attributes
+(CTA_IP_V4_* or CTA_IP_V6_*, 4 or 16 bytes).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import struct
 import threading
 from typing import Protocol
 
+from ..model.addr import IPV4, IPV6, family_of
 from . import netlink
 from .netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, attr, find_attr
 
@@ -24,7 +27,8 @@ _CTNETLINK = 1 << 8          # NFNL_SUBSYS_CTNETLINK in the message type's high 
 _MSG_NEW, _MSG_GET, _MSG_DELETE = 0, 1, 2
 _CTA_TUPLE_ORIG, _CTA_PROTOINFO = 1, 4
 _CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
-_CTA_IP_V4_SRC, _CTA_IP_V4_DST = 1, 2
+# (source, destination) address attributes per family.
+_CTA_IP = {IPV4: (1, 2), IPV6: (3, 4)}     # CTA_IP_V4_SRC/DST, CTA_IP_V6_SRC/DST
 _CTA_PROTO_NUM, _CTA_PROTO_SRC_PORT, _CTA_PROTO_DST_PORT = 1, 2, 3
 _CTA_PROTOINFO_TCP, _CTA_PROTOINFO_TCP_STATE = 1, 1
 # TCP conntrack states from TIME_WAIT on: the connection is over as far as NAT goes.
@@ -56,9 +60,17 @@ class NoKernel:
         return False
 
 
+def request_body(src: int, sport: int, dst: int, dport: int, udp: bool) -> bytes:
+    """nfgenmsg and the original tuple of a request about one connection, in its
+    addresses' family."""
+    return (netlink.NFGEN.pack(family_of(src).af, 0, 0)
+            + _orig_tuple(src, sport, dst, dport, udp))
+
+
 def _orig_tuple(src: int, sport: int, dst: int, dport: int, udp: bool) -> bytes:
-    ip = (attr(_CTA_IP_V4_SRC, struct.pack("!I", src))
-          + attr(_CTA_IP_V4_DST, struct.pack("!I", dst)))
+    family = family_of(src)
+    src_type, dst_type = _CTA_IP[family]
+    ip = attr(src_type, family.packed(src)) + attr(dst_type, family.packed(dst))
     proto = (attr(_CTA_PROTO_NUM, bytes((socket.IPPROTO_UDP if udp else socket.IPPROTO_TCP,)))
              + attr(_CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
              + attr(_CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
@@ -94,7 +106,7 @@ class Conntrack:
                  ) -> tuple[int, list[bytes]]:
         """Send one request; (errno of the kernel's answer, 0 = success; the messages
         that came before it)."""
-        body = netlink.NFGEN.pack(socket.AF_INET, 0, 0) + _orig_tuple(src, sport, dst, dport, udp)
+        body = request_body(src, sport, dst, dport, udp)
         with self._lock:
             self._seq = (self._seq + 1) & 0xFFFFFFFF
             seq = self._seq

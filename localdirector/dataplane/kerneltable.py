@@ -3,19 +3,22 @@ KernelTable installs, updates, verifies (and repairs) and removes it, and folds 
 counters into the model's connection counts (at every verification, from the listing it
 verifies) (docs/design.rst, "Decided in the kernel").
 
-The table exists only while some virtual is decided in the kernel, so an appliance
-without such virtuals never needs nft. Each change is one ``nft -f -`` run, atomic in
-the kernel. A counter's last increments are folded in before the update that deletes
+A family's table exists only while some virtual of that family is decided in the
+kernel, so an appliance without such virtuals never needs nft, and an IPv4-only one
+never has an ``ip6`` table. Each change is one ``nft -f -`` run for both families,
+atomic in the kernel. A counter's last increments are folded in before the update that deletes
 it, and only once no rule refers to it any more, so no connection goes uncounted."""
 
 from __future__ import annotations
 
 import logging
 
+from ..model.addr import Family
 from ..model.director import Director
 from ..model.serverid import ServerId
 from .iptables import Runner
-from .nftables import (KernelRules, expected_shape, found_shape, install_text, removal_text,
+from .kernelrules import KernelRules, family_names
+from .nftables import (WORD, expected_shape, found_shape, install_text, removal_text,
                        run_nft, table_name, update_text)
 from .ruleset import RulesError
 
@@ -23,7 +26,8 @@ log = logging.getLogger("localdirector")
 
 
 class KernelTable:
-    """Owns table ``ip localdirector<queue>`` in the current network namespace."""
+    """Owns tables ``ip localdirector<queue>`` and ``ip6 localdirector<queue>`` in the
+    current network namespace."""
 
     def __init__(self, queue_num: int, runner: Runner = run_nft) -> None:
         self.table = table_name(queue_num)
@@ -76,11 +80,15 @@ class KernelTable:
         if not rules.destinations:
             self.remove(director)
             return True
-        delete = self._retired - rules.counters
+        # Counters of a family whose table stays; a table that appears or goes takes
+        # all of its counters with it (so their folded counts start again).
+        kept = frozenset(name for f in rules.families if f in self.applied.families
+                         for name in family_names(f, self._retired | self.applied.counters))
+        delete = self._retired & kept - rules.counters
         self._nft(update_text(rules, self.applied, self.table, delete))
-        for name in delete:
+        for name in delete | (self._retired | self.applied.counters) - kept:
             self._folded.pop(name, None)
-        self._retired = self.applied.counters - rules.counters
+        self._retired = self.applied.counters & kept - rules.counters
         self._note(rules)
         return True
 
@@ -89,10 +97,11 @@ class KernelTable:
         connections to the serving virtual and its real, refused SYNs to the virtual. A
         server since removed takes its count with it."""
         if self._present:
-            self._fold(director, found_shape(self._list())[1])
+            for family in self.applied.families:
+                self._fold(director, found_shape(self._list(family))[1])
 
-    def _list(self) -> str:
-        return self._run(["-j", "list", "table", "ip", self.table], "")
+    def _list(self, family: Family) -> str:
+        return self._run(["-j", "list", "table", WORD[family], self.table], "")
 
     def _fold(self, director: Director, counts: dict[str, int]) -> None:
         with director.lock:
@@ -121,20 +130,22 @@ class KernelTable:
         are folded from it, a changed one's as far as they are still there."""
         if not self._present:
             return False
-        try:
-            shape, counts = found_shape(self._list())
-        except RulesError:
-            shape, counts = None, {}   # gone
-        if shape is not None:
-            counters, maps, chains = shape
-            want_counters, want_maps, want_chains = expected_shape(self.applied)
-            intact = want_counters <= counters and (maps, chains) == (want_maps, want_chains)
-            self._fold(director, counts)
-            if intact:
-                return False
+        if all([self._intact(director, family) for family in self.applied.families]):
+            return False
         self.install(self.applied)
         self.repairs += 1
         return True
+
+    def _intact(self, director: Director, family: Family) -> bool:
+        """One family's table as we left it; its counters folded as far as they are
+        there."""
+        try:
+            (counters, maps, chains), counts = found_shape(self._list(family))
+        except RulesError:
+            return False   # gone
+        want_counters, want_maps, want_chains = expected_shape(self.applied.of(family))
+        self._fold(director, counts)
+        return want_counters <= counters and (maps, chains) == (want_maps, want_chains)
 
     def remove(self, director: Director | None = None) -> None:
         """Take the table out (folding its counters first when `director` is given)."""

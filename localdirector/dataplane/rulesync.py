@@ -16,7 +16,7 @@ import threading
 
 from ..model.director import Director
 from .kerneltable import KernelTable
-from .nftables import desired_kernel
+from .kernelrules import desired_kernel
 from .ruleset import RulesError, desired_rules
 from .transactions import DualStack, RuleManager
 

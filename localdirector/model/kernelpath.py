@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from math import gcd
 from typing import TYPE_CHECKING
 
+from .addr import family_of
 from .fastpath import reachable_reals
 from .health import candidates
 from .maglev import DEFAULT_SIZE, MaglevTable
@@ -47,7 +48,6 @@ KERNEL_PREDICTORS = ("roundrobin", "weighted", "maglev")
 KERNEL_MAGLEV_SIZE = 4099
 # What a new instance joining a kernel-decided group predicts with.
 KERNEL_DEFAULT_PREDICTOR = "roundrobin"
-ADDRESSES = 1 << 32
 
 
 def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | None:
@@ -179,16 +179,19 @@ def partition(director: Director, addr: int, port: int
 
     nft interval maps refuse overlapping prefixes, so longest-prefix match is resolved
     here: the assigned networks cut the address space into segments inside which no
-    network starts or ends, so one lookup per segment (the model's own) decides it."""
+    network starts or ends, so one lookup per segment (the model's own) decides it.
+    The address space is the VIP's family's (model/addr.py: an IPv6 client's address
+    int carries the family's tag); networks of the other family never match."""
     dport = port if port & 0xFFFF != ALL_PORTS else other_port(director, addr,
                                                                port & UDP_SERVICE)
     if dport is None:
         return []
-    cuts = {0, ADDRESSES}
+    family = family_of(addr)
+    cuts = {family.tag, family.tag + (1 << family.width)}
     for obj in director.bindids:
-        if obj.virtual.addr == addr:
+        if obj.virtual.addr == addr and family_of(obj.client_ip) is family:
             cuts.add(obj.client_ip)
-            cuts.add(obj.client_ip + (1 << (32 - obj.prefixlen)))
+            cuts.add(obj.client_ip + (1 << (family.width - obj.prefixlen)))
     bounds = sorted(cuts)
     ranges: list[tuple[int, int, VirtualMachine]] = []
     for start, end in zip(bounds, bounds[1:]):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from .addr import format_ip
-from .connection import UDP_KEY
+from .addr import IPV6, bracketed
+from .connection import KEY_LIMIT, UDP_KEY
 from .state import State
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ _SKIP = b"maglev-skip"
 _FLOW = b"maglev-flow"
 
 Member = tuple[int, int, int]   # (real address, real port, weight)
+# An IPv6 flow key (model/connection.py) lays its tuple out by the key width of an IPv6
+# address int, 129 bits with its tag: source and port, VIP and port, 2 * 129 + 32 bits,
+# and the UDP bit above them.
+_V6_FLOW_BITS = 2 * (IPV6.width + 1) + 33
 
 
 def is_prime(n: int) -> bool:
@@ -52,8 +56,9 @@ def is_prime(n: int) -> bool:
 
 
 def identity(addr: int, port: int) -> str:
-    """What a real is hashed as: the same text on every director."""
-    return f"{format_ip(addr)}:{port}"
+    """What a real is hashed as: the same text on every director (an IPv6 address in
+    brackets, as before any port; an IPv4 real's text, and so its slots, as before)."""
+    return f"{bracketed(addr)}:{port}"
 
 
 def _hash(data: bytes, person: bytes) -> int:
@@ -64,9 +69,15 @@ def _hash(data: bytes, person: bytes) -> int:
 def flow_hash(flow: int) -> int:
     """A connection's 64-bit hash: `flow` is the engine's flow key (client address and
     port, VIP and port), 96 bits, a UDP flow's with its protocol bit above (97 bits,
-    hashed as 13 bytes, so a TCP key hashes as it always did)."""
-    data = flow.to_bytes(12, "big") if flow < UDP_KEY else \
-        (flow & (UDP_KEY << 1) - 1).to_bytes(13, "big")
+    hashed as 13 bytes, so a TCP key hashes as it always did). An IPv6 key is above
+    every IPv4 one (KEY_LIMIT): its tuple and protocol bit are hashed, never a
+    per-datagram flow's real above them, as for IPv4."""
+    if flow < UDP_KEY:
+        data = flow.to_bytes(12, "big")
+    elif flow < KEY_LIMIT:
+        data = (flow & (UDP_KEY << 1) - 1).to_bytes(13, "big")
+    else:
+        data = (flow & (1 << _V6_FLOW_BITS) - 1).to_bytes(_V6_FLOW_BITS + 7 >> 3, "big")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8,
                                           key=_KEY, person=_FLOW).digest(), "big")
 

@@ -58,14 +58,15 @@ class RuleManager:
         return existing_chains(self._run([f"{self.names.tool}-save"], ""), self.names)
 
     def _ours(self, rules: RuleSet) -> RuleSet:
-        """This family's part of `rules`. IPv6 has the engine's path only so far: a
-        fast-path or kernel-decided IPv6 virtual is refused with the reason (the whole
-        transaction fails, the rules stay as they were)."""
+        """This family's part of `rules`. IPv6 has the userspace path and the
+        kernel-decided one (its ip6 table: kernelrules.py) so far: an engine-decided
+        fast-path IPv6 virtual is refused with the reason (the whole transaction fails,
+        the rules stay as they were)."""
         rules = for_family(rules, self.family)
-        if self.family is IPV6 and (rules.fastpath or rules.targets or rules.kernel
-                                    or rules.forwarded):
-            raise RulesError("IPv6 virtuals take the userspace path only for now "
-                             "(no fastpath, kernel or dispatched): issue 26")
+        if self.family is IPV6 and (rules.fastpath or rules.targets):
+            raise RulesError("IPv6 virtuals take the userspace path or the kernel-decided "
+                             "one (fastpath VIRTUAL kernel) for now, not the engine-decided "
+                             "fast path")
         return rules
 
     def _chains(self, rules: RuleSet

@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summaries[measured_families[0]]
     print()
     print(table)
+    print(f"goals over {measured_families[0]}:")
     for name in TARGETS:
         if name in names:
             print(format_targets(summary, name))

@@ -26,6 +26,8 @@ import pexpect
 import pytest
 
 from localdirector.lab import Lab, pattern_digest
+from localdirector.lab.addresses import VIP_NET6, twin
+from localdirector.lab.servers import default_name
 
 # Queues are per network namespace, but a distinct number per test process keeps
 # parallel runs unambiguous in logs and in /proc.
@@ -45,6 +47,26 @@ FIG1_CONFIG = ROOT / "examples" / "fig1.cfg"
 def name(real: str, port: int = 80) -> str:
     """What a lab server answers on `/`: which real and which port served the request."""
     return f"real-{real}:{port}"
+
+
+class Side:
+    """One family of the dual-stack lab as a test writes it: the VIP and the reals as
+    ids and URLs take them (IPv6 bracketed: the twins of VIP and R11-R15), what a real
+    answers on `/`, a client group's addresses; so a test of IPv4 runs for IPv6 by a
+    parameter, not a copy."""
+
+    def __init__(self, lab: Lab, v6: bool) -> None:
+        self.lab, self.v6 = lab, v6
+        self.vip = f"[{twin(VIP_NET6, VIP)}]" if v6 else VIP
+
+    def real(self, real: str) -> str:
+        return f"[{self.lab.reals6[real]}]" if self.v6 else real
+
+    def name(self, real: str, port: int = 80) -> str:
+        return default_name(self.lab.reals6[real], port) if self.v6 else name(real, port)
+
+    def sources(self, group: str) -> tuple[str, ...]:
+        return tuple((self.lab.client_addresses6 if self.v6 else self.lab.client_addresses)[group])
 
 
 def appliance_argv(config: Path, *extra: str) -> list[str]:
@@ -302,19 +324,26 @@ def held_bodies(proc: subprocess.Popen[str]) -> list[str]:
 @contextmanager
 def real_fault(lab: Lab, real: str, fault: str) -> Iterator[None]:
     """`refuse`: the real's listener on port 80 is gone, its kernel answers RST;
-    `blackhole`: its packets to port 80 vanish. Undone on exit, whatever happened."""
+    `blackhole`: its packets to port 80 vanish, both families'. Undone on exit,
+    whatever happened."""
     drop = ["INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"]
+
+    def blackhole(op: str) -> None:
+        lab.real_iptables(real, [op, *drop])
+        done = lab.run_in(lab.real_ns[real], ["ip6tables", "-w", op, *drop])
+        assert done.returncode == 0, done.stderr
+
     if fault == "refuse":
         lab.stop_server(real, 80)
     else:
-        lab.real_iptables(real, ["-I", *drop])
+        blackhole("-I")
     try:
         yield
     finally:
         if fault == "refuse":
             lab.start_server(real, 80)
         else:
-            lab.real_iptables(real, ["-D", *drop])
+            blackhole("-D")
 
 
 def fig1_pools_answer(lab: Lab) -> None:
@@ -334,26 +363,28 @@ def fig1_pools_answer(lab: Lab) -> None:
 
 
 def ditched_then_retried(lab: Lab, console: Console, fault: str, bad: str, good: str,
-                         timeout: float) -> dict[str, int]:
+                         timeout: float, side: Side | None = None) -> dict[str, int]:
     """With `fault` on `bad` (configured with threshold 2, reassign 1, retry 2 beside
     `good`), six requests from general clients are all answered by `good`, `bad` is FAILED
     after its two ditched connections; once the fault is gone it is tested after `retry`
-    and back in service. Returns `show statistics` as taken during the fault."""
+    and back in service. `side`: the family (IPv4 by default). Returns `show
+    statistics` as taken during the fault."""
+    side = side or Side(lab, False)
+    url, sources, bad_id = f"http://{side.vip}/", side.sources(GENERAL), side.real(bad)
     with real_fault(lab, bad, fault):
-        got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=6,
-                                  timeout=timeout))
-        assert got == [name(good)] * 6
-        state, conns, _ = console.real(bad)
+        got = bodies(lab.get_many(url, sources, count=6, timeout=timeout))
+        assert got == [side.name(good)] * 6
+        state, conns, _ = console.real(bad_id)
         assert state == "FAILED" and conns == 0
-        assert int(console.rows("real")[f"{bad}:0:0:tcp"][6]) == 2   # reassigns
+        assert int(console.rows("real")[f"{bad_id}:0:0:tcp"][6]) == 2   # reassigns
         stats = console.statistics()
         assert stats["conns reassigned"] == 2
-    console.wait_for(lambda: console.real(bad)[0] == "TESTING", timeout=6, what="TESTING")
-    got = bodies(lab.get_many(f"http://{VIP}/", lab.client_addresses[GENERAL], count=4))
-    assert name(bad) in got
+    console.wait_for(lambda: console.real(bad_id)[0] == "TESTING", timeout=6, what="TESTING")
+    got = bodies(lab.get_many(url, sources, count=4))
+    assert side.name(bad) in got
     # On the fast path its SYN-ACK reaches the engine as a batched NFLOG copy, up to
     # nflog.FLUSH_CS later than the client got its answer.
-    console.wait_for(lambda: console.real(bad)[0] == "IS", timeout=2, what="IS")
+    console.wait_for(lambda: console.real(bad_id)[0] == "IS", timeout=2, what="IS")
     return stats
 
 

@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,15 @@ OWN = {"primary": "198.51.100.252", "secondary": "198.51.100.253"}
 TAKEOVER = 5.0                    # documented: within a second or two; generous here
 WAIT = 20.0                       # generous: a loaded 2-core machine
 KEY = "site-pair-passphrase"
+# With `ipv6`: the client segment dual-stack, an IPv6 failover virtual beside the IPv4
+# one, and a reals' segment (IPv6) whose real, in namespace `-r`, routes through the
+# pair's second IPv6 failover virtual.
+GATEWAY6 = "2001:db8:c::1"
+CLIENT6 = "2001:db8:c::9"
+OWN6 = {"primary": "2001:db8:c::fc", "secondary": "2001:db8:c::fd"}
+REAL_GATEWAY6 = "2001:db8:1::1"
+REAL6 = "2001:db8:1::11"
+OWN_REAL6 = {"primary": "2001:db8:1::fc", "secondary": "2001:db8:1::fd"}
 
 
 def ip(*args: str) -> None:
@@ -54,17 +63,20 @@ class Site:
     client host), and a failover link: a veth cable between the units, or a bridge in
     namespace `-w` (a switch)."""
 
-    def __init__(self, tmp_path: Path, link: str) -> None:
+    def __init__(self, tmp_path: Path, link: str, ipv6: bool = False) -> None:
         self.name = f"ff{secrets.token_hex(2)}"
         self.ns = {"primary": f"{self.name}-p", "secondary": f"{self.name}-s"}
         self.client = f"{self.name}-c"
         self.switch = f"{self.name}-w" if link == "switch" else ""
         self.tmp_path = tmp_path
         self.consoles: dict[str, Console] = {}
+        self.ipv6 = ipv6
+        self.real = f"{self.name}-r" if ipv6 else ""
 
     @property
     def namespaces(self) -> list[str]:
-        return [*self.ns.values(), self.client, *([self.switch] if self.switch else [])]
+        return [*self.ns.values(), self.client, *([self.switch] if self.switch else []),
+                *([self.real] if self.real else [])]
 
     def build(self) -> None:
         for ns in self.namespaces:
@@ -73,6 +85,12 @@ class Site:
         c = self.client
         ip("-n", c, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
         ip("-n", c, "addr", "add", f"{CLIENT}/24", "dev", "br0")
+        if self.ipv6:
+            ip("-n", c, "addr", "add", f"{CLIENT6}/64", "dev", "br0", "nodad")
+            ip("-n", self.real, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+            ip("-n", self.real, "addr", "add", f"{REAL6}/64", "dev", "br0", "nodad")
+            ip("-n", self.real, "link", "set", "br0", "up")
+            ip("-n", self.real, "-6", "route", "add", "default", "via", REAL_GATEWAY6)
         ip("-n", c, "link", "set", "br0", "up")
         if self.switch:
             ip("-n", self.switch, "link", "add", "br0", "type", "bridge",
@@ -100,24 +118,41 @@ class Site:
             ip("-n", c, "link", "set", port, "master", "br0")
             ip("-n", c, "link", "set", port, "up")
             ip("-n", ns, "addr", "add", f"{OWN[unit]}/24", "dev", "cli0")
+            if self.ipv6:
+                ip("-n", ns, "addr", "add", f"{OWN6[unit]}/64", "dev", "cli0", "nodad")
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                                "net.ipv6.conf.all.forwarding=1"], check=True)
+                ip("-n", ns, "link", "add", "real0", "type", "veth", "peer", "name", port,
+                    "netns", self.real)
+                ip("-n", self.real, "link", "set", port, "master", "br0")
+                ip("-n", self.real, "link", "set", port, "up")
+                ip("-n", ns, "addr", "add", f"{OWN_REAL6[unit]}/64", "dev", "real0", "nodad")
+                ip("-n", ns, "link", "set", "real0", "up")
             ip("-n", ns, "link", "set", "cli0", "up")
 
-    def boot(self, unit: str) -> Console:
+    def boot(self, unit: str, lines: Sequence[str] = (),
+             dataplane: Sequence[str] = ()) -> Console:
+        """The unit started the documented way with `lines` added to the pair's; without
+        a data plane unless `dataplane` gives its options (`--queue N`)."""
         config = self.tmp_path / f"{unit}.cfg"
         config.write_text("\n".join([
             f"failover ip address {LINK[_other(unit)]}",
             f"failover key {KEY}", "failover poll 100 holdtime 500",
-            f"failover virtual {GATEWAY} 255.255.255.0", "replicate",
-            "failover", ""]))
+            f"failover virtual {GATEWAY} 255.255.255.0",
+            *([f"failover virtual {GATEWAY6}/64", f"failover virtual {REAL_GATEWAY6}/64"]
+              if self.ipv6 else []), "replicate", "failover", *lines, ""]))
         self.consoles[unit] = Console(
             ["ip", "netns", "exec", self.ns[unit], "localdirector", "--config", str(config),
-             "--no-dataplane", "--failover-link", "fo0", "--failover-unit", unit])
+             *(dataplane or ["--no-dataplane"]), "--failover-link", "fo0",
+             "--failover-unit", unit])
         return self.consoles[unit]
 
-    def up(self) -> tuple[str, str]:
-        """Both booted, one active holding the gateway and the other standing by."""
+    def up(self, lines: Sequence[str] = (), dataplane: Sequence[str] = ()
+           ) -> tuple[str, str]:
+        """Both booted (`boot`'s arguments), one active holding the gateway and the
+        other standing by."""
         for unit in self.ns:
-            self.boot(unit)
+            self.boot(unit, lines, dataplane)
         until(lambda: sorted(self.roles().values()) == ["Active", "Standby"],
               "one active and one standby unit")
         active = next(u for u, r in self.roles().items() if r == "Active")
@@ -131,11 +166,12 @@ class Site:
             found[unit] = match[1] if match else ""
         return found
 
-    def holders(self) -> list[str]:
-        """The units that hold the gateway address on a live link now (a dead box's
-        SIGKILLed keepalived leaves it on its downed interface)."""
-        return [unit for unit, ns in self.ns.items() if f"{GATEWAY}/24" in subprocess.run(
-            ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "cli0", "up"],
+    def holders(self, gateway: str = f"{GATEWAY}/24") -> list[str]:
+        """The units that hold the gateway address (or `gateway`, e.g. the IPv6 one's
+        f"{GATEWAY6}/64") on a live link now (a dead box's SIGKILLed keepalived leaves it
+        on its downed interface)."""
+        return [unit for unit, ns in self.ns.items() if f" {gateway} " in subprocess.run(
+            ["ip", "-n", ns, "-o", "addr", "show", "dev", "cli0", "up"],
             capture_output=True, text=True, check=False).stdout]
 
     def processes(self, unit: str) -> list[str]:
@@ -163,7 +199,7 @@ class Site:
 
     def links(self, unit: str, state: str) -> None:
         """The unit's own ends of all its cables: as a dead box's, or a pulled plug's."""
-        for iface in ("fo0", "cli0"):
+        for iface in ("fo0", "cli0", *(["real0"] if self.real else [])):
             ip("-n", self.ns[unit], "link", "set", iface, state)
 
     def crash(self, unit: str) -> None:
@@ -180,9 +216,9 @@ class Site:
             console.close()
 
 
-def built(tmp_path: Path, link: str) -> Iterator[Site]:
+def built(tmp_path: Path, link: str, ipv6: bool = False) -> Iterator[Site]:
     require_netns()
-    site = Site(tmp_path, link)
+    site = Site(tmp_path, link, ipv6)
     try:
         site.build()
         yield site

@@ -325,3 +325,26 @@ def test_the_workers_send_returns_at_once_when_the_other_unit_stops_reading() ->
     for sock in (stalled, server, out):
         sock.close()
     unit._listener.close()
+
+
+def test_the_other_units_stream_is_read_at_the_data_planes_priority() -> None:
+    """A standby reading slower than the active writes closes its window and the
+    active's records wait (issue 22): the reader runs at the worker's priority."""
+    from localdirector.dataplane.worker import WORKER_NICE
+    received = Received()
+    secondary = _listening(received)
+    primary = peer.Peer(_unit("primary", "127.0.0.1"), "127.0.0.2", KEY, lambda m: None,
+                        lambda: None, lambda: 1.0)
+    primary.start()
+    deadline = time.monotonic() + 10
+    while not primary.send({"t": "status", "role": "Active"}):
+        assert time.monotonic() < deadline, "the primary never connected"
+        time.sleep(0.05)
+    assert received.event.wait(5)
+    readers = [t for t in threading.enumerate() if t.name == "failover-read"]
+    assert readers
+    for thread in readers:
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[16]) == WORKER_NICE
+    primary.stop()
+    secondary.stop()

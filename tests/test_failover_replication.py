@@ -320,12 +320,24 @@ def test_a_syn_verdict_leaves_only_after_its_record_is_written() -> None:
     assert wire[-1] == ("record", (True, [late.in_key]))
 
 
-def test_a_socket_that_cannot_take_the_record_at_once_costs_a_whole_resend() -> None:
+def test_a_record_the_socket_cannot_take_at_once_goes_in_the_senders_next_turn() -> None:
+    """The worker's write to a full (or busy) stream: the record stays noted for the
+    sender's next turn, which may wait for room; no whole resend, which would only add
+    to what a slow standby has not read yet (issue 22: window 0, then resends)."""
     lab_ = Lab(fig1())
-    sender = Replicator(lab_.engine, lambda: lab_.d, lambda message, wait=True: wait,
-                        lambda: 1.0)
+    wire: list[tuple[bool, list[int]]] = []
+
+    def send(message: dict[str, Any], wait: bool = True) -> bool:
+        if wait:
+            wire.append((wait, [r[0] for r in message["up"]]))
+        return wait
+
+    sender = Replicator(lab_.engine, lambda: lab_.d, send, lambda: 1.0)
     lab_.engine.observe(sender._note)
     sender.sending = True
-    lab_.syn(41000)
+    conn = lab_.syn(41000)
     sender.write_before_verdicts()
-    assert sender._whole.is_set() and sender.sent == 0
+    assert not sender._whole.is_set() and sender.sent == 0 and wire == []
+    sender._next_refresh = float("inf")  # this turn: what was noted, not a whole resend
+    sender._turn()
+    assert wire == [(True, [conn.in_key])] and sender.sent == 1

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import collections
 import re
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from appliance_driver import (Appliances, FIG1_CONFIG, GENERAL, R11, R12, R13, R14, R15,
-                              SETTLE, VIP, appliance, bodies, held_bodies,
+                              SETTLE, VIP, Side, appliance, bodies, held_bodies,
                               hold, name, simple_config,
                               ditched_then_retried, fig1_pools_answer,
                               ten_megabytes_each_way)
+from test_ipv6_netns import UDP_CLIENT, UDP_ECHO
 
 from localdirector.lab import Lab
 
@@ -32,6 +34,13 @@ def iptables_save(lab: Lab, table: str) -> str:
     proc = lab.run_in(lab.director_ns, ["iptables-save", "-t", table])
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+@pytest.fixture(params=["ipv4", "ipv6"])
+def side(request: pytest.FixtureRequest, lab: Lab) -> Side:
+    """The family a test runs in: an IPv6 virtual over the reals' IPv6 twins, with IPv6
+    clients, takes the same checks as the IPv4 one (docs/design.rst, "Fast path")."""
+    return Side(lab, request.param == "ipv6")
 
 
 @pytest.fixture
@@ -62,29 +71,31 @@ def test_fig1_pools_with_every_instance_on_the_fast_path(lab: Lab, boot) -> None
     assert f"--to-destination {R11}:8001" in nat
 
 
-def test_port_translation_80_to_8001_in_the_kernel(lab: Lab, boot) -> None:
-    console = boot(simple_config(VIP, "roundrobin", [f"{R11}:8001"], FAST))
-    source = lab.client_addresses[GENERAL][0]
-    assert lab.client_get(f"http://{VIP}/", source=source).strip() == name(R11, 8001)
-    held = hold(lab, f"http://{VIP}/hold/3", 1, source)
+def test_port_translation_80_to_8001_in_the_kernel(lab: Lab, boot, side: Side) -> None:
+    vip, real = side.vip, side.real(R11)
+    console = boot(simple_config(vip, "roundrobin", [f"{real}:8001"], f"fastpath {vip}:80"))
+    source = side.sources(GENERAL)[0]
+    assert lab.client_get(f"http://{vip}/", source=source).strip() == side.name(R11, 8001)
+    held = hold(lab, f"http://{vip}/hold/3", 1, source)
     console.wait_for(lambda: "FASTPATH" in console.run("show conns"), what="held connection")
-    conns = console.run(f"show conns {VIP} detail")
-    assert f"-> {VIP}:80" in conns and f"at {R11}:8001" in conns, conns
+    conns = console.run(f"show conns {vip} detail")
+    assert f"-> {vip}:80" in conns and f"at {real}:8001" in conns, conns
     assert "State FASTPATH, answered yes" in conns and "translated by the kernel" in conns
     assert held_bodies(held) == ["held\n"]
 
 
-def test_roundrobin_exact_and_counts_back_to_zero(lab: Lab, boot) -> None:
-    console = boot(simple_config(VIP, "roundrobin", [R12, R13, R14], FAST))
-    got = collections.Counter(bodies(lab.get_many(f"http://{VIP}/",
-                                                  lab.client_addresses[GENERAL], count=30,
-                                                  concurrency=3)))
-    assert got == {name(R12): 10, name(R13): 10, name(R14): 10}
-    assert [console.real(r)[2] for r in (R12, R13, R14)] == [10, 10, 10]
+def test_roundrobin_exact_and_counts_back_to_zero(lab: Lab, boot, side: Side) -> None:
+    vip, reals = side.vip, [side.real(r) for r in (R12, R13, R14)]
+    console = boot(simple_config(vip, "roundrobin", reals, f"fastpath {vip}:80"))
+    got = collections.Counter(bodies(lab.get_many(f"http://{vip}/", side.sources(GENERAL),
+                                                  count=30, concurrency=3)))
+    assert got == {side.name(R12): 10, side.name(R13): 10, side.name(R14): 10}
+    assert [console.real(r)[2] for r in reals] == [10, 10, 10]
+    assert int(console.rows("virtual")[f"{vip}:80:0:tcp"][4]) == 30   # total
 
     def all_zero() -> bool:
-        virtual = int(console.rows("virtual")[f"{VIP}:80:0:tcp"][2])
-        return [console.real(r)[1] for r in (R12, R13, R14)] == [0, 0, 0] and virtual == 0
+        virtual = int(console.rows("virtual")[f"{vip}:80:0:tcp"][2])
+        return [console.real(r)[1] for r in reals] == [0, 0, 0] and virtual == 0
 
     console.wait_for(all_zero, timeout=SETTLE + 2, what="connection counts back to 0")
     assert "No connections" in console.run("show conns")
@@ -113,22 +124,25 @@ def test_roundrobin_exact_and_counts_back_to_zero(lab: Lab, boot) -> None:
     assert kernel["queued"] == 30 and kernel["dropped (queue full)"] == 0
 
 
-def test_ten_megabytes_each_way_byte_exact(lab: Lab, boot) -> None:
-    boot(simple_config(VIP, "roundrobin", [R12, f"{R11}:8001"], FAST))
-    ten_megabytes_each_way(lab)
+def test_ten_megabytes_each_way_byte_exact(lab: Lab, boot, side: Side) -> None:
+    vip = side.vip
+    boot(simple_config(vip, "roundrobin", [side.real(R12), f"{side.real(R11)}:8001"],
+                       f"fastpath {vip}:80"))
+    ten_megabytes_each_way(lab, f"http://{vip}", side.sources(GENERAL)[0])
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])
-def test_a_real_that_stops_answering_is_bypassed_and_failed(lab: Lab, boot,
-                                                            fault: str) -> None:
+def test_a_real_that_stops_answering_is_bypassed_and_failed(lab: Lab, boot, fault: str,
+                                                            side: Side) -> None:
     """`refuse`: its listener is gone and its RST to the SYN is absorbed; `blackhole`:
     its packets vanish, the retransmitted SYN triggers the reassign. Either way the
     conntrack entry toward it is deleted and the client's next SYN reaches the other
     real: clients see a delay, never an error, and after `threshold` the real FAILs."""
-    bad = R13
-    console = boot(simple_config(VIP, "roundrobin", [R12, bad], f"threshold {bad} 2",
-                                 f"reassign {bad} 1", f"retry {bad} 2", FAST))
-    stats = ditched_then_retried(lab, console, fault, bad, R12, timeout=10)
+    bad = side.real(R13)
+    console = boot(simple_config(side.vip, "roundrobin", [side.real(R12), bad],
+                                 f"threshold {bad} 2", f"reassign {bad} 1", f"retry {bad} 2",
+                                 f"fastpath {side.vip}:80"))
+    stats = ditched_then_retried(lab, console, fault, R13, R12, timeout=10, side=side)
     assert stats["reset-absorbed" if fault == "refuse" else "reassigned"] == 2
 
 
@@ -152,3 +166,33 @@ def test_fast_and_userspace_virtuals_side_by_side(lab: Lab, boot) -> None:
     time.sleep(0.3)   # a rule sync, had the refused bind slipped through
     assert f"-s {R12}/32" not in iptables_save(lab, "raw")
     assert lab.client_get(f"http://{VIP}/").strip() in (name(R12), name(R13))
+
+
+def test_an_ipv6_udp_flow_on_the_fast_path(lab: Lab, boot) -> None:
+    """A UDP virtual over IPv6 on the fast path: the engine decides the flow's first
+    datagram, conntrack translates the other 19 and their answers (each byte-exact,
+    from the VIP), the real's first answer reaches the engine as a copy."""
+    side = Side(lab, True)
+    vip, reals = side.vip, [lab.reals6[r] for r in (R12, R13)]
+    servers = [lab.popen_in(lab.real_ns[r], [sys.executable, "-c", UDP_ECHO, lab.reals6[r]])
+               for r in (R12, R13)]
+    try:
+        for r, addr in zip((R12, R13), reals):
+            lab.wait_udp(lab.real_ns[r], f"[{addr}]", 53)
+        console = boot([*(f"real [{r}]:0:0:udp" for r in reals), f"virtual {vip}:53:0:udp",
+                        f"bind {vip}:53:0:udp {' '.join(f'[{r}]:0:0:udp' for r in reals)}",
+                        f"fastpath {vip}:53:0:udp"])
+        source = side.sources(GENERAL)[0]
+        done = lab.run_in(lab.client_ns, [sys.executable, "-c", UDP_CLIENT, vip[1:-1], source])
+        assert done.returncode == 0, done.stderr
+        ok, answered_by = done.stdout.split()
+        assert (int(ok), answered_by) == (20, reals[0])
+        console.wait_for(lambda: "REPLIED" in console.run("show conns"), what="the answer's copy")
+        stats = console.statistics()
+        assert stats["fastpath conns"] == stats["conns created"] == 1
+        assert stats["translated in"] == stats["translated out"] == 0
+        assert console.rows("real")[f"[{reals[0]}]:0:0:udp"][3] == "1"
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()

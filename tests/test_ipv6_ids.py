@@ -124,8 +124,6 @@ def test_patterns_select_within_one_family():
      "% a mask follows an IPv4 address only: write ADDR/LEN"),
     ("real [2001:db8::10]:80", "% [2001:db8::10]:80:0:tcp is already a virtual"),
     # What is IPv4 by nature refuses an IPv6 address in one line.
-    ("advertise [2001:db8::10]:80", "% IPv6 is not supported here: BGP announces IPv4 "
-     "VIPs, not [2001:db8::10]:80:0:tcp"),
     ("static 2001:db8:1::12 2001:db8::10", IPV4_ONLY),
     ("ip address 2001:db8:ff::1 255.255.255.0", IPV4_ONLY),
     ("failover ip address 2001:db8:ff::1 255.255.255.0", IPV4_ONLY),

@@ -94,14 +94,6 @@ def test_ipv6_rules_go_to_ip6tables_and_ipv4_ones_stay_as_they_were() -> None:
     assert tools.ipset[0][:6] == ["ipset", "create", "ldknown7", "hash:ip", "family", "inet"]
 
 
-def test_an_ipv6_engine_decided_fastpath_virtual_is_refused_with_the_reason() -> None:
-    d = dual_stack()
-    with d.lock:
-        d.virtuals[sid("2001:db8::10", 80)].fastpath = True
-    with pytest.raises(RulesError, match="not the engine-decided fast path"):
-        DualStack(7, Tools()).install(desired_rules(d))
-
-
 def test_ipv4_alone_runs_where_ip6tables_fails_and_ipv6_needs_it() -> None:
     class NoIp6(Tools):
         def __call__(self, argv: list[str], stdin: str) -> str:

@@ -2,7 +2,7 @@
 
 A thread follows the model: when BGP's configuration changes it (re)starts ExaBGP with
 a configuration written from it; every half second, and at once after a change, it
-compares the VIPs the model wants announced (model/bgp.py: advertised, in service,
+compares the VIPs (either family) the model wants announced (model/bgp.py: advertised, in service,
 some real can take a connection, not drained) with what ExaBGP was told and sends the
 difference. Health changes (a real FAILED, a probe) move no generation, hence the
 poll. At stop every VIP is withdrawn before ExaBGP is stopped."""
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from localdirector import runtime
 from localdirector.commands.bgp import BgpStatus
 from localdirector.model import bgp
-from localdirector.model.addr import format_ip, parse_ip
+from localdirector.model.addr import family_of, format_ip, parse_ip
 from localdirector.model.bgp import BgpConfig
 
 from .speaker import Speaker, config_text, find_exabgp
@@ -52,8 +52,10 @@ def start(appliance: "Appliance", args: argparse.Namespace) -> "BgpService | Non
 
 
 def _local_address(neighbor: int) -> int:
-    """The address this box reaches `neighbor` from (its route's source)."""
-    out = subprocess.run(["ip", "-o", "-4", "route", "get", format_ip(neighbor)],
+    """The address this box reaches `neighbor` from (its route's source), in the
+    neighbour's family: an IPv6 session's next hop is this director's IPv6 address."""
+    version = f"-{family_of(neighbor).version}"
+    out = subprocess.run(["ip", "-o", version, "route", "get", format_ip(neighbor)],
                          capture_output=True, text=True, check=False).stdout
     match = re.search(r"\bsrc (\S+)", out)
     if match is None:
@@ -72,6 +74,7 @@ class BgpService:
         self._speaker: Speaker | None = None
         self._key: tuple | None = None
         self._announced: set[int] = set()
+        self._neighbors: list[int] = []     # the running ExaBGP's sessions
         self._sessions: dict[int, str] = {}
         self._problem = ""
         self._wake = threading.Event()
@@ -133,12 +136,21 @@ class BgpService:
             return
         with self._lock:
             for vip in sorted(wanted - self._announced):
-                self._speaker.send(f"announce route {format_ip(vip)}/32 next-hop self")
-                log.info("bgp: announced %s/32", format_ip(vip))
+                self._route("announce", vip)
             for vip in sorted(self._announced - wanted):
-                self._speaker.send(f"withdraw route {format_ip(vip)}/32 next-hop self")
-                log.info("bgp: withdrew %s/32", format_ip(vip))
+                self._route("withdraw", vip)
             self._announced = set(wanted)
+
+    def _route(self, verb: str, vip: int, speaker: Speaker | None = None) -> None:
+        """Announce or withdraw VIP/32 or VIP/128 to each neighbour of its family (an
+        ExaBGP command without a neighbour goes to all, and a session of the other
+        family has no place for it)."""
+        prefix = f"{format_ip(vip)}/{family_of(vip).width}"
+        for neighbor in self._neighbors:
+            if family_of(neighbor) is family_of(vip):
+                (speaker or self._speaker).send(
+                    f"neighbor {format_ip(neighbor)} {verb} route {prefix} next-hop self")
+        log.info("bgp: %s %s", "announced" if verb == "announce" else "withdrew", prefix)
 
     def _restart(self, config: BgpConfig, key: tuple) -> None:
         self._stop_speaker()
@@ -160,6 +172,7 @@ class BgpService:
                            directory / "events")
         with self._lock:
             self._speaker = Speaker(program, directory, text, self._event)
+            self._neighbors = [n.addr for n in config.neighbors]
             self._announced = set()
             self._sessions = {}
         self._problem = ""
@@ -185,7 +198,7 @@ class BgpService:
             return
         if announced and speaker.alive():
             for vip in sorted(announced):
-                speaker.send(f"withdraw route {format_ip(vip)}/32 next-hop self")
+                self._route("withdraw", vip, speaker)
             time.sleep(WITHDRAW_GRACE)
         speaker.stop()
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import family_of, format_ip, is_v6
 from localdirector.model.bgp import BgpConfig
 from localdirector.runtime import die_with_parent
 
@@ -48,21 +48,38 @@ def find_exabgp() -> str | None:
             or shutil.which("exabgp", path=os.path.dirname(sys.executable)))
 
 
+def router_id(config: BgpConfig, local: dict[int, int]) -> int:
+    """The BGP identifier: `bgp router-id`, else the lowest local IPv4 address of a
+    session. It is 32 bits (RFC 6286), so a director whose sessions are all IPv6 must
+    be given one."""
+    if config.router_id:
+        return config.router_id
+    ours = sorted(local[n.addr] for n in config.neighbors if not is_v6(local[n.addr]))
+    if not ours:
+        raise ValueError("BGP over IPv6 alone needs bgp router-id A.B.C.D (a BGP "
+                         "identifier is 32 bits)")
+    return ours[0]
+
+
 def config_text(config: BgpConfig, local: dict[int, int], relay: Path, commands: Path,
                 events: Path) -> str:
-    """ExaBGP's configuration: the relay as its API process, one block per neighbour.
-    `local`: neighbour -> the local address that reaches it."""
+    """ExaBGP's configuration: the relay as its API process, one block per neighbour,
+    each carrying its own family's unicast routes (an IPv6 session IPv6's, next hop
+    this director's IPv6 address on it). `local`: neighbour -> the local address that
+    reaches it."""
     lines = ["process localdirector {", f"    run {relay} {commands} {events};",
              "    encoder text;", "}"]
     for n in config.neighbors:
         here = local[n.addr]
+        identifier = router_id(config, local) if is_v6(here) else config.router_id or here
         lines += [
             f"neighbor {format_ip(n.addr)} {{",
-            f"    router-id {format_ip(config.router_id or here)};",
+            f"    router-id {format_ip(identifier)};",
             f"    local-address {format_ip(here)};",
             f"    local-as {config.asn};",
             f"    peer-as {n.remote_as};",
             f"    hold-time {n.hold};",
+            f"    family {{\n        {family_of(n.addr).name} unicast;\n    }}",
             "    api {",
             "        processes [ localdirector ];",
             "        neighbor-changes;",

@@ -1,5 +1,6 @@
 """BGP announcement of the VIPs, IOS-like without a sub-mode (docs/design.rst,
-"Scale-out"): `router bgp ASN`, `bgp router-id ADDR`, `bgp neighbor ADDR remote-as ASN
+"Scale-out"), either family (a neighbour's address says its session's and the VIPs it
+carries): `router bgp ASN`, `bgp router-id A.B.C.D`, `bgp neighbor ADDR remote-as ASN
 [hold-time S]`, `advertise VIRTUAL`, `bgp drain`, and `show bgp`.
 
 The configuration lives in the model (model/bgp.py). Sessions and what ExaBGP was told
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from localdirector.model import bgp
-from localdirector.model.addr import format_ip
+from localdirector.model.addr import family_of, format_ip
 from localdirector.model.serverid import ServerId
 from localdirector.shell import args
 from localdirector.shell.grammar import Keyword, opt
@@ -64,7 +65,8 @@ def _saved_neighbors(director) -> list[tuple[object, ...]]:
 
 
 @command(CONFIG, BGP, Keyword("neighbor", "A BGP peer (the upstream router)"),
-         args.ipv4("addr", "The peer's address"),
+         args.ip("addr", "The peer's address: its family is the session's and its "
+                         "routes'"),
          Keyword("remote-as", "The peer's AS"), args.number("remote_as", *ASN, "AS number"),
          opt(Keyword("hold-time", f"Seconds of silence before the session drops "
                                   f"[{bgp.DEFAULT_HOLD}]"),
@@ -118,12 +120,21 @@ def show_bgp(session: Session) -> None:
                           status.sessions.get(n.addr, "idle") if status else "-")
                          for n in config.neighbors], key="neighbors")
     announced = status.announced if status else frozenset()
-    sent = ("announced" if status and "up" in status.sessions.values()
-            else "announced (no session up)")
-    rows = [(f"{format_ip(v.addr)}/32", director.fmt(v.sid),
-             sent if v.addr in announced else
-             ("withdrawn (drain)" if config.drain else
-              "pending" if v.addr in wanted else "withdrawn (cannot serve)"))
-            for v in director.iter_virtuals() if v.advertise]
+    up = {addr for addr, state in status.sessions.items() if state == "up"} if status \
+        else set()
+
+    def state(vip: int) -> str:
+        family = family_of(vip)
+        if vip in announced:
+            return "announced" if any(family_of(n) is family for n in up) else \
+                "announced (no session up)"
+        if config.drain:
+            return "withdrawn (drain)"
+        if not bgp.has_session(config, vip):
+            return f"withdrawn (no {family.name} neighbor)"
+        return "pending" if vip in wanted else "withdrawn (cannot serve)"
+
+    rows = [(f"{format_ip(v.addr)}/{family_of(v.addr).width}", director.fmt(v.sid),
+             state(v.addr)) for v in director.iter_virtuals() if v.advertise]
     session.print_table(("Prefix", "Virtual", "State"), rows, key="prefixes",
                         empty="No virtual is advertised (advertise VIRTUAL)")

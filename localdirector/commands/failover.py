@@ -1,5 +1,6 @@
 """The failover pair's commands, LocalDirector's where it had them: `failover`,
-`failover ip address`, `failover key`, `failover poll MS [holdtime MS]`, `failover virtual`,
+`failover ip address` (IPv4: the failover link is), `failover key`, `failover poll MS
+[holdtime MS]`, `failover virtual` (either family),
 `replicate`,
 `failover active`, `failover reset`, `write standby`, `show failover`
 (docs/design.rst, "Failover").
@@ -15,13 +16,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from localdirector.model.addr import format_ip, format_mask
+from localdirector.model.addr import family_of, format_ip, is_v6, parse_ip
+from localdirector.model.bindid import network_words
 from localdirector.model.director import Director
 from localdirector.model.failover import (DEFAULT_HOLD_MS, DEFAULT_POLL_MS, HOLD_FACTOR,
                                           HOLD_RANGE_MS, POLL_RANGE_MS, FailoverStatus)
 from localdirector.shell import args
 from localdirector.model import peerkey
-from localdirector.shell.grammar import Keyword, choice, opt
+from localdirector.shell.grammar import Arg, ArgError, Keyword, choice, opt
 from localdirector.shell.registry import EXEC, Mode, command
 from localdirector.shell.session import CommandFailed, Session
 
@@ -114,16 +116,37 @@ def failover_poll(session: Session, ms: int = DEFAULT_POLL_MS, hold: int | None 
         session.director.set_failover_timing(ms, HOLD_FACTOR * ms if hold is None else hold)
 
 
+def _interface_address(text: str, _session: object) -> tuple[int, int | None]:
+    """`ADDR[/LEN]` as `ip addr add` takes it: the host's address and its network's
+    length (so host bits are the point, unlike `assign`'s networks)."""
+    addr_text, slash, length = text.partition("/")
+    try:
+        addr = parse_ip(addr_text)
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+    width = family_of(addr).width
+    if slash and not (length.isdigit() and int(length) <= width):
+        raise ArgError(f"invalid prefix length '{length}' (0-{width})", len(addr_text) + 1)
+    return addr, int(length) if slash else None
+
+
 @command(CONFIG, FAILOVER,
          Keyword("virtual", "An address that moves to the active unit"),
-         args.ipv4("addr", "The address clients or reals route through"), args.mask(), no=3,
-         saver=lambda d: [(format_ip(a), format_mask(p))
-                          for a, p in d.settings.failover.virtuals])
-def failover_virtual(session: Session, addr: int, mask: int = 32, no: bool = False) -> None:
+         Arg("addr", "ADDR[/LEN]", "The address clients or reals route through, IPv6 as "
+                                   "ADDR/LEN", _interface_address), opt(args.mask()), no=3,
+         saver=lambda d: [network_words(a, p) for a, p in d.settings.failover.virtuals])
+def failover_virtual(session: Session, addr: tuple[int, int | None], mask: int | None = None,
+                     no: bool = False) -> None:
+    """`failover virtual IP MASK` as LocalDirector had it, or `ADDR/LEN` of either
+    family (no length: a host, /32 or /128)."""
+    vip, length = addr
+    if mask is not None and (length is not None or is_v6(vip)):
+        raise CommandFailed("a mask follows an IPv4 address only: write ADDR/LEN")
     if no:
-        session.director.remove_failover_virtual(addr)
+        session.director.remove_failover_virtual(vip)
     else:
-        session.director.add_failover_virtual(addr, mask)
+        session.director.add_failover_virtual(
+            vip, next(n for n in (mask, length, family_of(vip).width) if n is not None))
 
 
 @command(CONFIG, Keyword("replicate", "Copy connections to the standby (stateful failover)"),

@@ -5,7 +5,7 @@ it is sent, and asks conntrack where the kernel's entry matters (docs/design.rst
 
 from __future__ import annotations
 
-from ..model.connection import CLOSED, UDP_KEY, Connection
+from ..model.connection import CLOSED, Connection, UdpFlow
 from ..model.real import PhysicalMachine
 from ..model.serverid import UDP_SERVICE
 from .conntrack import KernelTable
@@ -40,8 +40,9 @@ class FastPath:
         """Let the kernel translate this packet's conntrack entry toward the connection's
         real (a no-op for an entry whose NAT is already bound)."""
         real = conn.real
-        mark = self.marks.get((real.addr, real.port | (UDP_SERVICE if conn.in_key >= UDP_KEY
-                                                       else 0)))
+        # The flow's type, not its key's size: an IPv6 TCP key is above IPv4's UDP bit.
+        udp = UDP_SERVICE if type(conn) is UdpFlow else 0
+        mark = self.marks.get((real.addr, real.port | udp))
         if mark is None:
             # Its DNAT rule is not installed yet (a real bound a moment ago): without it
             # the SYN would reach nobody. The client retransmits (a resolver resends).
@@ -74,7 +75,7 @@ class FastPath:
     def forget(self, conn: Connection) -> None:
         """Make the kernel stop translating this connection."""
         self.conntrack.delete(conn.foreign_ip, conn.foreign_port, conn.virtual_ip,
-                              conn.virtual_port, conn.in_key >= UDP_KEY)
+                              conn.virtual_port, type(conn) is UdpFlow)
 
     def held(self, conn: Connection, now: float) -> bool:
         """Its idle timer fired, but its data never reaches the engine: it stays (seen
@@ -83,7 +84,7 @@ class FastPath:
         virtual's timeout or conntrack's (docs/design.rst, "Fast path")."""
         if conn.tcp_state is CLOSED or not self.conntrack.alive(
                 conn.foreign_ip, conn.foreign_port, conn.virtual_ip, conn.virtual_port,
-                conn.in_key >= UDP_KEY):
+                type(conn) is UdpFlow):
             return False
         conn.last_seen = now
         return True

@@ -32,7 +32,8 @@ _CFG_CMD, _CFG_MODE, _CFG_TIMEOUT, _CFG_QTHRESH, _CFG_NLBUFSIZ = 1, 2, 3, 4, 5
 _CMD_BIND, _CMD_UNBIND = 1, 2
 _COPY_PACKET = 2
 _PAYLOAD = 9                   # NFULA_PAYLOAD: the packet, from its IP header on
-# Enough for any IPv4 + TCP header (60 + 60 bytes): the engine reads headers only.
+# Enough for any IPv4 + TCP header (60 + 60 bytes), and IPv6's fixed header + TCP's
+# (40 + 60): the engine reads headers only, with the parsers of every packet.
 COPY_RANGE = 128
 RECEIVE_BUFFER = 4 << 20
 # A batch's datagram: room for BATCH_COPIES copies of ~200 bytes with their attributes.

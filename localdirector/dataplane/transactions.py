@@ -57,18 +57,6 @@ class RuleManager:
     def _existing(self) -> Existing:
         return existing_chains(self._run([f"{self.names.tool}-save"], ""), self.names)
 
-    def _ours(self, rules: RuleSet) -> RuleSet:
-        """This family's part of `rules`. IPv6 has the userspace path and the
-        kernel-decided one (its ip6 table: kernelrules.py) so far: an engine-decided
-        fast-path IPv6 virtual is refused with the reason (the whole transaction fails,
-        the rules stay as they were)."""
-        rules = for_family(rules, self.family)
-        if self.family is IPV6 and (rules.fastpath or rules.targets):
-            raise RulesError("IPv6 virtuals take the userspace path or the kernel-decided "
-                             "one (fastpath VIRTUAL kernel) for now, not the engine-decided "
-                             "fast path")
-        return rules
-
     def _chains(self, rules: RuleSet
                 ) -> tuple[dict[str, list[str]], dict[tuple[int, int], int]]:
         """The match chains of every table as a transaction declares them, and the marks
@@ -86,7 +74,7 @@ class RuleManager:
     def install(self, rules: RuleSet) -> None:
         """First transaction: replace whatever a previous run left (every chain is
         redeclared, hence flushed) and end with exactly one of each of our jumps."""
-        rules = self._ours(rules)
+        rules = for_family(rules, self.family)
         existing = self._existing()
         chains, marks = self._chains(rules)
         tables = install_tables(chains, self.names, existing)
@@ -125,7 +113,7 @@ class RuleManager:
 
     def update(self, rules: RuleSet) -> bool:
         """Replace the match chains that changed, in one run; False when nothing did."""
-        rules = self._ours(rules)
+        rules = for_family(rules, self.family)
         if rules == self.applied:
             return False
         chains, marks = self._chains(rules)
@@ -167,9 +155,21 @@ class DualStack:
                  on_marks: Callable[[dict[tuple[int, int], int]], None] | None = None,
                  bypass: bool = True) -> None:
         self.queue_num = queue_num
-        self.ipv4 = RuleManager(queue_num, runner, on_marks, bypass)
-        self.ipv6 = RuleManager(queue_num, runner, None, bypass, IPV6)
+        self._on_marks = on_marks
+        # Each family's mark map as last installed: the engine is given their union
+        # (the keys are addresses, which never meet across families; a mark value
+        # may, as iptables and ip6tables never see the other's packets).
+        self._marks: dict[Family, dict[tuple[int, int], int]] = {IPV4: {}, IPV6: {}}
+        self.ipv4 = RuleManager(queue_num, runner, self._marks_of(IPV4), bypass)
+        self.ipv6 = RuleManager(queue_num, runner, self._marks_of(IPV6), bypass, IPV6)
         self._managers = [self.ipv4]
+
+    def _marks_of(self, family: Family) -> Callable[[dict[tuple[int, int], int]], None]:
+        def installed(marks: dict[tuple[int, int], int]) -> None:
+            self._marks[family] = marks
+            if self._on_marks is not None:
+                self._on_marks({**self._marks[IPV4], **self._marks[IPV6]})
+        return installed
 
     @property
     def transactions(self) -> int:

@@ -4,7 +4,8 @@ before conntrack or the engine could answer a connection they do not know yet wi
 RST; TCP resends them once the guard is lifted (docs/design.rst, "Failover").
 
 Traffic for the box itself (VRRP, the replication stream, health-probe replies) and
-anything on the failover link passes.
+anything on the failover link passes. Both families: IPv4's chain in iptables' raw
+table, IPv6's the same in ip6tables' (IPv6 virtuals move with the pair too).
 
 The guard also outlives a killed appliance: `sentinel_argv` is a process that dies with
 it (PR_SET_PDEATHSIG) and raises the guard as it goes, so a unit whose appliance was
@@ -20,17 +21,19 @@ import sys
 from pathlib import Path
 
 CHAIN = "LDFAILOVER"
+TOOLS = ("iptables", "ip6tables")     # the guard's, one chain per family
 
 
-def iptables_raw(*args: str, check: bool = True) -> bool:
-    proc = subprocess.run(["iptables", "-w", "-t", "raw", *args], capture_output=True,
+def iptables_raw(*args: str, check: bool = True, tool: str = "iptables") -> bool:
+    proc = subprocess.run([tool, "-w", "-t", "raw", *args], capture_output=True,
                           text=True, check=False)
     if check and proc.returncode != 0:
-        raise OSError(f"iptables -t raw {' '.join(args)}: {proc.stderr.strip()}")
+        raise OSError(f"{tool} -t raw {' '.join(args)}: {proc.stderr.strip()}")
     return proc.returncode == 0
 
 
-# Blocks its two signals, waits for one, then runs its arguments: one iptables call.
+# Blocks its two signals, waits for one, then runs its arguments: one call per family,
+# separated by ';'.
 # SIGTERM is the parent-death signal: the appliance died (the thread that started the
 # sentinel ends only with it, after a clean stop's STOP_SIGNAL), so the sentinel then
 # ends the run's keepalived and conntrackd, which were not told of the death: until the
@@ -47,7 +50,11 @@ _SENTINEL = ("import signal, subprocess, sys, time\n"
              "waited = {signal.SIGTERM, signal.SIGUSR1}\n"
              "signal.pthread_sigmask(signal.SIG_BLOCK, waited)\n"
              "died = signal.sigwait(waited) == signal.SIGTERM\n"
-             "subprocess.run(sys.argv[3:], check=False)\n"
+             "args = sys.argv[3:]\n"
+             "while args:\n"
+             "    cut = args.index(';') if ';' in args else len(args)\n"
+             "    subprocess.run(args[:cut], check=False)\n"
+             "    args = args[cut + 1:]\n"
              "if died:\n"
              "    time.sleep(float(sys.argv[2]))\n"
              "    end_leftovers(Path(sys.argv[1]), signal.SIGTERM)\n")
@@ -56,33 +63,39 @@ _SENTINEL = ("import signal, subprocess, sys, time\n"
 def sentinel_argv(directory: Path) -> list[str]:
     """The sentinel's command line; `directory` (the run directory) names it, so a start
     after a crash ends a leftover one with the other helpers (runtime.claim)."""
-    return [sys.executable, "-c", _SENTINEL, str(directory), str(HANDOFF),
-            "iptables", "-w", "-t", "raw", "-I", "PREROUTING", "1", "-j", CHAIN]
+    raise_ = ["-w", "-t", "raw", "-I", "PREROUTING", "1", "-j", CHAIN]
+    calls = [word for i, tool in enumerate(TOOLS)
+             for word in [*([";"] if i else []), tool, *raise_]]
+    return [sys.executable, "-c", _SENTINEL, str(directory), str(HANDOFF), *calls]
 
 
 class Guard:
     def __init__(self, link: str) -> None:
         self.link = link
         self.up = False
-        iptables_raw("-N", CHAIN, check=False)
-        iptables_raw("-F", CHAIN)
-        for rule in (("-i", link, "-j", "RETURN"),
-                     ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN"),
-                     ("-p", "vrrp", "-j", "RETURN"),
-                     ("-j", "DROP")):
-            iptables_raw("-A", CHAIN, *rule)
+        for tool in TOOLS:
+            iptables_raw("-N", CHAIN, check=False, tool=tool)
+            iptables_raw("-F", CHAIN, tool=tool)
+            for rule in (("-i", link, "-j", "RETURN"),
+                         ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN"),
+                         ("-p", "vrrp", "-j", "RETURN"),
+                         ("-j", "DROP")):
+                iptables_raw("-A", CHAIN, *rule, tool=tool)
 
     def raise_(self) -> None:
         if not self.up:
-            iptables_raw("-I", "PREROUTING", "1", "-j", CHAIN)
+            for tool in TOOLS:
+                iptables_raw("-I", "PREROUTING", "1", "-j", CHAIN, tool=tool)
             self.up = True
 
     def lower(self) -> None:
-        while iptables_raw("-D", "PREROUTING", "-j", CHAIN, check=False):
-            pass
+        for tool in TOOLS:
+            while iptables_raw("-D", "PREROUTING", "-j", CHAIN, check=False, tool=tool):
+                pass
         self.up = False
 
     def remove(self) -> None:
         self.lower()
-        iptables_raw("-F", CHAIN, check=False)
-        iptables_raw("-X", CHAIN, check=False)
+        for tool in TOOLS:
+            iptables_raw("-F", CHAIN, check=False, tool=tool)
+            iptables_raw("-X", CHAIN, check=False, tool=tool)

@@ -7,14 +7,18 @@ import subprocess
 
 
 def interface_addresses() -> list[tuple[str, str, int]]:
-    """(interface, address, prefix length) of every IPv4 address of this box."""
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+    """(interface, address, prefix length) of every IPv4 address of this box and every
+    IPv6 one but the link-local (a failover virtual is global: model/failover.py)."""
+    out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True,
                          text=True, check=True).stdout
     found = []
     for line in out.splitlines():
         words = line.split()
-        addr, _, plen = words[3].partition("/")
-        found.append((words[1], addr, int(plen)))
+        if words[2] == "inet6" and "link" in words[4:6]:   # `scope link`
+            continue
+        if words[2] in ("inet", "inet6"):
+            addr, _, plen = words[3].partition("/")
+            found.append((words[1], addr, int(plen)))
     return found
 
 

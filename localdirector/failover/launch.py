@@ -9,6 +9,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from localdirector import runtime
+from localdirector.model.addr import is_v6, parse_ip
 from localdirector.services import ServiceError
 
 from . import configs
@@ -35,11 +36,13 @@ def start(appliance: "Appliance", args: argparse.Namespace,
     without one: `--no-dataplane`)."""
     if not args.failover_link:
         return None
-    for tool in ("keepalived", "conntrackd", "iptables"):
+    for tool in ("keepalived", "conntrackd", "iptables", "ip6tables"):
         if shutil.which(tool) is None:
             raise ServiceError(f"failover: {tool} is not installed")
     addresses = interface_addresses()
-    own = next((addr for ifname, addr, _ in addresses if ifname == args.failover_link), None)
+    # The link is IPv4 whatever the virtuals' families (configs.py says why).
+    own = next((addr for ifname, addr, _ in addresses
+                if ifname == args.failover_link and not is_v6(parse_ip(addr))), None)
     if own is None:
         raise ServiceError(f"failover: {args.failover_link} has no IPv4 address")
     try:

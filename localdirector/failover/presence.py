@@ -6,8 +6,9 @@ end of the link loses carrier and the hellos stop. VRRP alone would make the sta
 active in both cases, and with a live active that is a split brain on the client and
 real segments. LocalDirector and PIX test the network interfaces before they take
 over; so does this unit: while it is not active and its failover link has no carrier,
-it holds keepalived in FAULT (the track file) and asks the shared segments, by ARP,
-whether anyone answers for a failover virtual. Someone does: the other unit is alive
+it holds keepalived in FAULT (the track file) and asks the shared segments, by ARP (by
+neighbour solicitation where a segment has IPv6 virtuals only), whether anyone answers
+for a failover virtual. Someone does: the other unit is alive
 and active, and this one stands by. Nobody does: it lets keepalived go, which takes
 over one master-down interval later. Through a switch the survivor keeps carrier, and
 VRRP decides alone, as before."""
@@ -24,6 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localdirector.model.addr import is_v6, parse_ip
+
+from .configs import covers
+
 log = logging.getLogger("localdirector.failover")
 
 WATCH = 0.05          # seconds between carrier checks: well inside one master-down
@@ -31,6 +36,9 @@ ASK_TIMEOUT = 0.1     # seconds an ARP question waits (a LAN answers in < 1 ms)
 ASKS = 2              # rounds of questions before "nobody answers"
 RECHECK = 1.0         # seconds between rounds while the peer still answers
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+ICMPV6 = 58
+NEIGHBOR_SOLICITATION, NEIGHBOR_ADVERTISEMENT = 135, 136
 BROADCAST = b"\xff" * 6
 
 
@@ -54,30 +62,63 @@ def _request(ifname: str, own: str, want: bytes) -> bytes:
             + ipaddress.IPv4Address(own).packed + bytes(6) + want)
 
 
+def _solicitation(ifname: str, own: str, want: bytes) -> bytes:
+    """An IPv6 neighbour solicitation (RFC 4861) for `want`, from `own`, to its
+    solicited-node multicast group, with our link-layer address (so the answer comes
+    straight back); hop limit 255, as neighbour discovery requires."""
+    mac = _mac(ifname)
+    group = b"\xff\x02" + bytes(9) + b"\x01\xff" + want[13:]
+    body = bytes(4) + want + b"\x01\x01" + mac            # reserved, target, SLLA option
+    source = ipaddress.IPv6Address(own).packed
+    pseudo = source + group + struct.pack("!IxxxB", 4 + len(body), ICMPV6)
+    total = sum(struct.unpack(f"!{(len(pseudo) + 4 + len(body)) // 2}H",
+                              pseudo + bytes([NEIGHBOR_SOLICITATION, 0, 0, 0]) + body))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    icmp = struct.pack("!BBH", NEIGHBOR_SOLICITATION, 0, ~total & 0xFFFF) + body
+    return (b"\x33\x33" + group[12:] + mac + struct.pack("!H", ETH_P_IPV6)
+            + struct.pack("!IHBB", 6 << 28, len(icmp), ICMPV6, 255) + source + group + icmp)
+
+
+def _question(ifname: str, own: str, target: str
+              ) -> tuple[int, bytes, Callable[[bytes], bool]]:
+    """(ethertype, frame, whether a frame answers it) for asking who holds `target`:
+    ARP for IPv4, a neighbour solicitation for IPv6."""
+    if is_v6(parse_ip(target)):
+        want = ipaddress.IPv6Address(target).packed
+        # A neighbour advertisement (ICMPv6 136, right after a bare IPv6 header) for it.
+        return ETH_P_IPV6, _solicitation(ifname, own, want), lambda frame: (
+            len(frame) >= 78 and frame[12:14] == b"\x86\xdd" and frame[20] == ICMPV6
+            and frame[54] == NEIGHBOR_ADVERTISEMENT and frame[62:78] == want)
+    want = ipaddress.IPv4Address(target).packed
+    # An ARP reply (op 2) whose sender address is the virtual.
+    return ETH_P_ARP, _request(ifname, own, want), lambda frame: (
+        len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == want)
+
+
 def who_answers(questions: list[tuple[str, str, str]], timeout: float = ASK_TIMEOUT) -> str:
-    """Ask every segment at once, by ARP from this unit's own address there (`asks`),
-    whether anyone answers for its failover virtual; 'ADDRESS on IFACE' of the first
-    answer within `timeout`, or "". A segment whose link is down is not asked."""
-    sockets: dict[socket.socket, tuple[str, bytes]] = {}
+    """Ask every segment at once, by ARP or neighbour solicitation from this unit's own
+    address there (`asks`), whether anyone answers for its failover virtual; 'ADDRESS
+    on IFACE' of the first answer within `timeout`, or "". A segment whose link is down
+    is not asked."""
+    sockets: dict[socket.socket, tuple[str, Callable[[bytes], bool]]] = {}
     try:
         for ifname, own, target in questions:
-            want = ipaddress.IPv4Address(target).packed
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            ethertype, frame, answers = _question(ifname, own, target)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
             try:
-                sock.bind((ifname, ETH_P_ARP))
-                sock.send(_request(ifname, own, want))
+                sock.bind((ifname, ethertype))
+                sock.send(frame)
             except OSError:       # that segment's link is down too: nobody to ask
                 sock.close()
                 continue
-            sockets[sock] = (f"{target} on {ifname}", want)
+            sockets[sock] = (f"{target} on {ifname}", answers)
         deadline = time.monotonic() + timeout
         while sockets and (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select(list(sockets), [], [], left)
             for sock in ready:
-                frame = sock.recv(128)
-                found, want = sockets[sock]
-                # An ARP reply (op 2) whose sender address is the virtual.
-                if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == want:
+                found, answers = sockets[sock]
+                if answers(sock.recv(128)):
                     return found
         return ""
     finally:
@@ -89,15 +130,20 @@ def asks(instances: list[tuple[str, list[str]]],
          addresses: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
     """(interface, this unit's own address there, a failover virtual) per segment of
     `instances` (configs.instances), from this box's `addresses`: whom to ask whether
-    the other unit still answers."""
+    the other unit still answers. An IPv4 virtual where the segment has one (ARP), else
+    an IPv6 one (neighbour solicitation); the own address is of the virtual's network,
+    never a virtual itself (this unit may hold them)."""
     found = []
     for ifname, vips in instances:
-        vip = ipaddress.IPv4Interface(vips[0])
-        own = next((addr for name, addr, _ in addresses if name == ifname
-                    and ipaddress.IPv4Address(addr) in vip.network
-                    and f"{addr}/{vip.network.prefixlen}" not in vips), None)
-        if own is not None:
-            found.append((ifname, own, str(vip.ip)))
+        for text in sorted(vips, key=lambda vip: is_v6(parse_ip(vip.partition("/")[0]))):
+            vip, _, plen = text.partition("/")
+            network = (parse_ip(vip), int(plen))
+            own = next((addr for name, addr, _ in addresses if name == ifname
+                        and covers(network, parse_ip(addr))
+                        and f"{addr}/{plen}" not in vips), None)
+            if own is not None:
+                found.append((ifname, own, vip))
+                break
     return found
 
 

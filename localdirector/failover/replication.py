@@ -41,7 +41,9 @@ from localdirector.model.connection import (
     UNREPLIED,
     Connection,
     UdpFlow,
+    real_tag,
 )
+from localdirector.model.addr import V6, family_of
 from localdirector.model.director import Director
 from localdirector.model.predictors import remember_sticky
 from localdirector.model.serverid import ServerId
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("localdirector.failover")
 
 DRAIN = 0.05         # seconds for the packets queued before a step-down to be handled
-TURN_WAIT = 0.005     # seconds the worker waits for a turn in progress to end
+TURN_WAIT = 0.02      # seconds the worker waits for a turn in progress to end
 CHUNK = 2000         # connections per message of a whole resend (one lock hold each)
 REFRESH_RANGE = (5.0, 300.0)   # seconds between whole resends, clamped
 # The model's own state strings: the engine compares them by identity.
@@ -75,15 +77,34 @@ def _text(value: Any) -> bool:
     return type(value) is str
 
 
+def _addr(value: Any) -> bool:
+    """An address int of either family (model/addr.py): IPv4's 32 bits, or IPv6's 128
+    with the tag, bit 128."""
+    return type(value) is int and (0 <= value <= 0xFFFFFFFF or V6 <= value < V6 << 1)
+
+
 _U16, _U32 = _int(0xFFFF), _int(0xFFFFFFFF)
-_KEY = _int(KEY_LIMIT - 1)   # a flow key: client address and port, VIP and port (and
-                             # for a UDP flow, the protocol bit and a per-datagram real)
+# A flow key: client address and port, VIP and port (and for a UDP flow, the protocol
+# bit and a per-datagram real), laid out by the family's width (model/connection.py); an
+# IPv6 one with a per-datagram real's tag stays below 2**600. `decode` bounds it by its
+# family's layout and rebuilds it from the fields it carries, which checks the rest.
+_KEY = _int(max(KEY_LIMIT, 1 << 600) - 1)
 # One check per field of `encode`'s record and of `encode_sticky`'s entry.
-_RECORD = (_KEY, _U32, _U16, _U16, _text, _U32, _U16, _U16, _text, _U16, _U16,
+_RECORD = (_KEY, _addr, _U16, _U16, _text, _addr, _U16, _U16, _text, _U16, _U16,
            lambda state: type(state) is str and state in _STATES,
            lambda answered: type(answered) is bool, _int(0xFF), _U32, _U32, _int(0xFFFF),
            _age, _age)
-_STICKY = (_U32, _U16, _U16, _text, _U32, _U32, _U16, _U16, _text, _age)
+_STICKY = (_addr, _U16, _U16, _text, _addr, _addr, _U16, _U16, _text, _age)
+
+
+def _tag_bits(vip: int) -> tuple[int, int]:
+    """The lowest bit a per-datagram flow's real tag sets in the key layout of the VIP's
+    family (model/connection.py's `real_tag`), and the bound of every key of that layout:
+    a key may differ from the one rebuilt from its fields only from that bit up (the
+    flow moved off its real), and only below the bound (KEY_LIMIT for IPv4)."""
+    family = family_of(vip)
+    low = real_tag(family.tag, 1)
+    return low & -low, 1 << real_tag(family.tag | family.all_ones, 0xFFFF).bit_length()
 
 
 def _valid(record: Any, checks: tuple[Callable[[Any], bool], ...]) -> bool:
@@ -116,9 +137,17 @@ def decode(record: Any, director: Director, now: float) -> Connection | str:
     # A UDP flow (docs/design.rst, "UDP flows") travels in the same record: its key
     # carries the protocol (and a per-datagram flow's real), its state is UDP's.
     cls = UdpFlow if virtual.proto == "udp" else Connection
-    conn = cls((in_key >> 64) & 0xFFFFFFFF, (in_key >> 48) & 0xFFFF, virtual.addr,
-               virtual.port or virtual_port, virtual, real, now - created)
-    if conn.in_key != in_key and (cls is Connection or conn.in_key ^ in_key < 1 << 97):
+    port = virtual.port or virtual_port
+    # The client, read out of the key by the connection's own layout (its family's).
+    layout = cls(0, 0, virtual.addr, port, virtual, real, now)
+    layout.in_key = in_key
+    client = layout.foreign_ip
+    if family_of(client) is not family_of(virtual.addr) or not _addr(client):
+        return MALFORMED
+    conn = cls(client, layout.foreign_port, virtual.addr, port, virtual, real, now - created)
+    low, limit = _tag_bits(virtual.addr)
+    if in_key >= limit or conn.in_key != in_key and (cls is Connection
+                                                     or conn.in_key ^ in_key < low):
         return MALFORMED   # only a per-datagram flow moved off its real may differ (tag)
     conn.in_key = in_key
     conn.remap = remap
@@ -151,6 +180,9 @@ def apply_sticky(entries: Iterable[Any], director: Director, now: float) -> int:
             malformed += 1
             continue
         vaddr, vport, vbind, vproto, client, raddr, rport, rbind, rproto, age = entry
+        if family_of(client) is not family_of(vaddr):
+            malformed += 1
+            continue
         virtual = director.virtuals.get(ServerId(vaddr, vport, vbind, vproto))
         real = director.reals.get(ServerId(raddr, rport, rbind, rproto))
         if virtual is not None and real is not None and virtual.sticky:
@@ -279,10 +311,11 @@ class Replicator:
         leaves a unit that has not told the other unit of its connection, and one that
         dies a moment later is not followed by a takeover that resets it (issue 22: 0-4
         of 5,000 short connections before). While the sender is in a turn it waits up to
-        `TURN_WAIT` for it (a turn of noted connections takes well under a millisecond;
-        not waiting let these SYNs go before their records, and a crash in the next
-        millisecond lost the connection: 1 of 3,000 in about one crash in ten on a
-        loaded machine); no longer, and not at all while a whole resend is due (it
+        `TURN_WAIT` for it (a turn of noted connections takes well under a millisecond,
+        but a starved machine deschedules the sender for milliseconds: not waiting let
+        these SYNs go before their records, and a crash in the next milliseconds lost
+        the connection, 1 of 3,000 in about one crash in ten on a loaded machine); no
+        longer, and not at all while a whole resend is due (it
         carries these) or for a socket that cannot take the message at once (then the
         other unit gets everything again). Never raises into the worker."""
         if not (self._noted or self._closed) or not self.sending or self._whole.is_set():
@@ -308,8 +341,18 @@ class Replicator:
         if up or closed:
             if self.send({"t": "conns", "up": up, "down": list(closed)}, wait):
                 self.sent += len(up)
-            else:
+            elif wait:
                 self._whole.set()   # lost: the other unit gets everything when it is back
+            else:
+                # The worker's write found the stream busy or full: the sender's next
+                # turn, which may wait for room, carries these (a whole resend would
+                # only add to what the other unit has not read yet). A stream it broke
+                # is resent whole when it reconnects.
+                with director.lock:
+                    for key, conn in noted.items():
+                        self._noted.setdefault(key, conn)
+                    self._closed |= closed
+                self._wake.set()
 
     def _send_whole(self, reset: bool) -> None:
         """Everything, in chunks of one lock hold each; what changes meanwhile is

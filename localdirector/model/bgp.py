@@ -1,13 +1,17 @@
 """BGP announcement of the VIPs (docs/design.rst, "Scale-out"): the local AS, the
 neighbours, whether the operator drains this director, and which VIPs must be announced
-now. ExaBGP speaks BGP (localdirector/bgp/); this is only what the model says."""
+now. ExaBGP speaks BGP (localdirector/bgp/); this is only what the model says.
+
+Both families: a neighbour's address says its session's family, and a VIP is announced
+(IPv4 unicast /32, IPv6 unicast /128) to the neighbours of its own family, next hop this
+director's address on that session (docs/design.rst, "Scale-out")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import format_ip, is_v6
+from .addr import IPV4, IPV6, family_of, format_ip
 from .errors import ModelError
 from .fastpath import reachable_reals
 from .health import available
@@ -47,14 +51,32 @@ def can_serve(director: Director, virtual) -> bool:
         available(r) for r in reachable_reals(director, virtual))
 
 
+def has_session(config: BgpConfig, vip: int) -> bool:
+    """Some neighbour of the VIP's family could carry its route."""
+    family = family_of(vip)
+    return any(family_of(n.addr) is family for n in config.neighbors)
+
+
 def wanted(director: Director) -> frozenset[int]:
-    """The VIPs (/32) to announce now: those of an `advertise`d virtual that can serve,
-    none while draining or without BGP configured."""
+    """The VIPs (/32, /128) to announce now: those of an `advertise`d virtual that can
+    serve and have a neighbour of their family, none while draining or without BGP
+    configured."""
     config = director.settings.bgp
     if not config.asn or config.drain:
         return frozenset()
     return frozenset(v.addr for v in director.iter_virtuals()
-                     if v.advertise and can_serve(director, v))
+                     if v.advertise and has_session(config, v.addr)
+                     and can_serve(director, v))
+
+
+def _unusable(addr: int) -> bool:
+    """An address no BGP session goes to: IPv4's 0/8, loopback, multicast and above;
+    IPv6's unspecified, loopback, link-local (a session would need its interface) and
+    multicast."""
+    if family_of(addr) is IPV4:
+        return addr >> 24 in (0, 127) or addr >> 28 >= 14
+    bits = addr & IPV6.all_ones
+    return bits in (0, 1) or bits >> 118 == 0x3FA or bits >> 120 == 0xFF
 
 
 class BgpSettings:
@@ -66,8 +88,6 @@ class BgpSettings:
         def changed(self) -> None: ...
 
         def virtual(self, sid: ServerId) -> VirtualMachine: ...
-
-        def fmt(self, sid: ServerId) -> str: ...
 
     def set_bgp_as(self, asn: int = 0) -> None:
         """`router bgp ASN` (0: `no router bgp`, which also forgets the neighbours)."""
@@ -94,7 +114,7 @@ class BgpSettings:
         low, high = HOLD_RANGE
         if not low <= hold <= high:
             raise ModelError(f"hold-time must be {low}-{high} seconds")
-        if addr >> 24 in (0, 127) or addr >> 28 >= 14:
+        if _unusable(addr):
             raise ModelError(f"{format_ip(addr)} cannot be a BGP neighbor")
         listed = self.settings.bgp.neighbors
         listed[:] = [n for n in listed if n.addr != addr] + [Neighbor(addr, remote_as, hold)]
@@ -113,13 +133,9 @@ class BgpSettings:
         self.changed()
 
     def set_advertise(self, sid: ServerId, on: bool) -> None:
-        """`advertise VIRTUAL`: announce its VIP while it can serve (IPv4 unicast: an
-        IPv6 VIP is refused rather than announced as a /32 of another family)."""
-        virtual = self.virtual(sid)
-        if on and is_v6(virtual.addr):
-            raise ModelError(f"IPv6 is not supported here: BGP announces IPv4 VIPs, not "
-                             f"{self.fmt(sid)}")
-        virtual.advertise = on
+        """`advertise VIRTUAL`: announce its VIP while it can serve, to the neighbours
+        of its family."""
+        self.virtual(sid).advertise = on
         self.changed()
 
     def _need_bgp(self) -> None:

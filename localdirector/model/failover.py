@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .addr import format_ip, prefix_mask
+from .addr import IPV4, family_of, format_ip, format_prefix, is_v6
 from .errors import ModelError
 from .peerkey import KEY_BYTES
 
@@ -82,6 +82,9 @@ class FailoverSettings:
 
     def set_failover_peer(self, addr: int = 0) -> None:
         """`failover ip address IP`: the other unit's address on the failover link."""
+        if is_v6(addr):
+            raise ModelError(f"{format_ip(addr)}: the failover link is IPv4 (its VRRP, "
+                             f"conntrackd and stream), whatever the virtuals' families")
         if addr and (addr >> 24 in (0, 127) or addr >> 28 >= 14):
             raise ModelError(f"{format_ip(addr)} cannot be a failover peer")
         self.settings.failover.peer = addr
@@ -117,10 +120,22 @@ class FailoverSettings:
         self.changed()
 
     def add_failover_virtual(self, addr: int, prefixlen: int) -> None:
-        """`failover virtual IP MASK`: an address that moves with the active unit."""
-        host = addr & ~prefix_mask(prefixlen) & 0xFFFFFFFF
-        if prefixlen < 31 and host in (0, ~prefix_mask(prefixlen) & 0xFFFFFFFF):
-            raise ModelError(f"{format_ip(addr)} is not a host address of its network")
+        """`failover virtual IP MASK` / `failover virtual ADDR/LEN`: an address that moves
+        with the active unit, either family. A network's own address is refused (and
+        IPv4's broadcast; IPv6's host 0 is the subnet-router anycast), as is an IPv6
+        link-local one: keepalived places each virtual by the network it shares with an
+        interface's global address (docs/design.rst, "Failover")."""
+        family = family_of(addr)
+        if not 0 <= prefixlen <= family.width:
+            raise ModelError(f"invalid prefix length {prefixlen} (0-{family.width})")
+        hosts = ~family.mask(prefixlen) & family.all_ones
+        host = addr & hosts
+        if prefixlen < family.width - 1 and (host == 0 or family is IPV4 and host == hosts):
+            raise ModelError(f"{format_ip(addr)} is not a host address of "
+                             f"{format_prefix(addr & ~hosts, prefixlen)}")
+        if is_v6(addr) and addr >> 118 & 0x3FF == 0x3FA:     # fe80::/10
+            raise ModelError(f"{format_ip(addr)} is link-local: a failover virtual is "
+                             f"a global address")
         listed = self.settings.failover.virtuals
         listed[:] = [(a, p) for a, p in listed if a != addr] + [(addr, prefixlen)]
         self.changed()

@@ -1,4 +1,9 @@
-"""The four ways of getting the clients' requests to the three nginx reals.
+"""The four ways of getting the clients' requests to the three nginx reals, over either
+family.
+
+A contender serves one family, its `plan` (benchmarks/lab.py: the VIP, the reals, the
+words iptables and nft use): the same class measures IPv4 and IPv6, so the two differ in
+addresses only.
 
 Each contender installs its state in the director namespace on ``start`` and removes it on
 ``stop``; :func:`reset_director` then wipes whatever might be left (nft ruleset, conntrack
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from localdirector.lab import LabError
 
-from .lab import REALS, VIP, VIP_PORT, SMALL_PATH, BenchLab
+from .lab import PLAN4, PLANS, SMALL_PATH, VIP_PORT, BenchLab, Plan, netloc, url
 from .udp import appliance_lines, nat_rule, udp_virtual
 
 _STOP_DEADLINE = 10.0
@@ -38,14 +43,20 @@ class Contender:
     every_packet = False  # ... all of them, so CPU per queued packet is a per-packet cost
     workers = 1      # processes: the first and its children count as the contender's CPU
 
-    def __init__(self) -> None:
+    def __init__(self, plan: Plan = PLAN4) -> None:
+        self.plan = plan
         self.proc: subprocess.Popen[bytes] | None = None
         self.unavailable: str | None = None
         self._log: Path | None = None
 
     def target(self, index: int) -> str:
         """Host client process ``index`` connects to."""
-        return VIP
+        return self.plan.vip
+
+    @property
+    def label(self) -> str:
+        """The name and family, as the log and the unavailable notes say it."""
+        return f"{self.name} ({self.plan.name})"
 
     @property
     def pid(self) -> int | None:
@@ -60,8 +71,7 @@ class Contender:
 
     def _wait_ready(self, bench: BenchLab) -> None:
         try:
-            bench.wait_http(f"http://{self.target(0)}:{VIP_PORT}{SMALL_PATH}",
-                            what=self.name)
+            bench.wait_http(url(self.target(0), SMALL_PATH), what=self.label)
         except LabError as exc:
             raise ContenderUnavailable(f"{exc}{self._log_tail()}") from exc
 
@@ -69,7 +79,7 @@ class Contender:
         """Start the forwarding process in the director namespace, output to a log whose
         tail explains a failure."""
         assert bench.work is not None
-        self._log = bench.work / f"{self.name}.log"
+        self._log = bench.work / f"{self.name}-{self.plan.name}.log"
         with open(self._log, "ab") as log:
             self.proc = bench.popen(bench.director_ns, argv, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log)
@@ -105,13 +115,12 @@ class Direct(Contender):
     description = "direct routing to the reals, no translation"
 
     def target(self, index: int) -> str:
-        return REALS[index % len(REALS)]
+        return self.plan.reals[index % len(self.plan.reals)]
 
     def start(self, bench: BenchLab) -> None:
         bench.set_direct_routes(True)
-        for index in range(len(REALS)):
-            bench.wait_http(f"http://{self.target(index)}:{VIP_PORT}{SMALL_PATH}",
-                            what="direct route")
+        for real in self.plan.reals:
+            bench.wait_http(url(real, SMALL_PATH), what="direct route")
 
     def stop(self, bench: BenchLab) -> list[str]:
         bench.set_direct_routes(False)
@@ -130,19 +139,20 @@ class KernelNat(Contender):
         self._wait_ready(bench)
 
     def stop(self, bench: BenchLab) -> list[str]:
-        bench.run(bench.director_ns, ["nft", "delete", "table", "ip", _NFT_TABLE], check=False)
+        bench.run(bench.director_ns, ["nft", "delete", "table", self.plan.nft, _NFT_TABLE],
+                  check=False)
         return []
 
-    @staticmethod
-    def _install_nat(bench: BenchLab) -> None:
-        reals = ", ".join(f"{i} : {real}" for i, real in enumerate(REALS))
+    def _install_nat(self, bench: BenchLab) -> None:
+        plan = self.plan
+        reals = ", ".join(f"{i} : {real}" for i, real in enumerate(plan.reals))
         ruleset = (
-            f"table ip {_NFT_TABLE} {{\n"
+            f"table {plan.nft} {_NFT_TABLE} {{\n"
             "  chain prerouting {\n"
             "    type nat hook prerouting priority dstnat; policy accept;\n"
-            f"    ip daddr {VIP} tcp dport {VIP_PORT} "
-            f"dnat to numgen inc mod {len(REALS)} map {{ {reals} }}\n"
-            + nat_rule(VIP, reals, len(REALS)) +
+            f"    {plan.nft} daddr {plan.vip} tcp dport {VIP_PORT} "
+            f"dnat to numgen inc mod {len(plan.reals)} map {{ {reals} }}\n"
+            + nat_rule(plan, reals) +
             "  }\n"
             "}\n")
         try:
@@ -167,8 +177,9 @@ class NfqueueNull(KernelNat):
     queues = ("--queue-num", "0")
 
     def _rules(self) -> list[list[str]]:
-        match = [["-d", VIP, "-p", "tcp", "--dport", str(VIP_PORT)]]
-        match += [["-s", real, "-p", "tcp", "--sport", str(VIP_PORT)] for real in REALS]
+        match = [["-d", self.plan.vip, "-p", "tcp", "--dport", str(VIP_PORT)]]
+        match += [["-s", real, "-p", "tcp", "--sport", str(VIP_PORT)]
+                  for real in self.plan.reals]
         return [["PREROUTING", *m, "-j", "NFQUEUE", *self.queues, "--queue-bypass"]
                 for m in match]
 
@@ -182,13 +193,13 @@ class NfqueueNull(KernelNat):
                 raise ContenderUnavailable(f"NFQUEUE worker did not bind{self._log_tail()}")
             time.sleep(0.05)
         for rule in self._rules():
-            bench.run(bench.director_ns, ["iptables", "-w", "-t", "raw", "-A", *rule])
+            bench.run(bench.director_ns, [self.plan.iptables, "-w", "-t", "raw", "-A", *rule])
         self._install_nat(bench)
         self._wait_ready(bench)
 
     def stop(self, bench: BenchLab) -> list[str]:
         for rule in self._rules():
-            bench.run(bench.director_ns, ["iptables", "-w", "-t", "raw", "-D", *rule],
+            bench.run(bench.director_ns, [self.plan.iptables, "-w", "-t", "raw", "-D", *rule],
                       check=False)
         notes = super().stop(bench)
         self._terminate()
@@ -218,57 +229,69 @@ class NfqueueNullOwnTwo(NfqueueNull):
 
 class HAProxy(Contender):
     """(c) HAProxy in TCP mode: a full proxy, so the VIP must be a local address (on
-    ``lo``) for this contender only."""
+    ``lo``) for this contender only. HAProxy reads an IPv6 address in brackets before
+    its port, as a URL writes it."""
 
     name = "haproxy"
     description = "HAProxy, mode tcp, roundrobin"
 
     def start(self, bench: BenchLab) -> None:
         assert bench.work is not None
-        servers = "\n".join(f"    server r{i} {real}:{VIP_PORT}" for i, real in enumerate(REALS))
-        conf = bench.work / "haproxy.cfg"
+        plan = self.plan
+        servers = "\n".join(f"    server r{i} {netloc(real)}" for i, real in enumerate(plan.reals))
+        conf = bench.work / f"haproxy-{plan.name}.cfg"
         conf.write_text(
             "global\n    maxconn 8000\n"
             "defaults\n    mode tcp\n    maxconn 8000\n    timeout connect 5s\n"
             "    timeout client 60s\n    timeout server 60s\n"
-            f"frontend vip\n    bind {VIP}:{VIP_PORT}\n    default_backend reals\n"
+            f"frontend vip\n    bind {netloc(plan.vip)}\n    default_backend reals\n"
             f"backend reals\n    balance roundrobin\n{servers}\n")
-        bench.ip_batch(bench.director_ns, [f"addr add {VIP}/32 dev lo"])
+        bench.ip_batch(bench.director_ns, [f"addr add {plan.host} dev lo"], plan)
         self._spawn(bench, ["haproxy", "-db", "-f", str(conf)])
         self._wait_ready(bench)
 
     def stop(self, bench: BenchLab) -> list[str]:
         self._terminate()
-        bench.run(bench.director_ns, ["ip", "addr", "del", f"{VIP}/32", "dev", "lo"], check=False)
+        bench.run(bench.director_ns, ["ip", "addr", "del", self.plan.host, "dev", "lo"],
+                  check=False)
         return []
 
 
 class LocalDirector(Contender):
-    """(d) The appliance itself, booted from a startup-config in the director namespace;
-    a udp virtual for DNS beside the TCP one (benchmarks/udp.py)."""
+    """(d) The appliance itself, booted from a startup-config in the director namespace:
+    the plan's virtual (``192.0.2.10:80:0:tcp`` or ``[2001:db8::10]:80:0:tcp``) bound to
+    its family's reals, a udp virtual for DNS beside it (benchmarks/udp.py)."""
 
     name = "localdirector"
     description = "localdirector (NFQUEUE, Python engine)"
     nfqueue = True
     every_packet = True
+    fastpath: str | None = None     # the `fastpath VIRTUAL` line's tail, if any
+    predictor = "roundrobin"
+    tables: tuple[str, ...] = ("raw",)      # where its iptables rules live
 
-    @staticmethod
-    def config() -> str:
-        virtual = f"{VIP}:{VIP_PORT}:0:tcp"
-        reals = [f"{real}:0:0:tcp" for real in REALS]
+    def virtuals(self) -> tuple[str, str]:
+        """The TCP virtual measured and the udp virtual for DNS."""
+        return f"{netloc(self.plan.vip)}:0:tcp", udp_virtual(self.plan.vip)
+
+    def config(self) -> str:
+        virtual = self.virtuals()[0]
+        reals = [f"{netloc(real, 0)}:0:tcp" for real in self.plan.reals]
         return "\n".join([
             "hostname bench",
             *(f"real {real} is" for real in reals),
             f"virtual {virtual} is",
-            f"predictor {virtual} roundrobin",
+            f"predictor {virtual} {self.predictor}",
             f"bind {virtual} {' '.join(reals)}",
-            *appliance_lines(VIP, REALS),
+            *appliance_lines(self.plan.vip, self.plan.reals, self.predictor),
+            *(f"fastpath {v}{self.fastpath}" for v in self.virtuals()
+              if self.fastpath is not None),
             "",
         ])
 
     def start(self, bench: BenchLab) -> None:
         assert bench.work is not None
-        conf = bench.work / "localdirector.cfg"
+        conf = bench.work / f"localdirector-{self.plan.name}.cfg"
         conf.write_text(self.config())
         self._spawn(bench, [sys.executable, "-m", "localdirector", "--no-console",
                             "--config", str(conf)])
@@ -283,9 +306,11 @@ class LocalDirector(Contender):
         rc = self._terminate()
         if rc not in (0, 143, -signal.SIGTERM):
             notes.append(f"localdirector exited with status {rc}{self._log_tail()}")
-        raw = bench.run(bench.director_ns, ["iptables-save", "-t", "raw"], check=False).stdout
-        if "LOCALDIRECTOR" in raw:
-            notes.append("localdirector left its raw-table rules behind")
+        for tool in ("iptables-save", "ip6tables-save"):
+            for table in self.tables:
+                saved = bench.run(bench.director_ns, [tool, "-t", table], check=False).stdout
+                if "LOCALDIRECTOR" in saved:
+                    notes.append(f"localdirector left its {tool} {table}-table rules behind")
         return notes
 
 
@@ -296,20 +321,8 @@ class LocalDirectorFastpath(LocalDirector):
     name = "localdirector-fastpath"
     description = "localdirector fastpath (Python decides, conntrack translates)"
     every_packet = False   # only SYNs are queued
-
-    @staticmethod
-    def config() -> str:
-        return LocalDirector.config() + "".join(
-            f"fastpath {virtual}\n" for virtual in (f"{VIP}:{VIP_PORT}:0:tcp", udp_virtual(VIP)))
-
-    def stop(self, bench: BenchLab) -> list[str]:
-        notes = super().stop(bench)
-        for table in ("mangle", "nat"):
-            saved = bench.run(bench.director_ns, ["iptables-save", "-t", table],
-                              check=False).stdout
-            if "LOCALDIRECTOR" in saved:
-                notes.append(f"localdirector left its {table}-table rules behind")
-        return notes
+    fastpath = ""
+    tables = ("raw", "mangle", "nat")
 
 
 class LocalDirectorKernel(LocalDirectorFastpath):
@@ -320,12 +333,7 @@ class LocalDirectorKernel(LocalDirectorFastpath):
     name = "localdirector-kernel"
     description = "localdirector fastpath kernel (the model compiled into nftables)"
     nfqueue = False
-
-    @staticmethod
-    def config() -> str:
-        return LocalDirector.config() + "".join(
-            f"fastpath {virtual} kernel\n"
-            for virtual in (f"{VIP}:{VIP_PORT}:0:tcp", udp_virtual(VIP)))
+    fastpath = " kernel"
 
     def stop(self, bench: BenchLab) -> list[str]:
         notes = super().stop(bench)
@@ -341,16 +349,25 @@ class LocalDirectorKernelMaglev(LocalDirectorKernel):
 
     name = "localdirector-kernel-maglev"
     description = "localdirector fastpath kernel, predictor maglev (jhash into the table)"
-
-    @staticmethod
-    def config() -> str:
-        return LocalDirectorKernel.config().replace(" roundrobin\n", " maglev\n")
+    predictor = "maglev"
 
 
-def all_contenders() -> list[Contender]:
-    return [Direct(), KernelNat(), HAProxy(), LocalDirector(), LocalDirectorFastpath(),
-            LocalDirectorKernel(), LocalDirectorKernelMaglev(), NfqueueNull(),
-            NfqueueNullOwn(), NfqueueNullOwnTwo()]
+_KINDS: tuple[type[Contender], ...] = (
+    Direct, KernelNat, HAProxy, LocalDirector, LocalDirectorFastpath, LocalDirectorKernel,
+    LocalDirectorKernelMaglev, NfqueueNull, NfqueueNullOwn, NfqueueNullOwnTwo)
+
+
+def all_contenders(plan: Plan = PLAN4) -> list[Contender]:
+    """Every contender, serving `plan`'s family."""
+    return [kind(plan) for kind in _KINDS]
+
+
+def contenders_of(names: list[str], families: list[str]) -> list[Contender]:
+    """The contenders `names` for each of `families` (``ipv4``, ``ipv6``), a contender's
+    families side by side, in the order of `names`."""
+    ours = {(c.name, family): c for family in families for c in all_contenders(PLANS[family])}
+    return [ours[(name, family)] for name in names for family in families
+            if (name, family) in ours]
 
 
 def queue_counters(bench: BenchLab) -> dict[str, int] | None:
@@ -377,11 +394,12 @@ def reset_director(bench: BenchLab) -> list[str]:
     if rules:
         notes.append(f"{rules} nft rules were left in the director")
     bench.run(bench.director_ns, ["nft", "flush", "ruleset"])
-    bench.run(bench.director_ns, ["conntrack", "-F"], check=False)
-    addrs = bench.run(bench.director_ns, ["ip", "-4", "-o", "addr", "show", "dev", "lo"]).stdout
-    if f"{VIP}/32" in addrs:
-        notes.append(f"{VIP} was left on lo")
-        bench.ip_batch(bench.director_ns, [f"addr del {VIP}/32 dev lo"])
+    addrs = bench.run(bench.director_ns, ["ip", "-o", "addr", "show", "dev", "lo"]).stdout
+    for plan in bench.plans:
+        bench.run(bench.director_ns, ["conntrack", "-F", "-f", plan.name], check=False)
+        if f" {plan.host} " in addrs:
+            notes.append(f"{plan.vip} was left on lo")
+            bench.ip_batch(bench.director_ns, [f"addr del {plan.host} dev lo"], plan)
     pids = bench.director_pids()
     if pids:
         raise LabError(f"processes still running in the director namespace: {pids}")

@@ -1,5 +1,5 @@
 """The benchmark lab: the test lab of ``localdirector.lab`` with nginx on the reals and a
-client fleet spread over many source addresses.
+client fleet spread over many source addresses, both families.
 
 Built by composition over :class:`localdirector.lab.Lab` (its public methods only): the
 lab's own Python HTTP servers are too slow to be the thing a load balancer is measured
@@ -11,6 +11,12 @@ then the reals' TIME_WAIT sockets, not the director, decide the result. A policy
 rule per uid (``ip rule uidrange U-U lookup T``) whose table routes with ``src ADDR``
 gives every client process its own address at the cost of one rule lookup per connect,
 with no conntrack or NAT in the client namespace that would load the shared CPUs.
+
+Both families (issue 26): the lab is dual-stack (every IPv4 address has its IPv6 twin in
+2001:db8::/32, docs/design.rst "Lab"), and each uid's table routes the IPv6 VIP with the
+process's IPv6 twin as ``src`` beside the IPv4 route, so one client process measures
+either family from its own address. A :class:`Plan` is one family's addresses: what a
+contender targets, translates to and configures.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from localdirector.lab import Lab, LabError, require_allowed
+from localdirector.lab import Lab, LabError
+from localdirector.lab.addresses import check_tokens
 from localdirector.lab.cluster import Cluster
+from localdirector.model.addr import IPV4, IPV6, Family, bracketed, parse_ip
 
 VIP = "192.0.2.10"
 VIP_PORT = 80
@@ -32,6 +41,12 @@ REALS = ("203.0.113.11", "203.0.113.12", "203.0.113.13")
 REAL_NET = "203.0.113.0/24"
 VIP_NET = "192.0.2.0/24"
 GATEWAY = "198.51.100.1"   # the director's address on the client link
+# The IPv6 twins (localdirector/lab/addresses.py writes 203.0.113.11 as 2001:db8:1::11).
+VIP6 = "2001:db8::10"
+REALS6 = ("2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13")
+REAL_NET6 = "2001:db8:1::/64"
+VIP_NET6 = "2001:db8::/64"
+GATEWAY6 = "2001:db8:c::1"
 SMALL_PATH = "/small"
 LARGE_PATH = "/large"
 SMALL_BYTES = 128
@@ -62,7 +77,8 @@ http {{
     keepalive_requests 100000000;
     client_body_temp_path {work}/nginx-{tag}-body;
     server {{
-        listen {real}:{port} backlog=8192;{vip_listen}
+        listen {real}:{port} backlog=8192;
+        listen [::]:{port} backlog=8192;{vip_listen}
         root {docroot};
         location / {{ }}
     }}
@@ -77,6 +93,51 @@ _SYSCTLS = {
                  "net.ipv4.tcp_max_syn_backlog=8192"],
     "real": ["net.core.somaxconn=8192", "net.ipv4.tcp_max_syn_backlog=8192"],
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One family's addresses in the bench lab: the VIP the clients target, the reals
+    behind it, the networks the clients route through the director, and the words
+    iptables and nft use for the family."""
+
+    family: Family
+    vip: str
+    reals: tuple[str, ...]
+    vip_net: str
+    real_net: str
+    gateway: str
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def host(self) -> str:
+        """The VIP as one host's prefix: 192.0.2.10/32, 2001:db8::10/128."""
+        return f"{self.vip}/{self.family.width}"
+
+    @property
+    def nft(self) -> str:
+        return "ip" if self.family is IPV4 else "ip6"
+
+    @property
+    def iptables(self) -> str:
+        return "iptables" if self.family is IPV4 else "ip6tables"
+
+
+PLAN4 = Plan(IPV4, VIP, REALS, VIP_NET, REAL_NET, GATEWAY)
+PLAN6 = Plan(IPV6, VIP6, REALS6, VIP_NET6, REAL_NET6, GATEWAY6)
+PLANS = {plan.name: plan for plan in (PLAN4, PLAN6)}
+
+
+def netloc(host: str, port: int = VIP_PORT) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets (URLs, HAProxy and server ids write it so)."""
+    return f"{bracketed(parse_ip(host))}:{port}"
+
+
+def url(host: str, path: str, port: int = VIP_PORT) -> str:
+    return f"http://{netloc(host, port)}{path}"
 
 
 class BenchLab:
@@ -98,6 +159,9 @@ class BenchLab:
         self.sources = self.lab.all_client_addresses[:sources]
         if len(self.sources) < sources:
             raise LabError(f"the lab has only {len(self.sources)} client addresses")
+        # Client process i's IPv6 address: the twin of its IPv4 one (the scale-out lab
+        # has none: its router and directors speak IPv4 only).
+        self.sources6: tuple[str, ...] = ()
         self.large_bytes = large_bytes
         self.work: Path | None = None
         self._nginx: dict[str, subprocess.Popen[bytes]] = {}
@@ -128,6 +192,8 @@ class BenchLab:
             # Client processes run as unprivileged uids and must read their wrk script.
             self.work.chmod(0o755)
             self._tune()
+            if self.lab.v6:
+                self.sources6 = self.lab.all_client_addresses6[:len(self.sources)]
             self._route_sources()
             if isinstance(self.lab, Cluster):
                 self._hold_vip()
@@ -152,16 +218,26 @@ class BenchLab:
         for ns, role in roles.items():
             self.run(ns, ["sysctl", "-q", "-w", *_SYSCTLS[role]])
 
+    @property
+    def plans(self) -> list[Plan]:
+        """The families this lab carries: IPv4, and IPv6 where the lab has it."""
+        return [PLAN4, PLAN6] if self.sources6 else [PLAN4]
+
+    def sources_of(self, plan: Plan) -> tuple[str, ...]:
+        return self.sources6 if plan.family is IPV6 else self.sources
+
     def _route_sources(self) -> None:
-        """One rule and one table per client process: see the module docstring."""
-        lines = []
-        for index, source in enumerate(self.sources):
-            table = _TABLE_BASE + index
-            lines.append(f"route add {VIP_NET} via {GATEWAY} dev eth0 src {source} "
-                         f"table {table}")
-            uid = _UID_BASE + index
-            lines.append(f"rule add uidrange {uid}-{uid} lookup {table} pref {table}")
-        self.ip_batch(self.client_ns, lines)
+        """One rule and one table per client process and family: see the module
+        docstring. (`ip rule` takes the family from the command line, not the line.)"""
+        for plan in self.plans:
+            lines = []
+            for index, source in enumerate(self.sources_of(plan)):
+                table = _TABLE_BASE + index
+                lines.append(f"route add {plan.vip_net} via {plan.gateway} dev eth0 "
+                             f"src {source} table {table}")
+                uid = _UID_BASE + index
+                lines.append(f"rule add uidrange {uid}-{uid} lookup {table} pref {table}")
+            self.ip_batch(self.client_ns, lines, plan)
 
     def _hold_vip(self) -> None:
         """Dispatched forwarding's reals: the VIP on the loopback, no ARP for it."""
@@ -194,9 +270,10 @@ class BenchLab:
                 self._nginx[real] = self.lab.popen_in(
                     ns, ["nginx", "-p", str(self.work), "-c", str(conf)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        for real in self.reals:
-            self.wait_http(f"http://{real}:{VIP_PORT}{SMALL_PATH}", ns=self.director_ns,
-                           what=f"nginx on {real}")
+        for plan in self.plans:
+            for real in plan.reals:
+                self.wait_http(url(real, SMALL_PATH), ns=self.director_ns,
+                               what=f"nginx on {real}")
 
     def wait_http(self, url: str, ns: str | None = None, what: str = "",
                   deadline: float = _READY_DEADLINE) -> None:
@@ -232,21 +309,22 @@ class BenchLab:
         if on == self._direct_routes:
             return
         verb = "add" if on else "del"
-        lines = [f"route {verb} {REAL_NET} via {GATEWAY} dev eth0"]
-        lines += [f"route {verb} {REAL_NET} via {GATEWAY} dev eth0 src {source} "
-                  f"table {_TABLE_BASE + index}" for index, source in enumerate(self.sources)]
-        self.ip_batch(self.client_ns, lines)
+        for plan in self.plans:
+            head = f"route {verb} {plan.real_net} via {plan.gateway} dev eth0"
+            lines = [head, *(f"{head} src {source} table {_TABLE_BASE + index}"
+                             for index, source in enumerate(self.sources_of(plan)))]
+            self.ip_batch(self.client_ns, lines, plan)
         self._direct_routes = on
 
     # ---------------------------------------------------------------- plumbing
-    def ip_batch(self, ns: str, lines: list[str]) -> None:
-        """``ip -batch`` inside ``ns`` after checking every address against the lab's
+    def ip_batch(self, ns: str, lines: list[str], plan: Plan = PLAN4) -> None:
+        """``ip -batch`` inside ``ns`` (of `plan`'s family: what a line with no address,
+        such as a rule's, is about) after checking every address against the lab's
         documentation ranges."""
         for line in lines:
-            for token in line.split():
-                if token[0].isdigit() and "." in token:
-                    require_allowed(token)
-        self.run(ns, ["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+            check_tokens(line)
+        self.run(ns, ["ip", f"-{plan.family.version}", "-batch", "-"],
+                 input="\n".join(lines) + "\n")
 
     def run(self, ns: str, argv: Sequence[str], input: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -77,7 +77,7 @@ def format_table(summary: dict[str, Any], contenders: list[Contender]) -> str:
                 continue        # a per-packet cost only where every packet is queued
             if stats is None:
                 why = ("unavailable (below)" if contender.unavailable
-                       else key.startswith("dns.") and udp.NO_UDP.get(contender.name)
+                       else key.startswith("dns.") and udp.no_udp(contender.name, contender.plan)
                        or "no result")
                 lines.append(f"{entry['label']:<24} {contender.name:<22} {why}")
                 continue

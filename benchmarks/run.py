@@ -4,8 +4,10 @@ Builds one namespace lab (benchmarks/lab.py: a client fleet over many source add
 the director, three nginx reals) and measures the contenders of benchmarks/contenders.py
 (direct routing, kernel NAT, HAProxy, localdirector in userspace and with `fastpath`,
 and the nfqueue-null diagnostic) on
-four workloads with wrk, and DNS over UDP with dnsperf (benchmarks/udp.py). Contenders are interleaved: every run measures each of them
-in turn, and the order rotates from run to run, so drift of the shared machine (other
+four workloads with wrk, and DNS over UDP with dnsperf (benchmarks/udp.py), over IPv4 and
+IPv6 (``--family``; benchmarks/families.py compares them). Contenders are interleaved:
+every run measures each of them in turn, each contender's two families back to back,
+and the order rotates from run to run, so drift of the shared machine (other
 load, thermal state, the reals' TIME_WAIT tables filling up) spreads over all of them
 instead of favouring whoever went first. Each figure is the median over the runs, shown
 with its min-max and its ratio to kernel NAT; the same goes to a JSON file, which
@@ -31,10 +33,10 @@ from typing import Any
 
 from localdirector.lab import LabError, clean_stale, unavailable_reason
 
-from . import cpu, machine, udp
-from .contenders import Contender, ContenderUnavailable, LocalDirector, all_contenders, \
+from . import cpu, families, machine, udp
+from .contenders import Contender, ContenderUnavailable, LocalDirector, contenders_of, \
     queue_counters, reset_director
-from .lab import LARGE_PATH, SMALL_PATH, VIP_PORT, BenchLab
+from .lab import LARGE_PATH, PLAN4, SMALL_PATH, BenchLab, url
 from .profile import format_summary, record, summarize
 from .report import BASELINE, METRICS, TARGETS, format_table, format_targets, summarize_samples
 
@@ -89,12 +91,11 @@ def _load_argv(bench: BenchLab, contender: Contender, workload: Workload, index:
     assert bench.work is not None
     if workload.tool == "dnsperf":
         return udp.dnsperf_argv(contender.target(index), duration, bench.work / udp.QUERY_FILE)
-    url = f"http://{contender.target(index)}:{VIP_PORT}{workload.path}"
     argv = ["wrk", "-t1", f"-c{per_process}", f"-d{duration:g}s", "--timeout",
             workload.timeout, "-s", str(bench.work / WRK_SCRIPT.name)]
     if workload.close:
         argv += ["-H", "Connection: close"]
-    return [*argv, url]
+    return [*argv, url(contender.target(index), workload.path)]
 
 
 def run_workload(bench: BenchLab, contender: Contender, workload: Workload, duration: float,
@@ -220,6 +221,24 @@ def _profile_pass(bench: BenchLab, contender: Contender, seconds: float, connect
     return result
 
 
+def _described(contenders: list[Contender]) -> dict[str, Any]:
+    """Each contender's description and, per family, why it could not run (or None)."""
+    described: dict[str, Any] = {}
+    for c in contenders:
+        entry = described.setdefault(c.name, {"description": c.description, "unavailable": {}})
+        entry["unavailable"][c.plan.name] = c.unavailable
+    return described
+
+
+def _order(contenders: list[Contender], run: int, per: int) -> list[Contender]:
+    """Run `run`'s order: rotated by one contender (its `per` families together) per
+    run, and the families of each taken in turn in the other order every other run."""
+    groups = [contenders[i:i + per] for i in range(0, len(contenders), per)]
+    shift = run % len(groups)
+    return [c for group in groups[shift:] + groups[:shift]
+            for c in (group[::-1] if run % 2 else group)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m benchmarks.run",
@@ -244,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="which to measure, comma-separated [all but the nfqueue-null-own "
                              "and nfqueue-null-own-2 diagnostics]")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--family", choices=("both", *families.FAMILIES), default="both",
+                        help="measure every contender over IPv4, IPv6 or both in the same "
+                             "runs [both]")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="pause between measurements, seconds [1]")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
@@ -266,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sources < 1 or args.processes < 0:
         parser.error("--sources must be at least 1 and --processes not negative")
     wanted = args.contenders.split(",")
-    contenders = [c for c in all_contenders() if c.name in wanted]
+    measured_families = list(families.FAMILIES) if args.family == "both" else [args.family]
+    contenders = contenders_of(wanted, measured_families)
     profiled = args.profile_workloads.split(",")
     unknown = sorted({*measured, *profiled} - WORKLOADS.keys())
     if unknown:
@@ -289,55 +312,70 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(WRK_SCRIPT, bench.work / WRK_SCRIPT.name)
         (bench.work / WRK_SCRIPT.name).chmod(0o644)
         udp.query_file(bench.work)
+        if any(c.plan not in bench.plans for c in contenders):
+            raise LabError("this lab has no IPv6 (the scale-out lab's kind): --family ipv4")
         print(f"lab {bench.lab.name}: {len(bench.sources)} client addresses, reals "
               f"{', '.join(bench.reals)}", flush=True)
         for run in range(args.runs):
-            shift = run % len(contenders)
-            for contender in contenders[shift:] + contenders[:shift]:
+            for contender in _order(contenders, run, len(measured_families)):
                 if contender.unavailable:
                     continue
                 try:
                     contender.start(bench)
                 except ContenderUnavailable as exc:
                     contender.unavailable = str(exc)
-                    print(f"run {run + 1}: {contender.name} unavailable: {exc}", flush=True)
+                    print(f"run {run + 1}: {contender.label} unavailable: {exc}", flush=True)
                     contender.stop(bench)
                     notes += reset_director(bench)
                     continue
                 for workload in workloads:
-                    if workload.tool == "dnsperf" and contender.name in udp.NO_UDP:
-                        continue    # said in the table (udp.NO_UDP)
+                    if workload.tool == "dnsperf" and udp.no_udp(contender.name, contender.plan):
+                        continue    # said in the table
                     time.sleep(args.settle)
                     sample = run_workload(bench, contender, workload, args.duration,
                                           args.connections, args.processes)
-                    sample.update(run=run + 1, contender=contender.name, workload=workload.name)
+                    sample.update(run=run + 1, contender=contender.name, workload=workload.name,
+                                  family=contender.plan.name)
                     samples.append(sample)
                     figures = {m.key: sample[m.key] for m in METRICS
                                if m.workload == workload.name and m.key in sample}
                     errors = {k: n for k, n in sample.get("errors", {}).items() if n}
-                    print(f"run {run + 1} {contender.name:<22} {workload.name:<10} {figures} "
+                    print(f"run {run + 1} {contender.label:<29} {workload.name:<10} {figures} "
                           f"cpu {sample['cpu_busy']:.0%}"
                           + (f" other work {sample['foreign_cpu']:.2f} cores"
                              if sample["foreign_cpu"] >= 0.05 else "")
                           + (f" errors {errors}" if errors else "")
                           + (f" failures {sample['failures']}" if sample["failures"] else ""),
                           flush=True)
-                notes += [f"run {run + 1} {contender.name}: {n}"
+                notes += [f"run {run + 1} {contender.label}: {n}"
                           for n in contender.stop(bench) + reset_director(bench)]
-        appliance = next((c for c in contenders if isinstance(c, LocalDirector)), None)
+        appliance = next((c for c in contenders if isinstance(c, LocalDirector)
+                          and c.plan is PLAN4), None)
         if args.profile and appliance is not None and not appliance.unavailable:
             for name, native in passes:
                 time.sleep(args.settle)
                 profiles.append(_profile_pass(bench, appliance, args.profile,
                                               args.connections, WORKLOADS[name], native))
 
-    names = [c.name for c in contenders]
-    summary = summarize_samples(samples, names)
-    table = format_table(summary, contenders)
+    names = list(dict.fromkeys(c.name for c in contenders))
+    summaries, tables = {}, []
+    for family in measured_families:
+        ours = [c for c in contenders if c.plan.name == family]
+        summaries[family] = summarize_samples(
+            [s for s in samples if s["family"] == family], names)
+        tables.append(f"{family}: medians over {args.runs} runs x {args.duration:g} s; "
+                      f"x NAT = ratio of medians to {family} kernel NAT\n"
+                      + format_table(summaries[family], ours))
+    comparison = families.compare(summaries, samples)
+    if comparison:
+        tables.append("each path's ratio to kernel NAT, IPv6 beside IPv4 (per run: that "
+                      "run's difference, min-max)\n"
+                      + families.format_comparison(comparison, names))
+    table = "\n\n".join(tables)
+    summary = summaries[measured_families[0]]
     print()
-    print(f"medians over {args.runs} runs x {args.duration:g} s; x NAT = ratio of medians to "
-          "kernel NAT")
     print(table)
+    print(f"goals over {measured_families[0]}:")
     for name in TARGETS:
         if name in names:
             print(format_targets(summary, name))
@@ -363,9 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": info,
         "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "contenders": {c.name: {"description": c.description, "unavailable": c.unavailable}
-                       for c in contenders},
+        "contenders": _described(contenders),
         "summary": summary,
+        "summaries": summaries,
+        "family_comparison": comparison,
         "samples": samples,
         "profiles": profiles,
         "notes": notes,

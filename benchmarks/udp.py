@@ -20,6 +20,10 @@ from typing import Any
 
 from localdirector.lab.udpservers import DNS_PORT, WHO_NAME
 
+from localdirector.model.addr import IPV6
+
+from .lab import Plan, netloc
+
 QUERY_FILE = "dnsperf-queries.txt"
 CLIENTS = 8          # sockets per dnsperf process: flows, as resolvers' ports are
 OUTSTANDING = 200    # queries in flight per process
@@ -35,6 +39,16 @@ NO_UDP = {
     "nfqueue-null-own": "a TCP diagnostic: its worker is queued TCP only",
     "nfqueue-null-own-2": "a TCP diagnostic: its worker is queued TCP only",
 }
+
+
+# Over IPv6 no contender has a DNS figure: the lab's dnsmasq listens on each real's
+# IPv4 address only (localdirector/lab/udpservers.py).
+NO_UDP6 = "the lab's dnsmasq answers on IPv4 only"
+
+
+def no_udp(name: str, plan: Plan) -> str | None:
+    """Why contender `name` serving `plan` has no DNS figure, or None if it has one."""
+    return NO_UDP.get(name) or (NO_UDP6 if plan.family is IPV6 else None)
 
 
 def query_file(work: Path) -> Path:
@@ -72,25 +86,27 @@ def parse_dnsperf(output: str) -> dict[str, Any] | None:
             "latency_us": {"average": round((latency or 0.0) * 1e6, 1)}}
 
 
-def nat_rule(vip: str, reals: str, count: int) -> str:
+def nat_rule(plan: Plan, reals: str) -> str:
     """Kernel NAT's line for udp 53, as its TCP line: numgen round robin per new
     conntrack flow (a dnsperf socket's)."""
-    return (f"    ip daddr {vip} udp dport {DNS_PORT} "
-            f"dnat to numgen inc mod {count} map {{ {reals} }}\n")
+    return (f"    {plan.nft} daddr {plan.vip} udp dport {DNS_PORT} "
+            f"dnat to numgen inc mod {len(plan.reals)} map {{ {reals} }}\n")
 
 
 def udp_virtual(vip: str) -> str:
     """The appliance's udp virtual for DNS, which the fast-path contenders put on their
     paths beside the TCP one."""
-    return f"{vip}:{DNS_PORT}:0:udp"
+    return f"{netloc(vip, DNS_PORT)}:0:udp"
 
 
-def appliance_lines(vip: str, reals: tuple[str, ...]) -> list[str]:
-    """The appliance's udp virtual: the same reals, round robin by flow."""
+def appliance_lines(vip: str, reals: tuple[str, ...], predictor: str = "roundrobin"
+                    ) -> list[str]:
+    """The appliance's udp virtual: the same reals, the TCP virtual's predictor (round
+    robin by flow)."""
     virtual = udp_virtual(vip)
-    ids = [f"{real}:0:0:udp" for real in reals]
+    ids = [f"{netloc(real, 0)}:0:udp" for real in reals]
     return [*(f"real {i} is" for i in ids), f"virtual {virtual} is",
-            f"predictor {virtual} roundrobin", f"bind {virtual} {' '.join(ids)}"]
+            f"predictor {virtual} {predictor}", f"bind {virtual} {' '.join(ids)}"]
 
 
 def _median(summary: dict[str, Any], key: str, name: str) -> float | None:

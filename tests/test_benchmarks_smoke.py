@@ -148,3 +148,61 @@ def test_udp_figures_table_and_goals() -> None:
     goals = udp.format_targets(summary, "kernel-nat")
     assert "kernel-decided queries/s  >= 0.9 x kernel-nat  not measured" in goals
     assert "10.0 us, ratio 1.200  met" in goals
+
+
+def test_ipv6_beside_ipv4_report() -> None:
+    """benchmarks.run --family both: each family's ratios against its own kernel NAT, the
+    IPv6-IPv4 difference per path and per run, and the goal (within 0.1) for the
+    appliance's paths only; the two families of a contender measured back to back, the
+    first of the pair alternating from run to run."""
+    from benchmarks import contenders, families, report
+    from benchmarks.run import _order
+    figures = {"kernel-nat": (50000.0, 40000.0), "haproxy": (40000.0, 36000.0),
+               "localdirector": (25000.0, 16000.0), "localdirector-kernel": (50000.0, 41000.0)}
+    samples = [{"contender": name, "workload": "keepalive", "family": family, "run": run,
+                "requests_per_s": pair[index] * (1 + run / 100)}
+               for name, pair in figures.items() for run in (1, 2)
+               for index, family in enumerate(families.FAMILIES)]
+    names = list(figures)
+    summaries = {family: report.summarize_samples(
+        [s for s in samples if s["family"] == family], names) for family in families.FAMILIES}
+    comparison = families.compare(summaries, samples)["keepalive.requests_per_s"]
+    assert comparison["kernel_nat_ipv6_over_ipv4"] == 0.8
+    rows = comparison["contenders"]
+    assert rows["localdirector"] == {"ipv4": 0.5, "ipv6": 0.4, "difference": -0.1,
+                                     "run_differences": [-0.1, -0.1], "goal_met": True}
+    assert rows["localdirector-kernel"]["difference"] == 0.025
+    assert rows["haproxy"]["goal_met"] is None          # a yardstick, no goal
+    assert "kernel-nat" not in rows
+    table = families.format_comparison({"keepalive.requests_per_s": comparison}, names)
+    assert "kernel-nat             IPv6 median 0.800 x IPv4's" in table
+    assert ("localdirector               0.500      0.400    -0.100  -0.100..-0.100  met"
+            in table), table
+    assert families.compare({"ipv4": summaries["ipv4"]}, samples) == {}
+
+    pairs = contenders.contenders_of(["kernel-nat", "localdirector"], list(families.FAMILIES))
+    assert [c.label for c in _order(pairs, 1, 2)] == [
+        "localdirector (ipv6)", "localdirector (ipv4)", "kernel-nat (ipv6)", "kernel-nat (ipv4)"]
+
+
+def test_ipv6_contenders_configure_their_family(tmp_path: Path) -> None:
+    """One class per contender serves both families: the IPv6 appliance's configuration
+    binds [2001:db8::10]:80 to the reals' IPv6 addresses (and the appliance accepts it),
+    and the IPv6 contenders have no DNS figure (the lab's dnsmasq answers on IPv4)."""
+    from benchmarks import contenders, udp
+    from benchmarks.lab import PLAN6
+    kernel = contenders.LocalDirectorKernel(PLAN6)
+    config = kernel.config()
+    assert ("bind [2001:db8::10]:80:0:tcp [2001:db8:1::11]:0:0:tcp [2001:db8:1::12]:0:0:tcp "
+            "[2001:db8:1::13]:0:0:tcp") in config
+    assert "fastpath [2001:db8::10]:80:0:tcp kernel" in config
+    assert "192.0.2" not in config and "203.0.113" not in config
+    path = tmp_path / "v6.cfg"
+    path.write_text(config)
+    check = subprocess.run([sys.executable, "-m", "localdirector", "--check", str(path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert contenders.HAProxy(PLAN6).target(0) == "2001:db8::10"
+    assert contenders.Direct(PLAN6).target(4) == "2001:db8:1::12"
+    assert udp.no_udp("localdirector", PLAN6)
+    assert udp.no_udp("localdirector", contenders.PLAN4) is None

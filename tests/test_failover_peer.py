@@ -255,7 +255,7 @@ def scenario_connections_are_capped_and_idle_ones_dropped() -> None:
         sock.settimeout(5)
         started = time.monotonic()
         assert sock.recv(10) == b""          # dropped: silent too long
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4   # the idle timeout (0.5 s), not the 5 s recv
     time.sleep(0.2)
     assert _raw()[1], "a new connection is served once the idle ones are gone"
     for sock, _nonce in opened:

@@ -122,6 +122,34 @@ def test_a_reconnected_standby_gets_everything_again_and_forgets_the_rest() -> N
     assert len(pair.standby.d.conns) == 2
 
 
+def test_records_read_after_the_takeover_add_only_what_the_new_active_lacks() -> None:
+    """The dead unit's last records, read after this unit became active (a dead box on
+    a direct cable is replaced in about 100 ms): a connection this unit does not know
+    is taken, so its client's next segment is translated rather than reset; nothing
+    this unit's engine did since is undone (no reset, no close, no older state)."""
+    pair = Pair()
+    pair.active.open(41000)
+    pair.flush()                                    # the standby has it
+    known = pair.standby.conn(41000)
+    pair.receiver.receive = lambda message: None    # the standby reads no more
+    lost = pair.active.syn(41001)
+    pair.sender.resend()
+    pair.flush()                                    # reset, then everything
+    last = pair.messages[-2:]
+    assert last[0]["reset"] is True
+    pair.standby.client("FA", 41000)                # its engine moved on: a FIN
+    state = known.tcp_state
+    assert state is not ESTABLISHED
+    late = Replicator(pair.standby.engine, lambda: pair.standby.d,
+                      lambda message, wait=True: False, lambda: 0.2)
+    for message in last:
+        late.receive(message, late=True)
+    assert pair.standby.conn(41000) is known and known.tcp_state is state
+    _same(lost, pair.standby.conn(41001))
+    late.receive({"t": "conns", "down": [lost.in_key], "up": []}, late=True)
+    assert pair.standby.conn(41001) is not None
+
+
 def test_a_moved_connection_follows_its_new_real() -> None:
     pair = Pair(lambda: pool((A, "203.0.113.2"))[0])
     conn = pair.active.syn()

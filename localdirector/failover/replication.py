@@ -311,23 +311,16 @@ class Replicator:
 
     def write_before_verdicts(self) -> None:
         """The data-plane worker, before a batch of verdicts leaves: what the batch
-        opened, answered or closed is written to the stream first, so that a SYN never
-        leaves a unit that has not told the other unit of its connection, and one that
-        dies a moment later is not followed by a takeover that resets it (issue 22: 0-4
-        of 5,000 short connections before). While the sender is in a turn it waits up to
-        `TURN_WAIT` for it (a turn of noted connections takes well under a millisecond,
-        but a starved machine deschedules the sender for milliseconds: not waiting let
-        these SYNs go before their records, and a crash in the next milliseconds lost
-        the connection, 1 of 3,000 in about one crash in ten on a loaded machine); no
-        longer, and not at all while a whole resend is due (it
-        carries these) or for a socket that cannot take the message at once (then the
-        other unit gets everything again). Never raises into the worker."""
+        opened, answered or closed is written to the stream first, so that a unit that
+        dies a moment after letting a SYN through has told the other unit of it (issue
+        22). Waits up to `TURN_WAIT` for a sender's turn in progress, once per turn;
+        not while a whole resend is due (it carries these); a record the socket cannot
+        take at once stays noted (docs/design.rst, "Failover"). Never raises into the
+        worker."""
         if not (self._noted or self._closed) or not self.sending or self._whole.is_set():
             return
-        # Once per turn of the sender: a turn that outlasts the wait is stuck on the
-        # socket (the other unit reads nothing: dead, or its window shut), and waiting
-        # at every batch held the new active's verdicts 20 ms each, so that the SYNs of
-        # 3 s piled up and were refused as unanswered.
+        # A turn that outlasts the wait is stuck on the socket (the other unit reads
+        # nothing): waiting at every batch held the verdicts 20 ms each.
         if not self._turning.acquire(timeout=0 if self._stuck else TURN_WAIT):
             self._stuck = True
             return
@@ -390,18 +383,26 @@ class Replicator:
             self.sent += len(up)
 
     # -- the standby's side --------------------------------------------------------------
-    def receive(self, message: dict[str, Any]) -> None:
+    def receive(self, message: dict[str, Any], late: bool = False) -> None:
         """A message of the active's stream: reset (forget what came before), sticky
         entries, closed tuples, then connections. What is not as `encode` and
         `encode_sticky` write it is dropped and counted, never raised; connections beyond
         `conn-limit` are refused and counted (the standby's table must take what its
-        engine takes). Each kind of trouble is logged once per message."""
+        engine takes). Each kind of trouble is logged once per message.
+
+        `late`: this unit is active already, and the message was written by the other
+        unit before it stopped (its last records, read after the takeover, which a
+        dead box on a direct cable makes quick): only connections this unit does not
+        know are taken, nothing is reset, closed or made sticky, so that the other
+        unit's word never undoes what this one's engine did since."""
         plane = self.plane
-        if message.get("reset") is True:
+        if message.get("reset") is True and not late:
             plane.clear_conns()
         director = self.director()
         now = plane.clock()
         sticky, down, up = (_listed(message, name) for name in ("sticky", "down", "up"))
+        if late:
+            sticky, down = [], []
         malformed = sum(part is None for part in (sticky, down, up))
         if sticky:
             with director.lock:
@@ -419,6 +420,8 @@ class Replicator:
                 if isinstance(conn, Connection) and conn.in_key not in inbound \
                         and len(inbound) >= director.settings.max_conns:
                     conn = None
+                elif late and isinstance(conn, Connection) and conn.in_key in inbound:
+                    continue
             if conn is None:
                 full += 1
             elif conn is UNKNOWN:

@@ -332,8 +332,8 @@ class FailoverService:
             self.copy.save(message)
         elif kind == "saved" and self.role == "Active":
             self.copy.saved(message)
-        elif kind == "conns" and self.role != "Active" and self.replicator is not None:
-            self.replicator.receive(message)
+        elif kind == "conns" and self.replicator is not None:
+            self.replicator.receive(message, late=self.role == "Active")
         elif kind == "step-down" and self.role == "Active":
             threading.Thread(target=self._step_down, daemon=True).start()
 

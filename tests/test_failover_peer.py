@@ -205,8 +205,8 @@ def _raw(source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
         return sock, b""
 
 
-def scenario_pair_talks_and_refuses_the_field_attacks() -> None:
-    received = Received()
+def _talking(received: Received) -> tuple[peer.Peer, peer.Peer]:
+    """The secondary listening, the primary connected to it and heard once."""
     secondary = _listening(received)
     primary = peer.Peer(_unit("primary", "127.0.0.1"), "127.0.0.2", KEY, lambda m: None,
                         lambda: None, lambda: 1.0)
@@ -216,6 +216,12 @@ def scenario_pair_talks_and_refuses_the_field_attacks() -> None:
         assert time.monotonic() < deadline, "the primary never connected"
         time.sleep(0.05)
     assert received.event.wait(5) and received.messages[0]["role"] == "Active"
+    return primary, secondary
+
+
+def scenario_pair_talks_and_refuses_the_field_attacks() -> None:
+    received = Received()
+    primary, secondary = _talking(received)
     # The attacks: the old stream's messages, unauthenticated, from the peer's address.
     for line in (b'{"t":"step-down"}\n',
                  b'{"t":"config","lines":["hostname evil","do write memory"]}\n'):
@@ -331,16 +337,7 @@ def test_the_other_units_stream_is_read_at_the_data_planes_priority() -> None:
     """A standby reading slower than the active writes closes its window and the
     active's records wait (issue 22): the reader runs at the worker's priority."""
     from localdirector.dataplane.worker import WORKER_NICE
-    received = Received()
-    secondary = _listening(received)
-    primary = peer.Peer(_unit("primary", "127.0.0.1"), "127.0.0.2", KEY, lambda m: None,
-                        lambda: None, lambda: 1.0)
-    primary.start()
-    deadline = time.monotonic() + 10
-    while not primary.send({"t": "status", "role": "Active"}):
-        assert time.monotonic() < deadline, "the primary never connected"
-        time.sleep(0.05)
-    assert received.event.wait(5)
+    primary, secondary = _talking(Received())
     readers = [t for t in threading.enumerate() if t.name == "failover-read"]
     assert readers
     for thread in readers:

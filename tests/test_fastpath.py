@@ -101,11 +101,14 @@ class FastLab(Lab):
         assert conn.tcp_state is FASTPATH
         return conn
 
-    def close(self, conn: Connection) -> None:
+    def close(self, conn: Connection, last: str = "client") -> None:
+        """Both ends send a FIN; the kernel copies only the `last` one (iptables.end_rules),
+        and that copy ends the connection."""
         cport, client = conn.foreign_port, format_ip(conn.foreign_ip)
-        assert self.client("FA", cport, client)[0] == ACCEPT_UNCHANGED
-        assert conn.tcp_state is FIN_WAIT
-        assert self.real(conn, "FA")[0] == ACCEPT_UNCHANGED
+        if last == "client":
+            assert self.client("FA", cport, client)[0] == ACCEPT_UNCHANGED
+        else:
+            assert self.real(conn, "FA")[0] == ACCEPT_UNCHANGED
         assert conn.tcp_state is CLOSED
         self.advance(LINGER + 0.5)
         assert self.conn(cport, client) is None
@@ -144,13 +147,29 @@ def test_fin_both_ways_closes_and_counts_return_to_zero() -> None:
     lab_ = fast((A, B, C), predictor="roundrobin")
     conns = [lab_.open(41000 + i) for i in range(9)]
     assert [r.current_conns for r in lab_.d.reals.values()] == [3, 3, 3]
-    for conn in conns:
-        lab_.close(conn)
+    for i, conn in enumerate(conns):
+        lab_.close(conn, "client" if i % 2 else "real")
     lab_.assert_idle()
     assert not lab_.engine._ports   # no userspace TIME_WAIT memory for fast-path tuples
     s = lab_.engine.stats
     assert (s.conns_created, s.conns_closed, s.fastpath_conns) == (9, 9, 9)
-    assert s.fastpath_copies == 9 * 3 and s.fastpath_marked == 9
+    # A SYN-ACK and one FIN copied each.
+    assert s.fastpath_copies == 9 * 2 and s.fastpath_marked == 9
+
+
+def test_fins_crossing_are_both_copied_and_end_the_connection_once() -> None:
+    """Two FINs crossing on two CPUs each find the other's bit set and are both copied:
+    the first copy ends the connection, the second is only noted."""
+    lab_ = fast((A,))
+    conn = lab_.open()
+    assert lab_.client("FA", 40000)[0] == ACCEPT_UNCHANGED
+    assert conn.tcp_state is CLOSED
+    assert lab_.real(conn, "FA")[0] == ACCEPT_UNCHANGED
+    assert conn.tcp_state is CLOSED
+    lab_.advance(LINGER + 0.5)
+    lab_.assert_idle()
+    s = lab_.engine.stats
+    assert (s.conns_created, s.conns_closed, s.fastpath_copies) == (1, 1, 3)
 
 
 @pytest.mark.parametrize("side", ["client", "real"])
@@ -371,7 +390,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
         "-j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
-        "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-LOG",
+        "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-CEND",
         # Packets of the fast path's reals that conntrack does not know: dropped, never
         # forwarded with the real's address (a failover peer's connection, a restart).
         *(f"-A LOCALDIRECTOR7-REPLY -s 203.0.113.{real}/32 -p tcp -m tcp --sport {port} "
@@ -379,8 +398,10 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
           for real, port in ((11, 8001), (12, 80), (13, 80))),
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY "
         "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-QUEUE",
-        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags SYN SYN -m conntrack "
         "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-LOG",
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,RST NONE -m conntrack "
+        "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-REND",
         *note_rules(Q7),
     ]
     marks = {t: m for t, m in zip(rules.targets, (0x10000, 0x20000, 0x30000))}
@@ -437,7 +458,16 @@ def test_install_update_remove_cover_mangle_and_nat() -> None:
     mangle = text.split("*mangle\n")[1].split("COMMIT")[0].splitlines()
     assert {"-I PREROUTING 1 -j LOCALDIRECTOR7", "-I FORWARD 1 -j LOCALDIRECTOR7-REPLY",
             "-A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 --queue-bypass",
-            "-A LOCALDIRECTOR7-LOG -j NFLOG --nflog-group 7 --nflog-size 128"} <= set(mangle)
+            "-A LOCALDIRECTOR7-LOG -j NFLOG --nflog-group 7 --nflog-size 128",
+            # A FIN is copied once the other side's bit is set, a RST always.
+            "-A LOCALDIRECTOR7-CEND -j CONNMARK --set-xmark 0x40000000/0x40000000",
+            "-A LOCALDIRECTOR7-CEND -m connmark --mark 0x20000000/0x20000000 "
+            "-j LOCALDIRECTOR7-LOG",
+            "-A LOCALDIRECTOR7-REND -p tcp -m tcp --tcp-flags RST RST "
+            "-j CONNMARK --set-xmark 0x60000000/0x60000000",
+            "-A LOCALDIRECTOR7-REND -j CONNMARK --set-xmark 0x20000000/0x20000000",
+            "-A LOCALDIRECTOR7-REND -m connmark --mark 0x40000000/0x40000000 "
+            "-j LOCALDIRECTOR7-LOG"} <= set(mangle)
     nat = text.split("*nat\n")[1].split("COMMIT")[0].splitlines()
     assert "-I PREROUTING 1 -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR7" in nat
     assert seen[-1] == {t: m for t, m in seen[-1].items()} and len(seen[-1]) == 3

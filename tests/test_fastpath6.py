@@ -183,18 +183,23 @@ def test_ipv6_fast_path_rules_go_to_ip6tables_with_bracketed_dnats() -> None:
     v4, v6 = ("".join(tools.restored[tool]) for tool in ("iptables", "ip6tables"))
     assert "2001:db8" not in v4 and "-j DNAT --to-destination 203.0.113.11:8001" in v4
     lines = v6.splitlines()
-    q, log = "LOCALDIRECTOR7-QUEUE", "LOCALDIRECTOR7-LOG"
+    q, log, end = "LOCALDIRECTOR7-QUEUE", "LOCALDIRECTOR7-LOG", "LOCALDIRECTOR7-"
     for line in (
         f"-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p tcp -m tcp --dport 80 "
         f"-m conntrack --ctstate NEW -j {q}",
         f"-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p tcp -m tcp --dport 80 "
-        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED -j {log}",
+        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED -j {end}CEND",
         f"-A LOCALDIRECTOR7 -d 2001:db8::10/128 -p udp -m udp --dport 53 "
         f"-m conntrack --ctstate NEW -j {q}",
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir "
         f"REPLY ! --ctstatus ASSURED --ctorigdst 2001:db8::10 --ctorigdstport 80 -j {q}",
-        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags SYN SYN -m conntrack "
         f"--ctdir REPLY --ctorigdst 2001:db8::10 --ctorigdstport 80 -j {log}",
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,RST NONE -m conntrack "
+        f"--ctdir REPLY --ctorigdst 2001:db8::10 --ctorigdstport 80 -j {end}REND",
+        # The FINs' connection-mark bits, as in IPv4 (iptables.end_rules).
+        f"-A {end}CEND -j CONNMARK --set-xmark 0x40000000/0x40000000",
+        f"-A {end}REND -m connmark --mark 0x40000000/0x40000000 -j {log}",
         "-A LOCALDIRECTOR7-REPLY -p udp -m conntrack --ctdir REPLY ! --ctstatus ASSURED "
         f"--ctorigdst 2001:db8::10 --ctorigdstport 53 -j {log}",
         # The untracked-reply drop: an IPv6 real's packets conntrack does not know.

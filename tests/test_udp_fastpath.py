@@ -160,7 +160,7 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 53 -m conntrack "
         "--ctstate NEW -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 53 ! --tcp-flags FIN,RST "
-        "NONE -m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-LOG",
+        "NONE -m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-CEND",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p udp -m udp --dport 53 -m conntrack "
         "--ctstate NEW -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7-REPLY -s 203.0.113.1/32 -p tcp -m tcp --sport 53 -m conntrack "
@@ -172,8 +172,10 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir "
         "REPLY ! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 53 "
         "-j LOCALDIRECTOR7-QUEUE",
-        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE -m conntrack "
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags SYN SYN -m conntrack "
         "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 53 -j LOCALDIRECTOR7-LOG",
+        "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,RST NONE -m conntrack "
+        "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 53 -j LOCALDIRECTOR7-REND",
         "-A LOCALDIRECTOR7-REPLY -p udp -m conntrack --ctdir REPLY ! --ctstatus ASSURED "
         "--ctorigdst 192.0.2.10 --ctorigdstport 53 -j LOCALDIRECTOR7-LOG",
         *note_rules(Q7),

@@ -45,6 +45,10 @@ KNOWN_ADDRESSES = 262144   # at most this many (ipset maxelem): a full set adds 
 # client address was already noted as known, so each connection updates the set once
 # instead of with every ACK.
 KNOWN_CTMARK = 0x80000000
+# The bits of a fast-path connection whose client, or real, sent a FIN: a FIN is copied
+# to the engine only once the other side's bit is set, so one copy says both ends closed
+# (end_rules).
+CLIENT_FIN_CTMARK, REAL_FIN_CTMARK = 0x40000000, 0x20000000
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Names:
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
+    client_end: str      # mangle: a fast-path client's FIN or RST (end_rules)
+    real_end: str        # mangle: a fast-path real's FIN or RST
     note: str            # mangle: notes a tracked connection's client as known, once
     known: str           # the ipset of addresses that sent an ACK lately
     # The jumps from the built-in chains, as iptables-save prints them.
@@ -116,7 +122,8 @@ class Names:
         return {
             "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
                      self.flood, self.defrag), (self.jump, self.local_jump)),
-            "mangle": ((self.chain, self.reply, self.queue, self.log, self.note),
+            "mangle": ((self.chain, self.reply, self.queue, self.client_end, self.real_end,
+                        self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
@@ -150,7 +157,7 @@ def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
-                 f"{base}-LOG", f"{base}-KNOWN",
+                 f"{base}-LOG", f"{base}-CEND", f"{base}-REND", f"{base}-KNOWN",
                  f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p {icmp} -j {base}-LOCAL",
@@ -305,12 +312,33 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                 continue
             client += [f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{dport} "
                        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
-                       f"-j {n.log}"]
+                       f"-j {n.client_end}"]
             real += [f"-A {n.reply} -p tcp -m tcp --tcp-flags RST RST -m conntrack "
                      f"--ctdir REPLY ! --ctstatus ASSURED {orig} -j {n.queue}",
-                     f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST NONE "
-                     f"-m conntrack --ctdir REPLY {orig} -j {n.log}"]
+                     f"-A {n.reply} -p tcp -m tcp --tcp-flags SYN SYN "
+                     f"-m conntrack --ctdir REPLY {orig} -j {n.log}",
+                     f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,RST NONE "
+                     f"-m conntrack --ctdir REPLY {orig} -j {n.real_end}"]
     return client + stray_rules(rules, n) + real + notes
+
+
+def end_rules(n: Names) -> list[str]:
+    """Where a fast-path connection's FINs and RSTs go, its client's to `client_end`, its
+    real's to `real_end`: each FIN sets its side's connection-mark bit, then is copied
+    only if the other side's bit is set, so the engine gets one copy when both ends have
+    closed instead of one per FIN (a third of the copies of a short connection). A RST
+    sets both bits and is always copied. Setting before testing means two FINs crossing
+    on two CPUs are both copied, never neither; the engine takes a FIN copy of a
+    fast-path connection as both FINs (tcp.py, docs/design.rst "Fast path")."""
+    both = f"0x{CLIENT_FIN_CTMARK | REAL_FIN_CTMARK:x}"
+    rules = []
+    for chain, own, other in ((n.client_end, CLIENT_FIN_CTMARK, REAL_FIN_CTMARK),
+                              (n.real_end, REAL_FIN_CTMARK, CLIENT_FIN_CTMARK)):
+        rules += [f"-A {chain} -p tcp -m tcp --tcp-flags RST RST "
+                  f"-j CONNMARK --set-xmark {both}/{both}",
+                  f"-A {chain} -j CONNMARK --set-xmark 0x{own:x}/0x{own:x}",
+                  f"-A {chain} -m connmark --mark 0x{other:x}/0x{other:x} -j {n.log}"]
+    return rules
 
 
 def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
@@ -365,6 +393,8 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             *chains["mangle"][:2],
             f":{n.queue} - [0:0]",
             f":{n.log} - [0:0]",
+            f":{n.client_end} - [0:0]",
+            f":{n.real_end} - [0:0]",
             *delete("mangle", mangle_jump),
             *delete("mangle", reply_jump),
             f"-I PREROUTING 1 -j {n.chain}",
@@ -372,6 +402,7 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             queue,
             f"-A {n.log} -j NFLOG --nflog-group {n.queue_num} "
             f"--nflog-size {nflog.COPY_RANGE}",
+            *end_rules(n),
             *chains["mangle"][2:],
         ],
         "nat": [

@@ -194,8 +194,12 @@ class TcpState:
 
     def _fin(self, conn: Connection, now: float, client: bool) -> None:
         """A FIN from one side; from both, the connection is over. A dispatched real's
-        FIN never passes here: the client's ends it, and the table forwards the rest."""
-        if client:
+        FIN never passes here: the client's ends it, and the table forwards the rest.
+        Nor does a fast-path connection's first FIN: the kernel copies a FIN only once
+        both sides sent one (iptables.end_rules), so its copy ends the connection."""
+        if conn.fastpath:
+            conn.bits |= _BOTH_FINS
+        elif client:
             conn.bits |= _BOTH_FINS if conn.virtual.dispatched else FIN_IN
         else:
             conn.bits |= FIN_OUT

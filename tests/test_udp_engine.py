@@ -174,6 +174,22 @@ def test_a_lone_unanswering_real_fails_once_per_reassign_datagrams() -> None:
     assert a.consecutive_fails == 3 and a.noanswer_reassigns == 0
 
 
+def test_reassign_0_never_fails_a_real_that_never_answers() -> None:
+    """A one-way service (syslog, NetFlow): `reassign REAL 0` takes the unanswered count
+    out, so a stream of any length stays on its real and fails nothing, where the
+    default moves the flow after three datagrams."""
+    lab = udp_lab()
+    a, b = lab.d.reals[sid(UA)], lab.d.reals[sid(UB)]
+    a.reassign = b.reassign = 0
+    for _ in range(2000):
+        assert query(lab)[1].dst == A
+    assert (a.consecutive_fails, a.noanswer_reassigns) == (0, 0)
+    assert a.state is State.IN_SERVICE and lab.engine.stats.conns_reassigned == 0
+    conn = flow(lab)
+    assert _unreachable(lab, conn, 3)[0] == DROP           # ICMP still fails it
+    assert a.consecutive_fails == 1 and conn.real is b
+
+
 def _unreachable(lab: Lab, conn: UdpFlow, code: int, src: str | None = None) -> tuple:
     """The real's (or a router's) ICMP error about the datagram the client sent it."""
     quoted = IP(src=CLIENT, dst=conn.real.sid.format().split(":")[0]) / UDP(

@@ -39,7 +39,8 @@ REAL_OPTIONS: dict[str, Option] = {
     "weight": Option(real.DEFAULT_WEIGHT, 1, 1000),
     "maxconns": Option(real.DEFAULT_MAXCONNS, 0, 4294967295),
     "threshold": Option(real.DEFAULT_THRESHOLD, 1, 1000),
-    "reassign": Option(real.DEFAULT_REASSIGN, 1, 100),
+    # 0: never for want of an answer (a service that never answers: syslog, NetFlow).
+    "reassign": Option(real.DEFAULT_REASSIGN, 0, 100),
     "retry": Option(real.DEFAULT_RETRY, 1, 86400),
     "delay": Option(real.DEFAULT_DELAY, 0, 3600),
 }

@@ -135,7 +135,9 @@ class Expiry:
         before = self._timeouts
         timeouts: dict[VirtualMachine | PhysicalMachine, int] = {
             v: v.timeout for v in virtuals}
-        timeouts.update((r, r.timeout) for r in reals)
+        timeouts.update({r: r.timeout for r in reals})
+        if timeouts == before:   # every tick under the lock: the common case costs little
+            return
         self._timeouts = timeouts
         if any(_shortens(s, before.get(s, t), t) for s, t in timeouts.items()):
             self.rebuild(now, inbound)

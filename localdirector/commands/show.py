@@ -124,16 +124,20 @@ def show_real(session: Session, pattern: ServerPattern | None = None,
               detail: bool = False) -> None:
     _print_servers(session, _selected(list(session.director.iter_reals()), pattern, "real"),
                    detail, ("Real", "State", "Conns", "Total", "Weight", "Maxconns",
-                            "Reassigns", "Threshold", "Response", "Backup", "Out-by"),
+                            "Reassigns", "Threshold", "Response", "Backup", "Out-by",
+                            "Timeout"),
                    _real_row, _real_detail,
                    ("real", "state", "conns", "total", "weight", "maxconns", "reassigns",
-                    "threshold", "response_ms", "backup", "out_by"))
+                    "threshold", "response_ms", "backup", "out_by", "timeout"))
 
 
 def _real_row(d: Director, r: PhysicalMachine) -> tuple:
+    # Timeout: the real's own (`timeout REAL N`); '-' (null): its virtuals' apply.
     return (d.fmt(r.sid), d.real_state(r), r.current_conns, r.total_conns, r.weight,
-            Cell("-", 0) if not r.maxconns else r.maxconns, r.noanswer_reassigns + r.reset_reassigns, r.threshold,
-            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r))
+            Cell("-", 0) if not r.maxconns else r.maxconns,
+            r.noanswer_reassigns + r.reset_reassigns, r.threshold,
+            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r),
+            r.timeout or Cell("-", None))
 
 
 def _ms(seconds: float) -> Cell:
@@ -147,7 +151,8 @@ def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
     fastpath = bool(bound) and all(v.fastpath for v in bound)
     return [
         f"Real {d.fmt(r.sid)}, state {d.real_state(r)} (configured "
-        f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}",
+        f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}"
+        f"{f', timeout {r.timeout} s (its own)' if r.timeout else ''}",
         f"  Out by: {d.real_cause(r)}{f' (probe {r.probe_down})' if r.probe_down else ''}",
         f"  Connections: {r.current_conns} current, {r.total_conns} total",
         f"  Traffic: {_traffic(r, fastpath)}",

@@ -48,7 +48,7 @@ FIELDS = {
     "show virtual": {"virtual", "state", "conns", "half_open", "total", "predictor", "reals",
                      "backup", "path"},
     "show real": {"real", "state", "conns", "total", "weight", "maxconns", "reassigns",
-                  "threshold", "response_ms", "backup", "out_by", "timeout"},
+                  "threshold", "response_ms", "backup", "out_by"},
     "show bind": {"virtual", "virtual_state", "real", "real_state"},
     "show assign": {"virtual", "client", "mask", "hits"},
     "show predictor": {"virtual", "predictor", "conns"},
@@ -88,8 +88,6 @@ def test_values_are_typed(shell):
     assert real["maxconns"] == 40 and real["weight"] == 1 and real["conns"] == 0
     assert real["response_ms"] is None and real["backup"] is None
     assert reals["203.0.113.11:8001:0:tcp"]["maxconns"] == 0      # "-": unlimited
-    assert real["timeout"] == 45                                    # its own
-    assert reals["203.0.113.11:8001:0:tcp"]["timeout"] is None     # "-": its virtual's
     sticky = {v["virtual"]: v for v in json.loads(shell("show sticky | json"))}
     assert sticky["192.0.2.10:80:0:tcp"]["sticky_minutes"] == 5
     [me] = [u for u in json.loads(shell("who | json")) if u["current"]]

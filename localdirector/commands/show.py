@@ -124,20 +124,17 @@ def show_real(session: Session, pattern: ServerPattern | None = None,
               detail: bool = False) -> None:
     _print_servers(session, _selected(list(session.director.iter_reals()), pattern, "real"),
                    detail, ("Real", "State", "Conns", "Total", "Weight", "Maxconns",
-                            "Reassigns", "Threshold", "Response", "Backup", "Out-by",
-                            "Timeout"),
+                            "Reassigns", "Threshold", "Response", "Backup", "Out-by"),
                    _real_row, _real_detail,
                    ("real", "state", "conns", "total", "weight", "maxconns", "reassigns",
-                    "threshold", "response_ms", "backup", "out_by", "timeout"))
+                    "threshold", "response_ms", "backup", "out_by"))
 
 
 def _real_row(d: Director, r: PhysicalMachine) -> tuple:
-    # Timeout: the real's own (`timeout REAL N`); '-' (null): its virtuals' apply.
     return (d.fmt(r.sid), d.real_state(r), r.current_conns, r.total_conns, r.weight,
             Cell("-", 0) if not r.maxconns else r.maxconns,
             r.noanswer_reassigns + r.reset_reassigns, r.threshold,
-            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r),
-            r.timeout or Cell("-", None))
+            _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r))
 
 
 def _ms(seconds: float) -> Cell:

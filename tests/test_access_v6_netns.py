@@ -234,7 +234,7 @@ def test_an_ipv4_address_listens_on_ipv4_only_and_no_address_on_both(
 def test_snmp_agent_on_an_ipv6_address_answers_an_ipv6_manager(
         link: tuple[str, str], tmp_path: Path) -> None:
     """`--snmp [ADDR]:PORT`: snmpd on that address (udp6, rocommunity6) answers
-    snmpget from the client namespace with the IPv4 rows, the IPv6 real left out."""
+    snmpwalk from the client namespace with the rows of both families' reals."""
     running = Running(link[0], tmp_path, "hostname v6snmp\nsnmp-server community n0c\n"
                       "real 203.0.113.11:80\nreal [2001:db8:1::11]:8001\n",
                       "--snmp", f"[{DIRECTOR}]:1161")
@@ -252,6 +252,7 @@ def test_snmp_agent_on_an_ipv6_address_answers_an_ipv6_manager(
         assert got.returncode == 0, got.stderr + running.log()
         assert '"v6snmp"' in got.stdout                           # sysName
         assert '"203.0.113.11:80:0:tcp"' in got.stdout             # ldRealName
-        assert "2001:db8:1::11" not in got.stdout
+        real6 = ".1.3.6.1.4.1.32473.6324.1.2.1.4.2.16.32.1.13.184.0.1" + ".0" * 9 + ".17.8001.6"
+        assert f'{real6} = STRING: "[2001:db8:1::11]:8001:0:tcp"' in got.stdout
     finally:
         running.stop()

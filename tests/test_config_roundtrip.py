@@ -58,7 +58,7 @@ def commands(vip: st.SearchStrategy[str], real: st.SearchStrategy[str]
             st.lists(real, min_size=1, max_size=3).map(" ".join)),
         fmt("{}assign {} {}", maybe_no, vip, assign_clients),
         fmt("{}{} {} {}", maybe_no, st.sampled_from(["weight", "maxconns", "threshold",
-                                                     "reassign", "retry"]),
+                                                     "reassign", "retry", "timeout"]),
             real, st.integers(1, 20)),
         fmt("{}{} {} {}", maybe_no, st.sampled_from(["timeout", "sticky", "synguard"]),
             vip, st.integers(1, 20)),
@@ -101,7 +101,7 @@ def snapshot(director: Director) -> tuple:
     virtuals = [(v.sid, v.state, v.predictor, v.timeout, v.sticky, v.synguard, v.backup,
                  [link.real.sid for link in v.iter_links()]) for v in director.iter_virtuals()]
     reals = [(r.sid, r.admin_state, r.weight, r.maxconns, r.threshold, r.reassign, r.retry,
-              r.backup) for r in director.iter_reals()]
+              r.timeout, r.backup) for r in director.iter_reals()]
     assigns = [(o.virtual.sid, o.client_ip, o.prefixlen) for o in director.bindids]
     return virtuals, reals, assigns, dict(director.addr_names), director.settings
 

@@ -18,7 +18,8 @@ from localdirector.model.director import Director
 from localdirector.model.serverid import ServerId
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.host import forwarding_problems, read_queue_counters
-from localdirector.dataplane.iptables import flood_rules, known_set, names, raw_rules
+from localdirector.dataplane.floodrules import flood_rules, known_set
+from localdirector.dataplane.iptables import names, raw_rules
 from localdirector.dataplane.nfqueue import SKB_CSUM_NOT_READY, SKB_GSO
 from localdirector.dataplane.packet import (checksum, reset_reply, rewrite,
                                             tcp_checksum_full, tcp_checksum_valid)

@@ -545,6 +545,18 @@ def test_unanswered_syns_reassign_fail_retry_test_recover(caplog) -> None:
     assert lab_.engine.stats.conns_reassigned == 2
 
 
+def test_reassign_0_leaves_unanswered_syns_to_the_clients_retries() -> None:
+    lab_, _, (ra, rb) = lab((A, B))
+    ra.reassign = 0
+    conn = lab_.syn()
+    assert conn.real is ra
+    for _ in range(10):
+        verdict, out = lab_.client("S")
+        assert verdict == ACCEPT_MODIFIED and out.dst == A
+    assert (conn.real, ra.noanswer_reassigns, ra.consecutive_fails) == (ra, 0, 0)
+    assert lab_.engine.stats.conns_reassigned == 0
+
+
 def test_failed_probe_fails_again() -> None:
     lab_, _, (ra, rb) = lab((A, B))
     ra.state, ra.failed_at, ra.retry = State.FAILED, lab_.clock.t, 1

@@ -19,8 +19,8 @@ from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.iptables import (flood_rules, known_rule, mangle_rules,
-                                             match_chains, names, nat_rules, note_rules,
+from localdirector.dataplane.floodrules import flood_rules, known_rule, note_rules
+from localdirector.dataplane.iptables import (mangle_rules, match_chains, names, nat_rules,
                                              raw_rules)
 from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
 from localdirector.dataplane.transactions import RuleManager
@@ -503,8 +503,8 @@ def test_counters_add_both_queues_and_count_copies() -> None:
                   "203.0.113.11/32 -p tcp -m tcp --sport 8001 -m conntrack --ctstate "
                   "INVALID,NEW -j DROP\n[2:1] -A LOCALDIRECTOR7-REPLY -s 203.0.113.12/32 -p "
                   "tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,NEW -j DROP\nCOMMIT\n")
-    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "logged": 15,
-                                  "stray": 5}
+    assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "datagram_flood": 0,
+                                  "logged": 15, "stray": 5}
 
 
 # -- which virtuals share a mode ---------------------------------------------------------

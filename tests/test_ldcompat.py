@@ -99,6 +99,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("config", "weight 203.0.113.12:80 2"),
         ("config", "sticky 192.0.2.20:443 30"),
         ("config", "timeout 192.0.2.20:80 20"),
+        ("config", "timeout 203.0.113.14:80 5"),   # LocalDirector's: a real's own
         # A virtual id in a real's command: every bound real.
         ("config", "retry 203.0.113.13:80 45"),
         ("config", "threshold 203.0.113.12:80 4"),
@@ -275,6 +276,18 @@ def test_route_is_not_router_bgp() -> None:
     session, out = config_session()
     assert session.execute("route 0.0.0.0 0.0.0.0 198.19.255.1 1")
     assert "router" not in "".join(out) and "% Note: " in "".join(out)
+
+
+def test_timeout_with_a_wildcard_sets_every_matched_reals_own() -> None:
+    """LocalDirector's wildcards section names timeout among the real commands a
+    pattern may stand for: `timeout all:443 120`."""
+    session, out = config_session()
+    for line in ("real 203.0.113.12:443", "real 203.0.113.13:443", "real 203.0.113.12:80",
+                 "timeout all:443 120"):
+        assert session.execute(line), out
+    assert {str(r.sid): r.timeout for r in session.director.iter_reals()} == {
+        "203.0.113.12:443:0:tcp": 120, "203.0.113.13:443:0:tcp": 120,
+        "203.0.113.12:80:0:tcp": 0}
 
 
 def test_show_and_write_at_the_configuration_prompt_and_all_in_patterns() -> None:

@@ -299,7 +299,10 @@ def test_options_are_declared_and_checked_by_the_model() -> None:
     assert d.changed_options("predictor") == [(v, "weighted")]
     d.set_option(r, "weight", REAL_OPTIONS["weight"].default)
     assert d.changed_options("weight") == []
+    d.set_option(r, "reassign", 0)                    # 0: no count of silence
+    assert d.changed_options("reassign") == [(r, 0)]
     for target, name, value, error in ((r, "weight", 0, "weight out of range 1-1000"),
+                                       (r, "reassign", 101, "reassign out of range 0-100"),
                                        (v, "predictor", "random", "unknown predictor"),
                                        (sid("203.0.113.99"), "weight", 2,
                                         "real .* does not exist"),

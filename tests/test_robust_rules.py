@@ -92,11 +92,11 @@ def test_queued_and_shed_counters_are_read_from_the_kernel_and_cleared_by_offset
     fake.saved = (f"*raw\n[999:1] -A LOCALDIRECTOR7-QUEUE -j NOTRACK\n[1000:2] {queue_rule}\n"
                   "[12345:678] -A LOCALDIRECTOR7-SHED -j DROP\nCOMMIT\n")
     assert manager.counters() == {"queued": 1000, "shed": 12345, "flood": 0,
-                                  "logged": 0, "stray": 0}
+                                  "datagram_flood": 0, "logged": 0, "stray": 0}
     manager.clear_counters()
     fake.saved = f"*raw\n[1010:3] {queue_rule}\n[12400:700] -A LOCALDIRECTOR7-SHED -j DROP\n"
-    assert manager.counters() == {"queued": 10, "shed": 55, "flood": 0, "logged": 0,
-                                  "stray": 0}
+    assert manager.counters() == {"queued": 10, "shed": 55, "flood": 0,
+                                  "datagram_flood": 0, "logged": 0, "stray": 0}
 
 
 def test_route_warning_names_vips_without_any_route(tmp_path: Path) -> None:

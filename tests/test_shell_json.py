@@ -19,6 +19,7 @@ probe 203.0.113.11:8001 web
 logging host 198.51.100.60
 sticky 192.0.2.10:80 5
 maxconns 203.0.113.12 40
+timeout 203.0.113.12 45
 router bgp 64512
 bgp neighbor 198.19.255.1 remote-as 64500
 advertise 192.0.2.10:80

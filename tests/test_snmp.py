@@ -1,6 +1,7 @@
 """SNMP without a lab: the `snmp-server` commands and their running-config, the AgentX
-subset against PDUs as snmpd sends them, the tables a snapshot serves, which health
-changes become traps, snmpd's configuration, and the MIB as net-snmp parses it."""
+subset against PDUs as snmpd sends them, the tables a snapshot serves (servers of both
+families, indexed by InetAddressType and InetAddress), which health changes become
+traps, snmpd's configuration, and the MIB as net-snmp parses it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from localdirector.shell import config_file, running_config
 ROOT = Path(__file__).resolve().parents[1]
 MIBS = f"+{ROOT / 'mibs'}:{ROOT / 'tests' / 'mibs'}"
 VIRTUAL, REAL, OTHER = "192.0.2.10:80", "203.0.113.12", "203.0.113.13"
+VIRTUAL6, REAL6 = "[2001:db8::10]:80", "[2001:db8:1::11]:8001"
+# The indexes as RFC 4001 encodes an InetAddressType, InetAddress pair: ipv4(1) or
+# ipv6(2), the octets' count, the octets (written out here, not computed by the code).
+V4_VIP, V4_REAL, V4_OTHER = (1, 4, 192, 0, 2, 10), (1, 4, 203, 0, 113, 12), \
+    (1, 4, 203, 0, 113, 13)
+V6_VIP = (2, 16, 0x20, 0x01, 0x0d, 0xb8, *bytes(11), 0x10)
+V6_REAL = (2, 16, 0x20, 0x01, 0x0d, 0xb8, 0, 1, *bytes(9), 0x11)
 
 
 def run(appliance: Appliance, *lines: str, mode: tuple[str, ...] = ("configure terminal",)
@@ -121,19 +129,51 @@ def test_snmpd_conf_for_an_ipv6_agent_address_and_receivers(tmp_path: Path) -> N
     assert "% ff02::1 is not a host address" in run(appliance, "snmp-server host ff02::1")
 
 
-def test_ipv6_servers_have_no_mib_rows_and_no_traps_and_break_nothing(tmp_path: Path
-                                                                    ) -> None:
-    """The MIB indexes by IpAddress (4 bytes): IPv6 servers are left out knowingly,
-    the IPv4 rows stay whole."""
+def test_an_address_in_an_index_is_its_type_its_length_and_its_octets() -> None:
+    assert snmp_mib.address_index(parse_ip("192.0.2.10")) == V4_VIP
+    assert snmp_mib.address_index(parse_ip("2001:db8::10")) == V6_VIP
+    assert snmp_mib.real_index(parse_ip("2001:db8:1::11"), 8001, "udp") == (
+        *V6_REAL, 8001, 17)
+    assert snmp_mib.virtual_index(parse_ip("192.0.2.10"), 80, 2, "tcp") == (
+        *V4_VIP, 80, 2, 6)
+    # ::c000:20a is not 192.0.2.10: another type, another length.
+    assert snmp_mib.address_index(parse_ip("::c000:20a")) == (2, 16, *bytes(12), 192, 0, 2,
+                                                               10)
+
+
+def test_ipv6_servers_have_rows_beside_the_ipv4_ones_in_oid_order(tmp_path: Path) -> None:
+    """Every table serves both families; a walk (GetNext after GetNext) meets each
+    column's IPv4 rows, then its IPv6 ones: type 1 sorts before type 2 whatever the
+    addresses, and the IPv4 rows are as they were."""
     appliance = configured(tmp_path)
     director = appliance.director
     before = snmp_mib.snapshot(director, "Off").rows
-    out = run(appliance, "virtual [2001:db8::10]:80", "real [2001:db8:1::11]:8001",
-              "bind [2001:db8::10]:80 [2001:db8:1::11]:8001")
+    out = run(appliance, f"virtual {VIRTUAL6}", f"real {REAL6}", f"bind {VIRTUAL6} {REAL6}",
+              f"weight {REAL6} 5")
     assert "%" not in out, out
-    v6_real = ServerId(addr=parse_ip("2001:db8:1::11"), port=8001)
-    assert snmp_mib.snapshot(director, "Off").rows == before
-    assert not snmp_mib.indexed(v6_real.addr) and snmp_mib.indexed(parse_ip("203.0.113.11"))
+    table = snmp_mib.snapshot(director, "Off")
+    assert before.items() <= table.rows.items()
+    v6_virtual, v6_real = (*V6_VIP, 80, 0, 6), (*V6_REAL, 8001, 6)
+    assert table.get((*snmp_mib.VIRTUAL_ENTRY, 5, *v6_virtual))[1:] == (
+        agentx.OCTET_STRING, b"[2001:db8::10]:80:0:tcp")
+    assert table.get((*snmp_mib.VIRTUAL_ENTRY, 6, *v6_virtual))[2] == 1   # inService
+    assert table.get((*snmp_mib.REAL_ENTRY, 5, *v6_real))[2] == 1
+    assert table.get((*snmp_mib.BIND_ENTRY, 1, *v6_virtual, *v6_real))[1:] == (
+        agentx.GAUGE32, 5)
+
+    def walk(column: tuple[int, ...]) -> list[tuple[int, ...]]:
+        names, at = [], column
+        while True:
+            name, _, _ = table.next(at, False, ())
+            if name[:len(column)] != column:
+                return names
+            names.append(name[len(column):])
+            at = name
+    assert walk((*snmp_mib.REAL_ENTRY, 4)) == [(*V4_REAL, 0, 6), (*V4_OTHER, 0, 6), v6_real]
+    assert walk((*snmp_mib.VIRTUAL_ENTRY, 8)) == [(*V4_VIP, 80, 0, 6), v6_virtual]
+    assert walk((*snmp_mib.BIND_ENTRY, 1)) == [
+        (*V4_VIP, 80, 0, 6, *V4_REAL, 0, 6), (*V4_VIP, 80, 0, 6, *V4_OTHER, 0, 6),
+        (*v6_virtual, *v6_real)]
 
 
 # -- AgentX ----------------------------------------------------------------------------
@@ -180,21 +220,20 @@ def _decode(data: bytes) -> list[tuple[tuple[int, ...], int, object]]:
 def test_get_getnext_and_getbulk_from_a_snapshot_in_either_byte_order(tmp_path: Path) -> None:
     appliance = configured(tmp_path)
     table = snmp_mib.snapshot(appliance.director, "Off")
-    state = (*snmp_mib.REAL_ENTRY, 5, 203, 0, 113, 12, 0, 6)
-    weight = (*snmp_mib.BIND_ENTRY, 1, 192, 0, 2, 10, 80, 0, 6, 203, 0, 113, 13, 0, 6)
+    state = (*snmp_mib.REAL_ENTRY, 5, *V4_REAL, 0, 6)
+    weight = (*snmp_mib.BIND_ENTRY, 1, *V4_VIP, 80, 0, 6, *V4_OTHER, 0, 6)
+    absent = (*snmp_mib.REAL_ENTRY, 5, 1, 4, 1, 2, 3, 4, 0, 6)
     for order in ("!", "<"):
         head, payload = _request(agentx.GET, _search(state, order=order) + _search(
-            weight, order=order) + _search((*snmp_mib.REAL_ENTRY, 5, 1, 2, 3, 4, 0, 6),
-                                           order=order), order)
+            weight, order=order) + _search(absent, order=order), order)
         got = _decode(agentx.response(head, table.answer(head, payload)))
         assert got == [(state, agentx.INTEGER, 1), (weight, agentx.GAUGE32, 3),
-                       ((*snmp_mib.REAL_ENTRY, 5, 1, 2, 3, 4, 0, 6),
-                        agentx.NO_SUCH_INSTANCE, None)]
+                       (absent, agentx.NO_SUCH_INSTANCE, None)]
     # GetNext from the real table's start: the first real's name; past the end of the
     # range given: endOfMibView.
     head, payload = _request(agentx.GETNEXT, _search(snmp_mib.REAL_ENTRY))
     assert _decode(agentx.response(head, table.answer(head, payload))) == [
-        ((*snmp_mib.REAL_ENTRY, 4, 203, 0, 113, 12, 0, 6), agentx.OCTET_STRING,
+        ((*snmp_mib.REAL_ENTRY, 4, *V4_REAL, 0, 6), agentx.OCTET_STRING,
          "203.0.113.12:0:0:tcp")]
     head, payload = _request(agentx.GETNEXT, _search(weight, snmp_mib.FAILOVER_ROLE))
     assert _decode(agentx.response(head, table.answer(head, payload)))[0][1] == \
@@ -226,7 +265,7 @@ def test_a_truncated_pdu_is_an_error_not_a_crash() -> None:
 
 def test_fast_path_virtuals_have_no_packet_counts(tmp_path: Path) -> None:
     appliance = configured(tmp_path, f"fastpath {VIRTUAL}")
-    index = (192, 0, 2, 10, 80, 0, 6)
+    index = (*V4_VIP, 80, 0, 6)
     table = snmp_mib.snapshot(appliance.director, "Active")
     assert table.get((*snmp_mib.VIRTUAL_ENTRY, 13, *index))[1:] == (agentx.INTEGER, 1)
     assert table.get((*snmp_mib.VIRTUAL_ENTRY, 9, *index))[1] == agentx.NO_SUCH_INSTANCE
@@ -255,7 +294,7 @@ def test_health_changes_queue_traps_only_for_failure_and_recovery(tmp_path: Path
     trap_oids = [binds[0][2] for binds in agent._queue]
     assert trap_oids == [snmp_mib.REAL_FAILED, snmp_mib.REAL_RECOVERED]
     failed = agent._queue[0]
-    assert failed[1] == ((*snmp_mib.REAL_ENTRY, 4, 203, 0, 113, 12, 0, 6),
+    assert failed[1] == ((*snmp_mib.REAL_ENTRY, 4, *V4_REAL, 0, 6),
                          agentx.OCTET_STRING, b"203.0.113.12:0:0:tcp")
     assert failed[2][2] == snmp_mib.STATES["FAILED"]
     agent.role_changed("Standby", "Active")
@@ -266,6 +305,31 @@ def test_health_changes_queue_traps_only_for_failure_and_recovery(tmp_path: Path
     director.note_failure(real, 300.0)
     director.note_failure(real, 300.0)
     assert real.state is State.FAILED and not agent._queue
+    agent.stop()
+
+
+def test_an_ipv6_real_failing_and_recovering_is_trapped_with_its_index(tmp_path: Path
+                                                                      ) -> None:
+    appliance = configured(tmp_path, f"real {REAL6}", f"threshold {REAL6} 1",
+                           "snmp-server community c", "snmp-server host 2001:db8:ff::2",
+                           "snmp-server enable traps")
+    agent = SnmpAgent(appliance, "127.0.0.1", 1161, tmp_path)
+    agent.follow(appliance.director)
+    director = appliance.director
+    real = director.reals[ServerId.parse(REAL6)]
+    director.note_failure(real, 1.0)
+    director.tick(100.0)
+    director.note_answer(real)
+    assert [binds[0][2] for binds in agent._queue] == [snmp_mib.REAL_FAILED,
+                                                       snmp_mib.REAL_RECOVERED]
+    failed, recovered = agent._queue
+    assert failed[1:] == [
+        ((*snmp_mib.REAL_ENTRY, 4, *V6_REAL, 8001, 6), agentx.OCTET_STRING,
+         b"[2001:db8:1::11]:8001:0:tcp"),
+        ((*snmp_mib.REAL_ENTRY, 5, *V6_REAL, 8001, 6), agentx.INTEGER,
+         snmp_mib.STATES["FAILED"])]
+    assert recovered[2] == ((*snmp_mib.REAL_ENTRY, 5, *V6_REAL, 8001, 6), agentx.INTEGER,
+                            snmp_mib.STATES["IS"])
     agent.stop()
 
 
@@ -283,7 +347,11 @@ def test_the_mib_parses_with_net_snmp_and_names_what_the_agent_serves() -> None:
              "ldBindWeight": (*snmp_mib.BIND_ENTRY, 1),
              "ldFailoverRole": snmp_mib.FAILOVER_ROLE,
              "ldRealFailed": snmp_mib.REAL_FAILED, "ldRealRecovered": snmp_mib.REAL_RECOVERED,
-             "ldFailoverRoleChanged": snmp_mib.ROLE_CHANGED}
+             "ldFailoverRoleChanged": snmp_mib.ROLE_CHANGED,
+             "ldVirtualAddressType": (*snmp_mib.VIRTUAL_ENTRY, 14),
+             "ldVirtualAddress": (*snmp_mib.VIRTUAL_ENTRY, 1),
+             "ldRealAddressType": (*snmp_mib.REAL_ENTRY, 10),
+             "ldRealAddress": (*snmp_mib.REAL_ENTRY, 1)}
     for name, oid in names.items():
         result = _translate("-On", f"LOCALDIRECTOR-MIB::{name}")
         assert result.returncode == 0 and result.stderr == "", (name, result.stderr)
@@ -294,6 +362,26 @@ def test_the_mib_parses_with_net_snmp_and_names_what_the_agent_serves() -> None:
     roles = _translate("-Td", "LOCALDIRECTOR-MIB::ldFailoverRole").stdout
     assert all(f"{name.lower()}({number})" in roles
                for name, number in snmp_mib.ROLES.items())
+
+
+def test_net_snmp_reads_the_indexes_the_agent_builds_as_inet_addresses() -> None:
+    """net-snmp decodes the rows' OIDs by the MIB's INDEX clauses: an index the agent
+    built wrong (no length, another type) would not read back as these addresses."""
+    entry = ".".join(map(str, (*snmp_mib.BIND_ENTRY, 1)))
+    v6 = snmp_mib.virtual_index(parse_ip("2001:db8::10"), 80, 0, "tcp")
+    v6_real = snmp_mib.real_index(parse_ip("2001:db8:1::11"), 8001, "tcp")
+    v4 = snmp_mib.virtual_index(parse_ip("192.0.2.10"), 80, 3, "udp")
+    v4_real = snmp_mib.real_index(parse_ip("203.0.113.12"), 0, "udp")
+    result = _translate(*(f".{entry}." + ".".join(map(str, index))
+                          for index in ((*v6, *v6_real), (*v4, *v4_real))))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    hex6 = '"20:01:0d:b8:00:00:00:00:00:00:00:00:00:00:00:10"'
+    real6 = '"20:01:0d:b8:00:01:00:00:00:00:00:00:00:00:00:11"'
+    assert result.stdout.split() == [
+        f"LOCALDIRECTOR-MIB::ldBindWeight.ipv6.{hex6}.80.0.tcp.ipv6.{real6}.8001.tcp",
+        'LOCALDIRECTOR-MIB::ldBindWeight.ipv4."192.0.2.10".80.3.udp.ipv4."203.0.113.12".0.udp']
+    typed = _translate("-Td", "LOCALDIRECTOR-MIB::ldRealEntry").stdout
+    assert "INDEX\t\t{ ldRealAddressType, ldRealAddress, ldRealPort, ldRealProtocol }" in typed
 
 
 def test_the_failover_service_tells_the_role_hooks_of_a_change_only(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from scapy.packet import Raw
 
 from localdirector.dataplane import packet as P
 from localdirector.dataplane.engine import ACCEPT_MODIFIED, ACCEPT_UNCHANGED, DROP
+from localdirector.dataplane.floodrules import NEW_SOURCE_DATAGRAMS
 from localdirector.dataplane.iptables import names, raw_rules
 from localdirector.dataplane.ruleset import desired_rules
 from localdirector.failover.replication import decode, encode
@@ -174,6 +175,22 @@ def test_a_lone_unanswering_real_fails_once_per_reassign_datagrams() -> None:
     assert a.consecutive_fails == 3 and a.noanswer_reassigns == 0
 
 
+def test_reassign_0_never_fails_a_real_that_never_answers() -> None:
+    """A one-way service (syslog, NetFlow): `reassign REAL 0` takes the unanswered count
+    out, so a stream of any length stays on its real and fails nothing, where the
+    default moves the flow after three datagrams."""
+    lab = udp_lab()
+    a, b = lab.d.reals[sid(UA)], lab.d.reals[sid(UB)]
+    a.reassign = b.reassign = 0
+    for _ in range(2000):
+        assert query(lab)[1].dst == A
+    assert (a.consecutive_fails, a.noanswer_reassigns) == (0, 0)
+    assert a.state is State.IN_SERVICE and lab.engine.stats.conns_reassigned == 0
+    conn = flow(lab)
+    assert _unreachable(lab, conn, 3)[0] == DROP           # ICMP still fails it
+    assert a.consecutive_fails == 1 and conn.real is b
+
+
 def _unreachable(lab: Lab, conn: UdpFlow, code: int, src: str | None = None) -> tuple:
     """The real's (or a router's) ICMP error about the datagram the client sent it."""
     quoted = IP(src=CLIENT, dst=conn.real.sid.format().split(":")[0]) / UDP(
@@ -317,3 +334,36 @@ def test_udp_virtuals_and_reals_are_queued_by_protocol() -> None:
     lines = raw_rules(desired_rules(lab.d), names(7))
     assert f"-A LOCALDIRECTOR7 -d {VIP}/32 -p udp -j LOCALDIRECTOR7-QUEUE" in lines
     assert not any("--dport 53 -j" in line and "-p udp" in line for line in lines)
+
+
+def test_a_udp_vip_has_a_budget_of_new_sources_and_its_reals_answers_make_clients_known(
+        ) -> None:
+    """The kernel's defence against a spoofed UDP flood (docs/design.rst, "UDP flows"):
+    a real's datagram puts its destination in the known set (before the real's queue
+    rule, on the fast path before conntrack), and datagrams to a udp VIP from unknown
+    sources share NEW_SOURCE_DATAGRAMS a second, ahead of the VIP's queue rule; a
+    tcp-only VIP has no such budget, nor a service whose reals all have `reassign 0`."""
+    lab = udp_lab()
+    lab.d.add_virtual(sid("192.0.2.20:80"))
+    lab.d.add_real(sid("203.0.113.30:80"))
+    lab.d.bind(sid("192.0.2.20:80"), sid("203.0.113.30:80"))
+    lines = raw_rules(desired_rules(lab.d), names(7))
+    budget = (f"-A LOCALDIRECTOR7 -d {VIP}/32 -p udp -m udp --dport 53 -m set ! --match-set "
+              "ldknown7 src "
+              f"-m hashlimit --hashlimit-above {NEW_SOURCE_DATAGRAMS}/sec --hashlimit-burst "
+              f"{NEW_SOURCE_DATAGRAMS} --hashlimit-name ldnewu7 -j LOCALDIRECTOR7-UFLOOD")
+    queue = f"-A LOCALDIRECTOR7 -d {VIP}/32 -p udp -m udp --dport 53 -j LOCALDIRECTOR7-QUEUE"
+    assert lines.index(budget) < lines.index(queue)
+    note = (f"-A LOCALDIRECTOR7 -s {A}/32 -p udp -m udp --sport 53 "
+            "-j SET --add-set ldknown7 dst --exist")
+    assert lines.index(note) < lines.index(
+        f"-A LOCALDIRECTOR7 -s {A}/32 -p udp -m udp --sport 53 -j LOCALDIRECTOR7-REALQ")
+    assert not any("-d 192.0.2.20/32 -p udp" in line for line in lines)
+    lab.d.set_fastpath(sid(UVIP), True)
+    fast = raw_rules(desired_rules(lab.d), names(7))
+    assert budget in fast and not any("LOCALDIRECTOR7-QUEUE" in line and "-p udp" in line
+                                      for line in fast)
+    assert f"-A LOCALDIRECTOR7 -s {A}/32 -p udp -j SET --add-set ldknown7 dst --exist" in fast
+    for real in lab.d.reals.values():          # a service that never answers: no budget
+        real.reassign = 0
+    assert not any("UFLOOD" in line for line in raw_rules(desired_rules(lab.d), names(7)))

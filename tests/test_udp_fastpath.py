@@ -18,7 +18,8 @@ from test_shell_commands import Shell
 from test_udp_engine import UA, UB, flow, query, udp_lab
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
-from localdirector.dataplane.iptables import mangle_rules, nat_rules, note_rules, known_rule
+from localdirector.dataplane.floodrules import known_rule, note_rules
+from localdirector.dataplane.iptables import mangle_rules, nat_rules
 from localdirector.dataplane.kernelrules import desired_kernel
 from localdirector.dataplane.nftables import definition, expected_shape
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules

@@ -109,11 +109,13 @@ def _setting(word: str, help: str, target: Arg, value: Any, option: Option) -> N
             saver=lambda director: director.changed_options(word))
 
 
-def _number_setting(word: str, help: str, value_help: str) -> None:
+def _number_setting(word: str, help: str, value_help: str,
+                    target: Arg | None = None) -> None:
+    """A real's id for a real's setting, a virtual's otherwise, unless `target` says."""
     if word in REAL_OPTIONS:
-        option, target = REAL_OPTIONS[word], args.real_id("id")
+        option, target = REAL_OPTIONS[word], target or args.real_id("id")
     else:
-        option, target = VIRTUAL_OPTIONS[word], args.virtual_id("id")
+        option, target = VIRTUAL_OPTIONS[word], target or args.virtual_id("id")
     _setting(word, help, target, args.number("value", option.low, option.high, value_help),
              option)
 
@@ -134,8 +136,14 @@ _setting("predictor", "How a virtual picks a real [leastconns]", args.virtual_id
          VIRTUAL_OPTIONS["predictor"])
 
 
+# LocalDirector's `timeout` is a real's command, where a virtual's id stands for its
+# bound reals: a real's id sets the real's own, which overrides its virtual's; a
+# virtual's (Bind ID included) sets the virtual's, which every bound real without its
+# own uses (docs/design.rst, "Connection lifecycle and health").
 _number_setting("timeout", "Idle seconds before a connection or udp flow is removed "
-                "[900; udp 60]", "Seconds")
+                "[900; udp 60]", "Seconds",
+                args.server_id("id", "Real (its own timeout) or virtual (its reals' "
+                                     "without one)"))
 _number_setting("sticky", "Minutes a client stays with its real [0 = off]",
                 "Minutes, 0 = off")
 _number_setting("synguard", "Most half-open connections [0 = off]",

@@ -253,7 +253,8 @@ def _real_setting(word: str, help: str, high: int) -> None:
 
 
 for _word, _high in (("weight", 1000), ("maxconns", 4294967295), ("threshold", 1000),
-                     ("reassign", 100), ("retry", 86400), ("delay", 3600)):
+                     ("reassign", 100), ("retry", 86400), ("delay", 3600),
+                     ("timeout", 86400)):
     _real_setting(_word, f"{_word} of every real a pattern matches", _high)
 
 

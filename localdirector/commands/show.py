@@ -132,7 +132,8 @@ def show_real(session: Session, pattern: ServerPattern | None = None,
 
 def _real_row(d: Director, r: PhysicalMachine) -> tuple:
     return (d.fmt(r.sid), d.real_state(r), r.current_conns, r.total_conns, r.weight,
-            Cell("-", 0) if not r.maxconns else r.maxconns, r.noanswer_reassigns + r.reset_reassigns, r.threshold,
+            Cell("-", 0) if not r.maxconns else r.maxconns,
+            r.noanswer_reassigns + r.reset_reassigns, r.threshold,
             _ms(r.response_time), d.fmt(r.backup) if r.backup else "-", d.real_cause(r))
 
 
@@ -147,7 +148,8 @@ def _real_detail(d: Director, r: PhysicalMachine) -> list[str]:
     fastpath = bool(bound) and all(v.fastpath for v in bound)
     return [
         f"Real {d.fmt(r.sid)}, state {d.real_state(r)} (configured "
-        f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}",
+        f"{r.admin_state.value}), weight {r.weight}, maxconns {r.maxconns or 'unlimited'}"
+        f"{f', timeout {r.timeout} s (its own)' if r.timeout else ''}",
         f"  Out by: {d.real_cause(r)}{f' (probe {r.probe_down})' if r.probe_down else ''}",
         f"  Connections: {r.current_conns} current, {r.total_conns} total",
         f"  Traffic: {_traffic(r, fastpath)}",

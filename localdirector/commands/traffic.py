@@ -75,12 +75,14 @@ def show_statistics(session: Session) -> None:
         # queued + copied (fast path) = engine packets + waiting + both kinds of dropped
         # + lost copies (overruns): nothing is lost unaccounted between the kernel and
         # the engine.
-        counted = stats["rule_counters"] or {"queued": "?", "shed": "?", "flood": "?"}
+        counted = stats["rule_counters"] or dict.fromkeys(
+            ("queued", "shed", "flood", "datagram_flood"), "?")
         lines.append(f"Kernel:      {counted['queued']} queued, {kernel.waiting} waiting, "
                      f"{kernel.queue_dropped} dropped (queue full), {kernel.user_dropped} "
                      f"dropped (socket full), {stats['socket_overruns']} overruns, "
                      f"{counted['shed']} SYNs shed (synguard), {counted['flood']} SYNs "
-                     "shed (new sources)")
+                     f"shed (new sources), {counted['datagram_flood']} datagrams shed "
+                     "(new sources)")
     counted = stats["rule_counters"] or {}
     lines.append(f"Fast path:   {stats['marks']} reals in the mark map, "
                  f"{engine['fastpath_conns']} connections handed to the kernel, "

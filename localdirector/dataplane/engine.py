@@ -394,7 +394,8 @@ class Engine(TcpState, UdpFlows, IcmpErrors, CarriedConnections, RealReplies):
             director.tick(now)
             inbound = director.conns.inbound
             expiry = self._expiry
-            expiry.notice_timeouts(director.virtuals.values(), now, inbound)
+            expiry.notice_timeouts(director.virtuals.values(), director.reals.values(),
+                                   now, inbound)
             for conn in expiry.lingered(now):
                 self._close(conn, now)
             for conn in expiry.idle(now, inbound):

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 from ..model.connection import CLOSED, HALF_OPEN_STATES, Connection
-from ..model.real import DEFAULT_DELAY
+from ..model.real import DEFAULT_DELAY, PhysicalMachine
 from ..model.virtual import VirtualMachine
 from .timers import DROP, KEEP, TAKE, TimerWheel
 
@@ -19,14 +19,23 @@ _COMPACT_MIN = 4096       # dead timer entries tolerated before the wheel is reb
 
 
 def timeout(conn: Connection) -> float:
-    """How long this connection may stay idle in its current state."""
+    """How long this connection may stay idle in its current state: its real's own
+    `timeout` when it has one, else its virtual's. Read when the timer is filed, never
+    per packet."""
     state = conn.tcp_state
     if state is CLOSED:
         return conn.real.delay
-    limit = conn.virtual.timeout
+    limit = conn.real.timeout or conn.virtual.timeout
     if state in HALF_OPEN_STATES and limit > EMBRYONIC_TIMEOUT:
         return EMBRYONIC_TIMEOUT
     return limit
+
+
+def _shortens(server: VirtualMachine | PhysicalMachine, before: int, after: int) -> bool:
+    """Whether a change of `server`'s timeout may shorten a connection's limit."""
+    if type(server) is PhysicalMachine and (not before or not after):
+        return before != after   # a real's own set or removed: 0 is "the virtual's"
+    return after < before
 
 
 class Expiry:
@@ -41,7 +50,7 @@ class Expiry:
     def __init__(self, now: float) -> None:
         self._wheel: TimerWheel[Connection] = TimerWheel(now)
         self._dead = 0
-        self._timeouts: dict[VirtualMachine, int] = {}
+        self._timeouts: dict[VirtualMachine | PhysicalMachine, int] = {}
         self._linger: dict[float, deque[Connection]] = {}
 
     def __len__(self) -> int:
@@ -115,18 +124,26 @@ class Expiry:
         self._dead = max(0, self._dead - dropped - len(taken))
         return taken
 
-    def notice_timeouts(self, virtuals: Iterable[VirtualMachine], now: float,
+    def notice_timeouts(self, virtuals: Iterable[VirtualMachine],
+                        reals: Iterable[PhysicalMachine], now: float,
                         inbound: dict[int, Connection]) -> None:
         """A shortened `timeout` must apply to existing connections now, not when their
-        old, longer deadline comes up: rebuild the timers when any timeout shrank."""
-        timeouts = {v: v.timeout for v in virtuals}
-        shrunk = any(t < self._timeouts.get(v, t) for v, t in timeouts.items())
+        old, longer deadline comes up: rebuild the timers when a virtual's timeout
+        shrank, or a real's own shrank, was set or was removed (the virtual's it
+        stands for, or falls back to, may be the shorter). A longer one needs nothing:
+        a timer that comes up early is filed again under the new deadline."""
+        before = self._timeouts
+        timeouts: dict[VirtualMachine | PhysicalMachine, int] = {
+            v: v.timeout for v in virtuals}
+        timeouts.update({r: r.timeout for r in reals})
+        if timeouts == before:   # every tick under the lock: the common case costs little
+            return
         self._timeouts = timeouts
-        if shrunk:
+        if any(_shortens(s, before.get(s, t), t) for s, t in timeouts.items()):
             self.rebuild(now, inbound)
 
     def forget_timeouts(self) -> None:
-        """The model was replaced (`reload`): its virtuals' timeouts are the new baseline."""
+        """The model was replaced (`reload`): its servers' timeouts are the new baseline."""
         self._timeouts = {}
 
     def rebuild(self, now: float, inbound: dict[int, Connection]) -> None:

@@ -80,8 +80,9 @@ class FastPath:
     def held(self, conn: Connection, now: float) -> bool:
         """Its idle timer fired, but its data never reaches the engine: it stays (seen
         now) while the kernel still translates it. A UDP flow's entry lasts until
-        conntrack's own UDP timeout, so the flow ends at whichever comes later: the
-        virtual's timeout or conntrack's (docs/design.rst, "Fast path")."""
+        conntrack's own UDP timeout, so the flow ends at whichever comes later: its
+        timeout (its real's own, else the virtual's) or conntrack's (docs/design.rst,
+        "Fast path")."""
         if conn.tcp_state is CLOSED or not self.conntrack.alive(
                 conn.foreign_ip, conn.foreign_port, conn.virtual_ip, conn.virtual_port,
                 type(conn) is UdpFlow):

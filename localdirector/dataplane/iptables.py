@@ -14,40 +14,23 @@ from __future__ import annotations
 
 import re
 import subprocess
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.addr import IPV4, IPV6, Family, bracketed, format_ip
+from ..model.serverid import UDP_SERVICE
 from . import nflog
 from .packet import ICMP_ERROR_TYPES, ICMPV6_ERROR_TYPES
 from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
-from .ruleset import ALL_PORTS, MARK_MASK, RuleSet, RulesError
+from .floodrules import answer_notes, flood_rules, guards_of, known_rule, note_rules
+from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 from .saved import Existing
 
-GUARD_SOURCES = 65536      # client addresses the per-source SYN rate table holds
-GUARD_EXPIRE_MS = 10000    # an address idle this long is forgotten
 # Packets for the director itself: the reals' replies to its own connections (probes).
 TO_DIRECTOR = "-m addrtype --dst-type LOCAL"
-# SYNs a second (all VIPs together) from client addresses that have not completed a
-# handshake lately: above it the kernel sheds them, so a spoofed flood cannot fill the
-# queue that established traffic and known clients share (docs/design.rst, "Netfilter
-# rules"). A few thousand new client addresses a second is far more than a Python
-# director gets legitimately, far less than its queue's capacity.
-NEW_SOURCE_SYNS = 5000
-# The known addresses are an ipset (hash:ip with timeouts), looked up without a lock:
-# xt_recent's list took one lock for the whole host on every SYN and held 100
-# addresses by default, so a site with more active clients lost known ones to its
-# newest (docs/design.rst, "Netfilter rules").
-KNOWN_SECONDS = 600        # an address stays known this long after it was last noted
-KNOWN_ADDRESSES = 262144   # at most this many (ipset maxelem): a full set adds no more
-# The connection mark bit we own: a tracked connection (fast path, kernel-decided) whose
-# client address was already noted as known, so each connection updates the set once
-# instead of with every ACK.
-KNOWN_CTMARK = 0x80000000
-# The bits of a fast-path connection whose client, or real, sent a FIN: a FIN is copied
-# to the engine only once the other side's bit is set, so one copy says both ends closed
-# (end_rules).
+# The bits of a fast-path connection whose client, or real, sent a FIN (beside
+# floodrules.KNOWN_CTMARK): a FIN is copied to the engine only once the other side's bit
+# is set, so one copy says both ends closed (end_rules).
 CLIENT_FIN_CTMARK, REAL_FIN_CTMARK = 0x40000000, 0x20000000
 
 
@@ -67,6 +50,7 @@ class Names:
     local: str           # the director's own ICMP errors (raw OUTPUT)
     shed: str            # SYNs the guard sheds: one counted DROP
     flood: str           # SYNs of new sources over NEW_SOURCE_SYNS: one counted DROP
+    datagram_flood: str  # datagrams of new sources over NEW_SOURCE_DATAGRAMS: the same
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     log: str             # mangle: fast-path copies (NFLOG)
@@ -121,7 +105,8 @@ class Names:
         iptables-save prints them."""
         return {
             "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
-                     self.flood, self.defrag), (self.jump, self.local_jump)),
+                     self.flood, self.datagram_flood, self.defrag),
+                    (self.jump, self.local_jump)),
             "mangle": ((self.chain, self.reply, self.queue, self.client_end, self.real_end,
                         self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
@@ -144,6 +129,8 @@ class Names:
                                      r"-j NFQUEUE ", re.M),
                 "shed": re.compile(rf"^\[(\d+):\d+\] -A {self.shed} -j DROP$", re.M),
                 "flood": re.compile(rf"^\[(\d+):\d+\] -A {self.flood} -j DROP$", re.M),
+                "datagram_flood": re.compile(
+                    rf"^\[(\d+):\d+\] -A {self.datagram_flood} -j DROP$", re.M),
                 "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M),
                 "stray": re.compile(rf"^\[(\d+):\d+\] -A {self.reply} -s .* "
                                     r"--ctstate INVALID,NEW -j DROP$", re.M)}
@@ -156,8 +143,9 @@ def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     base = f"LOCALDIRECTOR{queue_num}"
     icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
-                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-DEFRAG", f"{base}-REPLY",
-                 f"{base}-LOG", f"{base}-CEND", f"{base}-REND", f"{base}-KNOWN",
+                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-UFLOOD", f"{base}-DEFRAG",
+                 f"{base}-REPLY", f"{base}-LOG", f"{base}-CEND", f"{base}-REND",
+                 f"{base}-KNOWN",
                  f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p {icmp} -j {base}-LOCAL",
@@ -196,7 +184,10 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
         for addr, ports in table:
             host = f"{direction} {n.host(addr)}"
             if direction == "-d":
-                out += _guards(rules, addr, n) + flood_rules(addr, n)
+                out += guards_of(rules, addr, n) + flood_rules(
+                    addr, n, budgeted=rules.budgeted)
+            else:
+                out += answer_notes(addr, ports, n)
             for service in ports:
                 proto, port = proto_port(service)
                 match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
@@ -205,10 +196,15 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.
     for addr in tracked_vips(rules):
-        out += _guards(rules, addr, n) + flood_rules(addr, n, tracked=True)
+        out += guards_of(rules, addr, n) + flood_rules(addr, n, tracked=True,
+                                                      budgeted=rules.budgeted)
+    # The fast path's udp reals answer through conntrack: noted here, before it.
+    for addr, service in rules.targets:
+        if service != DISPATCH_PORT and service & UDP_SERVICE:
+            out += answer_notes(addr, (service,), n)
     # Dispatched VIPs the kernel forwards: never tracked, so noted here like userspace.
     for addr in rules.forwarded:
-        out += _guards(rules, addr, n) + flood_rules(addr, n)
+        out += guards_of(rules, addr, n) + flood_rules(addr, n)
     return out
 
 
@@ -218,68 +214,6 @@ def tracked_vips(rules: RuleSet) -> list[int]:
     userspace = {addr for addr, _ in rules.vips}
     return [addr for addr in sorted({addr for addr, _ in rules.fastpath} | set(rules.kernel))
             if addr not in userspace]
-
-
-def known_set(n: Names) -> tuple[list[str], list[str]]:
-    """The `ipset` commands that create the set of known addresses (idempotent: a set
-    of the same settings may be left by a killed appliance) and destroy it once no rule
-    refers to it. IPv6 sources are known by their /64, a host's usual share (one
-    client's privacy addresses are one entry; a flood of one /64's addresses is one)."""
-    family = ["family", "inet6", "netmask", "64"] if n.family is IPV6 else ["family", "inet"]
-    return (["ipset", "create", n.known, "hash:ip", *family, "timeout",
-             str(KNOWN_SECONDS), "maxelem", str(KNOWN_ADDRESSES), "-exist"],
-            ["ipset", "destroy", n.known])
-
-
-def _note_known(n: Names) -> str:
-    return f"-j SET --add-set {n.known} src --exist"
-
-
-def flood_rules(addr: int, n: Names, tracked: bool = False) -> list[str]:
-    """The SYN budget of new sources toward one VIP address: a client's ACK makes its
-    address known (a spoofed SYN flood sends none), and SYNs of addresses not known
-    share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
-    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule)."""
-    host = f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp"
-    noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
-    return [*noting,
-            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN -m set ! --match-set {n.known} src "
-            f"-m hashlimit --hashlimit-above {NEW_SOURCE_SYNS}/sec --hashlimit-burst "
-            f"{NEW_SOURCE_SYNS} --hashlimit-name {n.known.replace('known', 'new')} "
-            f"-j {n.flood}"]
-
-
-def known_rule(addr: int, n: Names) -> str:
-    """Mangle, after conntrack: the first ACK of a tracked connection goes to the chain
-    that notes its client's address as known and marks the connection, so its later
-    packets fail this one match and skip the set (one rule a packet, not two)."""
-    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp --tcp-flags SYN,RST,ACK "
-            f"ACK -m connmark --mark 0x0/0x{KNOWN_CTMARK:x} -j {n.note}")
-
-
-def note_rules(n: Names) -> list[str]:
-    """The chain `known_rule` jumps to."""
-    mark = f"0x{KNOWN_CTMARK:x}"
-    return [f"-A {n.note} {_note_known(n)}", f"-A {n.note} -j CONNMARK --set-xmark {mark}/{mark}"]
-
-
-def _guards(rules: RuleSet, addr: int, n: Names) -> list[str]:
-    return [guard_rule(addr, port, rate, n) for vip, port, rate in rules.guards if vip == addr]
-
-
-def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
-    """The kernel SYN-rate guard of one VIP:port. The table name changes with the rate
-    because the kernel keeps the settings of the first rule that created a table of a
-    given name, and with the queue, because such tables are shared by the namespace.
-    An IPv6 source is limited by its /64: one host's addresses share its rate."""
-    name = f"ldsg{zlib.crc32(f'{addr}:{port}:{rate}:{n.queue_num}'.encode()):08x}"
-    ports = f" --dport {port}" if port != ALL_PORTS else ""
-    mask = " --hashlimit-srcmask 64" if n.family is IPV6 else ""
-    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{ports} "
-            f"--tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above {rate}/sec "
-            f"--hashlimit-burst {rate} --hashlimit-mode srcip{mask} --hashlimit-name {name} "
-            f"--hashlimit-htable-max {GUARD_SOURCES} "
-            f"--hashlimit-htable-expire {GUARD_EXPIRE_MS} -j {n.shed}")
 
 
 def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
@@ -382,11 +316,13 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             f":{n.local} - [0:0]",
             f":{n.shed} - [0:0]",
             f":{n.flood} - [0:0]",
+            f":{n.datagram_flood} - [0:0]",
             *delete("raw", n.local_jump),
             n.local_jump.replace("-A OUTPUT", "-I OUTPUT 1", 1),
             *(f"-A {n.local} {icmp} -j {n.queue}" for icmp in n.icmp(errors=True)),
             f"-A {n.shed} -j DROP",
             f"-A {n.flood} -j DROP",
+            f"-A {n.datagram_flood} -j DROP",
             *raw[1:],
         ],
         "mangle": [

@@ -58,6 +58,11 @@ class RuleSet:
     # connections the real opens leave with the VIP as their source (SNAT in nat
     # POSTROUTING, markrules.static_rules).
     statics: tuple[tuple[int, int], ...] = ()
+    # (VIP, udp service port) whose datagrams from clients no real answered share the
+    # kernel's budget of new sources (floodrules.flood_rules): the engine's udp
+    # virtuals, but those whose every real has `reassign 0` (a service that never
+    # answers, such as syslog: its clients would never become known).
+    budgeted: tuple[tuple[int, int], ...] = ()
 
 
 def desired_rules(director: Director) -> RuleSet:
@@ -72,6 +77,7 @@ def desired_rules(director: Director) -> RuleSet:
     guards: dict[tuple[int, int], int] = {}
     kernel: set[int] = set()
     forwarded: set[int] = set()
+    budgeted: set[tuple[int, int]] = set()
     targets = fast_targets(director)
     stray = tracked_reals(director)
     for v in director.iter_virtuals():
@@ -79,6 +85,9 @@ def desired_rules(director: Director) -> RuleSet:
             (forwarded if v.dispatched else kernel).add(v.addr)
         else:
             (fastpath if v.fastpath else vips).setdefault(v.addr, set()).add(v.service)
+            if v.proto == "udp" and not all(link.real.reassign == 0
+                                            for link in v.iter_links()):
+                budgeted.add((v.addr, v.service))
         if v.synguard and v.proto == "tcp":   # SYNs: TCP's
             dest = (v.addr, v.port)
             guards[dest] = max(guards.get(dest, 0), v.synguard)
@@ -103,7 +112,7 @@ def desired_rules(director: Director) -> RuleSet:
                    _freeze(fastpath), tuple(sorted(targets)), tuple(sorted(kernel)),
                    tuple(sorted(stray)), tuple(sorted(forwarded)),
                    tuple((real, vip) for real, vip in sorted(director.settings.statics.items())
-                         if conflict(director, real, vip) is None))
+                         if conflict(director, real, vip) is None), tuple(sorted(budgeted)))
 
 
 def for_family(rules: RuleSet, family: Family) -> RuleSet:
@@ -113,7 +122,8 @@ def for_family(rules: RuleSet, family: Family) -> RuleSet:
         return tuple(e for e in entries if family_of(e if type(e) is int else e[0]) is family)
     return RuleSet(ours(rules.vips), ours(rules.reals), ours(rules.guards),
                    ours(rules.fastpath), ours(rules.targets), ours(rules.kernel),
-                   ours(rules.stray), ours(rules.forwarded), ours(rules.statics))
+                   ours(rules.stray), ours(rules.forwarded), ours(rules.statics),
+                   ours(rules.budgeted))
 
 
 def tracked_reals(director: Director) -> set[tuple[int, int]]:

@@ -135,7 +135,8 @@ class TcpState:
         elif not conn.answered:
             self.stats.syn_resends += 1
             conn.syn_resends += 1
-            if conn.syn_resends >= conn.real.reassign:
+            reassign = conn.real.reassign
+            if conn.syn_resends >= reassign and reassign:   # 0: the client's retries
                 if self._reassign(conn, now, reset=False):
                     if conn.fastpath:
                         return self._fastpath.reassigned()

@@ -14,8 +14,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from .iptables import (Runner, install_tables, known_set, match_chains, names,
-                       removal_tables, restore_text, run_iptables)
+from .floodrules import known_set
+from .iptables import (Runner, install_tables, match_chains, names, removal_tables,
+                       restore_text, run_iptables)
 from .saved import Existing, existing_chains, packet_counts, raw_lines, raw_shape
 from ..model.addr import IPV4, IPV6, Family
 from .ruleset import MarkMap, RuleSet, RulesError, for_family

@@ -103,12 +103,14 @@ class UdpFlows:
         """A client datagram of a known flow. `reassign` datagrams without an answer
         since the real last answered are a failure of that real (as unanswered SYNs
         are), and this one goes to another real if one can take the flow; the count
-        starts again either way, so a lone real is failed once per `reassign` of them.
-        On the fast path only the flow's unanswered datagrams come here (conntrack queues
-        those it calls NEW): marked like a resent SYN, or dropped once the flow moved, as
-        its conntrack entry still names the old real; the next one opens a fresh entry."""
+        starts again either way, so a lone real is failed once per `reassign` of them
+        (never at `reassign 0`, for a service that never answers). On the fast path only
+        the flow's unanswered datagrams come here (conntrack queues those it calls NEW):
+        marked like a resent SYN, or dropped once the flow moved, as its conntrack entry
+        still names the old real; the next one opens a fresh entry."""
         unanswered = conn.syn_resends
-        if unanswered >= conn.real.reassign:
+        reassign = conn.real.reassign
+        if unanswered >= reassign and reassign:   # reassign 0: never for silence
             moved = self._reassign(conn, now, reset=False)
             unanswered = 0
             if moved and conn.fastpath:

@@ -7,10 +7,9 @@ answered, moved or closed, at the cost of a dict store under the lock it already
 holds, and wakes the sender, which sends the noted connections encoded as they are then
 in the appliance's stream (what is noted while it is busy goes in its next message): a
 connection reaches the standby within a millisecond or so of its SYN, not at the next
-poll. Whole, in chunks, when the
-other unit (re)connects or this one becomes active, and again every third of the
-shortest idle timeout so the standby's copies of idle-but-alive connections do not time
-out there. The standby installs each with `Engine.import_conn` (no packet of it passes
+poll. Whole, in chunks, when the other unit (re)connects or this one becomes active,
+and again every third of the shortest idle timeout (a virtual's or a real's own) so
+the standby's copies of idle-but-alive connections do not time out there. The standby installs each with `Engine.import_conn` (no packet of it passes
 the standby: the drop guard is up), so its engine carries them on at the takeover,
 after checking every field (the stream is input like any other: a malformed record is
 dropped and counted) and never beyond `conn-limit`. Times travel as ages, so the two
@@ -366,7 +365,8 @@ class Replicator:
             now = self.plane.clock()
             conns = [c for c in director.conns.inbound.values() if not c.fastpath]
             sticky = encode_sticky(director, now)
-            timeouts = [v.timeout for v in director.virtuals.values()]
+            timeouts = [s.timeout for s in (*director.virtuals.values(),
+                                            *director.reals.values()) if s.timeout]
         low, high = REFRESH_RANGE
         self._next_refresh = now + max(low, min(high, min(timeouts, default=high * 3) / 3))
         if not self.send({"t": "conns", "reset": reset, "sticky": sticky}):

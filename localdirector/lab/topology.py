@@ -52,8 +52,14 @@ IPV6_QUIET = [f"net.ipv6.conf.{which}.{key}" for which in ("all", "default")
 # neighbour from the packet's own source only when that is an address of the outgoing
 # interface, else from a link-local address, and there is none; a forwarded packet's
 # source never is the director's. So the client's and the reals' interfaces get fixed
-# hardware addresses and the director permanent neighbour entries for them.
+# hardware addresses and the director permanent neighbour entries for them. The other
+# way too: the client and the reals hold permanent entries for the director's IPv6
+# addresses (its two sides' fixed hardware addresses), so no lab packet waits on
+# neighbour discovery, whose one-second retries a loaded machine turned into "no route
+# to host" (docs/design.rst, "The lab").
 CLIENT_MAC = "02:1d:00:00:00:01"
+DIRECTOR_CLIENT_MAC = "02:1d:00:00:00:02"   # the director's cli0
+DIRECTOR_REAL_MAC = "02:1d:00:00:00:03"     # the director's br0
 
 
 def real_mac(real: str) -> str:
@@ -363,12 +369,12 @@ class Topology:
         ])
         director = [
             "link set lo up",
-            "link add br0 type bridge forward_delay 0",
+            f"link add br0 address {DIRECTOR_REAL_MAC} type bridge forward_delay 0",
             f"addr add {DIRECTOR_REAL_SIDE}/24 dev br0",
             f"addr add {DIRECTOR_REAL_SIDE6}/64 dev br0 nodad",
             "link set br0 up",
-            f"link add cli0 type veth peer name eth0 address {CLIENT_MAC} netns "
-            f"{self.client_ns}",
+            f"link add cli0 address {DIRECTOR_CLIENT_MAC} type veth peer name eth0 address "
+            f"{CLIENT_MAC} netns {self.client_ns}",
             *(f"addr add {addr}/24 dev cli0" for addr in self.director_client_side.values()),
             *(f"addr add {addr}/64 dev cli0 nodad"
               for addr in self.director_client_side6.values()),
@@ -388,6 +394,8 @@ class Topology:
         client = ["link set lo up", "link set eth0 up"]
         client += [f"addr add {addr}/24 dev eth0" for addr in self.all_client_addresses]
         client += [f"addr add {addr}/64 dev eth0 nodad" for addr in self.all_client_addresses6]
+        client += [f"neigh replace {addr} lladdr {DIRECTOR_CLIENT_MAC} dev eth0 nud permanent"
+                   for addr in self.director_client_side6.values()]
         client.append(f"route add {VIP_NET} via {self.director_client_side['preferred']}")
         client.append(f"route add {VIP_NET6} via {self.director_client_side6['preferred']}")
         jobs = [_ip_batch_job(self.client_ns, client)]
@@ -399,6 +407,8 @@ class Topology:
                 "link set eth0 up",
                 f"route add default via {DIRECTOR_REAL_SIDE}",
                 f"route add default via {DIRECTOR_REAL_SIDE6}",
+                f"neigh replace {DIRECTOR_REAL_SIDE6} lladdr {DIRECTOR_REAL_MAC} dev eth0 "
+                "nud permanent",
             ]))
         interfaces = ["lo", "br0", "cli0", *map(_tag, self.reals)]
         jobs.append(_sysctl_job(

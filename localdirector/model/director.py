@@ -225,15 +225,20 @@ class Director(Decisions, TranslationModes, UdpSettings, ProbeConfig, ApplianceS
             for link in list(self.virtuals[sid].iter_links()):
                 self.set_option(link.real.sid, name, value)
             return
+        # A setting of both (maxconns, timeout): the real's with a real's id, else the
+        # virtual's; no id names both (_refuse_same_id).
         if name in REAL_OPTIONS and (sid in self.reals or name not in VIRTUAL_OPTIONS):
             server, option = self.real(sid), REAL_OPTIONS[name]
         elif name in VIRTUAL_OPTIONS:
+            if name in REAL_OPTIONS and not sid.bind and sid not in self.virtuals:
+                raise ModelError(f"no virtual or real {self.fmt(sid)}")
             server, option = self.virtual(sid), VIRTUAL_OPTIONS[name]
         else:
             raise ModelError(f"no server setting '{name}'")
+        # The default is never refused: a real's `timeout` has none in its range.
+        refusal = None if value is None else option.refusal(name, value)
         if value is None:
             value = option.default_of(server.sid.proto)
-        refusal = option.refusal(name, value)
         if refusal is None and option.udp_only and server.sid.proto != "udp":
             refusal = f"{name} applies to udp virtuals only"
         if refusal is not None:

@@ -39,9 +39,13 @@ REAL_OPTIONS: dict[str, Option] = {
     "weight": Option(real.DEFAULT_WEIGHT, 1, 1000),
     "maxconns": Option(real.DEFAULT_MAXCONNS, 0, 4294967295),
     "threshold": Option(real.DEFAULT_THRESHOLD, 1, 1000),
-    "reassign": Option(real.DEFAULT_REASSIGN, 1, 100),
+    # 0: never for want of an answer (a service that never answers: syslog, NetFlow).
+    "reassign": Option(real.DEFAULT_REASSIGN, 0, 100),
     "retry": Option(real.DEFAULT_RETRY, 1, 86400),
     "delay": Option(real.DEFAULT_DELAY, 0, 3600),
+    # Also a virtual's option: a real's id gives the real's own, which overrides its
+    # virtual's; its default (0, none) is outside the range, as no value means it.
+    "timeout": Option(real.DEFAULT_TIMEOUT, 1, 86400),
 }
 
 VIRTUAL_OPTIONS: dict[str, Option] = {

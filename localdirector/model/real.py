@@ -13,6 +13,10 @@ DEFAULT_RETRY = 60
 # LocalDirector's `delay`: seconds a closed connection stays in the table, translating its
 # last packets (a retransmitted FIN, the last ACK, an RST race), before it is removed.
 DEFAULT_DELAY = 2
+# LocalDirector's `timeout REAL SECONDS`: the real's own idle timeout, which overrides
+# its virtual's for the connections it serves; 0: none, the virtual's applies
+# (dataplane/expiry.py `timeout`).
+DEFAULT_TIMEOUT = 0
 
 
 class PhysicalMachine:
@@ -20,8 +24,8 @@ class PhysicalMachine:
 
     __slots__ = ("next", "sid", "addr", "port", "state", "admin_state", "current_conns",
                  "total_conns", "noanswer_reassigns", "reset_reassigns", "consecutive_fails",
-                 "threshold", "reassign", "retry", "delay", "weight", "maxconns", "backup",
-                 "response_time", "failed_at", "testing", "probe_down", "probe_pending",
+                 "threshold", "reassign", "retry", "delay", "timeout", "weight", "maxconns",
+                 "backup", "response_time", "failed_at", "testing", "probe_down", "probe_pending",
                  "packets_in", "packets_out", "bytes_in", "bytes_out")
 
     def __init__(self, sid: ServerId, state: State = State.IN_SERVICE) -> None:
@@ -36,6 +40,7 @@ class PhysicalMachine:
         self.reassign = DEFAULT_REASSIGN
         self.retry = DEFAULT_RETRY
         self.delay = DEFAULT_DELAY
+        self.timeout = DEFAULT_TIMEOUT
         self.weight = DEFAULT_WEIGHT
         self.maxconns = DEFAULT_MAXCONNS
         self.backup: ServerId | None = None

@@ -198,8 +198,7 @@ class SnmpAgent:
         recovery, and an operator's `out-of-service` no trap at all."""
         failed = before is State.IN_SERVICE and after is State.FAILED
         recovered = after is State.IN_SERVICE and before in (State.FAILED, State.TESTING)
-        if (failed or recovered) and director is self.appliance.director \
-                and snmp_mib.indexed(real.addr):
+        if (failed or recovered) and director is self.appliance.director:
             self._notify(director, snmp_mib.real_notification(director, real, failed))
 
     def role_changed(self, _before: str, role: str) -> None:

@@ -8,17 +8,17 @@ MIN_INTERVAL, so a walk of many requests reads the model once a second, however 
 a manager asks. Rows are indexed by the servers' own ids (address, port, bind id,
 protocol), not by a position, so an index names the same server in every walk.
 
-The MIB's indexes are IpAddress, four bytes: a server with an IPv6 address has no row
-(nor its binds) and its health changes no trap, knowingly, until the MIB gains RFC
-4001's InetAddressType/InetAddress indexes (docs/design.rst, "Monitoring"); the
-metrics carry every server of both families."""
+An address in an index is RFC 4001's InetAddressType and InetAddress pair, so servers
+of both families have rows: the type (ipv4(1), ipv6(2)), then the address as an index
+encodes an OCTET STRING, its length and its octets (`address_index`). IPv4 rows sort
+before IPv6 ones, as GetNext needs them in OID order (agentx.Table sorts)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from localdirector.model.addr import IPV4, family_of
+from localdirector.model.addr import IPV4, IPV6, family_of
 from localdirector.model.director import Director
 from localdirector.model.state import State
 
@@ -44,6 +44,7 @@ STATES = {State.IN_SERVICE.value: 1, State.OUT_OF_SERVICE.value: 2,
           State.FAILED.value: 3, State.TESTING.value: 4}
 ROLES = {"Off": 1, "Starting": 2, "Active": 3, "Standby": 4, "Fault": 5}
 PROTOCOLS = {"tcp": 6, "udp": 17}
+INET_ADDRESS_TYPES = {IPV4: 1, IPV6: 2}   # InetAddressType's ipv4(1), ipv6(2)
 TRUE, FALSE = 1, 2                   # TruthValue
 # Columns the tables have (their OIDs), for noSuchInstance against noSuchObject.
 VIRTUAL_COLUMNS, REAL_COLUMNS, BIND_COLUMNS = range(5, 14), range(4, 10), range(1, 2)
@@ -52,21 +53,21 @@ COLUMNS = (*((*VIRTUAL_ENTRY, c) for c in VIRTUAL_COLUMNS),
            *((*BIND_ENTRY, c) for c in BIND_COLUMNS), FAILOVER_ROLE)
 
 
-def _ip(addr: int) -> tuple[int, ...]:
-    return tuple(addr.to_bytes(4, "big"))
-
-
-def indexed(addr: int) -> bool:
-    """Whether the MIB's IpAddress index can name a server of this address: IPv4 only."""
-    return family_of(addr) is IPV4
+def address_index(addr: int) -> Oid:
+    """An address as an InetAddressType, InetAddress pair in an index (RFC 4001, RFC
+    2578 7.7): the type, then the octets' count (the InetAddress is not IMPLIED) and
+    the octets. 192.0.2.10 is 1.4.192.0.2.10, 2001:db8::10 is 2.16.32.1.13.184...16."""
+    family = family_of(addr)
+    packed = family.packed(addr)
+    return (INET_ADDRESS_TYPES[family], len(packed), *packed)
 
 
 def virtual_index(addr: int, port: int, bind: int, proto: str) -> Oid:
-    return (*_ip(addr), port, bind, PROTOCOLS[proto])
+    return (*address_index(addr), port, bind, PROTOCOLS[proto])
 
 
 def real_index(addr: int, port: int, proto: str) -> Oid:
-    return (*_ip(addr), port, PROTOCOLS[proto])
+    return (*address_index(addr), port, PROTOCOLS[proto])
 
 
 def snapshot(director: Director, role: str) -> Table:
@@ -75,16 +76,15 @@ def snapshot(director: Director, role: str) -> Table:
         virtuals = [(virtual_index(v.addr, v.port, v.bind_id, v.proto), director.fmt(v.sid),
                      director.virtual_state(v), v.conns_current, v.conns_total, v.fastpath,
                      (v.packets_in, v.packets_out, v.bytes_in, v.bytes_out))
-                    for v in director.iter_virtuals() if indexed(v.addr)]
+                    for v in director.iter_virtuals()]
         reals = [(real_index(r.addr, r.port, r.sid.proto), director.fmt(r.sid),
                   director.real_state(r), r.current_conns, r.total_conns,
                   r.noanswer_reassigns, r.reset_reassigns)
-                 for r in director.iter_reals() if indexed(r.addr)]
+                 for r in director.iter_reals()]
         binds = [(virtual_index(v.addr, v.port, v.bind_id, v.proto),
                   real_index(link.real.addr, link.real.port, link.real.sid.proto),
                   link.real.weight)
-                 for v in director.iter_virtuals() if indexed(v.addr)
-                 for link in v.iter_links() if indexed(link.real.addr)]
+                 for v in director.iter_virtuals() for link in v.iter_links()]
     rows: dict[Oid, Value] = {}
     for index, name, state, current, total, fastpath, traffic in virtuals:
         def put(column: int, value: Value, index: Oid = index) -> None:
@@ -112,7 +112,8 @@ def real_notification(director: Director, real: "PhysicalMachine",
                       failed: bool) -> list[agentx.VarBind]:
     """ldRealFailed or ldRealRecovered with the real's name and state (under the lock:
     the model tells its watchers there). No sysUpTime.0: snmpd puts its own first.
-    The caller asks `indexed` first: an IPv6 real has no index to name it by."""
+    The variables' instances carry the real's index, so a receiver knows which real
+    of either family (the index objects themselves are not-accessible)."""
     index = real_index(real.addr, real.port, real.sid.proto)
     return [(SNMP_TRAP_OID, agentx.OBJECT_ID, REAL_FAILED if failed else REAL_RECOVERED),
             ((*REAL_ENTRY, 4, *index), OCTET_STRING, director.fmt(real.sid).encode()),

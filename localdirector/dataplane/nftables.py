@@ -12,23 +12,30 @@ Family (one ``inet`` table cannot be used: nft has no ``dup`` there). Per VIP:po
 ranges, to the chain of the instance its Bind ID selects; that one counts (`numgen`) or
 hashes the flow into its Maglev table (`jhash`) over its reals' branches, each a named
 counter and a DNAT, or for a dispatched virtual a copy of the unchanged packet to the
-real (`dup`). Sticky instances look the client up in a set per real first. The
-counters and the sticky sets outlive updates: an update flushes the table's rules and
-redefines its chains and maps around them, so the connection counts folded into the
-model stay exact and clients keep their reals."""
+real (`dup`), remembered in the table's flow memory (a dynamic map of the 5-tuple to
+the real) that the destination chain looks a dispatched flow up in first. Sticky
+instances look the client up in a set per real first. The counters, the sticky sets and
+the flow memories outlive updates: an update flushes the table's rules and redefines
+its chains and maps around them, so the connection counts folded into the model stay
+exact, clients keep their reals and open dispatched flows theirs."""
 
 from __future__ import annotations
 
 import json
 
-from ..model.addr import FAMILIES, IPV4, IPV6, Family, bracketed, format_ip
+from ..model.addr import FAMILIES, IPV4, IPV6, Family, bracketed, format_ip, parse_ip
 from ..model.serverid import ALL_PORTS
 from .iptables import run_tool
-from .kernelrules import PROTOCOLS, Branch, Destination, Instance, KernelRules, family_names
+from .kernelrules import (PROTOCOLS, Branch, Destination, Instance, KernelRules,
+                          family_names, memory_name)
 
 BASE = "prerouting"        # translated connections: nat PREROUTING, at dstnat
 FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptables' raw
 STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
+# Dispatched flows remembered per table and protocol: as many as the engine's flow
+# table of a virtual holds (DEFAULT_FLOWS); beyond, a new flow is hashed only, as
+# before memory existed (docs/design.rst, "Decided in the kernel").
+REMEMBERED_FLOWS = 65536
 # nft's word for each family: its table's family and the header its matches name
 # (``ip6 saddr``); the address type is the Family's name (``ipv6_addr``).
 WORD = {IPV4: "ip", IPV6: "ip6"}
@@ -90,12 +97,42 @@ def _branch_rules(branch: Branch) -> list[str]:
     rules = ([f"update @{branch.memory} {{ {WORD[branch.family]} saddr }}"] if branch.sticky
              else [])
     if branch.forward:
-        return [*rules, *_opening(branch.proto, f'counter name "{branch.counter}"'),
-                f"dup to {format_ip(branch.addr)} drop"]
+        return [*rules, *_remembering(branch), f"dup to {format_ip(branch.addr)} drop"]
     to = (format_ip(branch.addr) if branch.port == ALL_PORTS else
           f"{bracketed(branch.addr)}:{branch.port}")
     return [*rules, f'counter name "{branch.counter}" meta l4proto {branch.proto} '
             f"dnat to {to}"]
+
+
+def _remembering(branch: Branch) -> list[str]:
+    """A dispatched flow's opening packet (a SYN; any datagram, as only a flow's first
+    comes this far) notes its real in the flow memory, in a rule of its own after the
+    count, so a full memory stops only the remembering. A SYN first deletes what a
+    previous connection of its 5-tuple left: `update` keeps an element's data."""
+    proto, family = branch.proto, branch.family
+    key = five_tuple(proto, family)
+    note = (f"update @{memory_name(proto)} {{ {key} timeout {branch.remember}s : "
+            f"{format_ip(branch.addr)} }}")
+    if proto != "tcp":
+        return [note]
+    return _opening(proto, f'counter name "{branch.counter}" delete @{memory_name(proto)} '
+                           f"{{ {key} : {format_ip(family.tag)} }} {note}")
+
+
+def _recall(dest: Destination) -> list[str]:
+    """A dispatched VIP's remembered flow goes to its real, whatever the rules say now,
+    and its memory is refreshed (a packet of an open flow, not a SYN, which opens a new
+    connection of its 5-tuple: that one is decided anew). `dup to KEY map @flows` misses
+    when the flow is not remembered, which ends the rule there. nft refuses a map lookup
+    as an element's data, so the refresh writes a placeholder, which `update` never
+    stores over an existing element's real."""
+    if not dest.forward:
+        return []
+    proto, key = dest.proto, five_tuple(dest.proto, dest.family)
+    first = syn_only(proto).replace("==", "!=")
+    flows = memory_name(proto)
+    return [f"{first}{' ' if first else ''}dup to {key} map @{flows} update @{flows} "
+            f"{{ {key} timeout {dest.remember}s : {format_ip(dest.family.tag)} }} drop"]
 
 
 def _opening(proto: str, action: str) -> list[str]:
@@ -110,7 +147,7 @@ def _dest_rules(dest: Destination) -> list[str]:
     is hashed, so any packet finds its real; any datagram may open a UDP flow.) A
     source no instance takes is dropped, as the engine drops it (no-virtual)."""
     first = [] if dest.forward else _opening(dest.proto, "drop")
-    return [rule.replace("==", "!=") for rule in first] + (
+    return _recall(dest) + [rule.replace("==", "!=") for rule in first] + (
         [f"{WORD[dest.family]} saddr vmap @{dest.map}"] if dest.ranges else []) + ["drop"]
 
 
@@ -126,6 +163,10 @@ def definition(rules: KernelRules, table: str, family: Family = IPV4) -> list[st
 
     for name in sorted(rules.counters):
         out += [f"  counter {name} {{", "  }"]
+    for name in sorted(rules.memories):
+        addr = f"{family.name}_addr"
+        out += [f"  map {name} {{", f"    type {addr} . inet_service . {addr} . inet_service "
+                f": {addr}", "    flags dynamic,timeout", f"    size {REMEMBERED_FLOWS}", "  }"]
     for branch in rules.branches:
         if branch.sticky:
             out += [f"  set {branch.memory} {{", f"    type {family.name}_addr",
@@ -203,8 +244,8 @@ def update_text(rules: KernelRules, old: KernelRules, table: str,
     every rule flushed, the old maps and regular chains deleted (nothing refers to
     them then), the `retired` counters and the sticky sets no longer wanted deleted,
     and the new definition added; a family's table appears or goes whole. The base
-    chains, the counters and the sticky sets that stay are kept, so no connection goes
-    uncounted and no client forgets its real. `retired`: counters of tables that stay
+    chains, the counters, the sticky sets and the flow memories that stay are kept, so
+    no connection goes uncounted, no client forgets its real and no dispatched flow its. `retired`: counters of tables that stay
     (KernelTable keeps them per family)."""
     lines = []
     for family in FAMILIES:
@@ -220,6 +261,8 @@ def update_text(rules: KernelRules, old: KernelRules, table: str,
         lines += [f"delete counter {ip} {table} {name}"
                   for name in sorted(family_names(family, retired))]
         lines += [f"delete set {ip} {table} {name}" for name in sorted(prev.sets - new.sets)]
+        lines += [f"delete map {ip} {table} {name}"
+                  for name in sorted(prev.memories - new.memories)]
         lines += definition(new, table, family)
     return "\n".join([*lines, ""])
 
@@ -247,7 +290,8 @@ def expected_shape(rules: KernelRules) -> Shape:
         counts[name] = len(_base_rules([d for d in rules.destinations
                                         if d.forward == forward], ""))
     return (rules.counters,
-            frozenset(d.map for d in rules.destinations if d.ranges) | rules.sets,
+            frozenset(d.map for d in rules.destinations if d.ranges) | rules.sets
+            | rules.memories,
             tuple(sorted(counts.items())))
 
 
@@ -269,6 +313,25 @@ def found_shape(listing: str) -> tuple[Shape, dict[str, int]]:
             name = item["rule"]["chain"]
             counts[name] = counts.get(name, 0) + 1
     return (frozenset(counters), frozenset(maps), tuple(sorted(counts.items()))), counters
+
+
+def forget_text(listing: str, table: str, family: Family, proto: str,
+                gone: frozenset[tuple[int, int]]) -> str:
+    """The transaction that forgets the remembered flows of an ``nft -j list map`` of
+    `proto`'s memory whose (VIP, real) is `gone` (no longer bound); "" when none is.
+    Each element is added (with the real it has, which `add` accepts for an existing
+    element) and then deleted, so one that expired since the listing fails nothing."""
+    elements = []
+    for item in json.loads(listing).get("nftables", []):
+        for key, real in (item.get("map") or {}).get("elem", []):
+            saddr, sport, daddr, dport = (key.get("elem") or key)["val"]["concat"]
+            if (parse_ip(daddr), parse_ip(real)) in gone:
+                elements.append((f"{saddr} . {sport} . {daddr} . {dport}", real))
+    if not elements:
+        return ""
+    head = f"element {WORD[family]} {table} {memory_name(proto)}"
+    return (f"add {head} {{ {', '.join(f'{k} : {r}' for k, r in elements)} }}\n"
+            f"delete {head} {{ {', '.join(k for k, _r in elements)} }}\n")
 
 
 def run_nft(argv: list[str], stdin: str = "") -> str:

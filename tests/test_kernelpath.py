@@ -401,7 +401,8 @@ def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -
     assert shell(*DISPATCHED), shell.take()
     rules = desired_kernel(shell.director)
     text = "\n".join(definition(rules, "t"))
-    key = "ip saddr . tcp sport . ip daddr . tcp dport"
+    key = " . ".join(f"jhash ip saddr . tcp sport . ip daddr . tcp dport mod 4294967295 "
+                     f"seed 0x6c646d3{n}" for n in (1, 2))
     assert ("  chain r_192_0_2_30_0_0__203_0_113_15_0_0 {\n    tcp flags & (fin | syn | rst "
             '| ack) == syn counter name "c_192_0_2_30_0_0__203_0_113_15_0_0" delete '
             f"@flows_tcp {{ {key} : 0.0.0.0 }} update @flows_tcp {{ {key} timeout 900s : "

@@ -121,14 +121,14 @@ class Destination(_Addressed):
 class KernelRules:
     """Everything the table holds; comparable, so an unchanged model costs no nft run.
     `owners`: counter name -> (virtual, real) whose totals it adds to (real None: the
-    virtual's refused SYNs). `bound`: (protocol, VIP, real) whose remembered flows
-    go on, every real bound behind a dispatched VIP whatever its health."""
+    virtual's refused SYNs). `bound`: (protocol, real) whose remembered flows go on,
+    every real bound behind a dispatched VIP whatever its health."""
 
     destinations: tuple[Destination, ...] = ()
     instances: tuple[Instance, ...] = ()
     branches: tuple[Branch, ...] = ()
     owners: tuple[tuple[str, ServerId, ServerId | None], ...] = ()
-    bound: frozenset[tuple[str, int, int]] = frozenset()
+    bound: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def counters(self) -> frozenset[str]:
@@ -171,7 +171,7 @@ def desired_kernel(director: Director) -> KernelRules:
     instances: dict[str, Instance] = {}
     branches: dict[str, Branch] = {}
     owners: dict[str, tuple[ServerId, ServerId | None]] = {}
-    bound: set[tuple[str, int, int]] = set()
+    bound: set[tuple[str, int]] = set()
     for addr, port in kernelpath.destinations(director):
         ranges = []
         forward = False
@@ -185,7 +185,7 @@ def desired_kernel(director: Director) -> KernelRules:
             if forward:
                 seconds, reals = kernelpath.memory(director, virtual)
                 remember = max(remember, seconds)
-                bound.update((virtual.proto, addr, real) for real in reals)
+                bound.update((virtual.proto, real) for real in reals)
         destinations.append(Destination(addr, port, tuple(ranges), forward, remember))
     return KernelRules(tuple(destinations), tuple(instances.values()),
                        tuple(branches.values()),

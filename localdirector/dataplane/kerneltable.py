@@ -95,17 +95,18 @@ class KernelTable:
         return True
 
     def _forget(self, rules: KernelRules, old: KernelRules) -> None:
-        """Forget the remembered flows of reals no longer bound behind their VIP (a
-        real out of service or failed stays bound: its open flows go on). After the
-        update, whose branches no longer name them, so none is remembered anew; one
-        listing of the memory per family and protocol that lost one, rare (unbind,
-        removal), since listing the memory reads all of it."""
+        """Forget the remembered flows of reals no longer bound behind a dispatched VIP
+        of their table and protocol (a real out of service or failed stays bound: its
+        open flows go on). After the update, whose branches no longer name them, so
+        none is remembered anew; one listing of the memory per family and protocol
+        that lost one, rare (unbind, removal), since listing the memory reads all of
+        it."""
         for family in rules.families:
             new, prev = rules.of(family), old.of(family)
-            for proto in sorted({p for p, _v, _r in prev.bound - new.bound}):
-                gone = frozenset((v, r) for p, v, r in prev.bound - new.bound if p == proto)
+            for proto in sorted({p for p, _r in prev.bound - new.bound}):
                 if memory_name(proto) not in new.memories & prev.memories:
                     continue   # the memory went (or came) with the update
+                gone = frozenset(r for p, r in prev.bound - new.bound if p == proto)
                 listing = self._run(["-j", "list", "map", WORD[family], self.table,
                                      memory_name(proto)], "")
                 text = forget_text(listing, self.table, family, proto, gone)

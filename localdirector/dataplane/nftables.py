@@ -36,6 +36,10 @@ STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
 # table of a virtual holds (DEFAULT_FLOWS); beyond, a new flow is hashed only, as
 # before memory existed (docs/design.rst, "Decided in the kernel").
 REMEMBERED_FLOWS = 65536
+# A remembered flow's key: two 32-bit jhashes of its 5-tuple under these seeds (nft
+# 1.0.6 cannot write a dynamic map's element from a key over 16 bytes, which an IPv6
+# 5-tuple is; two independent hashes collide for one flow in 2**64).
+FLOW_SEEDS = (0x6c646d31, 0x6c646d32)
 # nft's word for each family: its table's family and the header its matches name
 # (``ip6 saddr``); the address type is the Family's name (``ipv6_addr``).
 WORD = {IPV4: "ip", IPV6: "ip6"}
@@ -50,6 +54,12 @@ def five_tuple(proto: str, family: Family = IPV4) -> str:
     """What jhash hashes: the flow, as the engine's flow key holds it."""
     ip = WORD[family]
     return f"{ip} saddr . {proto} sport . {ip} daddr . {proto} dport"
+
+
+def flow_key(proto: str, family: Family) -> str:
+    """A remembered flow's key in the flow memory (FLOW_SEEDS)."""
+    return " . ".join(f"jhash {five_tuple(proto, family)} mod 4294967295 seed 0x{s:08x}"
+                      for s in FLOW_SEEDS)
 
 
 def refuse(proto: str) -> str:
@@ -110,7 +120,7 @@ def _remembering(branch: Branch) -> list[str]:
     count, so a full memory stops only the remembering. A SYN first deletes what a
     previous connection of its 5-tuple left: `update` keeps an element's data."""
     proto, family = branch.proto, branch.family
-    key = five_tuple(proto, family)
+    key = flow_key(proto, family)
     note = (f"update @{memory_name(proto)} {{ {key} timeout {branch.remember}s : "
             f"{format_ip(branch.addr)} }}")
     if proto != "tcp":
@@ -128,7 +138,7 @@ def _recall(dest: Destination) -> list[str]:
     stores over an existing element's real."""
     if not dest.forward:
         return []
-    proto, key = dest.proto, five_tuple(dest.proto, dest.family)
+    proto, key = dest.proto, flow_key(dest.proto, dest.family)
     first = syn_only(proto).replace("==", "!=")
     flows = memory_name(proto)
     return [f"{first}{' ' if first else ''}dup to {key} map @{flows} update @{flows} "
@@ -164,9 +174,11 @@ def definition(rules: KernelRules, table: str, family: Family = IPV4) -> list[st
     for name in sorted(rules.counters):
         out += [f"  counter {name} {{", "  }"]
     for name in sorted(rules.memories):
-        addr = f"{family.name}_addr"
-        out += [f"  map {name} {{", f"    type {addr} . inet_service . {addr} . inet_service "
-                f": {addr}", "    flags dynamic,timeout", f"    size {REMEMBERED_FLOWS}", "  }"]
+        # Two 32-bit integers (flow_key); `typeof jhash ...` would say so too, but nft
+        # 1.0.6 crashes listing such a map.
+        word = "numgen inc mod 4294967295"
+        out += [f"  map {name} {{", f"    typeof {word} . {word} : {ip} daddr",
+                "    flags dynamic,timeout", f"    size {REMEMBERED_FLOWS}", "  }"]
     for branch in rules.branches:
         if branch.sticky:
             out += [f"  set {branch.memory} {{", f"    type {family.name}_addr",
@@ -316,17 +328,17 @@ def found_shape(listing: str) -> tuple[Shape, dict[str, int]]:
 
 
 def forget_text(listing: str, table: str, family: Family, proto: str,
-                gone: frozenset[tuple[int, int]]) -> str:
+                gone: frozenset[int]) -> str:
     """The transaction that forgets the remembered flows of an ``nft -j list map`` of
-    `proto`'s memory whose (VIP, real) is `gone` (no longer bound); "" when none is.
-    Each element is added (with the real it has, which `add` accepts for an existing
+    `proto`'s memory whose real is `gone` (no longer bound); "" when none is. Each
+    element is added (with the real it has, which `add` accepts for an existing
     element) and then deleted, so one that expired since the listing fails nothing."""
     elements = []
     for item in json.loads(listing).get("nftables", []):
         for key, real in (item.get("map") or {}).get("elem", []):
-            saddr, sport, daddr, dport = (key.get("elem") or key)["val"]["concat"]
-            if (parse_ip(daddr), parse_ip(real)) in gone:
-                elements.append((f"{saddr} . {sport} . {daddr} . {dport}", real))
+            if parse_ip(real) in gone:
+                first, second = (key.get("elem") or key)["val"]["concat"]
+                elements.append((f"{first} . {second}", real))
     if not elements:
         return ""
     head = f"element {WORD[family]} {table} {memory_name(proto)}"

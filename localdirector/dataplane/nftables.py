@@ -337,7 +337,8 @@ def forget_text(listing: str, table: str, family: Family, proto: str,
     for item in json.loads(listing).get("nftables", []):
         for key, real in (item.get("map") or {}).get("elem", []):
             if parse_ip(real) in gone:
-                first, second = (key.get("elem") or key)["val"]["concat"]
+                # {"elem": {"val": KEY, "expires": ...}}, or KEY bare without a timeout
+                first, second = (key["elem"]["val"] if "elem" in key else key)["concat"]
                 elements.append((f"{first} . {second}", real))
     if not elements:
         return ""

@@ -50,11 +50,13 @@ def test_a_remembered_flow_goes_to_its_real_before_the_hash(tmp_path) -> None:
                           "seed 0x6c646d31 . jhash ip saddr")
     for proto in ("tcp", "udp"):
         assert (f"  map flows_{proto} {{\n    typeof numgen inc mod 4294967295 . numgen inc "
-                "mod 4294967295 : ip daddr\n    flags dynamic,timeout\n    size 65536\n  }"
+                "mod 4294967295 : ip daddr\n    flags dynamic,timeout\n    size 16384\n  }"
                 in text)
     # Looked up first (a SYN is a new connection: decided anew), refreshed for the
-    # longest idle timeout behind the VIP: R16's own 1200 s.
-    assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | syn | rst | ack) != syn dup to "
+    # longest idle timeout behind the VIP: R16's own 1200 s; 10 s after a FIN or RST.
+    assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | rst) != 0 dup to "
+            f"{tcp} map @flows_tcp update @flows_tcp {{ {tcp} timeout 10s : 0.0.0.0 }} "
+            "drop\n    tcp flags & (fin | syn | rst | ack) != syn dup to "
             f"{tcp} map @flows_tcp update @flows_tcp {{ {tcp} timeout 1200s : 0.0.0.0 }} "
             "drop\n    ip saddr vmap") in text
     assert (f"  chain d_192_0_2_30_53_udp {{\n    dup to {udp} map @flows_udp update "

@@ -409,7 +409,9 @@ def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -
             "203.0.113.15 }\n    dup to 203.0.113.15 drop\n  }") in text
     # Every packet is decided (no SYN-only rule), in a filter chain at raw + 1; a
     # remembered flow's packets go to its real first.
-    assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | syn | rst | ack) != syn dup to "
+    assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | rst) != 0 dup to "
+            f"{key} map @flows_tcp update @flows_tcp {{ {key} timeout 10s : 0.0.0.0 }} drop"
+            "\n    tcp flags & (fin | syn | rst | ack) != syn dup to "
             f"{key} map @flows_tcp update @flows_tcp {{ {key} timeout 900s : 0.0.0.0 }} drop"
             "\n    ip saddr vmap @s_192_0_2_30_0\n    drop\n  }" in text)
     assert ("  chain dispatch {\n    type filter hook prerouting priority raw + 1; policy "

@@ -102,7 +102,7 @@ def test_ipv6_virtuals_render_in_an_ip6_table_with_its_words() -> None:
             f"update @flows_tcp {{ {key} timeout 900s : 2001:db8:1::11 }}\n"
             "    dup to 2001:db8:1::11 drop\n" in text)
     assert ("  map flows_tcp {\n    typeof numgen inc mod 4294967295 . numgen inc mod "
-            "4294967295 : ip6 daddr\n    flags dynamic,timeout\n    size 65536\n  }") in text
+            "4294967295 : ip6 daddr\n    flags dynamic,timeout\n    size 16384\n  }") in text
     assert (f"dup to {key} map @flows_tcp update @flows_tcp {{ {key} timeout 900s : :: }} "
             "drop\n") in text
     assert " ip " not in text and "ipv4_addr" not in text

@@ -32,10 +32,13 @@ from .kernelrules import (PROTOCOLS, Branch, Destination, Instance, KernelRules,
 BASE = "prerouting"        # translated connections: nat PREROUTING, at dstnat
 FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptables' raw
 STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
-# Dispatched flows remembered per table and protocol: as many as the engine's flow
-# table of a virtual holds (DEFAULT_FLOWS); beyond, a new flow is hashed only, as
-# before memory existed (docs/design.rst, "Decided in the kernel").
-REMEMBERED_FLOWS = 65536
+# Dispatched flows remembered per table and protocol; beyond, a new flow is hashed
+# only, as before memory existed. nft 1.0.6 reads every element back whenever the rule
+# sync lists the table (every 2 s): about 0.3 s of CPU at this size, four times that at
+# 65,536 (docs/design.rst, "Decided in the kernel").
+REMEMBERED_FLOWS = 16384
+# Seconds a dispatched TCP flow stays remembered after the client's FIN or RST.
+CLOSING = 10
 # A remembered flow's key: two 32-bit jhashes of its 5-tuple under these seeds (nft
 # 1.0.6 cannot write a dynamic map's element from a key over 16 bytes, which an IPv6
 # 5-tuple is; two independent hashes collide for one flow in 2**64).
@@ -132,17 +135,25 @@ def _remembering(branch: Branch) -> list[str]:
 def _recall(dest: Destination) -> list[str]:
     """A dispatched VIP's remembered flow goes to its real, whatever the rules say now,
     and its memory is refreshed (a packet of an open flow, not a SYN, which opens a new
-    connection of its 5-tuple: that one is decided anew). `dup to KEY map @flows` misses
-    when the flow is not remembered, which ends the rule there. nft refuses a map lookup
-    as an element's data, so the refresh writes a placeholder, which `update` never
-    stores over an existing element's real."""
+    connection of its 5-tuple: that one is decided anew); a client's FIN or RST leaves
+    it CLOSING seconds, for the close's retransmissions, so closed connections do not
+    fill the memory (a half-closed client's next packet refreshes it again). `dup to
+    KEY map @flows` misses when the flow is not remembered, which ends the rule there.
+    nft refuses a map lookup as an element's data, so the refresh writes a
+    placeholder, which `update` never stores over an existing element's real."""
     if not dest.forward:
         return []
     proto, key = dest.proto, flow_key(dest.proto, dest.family)
-    first = syn_only(proto).replace("==", "!=")
     flows = memory_name(proto)
-    return [f"{first}{' ' if first else ''}dup to {key} map @{flows} update @{flows} "
-            f"{{ {key} timeout {dest.remember}s : {format_ip(dest.family.tag)} }} drop"]
+
+    def hit(match: str, seconds: int) -> str:
+        return (f"{match}dup to {key} map @{flows} update @{flows} "
+                f"{{ {key} timeout {seconds}s : {format_ip(dest.family.tag)} }} drop")
+
+    if proto != "tcp":
+        return [hit("", dest.remember)]
+    return [hit(f"{proto} flags & (fin | rst) != 0 ", CLOSING),
+            hit(f"{syn_only(proto).replace('==', '!=')} ", dest.remember)]
 
 
 def _opening(proto: str, action: str) -> list[str]:

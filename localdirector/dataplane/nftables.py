@@ -12,8 +12,8 @@ Family (one ``inet`` table cannot be used: nft has no ``dup`` there). Per VIP:po
 ranges, to the chain of the instance its Bind ID selects; that one counts (`numgen`) or
 hashes the flow into its Maglev table (`jhash`) over its reals' branches, each a named
 counter and a DNAT, or for a dispatched virtual a copy of the unchanged packet to the
-real (`dup`), remembered in the table's flow memory (a dynamic map of the 5-tuple to
-the real) that the destination chain looks a dispatched flow up in first. Sticky
+real (`dup`), remembered in the table's flow memory (a dynamic map from hashes of the
+5-tuple to the real) that the destination chain looks a dispatched flow up in first. Sticky
 instances look the client up in a set per real first. The counters, the sticky sets and
 the flow memories outlive updates: an update flushes the table's rules and redefines
 its chains and maps around them, so the connection counts folded into the model stay
@@ -119,9 +119,10 @@ def _branch_rules(branch: Branch) -> list[str]:
 
 def _remembering(branch: Branch) -> list[str]:
     """A dispatched flow's opening packet (a SYN; any datagram, as only a flow's first
-    comes this far) notes its real in the flow memory, in a rule of its own after the
-    count, so a full memory stops only the remembering. A SYN first deletes what a
-    previous connection of its 5-tuple left: `update` keeps an element's data."""
+    comes this far) notes its real in the flow memory, last in its rule (after a SYN's
+    count), so a full memory, which ends the rule, stops only the remembering. A SYN
+    first deletes what a previous connection of its 5-tuple left: `update` keeps an
+    existing element's data."""
     proto, family = branch.proto, branch.family
     key = flow_key(proto, family)
     note = (f"update @{memory_name(proto)} {{ {key} timeout {branch.remember}s : "

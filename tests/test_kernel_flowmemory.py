@@ -22,18 +22,26 @@ from localdirector.dataplane.nftables import (definition, expected_shape, flow_k
 from localdirector.model.addr import IPV4, IPV6, parse_ip
 from localdirector.model.serverid import ServerId
 
+def config(vip: str, reals: tuple[str, ...]) -> list[str]:
+    """A dispatched all-ports tcp virtual over `reals` and a udp one over two of them,
+    decided in the kernel; `vip` as an id takes it (IPv6 bracketed)."""
+    tcp, udp = f"{vip}:0", f"{vip}:53:0:udp"
+    return [*(f"real {r}" for r in reals), f"virtual {tcp}", f"predictor {tcp} maglev",
+            f"bind {tcp} {' '.join(reals)}", f"dispatched {tcp}",
+            *(f"real {r}:0:0:udp" for r in reals[:2]), f"virtual {udp}",
+            f"predictor {udp} maglev", f"bind {udp} {reals[0]}:0:0:udp {reals[1]}:0:0:udp",
+            f"dispatched {udp}", f"fastpath {tcp} kernel", f"fastpath {udp} kernel"]
+
+
 VIP, UDP = "192.0.2.30:0", "192.0.2.30:53:0:udp"
 R = ("203.0.113.15", "203.0.113.16", "203.0.113.17")
-CONFIG = [*(f"real {r}" for r in R), f"virtual {VIP}", f"predictor {VIP} maglev",
-          f"bind {VIP} {' '.join(R)}", f"dispatched {VIP}",
-          *(f"real {r}:0:0:udp" for r in R[:2]), f"virtual {UDP}", f"predictor {UDP} maglev",
-          f"bind {UDP} {R[0]}:0:0:udp {R[1]}:0:0:udp", f"dispatched {UDP}",
-          f"fastpath {VIP} kernel", f"fastpath {UDP} kernel"]
+R6 = ("2001:db8:1::15", "2001:db8:1::16", "2001:db8:1::17")
+SIDES = {"ip": ("192.0.2.30", R), "ip6": ("[2001:db8::30]", tuple(f"[{r}]" for r in R6))}
 
 
-def dispatched(tmp_path: Path, *extra: str) -> Shell:
+def dispatched(tmp_path: Path, *extra: str, side: str = "ip") -> Shell:
     shell = Shell(tmp_path)
-    assert shell(*CONFIG, *extra), shell.take()
+    assert shell(*config(*SIDES[side]), *extra), shell.take()
     shell.take()
     return shell
 
@@ -108,28 +116,33 @@ def namespace(netns) -> str:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("side", ["ip", "ip6"])
 def test_the_kernel_keeps_a_taken_out_reals_flows_and_forgets_an_unbound_ones(
-        tmp_path, namespace: str) -> None:
+        tmp_path, namespace: str, side: str) -> None:
+    """nft takes the rules of both families (an IPv6 5-tuple as a map key it would
+    not), verifies them, and forgets an unbound real's flows only."""
     def nft(argv: list[str], stdin: str = "") -> str:
         return run_tool(["ip", "netns", "exec", namespace, "nft", *argv], stdin, line=0)
 
-    shell = dispatched(tmp_path)
+    vip, reals = SIDES[side]
+    bare = [r.strip("[]") for r in reals]
+    shell = dispatched(tmp_path, side=side)
     d = shell.director
     table = KernelTable(7, nft)
     table.install(desired_kernel(d))
     assert not table.repair(d)   # the listing verifies a table with memories
-    nft(["-f", "-"], "add element ip localdirector7 flows_tcp { 1 . 1 : 203.0.113.15, "
-        "2 . 2 : 203.0.113.16, 3 . 3 : 203.0.113.17 }\n")
+    nft(["-f", "-"], f"add element {side} localdirector7 flows_tcp {{ 1 . 1 : {bare[0]}, "
+        f"2 . 2 : {bare[1]}, 3 . 3 : {bare[2]} }}\n")
 
     def remembered() -> set[str]:
-        listing = json.loads(nft(["-j", "list", "map", "ip", "localdirector7", "flows_tcp"]))
+        listing = json.loads(nft(["-j", "list", "map", side, "localdirector7", "flows_tcp"]))
         return {real for item in listing["nftables"] if "map" in item
                 for _key, real in item["map"].get("elem", [])}
 
-    assert shell(f"out-of-service {R[0]}"), shell.take()
+    assert shell(f"out-of-service {reals[0]}"), shell.take()
     assert table.update(desired_kernel(d), d)
-    assert remembered() == set(R)
-    assert shell(f"no bind {VIP} {R[1]}"), shell.take()
+    assert remembered() == set(bare)
+    assert shell(f"no bind {vip}:0 {reals[1]}"), shell.take()
     assert table.update(desired_kernel(d), d)
-    assert remembered() == {R[0], R[2]}
+    assert remembered() == {bare[0], bare[2]}
     table.remove(d)

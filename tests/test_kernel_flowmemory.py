@@ -60,17 +60,17 @@ def test_a_remembered_flow_goes_to_its_real_before_the_hash(tmp_path) -> None:
         assert (f"  map flows_{proto} {{\n    typeof numgen inc mod 4294967295 . numgen inc "
                 "mod 4294967295 : ip daddr\n    flags dynamic,timeout\n    size 16384\n  }"
                 in text)
-    # Looked up first (a SYN is a new connection: decided anew), refreshed for the
-    # longest idle timeout behind the VIP: R16's own 1200 s; 10 s after a FIN or RST.
+    # Looked up first, refreshed for the longest idle timeout behind the VIP: R16's own
+    # 1200 s; 10 s after a FIN or RST.
     assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | rst) != 0 dup to "
             f"{tcp} map @flows_tcp update @flows_tcp {{ {tcp} timeout 10s : 0.0.0.0 }} "
-            "drop\n    tcp flags & (fin | syn | rst | ack) != syn dup to "
+            "drop\n    dup to "
             f"{tcp} map @flows_tcp update @flows_tcp {{ {tcp} timeout 1200s : 0.0.0.0 }} "
             "drop\n    ip saddr vmap") in text
     assert (f"  chain d_192_0_2_30_53_udp {{\n    dup to {udp} map @flows_udp update "
             f"@flows_udp {{ {udp} timeout 60s : 0.0.0.0 }} drop\n    ip saddr vmap") in text
     # Noted by the branch that chose the real, for its own idle timeout.
-    assert (f"delete @flows_tcp {{ {tcp} : 0.0.0.0 }} update @flows_tcp {{ {tcp} timeout "
+    assert (f'"c_192_0_2_30_0_0__203_0_113_16_0_0" update @flows_tcp {{ {tcp} timeout '
             "1200s : 203.0.113.16 }\n    dup to 203.0.113.16 drop") in text
     assert f"update @flows_tcp {{ {tcp} timeout 900s : 203.0.113.15 }}" in text
     assert (f"    update @flows_udp {{ {udp} timeout 60s : 203.0.113.15 }}\n"

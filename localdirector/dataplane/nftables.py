@@ -118,30 +118,27 @@ def _branch_rules(branch: Branch) -> list[str]:
 
 
 def _remembering(branch: Branch) -> list[str]:
-    """A dispatched flow's opening packet (a SYN; any datagram, as only a flow's first
-    comes this far) notes its real in the flow memory, last in its rule (after a SYN's
-    count), so a full memory, which ends the rule, stops only the remembering. A SYN
-    first deletes what a previous connection of its 5-tuple left: `update` keeps an
-    existing element's data."""
-    proto, family = branch.proto, branch.family
-    key = flow_key(proto, family)
-    note = (f"update @{memory_name(proto)} {{ {key} timeout {branch.remember}s : "
-            f"{format_ip(branch.addr)} }}")
-    if proto != "tcp":
-        return [note]
-    return _opening(proto, f'counter name "{branch.counter}" delete @{memory_name(proto)} '
-                           f"{{ {key} : {format_ip(family.tag)} }} {note}")
+    """A dispatched flow's opening packet (a SYN; any datagram: what reaches a branch
+    was not remembered) notes its real in the flow memory, last in its rule (after a
+    SYN's count), so a full memory, which ends the rule, stops only the remembering."""
+    proto = branch.proto
+    note = (f"update @{memory_name(proto)} {{ {flow_key(proto, branch.family)} timeout "
+            f"{branch.remember}s : {format_ip(branch.addr)} }}")
+    return _opening(proto, f'counter name "{branch.counter}" {note}') if proto == "tcp" \
+        else [note]
 
 
 def _recall(dest: Destination) -> list[str]:
     """A dispatched VIP's remembered flow goes to its real, whatever the rules say now,
-    and its memory is refreshed (a packet of an open flow, not a SYN, which opens a new
-    connection of its 5-tuple: that one is decided anew); a client's FIN or RST leaves
-    it CLOSING seconds, for the close's retransmissions, so closed connections do not
-    fill the memory (a half-closed client's next packet refreshes it again). `dup to
-    KEY map @flows` misses when the flow is not remembered, which ends the rule there.
-    nft refuses a map lookup as an element's data, so the refresh writes a
-    placeholder, which `update` never stores over an existing element's real."""
+    and its memory is refreshed; a client's FIN or RST leaves it CLOSING seconds, for
+    the close's retransmissions, so closed connections do not fill the memory (a
+    half-closed client's next packet refreshes it again). `dup to KEY map @flows`
+    misses when the flow is not remembered, which ends the rule there. nft refuses a
+    map lookup as an element's data, so the refresh writes a placeholder, which
+    `update` never stores over an existing element's real. A SYN is looked up too: a
+    SYN's `delete` of what an earlier connection of its 5-tuple left made the kernel
+    walk a chain of dead elements per lookup until its garbage collection (0.06-0.17 ms
+    a SYN after 10,000 of one 5-tuple; docs/design.rst, "Decided in the kernel")."""
     if not dest.forward:
         return []
     proto, key = dest.proto, flow_key(dest.proto, dest.family)
@@ -153,8 +150,7 @@ def _recall(dest: Destination) -> list[str]:
 
     if proto != "tcp":
         return [hit("", dest.remember)]
-    return [hit(f"{proto} flags & (fin | rst) != 0 ", CLOSING),
-            hit(f"{syn_only(proto).replace('==', '!=')} ", dest.remember)]
+    return [hit(f"{proto} flags & (fin | rst) != 0 ", CLOSING), hit("", dest.remember)]
 
 
 def _opening(proto: str, action: str) -> list[str]:

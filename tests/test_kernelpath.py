@@ -401,12 +401,19 @@ def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -
     assert shell(*DISPATCHED), shell.take()
     rules = desired_kernel(shell.director)
     text = "\n".join(definition(rules, "t"))
+    key = " . ".join(f"jhash ip saddr . tcp sport . ip daddr . tcp dport mod 4294967295 "
+                     f"seed 0x6c646d3{n}" for n in (1, 2))
     assert ("  chain r_192_0_2_30_0_0__203_0_113_15_0_0 {\n    tcp flags & (fin | syn | rst "
-            '| ack) == syn counter name "c_192_0_2_30_0_0__203_0_113_15_0_0"\n'
-            "    dup to 203.0.113.15 drop\n  }") in text
-    # Every packet is decided (no SYN-only rule), in a filter chain at raw + 1.
-    assert ("  chain d_192_0_2_30_0 {\n    ip saddr vmap @s_192_0_2_30_0\n    drop\n  }"
-            in text)
+            '| ack) == syn counter name "c_192_0_2_30_0_0__203_0_113_15_0_0" update '
+            f"@flows_tcp {{ {key} timeout 900s : 203.0.113.15 }}\n    dup to 203.0.113.15 "
+            "drop\n  }") in text
+    # Every packet is decided (no SYN-only rule), in a filter chain at raw + 1; a
+    # remembered flow's packets go to its real first.
+    assert ("  chain d_192_0_2_30_0 {\n    tcp flags & (fin | rst) != 0 dup to "
+            f"{key} map @flows_tcp update @flows_tcp {{ {key} timeout 10s : 0.0.0.0 }} drop"
+            "\n    dup to "
+            f"{key} map @flows_tcp update @flows_tcp {{ {key} timeout 900s : 0.0.0.0 }} drop"
+            "\n    ip saddr vmap @s_192_0_2_30_0\n    drop\n  }" in text)
     assert ("  chain dispatch {\n    type filter hook prerouting priority raw + 1; policy "
             "accept;\n    meta l4proto tcp ip daddr vmap { 192.0.2.30 : goto d_192_0_2_30_0 }"
             "\n  }") in text
@@ -433,7 +440,7 @@ def test_dispatched_maglev_is_forwarded_unchanged_ahead_of_conntrack(tmp_path) -
      "only predictor maglev finds the same real for all of them"),
     ("sticky 192.0.2.30:0 5",
      "% 192.0.2.30:0:0:tcp is dispatched and sticky: each director would remember its own "
-     "clients, and the kernel forwards packets without memory"),
+     "clients, and the kernel remembers flows, not clients"),
 ])
 def test_dispatched_in_the_kernel_needs_maglev_and_no_sticky(tmp_path, line: str,
                                                             reason: str) -> None:

@@ -93,10 +93,17 @@ def test_ipv6_virtuals_render_in_an_ip6_table_with_its_words() -> None:
     seed = kernelpath.seed(dual_stack().virtuals[sid(VIP6_MAGLEV, 443)])
     assert (f"jhash ip6 saddr . tcp sport . ip6 daddr . tcp dport mod 4099 seed 0x{seed:08x}"
             " vmap { 0") in text
-    # Dispatched: the packet copied unchanged to the IPv6 real's neighbour.
+    # Dispatched: the packet copied unchanged to the IPv6 real's neighbour, the flow
+    # remembered in the ip6 table's flow memory by hashes of its IPv6 5-tuple.
+    key = " . ".join(f"jhash ip6 saddr . tcp sport . ip6 daddr . tcp dport mod 4294967295 "
+                     f"seed 0x6c646d3{n}" for n in (1, 2))
     assert ("    tcp flags & (fin | syn | rst | ack) == syn counter name "
-            '"c_2001-db8--30_0_0__2001-db8-1--11_0_0"\n    dup to 2001:db8:1::11 drop\n'
-            in text)
+            f'"c_2001-db8--30_0_0__2001-db8-1--11_0_0" update @flows_tcp {{ {key} timeout '
+            "900s : 2001:db8:1::11 }\n    dup to 2001:db8:1::11 drop\n" in text)
+    assert ("  map flows_tcp {\n    typeof numgen inc mod 4294967295 . numgen inc mod "
+            "4294967295 : ip6 daddr\n    flags dynamic,timeout\n    size 16384\n  }") in text
+    assert (f"dup to {key} map @flows_tcp update @flows_tcp {{ {key} timeout 900s : :: }} "
+            "drop\n") in text
     assert " ip " not in text and "ipv4_addr" not in text
 
 

@@ -21,11 +21,11 @@ from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.floodrules import known_rule, note_rules
 from localdirector.dataplane.iptables import mangle_rules, nat_rules
 from localdirector.dataplane.kernelrules import desired_kernel
-from localdirector.dataplane.nftables import definition, expected_shape
+from localdirector.dataplane.nftables import definition, expected_shape, flow_key as memory_key
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules
 from localdirector.dataplane.stats import MARK_PENDING, REASSIGNED
 from localdirector.model import maglev
-from localdirector.model.addr import parse_ip
+from localdirector.model.addr import IPV4, parse_ip
 from localdirector.model.connection import REPLIED, UDP_KEY, UNREPLIED, flow_key
 from localdirector.model.serverid import UDP_SERVICE
 
@@ -263,9 +263,10 @@ def test_kernel_maglev_hashes_the_udp_5_tuple(tmp_path: Path) -> None:
 
 
 def test_kernel_dispatched_udp_is_forwarded_every_datagram_uncounted(tmp_path: Path) -> None:
-    """Dispatched in the kernel: every datagram hashed and copied to its real unchanged,
-    ahead of conntrack, which never sees one, so no first datagram is told and no
-    flow counted; refused ones are dropped."""
+    """Dispatched in the kernel: every datagram of a flow not remembered hashed and
+    copied to its real unchanged, ahead of conntrack, which never sees one, so no first
+    datagram is told and no flow counted; refused ones are dropped. A remembered flow's
+    datagrams go to its real first (docs/design.rst, *Flow memory*)."""
     shell = Shell(tmp_path)
     assert shell("real 203.0.113.15:0:0:udp", "real 203.0.113.16:0:0:udp",
                  "virtual 192.0.2.30:0:0:udp", "predictor 192.0.2.30:0:0:udp maglev",
@@ -274,12 +275,16 @@ def test_kernel_dispatched_udp_is_forwarded_every_datagram_uncounted(tmp_path: P
                  "fastpath 192.0.2.30:0:0:udp kernel"), shell.take()
     rules = desired_kernel(shell.director)
     text = "\n".join(definition(rules, "t"))
+    key = memory_key("udp", IPV4)
     assert chain(text, "r_192_0_2_30_0_0_udp__203_0_113_15_0_0_udp") == [
+        f"update @flows_udp {{ {key} timeout 60s : 203.0.113.15 }}",
         "dup to 203.0.113.15 drop"]
     assert chain(text, "dispatch")[1:] == [
         "meta l4proto udp ip daddr vmap { 192.0.2.30 : goto d_192_0_2_30_0_udp }"]
-    assert chain(text, "d_192_0_2_30_0_udp") == ["ip saddr vmap @s_192_0_2_30_0_udp", "drop"]
-    assert dict(expected_shape(rules)[2])["r_192_0_2_30_0_0_udp__203_0_113_15_0_0_udp"] == 1
+    assert chain(text, "d_192_0_2_30_0_udp") == [
+        f"dup to {key} map @flows_udp update @flows_udp {{ {key} timeout 60s : 0.0.0.0 }} "
+        "drop", "ip saddr vmap @s_192_0_2_30_0_udp", "drop"]
+    assert dict(expected_shape(rules)[2])["r_192_0_2_30_0_0_udp__203_0_113_15_0_0_udp"] == 2
     assert shell("out-of-service 203.0.113.15:0:0:udp", "out-of-service 203.0.113.16:0:0:udp")
     text = "\n".join(definition(desired_kernel(shell.director), "t"))
     assert chain(text, "i_192_0_2_30_0_0_udp") == ["drop"]

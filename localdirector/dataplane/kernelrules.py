@@ -50,8 +50,9 @@ class _Addressed:
 @dataclass(frozen=True, slots=True)
 class Branch(_Addressed):
     """One real of one serving instance: a chain that counts and DNATs, or for a
-    dispatched instance counts SYNs and copies every packet unchanged to the real
-    (`forward`). `sticky` minutes: it notes the client in its set first."""
+    dispatched instance counts SYNs, remembers the flow's real for `remember` seconds
+    (its idle timeout) and copies every packet unchanged to the real (`forward`).
+    `sticky` minutes: it notes the client in its set first."""
 
     chain: str
     counter: str
@@ -60,6 +61,7 @@ class Branch(_Addressed):
     forward: bool = False
     sticky: int = 0
     proto: str = "tcp"
+    remember: int = 0
 
     @property
     def memory(self) -> str:
@@ -89,12 +91,14 @@ class Instance:
 class Destination(_Addressed):
     """One VIP:port (a service port; port 0: every other port of the VIP and
     protocol): client address ranges (first, last, instance chain). `forward`:
-    dispatched, every packet is decided."""
+    dispatched, every packet is decided, a remembered flow's first, refreshed for
+    `remember` seconds."""
 
     addr: int
     port: int
     ranges: tuple[tuple[int, int, str], ...]
     forward: bool = False
+    remember: int = 0
 
     @property
     def proto(self) -> str:
@@ -117,12 +121,14 @@ class Destination(_Addressed):
 class KernelRules:
     """Everything the table holds; comparable, so an unchanged model costs no nft run.
     `owners`: counter name -> (virtual, real) whose totals it adds to (real None: the
-    virtual's refused SYNs)."""
+    virtual's refused SYNs). `bound`: (protocol, real) whose remembered flows go on,
+    every real bound behind a dispatched VIP whatever its health."""
 
     destinations: tuple[Destination, ...] = ()
     instances: tuple[Instance, ...] = ()
     branches: tuple[Branch, ...] = ()
     owners: tuple[tuple[str, ServerId, ServerId | None], ...] = ()
+    bound: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def counters(self) -> frozenset[str]:
@@ -131,6 +137,11 @@ class KernelRules:
     @property
     def sets(self) -> frozenset[str]:
         return frozenset(b.memory for b in self.branches if b.sticky)
+
+    @property
+    def memories(self) -> frozenset[str]:
+        """The flow memories (one per protocol with a dispatched VIP)."""
+        return frozenset(memory_name(d.proto) for d in self.destinations if d.forward)
 
     @property
     def families(self) -> tuple[Family, ...]:
@@ -143,7 +154,13 @@ class KernelRules:
         return KernelRules(tuple(d for d in self.destinations if d.family is family),
                            tuple(i for i in self.instances if i.family is family),
                            tuple(b for b in self.branches if b.family is family),
-                           tuple(o for o in self.owners if family_of(o[1].addr) is family))
+                           tuple(o for o in self.owners if family_of(o[1].addr) is family),
+                           frozenset(b for b in self.bound if family_of(b[1]) is family))
+
+
+def memory_name(proto: str) -> str:
+    """A table's flow memory of `proto`: its dispatched flows' reals."""
+    return f"flows_{proto}"
 
 
 def desired_kernel(director: Director) -> KernelRules:
@@ -154,19 +171,26 @@ def desired_kernel(director: Director) -> KernelRules:
     instances: dict[str, Instance] = {}
     branches: dict[str, Branch] = {}
     owners: dict[str, tuple[ServerId, ServerId | None]] = {}
+    bound: set[tuple[str, int]] = set()
     for addr, port in kernelpath.destinations(director):
         ranges = []
         forward = False
+        remember = 0
         for first, last, virtual in kernelpath.partition(director, addr, port):
             chain = f"i_{_ident(virtual.sid)}"
             if chain not in instances:
                 instances[chain] = _instance(director, virtual, chain, branches, owners)
             forward = virtual.dispatched   # all or none of a VIP (kernelpath.refusal)
             ranges.append((first, last, chain))
-        destinations.append(Destination(addr, port, tuple(ranges), forward))
+            if forward:
+                seconds, reals = kernelpath.memory(director, virtual)
+                remember = max(remember, seconds)
+                bound.update((virtual.proto, real) for real in reals)
+        destinations.append(Destination(addr, port, tuple(ranges), forward, remember))
     return KernelRules(tuple(destinations), tuple(instances.values()),
                        tuple(branches.values()),
-                       tuple((name, v, r) for name, (v, r) in owners.items()))
+                       tuple((name, v, r) for name, (v, r) in owners.items()),
+                       frozenset(bound))
 
 
 def _instance(director: Director, virtual, chain: str, branches: dict[str, Branch],
@@ -184,7 +208,7 @@ def _instance(director: Director, virtual, chain: str, branches: dict[str, Branc
         name = f"{_ident(served.sid)}__{_ident(real.sid)}"
         branch = branches.setdefault(f"r_{name}", Branch(
             f"r_{name}", f"c_{name}", real.addr, real.port, served.dispatched, served.sticky,
-            proto))
+            proto, (real.timeout or served.timeout) if served.dispatched else 0))
         owners[branch.counter] = (served.sid, real.sid)
         mine.append(branch.chain)
     remembered = tuple(branches[c] for c in mine if branches[c].sticky)

@@ -17,9 +17,9 @@ from ..model.addr import Family
 from ..model.director import Director
 from ..model.serverid import ServerId
 from .iptables import Runner
-from .kernelrules import KernelRules, family_names
-from .nftables import (WORD, expected_shape, found_shape, install_text, removal_text,
-                       run_nft, table_name, update_text)
+from .kernelrules import KernelRules, family_names, memory_name
+from .nftables import (WORD, expected_shape, forget_text, found_shape, install_text,
+                       removal_text, run_nft, table_name, update_text)
 from .ruleset import RulesError
 
 log = logging.getLogger("localdirector")
@@ -89,8 +89,29 @@ class KernelTable:
         for name in delete | (self._retired | self.applied.counters) - kept:
             self._folded.pop(name, None)
         self._retired = self.applied.counters & kept - rules.counters
+        old = self.applied
         self._note(rules)
+        self._forget(rules, old)
         return True
+
+    def _forget(self, rules: KernelRules, old: KernelRules) -> None:
+        """Forget the remembered flows of reals no longer bound behind a dispatched VIP
+        of their table and protocol (a real out of service or failed stays bound: its
+        open flows go on). After the update, whose branches no longer name them, so
+        none is remembered anew; one listing of the memory per family and protocol
+        that lost one, rare (unbind, removal), since listing the memory reads all of
+        it."""
+        for family in rules.families:
+            new, prev = rules.of(family), old.of(family)
+            for proto in sorted({p for p, _r in prev.bound - new.bound}):
+                if memory_name(proto) not in new.memories & prev.memories:
+                    continue   # the memory went (or came) with the update
+                gone = frozenset(r for p, r in prev.bound - new.bound if p == proto)
+                listing = self._run(["-j", "list", "map", WORD[family], self.table,
+                                     memory_name(proto)], "")
+                text = forget_text(listing, self.table, family, proto, gone)
+                if text:
+                    self._nft(text)
 
     def fold(self, director: Director) -> None:
         """Add what the counters counted since the last fold to the model's totals:

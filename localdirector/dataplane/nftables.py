@@ -12,23 +12,37 @@ Family (one ``inet`` table cannot be used: nft has no ``dup`` there). Per VIP:po
 ranges, to the chain of the instance its Bind ID selects; that one counts (`numgen`) or
 hashes the flow into its Maglev table (`jhash`) over its reals' branches, each a named
 counter and a DNAT, or for a dispatched virtual a copy of the unchanged packet to the
-real (`dup`). Sticky instances look the client up in a set per real first. The
-counters and the sticky sets outlive updates: an update flushes the table's rules and
-redefines its chains and maps around them, so the connection counts folded into the
-model stay exact and clients keep their reals."""
+real (`dup`), remembered in the table's flow memory (a dynamic map from hashes of the
+5-tuple to the real) that the destination chain looks a dispatched flow up in first. Sticky
+instances look the client up in a set per real first. The counters, the sticky sets and
+the flow memories outlive updates: an update flushes the table's rules and redefines
+its chains and maps around them, so the connection counts folded into the model stay
+exact, clients keep their reals and open dispatched flows theirs."""
 
 from __future__ import annotations
 
 import json
 
-from ..model.addr import FAMILIES, IPV4, IPV6, Family, bracketed, format_ip
+from ..model.addr import FAMILIES, IPV4, IPV6, Family, bracketed, format_ip, parse_ip
 from ..model.serverid import ALL_PORTS
 from .iptables import run_tool
-from .kernelrules import PROTOCOLS, Branch, Destination, Instance, KernelRules, family_names
+from .kernelrules import (PROTOCOLS, Branch, Destination, Instance, KernelRules,
+                          family_names, memory_name)
 
 BASE = "prerouting"        # translated connections: nat PREROUTING, at dstnat
 FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptables' raw
 STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
+# Dispatched flows remembered per table and protocol; beyond, a new flow is hashed
+# only, as before memory existed. nft 1.0.6 reads every element back whenever the rule
+# sync lists the table (every 2 s): about 0.2 s of CPU at this size, 1.1 s at 65,536
+# (docs/design.rst, "Decided in the kernel").
+REMEMBERED_FLOWS = 16384
+# Seconds a dispatched TCP flow stays remembered after the client's FIN or RST.
+CLOSING = 10
+# A remembered flow's key: two 32-bit jhashes of its 5-tuple under these seeds (nft
+# 1.0.6 cannot write a dynamic map's element from a key over 16 bytes, which an IPv6
+# 5-tuple is; two independent hashes collide for one flow in 2**64).
+FLOW_SEEDS = (0x6c646d31, 0x6c646d32)
 # nft's word for each family: its table's family and the header its matches name
 # (``ip6 saddr``); the address type is the Family's name (``ipv6_addr``).
 WORD = {IPV4: "ip", IPV6: "ip6"}
@@ -43,6 +57,12 @@ def five_tuple(proto: str, family: Family = IPV4) -> str:
     """What jhash hashes: the flow, as the engine's flow key holds it."""
     ip = WORD[family]
     return f"{ip} saddr . {proto} sport . {ip} daddr . {proto} dport"
+
+
+def flow_key(proto: str, family: Family) -> str:
+    """A remembered flow's key in the flow memory (FLOW_SEEDS)."""
+    return " . ".join(f"jhash {five_tuple(proto, family)} mod 4294967295 seed 0x{s:08x}"
+                      for s in FLOW_SEEDS)
 
 
 def refuse(proto: str) -> str:
@@ -90,12 +110,47 @@ def _branch_rules(branch: Branch) -> list[str]:
     rules = ([f"update @{branch.memory} {{ {WORD[branch.family]} saddr }}"] if branch.sticky
              else [])
     if branch.forward:
-        return [*rules, *_opening(branch.proto, f'counter name "{branch.counter}"'),
-                f"dup to {format_ip(branch.addr)} drop"]
+        return [*rules, *_remembering(branch), f"dup to {format_ip(branch.addr)} drop"]
     to = (format_ip(branch.addr) if branch.port == ALL_PORTS else
           f"{bracketed(branch.addr)}:{branch.port}")
     return [*rules, f'counter name "{branch.counter}" meta l4proto {branch.proto} '
             f"dnat to {to}"]
+
+
+def _remembering(branch: Branch) -> list[str]:
+    """A dispatched flow's opening packet (a SYN; any datagram: what reaches a branch
+    was not remembered) notes its real in the flow memory, last in its rule (after a
+    SYN's count), so a full memory, which ends the rule, stops only the remembering."""
+    proto = branch.proto
+    note = (f"update @{memory_name(proto)} {{ {flow_key(proto, branch.family)} timeout "
+            f"{branch.remember}s : {format_ip(branch.addr)} }}")
+    return _opening(proto, f'counter name "{branch.counter}" {note}') if proto == "tcp" \
+        else [note]
+
+
+def _recall(dest: Destination) -> list[str]:
+    """A dispatched VIP's remembered flow goes to its real, whatever the rules say now,
+    and its memory is refreshed; a client's FIN or RST leaves it CLOSING seconds, for
+    the close's retransmissions, so closed connections do not fill the memory (a
+    half-closed client's next packet refreshes it again). `dup to KEY map @flows`
+    misses when the flow is not remembered, which ends the rule there. nft refuses a
+    map lookup as an element's data, so the refresh writes a placeholder, which
+    `update` never stores over an existing element's real. A SYN is looked up too: a
+    SYN's `delete` of what an earlier connection of its 5-tuple left made the kernel
+    walk a chain of dead elements per lookup until its garbage collection (0.06-0.17 ms
+    a SYN after 10,000 of one 5-tuple; docs/design.rst, "Decided in the kernel")."""
+    if not dest.forward:
+        return []
+    proto, key = dest.proto, flow_key(dest.proto, dest.family)
+    flows = memory_name(proto)
+
+    def hit(match: str, seconds: int) -> str:
+        return (f"{match}dup to {key} map @{flows} update @{flows} "
+                f"{{ {key} timeout {seconds}s : {format_ip(dest.family.tag)} }} drop")
+
+    if proto != "tcp":
+        return [hit("", dest.remember)]
+    return [hit(f"{proto} flags & (fin | rst) != 0 ", CLOSING), hit("", dest.remember)]
 
 
 def _opening(proto: str, action: str) -> list[str]:
@@ -110,7 +165,7 @@ def _dest_rules(dest: Destination) -> list[str]:
     is hashed, so any packet finds its real; any datagram may open a UDP flow.) A
     source no instance takes is dropped, as the engine drops it (no-virtual)."""
     first = [] if dest.forward else _opening(dest.proto, "drop")
-    return [rule.replace("==", "!=") for rule in first] + (
+    return _recall(dest) + [rule.replace("==", "!=") for rule in first] + (
         [f"{WORD[dest.family]} saddr vmap @{dest.map}"] if dest.ranges else []) + ["drop"]
 
 
@@ -126,6 +181,12 @@ def definition(rules: KernelRules, table: str, family: Family = IPV4) -> list[st
 
     for name in sorted(rules.counters):
         out += [f"  counter {name} {{", "  }"]
+    for name in sorted(rules.memories):
+        # Two 32-bit integers (flow_key); `typeof jhash ...` would say so too, but nft
+        # 1.0.6 crashes listing such a map.
+        word = "numgen inc mod 4294967295"
+        out += [f"  map {name} {{", f"    typeof {word} . {word} : {ip} daddr",
+                "    flags dynamic,timeout", f"    size {REMEMBERED_FLOWS}", "  }"]
     for branch in rules.branches:
         if branch.sticky:
             out += [f"  set {branch.memory} {{", f"    type {family.name}_addr",
@@ -203,8 +264,8 @@ def update_text(rules: KernelRules, old: KernelRules, table: str,
     every rule flushed, the old maps and regular chains deleted (nothing refers to
     them then), the `retired` counters and the sticky sets no longer wanted deleted,
     and the new definition added; a family's table appears or goes whole. The base
-    chains, the counters and the sticky sets that stay are kept, so no connection goes
-    uncounted and no client forgets its real. `retired`: counters of tables that stay
+    chains, the counters, the sticky sets and the flow memories that stay are kept, so
+    no connection goes uncounted, no client forgets its real and no dispatched flow its. `retired`: counters of tables that stay
     (KernelTable keeps them per family)."""
     lines = []
     for family in FAMILIES:
@@ -220,6 +281,8 @@ def update_text(rules: KernelRules, old: KernelRules, table: str,
         lines += [f"delete counter {ip} {table} {name}"
                   for name in sorted(family_names(family, retired))]
         lines += [f"delete set {ip} {table} {name}" for name in sorted(prev.sets - new.sets)]
+        lines += [f"delete map {ip} {table} {name}"
+                  for name in sorted(prev.memories - new.memories)]
         lines += definition(new, table, family)
     return "\n".join([*lines, ""])
 
@@ -247,7 +310,8 @@ def expected_shape(rules: KernelRules) -> Shape:
         counts[name] = len(_base_rules([d for d in rules.destinations
                                         if d.forward == forward], ""))
     return (rules.counters,
-            frozenset(d.map for d in rules.destinations if d.ranges) | rules.sets,
+            frozenset(d.map for d in rules.destinations if d.ranges) | rules.sets
+            | rules.memories,
             tuple(sorted(counts.items())))
 
 
@@ -269,6 +333,26 @@ def found_shape(listing: str) -> tuple[Shape, dict[str, int]]:
             name = item["rule"]["chain"]
             counts[name] = counts.get(name, 0) + 1
     return (frozenset(counters), frozenset(maps), tuple(sorted(counts.items()))), counters
+
+
+def forget_text(listing: str, table: str, family: Family, proto: str,
+                gone: frozenset[int]) -> str:
+    """The transaction that forgets the remembered flows of an ``nft -j list map`` of
+    `proto`'s memory whose real is `gone` (no longer bound); "" when none is. Each
+    element is added (with the real it has, which `add` accepts for an existing
+    element) and then deleted, so one that expired since the listing fails nothing."""
+    elements = []
+    for item in json.loads(listing).get("nftables", []):
+        for key, real in (item.get("map") or {}).get("elem", []):
+            if parse_ip(real) in gone:
+                # {"elem": {"val": KEY, "expires": ...}}, or KEY bare without a timeout
+                first, second = (key["elem"]["val"] if "elem" in key else key)["concat"]
+                elements.append((f"{first} . {second}", real))
+    if not elements:
+        return ""
+    head = f"element {WORD[family]} {table} {memory_name(proto)}"
+    return (f"add {head} {{ {', '.join(f'{k} : {r}' for k, r in elements)} }}\n"
+            f"delete {head} {{ {', '.join(k for k, _r in elements)} }}\n")
 
 
 def run_nft(argv: list[str], stdin: str = "") -> str:

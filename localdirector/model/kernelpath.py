@@ -2,15 +2,16 @@
 kernel can decide by itself, and the model's own decisions in the form the kernel's
 rules take them (docs/design.rst, "Decided in the kernel").
 
-The kernel keeps no state of ours per connection: it picks the instance by the client's
-address (a map of address ranges) and the real by a counter (`numgen`), by a hash of
-the flow into the virtual's Maglev table (`jhash`), or by the client's address in a
-set of its own with a timeout (sticky). So it can decide a virtual only when the
-engine's choice depends on nothing else: roundrobin, weighted or maglev, no per-real
-connection limit, no passive health (which needs each connection's answer). A
-dispatched virtual is forwarded packet by packet without memory, so every packet must
-find the same real: maglev only, and no sticky (each director would remember its own
-clients). Everything else, health and backups included, is decided here, in the model,
+The kernel keeps no state of ours per translated connection: it picks the instance by
+the client's address (a map of address ranges) and the real by a counter (`numgen`), by
+a hash of the flow into the virtual's Maglev table (`jhash`), or by the client's
+address in a set of its own with a timeout (sticky). So it can decide a virtual only
+when the engine's choice depends on nothing else: roundrobin, weighted or maglev, no
+per-real connection limit, no passive health (which needs each connection's answer). A
+dispatched virtual is forwarded packet by packet; the kernel remembers each flow's real
+for the idle timeout (`memory`), but a flow it never saw open (ECMP moved it here from
+another director) must find the same real by its hash: maglev only, and no sticky
+(each director would remember its own clients). Everything else, health and backups included, is decided here, in the model,
 and the rules are rewritten whenever it changes."""
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
                     "so only predictor maglev finds the same real for all of them")
         if v.dispatched and v.sticky:
             return (f"{name} is dispatched and sticky: each director would remember its "
-                    "own clients, and the kernel forwards packets without memory")
+                    "own clients, and the kernel remembers flows, not clients")
         if v.buddy:
             return (f"{name} is in buddy group {v.buddy}: following its buddies' sticky "
                     "clients needs the engine to decide")
@@ -87,6 +88,18 @@ def refusal(director: Director, virtuals: Iterable[VirtualMachine]) -> str | Non
                 return (f"real {director.fmt(r.sid)} sets threshold or reassign: passive "
                         "health needs the engine to see each connection")
     return None
+
+
+def memory(director: Director, virtual: VirtualMachine) -> tuple[int, tuple[int, ...]]:
+    """(seconds, real addresses) of a dispatched instance's flow memory: the longest
+    idle timeout of it, its backup virtuals and their reals' own (a remembered flow is
+    refreshed by each packet for that long), and the reals its flows may be remembered
+    on, which are every real bound behind it, whatever its health: a real taken out
+    keeps its open flows, one no longer bound forgets them."""
+    reals = reachable_reals(director, virtual)
+    seconds = max([v.timeout for v in director.backup_chain(virtual)]
+                  + [r.timeout for r in reals])
+    return seconds, tuple(r.addr for r in reals)
 
 
 def _decided_with(director: Director, virtual: VirtualMachine) -> Iterable[VirtualMachine]:

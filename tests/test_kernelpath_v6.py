@@ -185,7 +185,8 @@ def test_both_listings_verify_their_own_tables() -> None:
 
         def __call__(self, argv: list[str], stdin: str) -> str:
             if argv[:2] != ["-f", "-"]:
-                family = IPV4 if argv[3] == "ip" or self.mixed_up else IPV6
+                family = IPV4 if argv[argv.index("table") + 1] == "ip" or self.mixed_up \
+                    else IPV6
                 self.shape = expected_shape(rules.of(family))
             return super().__call__(argv, stdin)
 

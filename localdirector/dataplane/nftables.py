@@ -265,8 +265,8 @@ def update_text(rules: KernelRules, old: KernelRules, table: str,
     them then), the `retired` counters and the sticky sets no longer wanted deleted,
     and the new definition added; a family's table appears or goes whole. The base
     chains, the counters, the sticky sets and the flow memories that stay are kept, so
-    no connection goes uncounted, no client forgets its real and no dispatched flow its. `retired`: counters of tables that stay
-    (KernelTable keeps them per family)."""
+    no connection goes uncounted, and no sticky client or dispatched flow forgets its
+    real. `retired`: counters of tables that stay (KernelTable keeps them per family)."""
     lines = []
     for family in FAMILIES:
         new, prev = rules.of(family), old.of(family)

@@ -20,9 +20,11 @@ from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
 from localdirector.dataplane.floodrules import flood_rules, known_rule, note_rules
-from localdirector.dataplane.iptables import (mangle_rules, match_chains, names, nat_rules,
+from localdirector.dataplane.iptables import (end_rules, install_tables, mangle_rules,
+                                             match_chains, names, nat_rules,
                                              raw_rules)
 from localdirector.dataplane.ruleset import MARK_MASK, MarkMap, desired_rules
+from localdirector.dataplane.saved import existing_chains
 from localdirector.dataplane.transactions import RuleManager
 from localdirector.dataplane.worker import QueueWorker
 from localdirector.model.addr import format_ip, parse_ip
@@ -370,7 +372,12 @@ def test_without_a_tracked_vip_nothing_in_mangle_turns_conntrack_on() -> None:
     unconfirmed one makes it drop them instead)."""
     mangle = match_chains(desired_rules(director()), {}, Q7)["mangle"]
     assert mangle == [":LOCALDIRECTOR7 - [0:0]", ":LOCALDIRECTOR7-REPLY - [0:0]",
-                      ":LOCALDIRECTOR7-KNOWN - [0:0]"]
+                      ":LOCALDIRECTOR7-KNOWN - [0:0]", ":LOCALDIRECTOR7-CEND - [0:0]",
+                      ":LOCALDIRECTOR7-REND - [0:0]"]
+    # Nor the first transaction: the FIN chains' CONNMARK rules come with a tracked VIP.
+    installed = install_tables(match_chains(desired_rules(director()), {}, Q7), Q7,
+                               existing_chains("", Q7))["mangle"]
+    assert not any("connmark" in line.lower() for line in installed), installed
 
 
 def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
@@ -403,6 +410,7 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp ! --tcp-flags FIN,RST NONE -m conntrack "
         "--ctdir REPLY --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-REND",
         *note_rules(Q7),
+        *end_rules(Q7),
     ]
     marks = {t: m for t, m in zip(rules.targets, (0x10000, 0x20000, 0x30000))}
     assert nat_rules(rules, marks, Q7) == [

@@ -19,7 +19,7 @@ from test_udp_engine import UA, UB, flow, query, udp_lab
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
 from localdirector.dataplane.floodrules import known_rule, note_rules
-from localdirector.dataplane.iptables import mangle_rules, nat_rules
+from localdirector.dataplane.iptables import end_rules, mangle_rules, nat_rules
 from localdirector.dataplane.kernelrules import desired_kernel
 from localdirector.dataplane.nftables import definition, expected_shape, flow_key as memory_key
 from localdirector.dataplane.ruleset import DISPATCH_PORT, MarkMap, desired_rules
@@ -180,6 +180,7 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
         "-A LOCALDIRECTOR7-REPLY -p udp -m conntrack --ctdir REPLY ! --ctstatus ASSURED "
         "--ctorigdst 192.0.2.10 --ctorigdstport 53 -j LOCALDIRECTOR7-LOG",
         *note_rules(Q7),
+        *end_rules(Q7),
     ]
     marks = marks_for(d)
     assert nat_rules(rules, marks, Q7) == [

@@ -253,7 +253,9 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                      f"-m conntrack --ctdir REPLY {orig} -j {n.log}",
                      f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,RST NONE "
                      f"-m conntrack --ctdir REPLY {orig} -j {n.real_end}"]
-    return client + stray_rules(rules, n) + real + notes
+    # Filled only while a fast-path TCP connection can end here, as the noting chain.
+    ends = end_rules(n) if any(f"-j {n.client_end}" in rule for rule in client) else []
+    return client + stray_rules(rules, n) + real + notes + ends
 
 
 def end_rules(n: Names) -> list[str]:
@@ -281,6 +283,7 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
     and refills them."""
     return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
             "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.note} - [0:0]",
+                       f":{n.client_end} - [0:0]", f":{n.real_end} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
             "nat": [f":{n.chain} - [0:0]", f":{n.static} - [0:0]",
                     *nat_rules(rules, marks, n), *static_rules(rules, n)]}
@@ -329,8 +332,6 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             *chains["mangle"][:2],
             f":{n.queue} - [0:0]",
             f":{n.log} - [0:0]",
-            f":{n.client_end} - [0:0]",
-            f":{n.real_end} - [0:0]",
             *delete("mangle", mangle_jump),
             *delete("mangle", reply_jump),
             f"-I PREROUTING 1 -j {n.chain}",
@@ -338,7 +339,6 @@ def install_tables(chains: dict[str, list[str]], n: Names,
             queue,
             f"-A {n.log} -j NFLOG --nflog-group {n.queue_num} "
             f"--nflog-size {nflog.COPY_RANGE}",
-            *end_rules(n),
             *chains["mangle"][2:],
         ],
         "nat": [

@@ -25,7 +25,7 @@ def timeout(conn: Connection) -> float:
     state = conn.tcp_state
     if state is CLOSED:
         return conn.real.delay
-    limit = conn.real.timeout or conn.virtual.timeout
+    limit = conn.real.idle_timeout(conn.virtual)
     if state in HALF_OPEN_STATES and limit > EMBRYONIC_TIMEOUT:
         return EMBRYONIC_TIMEOUT
     return limit

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.addr import IPV4, IPV6, Family, bracketed, format_ip
-from ..model.serverid import UDP_SERVICE
 from . import nflog
 from .packet import ICMP_ERROR_TYPES, ICMPV6_ERROR_TYPES
 from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
@@ -200,7 +199,7 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
                                                       budgeted=rules.budgeted)
     # The fast path's udp reals answer through conntrack: noted here, before it.
     for addr, service in rules.targets:
-        if service != DISPATCH_PORT and service & UDP_SERVICE:
+        if service != DISPATCH_PORT:   # (whose -1 has every bit, the udp one's too)
             out += answer_notes(addr, (service,), n)
     # Dispatched VIPs the kernel forwards: never tracked, so noted here like userspace.
     for addr in rules.forwarded:
@@ -228,6 +227,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     client = [known_rule(addr, n) for addr in tracked_vips(rules)]
     notes = note_rules(n) if client else []
     real: list[str] = []
+    ends: list[str] = []   # filled only while a fast-path TCP connection can end here
     for addr, ports in rules.fastpath:
         vip = format_ip(addr)
         for service in ports:
@@ -244,6 +244,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                 real.append(f"-A {n.reply} -p udp -m conntrack --ctdir REPLY ! --ctstatus "
                             f"ASSURED {orig} -j {n.log}")
                 continue
+            ends = end_rules(n)
             client += [f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{dport} "
                        f"! --tcp-flags FIN,RST NONE -m conntrack --ctstate ESTABLISHED "
                        f"-j {n.client_end}"]
@@ -253,8 +254,6 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
                      f"-m conntrack --ctdir REPLY {orig} -j {n.log}",
                      f"-A {n.reply} -p tcp -m tcp ! --tcp-flags FIN,RST NONE "
                      f"-m conntrack --ctdir REPLY {orig} -j {n.real_end}"]
-    # Filled only while a fast-path TCP connection can end here, as the noting chain.
-    ends = end_rules(n) if any(f"-j {n.client_end}" in rule for rule in client) else []
     return client + stray_rules(rules, n) + real + notes + ends
 
 

@@ -208,7 +208,7 @@ def _instance(director: Director, virtual, chain: str, branches: dict[str, Branc
         name = f"{_ident(served.sid)}__{_ident(real.sid)}"
         branch = branches.setdefault(f"r_{name}", Branch(
             f"r_{name}", f"c_{name}", real.addr, real.port, served.dispatched, served.sticky,
-            proto, (real.timeout or served.timeout) if served.dispatched else 0))
+            proto, real.idle_timeout(served) if served.dispatched else 0))
         owners[branch.counter] = (served.sid, real.sid)
         mine.append(branch.chain)
     remembered = tuple(branches[c] for c in mine if branches[c].sticky)

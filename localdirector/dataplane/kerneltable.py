@@ -103,10 +103,11 @@ class KernelTable:
         it."""
         for family in rules.families:
             new, prev = rules.of(family), old.of(family)
-            for proto in sorted({p for p, _r in prev.bound - new.bound}):
+            lost = prev.bound - new.bound
+            for proto in sorted({p for p, _r in lost}):
                 if memory_name(proto) not in new.memories & prev.memories:
                     continue   # the memory went (or came) with the update
-                gone = frozenset(r for p, r in prev.bound - new.bound if p == proto)
+                gone = frozenset(r for p, r in lost if p == proto)
                 listing = self._run(["-j", "list", "map", WORD[family], self.table,
                                      memory_name(proto)], "")
                 text = forget_text(listing, self.table, family, proto, gone)

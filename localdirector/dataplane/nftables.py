@@ -13,8 +13,8 @@ ranges, to the chain of the instance its Bind ID selects; that one counts (`numg
 hashes the flow into its Maglev table (`jhash`) over its reals' branches, each a named
 counter and a DNAT, or for a dispatched virtual a copy of the unchanged packet to the
 real (`dup`), remembered in the table's flow memory (a dynamic map from hashes of the
-5-tuple to the real) that the destination chain looks a dispatched flow up in first. Sticky
-instances look the client up in a set per real first. The counters, the sticky sets and
+5-tuple to the real) that the destination chain looks a dispatched flow up in first.
+Sticky instances look the client up in a set per real first. The counters, the sticky sets and
 the flow memories outlive updates: an update flushes the table's rules and redefines
 its chains and maps around them, so the connection counts folded into the model stay
 exact, clients keep their reals and open dispatched flows theirs."""

@@ -8,12 +8,12 @@ holds, and wakes the sender, which sends the noted connections encoded as they a
 in the appliance's stream (what is noted while it is busy goes in its next message): a
 connection reaches the standby within a millisecond or so of its SYN, not at the next
 poll. Whole, in chunks, when the other unit (re)connects or this one becomes active,
-and again every third of the shortest idle timeout (a virtual's or a real's own) so
-the standby's copies of idle-but-alive connections do not time out there. The standby installs each with `Engine.import_conn` (no packet of it passes
-the standby: the drop guard is up), so its engine carries them on at the takeover,
-after checking every field (the stream is input like any other: a malformed record is
-dropped and counted) and never beyond `conn-limit`. Times travel as ages, so the two
-units' clocks need not agree."""
+and every third of the shortest idle timeout (a virtual's or a real's own) so the
+standby's copies of idle-but-alive connections do not time out there. The standby
+installs each with `Engine.import_conn` (none of its packets passes the standby: the
+drop guard is up), so its engine carries them on at the takeover, after checking
+every field (the stream is input like any other: a malformed record is dropped and
+counted) and never beyond `conn-limit`. Times travel as ages: clocks need not agree."""
 
 from __future__ import annotations
 

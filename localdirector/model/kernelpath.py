@@ -11,8 +11,9 @@ per-real connection limit, no passive health (which needs each connection's answ
 dispatched virtual is forwarded packet by packet; the kernel remembers each flow's real
 for the idle timeout (`memory`), but a flow it never saw open (ECMP moved it here from
 another director) must find the same real by its hash: maglev only, and no sticky
-(each director would remember its own clients). Everything else, health and backups included, is decided here, in the model,
-and the rules are rewritten whenever it changes."""
+(each director would remember its own clients). Everything else, health and backups
+included, is decided here, in the model, and the rules are rewritten whenever it
+changes."""
 
 from __future__ import annotations
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .serverid import ServerId
 from .state import State
+
+if TYPE_CHECKING:
+    from .virtual import VirtualMachine
 
 DEFAULT_WEIGHT = 1
 DEFAULT_MAXCONNS = 0       # unlimited
@@ -57,6 +62,12 @@ class PhysicalMachine:
         # real is known good.
         self.probe_pending = False
         self.reset_counters()
+
+    def idle_timeout(self, virtual: VirtualMachine) -> int:
+        """How long a connection of `virtual` served by this real may stay idle: the
+        real's own `timeout`, else the virtual's (the engine's timers and the kernel's
+        flow memory both ask this)."""
+        return self.timeout or virtual.timeout
 
     def reset_counters(self) -> None:
         """`clear counters`: totals restart; live gauges and health state do not."""

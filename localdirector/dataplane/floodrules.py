@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..model.addr import IPV6
 from ..model.serverid import UDP_SERVICE
+from .markrules import port_match
 from .ruleset import ALL_PORTS, RuleSet
 
 if TYPE_CHECKING:
@@ -54,21 +55,15 @@ def known_set(n: Names) -> tuple[list[str], list[str]]:
             ["ipset", "destroy", n.known])
 
 
-def _note_known(n: Names) -> str:
-    return f"-j SET --add-set {n.known} src --exist"
+def _note_known(n: Names, who: str = "src") -> str:
+    return f"-j SET --add-set {n.known} {who} --exist"
 
 
 def answer_notes(addr: int, services: tuple[int, ...], n: Names) -> list[str]:
     """A udp real's datagram makes its destination, the client, known: answered
     clients pass the datagram budget of new sources (flood_rules)."""
-    out = []
-    for service in services:
-        if service & UDP_SERVICE:
-            port = service & 0xFFFF
-            match = "" if port == ALL_PORTS else f" -m udp --sport {port}"
-            out.append(f"-A {n.chain} -s {n.host(addr)} -p udp{match} "
-                       f"-j SET --add-set {n.known} dst --exist")
-    return out
+    return [f"-A {n.chain} -s {n.host(addr)} -p udp{port_match(service, '--sport')} "
+            f"{_note_known(n, 'dst')}" for service in services if service & UDP_SERVICE]
 
 
 def _budget(rate: int, bucket: str, n: Names) -> str:
@@ -88,14 +83,9 @@ def flood_rules(addr: int, n: Names, tracked: bool = False,
     bucket of their own."""
     host = f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp"
     noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
-    datagrams = []
-    for vip, service in budgeted:
-        if vip == addr:
-            port = service & 0xFFFF
-            match = "" if port == ALL_PORTS else f" -m udp --dport {port}"
-            datagrams.append(f"-A {n.chain} -d {n.host(addr)} -p udp{match} "
-                             f"{_budget(NEW_SOURCE_DATAGRAMS, 'newu', n)} "
-                             f"-j {n.datagram_flood}")
+    datagrams = [f"-A {n.chain} -d {n.host(addr)} -p udp{port_match(service, '--dport')} "
+                 f"{_budget(NEW_SOURCE_DATAGRAMS, 'newu', n)} -j {n.datagram_flood}"
+                 for vip, service in budgeted if vip == addr]
     return [*noting,
             f"{host} --tcp-flags FIN,SYN,RST,ACK SYN "
             f"{_budget(NEW_SOURCE_SYNS, 'new', n)} -j {n.flood}", *datagrams]

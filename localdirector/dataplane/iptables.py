@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..model.addr import IPV4, IPV6, Family, bracketed, format_ip
 from . import nflog
 from .packet import ICMP_ERROR_TYPES, ICMPV6_ERROR_TYPES
-from .markrules import dispatch_rules, nat_rules, proto_port, static_rules, stray_rules
+from .markrules import (dispatch_rules, nat_rules, port_match, proto_port, static_rules,
+                        stray_rules)
 from .floodrules import answer_notes, flood_rules, guards_of, known_rule, note_rules
 from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 from .saved import Existing
@@ -188,9 +189,9 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
             else:
                 out += answer_notes(addr, ports, n)
             for service in ports:
-                proto, port = proto_port(service)
-                match = "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
-                out.append(f"-A {n.chain} {host} -p {proto}{match} -j {queue}")
+                proto = proto_port(service)[0]
+                out.append(f"-A {n.chain} {host} -p {proto}{port_match(service, option)} "
+                           f"-j {queue}")
             out += [f"-A {n.chain} {host} {icmp} -j {queue}" for icmp in n.icmp()]
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
     # before conntrack spends an entry on them.

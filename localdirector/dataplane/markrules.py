@@ -20,6 +20,13 @@ def proto_port(service: int) -> tuple[str, int]:
     return "udp" if service & UDP_SERVICE else "tcp", service & 0xFFFF
 
 
+def port_match(service: int, option: str) -> str:
+    """The match of a service port's packets by `option` (--dport, --sport) after a
+    rule's ``-p PROTO``: nothing for every port of the protocol."""
+    proto, port = proto_port(service)
+    return "" if port == ALL_PORTS else f" -m {proto} {option} {port}"
+
+
 def stray_rules(rules: RuleSet, n: Names) -> list[str]:
     """Mangle FORWARD: drop a tracked real's packet that conntrack does not know
     (ruleset.tracked_reals says why). A real answering on every port also opens

@@ -14,6 +14,7 @@ clean up by itself, which the report shows: leaving rules behind is a bug worth 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from .lab import PLAN4, PLANS, SMALL_PATH, VIP_PORT, BenchLab, Plan, netloc, url
 from .udp import appliance_lines, nat_rule, udp_virtual
 
 _STOP_DEADLINE = 10.0
+SPARE_REALS = 100    # localdirector-kernel-maglev-many's reals beyond the three
 _NFT_TABLE = "ldbench_nat"
 
 
@@ -269,6 +271,7 @@ class LocalDirector(Contender):
     fastpath: str | None = None     # the `fastpath VIRTUAL` line's tail, if any
     predictor = "roundrobin"
     tables: tuple[str, ...] = ("raw",)      # where its iptables rules live
+    tree: str | None = None    # another checkout's appliance (baseline_of), else this one
 
     def virtuals(self) -> tuple[str, str]:
         """The TCP virtual measured and the udp virtual for DNS."""
@@ -293,7 +296,8 @@ class LocalDirector(Contender):
         assert bench.work is not None
         conf = bench.work / f"localdirector-{self.plan.name}.cfg"
         conf.write_text(self.config())
-        self._spawn(bench, [sys.executable, "-m", "localdirector", "--no-console",
+        tree = ["env", f"PYTHONPATH={self.tree}"] if self.tree else []
+        self._spawn(bench, [*tree, sys.executable, "-m", "localdirector", "--no-console",
                             "--config", str(conf)])
         time.sleep(0.2)
         if self.proc.poll() is not None:
@@ -352,9 +356,34 @@ class LocalDirectorKernelMaglev(LocalDirectorKernel):
     predictor = "maglev"
 
 
+class LocalDirectorKernelMaglevMany(LocalDirectorKernelMaglev):
+    """(h) As (g) with ``SPARE_REALS`` more reals bound, out of service (``os``): the
+    rules a site with many reals has (each tracked real's untracked-reply drop), while
+    the same three serve. What the number of reals costs the kernel path's packets."""
+
+    name = "localdirector-kernel-maglev-many"
+    description = (f"localdirector fastpath kernel, predictor maglev, {SPARE_REALS} more "
+                   "reals bound out of service")
+
+    def spare_reals(self) -> list[str]:
+        """Addresses in the reals' network no lab host has: never sent a packet."""
+        net = ipaddress.ip_network(self.plan.real_net)
+        spares = [net.network_address + 100 + i for i in range(SPARE_REALS)]
+        assert spares[-1] in net and not set(map(str, spares)) & set(self.plan.reals)
+        return list(map(str, spares))
+
+    def config(self) -> str:
+        virtual = self.virtuals()[0]
+        spares = [f"{netloc(real, 0)}:0:tcp" for real in self.spare_reals()]
+        return super().config() + "\n".join(
+            [*(f"real {real} os" for real in spares),
+             *(f"bind {virtual} {real}" for real in spares), ""])
+
+
 _KINDS: tuple[type[Contender], ...] = (
     Direct, KernelNat, HAProxy, LocalDirector, LocalDirectorFastpath, LocalDirectorKernel,
-    LocalDirectorKernelMaglev, NfqueueNull, NfqueueNullOwn, NfqueueNullOwnTwo)
+    LocalDirectorKernelMaglev, LocalDirectorKernelMaglevMany, NfqueueNull, NfqueueNullOwn,
+    NfqueueNullOwnTwo)
 
 
 def all_contenders(plan: Plan = PLAN4) -> list[Contender]:
@@ -368,6 +397,24 @@ def contenders_of(names: list[str], families: list[str]) -> list[Contender]:
     ours = {(c.name, family): c for family in families for c in all_contenders(PLANS[family])}
     return [ours[(name, family)] for name in names for family in families
             if (name, family) in ours]
+
+
+def with_baseline(contenders: list[Contender], tree: str | None,
+                  per: int = 1) -> list[Contender]:
+    """`contenders` (each name's `per` families side by side), each appliance's followed
+    by twins running the appliance of the checkout `tree` (named ``NAME@base``), so that
+    a change is measured side by side with the code before it in the same runs;
+    unchanged without a tree."""
+    out: list[Contender] = []
+    for at in range(0, len(contenders), per):
+        group = contenders[at:at + per]
+        out += group
+        for contender in group:
+            if tree and isinstance(contender, LocalDirector):
+                twin = type(contender)(contender.plan)
+                twin.name, twin.tree = f"{contender.name}@base", tree
+                out.append(twin)
+    return out
 
 
 def queue_counters(bench: BenchLab) -> dict[str, int] | None:

@@ -35,7 +35,7 @@ from localdirector.lab import LabError, clean_stale, unavailable_reason
 
 from . import cpu, families, machine, udp
 from .contenders import Contender, ContenderUnavailable, LocalDirector, contenders_of, \
-    queue_counters, reset_director
+    queue_counters, reset_director, with_baseline
 from .lab import LARGE_PATH, PLAN4, SMALL_PATH, BenchLab, url
 from .profile import format_summary, record, summarize
 from .report import BASELINE, METRICS, TARGETS, format_table, format_targets, summarize_samples
@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                              "frames (unscored) [0 = off]")
     parser.add_argument("--profile-workloads", default="keepalive,close",
                         help="the workloads --profile samples [keepalive,close]")
+    parser.add_argument("--baseline-tree", metavar="PATH",
+                        help="also measure each localdirector contender with the appliance "
+                             "of the checkout PATH, as NAME@base, in the same runs")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where to write the results [benchmarks/results.json]")
     args = parser.parse_args(argv)
@@ -289,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sources must be at least 1 and --processes not negative")
     wanted = args.contenders.split(",")
     measured_families = list(families.FAMILIES) if args.family == "both" else [args.family]
-    contenders = contenders_of(wanted, measured_families)
+    contenders = with_baseline(contenders_of(wanted, measured_families), args.baseline_tree,
+                               len(measured_families))
     profiled = args.profile_workloads.split(",")
     unknown = sorted({*measured, *profiled} - WORKLOADS.keys())
     if unknown:

@@ -372,7 +372,7 @@ def test_without_a_tracked_vip_nothing_in_mangle_turns_conntrack_on() -> None:
     unconfirmed one makes it drop them instead)."""
     mangle = match_chains(desired_rules(director()), {}, Q7)["mangle"]
     assert mangle == [":LOCALDIRECTOR7 - [0:0]", ":LOCALDIRECTOR7-REPLY - [0:0]",
-                      ":LOCALDIRECTOR7-KNOWN - [0:0]", ":LOCALDIRECTOR7-CEND - [0:0]",
+                      ":LOCALDIRECTOR7-STRAY - [0:0]", ":LOCALDIRECTOR7-KNOWN - [0:0]", ":LOCALDIRECTOR7-CEND - [0:0]",
                       ":LOCALDIRECTOR7-REND - [0:0]"]
     # Nor the first transaction: the FIN chains' CONNMARK rules come with a tracked VIP.
     installed = install_tables(match_chains(desired_rules(director()), {}, Q7), Q7,
@@ -399,10 +399,11 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
         "-m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-CEND",
         # Packets of the fast path's reals that conntrack does not know: dropped, never
-        # forwarded with the real's address (a failover peer's connection, a restart).
-        *(f"-A LOCALDIRECTOR7-REPLY -s 203.0.113.{real}/32 -p tcp -m tcp --sport {port} "
-          "-m conntrack --ctstate INVALID,NEW -j DROP"
-          for real, port in ((11, 8001), (12, 80), (13, 80))),
+        # forwarded with the real's address (a failover peer's connection, a restart);
+        # one state test first, so a known connection's packet meets one rule.
+        "-A LOCALDIRECTOR7-REPLY -m conntrack --ctstate INVALID,NEW -j LOCALDIRECTOR7-STRAY",
+        *(f"-A LOCALDIRECTOR7-STRAY -s 203.0.113.{real}/32 -p tcp -m tcp --sport {port} "
+          "-j DROP" for real, port in ((11, 8001), (12, 80), (13, 80))),
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir REPLY "
         "! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 80 -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags SYN SYN -m conntrack "
@@ -426,10 +427,10 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 def test_tracked_vips_note_a_known_client_once_per_connection() -> None:
     """After conntrack, the first ACK of a connection goes to the chain that notes the
     address in the set and sets our connection-mark bit; later packets fail the
-    connmark match, one rule, before the set."""
+    connmark match, one rule, before the set (and before the flags)."""
     assert known_rule(0xC000020A, Q7) == (
-        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --tcp-flags SYN,RST,ACK ACK "
-        "-m connmark --mark 0x0/0x80000000 -j LOCALDIRECTOR7-KNOWN")
+        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m connmark --mark 0x0/0x80000000 "
+        "-m tcp --tcp-flags SYN,RST,ACK ACK -j LOCALDIRECTOR7-KNOWN")
     assert note_rules(Q7) == [
         "-A LOCALDIRECTOR7-KNOWN -j SET --add-set ldknown7 src --exist",
         "-A LOCALDIRECTOR7-KNOWN -j CONNMARK --set-xmark 0x80000000/0x80000000"]
@@ -507,10 +508,11 @@ def test_counters_add_both_queues_and_count_copies() -> None:
     fake.saved = ("*raw\n[10:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE --queue-num 7 "
                   "--queue-bypass\nCOMMIT\n*mangle\n[5:1] -A LOCALDIRECTOR7-QUEUE -j NFQUEUE "
                   "--queue-num 7 --queue-bypass\n[15:1] -A LOCALDIRECTOR7-LOG -j NFLOG "
-                  "--nflog-group 7 --nflog-size 128\n[3:1] -A LOCALDIRECTOR7-REPLY -s "
-                  "203.0.113.11/32 -p tcp -m tcp --sport 8001 -m conntrack --ctstate "
-                  "INVALID,NEW -j DROP\n[2:1] -A LOCALDIRECTOR7-REPLY -s 203.0.113.12/32 -p "
-                  "tcp -m tcp --sport 80 -m conntrack --ctstate INVALID,NEW -j DROP\nCOMMIT\n")
+                  "--nflog-group 7 --nflog-size 128\n[9:1] -A LOCALDIRECTOR7-REPLY -m "
+                  "conntrack --ctstate INVALID,NEW -j LOCALDIRECTOR7-STRAY\n[3:1] -A "
+                  "LOCALDIRECTOR7-STRAY -s 203.0.113.11/32 -p tcp -m tcp --sport 8001 -j DROP\n"
+                  "[2:1] -A LOCALDIRECTOR7-STRAY -s 203.0.113.12/32 -p tcp -m tcp --sport 80 "
+                  "-j DROP\nCOMMIT\n")
     assert manager.counters() == {"queued": 15, "shed": 0, "flood": 0, "datagram_flood": 0,
                                   "logged": 15, "stray": 5}
 

@@ -203,10 +203,9 @@ def test_ipv6_fast_path_rules_go_to_ip6tables_with_bracketed_dnats() -> None:
         "-A LOCALDIRECTOR7-REPLY -p udp -m conntrack --ctdir REPLY ! --ctstatus ASSURED "
         f"--ctorigdst 2001:db8::10 --ctorigdstport 53 -j {log}",
         # The untracked-reply drop: an IPv6 real's packets conntrack does not know.
-        "-A LOCALDIRECTOR7-REPLY -s 2001:db8:1::11/128 -p tcp -m tcp --sport 8001 "
-        "-m conntrack --ctstate INVALID,NEW -j DROP",
-        "-A LOCALDIRECTOR7-REPLY -s 2001:db8:1::11/128 -p udp -m udp --sport 53 "
-        "-m conntrack --ctstate INVALID,NEW -j DROP",
+        "-A LOCALDIRECTOR7-REPLY -m conntrack --ctstate INVALID,NEW -j LOCALDIRECTOR7-STRAY",
+        "-A LOCALDIRECTOR7-STRAY -s 2001:db8:1::11/128 -p tcp -m tcp --sport 8001 -j DROP",
+        "-A LOCALDIRECTOR7-STRAY -s 2001:db8:1::11/128 -p udp -m udp --sport 53 -j DROP",
         "-A LOCALDIRECTOR7-LOG -j NFLOG --nflog-group 7 --nflog-size 128",
         "-I PREROUTING 1 -m mark ! --mark 0x0/0xffff0000 -j LOCALDIRECTOR7",
     ):

@@ -164,12 +164,10 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
         "NONE -m conntrack --ctstate ESTABLISHED -j LOCALDIRECTOR7-CEND",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p udp -m udp --dport 53 -m conntrack "
         "--ctstate NEW -j LOCALDIRECTOR7-QUEUE",
-        "-A LOCALDIRECTOR7-REPLY -s 203.0.113.1/32 -p tcp -m tcp --sport 53 -m conntrack "
-        "--ctstate INVALID,NEW -j DROP",
-        "-A LOCALDIRECTOR7-REPLY -s 203.0.113.1/32 -p udp -m udp --sport 53 -m conntrack "
-        "--ctstate INVALID,NEW -j DROP",
-        "-A LOCALDIRECTOR7-REPLY -s 203.0.113.2/32 -p udp -m udp --sport 5353 -m conntrack "
-        "--ctstate INVALID,NEW -j DROP",
+        "-A LOCALDIRECTOR7-REPLY -m conntrack --ctstate INVALID,NEW -j LOCALDIRECTOR7-STRAY",
+        "-A LOCALDIRECTOR7-STRAY -s 203.0.113.1/32 -p tcp -m tcp --sport 53 -j DROP",
+        "-A LOCALDIRECTOR7-STRAY -s 203.0.113.1/32 -p udp -m udp --sport 53 -j DROP",
+        "-A LOCALDIRECTOR7-STRAY -s 203.0.113.2/32 -p udp -m udp --sport 5353 -j DROP",
         "-A LOCALDIRECTOR7-REPLY -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctdir "
         "REPLY ! --ctstatus ASSURED --ctorigdst 192.0.2.10 --ctorigdstport 53 "
         "-j LOCALDIRECTOR7-QUEUE",
@@ -197,11 +195,9 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
     d.add_real(sid(f"{B}:0:0:udp"))
     d.add_virtual(sid(f"{VIP}:0:0:udp")).fastpath = True
     d.bind(sid(f"{VIP}:0:0:udp"), sid(f"{B}:0:0:udp"))
-    assert [line for line in mangle_rules(desired_rules(d), Q7) if "INVALID,NEW" in line] == [
-        "-A LOCALDIRECTOR7-REPLY -s 203.0.113.1/32 -p udp -m udp --sport 53 -m conntrack "
-        "--ctstate INVALID,NEW -j DROP",
-        "-A LOCALDIRECTOR7-REPLY -s 203.0.113.2/32 -p udp -m udp --sport 5353 -m conntrack "
-        "--ctstate INVALID,NEW -j DROP"]
+    assert [line for line in mangle_rules(desired_rules(d), Q7) if "STRAY -s" in line] == [
+        "-A LOCALDIRECTOR7-STRAY -s 203.0.113.1/32 -p udp -m udp --sport 53 -j DROP",
+        "-A LOCALDIRECTOR7-STRAY -s 203.0.113.2/32 -p udp -m udp --sport 5353 -j DROP"]
 
 
 # -- nftables ---------------------------------------------------------------------------

@@ -94,9 +94,11 @@ def flood_rules(addr: int, n: Names, tracked: bool = False,
 def known_rule(addr: int, n: Names) -> str:
     """Mangle, after conntrack: the first ACK of a tracked connection goes to the chain
     that notes its client's address as known and marks the connection, so its later
-    packets fail this one match and skip the set (one rule a packet, not two)."""
-    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp --tcp-flags SYN,RST,ACK "
-            f"ACK -m connmark --mark 0x0/0x{KNOWN_CTMARK:x} -j {n.note}")
+    packets fail this one match and skip the set (one rule a packet, not two). The
+    mark is tested before the flags: all but the first packets of a noted connection
+    stop there, a test earlier (every forwarded packet meets this rule)."""
+    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m connmark --mark "
+            f"0x0/0x{KNOWN_CTMARK:x} -m tcp --tcp-flags SYN,RST,ACK ACK -j {n.note}")
 
 
 def note_rules(n: Names) -> list[str]:

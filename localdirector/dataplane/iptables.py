@@ -53,6 +53,7 @@ class Names:
     datagram_flood: str  # datagrams of new sources over NEW_SOURCE_DATAGRAMS: the same
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
+    stray: str           # mangle: tracked reals' packets conntrack does not know
     log: str             # mangle: fast-path copies (NFLOG)
     client_end: str      # mangle: a fast-path client's FIN or RST (end_rules)
     real_end: str        # mangle: a fast-path real's FIN or RST
@@ -107,8 +108,8 @@ class Names:
             "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
                      self.flood, self.datagram_flood, self.defrag),
                     (self.jump, self.local_jump)),
-            "mangle": ((self.chain, self.reply, self.queue, self.client_end, self.real_end,
-                        self.log, self.note),
+            "mangle": ((self.chain, self.reply, self.stray, self.queue, self.client_end,
+                        self.real_end, self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
@@ -132,8 +133,7 @@ class Names:
                 "datagram_flood": re.compile(
                     rf"^\[(\d+):\d+\] -A {self.datagram_flood} -j DROP$", re.M),
                 "logged": re.compile(rf"^\[(\d+):\d+\] -A {self.log} -j NFLOG ", re.M),
-                "stray": re.compile(rf"^\[(\d+):\d+\] -A {self.reply} -s .* "
-                                    r"--ctstate INVALID,NEW -j DROP$", re.M)}
+                "stray": re.compile(rf"^\[(\d+):\d+\] -A {self.stray} -s .* -j DROP$", re.M)}
 
 
 def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
@@ -144,7 +144,7 @@ def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-UFLOOD", f"{base}-DEFRAG",
-                 f"{base}-REPLY", f"{base}-LOG", f"{base}-CEND", f"{base}-REND",
+                 f"{base}-REPLY", f"{base}-STRAY", f"{base}-LOG", f"{base}-CEND", f"{base}-REND",
                  f"{base}-KNOWN",
                  f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
@@ -282,7 +282,8 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
     """The chains a RuleSet fills, per table, as a transaction declares (hence flushes)
     and refills them."""
     return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
-            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.note} - [0:0]",
+            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.stray} - [0:0]",
+                       f":{n.note} - [0:0]",
                        f":{n.client_end} - [0:0]", f":{n.real_end} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
             "nat": [f":{n.chain} - [0:0]", f":{n.static} - [0:0]",

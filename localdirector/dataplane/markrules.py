@@ -32,7 +32,12 @@ def stray_rules(rules: RuleSet, n: Names) -> list[str]:
     (ruleset.tracked_reals says why). A real answering on every port also opens
     connections of its own from any port, which cannot be told from such replies after
     their first packet, so there only SYN-ACKs are dropped, as the engine does; a UDP
-    one has no such first packet, so nothing is (docs/design.rst, "Fast path")."""
+    one has no such first packet, so nothing is (docs/design.rst, "Fast path").
+
+    One connection-state test comes first, so a packet of a known connection (all but
+    a connection's first) passes one rule instead of a rule per real and port: every
+    packet the director forwards on the kernel path meets these rules, and their
+    number showed in its new connections (docs/benchmarks.rst)."""
     out = []
     for addr, service in rules.stray:
         proto, port = proto_port(service)
@@ -40,9 +45,9 @@ def stray_rules(rules: RuleSet, n: Names) -> list[str]:
             continue
         match = ("--tcp-flags SYN,ACK SYN,ACK" if port == ALL_PORTS
                  else f"--sport {port}")
-        out.append(f"-A {n.reply} -s {n.host(addr)} -p {proto} -m {proto} {match} "
-                   "-m conntrack --ctstate INVALID,NEW -j DROP")
-    return out
+        out.append(f"-A {n.stray} -s {n.host(addr)} -p {proto} -m {proto} {match} -j DROP")
+    gate = f"-A {n.reply} -m conntrack --ctstate INVALID,NEW -j {n.stray}"
+    return [gate, *out] if out else []
 
 
 def dispatch_rules(rules: RuleSet, marks: dict[tuple[int, int], int], n: Names

@@ -296,7 +296,8 @@ class LocalDirector(Contender):
         assert bench.work is not None
         conf = bench.work / f"localdirector-{self.plan.name}.cfg"
         conf.write_text(self.config())
-        tree = ["env", f"PYTHONPATH={self.tree}"] if self.tree else []
+        # `-m` puts the working directory first on the path: the tree's, not ours.
+        tree = ["env", "-C", self.tree, f"PYTHONPATH={self.tree}"] if self.tree else []
         self._spawn(bench, [*tree, sys.executable, "-m", "localdirector", "--no-console",
                             "--config", str(conf)])
         time.sleep(0.2)

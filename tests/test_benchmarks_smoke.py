@@ -206,3 +206,39 @@ def test_ipv6_contenders_configure_their_family(tmp_path: Path) -> None:
     assert contenders.Direct(PLAN6).target(4) == "2001:db8:1::12"
     assert udp.no_udp("localdirector", PLAN6)
     assert udp.no_udp("localdirector", contenders.PLAN4) is None
+
+
+def test_many_reals_contender_and_baseline_twins(tmp_path: Path) -> None:
+    """The many-reals contender binds its spare reals, out of service, inside the reals'
+    network and none a lab host; the appliance accepts the configuration; and
+    --baseline-tree adds, after each appliance's families, twins that run the other
+    checkout's appliance under NAME@base."""
+    from benchmarks import contenders, families, rulecost
+    from benchmarks.lab import PLAN6
+    many = contenders.LocalDirectorKernelMaglevMany()
+    spares = many.spare_reals()
+    assert len(spares) == contenders.SPARE_REALS
+    assert spares[0] == "203.0.113.100" and spares[-1] == "203.0.113.199"
+    config = many.config()
+    assert "real 203.0.113.150:0:0:tcp os" in config
+    assert "bind 192.0.2.10:80:0:tcp 203.0.113.150:0:0:tcp" in config
+    assert contenders.LocalDirectorKernelMaglevMany(PLAN6).spare_reals()[0] == "2001:db8:1::64"
+    path = tmp_path / "many.cfg"
+    path.write_text(config)
+    check = subprocess.run([sys.executable, "-m", "localdirector", "--check", str(path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    pairs = contenders.contenders_of(["kernel-nat", "localdirector-kernel"],
+                                     list(families.FAMILIES))
+    twins = contenders.with_baseline(pairs, "/old", 2)
+    assert [(c.name, c.plan.name, getattr(c, "tree", None)) for c in twins][2:] == [
+        ("localdirector-kernel", "ipv4", None), ("localdirector-kernel", "ipv6", None),
+        ("localdirector-kernel@base", "ipv4", "/old"),
+        ("localdirector-kernel@base", "ipv6", "/old")]
+    assert contenders.with_baseline(pairs, None, 2) == pairs
+
+    saved = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+             ":LD - [0:0]\n-A PREROUTING -j LD\nCOMMIT\n")
+    assert rulecost.used_builtins_only(saved) == (
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n:LD - [0:0]\n-A PREROUTING -j LD\nCOMMIT\n")

@@ -29,6 +29,7 @@ from .udp import appliance_lines, nat_rule, udp_virtual
 
 _STOP_DEADLINE = 10.0
 SPARE_REALS = 100    # localdirector-kernel-maglev-many's reals beyond the three
+SPARE_VIPS = 50      # localdirector-kernel-maglev-vips's VIP addresses beyond the one
 _NFT_TABLE = "ldbench_nat"
 
 
@@ -381,10 +382,36 @@ class LocalDirectorKernelMaglevMany(LocalDirectorKernelMaglev):
              *(f"bind {virtual} {real}" for real in spares), ""])
 
 
+class LocalDirectorKernelMaglevVips(LocalDirectorKernelMaglev):
+    """(i) As (g) with ``SPARE_VIPS`` more virtuals decided in the kernel the same way,
+    on addresses of their own, bound to the same reals, never asked: the rules a site
+    with many VIP addresses has (each tracked address's SYN budget and client note)."""
+
+    name = "localdirector-kernel-maglev-vips"
+    description = (f"localdirector fastpath kernel, predictor maglev, {SPARE_VIPS} more "
+                   "VIP addresses")
+
+    def spare_vips(self) -> list[str]:
+        """Addresses in the VIPs' network besides the measured one."""
+        net = ipaddress.ip_network(self.plan.vip_net)
+        spares = [net.network_address + 100 + i for i in range(SPARE_VIPS)]
+        assert spares[-1] in net and self.plan.vip not in set(map(str, spares))
+        return list(map(str, spares))
+
+    def config(self) -> str:
+        reals = " ".join(f"{netloc(real, 0)}:0:tcp" for real in self.plan.reals)
+        lines = []
+        for vip in self.spare_vips():
+            virtual = f"{netloc(vip)}:0:tcp"
+            lines += [f"virtual {virtual} is", f"predictor {virtual} maglev",
+                      f"bind {virtual} {reals}", f"fastpath {virtual} kernel"]
+        return super().config() + "\n".join([*lines, ""])
+
+
 _KINDS: tuple[type[Contender], ...] = (
     Direct, KernelNat, HAProxy, LocalDirector, LocalDirectorFastpath, LocalDirectorKernel,
-    LocalDirectorKernelMaglev, LocalDirectorKernelMaglevMany, NfqueueNull, NfqueueNullOwn,
-    NfqueueNullOwnTwo)
+    LocalDirectorKernelMaglev, LocalDirectorKernelMaglevMany, LocalDirectorKernelMaglevVips,
+    NfqueueNull, NfqueueNullOwn, NfqueueNullOwnTwo)
 
 
 def all_contenders(plan: Plan = PLAN4) -> list[Contender]:

@@ -229,6 +229,14 @@ def test_many_reals_contender_and_baseline_twins(tmp_path: Path) -> None:
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
+    vips = contenders.LocalDirectorKernelMaglevVips()
+    assert vips.spare_vips()[-1] == "192.0.2.149" and len(vips.spare_vips()) == 50
+    assert "fastpath 192.0.2.120:80:0:tcp kernel" in vips.config()
+    path.write_text(vips.config())
+    check = subprocess.run([sys.executable, "-m", "localdirector", "--check", str(path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
     pairs = contenders.contenders_of(["kernel-nat", "localdirector-kernel"],
                                      list(families.FAMILIES))
     twins = contenders.with_baseline(pairs, "/old", 2)

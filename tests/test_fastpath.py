@@ -19,7 +19,7 @@ from localdirector.dataplane import netlink, nflog
 from localdirector.commands.traffic import FASTPATH_NOTE
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP, Engine
 from localdirector.dataplane.expiry import EMBRYONIC_TIMEOUT
-from localdirector.dataplane.floodrules import flood_rules, known_rule, note_rules
+from localdirector.dataplane.floodrules import flood_rules, known_rules, note_rules
 from localdirector.dataplane.iptables import (end_rules, install_tables, mangle_rules,
                                              match_chains, names, nat_rules,
                                              raw_rules)
@@ -372,7 +372,8 @@ def test_without_a_tracked_vip_nothing_in_mangle_turns_conntrack_on() -> None:
     unconfirmed one makes it drop them instead)."""
     mangle = match_chains(desired_rules(director()), {}, Q7)["mangle"]
     assert mangle == [":LOCALDIRECTOR7 - [0:0]", ":LOCALDIRECTOR7-REPLY - [0:0]",
-                      ":LOCALDIRECTOR7-STRAY - [0:0]", ":LOCALDIRECTOR7-KNOWN - [0:0]", ":LOCALDIRECTOR7-CEND - [0:0]",
+                      ":LOCALDIRECTOR7-ACK - [0:0]", ":LOCALDIRECTOR7-STRAY - [0:0]",
+                      ":LOCALDIRECTOR7-KNOWN - [0:0]", ":LOCALDIRECTOR7-CEND - [0:0]",
                       ":LOCALDIRECTOR7-REND - [0:0]"]
     # Nor the first transaction: the FIN chains' CONNMARK rules come with a tracked VIP.
     installed = install_tables(match_chains(desired_rules(director()), {}, Q7), Q7,
@@ -389,11 +390,17 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
            "-j LOCALDIRECTOR7-REALQ" in raw
     guard = [line for line in raw if "ldsg" in line]   # shed before conntrack sees it
     assert len(guard) == 1 and "-d 192.0.2.10/32" in guard[0]
-    # The budget of new sources checks SYNs in raw; their ACKs are noted in mangle.
+    # The budget of new sources checks SYNs in raw, in the chain only SYNs enter (one
+    # rule for the other packets, whatever the number of tracked VIPs); their ACKs are
+    # noted in mangle.
+    assert guard[0].startswith("-A LOCALDIRECTOR7-SYN -d 192.0.2.10/32 ")
     fast_vip = [line for line in raw if "ldknown7" in line and "192.0.2.10/32" in line]
-    assert fast_vip == [flood_rules(0xC000020A, Q7)[-1]]
+    assert fast_vip == [flood_rules(0xC000020A, Q7, chain=Q7.syn)[-1]]
+    assert fast_vip[0].startswith("-A LOCALDIRECTOR7-SYN ")
+    gate = "-A LOCALDIRECTOR7 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j LOCALDIRECTOR7-SYN"
+    assert raw.count(gate) == 1 and raw.index(gate) < raw.index(guard[0])
     assert mangle_rules(rules, Q7) == [
-        known_rule(0xC000020A, Q7),
+        *known_rules([0xC000020A], Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW "
         "-j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 80 ! --tcp-flags FIN,RST NONE "
@@ -427,10 +434,14 @@ def test_fast_vips_are_left_to_conntrack_and_queued_from_mangle() -> None:
 def test_tracked_vips_note_a_known_client_once_per_connection() -> None:
     """After conntrack, the first ACK of a connection goes to the chain that notes the
     address in the set and sets our connection-mark bit; later packets fail the
-    connmark match, one rule, before the set (and before the flags)."""
-    assert known_rule(0xC000020A, Q7) == (
-        "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m connmark --mark 0x0/0x80000000 "
-        "-m tcp --tcp-flags SYN,RST,ACK ACK -j LOCALDIRECTOR7-KNOWN")
+    connmark match of one gate rule, before the set (and before the flags), however
+    many VIP addresses are tracked; the gate's chain picks their ACKs."""
+    assert known_rules([0xC000020A, 0xC000020B], Q7) == [
+        "-A LOCALDIRECTOR7 -p tcp -m connmark --mark 0x0/0x80000000 "
+        "-m tcp --tcp-flags SYN,RST,ACK ACK -j LOCALDIRECTOR7-ACK",
+        "-A LOCALDIRECTOR7-ACK -d 192.0.2.10/32 -j LOCALDIRECTOR7-KNOWN",
+        "-A LOCALDIRECTOR7-ACK -d 192.0.2.11/32 -j LOCALDIRECTOR7-KNOWN"]
+    assert known_rules([], Q7) == []
     assert note_rules(Q7) == [
         "-A LOCALDIRECTOR7-KNOWN -j SET --add-set ldknown7 src --exist",
         "-A LOCALDIRECTOR7-KNOWN -j CONNMARK --set-xmark 0x80000000/0x80000000"]
@@ -441,8 +452,8 @@ def test_port_zero_fast_virtual_matches_every_port() -> None:
     d = Director()
     d.add_virtual(sid("192.0.2.30:0")).fastpath = True
     lines = mangle_rules(desired_rules(d), Q7)
-    assert lines[0] == known_rule(0xC000021E, Q7)
-    assert lines[1] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
+    assert lines[:2] == known_rules([0xC000021E], Q7)
+    assert lines[2] == ("-A LOCALDIRECTOR7 -d 192.0.2.30/32 -p tcp -m conntrack --ctstate NEW "
                         "-j LOCALDIRECTOR7-QUEUE")
     assert all("--dport" not in line and "--ctorigdstport" not in line for line in lines)
 

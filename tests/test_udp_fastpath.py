@@ -18,7 +18,7 @@ from test_shell_commands import Shell
 from test_udp_engine import UA, UB, flow, query, udp_lab
 
 from localdirector.dataplane.engine import ACCEPT_MARK, ACCEPT_UNCHANGED, DROP
-from localdirector.dataplane.floodrules import known_rule, note_rules
+from localdirector.dataplane.floodrules import known_rules, note_rules
 from localdirector.dataplane.iptables import end_rules, mangle_rules, nat_rules
 from localdirector.dataplane.kernelrules import desired_kernel
 from localdirector.dataplane.nftables import definition, expected_shape, flow_key as memory_key
@@ -157,7 +157,7 @@ def test_iptables_rules_name_udp_for_a_udp_fast_virtual_beside_a_tcp_one() -> No
     rules = desired_rules(d)
     assert rules.targets == ((UDP_A, 0), (UDP_A, UDP_SERVICE), (UDP_B, 5353 | UDP_SERVICE))
     assert mangle_rules(rules, Q7) == [
-        known_rule(parse_ip(VIP), Q7),
+        *known_rules([parse_ip(VIP)], Q7),
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 53 -m conntrack "
         "--ctstate NEW -j LOCALDIRECTOR7-QUEUE",
         "-A LOCALDIRECTOR7 -d 192.0.2.10/32 -p tcp -m tcp --dport 53 ! --tcp-flags FIN,RST "

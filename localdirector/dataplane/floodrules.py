@@ -73,46 +73,58 @@ def _budget(rate: int, bucket: str, n: Names) -> str:
 
 
 def flood_rules(addr: int, n: Names, tracked: bool = False,
-                budgeted: tuple[tuple[int, int], ...] = ()) -> list[str]:
+                budgeted: tuple[tuple[int, int], ...] = (), chain: str = "") -> list[str]:
     """The budgets of new sources toward one VIP address. A client's ACK makes its
     address known (a spoofed SYN flood sends none), and SYNs of addresses not known
     share NEW_SOURCE_SYNS a second with every VIP (one hashlimit bucket, by name). For
-    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rule). The
-    `budgeted` (VIP, udp service) of this address: datagrams of addresses not known (no
-    ACK, no real's answer: answer_notes) share NEW_SOURCE_DATAGRAMS a second, in a
-    bucket of their own."""
+    a `tracked` VIP the ACK is noted in mangle, once per connection (known_rules). The
+    `budgeted` (VIP, udp service) of this address: datagram_budgets. `chain`: where the
+    SYN rule goes (our match chain unless said: iptables.raw_rules gives tracked VIPs'
+    a chain of their own)."""
     host = f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp"
     noting = [] if tracked else [f"{host} --tcp-flags SYN,RST,ACK ACK {_note_known(n)}"]
-    datagrams = [f"-A {n.chain} -d {n.host(addr)} -p udp{port_match(service, '--dport')} "
-                 f"{_budget(NEW_SOURCE_DATAGRAMS, 'newu', n)} -j {n.datagram_flood}"
-                 for vip, service in budgeted if vip == addr]
     return [*noting,
-            f"{host} --tcp-flags FIN,SYN,RST,ACK SYN "
-            f"{_budget(NEW_SOURCE_SYNS, 'new', n)} -j {n.flood}", *datagrams]
+            f"-A {chain or n.chain} -d {n.host(addr)} -p tcp -m tcp --tcp-flags "
+            f"FIN,SYN,RST,ACK SYN {_budget(NEW_SOURCE_SYNS, 'new', n)} -j {n.flood}",
+            *datagram_budgets(addr, n, budgeted)]
 
 
-def known_rule(addr: int, n: Names) -> str:
+def datagram_budgets(addr: int, n: Names, budgeted: tuple[tuple[int, int], ...]) -> list[str]:
+    """Datagrams toward the `budgeted` (VIP, udp service) of one address from addresses
+    not known (no ACK, no real's answer: answer_notes) share NEW_SOURCE_DATAGRAMS a
+    second, in a bucket of their own."""
+    return [f"-A {n.chain} -d {n.host(addr)} -p udp{port_match(service, '--dport')} "
+            f"{_budget(NEW_SOURCE_DATAGRAMS, 'newu', n)} -j {n.datagram_flood}"
+            for vip, service in budgeted if vip == addr]
+
+
+def known_rules(addrs: list[int], n: Names) -> list[str]:
     """Mangle, after conntrack: the first ACK of a tracked connection goes to the chain
     that notes its client's address as known and marks the connection, so its later
-    packets fail this one match and skip the set (one rule a packet, not two). The
-    mark is tested before the flags: all but the first packets of a noted connection
-    stop there, a test earlier (every forwarded packet meets this rule)."""
-    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m connmark --mark "
-            f"0x0/0x{KNOWN_CTMARK:x} -m tcp --tcp-flags SYN,RST,ACK ACK -j {n.note}")
+    packets fail the one gate rule, whatever the number of tracked VIP addresses (every
+    packet the director forwards meets it; the mark is tested before the flags). The
+    gate's chain then picks the VIPs' ACKs out of the others (the director's own
+    connections, untracked VIPs' traffic: never marked, so tested each time)."""
+    if not addrs:
+        return []
+    return [f"-A {n.chain} -p tcp -m connmark --mark 0x0/0x{KNOWN_CTMARK:x} -m tcp "
+            f"--tcp-flags SYN,RST,ACK ACK -j {n.acks}",
+            *(f"-A {n.acks} -d {n.host(addr)} -j {n.note}" for addr in addrs)]
 
 
 def note_rules(n: Names) -> list[str]:
-    """The chain `known_rule` jumps to."""
+    """The chain known_rules' per-VIP rules jump to."""
     mark = f"0x{KNOWN_CTMARK:x}"
     return [f"-A {n.note} {_note_known(n)}", f"-A {n.note} -j CONNMARK --set-xmark {mark}/{mark}"]
 
 
-def guards_of(rules: RuleSet, addr: int, n: Names) -> list[str]:
-    """synguard's rules for the VIP:ports of one address."""
-    return [guard_rule(addr, port, rate, n) for vip, port, rate in rules.guards if vip == addr]
+def guards_of(rules: RuleSet, addr: int, n: Names, chain: str = "") -> list[str]:
+    """synguard's rules for the VIP:ports of one address (in `chain`, as flood_rules)."""
+    return [guard_rule(addr, port, rate, n, chain) for vip, port, rate in rules.guards
+            if vip == addr]
 
 
-def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
+def guard_rule(addr: int, port: int, rate: int, n: Names, chain: str = "") -> str:
     """The kernel SYN-rate guard of one VIP:port. The table name changes with the rate
     because the kernel keeps the settings of the first rule that created a table of a
     given name, and with the queue, because such tables are shared by the namespace.
@@ -120,7 +132,7 @@ def guard_rule(addr: int, port: int, rate: int, n: Names) -> str:
     name = f"ldsg{zlib.crc32(f'{addr}:{port}:{rate}:{n.queue_num}'.encode()):08x}"
     ports = f" --dport {port}" if port != ALL_PORTS else ""
     mask = " --hashlimit-srcmask 64" if n.family is IPV6 else ""
-    return (f"-A {n.chain} -d {n.host(addr)} -p tcp -m tcp{ports} "
+    return (f"-A {chain or n.chain} -d {n.host(addr)} -p tcp -m tcp{ports} "
             f"--tcp-flags FIN,SYN,RST,ACK SYN -m hashlimit --hashlimit-above {rate}/sec "
             f"--hashlimit-burst {rate} --hashlimit-mode srcip{mask} --hashlimit-name {name} "
             f"--hashlimit-htable-max {GUARD_SOURCES} "

@@ -22,7 +22,8 @@ from . import nflog
 from .packet import ICMP_ERROR_TYPES, ICMPV6_ERROR_TYPES
 from .markrules import (dispatch_rules, nat_rules, port_match, proto_port, static_rules,
                         stray_rules)
-from .floodrules import answer_notes, flood_rules, guards_of, known_rule, note_rules
+from .floodrules import (answer_notes, datagram_budgets, flood_rules, guards_of,
+                         known_rules, note_rules)
 from .ruleset import ALL_PORTS, DISPATCH_PORT, MARK_MASK, RuleSet, RulesError
 from .saved import Existing
 
@@ -51,6 +52,7 @@ class Names:
     shed: str            # SYNs the guard sheds: one counted DROP
     flood: str           # SYNs of new sources over NEW_SOURCE_SYNS: one counted DROP
     datagram_flood: str  # datagrams of new sources over NEW_SOURCE_DATAGRAMS: the same
+    syn: str             # raw: SYNs toward tracked VIPs, to their guards and budget
     defrag: str          # nothing jumps to it: it makes the kernel reassemble
     reply: str           # mangle FORWARD: fast-path replies
     stray: str           # mangle: tracked reals' packets conntrack does not know
@@ -58,6 +60,7 @@ class Names:
     client_end: str      # mangle: a fast-path client's FIN or RST (end_rules)
     real_end: str        # mangle: a fast-path real's FIN or RST
     note: str            # mangle: notes a tracked connection's client as known, once
+    acks: str            # mangle: an unnoted tracked connection's ACK, to its VIP's note
     known: str           # the ipset of addresses that sent an ACK lately
     # The jumps from the built-in chains, as iptables-save prints them.
     jump: str            # raw and mangle PREROUTING
@@ -105,11 +108,11 @@ class Names:
         first) and the jumps into them from the built-in chains, exactly as
         iptables-save prints them."""
         return {
-            "raw": ((self.chain, self.local, self.queue, self.real_queue, self.shed,
-                     self.flood, self.datagram_flood, self.defrag),
+            "raw": ((self.chain, self.syn, self.local, self.queue, self.real_queue,
+                     self.shed, self.flood, self.datagram_flood, self.defrag),
                     (self.jump, self.local_jump)),
-            "mangle": ((self.chain, self.reply, self.stray, self.queue, self.client_end,
-                        self.real_end, self.log, self.note),
+            "mangle": ((self.chain, self.acks, self.reply, self.stray, self.queue,
+                        self.client_end, self.real_end, self.log, self.note),
                        (self.jump, f"-A FORWARD -j {self.reply}")),
             "nat": ((self.chain, self.static), (self.nat_jump, self.static_jump)),
         }
@@ -143,9 +146,10 @@ def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     base = f"LOCALDIRECTOR{queue_num}"
     icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
-                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-UFLOOD", f"{base}-DEFRAG",
+                 f"{base}-SHED", f"{base}-FLOOD", f"{base}-UFLOOD", f"{base}-SYN",
+                 f"{base}-DEFRAG",
                  f"{base}-REPLY", f"{base}-STRAY", f"{base}-LOG", f"{base}-CEND", f"{base}-REND",
-                 f"{base}-KNOWN",
+                 f"{base}-KNOWN", f"{base}-ACK",
                  f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p {icmp} -j {base}-LOCAL",
@@ -194,10 +198,16 @@ def raw_rules(rules: RuleSet, n: Names) -> list[str]:
                            f"-j {queue}")
             out += [f"-A {n.chain} {host} {icmp} -j {queue}" for icmp in n.icmp()]
     # Fast-path SYNs (decided by the engine or by the kernel) are shed in raw too:
-    # before conntrack spends an entry on them.
+    # before conntrack spends an entry on them. Their rules are in a chain only SYNs
+    # enter, so the other packets pass one rule, not one per tracked VIP.
+    syn = []
     for addr in tracked_vips(rules):
-        out += guards_of(rules, addr, n) + flood_rules(addr, n, tracked=True,
-                                                      budgeted=rules.budgeted)
+        syn += guards_of(rules, addr, n, n.syn) + flood_rules(addr, n, tracked=True,
+                                                             chain=n.syn)
+        out += datagram_budgets(addr, n, rules.budgeted)
+    if syn:
+        out += [f"-A {n.chain} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j {n.syn}",
+                *syn]
     # The fast path's udp reals answer through conntrack: noted here, before it.
     for addr, service in rules.targets:
         if service != DISPATCH_PORT:   # (whose -1 has every bit, the udp one's too)
@@ -225,7 +235,7 @@ def mangle_rules(rules: RuleSet, n: Names) -> list[str]:
     or target anywhere in the namespace turns conntrack on, which then attaches a
     dropped packet's unconfirmed entry to the director's ICMP error about it, and the
     kernel refuses to queue such a packet (docs/design.rst, "Netfilter rules")."""
-    client = [known_rule(addr, n) for addr in tracked_vips(rules)]
+    client = known_rules(tracked_vips(rules), n)
     notes = note_rules(n) if client else []
     real: list[str] = []
     ends: list[str] = []   # filled only while a fast-path TCP connection can end here
@@ -281,9 +291,9 @@ def match_chains(rules: RuleSet, marks: dict[tuple[int, int], int],
                  n: Names) -> dict[str, list[str]]:
     """The chains a RuleSet fills, per table, as a transaction declares (hence flushes)
     and refills them."""
-    return {"raw": [f":{n.chain} - [0:0]", *raw_rules(rules, n)],
-            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.stray} - [0:0]",
-                       f":{n.note} - [0:0]",
+    return {"raw": [f":{n.chain} - [0:0]", f":{n.syn} - [0:0]", *raw_rules(rules, n)],
+            "mangle": [f":{n.chain} - [0:0]", f":{n.reply} - [0:0]", f":{n.acks} - [0:0]",
+                       f":{n.stray} - [0:0]", f":{n.note} - [0:0]",
                        f":{n.client_end} - [0:0]", f":{n.real_end} - [0:0]",
                        *dispatch_rules(rules, marks, n), *mangle_rules(rules, n)],
             "nat": [f":{n.chain} - [0:0]", f":{n.static} - [0:0]",

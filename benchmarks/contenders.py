@@ -403,8 +403,9 @@ class LocalDirectorKernelMaglevVips(LocalDirectorKernelMaglev):
         lines = []
         for vip in self.spare_vips():
             virtual = f"{netloc(vip)}:0:tcp"
+            # On the kernel path before its binds: a real serves one path.
             lines += [f"virtual {virtual} is", f"predictor {virtual} maglev",
-                      f"bind {virtual} {reals}", f"fastpath {virtual} kernel"]
+                      f"fastpath {virtual} kernel", f"bind {virtual} {reals}"]
         return super().config() + "\n".join([*lines, ""])
 
 

@@ -358,6 +358,14 @@ class LocalDirectorKernelMaglev(LocalDirectorKernel):
     predictor = "maglev"
 
 
+def spare_addresses(network: str, count: int, taken: tuple[str, ...]) -> list[str]:
+    """`count` addresses of the lab's `network` from its 100th on, none of `taken`."""
+    net = ipaddress.ip_network(network)
+    spares = [str(net.network_address + 100 + i) for i in range(count)]
+    assert ipaddress.ip_address(spares[-1]) in net and not set(spares) & set(taken)
+    return spares
+
+
 class LocalDirectorKernelMaglevMany(LocalDirectorKernelMaglev):
     """(h) As (g) with ``SPARE_REALS`` more reals bound, out of service (``os``): the
     rules a site with many reals has (each tracked real's untracked-reply drop), while
@@ -369,10 +377,7 @@ class LocalDirectorKernelMaglevMany(LocalDirectorKernelMaglev):
 
     def spare_reals(self) -> list[str]:
         """Addresses in the reals' network no lab host has: never sent a packet."""
-        net = ipaddress.ip_network(self.plan.real_net)
-        spares = [net.network_address + 100 + i for i in range(SPARE_REALS)]
-        assert spares[-1] in net and not set(map(str, spares)) & set(self.plan.reals)
-        return list(map(str, spares))
+        return spare_addresses(self.plan.real_net, SPARE_REALS, self.plan.reals)
 
     def config(self) -> str:
         virtual = self.virtuals()[0]
@@ -393,10 +398,7 @@ class LocalDirectorKernelMaglevVips(LocalDirectorKernelMaglev):
 
     def spare_vips(self) -> list[str]:
         """Addresses in the VIPs' network besides the measured one."""
-        net = ipaddress.ip_network(self.plan.vip_net)
-        spares = [net.network_address + 100 + i for i in range(SPARE_VIPS)]
-        assert spares[-1] in net and self.plan.vip not in set(map(str, spares))
-        return list(map(str, spares))
+        return spare_addresses(self.plan.vip_net, SPARE_VIPS, (self.plan.vip,))
 
     def config(self) -> str:
         reals = " ".join(f"{netloc(real, 0)}:0:tcp" for real in self.plan.reals)

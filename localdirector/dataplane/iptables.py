@@ -147,9 +147,8 @@ def names(queue_num: int, bypass: bool = True, family: Family = IPV4) -> Names:
     icmp = "ipv6-icmp" if family is IPV6 else "icmp"
     return Names(queue_num, base, f"{base}-QUEUE", f"{base}-REALQ", f"{base}-LOCAL",
                  f"{base}-SHED", f"{base}-FLOOD", f"{base}-UFLOOD", f"{base}-SYN",
-                 f"{base}-DEFRAG",
-                 f"{base}-REPLY", f"{base}-STRAY", f"{base}-LOG", f"{base}-CEND", f"{base}-REND",
-                 f"{base}-KNOWN", f"{base}-ACK",
+                 f"{base}-DEFRAG", f"{base}-REPLY", f"{base}-STRAY", f"{base}-LOG",
+                 f"{base}-CEND", f"{base}-REND", f"{base}-KNOWN", f"{base}-ACK",
                  f"ldknown{queue_num}" + ("v6" if family is IPV6 else ""),
                  f"-A PREROUTING -j {base}",
                  f"-A OUTPUT -p {icmp} -j {base}-LOCAL",

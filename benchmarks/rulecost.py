@@ -29,7 +29,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-from .contenders import Contender, contenders_of, reset_director
+from .contenders import Contender, reset_director
+from .roster import contenders_of
 from .lab import BenchLab
 from .run import WORKLOADS, WRK_SCRIPT, run_workload
 

@@ -1,7 +1,7 @@
 """The lab benchmark: ``python3 -m benchmarks.run`` (as root, from the repository root).
 
 Builds one namespace lab (benchmarks/lab.py: a client fleet over many source addresses,
-the director, three nginx reals) and measures the contenders of benchmarks/contenders.py
+the director, three nginx reals) and measures the contenders of benchmarks/roster.py
 (direct routing, kernel NAT, HAProxy, localdirector in userspace and with `fastpath`,
 and the nfqueue-null diagnostic) on
 four workloads with wrk, and DNS over UDP with dnsperf (benchmarks/udp.py), over IPv4 and
@@ -34,8 +34,9 @@ from typing import Any
 from localdirector.lab import LabError, clean_stale, unavailable_reason
 
 from . import cpu, families, machine, udp
-from .contenders import Contender, ContenderUnavailable, LocalDirector, contenders_of, \
-    queue_counters, reset_director, with_baseline
+from .appliance import LocalDirector
+from .contenders import Contender, ContenderUnavailable, queue_counters, reset_director
+from .roster import contenders_of, with_baseline
 from .lab import LARGE_PATH, PLAN4, SMALL_PATH, BenchLab, url
 from .profile import format_summary, record, summarize
 from .report import BASELINE, METRICS, TARGETS, format_table, format_targets, summarize_samples

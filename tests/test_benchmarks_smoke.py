@@ -125,7 +125,7 @@ def test_dnsperf_statistics_read_as_a_load_report() -> None:
 def test_udp_figures_table_and_goals() -> None:
     """The dns rows: ratios to kernel NAT, the reason a contender has no UDP figure,
     CPU per packet only for a path that queues every packet, and issue 25's goals."""
-    from benchmarks import contenders, report, udp
+    from benchmarks import appliance, contenders, report, udp
     figures = {("kernel-nat", "dns"): {"queries_per_s": 100000.0},
                ("localdirector", "dns"): {"queries_per_s": 25000.0, "cpu_us_per_packet": 10.0},
                ("localdirector", "keepalive"): {"requests_per_s": 30000.0,
@@ -134,8 +134,8 @@ def test_udp_figures_table_and_goals() -> None:
                                                          "cpu_us_per_packet": 6000.0},
                ("localdirector-fastpath", "dns"): {"queries_per_s": 90000.0}}
     samples = [{"contender": c, "workload": w, **f} for (c, w), f in figures.items()]
-    chosen = [contenders.KernelNat(), contenders.HAProxy(), contenders.LocalDirector(),
-              contenders.LocalDirectorFastpath()]
+    chosen = [contenders.KernelNat(), contenders.HAProxy(), appliance.LocalDirector(),
+              appliance.LocalDirectorFastpath()]
     summary = report.summarize_samples(samples, [c.name for c in chosen])
     assert summary["dns.queries_per_s"]["contenders"]["localdirector"][
         "ratio_to_kernel_nat"] == 0.25
@@ -155,7 +155,7 @@ def test_ipv6_beside_ipv4_report() -> None:
     IPv6-IPv4 difference per path and per run, and the goal (within 0.1) for the
     appliance's paths only; the two families of a contender measured back to back, the
     first of the pair alternating from run to run."""
-    from benchmarks import contenders, families, report
+    from benchmarks import families, report, roster
     from benchmarks.run import _order
     figures = {"kernel-nat": (50000.0, 40000.0), "haproxy": (40000.0, 36000.0),
                "localdirector": (25000.0, 16000.0), "localdirector-kernel": (50000.0, 41000.0)}
@@ -180,7 +180,7 @@ def test_ipv6_beside_ipv4_report() -> None:
             in table), table
     assert families.compare({"ipv4": summaries["ipv4"]}, samples) == {}
 
-    pairs = contenders.contenders_of(["kernel-nat", "localdirector"], list(families.FAMILIES))
+    pairs = roster.contenders_of(["kernel-nat", "localdirector"], list(families.FAMILIES))
     assert [c.label for c in _order(pairs, 1, 2)] == [
         "localdirector (ipv6)", "localdirector (ipv4)", "kernel-nat (ipv6)", "kernel-nat (ipv4)"]
 
@@ -189,9 +189,9 @@ def test_ipv6_contenders_configure_their_family(tmp_path: Path) -> None:
     """One class per contender serves both families: the IPv6 appliance's configuration
     binds [2001:db8::10]:80 to the reals' IPv6 addresses (and the appliance accepts it),
     and the IPv6 contenders have no DNS figure (the lab's dnsmasq answers on IPv4)."""
-    from benchmarks import contenders, udp
+    from benchmarks import appliance, contenders, udp
     from benchmarks.lab import PLAN6
-    kernel = contenders.LocalDirectorKernel(PLAN6)
+    kernel = appliance.LocalDirectorKernel(PLAN6)
     config = kernel.config()
     assert ("bind [2001:db8::10]:80:0:tcp [2001:db8:1::11]:0:0:tcp [2001:db8:1::12]:0:0:tcp "
             "[2001:db8:1::13]:0:0:tcp") in config
@@ -213,23 +213,23 @@ def test_many_reals_contender_and_baseline_twins(tmp_path: Path) -> None:
     network and none a lab host; the appliance accepts the configuration; and
     --baseline-tree adds, after each appliance's families, twins that run the other
     checkout's appliance under NAME@base."""
-    from benchmarks import contenders, families, rulecost
+    from benchmarks import appliance, families, roster, rulecost
     from benchmarks.lab import PLAN6
-    many = contenders.LocalDirectorKernelMaglevMany()
+    many = appliance.LocalDirectorKernelMaglevMany()
     spares = many.spare_reals()
-    assert len(spares) == contenders.SPARE_REALS
+    assert len(spares) == appliance.SPARE_REALS
     assert spares[0] == "203.0.113.100" and spares[-1] == "203.0.113.199"
     config = many.config()
     assert "real 203.0.113.150:0:0:tcp os" in config
     assert "bind 192.0.2.10:80:0:tcp 203.0.113.150:0:0:tcp" in config
-    assert contenders.LocalDirectorKernelMaglevMany(PLAN6).spare_reals()[0] == "2001:db8:1::64"
+    assert appliance.LocalDirectorKernelMaglevMany(PLAN6).spare_reals()[0] == "2001:db8:1::64"
     path = tmp_path / "many.cfg"
     path.write_text(config)
     check = subprocess.run([sys.executable, "-m", "localdirector", "--check", str(path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    vips = contenders.LocalDirectorKernelMaglevVips()
+    vips = appliance.LocalDirectorKernelMaglevVips()
     assert vips.spare_vips()[-1] == "192.0.2.149" and len(vips.spare_vips()) == 50
     assert "fastpath 192.0.2.120:80:0:tcp kernel" in vips.config()
     path.write_text(vips.config())
@@ -237,14 +237,14 @@ def test_many_reals_contender_and_baseline_twins(tmp_path: Path) -> None:
                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    pairs = contenders.contenders_of(["kernel-nat", "localdirector-kernel"],
+    pairs = roster.contenders_of(["kernel-nat", "localdirector-kernel"],
                                      list(families.FAMILIES))
-    twins = contenders.with_baseline(pairs, "/old", 2)
+    twins = roster.with_baseline(pairs, "/old", 2)
     assert [(c.name, c.plan.name, getattr(c, "tree", None)) for c in twins][2:] == [
         ("localdirector-kernel", "ipv4", None), ("localdirector-kernel", "ipv6", None),
         ("localdirector-kernel@base", "ipv4", "/old"),
         ("localdirector-kernel@base", "ipv6", "/old")]
-    assert contenders.with_baseline(pairs, None, 2) == pairs
+    assert roster.with_baseline(pairs, None, 2) == pairs
 
     saved = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
              ":LD - [0:0]\n-A PREROUTING -j LD\nCOMMIT\n")

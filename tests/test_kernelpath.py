@@ -219,11 +219,13 @@ class FakeNft:
         self.packets: dict[str, int] = {}
         self.shape: Shape | None = None   # maps and rules per chain the listing shows
         self.listings = 0
+        self.argvs: list[list[str]] = []   # the listings asked for
 
     def __call__(self, argv: list[str], stdin: str) -> str:
         if argv[:2] == ["-f", "-"]:
             self.texts.append(stdin)
             return ""
+        self.argvs.append(argv)
         self.listings += 1
         items: list[dict] = [{"counter": {"name": n, "packets": p}}
                              for n, p in self.packets.items()]
@@ -279,6 +281,47 @@ def test_one_listing_verifies_the_table_and_folds_its_counters(kernel: Shell) ->
     assert table.repair(d) and table.repairs == 1
     assert real.total_conns == 4                  # what the counter still held
     assert nft.texts[-1] == install_text(rules, "localdirector9")
+
+
+def test_an_unchanged_generation_spares_the_listing(kernel: Shell) -> None:
+    """While the namespace's nf_tables generation stands where it stood when the table
+    was found intact, nothing was committed since: a check lists the counters alone
+    (folded as ever), not the rules. A new generation (anybody's commit) brings the
+    whole listing back, which finds a changed table and reinstalls it."""
+    d = kernel.director
+    nft = FakeNft()
+    generation = [5]
+    table = KernelTable(9, nft, generation=lambda: generation[0])
+    rules = desired_kernel(d)
+    table.install(rules)
+    nft.shape = expected_shape(rules)
+    counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
+    nft.packets = dict.fromkeys(rules.counters, 0) | {counter: 3}
+    real = d.reals[sid("203.0.113.11")]
+    table_listing = ["-j", "-t", "list", "table", "ip", "localdirector9"]
+    counters_listing = ["-j", "list", "counters", "table", "ip", "localdirector9"]
+    assert not table.repair(d) and nft.argvs == [table_listing]
+    nft.packets[counter] = 6
+    assert not table.repair(d) and not table.repair(d)
+    assert nft.argvs[1:] == [counters_listing, counters_listing]
+    assert real.total_conns == 6                      # counted without the rules' listing
+    nft.shape = None                                  # flushed by someone: a commit
+    assert not table.repair(d) and table.repairs == 0  # (not seen while it stands)
+    generation[0] = 6
+    assert table.repair(d) and table.repairs == 1
+    assert nft.argvs[-1] == table_listing and nft.texts[-1] == install_text(rules,
+                                                                            "localdirector9")
+    nft.shape = expected_shape(rules)
+    generation[0] = 7                                 # our own reinstall's commit
+    assert not table.repair(d) and nft.argvs[-1] == table_listing
+    assert not table.repair(d) and nft.argvs[-1] == counters_listing
+
+    def unanswered() -> int:
+        raise OSError("no answer")
+    listed = KernelTable(9, nft, generation=unanswered)
+    listed.install(rules)
+    assert not listed.repair(d) and not listed.repair(d)
+    assert nft.argvs[-2:] == [table_listing, table_listing]   # unknown: always listed
 
 
 def test_update_keeps_the_counters_and_the_base_chain() -> None:

@@ -24,6 +24,7 @@ from .engine import Engine
 from .host import (forwarding_problems, ipv6_problems, read_ip_errors, read_queue_counters,
                    route_problems)
 from .iptables import Runner, run_iptables
+from .generation import ruleset_generation
 from .kerneltable import KernelTable
 from .ruleset import RulesError
 from .rulesync import RuleSync
@@ -51,7 +52,8 @@ class DataPlane:
                                    fastpath=True)
         self._rules = DualStack(queue_num, iptables, on_marks=self._set_marks,
                                 bypass=bypass)
-        self._kernel = KernelTable(queue_num)   # the kernel-decided fast path's nft table
+        # The kernel-decided fast path's nft table, listed only after commits.
+        self._kernel = KernelTable(queue_num, generation=ruleset_generation)
         self._sync: RuleSync | None = None
         self._started_at = 0.0
         self._lock = threading.Lock()   # start/stop/adopt one at a time

@@ -262,3 +262,23 @@ def test_sticky_in_the_kernel_keeps_a_client_on_its_real(lab: Lab, boot) -> None
     assert all(len(reals) == 1 for reals in per_source.values()), per_source
     assert {r for reals in per_source.values() for r in reals} == {name(R12), name(R13)}
     assert "k_192_0_2_10_80_0__203_0_113_12_0_0_5" in nft_table(lab)
+
+
+def test_a_deleted_kernel_table_comes_back_and_serves(lab: Lab, boot) -> None:
+    """Another program deletes the appliance's nft table (a `nft flush ruleset` of a
+    careless script): the next check finds it gone though the appliance itself changed
+    nothing (the namespace's nf_tables generation moved, so the table is listed, not
+    taken on trust), puts it back whole, counts a repair, and the virtual serves again
+    from the same reals, Maglev's flows where they were."""
+    console = boot(simple_config(VIP, "maglev", [R12, R13, R14], KERNEL))
+    sources = lab.client_addresses[GENERAL]
+    first = answered_by(lab, VIP, sources, 30)
+    table = next(line.split()[-1] for line in nft_tables(lab).splitlines()
+                 if "localdirector" in line)
+    time.sleep(2.5)   # at least one check found the table intact: it is now trusted
+    deleted = lab.run_in(lab.director_ns, ["nft", "delete", "table", "ip", table])
+    assert deleted.returncode == 0, deleted.stderr
+    console.wait_for(lambda: table in nft_tables(lab), timeout=6, what="the table back")
+    assert console.statistics_and_lines()[1]["Rules"][
+        "repairs (rules lost and reinstalled)"] == 1
+    assert answered_by(lab, VIP, sources, 30) == first

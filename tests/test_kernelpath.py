@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 import pytest
 from test_shell_commands import Shell
 
-from localdirector.dataplane.kerneltable import KernelTable
+from localdirector.dataplane.kerneltable import KernelTable, NetlinkReads
 from localdirector.dataplane.kernelrules import desired_kernel
 from localdirector.dataplane.nftables import (Shape, definition, expected_shape, install_text,
                                              update_text)
@@ -285,43 +286,49 @@ def test_one_listing_verifies_the_table_and_folds_its_counters(kernel: Shell) ->
 
 def test_an_unchanged_generation_spares_the_listing(kernel: Shell) -> None:
     """While the namespace's nf_tables generation stands where it stood when the table
-    was found intact, nothing was committed since: a check lists the counters alone
-    (folded as ever), not the rules. A new generation (anybody's commit) brings the
-    whole listing back, which finds a changed table and reinstalls it."""
+    was found intact, nothing was committed since: a check reads the counters over
+    netlink (folded as ever) and starts no nft. A new generation (anybody's commit)
+    brings the listing back, which finds a changed table and reinstalls it; without an
+    answer from netlink the table is listed as before."""
     d = kernel.director
     nft = FakeNft()
     generation = [5]
-    table = KernelTable(9, nft, generation=lambda: generation[0])
+    reads: list[tuple[int, str]] = []
+
+    def counters(family: int, table: str) -> dict[str, int]:
+        reads.append((family, table))
+        return dict(nft.packets)
+    table = KernelTable(9, nft, NetlinkReads(lambda: generation[0], counters))
     rules = desired_kernel(d)
     table.install(rules)
     nft.shape = expected_shape(rules)
     counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
     nft.packets = dict.fromkeys(rules.counters, 0) | {counter: 3}
     real = d.reals[sid("203.0.113.11")]
-    table_listing = ["-j", "-t", "list", "table", "ip", "localdirector9"]
-    counters_listing = ["-j", "list", "counters", "table", "ip", "localdirector9"]
-    assert not table.repair(d) and nft.argvs == [table_listing]
+    listing = ["-j", "-t", "list", "table", "ip", "localdirector9"]
+    assert not table.repair(d) and nft.argvs == [listing] and not reads
     nft.packets[counter] = 6
     assert not table.repair(d) and not table.repair(d)
-    assert nft.argvs[1:] == [counters_listing, counters_listing]
-    assert real.total_conns == 6                      # counted without the rules' listing
+    assert nft.argvs == [listing] and reads == [(socket.AF_INET, "localdirector9")] * 2
+    assert real.total_conns == 6                      # counted without nft
     nft.shape = None                                  # flushed by someone: a commit
     assert not table.repair(d) and table.repairs == 0  # (not seen while it stands)
     generation[0] = 6
     assert table.repair(d) and table.repairs == 1
-    assert nft.argvs[-1] == table_listing and nft.texts[-1] == install_text(rules,
-                                                                            "localdirector9")
+    assert nft.argvs[-1] == listing and nft.texts[-1] == install_text(rules,
+                                                                      "localdirector9")
     nft.shape = expected_shape(rules)
     generation[0] = 7                                 # our own reinstall's commit
-    assert not table.repair(d) and nft.argvs[-1] == table_listing
-    assert not table.repair(d) and nft.argvs[-1] == counters_listing
+    assert not table.repair(d) and nft.argvs[-1] == listing
+    listings = len(nft.argvs)
+    assert not table.repair(d) and len(nft.argvs) == listings
 
     def unanswered() -> int:
         raise OSError("no answer")
-    listed = KernelTable(9, nft, generation=unanswered)
+    listed = KernelTable(9, nft, NetlinkReads(unanswered, counters))
     listed.install(rules)
     assert not listed.repair(d) and not listed.repair(d)
-    assert nft.argvs[-2:] == [table_listing, table_listing]   # unknown: always listed
+    assert nft.argvs[-2:] == [listing, listing]       # unknown: always listed
 
 
 def test_update_keeps_the_counters_and_the_base_chain() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..model.addr import Family
 from ..model.director import Director
@@ -26,18 +27,25 @@ from .ruleset import RulesError
 log = logging.getLogger("localdirector")
 
 
+class NetlinkReads(NamedTuple):
+    """How KernelTable reads nf_tables without nft (nftnetlink.py; tests pass fakes)."""
+
+    generation: Callable[[], int]
+    counters: Callable[[int, str], dict[str, int]]   # (socket family, table) -> packets
+
+
 class KernelTable:
     """Owns tables ``ip localdirector<queue>`` and ``ip6 localdirector<queue>`` in the
     current network namespace."""
 
     def __init__(self, queue_num: int, runner: Runner = run_nft,
-                 generation: Callable[[], int] | None = None) -> None:
-        """`generation`: the namespace's nf_tables generation (generation.py), which
-        lets a check skip the listing while nothing was committed since the last one
-        found the table intact; without it every check lists the table."""
+                 netlink: NetlinkReads | None = None) -> None:
+        """`netlink`: the namespace's nf_tables generation and a table's counters
+        (nftnetlink.py), which let a check skip the listing while nothing was committed
+        since the last one found the table intact; without them every check lists."""
         self.table = table_name(queue_num)
         self._run = runner
-        self._generation = generation
+        self._netlink = netlink
         self._verified: int | None = None   # the generation the table was found intact at
         self.applied = KernelRules()
         self.transactions = 0
@@ -171,8 +179,16 @@ class KernelTable:
             return False
         generation = self._current_generation()
         if generation is not None and generation == self._verified:
-            self.fold(director)
-            return False
+            assert self._netlink is not None
+            try:
+                counts = [self._netlink.counters(f.af, self.table)
+                          for f in self.applied.families]
+            except OSError as exc:
+                log.warning("kernel-decided counters not read, the table is listed: %s", exc)
+            else:
+                for found in counts:
+                    self._fold(director, found)
+                return False
         if all([self._intact(director, family) for family in self.applied.families]):
             self._verified = generation
             return False
@@ -184,10 +200,10 @@ class KernelTable:
     def _current_generation(self) -> int | None:
         """The namespace's generation, None when unknown (no way to ask, or no answer):
         then the table is listed."""
-        if self._generation is None:
+        if self._netlink is None:
             return None
         try:
-            return self._generation()
+            return self._netlink.generation()
         except OSError as exc:
             log.warning("nf_tables generation not read, the table is listed: %s", exc)
             return None

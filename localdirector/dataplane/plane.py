@@ -24,8 +24,8 @@ from .engine import Engine
 from .host import (forwarding_problems, ipv6_problems, read_ip_errors, read_queue_counters,
                    route_problems)
 from .iptables import Runner, run_iptables
-from .generation import ruleset_generation
-from .kerneltable import KernelTable
+from .kerneltable import KernelTable, NetlinkReads
+from .nftnetlink import counter_packets, ruleset_generation
 from .ruleset import RulesError
 from .rulesync import RuleSync
 from .transactions import DualStack
@@ -53,7 +53,8 @@ class DataPlane:
         self._rules = DualStack(queue_num, iptables, on_marks=self._set_marks,
                                 bypass=bypass)
         # The kernel-decided fast path's nft table, listed only after commits.
-        self._kernel = KernelTable(queue_num, generation=ruleset_generation)
+        self._kernel = KernelTable(queue_num, netlink=NetlinkReads(ruleset_generation,
+                                                                   counter_packets))
         self._sync: RuleSync | None = None
         self._started_at = 0.0
         self._lock = threading.Lock()   # start/stop/adopt one at a time

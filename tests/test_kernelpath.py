@@ -330,6 +330,13 @@ def test_an_unchanged_generation_spares_the_listing(kernel: Shell) -> None:
     assert not listed.repair(d) and not listed.repair(d)
     assert nft.argvs[-2:] == [listing, listing]       # unknown: always listed
 
+    def refused(family: int, table: str) -> dict[str, int]:
+        raise OSError("refused")
+    fallback = KernelTable(9, nft, NetlinkReads(lambda: 8, refused))
+    fallback.install(rules)
+    assert not fallback.repair(d) and not fallback.repair(d)   # counters from nft then
+    assert nft.argvs[-1] == ["-j", "list", "counters", "table", "ip", "localdirector9"]
+
 
 def test_update_keeps_the_counters_and_the_base_chain() -> None:
     d = _bind_id_director()

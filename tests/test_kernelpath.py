@@ -13,7 +13,7 @@ import pytest
 from test_shell_commands import Shell
 
 from localdirector.dataplane.kerneltable import KernelTable, NetlinkReads
-from localdirector.dataplane.kernelrules import desired_kernel
+from localdirector.dataplane.kernelrules import KernelRules, desired_kernel
 from localdirector.dataplane.nftables import (Shape, definition, expected_shape, install_text,
                                              update_text)
 from localdirector.dataplane.iptables import dispatch_rules, names, raw_rules
@@ -265,15 +265,22 @@ def test_counters_fold_exactly_and_retire_one_update_late(kernel: Shell) -> None
     assert not table.update(desired_kernel(d), d)   # unchanged: no nft run
 
 
-def test_one_listing_verifies_the_table_and_folds_its_counters(kernel: Shell) -> None:
-    d = kernel.director
-    nft = FakeNft()
-    table = KernelTable(9, nft)
+def _installed(d: Director, nft: FakeNft, netlink: NetlinkReads | None = None
+               ) -> tuple[KernelTable, KernelRules, str]:
+    """A table installed from `d`, intact in `nft`'s listing, one counter at 3."""
+    table = KernelTable(9, nft, netlink)
     rules = desired_kernel(d)
     table.install(rules)
     nft.shape = expected_shape(rules)
     counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
     nft.packets = dict.fromkeys(rules.counters, 0) | {counter: 3}
+    return table, rules, counter
+
+
+def test_one_listing_verifies_the_table_and_folds_its_counters(kernel: Shell) -> None:
+    d = kernel.director
+    nft = FakeNft()
+    table, rules, counter = _installed(d, nft)
     real = d.reals[sid("203.0.113.11")]
     assert not table.repair(d)                    # intact: counted, nothing reinstalled
     assert (nft.listings, len(nft.texts), real.total_conns) == (1, 1, 3)
@@ -298,12 +305,7 @@ def test_an_unchanged_generation_spares_the_listing(kernel: Shell) -> None:
     def counters(family: int, table: str) -> dict[str, int]:
         reads.append((family, table))
         return dict(nft.packets)
-    table = KernelTable(9, nft, NetlinkReads(lambda: generation[0], counters))
-    rules = desired_kernel(d)
-    table.install(rules)
-    nft.shape = expected_shape(rules)
-    counter = "c_192_0_2_10_80_0__203_0_113_11_0_0"
-    nft.packets = dict.fromkeys(rules.counters, 0) | {counter: 3}
+    table, rules, counter = _installed(d, nft, NetlinkReads(lambda: generation[0], counters))
     real = d.reals[sid("203.0.113.11")]
     listing = ["-j", "-t", "list", "table", "ip", "localdirector9"]
     assert not table.repair(d) and nft.argvs == [listing] and not reads

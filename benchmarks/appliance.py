@@ -30,7 +30,7 @@ class LocalDirector(Contender):
     fastpath: str | None = None     # the `fastpath VIRTUAL` line's tail, if any
     predictor = "roundrobin"
     tables: tuple[str, ...] = ("raw",)      # where its iptables rules live
-    tree: str | None = None    # another checkout's appliance (baseline_of), else this one
+    tree: str | None = None    # another checkout's appliance (roster.with_baseline), else ours
 
     def virtuals(self) -> tuple[str, str]:
         """The TCP virtual measured and the udp virtual for DNS."""

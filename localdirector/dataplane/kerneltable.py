@@ -150,7 +150,7 @@ class KernelTable:
 
     def _list(self, family: Family) -> str:
         """The table as JSON, terse: no set or map elements (the shape and counters
-        need none), so a full flow memory is not printed and parsed at every check
+        need none), so a full flow memory is not printed and parsed at every listing
         (16,384 elements: 0.19 s of nft and 39 ms of json.loads, against 0.10 s and
         0.2 ms; nft still reads them from the kernel)."""
         return self._run(["-j", "-t", "list", "table", WORD[family], self.table], "")

@@ -34,7 +34,8 @@ FORWARD = "dispatch"       # dispatched packets: filter PREROUTING, after iptabl
 STICKY_CLIENTS = 65536     # per sticky set, as the engine's STICKY_LIMIT
 # Dispatched flows remembered per table and protocol; beyond, a new flow is hashed
 # only, as before memory existed. nft 1.0.6 reads every element back whenever the rule
-# sync lists the table (every 2 s): about 0.2 s of CPU at this size, 1.1 s at 65,536
+# sync lists the table (after each commit in the namespace; every 2 s before its checks
+# read the generation): about 0.2 s of CPU at this size, 1.1 s at 65,536
 # (docs/design.rst, "Decided in the kernel").
 REMEMBERED_FLOWS = 16384
 # Seconds a dispatched TCP flow stays remembered after the client's FIN or RST.
